@@ -1,0 +1,3 @@
+from smartmeter.cli.main import main
+
+main()

@@ -1,0 +1,308 @@
+"""The `smartmeter` command: run a meter, and talk to one."""
+from __future__ import annotations
+
+import asyncio
+import csv
+import datetime as dt
+import errno
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import click
+
+from smartmeter.cli.format import to_json, to_text
+from smartmeter.cosem.obis import Obis
+from smartmeter.errors import SmartmeterError
+
+DEFAULT_WRAPPER_PORT = 4059
+DEFAULT_HDLC_PORT = 4061
+
+
+class UsageProblem(SmartmeterError):
+    """A problem the user can fix; carries the hint shown after the message."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        self.hint = hint
+        super().__init__(message)
+
+
+def fail(message: str, hint: str = "") -> None:
+    click.echo(f"error: {message}" + (f" (hint: {hint})" if hint else ""), err=True)
+    sys.exit(2)
+
+
+class Cli(click.Group):
+    """Turns every expected failure into one line on stderr and exit code 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except UsageProblem as exc:
+            fail(str(exc), exc.hint)
+        except SmartmeterError as exc:
+            fail(str(exc), "run with --verbose for details")
+        except click.exceptions.Exit:
+            raise
+        except click.ClickException as exc:
+            fail(exc.format_message(), "see --help")
+        except OSError as exc:
+            fail(str(exc), "check the address, port or path")
+
+
+@click.group(cls=Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--verbose", "-v", is_flag=True, help="Log what happens (to stderr).")
+@click.version_option(package_name="smartmeter")
+def main(verbose: bool) -> None:
+    """smartmeter: a DLMS/COSEM electricity meter (KSMW-PA2502) and its head-end."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+# --------------------------------------------------------------------------------------
+# meter
+
+
+@main.group()
+def meter() -> None:
+    """Run a meter."""
+
+
+@meter.command("run")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("meter-data"),
+              show_default=True, help="Where the meter keeps its non-volatile state.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--wrapper-port", type=int, default=DEFAULT_WRAPPER_PORT, show_default=True,
+              help="TCP (and UDP) port of the LAN/WAN interface, IEC 62056-47 wrapper; 0 = off.")
+@click.option("--hdlc-port", type=int, default=DEFAULT_HDLC_PORT, show_default=True,
+              help="TCP port of the WZ optical interface, HDLC over TCP; 0 = off.")
+@click.option("--serial", "serial_device", default=None, metavar="DEVICE",
+              help="Also serve the WZ interface (HDLC) on this serial port, e.g. /dev/ttyUSB0.")
+@click.option("--serial-number", default="1KFM0100000001", show_default=True, help="DIN 43863-5 meter ID.")
+@click.option("--banner", is_flag=True, help="Print the client commands to try once listening.")
+def meter_run(data_dir: Path, host: str, wrapper_port: int, hdlc_port: int, serial_device: str | None,
+              serial_number: str, banner: bool) -> None:
+    """Start a meter with embedded defaults, driven by a simulated household load.
+
+    On first start it back-fills 30 days of 15-minute load profile. Ctrl-C stops it cleanly.
+    """
+    from smartmeter.meter.runtime import Meter, MeterConfig
+
+    meter_ = Meter(MeterConfig(data_dir=data_dir, serial=serial_number))
+    try:
+        asyncio.run(_serve(meter_, host, wrapper_port, hdlc_port, serial_device, banner))
+    finally:
+        meter_.close()
+    click.echo("meter stopped; state saved in " + str(data_dir))
+
+
+async def _serve(meter_, host: str, wrapper_port: int, hdlc_port: int, serial_device: str | None, banner: bool) -> None:
+    from smartmeter.transport import aio
+
+    async def listen(what: str, port: int, start):
+        try:
+            return await start()
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise UsageProblem(f"{what} port {port} on {host} is already in use",
+                                   f"stop the other program or choose another port with --{what}-port") from None
+            raise UsageProblem(f"cannot listen on {host}:{port}: {exc.strerror}", "check --host") from None
+
+    servers, lines = [], []
+    if wrapper_port:
+        servers.append(await listen("wrapper", wrapper_port, lambda: aio.serve_wrapper_tcp(meter_.server, host, wrapper_port)))
+        udp = await listen("wrapper", wrapper_port, lambda: aio.serve_wrapper_udp(meter_.server, host, wrapper_port))
+        lines.append(f"LAN/WAN interface: IEC 62056-47 wrapper on tcp://{host}:{wrapper_port} and udp://{host}:{wrapper_port}")
+    if hdlc_port:
+        servers.append(await listen("hdlc", hdlc_port, lambda: aio.serve_hdlc_tcp(meter_.server, meter_.hdlc_setup(), host, hdlc_port)))
+        lines.append(f"WZ optical interface: HDLC over tcp://{host}:{hdlc_port}")
+    stop_serial = threading.Event()
+    if serial_device:
+        try:
+            aio.serve_hdlc_serial(meter_.server, meter_.hdlc_setup(), serial_device, stop_serial)
+        except Exception as exc:  # pyserial raises SerialException (an OSError subclass on most platforms)
+            raise UsageProblem(f"cannot open serial port {serial_device}: {exc}", "check the device path and permissions") from None
+        lines.append(f"WZ optical interface: HDLC on serial port {serial_device}")
+    ident = meter_.identity
+    click.echo(f"meter {ident.serial} (logical device {ident.logical_device_name.decode()}, "
+               f"system title {ident.system_title.hex().upper()}), data in {meter_.config.data_dir}")
+    for line in lines:
+        click.echo("  " + line)
+    if banner:
+        port_opt = "" if wrapper_port == DEFAULT_WRAPPER_PORT else f" --port {wrapper_port}"
+        hport = "" if hdlc_port == DEFAULT_HDLC_PORT else f" --port {hdlc_port}"
+        click.echo("\nTry, in another terminal (.venv/bin/smartmeter or python -m smartmeter):")
+        click.echo(f"  smartmeter client{port_opt} objects")
+        click.echo(f"  smartmeter client{port_opt} get 1-0:1.8.0.255")
+        click.echo(f"  smartmeter client{port_opt} get 0-0:1.0.0.255")
+        click.echo(f"  smartmeter client{port_opt} profile 1-0:99.1.0.255 --from {(dt.date.today() - dt.timedelta(days=1)).isoformat()}")
+        click.echo(f"  smartmeter client --hdlc{hport} get 0-0:42.0.0.255")
+        click.echo("Ctrl-C stops the meter.")
+    sys.stdout.flush()
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    registration = asyncio.create_task(meter_.run_registration())
+    await stop.wait()
+    registration.cancel()
+    stop_serial.set()
+    for s in servers:
+        s.close()
+    if wrapper_port:
+        udp.close()
+
+
+# --------------------------------------------------------------------------------------
+# client
+
+
+@main.group()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Meter address.")
+@click.option("--port", type=int, default=None, help="Meter port [default: 4059, or 4061 with --hdlc].")
+@click.option("--hdlc", is_flag=True, help="Use HDLC (the WZ optical interface) instead of the wrapper.")
+@click.option("--client-sap", type=int, default=16, show_default=True, help="Client SAP (16 = public client).")
+@click.option("--server-sap", type=int, default=1, show_default=True, help="Server SAP (logical device).")
+@click.option("--physical-address", type=int, default=0x10, show_default=True,
+              help="HDLC lower (physical) server address, from the meter's HDLC setup.")
+@click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds to wait for an answer.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def client(ctx: click.Context, host, port, hdlc, client_sap, server_sap, physical_address, timeout, as_json) -> None:
+    """Talk to a meter as a DLMS/COSEM client."""
+    from smartmeter.hes.connection import HdlcLink, WrapperLink
+
+    if hdlc:
+        link = HdlcLink(host, port or DEFAULT_HDLC_PORT, client_sap, server_sap, physical_address, timeout)
+    else:
+        link = WrapperLink(host, port or DEFAULT_WRAPPER_PORT, client_sap, server_sap, timeout)
+    ctx.obj = {"link": link, "json": as_json}
+
+
+def _run_client(ctx: click.Context, work):
+    from smartmeter.hes.client import MeterClient
+
+    async def go():
+        async with MeterClient(ctx.obj["link"]) as meter_client:
+            return await work(meter_client)
+
+    return asyncio.run(go())
+
+
+def _parse_obis(text: str) -> Obis:
+    try:
+        return Obis.parse(text)
+    except ValueError as exc:
+        raise UsageProblem(str(exc), "write OBIS codes like 1-0:1.8.0.255") from None
+
+
+@client.command("objects")
+@click.pass_context
+def client_objects(ctx: click.Context) -> None:
+    """List the objects this client may see, with its access rights."""
+    objects = _run_client(ctx, lambda c: c.objects())
+    if ctx.obj["json"]:
+        click.echo(json.dumps([{"class_id": o.class_id, "version": o.version, "obis": str(o.obis),
+                                "read": o.readable, "write": o.writable, "execute": o.executable} for o in objects]))
+        return
+    click.echo(f"{'OBIS':<18} {'class':>5} {'ver':>3}  read / write / execute")
+    for o in objects:
+        rights = f"{','.join(map(str, o.readable)) or '-'} / {','.join(map(str, o.writable)) or '-'} / {','.join(map(str, o.executable)) or '-'}"
+        click.echo(f"{str(o.obis):<18} {o.class_id:>5} {o.version:>3}  {rights}")
+
+
+@client.command("get")
+@click.argument("target", metavar="OBIS[:ATTR]")
+@click.pass_context
+def client_get(ctx: click.Context, target: str) -> None:
+    """Read one attribute (default 2, the value). Registers are shown with their unit."""
+    obis_text, _, attr_text = target.rpartition(":") if target.count(":") > 1 else (target, "", "")
+    if not obis_text:
+        obis_text = target
+    try:
+        attribute = int(attr_text) if attr_text else 2
+    except ValueError:
+        raise UsageProblem(f"attribute {attr_text!r} is not a number", "write OBIS:ATTR like 1-0:1.8.0.255:3") from None
+    obis = _parse_obis(obis_text)
+
+    async def work(c):
+        class_id = await c.class_of(obis)
+        value = await c.get(obis, attribute, class_id)
+        scaler_unit = None
+        if class_id in (3, 4, 5) and attribute == 2:
+            scaler_unit = await c.get(obis, 3, class_id)
+        return class_id, value, scaler_unit
+
+    class_id, value, scaler_unit = _run_client(ctx, work)
+    from smartmeter.cosem.classes.ic3_register import UNITS
+
+    unit = None
+    if scaler_unit is not None:
+        scaler, unit_code = (v.value for v in scaler_unit.value)
+        unit = next((name for name, code in UNITS.items() if code == unit_code), f"unit {unit_code}")
+    if ctx.obj["json"]:
+        out = {"obis": str(obis), "class_id": class_id, "attribute": attribute, "type": value.type.name.lower(),
+               "value": to_json(value)}
+        if scaler_unit is not None:
+            out.update(scaler=scaler, unit=unit)
+        click.echo(json.dumps(out))
+    elif scaler_unit is not None:
+        click.echo(f"{obis} {value.value * 10 ** scaler:g} {unit}" if scaler < 0 else f"{obis} {value.value * 10 ** scaler} {unit}")
+    else:
+        click.echo(f"{obis}:{attribute} {to_text(value)}")
+
+
+def _parse_time(text: str | None, what: str) -> dt.datetime | None:
+    if text is None:
+        return None
+    try:
+        return dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageProblem(f"{what} {text!r} is not an ISO date or date-time", "e.g. 2026-11-01 or 2026-11-01T12:00+01:00") from None
+
+
+@client.command("profile")
+@click.argument("obis_text", metavar="OBIS")
+@click.option("--from", "from_text", default=None, help="First capture time (ISO; without offset: meter local time).")
+@click.option("--to", "to_text", default=None, help="Last capture time (ISO).")
+@click.option("--entries", default=None, metavar="A:B", help="Entries A to B (1 = oldest; B 0 = newest).")
+@click.option("--csv", "csv_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the rows to this CSV file.")
+@click.pass_context
+def client_profile(ctx: click.Context, obis_text, from_text, to_text, entries, csv_file) -> None:
+    """Read a profile (e.g. the load profile 1-0:99.1.0.255), whole, by range or by entry."""
+    obis = _parse_obis(obis_text)
+    window = None
+    if entries is not None:
+        try:
+            first, last = (int(x) for x in entries.split(":"))
+        except ValueError:
+            raise UsageProblem(f"--entries {entries!r} is not A:B", "e.g. --entries 1:96") from None
+        window = (first, last)
+    if window is not None and (from_text or to_text):
+        raise UsageProblem("--entries and --from/--to exclude each other", "use one way of selecting")
+    start, end = _parse_time(from_text, "--from"), _parse_time(to_text, "--to")
+    columns, buffer = _run_client(ctx, lambda c: c.profile(obis, from_time=start, to_time=end, entries=window))
+    header = [f"{Obis.from_bytes(col.value[1].value)}:{col.value[2].value}" for col in columns.value]
+    rows = [[to_json(v) for v in row.value] for row in buffer.value]
+    if entries is not None:
+        # an entry selection with columns picks a contiguous slice; header follows the first row
+        header = header[: len(rows[0])] if rows else header
+    if csv_file is not None:
+        with open(csv_file, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            writer.writerows(rows)
+    if ctx.obj["json"]:
+        click.echo(json.dumps({"columns": header, "rows": rows}))
+    elif csv_file is None:
+        click.echo("  ".join(f"{h:>25}" for h in header))
+        for row in rows:
+            click.echo("  ".join(f"{str(v):>25}" for v in row))
+        click.echo(f"{len(rows)} entries")
+    else:
+        click.echo(f"{len(rows)} entries written to {csv_file}")

@@ -1,0 +1,555 @@
+"""The DLMS/COSEM server application layer, sans-io: request APDU bytes in, response bytes out.
+
+`DlmsServer` is the logical device (object directory and policy). Each transport connection
+gets one `ServerAssociation` per client SAP; it runs ACSE (AARQ/AARE, RLRQ/RLRE), then the
+xDLMS services with access checks from the object model, block transfer both ways, and the
+error responses of the Green Book / IDIS P2 §8.2.3 for everything that goes wrong.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+from smartmeter.cosem import axdr
+from smartmeter.cosem.classes.base import AccessResult, CosemAccessError, RequestContext, Selection
+from smartmeter.cosem.data import Data
+from smartmeter.cosem.objectmodel import ClientDef, ObjectDirectory
+from smartmeter.dlms.apdu import acse, get, set as set_, action, access
+from smartmeter.dlms.apdu.common import (
+    ActionResult, CosemAttributeDescriptor, CosemMethodDescriptor, DataAccessResult, SelectiveAccessDescriptor,
+)
+from smartmeter.dlms.apdu.errors import ConfirmedServiceError, ExceptionResponse, ServiceError, StateError
+from smartmeter.dlms.apdu.gbt import GeneralBlockTransfer
+from smartmeter.dlms.apdu.initiate import Conformance, InitiateRequest, InitiateResponse
+from smartmeter.dlms.apdu.xdlms import decode_xdlms
+from smartmeter.errors import DecodeError, SmartmeterError
+
+log = logging.getLogger(__name__)
+
+MAX_PDU_SIZE = 1224  # companion standard §3.3.1, both directions
+MIN_CLIENT_PDU_SIZE = 64  # below this no GET response with block header fits usefully
+MAX_REASSEMBLED = 64 * 1024  # bound for requests arriving in blocks
+MAX_LIST_ITEMS = 32  # with-list requests: ≥ 16 must be supported (§3.3.1)
+
+SERVER_CONFORMANCE = (
+    Conformance.GENERAL_PROTECTION | Conformance.GENERAL_BLOCK_TRANSFER
+    | Conformance.ATTRIBUTE0_SUPPORTED_WITH_GET | Conformance.BLOCK_TRANSFER_WITH_GET_OR_READ
+    | Conformance.BLOCK_TRANSFER_WITH_SET_OR_WRITE | Conformance.BLOCK_TRANSFER_WITH_ACTION
+    | Conformance.MULTIPLE_REFERENCES | Conformance.DATA_NOTIFICATION | Conformance.ACCESS
+    | Conformance.GET | Conformance.SET | Conformance.SELECTIVE_ACCESS | Conformance.ACTION
+)
+
+APP_CONTEXT_LN = 1
+APP_CONTEXT_LN_CIPHERED = 3
+DLMS_VERSION = 6
+
+# ConfirmedServiceError initiate values (Green Book): carried in AARE user-information
+INITIATE_DLMS_VERSION_TOO_LOW = 1
+INITIATE_INCOMPATIBLE_CONFORMANCE = 2
+INITIATE_PDU_SIZE_TOO_SHORT = 3
+SERVICE_ERROR_INITIATE = 6
+CONFIRMED_SERVICE_INITIATE_ERROR = 1
+
+
+def _dar(result: AccessResult) -> DataAccessResult:
+    return DataAccessResult(int(result))
+
+
+def _action_result(result: AccessResult) -> ActionResult:
+    try:
+        return ActionResult(int(result))
+    except ValueError:
+        return ActionResult.OTHER_REASON
+
+
+class DlmsServer:
+    """One logical device: what it holds and who may talk to it on which interface."""
+
+    def __init__(self, directory: ObjectDirectory, *, system_title: bytes, server_sap: int = 1,
+                 max_pdu_size: int = MAX_PDU_SIZE) -> None:
+        self.directory = directory
+        self.system_title = system_title
+        self.server_sap = server_sap
+        self.max_pdu_size = max_pdu_size
+        # §3.3.4: on WZ only one association at a time; LAN/WAN allow several
+        self.single_association_interfaces = {"wz"}
+        self.active: dict[str, "ServerAssociation"] = {}
+
+    def claim(self, association: "ServerAssociation") -> bool:
+        """Whether `association` may open now; on a single-association interface it takes the slot."""
+        if association.interface not in self.single_association_interfaces:
+            return True
+        holder = self.active.get(association.interface)
+        if holder is not None and holder is not association and holder.associated:
+            return False
+        self.active[association.interface] = association
+        return True
+
+    def association(self, client_sap: int, interface: str, server_sap: int | None = None) -> "ServerAssociation":
+        return ServerAssociation(self, client_sap, interface, self.server_sap if server_sap is None else server_sap)
+
+
+@dataclass
+class _Outgoing:
+    """A long response being sent block by block."""
+
+    kind: str  # "get", "action" or "gbt"
+    invoke_id_and_priority: int
+    data: bytes
+    block_size: int
+    next_block: int = 1
+    sent: int = 0
+
+
+@dataclass
+class _Incoming:
+    """A long request arriving block by block (SET with datablocks, ACTION pblocks, GBT)."""
+
+    kind: str
+    invoke_id_and_priority: int
+    first: object = None
+    chunks: list[bytes] = field(default_factory=list)
+    next_block: int = 1
+    size: int = 0
+
+
+class ServerAssociation:
+    """The application association of one client over one transport connection."""
+
+    def __init__(self, server: DlmsServer, client_sap: int, interface: str, server_sap: int) -> None:
+        self.server = server
+        self.client_sap = client_sap
+        self.interface = interface
+        self.server_sap = server_sap
+        self.client: ClientDef | None = None
+        self.associated = False
+        self.conformance = 0
+        self.application_context_name = APP_CONTEXT_LN
+        self.mechanism = 0
+        self.client_max_receive_pdu_size = MAX_PDU_SIZE
+        self.server_max_receive_pdu_size = server.max_pdu_size
+        self._outgoing: _Outgoing | None = None
+        self._incoming: _Incoming | None = None
+        self._gbt_in: _Incoming | None = None
+        self._gbt_out: _Outgoing | None = None
+        self.on_release: Callable[[], None] | None = None
+
+    # -- entry point ------------------------------------------------------------------------
+    def handle(self, apdu: bytes) -> bytes | None:
+        """Answer one request APDU. Never raises for bad input: the peer gets the DLMS error."""
+        try:
+            return self._handle(bytes(apdu))
+        except DecodeError as exc:
+            log.info("malformed APDU from client %s: %s", self.client_sap, exc)
+            return ExceptionResponse(StateError.SERVICE_NOT_ALLOWED, ServiceError.OTHER_REASON, None).to_bytes()
+
+    def release(self) -> None:
+        """Transport lost or closed: the association ends (companion standard §3.6.1)."""
+        self.associated = False
+        self._outgoing = self._incoming = self._gbt_in = self._gbt_out = None
+
+    def _handle(self, apdu: bytes) -> bytes | None:
+        if not apdu:
+            raise DecodeError("APDU", 0, "empty")
+        tag = apdu[0]
+        if tag in (0x60, 0x62):
+            return self._acse(apdu)
+        if not self.associated:
+            if tag in (0xC0, 0xC1, 0xC3, 0xD9, 0xE0):
+                return ExceptionResponse(StateError.SERVICE_NOT_ALLOWED, ServiceError.OPERATION_NOT_POSSIBLE, None).to_bytes()
+            return ExceptionResponse(StateError.SERVICE_UNKNOWN, ServiceError.SERVICE_NOT_SUPPORTED, None).to_bytes()
+        if len(apdu) > self.server_max_receive_pdu_size:
+            return ExceptionResponse(StateError.SERVICE_NOT_ALLOWED, ServiceError.PDU_TOO_LONG, None).to_bytes()
+        if tag == 0xE0:
+            return self._general_block_transfer(GeneralBlockTransfer.from_bytes(apdu))
+        if tag not in (0xC0, 0xC1, 0xC3, 0xD9):
+            return ExceptionResponse(StateError.SERVICE_UNKNOWN, ServiceError.SERVICE_NOT_SUPPORTED, None).to_bytes()
+        request = decode_xdlms(apdu)
+        if not self._service_negotiated(tag):
+            return ExceptionResponse(StateError.SERVICE_NOT_ALLOWED, ServiceError.SERVICE_NOT_SUPPORTED, None).to_bytes()
+        response = self._service(request)
+        return self._fit(response) if response is not None else None
+
+    def _service_negotiated(self, tag: int) -> bool:
+        needed = {0xC0: Conformance.GET, 0xC1: Conformance.SET, 0xC3: Conformance.ACTION, 0xD9: Conformance.ACCESS}[tag]
+        return bool(self.conformance & needed)
+
+    # -- ACSE -------------------------------------------------------------------------------
+    def _acse(self, apdu: bytes) -> bytes:
+        request = acse.decode_acse(apdu)
+        if isinstance(request, acse.RLRQ):
+            self.release()
+            # §3.3.1: user-information in the RLRE only if the RLRQ carried one
+            user_info = self._initiate_response().to_bytes() if request.user_information else None
+            return acse.RLRE(reason=0, user_information=user_info).to_bytes()
+        if isinstance(request, acse.AARQ):
+            return self._associate(request).to_bytes()
+        raise DecodeError("ACSE request", 0, f"{type(request).__name__} is not a request")
+
+    def _aare(self, request: acse.AARQ, result: int, source: int, diagnostic: int, user_information: bytes | None) -> acse.AARE:
+        return acse.AARE(
+            application_context_name=request.application_context_name, result=result, result_source=source,
+            diagnostic=diagnostic, responding_ap_title=None, responding_ae_qualifier=None,
+            responder_acse_requirements=False, mechanism_name=None, responding_authentication_value=None,
+            user_information=user_information,
+        )
+
+    def _reject(self, request: acse.AARQ, diagnostic: int, user_information: bytes | None = None) -> acse.AARE:
+        return self._aare(request, acse.AssociationResult.REJECTED_PERMANENT, acse.ResultSource.ACSE_SERVICE_USER,
+                          diagnostic, user_information)
+
+    def _initiate_error(self, value: int) -> bytes:
+        return ConfirmedServiceError(CONFIRMED_SERVICE_INITIATE_ERROR, SERVICE_ERROR_INITIATE, value).to_bytes()
+
+    def _associate(self, request: acse.AARQ) -> acse.AARE:
+        self.release()
+        client = self.server.directory.model.client_by_sap(self.client_sap)
+        diag = acse.AcseServiceUserDiagnostic
+        if client is None or self.interface not in client.interfaces:
+            log.info("AARQ from unknown client SAP %s on %s refused", self.client_sap, self.interface)
+            return self._reject(request, diag.NO_REASON_GIVEN)
+        if not self.server.claim(self):
+            log.info("AARQ on %s refused: another association is open there", self.interface)
+            return self._aare(request, acse.AssociationResult.REJECTED_TRANSIENT, acse.ResultSource.ACSE_SERVICE_USER,
+                              diag.NO_REASON_GIVEN, None)
+        if request.application_context_name != APP_CONTEXT_LN:
+            return self._reject(request, diag.APPLICATION_CONTEXT_NAME_NOT_SUPPORTED)
+        mechanism = request.mechanism_name or 0
+        if mechanism != client.mechanism:
+            return self._reject(request, diag.AUTHENTICATION_MECHANISM_NAME_NOT_RECOGNISED)
+        if not request.user_information:
+            return self._reject(request, diag.NO_REASON_GIVEN, self._initiate_error(0))
+        try:
+            initiate = InitiateRequest.from_bytes(request.user_information)
+        except DecodeError:
+            return self._reject(request, diag.NO_REASON_GIVEN, self._initiate_error(0))
+        if initiate.dedicated_key is not None:
+            # a dedicated key is only ever sent ciphered (§3.3.3); in clear it is refused
+            return self._reject(request, diag.NO_REASON_GIVEN, self._initiate_error(0))
+        if initiate.proposed_dlms_version_number < DLMS_VERSION:
+            return self._reject(request, diag.NO_REASON_GIVEN, self._initiate_error(INITIATE_DLMS_VERSION_TOO_LOW))
+        conformance = int(initiate.proposed_conformance) & int(SERVER_CONFORMANCE)
+        if not conformance:
+            return self._reject(request, diag.NO_REASON_GIVEN, self._initiate_error(INITIATE_INCOMPATIBLE_CONFORMANCE))
+        pdu = initiate.client_max_receive_pdu_size or 0xFFFF  # 0: the client sets no limit
+        if pdu < MIN_CLIENT_PDU_SIZE:
+            return self._reject(request, diag.NO_REASON_GIVEN, self._initiate_error(INITIATE_PDU_SIZE_TOO_SHORT))
+        self.client = client
+        self.conformance = conformance
+        self.mechanism = mechanism
+        self.client_max_receive_pdu_size = min(pdu, self.server.max_pdu_size)
+        self.associated = True
+        log.info("client %s (SAP %s) associated on %s", client.name, self.client_sap, self.interface)
+        return self._aare(request, acse.AssociationResult.ACCEPTED, acse.ResultSource.ACSE_SERVICE_USER,
+                          diag.NULL, self._initiate_response().to_bytes())
+
+    def _initiate_response(self) -> InitiateResponse:
+        return InitiateResponse(
+            negotiated_quality_of_service=None, negotiated_dlms_version_number=DLMS_VERSION,
+            negotiated_conformance=Conformance(self.conformance or int(SERVER_CONFORMANCE)),
+            server_max_receive_pdu_size=self.server_max_receive_pdu_size,
+        )
+
+    # -- object access ----------------------------------------------------------------------
+    def _context(self) -> RequestContext:
+        return RequestContext(self.client.name, self.client_sap, self)
+
+    def _lookup(self, class_id: int, instance_id: bytes):
+        """(ObjectDef, instance) visible to this client, or a CosemAccessError."""
+        directory = self.server.directory
+        found = directory.by_ln.get(bytes(instance_id))
+        if found is None or self.client.name not in found[0].access:
+            raise CosemAccessError(AccessResult.OBJECT_UNDEFINED)
+        if found[0].class_id != class_id:
+            raise CosemAccessError(AccessResult.OBJECT_CLASS_INCONSISTENT)
+        return found
+
+    def read(self, descriptor: CosemAttributeDescriptor, selection: SelectiveAccessDescriptor | None) -> Data:
+        """One attribute's value, or CosemAccessError: the access rules of the model."""
+        o, instance = self._lookup(descriptor.class_id, descriptor.instance_id)
+        rights = o.access_for(self.client.name)
+        sel = None if selection is None else Selection(selection.access_selector, selection.access_parameters)
+        if sel is not None and not self.conformance & Conformance.SELECTIVE_ACCESS:
+            raise CosemAccessError(AccessResult.SCOPE_OF_ACCESS_VIOLATED)
+        ctx = self._context()
+        if descriptor.attribute_id == 0:
+            if sel is not None or not self.conformance & Conformance.ATTRIBUTE0_SUPPORTED_WITH_GET:
+                raise CosemAccessError(AccessResult.SCOPE_OF_ACCESS_VIOLATED)
+            return Data.structure(
+                instance.get(i, ctx) if i in rights.read else Data.null() for i in instance.attributes
+            )
+        if descriptor.attribute_id not in instance.attributes:
+            raise CosemAccessError(AccessResult.OBJECT_UNDEFINED)
+        if descriptor.attribute_id not in rights.read:
+            raise CosemAccessError(AccessResult.READ_WRITE_DENIED)
+        return instance.get(descriptor.attribute_id, ctx, sel)
+
+    def write(self, descriptor: CosemAttributeDescriptor, selection: SelectiveAccessDescriptor | None, value: Data) -> None:
+        o, instance = self._lookup(descriptor.class_id, descriptor.instance_id)
+        if descriptor.attribute_id not in instance.attributes:
+            raise CosemAccessError(AccessResult.OBJECT_UNDEFINED)
+        if descriptor.attribute_id not in o.access_for(self.client.name).write:
+            raise CosemAccessError(AccessResult.READ_WRITE_DENIED)
+        sel = None if selection is None else Selection(selection.access_selector, selection.access_parameters)
+        instance.set(descriptor.attribute_id, value, self._context(), sel)
+
+    def execute(self, descriptor: CosemMethodDescriptor, parameters: Data | None) -> Data | None:
+        o, instance = self._lookup(descriptor.class_id, descriptor.instance_id)
+        if descriptor.method_id not in instance.methods:
+            raise CosemAccessError(AccessResult.OBJECT_UNDEFINED)
+        if descriptor.method_id not in o.access_for(self.client.name).execute:
+            raise CosemAccessError(AccessResult.READ_WRITE_DENIED)
+        return instance.invoke(descriptor.method_id, parameters, self._context())
+
+    def _guarded(self, fn, *args):
+        """Run an access; map refusals and internal faults to a result code, never raise."""
+        try:
+            return fn(*args), AccessResult.SUCCESS
+        except CosemAccessError as exc:
+            return None, exc.result
+        except SmartmeterError as exc:
+            log.warning("access failed: %s", exc)
+            return None, AccessResult.OTHER_REASON
+        except Exception:  # a fault in one object must not take the association down
+            log.exception("internal error while serving client %s", self.client_sap)
+            return None, AccessResult.HARDWARE_FAULT
+
+    # -- services ---------------------------------------------------------------------------
+    def _service(self, request) -> object | None:
+        handler = getattr(self, f"_on_{type(request).__name__}", None)
+        if handler is None:
+            return ExceptionResponse(StateError.SERVICE_NOT_ALLOWED, ServiceError.SERVICE_NOT_SUPPORTED, None)
+        return handler(request)
+
+    # GET
+    def _on_GetRequestNormal(self, req: get.GetRequestNormal):
+        self._outgoing = None
+        value, result = self._guarded(self.read, req.descriptor, req.access_selection)
+        if result != AccessResult.SUCCESS:
+            return get.GetResponseNormal(req.invoke_id_and_priority, _dar(result))
+        return self._get_response(req.invoke_id_and_priority, value, axdr.encode(value))
+
+    def _on_GetRequestWithList(self, req: get.GetRequestWithList):
+        self._outgoing = None
+        if len(req.items) > MAX_LIST_ITEMS:
+            return ExceptionResponse(StateError.SERVICE_NOT_ALLOWED, ServiceError.OTHER_REASON, None)
+        results = []
+        for descriptor, selection in req.items:
+            value, result = self._guarded(self.read, descriptor, selection)
+            results.append(value if result == AccessResult.SUCCESS else _dar(result))
+        response = get.GetResponseWithList(req.invoke_id_and_priority, tuple(results))
+        encoded = response.to_bytes()
+        if len(encoded) <= self.client_max_receive_pdu_size or not (
+            self.conformance & Conformance.BLOCK_TRANSFER_WITH_GET_OR_READ
+        ):
+            return response
+        # the block-transferred form carries the SEQUENCE OF Get-Data-Result: strip tag, choice, invoke-id
+        return self._start_blocks("get", req.invoke_id_and_priority, encoded[3:])
+
+    def _get_response(self, invoke: int, value: Data, encoded: bytes):
+        response = get.GetResponseNormal(invoke, value)
+        if len(encoded) + 4 <= self.client_max_receive_pdu_size:
+            return response
+        if not self.conformance & Conformance.BLOCK_TRANSFER_WITH_GET_OR_READ:
+            return response  # too long: _fit sends it by general-block-transfer or refuses it
+        return self._start_blocks("get", invoke, encoded)
+
+    def _start_blocks(self, kind: str, invoke: int, data: bytes):
+        """Service-specific block transfer of `data` (the raw-data of the block responses)."""
+        self._outgoing = _Outgoing(kind, invoke, data, self.client_max_receive_pdu_size - 16)
+        return self._next_block(self._outgoing)
+
+    def _next_block(self, out: _Outgoing):
+        chunk = out.data[out.sent:out.sent + out.block_size]
+        out.sent += len(chunk)
+        last = out.sent >= len(out.data)
+        number = out.next_block
+        out.next_block += 1
+        if last:
+            self._outgoing = None
+        if out.kind == "get":
+            return get.GetResponseWithDataBlock(out.invoke_id_and_priority, last, number, chunk, None)
+        return action.ActionResponseWithPblock(out.invoke_id_and_priority, last, number, chunk)
+
+    def _on_GetRequestNext(self, req: get.GetRequestNext):
+        out = self._outgoing
+        if out is None or out.kind != "get":
+            return get.GetResponseWithDataBlock(req.invoke_id_and_priority, True, req.block_number, None,
+                                                DataAccessResult.NO_LONG_GET_IN_PROGRESS)
+        if req.block_number != out.next_block - 1:
+            self._outgoing = None
+            return get.GetResponseWithDataBlock(req.invoke_id_and_priority, True, req.block_number, None,
+                                                DataAccessResult.DATA_BLOCK_NUMBER_INVALID)
+        return self._next_block(out)
+
+    # SET
+    def _on_SetRequestNormal(self, req: set_.SetRequestNormal):
+        _, result = self._guarded(self.write, req.descriptor, req.access_selection, req.value)
+        return set_.SetResponseNormal(req.invoke_id_and_priority, _dar(result))
+
+    def _on_SetRequestWithList(self, req: set_.SetRequestWithList):
+        if len(req.items) != len(req.values) or len(req.items) > MAX_LIST_ITEMS:
+            return ExceptionResponse(StateError.SERVICE_NOT_ALLOWED, ServiceError.OTHER_REASON, None)
+        results = []
+        for (descriptor, selection), value in zip(req.items, req.values):
+            _, result = self._guarded(self.write, descriptor, selection, value)
+            results.append(_dar(result))
+        return set_.SetResponseWithList(req.invoke_id_and_priority, tuple(results))
+
+    def _on_SetRequestWithFirstDatablock(self, req: set_.SetRequestWithFirstDatablock):
+        self._incoming = _Incoming("set", req.invoke_id_and_priority, req)
+        return self._set_block(req.last_block, req.block_number, req.raw_data, req.invoke_id_and_priority)
+
+    def _on_SetRequestWithListAndFirstDatablock(self, req: set_.SetRequestWithListAndFirstDatablock):
+        self._incoming = _Incoming("set-list", req.invoke_id_and_priority, req)
+        return self._set_block(req.last_block, req.block_number, req.raw_data, req.invoke_id_and_priority)
+
+    def _on_SetRequestWithDatablock(self, req: set_.SetRequestWithDatablock):
+        if self._incoming is None or not self._incoming.kind.startswith("set"):
+            return set_.SetResponseLastDatablock(req.invoke_id_and_priority, DataAccessResult.NO_LONG_SET_IN_PROGRESS,
+                                                 req.block_number)
+        return self._set_block(req.last_block, req.block_number, req.raw_data, req.invoke_id_and_priority)
+
+    def _set_block(self, last: bool, number: int, raw: bytes, invoke: int):
+        inc = self._incoming
+        if number != inc.next_block or inc.size + len(raw) > MAX_REASSEMBLED:
+            self._incoming = None
+            return set_.SetResponseLastDatablock(invoke, DataAccessResult.LONG_SET_ABORTED, number)
+        inc.chunks.append(raw)
+        inc.size += len(raw)
+        inc.next_block += 1
+        if not last:
+            return set_.SetResponseDatablock(invoke, number)
+        self._incoming = None
+        data = b"".join(inc.chunks)
+        first = inc.first
+        try:
+            if inc.kind == "set":
+                value = axdr.decode_all(data)
+                _, result = self._guarded(self.write, first.descriptor, first.access_selection, value)
+                return set_.SetResponseLastDatablock(invoke, _dar(result), number)
+            count, offset = axdr.decode_length(data, 0)
+            values = []
+            for _ in range(count):
+                value, offset = axdr.decode(data, offset)
+                values.append(value)
+            if offset != len(data) or count != len(first.items):
+                raise DecodeError("SET list values", offset, "count does not match the attribute list")
+        except DecodeError:
+            if inc.kind == "set":
+                return set_.SetResponseLastDatablock(invoke, DataAccessResult.TYPE_UNMATCHED, number)
+            return set_.SetResponseLastDatablockWithList(invoke, tuple(DataAccessResult.TYPE_UNMATCHED for _ in first.items), number)
+        results = []
+        for (descriptor, selection), value in zip(first.items, values):
+            _, result = self._guarded(self.write, descriptor, selection, value)
+            results.append(_dar(result))
+        return set_.SetResponseLastDatablockWithList(invoke, tuple(results), number)
+
+    # ACTION
+    def _action_result(self, descriptor, parameters):
+        value, result = self._guarded(self.execute, descriptor, parameters)
+        return _action_result(result), (value if result == AccessResult.SUCCESS else None)
+
+    def _on_ActionRequestNormal(self, req: action.ActionRequestNormal):
+        self._outgoing = None
+        result, value = self._action_result(req.descriptor, req.parameters)
+        response = action.ActionResponseNormal(req.invoke_id_and_priority, result, value)
+        if (value is not None and len(response.to_bytes()) > self.client_max_receive_pdu_size
+                and self.conformance & Conformance.BLOCK_TRANSFER_WITH_ACTION):
+            # the pblock form carries the encoded response-with-optional-data
+            return self._start_blocks("action", req.invoke_id_and_priority, response.to_bytes()[3:])
+        return response
+
+    def _on_ActionRequestWithList(self, req: action.ActionRequestWithList):
+        if len(req.items) > MAX_LIST_ITEMS:
+            return ExceptionResponse(StateError.SERVICE_NOT_ALLOWED, ServiceError.OTHER_REASON, None)
+        results = tuple(self._action_result(d, p) for d, p in req.items)
+        return action.ActionResponseWithList(req.invoke_id_and_priority, results)
+
+    def _on_ActionRequestNextPblock(self, req: action.ActionRequestNextPblock):
+        out = self._outgoing
+        if out is None or out.kind != "action" or req.block_number != out.next_block - 1:
+            self._outgoing = None
+            return action.ActionResponseNormal(req.invoke_id_and_priority, ActionResult.NO_LONG_ACTION_IN_PROGRESS, None)
+        return self._next_block(out)
+
+    def _on_ActionRequestWithFirstPblock(self, req: action.ActionRequestWithFirstPblock):
+        self._incoming = _Incoming("action", req.invoke_id_and_priority, req)
+        return self._action_block(req.last_block, req.block_number, req.raw_data, req.invoke_id_and_priority)
+
+    def _on_ActionRequestWithPblock(self, req: action.ActionRequestWithPblock):
+        if self._incoming is None or self._incoming.kind != "action":
+            return action.ActionResponseNormal(req.invoke_id_and_priority, ActionResult.NO_LONG_ACTION_IN_PROGRESS, None)
+        return self._action_block(req.last_block, req.block_number, req.raw_data, req.invoke_id_and_priority)
+
+    def _action_block(self, last: bool, number: int, raw: bytes, invoke: int):
+        inc = self._incoming
+        if number != inc.next_block or inc.size + len(raw) > MAX_REASSEMBLED:
+            self._incoming = None
+            return action.ActionResponseNormal(invoke, ActionResult.LONG_ACTION_ABORTED, None)
+        inc.chunks.append(raw)
+        inc.size += len(raw)
+        inc.next_block += 1
+        if not last:
+            return action.ActionResponseNextPblock(invoke, number)
+        self._incoming = None
+        try:
+            parameters = axdr.decode_all(b"".join(inc.chunks))
+        except DecodeError:
+            return action.ActionResponseNormal(invoke, ActionResult.TYPE_UNMATCHED, None)
+        result, value = self._action_result(inc.first.descriptor, parameters)
+        return action.ActionResponseNormal(invoke, result, value)
+
+    # ACCESS
+    def _on_AccessRequest(self, req: access.AccessRequest):
+        return access.serve(req, self)
+
+    # -- general block transfer ------------------------------------------------------------
+    def _next_gbt(self, block_number_ack: int) -> GeneralBlockTransfer:
+        out = self._gbt_out
+        chunk = out.data[out.sent:out.sent + out.block_size]
+        out.sent += len(chunk)
+        last = out.sent >= len(out.data)
+        number = out.next_block
+        out.next_block += 1
+        if last:
+            self._gbt_out = None
+        return GeneralBlockTransfer(last, False, 1, number, block_number_ack, chunk)
+
+    def _general_block_transfer(self, block: GeneralBlockTransfer) -> bytes | None:
+        if self._gbt_out is not None and not block.block_data:
+            # the client acknowledges a block and asks for the next one
+            return self._next_gbt(block.block_number).to_bytes()
+        inc = self._gbt_in
+        if inc is None:
+            if block.block_number != 1:
+                return ExceptionResponse(StateError.SERVICE_NOT_ALLOWED, ServiceError.OPERATION_NOT_POSSIBLE, None).to_bytes()
+            inc = self._gbt_in = _Incoming("gbt", 0)
+        if block.block_number != inc.next_block or inc.size + len(block.block_data) > MAX_REASSEMBLED:
+            self._gbt_in = None
+            return ExceptionResponse(StateError.SERVICE_NOT_ALLOWED, ServiceError.OPERATION_NOT_POSSIBLE, None).to_bytes()
+        inc.chunks.append(block.block_data)
+        inc.size += len(block.block_data)
+        inc.next_block += 1
+        if not block.last_block:
+            return GeneralBlockTransfer(False, False, 1, 0, block.block_number, b"").to_bytes()
+        self._gbt_in = None
+        inner = b"".join(inc.chunks)
+        response = self._handle(inner) if inner[:1] != b"\xe0" else None
+        if response is None:
+            return None
+        # answers to GBT requests go back in GBT (Green Book 9.3.9)
+        self._gbt_out = _Outgoing("gbt", 0, response, self.client_max_receive_pdu_size - 16)
+        return self._next_gbt(block.block_number).to_bytes()
+
+    # -- sizing -----------------------------------------------------------------------------
+    def _fit(self, response) -> bytes:
+        encoded = response.to_bytes()
+        if len(encoded) <= self.client_max_receive_pdu_size:
+            return encoded
+        if self.conformance & Conformance.GENERAL_BLOCK_TRANSFER:
+            self._gbt_out = _Outgoing("gbt", 0, encoded, self.client_max_receive_pdu_size - 16)
+            return self._next_gbt(0).to_bytes()
+        # with-list responses to long lists are the only case left: refuse rather than overrun
+        return ExceptionResponse(StateError.SERVICE_NOT_ALLOWED, ServiceError.PDU_TOO_LONG, None).to_bytes()

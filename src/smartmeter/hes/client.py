@@ -1,0 +1,148 @@
+"""The head-end's high-level client: associate, list objects, read values and profiles."""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from smartmeter.cosem import axdr
+from smartmeter.cosem.data import CosemDateTime, Data, DataType
+from smartmeter.cosem.obis import Obis
+from smartmeter.dlms.apdu.common import CosemAttributeDescriptor, CosemMethodDescriptor, SelectiveAccessDescriptor
+from smartmeter.dlms.client import ActionExchange, ClientAssociation, ClientError, Exchange, GetExchange, SetExchange
+from smartmeter.errors import DecodeError
+
+CLOCK = Obis.parse("0-0:1.0.0.255")
+CURRENT_ASSOCIATION = Obis.parse("0-0:40.0.0.255")
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    class_id: int
+    version: int
+    obis: Obis
+    readable: tuple[int, ...]
+    writable: tuple[int, ...]
+    executable: tuple[int, ...]
+
+
+def parse_object_list(value: Data) -> list[ObjectInfo]:
+    """Association LN attribute 2 into ObjectInfo (access_mode bit 0 read, bit 1 write)."""
+    objects = []
+    try:
+        for entry in value.value:
+            class_id, version, ln, rights = (f.value for f in entry.value)
+            attrs, methods = rights
+            readable = tuple(a.value[0].value for a in attrs.value if a.value[1].value & 1)
+            writable = tuple(a.value[0].value for a in attrs.value if a.value[1].value & 2)
+            executable = tuple(m.value[0].value for m in methods.value if m.value[1].value)
+            objects.append(ObjectInfo(class_id, version, Obis.from_bytes(ln), readable, writable, executable))
+    except (TypeError, ValueError, AttributeError, IndexError):
+        raise ClientError("the object list has an unexpected shape") from None
+    return objects
+
+
+def range_selection(from_time: dt.datetime | None, to_time: dt.datetime | None) -> SelectiveAccessDescriptor:
+    """Selector 1 on the clock column: from/to as COSEM date-times (open ends become wide).
+
+    Aware datetimes carry their UTC deviation; naive ones are meter local time."""
+    low = from_time or dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
+    high = to_time or dt.datetime(2099, 12, 31, tzinfo=dt.timezone.utc)
+
+    def stamp(t: dt.datetime) -> Data:
+        # a naive time leaves the deviation unspecified: the meter reads it as its local time
+        return Data.octet_string(axdr.encode_date_time(CosemDateTime.from_datetime(t)))
+
+    restricting = Data.structure([
+        Data.long_unsigned(8), Data.octet_string(CLOCK.to_bytes()), Data.integer(2), Data.long_unsigned(0),
+    ])
+    return SelectiveAccessDescriptor(1, Data.structure([restricting, stamp(low), stamp(high), Data.array([])]))
+
+
+def entry_selection(first: int, last: int) -> SelectiveAccessDescriptor:
+    """Selector 2: entries first..last (1-based, last 0 = up to the newest), all columns."""
+    return SelectiveAccessDescriptor(2, Data.structure([
+        Data.double_long_unsigned(first), Data.double_long_unsigned(last),
+        Data.long_unsigned(1), Data.long_unsigned(0),
+    ]))
+
+
+class MeterClient:
+    """One association with one meter over a link (WrapperLink or HdlcLink)."""
+
+    def __init__(self, link, *, mechanism: int = 0) -> None:
+        self.link = link
+        self.association = ClientAssociation(mechanism=mechanism)
+        self._objects: list[ObjectInfo] | None = None
+
+    async def __aenter__(self) -> "MeterClient":
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        await self.link.open()
+        try:
+            self.association.on_aare(await self.link.exchange(self.association.aarq()))
+        except BaseException:
+            await self.link.close()
+            raise
+
+    async def close(self) -> None:
+        try:
+            if self.association.negotiated is not None:
+                await self.link.exchange(self.association.rlrq())
+        except (ClientError, OSError, DecodeError):
+            pass  # the link is going away anyway
+        finally:
+            await self.link.close()
+
+    async def run(self, exchange: Exchange):
+        request = exchange.first()
+        while request is not None:
+            request = exchange.feed(await self.link.exchange(request))
+        return exchange.result
+
+    # -- reads ----------------------------------------------------------------------------
+    async def objects(self) -> list[ObjectInfo]:
+        if self._objects is None:
+            value = await self.run(GetExchange(CosemAttributeDescriptor(15, CURRENT_ASSOCIATION.to_bytes(), 2)))
+            self._objects = parse_object_list(value)
+        return self._objects
+
+    async def class_of(self, obis: Obis) -> int:
+        for o in await self.objects():
+            if o.obis == obis:
+                return o.class_id
+        raise ClientError(f"{obis} is not in this client's object list")
+
+    async def get(self, obis: Obis | str, attribute: int = 2, class_id: int | None = None,
+                  selection: SelectiveAccessDescriptor | None = None) -> Data:
+        obis = Obis.parse(obis) if isinstance(obis, str) else obis
+        class_id = class_id if class_id is not None else await self.class_of(obis)
+        return await self.run(GetExchange(CosemAttributeDescriptor(class_id, obis.to_bytes(), attribute), selection))
+
+    async def set(self, obis: Obis | str, attribute: int, value: Data, class_id: int | None = None) -> None:
+        obis = Obis.parse(obis) if isinstance(obis, str) else obis
+        class_id = class_id if class_id is not None else await self.class_of(obis)
+        pdu = self.association.negotiated.server_max_receive_pdu_size
+        await self.run(SetExchange(CosemAttributeDescriptor(class_id, obis.to_bytes(), attribute), value, pdu))
+
+    async def action(self, obis: Obis | str, method: int, parameters: Data | None = None,
+                     class_id: int | None = None) -> Data | None:
+        obis = Obis.parse(obis) if isinstance(obis, str) else obis
+        class_id = class_id if class_id is not None else await self.class_of(obis)
+        return await self.run(ActionExchange(CosemMethodDescriptor(class_id, obis.to_bytes(), method), parameters))
+
+    async def profile(self, obis: Obis | str, *, from_time: dt.datetime | None = None,
+                      to_time: dt.datetime | None = None, entries: tuple[int, int] | None = None) -> tuple[Data, Data]:
+        """(capture_objects, buffer) of a profile, whole or selected by range or by entry."""
+        obis = Obis.parse(obis) if isinstance(obis, str) else obis
+        selection = None
+        if entries is not None:
+            selection = entry_selection(*entries)
+        elif from_time is not None or to_time is not None:
+            selection = range_selection(from_time, to_time)
+        columns = await self.get(obis, 3, class_id=7)
+        return columns, await self.get(obis, 2, class_id=7, selection=selection)

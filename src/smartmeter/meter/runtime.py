@@ -1,0 +1,133 @@
+"""The running meter: wires the legally relevant part, the clock, the object model and the
+DLMS server together, and drives registration from the (simulated) measurement input."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from smartmeter.cosem.classes.base import Binding
+from smartmeter.cosem.data import Data
+from smartmeter.cosem.objectmodel import ObjectModel
+from smartmeter.dlms.server import DlmsServer
+from smartmeter.legal.interface import LegalInterface, ProfileRow
+from smartmeter.meter.clock import DEFAULT_TIME_ZONE, MeterClock
+from smartmeter.meter.identity import MeterIdentity
+from smartmeter.meter.simulation import HouseholdLoad
+
+log = logging.getLogger(__name__)
+
+CAPTURE_PERIOD = 900
+BACKFILL_DAYS = 30
+
+
+@dataclass
+class MeterConfig:
+    data_dir: Path = Path("meter-data")
+    serial: str = "1KFM0100000001"
+    meter_type: int = 100
+    comms_module_serial: str = "1KFM0200000001"
+    profile: str = "ksmw"
+    time_zone: str = DEFAULT_TIME_ZONE
+    backfill_days: int = BACKFILL_DAYS
+
+
+class LoadProfileSource:
+    """Load profile 1 rows, read through the protective interface, in COSEM form."""
+
+    def __init__(self, legal: LegalInterface, clock: MeterClock) -> None:
+        self.legal = legal
+        self.clock = clock
+
+    def rows(self, from_time: int | None, to_time: int | None) -> list[tuple]:
+        cosem = self.clock.cosem
+        return [
+            (cosem(r.capture_time), r.status, r.a_plus, r.a_minus, r.r_plus, r.r_minus)
+            for r in self.legal.read_load_profile(from_time, to_time)
+        ]
+
+    def entries_in_use(self) -> int:
+        return self.legal.load_profile_entries_in_use()
+
+    def utc_from_cosem(self, value) -> int:
+        return self.clock.utc_from_cosem(value)
+
+
+class Meter:
+    def __init__(self, config: MeterConfig, clock: MeterClock | None = None) -> None:
+        self.config = config
+        self.identity = MeterIdentity(config.serial, config.meter_type, config.comms_module_serial)
+        self.clock = clock or MeterClock(config.time_zone)
+        self.legal = LegalInterface(config.data_dir)
+        self.load = HouseholdLoad(config.serial)
+        self.model = ObjectModel.load(config.profile)
+        self.directory = self.model.instantiate(self._bindings())
+        self.server = DlmsServer(self.directory, system_title=self.identity.system_title)
+        self._last_tick = self.clock.now()
+        if self.legal.is_empty() and config.backfill_days:
+            self.backfill(config.backfill_days)
+
+    def _bindings(self) -> dict:
+        energy = lambda name: Binding(lambda: Data.double_long_unsigned(getattr(self.legal.read_energy(), name)))  # noqa: E731
+        ident = self.identity
+        return {
+            "identity.logical_device_name": Binding(lambda: Data.octet_string(ident.logical_device_name)),
+            "identity.device_id_1": Binding(lambda: Data.octet_string(ident.serial.encode("ascii"))),
+            "identity.device_id_2": Binding(lambda: Data.octet_string(ident.comms_module_serial.encode("ascii"))),
+            "energy.a_plus": energy("a_plus"),
+            "energy.a_minus": energy("a_minus"),
+            "energy.r_plus": energy("r_plus"),
+            "energy.r_minus": energy("r_minus"),
+            "clock": self.clock,
+            "load_profile_1": LoadProfileSource(self.legal, self.clock),
+            "load_profile_1.status": Binding(lambda: Data.unsigned(0)),
+        }
+
+    def hdlc_setup(self):
+        """The IEC HDLC setup object (IC 23) of the optical port."""
+        return next(inst for o, inst in self.directory.by_ln.values() if o.class_id == 23)
+
+    # -- registration ---------------------------------------------------------------------
+    def backfill(self, days: int) -> None:
+        """First start: a simulated history of `days` days so the profile has something to read."""
+        end = int(self.clock.now() // CAPTURE_PERIOD * CAPTURE_PERIOD)
+        start = end - days * 86400
+        totals = [0.0, 0.0, 0.0, 0.0]
+        rows = []
+        for t in range(start + CAPTURE_PERIOD, end + 1, CAPTURE_PERIOD):
+            for i, e in enumerate(self.load.energy(t - CAPTURE_PERIOD, t)):
+                totals[i] += e
+            rows.append(ProfileRow(t, 0, *(int(v) for v in totals)))
+        self.legal.backfill_history(rows)
+        self._last_tick = float(end)
+        log.info("back-filled %d load-profile entries (%d days)", len(rows), days)
+
+    def tick(self) -> None:
+        """Register the energy since the last tick, persist, capture at period boundaries."""
+        now = self.clock.now()
+        last = self._last_tick
+        if now <= last:
+            self._last_tick = now
+            return
+        t = last
+        while t < now:
+            boundary = (t // CAPTURE_PERIOD + 1) * CAPTURE_PERIOD
+            step_end = min(now, boundary)
+            a_plus, a_minus, r_plus, r_minus = self.load.energy(t, step_end, step=min(60.0, step_end - t))
+            seconds = step_end - t
+            self.legal.register_power((a_plus - a_minus) * 3600 / seconds, (r_plus - r_minus) * 3600 / seconds, seconds)
+            if step_end == boundary:
+                self.legal.capture_load_profile(int(boundary), 0)
+            t = step_end
+        self._last_tick = now
+        self.legal.persist()
+
+    async def run_registration(self, period: float = 1.0) -> None:
+        while True:
+            self.tick()
+            await asyncio.sleep(period)
+
+    def close(self) -> None:
+        self.tick()
+        self.legal.close()
