@@ -462,8 +462,8 @@ class HdlcFrameSplitter:
 
     @property
     def pending(self) -> int:
-        """Bytes of a frame begun but not finished."""
-        return len(self._buffer)
+        """Bytes of a frame begun but not finished (a lone, possibly shared flag is 0)."""
+        return len(self._buffer) if len(self._buffer) > 1 else 0
 
     def reset(self) -> None:
         self.discarded_bytes += len(self._buffer)
@@ -471,7 +471,7 @@ class HdlcFrameSplitter:
 
     def expire(self, now: float) -> bool:
         """Drop a partial frame whose bytes stopped for longer than the inter-octet timeout."""
-        if (self._buffer and self.inter_octet_timeout is not None
+        if (self.pending and self.inter_octet_timeout is not None
                 and self._last_byte_time is not None
                 and now - self._last_byte_time > self.inter_octet_timeout):
             self.reset()
