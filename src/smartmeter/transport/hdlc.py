@@ -297,15 +297,21 @@ class HdlcServerLink(_LinkBase):
         self._splitter.expire(now)
         return self._check_inactivity(now)
 
-    def send_apdu(self, apdu: bytes) -> None:
+    def send_apdu(self, apdu: bytes) -> bool:
         """Queue a response APDU; it goes out now if the client's poll is pending,
-        else at the next poll. Raises HdlcStateError without a connection."""
+        else at the next poll.
+
+        Returns False, sending nothing, when the link is not connected: events of one
+        `receive` call are handed over together, so the link may already have been
+        closed (DISC, timeout) when the application answers an earlier ApduReceived.
+        """
         if self._mode is not _Mode.CONNECTED:
-            raise HdlcStateError("send_apdu on a disconnected HDLC link")
+            return False
         self._queue_segments(LLC_RESPONSE, apdu)
         if self._awaiting_response:
             self._awaiting_response = False
             self._transmit_window()
+        return True
 
     @property
     def client_address(self) -> int | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hdlc_harness import CLIENT, PHYSICAL, SERVER, Primary, frame
-from smartmeter.transport.hdlc import Connected, Disconnected, HdlcParameters, HdlcStateError
+from smartmeter.transport.hdlc import ApduReceived, Connected, Disconnected, HdlcParameters
 from smartmeter.transport.hdlc_frame import (
     FrameKind,
     HdlcAddress,
@@ -190,7 +190,17 @@ def test_zero_inactivity_timeout_disables_supervision():
     p.round_trip()
 
 
-def test_send_apdu_without_connection_is_a_state_error():
+def test_send_apdu_without_connection_sends_nothing():
     p = Primary()
-    with pytest.raises(HdlcStateError):
-        p.link.send_apdu(b"\xC4")
+    assert p.link.send_apdu(b"\xC4") is False
+    assert p.link.take_output() == b""
+
+
+def test_answer_to_a_request_after_disc_in_the_same_chunk_is_dropped():
+    p = Primary()
+    p.connect()
+    exchange = p.send(p.i_frame(LLC_COMMAND + b"\xC0\x01") + frame(FrameKind.DISC))
+    assert [type(e) for e in exchange.events] == [ApduReceived, Disconnected]
+    assert exchange.only.kind is FrameKind.UA
+    assert p.link.send_apdu(b"\xC4") is False
+    assert p.link.take_output() == b""
