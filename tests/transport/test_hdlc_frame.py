@@ -495,3 +495,25 @@ def test_we_parse_dlms_cosem_frames():
 
     disc = HdlcFrame.from_bytes(dc.DisconnectFrame(server, client).to_bytes())
     assert disc.kind is FrameKind.DISC
+
+
+def test_wrong_closing_flag_rejected():
+    raw = bytearray(_frame())
+    raw[-1] = 0x00
+    with pytest.raises(HdlcError, match="closing flag"):
+        HdlcFrame.from_bytes(bytes(raw))
+
+
+def test_hcs_without_information_field_rejected():
+    # A frame that carries an HCS but no information: the length counts 2 bytes too many.
+    header = bytes([0xA0, 0x09, 0x03, 0x21, 0x10])
+    body = header + checksum_bytes(header)
+    with pytest.raises(HdlcError, match="without information"):
+        HdlcFrame.from_bytes(b"\x7E" + body + checksum_bytes(body) + b"\x7E")
+
+
+def test_frame_with_header_but_no_room_for_fcs_rejected():
+    # Length 11 = format + two 4-byte addresses + control: nothing left for the FCS.
+    body = bytes([0xA0, 0x0B]) + bytes.fromhex("00020023") + bytes.fromhex("00020021") + b"\x93"
+    with pytest.raises(TruncatedError, match="FCS"):
+        HdlcFrame.from_bytes(b"\x7E" + body + b"\x7E")

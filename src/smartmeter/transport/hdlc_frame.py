@@ -320,8 +320,11 @@ class HdlcFrame:
         rest = len(body) - 2 - header_end  # bytes between control and FCS
         if rest == 0:
             information = b""
-        elif rest < 2:
-            raise HdlcError("HDLC frame", header_end + 1, "too short for a header check sequence")
+        elif rest <= 2:
+            # HCS exists only in front of a (non-empty) information field.
+            raise HdlcError("HDLC frame", header_end + 1,
+                            "header check sequence without information field" if rest == 2
+                            else "too short for a header check sequence")
         else:
             if checksum_bytes(body[:header_end]) != body[header_end:header_end + 2]:
                 raise HdlcChecksumError("HDLC HCS", header_end + 1, "header check sequence mismatch")

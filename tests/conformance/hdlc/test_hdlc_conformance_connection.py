@@ -204,3 +204,11 @@ def test_answer_to_a_request_after_disc_in_the_same_chunk_is_dropped():
     assert exchange.only.kind is FrameKind.UA
     assert p.link.send_apdu(b"\xC4") is False
     assert p.link.take_output() == b""
+
+
+def test_ui_frame_in_normal_response_mode_is_delivered_without_answer():
+    p = Primary()
+    p.connect()
+    exchange = p.send(frame(FrameKind.UI, pf=False, info=LLC_COMMAND + b"\xC0\x01"))
+    assert exchange.apdus == [b"\xC0\x01"] and exchange.frames == []
+    p.round_trip()

@@ -295,3 +295,52 @@ def test_gaps_shorter_than_inter_octet_timeout_keep_the_frame():
     for byte in raw:
         events += p.send(bytes([byte]), dt=0.02).events
     assert [e.apdu for e in events] == [GET_REQUEST]
+
+
+# ------------------------------------------------------------------ further cases
+
+
+def test_i_frame_without_llc_header_is_not_delivered():
+    p = connected()
+    exchange = p.send(p.i_frame(b"\xE6\xE7\x00" + GET_REQUEST))  # response LLC from a client
+    assert exchange.apdus == []
+    # The frame itself was fine (it is acknowledged), only its content is refused.
+    assert exchange.only.kind is FrameKind.RR and exchange.only.recv_seq == 1
+    p.round_trip()
+
+
+@pytest.mark.parametrize("kind", [FrameKind.UA, FrameKind.DM])
+def test_response_frames_from_the_client_get_frmr_w(kind):
+    p = connected()
+    exchange = p.send(frame(kind))
+    info = FrmrInformation.from_bytes(exchange.only.information)
+    assert exchange.only.kind is FrameKind.FRMR and info.reasons == FRMR_W_INVALID_CONTROL
+    p.round_trip()
+
+
+def test_unknown_command_with_information_gets_frmr_wx():
+    p = connected()
+    header = bytes([0xA0, 0x0D, 0x02, 0x23, 0x21, 0x19])  # REJ with information
+    body = header + checksum_bytes(header) + b"\x01\x02\x03"
+    exchange = p.send(b"\x7E" + body + checksum_bytes(body) + b"\x7E")
+    info = FrmrInformation.from_bytes(exchange.only.information)
+    assert info.reasons == FRMR_W_INVALID_CONTROL | FRMR_X_INFORMATION_NOT_PERMITTED
+    assert info.rejected_control == 0x19
+    p.round_trip()
+
+
+def test_pending_frmr_reported_at_a_poll_with_wrong_ns():
+    p = connected()
+    p.send(frame(FrameKind.I, pf=False, ns=0, info=LLC_COMMAND + bytes(200)))
+    exchange = p.send(frame(FrameKind.I, ns=5, info=LLC_COMMAND + GET_REQUEST))
+    assert exchange.only.kind is FrameKind.FRMR and exchange.events == []
+    p.round_trip()
+
+
+def test_frmr_reports_the_link_state_variables():
+    p = connected()
+    p.round_trip()
+    p.round_trip()  # V(S) = V(R) = 2
+    exchange = p.send(frame(FrameKind.I, ns=p.ns, nr=p.nr, info=LLC_COMMAND + bytes(200)))
+    info = FrmrInformation.from_bytes(exchange.only.information)
+    assert (info.send_state, info.receive_state) == (2, 2)

@@ -366,3 +366,76 @@ def test_gurux_client_against_our_server_with_segmented_response(max_info):
     events = server.receive(disc, 0.3)
     assert events == [Disconnected("DISC received")]
     assert HdlcFrame.from_bytes(server.take_output()).kind is FrameKind.UA
+
+
+def test_final_segment_without_poll_is_delivered_and_answer_waits_for_poll():
+    p = connected()
+    exchange = p.send(p.i_frame(LLC_COMMAND + GET_REQUEST, pf=False))
+    assert exchange.apdus == [GET_REQUEST] and exchange.frames == []
+    assert p.respond(GET_RESPONSE).frames == []  # not polled: nothing may be sent
+    exchange = p.send(frame(FrameKind.RR, nr=p.nr))
+    assert p.take_i_frames(exchange.frames) == LLC_RESPONSE + GET_RESPONSE
+
+
+# ------------------------------------------------------------------ client link reactions
+
+
+def _connected_client(**kw) -> HdlcClientLink:
+    client = HdlcClientLink(0x10, 1, 0x11, **kw)
+    client.connect(0.0)
+    ua = HdlcFrame(FrameKind.UA, client._client, client._server, True).to_bytes()
+    assert isinstance(client.receive(ua, 0.0)[0], Connected)
+    return client
+
+
+def _from_server(client: HdlcClientLink, kind: FrameKind, **kw) -> bytes:
+    return HdlcFrame(kind, client._client, client._server, **kw).to_bytes()
+
+
+@pytest.mark.parametrize("kind, info", [(FrameKind.DM, b""), (FrameKind.FRMR, b"\x10\x00\x04")])
+def test_client_link_reports_dm_and_frmr_while_connected(kind, info):
+    client = _connected_client()
+    (event,) = client.receive(_from_server(client, kind, poll_final=True, information=info), 1.0)
+    assert isinstance(event, Disconnected) and kind.value in event.reason
+    assert not client.connected
+
+
+def test_client_link_asks_for_retransmission_on_wrong_ns():
+    client = _connected_client()
+    client.send_apdu(GET_REQUEST)
+    client.take_output()
+    wrong = _from_server(client, FrameKind.I, poll_final=True, send_seq=3, recv_seq=1,
+                         information=LLC_RESPONSE + GET_RESPONSE)
+    assert client.receive(wrong, 1.0) == []
+    rr = HdlcFrame.from_bytes(client.take_output())
+    assert rr.kind is FrameKind.RR and rr.poll_final and rr.recv_seq == 0
+    right = _from_server(client, FrameKind.I, poll_final=True, send_seq=0, recv_seq=1,
+                         information=LLC_RESPONSE + GET_RESPONSE)
+    assert client.receive(right, 1.1) == [ApduReceived(GET_RESPONSE)]
+
+
+def test_client_link_refuses_responses_above_its_limit():
+    client = _connected_client(max_apdu_length=100)
+    client.send_apdu(GET_REQUEST)
+    client.take_output()
+    seg = _from_server(client, FrameKind.I, poll_final=True, send_seq=0, recv_seq=1,
+                       information=LLC_RESPONSE + bytes(120), segmented=True)
+    (event,) = client.receive(seg, 1.0)
+    assert isinstance(event, Disconnected) and "max_apdu_length" in event.reason
+
+
+def test_client_link_waits_while_server_busy_and_polls_again():
+    client = _connected_client(params=HdlcParameters(max_info_tx=32), response_timeout=1.0)
+    client.send_apdu(bytes(100))  # 4 segments of 32
+    first = HdlcFrame.from_bytes(client.take_output())
+    assert first.segmented and first.poll_final
+    rnr = _from_server(client, FrameKind.RNR, poll_final=True, recv_seq=1)
+    assert client.receive(rnr, 1.0) == []
+    assert client.take_output() == b""  # busy: no I-frame
+    client.tick(2.5)
+    poll = HdlcFrame.from_bytes(client.take_output())
+    assert poll.kind is FrameKind.RR and poll.poll_final
+    rr = _from_server(client, FrameKind.RR, poll_final=True, recv_seq=1)
+    client.receive(rr, 2.6)
+    second = HdlcFrame.from_bytes(client.take_output())
+    assert second.kind is FrameKind.I and second.send_seq == 1
