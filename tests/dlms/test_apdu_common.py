@@ -455,3 +455,34 @@ def gurux_values(b: bytes, tag: str) -> list[str]:
     import re
 
     return re.findall(rf'<{tag} Value="([^"]*)"', gurux_xml(b))
+
+
+def test_invoke_id_and_priority_bits():
+    from smartmeter.dlms.apdu.common import invoke_id_and_priority, long_invoke_id_and_priority
+
+    assert invoke_id_and_priority(1, confirmed=True, high_priority=True) == 0xC1
+    assert invoke_id_and_priority(1, confirmed=True) == 0x41
+    assert invoke_id_and_priority(15, confirmed=False, high_priority=True) == 0x8F
+    with pytest.raises(EncodeError):
+        invoke_id_and_priority(16)
+    assert long_invoke_id_and_priority(1, confirmed=True) == 0x40000001
+    assert long_invoke_id_and_priority(0xFFFFFF, high_priority=True, break_on_error=True,
+                                       self_descriptive=True) == 0xB0FFFFFF
+    with pytest.raises(EncodeError):
+        long_invoke_id_and_priority(1 << 24)
+
+
+def test_invoke_id_bits_agree_with_dlms_cosem():
+    from dlms_cosem.protocol.xdlms import InvokeIdAndPriority
+    from dlms_cosem.protocol.xdlms.data_notification import LongInvokeIdAndPriority
+
+    from smartmeter.dlms.apdu.common import invoke_id_and_priority, long_invoke_id_and_priority
+
+    for iid in (0, 1, 7, 15):
+        for confirmed in (False, True):
+            for high in (False, True):
+                theirs = InvokeIdAndPriority(iid, confirmed, high).to_bytes()
+                assert theirs == bytes((invoke_id_and_priority(iid, confirmed, high),))
+    theirs = LongInvokeIdAndPriority(0x123456, prioritized=True, confirmed=True, break_on_error=True).to_bytes()
+    ours = long_invoke_id_and_priority(0x123456, confirmed=True, high_priority=True, break_on_error=True)
+    assert theirs == ours.to_bytes(4, "big")

@@ -33,7 +33,51 @@ __all__ = [
     "EntryDescriptor",
     "RANGE_DESCRIPTOR_SELECTOR",
     "ENTRY_DESCRIPTOR_SELECTOR",
+    "invoke_id_and_priority",
+    "long_invoke_id_and_priority",
 ]
+
+
+# ---------------------------------------------------------------------------------------
+# Invoke-Id-And-Priority (Unsigned8) and Long-Invoke-Id-And-Priority (Unsigned32)
+# ---------------------------------------------------------------------------------------
+# Both stay raw ints in the APDUs (a server echoes them unchanged); these build them.
+
+INVOKE_ID_MASK = 0x0F  # bits 0..3
+SERVICE_CLASS_CONFIRMED = 0x40  # bit 6
+PRIORITY_HIGH = 0x80  # bit 7
+
+LONG_INVOKE_ID_MASK = 0x00FFFFFF  # bits 0..23
+LONG_SELF_DESCRIPTIVE = 1 << 28
+LONG_BREAK_ON_ERROR = 1 << 29  # processing-option
+LONG_CONFIRMED = 1 << 30
+LONG_PRIORITY_HIGH = 1 << 31
+
+
+def invoke_id_and_priority(invoke_id: int, confirmed: bool = True, high_priority: bool = False) -> int:
+    """The Invoke-Id-And-Priority byte: e.g. (1, confirmed, high priority) -> 0xC1."""
+    if type(invoke_id) is not int or not 0 <= invoke_id <= INVOKE_ID_MASK:
+        raise EncodeError(f"invoke_id must be an int in 0..15, got {invoke_id!r}")
+    return invoke_id | (SERVICE_CLASS_CONFIRMED if confirmed else 0) | (PRIORITY_HIGH if high_priority else 0)
+
+
+def long_invoke_id_and_priority(
+    long_invoke_id: int,
+    confirmed: bool = False,
+    high_priority: bool = False,
+    break_on_error: bool = False,
+    self_descriptive: bool = False,
+) -> int:
+    """The Long-Invoke-Id-And-Priority word of data-notification and ACCESS APDUs."""
+    if type(long_invoke_id) is not int or not 0 <= long_invoke_id <= LONG_INVOKE_ID_MASK:
+        raise EncodeError(f"long_invoke_id must be an int in 0..0xFFFFFF, got {long_invoke_id!r}")
+    return (
+        long_invoke_id
+        | (LONG_CONFIRMED if confirmed else 0)
+        | (LONG_PRIORITY_HIGH if high_priority else 0)
+        | (LONG_BREAK_ON_ERROR if break_on_error else 0)
+        | (LONG_SELF_DESCRIPTIVE if self_descriptive else 0)
+    )
 
 
 class DataAccessResult(IntEnum):
