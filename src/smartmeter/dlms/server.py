@@ -13,7 +13,7 @@ from typing import Callable
 
 from smartmeter.cosem import axdr
 from smartmeter.cosem.classes.base import AccessResult, CosemAccessError, RequestContext, Selection
-from smartmeter.cosem.data import Data
+from smartmeter.cosem.data import Data, DataType
 from smartmeter.cosem.objectmodel import ClientDef, ObjectDirectory
 from smartmeter.dlms.apdu import acse, get, set as set_, action, access
 from smartmeter.dlms.apdu.common import (
@@ -67,8 +67,9 @@ class DlmsServer:
     """One logical device: what it holds and who may talk to it on which interface."""
 
     def __init__(self, directory: ObjectDirectory, *, system_title: bytes, server_sap: int = 1,
-                 max_pdu_size: int = MAX_PDU_SIZE) -> None:
+                 max_pdu_size: int = MAX_PDU_SIZE, clock_bytes: Callable[[], bytes] = lambda: b"") -> None:
         self.directory = directory
+        self.clock_bytes = clock_bytes  # the meter's time as 12-byte COSEM date-time
         self.system_title = system_title
         self.server_sap = server_sap
         self.max_pdu_size = max_pdu_size
@@ -501,9 +502,29 @@ class ServerAssociation:
         result, value = self._action_result(inc.first.descriptor, parameters)
         return action.ActionResponseNormal(invoke, result, value)
 
-    # ACCESS
+    # ACCESS (Green Book 9.3.x): one data item per specification both ways
     def _on_AccessRequest(self, req: access.AccessRequest):
-        return access.serve(req, self)
+        if len(req.specs) != len(req.data) or len(req.specs) > MAX_LIST_ITEMS:
+            return ExceptionResponse(StateError.SERVICE_NOT_ALLOWED, ServiceError.OTHER_REASON, None)
+        kinds = access.AccessRequestKind
+        data, results = [], []
+        for spec, item in zip(req.specs, req.data):
+            if spec.kind in (kinds.GET, kinds.GET_WITH_SELECTION):
+                value, result = self._guarded(self.read, spec.descriptor, spec.access_selection)
+                data.append(value if result == AccessResult.SUCCESS else Data.null())
+                results.append(access.AccessResponseSpec(access.AccessResponseKind.GET, _dar(result)))
+            elif spec.kind in (kinds.SET, kinds.SET_WITH_SELECTION):
+                _, result = self._guarded(self.write, spec.descriptor, spec.access_selection, item)
+                data.append(Data.null())
+                results.append(access.AccessResponseSpec(access.AccessResponseKind.SET, _dar(result)))
+            else:
+                parameters = None if item.type == DataType.NULL_DATA else item
+                result, value = self._action_result(spec.descriptor, parameters)
+                data.append(value if value is not None else Data.null())
+                results.append(access.AccessResponseSpec(access.AccessResponseKind.ACTION, result))
+        # a date-time in the request asks for one in the response (companion standard §3.3.1.1)
+        date_time = self.server.clock_bytes() if req.date_time else b""
+        return access.AccessResponse(req.long_invoke_id_and_priority, date_time, tuple(data), tuple(results))
 
     # -- general block transfer ------------------------------------------------------------
     def _next_gbt(self, block_number_ack: int) -> GeneralBlockTransfer:

@@ -63,7 +63,8 @@ class Meter:
         self.load = HouseholdLoad(config.serial)
         self.model = ObjectModel.load(config.profile)
         self.directory = self.model.instantiate(self._bindings())
-        self.server = DlmsServer(self.directory, system_title=self.identity.system_title)
+        self.server = DlmsServer(self.directory, system_title=self.identity.system_title,
+                                 clock_bytes=self.clock.cosem_now)
         self._last_tick = self.clock.now()
         if self.legal.is_empty() and config.backfill_days:
             self.backfill(config.backfill_days)
