@@ -374,3 +374,8 @@ def test_out_of_range_request_fields_raise_encode_error(pdu):
 def test_out_of_range_response_fields_raise_encode_error(response):
     with pytest.raises(EncodeError):
         response.to_bytes()
+
+
+def test_non_bytes_dedicated_key_raises_encode_error():
+    with pytest.raises(EncodeError):
+        InitiateRequest(dedicated_key="0011").to_bytes()

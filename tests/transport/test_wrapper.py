@@ -249,3 +249,8 @@ def test_gurux_reads_our_wrapper_frame():
     assert re.search(r'<WRAPPER len="(\w+)"', xml).group(1) == "27"
     assert "<AssociationRequest>" in xml
     assert '<ProposedMaxPduSize Value="04B0" />' in xml
+
+
+def test_non_bytes_payload_raises_encode_error():
+    with pytest.raises(EncodeError):
+        WrapperFrame(1, 1, 5).to_bytes()

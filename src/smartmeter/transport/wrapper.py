@@ -32,7 +32,9 @@ class WrapperError(DecodeError):
     the bad header in the same chunk (the caller may still act on them before closing).
     """
 
-    frames: list["WrapperFrame"] = []
+    def __init__(self, what: str, offset: int | None = None, detail: str = "") -> None:
+        super().__init__(what, offset, detail)
+        self.frames: list[WrapperFrame] = []
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +49,8 @@ class WrapperFrame:
             value = getattr(self, name)
             if not isinstance(value, int) or not 0 <= value <= 0xFFFF:
                 raise EncodeError(f"{name} must be in 0..65535, got {value!r}")
+        if not isinstance(self.payload, (bytes, bytearray, memoryview)):
+            raise EncodeError(f"payload must be bytes, got {type(self.payload).__name__}")
         if len(self.payload) > MAX_PAYLOAD:
             raise EncodeError(f"payload of {len(self.payload)} bytes exceeds {MAX_PAYLOAD}")
         return (

@@ -191,6 +191,8 @@ class InitiateRequest:
         if self.dedicated_key is None:
             out.append(0)
         else:
+            if not isinstance(self.dedicated_key, (bytes, bytearray, memoryview)):
+                raise EncodeError(f"dedicated_key must be bytes, got {self.dedicated_key!r}")
             out.append(1)
             out += _axdr_length(len(self.dedicated_key)) + bytes(self.dedicated_key)
         out += b"\x00" if self.response_allowed else b"\x01\x00"
