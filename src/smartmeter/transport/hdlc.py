@@ -196,7 +196,7 @@ class _LinkBase:
         self._tx_queue: deque[tuple[bytes, bool]] = deque()
         self._peer_busy = False
         self._reassembly = bytearray()
-        self._reassembly_overflow = False
+        self._expecting_response = False  # client: request sent, response not complete
 
     def _emit(self, kind: FrameKind, poll_final: bool, information: bytes = b"",
               segmented: bool = False, send_seq: int = 0) -> None:
@@ -227,11 +227,13 @@ class _LinkBase:
         Frames still unacknowledged are sent again first (go-back-N). Returns False when
         there was nothing to send (or the peer is busy), so the caller answers otherwise.
         """
+        if self._peer_busy:
+            return False  # what is unacknowledged stays so: the peer may still ack it
         if self._unacked:
             self._vs = self._unacked[0][0]
             self._tx_queue.extendleft((info, seg) for _, info, seg in reversed(self._unacked))
             self._unacked.clear()
-        if self._peer_busy or not self._tx_queue:
+        if not self._tx_queue:
             return False
         window = self.negotiated.window_tx
         for count in range(window):
@@ -528,7 +530,6 @@ class HdlcClientLink(_LinkBase):
         self.response_timeout = response_timeout
         self.max_retries = max_retries
         self._waiting_since: float | None = None  # a P frame is out, its F frame is due
-        self._expecting_response = False  # request sent, response APDU not complete yet
         self._retries = 0
         self._last_request = b""
 
@@ -543,12 +544,8 @@ class HdlcClientLink(_LinkBase):
     def connect(self, now: float | None = None) -> bytes:
         """The SNRM frame that opens the link (parameters sent unless all defaults)."""
         proposal = self.params.proposal()
-        default = HdlcParameters()
-        info = b""
-        if (self.params.max_info_tx, self.params.max_info_rx, self.params.window_tx,
-                self.params.window_rx) != (default.max_info_tx, default.max_info_rx,
-                                           default.window_tx, default.window_rx):
-            info = proposal.to_bytes()
+        # IEC 62056-46 lets the field be left out when every value is the default.
+        info = b"" if proposal == HdlcParameters().proposal() else proposal.to_bytes()
         self._reset_sequences()
         self._mode = _Mode.CONNECTING
         frame = HdlcFrame(FrameKind.SNRM, self._server, self._client, True, 0, 0, info)

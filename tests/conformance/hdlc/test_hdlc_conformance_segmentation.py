@@ -439,3 +439,60 @@ def test_client_link_waits_while_server_busy_and_polls_again():
     client.receive(rr, 2.6)
     second = HdlcFrame.from_bytes(client.take_output())
     assert second.kind is FrameKind.I and second.send_seq == 1
+
+
+# ------------------------------------------------------------------ dlms-cosem as the peer
+
+
+def test_dlms_cosem_hdlc_connection_against_our_server():
+    """dlms-cosem's client state machine checks our N(S)/N(R) on every response."""
+    from dlms_cosem.hdlc import frames as dc
+    from dlms_cosem.hdlc.address import HdlcAddress as DcAddress
+    from dlms_cosem.hdlc.connection import HdlcConnection
+
+    client_address = DcAddress(16, None, "client")
+    server_address = DcAddress(1, 0x11, "server")
+    conn = HdlcConnection(client_address, server_address)
+    server = HdlcServerLink(0x11, {1})
+
+    def round_trip(out: bytes, now: float):
+        events = server.receive(out, now)
+        for event in events:
+            if isinstance(event, ApduReceived):
+                server.send_apdu(event.apdu[::-1])
+        conn.receive_data(server.take_output())
+        return events, conn.next_event()
+
+    events, ua = round_trip(conn.send(dc.SetNormalResponseModeFrame(server_address, client_address)), 0.0)
+    assert isinstance(events[0], Connected) and isinstance(ua, dc.UnNumberedAcknowledgmentFrame)
+
+    for n in range(10):  # wraps the modulo-8 sequence numbers
+        apdu = bytes([0xC0, 0x01, n]) + bytes(20)
+        request = dc.InformationFrame(server_address, client_address, LLC_COMMAND + apdu,
+                                      send_sequence_number=conn.server_ssn,
+                                      receive_sequence_number=conn.server_rsn)
+        events, response = round_trip(conn.send(request), 1.0 + n)
+        assert [e.apdu for e in events] == [apdu]
+        assert isinstance(response, dc.InformationFrame)  # sequence numbers were accepted
+        assert response.payload == LLC_RESPONSE + apdu[::-1]
+
+    events, ua = round_trip(conn.send(dc.DisconnectFrame(server_address, client_address)), 20.0)
+    assert events == [Disconnected("DISC received")]
+    assert isinstance(ua, dc.UnNumberedAcknowledgmentFrame)
+
+
+def test_rnr_without_acknowledgement_then_rr_acknowledging_the_whole_burst():
+    p = connected(window=2, max_info=64)
+    p.request()
+    burst = p.respond(bytes(300)).frames
+    assert [f.send_seq for f in burst] == [0, 1]
+    exchange = p.send(frame(FrameKind.RNR, nr=p.nr))  # busy, acknowledges nothing yet
+    assert exchange.only.kind is FrameKind.RR
+    data = p.take_i_frames(burst)
+    exchange = p.send(frame(FrameKind.RR, nr=p.nr))  # now acknowledges both
+    assert [f.send_seq for f in exchange.frames] == [2, 3]
+    data += p.take_i_frames(exchange.frames)
+    while exchange.frames[-1].segmented:
+        exchange = p.send(frame(FrameKind.RR, nr=p.nr))
+        data += p.take_i_frames(exchange.frames)
+    assert data == LLC_RESPONSE + bytes(300)
