@@ -14,9 +14,9 @@ __all__ = ["Obis", "ObisError"]
 _EXPECTED = 'expected "A-B:C.D.E.F" (e.g. "1-0:1.8.0.255"), "A.B.C.D.E.F", 12 hex digits, or 5 groups with F = 255'
 
 # A-B:C.D.E[.F|*F] with each group a decimal 0..255 (F optional, defaults to 255).
-_TEXT_FORM = re.compile(r"(\d{1,3})-(\d{1,3}):(\d{1,3})\.(\d{1,3})\.(\d{1,3})(?:[.*&](\d{1,3}))?")
+_TEXT_FORM = re.compile(r"([0-9]{1,3})-([0-9]{1,3}):([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})(?:[.*&]([0-9]{1,3}))?")
 # Six (or five) dot-separated groups.
-_DOTTED_FORM = re.compile(r"(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})(?:\.(\d{1,3}))?")
+_DOTTED_FORM = re.compile(r"([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})(?:\.([0-9]{1,3}))?")
 _HEX_FORM = re.compile(r"[0-9A-Fa-f]{12}")
 
 
