@@ -144,6 +144,10 @@ class ServerAssociation:
         except DecodeError as exc:
             log.info("malformed APDU from client %s: %s", self.client_sap, exc)
             return ExceptionResponse(StateError.SERVICE_NOT_ALLOWED, ServiceError.OTHER_REASON, None).to_bytes()
+        except Exception:  # a bug must cost one answer, not the meter's connection
+            log.exception("internal error while answering client %s", self.client_sap)
+            self._outgoing = self._incoming = self._gbt_in = self._gbt_out = None
+            return ExceptionResponse(StateError.SERVICE_NOT_ALLOWED, ServiceError.OTHER_REASON, None).to_bytes()
 
     def release(self) -> None:
         """Transport lost or closed: the association ends (companion standard §3.6.1)."""
