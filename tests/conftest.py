@@ -1,81 +1,9 @@
-"""Fixtures shared by the test suite: a real meter process on free loopback ports."""
+"""Fixtures shared by the test suite."""
 from __future__ import annotations
-
-import os
-import signal
-import socket
-import sqlite3
-import subprocess
-import sys
-import threading
-import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class MeterProcess:
-    process: subprocess.Popen
-    data_dir: Path
-    wrapper_port: int
-    hdlc_port: int
-    output: list[str]
-
-    def store(self) -> sqlite3.Connection:
-        """The meter's own store, read-only: what the meter holds."""
-        return sqlite3.connect(f"file:{self.data_dir / 'legal.sqlite3'}?mode=ro", uri=True)
-
-    def profile_rows(self) -> list[tuple]:
-        with self.store() as db:
-            return db.execute(
-                "SELECT capture_time, status, a_plus, a_minus, r_plus, r_minus FROM load_profile "
-                "WHERE profile = 'lp1' ORDER BY capture_time"
-            ).fetchall()
-
-    def energy_wh(self, name: str) -> int:
-        with self.store() as db:
-            (milli,) = db.execute("SELECT milli_units FROM energy_register WHERE name = ?", (name,)).fetchone()
-        return milli // 1000
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
-
-
-def start_meter(data_dir: Path, *extra: str) -> MeterProcess:
-    wrapper_port, hdlc_port = free_port(), free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "smartmeter", "meter", "run", "--data-dir", str(data_dir),
-         "--wrapper-port", str(wrapper_port), "--hdlc-port", str(hdlc_port), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
-    )
-    lines = []
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if "WZ optical interface" in line:
-            # keep draining its output so the meter never blocks on a full pipe
-            threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True).start()
-            return MeterProcess(process, data_dir, wrapper_port, hdlc_port, lines)
-    process.kill()
-    raise RuntimeError("meter did not start:\n" + "".join(lines))
+from meterproc import MeterProcess, start_meter
 
 
 @pytest.fixture(scope="session")

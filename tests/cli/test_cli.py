@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import free_port
+from meterproc import free_port
 
 
 def smartmeter(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import signal
 
-from conftest import start_meter
+from meterproc import start_meter
 from smartmeter.hes.client import MeterClient
 from smartmeter.hes.connection import WrapperLink
 

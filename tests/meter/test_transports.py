@@ -7,7 +7,7 @@ import socket
 import time
 import tty
 
-from conftest import start_meter
+from meterproc import start_meter
 from smartmeter.dlms.apdu.common import CosemAttributeDescriptor
 from smartmeter.dlms.client import ClientAssociation, GetExchange
 from smartmeter.transport import hdlc
