@@ -158,6 +158,35 @@ async def _serve(meter_, host: str, wrapper_port: int, hdlc_port: int, serial_de
 
 
 # --------------------------------------------------------------------------------------
+# model
+
+
+@main.group()
+def model() -> None:
+    """Inspect the object model (objects, classes, access rights per client)."""
+
+
+@model.command("show")
+@click.option("--profile", default="ksmw", show_default=True, help="Model profile name or a .toml file.")
+@click.option("--markdown", is_flag=True, help="Print the tables of docs/objects.md.")
+def model_show(profile: str, markdown: bool) -> None:
+    """List the model's objects and who may do what with them."""
+    from smartmeter.cosem.docs import objects_markdown
+    from smartmeter.cosem.objectmodel import ObjectModel
+
+    try:
+        loaded = ObjectModel.load(profile)
+    except FileNotFoundError:
+        raise UsageProblem(f"no model profile {profile!r}", "use ksmw or a path to a .toml model file") from None
+    if markdown:
+        click.echo(objects_markdown(loaded), nl=False)
+        return
+    for o in loaded.objects:
+        visible = ", ".join(sorted(o.access)) or "nobody"
+        click.echo(f"{str(o.obis):<18} IC {o.class_id:>2} v{o.version}  {o.name}  [{visible}]")
+
+
+# --------------------------------------------------------------------------------------
 # client
 
 
