@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from typing import Any
+from itertools import starmap
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -800,8 +801,9 @@ def rows_to_data(rows: Sequence[Sequence[Any]], row_types: Sequence[DataType]) -
 def encode_rows(rows: Sequence[Sequence[Any]], row_types: Sequence[DataType]) -> bytes:
     """A-XDR bytes of an array of structures (a profile buffer) from plain row tuples.
 
-    Same bytes as `encode(rows_to_data(rows, row_types))`, and the same EncodeErrors;
-    rows of fixed-size columns are packed with one Struct per octet-string length pattern.
+    Same bytes as `encode(rows_to_data(rows, row_types))`, and the same EncodeErrors.
+    Columns of integer, float, boolean and octet-string types are packed with struct;
+    any other column type goes through the generic encoder.
     """
     row_types = [DataType(t) for t in row_types]
     ncols = len(row_types)
@@ -814,8 +816,24 @@ def encode_rows(rows: Sequence[Sequence[Any]], row_types: Sequence[DataType]) ->
     if not fast:
         return encode(rows_to_data(rows, row_types))
 
-    header = bytes((DataType.STRUCTURE,)) + encode_length(ncols)
+    prefix = bytes((DataType.ARRAY,)) + encode_length(len(rows))
     octet_cols = [i for i, t in enumerate(row_types) if t == DataType.OCTET_STRING]
+    lengths = [{len(row[i]) for row in rows} for i in octet_cols]
+    if all(len(ls) == 1 for ls in lengths):
+        # Every row has one byte layout: pack the values with pad bytes where tags and
+        # lengths go, then write those constant bytes into all rows at once.
+        layout = _encode_layout(row_types, [ls.pop() for ls in lengths])
+        try:
+            packed = bytearray(b"".join(starmap(layout.struct.pack, rows)))
+        except (struct.error, OverflowError):
+            _raise_generic_error(rows, row_types)
+        if rows:
+            table = np.frombuffer(packed, dtype=np.uint8).reshape(len(rows), layout.size)
+            table[:, layout.const_pos] = layout.const_val
+        return prefix + bytes(packed)
+
+    # Octet-strings of varying length: one Struct per length pattern.
+    header = bytes((DataType.STRUCTURE,)) + encode_length(ncols)
     structs: dict[tuple[int, ...], struct.Struct] = {}
 
     def struct_for(lengths: tuple[int, ...]) -> struct.Struct:
@@ -829,14 +847,13 @@ def encode_rows(rows: Sequence[Sequence[Any]], row_types: Sequence[DataType]) ->
                 parts.append("B" + _ROW_FORMATS[t])
         return struct.Struct("".join(parts))
 
-    out = bytearray((DataType.ARRAY,))
-    out += encode_length(len(rows))
+    out = bytearray(prefix)
     tags = [bytes((t,)) for t in row_types]
     for row in rows:
-        lengths = tuple(len(row[i]) for i in octet_cols)
-        s = structs.get(lengths)
+        key = tuple(len(row[i]) for i in octet_cols)
+        s = structs.get(key)
         if s is None:
-            s = structs[lengths] = struct_for(lengths)
+            s = structs[key] = struct_for(key)
         args: list[Any] = []
         for t, tag, v in zip(row_types, tags, row):
             if t == DataType.OCTET_STRING:
@@ -849,10 +866,38 @@ def encode_rows(rows: Sequence[Sequence[Any]], row_types: Sequence[DataType]) ->
         try:
             out += s.pack(*args)
         except (struct.error, OverflowError):
-            # Let the generic encoder name the offending value and range.
-            encode(rows_to_data([row], row_types))
-            raise  # pragma: no cover - the generic encoder raises first
+            _raise_generic_error([row], row_types)
     return bytes(out)
+
+
+def _encode_layout(row_types: Sequence[DataType], octet_lengths: Sequence[int]) -> _RowLayout:
+    """Row layout for encoding: pad bytes in the Struct where the constant bytes go."""
+    fmt = [">"]
+    const = bytearray((DataType.STRUCTURE,)) + encode_length(len(row_types))
+    const_pos = list(range(len(const)))
+    fmt.append(f"{len(const)}x")
+    size = len(const)
+    lengths = iter(octet_lengths)
+    for t in row_types:
+        if t == DataType.OCTET_STRING:
+            n = next(lengths)
+            head = bytes((t,)) + encode_length(n)
+            fmt.append(f"{len(head)}x{n}s")
+        else:
+            head = bytes((t,))
+            fmt.append("x" + _ROW_FORMATS[t])
+            n = struct.calcsize(">" + _ROW_FORMATS[t])
+        const_pos.extend(range(size, size + len(head)))
+        const += head
+        size += len(head) + n
+    return _RowLayout(size, "".join(fmt), const_pos, bytes(const))
+
+
+def _raise_generic_error(rows: Sequence[Sequence[Any]], row_types: Sequence[DataType]) -> NoReturn:
+    """Let the generic encoder name the offending value and its range."""
+    for row in rows:
+        encode(rows_to_data([row], row_types))
+    raise EncodeError("a row value does not fit its column type")  # pragma: no cover
 
 
 def _row_value_types_ok(rows: Sequence[Sequence[Any]], row_types: Sequence[DataType]) -> bool:
