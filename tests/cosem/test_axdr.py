@@ -97,15 +97,15 @@ _SIZED_SIMPLE = [t for t in _COMPACT_SIMPLE if t not in (DT.NULL_DATA, DT.DONT_C
 
 
 def _type_descriptions():
-    leaf = st.sampled_from(_COMPACT_SIMPLE).map(TypeDescription)
-    sized_leaf = st.sampled_from(_SIZED_SIMPLE).map(TypeDescription)
+    # Zero-size parts (null-data, dont-care, empty structures/arrays) are refused by design.
+    leaf = st.sampled_from(_SIZED_SIMPLE).map(TypeDescription)
 
     def extend(children):
         return st.one_of(
-            st.lists(children, min_size=0, max_size=4).map(
+            st.lists(children, min_size=1, max_size=4).map(
                 lambda fs: TypeDescription(DT.STRUCTURE, fields=tuple(fs))
             ),
-            st.tuples(st.integers(0, 3), sized_leaf).map(
+            st.tuples(st.integers(1, 3), children).map(
                 lambda c: TypeDescription(DT.ARRAY, element=c[1], count=c[0])
             ),
         )
@@ -143,10 +143,7 @@ def _conforming(td: TypeDescription):
 @st.composite
 def compact_arrays(draw):
     td = draw(_type_descriptions())
-    if axdr._min_size(td) == 0:
-        contents = ()
-    else:
-        contents = tuple(draw(st.lists(_conforming(td), max_size=5)))
+    contents = tuple(draw(st.lists(_conforming(td), max_size=5)))
     return Data(DT.COMPACT_ARRAY, CompactArray(td, contents))
 
 
@@ -426,6 +423,13 @@ def test_integer_out_of_range_is_encode_error(t: DataType) -> None:
             CompactArray(TypeDescription(DT.ARRAY, element=TypeDescription(DT.UNSIGNED), count=2), (Data.array([Data.unsigned(1)]),)),
         ),
         Data(DT.COMPACT_ARRAY, CompactArray(TypeDescription(DT.COMPACT_ARRAY), ())),
+        Data(DT.COMPACT_ARRAY, CompactArray(TypeDescription(DT.NULL_DATA), ())),
+        Data(DT.COMPACT_ARRAY, CompactArray(TypeDescription(DT.STRUCTURE, fields=()), ())),
+        Data(DT.COMPACT_ARRAY, CompactArray(TypeDescription(DT.ARRAY, element=TypeDescription(DT.UNSIGNED), count=0), ())),
+        Data(
+            DT.COMPACT_ARRAY,
+            CompactArray(TypeDescription(DT.STRUCTURE, fields=(TypeDescription(DT.UNSIGNED), TypeDescription(DT.DONT_CARE))), ()),
+        ),
         Data(7, 1),
     ],
     ids=lambda v: f"{getattr(v.type, 'name', v.type)}",
@@ -478,7 +482,12 @@ def test_nesting_limit_applies_to_encoder_and_decoder() -> None:
         ("13 12 03 00 01 02", TruncatedError),  # second long-unsigned cut short
         ("13 13 00", DecodeError),  # compact-array inside a type description
         ("13 02 84 FF FF FF FF", TruncatedError),
-        ("13 00 01 00", DecodeError),  # non-empty contents of null-data
+        ("13 00 01 00", DecodeError),  # null-data element type
+        ("13 FF 00", DecodeError),  # dont-care element type
+        ("13 02 00 00", DecodeError),  # empty structure
+        ("13 01 00 00 11 00", DecodeError),  # array of 0
+        # structure{unsigned, 100 x null-data}: would be 101 values per content byte
+        ("13 02 65 11" + " 00" * 100 + " 04 01 02 03 04", DecodeError),
     ],
 )
 def test_malformed_input_raises_typed_errors(raw: str, kind: type) -> None:

@@ -7,8 +7,11 @@ Every value is a tag byte (its `DataType`) followed by its contents:
 * octet-string, visible-string, utf8-string carry a length, then the bytes;
 * bit-string carries its length in *bits*, then ceil(bits / 8) bytes, first bit = MSB;
 * array and structure carry an element count, then each element (with its own tag);
-* compact-array carries a type description (tag, plus count + element for arrays,
-  field count + fields for structures), then an octet-string of untagged contents.
+* compact-array carries a type description (tag, plus long-unsigned count + element for
+  arrays, A-XDR field count + fields for structures), then an octet-string of untagged
+  contents. Descriptions with zero-size parts (null-data, dont-care, empty structure or
+  array) are refused both ways: their elements could not be counted back out of the
+  contents, and they would let a few bytes describe billions of values.
 
 Lengths and counts use the A-XDR/BER form: < 0x80 in one byte, else 0x81..0x84
 followed by 1..4 big-endian bytes.
@@ -412,10 +415,12 @@ def _encode_td(td: TypeDescription, out: bytearray, depth: int) -> None:
     t = td.type
     if t not in _DATA_TYPES or t == DataType.COMPACT_ARRAY:
         raise EncodeError(f"{t!r} cannot appear in a compact-array type description")
+    if t in _ZERO_SIZE_TYPES or (t == DataType.STRUCTURE and not td.fields):
+        raise EncodeError(f"zero-size type {DataType(t).name} cannot appear in a compact-array type description")
     out.append(t)
     if t == DataType.ARRAY:
-        if type(td.count) is not int or not 0 <= td.count <= 0xFFFF:
-            raise EncodeError(f"compact-array array count {td.count!r} is out of range 0..65535")
+        if type(td.count) is not int or not 1 <= td.count <= 0xFFFF:
+            raise EncodeError(f"compact-array array count {td.count!r} is out of range 1..65535")
         if td.element is None:
             raise EncodeError("compact-array array description has no element type")
         out += _U16.pack(td.count)
@@ -455,9 +460,6 @@ def _encode_compact_array(v: Any, out: bytearray, depth: int) -> None:
     if not isinstance(v, CompactArray):
         raise EncodeError(f"compact-array needs a CompactArray, got {type(v).__name__}")
     _encode_td(v.type_description, out, depth)
-    if v.contents and _min_size(v.type_description) == 0:
-        # Zero-byte elements cannot be counted back out of the contents.
-        raise EncodeError("compact-array elements of a zero-size type cannot be encoded")
     contents = bytearray()
     for item in v.contents:
         _encode_conforming(v.type_description, item, contents, depth + 1)
@@ -492,6 +494,12 @@ _FIXED_SIZES: dict[int, int] = {
 }
 
 
+# Every part of a compact-array element must take at least one byte: otherwise a short
+# input could describe billions of zero-byte values (e.g. 65535 null-data per element), and
+# a zero-size element could not be counted back out of the contents at all.
+_ZERO_SIZE_REASON = "zero-size types (null-data, dont-care, empty structure or array) are not allowed"
+
+
 def _decode_td(buf: bytes, pos: int, end: int, depth: int) -> tuple[TypeDescription, int]:
     if depth >= MAX_DEPTH:
         raise DecodeError("type description", pos, f"nested deeper than {MAX_DEPTH}")
@@ -500,19 +508,22 @@ def _decode_td(buf: bytes, pos: int, end: int, depth: int) -> tuple[TypeDescript
     tag = buf[pos]
     if tag not in _VALID_TAGS or tag == DataType.COMPACT_ARRAY:
         raise DecodeError("type description", pos, f"tag 0x{tag:02X} is not a data type allowed here")
+    if tag in _ZERO_SIZE_TYPES:
+        raise DecodeError("type description", pos, _ZERO_SIZE_REASON)
     t = _DATA_TYPES[tag]
     pos += 1
     if t == DataType.ARRAY:
         if pos + 2 > end:
             raise TruncatedError("type description array count", pos)
         count = (buf[pos] << 8) | buf[pos + 1]
+        if count == 0:
+            raise DecodeError("type description", pos, _ZERO_SIZE_REASON)
         element, pos = _decode_td(buf, pos + 2, end, depth + 1)
-        if count and _min_size(element) == 0:
-            # Would create count objects per element without consuming a byte.
-            raise DecodeError("type description", pos, "array of zero-size elements")
         return TypeDescription(t, element=element, count=count), pos
     if t == DataType.STRUCTURE:
         n, pos = decode_length(buf, pos)
+        if n == 0:
+            raise DecodeError("type description", pos, _ZERO_SIZE_REASON)
         if n > end - pos:
             raise TruncatedError("type description structure", pos, f"{n} fields declared, {end - pos} bytes left")
         fields = []
@@ -547,9 +558,7 @@ def _decode_compact_array(buf: bytes, pos: int, end: int, depth: int) -> tuple[C
     if n > end - pos:
         raise TruncatedError("compact-array contents", pos, f"{n} bytes declared, {end - pos} left")
     stop = pos + n
-    element_size = _min_size(td)
-    if element_size == 0 and n:
-        raise DecodeError("compact-array contents", pos, "non-empty contents for a zero-size element type")
+    element_size = _min_size(td)  # >= 1: _decode_td refuses zero-size types
     items = []
     while pos < stop:
         if element_size > stop - pos:
