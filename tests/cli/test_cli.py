@@ -104,3 +104,19 @@ def test_busy_port_gives_one_line(tmp_path):
     assert result.returncode == 2
     error_lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(error_lines) == 1 and "already in use" in error_lines[0] and "--wrapper-port" in error_lines[0]
+
+
+def test_damaged_store_gives_one_line_and_is_left_alone(tmp_path):
+    store = tmp_path / "legal.sqlite3"
+    store.write_bytes(b"not a database " * 20)
+    result = smartmeter("meter", "run", "--data-dir", str(tmp_path), "--wrapper-port", "0", "--hdlc-port", "0")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "store cannot be used" in result.stderr
+    assert store.read_bytes() == b"not a database " * 20  # evidence is never overwritten
+
+
+def test_unusable_data_dir_gives_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = smartmeter("meter", "run", "--data-dir", str(blocker / "sub"), "--wrapper-port", "0", "--hdlc-port", "0")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1

@@ -729,10 +729,14 @@ def test_gurux_bit_string_agrees(bits: str) -> None:
     )
 )
 def test_gurux_date_time_agrees_including_deviation_sign(value: CosemDateTime) -> None:
+    from dlms_cosem.time import datetime_from_bytes
+
     g = _gurux_decode(encode(Data(DT.DATE_TIME, value)))
     expected = value.to_datetime()
     assert g.value.replace(tzinfo=None) == expected.replace(tzinfo=None)
     assert g.value.utcoffset() == expected.utcoffset()
+    theirs, _ = datetime_from_bytes(encode_date_time(value))
+    assert theirs == expected and theirs.utcoffset() == expected.utcoffset()
 
 
 @settings(max_examples=100, deadline=None)

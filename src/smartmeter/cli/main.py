@@ -8,8 +8,10 @@ import errno
 import json
 import logging
 import signal
+import sqlite3
 import sys
 import threading
+from decimal import Decimal
 from pathlib import Path
 
 import click
@@ -49,8 +51,13 @@ class Cli(click.Group):
             raise
         except click.ClickException as exc:
             fail(exc.format_message(), "see --help")
+        except sqlite3.DatabaseError as exc:
+            fail(f"the meter's store cannot be used: {exc}", "check --data-dir; a damaged store must be restored, not replaced")
         except OSError as exc:
             fail(str(exc), "check the address, port or path")
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
 
 
 @click.group(cls=Cli, context_settings={"help_option_names": ["-h", "--help"]})
@@ -280,7 +287,7 @@ def client_get(ctx: click.Context, target: str) -> None:
             out.update(scaler=scaler, unit=unit)
         click.echo(json.dumps(out))
     elif scaler_unit is not None:
-        click.echo(f"{obis} {value.value * 10 ** scaler:g} {unit}" if scaler < 0 else f"{obis} {value.value * 10 ** scaler} {unit}")
+        click.echo(f"{obis} {Decimal(value.value).scaleb(scaler):f} {unit}")
     else:
         click.echo(f"{obis}:{attribute} {to_text(value)}")
 
@@ -318,9 +325,6 @@ def client_profile(ctx: click.Context, obis_text, from_text, to_text, entries, c
     columns, buffer = _run_client(ctx, lambda c: c.profile(obis, from_time=start, to_time=end, entries=window))
     header = [f"{Obis.from_bytes(col.value[1].value)}:{col.value[2].value}" for col in columns.value]
     rows = [[to_json(v) for v in row.value] for row in buffer.value]
-    if entries is not None:
-        # an entry selection with columns picks a contiguous slice; header follows the first row
-        header = header[: len(rows[0])] if rows else header
     if csv_file is not None:
         with open(csv_file, "w", newline="") as f:
             writer = csv.writer(f)
