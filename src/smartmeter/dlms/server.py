@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from smartmeter.cosem import axdr
-from smartmeter.cosem.classes.base import AccessResult, CosemAccessError, RequestContext, Selection
+from smartmeter.cosem.classes.base import CosemAccessError, RequestContext, Selection
 from smartmeter.cosem.data import Data, DataType
 from smartmeter.cosem.objectmodel import ClientDef, ObjectDirectory
 from smartmeter.dlms.apdu import acse, get, set as set_, action, access
@@ -52,11 +52,7 @@ SERVICE_ERROR_INITIATE = 6
 CONFIRMED_SERVICE_INITIATE_ERROR = 1
 
 
-def _dar(result: AccessResult) -> DataAccessResult:
-    return DataAccessResult(int(result))
-
-
-def _action_result(result: AccessResult) -> ActionResult:
+def _action_result(result: DataAccessResult) -> ActionResult:
     try:
         return ActionResult(int(result))
     except ValueError:
@@ -265,9 +261,9 @@ class ServerAssociation:
         directory = self.server.directory
         found = directory.by_ln.get(bytes(instance_id))
         if found is None or self.client.name not in found[0].access:
-            raise CosemAccessError(AccessResult.OBJECT_UNDEFINED)
+            raise CosemAccessError(DataAccessResult.OBJECT_UNDEFINED)
         if found[0].class_id != class_id:
-            raise CosemAccessError(AccessResult.OBJECT_CLASS_INCONSISTENT)
+            raise CosemAccessError(DataAccessResult.OBJECT_CLASS_INCONSISTENT)
         return found
 
     def read(self, descriptor: CosemAttributeDescriptor, selection: SelectiveAccessDescriptor | None) -> Data:
@@ -276,49 +272,49 @@ class ServerAssociation:
         rights = o.access_for(self.client.name)
         sel = None if selection is None else Selection(selection.access_selector, selection.access_parameters)
         if sel is not None and not self.conformance & Conformance.SELECTIVE_ACCESS:
-            raise CosemAccessError(AccessResult.SCOPE_OF_ACCESS_VIOLATED)
+            raise CosemAccessError(DataAccessResult.SCOPE_OF_ACCESS_VIOLATED)
         ctx = self._context()
         if descriptor.attribute_id == 0:
             if sel is not None or not self.conformance & Conformance.ATTRIBUTE0_SUPPORTED_WITH_GET:
-                raise CosemAccessError(AccessResult.SCOPE_OF_ACCESS_VIOLATED)
+                raise CosemAccessError(DataAccessResult.SCOPE_OF_ACCESS_VIOLATED)
             return Data.structure(
                 instance.get(i, ctx) if i in rights.read else Data.null() for i in instance.attributes
             )
         if descriptor.attribute_id not in instance.attributes:
-            raise CosemAccessError(AccessResult.OBJECT_UNDEFINED)
+            raise CosemAccessError(DataAccessResult.OBJECT_UNDEFINED)
         if descriptor.attribute_id not in rights.read:
-            raise CosemAccessError(AccessResult.READ_WRITE_DENIED)
+            raise CosemAccessError(DataAccessResult.READ_WRITE_DENIED)
         return instance.get(descriptor.attribute_id, ctx, sel)
 
     def write(self, descriptor: CosemAttributeDescriptor, selection: SelectiveAccessDescriptor | None, value: Data) -> None:
         o, instance = self._lookup(descriptor.class_id, descriptor.instance_id)
         if descriptor.attribute_id not in instance.attributes:
-            raise CosemAccessError(AccessResult.OBJECT_UNDEFINED)
+            raise CosemAccessError(DataAccessResult.OBJECT_UNDEFINED)
         if descriptor.attribute_id not in o.access_for(self.client.name).write:
-            raise CosemAccessError(AccessResult.READ_WRITE_DENIED)
+            raise CosemAccessError(DataAccessResult.READ_WRITE_DENIED)
         sel = None if selection is None else Selection(selection.access_selector, selection.access_parameters)
         instance.set(descriptor.attribute_id, value, self._context(), sel)
 
     def execute(self, descriptor: CosemMethodDescriptor, parameters: Data | None) -> Data | None:
         o, instance = self._lookup(descriptor.class_id, descriptor.instance_id)
         if descriptor.method_id not in instance.methods:
-            raise CosemAccessError(AccessResult.OBJECT_UNDEFINED)
+            raise CosemAccessError(DataAccessResult.OBJECT_UNDEFINED)
         if descriptor.method_id not in o.access_for(self.client.name).execute:
-            raise CosemAccessError(AccessResult.READ_WRITE_DENIED)
+            raise CosemAccessError(DataAccessResult.READ_WRITE_DENIED)
         return instance.invoke(descriptor.method_id, parameters, self._context())
 
     def _guarded(self, fn, *args):
         """Run an access; map refusals and internal faults to a result code, never raise."""
         try:
-            return fn(*args), AccessResult.SUCCESS
+            return fn(*args), DataAccessResult.SUCCESS
         except CosemAccessError as exc:
             return None, exc.result
         except SmartmeterError as exc:
             log.warning("access failed: %s", exc)
-            return None, AccessResult.OTHER_REASON
+            return None, DataAccessResult.OTHER_REASON
         except Exception:  # a fault in one object must not take the association down
             log.exception("internal error while serving client %s", self.client_sap)
-            return None, AccessResult.HARDWARE_FAULT
+            return None, DataAccessResult.HARDWARE_FAULT
 
     # -- services ---------------------------------------------------------------------------
     def _service(self, request) -> object | None:
@@ -331,8 +327,8 @@ class ServerAssociation:
     def _on_GetRequestNormal(self, req: get.GetRequestNormal):
         self._outgoing = None
         value, result = self._guarded(self.read, req.descriptor, req.access_selection)
-        if result != AccessResult.SUCCESS:
-            return get.GetResponseNormal(req.invoke_id_and_priority, _dar(result))
+        if result != DataAccessResult.SUCCESS:
+            return get.GetResponseNormal(req.invoke_id_and_priority, result)
         return self._get_response(req.invoke_id_and_priority, value, axdr.encode(value))
 
     def _on_GetRequestWithList(self, req: get.GetRequestWithList):
@@ -342,7 +338,7 @@ class ServerAssociation:
         results = []
         for descriptor, selection in req.items:
             value, result = self._guarded(self.read, descriptor, selection)
-            results.append(value if result == AccessResult.SUCCESS else _dar(result))
+            results.append(value if result == DataAccessResult.SUCCESS else result)
         response = get.GetResponseWithList(req.invoke_id_and_priority, tuple(results))
         encoded = response.to_bytes()
         if len(encoded) <= self.client_max_receive_pdu_size or not (
@@ -391,7 +387,7 @@ class ServerAssociation:
     # SET
     def _on_SetRequestNormal(self, req: set_.SetRequestNormal):
         _, result = self._guarded(self.write, req.descriptor, req.access_selection, req.value)
-        return set_.SetResponseNormal(req.invoke_id_and_priority, _dar(result))
+        return set_.SetResponseNormal(req.invoke_id_and_priority, result)
 
     def _on_SetRequestWithList(self, req: set_.SetRequestWithList):
         if len(req.items) != len(req.values) or len(req.items) > MAX_LIST_ITEMS:
@@ -399,7 +395,7 @@ class ServerAssociation:
         results = []
         for (descriptor, selection), value in zip(req.items, req.values):
             _, result = self._guarded(self.write, descriptor, selection, value)
-            results.append(_dar(result))
+            results.append(result)
         return set_.SetResponseWithList(req.invoke_id_and_priority, tuple(results))
 
     def _on_SetRequestWithFirstDatablock(self, req: set_.SetRequestWithFirstDatablock):
@@ -416,14 +412,21 @@ class ServerAssociation:
                                                  req.block_number)
         return self._set_block(req.last_block, req.block_number, req.raw_data, req.invoke_id_and_priority)
 
-    def _set_block(self, last: bool, number: int, raw: bytes, invoke: int):
+    def _accept_block(self, number: int, raw: bytes) -> bool:
+        """Add a block to the request being received; False drops a transfer out of order or too long."""
         inc = self._incoming
         if number != inc.next_block or inc.size + len(raw) > MAX_REASSEMBLED:
             self._incoming = None
-            return set_.SetResponseLastDatablock(invoke, DataAccessResult.LONG_SET_ABORTED, number)
+            return False
         inc.chunks.append(raw)
         inc.size += len(raw)
         inc.next_block += 1
+        return True
+
+    def _set_block(self, last: bool, number: int, raw: bytes, invoke: int):
+        inc = self._incoming
+        if not self._accept_block(number, raw):
+            return set_.SetResponseLastDatablock(invoke, DataAccessResult.LONG_SET_ABORTED, number)
         if not last:
             return set_.SetResponseDatablock(invoke, number)
         self._incoming = None
@@ -433,7 +436,7 @@ class ServerAssociation:
             if inc.kind == "set":
                 value = axdr.decode_all(data)
                 _, result = self._guarded(self.write, first.descriptor, first.access_selection, value)
-                return set_.SetResponseLastDatablock(invoke, _dar(result), number)
+                return set_.SetResponseLastDatablock(invoke, result, number)
             count, offset = axdr.decode_length(data, 0)
             values = []
             for _ in range(count):
@@ -448,13 +451,13 @@ class ServerAssociation:
         results = []
         for (descriptor, selection), value in zip(first.items, values):
             _, result = self._guarded(self.write, descriptor, selection, value)
-            results.append(_dar(result))
+            results.append(result)
         return set_.SetResponseLastDatablockWithList(invoke, tuple(results), number)
 
     # ACTION
     def _action_result(self, descriptor, parameters):
         value, result = self._guarded(self.execute, descriptor, parameters)
-        return _action_result(result), (value if result == AccessResult.SUCCESS else None)
+        return _action_result(result), (value if result == DataAccessResult.SUCCESS else None)
 
     def _on_ActionRequestNormal(self, req: action.ActionRequestNormal):
         self._outgoing = None
@@ -490,12 +493,8 @@ class ServerAssociation:
 
     def _action_block(self, last: bool, number: int, raw: bytes, invoke: int):
         inc = self._incoming
-        if number != inc.next_block or inc.size + len(raw) > MAX_REASSEMBLED:
-            self._incoming = None
+        if not self._accept_block(number, raw):
             return action.ActionResponseNormal(invoke, ActionResult.LONG_ACTION_ABORTED, None)
-        inc.chunks.append(raw)
-        inc.size += len(raw)
-        inc.next_block += 1
         if not last:
             return action.ActionResponseNextPblock(invoke, number)
         self._incoming = None
@@ -515,12 +514,12 @@ class ServerAssociation:
         for spec, item in zip(req.specs, req.data):
             if spec.kind in (kinds.GET, kinds.GET_WITH_SELECTION):
                 value, result = self._guarded(self.read, spec.descriptor, spec.access_selection)
-                data.append(value if result == AccessResult.SUCCESS else Data.null())
-                results.append(access.AccessResponseSpec(access.AccessResponseKind.GET, _dar(result)))
+                data.append(value if result == DataAccessResult.SUCCESS else Data.null())
+                results.append(access.AccessResponseSpec(access.AccessResponseKind.GET, result))
             elif spec.kind in (kinds.SET, kinds.SET_WITH_SELECTION):
                 _, result = self._guarded(self.write, spec.descriptor, spec.access_selection, item)
                 data.append(Data.null())
-                results.append(access.AccessResponseSpec(access.AccessResponseKind.SET, _dar(result)))
+                results.append(access.AccessResponseSpec(access.AccessResponseKind.SET, result))
             else:
                 parameters = None if item.type == DataType.NULL_DATA else item
                 result, value = self._action_result(spec.descriptor, parameters)

@@ -253,3 +253,31 @@ def test_client_raises_access_denied_with_the_result(associate):
     with pytest.raises(AccessDenied) as info:
         run(server_side, GetExchange(CosemAttributeDescriptor(15, obis("0-0:40.0.0.255"), 7)))
     assert info.value.result == DataAccessResult.READ_WRITE_DENIED
+
+
+def test_set_in_datablocks_is_reassembled_then_checked(associate):
+    server_side, _ = associate(conformance=CLIENT_CONFORMANCE)
+    value = axdr.encode(Data.octet_string(bytes(300)))
+    clock_time = CosemAttributeDescriptor(8, obis("0-0:1.0.0.255"), 2)
+    first = decode_xdlms(server_side.handle(
+        set_.SetRequestWithFirstDatablock(INVOKE, clock_time, None, False, 1, value[:150]).to_bytes()))
+    assert first == set_.SetResponseDatablock(INVOKE, 1)
+    last = decode_xdlms(server_side.handle(set_.SetRequestWithDatablock(INVOKE, True, 2, value[150:]).to_bytes()))
+    assert last == set_.SetResponseLastDatablock(INVOKE, DataAccessResult.READ_WRITE_DENIED, 2)
+    # out of order: the transfer is aborted; a stray block afterwards finds no transfer
+    server_side.handle(set_.SetRequestWithFirstDatablock(INVOKE, clock_time, None, False, 1, value[:150]).to_bytes())
+    aborted = decode_xdlms(server_side.handle(set_.SetRequestWithDatablock(INVOKE, False, 5, value[150:]).to_bytes()))
+    assert aborted.result == DataAccessResult.LONG_SET_ABORTED
+    stray = decode_xdlms(server_side.handle(set_.SetRequestWithDatablock(INVOKE, True, 6, b"").to_bytes()))
+    assert stray.result == DataAccessResult.NO_LONG_SET_IN_PROGRESS
+
+
+def test_action_in_pblocks(associate):
+    server_side, _ = associate(conformance=CLIENT_CONFORMANCE)
+    shift = CosemMethodDescriptor(8, obis("0-0:1.0.0.255"), 6)
+    parameters = axdr.encode(Data.long(30))
+    assert decode_xdlms(server_side.handle(
+        action.ActionRequestWithFirstPblock(INVOKE, shift, False, 1, parameters[:1]).to_bytes())
+    ) == action.ActionResponseNextPblock(INVOKE, 1)
+    done = decode_xdlms(server_side.handle(action.ActionRequestWithPblock(INVOKE, True, 2, parameters[1:]).to_bytes()))
+    assert done.result == ActionResult.READ_WRITE_DENIED  # reassembled, then refused: the public client has no methods

@@ -6,36 +6,20 @@ implements behaviour as plain methods `get_<name>`, `set_<name>`, `do_<name>`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import IntEnum
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from smartmeter.cosem.data import Data
+from smartmeter.cosem.results import DataAccessResult
 from smartmeter.errors import SmartmeterError
 
 if TYPE_CHECKING:
     from smartmeter.cosem.obis import Obis
 
 
-class AccessResult(IntEnum):
-    """Data-Access-Result / Action-Result values a class can ask the server to send."""
-
-    SUCCESS = 0
-    HARDWARE_FAULT = 1
-    TEMPORARY_FAILURE = 2
-    READ_WRITE_DENIED = 3
-    OBJECT_UNDEFINED = 4
-    OBJECT_CLASS_INCONSISTENT = 9
-    OBJECT_UNAVAILABLE = 11
-    TYPE_UNMATCHED = 12
-    SCOPE_OF_ACCESS_VIOLATED = 13
-    DATA_BLOCK_UNAVAILABLE = 14
-    OTHER_REASON = 250
-
-
 class CosemAccessError(SmartmeterError):
     """Raised by a class to refuse an access; the server maps `result` to the response."""
 
-    def __init__(self, result: AccessResult, detail: str = "") -> None:
+    def __init__(self, result: DataAccessResult, detail: str = "") -> None:
         self.result = result
         super().__init__(f"{result.name.lower().replace('_', '-')}" + (f": {detail}" if detail else ""))
 
@@ -84,17 +68,17 @@ class InterfaceClass:
         """The binding the model names under `key` for this object."""
         name = self.config.get(key)
         if name is None or name not in self.bindings:
-            raise CosemAccessError(AccessResult.OBJECT_UNAVAILABLE, f"{self.name}: {key} is not bound")
+            raise CosemAccessError(DataAccessResult.OBJECT_UNAVAILABLE, f"{self.name}: {key} is not bound")
         return self.bindings[name]
 
     # -- generic dispatch ---------------------------------------------------------------
     def get(self, index: int, ctx: RequestContext, selection: Selection | None = None) -> Data:
         name = self.attributes.get(index)
         if name is None:
-            raise CosemAccessError(AccessResult.OBJECT_UNDEFINED, f"no attribute {index}")
+            raise CosemAccessError(DataAccessResult.OBJECT_UNDEFINED, f"no attribute {index}")
         if selection is not None:
             if selection.selector not in self.selective_access.get(index, ()):
-                raise CosemAccessError(AccessResult.SCOPE_OF_ACCESS_VIOLATED, "selective access not supported")
+                raise CosemAccessError(DataAccessResult.SCOPE_OF_ACCESS_VIOLATED, "selective access not supported")
             return getattr(self, f"get_{name}_selected")(ctx, selection)
         if index == 1:
             return Data.octet_string(self.logical_name.to_bytes())
@@ -103,23 +87,23 @@ class InterfaceClass:
     def set(self, index: int, value: Data, ctx: RequestContext, selection: Selection | None = None) -> None:
         name = self.attributes.get(index)
         if name is None:
-            raise CosemAccessError(AccessResult.OBJECT_UNDEFINED, f"no attribute {index}")
+            raise CosemAccessError(DataAccessResult.OBJECT_UNDEFINED, f"no attribute {index}")
         setter = getattr(self, f"set_{name}", None)
         if index == 1 or setter is None or selection is not None:
-            raise CosemAccessError(AccessResult.READ_WRITE_DENIED, f"{name} cannot be written")
+            raise CosemAccessError(DataAccessResult.READ_WRITE_DENIED, f"{name} cannot be written")
         setter(value, ctx)
 
     def invoke(self, index: int, parameters: Data | None, ctx: RequestContext) -> Data | None:
         name = self.methods.get(index)
         if name is None:
-            raise CosemAccessError(AccessResult.OBJECT_UNDEFINED, f"no method {index}")
+            raise CosemAccessError(DataAccessResult.OBJECT_UNDEFINED, f"no method {index}")
         return getattr(self, f"do_{name}")(parameters, ctx)
 
 
 def expect(value: Data, *types) -> Any:
     """The Python value of `value` if its type is one of `types`, else type-unmatched."""
     if value.type not in types:
-        raise CosemAccessError(AccessResult.TYPE_UNMATCHED, f"expected {', '.join(t.name for t in types)}")
+        raise CosemAccessError(DataAccessResult.TYPE_UNMATCHED, f"expected {', '.join(t.name for t in types)}")
     return value.value
 
 

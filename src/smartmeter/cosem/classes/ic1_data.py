@@ -1,7 +1,7 @@
 """IC 1 Data: a single value bound to a runtime source (Blue Book 4.3.1)."""
 from __future__ import annotations
 
-from smartmeter.cosem.classes.base import REGISTRY, AccessResult, CosemAccessError, InterfaceClass, RequestContext
+from smartmeter.cosem.classes.base import REGISTRY, DataAccessResult, CosemAccessError, InterfaceClass, RequestContext
 from smartmeter.cosem.data import Data
 
 
@@ -17,5 +17,5 @@ class DataObject(InterfaceClass):
     def set_value(self, value: Data, ctx: RequestContext) -> None:
         setter = self.binding("value").set
         if setter is None:
-            raise CosemAccessError(AccessResult.READ_WRITE_DENIED, f"{self.name} is read-only")
+            raise CosemAccessError(DataAccessResult.READ_WRITE_DENIED, f"{self.name} is read-only")
         setter(value)

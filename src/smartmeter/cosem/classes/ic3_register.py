@@ -1,7 +1,7 @@
 """IC 3 Register: a value with a scaler and a unit (Blue Book 4.3.2)."""
 from __future__ import annotations
 
-from smartmeter.cosem.classes.base import REGISTRY, AccessResult, CosemAccessError, InterfaceClass, RequestContext
+from smartmeter.cosem.classes.base import REGISTRY, DataAccessResult, CosemAccessError, InterfaceClass, RequestContext
 from smartmeter.cosem.data import Data
 
 # Unit enumeration (Blue Book table "Enumerated values for physical units"), the ones we use.
@@ -23,4 +23,4 @@ class Register(InterfaceClass):
 
     def do_reset(self, parameters: Data | None, ctx: RequestContext) -> None:
         # Cumulative energy registers are never reset (WELMEC 7.2 I3-4, companion §5.2).
-        raise CosemAccessError(AccessResult.READ_WRITE_DENIED, "this register cannot be reset")
+        raise CosemAccessError(DataAccessResult.READ_WRITE_DENIED, "this register cannot be reset")

@@ -7,7 +7,7 @@ order of capture_objects; `column_types` in the model gives each column's DataTy
 from __future__ import annotations
 
 from smartmeter.cosem import axdr
-from smartmeter.cosem.classes.base import REGISTRY, AccessResult, CosemAccessError, InterfaceClass, RequestContext, Selection
+from smartmeter.cosem.classes.base import REGISTRY, DataAccessResult, CosemAccessError, InterfaceClass, RequestContext, Selection
 from smartmeter.cosem.data import Data, DataType
 from smartmeter.cosem.obis import Obis
 from smartmeter.errors import DecodeError
@@ -76,10 +76,10 @@ class ProfileGeneric(InterfaceClass):
         return Data.double_long_unsigned(int(self.config["profile_entries"]))
 
     def do_reset(self, parameters: Data | None, ctx: RequestContext) -> None:
-        raise CosemAccessError(AccessResult.READ_WRITE_DENIED, "stored legally relevant data is never erased")
+        raise CosemAccessError(DataAccessResult.READ_WRITE_DENIED, "stored legally relevant data is never erased")
 
     def do_capture(self, parameters: Data | None, ctx: RequestContext) -> None:
-        raise CosemAccessError(AccessResult.READ_WRITE_DENIED, "this profile captures on its own schedule only")
+        raise CosemAccessError(DataAccessResult.READ_WRITE_DENIED, "this profile captures on its own schedule only")
 
     # -- selective access -------------------------------------------------------------------
     def _encode(self, rows, column_indexes) -> Data:
@@ -91,7 +91,7 @@ class ProfileGeneric(InterfaceClass):
 
     def _selected_columns(self, selected: Data) -> list[int]:
         if selected.type != DataType.ARRAY:
-            raise CosemAccessError(AccessResult.TYPE_UNMATCHED, "selected_values must be an array")
+            raise CosemAccessError(DataAccessResult.TYPE_UNMATCHED, "selected_values must be an array")
         if not selected.value:
             return list(range(len(self.columns)))
         wanted = []
@@ -99,10 +99,10 @@ class ProfileGeneric(InterfaceClass):
             try:
                 class_id, obis, attribute, data_index = (v.value for v in item.value)
             except (TypeError, ValueError, AttributeError):
-                raise CosemAccessError(AccessResult.TYPE_UNMATCHED, "bad capture object definition") from None
+                raise CosemAccessError(DataAccessResult.TYPE_UNMATCHED, "bad capture object definition") from None
             matches = [i for i, c in enumerate(self.columns) if c[:3] == (class_id, obis, attribute)]
             if not matches:
-                raise CosemAccessError(AccessResult.OBJECT_UNAVAILABLE, "selected value is not captured")
+                raise CosemAccessError(DataAccessResult.OBJECT_UNAVAILABLE, "selected value is not captured")
             wanted.append(matches[0])
         return wanted
 
@@ -111,9 +111,9 @@ class ProfileGeneric(InterfaceClass):
             restricting, from_value, to_value, selected = parameters.value
             r_class, r_obis, r_attr, _ = (v.value for v in restricting.value)
         except (TypeError, ValueError, AttributeError):
-            raise CosemAccessError(AccessResult.TYPE_UNMATCHED, "bad range descriptor") from None
+            raise CosemAccessError(DataAccessResult.TYPE_UNMATCHED, "bad range descriptor") from None
         if (r_class, r_obis, r_attr) != self.columns[0][:3]:
-            raise CosemAccessError(AccessResult.OBJECT_UNAVAILABLE, "restricting object must be the sort object")
+            raise CosemAccessError(DataAccessResult.OBJECT_UNAVAILABLE, "restricting object must be the sort object")
         first = self._time_bound(from_value)
         last = self._time_bound(to_value)
         return self._encode(self.source.rows(first, last), self._selected_columns(selected))
@@ -123,25 +123,25 @@ class ProfileGeneric(InterfaceClass):
             try:
                 when = axdr.decode_date_time(value.value)
             except DecodeError:
-                raise CosemAccessError(AccessResult.TYPE_UNMATCHED, "range bound is not a date-time") from None
+                raise CosemAccessError(DataAccessResult.TYPE_UNMATCHED, "range bound is not a date-time") from None
         elif value.type == DataType.DATE_TIME:
             when = value.value
         else:
-            raise CosemAccessError(AccessResult.TYPE_UNMATCHED, "range bound must be a date-time")
+            raise CosemAccessError(DataAccessResult.TYPE_UNMATCHED, "range bound must be a date-time")
         try:
             return self.source.utc_from_cosem(when)
         except ValueError:
-            raise CosemAccessError(AccessResult.OTHER_REASON, "range bound has unspecified date fields") from None
+            raise CosemAccessError(DataAccessResult.OTHER_REASON, "range bound has unspecified date fields") from None
 
     def _by_entry(self, parameters: Data) -> Data:
         try:
             from_entry, to_entry, from_col, to_col = (int(v.value) for v in parameters.value)
         except (TypeError, ValueError, AttributeError):
-            raise CosemAccessError(AccessResult.TYPE_UNMATCHED, "bad entry descriptor") from None
+            raise CosemAccessError(DataAccessResult.TYPE_UNMATCHED, "bad entry descriptor") from None
         rows = self.source.rows(None, None)
         n_cols = len(self.columns)
         to_entry = len(rows) if to_entry == 0 else min(to_entry, len(rows))
         to_col = n_cols if to_col == 0 else to_col
         if from_entry < 1 or from_col < 1 or to_col > n_cols or from_col > to_col:
-            raise CosemAccessError(AccessResult.OTHER_REASON, "entry or column out of range")
+            raise CosemAccessError(DataAccessResult.OTHER_REASON, "entry or column out of range")
         return self._encode(rows[from_entry - 1:to_entry], range(from_col - 1, to_col))

@@ -1,7 +1,7 @@
 """IC 8 Clock (Blue Book 4.5.1): bound to the meter's clock service."""
 from __future__ import annotations
 
-from smartmeter.cosem.classes.base import REGISTRY, AccessResult, CosemAccessError, InterfaceClass, RequestContext, expect
+from smartmeter.cosem.classes.base import REGISTRY, DataAccessResult, CosemAccessError, InterfaceClass, RequestContext, expect
 from smartmeter.cosem.data import Data, DataType
 
 
@@ -28,7 +28,7 @@ class Clock(InterfaceClass):
         try:
             self.clock.set_from_cosem(raw)
         except ValueError as exc:
-            raise CosemAccessError(AccessResult.OTHER_REASON, str(exc)) from None
+            raise CosemAccessError(DataAccessResult.OTHER_REASON, str(exc)) from None
 
     def get_time_zone(self, ctx: RequestContext) -> Data:
         return Data.long(self.clock.time_zone_deviation())
@@ -60,5 +60,5 @@ class Clock(InterfaceClass):
     def do_shift_time(self, parameters: Data | None, ctx: RequestContext) -> None:
         seconds = expect(parameters or Data.null(), DataType.LONG)
         if not -900 <= seconds <= 900:
-            raise CosemAccessError(AccessResult.OTHER_REASON, "shift_time is limited to ±900 s")
+            raise CosemAccessError(DataAccessResult.OTHER_REASON, "shift_time is limited to ±900 s")
         self.clock.shift(seconds)

@@ -20,6 +20,7 @@ from typing import ClassVar, NamedTuple, TypeVar
 
 from smartmeter.cosem import axdr
 from smartmeter.cosem.data import Data, DataType
+from smartmeter.cosem.results import DataAccessResult
 from smartmeter.errors import DecodeError, EncodeError, TruncatedError
 
 __all__ = [
@@ -78,25 +79,6 @@ def long_invoke_id_and_priority(
         | (LONG_BREAK_ON_ERROR if break_on_error else 0)
         | (LONG_SELF_DESCRIPTIVE if self_descriptive else 0)
     )
-
-
-class DataAccessResult(IntEnum):
-    SUCCESS = 0
-    HARDWARE_FAULT = 1
-    TEMPORARY_FAILURE = 2
-    READ_WRITE_DENIED = 3
-    OBJECT_UNDEFINED = 4
-    OBJECT_CLASS_INCONSISTENT = 9
-    OBJECT_UNAVAILABLE = 11
-    TYPE_UNMATCHED = 12
-    SCOPE_OF_ACCESS_VIOLATED = 13
-    DATA_BLOCK_UNAVAILABLE = 14
-    LONG_GET_ABORTED = 15
-    NO_LONG_GET_IN_PROGRESS = 16
-    LONG_SET_ABORTED = 17
-    NO_LONG_SET_IN_PROGRESS = 18
-    DATA_BLOCK_NUMBER_INVALID = 19
-    OTHER_REASON = 250
 
 
 class ActionResult(IntEnum):
@@ -344,8 +326,26 @@ def _check_instance_id(v: object) -> bytes:
     return bytes(v)
 
 
+class _FixedField:
+    """to_bytes/from_bytes for the fixed-size pieces that define encode/decode."""
+
+    __slots__ = ()
+
+    def to_bytes(self) -> bytes:
+        out = bytearray()
+        self.encode(out)
+        return bytes(out)
+
+    @classmethod
+    def from_bytes(cls, b: bytes):
+        r = Reader(b, cls.__name__)
+        v = cls.decode(r)
+        r.finish()
+        return v
+
+
 @dataclass(frozen=True, slots=True)
-class CosemAttributeDescriptor:
+class CosemAttributeDescriptor(_FixedField):
     """Cosem-Attribute-Descriptor: class-id (Unsigned16), instance-id (6 bytes), attribute-id.
 
     attribute-id is Integer8 on the wire; it is kept as the raw byte 0..255 (so the
@@ -365,21 +365,9 @@ class CosemAttributeDescriptor:
     def decode(cls, r: Reader) -> "CosemAttributeDescriptor":
         return cls(r.u16("class-id"), r.take(6, "instance-id"), r.u8("attribute-id"))
 
-    def to_bytes(self) -> bytes:
-        out = bytearray()
-        self.encode(out)
-        return bytes(out)
-
-    @classmethod
-    def from_bytes(cls, b: bytes) -> "CosemAttributeDescriptor":
-        r = Reader(b, cls.__name__)
-        v = cls.decode(r)
-        r.finish()
-        return v
-
 
 @dataclass(frozen=True, slots=True)
-class CosemMethodDescriptor:
+class CosemMethodDescriptor(_FixedField):
     """Cosem-Method-Descriptor: class-id, instance-id (6 bytes), method-id (raw byte 0..255)."""
 
     class_id: int
@@ -394,18 +382,6 @@ class CosemMethodDescriptor:
     @classmethod
     def decode(cls, r: Reader) -> "CosemMethodDescriptor":
         return cls(r.u16("class-id"), r.take(6, "instance-id"), r.u8("method-id"))
-
-    def to_bytes(self) -> bytes:
-        out = bytearray()
-        self.encode(out)
-        return bytes(out)
-
-    @classmethod
-    def from_bytes(cls, b: bytes) -> "CosemMethodDescriptor":
-        r = Reader(b, cls.__name__)
-        v = cls.decode(r)
-        r.finish()
-        return v
 
 
 @dataclass(frozen=True, slots=True)
