@@ -106,6 +106,17 @@ def meter_run(data_dir: Path, host: str, wrapper_port: int, hdlc_port: int, seri
     click.echo("meter stopped; state saved in " + str(data_dir))
 
 
+def _invocation() -> str:
+    """How the user started us, so the printed commands can be pasted as they are."""
+    argv0 = Path(sys.argv[0])
+    if argv0.name == "smartmeter" and argv0.exists():
+        try:
+            return str(argv0.resolve().relative_to(Path.cwd()))
+        except ValueError:
+            return str(argv0)
+    return f"{Path(sys.executable).name} -m smartmeter"
+
+
 async def _serve(meter_, host: str, wrapper_port: int, hdlc_port: int, serial_device: str | None, banner: bool) -> None:
     from smartmeter.transport import aio
 
@@ -141,12 +152,12 @@ async def _serve(meter_, host: str, wrapper_port: int, hdlc_port: int, serial_de
     if banner:
         port_opt = "" if wrapper_port == DEFAULT_WRAPPER_PORT else f" --port {wrapper_port}"
         hport = "" if hdlc_port == DEFAULT_HDLC_PORT else f" --port {hdlc_port}"
-        click.echo("\nTry, in another terminal (.venv/bin/smartmeter or python -m smartmeter):")
-        click.echo(f"  smartmeter client{port_opt} objects")
-        click.echo(f"  smartmeter client{port_opt} get 1-0:1.8.0.255")
-        click.echo(f"  smartmeter client{port_opt} get 0-0:1.0.0.255")
-        click.echo(f"  smartmeter client{port_opt} profile 1-0:99.1.0.255 --from {(dt.date.today() - dt.timedelta(days=1)).isoformat()}")
-        click.echo(f"  smartmeter client --hdlc{hport} get 0-0:42.0.0.255")
+        prog = _invocation()
+        click.echo("\nTry, in another terminal:")
+        for command in ("objects", "get 1-0:1.8.0.255", "get 0-0:1.0.0.255",
+                        f"profile 1-0:99.1.0.255 --from {(dt.date.today() - dt.timedelta(days=1)).isoformat()}"):
+            click.echo(f"  {prog} client{port_opt} {command}")
+        click.echo(f"  {prog} client --hdlc{hport} get 0-0:42.0.0.255")
         click.echo("Ctrl-C stops the meter.")
     sys.stdout.flush()
 
