@@ -1,19 +1,26 @@
 """The protective software interface: the only door into the legally relevant part.
 
-Callers outside `smartmeter.legal` use the methods of `LegalInterface` only; they get
-copies of values (frozen snapshots, tuples), never a reference to legally relevant state.
+Callers outside `smartmeter.legal` hand `LegalInterface.execute` one of the command
+objects declared here and get a copy of the result (frozen snapshots, tuples), never a
+reference to legally relevant state. Anything that is not a declared command is refused
+and counted; the count is itself legally relevant and readable.
 """
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 from smartmeter.legal import storage
 from smartmeter.legal.registers import MILLI, REGISTER_NAMES, EnergyRegisters, EnergySnapshot
 
 LOAD_PROFILE_1 = "lp1"
 LOAD_PROFILE_1_CAPACITY = 5760  # companion standard §5.7: exactly 5760 entries (60 days)
+
+
+class CommandRefused(Exception):
+    """The protective interface refused a command: undeclared, unauthorised or not possible now."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,31 +33,122 @@ class ProfileRow:
     r_minus: int
 
 
+# -- the declared commands -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReadEnergyRegisters:
+    """-> EnergySnapshot of +A, -A, +R, -R in whole Wh / varh."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReadLoadProfile:
+    """-> tuple[ProfileRow, ...] with from_time <= capture_time <= to_time (bounds optional)."""
+
+    from_time: int | None = None
+    to_time: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CountLoadProfileEntries:
+    """-> int: entries in use of load profile 1."""
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureLoadProfile:
+    """-> ProfileRow: capture the registers into load profile 1 at a period boundary."""
+
+    capture_time: int
+    status: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterSimulatedPower:
+    """Demo measurement input until the sample-based sensor is connected: power over an interval."""
+
+    active_w: float
+    reactive_var: float
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class IsFreshMeter:
+    """-> bool: nothing registered and nothing captured yet (first start)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BackfillDemoHistory:
+    """First start only: seed load profile 1 with a simulated history; registers follow its last row."""
+
+    rows: tuple[ProfileRow, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Persist:
+    """Write the registers to the non-volatile store now (the meter does it at least every second)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReadRefusedCommandCount:
+    """-> int: how many undeclared or refused commands reached the interface since first start."""
+
+
 class LegalInterface:
     """Typed commands into the legally relevant part. Thread-safe: metrology and the
     communication side may call from different threads."""
 
     def __init__(self, data_dir: Path) -> None:
         self._db = storage.open_store(Path(data_dir))
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         rows = dict(self._db.execute("SELECT name, milli_units FROM energy_register").fetchall())
         self._registers = EnergyRegisters(rows)
         self._unsaved = False
+        self._handlers: dict[type, Callable[[Any], Any]] = {
+            ReadEnergyRegisters: self._read_energy,
+            ReadLoadProfile: self._read_load_profile,
+            CountLoadProfileEntries: self._count_load_profile,
+            CaptureLoadProfile: self._capture_load_profile,
+            RegisterSimulatedPower: self._register_power,
+            IsFreshMeter: self._is_fresh,
+            BackfillDemoHistory: self._backfill,
+            Persist: self._persist,
+            ReadRefusedCommandCount: self._refused_count,
+        }
 
-    # -- measurement input ------------------------------------------------------------
-    def register_power(self, active_w: float, reactive_var: float, seconds: float) -> None:
-        """Register the energy of a measured interval (power × time), in exact milli-units."""
+    @property
+    def commands(self) -> tuple[type, ...]:
+        """The declared commands: the complete list (documented in docs/welmec/protective-interface.md)."""
+        return tuple(self._handlers)
+
+    def execute(self, command: object) -> Any:
+        """Run one declared command; anything else is refused, counted, and changes nothing."""
+        handler = self._handlers.get(type(command))
+        if handler is None:
+            self._count_refusal()
+            raise CommandRefused(f"{type(command).__name__} is not a command of the protective interface")
         with self._lock:
-            self._registers.accumulate(
-                round(active_w * seconds * MILLI / 3600), round(reactive_var * seconds * MILLI / 3600)
+            return handler(command)
+
+    def _count_refusal(self) -> None:
+        with self._lock, self._db:
+            self._db.execute(
+                "INSERT INTO meta(key, value) VALUES ('refused_commands', '1') ON CONFLICT(key) "
+                "DO UPDATE SET value = CAST(value AS INTEGER) + 1"
             )
-            self._unsaved = True
 
-    def persist(self) -> None:
-        """Write registers to the store (called at least once a second by the meter)."""
-        with self._lock:
-            if not self._unsaved:
-                return
+    def _refused_count(self, _: ReadRefusedCommandCount) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'refused_commands'").fetchone()
+        return int(row[0]) if row else 0
+
+    # -- measurement input ------------------------------------------------------------------
+    def _register_power(self, cmd: RegisterSimulatedPower) -> None:
+        self._registers.accumulate(
+            round(cmd.active_w * cmd.seconds * MILLI / 3600), round(cmd.reactive_var * cmd.seconds * MILLI / 3600)
+        )
+        self._unsaved = True
+
+    def _persist(self, _: Persist) -> None:
+        if self._unsaved:
             self._write_registers()
             self._unsaved = False
 
@@ -62,21 +160,18 @@ class LegalInterface:
                 sorted(self._registers.milli_units().items()),
             )
 
-    # -- reads ------------------------------------------------------------------------
-    def read_energy(self) -> EnergySnapshot:
-        with self._lock:
-            return self._registers.snapshot()
+    # -- registers and profile --------------------------------------------------------------
+    def _read_energy(self, _: ReadEnergyRegisters) -> EnergySnapshot:
+        return self._registers.snapshot()
 
-    def capture_load_profile(self, capture_time: int, status: int) -> ProfileRow:
-        """Append one load-profile entry with the current registers (FIFO at capacity)."""
-        with self._lock:
-            snap = self._registers.snapshot()
-            row = ProfileRow(capture_time, status, snap.a_plus, snap.a_minus, snap.r_plus, snap.r_minus)
-            with self._db:
-                self._write_registers()
-                self._insert_rows([row])
-            self._unsaved = False
-            return row
+    def _capture_load_profile(self, cmd: CaptureLoadProfile) -> ProfileRow:
+        snap = self._registers.snapshot()
+        row = ProfileRow(cmd.capture_time, cmd.status, snap.a_plus, snap.a_minus, snap.r_plus, snap.r_minus)
+        with self._db:
+            self._write_registers()
+            self._insert_rows([row])
+        self._unsaved = False
+        return row
 
     def _insert_rows(self, rows: list[ProfileRow]) -> None:
         self._db.executemany(
@@ -89,49 +184,36 @@ class LegalInterface:
             (LOAD_PROFILE_1, LOAD_PROFILE_1, LOAD_PROFILE_1_CAPACITY),
         )
 
-    def load_profile_entries_in_use(self) -> int:
-        with self._lock:
-            (n,) = self._db.execute(
-                "SELECT COUNT(*) FROM load_profile WHERE profile = ?", (LOAD_PROFILE_1,)
-            ).fetchone()
-            return n
+    def _count_load_profile(self, _: CountLoadProfileEntries) -> int:
+        (n,) = self._db.execute("SELECT COUNT(*) FROM load_profile WHERE profile = ?", (LOAD_PROFILE_1,)).fetchone()
+        return n
 
-    def read_load_profile(
-        self, from_time: int | None = None, to_time: int | None = None
-    ) -> tuple[ProfileRow, ...]:
-        """Entries with from_time <= capture_time <= to_time (bounds optional), oldest first."""
+    def _read_load_profile(self, cmd: ReadLoadProfile) -> tuple[ProfileRow, ...]:
         query = "SELECT capture_time, status, a_plus, a_minus, r_plus, r_minus FROM load_profile WHERE profile = ?"
         args: list = [LOAD_PROFILE_1]
-        if from_time is not None:
+        if cmd.from_time is not None:
             query += " AND capture_time >= ?"
-            args.append(from_time)
-        if to_time is not None:
+            args.append(cmd.from_time)
+        if cmd.to_time is not None:
             query += " AND capture_time <= ?"
-            args.append(to_time)
-        with self._lock:
-            return tuple(ProfileRow(*r) for r in self._db.execute(query + " ORDER BY capture_time", args))
+            args.append(cmd.to_time)
+        return tuple(ProfileRow(*r) for r in self._db.execute(query + " ORDER BY capture_time", args))
 
-    def is_empty(self) -> bool:
-        with self._lock:
-            return self._db.execute("SELECT 1 FROM load_profile LIMIT 1").fetchone() is None and not any(
-                self._registers.milli_units().values()
-            )
+    def _is_fresh(self, _: IsFreshMeter | None = None) -> bool:
+        return self._db.execute("SELECT 1 FROM load_profile LIMIT 1").fetchone() is None and not any(
+            self._registers.milli_units().values()
+        )
 
-    def backfill_history(self, rows: list[ProfileRow]) -> None:
-        """First start only: seed the profile with a simulated history and set the registers
-        to its last entry. Refused once the meter has registered anything."""
-        if not self.is_empty():
-            raise PermissionError("history can only be back-filled into an empty meter")
-        with self._lock:
-            last = rows[-1]
-            self._registers = EnergyRegisters(
-                {name: getattr(last, name) * MILLI for name in REGISTER_NAMES}
-            )
-            with self._db:
-                self._write_registers()
-                self._insert_rows(rows)
+    def _backfill(self, cmd: BackfillDemoHistory) -> None:
+        if not self._is_fresh() or not cmd.rows:
+            raise CommandRefused("demo history can only be back-filled into an empty meter")
+        last = cmd.rows[-1]
+        self._registers = EnergyRegisters({name: getattr(last, name) * MILLI for name in REGISTER_NAMES})
+        with self._db:
+            self._write_registers()
+            self._insert_rows(list(cmd.rows))
 
     def close(self) -> None:
-        self.persist()
         with self._lock:
+            self._persist(Persist())
             self._db.close()

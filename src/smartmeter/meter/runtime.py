@@ -11,7 +11,7 @@ from smartmeter.cosem.classes.base import Binding
 from smartmeter.cosem.data import Data
 from smartmeter.cosem.objectmodel import ObjectModel
 from smartmeter.dlms.server import DlmsServer
-from smartmeter.legal.interface import LegalInterface, ProfileRow
+from smartmeter.legal import interface as legal
 from smartmeter.meter.clock import DEFAULT_TIME_ZONE, MeterClock
 from smartmeter.meter.identity import MeterIdentity
 from smartmeter.meter.simulation import HouseholdLoad
@@ -36,19 +36,19 @@ class MeterConfig:
 class LoadProfileSource:
     """Load profile 1 rows, read through the protective interface, in COSEM form."""
 
-    def __init__(self, legal: LegalInterface, clock: MeterClock) -> None:
-        self.legal = legal
+    def __init__(self, legal_part: legal.LegalInterface, clock: MeterClock) -> None:
+        self.legal = legal_part
         self.clock = clock
 
     def rows(self, from_time: int | None, to_time: int | None) -> list[tuple]:
         cosem = self.clock.cosem
         return [
             (cosem(r.capture_time), r.status, r.a_plus, r.a_minus, r.r_plus, r.r_minus)
-            for r in self.legal.read_load_profile(from_time, to_time)
+            for r in self.legal.execute(legal.ReadLoadProfile(from_time, to_time))
         ]
 
     def entries_in_use(self) -> int:
-        return self.legal.load_profile_entries_in_use()
+        return self.legal.execute(legal.CountLoadProfileEntries())
 
     def utc_from_cosem(self, value) -> int:
         return self.clock.utc_from_cosem(value)
@@ -59,18 +59,18 @@ class Meter:
         self.config = config
         self.identity = MeterIdentity(config.serial, config.meter_type, config.comms_module_serial)
         self.clock = clock or MeterClock(config.time_zone)
-        self.legal = LegalInterface(config.data_dir)
+        self.legal = legal.LegalInterface(config.data_dir)
         self.load = HouseholdLoad(config.serial)
         self.model = ObjectModel.load(config.profile)
         self.directory = self.model.instantiate(self._bindings())
         self.server = DlmsServer(self.directory, system_title=self.identity.system_title,
                                  clock_bytes=self.clock.cosem_now)
         self._last_tick = self.clock.now()
-        if self.legal.is_empty() and config.backfill_days:
+        if self.legal.execute(legal.IsFreshMeter()) and config.backfill_days:
             self.backfill(config.backfill_days)
 
     def _bindings(self) -> dict:
-        energy = lambda name: Binding(lambda: Data.double_long_unsigned(getattr(self.legal.read_energy(), name)))  # noqa: E731
+        energy = lambda name: Binding(lambda: Data.double_long_unsigned(getattr(self.legal.execute(legal.ReadEnergyRegisters()), name)))  # noqa: E731
         ident = self.identity
         return {
             "identity.logical_device_name": Binding(lambda: Data.octet_string(ident.logical_device_name)),
@@ -99,8 +99,8 @@ class Meter:
         for t in range(start + CAPTURE_PERIOD, end + 1, CAPTURE_PERIOD):
             for i, e in enumerate(self.load.energy(t - CAPTURE_PERIOD, t)):
                 totals[i] += e
-            rows.append(ProfileRow(t, 0, *(int(v) for v in totals)))
-        self.legal.backfill_history(rows)
+            rows.append(legal.ProfileRow(t, 0, *(int(v) for v in totals)))
+        self.legal.execute(legal.BackfillDemoHistory(tuple(rows)))
         self._last_tick = float(end)
         log.info("back-filled %d load-profile entries (%d days)", len(rows), days)
 
@@ -117,12 +117,13 @@ class Meter:
             step_end = min(now, boundary)
             a_plus, a_minus, r_plus, r_minus = self.load.energy(t, step_end, step=min(60.0, step_end - t))
             seconds = step_end - t
-            self.legal.register_power((a_plus - a_minus) * 3600 / seconds, (r_plus - r_minus) * 3600 / seconds, seconds)
+            self.legal.execute(legal.RegisterSimulatedPower(
+                (a_plus - a_minus) * 3600 / seconds, (r_plus - r_minus) * 3600 / seconds, seconds))
             if step_end == boundary:
-                self.legal.capture_load_profile(int(boundary), 0)
+                self.legal.execute(legal.CaptureLoadProfile(int(boundary), 0))
             t = step_end
         self._last_tick = now
-        self.legal.persist()
+        self.legal.execute(legal.Persist())
 
     async def run_registration(self, period: float = 1.0) -> None:
         while True:

@@ -22,6 +22,7 @@ from smartmeter.dlms.apdu.initiate import Conformance
 from smartmeter.dlms.apdu.xdlms import decode_xdlms
 from smartmeter.dlms.client import CLIENT_CONFORMANCE, AccessDenied, GetExchange
 from smartmeter.hes.client import entry_selection, range_selection
+from smartmeter.legal.interface import ReadLoadProfile
 
 INVOKE = 0xC1
 
@@ -109,7 +110,7 @@ def test_attribute_zero_reads_every_readable_attribute(associate, meter):
 def test_long_get_goes_out_in_blocks_that_reassemble_exactly(associate, meter):
     server_side, client = associate(conformance=CLIENT_CONFORMANCE, max_receive_pdu_size=256)
     value, rounds = run(server_side, GetExchange(LOAD_PROFILE))
-    rows = meter.legal.read_load_profile()
+    rows = meter.legal.execute(ReadLoadProfile())
     assert len(value.value) == len(rows) == 192
     assert rounds > 10
     for row, entry in zip(rows, value.value):
@@ -149,7 +150,7 @@ def test_general_block_transfer_when_only_gbt_is_negotiated(associate, meter):
     assert raw[0] == 0xE0
     assert "GeneralBlockTransfer" in translator_xml(raw)
     value, _ = run(server_side, GetExchange(LOAD_PROFILE))
-    assert len(value.value) == len(meter.legal.read_load_profile())
+    assert len(value.value) == len(meter.legal.execute(ReadLoadProfile()))
 
 
 def test_request_sent_in_general_block_transfer(associate, meter):
@@ -182,7 +183,7 @@ def test_access_service(associate, meter):
 
 def test_profile_by_range_and_entry(associate, meter):
     server_side, _ = associate(conformance=CLIENT_CONFORMANCE)
-    rows = meter.legal.read_load_profile()
+    rows = meter.legal.execute(ReadLoadProfile())
     low, high = rows[10].capture_time, rows[20].capture_time
     utc = dt.timezone.utc
     selected = get_result(server_side, LOAD_PROFILE, range_selection(
