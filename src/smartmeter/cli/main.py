@@ -135,12 +135,12 @@ async def _serve(meter_, host: str, wrapper_port: int, hdlc_port: int, serial_de
         udp = await listen("wrapper", wrapper_port, lambda: aio.serve_wrapper_udp(meter_.server, host, wrapper_port))
         lines.append(f"LAN/WAN interface: IEC 62056-47 wrapper on tcp://{host}:{wrapper_port} and udp://{host}:{wrapper_port}")
     if hdlc_port:
-        servers.append(await listen("hdlc", hdlc_port, lambda: aio.serve_hdlc_tcp(meter_.server, meter_.hdlc_setup(), host, hdlc_port)))
+        servers.append(await listen("hdlc", hdlc_port, lambda: aio.serve_hdlc_tcp(meter_.server, meter_.hdlc_setup(), host, hdlc_port, meter_.wz_guard.port_open)))
         lines.append(f"WZ optical interface: HDLC over tcp://{host}:{hdlc_port}")
     stop_serial = threading.Event()
     if serial_device:
         try:
-            aio.serve_hdlc_serial(meter_.server, meter_.hdlc_setup(), serial_device, stop_serial)
+            aio.serve_hdlc_serial(meter_.server, meter_.hdlc_setup(), serial_device, stop_serial, meter_.wz_guard.port_open)
         except Exception as exc:  # pyserial raises SerialException (an OSError subclass on most platforms)
             raise UsageProblem(f"cannot open serial port {serial_device}: {exc}", "check the device path and permissions") from None
         lines.append(f"WZ optical interface: HDLC on serial port {serial_device}")

@@ -63,8 +63,11 @@ class DlmsServer:
     """One logical device: what it holds and who may talk to it on which interface."""
 
     def __init__(self, directory: ObjectDirectory, *, system_title: bytes, server_sap: int = 1,
-                 max_pdu_size: int = MAX_PDU_SIZE, clock_bytes: Callable[[], bytes] = lambda: b"") -> None:
+                 max_pdu_size: int = MAX_PDU_SIZE, clock_bytes: Callable[[], bytes] = lambda: b"",
+                 on_event: Callable[[str, dict], None] | None = None) -> None:
         self.directory = directory
+        # security-relevant happenings (refused associations, ...) for the event logs and port guards
+        self.on_event = on_event or (lambda name, fields: None)
         self.clock_bytes = clock_bytes  # the meter's time as 12-byte COSEM date-time
         self.system_title = system_title
         self.server_sap = server_sap
@@ -185,7 +188,13 @@ class ServerAssociation:
             user_info = self._initiate_response().to_bytes() if request.user_information else None
             return acse.RLRE(reason=0, user_information=user_info).to_bytes()
         if isinstance(request, acse.AARQ):
-            return self._associate(request).to_bytes()
+            aare = self._associate(request)
+            if aare.result == acse.AssociationResult.REJECTED_PERMANENT:
+                self.server.on_event("association_refused", {
+                    "interface": self.interface, "client_sap": self.client_sap, "diagnostic": int(aare.diagnostic)})
+            elif aare.result == acse.AssociationResult.ACCEPTED:
+                self.server.on_event("association_opened", {"interface": self.interface, "client_sap": self.client_sap})
+            return aare.to_bytes()
         raise DecodeError("ACSE request", 0, f"{type(request).__name__} is not a request")
 
     def _aare(self, request: acse.AARQ, result: int, source: int, diagnostic: int, user_information: bytes | None) -> acse.AARE:

@@ -15,6 +15,8 @@ from smartmeter.legal import interface as legal
 from smartmeter.meter.clock import DEFAULT_TIME_ZONE, MeterClock
 from smartmeter.meter.identity import MeterIdentity
 from smartmeter.meter.simulation import HouseholdLoad
+from smartmeter.meter.store import MeterStore
+from smartmeter.meter.wz_guard import WzGuard
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +65,10 @@ class Meter:
         self.load = HouseholdLoad(config.serial)
         self.model = ObjectModel.load(config.profile)
         self.directory = self.model.instantiate(self._bindings())
+        self.store = MeterStore(config.data_dir)
+        self.wz_guard = WzGuard(self.store)
         self.server = DlmsServer(self.directory, system_title=self.identity.system_title,
-                                 clock_bytes=self.clock.cosem_now)
+                                 clock_bytes=self.clock.cosem_now, on_event=self.on_event)
         self._last_tick = self.clock.now()
         if self.legal.execute(legal.IsFreshMeter()) and config.backfill_days:
             self.backfill(config.backfill_days)
@@ -84,6 +88,15 @@ class Meter:
             "load_profile_1": LoadProfileSource(self.legal, self.clock),
             "load_profile_1.status": Binding(lambda: Data.unsigned(0)),
         }
+
+    def on_event(self, name: str, fields: dict) -> None:
+        """Security-relevant happenings reported by the DLMS server."""
+        log.info("event %s %s", name, fields)
+        if fields.get("interface") == "wz":
+            if name == "association_refused":
+                self.wz_guard.association_failed()
+            elif name == "association_opened":
+                self.wz_guard.association_succeeded()
 
     def hdlc_setup(self):
         """The IEC HDLC setup object (IC 23) of the optical port."""
@@ -128,8 +141,11 @@ class Meter:
     async def run_registration(self, period: float = 1.0) -> None:
         while True:
             self.tick()
+            self.wz_guard.checkpoint()
             await asyncio.sleep(period)
 
     def close(self) -> None:
         self.tick()
+        self.wz_guard.checkpoint()
         self.legal.close()
+        self.store.close()

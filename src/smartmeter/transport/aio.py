@@ -10,7 +10,7 @@ import asyncio
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from smartmeter.errors import DecodeError
 from smartmeter.transport import hdlc
@@ -102,20 +102,44 @@ async def serve_wrapper_udp(server: "DlmsServer", host: str, port: int):
 
 
 class HdlcPort:
-    """The WZ optical port: one HDLC link and its association, fed bytes from any medium."""
+    """The WZ optical port: one HDLC link and its association, fed bytes from any medium.
 
-    def __init__(self, server: "DlmsServer", params: hdlc.HdlcParameters, physical_address: int) -> None:
+    While the port is disabled (`is_open()` false: remote disable or lockout, companion
+    standard §4.1.2) it cannot be accessed in any way: input is dropped unanswered and an
+    open link is dropped with its association.
+    """
+
+    def __init__(self, server: "DlmsServer", params: hdlc.HdlcParameters, physical_address: int,
+                 is_open: Callable[[], bool] = lambda: True) -> None:
         self.server = server
-        self.link = hdlc.HdlcServerLink(physical_address=physical_address, logical_devices={1}, params=params)
+        self.params = params
+        self.physical_address = physical_address
+        self.is_open = is_open
+        self.link = self._new_link()
         self.association: "ServerAssociation | None" = None
 
+    def _new_link(self) -> hdlc.HdlcServerLink:
+        return hdlc.HdlcServerLink(physical_address=self.physical_address, logical_devices={1}, params=self.params)
+
     def receive(self, data: bytes, now: float) -> bytes:
+        if not self._check_open():
+            return b""
         self._events(self.link.receive(data, now))
         return self.link.take_output()
 
     def tick(self, now: float) -> bytes:
+        if not self._check_open():
+            return b""
         self._events(self.link.tick(now))
         return self.link.take_output()
+
+    def _check_open(self) -> bool:
+        if self.is_open():
+            return True
+        if self.link.connected or self.association is not None:
+            self.close()
+            self.link = self._new_link()
+        return False
 
     def _events(self, events) -> None:
         for event in events:
@@ -147,11 +171,12 @@ def hdlc_parameters(setup) -> tuple[hdlc.HdlcParameters, int]:
     return params, p("device_address")
 
 
-async def serve_hdlc_tcp(server: "DlmsServer", setup, host: str, port: int) -> asyncio.AbstractServer:
+async def serve_hdlc_tcp(server: "DlmsServer", setup, host: str, port: int,
+                         is_open: Callable[[], bool] = lambda: True) -> asyncio.AbstractServer:
     params, address = hdlc_parameters(setup)
 
     async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        port_ = HdlcPort(server, params, address)
+        port_ = HdlcPort(server, params, address, is_open)
         loop = asyncio.get_running_loop()
         try:
             while True:
@@ -175,7 +200,8 @@ async def serve_hdlc_tcp(server: "DlmsServer", setup, host: str, port: int) -> a
     return await asyncio.start_server(on_connection, host, port)
 
 
-def serve_hdlc_serial(server: "DlmsServer", setup, device: str, stop: threading.Event) -> threading.Thread:
+def serve_hdlc_serial(server: "DlmsServer", setup, device: str, stop: threading.Event,
+                      is_open: Callable[[], bool] = lambda: True) -> threading.Thread:
     """Serve the optical port on a real serial device (pyserial URL or path) in a thread.
 
     The baud rate follows comm_speed of the HDLC setup object. The port has its own
@@ -187,7 +213,7 @@ def serve_hdlc_serial(server: "DlmsServer", setup, device: str, stop: threading.
     params, address = hdlc_parameters(setup)
     baud = {0: 300, 1: 600, 2: 1200, 3: 2400, 4: 4800, 5: 9600, 6: 19200, 7: 38400, 8: 57600, 9: 115200}
     port = serial.serial_for_url(device, baudrate=baud.get(setup.parameter("comm_speed"), 9600), timeout=0.05)
-    hdlc_port = HdlcPort(server, params, address)
+    hdlc_port = HdlcPort(server, params, address, is_open)
 
     def run() -> None:
         with port:

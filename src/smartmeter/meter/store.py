@@ -1,0 +1,57 @@
+"""The meter's own non-volatile store for what is not legally relevant but must survive a
+power failure: security contexts, frame counters, keys, certificates, port protection.
+
+SQLite in WAL mode with synchronous=FULL, one transaction per change; the file is created
+readable by its owner only, since it holds key material.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS setting (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS counter (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+class MeterStore:
+    def __init__(self, data_dir: Path) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path = data_dir / "meter.sqlite3"
+        if not path.exists():
+            path.touch(mode=0o600)  # SQLite gives its -wal/-shm files the same permissions
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+        self._lock = threading.Lock()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM setting WHERE key = ?", (key,)).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    def put(self, key: str, value: Any) -> None:
+        with self._lock, self._db:
+            self._db.execute("INSERT INTO setting(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE "
+                             "SET value = excluded.value", (key, json.dumps(value, sort_keys=True)))
+
+    def counter(self, key: str) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM counter WHERE key = ?", (key,)).fetchone()
+        return 0 if row is None else row[0]
+
+    def set_counter(self, key: str, value: int) -> None:
+        """Durably store a counter value (committed with a full sync before this returns)."""
+        with self._lock, self._db:
+            self._db.execute("INSERT INTO counter(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE "
+                             "SET value = excluded.value", (key, value))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
