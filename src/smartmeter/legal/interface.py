@@ -7,12 +7,14 @@ and counted; the count is itself legally relevant and readable.
 """
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from smartmeter.legal import storage
+from smartmeter.legal.demand import DEMAND_PERIOD, DemandRegisters, DemandState, DemandValue, MaximumDemand
 from smartmeter.legal.registers import MILLI, REGISTER_NAMES, EnergyRegisters, EnergySnapshot
 
 LOAD_PROFILE_1 = "lp1"
@@ -55,11 +57,42 @@ class CountLoadProfileEntries:
 
 
 @dataclass(frozen=True, slots=True)
-class CaptureLoadProfile:
-    """-> ProfileRow: capture the registers into load profile 1 at a period boundary."""
+class EndMeasurementPeriod:
+    """-> ProfileRow: at a 15-minute boundary, capture load profile 1 and close the demand
+    period, in one transaction."""
 
     capture_time: int
     status: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StartDemandPeriod:
+    """At power-up: a running demand period begins now (an interrupted one is not completed)."""
+
+    now: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadDemand:
+    """-> DemandValue of one register ("a_plus", "a_minus", "r_plus", "r_minus"), W or var."""
+
+    register: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReadMaximumDemand:
+    """-> MaximumDemand of one register: maximum of the billing period, its time, and the cumulative maximum."""
+
+    register: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResetMaximumDemand:
+    """End of a billing period: the maximum of one register (or of all, register None) is added
+    to its cumulative maximum and restarts at 0 with capture time now."""
+
+    now: int
+    register: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,11 +136,17 @@ class LegalInterface:
         rows = dict(self._db.execute("SELECT name, milli_units FROM energy_register").fetchall())
         self._registers = EnergyRegisters(rows)
         self._unsaved = False
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'demand'").fetchone()
+        self._demand = DemandRegisters(DemandState.from_json(json.loads(row[0])) if row else DemandState())
         self._handlers: dict[type, Callable[[Any], Any]] = {
             ReadEnergyRegisters: self._read_energy,
             ReadLoadProfile: self._read_load_profile,
             CountLoadProfileEntries: self._count_load_profile,
-            CaptureLoadProfile: self._capture_load_profile,
+            EndMeasurementPeriod: self._end_period,
+            StartDemandPeriod: self._start_demand,
+            ReadDemand: self._read_demand,
+            ReadMaximumDemand: self._read_maximum_demand,
+            ResetMaximumDemand: self._reset_maximum_demand,
             RegisterSimulatedPower: self._register_power,
             IsFreshMeter: self._is_fresh,
             BackfillDemoHistory: self._backfill,
@@ -164,14 +203,43 @@ class LegalInterface:
     def _read_energy(self, _: ReadEnergyRegisters) -> EnergySnapshot:
         return self._registers.snapshot()
 
-    def _capture_load_profile(self, cmd: CaptureLoadProfile) -> ProfileRow:
+    def _end_period(self, cmd: EndMeasurementPeriod) -> ProfileRow:
         snap = self._registers.snapshot()
         row = ProfileRow(cmd.capture_time, cmd.status, snap.a_plus, snap.a_minus, snap.r_plus, snap.r_minus)
+        self._demand.close_period(cmd.capture_time, self._registers.milli_units())
         with self._db:
             self._write_registers()
             self._insert_rows([row])
+            self._write_demand()
         self._unsaved = False
         return row
+
+    # -- demand -----------------------------------------------------------------------------
+    def _write_demand(self) -> None:
+        self._db.execute("INSERT INTO meta(key, value) VALUES ('demand', ?) ON CONFLICT(key) DO UPDATE "
+                         "SET value = excluded.value", (json.dumps(self._demand.state.to_json()),))
+
+    def _start_demand(self, cmd: StartDemandPeriod) -> None:
+        self._demand.start(cmd.now, self._registers.milli_units())
+        with self._db:
+            self._write_demand()
+
+    def _register_name(self, name: str) -> str:
+        if name not in REGISTER_NAMES:
+            raise CommandRefused(f"no register {name!r}; one of {', '.join(REGISTER_NAMES)}")
+        return name
+
+    def _read_demand(self, cmd: ReadDemand) -> DemandValue:
+        return self._demand.demand(self._register_name(cmd.register), self._registers.milli_units())
+
+    def _read_maximum_demand(self, cmd: ReadMaximumDemand) -> MaximumDemand:
+        return self._demand.maximum(self._register_name(cmd.register))
+
+    def _reset_maximum_demand(self, cmd: ResetMaximumDemand) -> None:
+        names = REGISTER_NAMES if cmd.register is None else (self._register_name(cmd.register),)
+        self._demand.reset_maximum(cmd.now, names)
+        with self._db:
+            self._write_demand()
 
     def _insert_rows(self, rows: list[ProfileRow]) -> None:
         self._db.executemany(

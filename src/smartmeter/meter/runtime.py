@@ -12,6 +12,7 @@ from smartmeter.cosem.data import Data
 from smartmeter.cosem.objectmodel import ObjectModel
 from smartmeter.dlms.server import DlmsServer
 from smartmeter.legal import interface as legal
+from smartmeter.legal.interface import DEMAND_PERIOD
 from smartmeter.meter.clock import DEFAULT_TIME_ZONE, MeterClock
 from smartmeter.meter.identity import MeterIdentity
 from smartmeter.meter.simulation import HouseholdLoad
@@ -21,6 +22,8 @@ from smartmeter.meter.wz_guard import WzGuard
 log = logging.getLogger(__name__)
 
 CAPTURE_PERIOD = 900
+REGISTERS = ("a_plus", "a_minus", "r_plus", "r_minus")
+NOT_SPECIFIED_DATE_TIME = bytes.fromhex("FFFFFFFFFFFFFFFFFF8000FF")
 BACKFILL_DAYS = 30
 
 
@@ -56,6 +59,36 @@ class LoadProfileSource:
         return self.clock.utc_from_cosem(value)
 
 
+class DemandSource:
+    """Demand of one register through the protective interface (IC 5 binding)."""
+
+    period = DEMAND_PERIOD
+    number_of_periods = 1
+
+    def __init__(self, legal_part: legal.LegalInterface, clock: MeterClock, register: str) -> None:
+        self.legal, self.clock, self.register = legal_part, clock, register
+
+    def value(self):
+        return self.legal.execute(legal.ReadDemand(self.register))
+
+    def cosem_time(self, utc: int | None) -> bytes:
+        return self.clock.cosem(utc) if utc is not None else NOT_SPECIFIED_DATE_TIME
+
+
+class MaximumDemandSource(DemandSource):
+    """Maximum demand of one register (IC 4 binding), resettable."""
+
+    def value(self):
+        maximum = self.legal.execute(legal.ReadMaximumDemand(self.register))
+        return maximum.value, maximum.capture_time
+
+    def cumulative(self) -> Data:
+        return Data.double_long_unsigned(self.legal.execute(legal.ReadMaximumDemand(self.register)).cumulative)
+
+    def reset(self) -> None:
+        self.legal.execute(legal.ResetMaximumDemand(int(self.clock.now()), self.register))
+
+
 class Meter:
     def __init__(self, config: MeterConfig, clock: MeterClock | None = None) -> None:
         self.config = config
@@ -72,6 +105,7 @@ class Meter:
         self._last_tick = self.clock.now()
         if self.legal.execute(legal.IsFreshMeter()) and config.backfill_days:
             self.backfill(config.backfill_days)
+        self.legal.execute(legal.StartDemandPeriod(int(self._last_tick)))
 
     def _bindings(self) -> dict:
         energy = lambda name: Binding(lambda: Data.double_long_unsigned(getattr(self.legal.execute(legal.ReadEnergyRegisters()), name)))  # noqa: E731
@@ -87,6 +121,10 @@ class Meter:
             "clock": self.clock,
             "load_profile_1": LoadProfileSource(self.legal, self.clock),
             "load_profile_1.status": Binding(lambda: Data.unsigned(0)),
+            **{f"demand.{r}": DemandSource(self.legal, self.clock, r) for r in REGISTERS},
+            **{f"maximum_demand.{r}": MaximumDemandSource(self.legal, self.clock, r) for r in REGISTERS},
+            **{f"cumulative_maximum_demand.{r}": Binding(MaximumDemandSource(self.legal, self.clock, r).cumulative)
+               for r in REGISTERS},
         }
 
     def on_event(self, name: str, fields: dict) -> None:
@@ -133,7 +171,7 @@ class Meter:
             self.legal.execute(legal.RegisterSimulatedPower(
                 (a_plus - a_minus) * 3600 / seconds, (r_plus - r_minus) * 3600 / seconds, seconds))
             if step_end == boundary:
-                self.legal.execute(legal.CaptureLoadProfile(int(boundary), 0))
+                self.legal.execute(legal.EndMeasurementPeriod(int(boundary), 0))
             t = step_end
         self._last_tick = now
         self.legal.execute(legal.Persist())
