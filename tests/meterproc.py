@@ -43,6 +43,11 @@ class MeterProcess:
             (milli,) = db.execute("SELECT milli_units FROM energy_register WHERE name = ?", (name,)).fetchone()
         return milli // 1000
 
+    def power_failure(self) -> None:
+        """kill -9 of the whole meter: the communication side and the legal process at once."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
     def stop(self) -> int:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
@@ -60,6 +65,7 @@ def start_meter(data_dir: Path, *extra: str) -> MeterProcess:
         [sys.executable, "-m", "smartmeter", "meter", "run", "--data-dir", str(data_dir),
          "--wrapper-port", str(wrapper_port), "--hdlc-port", str(hdlc_port), *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        start_new_session=True,  # its own process group: a "power failure" kills the legal process too
     )
     lines = []
     deadline = time.monotonic() + 60

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 
 from meterproc import start_meter
 from smartmeter.hes.client import MeterClient
@@ -30,8 +29,7 @@ def test_state_survives_stop_and_power_failure(tmp_path):
         assert rows_after[: len(rows_before)] == rows_before  # no second back-fill, nothing lost
         value_before_kill = second.energy_wh("a_plus")
     finally:
-        second.process.send_signal(signal.SIGKILL)  # power failure
-        second.process.wait()
+        second.power_failure()
 
     third = start_meter(tmp_path)
     try:

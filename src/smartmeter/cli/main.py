@@ -8,7 +8,6 @@ import errno
 import json
 import logging
 import signal
-import sqlite3
 import sys
 import threading
 from decimal import Decimal
@@ -19,6 +18,7 @@ import click
 from smartmeter.cli.format import to_json, to_text
 from smartmeter.cosem.obis import Obis
 from smartmeter.errors import SmartmeterError
+from smartmeter.legal.interface import LegalProcessDown
 
 DEFAULT_WRAPPER_PORT = 4059
 DEFAULT_HDLC_PORT = 4061
@@ -51,8 +51,8 @@ class Cli(click.Group):
             raise
         except click.ClickException as exc:
             fail(exc.format_message(), "see --help")
-        except sqlite3.DatabaseError as exc:
-            fail(f"the meter's store cannot be used: {exc}", "check --data-dir; a damaged store must be restored, not replaced")
+        except LegalProcessDown as exc:
+            fail(str(exc), "check --data-dir; a damaged store must be restored, not replaced")
         except OSError as exc:
             fail(str(exc), "check the address, port or path")
         except KeyboardInterrupt:

@@ -25,6 +25,10 @@ class CommandRefused(Exception):
     """The protective interface refused a command: undeclared, unauthorised or not possible now."""
 
 
+class LegalProcessDown(Exception):
+    """The legally relevant part is not running (or could not start): nothing can be read or changed."""
+
+
 @dataclass(frozen=True, slots=True)
 class ProfileRow:
     capture_time: int  # UTC seconds
@@ -126,6 +130,10 @@ class ReadRefusedCommandCount:
     """-> int: how many undeclared or refused commands reached the interface since first start."""
 
 
+# Plain records that may travel inside commands (see legal/process.py)
+RECORD_TYPES = (ProfileRow,)
+
+
 class LegalInterface:
     """Typed commands into the legally relevant part. Thread-safe: metrology and the
     communication side may call from different threads."""
@@ -163,12 +171,13 @@ class LegalInterface:
         """Run one declared command; anything else is refused, counted, and changes nothing."""
         handler = self._handlers.get(type(command))
         if handler is None:
-            self._count_refusal()
+            self.count_refusal()
             raise CommandRefused(f"{type(command).__name__} is not a command of the protective interface")
         with self._lock:
             return handler(command)
 
-    def _count_refusal(self) -> None:
+    def count_refusal(self) -> None:
+        """Count one refused command (persistently)."""
         with self._lock, self._db:
             self._db.execute(
                 "INSERT INTO meta(key, value) VALUES ('refused_commands', '1') ON CONFLICT(key) "
@@ -281,7 +290,17 @@ class LegalInterface:
             self._write_registers()
             self._insert_rows(list(cmd.rows))
 
+    def start(self) -> None:
+        """Start what runs on its own inside the legal part (metrology, once connected)."""
+
     def close(self) -> None:
         with self._lock:
             self._persist(Persist())
             self._db.close()
+
+
+def start_legal_process(data_dir: Path, options: dict | None = None):
+    """Run the legal part in its own process; returns a client with the same `execute`."""
+    from smartmeter.legal.process import LegalProcessClient
+
+    return LegalProcessClient(Path(data_dir), options)

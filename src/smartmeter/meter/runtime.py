@@ -41,7 +41,7 @@ class MeterConfig:
 class LoadProfileSource:
     """Load profile 1 rows, read through the protective interface, in COSEM form."""
 
-    def __init__(self, legal_part: legal.LegalInterface, clock: MeterClock) -> None:
+    def __init__(self, legal_part, clock: MeterClock) -> None:
         self.legal = legal_part
         self.clock = clock
 
@@ -65,7 +65,7 @@ class DemandSource:
     period = DEMAND_PERIOD
     number_of_periods = 1
 
-    def __init__(self, legal_part: legal.LegalInterface, clock: MeterClock, register: str) -> None:
+    def __init__(self, legal_part, clock: MeterClock, register: str) -> None:
         self.legal, self.clock, self.register = legal_part, clock, register
 
     def value(self):
@@ -94,7 +94,8 @@ class Meter:
         self.config = config
         self.identity = MeterIdentity(config.serial, config.meter_type, config.comms_module_serial)
         self.clock = clock or MeterClock(config.time_zone)
-        self.legal = legal.LegalInterface(config.data_dir)
+        # the legally relevant part runs in its own process; only declared commands reach it
+        self.legal = legal.start_legal_process(config.data_dir)
         self.load = HouseholdLoad(config.serial)
         self.model = ObjectModel.load(config.profile)
         self.directory = self.model.instantiate(self._bindings())

@@ -1,0 +1,165 @@
+"""The legally relevant part in a process of its own.
+
+The communication side (DLMS server, transports, CLI) and the legally relevant part do not
+share an interpreter: the legal process owns the store, the measurement input and the
+registers, and the only thing that crosses over is a declared command of the protective
+interface, sent through a pipe. So nothing on the communication side can reach legal
+state, and no load there (a flood of DLMS requests, a stuck socket) can delay metrology:
+it runs on its own interpreter lock, on its own core where there is one.
+
+If the communication side dies, the pipe closes and the legal process persists and exits.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing
+import signal
+import threading
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from smartmeter.legal.interface import RECORD_TYPES, CommandRefused, LegalInterface, LegalProcessDown
+
+
+# Commands cross as JSON data, never as pickles: the legal process only ever builds objects
+# of the declared command classes (and the plain records they carry) from what it receives.
+def encode_command(command: object) -> bytes:
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return {"type": type(value).__name__,
+                    "fields": {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        raise TypeError(f"{type(value).__name__} cannot cross the protective interface")
+
+    return json.dumps(plain(command)).encode()
+
+
+def decode_command(raw: bytes, allowed: dict[str, type]) -> object:
+    """Rebuild a command; anything but a declared type with its declared fields is refused."""
+    def build(value: Any, top: bool) -> Any:
+        if isinstance(value, dict):
+            cls = allowed.get(value.get("type"))
+            fields = value.get("fields")
+            if cls is None or not isinstance(fields, dict) or set(fields) != {f.name for f in dataclasses.fields(cls)}:
+                raise CommandRefused("not a command of the protective interface")
+            return cls(**{k: build(v, False) for k, v in fields.items()})
+        if top:
+            raise CommandRefused("not a command of the protective interface")
+        if isinstance(value, list):
+            return tuple(build(v, False) for v in value)
+        return value
+
+    try:
+        return build(json.loads(raw), True)
+    except (ValueError, TypeError, RecursionError):
+        raise CommandRefused("not a command of the protective interface") from None
+
+
+@dataclass(frozen=True)
+class _Failure:
+    kind: str  # "start", "refused" or "fault"
+    message: str
+
+
+def _call(legal, command: object) -> Any:
+    try:
+        return legal.execute(command)
+    except CommandRefused as exc:
+        return _Failure("refused", str(exc))
+    except Exception:  # noqa: BLE001 - reported to the caller; the legal process stays up
+        return _Failure("fault", traceback.format_exc(limit=3))
+
+
+def _serve(connection, data_dir: str, options: dict) -> None:
+    # Ctrl-C reaches the whole process group; the legal part ends when the communication
+    # side closes the pipe, after persisting, never in the middle of a command.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        legal = LegalInterface(Path(data_dir), **options)
+    except Exception as exc:  # noqa: BLE001 - the reason goes back to the starter as one line
+        connection.send(_Failure("start", f"{type(exc).__name__}: {exc}"))
+        return
+    connection.send("ready")
+    allowed = {cls.__name__: cls for cls in (*legal.commands, *RECORD_TYPES)}
+    legal.start()
+    try:
+        while True:
+            try:
+                raw = connection.recv_bytes()
+            except (EOFError, OSError):
+                break  # the communication side is gone
+            if not raw:
+                break
+            try:
+                command = decode_command(raw, allowed)
+            except CommandRefused as exc:
+                legal.count_refusal()
+                reply: Any = _Failure("refused", str(exc))
+            else:
+                reply = _call(legal, command)
+            try:
+                connection.send(reply)
+            except (OSError, ValueError):
+                break
+    finally:
+        legal.close()
+
+
+class LegalProcessClient:
+    """The communication side's handle: `execute(command)` as if the part were local."""
+
+    def __init__(self, data_dir: Path, options: dict | None = None) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._connection, child_end = context.Pipe()
+        self._process = context.Process(target=_serve, args=(child_end, str(data_dir), options or {}),
+                                        name="smartmeter-legal", daemon=True)
+        self._process.start()
+        child_end.close()
+        self._lock = threading.Lock()
+        try:
+            status = self._connection.recv()
+        except (EOFError, OSError):
+            status = _Failure("start", "the process ended before it was ready")
+        if isinstance(status, _Failure):
+            self._process.join(5)
+            raise LegalProcessDown(f"the legally relevant part cannot start: {status.message}")
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
+    def execute(self, command: object) -> Any:
+        with self._lock:
+            try:
+                raw = encode_command(command)
+            except TypeError:
+                raw = b"null"  # not encodable: let the legal part refuse and count it
+            try:
+                self._connection.send_bytes(raw)
+                reply = self._connection.recv()
+            except (EOFError, OSError, BrokenPipeError) as exc:
+                raise LegalProcessDown("the legally relevant part is not running") from exc
+        if isinstance(reply, _Failure):
+            if reply.kind == "refused":
+                raise CommandRefused(reply.message)
+            raise LegalProcessDown(f"the legally relevant part failed: {reply.message}")
+        return reply
+
+    def close(self, timeout: float = 10.0) -> None:
+        with self._lock:
+            try:
+                self._connection.send_bytes(b"")
+            except (OSError, BrokenPipeError):
+                pass
+        self._process.join(timeout)
+        if self._process.is_alive():
+            self._process.terminate()
+            self._process.join(timeout)
+        self._connection.close()
