@@ -38,7 +38,11 @@ What `verify_table` detects, given the genuine public key:
     checkpoint (every seq that is a multiple of checkpoint_every must have one), a removed
     or replayed horizon (the first entry no longer follows the anchor), a checkpoint for an
     entry that is no longer there (tail truncated back over a checkpoint);
-  * a replaced public key (no signature verifies), more entries than the capacity.
+  * a replaced public key (no signature verifies), more entries than the capacity;
+  * in a FIFO table that has overflowed (it has a horizon): ANY removal, at the start, in
+    the middle, at the end (even after the last checkpoint) or of all entries, because such
+    a table only ever removes an entry to make room for a new one, so it always holds
+    exactly `capacity` entries.
 
 What it cannot detect, and why:
   * Entries after the last checkpoint are only hash-linked, not signed: anyone who can write
@@ -46,8 +50,8 @@ What it cannot detect, and why:
     L3). The report says how many there are (`unsigned_tail`). With checkpoint_every=1 there
     is no such tail: every entry is signed in its own transaction (cheap next to the fsync
     of synchronous=FULL; the event logs use it).
-  * Roll-back: deleting the newest entries together with all checkpoints after them, back to
-    an earlier checkpoint, gives a store that looks exactly like the earlier genuine store.
+  * Roll-back of a table that has never been full: deleting the newest entries together with
+    all checkpoints after them, back to an earlier checkpoint, gives a store that looks exactly like the earlier genuine store.
     A power failure cannot cause this (every append is one durable transaction), but nothing
     inside the store can tell the difference either. Only a monotonic counter outside the
     attacker's reach (secure element/TPM, or the last seq a head-end has read and recorded)
@@ -543,6 +547,13 @@ def _is_int(value: object, low: int, high: int) -> bool:
     return type(value) is int and low <= value <= high
 
 
+def _fields(row: object, n: int) -> tuple | None:
+    """`row` as a tuple of n values, or None if it is not a row of n values."""
+    if isinstance(row, (tuple, list, sqlite3.Row)) and len(row) == n:
+        return tuple(row)
+    return None
+
+
 def _is_hash(value: object) -> bool:
     return type(value) is bytes and len(value) == HASH_SIZE
 
@@ -582,7 +593,8 @@ def _verify_rows(name, public_key_pem, declaration, entries, checkpoints, horizo
         if has_data:
             return bad("table declaration missing (removed)")
         return VerifyReport(True, 0, None, "")
-    if len(declaration) != 4:
+    declaration = _fields(declaration, 4)
+    if declaration is None:
         return bad("table declaration malformed")
     capacity, on_full, every, signature = declaration
     if not (_is_int(capacity, 1, U63 - 1) and on_full in ("refuse", "fifo") and type(on_full) is str
@@ -594,7 +606,8 @@ def _verify_rows(name, public_key_pem, declaration, entries, checkpoints, horizo
     # 2. The anchor: the signed horizon of a FIFO table, or the genesis value.
     anchor_seq, anchor_hash = 0, genesis_hash(name)
     if horizon is not None:
-        if len(horizon) != 3:
+        horizon = _fields(horizon, 3)
+        if horizon is None:
             return bad("horizon record malformed")
         h_seq, h_hash, h_signature = horizon
         if not (_is_int(h_seq, 1, U63 - 1) and _is_hash(h_hash) and type(h_signature) is bytes):
@@ -610,7 +623,8 @@ def _verify_rows(name, public_key_pem, declaration, entries, checkpoints, horizo
     hashes: dict[int, bytes] = {}
     checked = 0
     for row in entries:
-        if len(row) != 6:
+        row = _fields(row, 6)
+        if row is None:
             return bad("entry row malformed", expected_seq, checked)
         seq, time_utc, kind, payload, prev_hash, digest = row
         if not (_is_int(seq, 1, U63 - 1) and _is_int(time_utc, I64_MIN, I64_MAX) and _is_int(kind, 0, U32 - 1)
@@ -635,19 +649,27 @@ def _verify_rows(name, public_key_pem, declaration, entries, checkpoints, horizo
     last_seq = expected_seq - 1
     if checked > capacity:
         return bad(f"{checked} entries in a table of capacity {capacity}", None, checked)
+    if horizon is not None and checked != capacity:
+        # A FIFO table removes an entry only to make room for a new one, so once it has a
+        # horizon it is always exactly full: fewer entries means some were removed.
+        return bad(f"entries removed: only {checked} of {capacity} present in a FIFO table that has been full",
+                   last_seq + 1, checked)
 
     # 4. The checkpoints: each signed, each matching the entry it covers.
     signed_through = anchor_seq
     seen: set[int] = set()
+    previous_checkpoint = 0  # checkpoints arrive in increasing seq order, as the query sorts them
     for row in checkpoints:
-        if len(row) != 3:
+        row = _fields(row, 3)
+        if row is None:
             return bad("checkpoint row malformed", None, checked)
         c_seq, c_hash, c_signature = row
         if not (_is_int(c_seq, 1, U63 - 1) and _is_hash(c_hash) and type(c_signature) is bytes):
             return bad("checkpoint row malformed", None, checked)
-        if c_seq in seen:
-            return bad(f"checkpoint {c_seq} stored twice", c_seq, checked)
+        if c_seq <= previous_checkpoint:
+            return bad(f"checkpoint {c_seq} stored twice or out of order", c_seq, checked)
         seen.add(c_seq)
+        previous_checkpoint = c_seq
         if not signing.verify(public_key_pem, checkpoint_message(name, c_seq, c_hash), c_signature):
             return bad(f"checkpoint {c_seq}: signature invalid (altered or forged)", c_seq, checked)
         if c_seq <= anchor_seq:
