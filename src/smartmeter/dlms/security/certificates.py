@@ -26,12 +26,14 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as _dt
+import warnings
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Iterable, Union
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtensionOID, NameOID, SignatureAlgorithmOID
@@ -408,13 +410,18 @@ def parse_certificate(data: bytes | bytearray | memoryview | str, *, suite: int 
     _check_suite(suite)
     if now is not None:
         now = _check_now(now)
-    cert = _load(data)
-    try:
-        return _profile(cert, suite, now)
-    except CertificateError:
-        raise
-    except Exception as exc:  # lazily parsed fields (extensions, key, names) may fail late
-        raise CertificateFormatError(f"malformed field ({type(exc).__name__}: {exc})") from None
+    # cryptography warns about (and will later refuse) non-positive serials; the profile
+    # refuses them anyway, so the warning is noise here.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        cert = _load(data)
+        try:
+            return _profile(cert, suite, now)
+        except CertificateError:
+            raise
+        except Exception as exc:  # lazily parsed fields (extensions, key, names) may fail late
+            raise CertificateFormatError(
+                f"malformed field ({type(exc).__name__}: {exc})") from None
 
 
 def _profile(cert: x509.Certificate, suite: int, now: _dt.datetime | None) -> DlmsCertificate:
