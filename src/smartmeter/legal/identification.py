@@ -214,7 +214,15 @@ def build_signed_manifest(software_id: SoftwareId, private_key: ec.EllipticCurve
     }
     signature = private_key.sign(_signed_payload(body), ec.ECDSA(hashes.SHA256()))
     manifest = dict(body, signature=signature.hex())
-    return (json.dumps(manifest, sort_keys=True, indent=1) + "\n").encode("ascii")
+    # Layout for people reading diffs (one file per line); only the parsed values are signed.
+    lines = []
+    for key in sorted(manifest):
+        if key == "files":
+            entries = ",\n".join(f"  {json.dumps(entry)}" for entry in manifest["files"])
+            lines.append(f' "files": [\n{entries}\n ]' if entries else ' "files": []')
+        else:
+            lines.append(f" {json.dumps(key)}: {json.dumps(manifest[key])}")
+    return ("{\n" + ",\n".join(lines) + "\n}\n").encode("ascii")
 
 
 def _anchored_keys() -> dict[str, tuple[ec.EllipticCurvePublicKey, bool]]:
