@@ -478,3 +478,32 @@ def test_an_invalid_certification_object_write_changes_nothing(meter: Meter, bad
     with pytest.raises(ParameterRefused):
         meter.params.write_certification_object(bad, 1_700_000_000, AUTHORITY)
     assert meter.snapshot() == before and not meter.mode.is_active()
+
+
+# -- with the real hash-linked log (legal/eventlog.py), as the lead wires it ---------------------
+
+
+def test_with_the_real_event_log_change_and_entry_commit_together_and_full_refuses(tmp_path: Path) -> None:
+    from smartmeter.legal.chain import LogFull as ChainLogFull
+    from smartmeter.legal.eventlog import EventLog
+    from smartmeter.legal.signing import MeterSigner
+
+    db = storage.open_store(tmp_path)
+    signer = MeterSigner.generate()
+    log = EventLog(db, "certification", 3, signer)
+    mode = CertificationMode(db, log, FIRMWARE_ID, FakeMonotonic(), log_full_errors=(ChainLogFull,))
+    params = ParameterStore(db, log, mode, FIRMWARE_ID, log_full_errors=(ChainLogFull,))
+    mode.start(1_700_000_000, AUTHORITY)
+    assert params.set({"voltage_gain_l1": 1.01}, 1_700_000_001, TOOL) == 1
+    events = log.events()
+    assert [(e.event_id, e.fields.get("parameter")) for e in events] == [
+        (EVENT_CERTIFICATION_MODE_STARTED, None), (EVENT_LR_PARAMETER_CHANGED, "voltage_gain_l1")]
+    assert events[1].fields["client_system_title"] == TOOL.client_system_title
+    assert events[1].fields["active_firmware_id"] == FIRMWARE_ID
+    with pytest.raises(ParameterRefused) as refused:  # 2 entries would need 4 places; 1 is left
+        params.set({"voltage_gain_l2": 1.02, "voltage_gain_l3": 1.03}, 1_700_000_002, TOOL)
+    assert refused.value.reason is RefusalReason.LOG_FULL
+    assert log.count() == 2 and params.record_number == 1
+    assert db.execute("SELECT name FROM legal_parameter").fetchall() == [("voltage_gain_l1",)]
+    assert log.verify(signer.public_key_pem()).ok
+    db.close()
