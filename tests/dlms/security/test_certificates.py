@@ -856,3 +856,85 @@ def test_store_constructor_checks():
         c.CertificateStore(b"short")
     with pytest.raises(ValueError):
         c.CertificateStore(METER_TITLE, suite=0)
+
+
+# --------------------------------------------------- random operation sequences
+
+
+class _OpsPool:
+    """Certificates for random import/remove sequences (built once: key generation is
+    the slow part)."""
+
+    def __init__(self):
+        self.pki = Pki()
+        sub_cas = [self.pki.sub] + [self.pki.sub_ca(f"Sub {i}")[0] for i in range(2, 6)]
+        titles = [HES_TITLE, b"HES" + bytes(4) + b"\x02"]
+        leaves = [self.pki.entity(t, usage_names=(u,)) for t in titles
+                  for u in ("digital_signature", "digital_signature", "key_agreement")]
+        self.certs = [der(x) for x in sub_cas + leaves]
+        self.parsed = [c.parse_certificate(d) for d in self.certs]
+
+
+_POOL = None
+
+
+def _pool():
+    global _POOL
+    if _POOL is None:
+        _POOL = _OpsPool()
+    return _POOL
+
+
+_op = st.tuples(st.sampled_from(["import", "remove", "export"]), st.integers(0, 10),
+                st.sampled_from([None, 1, 2, 4, 5]))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_op, max_size=25))
+def test_random_operation_sequences_keep_the_rules(ops):
+    pool = _pool()
+    store = c.CertificateStore(METER_TITLE)
+    store.install_root(der(pool.pki.root), NOW)
+    for op, index, client in ops:
+        cert = pool.parsed[index]
+        ident = c.CertificateIdentificationBySerial(cert.serial_number_bytes, cert.issuer)
+        before = store.to_dict()
+        try:
+            if op == "import":
+                store.import_certificate(pool.certs[index], NOW, client=client)
+            elif op == "remove":
+                removed = store.remove_certificate(ident, client=client)
+                assert removed == cert
+            else:
+                assert store.export_certificate(ident, client=client) == cert.der
+        except c.CertificateStoreError:
+            assert store.to_dict() == before  # a refused operation changes nothing
+        except c.UnknownIssuerError:
+            assert store.to_dict() == before
+            assert not any(s.subject == cert.issuer for s in store.sub_cas)
+        # invariants of §3.5.2
+        assert len(store.sub_cas) <= c.SUB_CA_CAPACITY
+        for k in store.clients:
+            for t in (c.CertificateType.DIGITAL_SIGNATURE, c.CertificateType.KEY_AGREEMENT):
+                assert len(store.client_certificates(k, t)) <= c.CLIENT_CERTIFICATE_CAPACITY
+        # every state survives its dict form
+        state = store.to_dict()
+        assert c.CertificateStore.from_dict(json.loads(json.dumps(state))).to_dict() == state
+
+
+def test_a_client_with_a_signing_certificate_never_loses_it(pki):
+    """Whatever removal sequence is tried, a client that once had a digital-signature
+    certificate keeps at least one."""
+    store = new_store(pki)
+    certs = [pki.entity() for _ in range(2)]
+    for cert in certs:
+        store.import_certificate(der(cert), NOW, client=2)
+    removed = 0
+    for cert in certs + certs:
+        try:
+            store.remove_certificate(c.CertificateIdentificationBySerial(
+                c.serial_to_bytes(cert.serial_number), cert.issuer.public_bytes()))
+            removed += 1
+        except (c.LastCertificateError, c.CertificateNotFoundError):
+            pass
+    assert removed == 1 and len(store.client_certificates(2)) == 1
