@@ -287,6 +287,9 @@ class Metrology:
         sum_vv = np.einsum("pk,pk->p", v, v).tolist()
         sum_ii = np.einsum("pk,pk->p", i, i).tolist()
         sum_vi = np.einsum("pk,pk->p", v, i).tolist()
+        # Finite sums of squares mean every sample is finite (and v·i and the DFT stay finite).
+        if not all(math.isfinite(x) for x in (*sum_vv, *sum_ii)):
+            raise MetrologyError("frame contains non-finite or overflowing samples")
 
         # Fundamental phasors by a one-cycle sliding DFT, continued from the previous frame:
         # rotated = [last N reference-rotated samples | this frame's], and the window sum ending
@@ -324,8 +327,8 @@ class Metrology:
         else:
             pending += n
 
-        if not all(math.isfinite(x) for x in (*sum_vv, *sum_ii, *q_sum)):
-            raise MetrologyError("frame contains non-finite samples")
+        if not all(math.isfinite(x) for x in (*sum_vi, *q_sum)):
+            raise MetrologyError("frame contains overflowing samples")
 
         # Frequency from the rotation of the fundamental voltage phasor.
         last = vph[:, -1].tolist()
