@@ -291,3 +291,21 @@ def test_client_credentials(demo):
     assert ka_cert.public_key() == creds.key_agreement_key.public_key()
     with pytest.raises(pki.PkiError):
         pki.load_client_credentials(directory, 5)
+
+
+def test_provisioning_pins_the_sub_cas_of_section_3_5_2(tmp_path):
+    index = pki.init_pki(tmp_path, now=NOW)
+    store = c.CertificateStore(METER_TITLE)
+    pki.provision_store(tmp_path, store, NOW)
+
+    def subject(number):
+        return c.parse_certificate((tmp_path / index["sub_cas"][number]["certificate"])
+                                   .read_bytes()).subject
+
+    assert store.issuer_pin("server") == subject("1")
+    assert store.issuer_pin(1) == store.issuer_pin(2) == subject("2")
+    assert store.issuer_pin(4) == subject("3")
+    # the PLC client's certificate is refused for the Management client
+    plc = (tmp_path / index["clients"]["4"]["signing"]["certificate"]).read_bytes()
+    with pytest.raises(c.IssuerNotAllowedError):
+        store.import_certificate(plc, NOW, client=1)

@@ -377,15 +377,22 @@ def load_client_credentials(directory: str | os.PathLike, client: int) -> Client
 
 def provision_store(directory: str | os.PathLike, store: CertificateStore,
                     now: _dt.datetime) -> list[ImportResult]:
-    """Production step for a demo meter: install the DEMO root, import the three sub-CAs
-    and every client certificate of the PKI the store has a slot for."""
+    """Production step for a demo meter: install the DEMO root, import the three sub-CAs,
+    pin each to the certificates §3.5.2 assigns it (Sub-CA 1: the meter's own; 2: clients
+    1 and 2; 3: client 4) and import every client certificate the store has a slot for."""
     directory = Path(directory)
     index = load_index(directory)
     store.install_root((directory / index["root"]["certificate"]).read_bytes(), now)
     results = []
     for number in sorted(index["sub_cas"], key=int):
-        results.append(store.import_certificate(
-            (directory / index["sub_cas"][number]["certificate"]).read_bytes(), now))
+        result = store.import_certificate(
+            (directory / index["sub_cas"][number]["certificate"]).read_bytes(), now)
+        results.append(result)
+        owners = ["server"] if number == "1" else [
+            client for client, ca in _CLIENT_SUB_CA.items() if str(ca) == number]
+        for owner in owners:
+            if owner == "server" or owner in store.clients:
+                store.pin_issuer(owner, result.certificate.subject)
     for client, entry in sorted(index["clients"].items(), key=lambda kv: int(kv[0])):
         if int(client) not in store.clients:
             continue

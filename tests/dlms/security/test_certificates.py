@@ -938,3 +938,38 @@ def test_a_client_with_a_signing_certificate_never_loses_it(pki):
         except (c.LastCertificateError, c.CertificateNotFoundError):
             pass
     assert removed == 1 and len(store.client_certificates(2)) == 1
+
+
+def test_issuer_pins(pki):
+    store = new_store(pki)
+    plc_sub, plc_key = pki.sub_ca("PLC Sub-CA")
+    store.import_certificate(der(plc_sub), NOW)
+    store.pin_issuer(1, pki.sub.subject.public_bytes())
+    store.pin_issuer(4, plc_sub.subject.public_bytes())
+    plc_cert = pki.entity(issuer=plc_sub, issuer_key=plc_key)
+    # a valid chain, but the wrong sub-CA for the Management client
+    with pytest.raises(c.IssuerNotAllowedError):
+        store.import_certificate(der(plc_cert), NOW, client=1)
+    store.import_certificate(der(plc_cert), NOW, client=4)
+    with pytest.raises(c.IssuerNotAllowedError):
+        store.import_certificate(der(pki.entity()), NOW, client=4)
+    store.import_certificate(der(pki.entity()), NOW, client=1)
+    # client 2 is not pinned: any installed sub-CA may issue
+    store.import_certificate(der(pki.entity(issuer=plc_sub, issuer_key=plc_key)), NOW, client=2)
+    # the meter's own certificates
+    meter_key = key()
+    store.set_meter_key(meter_key.public_key())
+    store.pin_issuer("server", plc_sub.subject.public_bytes())
+    with pytest.raises(c.IssuerNotAllowedError):
+        store.import_certificate(der(meter_cert(pki, meter_key)), NOW)
+    store.import_certificate(der(pki.entity(METER_TITLE, subject_key=meter_key, issuer=plc_sub,
+                                            issuer_key=plc_key)), NOW)
+    # pins persist and can be lifted
+    again = c.CertificateStore.from_dict(json.loads(json.dumps(store.to_dict())))
+    assert again.issuer_pin(1) == pki.sub.subject.public_bytes()
+    assert again.issuer_pin("server") == plc_sub.subject.public_bytes()
+    assert again.issuer_pin(2) is None
+    again.pin_issuer(1, None)
+    again.import_certificate(der(pki.entity(issuer=plc_sub, issuer_key=plc_key)), NOW, client=1)
+    with pytest.raises(c.UnknownClientError):
+        store.pin_issuer(5, b"\x30\x00")

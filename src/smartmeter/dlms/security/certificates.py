@@ -49,7 +49,7 @@ __all__ = [
     "WrongKeyUsageError", "MissingSystemTitleError", "CertificateValidityError",
     "CertificateExpiredError", "CertificateNotYetValidError", "CertificateChainError",
     "NoTrustAnchorError", "UnknownIssuerError", "CertificateSignatureError",
-    "IssuerNotCaError", "PathLengthError", "CertificateStoreError", "CapacityExceededError",
+    "IssuerNotCaError", "PathLengthError", "IssuerNotAllowedError", "CertificateStoreError", "CapacityExceededError",
     "LastCertificateError", "RemovalNotAllowedError", "CertificateNotFoundError",
     "AmbiguousIdentificationError", "UnknownClientError", "KeyMismatchError",
     "RootImportNotAllowedError", "UnsupportedCertificateTypeError", "CsrError",
@@ -170,6 +170,11 @@ class IssuerNotCaError(CertificateChainError):
 
 class PathLengthError(CertificateChainError):
     """A basicConstraints pathLenConstraint forbids this chain."""
+
+
+class IssuerNotAllowedError(CertificateChainError):
+    """The chain is valid but its sub-CA is not the one pinned for this owner (e.g. a
+    PLC-client sub-CA issuing a Management client certificate)."""
 
 
 class CertificateStoreError(CertificateError):
@@ -761,6 +766,40 @@ class CertificateStore:
         self._server: dict[CertificateType, DlmsCertificate] = {}
         self._client_certs: dict[int, list[DlmsCertificate]] = {c: [] for c in self.clients}
         self._keys: dict[CertificateType, _KeyPairState] = {}
+        self._issuer_pins: dict[str, bytes] = {}
+
+    # -- issuer pins -------------------------------------------------------------------
+
+    def pin_issuer(self, owner: int | str, issuer_subject: bytes | None) -> None:
+        """Require that certificates of `owner` (a client SAP, or "server" for the meter's
+        own) are issued by the sub-CA with this subject Name (DER); None removes the pin.
+
+        §3.5.2 assigns Sub-CA 1 to server certificates, Sub-CA 2 to the Management and
+        Readout clients and Sub-CA 3 to the PLC Management client; pinning makes the meter
+        enforce that assignment. Without a pin any installed sub-CA may issue.
+        """
+        key = self._pin_key(owner)
+        if issuer_subject is None:
+            self._issuer_pins.pop(key, None)
+        else:
+            self._issuer_pins[key] = bytes(issuer_subject)
+
+    def issuer_pin(self, owner: int | str) -> bytes | None:
+        return self._issuer_pins.get(self._pin_key(owner))
+
+    def _pin_key(self, owner: int | str) -> str:
+        if owner == "server":
+            return "server"
+        if isinstance(owner, int) and owner in self._client_certs:
+            return str(owner)
+        raise UnknownClientError(f"{owner!r} is neither 'server' nor a certificate client")
+
+    def _check_pin(self, owner: int | str, cert: DlmsCertificate) -> None:
+        pin = self._issuer_pins.get(self._pin_key(owner))
+        if pin is not None and cert.issuer != pin:
+            raise IssuerNotAllowedError(
+                f"certificates for {owner} must be issued by the pinned sub-CA, not by "
+                f"{cert.issuer_text}")
 
     # -- reading ---------------------------------------------------------------------
 
@@ -948,6 +987,7 @@ class CertificateStore:
         raise last_error
 
     def _import_server(self, cert: DlmsCertificate, now: _dt.datetime) -> ImportResult:
+        self._check_pin("server", cert)
         ctype = cert.certificate_type
         state = self._keys.get(ctype, _KeyPairState())
         if state.pending is not None and now - state.pending_since > KEY_PAIR_IMPORT_DEADLINE:
@@ -972,6 +1012,7 @@ class CertificateStore:
         if client is None or client not in self._client_certs:
             raise UnknownClientError(
                 f"client {client!r} holds no certificates (HLS 7 clients: {list(self.clients)})")
+        self._check_pin(client, cert)
         certs = self._client_certs[client]
         if any(c.der == cert.der for c in certs):
             return ImportResult(cert, CertificateEntity.CLIENT, client, already_present=True)
@@ -1064,6 +1105,7 @@ class CertificateStore:
                     "pending_since": s.pending_since.isoformat() if s.pending_since else None,
                 } for t, s in sorted(self._keys.items())
             },
+            "issuer_pins": {k: b64(v) for k, v in sorted(self._issuer_pins.items())},
         }
 
     @classmethod
@@ -1119,4 +1161,6 @@ class CertificateStore:
             if (st.pending is None) != (st.pending_since is None):
                 raise StoreFormatError("pending key without its time, or the reverse")
             store._keys[CertificateType(int(t))] = st
+        for owner, pin in state.get("issuer_pins", {}).items():
+            store.pin_issuer("server" if owner == "server" else int(owner), unb64(pin))
         return store
