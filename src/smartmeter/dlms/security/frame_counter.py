@@ -169,7 +169,9 @@ def frame_counter_response(
     """HMAC-SHA256(AK, SysT-S || SysT-C || challenge || FC) — the 32-byte challenge_response."""
     if not isinstance(key_ak, (bytes, bytearray)) or not key_ak:
         raise SecurityEncodeError("authentication key must be non-empty bytes")
-    challenge = _check_bytes(challenge, FRAME_COUNTER_CHALLENGE_LENGTH, "frame counter challenge")
+    if not isinstance(challenge, (bytes, bytearray)) or len(challenge) != FRAME_COUNTER_CHALLENGE_LENGTH:
+        raise SecurityEncodeError(f"frame counter challenge must be {FRAME_COUNTER_CHALLENGE_LENGTH} bytes")
+    challenge = bytes(challenge)
     message = (
         _check_bytes(server_system_title, SYSTEM_TITLE_LENGTH, "server system title")
         + _check_bytes(client_system_title, SYSTEM_TITLE_LENGTH, "client system title")
