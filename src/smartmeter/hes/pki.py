@@ -49,7 +49,6 @@ from smartmeter.dlms.security.certificates import (
     CertificateType,
     CsrError,
     ImportResult,
-    parse_certificate,
     parse_csr,
     system_title_to_common_name,
 )

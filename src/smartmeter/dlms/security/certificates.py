@@ -930,7 +930,7 @@ class CertificateStore:
         root.check_validity(now)
 
         if cert.is_ca:
-            self._check_chain(cert, root, intermediates_below=0)
+            self._check_chain(cert, root)
             if any(c.der == cert.der for c in self._sub_cas):
                 return ImportResult(cert, CertificateEntity.CERTIFICATION_AUTHORITY,
                                     already_present=True)
@@ -942,7 +942,7 @@ class CertificateStore:
 
         sub_ca = self._find_issuer(cert)
         sub_ca.check_validity(now)
-        self._check_chain(sub_ca, root, intermediates_below=0)
+        self._check_chain(sub_ca, root)
 
         if cert.certificate_type not in (CertificateType.DIGITAL_SIGNATURE,
                                          CertificateType.KEY_AGREEMENT):
@@ -952,18 +952,18 @@ class CertificateStore:
             return self._import_server(cert, now)
         return self._import_client(cert, client)
 
-    def _check_chain(self, ca: DlmsCertificate, root: DlmsCertificate,
-                     intermediates_below: int) -> None:
-        """`ca` (a sub-CA) must be issued by `root`; the root's pathLen must allow it."""
+    def _check_chain(self, ca: DlmsCertificate, root: DlmsCertificate) -> None:
+        """`ca` (a sub-CA) must be issued by `root`; the root's pathLen must allow it.
+        The hierarchy has exactly two CA levels (§3.5.2), so nothing sits between them."""
         if ca.authority_key_identifier is not None and root.subject_key_identifier is not None \
                 and ca.authority_key_identifier != root.subject_key_identifier \
                 and ca.issuer == root.subject:
             raise CertificateSignatureError(
                 f"{ca.subject_text} names another key of {root.subject_text} (authority key id)")
         _verify_issued_by(ca, root)
-        # pathLenConstraint counts the intermediate CA certificates that may follow: the
-        # root is followed by this sub-CA (1) plus whatever sits below it.
-        if root.path_length is not None and root.path_length < 1 + intermediates_below:
+        # pathLenConstraint counts the intermediate CA certificates that may follow the
+        # root: here exactly one, the sub-CA.
+        if root.path_length is not None and root.path_length < 1:
             raise PathLengthError(
                 f"{root.subject_text} has pathLenConstraint {root.path_length}, which forbids "
                 f"the sub-CA {ca.subject_text}")
