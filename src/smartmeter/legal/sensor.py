@@ -451,7 +451,7 @@ def decode_message(data: bytes) -> PairRequest | PairResponse | PairConfirm | Sa
         raise SensorFrameError(f"unknown message type {kind:#04x}", 3)
     if len(data) != layout.size:
         raise SensorFrameError(f"message type {kind:#04x} is {layout.size} bytes, got {len(data)}")
-    fields = layout.unpack(data)[4:]
+    fields = layout.unpack(data)[3:]
     if kind == MessageType.PAIR_REQUEST:
         _public_key(fields[1])
         return PairRequest(*fields)
