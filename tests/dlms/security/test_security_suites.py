@@ -213,8 +213,18 @@ def test_unprotect_content_policy_checks():
         unprotect_content(content, EK, AK, SERVER_TITLE, expected_suite=1)
     enc_only = protect_content(0x20, EK, None, SERVER_TITLE, 9, b"plain")
     with pytest.raises(SecurityControlError):
-        unprotect_content(enc_only, EK, AK, SERVER_TITLE, require_authentication=True)
-    assert unprotect_content(enc_only, EK, None, SERVER_TITLE)[1] == b"plain"
+        unprotect_content(enc_only, EK, AK, SERVER_TITLE)  # authentication is required by default
+    assert unprotect_content(enc_only, EK, None, SERVER_TITLE, require_authentication=False)[1] == b"plain"
+
+
+def test_clearing_the_authentication_bit_is_caught_by_the_default_policy():
+    content = bytearray(protect_content(0x30, EK, AK, SERVER_TITLE, 9, b"plain"))
+    content[0] = 0x20  # downgrade to encryption-only: no tag is checked any more
+    with pytest.raises(SecurityControlError):
+        unprotect_content(bytes(content), EK, AK, SERVER_TITLE)
+    # the downgrade "works" only when the caller explicitly allows unauthenticated content
+    plain = unprotect_content(bytes(content), EK, AK, SERVER_TITLE, require_authentication=False)[1]
+    assert plain[:5] == b"plain"  # the tag bytes are now read as ciphertext
 
 
 suites_sc = st.sampled_from([0, 1, 2]).flatmap(
@@ -240,7 +250,7 @@ def test_round_trip(suite_sc, counter, title, plain, extra):
     n = suite_parameters(suite).key_length
     ek, ak = bytes(range(n)), bytes(range(100, 100 + n))
     content = protect_content(sc, ek, ak, title, counter, plain, extra)
-    header, out = unprotect_content(content, ek, ak, title, extra)
+    header, out = unprotect_content(content, ek, ak, title, extra, require_authentication=False)
     assert out == plain
     assert (header.security_control, header.invocation_counter) == (sc, counter)
     assert len(header.payload) == len(plain) + (12 if sc & 0x10 else 0)
@@ -287,4 +297,5 @@ def test_gurux_pure_python_gcm_produces_the_same_content(sc, plain):
     # gurux frames it as a glo-get-request: 0xC8, A-XDR length, content
     assert packet[0] == 0xC8
     assert packet.endswith(content)
-    assert unprotect_content(packet[len(packet) - len(content):], ek, ak, CLIENT_TITLE)[1] == plain
+    assert unprotect_content(packet[len(packet) - len(content):], ek, ak, CLIENT_TITLE,
+                             require_authentication=False)[1] == plain

@@ -140,7 +140,7 @@ def open_protected(
     persist: Callable[[int], None],
     extra_aad: bytes = b"",
     expected_suite: int | None = None,
-    require_authentication: bool = False,
+    require_authentication: bool = True,
 ) -> tuple[ProtectedContent, bytes]:
     """Replay check, unprotect, `persist(counter)`, commit — then return (header, plaintext).
 

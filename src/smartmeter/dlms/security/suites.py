@@ -386,9 +386,15 @@ def unprotect_content(
     system_title: bytes,
     extra_aad: bytes = b"",
     expected_suite: int | None = None,
-    require_authentication: bool = False,
+    require_authentication: bool = True,
 ) -> tuple[ProtectedContent, bytes]:
     """(header, plaintext) from SC || IC || payload protected by `system_title`'s owner.
+
+    By default the content must be authenticated: the SC byte itself is only protected
+    by the tag, so without this check an attacker can clear the authentication bit of an
+    authenticated+encrypted APDU and have it accepted as encryption-only (the fuzz test
+    finds exactly that). Pass `require_authentication=False` only for a security policy
+    that really allows encryption without authentication.
 
     The caller must run the invocation counter (header.invocation_counter) through its
     `FrameCounterWindow` and persist it before releasing the plaintext — see
