@@ -394,3 +394,20 @@ def test_property_deltas_are_consistent(vs, cs):
         assert d.r_plus == d.r_q1 + d.r_q2 and d.r_minus == d.r_q3 + d.r_q4
         assert d.a_plus == 0 or d.a_minus == 0
     assert all(0.0 <= c < 1.0 for row in m.snapshot().carries for c in row)
+
+
+def test_no_load_current_stops_creep_from_noise():
+    """Voltage and a noisy idle current input: without anti-creep the noise feeds both +A and
+    −A; with a no-load threshold nothing is registered, while a load at the threshold is."""
+    idle = SyntheticSource(phases=3, current_rms=0.0, current_noise_rms=0.01, voltage_noise_rms=0.5, seed=9)
+    creeping, _, _ = run(idle, 800, 600)
+    assert creeping.a_plus > 0 and creeping.a_minus > 0  # the problem is real
+    guarded, _, last = run(idle, 800, 600, metrology=Metrology(3, FS, no_load_current=0.02))
+    assert guarded == EnergyDelta()
+    assert last.phases[0].current_rms == pytest.approx(0.01, rel=0.1)  # still measured and reported
+    small = SyntheticSource(phases=3, current_rms=0.025, power_factor=0.5, current_noise_rms=0.001)
+    total, _, _ = run(small, 800, 300, metrology=Metrology(3, FS, no_load_current=0.02))
+    truth = small.analytic_energy(300 * 800)
+    check_delta_against(total, sum(a for a, _ in truth), sum(r for _, r in truth), 1, tolerance=1e-2)
+    with pytest.raises(MetrologyError):
+        Metrology(1, FS, no_load_current=-1.0)

@@ -35,6 +35,10 @@ phases' signed powers (the phases are netted, as in a three-system meter), with 
 its own; per-phase increments are in ``Measurement.phase_energy_deltas``. +R = Q1 + Q2 and
 −R = Q3 + Q4 hold exactly for every increment.
 
+No-load condition: with ``no_load_current`` > 0 a phase whose frame Irms is below it registers
+no energy (its instantaneous values are still reported), so noise on an idle current input
+cannot creep into ±A (the netted ±A would otherwise grow with the noise in both registers).
+
 Continuity: frames must come in sample order. A frame that starts before the end of the
 previous one is refused (it would count energy twice); a frame after a gap is accepted and the
 gap reported (``gap_samples``); the sliding DFT then starts afresh, which loses at most one
@@ -214,15 +218,22 @@ class Metrology:
     accepted with a small leakage).
     """
 
-    def __init__(self, phases: int, sample_rate: int, nominal_frequency: int = 50) -> None:
+    def __init__(self, phases: int, sample_rate: int, nominal_frequency: int = 50,
+                 no_load_current: float = 0.0) -> None:
         if phases not in ALLOWED_PHASES:
             raise MetrologyError("phases must be 1 or 3")
+        if not (math.isfinite(no_load_current) and no_load_current >= 0.0):
+            raise MetrologyError("no_load_current must be a finite, non-negative current")
         if sample_rate <= 0 or nominal_frequency <= 0 or sample_rate < 4 * nominal_frequency:
             raise MetrologyError("sample_rate must be at least 4 × the nominal frequency")
         self.phases = phases
         self.sample_rate = int(sample_rate)
         self.nominal_frequency = int(nominal_frequency)
         self.window = max(1, round(sample_rate / nominal_frequency))
+        # Anti-creep (IEC 62053-21 no-load condition): a phase whose frame Irms is below this
+        # registers nothing, so current-sensor noise alone never accumulates energy. A type
+        # parameter: set it below the starting current the meter must register.
+        self.no_load_current = float(no_load_current)
         # exp(-j·ω_nom·k) repeats after fs / gcd(fs, f_nom) samples: index it modulo that period
         # so the reference never loses precision however large k grows.
         self._rotation_period = self.sample_rate // math.gcd(self.sample_rate, self.nominal_frequency)
@@ -348,8 +359,9 @@ class Metrology:
 
         # Energy in units per phase and for the netted total; quadrant registers, then ±A.
         to_units = _UNITS_PER_WS / fs
-        active = [x * to_units for x in sum_vi]
-        reactive = [x * to_units for x in q_sum]
+        no_load = self.no_load_current * self.no_load_current * n
+        active = [x * to_units if ii >= no_load else 0.0 for x, ii in zip(sum_vi, sum_ii)]
+        reactive = [x * to_units if ii >= no_load else 0.0 for x, ii in zip(q_sum, sum_ii)]
         active.append(math.fsum(active))
         reactive.append(math.fsum(reactive))
         carries = []
