@@ -339,7 +339,7 @@ def test_short_frames_defer_the_first_cycle():
 # -- properties ----------------------------------------------------------------------------
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     phases=st.sampled_from([1, 3]),
     pf=st.floats(0.05, 1.0),
@@ -360,10 +360,14 @@ def test_property_quadrant_and_accuracy(phases, pf, lagging, export, current, vo
         None if math.sin(phi) * current * voltage < 1e-6 else
         {(False, True): 1, (False, False): 4, (True, True): 3, (True, False): 2}[(export, lagging)]
     )
+    # Sampling sums v·i at discrete instants: against the exact integral this leaves an end
+    # term of at most one sample of apparent energy (Euler–Maclaurin), which matters only
+    # for short runs at low power factor.
+    one_sample_wh = 2 * voltage * current * phases / FS / 3600
     for delta, (a, r) in zip(per_phase + [total], list(truth) + [tuple(map(sum, zip(*truth)))]):
         assert all(v >= 0 for v in delta.as_dict().values())
-        assert wh(delta.a_plus - delta.a_minus) == pytest.approx(a, rel=ACCURACY, abs=1e-5)
-        assert wh(delta.r_plus - delta.r_minus) == pytest.approx(r, rel=ACCURACY, abs=1e-5)
+        assert wh(delta.a_plus - delta.a_minus) == pytest.approx(a, rel=ACCURACY, abs=one_sample_wh + 1e-5)
+        assert wh(delta.r_plus - delta.r_minus) == pytest.approx(r, rel=ACCURACY, abs=one_sample_wh + 1e-5)
         if expected_quadrant is not None and abs(r) > 1e-3:
             assert quadrant(a, r) == expected_quadrant
             assert getattr(delta, f"r_q{expected_quadrant}") > 0
