@@ -58,6 +58,7 @@ __all__ = [
     "PairConfirm",
     "SamplesMessage",
     "decode_message",
+    "encode_samples",
     "RefusalReason",
     "FrameAccepted",
     "FrameRefused",
