@@ -89,16 +89,18 @@ def meter() -> None:
 @click.option("--serial", "serial_device", default=None, metavar="DEVICE",
               help="Also serve the WZ interface (HDLC) on this serial port, e.g. /dev/ttyUSB0.")
 @click.option("--serial-number", default="1KFM0100000001", show_default=True, help="DIN 43863-5 meter ID.")
+@click.option("--profile", type=click.Choice(["ksmw", "idis"]), default="ksmw", show_default=True,
+              help="Object model and clients: ksmw (suite 1, HLS 7 management) or idis (HLS 5, suite 0).")
 @click.option("--banner", is_flag=True, help="Print the client commands to try once listening.")
 def meter_run(data_dir: Path, host: str, wrapper_port: int, hdlc_port: int, serial_device: str | None,
-              serial_number: str, banner: bool) -> None:
+              serial_number: str, profile: str, banner: bool) -> None:
     """Start a meter with embedded defaults, driven by a simulated household load.
 
     On first start it back-fills 30 days of 15-minute load profile. Ctrl-C stops it cleanly.
     """
     from smartmeter.meter.runtime import Meter, MeterConfig
 
-    meter_ = Meter(MeterConfig(data_dir=data_dir, serial=serial_number))
+    meter_ = Meter(MeterConfig(data_dir=data_dir, serial=serial_number, profile=profile))
     try:
         asyncio.run(_serve(meter_, host, wrapper_port, hdlc_port, serial_device, banner))
     finally:

@@ -28,6 +28,12 @@ class Access:
 NO_ACCESS = Access()
 
 
+POLICY_NAMES = {
+    "authenticated_request": 0x04, "encrypted_request": 0x08, "signed_request": 0x10,
+    "authenticated_response": 0x20, "encrypted_response": 0x40, "signed_response": 0x80,
+}
+
+
 @dataclass(frozen=True)
 class ClientDef:
     name: str
@@ -35,6 +41,23 @@ class ClientDef:
     interfaces: tuple[str, ...]
     mechanism: int  # authentication mechanism id (0 lowest … 7 HLS ECDSA)
     description: str = ""
+    ciphered: bool = False  # application context LN with ciphering (3) rather than LN (1)
+    security_suite: int = 0
+    security_policy: int = 0  # IC 64 v1 bits
+    pre_established: bool = False  # no AARQ: the association always exists (FW update client)
+    push_only: bool = False  # receives pushes, never associates (CIP)
+
+
+def _client(name: str, c: dict[str, Any]) -> ClientDef:
+    unknown = set(c.get("security_policy", [])) - set(POLICY_NAMES)
+    if unknown:
+        raise ModelError(f"client {name}: unknown security_policy entries {sorted(unknown)}")
+    return ClientDef(
+        name, int(c["sap"]), tuple(c["interfaces"]), int(c["mechanism"]), c.get("description", ""),
+        bool(c.get("ciphered", False)), int(c.get("security_suite", 0)),
+        sum(POLICY_NAMES[p] for p in c.get("security_policy", [])),
+        bool(c.get("pre_established", False)), bool(c.get("push_only", False)),
+    )
 
 
 @dataclass(frozen=True)
@@ -61,6 +84,27 @@ def _indexes(spec: Any, all_indexes: list[int], where: str) -> frozenset[int]:
     return frozenset(spec)
 
 
+def _read_profile(profile_or_path: str | Path, depth: int = 0) -> dict[str, Any]:
+    """A model document; `[profile] extends = "other"` takes the other profile's objects and
+    clients, with this file's clients (whole entries) and objects (by OBIS) replacing them."""
+    path = Path(profile_or_path)
+    if path.suffix == ".toml":
+        text = path.read_text()
+    else:
+        text = resources.files("smartmeter.cosem.model").joinpath(f"{profile_or_path}.toml").read_text()
+    doc = tomllib.loads(text)
+    base_name = doc.get("profile", {}).get("extends")
+    if base_name is None:
+        return doc
+    if depth > 4:
+        raise ModelError("profiles extend each other too deeply")
+    base = _read_profile(base_name, depth + 1)
+    clients = dict(base.get("clients", {}), **doc.get("clients", {}))
+    own = {o["obis"]: o for o in doc.get("object", [])}
+    objects = [own.pop(o["obis"], o) for o in base.get("object", [])] + list(own.values())
+    return {"profile": doc["profile"], "clients": clients, "object": objects}
+
+
 @dataclass
 class ObjectModel:
     profile: str
@@ -69,20 +113,12 @@ class ObjectModel:
 
     @classmethod
     def load(cls, profile_or_path: str | Path = "ksmw") -> "ObjectModel":
-        path = Path(profile_or_path)
-        if path.suffix == ".toml":
-            text = path.read_text()
-        else:
-            text = resources.files("smartmeter.cosem.model").joinpath(f"{profile_or_path}.toml").read_text()
-        return cls.from_toml(tomllib.loads(text))
+        return cls.from_toml(_read_profile(profile_or_path))
 
     @classmethod
     def from_toml(cls, doc: dict[str, Any]) -> "ObjectModel":
         load_all()
-        clients = {
-            name: ClientDef(name, int(c["sap"]), tuple(c["interfaces"]), int(c["mechanism"]), c.get("description", ""))
-            for name, c in doc["clients"].items()
-        }
+        clients = {name: _client(name, c) for name, c in doc["clients"].items()}
         objects = []
         for entry in doc["object"]:
             where = f"object {entry.get('name', '?')} ({entry.get('obis', '?')})"
@@ -90,9 +126,12 @@ class ObjectModel:
             if ic is None:
                 raise ModelError(f"{where}: class {entry['class_id']} is not implemented")
             access = {}
-            for client, spec in entry.get("access", {}).items():
+            for names, spec in entry.get("access", {}).items():
+              for client in (n.strip() for n in names.split(",")):  # "a,b" gives both the same rights
                 if client not in clients:
                     raise ModelError(f"{where}: unknown client {client!r}")
+                if client in access:
+                    raise ModelError(f"{where}: client {client!r} has two access entries")
                 access[client] = Access(
                     _indexes(spec.get("read", []), list(ic.attributes), f"{where} read"),
                     _indexes(spec.get("write", []), list(ic.attributes), f"{where} write"),

@@ -22,7 +22,11 @@ from smartmeter.dlms.apdu.common import (
 from smartmeter.dlms.apdu.errors import ConfirmedServiceError, ExceptionResponse, ServiceError, StateError
 from smartmeter.dlms.apdu.gbt import GeneralBlockTransfer
 from smartmeter.dlms.apdu.initiate import Conformance, InitiateRequest, InitiateResponse
+from smartmeter.dlms.apdu.ciphered import CIPHERED_TAGS
 from smartmeter.dlms.apdu.xdlms import decode_xdlms
+from smartmeter.dlms.security.context import REQUEST_BITS, SecurityManager
+from smartmeter.dlms.security.errors import SecurityError
+from smartmeter.dlms.server_security import AssociationSecurity, MeterKeys, SecurityRefusal, Wrapping
 from smartmeter.errors import DecodeError, SmartmeterError
 
 log = logging.getLogger(__name__)
@@ -40,6 +44,7 @@ SERVER_CONFORMANCE = (
     | Conformance.GET | Conformance.SET | Conformance.SELECTIVE_ACCESS | Conformance.ACTION
 )
 
+CURRENT_ASSOCIATION = bytes([0, 0, 40, 0, 0, 255])
 APP_CONTEXT_LN = 1
 APP_CONTEXT_LN_CIPHERED = 3
 DLMS_VERSION = 6
@@ -64,8 +69,11 @@ class DlmsServer:
 
     def __init__(self, directory: ObjectDirectory, *, system_title: bytes, server_sap: int = 1,
                  max_pdu_size: int = MAX_PDU_SIZE, clock_bytes: Callable[[], bytes] = lambda: b"",
-                 on_event: Callable[[str, dict], None] | None = None) -> None:
+                 on_event: Callable[[str, dict], None] | None = None, security: SecurityManager | None = None,
+                 keys: MeterKeys | None = None) -> None:
         self.directory = directory
+        self.security = security  # per-client security contexts (None: only unsecured clients work)
+        self.keys = keys
         # security-relevant happenings (refused associations, ...) for the event logs and port guards
         self.on_event = on_event or (lambda name, fields: None)
         self.clock_bytes = clock_bytes  # the meter's time as 12-byte COSEM date-time
@@ -133,7 +141,16 @@ class ServerAssociation:
         self._incoming: _Incoming | None = None
         self._gbt_in: _Incoming | None = None
         self._gbt_out: _Outgoing | None = None
-        self.on_release: Callable[[], None] | None = None
+        self.security: AssociationSecurity | None = None
+        self._pdu_limit = MAX_PDU_SIZE  # what a plain response may take, protection overhead deducted
+        self._after_response: list[Callable[[], None]] = []  # e.g. switch keys after SUCCESS went out
+        self.calling_system_title: bytes | None = None  # from the AARQ's calling-AP-title
+        client = server.directory.model.client_by_sap(client_sap)
+        if client is not None and client.pre_established and interface in client.interfaces:
+            # §3.6.4: this association always exists; it is never opened or released
+            self.client = client
+            self.associated = True
+            self.conformance = int(Conformance.ACTION | Conformance.BLOCK_TRANSFER_WITH_ACTION)
 
     # -- entry point ------------------------------------------------------------------------
     def handle(self, apdu: bytes) -> bytes | None:
@@ -150,8 +167,24 @@ class ServerAssociation:
 
     def release(self) -> None:
         """Transport lost or closed: the association ends (companion standard §3.6.1)."""
-        self.associated = False
         self._outgoing = self._incoming = self._gbt_in = self._gbt_out = None
+        if self.client is not None and self.client.pre_established:
+            return
+        self.associated = False
+        if self.security is not None:
+            self.security.set_dedicated_key(None)  # destroyed with the association (§3.5.3)
+        self.security = None
+
+    server_conformance = int(SERVER_CONFORMANCE)
+
+    def after_response(self, action_: Callable[[], None]) -> None:
+        """Run `action_` once the current response has been protected (e.g. a key switch, §3.5.3)."""
+        self._after_response.append(action_)
+
+    @property
+    def authenticated(self) -> bool:
+        """HLS passes 3 and 4 done (or not needed)."""
+        return self.security is None or self.mechanism not in (5, 6, 7) or self.security.authenticated
 
     def _handle(self, apdu: bytes) -> bytes | None:
         if not apdu:
@@ -159,6 +192,49 @@ class ServerAssociation:
         tag = apdu[0]
         if tag in (0x60, 0x62):
             return self._acse(apdu)
+        if tag in CIPHERED_TAGS:
+            return self._protected(apdu)
+        if self.associated and self.client is not None and self.client.security_policy & REQUEST_BITS:
+            self.server.on_event("policy_violation", {"client_sap": self.client_sap, "interface": self.interface})
+            return ExceptionResponse(StateError.SERVICE_NOT_ALLOWED, ServiceError.OPERATION_NOT_POSSIBLE, None).to_bytes()
+        self._pdu_limit = self.client_max_receive_pdu_size
+        response = self._plain(apdu)
+        actions, self._after_response = self._after_response, []
+        for action_ in actions:
+            action_()
+        return response
+
+    def _protected(self, apdu: bytes) -> bytes | None:
+        """A ciphered or signed request: unwrap, serve, protect the answer the same way."""
+        if not self.associated or self.security is None:
+            return ExceptionResponse(StateError.SERVICE_NOT_ALLOWED, ServiceError.OPERATION_NOT_POSSIBLE, None).to_bytes()
+        if len(apdu) > self.server_max_receive_pdu_size:
+            return ExceptionResponse(StateError.SERVICE_NOT_ALLOWED, ServiceError.PDU_TOO_LONG, None).to_bytes()
+        try:
+            plain, wrapping = self.security.unwrap(apdu)
+        except SecurityRefusal as refusal:
+            if refusal.kind == "replay":
+                return ExceptionResponse(StateError.SERVICE_NOT_ALLOWED, ServiceError.INVOCATION_COUNTER_ERROR,
+                                         refusal.counter or 0).to_bytes()
+            # §3.5.3: an APDU the meter cannot decrypt -> service-not-allowed / operation-not-possible
+            return ExceptionResponse(StateError.SERVICE_NOT_ALLOWED, ServiceError.OPERATION_NOT_POSSIBLE, None).to_bytes()
+        self._pdu_limit = self.client_max_receive_pdu_size - self.security.overhead(wrapping)
+        response = self._plain(plain)
+        if response is None:
+            return None
+        try:
+            protected = self.security.wrap(response, wrapping)
+        except (SecurityError, SecurityRefusal) as exc:  # e.g. the sending counter is exhausted (§3.5.4)
+            log.warning("response to client %s cannot be protected: %s", self.client_sap, exc)
+            self._after_response.clear()
+            return ExceptionResponse(StateError.SERVICE_NOT_ALLOWED, ServiceError.OPERATION_NOT_POSSIBLE, None).to_bytes()
+        actions, self._after_response = self._after_response, []
+        for action_ in actions:
+            action_()
+        return protected
+
+    def _plain(self, apdu: bytes) -> bytes | None:
+        tag = apdu[0]
         if not self.associated:
             if tag in (0xC0, 0xC1, 0xC3, 0xD9, 0xE0):
                 return ExceptionResponse(StateError.SERVICE_NOT_ALLOWED, ServiceError.OPERATION_NOT_POSSIBLE, None).to_bytes()
@@ -172,8 +248,33 @@ class ServerAssociation:
         request = decode_xdlms(apdu)
         if not self._service_negotiated(tag):
             return ExceptionResponse(StateError.SERVICE_NOT_ALLOWED, ServiceError.SERVICE_NOT_SUPPORTED, None).to_bytes()
+        if not self.authenticated and not self._is_hls_reply(request):
+            # between pass 2 and pass 4 only reply_to_HLS_authentication is allowed
+            return ExceptionResponse(StateError.SERVICE_NOT_ALLOWED, ServiceError.OPERATION_NOT_POSSIBLE, None).to_bytes()
         response = self._service(request)
         return self._fit(response) if response is not None else None
+
+    @staticmethod
+    def _is_hls_reply(request) -> bool:
+        return (isinstance(request, action.ActionRequestNormal) and request.descriptor.class_id == 15
+                and request.descriptor.instance_id == CURRENT_ASSOCIATION and request.descriptor.method_id == 1)
+
+    def reply_to_hls(self, f_stoc: bytes) -> bytes:
+        """IC 15 method 1 on the current association: HLS pass 3 in, pass 4 out."""
+        if self.security is None or self.mechanism not in (5, 6, 7):
+            raise CosemAccessError(DataAccessResult.READ_WRITE_DENIED, "this association uses no HLS")
+        if self.security.authenticated:
+            raise CosemAccessError(DataAccessResult.OTHER_REASON, "already authenticated")
+        try:
+            response = self.security.reply_to_hls(f_stoc)
+        except (SecurityError, ValueError) as exc:
+            self.server.on_event("association_refused", {"interface": self.interface, "client_sap": self.client_sap,
+                                                         "diagnostic": int(acse.AcseServiceUserDiagnostic.AUTHENTICATION_FAILURE),
+                                                         "reason": type(exc).__name__})
+            self.after_response(self.release)  # the answer goes out, then the association ends
+            raise CosemAccessError(DataAccessResult.OTHER_REASON, "HLS authentication failed") from None
+        self.server.on_event("association_opened", {"interface": self.interface, "client_sap": self.client_sap})
+        return response
 
     def _service_negotiated(self, tag: int) -> bool:
         needed = {0xC0: Conformance.GET, 0xC1: Conformance.SET, 0xC3: Conformance.ACTION, 0xD9: Conformance.ACCESS}[tag]
@@ -192,18 +293,23 @@ class ServerAssociation:
             if aare.result == acse.AssociationResult.REJECTED_PERMANENT:
                 self.server.on_event("association_refused", {
                     "interface": self.interface, "client_sap": self.client_sap, "diagnostic": int(aare.diagnostic)})
-            elif aare.result == acse.AssociationResult.ACCEPTED:
+            elif aare.result == acse.AssociationResult.ACCEPTED and self.authenticated:
                 self.server.on_event("association_opened", {"interface": self.interface, "client_sap": self.client_sap})
             return aare.to_bytes()
         raise DecodeError("ACSE request", 0, f"{type(request).__name__} is not a request")
 
-    def _aare(self, request: acse.AARQ, result: int, source: int, diagnostic: int, user_information: bytes | None) -> acse.AARE:
-        return acse.AARE(
+    def _aare(self, request: acse.AARQ, result: int, source: int, diagnostic: int, user_information: bytes | None,
+              **fields) -> acse.AARE:
+        # Appendix 1 / §3.3.3: a client that gives its system title learns the server's
+        responding_ap_title = self.server.system_title if request.calling_ap_title else None
+        values = dict(
             application_context_name=request.application_context_name, result=result, result_source=source,
-            diagnostic=diagnostic, responding_ap_title=None, responding_ae_qualifier=None,
+            diagnostic=diagnostic, responding_ap_title=responding_ap_title, responding_ae_qualifier=None,
             responder_acse_requirements=False, mechanism_name=None, responding_authentication_value=None,
             user_information=user_information,
         )
+        values.update(fields)
+        return acse.AARE(**values)
 
     def _reject(self, request: acse.AARQ, diagnostic: int, user_information: bytes | None = None) -> acse.AARE:
         return self._aare(request, acse.AssociationResult.REJECTED_PERMANENT, acse.ResultSource.ACSE_SERVICE_USER,
@@ -216,25 +322,45 @@ class ServerAssociation:
         self.release()
         client = self.server.directory.model.client_by_sap(self.client_sap)
         diag = acse.AcseServiceUserDiagnostic
-        if client is None or self.interface not in client.interfaces:
-            log.info("AARQ from unknown client SAP %s on %s refused", self.client_sap, self.interface)
+        if client is None or self.interface not in client.interfaces or client.push_only or client.pre_established:
+            log.info("AARQ from client SAP %s on %s refused", self.client_sap, self.interface)
             return self._reject(request, diag.NO_REASON_GIVEN)
         if not self.server.claim(self):
             log.info("AARQ on %s refused: another association is open there", self.interface)
             return self._aare(request, acse.AssociationResult.REJECTED_TRANSIENT, acse.ResultSource.ACSE_SERVICE_USER,
                               diag.NO_REASON_GIVEN, None)
-        if request.application_context_name != APP_CONTEXT_LN:
+        wanted_context = APP_CONTEXT_LN_CIPHERED if client.ciphered else APP_CONTEXT_LN
+        if request.application_context_name != wanted_context:
+            # §3.3.3: an unciphered context is refused when the client's policy needs ciphering
             return self._reject(request, diag.APPLICATION_CONTEXT_NAME_NOT_SUPPORTED)
         mechanism = request.mechanism_name or 0
         if mechanism != client.mechanism:
             return self._reject(request, diag.AUTHENTICATION_MECHANISM_NAME_NOT_RECOGNISED)
         if not request.user_information:
             return self._reject(request, diag.NO_REASON_GIVEN, self._initiate_error(0))
+        security = None
+        user_information = request.user_information
+        if client.ciphered:
+            context = self.server.security.context(client.name) if self.server.security else None
+            if context is None:
+                return self._reject(request, diag.NO_REASON_GIVEN)
+            security = AssociationSecurity(context, self.server.system_title, self.client_sap, mechanism,
+                                           self.server.keys, self.server.on_event)
+            try:
+                user_information = security.open_aarq(request.calling_ap_title, request.calling_authentication_value,
+                                                      request.user_information)
+            except SecurityRefusal as refusal:
+                log.info("ciphered AARQ from client SAP %s refused: %s", self.client_sap, refusal)
+                if refusal.kind == "title":
+                    return self._reject(request, diag.CALLING_AP_TITLE_NOT_RECOGNIZED)
+                if refusal.kind == "authentication":
+                    return self._reject(request, diag.AUTHENTICATION_REQUIRED)
+                return self._reject(request, diag.NO_REASON_GIVEN)
         try:
-            initiate = InitiateRequest.from_bytes(request.user_information)
+            initiate = InitiateRequest.from_bytes(user_information)
         except DecodeError:
             return self._reject(request, diag.NO_REASON_GIVEN, self._initiate_error(0))
-        if initiate.dedicated_key is not None:
+        if initiate.dedicated_key is not None and security is None:
             # a dedicated key is only ever sent ciphered (§3.3.3); in clear it is refused
             return self._reject(request, diag.NO_REASON_GIVEN, self._initiate_error(0))
         if initiate.proposed_dlms_version_number < DLMS_VERSION:
@@ -248,11 +374,29 @@ class ServerAssociation:
         self.client = client
         self.conformance = conformance
         self.mechanism = mechanism
+        self.application_context_name = wanted_context
         self.client_max_receive_pdu_size = min(pdu, self.server.max_pdu_size)
         self.associated = True
-        log.info("client %s (SAP %s) associated on %s", client.name, self.client_sap, self.interface)
+        self.security = security
+        self.calling_system_title = request.calling_ap_title
+        response = self._initiate_response().to_bytes()
+        if security is None:
+            log.info("client %s (SAP %s) associated on %s", client.name, self.client_sap, self.interface)
+            return self._aare(request, acse.AssociationResult.ACCEPTED, acse.ResultSource.ACSE_SERVICE_USER,
+                              diag.NULL, response)
+        security.set_dedicated_key(initiate.dedicated_key)
+        fields = {}
+        if mechanism in (5, 6, 7):
+            fields = dict(responder_acse_requirements=True, mechanism_name=mechanism,
+                          responding_authentication_value=security.new_server_challenge())
+            diagnostic = diag.AUTHENTICATION_REQUIRED  # pass 2 of HLS: accepted, authentication to follow
+        else:
+            diagnostic = diag.NULL
+        log.info("client %s (SAP %s) associating on %s (mechanism %s)", client.name, self.client_sap,
+                 self.interface, mechanism)
         return self._aare(request, acse.AssociationResult.ACCEPTED, acse.ResultSource.ACSE_SERVICE_USER,
-                          diag.NULL, self._initiate_response().to_bytes())
+                          diagnostic, security.protect_initiate_response(response),
+                          responding_ap_title=self.server.system_title, **fields)
 
     def _initiate_response(self) -> InitiateResponse:
         return InitiateResponse(
@@ -350,7 +494,7 @@ class ServerAssociation:
             results.append(value if result == DataAccessResult.SUCCESS else result)
         response = get.GetResponseWithList(req.invoke_id_and_priority, tuple(results))
         encoded = response.to_bytes()
-        if len(encoded) <= self.client_max_receive_pdu_size or not (
+        if len(encoded) <= self._pdu_limit or not (
             self.conformance & Conformance.BLOCK_TRANSFER_WITH_GET_OR_READ
         ):
             return response
@@ -359,7 +503,7 @@ class ServerAssociation:
 
     def _get_response(self, invoke: int, value: Data, encoded: bytes):
         response = get.GetResponseNormal(invoke, value)
-        if len(encoded) + 4 <= self.client_max_receive_pdu_size:
+        if len(encoded) + 4 <= self._pdu_limit:
             return response
         if not self.conformance & Conformance.BLOCK_TRANSFER_WITH_GET_OR_READ:
             return response  # too long: _fit sends it by general-block-transfer or refuses it
@@ -367,7 +511,7 @@ class ServerAssociation:
 
     def _start_blocks(self, kind: str, invoke: int, data: bytes):
         """Service-specific block transfer of `data` (the raw-data of the block responses)."""
-        self._outgoing = _Outgoing(kind, invoke, data, self.client_max_receive_pdu_size - 16)
+        self._outgoing = _Outgoing(kind, invoke, data, self._pdu_limit - 16)
         return self._next_block(self._outgoing)
 
     def _next_block(self, out: _Outgoing):
@@ -472,7 +616,7 @@ class ServerAssociation:
         self._outgoing = None
         result, value = self._action_result(req.descriptor, req.parameters)
         response = action.ActionResponseNormal(req.invoke_id_and_priority, result, value)
-        if (value is not None and len(response.to_bytes()) > self.client_max_receive_pdu_size
+        if (value is not None and len(response.to_bytes()) > self._pdu_limit
                 and self.conformance & Conformance.BLOCK_TRANSFER_WITH_ACTION):
             # the pblock form carries the encoded response-with-optional-data
             return self._start_blocks("action", req.invoke_id_and_priority, response.to_bytes()[3:])
@@ -573,16 +717,16 @@ class ServerAssociation:
         if response is None:
             return None
         # answers to GBT requests go back in GBT (Green Book 9.3.9)
-        self._gbt_out = _Outgoing("gbt", 0, response, self.client_max_receive_pdu_size - 16)
+        self._gbt_out = _Outgoing("gbt", 0, response, self._pdu_limit - 16)
         return self._next_gbt(block.block_number).to_bytes()
 
     # -- sizing -----------------------------------------------------------------------------
     def _fit(self, response) -> bytes:
         encoded = response.to_bytes()
-        if len(encoded) <= self.client_max_receive_pdu_size:
+        if len(encoded) <= self._pdu_limit:
             return encoded
         if self.conformance & Conformance.GENERAL_BLOCK_TRANSFER:
-            self._gbt_out = _Outgoing("gbt", 0, encoded, self.client_max_receive_pdu_size - 16)
+            self._gbt_out = _Outgoing("gbt", 0, encoded, self._pdu_limit - 16)
             return self._next_gbt(0).to_bytes()
         # with-list responses to long lists are the only case left: refuse rather than overrun
         return ExceptionResponse(StateError.SERVICE_NOT_ALLOWED, ServiceError.PDU_TOO_LONG, None).to_bytes()

@@ -7,8 +7,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from smartmeter.cosem.classes.base import Binding
-from smartmeter.cosem.data import Data
+from smartmeter.cosem.classes.base import Binding, CosemAccessError, expect
+from smartmeter.cosem.data import Data, DataType
+from smartmeter.cosem.results import DataAccessResult
 from smartmeter.cosem.objectmodel import ObjectModel
 from smartmeter.dlms.server import DlmsServer
 from smartmeter.legal import interface as legal
@@ -16,6 +17,8 @@ from smartmeter.legal.interface import DEMAND_PERIOD
 from smartmeter.meter.clock import DEFAULT_TIME_ZONE, MeterClock
 from smartmeter.meter.identity import MeterIdentity
 from smartmeter.meter.simulation import HouseholdLoad
+from smartmeter.meter.provisioning import provision_demo
+from smartmeter.meter.security import MeterSecurity
 from smartmeter.meter.store import MeterStore
 from smartmeter.meter.wz_guard import WzGuard
 
@@ -98,11 +101,15 @@ class Meter:
         self.legal = legal.start_legal_process(config.data_dir)
         self.load = HouseholdLoad(config.serial)
         self.model = ObjectModel.load(config.profile)
-        self.directory = self.model.instantiate(self._bindings())
         self.store = MeterStore(config.data_dir)
         self.wz_guard = WzGuard(self.store)
+        self.security = MeterSecurity(self.store, self.model, self.identity.system_title, on_event=self.on_event)
+        if provision_demo(self.security, config.data_dir):
+            log.info("demo credentials for every client written to %s", config.data_dir / "credentials")
+        self.directory = self.model.instantiate(self._bindings())
         self.server = DlmsServer(self.directory, system_title=self.identity.system_title,
-                                 clock_bytes=self.clock.cosem_now, on_event=self.on_event)
+                                 clock_bytes=self.clock.cosem_now, on_event=self.on_event,
+                                 security=self.security.manager, keys=self.security)
         self._last_tick = self.clock.now()
         if self.legal.execute(legal.IsFreshMeter()) and config.backfill_days:
             self.backfill(config.backfill_days)
@@ -122,11 +129,29 @@ class Meter:
             "clock": self.clock,
             "load_profile_1": LoadProfileSource(self.legal, self.clock),
             "load_profile_1.status": Binding(lambda: Data.unsigned(0)),
+            "security": self.security,
+            "security_setups": {o.config["client"]: o.obis for o in self.model.objects
+                                if o.class_id == 64 and o.config.get("client") != "current"},
+            "wz.countdown": Binding(lambda: Data.long_unsigned(self.wz_guard.remaining()),
+                                    lambda v: self.wz_guard.set_countdown(expect(v, DataType.LONG_UNSIGNED))),
+            "wz.lockout": Binding(self._wz_lockout, self._set_wz_lockout),
             **{f"demand.{r}": DemandSource(self.legal, self.clock, r) for r in REGISTERS},
             **{f"maximum_demand.{r}": MaximumDemandSource(self.legal, self.clock, r) for r in REGISTERS},
             **{f"cumulative_maximum_demand.{r}": Binding(MaximumDemandSource(self.legal, self.clock, r).cumulative)
                for r in REGISTERS},
         }
+
+    def _wz_lockout(self) -> Data:
+        attempts, period = self.wz_guard.lockout
+        return Data.structure([Data.unsigned(attempts), Data.long_unsigned(period)])
+
+    def _set_wz_lockout(self, value: Data) -> None:
+        try:
+            attempts, period = (expect(v, t) for v, t in zip(expect(value, DataType.STRUCTURE),
+                                                             (DataType.UNSIGNED, DataType.LONG_UNSIGNED), strict=True))
+        except ValueError:
+            raise CosemAccessError(DataAccessResult.TYPE_UNMATCHED, "structure {unsigned, long-unsigned}") from None
+        self.wz_guard.set_lockout(attempts, period)
 
     def on_event(self, name: str, fields: dict) -> None:
         """Security-relevant happenings reported by the DLMS server."""
@@ -181,6 +206,7 @@ class Meter:
         while True:
             self.tick()
             self.wz_guard.checkpoint()
+            self.security.housekeeping()
             await asyncio.sleep(period)
 
     def close(self) -> None:

@@ -43,12 +43,25 @@ def test_public_client_is_accepted_with_the_intersection_of_conformance(meter):
     assert response.vaa_name == 0x0007
 
 
-@pytest.mark.parametrize("client_sap", [0, 1, 17, 99, 102])
+@pytest.mark.parametrize("client_sap", [0, 17, 99, 102, 103])
 def test_unknown_client_sap_is_refused(meter, client_sap):
     aare = aare_of(meter, aarq(), client_sap=client_sap)
     assert aare.result == acse.AssociationResult.REJECTED_PERMANENT
     assert aare.result_source == acse.ResultSource.ACSE_SERVICE_USER
     assert aare.diagnostic == Diag.NO_REASON_GIVEN
+
+
+@pytest.mark.parametrize("client_sap", [1, 2, 4])
+def test_secured_clients_in_an_unciphered_context_are_refused(meter, client_sap):
+    """§3.3.3: the management, data readout and PLC clients need the ciphered context."""
+    aare = aare_of(meter, aarq(), client_sap=client_sap)
+    assert aare.result == acse.AssociationResult.REJECTED_PERMANENT
+    assert aare.diagnostic == Diag.APPLICATION_CONTEXT_NAME_NOT_SUPPORTED
+
+
+def test_wz_clients_are_refused_on_lan(meter):
+    aare = aare_of(meter, aarq(), client_sap=5)  # installation: WZ only
+    assert aare.result == acse.AssociationResult.REJECTED_PERMANENT
 
 
 def test_public_client_with_authentication_is_refused(meter):

@@ -6,7 +6,9 @@ bit 1 write; the security bits 2..7 stay 0 until protected contexts exist).
 """
 from __future__ import annotations
 
-from smartmeter.cosem.classes.base import REGISTRY, InterfaceClass, RequestContext
+from smartmeter.cosem.classes.base import (
+    REGISTRY, CosemAccessError, DataAccessResult, InterfaceClass, RequestContext, expect,
+)
 from smartmeter.cosem.data import Data, DataType
 
 # Application context / mechanism OIDs 2.16.756.5.8.{1|2}.x as Association LN encodes them.
@@ -42,11 +44,26 @@ class AssociationLN(InterfaceClass):
     methods = {1: "reply_to_hls_authentication", 2: "change_hls_secret", 3: "add_object", 4: "remove_object",
                5: "add_user", 6: "remove_user"}
 
+    @property
+    def described_client(self) -> str | None:
+        """The client this object describes; None for the current association (0-0:40.0.0.255)."""
+        return self.config.get("client")
+
+    def _client_name(self, ctx: RequestContext) -> str:
+        return self.described_client or ctx.client_name
+
+    def _client(self, ctx: RequestContext):
+        return self.bindings["model"].clients[self._client_name(ctx)]
+
+    def _is_current(self, ctx: RequestContext) -> bool:
+        return self.described_client is None or self.described_client == ctx.client_name
+
     def get_object_list(self, ctx: RequestContext) -> Data:
         directory = self.bindings["directory"]
+        name = self._client_name(ctx)
         items = []
-        for o, inst in directory.visible_to(ctx.client_name):
-            a = o.access_for(ctx.client_name)
+        for o, inst in directory.visible_to(name):
+            a = o.access_for(name)
             items.append(Data.structure([
                 Data.long_unsigned(o.class_id), Data.unsigned(o.version), Data.octet_string(o.obis.to_bytes()),
                 access_rights(type(inst), a.read, a.write, a.execute),
@@ -54,33 +71,51 @@ class AssociationLN(InterfaceClass):
         return Data.array(items)
 
     def get_associated_partners_id(self, ctx: RequestContext) -> Data:
-        return Data.structure([Data.integer(ctx.client_sap), Data.long_unsigned(ctx.association.server_sap)])
+        return Data.structure([Data.integer(self._client(ctx).sap), Data.long_unsigned(1)])
 
     def get_application_context_name(self, ctx: RequestContext) -> Data:
-        return _context_name(1, ctx.association.application_context_name)
+        return _context_name(1, 3 if self._client(ctx).ciphered else 1)
 
     def get_xdlms_context_info(self, ctx: RequestContext) -> Data:
         a = ctx.association
+        if self._is_current(ctx):
+            conformance, receive, send = a.conformance, a.server_max_receive_pdu_size, a.client_max_receive_pdu_size
+        else:  # what this server offers any client
+            conformance, receive, send = a.server_conformance, a.server_max_receive_pdu_size, a.server_max_receive_pdu_size
         return Data.structure([
-            Data(DataType.BIT_STRING, format(a.conformance, "024b")),
-            Data.long_unsigned(a.server_max_receive_pdu_size),
-            Data.long_unsigned(a.client_max_receive_pdu_size),  # what the server may send
+            Data(DataType.BIT_STRING, format(conformance, "024b")),
+            Data.long_unsigned(receive),
+            Data.long_unsigned(send),  # what the server may send
             Data.unsigned(6),
             Data.integer(0),
             Data.octet_string(b""),
         ])
 
     def get_authentication_mechanism_name(self, ctx: RequestContext) -> Data:
-        return _context_name(2, ctx.association.mechanism)
+        return _context_name(2, self._client(ctx).mechanism)
 
     def get_secret(self, ctx: RequestContext) -> Data:
         return Data.octet_string(b"")  # never disclosed; access rights deny it anyway
 
     def get_association_status(self, ctx: RequestContext) -> Data:
-        return Data.enum(2)  # associated: this object is only reachable inside an association
+        if self._is_current(ctx):
+            return Data.enum(2 if ctx.association.authenticated else 1)  # associated / association-pending
+        return Data.enum(0)  # another client's association object: not the one in use here
 
     def get_security_setup_reference(self, ctx: RequestContext) -> Data:
-        return Data.octet_string(bytes(6))
+        setup = self.bindings["security_setups"].get(self._client_name(ctx))
+        return Data.octet_string(setup.to_bytes() if setup is not None else bytes(6))
+
+    def do_reply_to_hls_authentication(self, parameters: Data | None, ctx: RequestContext) -> Data:
+        if not self._is_current(ctx):
+            raise CosemAccessError(DataAccessResult.READ_WRITE_DENIED, "only on the current association")
+        f_stoc = expect(parameters or Data.null(), DataType.OCTET_STRING)
+        return Data.octet_string(ctx.association.reply_to_hls(f_stoc))
+
+    def do_change_hls_secret(self, parameters: Data | None, ctx: RequestContext) -> None:
+        """§3.6: the new HLS secret (16..32 bytes) arrives key-wrapped with the master key."""
+        wrapped = expect(parameters or Data.null(), DataType.OCTET_STRING)
+        self.bindings["security"].change_hls_secret(self._client_name(ctx), wrapped)
 
     def get_user_list(self, ctx: RequestContext) -> Data:
         return Data.array([])

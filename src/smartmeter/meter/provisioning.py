@@ -1,0 +1,75 @@
+"""Demo provisioning at a meter's first start, so every client can be tried at once.
+
+It builds a DEMO PKI (root, three sub-CAs, HES client certificates) in
+`DATA_DIR/credentials/demo-pki/`, installs it in the meter as production would, lets the
+meter generate its own signing key pair and has it certified by the demo Sub-CA 1, and writes
+one credentials file per client to `DATA_DIR/credentials/<client>.json`. Everything here is
+demo material, marked as such; a real meter is provisioned with `smartmeter pki provision`
+through DLMS only.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from smartmeter.dlms.security.certificates import make_csr
+from smartmeter.dlms.security.signing import generate_private_key
+from smartmeter.hes import pki
+from smartmeter.meter.security import SIGNING_KEY, MeterSecurity, _pem, write_credentials
+
+PROVISIONED = "security.demo_provisioned"
+DEMO_NOTE = "DEMO PROVISIONING: keys and certificates made by the meter at its first start. Not for production."
+
+
+def provision_demo(security: MeterSecurity, data_dir: Path) -> bool:
+    """Provision once; returns True if it ran now."""
+    store = security.store
+    if store.get(PROVISIONED):
+        return False
+    credentials = data_dir / "credentials"
+    pki_dir = credentials / "demo-pki"
+    now = security.now()
+    if not (pki_dir / pki.INDEX_FILE).exists():
+        pki.init_pki(pki_dir, suite=security.certificates.suite, now=now)
+    pki.provision_store(pki_dir, security.certificates, now)
+    key = generate_private_key(security.certificates.suite)
+    security.certificates.set_meter_key(key.public_key())
+    store.put(SIGNING_KEY, _pem(key))
+    csr = x509.load_der_x509_csr(make_csr(key, security.server_system_title, security.certificates.suite))
+    certificate = pki.sign_csr(pki_dir, csr.public_bytes(serialization.Encoding.PEM), "meter-signing", now=now)
+    security.certificates.import_certificate(certificate, now)
+    store.put("security.certificates", security.certificates.to_dict())
+    server_cert = pki_dir / f"DEMO-meter-{security.server_system_title.hex().upper()}-signing.pem"
+    server_cert.write_bytes(certificate if isinstance(certificate, bytes) else certificate.encode())
+
+    index = pki.load_index(pki_dir)
+    for client in security.clients.values():
+        if client.push_only:
+            continue
+        fields = {
+            "note": DEMO_NOTE, "client": client.name, "client_sap": client.sap, "server_sap": 1,
+            "interfaces": list(client.interfaces), "authentication": client.mechanism,
+            "security_suite": client.security_suite, "security_policy": client.security_policy,
+            "server_system_title": security.server_system_title.hex().upper(),
+        }
+        context = security.manager.context(client.name)
+        if context is not None:
+            fields.update(
+                client_system_title=pki.demo_client_system_title(client.sap).hex().upper(),
+                ek=context.ek.hex().upper(), ak=context.ak.hex().upper(),
+                server_cert_pem=str(server_cert),
+            )
+            if context.hls_secret is not None:
+                fields["hls_secret"] = context.hls_secret.hex().upper()
+            if client.name in ("management", "maintenance"):  # the highest authorities (§3.5) hold the KEK
+                fields["master_key"] = security.manager.kek(context.suite).hex().upper()
+            entry = index.get("clients", {}).get(str(client.sap))
+            if entry is not None and client.mechanism == 7:
+                fields.update(client_key_pem=str(pki_dir / entry["signing"]["private_key"]),
+                              client_cert_pem=str(pki_dir / entry["signing"]["certificate"]),
+                              client_system_title=entry["system_title"].upper())
+        write_credentials(credentials / f"{client.name}.json", fields)
+    store.put(PROVISIONED, True)
+    return True
