@@ -8,7 +8,9 @@ from smartmeter.cosem import axdr
 from smartmeter.cosem.data import CosemDateTime, Data, DataType
 from smartmeter.cosem.obis import Obis
 from smartmeter.dlms.apdu.common import CosemAttributeDescriptor, CosemMethodDescriptor, SelectiveAccessDescriptor
-from smartmeter.dlms.client import ActionExchange, ClientAssociation, ClientError, Exchange, GetExchange, SetExchange
+from smartmeter.dlms.client import (
+    ActionExchange, ClientAssociation, ClientError, ClientSecurity, Exchange, GetExchange, SetExchange,
+)
 from smartmeter.errors import DecodeError
 
 CLOCK = Obis.parse("0-0:1.0.0.255")
@@ -67,11 +69,15 @@ def entry_selection(first: int, last: int) -> SelectiveAccessDescriptor:
 
 
 class MeterClient:
-    """One association with one meter over a link (WrapperLink or HdlcLink)."""
+    """One association with one meter over a link (WrapperLink or HdlcLink).
 
-    def __init__(self, link, *, mechanism: int = 0) -> None:
+    With `security` the association is secured (ciphering context, HLS 5/6/7 pass 3/4 at
+    connect, every request protected and every response checked).
+    """
+
+    def __init__(self, link, *, mechanism: int = 0, security: ClientSecurity | None = None) -> None:
         self.link = link
-        self.association = ClientAssociation(mechanism=mechanism)
+        self.association = ClientAssociation(mechanism=mechanism, security=security)
         self._objects: list[ObjectInfo] | None = None
 
     async def __aenter__(self) -> "MeterClient":
@@ -85,6 +91,8 @@ class MeterClient:
         await self.link.open()
         try:
             self.association.on_aare(await self.link.exchange(self.association.aarq()))
+            if self.association.needs_hls:
+                await self._drive(self.association.hls_exchange())
         except BaseException:
             await self.link.close()
             raise
@@ -92,17 +100,20 @@ class MeterClient:
     async def close(self) -> None:
         try:
             if self.association.negotiated is not None:
-                await self.link.exchange(self.association.rlrq())
+                await self.link.exchange(self.association.release_request())
         except (ClientError, OSError, DecodeError):
             pass  # the link is going away anyway
         finally:
             await self.link.close()
 
-    async def run(self, exchange: Exchange):
+    async def _drive(self, exchange: Exchange):
         request = exchange.first()
         while request is not None:
             request = exchange.feed(await self.link.exchange(request))
         return exchange.result
+
+    async def run(self, exchange: Exchange):
+        return await self._drive(self.association.secure(exchange))
 
     # -- reads ----------------------------------------------------------------------------
     async def objects(self) -> list[ObjectInfo]:
@@ -126,7 +137,7 @@ class MeterClient:
     async def set(self, obis: Obis | str, attribute: int, value: Data, class_id: int | None = None) -> None:
         obis = Obis.parse(obis) if isinstance(obis, str) else obis
         class_id = class_id if class_id is not None else await self.class_of(obis)
-        pdu = self.association.negotiated.server_max_receive_pdu_size
+        pdu = self.association.negotiated.server_max_receive_pdu_size - self.association.protection_overhead
         await self.run(SetExchange(CosemAttributeDescriptor(class_id, obis.to_bytes(), attribute), value, pdu))
 
     async def action(self, obis: Obis | str, method: int, parameters: Data | None = None,

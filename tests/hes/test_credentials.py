@@ -1,0 +1,252 @@
+"""Credentials files and the persisted invocation counter (hes/credentials.py), and the
+secured MeterClient driven through a credentials file."""
+from __future__ import annotations
+
+import asyncio
+import json
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dlms"))
+from test_client_security import CLIENT_TITLE, ENERGY, KEYS, SECRET, SERVER_TITLE, FakeMeter  # noqa: E402
+
+from smartmeter.dlms.client import POLICY_ALL_AUTHENTICATED_ENCRYPTED, GetExchange  # noqa: E402
+from smartmeter.hes import pki  # noqa: E402
+from smartmeter.hes.client import MeterClient  # noqa: E402
+from smartmeter.hes.connection import HdlcLink, WrapperLink  # noqa: E402
+from smartmeter.hes.credentials import (  # noqa: E402
+    CredentialsError, FileCounterStore, client_from_options, counter_path, find_credentials, load_credentials,
+    write_credentials,
+)
+from smartmeter.errors import SmartmeterError  # noqa: E402
+
+EK, AK = KEYS[0]
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def hls6(tmp_path: Path, **extra) -> Path:
+    options = dict(client_sap=5, authentication=6, security_suite=0, security_policy=POLICY_ALL_AUTHENTICATED_ENCRYPTED,
+                   client_system_title=CLIENT_TITLE, server_system_title=SERVER_TITLE, ek=EK, ak=AK,
+                   hls_secret=SECRET, name="installation", interface="wz")
+    options.update(extra)
+    write_credentials(tmp_path / "installation.json", **options)
+    return tmp_path / "installation.json"
+
+
+@pytest.fixture(scope="module")
+def demo_pki(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("pki")
+    pki.init_pki(directory, suite=1)
+    return directory
+
+
+# --------------------------------------------------------------------------- files
+
+
+def test_round_trip_hls6_and_modes(tmp_path):
+    path = hls6(tmp_path)
+    loaded = load_credentials(path)
+    assert (loaded.client_sap, loaded.server_sap, loaded.name, loaded.interface) == (5, 1, "installation", "wz")
+    sec = loaded.security
+    assert (sec.mechanism, sec.suite, sec.policy) == (6, 0, 0x6C)
+    assert (sec.client_system_title, sec.server_system_title, sec.ek, sec.ak, sec.hls_secret) == \
+        (CLIENT_TITLE, SERVER_TITLE, EK, AK, SECRET)
+    assert isinstance(sec.invocation_counter, FileCounterStore)
+    assert mode(path) == 0o600 and mode(counter_path(path)) == 0o600
+    assert counter_path(path).name == "installation.fc"
+    raw = json.loads(path.read_text())
+    assert raw["ek"] == EK.hex().upper() and raw["authentication"] == 6
+
+
+def test_round_trip_hls7_with_pki_files(tmp_path, demo_pki):
+    index = pki.load_index(demo_pki)
+    entry = index["clients"]["1"]["signing"]
+    server_cert = demo_pki / index["clients"]["2"]["signing"]["certificate"]  # any P-256 certificate
+    write_credentials(tmp_path / "creds" / "management.json", client_sap=1, authentication=7, security_suite=1,
+                      security_policy=0x6C, client_system_title=pki.demo_client_system_title(1), ek=EK, ak=AK,
+                      master_key=bytes(range(100, 116)), client_key_pem=demo_pki / entry["private_key"],
+                      client_cert_pem=demo_pki / entry["certificate"], server_cert_pem=server_cert)
+    loaded = load_credentials(tmp_path / "creds" / "management.json")
+    sec = loaded.security
+    assert sec.mechanism == 7 and sec.server_system_title is None  # learnt from the AARE
+    assert sec.client_signing_key.public_key().public_numbers() == \
+        pki.load_client_credentials(demo_pki, 1).signing_key.public_key().public_numbers()
+    assert loaded.master_key == bytes(range(100, 116))
+    assert loaded.client_cert_pem == (demo_pki / entry["certificate"]).resolve()
+
+
+BAD_FIELDS = [
+    ("client_sap", 0, "client_sap"),
+    ("client_sap", "1", "client_sap"),
+    ("authentication", 3, "authentication"),
+    ("security_suite", 5, "security_suite"),
+    ("security_policy", 0x101, "security_policy"),
+    ("security_policy", 0x6D, "security_policy"),
+    ("ek", "00", "ek: must be 16 bytes"),
+    ("ak", "zz" * 16, "ak: is not valid hex"),
+    ("client_system_title", "0102", "client_system_title"),
+    ("hls_secret", None, "hls_secret"),
+    ("interface", "usb", "interface"),
+    ("typo_field", 1, "typo_field: unknown field"),
+    ("client_key_pem", "missing.pem", "client_key_pem"),
+    ("format", "something/2", "format"),
+    ("use_dedicated_key", "yes", "use_dedicated_key"),
+]
+
+
+@pytest.mark.parametrize("field, value, message", BAD_FIELDS)
+def test_bad_fields_give_one_line_errors_naming_the_field(tmp_path, field, value, message):
+    path = hls6(tmp_path)
+    raw = json.loads(path.read_text())
+    raw[field] = value
+    path.write_text(json.dumps(raw))
+    with pytest.raises(CredentialsError, match=message) as caught:
+        load_credentials(path)
+    assert "\n" not in str(caught.value) and str(path) in str(caught.value)
+    assert isinstance(caught.value, SmartmeterError)
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no such credentials file"), ("{", "not valid JSON"), ("[1]", "JSON object"),
+])
+def test_unreadable_files_are_one_line_errors(tmp_path, content, message):
+    path = tmp_path / "c.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(CredentialsError, match=message) as caught:
+        load_credentials(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_hls7_without_key_files_is_refused_naming_the_field(tmp_path):
+    with pytest.raises(CredentialsError, match="client_key_pem"):
+        write_credentials(tmp_path / "m.json", client_sap=1, authentication=7, security_suite=1, security_policy=0x6C,
+                          client_system_title=CLIENT_TITLE, ek=EK, ak=AK)
+    assert not (tmp_path / "m.json").exists()  # nothing written when invalid
+
+
+def test_find_credentials_by_client_sap(tmp_path):
+    hls6(tmp_path)
+    write_credentials(tmp_path / "public.json", client_sap=16, authentication=0)
+    assert find_credentials(tmp_path, 5).name == "installation.json"
+    assert find_credentials(tmp_path, 16).name == "public.json"
+    with pytest.raises(CredentialsError, match="no credentials files for client SAP 1"):
+        find_credentials(tmp_path, 1)
+
+
+# --------------------------------------------------------------------------- counters
+
+
+def test_counter_is_on_disk_before_it_is_returned(tmp_path):
+    store = FileCounterStore(tmp_path / "c.fc")
+    for expected in range(5):
+        counter = store.reserve()
+        assert counter == expected
+        on_disk = json.loads((tmp_path / "c.fc").read_text())["client_invocation_counter"]
+        assert on_disk == counter
+
+
+def test_counter_never_repeats_across_a_crash_after_persisting(tmp_path):
+    store = FileCounterStore(tmp_path / "c.fc")
+    used = [store.reserve() for _ in range(3)]
+    lost = store.reserve()  # persisted, then the process dies before sending
+    del store
+    restarted = FileCounterStore(tmp_path / "c.fc")
+    after = [restarted.reserve() for _ in range(3)]
+    assert min(after) > lost > max(used)
+
+
+def test_two_processes_with_the_same_credentials_never_share_a_counter(tmp_path):
+    a, b = FileCounterStore(tmp_path / "c.fc"), FileCounterStore(tmp_path / "c.fc")
+    seen = [store.reserve() for _ in range(20) for store in (a, b)]
+    assert len(seen) == len(set(seen)) == 40
+
+
+def test_damaged_counter_file_is_an_error_not_a_restart(tmp_path):
+    path = tmp_path / "c.fc"
+    path.write_text('{"client_invocation_counter": -1, "server_invocation_counter": null}')
+    with pytest.raises(CredentialsError, match="client_invocation_counter"):
+        FileCounterStore(path)
+    path.write_text("{}")
+    with pytest.raises(CredentialsError, match="missing"):
+        FileCounterStore(path)
+
+
+def test_rewriting_with_the_same_ek_keeps_the_counter_and_a_new_ek_resets_it(tmp_path):
+    path = hls6(tmp_path)
+    store = load_credentials(path).security.invocation_counter
+    for _ in range(7):
+        store.reserve()
+    hls6(tmp_path, name="renamed")  # same EK
+    assert load_credentials(path).security.invocation_counter.last_used == 6
+    hls6(tmp_path, ek=b"\x77" * 16)  # a new key: nothing sent under it yet
+    assert load_credentials(path).security.invocation_counter.last_used is None
+
+
+def test_advance_to_only_moves_forward(tmp_path):
+    store = FileCounterStore(tmp_path / "c.fc")
+    store.reserve()
+    store.advance_to(1000)
+    assert store.reserve() == 1001
+    store.advance_to(5)
+    assert store.reserve() == 1002
+
+
+# --------------------------------------------------------------------------- CLI support and MeterClient
+
+
+def test_client_from_options_takes_addressing_from_the_file(tmp_path):
+    path = hls6(tmp_path)
+    link, security = client_from_options(credentials=path, host="h", port=None, hdlc=None, client_sap=None,
+                                         server_sap=None, physical_address=0x10, timeout=1.0)
+    assert isinstance(link, HdlcLink)  # interface "wz"
+    assert security.mechanism == 6
+    link, _ = client_from_options(credentials=path, host="h", port=9, hdlc=False, client_sap=5, server_sap=None,
+                                  physical_address=0x10, timeout=1.0)
+    assert isinstance(link, WrapperLink) and (link.client_sap, link.server_sap, link.port) == (5, 1, 9)
+    with pytest.raises(CredentialsError, match="--client-sap 16 conflicts"):
+        client_from_options(credentials=path, host="h", port=None, hdlc=None, client_sap=16, server_sap=None,
+                            physical_address=0x10, timeout=1.0)
+    link, security = client_from_options(credentials=None, host="h", port=None, hdlc=None, client_sap=None,
+                                         server_sap=None, physical_address=0x10, timeout=1.0)
+    assert security is None and isinstance(link, WrapperLink) and link.client_sap == 16 and link.port == 4059
+
+
+class FakeLink:
+    def __init__(self, meter: FakeMeter) -> None:
+        self.meter, self.opened, self.closed = meter, 0, 0
+
+    async def open(self) -> None:
+        self.opened += 1
+
+    async def exchange(self, apdu: bytes) -> bytes:
+        if apdu[0] == 0x62:
+            return bytes.fromhex("6300")
+        return self.meter.handle(apdu)
+
+    async def close(self) -> None:
+        self.closed += 1
+
+
+def test_meter_client_with_credentials_persists_counters_across_runs(tmp_path):
+    path = hls6(tmp_path)
+    meter = FakeMeter(mechanism=6, suite=0, policy=POLICY_ALL_AUTHENTICATED_ENCRYPTED, server_counter=1000)
+
+    async def session():
+        async with MeterClient(FakeLink(meter), security=load_credentials(path).security) as client:
+            return await client.run(GetExchange(ENERGY))
+
+    first = asyncio.run(session())
+    state = json.loads(counter_path(path).read_text())
+    assert state["client_invocation_counter"] == max(meter.received_counters) + 1  # the RLRQ's counter
+    assert state["server_invocation_counter"] == meter.tx.last_used
+    second = asyncio.run(session())
+    assert first == second
+    assert len(set(meter.received_counters)) == len(meter.received_counters)
+    assert sorted(meter.received_counters) == meter.received_counters
