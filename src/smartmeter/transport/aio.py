@@ -66,8 +66,8 @@ async def serve_wrapper_tcp(server: "DlmsServer", host: str, port: int) -> async
                 await writer.drain()
         except DecodeError as exc:
             log.info("closing wrapper connection from %s: %s", peer, exc)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass  # the peer left, or the meter is stopping
         finally:
             sessions.close()
             writer.close()
@@ -191,8 +191,8 @@ async def serve_hdlc_tcp(server: "DlmsServer", setup, host: str, port: int,
                 if out:
                     writer.write(out)
                     await writer.drain()
-        except ConnectionError:
-            pass
+        except (ConnectionError, asyncio.CancelledError):
+            pass  # the peer left, or the meter is stopping
         finally:
             port_.close()
             writer.close()
