@@ -250,3 +250,195 @@ def test_meter_client_with_credentials_persists_counters_across_runs(tmp_path):
     assert first == second
     assert len(set(meter.received_counters)) == len(meter.received_counters)
     assert sorted(meter.received_counters) == meter.received_counters
+
+
+# --------------------------------------------------------------------------- provisioning (cli/pki.py)
+
+import datetime as dt  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
+
+from click.testing import CliRunner  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
+
+from smartmeter.cli.pki import CLIENT_PLANS, ProvisionError, pki_group, provision  # noqa: E402
+from smartmeter.dlms.apdu.common import ActionResult  # noqa: E402
+from smartmeter.dlms.client import AccessDenied  # noqa: E402
+from smartmeter.dlms.security import keys as keymod  # noqa: E402
+from smartmeter.dlms.security.certificates import (  # noqa: E402
+    CertificateError, CertificateStore, identification_from_data, make_csr,
+)
+from smartmeter.cosem.data import Data  # noqa: E402
+
+PKI_TIME = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
+NOW = PKI_TIME + dt.timedelta(days=1)
+METER_TITLE = bytes.fromhex("4B464D1000000001")
+MASTER = bytes(range(200, 216))
+
+
+class FakeSecurityMeter:
+    """The IC 64 / IC 15 methods provisioning uses, over our CertificateStore and key wrap,
+    with the call signature of MeterClient (get/action/association)."""
+
+    def __init__(self, pki_dir: Path, root_only: bool = False) -> None:
+        self.store = CertificateStore(METER_TITLE, suite=1)
+        if root_only:
+            index = pki.load_index(pki_dir)
+            self.store.install_root((pki_dir / index["root"]["certificate"]).read_bytes(), NOW)
+        else:
+            pki.provision_store(pki_dir, self.store, NOW)
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        self.pending = None
+        self.store.set_meter_key(self.key.public_key())
+        self.keys: dict[int, tuple[bytes, bytes]] = {}
+        self.secrets: dict[int, bytes] = {}
+        self.calls: list[tuple[str, int, int]] = []
+        self.rekeyed: list[tuple[bytes, bytes]] = []
+        self.association = SimpleNamespace(server_system_title=METER_TITLE,
+                                           rekey=lambda ek, ak, counters: self.rekeyed.append((ek, ak)))
+
+    @staticmethod
+    def _sap(obis) -> int | None:
+        sap = obis.to_bytes()[4]
+        return None if sap == 0 else sap
+
+    async def get(self, obis, attribute, class_id=None):
+        assert (class_id, attribute) == (64, 6)
+        return Data.array(info.to_data() for info in self.store.certificate_infos(self._sap(obis)))
+
+    async def action(self, obis, method, parameters=None, class_id=None):
+        sap = self._sap(obis)
+        self.calls.append((str(obis), class_id, method))
+        if sap is not None and sap not in CLIENT_PLANS:
+            raise AccessDenied(ActionResult.OBJECT_UNDEFINED, "action")
+        try:
+            if class_id == 15 and method == 2:
+                self.secrets[sap] = keymod.unwrap_key(MASTER, parameters.value)
+            elif method == 2:
+                transfer = {t.key_id: t.unwrap(MASTER) for t in keymod.decode_key_transfer(parameters)}
+                self.keys[sap] = (transfer[keymod.KeyId.GLOBAL_UNICAST_ENCRYPTION], transfer[keymod.KeyId.AUTHENTICATION])
+            elif method == 4:
+                assert parameters == Data.enum(0)
+                self.pending = ec.generate_private_key(ec.SECP256R1())
+                self.store.begin_key_renewal(self.pending.public_key(), NOW)
+            elif method == 5:
+                return Data.octet_string(make_csr(self.pending, METER_TITLE, 1))
+            elif method == 6:
+                result = self.store.import_certificate(parameters.value, NOW, client=sap)
+                if result.key_pair_activated:
+                    self.key, self.pending = self.pending, None
+            elif method == 8:
+                self.store.remove_certificate(identification_from_data(parameters), client=sap)
+            else:
+                raise AssertionError(method)
+        except (CertificateError, keymod.KeyUnwrapError) as exc:
+            raise AccessDenied(ActionResult.OTHER_REASON, str(exc)) from None
+        return None
+
+
+@pytest.fixture
+def fixed_pki(tmp_path) -> Path:
+    directory = tmp_path / "pki"
+    pki.init_pki(directory, suite=1, now=PKI_TIME)
+    return directory
+
+
+def bootstrap_credentials(tmp_path: Path, pki_dir: Path) -> "Credentials":
+    entry = pki.load_index(pki_dir)["clients"]["1"]["signing"]
+    return write_credentials(
+        tmp_path / "bootstrap" / "management.json", client_sap=1, authentication=7, security_suite=1,
+        security_policy=0x6C, client_system_title=pki.demo_client_system_title(1), ek=EK, ak=AK, master_key=MASTER,
+        client_key_pem=pki_dir / entry["private_key"], client_cert_pem=pki_dir / entry["certificate"],
+        server_cert_pem=pki_dir / pki.load_index(pki_dir)["clients"]["2"]["signing"]["certificate"])
+
+
+def test_provision_installs_keys_secrets_and_the_meter_certificate_and_writes_credentials(tmp_path, fixed_pki):
+    meter = FakeSecurityMeter(fixed_pki)
+    old_meter_key = meter.key
+    bootstrap = bootstrap_credentials(tmp_path, fixed_pki)
+    out = tmp_path / "creds"
+    written = asyncio.run(provision(meter, fixed_pki, out, bootstrap, now=NOW))
+    assert sorted(p.name for p in written) == sorted(
+        [f"{plan.name}.json" for plan in CLIENT_PLANS.values()] + ["public.json"])
+    # the meter generated a new key pair, and its certificate activated it
+    assert meter.key is not old_meter_key and meter.pending is None
+    for plan in CLIENT_PLANS.values():
+        loaded = load_credentials(out / f"{plan.name}.json")
+        sec = loaded.security
+        assert (loaded.client_sap, sec.mechanism, sec.suite, sec.policy) == (plan.sap, plan.mechanism, 1, plan.policy)
+        assert (sec.ek, sec.ak) == meter.keys[plan.sap]
+        assert sec.server_system_title == METER_TITLE
+        assert sec.invocation_counter.last_used is None  # new keys: nothing sent under them yet
+        assert mode(out / f"{plan.name}.json") == 0o600
+        if plan.mechanism == 6:
+            assert sec.hls_secret == meter.secrets[plan.sap] and len(sec.hls_secret) == 32
+        else:
+            # HLS 7: the server key in the credentials is the meter's new signing key
+            assert sec.server_signing_key.public_numbers() == meter.key.public_key().public_numbers()
+        assert (loaded.master_key is not None) == plan.holds_master_key
+    # the management client's own keys were changed last, then the association switched
+    key_transfers = [c for c in meter.calls if c[1] == 64 and c[2] == 2]
+    assert key_transfers[-1][0] == "0-0:43.0.1.255"
+    assert meter.rekeyed == [meter.keys[1]]
+    assert len({meter.keys[s] for s in meter.keys}) == len(meter.keys)  # every client its own keys
+
+
+def test_provision_twice_imports_nothing_already_there(tmp_path, fixed_pki):
+    meter = FakeSecurityMeter(fixed_pki)
+    bootstrap = bootstrap_credentials(tmp_path, fixed_pki)
+    asyncio.run(provision(meter, fixed_pki, tmp_path / "a", bootstrap, now=NOW))
+    meter.calls.clear()
+    asyncio.run(provision(meter, fixed_pki, tmp_path / "b", bootstrap, now=NOW, clients=(2,)))
+    imports = [c for c in meter.calls if c[2] == 6]
+    assert imports == [("0-0:43.0.0.255", 64, 6)]  # only the meter's renewed certificate
+
+
+def test_provision_imports_sub_cas_and_client_certificates_a_meter_lacks(tmp_path, fixed_pki):
+    meter = FakeSecurityMeter(fixed_pki, root_only=True)
+    asyncio.run(provision(meter, fixed_pki, tmp_path / "out", bootstrap_credentials(tmp_path, fixed_pki), now=NOW))
+    imports = [c[0] for c in meter.calls if c[2] == 6]
+    assert imports == ["0-0:43.0.0.255"] * 3 + ["0-0:43.0.1.255", "0-0:43.0.2.255", "0-0:43.0.4.255",
+                                                  "0-0:43.0.0.255"]
+    assert len(meter.store.sub_cas) == 3
+    for sap in (1, 2, 4):
+        assert len(meter.store.client_certificates(sap)) == 1
+
+
+def test_provision_refuses_a_pki_the_meter_does_not_trust(tmp_path, fixed_pki):
+    other = tmp_path / "other-pki"
+    pki.init_pki(other, suite=1, now=PKI_TIME)
+    meter = FakeSecurityMeter(other)
+    with pytest.raises(ProvisionError, match="root") as caught:
+        asyncio.run(provision(meter, fixed_pki, tmp_path / "out", bootstrap_credentials(tmp_path, fixed_pki), now=NOW))
+    assert "\n" not in str(caught.value)
+    assert not meter.keys  # nothing changed on the meter
+
+
+def test_provision_skips_clients_the_meter_does_not_have(tmp_path, fixed_pki):
+    meter = FakeSecurityMeter(fixed_pki)
+    lines: list[str] = []
+    original = meter.action
+
+    async def no_plc(obis, method, parameters=None, class_id=None):
+        if str(obis) == "0-0:43.0.4.255":
+            raise AccessDenied(ActionResult.OBJECT_UNDEFINED, "action")
+        return await original(obis, method, parameters, class_id)
+
+    meter.action = no_plc
+    written = asyncio.run(provision(meter, fixed_pki, tmp_path / "out", bootstrap_credentials(tmp_path, fixed_pki),
+                                    now=NOW, clients=(1, 4, 5), say=lines.append))
+    assert sorted(p.name for p in written) == ["installation.json", "management.json", "public.json"]
+    assert any("client 4" in line and "skipped" in line for line in lines)
+
+
+def test_pki_init_command(tmp_path):
+    result = CliRunner().invoke(pki_group, ["init", str(tmp_path / "p"), "--suite", "2"])
+    assert result.exit_code == 0, result.output
+    assert "suite 2" in result.output and "NOT FOR PRODUCTION" in result.output
+    assert pki.load_index(tmp_path / "p")["suite"] == 2
+
+
+def test_pki_provision_command_rejects_bad_addresses(tmp_path, fixed_pki):
+    bootstrap_credentials(tmp_path, fixed_pki)
+    result = CliRunner().invoke(pki_group, ["provision", "--meter", "nohost", "--pki", str(fixed_pki),
+                                            "--bootstrap", str(tmp_path / "bootstrap"), "--out", str(tmp_path / "o")])
+    assert isinstance(result.exception, ProvisionError) and "HOST:PORT" in str(result.exception)
