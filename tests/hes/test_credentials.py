@@ -389,15 +389,16 @@ def test_provision_twice_imports_nothing_already_there(tmp_path, fixed_pki):
     meter.calls.clear()
     asyncio.run(provision(meter, fixed_pki, tmp_path / "b", bootstrap, now=NOW, clients=(2,)))
     imports = [c for c in meter.calls if c[2] == 6]
-    assert imports == [("0-0:43.0.0.255", 64, 6)]  # only the meter's renewed certificate
+    assert imports == [("0-0:43.0.1.255", 64, 6)]  # only the meter's renewed certificate
 
 
 def test_provision_imports_sub_cas_and_client_certificates_a_meter_lacks(tmp_path, fixed_pki):
     meter = FakeSecurityMeter(fixed_pki, root_only=True)
     asyncio.run(provision(meter, fixed_pki, tmp_path / "out", bootstrap_credentials(tmp_path, fixed_pki), now=NOW))
     imports = [c[0] for c in meter.calls if c[2] == 6]
-    assert imports == ["0-0:43.0.0.255"] * 3 + ["0-0:43.0.1.255", "0-0:43.0.2.255", "0-0:43.0.4.255",
-                                                  "0-0:43.0.0.255"]
+    # sub-CAs and the meter's certificate through the Management client's own security setup
+    assert imports == ["0-0:43.0.1.255"] * 3 + ["0-0:43.0.1.255", "0-0:43.0.2.255", "0-0:43.0.4.255",
+                                                  "0-0:43.0.1.255"]
     assert len(meter.store.sub_cas) == 3
     for sap in (1, 2, 4):
         assert len(meter.store.client_certificates(sap)) == 1

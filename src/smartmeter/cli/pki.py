@@ -8,9 +8,9 @@ credentials (the demo credentials the meter wrote at first start, `--bootstrap`)
 all through IC 64 Security setup / IC 15 Association LN methods:
 
  1. reads the meter's certificates (IC 64 attribute 6) and imports, with import_certificate
-    (method 6), whatever it lacks of the PKI's root and sub-CAs (Current Security Setup
-    0-0:43.0.0.255) and HES signing certificates (the client's own Security setup
-    0-0:43.0.N.255), removing (method 8, by serial) stale sub-CAs / client certificates only
+    (method 6), whatever it lacks of the PKI's root and sub-CAs (the Management client's own
+    Security setup 0-0:43.0.1.255, its "current security setup") and HES signing
+    certificates (the client's Security setup 0-0:43.0.N.255), removing (method 8, by serial) stale sub-CAs / client certificates only
     when their slots are full;
  2. asks the meter for a new signing key pair (generate_key_pair, method 4, key type 0 =
     digital signature) and its CSR (generate_certificate_request, method 5 -> DER), signs the
@@ -23,8 +23,8 @@ all through IC 64 Security setup / IC 15 Association LN methods:
  5. writes CREDS_DIR/<client>.json (mode 0600) for every client, plus public.json.
 
 Assumptions where the Blue Book / companion standard leave room (documented for the server
-side, which is built in parallel): root and sub-CA certificates and the meter's own go to
-the Current Security Setup; client certificates to the client's Security setup; a root the
+side): root and sub-CA certificates and the meter's own go to the Management client's
+security setup (0-0:43.0.0.255 is read-only in our model); client certificates to the client's Security setup; a root the
 meter does not know is refused there (§3.5.2.1: roots come with production or a firmware
 update), so the meter must already trust the PKI's root; the master key is not changed.
 """
@@ -163,6 +163,11 @@ class _Provisioner:
         if bootstrap.master_key is None:
             raise ProvisionError(f"{bootstrap.path}: master_key is needed to wrap the new keys")
         self.master_key = bootstrap.master_key
+        # Server-wide operations (trust chain, the meter's key pair and certificate) go to
+        # the security setup of the client we are associated as: for the Management client
+        # that is its "Current Security Setup" (§3.6.2); the object 0-0:43.0.0.255 itself
+        # is a read-only view in our model.
+        self.server_setup = security_setup(bootstrap.client_sap)
         self.key_length = suite_parameters(self.suite).key_length
 
     async def _action(self, obis: Obis, method: int, parameters: Data | None, class_id: int, what: str) -> Any:
@@ -191,12 +196,12 @@ class _Provisioner:
 
     # -- 1. trust chain and HES certificates ---------------------------------------------------
     async def certificates(self) -> None:
-        installed = await self._installed(CURRENT_SECURITY_SETUP)
+        installed = await self._installed(self.server_setup)
         present = None if installed is None else {(c.serial, c.issuer) for c in installed}
         root = self._pki_cert(self.index["root"])
         if present is None or _identity(root) not in present:
             try:
-                await self._import(CURRENT_SECURITY_SETUP, root, "the PKI's root certificate")
+                await self._import(self.server_setup, root, "the PKI's root certificate")
             except ProvisionError as exc:
                 raise ProvisionError(f"{exc}; the meter does not trust this PKI's root, and roots come with "
                                      "production or a firmware update (§3.5.2.1): start the meter with this PKI") \
@@ -209,9 +214,9 @@ class _Provisioner:
             stale = [c for c in sub_cas if (c.serial, c.issuer) not in ours_ids]
             room = SUB_CA_CAPACITY - len(sub_cas)
             for old in stale[:max(0, len(missing) - room)]:
-                await self._remove(CURRENT_SECURITY_SETUP, old.serial, old.issuer, "a stale sub-CA certificate")
+                await self._remove(self.server_setup, old.serial, old.issuer, "a stale sub-CA certificate")
         for cert in missing:
-            await self._import(CURRENT_SECURITY_SETUP, cert, f"sub-CA {cert.subject.rfc4514_string()}")
+            await self._import(self.server_setup, cert, f"sub-CA {cert.subject.rfc4514_string()}")
         for sap in self.clients:
             entry = self.index["clients"].get(str(sap))
             if CLIENT_PLANS[sap].mechanism != 7 or entry is None:
@@ -236,9 +241,9 @@ class _Provisioner:
 
     # -- 2. the meter's signing key ------------------------------------------------------------
     async def meter_certificate(self) -> Path:
-        await self._action(CURRENT_SECURITY_SETUP, GENERATE_KEY_PAIR, Data.enum(KEY_PAIR_DIGITAL_SIGNATURE),
+        await self._action(self.server_setup, GENERATE_KEY_PAIR, Data.enum(KEY_PAIR_DIGITAL_SIGNATURE),
                            SECURITY_SETUP_CLASS, "generate_key_pair")
-        csr = await self._action(CURRENT_SECURITY_SETUP, GENERATE_CERTIFICATE_REQUEST,
+        csr = await self._action(self.server_setup, GENERATE_CERTIFICATE_REQUEST,
                                  Data.enum(KEY_PAIR_DIGITAL_SIGNATURE), SECURITY_SETUP_CLASS,
                                  "generate_certificate_request")
         if not isinstance(csr, Data) or csr.type != DataType.OCTET_STRING:
@@ -252,7 +257,7 @@ class _Provisioner:
         cn = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value
         if title is not None and cn.upper() != title.hex().upper():
             raise ProvisionError(f"the meter's CSR names system title {cn}, not {title.hex().upper()}")
-        await self._import(CURRENT_SECURITY_SETUP, cert, "the meter's new signing certificate")
+        await self._import(self.server_setup, cert, "the meter's new signing certificate")
         path = self.out_dir / f"meter-{cn.upper()}-signing.pem"
         path.write_bytes(pem)
         return path

@@ -59,8 +59,11 @@ _MAX_FILE = 64 * 1024
 _HEX_FIELDS = ("client_system_title", "server_system_title", "ek", "ak", "hls_secret", "master_key")
 _PATH_FIELDS = ("client_key_pem", "client_cert_pem", "server_cert_pem")
 _KNOWN = {"format", "name", "client_sap", "server_sap", "interface", "authentication", "security_suite",
-          "security_policy", "use_dedicated_key", *_HEX_FIELDS, *_PATH_FIELDS}
+          "security_policy", "use_dedicated_key", *_HEX_FIELDS, *_PATH_FIELDS,
+          # written by the meter's demo provisioning (meter/provisioning.py)
+          "note", "client", "interfaces"}
 _INTERFACES = ("lan", "wz")
+_ALL_INTERFACES = ("lan", "wz", "h1")
 
 
 class CredentialsError(SmartmeterError):
@@ -310,12 +313,20 @@ def parse_credentials(raw: dict[str, Any], path: Path, counters: CounterStore | 
         raise _fail(path, unknown[0], "unknown field")
     if raw.get("format", FORMAT) != FORMAT:
         raise _fail(path, "format", f"{raw.get('format')!r} is not {FORMAT!r}")
-    name = raw.get("name")
-    if name is not None and not isinstance(name, str):
-        raise _fail(path, "name", "must be a string")
+    for field in ("name", "client", "note"):
+        if raw.get(field) is not None and not isinstance(raw[field], str):
+            raise _fail(path, field, "must be a string")
+    name = raw.get("name", raw.get("client"))
     interface = raw.get("interface")
     if interface is not None and interface not in _INTERFACES:
         raise _fail(path, "interface", f"{interface!r} is not one of {', '.join(_INTERFACES)}")
+    interfaces = raw.get("interfaces")
+    if interfaces is not None:
+        if not isinstance(interfaces, list) or not all(i in _ALL_INTERFACES for i in interfaces):
+            raise _fail(path, "interfaces", f"must be a list of {', '.join(_ALL_INTERFACES)}")
+        if interface is None and interfaces:
+            # the meter lists where the client may associate; the LAN wrapper when it can
+            interface = "lan" if "lan" in interfaces else ("wz" if "wz" in interfaces else None)
     client_sap = _int_field(path, raw, "client_sap", 1, 0x7F)
     server_sap = _int_field(path, raw, "server_sap", 1, 0x3FFF, default=1)
     mechanism = _int_field(path, raw, "authentication", 0, 7)
