@@ -443,3 +443,35 @@ def test_pki_provision_command_rejects_bad_addresses(tmp_path, fixed_pki):
     result = CliRunner().invoke(pki_group, ["provision", "--meter", "nohost", "--pki", str(fixed_pki),
                                             "--bootstrap", str(tmp_path / "bootstrap"), "--out", str(tmp_path / "o")])
     assert isinstance(result.exception, ProvisionError) and "HOST:PORT" in str(result.exception)
+
+
+# --------------------------------------------------------------------------- totality of the loader
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.text(max_size=70),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+                     max_leaves=6)
+_FIELDS = ["client_sap", "server_sap", "authentication", "security_suite", "security_policy", "client_system_title",
+           "server_system_title", "ek", "ak", "hls_secret", "master_key", "interface", "interfaces", "name",
+           "use_dedicated_key", "client_key_pem", "server_cert_pem", "format", "note"]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.dictionaries(st.sampled_from(_FIELDS), _JSON, max_size=4))
+def test_any_field_values_load_or_give_one_line_credentials_errors(tmp_path, changes):
+    path = tmp_path / "fuzz.json"
+    if not path.exists():
+        hls6(tmp_path)
+        (tmp_path / "installation.json").rename(path)
+        counter_path(tmp_path / "installation.json").rename(counter_path(path))
+    raw = json.loads(json.dumps({"client_sap": 5, "authentication": 6, "security_policy": 0x6C,
+                                 "client_system_title": CLIENT_TITLE.hex(), "ek": EK.hex(), "ak": AK.hex(),
+                                 "hls_secret": SECRET.hex()}))
+    raw.update(changes)
+    path.write_text(json.dumps(raw))
+    try:
+        load_credentials(path)
+    except CredentialsError as exc:
+        assert "\n" not in str(exc)

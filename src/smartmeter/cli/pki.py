@@ -204,7 +204,8 @@ class _Provisioner:
                 await self._import(self.server_setup, root, "the PKI's root certificate")
             except ProvisionError as exc:
                 raise ProvisionError(f"{exc}; the meter does not trust this PKI's root, and roots come with "
-                                     "production or a firmware update (§3.5.2.1): start the meter with this PKI") \
+                                     "production or a firmware update (§3.5.2.1): use the meter's own DATA_DIR/credentials/demo-pki, "
+                                     "or place this PKI there before the meter's first start") \
                     from None
         ours = [self._pki_cert(entry) for _, entry in sorted(self.index["sub_cas"].items(), key=lambda kv: int(kv[0]))]
         missing = [c for c in ours if present is None or _identity(c) not in present]

@@ -310,7 +310,8 @@ def parse_credentials(raw: dict[str, Any], path: Path, counters: CounterStore | 
     """Validate a credentials mapping (as read from `path`) into `Credentials`."""
     unknown = sorted(set(raw) - _KNOWN)
     if unknown:
-        raise _fail(path, unknown[0], "unknown field")
+        name = unknown[0] if unknown[0].isprintable() else repr(unknown[0])
+        raise _fail(path, name, "unknown field")
     if raw.get("format", FORMAT) != FORMAT:
         raise _fail(path, "format", f"{raw.get('format')!r} is not {FORMAT!r}")
     for field in ("name", "client", "note"):
