@@ -90,8 +90,8 @@ class ClientPlan:
 #: The companion standard's clients (§3.6.2..3.6.8) and what their credentials say.
 CLIENT_PLANS: dict[int, ClientPlan] = {plan.sap: plan for plan in (
     ClientPlan(1, "management", 7, POLICY_ALL_AUTHENTICATED_ENCRYPTED, "lan", True),
-    ClientPlan(2, "data-readout", 7, POLICY_ALL_AUTHENTICATED_ENCRYPTED, "lan"),
-    ClientPlan(4, "plc-management", 7, POLICY_ALL_AUTHENTICATED_ENCRYPTED, "lan"),
+    ClientPlan(2, "data_readout", 7, POLICY_ALL_AUTHENTICATED_ENCRYPTED, "lan"),
+    ClientPlan(4, "plc_management", 7, POLICY_ALL_AUTHENTICATED_ENCRYPTED, "lan"),
     ClientPlan(5, "installation", 6, POLICY_ALL_AUTHENTICATED, "wz"),
     ClientPlan(6, "maintenance", 6, POLICY_ALL_AUTHENTICATED_ENCRYPTED, "wz", True),
     ClientPlan(7, "certification", 6, POLICY_ALL_AUTHENTICATED_ENCRYPTED, "wz"),
