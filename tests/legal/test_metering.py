@@ -66,7 +66,10 @@ class Recorder:
 
     def named(self, name: str) -> list[dict]:
         with self.lock:
-            return [d for n, d in self.events if n == name]
+            return self.named_unlocked(name)
+
+    def named_unlocked(self, name: str) -> list[dict]:
+        return [d for n, d in self.events if n == name]
 
     def total(self) -> EnergyDelta:
         with self.lock:
@@ -273,6 +276,28 @@ def test_real_time_catches_up_after_a_delay_without_losing_or_double_counting():
     assert rec.named("metrology_restarted") == []
 
 
+def test_stop_measures_the_backlog_and_start_continues_from_the_position():
+    clock = FakeClock()
+    unit, rec = make_unit(3, monotonic=clock, stall_timeout=1e6)
+    unit.set_load(1000.0, 0.0)
+    unit.start()
+    assert unit.inject_stall(GUARD * 3)
+    clock.advance(2.05)
+    unit.stop()  # the late loop's 20 due frames are measured, not dropped
+    assert unit.position == 20 * FRAME and not unit.running
+    clock.advance(100.0)  # stopped time is not measured
+    unit.start()
+    try:
+        clock.advance(0.2)
+        unit.wake()
+        assert unit.wait_until_position(22 * FRAME, GUARD)
+        assert unit.process_due() == 0 and unit.position == 22 * FRAME
+    finally:
+        unit.stop()
+    assert_contiguous(rec.starts())
+    assert abs(rec.total().a_plus - uwh(1000.0, 2.2)) <= 2
+
+
 def test_measure_for_while_running_shifts_the_schedule():
     clock = FakeClock()
     unit, rec = make_unit(1, monotonic=clock, stall_timeout=1e6)
@@ -305,6 +330,34 @@ def test_set_load_and_reads_from_another_thread_while_running():
         unit.stop()
     assert_contiguous(rec.starts())
     assert len(rec.measurements) == 20
+
+
+def test_one_shared_lock_no_deadlock_between_command_thread_and_loop():
+    """The caller passes the lock that guards its registers: on_measurement (loop thread) and a
+    command holding that lock and calling measure_for (command thread) cannot deadlock."""
+    clock = FakeClock()
+    registers = threading.RLock()
+    rec = Recorder()
+
+    def on_measurement(m):
+        with registers:  # what the legal interface does when it adds energy
+            rec.measurement(m)
+
+    unit = MeteringUnit(3, FS, 100, on_measurement, rec.event, clock, stall_timeout=1e6, lock=registers)
+    unit.set_load(1200.0, 0.0)
+    unit.start()
+    try:
+        for _ in range(10):
+            clock.advance(0.3)
+            unit.wake()
+            with registers:  # a command in progress
+                unit.measure_for(0.1)
+                unit.snapshot()
+        assert unit.wait_until_position(40 * FRAME, GUARD)
+        assert unit.process_due() == 0 and unit.position == 40 * FRAME
+    finally:
+        unit.stop()
+    assert_contiguous(rec.starts())
 
 
 # -- watchdog ------------------------------------------------------------------------------------
@@ -347,6 +400,26 @@ def test_watchdog_restarts_a_stalled_loop_and_nothing_is_lost_or_counted_twice()
     assert rec.named("metrology_unrecoverable") == []
 
 
+def test_watchdog_restarts_again_when_a_restarted_loop_stalls_later():
+    clock = FakeClock()
+    unit, rec = make_unit(1, monotonic=clock, stall_timeout=2.0)
+    unit.start()
+    try:
+        for round_ in (1, 2):
+            assert unit.inject_stall(GUARD * 3)
+            clock.advance(2.5)
+            with rec.lock:
+                assert rec.event_arrived.wait_for(lambda: len(rec.named_unlocked("metrology_restarted")) == round_, GUARD)
+            unit.end_stall()
+            unit.wake()
+            assert unit.wait_until_position(round_ * 25 * FRAME, GUARD)  # the fresh loop beats
+        assert unit.restarts == 2 and unit.generation == 3
+        assert rec.named("metrology_unrecoverable") == []
+    finally:
+        unit.stop()
+    assert_contiguous(rec.starts())
+
+
 def test_watchdog_escalates_when_the_stalled_loop_holds_the_lock():
     clock = FakeClock()
     stuck = threading.Event()
@@ -380,10 +453,21 @@ def test_watchdog_escalates_when_the_stalled_loop_holds_the_lock():
     assert_contiguous(rec.starts())
 
 
-def test_inject_stall_needs_a_running_loop():
+def test_inject_stall_needs_a_running_loop_and_does_not_wait_under_the_lock():
     unit, _ = make_unit(1)
     with pytest.raises(MeteringError):
         unit.inject_stall(1.0)
+    clock = FakeClock()
+    unit, rec = make_unit(1, monotonic=clock, stall_timeout=2.0)
+    unit.start()
+    try:
+        with unit._lock:  # as when the interface runs the command with its lock held
+            assert unit.inject_stall(GUARD * 3, timeout=GUARD)  # requested, not waited for
+        assert unit._stall_entered.wait(GUARD)  # the loop gets there once the lock is free
+        clock.advance(2.5)
+        rec.wait_event("metrology_restarted")
+    finally:
+        unit.stop()
 
 
 def test_a_failing_delivery_is_rolled_back_and_retried():

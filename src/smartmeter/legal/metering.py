@@ -27,7 +27,8 @@ Advancing (synthetic input):
   process) catches up frame by frame: no sample is ever dropped, so the energy is exact
   however late it runs, and ``lag_seconds()`` tells how late it is. ``measure_for`` while the
   loop runs inserts its signal and shifts the schedule by as much, so the loop does not wait
-  for those samples to fall due again.
+  for those samples to fall due again. ``stop()`` still measures the frames already due (a
+  late loop's backlog); the time while stopped is not measured.
 
 Watchdog (I3-1): the loop records a heartbeat after every frame and every idle wake-up. A
 watchdog thread that sees no heartbeat for ``stall_timeout`` seconds (on ``monotonic``)
@@ -214,6 +215,7 @@ class MeteringUnit:
         self._heartbeat: tuple[int, float] = (0, 0.0)  # (generation, monotonic time)
         self._restarts = 0
         self._loop_never_beat = False  # the current loop has not beaten since it started
+        self._loop_is_restart = False  # the current loop was started by the watchdog
         self._escalated_generation = -1
         self._wake = threading.Event()
         self._watchdog_wake = threading.Event()
@@ -463,33 +465,42 @@ class MeteringUnit:
             self._watchdog.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the loop and the watchdog (frames not yet due are not measured)."""
+        """Stop the loop and the watchdog. Frames already due are still measured (here, on the
+        caller's thread), so stopping a late loop loses nothing; the signal after now is not."""
         with self._control:
             if not self._running:
                 return
             self._running = False
             self._generation += 1  # every loop is now stale
-            threads = [*self._loops, self._watchdog]
-            self._loops = []
-            self._watchdog = None
-            self._origin = None
+            loops, watchdog = self._loops, self._watchdog
+            self._loops, self._watchdog = [], None
         self._stall_release.set()
         self._wake.set()
         self._watchdog_wake.set()
-        for thread in threads:
-            if thread is not None and thread is not threading.current_thread():
+        me = threading.current_thread()
+        for thread in (*loops, watchdog):
+            if thread is not None and thread is not me:
                 thread.join(timeout)
         self._watchdog_wake.clear()
+        if not any(t.is_alive() for t in loops if t is not me):
+            try:
+                self.process_due()  # the backlog of a late loop
+            except Exception:  # noqa: BLE001 - delivery failure: reported by _measure
+                pass
+        with self._control:
+            if not self._running:
+                self._origin = None
 
     def wake(self) -> None:
         """Let the loop look at the clock now (for a fake ``monotonic`` that was just advanced)."""
         self._wake.set()
 
-    def _start_loop_locked(self) -> None:
+    def _start_loop_locked(self, restart: bool = False) -> None:
         self._generation += 1
         generation = self._generation
         self._heartbeat = (generation, self._monotonic())
         self._loop_never_beat = True
+        self._loop_is_restart = restart
         self._loops = [t for t in self._loops if t.is_alive()]
         thread = threading.Thread(target=self._run, args=(generation,), name=f"metering-loop-{generation}",
                                   daemon=True)
@@ -535,7 +546,7 @@ class MeteringUnit:
             origin = self._origin
         if origin is None or self._remote is not None:
             return math.inf
-        next_end = self.position + self.frame_samples
+        next_end = self._position + self.frame_samples  # an int read: no lock needed
         due_at = origin[0] + (next_end - origin[1]) / self.sample_rate
         return max(0.0, due_at - self._monotonic())
 
@@ -570,7 +581,8 @@ class MeteringUnit:
         if origin is None or self._remote is not None:
             return 0.0
         now = self._monotonic()
-        next_end = self.position + self.frame_samples
+        # No lock: a monitor must get an answer while a stuck loop holds it.
+        next_end = self._position + self.frame_samples
         return max(0.0, now - origin[0] - (next_end - origin[1]) / self.sample_rate)
 
     def max_lag_seconds(self) -> float:
@@ -598,14 +610,14 @@ class MeteringUnit:
             if stalled <= self.stall_timeout:
                 return False
             position = self._position if self._remote is None else (self._metrology.next_sample or 0)
-            if self._restarts and self._loop_never_beat:
+            if self._loop_is_restart and self._loop_never_beat:
                 # The fresh loop has not beaten once: the stalled one holds the lock.
                 if self._escalated_generation != self._generation:
                     self._escalated_generation = self._generation
                     self._report("metrology_unrecoverable", {"stalled_s": round(stalled, 3), "position": position})
                 return False
             self._restarts += 1
-            self._start_loop_locked()
+            self._start_loop_locked(restart=True)
             self._report("metrology_restarted", {"stalled_s": round(stalled, 3), "position": position,
                                                  "restarts": self._restarts})
             return True
@@ -635,14 +647,21 @@ class MeteringUnit:
     def inject_stall(self, seconds: float, timeout: float = 5.0) -> bool:
         """TEST HOOK (fault injection only; the interface exposes it only when fault injection
         is enabled): the running loop blocks for ``seconds`` of real time at its next wake-up, as
-        a hung loop would. Returns True once the loop is blocked (False if it did not get there
-        within ``timeout`` real seconds). ``end_stall()`` or ``stop()`` end it early."""
+        a hung loop would (outside the lock, between frames). Returns True once the loop is
+        blocked (False if it did not get there within ``timeout`` real seconds); when the
+        calling thread holds the unit's lock it returns True at once, as the loop may be waiting
+        for that very lock. ``end_stall()`` or ``stop()`` end it early."""
+        if not (math.isfinite(seconds) and seconds >= 0):
+            raise MeteringError("seconds must be finite and not negative")
         if not self._running:
             raise MeteringError("the real-time loop is not running")
         self._stall_entered.clear()
         self._stall_release.clear()
         self._stall_request = float(seconds)
         self._wake.set()
+        owned = getattr(self._lock, "_is_owned", None)
+        if owned is not None and owned():
+            return True
         return self._stall_entered.wait(timeout)
 
     def end_stall(self) -> None:
