@@ -5,6 +5,7 @@ import os
 import signal
 import socket
 import sqlite3
+import struct
 import subprocess
 import sys
 import threading
@@ -32,11 +33,11 @@ class MeterProcess:
         return sqlite3.connect(f"file:{self.data_dir / 'legal.sqlite3'}?mode=ro", uri=True)
 
     def profile_rows(self) -> list[tuple]:
+        """Load profile 1 as stored: entries of the hash-linked table "lp1", whose payload is
+        status (1 byte) and +A, -A, +R, -R (8 bytes each, big-endian)."""
         with self.store() as db:
-            return db.execute(
-                "SELECT capture_time, status, a_plus, a_minus, r_plus, r_minus FROM load_profile "
-                "WHERE profile = 'lp1' ORDER BY capture_time"
-            ).fetchall()
+            rows = db.execute("SELECT time_utc, payload FROM chain_entry WHERE tbl = 'lp1' ORDER BY seq").fetchall()
+        return [(t, *struct.unpack(">BQQQQ", payload)) for t, payload in rows]
 
     def energy_wh(self, name: str) -> int:
         with self.store() as db:

@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from smartmeter.cli.format import to_json, to_text
+from smartmeter.cli.pki import pki_group
 from smartmeter.cosem.obis import Obis
 from smartmeter.errors import SmartmeterError
 from smartmeter.legal.interface import LegalProcessDown
@@ -100,7 +101,7 @@ def meter_run(data_dir: Path, host: str, wrapper_port: int, hdlc_port: int, seri
     """
     from smartmeter.meter.runtime import Meter, MeterConfig
 
-    meter_ = Meter(MeterConfig(data_dir=data_dir, serial=serial_number, profile=profile))
+    meter_ = Meter(MeterConfig(data_dir=data_dir, serial=serial_number, profile=profile, realtime=True))
     try:
         asyncio.run(_serve(meter_, host, wrapper_port, hdlc_port, serial_device, banner))
     finally:
@@ -177,6 +178,9 @@ async def _serve(meter_, host: str, wrapper_port: int, hdlc_port: int, serial_de
         udp.close()
 
 
+main.add_command(pki_group)
+
+
 # --------------------------------------------------------------------------------------
 # model
 
@@ -213,30 +217,34 @@ def model_show(profile: str, markdown: bool) -> None:
 @main.group()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Meter address.")
 @click.option("--port", type=int, default=None, help="Meter port [default: 4059, or 4061 with --hdlc].")
-@click.option("--hdlc", is_flag=True, help="Use HDLC (the WZ optical interface) instead of the wrapper.")
-@click.option("--client-sap", type=int, default=16, show_default=True, help="Client SAP (16 = public client).")
-@click.option("--server-sap", type=int, default=1, show_default=True, help="Server SAP (logical device).")
+@click.option("--hdlc/--wrapper", default=None,
+              help="HDLC (the WZ optical interface) or the wrapper [default: wrapper, or the credentials' interface].")
+@click.option("--client-sap", type=int, default=None, help="Client SAP [default: 16 = public client, or the credentials'].")
+@click.option("--server-sap", type=int, default=None, help="Server SAP (logical device) [default: 1].")
+@click.option("--credentials", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="A client credentials file (keys, system titles, mechanism): associate securely as that client.")
 @click.option("--physical-address", type=int, default=0x10, show_default=True,
               help="HDLC lower (physical) server address, from the meter's HDLC setup.")
 @click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds to wait for an answer.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
-def client(ctx: click.Context, host, port, hdlc, client_sap, server_sap, physical_address, timeout, as_json) -> None:
+def client(ctx: click.Context, host, port, hdlc, client_sap, server_sap, physical_address, timeout, as_json,
+           credentials) -> None:
     """Talk to a meter as a DLMS/COSEM client."""
-    from smartmeter.hes.connection import HdlcLink, WrapperLink
+    from smartmeter.hes.credentials import client_from_options
 
-    if hdlc:
-        link = HdlcLink(host, port or DEFAULT_HDLC_PORT, client_sap, server_sap, physical_address, timeout)
-    else:
-        link = WrapperLink(host, port or DEFAULT_WRAPPER_PORT, client_sap, server_sap, timeout)
-    ctx.obj = {"link": link, "json": as_json}
+    link, security = client_from_options(
+        credentials=credentials, host=host, port=port, hdlc=hdlc, client_sap=client_sap, server_sap=server_sap,
+        physical_address=physical_address, timeout=timeout, wrapper_port=DEFAULT_WRAPPER_PORT,
+        hdlc_port=DEFAULT_HDLC_PORT)
+    ctx.obj = {"link": link, "security": security, "json": as_json}
 
 
 def _run_client(ctx: click.Context, work):
     from smartmeter.hes.client import MeterClient
 
     async def go():
-        async with MeterClient(ctx.obj["link"]) as meter_client:
+        async with MeterClient(ctx.obj["link"], security=ctx.obj["security"]) as meter_client:
             return await work(meter_client)
 
     return asyncio.run(go())

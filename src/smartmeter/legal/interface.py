@@ -3,22 +3,65 @@
 Callers outside `smartmeter.legal` hand `LegalInterface.execute` one of the command
 objects declared here and get a copy of the result (frozen snapshots, tuples), never a
 reference to legally relevant state. Anything that is not a declared command is refused
-and counted; the count is itself legally relevant and readable.
+and counted; the count is itself legally relevant and readable. The meter runs this part
+in a process of its own (`start_legal_process`), so commands cross as data.
+
+Inside, the legally relevant part measures (sensor -> metrology -> registers), stores
+(registers, load profile, demand; hash-linked and signed), logs (metrological event log,
+certification-protected log), identifies itself (software ID against the signed release
+manifest) and guards its parameters (certification mode). A failed software check or a
+damaged store is a fatal error: energy registration stops, the fatal error register shows
+it, and the metrological log records it.
 """
 from __future__ import annotations
 
 import json
+import os
+import struct
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from smartmeter.legal import storage
+from smartmeter.legal import identification, storage
+from smartmeter.legal.chain import ChainedTable, ChainError, LogFull, atomic
 from smartmeter.legal.demand import DEMAND_PERIOD, DemandRegisters, DemandState, DemandValue, MaximumDemand
+from smartmeter.legal.eventlog import CertificationLog, EventLog, encode_fields
+from smartmeter.legal.metering import MeteringUnit
+from smartmeter.legal.metrology import ENERGY_UNITS_PER_WH, Measurement
+from smartmeter.legal.parameters import (
+    CertificationMode, CertificationStatus, Initiator, ParameterRefused, ParameterStore,
+)
 from smartmeter.legal.registers import MILLI, REGISTER_NAMES, EnergyRegisters, EnergySnapshot
+from smartmeter.legal.signing import MeterSigner, verify
 
 LOAD_PROFILE_1 = "lp1"
 LOAD_PROFILE_1_CAPACITY = 5760  # companion standard §5.7: exactly 5760 entries (60 days)
+METROLOGICAL_LOG = "metrological"
+METROLOGICAL_LOG_CAPACITY = 1000
+PERSIST_PERIOD = 1.0  # seconds: at most this much energy is lost in a power failure (I3-2)
+SOFTWARE_CHECK_PERIOD = 600.0  # seconds between periodic software-ID checks (P2, P6)
+MICRO_PER_MILLI = ENERGY_UNITS_PER_WH // MILLI
+
+# Fatal error register bits (0-0:97.97.128.255, IDIS-like assignment; docs/decisions.md)
+FATAL_PROGRAM_MEMORY = 0x01  # software differs from the signed release manifest
+FATAL_NV_MEMORY = 0x04  # store damaged or tampered
+FATAL_MEASUREMENT = 0x08  # metrology could not recover
+FATAL_WATCHDOG = 0x10  # the metering loop had to be restarted (cleared by nothing: evidence)
+
+# Metrological log event ids (manufacturer range; docs/decisions.md)
+EVENT_SOFTWARE_MISMATCH = 200
+EVENT_STORE_DAMAGED = 201
+EVENT_METROLOGY_RESTARTED = 202
+EVENT_METROLOGY_UNRECOVERABLE = 203
+EVENT_SENSOR_REFUSED = 204
+EVENT_SENSOR_PAIRED = 205
+EVENT_POWER_UP = 206
+EVENT_REGISTERS_BELOW_PROFILE = 207
+EVENT_DEMO_HISTORY = 208
+
+_PROFILE_ROW = struct.Struct(">BQQQQ")  # status, +A, -A, +R, -R (whole Wh / varh)
 
 
 class CommandRefused(Exception):
@@ -39,12 +82,50 @@ class ProfileRow:
     r_minus: int
 
 
+@dataclass(frozen=True, slots=True)
+class SoftwareIdentity:
+    """What 1-0:0.2.0.255 / 1-0:0.2.8.255 (legal part) and 1-1:... (application) show."""
+
+    legal_version: str
+    legal_digest: str  # hex SHA-256 over legal/'s files
+    application_version: str
+    application_digest: str
+    ok: bool  # legal/ matches the signed release manifest
+    reason: str
+    development_key: bool
+    display_text: str
+
+
+@dataclass(frozen=True, slots=True)
+class InstantaneousValues:
+    voltage: tuple[float, ...]  # V per phase
+    current: tuple[float, ...]  # A per phase
+    active_power: float  # W, total (negative: export)
+    reactive_power: float  # var, total
+    apparent_power: float  # VA, sum of phases
+    power_factor: float
+    frequency: float  # Hz
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    seq: int
+    time_utc: int
+    event_id: int
+    fields_json: str  # the entry's fields, canonical JSON
+
+
 # -- the declared commands -------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class ReadEnergyRegisters:
     """-> EnergySnapshot of +A, -A, +R, -R in whole Wh / varh."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReadInstantaneousValues:
+    """-> InstantaneousValues of the last measured frame (None before the first)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,8 +181,16 @@ class ResetMaximumDemand:
 
 
 @dataclass(frozen=True, slots=True)
+class SetSimulatedLoad:
+    """Synthetic sensor only (the demo installation): what it draws from the next frame on."""
+
+    active_w: float
+    reactive_var: float
+
+
+@dataclass(frozen=True, slots=True)
 class RegisterSimulatedPower:
-    """Demo measurement input until the sample-based sensor is connected: power over an interval."""
+    """Synthetic sensor only, deterministic: measure `seconds` of signal at this load now."""
 
     active_w: float
     reactive_var: float
@@ -115,14 +204,15 @@ class IsFreshMeter:
 
 @dataclass(frozen=True, slots=True)
 class BackfillDemoHistory:
-    """First start only: seed load profile 1 with a simulated history; registers follow its last row."""
+    """First start only: seed load profile 1 with a simulated history; registers follow its
+    last row. Logged in the metrological log as demo history."""
 
     rows: tuple[ProfileRow, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class Persist:
-    """Write the registers to the non-volatile store now (the meter does it at least every second)."""
+    """Write registers and metering state to the store now (the part does it every second itself)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,38 +220,175 @@ class ReadRefusedCommandCount:
     """-> int: how many undeclared or refused commands reached the interface since first start."""
 
 
+@dataclass(frozen=True, slots=True)
+class ReadSoftwareIdentity:
+    """-> SoftwareIdentity of the legally relevant part and of the application."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReadFatalErrors:
+    """-> int: the fatal error register (bits: 0x01 software, 0x04 store, 0x08 measurement, 0x10 watchdog)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReadParameters:
+    """-> tuple of (name, value) of the device-specific legally relevant parameters."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReadParameterRecordNumber:
+    """-> int: the parameter record number (1-0:0.2.1.255), +1 per accepted change."""
+
+
+@dataclass(frozen=True, slots=True)
+class SetParameters:
+    """Change legally relevant parameters (all or nothing) in certification mode or with
+    certification authority; logged in the certification-protected log -> record number."""
+
+    changes: tuple[tuple[str, Any], ...]
+    time_utc: int
+    client_system_title: str  # hex, 8 bytes
+    certification_authority: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ReadCertificationMode:
+    """-> CertificationStatus (active, remaining seconds, initiator)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SetCertificationMode:
+    """Start (certification authority only) or end the certification mode (companion §5.16)."""
+
+    active: bool
+    time_utc: int
+    client_system_title: str  # hex, 8 bytes
+    certification_authority: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TimeLost:
+    """The clock lost date and time: the certification mode ends (companion §5.16)."""
+
+    time_utc: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadCertificationLog:
+    """-> tuple[LogRecord, ...] of the certification-protected log (0-0:99.98.98.255) in a time range."""
+
+    from_time: int | None = None
+    to_time: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReadMetrologicalLog:
+    """-> tuple[LogRecord, ...] of the metrological event log in a time range."""
+
+    from_time: int | None = None
+    to_time: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReadSigningKey:
+    """-> (public key PEM, SHA-256 fingerprint) of the key that signs logs and stored data."""
+
+
+@dataclass(frozen=True, slots=True)
+class InjectMetrologyStall:
+    """Test hook, refused unless the part was started with fault injection: block the
+    metering loop for `seconds` so the watchdog can be shown to work (WELMEC I3-1)."""
+
+    seconds: float
+
+
 # Plain records that may travel inside commands (see legal/process.py)
 RECORD_TYPES = (ProfileRow,)
 
 
-class LegalInterface:
-    """Typed commands into the legally relevant part. Thread-safe: metrology and the
-    communication side may call from different threads."""
+def _profile_payload(row: ProfileRow) -> bytes:
+    return _PROFILE_ROW.pack(row.status, row.a_plus, row.a_minus, row.r_plus, row.r_minus)
 
-    def __init__(self, data_dir: Path) -> None:
-        self._db = storage.open_store(Path(data_dir))
+
+def _profile_row(time_utc: int, payload: bytes) -> ProfileRow:
+    return ProfileRow(time_utc, *_PROFILE_ROW.unpack(payload))
+
+
+class LegalInterface:
+    """Typed commands into the legally relevant part. Thread-safe: the metering thread and the
+    command thread share one lock."""
+
+    def __init__(self, data_dir: Path, *, phases: int = 1, realtime: bool = False, fault_injection: bool = False,
+                 monotonic: Callable[[], float] = time.monotonic, software_root: str | None = None,
+                 application_version: str = "") -> None:
+        self._application_version = application_version
+        self._data_dir = Path(data_dir)
+        self._monotonic = monotonic
+        self._fault_injection = fault_injection
+        self._realtime = realtime
+        self._software_root = Path(software_root) if software_root else None
         self._lock = threading.RLock()
+        self._db = storage.open_store(self._data_dir)
+        self._signer = MeterSigner.load_or_create(self._data_dir)
+        self._metro_log = EventLog(self._db, METROLOGICAL_LOG, METROLOGICAL_LOG_CAPACITY, self._signer)
+        self._cert_log = CertificationLog(self._db, self._signer)
+        self._lp1 = ChainedTable(self._db, LOAD_PROFILE_1, LOAD_PROFILE_1_CAPACITY, "fifo", self._signer)
+        self._fatal = int(self._meta("fatal_errors", 0))
+        self._integrity = identification.check_software(self._software_root)
+        self._software_id = self._integrity.actual or identification.compute_software_id(self._software_root)
+        firmware_id = self._software_id.display_text.encode()
+        self._mode = CertificationMode(self._db, self._cert_log.log, firmware_id, monotonic, (LogFull,))
+        self._parameters = ParameterStore(self._db, self._cert_log.log, self._mode, firmware_id, (LogFull,))
         rows = dict(self._db.execute("SELECT name, milli_units FROM energy_register").fetchall())
         self._registers = EnergyRegisters(rows)
+        self._micro_remainder = dict.fromkeys(REGISTER_NAMES, 0)
+        demand = self._meta("demand", None)
+        self._demand = DemandRegisters(DemandState.from_json(demand) if demand else DemandState())
+        self._migrate_old_profile()
+        self._check_store_at_start()
+        if not self._integrity.ok:
+            self._raise_fatal(FATAL_PROGRAM_MEMORY, EVENT_SOFTWARE_MISMATCH, {
+                "reason": self._integrity.reason.value, "changed_files": " ".join(self._integrity.changed_files)})
+        state = self._meta("metering_state", None)
+        self._metering = MeteringUnit(
+            phases, on_measurement=self._on_measurement, on_event=self._on_metering_event, monotonic=monotonic,
+            state=bytes.fromhex(state) if state else None, lock=self._lock)
         self._unsaved = False
-        row = self._db.execute("SELECT value FROM meta WHERE key = 'demand'").fetchone()
-        self._demand = DemandRegisters(DemandState.from_json(json.loads(row[0])) if row else DemandState())
+        self._last_persist = monotonic()
+        self._last_software_check = monotonic()
+        self._stop = threading.Event()
+        self._housekeeper: threading.Thread | None = None
         self._handlers: dict[type, Callable[[Any], Any]] = {
             ReadEnergyRegisters: self._read_energy,
+            ReadInstantaneousValues: self._read_instantaneous,
             ReadLoadProfile: self._read_load_profile,
-            CountLoadProfileEntries: self._count_load_profile,
+            CountLoadProfileEntries: lambda _: self._lp1.count(),
             EndMeasurementPeriod: self._end_period,
             StartDemandPeriod: self._start_demand,
             ReadDemand: self._read_demand,
             ReadMaximumDemand: self._read_maximum_demand,
             ResetMaximumDemand: self._reset_maximum_demand,
+            SetSimulatedLoad: self._set_load,
             RegisterSimulatedPower: self._register_power,
             IsFreshMeter: self._is_fresh,
             BackfillDemoHistory: self._backfill,
-            Persist: self._persist,
-            ReadRefusedCommandCount: self._refused_count,
+            Persist: lambda _: self._persist(force=True),
+            ReadRefusedCommandCount: lambda _: int(self._meta("refused_commands", 0)),
+            ReadSoftwareIdentity: self._read_software_identity,
+            ReadFatalErrors: lambda _: self._fatal,
+            ReadParameters: lambda _: tuple(sorted(self._parameters.values().items())),
+            ReadParameterRecordNumber: lambda _: self._parameters.record_number,
+            SetParameters: self._set_parameters,
+            ReadCertificationMode: lambda _: self._mode.status(),
+            SetCertificationMode: self._set_certification_mode,
+            TimeLost: lambda cmd: self._mode.time_lost(cmd.time_utc),
+            ReadCertificationLog: lambda cmd: self._log_records(self._cert_log.log, cmd.from_time, cmd.to_time),
+            ReadMetrologicalLog: lambda cmd: self._log_records(self._metro_log, cmd.from_time, cmd.to_time),
+            ReadSigningKey: lambda _: (self._signer.public_key_pem(), self._signer.fingerprint()),
+            InjectMetrologyStall: self._inject_stall,
         }
 
+    # -- the door ---------------------------------------------------------------------------------
     @property
     def commands(self) -> tuple[type, ...]:
         """The declared commands: the complete list (documented in docs/welmec/protective-interface.md)."""
@@ -178,37 +405,164 @@ class LegalInterface:
 
     def count_refusal(self) -> None:
         """Count one refused command (persistently)."""
-        with self._lock, self._db:
-            self._db.execute(
-                "INSERT INTO meta(key, value) VALUES ('refused_commands', '1') ON CONFLICT(key) "
-                "DO UPDATE SET value = CAST(value AS INTEGER) + 1"
-            )
+        with self._lock, atomic(self._db):
+            self._put_meta("refused_commands", int(self._meta("refused_commands", 0)) + 1)
 
-    def _refused_count(self, _: ReadRefusedCommandCount) -> int:
-        row = self._db.execute("SELECT value FROM meta WHERE key = 'refused_commands'").fetchone()
-        return int(row[0]) if row else 0
+    # -- store helpers ----------------------------------------------------------------------------
+    def _meta(self, key: str, default: Any) -> Any:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return default if row is None else json.loads(row[0])
 
-    # -- measurement input ------------------------------------------------------------------
-    def _register_power(self, cmd: RegisterSimulatedPower) -> None:
-        self._registers.accumulate(
-            round(cmd.active_w * cmd.seconds * MILLI / 3600), round(cmd.reactive_var * cmd.seconds * MILLI / 3600)
-        )
-        self._unsaved = True
+    def _put_meta(self, key: str, value: Any) -> None:
+        self._db.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                         (key, json.dumps(value)))
 
-    def _persist(self, _: Persist) -> None:
-        if self._unsaved:
-            self._write_registers()
-            self._unsaved = False
+    def _registers_message(self) -> bytes:
+        milli = self._registers.milli_units()
+        return b"smartmeter/registers/v1\0" + b"".join(milli[n].to_bytes(8, "big") for n in REGISTER_NAMES)
 
     def _write_registers(self) -> None:
-        with self._db:
-            self._db.executemany(
-                "INSERT INTO energy_register(name, milli_units) VALUES (?, ?) "
-                "ON CONFLICT(name) DO UPDATE SET milli_units = excluded.milli_units",
-                sorted(self._registers.milli_units().items()),
-            )
+        """Registers with the meter's signature over them, so an edit of the store shows (P5, I3-4)."""
+        self._db.executemany(
+            "INSERT INTO energy_register(name, milli_units) VALUES (?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET milli_units = excluded.milli_units",
+            sorted(self._registers.milli_units().items()),
+        )
+        self._put_meta("registers_signature", self._signer.sign(self._registers_message()).hex())
 
-    # -- registers and profile --------------------------------------------------------------
+    def _persist(self, force: bool = False) -> None:
+        if not (self._unsaved or force):
+            return
+        with atomic(self._db):
+            self._write_registers()
+            self._put_meta("metering_state", self._metering.snapshot().hex())
+        self._unsaved = False
+        self._last_persist = self._monotonic()
+
+    # -- integrity ------------------------------------------------------------------------------
+    def _log_event(self, event_id: int, fields: dict) -> None:
+        try:
+            self._metro_log.append(int(time.time()), event_id, fields)
+        except LogFull:
+            # the log is evidence and is never overwritten; the counter of refusals is kept by it
+            pass
+
+    def _raise_fatal(self, bit: int, event_id: int, fields: dict) -> None:
+        first = not self._fatal & bit
+        self._fatal |= bit
+        with atomic(self._db):
+            self._put_meta("fatal_errors", self._fatal)
+        if first:
+            self._log_event(event_id, fields)
+
+    def _check_store_at_start(self) -> None:
+        problems = []
+        public = self._signer.public_key_pem()
+        for table in (self._lp1,):
+            report = table.verify(public)
+            if not report.ok:
+                problems.append(f"{table.name}: {report.problem}")
+        for log in (self._metro_log, self._cert_log):
+            report = log.verify(public)
+            if not report.ok:
+                problems.append(f"log: {report.problem}")
+        signature = self._meta("registers_signature", None)
+        has_energy = any(self._registers.milli_units().values())
+        if has_energy and (signature is None or not verify(public, self._registers_message(), bytes.fromhex(signature))):
+            problems.append("energy registers: signature does not verify")
+        last = self._lp1.last()
+        if last is not None:
+            row = _profile_row(last.time_utc, last.payload)
+            snap = self._registers.snapshot()
+            if any(getattr(snap, n) < getattr(row, n) for n in REGISTER_NAMES):
+                problems.append("energy registers below the last load profile entry")
+        if problems:
+            self._raise_fatal(FATAL_NV_MEMORY, EVENT_STORE_DAMAGED, {"problems": "; ".join(problems[:8])})
+
+    def _migrate_old_profile(self) -> None:
+        """Stores written before the profile was hash-linked: move their rows into the chain once."""
+        old = self._db.execute(
+            "SELECT capture_time, status, a_plus, a_minus, r_plus, r_minus FROM load_profile "
+            "WHERE profile = ? ORDER BY capture_time", (LOAD_PROFILE_1,)).fetchall()
+        if old and self._lp1.count() == 0:
+            with atomic(self._db):
+                for r in old:
+                    self._lp1.append(r[0], 0, _profile_payload(ProfileRow(*r)))
+                self._db.execute("DELETE FROM load_profile WHERE profile = ?", (LOAD_PROFILE_1,))
+
+    def _read_software_identity(self, _: ReadSoftwareIdentity) -> SoftwareIdentity:
+        application = identification.compute_application_id(version=self._application_version)
+        return SoftwareIdentity(
+            self._software_id.version, self._software_id.digest_hex, application.version, application.digest_hex,
+            self._integrity.ok, self._integrity.reason.value, self._integrity.development_key,
+            self._software_id.display_text)
+
+    # -- measurement ------------------------------------------------------------------------------
+    def _on_measurement(self, measurement: Measurement) -> None:
+        """Called by the metering unit with the lock held, for every frame, in order."""
+        if self._fatal & FATAL_PROGRAM_MEMORY:
+            return  # modified software does not register energy (P6)
+        delta = measurement.energy_delta
+        milli = {}
+        for name in REGISTER_NAMES:
+            total = self._micro_remainder[name] + getattr(delta, name)
+            milli[name], self._micro_remainder[name] = divmod(total, MICRO_PER_MILLI)
+        self._registers.add_milli(milli)
+        self._unsaved = True
+        if self._monotonic() - self._last_persist >= PERSIST_PERIOD:
+            self._persist()
+
+    def _on_metering_event(self, name: str, fields: dict) -> None:
+        if name == "metrology_restarted":
+            self._raise_fatal_event(FATAL_WATCHDOG, EVENT_METROLOGY_RESTARTED, fields)
+        elif name == "metrology_unrecoverable":
+            # a stuck thread holds the lock: record what can be recorded, then end the process
+            # so it starts again from the last persisted state (I3-1's processor reset)
+            if self._lock.acquire(timeout=2.0):
+                try:
+                    self._raise_fatal_event(FATAL_MEASUREMENT, EVENT_METROLOGY_UNRECOVERABLE, fields)
+                finally:
+                    self._lock.release()
+            os._exit(70)
+        elif name == "sensor_frame_refused":
+            with self._lock:
+                self._log_event(EVENT_SENSOR_REFUSED, fields)
+        elif name == "sensor_paired":
+            with self._lock:
+                self._log_event(EVENT_SENSOR_PAIRED, fields)
+
+    def _raise_fatal_event(self, bit: int, event_id: int, fields: dict) -> None:
+        # the watchdog reports from its own thread; the metering lock may be held by a stuck
+        # loop, so the event is written on the store with its own short transaction
+        with self._lock:
+            self._fatal |= bit
+            with atomic(self._db):
+                self._put_meta("fatal_errors", self._fatal)
+            self._log_event(event_id, fields)
+
+    def _read_instantaneous(self, _: ReadInstantaneousValues) -> InstantaneousValues | None:
+        m = self._metering.latest()
+        if m is None:
+            return None
+        s = sum(p.apparent_power for p in m.phases)
+        return InstantaneousValues(tuple(float(p.voltage_rms) for p in m.phases),
+                                   tuple(float(p.current_rms) for p in m.phases), float(m.active_power),
+                                   float(m.reactive_power), float(s), float(m.active_power / s) if s else 0.0,
+                                   float(m.frequency))
+
+    def _set_load(self, cmd: SetSimulatedLoad) -> None:
+        self._metering.set_load(float(cmd.active_w), float(cmd.reactive_var))
+
+    def _register_power(self, cmd: RegisterSimulatedPower) -> None:
+        self._metering.set_load(float(cmd.active_w), float(cmd.reactive_var))
+        self._metering.measure_for(float(cmd.seconds))
+
+    def _inject_stall(self, cmd: InjectMetrologyStall) -> bool:
+        if not self._fault_injection:
+            raise CommandRefused("fault injection is not enabled")
+        return self._metering.inject_stall(float(cmd.seconds))
+
+    # -- registers and profile --------------------------------------------------------------------
     def _read_energy(self, _: ReadEnergyRegisters) -> EnergySnapshot:
         return self._registers.snapshot()
 
@@ -216,22 +570,41 @@ class LegalInterface:
         snap = self._registers.snapshot()
         row = ProfileRow(cmd.capture_time, cmd.status, snap.a_plus, snap.a_minus, snap.r_plus, snap.r_minus)
         self._demand.close_period(cmd.capture_time, self._registers.milli_units())
-        with self._db:
+        with atomic(self._db):
             self._write_registers()
-            self._insert_rows([row])
-            self._write_demand()
+            self._put_meta("metering_state", self._metering.snapshot().hex())
+            last = self._lp1.last()
+            if last is None or cmd.capture_time > last.time_utc:  # one entry per period, in time order
+                self._lp1.append(cmd.capture_time, 0, _profile_payload(row))
+            self._put_meta("demand", self._demand.state.to_json())
         self._unsaved = False
         return row
 
-    # -- demand -----------------------------------------------------------------------------
-    def _write_demand(self) -> None:
-        self._db.execute("INSERT INTO meta(key, value) VALUES ('demand', ?) ON CONFLICT(key) DO UPDATE "
-                         "SET value = excluded.value", (json.dumps(self._demand.state.to_json()),))
+    def _read_load_profile(self, cmd: ReadLoadProfile) -> tuple[ProfileRow, ...]:
+        return tuple(_profile_row(e.time_utc, e.payload) for e in self._lp1.between(cmd.from_time, cmd.to_time))
 
+    def _is_fresh(self, _: IsFreshMeter | None = None) -> bool:
+        return self._lp1.count() == 0 and not any(self._registers.milli_units().values())
+
+    def _backfill(self, cmd: BackfillDemoHistory) -> None:
+        if not self._is_fresh() or not cmd.rows:
+            raise CommandRefused("demo history can only be back-filled into an empty meter")
+        rows = sorted(cmd.rows, key=lambda r: r.capture_time)[-LOAD_PROFILE_1_CAPACITY:]
+        last = rows[-1]
+        self._registers = EnergyRegisters({name: getattr(last, name) * MILLI for name in REGISTER_NAMES})
+        with atomic(self._db):
+            self._write_registers()
+            for row in rows:
+                self._lp1.append(row.capture_time, 0, _profile_payload(row))
+            self._lp1.checkpoint()
+        self._log_event(EVENT_DEMO_HISTORY, {"entries": len(rows), "first": rows[0].capture_time,
+                                             "last": last.capture_time})
+
+    # -- demand -----------------------------------------------------------------------------------
     def _start_demand(self, cmd: StartDemandPeriod) -> None:
         self._demand.start(cmd.now, self._registers.milli_units())
-        with self._db:
-            self._write_demand()
+        with atomic(self._db):
+            self._put_meta("demand", self._demand.state.to_json())
 
     def _register_name(self, name: str) -> str:
         if name not in REGISTER_NAMES:
@@ -247,55 +620,75 @@ class LegalInterface:
     def _reset_maximum_demand(self, cmd: ResetMaximumDemand) -> None:
         names = REGISTER_NAMES if cmd.register is None else (self._register_name(cmd.register),)
         self._demand.reset_maximum(cmd.now, names)
-        with self._db:
-            self._write_demand()
+        with atomic(self._db):
+            self._put_meta("demand", self._demand.state.to_json())
 
-    def _insert_rows(self, rows: list[ProfileRow]) -> None:
-        self._db.executemany(
-            "INSERT OR IGNORE INTO load_profile VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(LOAD_PROFILE_1, r.capture_time, r.status, r.a_plus, r.a_minus, r.r_plus, r.r_minus) for r in rows],
-        )
-        self._db.execute(
-            "DELETE FROM load_profile WHERE profile = ? AND capture_time NOT IN "
-            "(SELECT capture_time FROM load_profile WHERE profile = ? ORDER BY capture_time DESC LIMIT ?)",
-            (LOAD_PROFILE_1, LOAD_PROFILE_1, LOAD_PROFILE_1_CAPACITY),
-        )
+    # -- parameters and certification mode ----------------------------------------------------------
+    @staticmethod
+    def _initiator(title_hex: str, authority: bool) -> Initiator:
+        try:
+            title = bytes.fromhex(title_hex)
+        except ValueError:
+            raise CommandRefused("client_system_title must be 16 hex digits") from None
+        if len(title) != 8:
+            raise CommandRefused("client_system_title must be 8 bytes")
+        return Initiator(title, bool(authority))
 
-    def _count_load_profile(self, _: CountLoadProfileEntries) -> int:
-        (n,) = self._db.execute("SELECT COUNT(*) FROM load_profile WHERE profile = ?", (LOAD_PROFILE_1,)).fetchone()
-        return n
+    def _set_parameters(self, cmd: SetParameters) -> int:
+        initiator = self._initiator(cmd.client_system_title, cmd.certification_authority)
+        try:
+            return self._parameters.set(dict(cmd.changes), int(cmd.time_utc), initiator)
+        except ParameterRefused as exc:
+            raise CommandRefused(f"parameters not changed: {exc}") from None
 
-    def _read_load_profile(self, cmd: ReadLoadProfile) -> tuple[ProfileRow, ...]:
-        query = "SELECT capture_time, status, a_plus, a_minus, r_plus, r_minus FROM load_profile WHERE profile = ?"
-        args: list = [LOAD_PROFILE_1]
-        if cmd.from_time is not None:
-            query += " AND capture_time >= ?"
-            args.append(cmd.from_time)
-        if cmd.to_time is not None:
-            query += " AND capture_time <= ?"
-            args.append(cmd.to_time)
-        return tuple(ProfileRow(*r) for r in self._db.execute(query + " ORDER BY capture_time", args))
+    def _set_certification_mode(self, cmd: SetCertificationMode) -> CertificationStatus:
+        initiator = self._initiator(cmd.client_system_title, cmd.certification_authority)
+        try:
+            if cmd.active:
+                self._mode.start(int(cmd.time_utc), initiator)
+            else:
+                self._mode.stop(int(cmd.time_utc), initiator)
+        except ParameterRefused as exc:
+            raise CommandRefused(f"certification mode not changed: {exc}") from None
+        return self._mode.status()
 
-    def _is_fresh(self, _: IsFreshMeter | None = None) -> bool:
-        return self._db.execute("SELECT 1 FROM load_profile LIMIT 1").fetchone() is None and not any(
-            self._registers.milli_units().values()
-        )
+    @staticmethod
+    def _log_records(log: EventLog, from_time: int | None, to_time: int | None) -> tuple[LogRecord, ...]:
+        return tuple(LogRecord(e.seq, e.time_utc, e.event_id, encode_fields(e.fields).decode())
+                     for e in log.between(from_time, to_time))
 
-    def _backfill(self, cmd: BackfillDemoHistory) -> None:
-        if not self._is_fresh() or not cmd.rows:
-            raise CommandRefused("demo history can only be back-filled into an empty meter")
-        last = cmd.rows[-1]
-        self._registers = EnergyRegisters({name: getattr(last, name) * MILLI for name in REGISTER_NAMES})
-        with self._db:
-            self._write_registers()
-            self._insert_rows(list(cmd.rows))
-
+    # -- running ------------------------------------------------------------------------------------
     def start(self) -> None:
-        """Start what runs on its own inside the legal part (metrology, once connected)."""
+        """Start what runs on its own: the real-time metering loop and its watchdog, and the
+        housekeeping that persists every second and re-checks the software periodically."""
+        if self._realtime:
+            self._metering.start()
+        self._housekeeper = threading.Thread(target=self._housekeeping, name="legal-housekeeping", daemon=True)
+        self._housekeeper.start()
+
+    def _housekeeping(self) -> None:
+        while not self._stop.wait(PERSIST_PERIOD / 2):
+            with self._lock:
+                self._persist()
+                self._mode.poll(int(time.time()))
+                if self._monotonic() - self._last_software_check >= SOFTWARE_CHECK_PERIOD:
+                    self._last_software_check = self._monotonic()
+                    self._integrity = identification.check_software(self._software_root)
+                    if not self._integrity.ok:
+                        self._raise_fatal(FATAL_PROGRAM_MEMORY, EVENT_SOFTWARE_MISMATCH, {
+                            "reason": self._integrity.reason.value,
+                            "changed_files": " ".join(self._integrity.changed_files)})
 
     def close(self) -> None:
+        self._stop.set()
+        self._metering.stop()
         with self._lock:
-            self._persist(Persist())
+            self._persist(force=True)
+            for table in (self._lp1,):
+                try:
+                    table.checkpoint()
+                except ChainError:
+                    pass
             self._db.close()
 
 

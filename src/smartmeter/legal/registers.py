@@ -25,12 +25,12 @@ class EnergyRegisters:
         self._milli = {name: int(milli_units.get(name, 0)) for name in REGISTER_NAMES}
         self._wrap_milli = wrap_units * MILLI
 
-    def accumulate(self, active_milli: int, reactive_milli: int) -> None:
-        """Add one interval's energy: sign picks import/export; quantities are exact ints."""
-        key_a = "a_plus" if active_milli >= 0 else "a_minus"
-        key_r = "r_plus" if reactive_milli >= 0 else "r_minus"
-        self._milli[key_a] = (self._milli[key_a] + abs(active_milli)) % self._wrap_milli
-        self._milli[key_r] = (self._milli[key_r] + abs(reactive_milli)) % self._wrap_milli
+    def add_milli(self, deltas: dict[str, int]) -> None:
+        """Add measured energy per register (milli-units, never negative): the only way up."""
+        for name, delta in deltas.items():
+            if delta < 0:
+                raise ValueError("a cumulative register never goes down")
+            self._milli[name] = (self._milli[name] + delta) % self._wrap_milli
 
     def milli_units(self) -> dict[str, int]:
         return dict(self._milli)

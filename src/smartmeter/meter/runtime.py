@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from smartmeter import __version__
 from smartmeter.cosem.classes.base import Binding, CosemAccessError, expect
 from smartmeter.cosem.data import Data, DataType
 from smartmeter.cosem.results import DataAccessResult
@@ -39,6 +40,10 @@ class MeterConfig:
     profile: str = "ksmw"
     time_zone: str = DEFAULT_TIME_ZONE
     backfill_days: int = BACKFILL_DAYS
+    # real time: the legal part measures continuously on its own; otherwise each tick measures
+    # exactly the interval since the last one (simulations and tests on a fake clock)
+    realtime: bool = False
+    fault_injection: bool = False
 
 
 class LoadProfileSource:
@@ -98,7 +103,9 @@ class Meter:
         self.identity = MeterIdentity(config.serial, config.meter_type, config.comms_module_serial)
         self.clock = clock or MeterClock(config.time_zone)
         # the legally relevant part runs in its own process; only declared commands reach it
-        self.legal = legal.start_legal_process(config.data_dir)
+        self.legal = legal.start_legal_process(config.data_dir, {
+            "phases": 1 if config.meter_type == 100 else 3, "realtime": config.realtime,
+            "fault_injection": config.fault_injection, "application_version": __version__})
         self.load = HouseholdLoad(config.serial)
         self.model = ObjectModel.load(config.profile)
         self.store = MeterStore(config.data_dir)
@@ -192,15 +199,21 @@ class Meter:
         while t < now:
             boundary = (t // CAPTURE_PERIOD + 1) * CAPTURE_PERIOD
             step_end = min(now, boundary)
-            a_plus, a_minus, r_plus, r_minus = self.load.energy(t, step_end, step=min(60.0, step_end - t))
-            seconds = step_end - t
-            self.legal.execute(legal.RegisterSimulatedPower(
-                (a_plus - a_minus) * 3600 / seconds, (r_plus - r_minus) * 3600 / seconds, seconds))
+            if self.config.realtime:
+                # the legal part measures on its own; it learns what the household draws now
+                self.legal.execute(legal.SetSimulatedLoad(*self.load.power(now)))
+            else:  # the household's load minute by minute, measured sample by sample
+                s = t
+                while s < step_end:
+                    dt = min(60.0, step_end - s)
+                    self.legal.execute(legal.RegisterSimulatedPower(*self.load.power(s), dt))
+                    s += dt
             if step_end == boundary:
                 self.legal.execute(legal.EndMeasurementPeriod(int(boundary), 0))
             t = step_end
         self._last_tick = now
-        self.legal.execute(legal.Persist())
+        if not self.config.realtime:
+            self.legal.execute(legal.Persist())
 
     async def run_registration(self, period: float = 1.0) -> None:
         while True:

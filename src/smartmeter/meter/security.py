@@ -125,7 +125,7 @@ class MeterSecurity:
             except SecurityError:
                 self.on_event("key_transfer_refused", {"client": client, "key_id": int(transfer.key_id)})
                 raise CosemAccessError(DataAccessResult.OTHER_REASON, "the key does not unwrap with the master key") from None
-            if transfer.key_id == KeyId.GLOBAL_UNICAST:
+            if transfer.key_id == KeyId.GLOBAL_UNICAST_ENCRYPTION:
                 changes.append(("ek", key))
             elif transfer.key_id == KeyId.AUTHENTICATION:
                 changes.append(("ak", key))
