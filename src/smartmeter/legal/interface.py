@@ -31,7 +31,7 @@ from smartmeter.legal.eventlog import CertificationLog, EventLog, encode_fields
 from smartmeter.legal.metering import MeteringUnit
 from smartmeter.legal.metrology import ENERGY_UNITS_PER_WH, Measurement
 from smartmeter.legal.parameters import (
-    CertificationMode, CertificationStatus, Initiator, ParameterRefused, ParameterStore,
+    CertificationMode, CertificationObject, CertificationStatus, Initiator, ParameterRefused, ParameterStore,
 )
 from smartmeter.legal.registers import MILLI, REGISTER_NAMES, EnergyRegisters, EnergySnapshot
 from smartmeter.legal.signing import MeterSigner, verify
@@ -267,6 +267,26 @@ class SetCertificationMode:
 
 
 @dataclass(frozen=True, slots=True)
+class ReadCertificationObject:
+    """-> (status, energy_res, demand_res, led_source, led_rate): attribute 2 of the certification mode object."""
+
+
+@dataclass(frozen=True, slots=True)
+class WriteCertificationObject:
+    """Companion §5.16 attribute 2: TRUE starts the mode (certification authority) and applies
+    the non-zero settings; FALSE applies them and ends the mode. Logged; all or nothing."""
+
+    status: bool
+    energy_res: int
+    demand_res: int
+    led_source: int
+    led_rate: int
+    time_utc: int
+    client_system_title: str  # hex, 8 bytes
+    certification_authority: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class TimeLost:
     """The clock lost date and time: the certification mode ends (companion §5.16)."""
 
@@ -382,6 +402,8 @@ class LegalInterface:
             ReadCertificationMode: lambda _: self._mode.status(),
             SetCertificationMode: self._set_certification_mode,
             TimeLost: lambda cmd: self._mode.time_lost(cmd.time_utc),
+            ReadCertificationObject: self._read_certification_object,
+            WriteCertificationObject: self._write_certification_object,
             ReadCertificationLog: lambda cmd: self._log_records(self._cert_log.log, cmd.from_time, cmd.to_time),
             ReadMetrologicalLog: lambda cmd: self._log_records(self._metro_log, cmd.from_time, cmd.to_time),
             ReadSigningKey: lambda _: (self._signer.public_key_pem(), self._signer.fingerprint()),
@@ -651,6 +673,18 @@ class LegalInterface:
         except ParameterRefused as exc:
             raise CommandRefused(f"certification mode not changed: {exc}") from None
         return self._mode.status()
+
+    def _read_certification_object(self, _: ReadCertificationObject) -> tuple[bool, int, int, int, int]:
+        o = self._parameters.read_certification_object()
+        return (o.status, o.energy_res, o.demand_res, o.led_source, o.led_rate)
+
+    def _write_certification_object(self, cmd: WriteCertificationObject) -> None:
+        initiator = self._initiator(cmd.client_system_title, cmd.certification_authority)
+        value = CertificationObject(cmd.status, cmd.energy_res, cmd.demand_res, cmd.led_source, cmd.led_rate)
+        try:
+            self._parameters.write_certification_object(value, int(cmd.time_utc), initiator)
+        except ParameterRefused as exc:
+            raise CommandRefused(f"certification mode object not written: {exc}") from None
 
     @staticmethod
     def _log_records(log: EventLog, from_time: int | None, to_time: int | None) -> tuple[LogRecord, ...]:

@@ -3,6 +3,7 @@ DLMS server together, and drives registration from the (simulated) measurement i
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +98,34 @@ class MaximumDemandSource(DemandSource):
         self.legal.execute(legal.ResetMaximumDemand(int(self.clock.now()), self.register))
 
 
+class CertificationLogSource:
+    """The certification-protected event log (0-0:99.98.98.255) as profile rows: time, event id,
+    client system title, active legally relevant firmware identifier (companion §5.17)."""
+
+    def __init__(self, legal_part, clock: MeterClock) -> None:
+        self.legal, self.clock = legal_part, clock
+
+    @staticmethod
+    def _octets(value) -> bytes:
+        if isinstance(value, dict) and "hex" in value:
+            return bytes.fromhex(value["hex"])
+        return str(value or "").encode()
+
+    def rows(self, from_time: int | None, to_time: int | None) -> list[tuple]:
+        out = []
+        for record in self.legal.execute(legal.ReadCertificationLog(from_time, to_time)):
+            fields = json.loads(record.fields_json)
+            out.append((self.clock.cosem(record.time_utc), record.event_id,
+                        self._octets(fields.get("client_system_title")), self._octets(fields.get("active_firmware_id"))))
+        return out
+
+    def entries_in_use(self) -> int:
+        return len(self.legal.execute(legal.ReadCertificationLog()))
+
+    def utc_from_cosem(self, value) -> int:
+        return self.clock.utc_from_cosem(value)
+
+
 class Meter:
     def __init__(self, config: MeterConfig, clock: MeterClock | None = None) -> None:
         self.config = config
@@ -113,6 +142,7 @@ class Meter:
         self.security = MeterSecurity(self.store, self.model, self.identity.system_title, on_event=self.on_event)
         if provision_demo(self.security, config.data_dir):
             log.info("demo credentials for every client written to %s", config.data_dir / "credentials")
+        self.software = self.legal.execute(legal.ReadSoftwareIdentity())  # fixed while running
         self.directory = self.model.instantiate(self._bindings())
         self.server = DlmsServer(self.directory, system_title=self.identity.system_title,
                                  clock_bytes=self.clock.cosem_now, on_event=self.on_event,
@@ -142,6 +172,17 @@ class Meter:
             "wz.countdown": Binding(lambda: Data.long_unsigned(self.wz_guard.remaining()),
                                     lambda v: self.wz_guard.set_countdown(expect(v, DataType.LONG_UNSIGNED))),
             "wz.lockout": Binding(self._wz_lockout, self._set_wz_lockout),
+            "legal.firmware_identifier": Binding(lambda: Data.octet_string(self.software.legal_version.encode())),
+            "legal.firmware_signature": Binding(lambda: Data.octet_string(bytes.fromhex(self.software.legal_digest))),
+            "application.firmware_identifier": Binding(
+                lambda: Data.octet_string(self.software.application_version.encode())),
+            "application.firmware_signature": Binding(
+                lambda: Data.octet_string(bytes.fromhex(self.software.application_digest))),
+            "legal.parameter_record_number": Binding(
+                lambda: Data.double_long_unsigned(self.legal.execute(legal.ReadParameterRecordNumber()))),
+            "legal.fatal_errors": Binding(lambda: Data.double_long_unsigned(self.legal.execute(legal.ReadFatalErrors()))),
+            "legal.certification_mode": Binding(self._certification_object, set_with_context=self._set_certification_object),
+            "legal.certification_log": CertificationLogSource(self.legal, self.clock),
             **{f"demand.{r}": DemandSource(self.legal, self.clock, r) for r in REGISTERS},
             **{f"maximum_demand.{r}": MaximumDemandSource(self.legal, self.clock, r) for r in REGISTERS},
             **{f"cumulative_maximum_demand.{r}": Binding(MaximumDemandSource(self.legal, self.clock, r).cumulative)
@@ -159,6 +200,27 @@ class Meter:
         except ValueError:
             raise CosemAccessError(DataAccessResult.TYPE_UNMATCHED, "structure {unsigned, long-unsigned}") from None
         self.wz_guard.set_lockout(attempts, period)
+
+    def _certification_object(self) -> Data:
+        status, energy, demand, led_source, led_rate = self.legal.execute(legal.ReadCertificationObject())
+        return Data.structure([Data.boolean(status), Data.enum(energy), Data.enum(demand), Data.unsigned(led_source),
+                               Data.long_unsigned(led_rate)])
+
+    def _set_certification_object(self, value: Data, ctx) -> None:
+        types = (DataType.BOOLEAN, DataType.ENUM, DataType.ENUM, DataType.UNSIGNED, DataType.LONG_UNSIGNED)
+        try:
+            items = [expect(v, t) for v, t in zip(expect(value, DataType.STRUCTURE), types, strict=True)]
+        except ValueError:
+            raise CosemAccessError(DataAccessResult.TYPE_UNMATCHED, "structure {boolean, enum, enum, unsigned, long-unsigned}") from None
+        association = ctx.association
+        title = (association.security.client_system_title if association.security else None) \
+            or association.calling_system_title or bytes(8)
+        # certification authority: the certification client, authenticated, on the optical port (§5.16)
+        authority = association.client.name == "certification" and association.interface == "wz" and association.authenticated
+        try:
+            self.legal.execute(legal.WriteCertificationObject(*items, int(self.clock.now()), title.hex(), authority))
+        except legal.CommandRefused as exc:
+            raise CosemAccessError(DataAccessResult.READ_WRITE_DENIED, str(exc)) from None
 
     def on_event(self, name: str, fields: dict) -> None:
         """Security-relevant happenings reported by the DLMS server."""

@@ -47,6 +47,8 @@ class Binding:
 
     get: Callable[[], Data]
     set: Callable[[Data], None] | None = None
+    # a write that depends on who writes (authority, system title) takes the request context too
+    set_with_context: Callable[[Data, "RequestContext"], None] | None = None
 
 
 class InterfaceClass:

@@ -15,7 +15,11 @@ class DataObject(InterfaceClass):
         return self.binding("value").get()
 
     def set_value(self, value: Data, ctx: RequestContext) -> None:
-        setter = self.binding("value").set
+        binding = self.binding("value")
+        if binding.set_with_context is not None:
+            binding.set_with_context(value, ctx)
+            return
+        setter = binding.set
         if setter is None:
             raise CosemAccessError(DataAccessResult.READ_WRITE_DENIED, f"{self.name} is read-only")
         setter(value)
