@@ -182,6 +182,98 @@ main.add_command(pki_group)
 
 
 # --------------------------------------------------------------------------------------
+# legal metrology: identification and offline verification
+
+
+@main.command("id")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also show the signing key of this meter's data (fingerprint of its exported public key).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def software_id(data_dir: Path | None, as_json: bool) -> None:
+    """Show the software identification: the legally relevant part's version and SHA-256 digest
+    (checked against the signed release manifest) and the application's."""
+    from smartmeter import __version__
+    from smartmeter.legal.interface import identify_software
+
+    ident = identify_software(__version__)
+    out = {"legal": {"version": ident.legal_version, "sha256": ident.legal_digest, "matches_signed_manifest": ident.ok,
+                     "check": ident.reason, "development_key": ident.development_key},
+           "application": {"version": ident.application_version, "sha256": ident.application_digest}}
+    if data_dir is not None:
+        key = data_dir / "meter-signing-key.pub.pem"
+        if not key.is_file():
+            raise UsageProblem(f"no exported meter signing key in {data_dir}", "give the data directory of a meter that has run")
+        import hashlib
+
+        from cryptography.hazmat.primitives import serialization
+
+        der = serialization.load_pem_public_key(key.read_bytes()).public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        out["signing_key_sha256"] = hashlib.sha256(der).hexdigest()
+    if as_json:
+        click.echo(json.dumps(out))
+        return
+    legal = out["legal"]
+    state = "matches the signed release manifest" if legal["matches_signed_manifest"] else f"DOES NOT VERIFY: {legal['check']}"
+    click.echo(f"legally relevant part  {legal['version']}  sha256 {legal['sha256']}")
+    click.echo(f"                       {state}" + (" (development key)" if legal["development_key"] else ""))
+    click.echo(f"application            {out['application']['version']}  sha256 {out['application']['sha256']}")
+    if "signing_key_sha256" in out:
+        click.echo(f"meter signing key      sha256 {out['signing_key_sha256']}")
+    if not legal["matches_signed_manifest"]:
+        sys.exit(1)
+
+
+def _verify(data_dir: Path, tables: tuple[str, ...], public_key: Path | None, as_json: bool) -> None:
+    from smartmeter.legal.interface import verify_stored_data
+
+    if not data_dir.is_dir():
+        raise UsageProblem(f"{data_dir} is not a directory", "give a meter's data directory (e.g. meter-data)")
+    pem = public_key.read_bytes() if public_key is not None else None
+    reports = verify_stored_data(data_dir, tables, pem)
+    if as_json:
+        click.echo(json.dumps([{"table": r.name, "ok": r.ok, "checked": r.checked, "first_bad_entry": r.first_bad_seq,
+                                "problem": r.problem, "unsigned_tail": r.unsigned_tail,
+                                "key_sha256": r.key_fingerprint} for r in reports]))
+    else:
+        for r in reports:
+            if r.ok:
+                click.echo(f"{r.name}: ok, {r.checked} entries, signed through entry {r.signed_through}"
+                           + (f", {r.unsigned_tail} newer entries hash-linked only" if r.unsigned_tail else ""))
+            else:
+                where = f" at entry {r.first_bad_seq}" if r.first_bad_seq is not None else ""
+                click.echo(f"{r.name}: FAILED{where}: {r.problem}")
+    if not all(r.ok for r in reports):
+        sys.exit(1)
+
+
+@main.command("verify-log")
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@click.option("--public-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="The meter's public key as you trust it [default: the one exported in DATA_DIR].")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def verify_log(data_dir: Path, public_key: Path | None, as_json: bool) -> None:
+    """Check the legally relevant event logs of DATA_DIR without the meter running; name the
+    first bad entry. Exit 1 if anything does not verify."""
+    from smartmeter.legal.interface import LOG_TABLES
+
+    _verify(data_dir, LOG_TABLES, public_key, as_json)
+
+
+@main.command("verify-storage")
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@click.option("--public-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="The meter's public key as you trust it [default: the one exported in DATA_DIR].")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def verify_storage(data_dir: Path, public_key: Path | None, as_json: bool) -> None:
+    """Check the long-term storage (load profile) of DATA_DIR: any changed, deleted, inserted
+    or reordered entry is reported with where it is. Exit 1 if anything does not verify."""
+    from smartmeter.legal.interface import STORAGE_TABLES
+
+    _verify(data_dir, STORAGE_TABLES, public_key, as_json)
+
+
+# --------------------------------------------------------------------------------------
 # model
 
 

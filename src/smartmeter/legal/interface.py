@@ -731,3 +731,28 @@ def start_legal_process(data_dir: Path, options: dict | None = None):
     from smartmeter.legal.process import LegalProcessClient
 
     return LegalProcessClient(Path(data_dir), options)
+
+
+# -- offline: what can be checked without the meter running ------------------------------------
+
+LOG_TABLES = (METROLOGICAL_LOG, "certification")
+STORAGE_TABLES = (LOAD_PROFILE_1,)
+
+
+def verify_stored_data(data_dir: Path, tables: tuple[str, ...], public_key_pem: bytes | None = None):
+    """Verify hash links and signatures of the named tables of a data directory, read-only,
+    with the exported public key (or the one given): -> list of reports (see legal/verify.py)."""
+    from smartmeter.legal.verify import verify_data_dir
+
+    reports = verify_data_dir(Path(data_dir), public_key_pem=public_key_pem, expected_tables=tables,
+                              event_logs=tuple(t for t in tables if t in LOG_TABLES))
+    return [r for r in reports if r.name in tables or r.name == "(store)"]
+
+
+def identify_software(application_version: str) -> SoftwareIdentity:
+    """The software identification as the meter shows it, computed from the installed files."""
+    integrity = identification.check_software()
+    software = integrity.actual or identification.compute_software_id()
+    application = identification.compute_application_id(version=application_version)
+    return SoftwareIdentity(software.version, software.digest_hex, application.version, application.digest_hex,
+                            integrity.ok, integrity.reason.value, integrity.development_key, software.display_text)
