@@ -24,6 +24,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/profile_decode.py
+	$(BIN)/python benchmarks/metrology.py
 
 clean:
 	rm -rf $(VENV) meter-data
