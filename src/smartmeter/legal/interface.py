@@ -60,6 +60,8 @@ EVENT_SENSOR_PAIRED = 205
 EVENT_POWER_UP = 206
 EVENT_REGISTERS_BELOW_PROFILE = 207
 EVENT_DEMO_HISTORY = 208
+FAULTY_OPERATION_EVENTS = {"sensor_gap": 209, "sensor_silent": 210, "sensor_resumed": 211,
+                           "measurement_delivery_failed": 212}
 
 _PROFILE_ROW = struct.Struct(">BQQQQ")  # status, +A, -A, +R, -R (whole Wh / varh)
 
@@ -552,6 +554,10 @@ class LegalInterface:
         elif name == "sensor_paired":
             with self._lock:
                 self._log_event(EVENT_SENSOR_PAIRED, fields)
+        elif name in FAULTY_OPERATION_EVENTS:
+            # periods of faulty operation, date-stamped (WELMEC 7.2 I3-1 notes)
+            with self._lock:
+                self._log_event(FAULTY_OPERATION_EVENTS[name], fields)
 
     def _raise_fatal_event(self, bit: int, event_id: int, fields: dict) -> None:
         # the watchdog reports from its own thread; the metering lock may be held by a stuck
