@@ -92,16 +92,20 @@ def meter() -> None:
 @click.option("--serial-number", default="1KFM0100000001", show_default=True, help="DIN 43863-5 meter ID.")
 @click.option("--profile", type=click.Choice(["ksmw", "idis"]), default="ksmw", show_default=True,
               help="Object model and clients: ksmw (suite 1, HLS 7 management) or idis (HLS 5, suite 0).")
+@click.option("--sensor-port", type=int, default=None, metavar="PORT",
+              help="Measure with a paired remote sensor sending to udp://127.0.0.1:PORT instead of the simulated "
+                   "household (pair it in certification mode).")
 @click.option("--banner", is_flag=True, help="Print the client commands to try once listening.")
 def meter_run(data_dir: Path, host: str, wrapper_port: int, hdlc_port: int, serial_device: str | None,
-              serial_number: str, profile: str, banner: bool) -> None:
+              serial_number: str, profile: str, sensor_port: int | None, banner: bool) -> None:
     """Start a meter with embedded defaults, driven by a simulated household load.
 
     On first start it back-fills 30 days of 15-minute load profile. Ctrl-C stops it cleanly.
     """
     from smartmeter.meter.runtime import Meter, MeterConfig
 
-    meter_ = Meter(MeterConfig(data_dir=data_dir, serial=serial_number, profile=profile, realtime=True))
+    meter_ = Meter(MeterConfig(data_dir=data_dir, serial=serial_number, profile=profile, realtime=True,
+                               sensor="remote" if sensor_port is not None else "synthetic", sensor_port=sensor_port))
     try:
         asyncio.run(_serve(meter_, host, wrapper_port, hdlc_port, serial_device, banner))
     finally:

@@ -28,11 +28,12 @@ from smartmeter.legal import identification, storage
 from smartmeter.legal.chain import ChainedTable, ChainError, LogFull, atomic
 from smartmeter.legal.demand import DEMAND_PERIOD, DemandRegisters, DemandState, DemandValue, MaximumDemand
 from smartmeter.legal.eventlog import CertificationLog, EventLog, encode_fields
-from smartmeter.legal.metering import MeteringUnit
+from smartmeter.legal.metering import MeteringError, MeteringUnit
 from smartmeter.legal.metrology import ENERGY_UNITS_PER_WH, Measurement
 from smartmeter.legal.parameters import (
     CertificationMode, CertificationObject, CertificationStatus, Initiator, ParameterRefused, ParameterStore,
 )
+from smartmeter.legal.sensor import PairingRecord, RemoteSensorLink
 from smartmeter.legal.registers import MILLI, REGISTER_NAMES, EnergyRegisters, EnergySnapshot
 from smartmeter.legal.signing import MeterSigner, verify
 
@@ -317,6 +318,20 @@ class ReadSigningKey:
 
 
 @dataclass(frozen=True, slots=True)
+class OpenSensorPairing:
+    """Remote sensor input only: accept a new pairing (WELMEC 7.3 §4.1) — in certification mode
+    only. The new sensor's ID becomes the legally relevant parameter remote_sensor_id."""
+
+    time_utc: int
+    client_system_title: str  # hex, 8 bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ReadSensor:
+    """-> (input "synthetic"/"remote", paired sensor ID hex or "", UDP address "host:port" or "")."""
+
+
+@dataclass(frozen=True, slots=True)
 class InjectMetrologyStall:
     """Test hook, refused unless the part was started with fault injection: block the
     metering loop for `seconds` so the watchdog can be shown to work (WELMEC I3-1)."""
@@ -342,8 +357,12 @@ class LegalInterface:
 
     def __init__(self, data_dir: Path, *, phases: int = 1, realtime: bool = False, fault_injection: bool = False,
                  monotonic: Callable[[], float] = time.monotonic, software_root: str | None = None,
-                 application_version: str = "") -> None:
+                 application_version: str = "", sensor: str = "synthetic", sensor_port: int | None = None,
+                 meter_id: str = "") -> None:
         self._application_version = application_version
+        self._sensor_port = sensor_port
+        self._sensor_kind = sensor
+        self._udp = None
         self._data_dir = Path(data_dir)
         self._monotonic = monotonic
         self._fault_injection = fault_injection
@@ -372,9 +391,21 @@ class LegalInterface:
             self._raise_fatal(FATAL_PROGRAM_MEMORY, EVENT_SOFTWARE_MISMATCH, {
                 "reason": self._integrity.reason.value, "changed_files": " ".join(self._integrity.changed_files)})
         state = self._meta("metering_state", None)
-        self._metering = MeteringUnit(
-            phases, on_measurement=self._on_measurement, on_event=self._on_metering_event, monotonic=monotonic,
-            state=bytes.fromhex(state) if state else None, lock=self._lock)
+        remote = None
+        if sensor == "remote":
+            saved = self._meta("sensor_pairing", None)
+            record = PairingRecord.from_bytes(bytes.fromhex(saved)) if saved else None
+            remote = RemoteSensorLink(bytes.fromhex(meter_id), record)
+        elif sensor != "synthetic":
+            raise ValueError(f"sensor must be 'synthetic' or 'remote', not {sensor!r}")
+        try:
+            self._metering = MeteringUnit(
+                phases, on_measurement=self._on_measurement, on_event=self._on_metering_event, monotonic=monotonic,
+                state=bytes.fromhex(state) if state else None, lock=self._lock, remote=remote)
+        except MeteringError:  # the saved state is for the other input: start that input afresh
+            self._metering = MeteringUnit(phases, on_measurement=self._on_measurement,
+                                          on_event=self._on_metering_event, monotonic=monotonic, lock=self._lock,
+                                          remote=remote)
         self._unsaved = False
         self._last_persist = monotonic()
         self._last_software_check = monotonic()
@@ -410,6 +441,8 @@ class LegalInterface:
             ReadMetrologicalLog: lambda cmd: self._log_records(self._metro_log, cmd.from_time, cmd.to_time),
             ReadSigningKey: lambda _: (self._signer.public_key_pem(), self._signer.fingerprint()),
             InjectMetrologyStall: self._inject_stall,
+            OpenSensorPairing: self._open_pairing,
+            ReadSensor: self._read_sensor,
         }
 
     # -- the door ---------------------------------------------------------------------------------
@@ -460,6 +493,9 @@ class LegalInterface:
         with atomic(self._db):
             self._write_registers()
             self._put_meta("metering_state", self._metering.snapshot().hex())
+            record = self._metering.pairing_record()
+            if record is not None:  # its last sequence number goes with the registers
+                self._put_meta("sensor_pairing", record.to_bytes().hex())
         self._unsaved = False
         self._last_persist = self._monotonic()
 
@@ -554,6 +590,7 @@ class LegalInterface:
         elif name == "sensor_paired":
             with self._lock:
                 self._log_event(EVENT_SENSOR_PAIRED, fields)
+                self._sensor_paired(str(fields.get("sensor_id", "")))
         elif name in FAULTY_OPERATION_EVENTS:
             # periods of faulty operation, date-stamped (WELMEC 7.2 I3-1 notes)
             with self._lock:
@@ -584,6 +621,35 @@ class LegalInterface:
     def _register_power(self, cmd: RegisterSimulatedPower) -> None:
         self._metering.set_load(float(cmd.active_w), float(cmd.reactive_var))
         self._metering.measure_for(float(cmd.seconds))
+
+    def _open_pairing(self, cmd: OpenSensorPairing) -> None:
+        self._initiator(cmd.client_system_title, False)
+        if self._sensor_kind != "remote":
+            raise CommandRefused("the input is not a remote sensor")
+        if not self._mode.is_active():
+            raise CommandRefused("a sensor is paired only in certification mode (WELMEC 7.3 §4.1)")
+        try:
+            self._metering.open_pairing()
+        except MeteringError as exc:
+            raise CommandRefused(str(exc)) from None
+        self._pairing_by = cmd.client_system_title
+
+    def _sensor_paired(self, sensor_id: str) -> None:
+        """Persist the pairing and record the sensor ID as a legally relevant parameter."""
+        record = self._metering.pairing_record()
+        with atomic(self._db):
+            if record is not None:
+                self._put_meta("sensor_pairing", record.to_bytes().hex())
+        try:
+            title = bytes.fromhex(getattr(self, "_pairing_by", "")) or bytes(8)
+            self._parameters.set({"remote_sensor_id": sensor_id}, int(time.time()), Initiator(title, True))
+        except (ParameterRefused, ValueError):
+            self._log_event(EVENT_SENSOR_PAIRED, {"sensor_id": sensor_id, "parameter": "not recorded"})
+
+    def _read_sensor(self, _: ReadSensor) -> tuple[str, str, str]:
+        record = self._metering.pairing_record()
+        address = "" if self._udp is None else "%s:%d" % self._udp.address
+        return self._sensor_kind, record.sensor_id.hex() if record is not None else "", address
 
     def _inject_stall(self, cmd: InjectMetrologyStall) -> bool:
         if not self._fault_injection:
@@ -703,6 +769,8 @@ class LegalInterface:
         housekeeping that persists every second and re-checks the software periodically."""
         if self._realtime:
             self._metering.start()
+        if self._sensor_port is not None:
+            self._udp = self._metering.serve_udp("127.0.0.1", self._sensor_port)
         self._housekeeper = threading.Thread(target=self._housekeeping, name="legal-housekeeping", daemon=True)
         self._housekeeper.start()
 
@@ -721,6 +789,8 @@ class LegalInterface:
 
     def close(self) -> None:
         self._stop.set()
+        if self._udp is not None:
+            self._udp.close()
         self._metering.stop()
         with self._lock:
             self._persist(force=True)

@@ -45,6 +45,8 @@ class MeterConfig:
     # exactly the interval since the last one (simulations and tests on a fake clock)
     realtime: bool = False
     fault_injection: bool = False
+    sensor: str = "synthetic"  # or "remote": a paired remote sensor over UDP (WELMEC 7.3 §4.1)
+    sensor_port: int | None = None
 
 
 class LoadProfileSource:
@@ -134,7 +136,9 @@ class Meter:
         # the legally relevant part runs in its own process; only declared commands reach it
         self.legal = legal.start_legal_process(config.data_dir, {
             "phases": 1 if config.meter_type == 100 else 3, "realtime": config.realtime,
-            "fault_injection": config.fault_injection, "application_version": __version__})
+            "fault_injection": config.fault_injection, "application_version": __version__,
+            "sensor": config.sensor, "sensor_port": config.sensor_port,
+            "meter_id": self.identity.system_title.hex()})
         self.load = HouseholdLoad(config.serial)
         self.model = ObjectModel.load(config.profile)
         self.store = MeterStore(config.data_dir)
@@ -261,7 +265,9 @@ class Meter:
         while t < now:
             boundary = (t // CAPTURE_PERIOD + 1) * CAPTURE_PERIOD
             step_end = min(now, boundary)
-            if self.config.realtime:
+            if self.config.sensor == "remote":
+                pass  # the paired sensor measures the real installation
+            elif self.config.realtime:
                 # the legal part measures on its own; it learns what the household draws now
                 self.legal.execute(legal.SetSimulatedLoad(*self.load.power(now)))
             else:  # the household's load minute by minute, measured sample by sample
