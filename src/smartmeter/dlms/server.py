@@ -57,6 +57,18 @@ SERVICE_ERROR_INITIATE = 6
 CONFIRMED_SERVICE_INITIATE_ERROR = 1
 
 
+def _refusal(state: StateError, service: ServiceError, counter: int | None = None) -> bytes:
+    """An exception-response APDU (Green Book 9.3.x)."""
+    return ExceptionResponse(state, service, counter).to_bytes()
+
+
+NOT_POSSIBLE = (StateError.SERVICE_NOT_ALLOWED, ServiceError.OPERATION_NOT_POSSIBLE)
+NOT_SUPPORTED = (StateError.SERVICE_NOT_ALLOWED, ServiceError.SERVICE_NOT_SUPPORTED)
+UNKNOWN = (StateError.SERVICE_UNKNOWN, ServiceError.SERVICE_NOT_SUPPORTED)
+MALFORMED = (StateError.SERVICE_NOT_ALLOWED, ServiceError.OTHER_REASON)
+TOO_LONG = (StateError.SERVICE_NOT_ALLOWED, ServiceError.PDU_TOO_LONG)
+
+
 def _action_result(result: DataAccessResult) -> ActionResult:
     try:
         return ActionResult(int(result))
@@ -159,11 +171,11 @@ class ServerAssociation:
             return self._handle(bytes(apdu))
         except DecodeError as exc:
             log.info("malformed APDU from client %s: %s", self.client_sap, exc)
-            return ExceptionResponse(StateError.SERVICE_NOT_ALLOWED, ServiceError.OTHER_REASON, None).to_bytes()
+            return _refusal(*MALFORMED)
         except Exception:  # a bug must cost one answer, not the meter's connection
             log.exception("internal error while answering client %s", self.client_sap)
             self._outgoing = self._incoming = self._gbt_in = self._gbt_out = None
-            return ExceptionResponse(StateError.SERVICE_NOT_ALLOWED, ServiceError.OTHER_REASON, None).to_bytes()
+            return _refusal(*MALFORMED)
 
     def release(self) -> None:
         """Transport lost or closed: the association ends (companion standard §3.6.1)."""
@@ -196,7 +208,7 @@ class ServerAssociation:
             return self._protected(apdu)
         if self.associated and self.client is not None and self.client.security_policy & REQUEST_BITS:
             self.server.on_event("policy_violation", {"client_sap": self.client_sap, "interface": self.interface})
-            return ExceptionResponse(StateError.SERVICE_NOT_ALLOWED, ServiceError.OPERATION_NOT_POSSIBLE, None).to_bytes()
+            return _refusal(*NOT_POSSIBLE)
         self._pdu_limit = self.client_max_receive_pdu_size
         response = self._plain(apdu)
         actions, self._after_response = self._after_response, []
@@ -207,9 +219,9 @@ class ServerAssociation:
     def _protected(self, apdu: bytes) -> bytes | None:
         """A ciphered or signed request: unwrap, serve, protect the answer the same way."""
         if not self.associated or self.security is None:
-            return ExceptionResponse(StateError.SERVICE_NOT_ALLOWED, ServiceError.OPERATION_NOT_POSSIBLE, None).to_bytes()
+            return _refusal(*NOT_POSSIBLE)
         if len(apdu) > self.server_max_receive_pdu_size:
-            return ExceptionResponse(StateError.SERVICE_NOT_ALLOWED, ServiceError.PDU_TOO_LONG, None).to_bytes()
+            return _refusal(*TOO_LONG)
         try:
             plain, wrapping = self.security.unwrap(apdu)
         except SecurityRefusal as refusal:
@@ -217,7 +229,7 @@ class ServerAssociation:
                 return ExceptionResponse(StateError.SERVICE_NOT_ALLOWED, ServiceError.INVOCATION_COUNTER_ERROR,
                                          refusal.counter or 0).to_bytes()
             # §3.5.3: an APDU the meter cannot decrypt -> service-not-allowed / operation-not-possible
-            return ExceptionResponse(StateError.SERVICE_NOT_ALLOWED, ServiceError.OPERATION_NOT_POSSIBLE, None).to_bytes()
+            return _refusal(*NOT_POSSIBLE)
         self._pdu_limit = self.client_max_receive_pdu_size - self.security.overhead(wrapping)
         response = self._plain(plain)
         if response is None:
@@ -227,7 +239,7 @@ class ServerAssociation:
         except (SecurityError, SecurityRefusal) as exc:  # e.g. the sending counter is exhausted (§3.5.4)
             log.warning("response to client %s cannot be protected: %s", self.client_sap, exc)
             self._after_response.clear()
-            return ExceptionResponse(StateError.SERVICE_NOT_ALLOWED, ServiceError.OPERATION_NOT_POSSIBLE, None).to_bytes()
+            return _refusal(*NOT_POSSIBLE)
         actions, self._after_response = self._after_response, []
         for action_ in actions:
             action_()
@@ -237,20 +249,20 @@ class ServerAssociation:
         tag = apdu[0]
         if not self.associated:
             if tag in (0xC0, 0xC1, 0xC3, 0xD9, 0xE0):
-                return ExceptionResponse(StateError.SERVICE_NOT_ALLOWED, ServiceError.OPERATION_NOT_POSSIBLE, None).to_bytes()
-            return ExceptionResponse(StateError.SERVICE_UNKNOWN, ServiceError.SERVICE_NOT_SUPPORTED, None).to_bytes()
+                return _refusal(*NOT_POSSIBLE)
+            return _refusal(*UNKNOWN)
         if len(apdu) > self.server_max_receive_pdu_size:
-            return ExceptionResponse(StateError.SERVICE_NOT_ALLOWED, ServiceError.PDU_TOO_LONG, None).to_bytes()
+            return _refusal(*TOO_LONG)
         if tag == 0xE0:
             return self._general_block_transfer(GeneralBlockTransfer.from_bytes(apdu))
         if tag not in (0xC0, 0xC1, 0xC3, 0xD9):
-            return ExceptionResponse(StateError.SERVICE_UNKNOWN, ServiceError.SERVICE_NOT_SUPPORTED, None).to_bytes()
+            return _refusal(*UNKNOWN)
         request = decode_xdlms(apdu)
         if not self._service_negotiated(tag):
-            return ExceptionResponse(StateError.SERVICE_NOT_ALLOWED, ServiceError.SERVICE_NOT_SUPPORTED, None).to_bytes()
+            return _refusal(*NOT_SUPPORTED)
         if not self.authenticated and not self._is_hls_reply(request):
             # between pass 2 and pass 4 only reply_to_HLS_authentication is allowed
-            return ExceptionResponse(StateError.SERVICE_NOT_ALLOWED, ServiceError.OPERATION_NOT_POSSIBLE, None).to_bytes()
+            return _refusal(*NOT_POSSIBLE)
         response = self._service(request)
         return self._fit(response) if response is not None else None
 
@@ -701,11 +713,11 @@ class ServerAssociation:
         inc = self._gbt_in
         if inc is None:
             if block.block_number != 1:
-                return ExceptionResponse(StateError.SERVICE_NOT_ALLOWED, ServiceError.OPERATION_NOT_POSSIBLE, None).to_bytes()
+                return _refusal(*NOT_POSSIBLE)
             inc = self._gbt_in = _Incoming("gbt", 0)
         if block.block_number != inc.next_block or inc.size + len(block.block_data) > MAX_REASSEMBLED:
             self._gbt_in = None
-            return ExceptionResponse(StateError.SERVICE_NOT_ALLOWED, ServiceError.OPERATION_NOT_POSSIBLE, None).to_bytes()
+            return _refusal(*NOT_POSSIBLE)
         inc.chunks.append(block.block_data)
         inc.size += len(block.block_data)
         inc.next_block += 1
@@ -729,4 +741,4 @@ class ServerAssociation:
             self._gbt_out = _Outgoing("gbt", 0, encoded, self._pdu_limit - 16)
             return self._next_gbt(0).to_bytes()
         # with-list responses to long lists are the only case left: refuse rather than overrun
-        return ExceptionResponse(StateError.SERVICE_NOT_ALLOWED, ServiceError.PDU_TOO_LONG, None).to_bytes()
+        return _refusal(*TOO_LONG)
