@@ -18,6 +18,8 @@ import signal
 import sys
 import threading
 import traceback
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,15 +43,59 @@ def encode_command(command: object) -> bytes:
     return json.dumps(plain(command)).encode()
 
 
+def _conforms(value: Any, hint: Any) -> bool:
+    """Does a decoded value have the declared type of its field? (bool is not an int; an int
+    is a float; tuples are checked item by item.)"""
+    if hint is Any:
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_conforms(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return type(value) is bool
+    if hint is int:
+        return type(value) is int
+    if hint is float:
+        return type(value) in (int, float)
+    if hint is str:
+        return type(value) is str
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if type(value) is not tuple:
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_conforms(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_conforms(v, a) for v, a in zip(value, args))
+    return isinstance(hint, type) and isinstance(value, hint)
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = typing.get_type_hints(cls, vars(sys.modules[cls.__module__]))
+    return hints
+
+
 def decode_command(raw: bytes, allowed: dict[str, type]) -> object:
-    """Rebuild a command; anything but a declared type with its declared fields is refused."""
+    """Rebuild a command; anything but a declared type with its declared fields, each of its
+    declared type, is refused (a malformed declared command has no effect either: P3/P4)."""
     def build(value: Any, top: bool) -> Any:
         if isinstance(value, dict):
             cls = allowed.get(value.get("type"))
             fields = value.get("fields")
             if cls is None or not isinstance(fields, dict) or set(fields) != {f.name for f in dataclasses.fields(cls)}:
                 raise CommandRefused("not a command of the protective interface")
-            return cls(**{k: build(v, False) for k, v in fields.items()})
+            values = {k: build(v, False) for k, v in fields.items()}
+            hints = _field_types(cls)
+            for name, field_value in values.items():
+                if not _conforms(field_value, hints[name]):
+                    raise CommandRefused(f"{cls.__name__}.{name}: not of its declared type")
+            return cls(**values)
         if top:
             raise CommandRefused("not a command of the protective interface")
         if isinstance(value, list):
