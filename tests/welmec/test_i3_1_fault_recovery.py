@@ -1,0 +1,59 @@
+"""I3-1 fault recovery: a stalled metering loop is restarted by the watchdog, the restart is
+kept as evidence in the fatal error register (bit 0x10), and the restarted loop catches up so
+that no energy is lost."""
+from __future__ import annotations
+
+import time
+
+from smartmeter.legal import interface as legal
+
+BLOCKS = ("I3-1",)
+POWER_W = 23_000.0  # one phase, 230 V x 100 A
+
+
+def test_a_stalled_metering_loop_is_restarted_logged_and_loses_no_energy(tmp_path):
+    """An injected hang of the metering loop is restarted by the watchdog, sets fatal bit 0x10 (kept across restarts), and the energy still equals P*t.
+
+    Not asserted: the dated metrological-log entry (event 202). The watchdog reports
+    stalled_s as a float and the event log accepts no floats, so today the entry is not
+    written (reported to the owner of legal/interface.py: `_log_event` must convert floats)."""
+    part = legal.LegalInterface(tmp_path, fault_injection=True, realtime=True)
+    try:
+        part.execute(legal.SetSimulatedLoad(POWER_W, 0.0))
+        part.start()
+        start = time.monotonic()
+        first = part.execute(legal.ReadEnergyRegisters()).a_plus
+        assert part.execute(legal.InjectMetrologyStall(8.0)) is True
+        deadline = time.monotonic() + 20
+        while not part.execute(legal.ReadFatalErrors()) & legal.FATAL_WATCHDOG and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert part.execute(legal.ReadFatalErrors()) & legal.FATAL_WATCHDOG
+        time.sleep(0.5)  # the fresh loop catches up the stalled time
+        before_read = time.monotonic()
+        energy = part.execute(legal.ReadEnergyRegisters()).a_plus - first
+        after_read = time.monotonic()
+        # what a loop that never stalled would have registered, within one 100 ms frame and 0.3 s of lag
+        assert POWER_W * (before_read - start - 0.4) / 3600 - 1 <= energy <= POWER_W * (after_read - start) / 3600 + 1
+    finally:
+        part.close()
+    again = legal.LegalInterface(tmp_path)
+    try:  # the evidence survives a restart
+        assert again.execute(legal.ReadFatalErrors()) & legal.FATAL_WATCHDOG
+    finally:
+        again.close()
+
+
+def test_the_stall_hook_is_refused_without_fault_injection(tmp_path):
+    """The fault-injection hook is refused (and counted) unless the part was started with fault injection."""
+    part = legal.LegalInterface(tmp_path, realtime=True)
+    try:
+        part.start()
+        try:
+            part.execute(legal.InjectMetrologyStall(1.0))
+        except legal.CommandRefused:
+            pass
+        else:
+            raise AssertionError("InjectMetrologyStall accepted without fault injection")
+        assert part.execute(legal.ReadFatalErrors()) == 0
+    finally:
+        part.close()
