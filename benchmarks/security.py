@@ -38,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "interop")]
 
-from smartmeter.dlms.client import ClientAssociation, CounterStore  # noqa: E402
+from smartmeter.dlms.client import ClientAssociation  # noqa: E402
 from smartmeter.hes.client import MeterClient  # noqa: E402
 from smartmeter.hes.connection import WrapperLink  # noqa: E402
 from smartmeter.hes.credentials import load_credentials  # noqa: E402
