@@ -289,9 +289,10 @@ def model() -> None:
 @model.command("show")
 @click.option("--profile", default="ksmw", show_default=True, help="Model profile name or a .toml file.")
 @click.option("--markdown", is_flag=True, help="Print the tables of docs/objects.md.")
-def model_show(profile: str, markdown: bool) -> None:
+@click.option("--access-rights", is_flag=True, help="Print docs/access-rights.md (per client, by name).")
+def model_show(profile: str, markdown: bool, access_rights: bool) -> None:
     """List the model's objects and who may do what with them."""
-    from smartmeter.cosem.docs import objects_markdown
+    from smartmeter.cosem.docs import access_rights_markdown, objects_markdown
     from smartmeter.cosem.objectmodel import ObjectModel
 
     try:
@@ -300,6 +301,9 @@ def model_show(profile: str, markdown: bool) -> None:
         raise UsageProblem(f"no model profile {profile!r}", "use ksmw or a path to a .toml model file") from None
     if markdown:
         click.echo(objects_markdown(loaded), nl=False)
+        return
+    if access_rights:
+        click.echo(access_rights_markdown(loaded), nl=False)
         return
     for o in loaded.objects:
         visible = ", ".join(sorted(o.access)) or "nobody"

@@ -386,6 +386,9 @@ def _encode_untagged(t: int, v: Any, out: bytearray, depth: int) -> None:
 def _encode_into(value: Data, out: bytearray, depth: int) -> None:
     if not isinstance(value, Data):
         raise EncodeError(f"expected Data, got {type(value).__name__}")
+    if value.encoded is not None:
+        out += value.encoded
+        return
     t = value.type
     if type(t) is not DataType:
         if t not in _DATA_TYPES:

@@ -7,7 +7,7 @@ decoded value re-encodes to the same bytes.
 from __future__ import annotations
 
 import datetime as _dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
@@ -161,6 +161,9 @@ class Data:
 
     type: DataType
     value: Any = None
+    # The A-XDR encoding when it was produced in bulk (a profile buffer packed by
+    # axdr.encode_rows); `value` is then None and decoding `encoded` gives it.
+    encoded: bytes | None = field(default=None, compare=False, repr=False)
 
     # Short constructors, so code reads like the Blue Book's type names.
     @staticmethod

@@ -296,9 +296,19 @@ class ServerAssociation:
     def _acse(self, apdu: bytes) -> bytes:
         request = acse.decode_acse(apdu)
         if isinstance(request, acse.RLRQ):
+            user_info = None
+            if request.user_information:
+                user_info = self._initiate_response().to_bytes()
+                if self.security is not None and self.associated:
+                    # Table 5: in a ciphered association the RLRQ's InitiateRequest comes ciphered,
+                    # and only a genuine one releases; the RLRE's answer goes back ciphered
+                    try:
+                        self.security.open_initiate(request.user_information)
+                    except SecurityRefusal:
+                        return acse.RLRE(reason=acse.ReleaseResponseReason.NOT_FINISHED, user_information=None).to_bytes()
+                    user_info = self.security.protect_initiate_response(user_info)
             self.release()
             # §3.3.1: user-information in the RLRE only if the RLRQ carried one
-            user_info = self._initiate_response().to_bytes() if request.user_information else None
             return acse.RLRE(reason=0, user_information=user_info).to_bytes()
         if isinstance(request, acse.AARQ):
             aare = self._associate(request)

@@ -91,16 +91,20 @@ class AssociationSecurity:
             if authentication_value is None or not hls.CHALLENGE_MIN <= len(authentication_value) <= hls.CHALLENGE_MAX:
                 raise SecurityRefusal("authentication", "HLS needs a client challenge (CtoS) of 8..64 bytes")
             self.ctos = bytes(authentication_value)
+        plain = self.open_initiate(user_information)
+        # §3.6: from now on the meter deciphers this client's APDUs with this title
+        self.context.set_client_system_title(self.client_system_title)
+        return plain
+
+    def open_initiate(self, user_information: bytes) -> bytes:
+        """The plain InitiateRequest of a glo-initiate-request (AARQ or RLRQ user-information)."""
         try:
             initiate = ciphered.decode_ciphered(user_information)
         except DecodeError as exc:
             raise SecurityRefusal("decipher", f"user-information is not a glo-initiate-request: {exc}") from None
         if not isinstance(initiate, ciphered.GloInitiateRequest):
             raise SecurityRefusal("decipher", "user-information must be a glo-initiate-request")
-        plain = self._open_global(initiate.content)
-        # §3.6: from now on the meter deciphers this client's APDUs with this title
-        self.context.set_client_system_title(self.client_system_title)
-        return plain
+        return self._open_global(initiate.content)
 
     def new_server_challenge(self) -> bytes:
         self.stoc = hls.new_challenge(32 if self.mechanism == 7 else 16)

@@ -6,6 +6,7 @@ so tests and simulations can run on their own time base.
 from __future__ import annotations
 
 import datetime as dt
+import struct
 import time
 from typing import Callable
 from zoneinfo import ZoneInfo
@@ -14,6 +15,7 @@ from smartmeter.cosem import axdr
 from smartmeter.cosem.data import CLOCK_STATUS_DST_ACTIVE, CosemDate, CosemDateTime, CosemTime
 
 DEFAULT_TIME_ZONE = "Europe/Berlin"
+_DATE_TIME = struct.Struct(">HBBBBBBBhB")  # year, month, day, weekday, h, min, s, hundredths, deviation, status
 
 
 class MeterClock:
@@ -21,6 +23,7 @@ class MeterClock:
         self.zone = ZoneInfo(time_zone)
         self._source = source
         self.offset = 0.0
+        self._offsets: dict[int, tuple[int, bool]] = {}
 
     def now(self) -> float:
         """UTC seconds since the epoch, as the meter's clock has it."""
@@ -31,9 +34,27 @@ class MeterClock:
 
     def cosem(self, utc_seconds: float) -> bytes:
         """The 12-byte COSEM date-time of an instant, in local time with deviation and DST bit."""
+        if utc_seconds == int(utc_seconds):  # whole seconds (capture times): the fast path
+            return self._cosem_whole_second(int(utc_seconds))
         local = self.local(utc_seconds)
         status = CLOCK_STATUS_DST_ACTIVE if local.dst() else 0
         return axdr.encode_date_time(CosemDateTime.from_datetime(local, status))
+
+    def _cosem_whole_second(self, t: int) -> bytes:
+        # Offsets change only on the hour in every real time zone: cache them per UTC hour,
+        # then the fields come from C's gmtime (profile buffers convert thousands of times).
+        hour = t // 3600
+        cached = self._offsets.get(hour)
+        if cached is None:
+            local = self.local(hour * 3600)
+            cached = (int(local.utcoffset().total_seconds()), bool(local.dst()))
+            if len(self._offsets) > 100_000:
+                self._offsets.clear()
+            self._offsets[hour] = cached
+        offset, dst = cached
+        tm = time.gmtime(t + offset)
+        return _DATE_TIME.pack(tm.tm_year, tm.tm_mon, tm.tm_mday, tm.tm_wday + 1, tm.tm_hour, tm.tm_min,
+                               tm.tm_sec, 0, -offset // 60, CLOCK_STATUS_DST_ACTIVE if dst else 0)
 
     def cosem_now(self) -> bytes:
         return self.cosem(self.now())

@@ -171,6 +171,7 @@ class Meter:
             "load_profile_1": LoadProfileSource(self.legal, self.clock),
             "load_profile_1.status": Binding(lambda: Data.unsigned(0)),
             "security": self.security,
+            "settings": self.store,
             "security_setups": {o.config["client"]: o.obis for o in self.model.objects
                                 if o.class_id == 64 and o.config.get("client") != "current"},
             "wz.countdown": Binding(lambda: Data.long_unsigned(self.wz_guard.remaining()),

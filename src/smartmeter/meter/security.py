@@ -59,6 +59,8 @@ class MeterSecurity:
         self.now = now
         self.on_event = on_event or (lambda name, fields: None)
         self.server_system_title = server_system_title
+        self._signing_pem: str | None = None
+        self._signing_key: ec.EllipticCurvePrivateKey | None = None
         self.clients = {c.name: c for c in model.clients.values()}
         policies = [ClientPolicy(c.name, c.sap, c.security_suite or 0, c.security_policy, c.mechanism)
                     for c in model.clients.values() if c.ciphered]
@@ -70,7 +72,10 @@ class MeterSecurity:
 
     # -- MeterKeys (for HLS 7 and general-signing) -----------------------------------------------
     def server_signing_key(self) -> ec.EllipticCurvePrivateKey | None:
-        return _load(self.store.get(SIGNING_KEY))
+        pem = self.store.get(SIGNING_KEY)
+        if pem != self._signing_pem:  # parsed once per key, not once per association
+            self._signing_pem, self._signing_key = pem, _load(pem)
+        return self._signing_key
 
     def client_signing_keys(self, client_sap: int, system_title: bytes | None):
         return self.certificates.client_signing_keys(client_sap, system_title)

@@ -173,9 +173,8 @@ def hdlc_parameters(setup) -> tuple[hdlc.HdlcParameters, int]:
 
 async def serve_hdlc_tcp(server: "DlmsServer", setup, host: str, port: int,
                          is_open: Callable[[], bool] = lambda: True) -> asyncio.AbstractServer:
-    params, address = hdlc_parameters(setup)
-
     async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        params, address = hdlc_parameters(setup)  # per connection: a written setup applies to the next link
         port_ = HdlcPort(server, params, address, is_open)
         loop = asyncio.get_running_loop()
         try:

@@ -19,16 +19,22 @@ def _context_name(kind: int, last: int) -> Data:
     ])
 
 
-def access_rights(ic: type[InterfaceClass], read: frozenset[int], write: frozenset[int], execute: frozenset[int]) -> Data:
+def access_rights(ic: type[InterfaceClass], read: frozenset[int], write: frozenset[int], execute: frozenset[int],
+                  protection: int = 0) -> Data:
+    """Version 3 access modes: bit 0 read (or access), bit 1 write, bits 2..7 the protection
+    the access needs (the client's security policy bits, the same positions as IC 64's)."""
     attributes = []
     for index in ic.attributes:
         mode = (1 if index in read else 0) | (2 if index in write else 0)
+        if mode:
+            mode |= protection
         selectors = ic.selective_access.get(index)
         attributes.append(Data.structure([
             Data.integer(index), Data.enum(mode),
             Data.array(Data.integer(s) for s in selectors) if selectors else Data.null(),
         ]))
-    methods = [Data.structure([Data.integer(m), Data.enum(1 if m in execute else 0)]) for m in ic.methods]
+    methods = [Data.structure([Data.integer(m), Data.enum((1 | protection) if m in execute else 0)])
+               for m in ic.methods]
     return Data.structure([Data.array(attributes), Data.array(methods)])
 
 
@@ -61,12 +67,13 @@ class AssociationLN(InterfaceClass):
     def get_object_list(self, ctx: RequestContext) -> Data:
         directory = self.bindings["directory"]
         name = self._client_name(ctx)
+        protection = self.bindings["model"].clients[name].security_policy
         items = []
         for o, inst in directory.visible_to(name):
             a = o.access_for(name)
             items.append(Data.structure([
                 Data.long_unsigned(o.class_id), Data.unsigned(o.version), Data.octet_string(o.obis.to_bytes()),
-                access_rights(type(inst), a.read, a.write, a.execute),
+                access_rights(type(inst), a.read, a.write, a.execute, protection),
             ]))
         return Data.array(items)
 

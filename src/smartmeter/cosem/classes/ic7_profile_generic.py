@@ -83,11 +83,13 @@ class ProfileGeneric(InterfaceClass):
 
     # -- selective access -------------------------------------------------------------------
     def _encode(self, rows, column_indexes) -> Data:
+        """The buffer, packed in bulk (a year of rows in milliseconds): a Data carrying its encoding."""
         types = self.column_types
         idx = list(column_indexes)
-        return Data.array(
-            Data.structure(Data(types[i], row[i]) for i in idx) for row in rows
-        )
+        if idx != list(range(len(types))):
+            rows = [tuple(row[i] for i in idx) for row in rows]
+            types = [types[i] for i in idx]
+        return Data(DataType.ARRAY, None, encoded=axdr.encode_rows(rows, types))
 
     def _selected_columns(self, selected: Data) -> list[int]:
         if selected.type != DataType.ARRAY:
