@@ -386,6 +386,7 @@ class CycleResult:
     # "-" (no capture jumps)
     capture: str
     violations: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # about the harness's own observations
 
 
 @dataclass
@@ -419,6 +420,9 @@ class SoakResult:
             f"(limit: {PERSIST_PERIOD:g} s of the load)",
             f"violations: {len(self.violations)}",
         ]
+        notes = [f"cycle {c.index}: {n}" for c in self.cycles for n in c.notes]
+        if notes:
+            lines.insert(-1, f"harness notes ({len(notes)}): " + "; ".join(notes[:5]))
         lines += [f"  {v}" for v in self.violations[:50]]
         return "\n".join(lines)
 
@@ -547,7 +551,6 @@ def run_soak(cycles: int, data_dir: Path | None = None, seed: int | None = None,
                 violations.append(f"fatal error register persisted as {after.fatal:#x}")
             loss_s, harness_notes = _loss_bound(baseline, watcher.origin_not_before(), run.launched, poller.seen,
                                                 killed_at, after)
-            violations += harness_notes
             meter_time = time.time() + offset - (time.monotonic() - killed_at)
             rate = _household_mw(load, meter_time)
             loss_mwh = loss_s * rate
@@ -566,7 +569,7 @@ def run_soak(cycles: int, data_dir: Path | None = None, seed: int | None = None,
                 capture = "missed" if _demand_start(after.demand) >= boundary else "pending"
             if run.answered_at is not None:
                 ready_after = run.answered_at - run.launched
-            result = CycleResult(index, delay, answered, loss_s, loss_mwh, capture, violations)
+            result = CycleResult(index, delay, answered, loss_s, loss_mwh, capture, violations, harness_notes)
             results.append(result)
             log(f"cycle {index}: kill {delay:.3f} s after {'the first answer' if from_ready else 'launch'}, "
                 f"answered {answered}, loss {loss_s:.3f} s / {loss_mwh:.1f} mWh, "
