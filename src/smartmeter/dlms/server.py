@@ -367,7 +367,9 @@ class ServerAssociation:
             if context is None:
                 return self._reject(request, diag.NO_REASON_GIVEN)
             security = AssociationSecurity(context, self.server.system_title, self.client_sap, mechanism,
-                                           self.server.keys, self.server.on_event)
+                                           self.server.keys, self.server.on_event,
+                                           kek=self.server.security.kek(context.suite),
+                                           clock_bytes=self.server.clock_bytes)
             try:
                 user_information = security.open_aarq(request.calling_ap_title, request.calling_authentication_value,
                                                       request.user_information)

@@ -20,6 +20,7 @@ from smartmeter.dlms.security.context import (
 )
 from smartmeter.dlms.security.errors import AuthenticationError, ReplayError, SecurityError
 from smartmeter.dlms.security.frame_counter import FrameCounterWindow, TxFrameCounter, open_protected
+from smartmeter.dlms.security.keys import unwrap_key
 from smartmeter.dlms.security.suites import SecurityControl
 from smartmeter.errors import DecodeError, SmartmeterError
 
@@ -49,11 +50,13 @@ class MeterKeys(Protocol):
 class Wrapping:
     """How a request arrived, hence how its response must go back."""
 
-    kind: str  # "plain", "glo", "ded", "general-glo", "general-ded", "general-signing"
+    kind: str  # "plain", "glo", "ded", "general-glo", "general-ded", "general-ciphering", "general-signing"
     request_control: SecurityControl | None = None
     inner: "Wrapping | None" = None  # general-signing around another protection
     transaction_id: bytes = b""
     date_time: bytes = b""
+    key: bytes | None = None  # general-ciphering: the key the request's key-info designated
+    key_info: object = None
 
 
 @dataclass
@@ -64,6 +67,8 @@ class AssociationSecurity:
     mechanism: int
     keys: MeterKeys | None = None
     on_event: Callable[[str, dict], None] = lambda name, fields: None
+    kek: bytes | None = None  # the master key, for wrapped keys in general-ciphering
+    clock_bytes: Callable[[], bytes] = lambda: b""
     client_system_title: bytes | None = None
     ctos: bytes = b""
     stoc: bytes = b""
@@ -223,8 +228,8 @@ class AssociationSecurity:
         elif isinstance(outer, ciphered.ServiceSpecificCiphered):
             dedicated = outer.DEDICATED
             kind = "ded" if dedicated else "glo"
-        else:  # general-ciphering with key-info: identified/wrapped keys are not used by our clients
-            raise SecurityRefusal("decipher", "general-ciphering with key information is not supported here")
+        else:
+            return self._unwrap_general_ciphering(outer, signed)
         sc = SecurityControl.from_byte(outer.security_control)
         self._check_policy(sc, signed)
         if dedicated:
@@ -243,6 +248,33 @@ class AssociationSecurity:
             if not plain or table.get(plain[0]) is not type(outer):
                 raise SecurityRefusal("decipher", "the ciphered APDU does not carry the service its tag names")
         return plain, Wrapping(kind, sc)
+
+    def _unwrap_general_ciphering(self, outer: ciphered.GeneralCiphering, signed: bool) -> tuple[bytes, Wrapping]:
+        """§3.3.1: general-ciphering with identified or wrapped keys; agreed keys are refused."""
+        if outer.originator_system_title != self.client_system_title:
+            raise SecurityRefusal("decipher", "general-ciphering from another system title")
+        info = outer.key_info
+        if isinstance(info, ciphered.IdentifiedKey) and info.key_id == ciphered.IdentifiedKeyId.GLOBAL_UNICAST_ENCRYPTION_KEY:
+            key = self.context.ek
+        elif isinstance(info, ciphered.WrappedKey) and self.kek is not None:
+            try:
+                key = unwrap_key(self.kek, info.key_ciphered_data)
+            except SecurityError as exc:
+                raise self._refusal(exc) from None
+        else:
+            raise SecurityRefusal("decipher", "general-ciphering needs an identified global unicast key or a "
+                                              "wrapped key; agreed keys are not used (§3.3.1)")
+        sc = SecurityControl.from_byte(outer.security_control)
+        self._check_policy(sc, signed)
+        ctx = self.context
+        try:
+            _, plain = open_protected(ctx.rx, outer.content, key, ctx.ak, self.client_system_title, ctx.persist_rx,
+                                      extra_aad=outer.header_bytes(), expected_suite=self.suite,
+                                      require_authentication=self._authentication_required)
+        except SecurityError as exc:
+            raise self._refusal(exc) from None
+        return plain, Wrapping("general-ciphering", sc, transaction_id=outer.transaction_id,
+                               date_time=outer.date_time, key=key, key_info=info)
 
     def response_control(self, wrapping: Wrapping) -> SecurityControl:
         policy = self.policy
@@ -265,6 +297,12 @@ class AssociationSecurity:
                 key, content, wrapping.transaction_id, self.server_system_title, self.client_system_title or b"",
                 wrapping.date_time, b"", self.suite).to_bytes()
         sc = self.response_control(wrapping)
+        if wrapping.kind == "general-ciphering":
+            # §3.3.1.1: same transaction-id; a date-time in the request asks for one in the response
+            date_time = self.clock_bytes() if wrapping.date_time else b""
+            return ciphered.GeneralCiphering.protect(
+                sc, wrapping.key, self.context.ak, self.context.next_tx(), plain, wrapping.transaction_id,
+                self.server_system_title, self.client_system_title or b"", wrapping.key_info, date_time).to_bytes()
         dedicated = wrapping.kind in ("ded", "general-ded")
         if dedicated:
             key, counter = self.dedicated_key, self.ded_tx.reserve()

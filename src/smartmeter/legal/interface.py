@@ -44,6 +44,7 @@ METROLOGICAL_LOG_CAPACITY = 1000
 PERSIST_PERIOD = 1.0  # seconds: at most this much energy is lost in a power failure (I3-2)
 SOFTWARE_CHECK_PERIOD = 600.0  # seconds between periodic software-ID checks (P2, P6)
 MICRO_PER_MILLI = ENERGY_UNITS_PER_WH // MILLI
+MAX_SIMULATED_INTERVAL = 86400  # seconds one RegisterSimulatedPower may measure (the part stays responsive)
 
 # Fatal error register bits (0-0:97.97.128.255, IDIS-like assignment; docs/decisions.md)
 FATAL_PROGRAM_MEMORY = 0x01  # software differs from the signed release manifest
@@ -369,6 +370,7 @@ class LegalInterface:
         self._realtime = realtime
         self._software_root = Path(software_root) if software_root else None
         self._lock = threading.RLock()
+        self._damaged_meta: set[str] = set()
         self._db = storage.open_store(self._data_dir)
         self._signer = MeterSigner.load_or_create(self._data_dir)
         self._metro_log = EventLog(self._db, METROLOGICAL_LOG, METROLOGICAL_LOG_CAPACITY, self._signer)
@@ -380,6 +382,7 @@ class LegalInterface:
         firmware_id = self._software_id.display_text.encode()
         self._mode = CertificationMode(self._db, self._cert_log.log, firmware_id, monotonic, (LogFull,))
         self._parameters = ParameterStore(self._db, self._cert_log.log, self._mode, firmware_id, (LogFull,))
+        self._check_parameters_at_start()
         rows = dict(self._db.execute("SELECT name, milli_units FROM energy_register").fetchall())
         self._registers = EnergyRegisters(rows)
         self._micro_remainder = dict.fromkeys(REGISTER_NAMES, 0)
@@ -390,22 +393,25 @@ class LegalInterface:
         if not self._integrity.ok:
             self._raise_fatal(FATAL_PROGRAM_MEMORY, EVENT_SOFTWARE_MISMATCH, {
                 "reason": self._integrity.reason.value, "changed_files": " ".join(self._integrity.changed_files)})
-        state = self._meta("metering_state", None)
         remote = None
         if sensor == "remote":
-            saved = self._meta("sensor_pairing", None)
-            record = PairingRecord.from_bytes(bytes.fromhex(saved)) if saved else None
+            try:
+                saved = self._meta("sensor_pairing", None)
+                record = PairingRecord.from_bytes(bytes.fromhex(saved)) if saved else None
+            except ValueError:
+                record = None
+                self._raise_fatal(FATAL_NV_MEMORY, EVENT_STORE_DAMAGED, {"problems": "sensor pairing unreadable"})
             remote = RemoteSensorLink(bytes.fromhex(meter_id), record)
         elif sensor != "synthetic":
             raise ValueError(f"sensor must be 'synthetic' or 'remote', not {sensor!r}")
+        unit = dict(on_measurement=self._on_measurement, on_event=self._on_metering_event, monotonic=monotonic,
+                    lock=self._lock, remote=remote)
         try:
-            self._metering = MeteringUnit(
-                phases, on_measurement=self._on_measurement, on_event=self._on_metering_event, monotonic=monotonic,
-                state=bytes.fromhex(state) if state else None, lock=self._lock, remote=remote)
-        except MeteringError:  # the saved state is for the other input: start that input afresh
-            self._metering = MeteringUnit(phases, on_measurement=self._on_measurement,
-                                          on_event=self._on_metering_event, monotonic=monotonic, lock=self._lock,
-                                          remote=remote)
+            state = self._meta("metering_state", None)
+            self._metering = MeteringUnit(phases, state=bytes.fromhex(state) if state else None, **unit)
+        except (MeteringError, ValueError, TypeError):
+            # a state saved for the other input, or damaged: start the input afresh
+            self._metering = MeteringUnit(phases, **unit)
         self._unsaved = False
         self._last_persist = monotonic()
         self._last_software_check = monotonic()
@@ -457,6 +463,13 @@ class LegalInterface:
         if handler is None:
             self.count_refusal()
             raise CommandRefused(f"{type(command).__name__} is not a command of the protective interface")
+        from smartmeter.legal.process import check_fields  # (process.py imports this module)
+
+        try:
+            check_fields(command)  # a declared command with a malformed field has no effect either
+        except CommandRefused:
+            self.count_refusal()
+            raise
         with self._lock:
             return handler(command)
 
@@ -468,7 +481,13 @@ class LegalInterface:
     # -- store helpers ----------------------------------------------------------------------------
     def _meta(self, key: str, default: Any) -> Any:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return default if row is None else json.loads(row[0])
+        if row is None:
+            return default
+        try:
+            return json.loads(row[0])
+        except (ValueError, TypeError):  # altered outside the meter: reported at start, default used
+            self._damaged_meta.add(key)
+            return default
 
     def _put_meta(self, key: str, value: Any) -> None:
         self._db.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
@@ -501,6 +520,9 @@ class LegalInterface:
 
     # -- integrity ------------------------------------------------------------------------------
     def _log_event(self, event_id: int, fields: dict) -> None:
+        # the log holds no floats (canonical JSON): durations and the like go in as milliseconds
+        fields = {(f"{k}_ms" if isinstance(v, float) else k): (round(v * 1000) if isinstance(v, float) else v)
+                  for k, v in fields.items()}
         try:
             self._metro_log.append(int(time.time()), event_id, fields)
         except LogFull:
@@ -528,8 +550,14 @@ class LegalInterface:
                 problems.append(f"log: {report.problem}")
         signature = self._meta("registers_signature", None)
         has_energy = any(self._registers.milli_units().values())
-        if has_energy and (signature is None or not verify(public, self._registers_message(), bytes.fromhex(signature))):
+        try:
+            signed = signature is not None and verify(public, self._registers_message(), bytes.fromhex(signature))
+        except (ValueError, TypeError):
+            signed = False
+        if has_energy and not signed:
             problems.append("energy registers: signature does not verify")
+        if self._damaged_meta:
+            problems.append("stored state unreadable: " + ", ".join(sorted(self._damaged_meta)))
         last = self._lp1.last()
         if last is not None:
             row = _profile_row(last.time_utc, last.payload)
@@ -538,6 +566,12 @@ class LegalInterface:
                 problems.append("energy registers below the last load profile entry")
         if problems:
             self._raise_fatal(FATAL_NV_MEMORY, EVENT_STORE_DAMAGED, {"problems": "; ".join(problems[:8])})
+
+    def _check_parameters_at_start(self) -> None:
+        """Stored parameters outside their declared type or range were altered outside the meter (P7)."""
+        faults = self._parameters.integrity_faults
+        if faults:
+            self._raise_fatal(FATAL_NV_MEMORY, EVENT_STORE_DAMAGED, {"problems": "parameters: " + ", ".join(faults)})
 
     def _migrate_old_profile(self) -> None:
         """Stores written before the profile was hash-linked: move their rows into the chain once."""
@@ -619,6 +653,8 @@ class LegalInterface:
         self._metering.set_load(float(cmd.active_w), float(cmd.reactive_var))
 
     def _register_power(self, cmd: RegisterSimulatedPower) -> None:
+        if not 0 <= cmd.seconds <= MAX_SIMULATED_INTERVAL:
+            raise CommandRefused(f"seconds must be 0..{MAX_SIMULATED_INTERVAL} per command")
         self._metering.set_load(float(cmd.active_w), float(cmd.reactive_var))
         self._metering.measure_for(float(cmd.seconds))
 

@@ -48,6 +48,7 @@ CUMULATIVE_MAX_DEMAND_MAX_CT = 999_999
 # Sample rates the metrology accepts from the sensor (our type's choice: 80 and 160 samples
 # per 50 Hz cycle). A frame at any other rate is refused, not resampled.
 ALLOWED_SAMPLE_RATES_HZ = (4000, 8000)
+MAXIMUM_CURRENT_A = 100  # Imax of the meter type (WELMEC 7.2 I3-3: no wrap within 4000 h at Imax)
 
 # Companion §5.16: the certification mode ends 12 h after activation.
 CERTIFICATION_MODE_DURATION_S = 12 * 3600

@@ -81,6 +81,15 @@ def _field_types(cls: type) -> dict[str, Any]:
     return hints
 
 
+def check_fields(command: object) -> None:
+    """CommandRefused unless every field of a declared command has its declared type."""
+    cls = type(command)
+    hints = _field_types(cls)
+    for f in dataclasses.fields(cls):
+        if not _conforms(getattr(command, f.name), hints[f.name]):
+            raise CommandRefused(f"{cls.__name__}.{f.name}: not of its declared type")
+
+
 def decode_command(raw: bytes, allowed: dict[str, type]) -> object:
     """Rebuild a command; anything but a declared type with its declared fields, each of its
     declared type, is refused (a malformed declared command has no effect either: P3/P4)."""

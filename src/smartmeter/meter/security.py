@@ -27,7 +27,9 @@ from smartmeter.dlms.security.certificates import (
 from smartmeter.dlms.security.context import ClientPolicy, SecurityManager
 from smartmeter.dlms.security.errors import SecurityError
 from smartmeter.dlms.security.frame_counter import frame_counter_response
-from smartmeter.dlms.security.keys import KeyId, decode_key_transfer, unwrap_key
+from smartmeter.dlms.security.keys import (
+    KeyId, decode_key_agreement, decode_key_transfer, encode_key_agreement, server_key_agreement, unwrap_key,
+)
 from smartmeter.dlms.security.signing import generate_private_key
 from smartmeter.errors import DecodeError
 from smartmeter.meter.store import MeterStore
@@ -150,7 +152,47 @@ class MeterSecurity:
         ctx.association.after_response(apply)
 
     def key_agreement(self, client: str, parameters: Data, ctx: RequestContext) -> Data:
-        raise CosemAccessError(DataAccessResult.OTHER_REASON, "key agreement is not enabled on this meter yet")
+        """§3.5.3.2: ECDH Ephemeral Unified Model C(2e, 0s), both ephemeral keys signed. The
+        answer goes out protected with the current keys; then the agreed keys are used."""
+        context = self._context(client)
+        try:
+            requests = decode_key_agreement(parameters)
+        except (DecodeError, SecurityError, ValueError, TypeError):
+            raise CosemAccessError(DataAccessResult.TYPE_UNMATCHED, "key_agreement takes array of {key_id, key_ciphered_data}") from None
+        caller = self.clients.get(ctx.client_name)
+        client_keys = self.certificates.client_signing_keys(caller.sap, ctx.association.calling_system_title) if caller else ()
+        server_key = self.server_signing_key()
+        if not client_keys or server_key is None or ctx.association.calling_system_title is None:
+            raise CosemAccessError(DataAccessResult.OTHER_REASON, "key agreement needs certified signing keys on both sides")
+        responses, changes = [], []
+        for request in requests:
+            if request.key_id not in (KeyId.GLOBAL_UNICAST_ENCRYPTION, KeyId.AUTHENTICATION, KeyId.MASTER):
+                raise CosemAccessError(DataAccessResult.OTHER_REASON, "broadcast keys are not supported")
+            for public_key in client_keys:
+                try:
+                    response, key = server_key_agreement(
+                        context.suite, request, public_key, server_key, ctx.association.calling_system_title,
+                        self.server_system_title)
+                    break
+                except SecurityError:
+                    continue
+            else:
+                self.on_event("key_agreement_refused", {"client": client})
+                raise CosemAccessError(DataAccessResult.OTHER_REASON, "the client's ephemeral key signature does not verify")
+            responses.append(response)
+            kind = {KeyId.GLOBAL_UNICAST_ENCRYPTION: "ek", KeyId.AUTHENTICATION: "ak"}.get(request.key_id, "master")
+            changes.append((kind, key))
+
+        def apply() -> None:
+            for kind, key in changes:
+                if kind == "master":
+                    self.store.put("security.master", (key + self.manager.master_key[len(key):]).hex())
+                else:
+                    context.set_key(kind, key)
+            self.on_event("keys_changed", {"client": client, "keys": [kind for kind, _ in changes], "by": "agreement"})
+
+        ctx.association.after_response(apply)
+        return encode_key_agreement(responses)
 
     def generate_key_pair(self, key_type: int, ctx: RequestContext) -> None:
         if key_type != CertificateType.DIGITAL_SIGNATURE:
