@@ -3,7 +3,7 @@
 
     .venv/bin/python scripts/power_fail_soak.py --cycles N [--data-dir DIR] [--seed S]
         [--min-delay 0.05] [--max-delay 2.0] [--from-ready] [--no-capture-jump]
-        [--cli-verify-every 10]
+        [--cli-verify-every 10] [-v]
 
 Starts `smartmeter meter run` on a fresh data directory (a temporary one unless --data-dir
 is given), lets it measure the simulated household in real time, and cuts the power
@@ -17,11 +17,16 @@ starts the meter again, N times. After every kill it checks:
   position and the load profile are never lower than the newest values read from the store
   before the kill (read-only, polled every 20 ms while the meter runs);
 * the energy lost is at most 1 s of the load at that moment (PERSIST_PERIOD of the legal
-  part): the energy measured but not yet persisted at the kill is bounded by the metering
-  position the real-time loop can have reached at the kill (the newest persisted position
-  seen, plus the wall time since the poll *before* the one that saw it - conservative),
-  minus the position persisted after the kill; the loss is that many seconds of signal,
-  shown in mWh at the household's power at that moment;
+  part). The energy measured but not yet persisted at the kill is that of the signal between
+  the position persisted after the kill and the position the real-time loop can have reached
+  at the kill. The loop is never ahead of the wall clock, so that position is at most the
+  newest persisted position seen plus the wall time since the poll *before* the one that saw
+  it, and at most the position the run started from plus the time since the loop started
+  (not before the legal process's last three threads appeared in /proc: `start()` sets the
+  origin and then starts them; checked against the first persist; else the launch time).
+  Both are upper bounds, so the loss reported is too. It is shown in seconds of signal and
+  in mWh at the household's largest power over the last 2 s (HouseholdLoad, serial as
+  `meter run`'s default);
 * the hash-linked, signed logs and the load profile verify (the same check as
   `smartmeter verify-log` / `verify-storage`, in-process every cycle; every
   --cli-verify-every cycles and at the end the two commands themselves are run);
@@ -32,14 +37,25 @@ starts the meter again, N times. After every kill it checks:
 
 Load profile captures: the meter has no accelerated time, so by default (--capture-jump) each
 restart moves the meter's wall clock (time.time in the meter's processes, through a
-sitecustomize on PYTHONPATH; the harness only, nothing in src/) forward to 0.3-1.2 s before
-the next 15-minute boundary, as if the power had been off until then: every cycle captures
-a load-profile entry close to the kill, and kills land before, during and after captures.
-The store then holds future-dated entries: use a scratch data directory.
+sitecustomize on PYTHONPATH; the harness only, nothing in src/) forward so that the next
+15-minute boundary falls around the time the meter comes up (`capture_lead`, relative to the
+launch-to-answer time last seen), as if the power had been off until then. The meter
+captures at its first 1 s tick after the boundary, so kills land before and after captures
+(and, by chance, during one). The store then holds future-dated entries: use a scratch data
+directory. The summary counts, per cycle, whether the capture was stored before the kill,
+was due but not yet stored, was missed (the boundary passed before the meter read its
+clock), or the kill came before the meter read its clock.
 
-Prints one line per cycle (with -v) and a summary (cycles, kills before the meter answered,
-kills before/after the cycle's capture was stored, max loss in s and mWh, violations); exit
-status 1 on any violation. tests/power/test_power_failure.py runs `run_soak` for 50 cycles.
+Usage examples:
+
+    .venv/bin/python scripts/power_fail_soak.py --cycles 200 -v            # kills from launch
+    .venv/bin/python scripts/power_fail_soak.py --cycles 50 --from-ready --max-delay 1.5
+
+Prints one line per cycle (with -v), the seed and data directory, and a summary (cycles,
+kills before the meter answered, captures, max loss in s and mWh, violations, and notes about
+the harness's own observations); exit status 1 on any violation. A cycle takes 1-2 s.
+tests/power/test_power_failure.py runs `run_soak` for 50 cycles (kills 0.05-1.5 s after the
+first DLMS answer) and 8 kills during start-up.
 """
 from __future__ import annotations
 
@@ -601,7 +617,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cycles", type=int, required=True, help="power failures to cause")
-    parser.add_argument("--data-dir", type=Path, default=None, help="meter data directory [default: a fresh temporary one]")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="meter data directory [default: a fresh temporary one]")
     parser.add_argument("--seed", type=int, default=None, help="random seed of the kill instants")
     parser.add_argument("--min-delay", type=float, default=0.05)
     parser.add_argument("--max-delay", type=float, default=2.0)

@@ -152,7 +152,8 @@ def test_a_dlms_flood_neither_delays_nor_changes_metering(tmp_path):
     by_signal = {n: registered[n] - mean_power[n] * signal_s for n in soak.REGISTERS}
     signal_tolerances = {n: energy_tolerance_mwh(load, t0, t1, household[n], 0.0) for n in soak.REGISTERS}
 
-    report = (f"flood: {requests} requests in {FLOOD_SECONDS:g} s = {rate:.0f}/s ({profile_reads} whole-profile reads); "
+    report = (f"flood: {requests} requests in {FLOOD_SECONDS:g} s = {rate:.0f}/s "
+              f"({profile_reads} whole-profile reads); "
               f"pace {pace:.4f}, max drift {drift:.3f} s, max persist gap {max(gaps):.3f} s; "
               f"energy over {t1 - t0:.2f} s: registered {registered} mWh, household "
               f"{ {n: round(v, 1) for n, v in household.items()} } mWh, error "
