@@ -62,3 +62,15 @@ def test_loss_bound_is_conservative():
     # an observed start later than the store allows is not trusted: the launch time is used
     loss, notes = soak._loss_bound(base, 9.9, 9.0, seen, 10.3, after)
     assert notes and abs(loss - 0.3) < 1e-9
+
+
+def test_a_persisted_value_going_back_is_reported():
+    """The soak's monotonicity check names every register, the position and the profile."""
+    before = soak.Persisted(8000, {"a_plus": 5000, "a_minus": 0, "r_plus": 10, "r_minus": 0}, 2880, 0, 0, "")
+    same = soak.Persisted(8000, dict(before.milli), 2880, 0, 0, "")
+    assert same.below(before) == []
+    back = soak.Persisted(7999, {"a_plus": 4999, "a_minus": 0, "r_plus": 10, "r_minus": 0}, 2879, 0, 0, "")
+    problems = back.below(before)
+    assert len(problems) == 3
+    assert any("a_plus 4999 < 5000" in p for p in problems)
+    assert any("position" in p for p in problems) and any("load profile" in p for p in problems)
