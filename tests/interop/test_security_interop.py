@@ -33,6 +33,14 @@ COUNTERS = itertools.count(1000, 1000)
 
 
 @pytest.fixture(scope="module")
+def ksmw_meter(tmp_path_factory):
+    """A meter of this module's own: gurux's invocation counters must not meet other tests' clients."""
+    m = start_meter(tmp_path_factory.mktemp("ksmw"))
+    yield m
+    m.stop()
+
+
+@pytest.fixture(scope="module")
 def idis_meter(tmp_path_factory):
     m = start_meter(tmp_path_factory.mktemp("idis"), "--profile", "idis")
     yield m
@@ -54,7 +62,8 @@ def test_gurux_hls5_suite0_management_reads_energy(idis_meter):
     client.close()
 
 
-def test_gurux_hls7_suite1_management_reads_energy(meter):
+def test_gurux_hls7_suite1_management_reads_energy(ksmw_meter):
+    meter = ksmw_meter
     client = GuruxSecureClient(meter.wrapper_port, meter.data_dir / "credentials" / "management.json", next(COUNTERS))
     client.associate()
     before = meter.energy_wh("a_plus")
@@ -76,7 +85,8 @@ def test_dlms_cosem_hls5_suite0_management_reads_energy(idis_meter):
     assert raw[0] == 0x06 and int.from_bytes(raw[1:5], "big") > 0
 
 
-def test_hls7_with_a_foreign_signing_key_is_refused(meter):
+def test_hls7_with_a_foreign_signing_key_is_refused(ksmw_meter):
+    meter = ksmw_meter
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
