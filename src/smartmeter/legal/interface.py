@@ -59,7 +59,6 @@ EVENT_METROLOGY_RESTARTED = 202
 EVENT_METROLOGY_UNRECOVERABLE = 203
 EVENT_SENSOR_REFUSED = 204
 EVENT_SENSOR_PAIRED = 205
-EVENT_POWER_UP = 206
 EVENT_REGISTERS_BELOW_PROFILE = 207
 EVENT_DEMO_HISTORY = 208
 FAULTY_OPERATION_EVENTS = {"sensor_gap": 209, "sensor_silent": 210, "sensor_resumed": 211,
@@ -314,6 +313,11 @@ class ReadMetrologicalLog:
 
 
 @dataclass(frozen=True, slots=True)
+class ReadMeteringStatus:
+    """-> (next sample position, lag behind real time s, largest lag s, watchdog restarts)."""
+
+
+@dataclass(frozen=True, slots=True)
 class ReadSigningKey:
     """-> (public key PEM, SHA-256 fingerprint) of the key that signs logs and stored data."""
 
@@ -446,6 +450,8 @@ class LegalInterface:
             ReadCertificationLog: lambda cmd: self._log_records(self._cert_log.log, cmd.from_time, cmd.to_time),
             ReadMetrologicalLog: lambda cmd: self._log_records(self._metro_log, cmd.from_time, cmd.to_time),
             ReadSigningKey: lambda _: (self._signer.public_key_pem(), self._signer.fingerprint()),
+            ReadMeteringStatus: lambda _: (self._metering.position, float(self._metering.lag_seconds()),
+                                           float(self._metering.max_lag_seconds()), self._metering.restarts),
             InjectMetrologyStall: self._inject_stall,
             OpenSensorPairing: self._open_pairing,
             ReadSensor: self._read_sensor,
@@ -544,10 +550,10 @@ class LegalInterface:
             report = table.verify(public)
             if not report.ok:
                 problems.append(f"{table.name}: {report.problem}")
-        for log in (self._metro_log, self._cert_log):
+        for name, log in ((METROLOGICAL_LOG, self._metro_log), ("certification", self._cert_log)):
             report = log.verify(public)
             if not report.ok:
-                problems.append(f"log: {report.problem}")
+                problems.append(f"{name} log: {report.problem}")
         signature = self._meta("registers_signature", None)
         has_energy = any(self._registers.milli_units().values())
         try:
@@ -848,17 +854,42 @@ def start_legal_process(data_dir: Path, options: dict | None = None):
 # -- offline: what can be checked without the meter running ------------------------------------
 
 LOG_TABLES = (METROLOGICAL_LOG, "certification")
-STORAGE_TABLES = (LOAD_PROFILE_1,)
+STORAGE_TABLES = (LOAD_PROFILE_1, "energy registers")
+
+
+REGISTERS_TABLE = "energy registers"
 
 
 def verify_stored_data(data_dir: Path, tables: tuple[str, ...], public_key_pem: bytes | None = None):
     """Verify hash links and signatures of the named tables of a data directory, read-only,
-    with the exported public key (or the one given): -> list of reports (see legal/verify.py)."""
-    from smartmeter.legal.verify import verify_data_dir
+    with the exported public key (or the one given): -> list of reports (see legal/verify.py).
+    The name REGISTERS_TABLE checks the signature over the stored energy registers."""
+    from smartmeter.legal.signing import PUBLIC_KEY_FILE, public_key_fingerprint
+    from smartmeter.legal.verify import TableReport, open_read_only, verify_data_dir
 
-    reports = verify_data_dir(Path(data_dir), public_key_pem=public_key_pem, expected_tables=tables,
-                              event_logs=tuple(t for t in tables if t in LOG_TABLES))
-    return [r for r in reports if r.name in tables or r.name == "(store)"]
+    chains = tuple(t for t in tables if t != REGISTERS_TABLE)
+    reports = verify_data_dir(Path(data_dir), public_key_pem=public_key_pem, expected_tables=chains,
+                              event_logs=tuple(t for t in chains if t in LOG_TABLES))
+    reports = [r for r in reports if r.name in chains or r.name == "(store)"]
+    if REGISTERS_TABLE in tables and not any(r.name == "(store)" for r in reports):
+        pem = public_key_pem or (Path(data_dir) / PUBLIC_KEY_FILE).read_bytes()
+        db = open_read_only(Path(data_dir) / "legal.sqlite3")
+        try:
+            milli = dict(db.execute("SELECT name, milli_units FROM energy_register").fetchall())
+            row = db.execute("SELECT value FROM meta WHERE key = 'registers_signature'").fetchone()
+        finally:
+            db.close()
+        message = b"smartmeter/registers/v1\0" + b"".join(int(milli.get(n, 0)).to_bytes(8, "big") for n in REGISTER_NAMES)
+        try:
+            ok = row is not None and verify(pem, message, bytes.fromhex(json.loads(row[0])))
+        except (ValueError, TypeError, OverflowError):
+            ok = False
+        if not any(milli.values()) and row is None:
+            ok = True  # nothing registered yet
+        reports.append(TableReport(REGISTERS_TABLE, ok, len(milli), None,
+                                   "" if ok else "the register values do not match their signature",
+                                   key_fingerprint=public_key_fingerprint(pem)))
+    return reports
 
 
 def identify_software(application_version: str) -> SoftwareIdentity:
