@@ -25,6 +25,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/profile_decode.py
 	$(BIN)/python benchmarks/metrology.py
+	$(BIN)/python benchmarks/security.py
 
 clean:
 	rm -rf $(VENV) meter-data
