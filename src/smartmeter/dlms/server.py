@@ -121,6 +121,13 @@ class _Outgoing:
     next_block: int = 1
     sent: int = 0
 
+    def take(self) -> tuple[bytes, bool, int]:
+        """The next block: (data, last, block number)."""
+        chunk = self.data[self.sent:self.sent + self.block_size]
+        self.sent += len(chunk)
+        self.next_block += 1
+        return chunk, self.sent >= len(self.data), self.next_block - 1
+
 
 @dataclass
 class _Incoming:
@@ -539,11 +546,7 @@ class ServerAssociation:
         return self._next_block(self._outgoing)
 
     def _next_block(self, out: _Outgoing):
-        chunk = out.data[out.sent:out.sent + out.block_size]
-        out.sent += len(chunk)
-        last = out.sent >= len(out.data)
-        number = out.next_block
-        out.next_block += 1
+        chunk, last, number = out.take()
         if last:
             self._outgoing = None
         if out.kind == "get":
@@ -708,12 +711,7 @@ class ServerAssociation:
 
     # -- general block transfer ------------------------------------------------------------
     def _next_gbt(self, block_number_ack: int) -> GeneralBlockTransfer:
-        out = self._gbt_out
-        chunk = out.data[out.sent:out.sent + out.block_size]
-        out.sent += len(chunk)
-        last = out.sent >= len(out.data)
-        number = out.next_block
-        out.next_block += 1
+        chunk, last, number = self._gbt_out.take()
         if last:
             self._gbt_out = None
         return GeneralBlockTransfer(last, False, 1, number, block_number_ack, chunk)
