@@ -6,6 +6,7 @@ from typing import ClassVar
 
 from smartmeter.cosem.data import Data
 from smartmeter.dlms.apdu.common import (
+    InvokeAndBlockNumber,
     ActionResult,
     Apdu,
     CosemMethodDescriptor,
@@ -117,7 +118,7 @@ class ActionRequestNormal(Apdu):
 
 
 @dataclass(frozen=True, slots=True)
-class ActionRequestNextPblock(Apdu):
+class ActionRequestNextPblock(InvokeAndBlockNumber):
     """action-request-next-pblock: asks for the next block of long return parameters."""
 
     invoke_id_and_priority: int
@@ -125,14 +126,6 @@ class ActionRequestNextPblock(Apdu):
 
     TAG: ClassVar[int] = ACTION_REQUEST_TAG
     CHOICE: ClassVar[int] = 2
-
-    def _encode_body(self, out: bytearray) -> None:
-        put_u8(out, self.invoke_id_and_priority, "invoke_id_and_priority")
-        put_u32(out, self.block_number, "block_number")
-
-    @classmethod
-    def _decode_body(cls, r: Reader) -> "ActionRequestNextPblock":
-        return cls(r.u8("invoke-id-and-priority"), r.u32("block-number"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,7 +328,7 @@ class ActionResponseWithList(Apdu):
 
 
 @dataclass(frozen=True, slots=True)
-class ActionResponseNextPblock(Apdu):
+class ActionResponseNextPblock(InvokeAndBlockNumber):
     """action-response-next-pblock: acknowledges a parameter block, asks for the next."""
 
     invoke_id_and_priority: int
@@ -344,10 +337,3 @@ class ActionResponseNextPblock(Apdu):
     TAG: ClassVar[int] = ACTION_RESPONSE_TAG
     CHOICE: ClassVar[int] = 4
 
-    def _encode_body(self, out: bytearray) -> None:
-        put_u8(out, self.invoke_id_and_priority, "invoke_id_and_priority")
-        put_u32(out, self.block_number, "block_number")
-
-    @classmethod
-    def _decode_body(cls, r: Reader) -> "ActionResponseNextPblock":
-        return cls(r.u8("invoke-id-and-priority"), r.u32("block-number"))

@@ -315,6 +315,21 @@ class Apdu:
         return value
 
 
+class InvokeAndBlockNumber(Apdu):
+    """The body of the block-transfer APDUs that carry only invoke-id-and-priority and a block
+    number (get-request-next, set-response-datablock, action-request/response-next-pblock)."""
+
+    __slots__ = ()
+
+    def _encode_body(self, out: bytearray) -> None:
+        put_u8(out, self.invoke_id_and_priority, "invoke_id_and_priority")
+        put_u32(out, self.block_number, "block_number")
+
+    @classmethod
+    def _decode_body(cls, r: Reader):
+        return cls(r.u8("invoke-id-and-priority"), r.u32("block-number"))
+
+
 # ---------------------------------------------------------------------------------------
 # Descriptors
 # ---------------------------------------------------------------------------------------

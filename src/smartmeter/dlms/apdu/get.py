@@ -6,6 +6,7 @@ from typing import ClassVar
 
 from smartmeter.cosem.data import Data
 from smartmeter.dlms.apdu.common import (
+    InvokeAndBlockNumber,
     Apdu,
     AttributeItem,
     CosemAttributeDescriptor,
@@ -73,7 +74,7 @@ class GetRequestNormal(Apdu):
 
 
 @dataclass(frozen=True, slots=True)
-class GetRequestNext(Apdu):
+class GetRequestNext(InvokeAndBlockNumber):
     """get-request-next: asks for the block after `block_number` of a long GET."""
 
     invoke_id_and_priority: int
@@ -81,14 +82,6 @@ class GetRequestNext(Apdu):
 
     TAG: ClassVar[int] = GET_REQUEST_TAG
     CHOICE: ClassVar[int] = 2
-
-    def _encode_body(self, out: bytearray) -> None:
-        put_u8(out, self.invoke_id_and_priority, "invoke_id_and_priority")
-        put_u32(out, self.block_number, "block_number")
-
-    @classmethod
-    def _decode_body(cls, r: Reader) -> "GetRequestNext":
-        return cls(r.u8("invoke-id-and-priority"), r.u32("block-number"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ from typing import ClassVar
 
 from smartmeter.cosem.data import Data
 from smartmeter.dlms.apdu.common import (
+    InvokeAndBlockNumber,
     Apdu,
     AttributeItem,
     CosemAttributeDescriptor,
@@ -225,7 +226,7 @@ class SetResponseNormal(Apdu):
 
 
 @dataclass(frozen=True, slots=True)
-class SetResponseDatablock(Apdu):
+class SetResponseDatablock(InvokeAndBlockNumber):
     """set-response-datablock: acknowledges block `block_number` of a long write."""
 
     invoke_id_and_priority: int
@@ -233,14 +234,6 @@ class SetResponseDatablock(Apdu):
 
     TAG: ClassVar[int] = SET_RESPONSE_TAG
     CHOICE: ClassVar[int] = 2
-
-    def _encode_body(self, out: bytearray) -> None:
-        put_u8(out, self.invoke_id_and_priority, "invoke_id_and_priority")
-        put_u32(out, self.block_number, "block_number")
-
-    @classmethod
-    def _decode_body(cls, r: Reader) -> "SetResponseDatablock":
-        return cls(r.u8("invoke-id-and-priority"), r.u32("block-number"))
 
 
 @dataclass(frozen=True, slots=True)
