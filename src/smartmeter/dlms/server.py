@@ -22,7 +22,9 @@ from smartmeter.dlms.apdu.common import (
 from smartmeter.dlms.apdu.errors import ConfirmedServiceError, ExceptionResponse, ServiceError, StateError
 from smartmeter.dlms.apdu.gbt import GeneralBlockTransfer
 from smartmeter.dlms.apdu.initiate import Conformance, InitiateRequest, InitiateResponse
-from smartmeter.dlms.apdu.ciphered import CIPHERED_TAGS
+from smartmeter.dlms.apdu.ciphered import CIPHERED_TAGS, GeneralGloCiphering
+from smartmeter.dlms.apdu.notification import DataNotification
+from smartmeter.dlms.security.suites import SecurityControl
 from smartmeter.dlms.apdu.xdlms import decode_xdlms
 from smartmeter.dlms.security.context import REQUEST_BITS, SecurityManager
 from smartmeter.dlms.security.errors import SecurityError
@@ -105,6 +107,17 @@ class DlmsServer:
             return False
         self.active[association.interface] = association
         return True
+
+    def protected_notification(self, client: str, body: Data, long_invoke_id_and_priority: int = 0) -> bytes:
+        """A data-notification for `client`, protected as §3.3.1 says: general-glo-ciphering
+        with that client's global keys (authenticated and encrypted), the meter's system title
+        and its sending counter, and the meter's date-time inside."""
+        context = self.security.context(client) if self.security else None
+        if context is None:
+            raise SecurityRefusal("policy", f"client {client} has no security context for protected pushes")
+        notification = DataNotification(long_invoke_id_and_priority, self.clock_bytes(), body).to_bytes()
+        return GeneralGloCiphering.protect(SecurityControl(context.suite, True, True), context.ek, context.ak,
+                                           self.system_title, context.next_tx(), notification).to_bytes()
 
     def association(self, client_sap: int, interface: str, server_sap: int | None = None) -> "ServerAssociation":
         return ServerAssociation(self, client_sap, interface, self.server_sap if server_sap is None else server_sap)
