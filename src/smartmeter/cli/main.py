@@ -165,6 +165,8 @@ async def _serve(meter_, host: str, wrapper_port: int, hdlc_port: int, serial_de
                         f"profile 1-0:99.1.0.255 --from {(dt.date.today() - dt.timedelta(days=1)).isoformat()}"):
             click.echo(f"  {prog} client{port_opt} {command}")
         click.echo(f"  {prog} client --hdlc{hport} get 0-0:42.0.0.255")
+        creds = meter_.config.data_dir / "credentials" / "management.json"
+        click.echo(f"  {prog} client{port_opt} --credentials {creds} get 1-0:1.8.0.255   # HLS 7, suite 1 (demo keys)")
         click.echo("Ctrl-C stops the meter.")
     sys.stdout.flush()
 
