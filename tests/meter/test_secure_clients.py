@@ -73,6 +73,23 @@ def test_dedicated_keys_with_a_long_profile_read(secured_meter):
     assert asyncio.run(go()) == (200, True)
 
 
+def test_profile_rows_match_the_data_tree(secured_meter):
+    """The bulk row decoder and the generic decoder agree on a real, block-transferred buffer."""
+    credentials = load_credentials(secured_meter.data_dir / "credentials" / "management.json")
+
+    async def go():
+        async with MeterClient(_link(secured_meter, credentials), security=credentials.security) as client:
+            _, tree = await client.profile("1-0:99.1.0.255", entries=(1, 200))
+            _, rows = await client.profile("1-0:99.1.0.255", entries=(1, 200), rows=True)
+            _, one = await client.profile("1-0:99.1.0.255", entries=(1, 1), rows=True)
+            return tree, rows, one
+
+    tree, rows, one = asyncio.run(go())
+    assert len(rows) == 200 and all(isinstance(row, tuple) for row in rows)
+    assert rows == [tuple(item.value for item in row.value) for row in tree.value]
+    assert one == rows[:1]
+
+
 def test_wrong_credentials_are_refused(secured_meter, tmp_path):
     fields = json.loads((secured_meter.data_dir / "credentials" / "maintenance.json").read_text())
     fields["hls_secret"] = "00" * 32

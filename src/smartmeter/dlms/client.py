@@ -157,10 +157,15 @@ class Exchange:
 
 
 class GetExchange(Exchange):
-    def __init__(self, descriptor: CosemAttributeDescriptor, selection: SelectiveAccessDescriptor | None = None) -> None:
+    """One GET. With `rows=True` an array of structures (a profile buffer) comes back as plain
+    row tuples through the bulk decoder (`axdr.decode_rows`) instead of a Data tree."""
+
+    def __init__(self, descriptor: CosemAttributeDescriptor, selection: SelectiveAccessDescriptor | None = None,
+                 rows: bool = False) -> None:
         super().__init__()
         self.descriptor = descriptor
         self.selection = selection
+        self.rows = rows
         self.what = f"GET {descriptor.class_id}/{descriptor.instance_id.hex()}/{descriptor.attribute_id}"
         self._blocks: list[bytes] = []
         self._size = 0
@@ -173,6 +178,8 @@ class GetExchange(Exchange):
             if isinstance(apdu.result, DataAccessResult):
                 raise AccessDenied(apdu.result, self.what)
             self.result, self.done = apdu.result, True
+            if self.rows:
+                self.result = self._as_rows(apdu.result)
             return None
         if isinstance(apdu, get.GetResponseWithDataBlock):
             if apdu.error is not None:
@@ -185,9 +192,21 @@ class GetExchange(Exchange):
                 raise ClientError(f"{self.what}: response too long")
             if not apdu.last_block:
                 return get.GetRequestNext(INVOKE_ID_AND_PRIORITY, apdu.block_number).to_bytes()
-            self.result, self.done = axdr.decode_all(b"".join(self._blocks)), True
+            data = b"".join(self._blocks)
+            if self.rows:
+                rows, end = axdr.decode_rows(data)
+                if end != len(data):
+                    raise DecodeError("profile buffer", end, "bytes after the array")
+                self.result, self.done = rows, True
+            else:
+                self.result, self.done = axdr.decode_all(data), True
             return None
         raise _unexpected(apdu, self.what)
+
+    def _as_rows(self, value: Data) -> list[tuple]:
+        if value.type != DataType.ARRAY or any(row.type != DataType.STRUCTURE for row in value.value):
+            raise ClientError(f"{self.what}: not an array of structures")
+        return [tuple(item.value for item in row.value) for row in value.value]
 
 
 class SetExchange(Exchange):

@@ -147,8 +147,12 @@ class MeterClient:
         return await self.run(ActionExchange(CosemMethodDescriptor(class_id, obis.to_bytes(), method), parameters))
 
     async def profile(self, obis: Obis | str, *, from_time: dt.datetime | None = None,
-                      to_time: dt.datetime | None = None, entries: tuple[int, int] | None = None) -> tuple[Data, Data]:
-        """(capture_objects, buffer) of a profile, whole or selected by range or by entry."""
+                      to_time: dt.datetime | None = None, entries: tuple[int, int] | None = None,
+                      rows: bool = False) -> tuple[Data, Data | list[tuple]]:
+        """(capture_objects, buffer) of a profile, whole or selected by range or by entry.
+
+        With `rows=True` the buffer comes back as a list of row tuples (bulk-decoded), which is
+        what a head-end storing thousands of entries wants; otherwise as a Data array."""
         obis = Obis.parse(obis) if isinstance(obis, str) else obis
         selection = None
         if entries is not None:
@@ -156,4 +160,5 @@ class MeterClient:
         elif from_time is not None or to_time is not None:
             selection = range_selection(from_time, to_time)
         columns = await self.get(obis, 3, class_id=7)
-        return columns, await self.get(obis, 2, class_id=7, selection=selection)
+        buffer = GetExchange(CosemAttributeDescriptor(7, obis.to_bytes(), 2), selection, rows=rows)
+        return columns, await self.run(buffer)
