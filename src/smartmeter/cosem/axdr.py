@@ -62,6 +62,7 @@ __all__ = [
     "encode_type_description",
     "decode_type_description",
     "decode_rows",
+    "rows_of",
     "encode_rows",
     "rows_to_data",
 ]
@@ -739,6 +740,13 @@ def _row_values(row: Data, offset: int) -> tuple:
     if row.type != DataType.STRUCTURE:
         raise DecodeError("profile buffer row", offset, f"is {row.type.name}, not a structure")
     return tuple(item.value for item in row.value)
+
+
+def rows_of(value: Data) -> list[tuple]:
+    """The rows of an already decoded array of structures, as `decode_rows` gives them."""
+    if value.type != DataType.ARRAY:
+        raise DecodeError("profile buffer", 0, f"is {value.type.name}, not an array")
+    return [_row_values(row, 0) for row in value.value]
 
 
 def decode_rows(buf: bytes | bytearray | memoryview, offset: int = 0) -> tuple[list[tuple], int]:

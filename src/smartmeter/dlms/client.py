@@ -179,7 +179,7 @@ class GetExchange(Exchange):
                 raise AccessDenied(apdu.result, self.what)
             self.result, self.done = apdu.result, True
             if self.rows:
-                self.result = self._as_rows(apdu.result)
+                self.result = axdr.rows_of(apdu.result)
             return None
         if isinstance(apdu, get.GetResponseWithDataBlock):
             if apdu.error is not None:
@@ -202,11 +202,6 @@ class GetExchange(Exchange):
                 self.result, self.done = axdr.decode_all(data), True
             return None
         raise _unexpected(apdu, self.what)
-
-    def _as_rows(self, value: Data) -> list[tuple]:
-        if value.type != DataType.ARRAY or any(row.type != DataType.STRUCTURE for row in value.value):
-            raise ClientError(f"{self.what}: not an array of structures")
-        return [tuple(item.value for item in row.value) for row in value.value]
 
 
 class SetExchange(Exchange):
