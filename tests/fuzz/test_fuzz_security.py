@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 
+from byte_mutation import mutate
 from smartmeter.dlms.apdu import ciphered as c
 from smartmeter.dlms.security import hls
 from smartmeter.dlms.security.errors import SecurityError
@@ -57,30 +58,6 @@ def _random_input(rng: random.Random) -> bytes:
     return body
 
 
-def _mutate(rng: random.Random, b: bytes) -> bytes:
-    buf = bytearray(b)
-    for _ in range(rng.randrange(1, 4)):
-        op = rng.randrange(7)
-        if op == 0 and buf:  # bit flip
-            i = rng.randrange(len(buf))
-            buf[i] ^= 1 << rng.randrange(8)
-        elif op == 1 and buf:  # truncation
-            del buf[rng.randrange(len(buf)):]
-        elif op == 2:  # insertion
-            i = rng.randrange(len(buf) + 1)
-            buf[i:i] = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 4)))
-        elif op == 3 and buf:  # deletion
-            i = rng.randrange(len(buf))
-            del buf[i:i + rng.randrange(1, 4)]
-        elif op == 4 and buf:  # length byte corruption
-            buf[rng.randrange(len(buf))] = rng.choice(_INTERESTING)
-        elif op == 5 and buf:
-            buf[rng.randrange(len(buf))] = rng.randrange(256)
-        else:
-            buf += bytes(rng.randrange(256) for _ in range(rng.randrange(1, 6)))
-    return bytes(buf)
-
-
 def _check_decode(b: bytes) -> bool:
     cls = _CLASS_BY_TAG.get(b[0]) if b else None
     try:
@@ -110,7 +87,7 @@ def test_fuzz_decode_ciphered_mutated():
     seeds = _seed_apdus()
     for s in seeds:
         assert _check_decode(s)
-    accepted = sum(_check_decode(_mutate(rng, rng.choice(seeds))) for _ in range(MUTATED_INPUTS))
+    accepted = sum(_check_decode(mutate(rng, rng.choice(seeds), _INTERESTING)) for _ in range(MUTATED_INPUTS))
     assert 0 < accepted < MUTATED_INPUTS
 
 
@@ -157,7 +134,7 @@ def test_fuzz_unprotect_mutated_never_forges():
         originals.append((protect_content(sc, ek, ak, TITLE, rng.randrange(1 << 32), plain, b"aad"), ek, ak, plain))
     for _ in range(UNPROTECT_MUTATED):
         content, ek, ak, plain = rng.choice(originals)
-        mutated = _mutate(rng, content)
+        mutated = mutate(rng, content, _INTERESTING)
         out = _try_unprotect(lambda: unprotect_content(mutated, ek, ak, TITLE, b"aad")[1])
         if out is not None:
             # Authentication holds: whatever passes carries the original SC, IC and plaintext.
@@ -190,5 +167,5 @@ def test_fuzz_each_decoder_body_gets_100k_mutated_inputs():
     assert set(families) == {"service-specific", "general-glo/ded", "GeneralCiphering", "GeneralSigning"}
     for n, (name, own) in enumerate(sorted(families.items())):
         rng = random.Random(SEED + 10 + n)
-        accepted = sum(_check_decode(_mutate(rng, rng.choice(own))) for _ in range(PER_DECODER_INPUTS))
+        accepted = sum(_check_decode(mutate(rng, rng.choice(own), _INTERESTING)) for _ in range(PER_DECODER_INPUTS))
         assert 0 < accepted < PER_DECODER_INPUTS, name

@@ -7,6 +7,7 @@ import random
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent.parent / "dlms"))
+from byte_mutation import mutate  # noqa: E402
 from test_apdu_common import sample_apdus  # noqa: E402
 
 from smartmeter.dlms.apdu.xdlms import APDU_CLASSES, decode_xdlms  # noqa: E402
@@ -27,30 +28,6 @@ def _random_input(rng: random.Random) -> bytes:
     if r < 0.7:  # a real tag (and usually a real choice) so decoding goes past the dispatcher
         return bytes((rng.choice(_TAGS), rng.randrange(1, 8))) + body
     return body
-
-
-def _mutate(rng: random.Random, b: bytes) -> bytes:
-    buf = bytearray(b)
-    for _ in range(rng.randrange(1, 4)):
-        op = rng.randrange(7)
-        if op == 0 and buf:  # bit flip
-            i = rng.randrange(len(buf))
-            buf[i] ^= 1 << rng.randrange(8)
-        elif op == 1 and buf:  # truncation
-            del buf[rng.randrange(len(buf)):]
-        elif op == 2:  # insertion
-            i = rng.randrange(len(buf) + 1)
-            buf[i:i] = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 4)))
-        elif op == 3 and buf:  # deletion
-            i = rng.randrange(len(buf))
-            del buf[i:i + rng.randrange(1, 4)]
-        elif op == 4 and buf:  # length/count corruption
-            buf[rng.randrange(len(buf))] = rng.choice(_INTERESTING)
-        elif op == 5 and buf:  # byte replaced by random
-            buf[rng.randrange(len(buf))] = rng.randrange(256)
-        else:  # append junk
-            buf += bytes(rng.randrange(256) for _ in range(rng.randrange(1, 6)))
-    return bytes(buf)
 
 
 def _check(b: bytes) -> bool:
@@ -77,6 +54,6 @@ def test_fuzz_mutated_valid_encodings():
         assert _check(s)
     accepted = 0
     for _ in range(MUTATED_INPUTS):
-        accepted += _check(_mutate(rng, rng.choice(seeds)))
+        accepted += _check(mutate(rng, rng.choice(seeds), _INTERESTING))
     # Some mutations (e.g. a flipped bit inside raw data) stay valid; most must not.
     assert 0 < accepted < MUTATED_INPUTS
