@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: run test venv bench clean
+.PHONY: run test venv bench evidence clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,6 +26,16 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/profile_decode.py
 	$(BIN)/python benchmarks/metrology.py
 	$(BIN)/python benchmarks/security.py
+
+# The WELMEC 7.2 evidence: every test marked @pytest.mark.welmec(...), then docs/welmec/matrix.md
+# with each test's outcome and the software identification of this tree (an examination
+# report's start). The matrix is written even when a test fails: it then says which.
+EVIDENCE_XML := $(VENV)/evidence-junit.xml
+evidence: $(STAMP)
+	$(BIN)/lint-imports
+	$(BIN)/python -m pytest -m welmec -p no:cacheprovider --junitxml=$(EVIDENCE_XML) -o junit_family=xunit1; \
+	status=$$?; \
+	$(BIN)/python scripts/welmec_docs.py --junit $(EVIDENCE_XML) --command "make evidence" && exit $$status
 
 clean:
 	rm -rf $(VENV) meter-data

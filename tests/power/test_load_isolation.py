@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from meterproc import start_meter
 from smartmeter.meter.simulation import HouseholdLoad
 
@@ -93,6 +95,7 @@ def energy_tolerance_mwh(load: HouseholdLoad, t0: float, t1: float, expected_mwh
     return watt_seconds / 3.6 + 0.001 * abs(expected_mwh) + 1.0
 
 
+@pytest.mark.welmec("I3-5", "S3")
 def test_a_dlms_flood_neither_delays_nor_changes_metering(tmp_path):
     meter = start_meter(tmp_path / "meter-data")
     clock_offset = time.time() - time.monotonic()  # wall = monotonic + offset (this process's clocks)

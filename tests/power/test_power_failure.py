@@ -7,6 +7,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
 import power_fail_soak as soak  # noqa: E402
@@ -14,6 +16,7 @@ import power_fail_soak as soak  # noqa: E402
 CYCLES = 50
 
 
+@pytest.mark.welmec("I3-2", "P5", "U5")
 def test_fifty_power_failures_lose_at_most_one_second_and_nothing_persisted(tmp_path):
     """Kills 0.05-1.5 s after the meter's first DLMS answer; the meter's clock is moved so that a
     load-profile capture falls due around the kill (its second 1 s tick after start-up), so
@@ -35,6 +38,7 @@ def test_fifty_power_failures_lose_at_most_one_second_and_nothing_persisted(tmp_
     assert {"stored", "pending"} <= captures, captures
 
 
+@pytest.mark.welmec("I3-2", "P5", "U5")
 def test_kills_during_start_up(tmp_path):
     """A fresh data directory, killed 0.05-1.0 s after launch: during the legal process's start,
     the 30-day back-fill, the store check; every following start still verifies and answers."""

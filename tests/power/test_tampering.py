@@ -224,6 +224,7 @@ def copy_store(pristine: Path, tmp_path: Path) -> Path:
     return target
 
 
+@pytest.mark.welmec("L2", "L3", "L6", "P5", "U5")
 def test_the_untouched_store_verifies_and_starts_without_fatal_error(pristine, tmp_path):
     """The control: without tampering, both commands pass, the meter starts with fatal errors 0
     and logs no event 201 - so what the other tests see comes from the tampering."""
@@ -238,6 +239,7 @@ def test_the_untouched_store_verifies_and_starts_without_fatal_error(pristine, t
     assert EVENT_STORE_DAMAGED not in [kind for kind, _ in metrological_events(data_dir)]
 
 
+@pytest.mark.welmec("L2", "L3", "L6", "P5", "U5", "I3-4")
 @pytest.mark.parametrize("tamper", TAMPERINGS, ids=lambda f: f.__name__)
 def test_tampering_is_reported_offline_and_at_the_next_start(pristine, tmp_path, tamper):
     data_dir = copy_store(pristine, tmp_path)

@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
+
 from smartmeter.legal import interface as legal
 
-BLOCKS = ("I3-1",)
 POWER_W = 23_000.0  # one phase, 230 V x 100 A
 
 
+@pytest.mark.welmec("I3-1")
 def test_a_stalled_metering_loop_is_restarted_and_loses_no_energy(tmp_path):
     """An injected hang of the metering loop is restarted by the watchdog, sets fatal bit 0x10 (kept across restarts), logs a dated event 202 with the stalled time, and the energy still equals P*t."""
     part = legal.LegalInterface(tmp_path, fault_injection=True, realtime=True)
@@ -46,6 +48,7 @@ def test_a_stalled_metering_loop_is_restarted_and_loses_no_energy(tmp_path):
         again.close()
 
 
+@pytest.mark.welmec("P4", "U4", "S3")
 def test_the_stall_hook_is_refused_without_fault_injection(tmp_path):
     """The fault-injection hook is refused (and counted) unless the part was started with fault injection."""
     part = legal.LegalInterface(tmp_path, realtime=True)

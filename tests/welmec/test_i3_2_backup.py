@@ -9,10 +9,11 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from smartmeter.legal import interface as legal
 from welmec_support import ENERGY, read_public, start_meter_from, stored_milli
 
-BLOCKS = ("I3-2",)
 U_N, I_MAX = 230.0, 100.0  # V, A: nominal voltage and the maximum current this type is rated for (assumed)
 
 
@@ -34,6 +35,7 @@ while True:
 """
 
 
+@pytest.mark.welmec("I3-2")
 def test_the_persist_period_keeps_a_power_failure_below_the_critical_change_value():
     """The persist period times the maximum power is below the critical change value, for one and for three phases."""
     for phases in (1, 3):
@@ -41,6 +43,7 @@ def test_the_persist_period_keeps_a_power_failure_below_the_critical_change_valu
         assert legal.PERSIST_PERIOD * p_max / 3600 < critical_change_wh(phases)
 
 
+@pytest.mark.welmec("I3-2", "P5", "U5")
 def test_kill_9_of_the_legal_process_loses_less_than_the_critical_change_value(tmp_path):
     """kill -9 of a process measuring Pmax in real time, at random moments: the restarted part holds all but at most the critical change value, with a consistent store."""
     p_max = U_N * I_MAX
@@ -72,6 +75,7 @@ def test_kill_9_of_the_legal_process_loses_less_than_the_critical_change_value(t
         stored_before = kept
 
 
+@pytest.mark.welmec("I3-2")
 def test_power_failure_of_a_whole_meter_keeps_what_dlms_showed(tmp_path):
     """kill -9 of a whole meter (communication side and legal process): after restart +A is at least what DLMS showed before, less the critical change value."""
     meter = start_meter_from(None, tmp_path / "m")

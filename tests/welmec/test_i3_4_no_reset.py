@@ -14,7 +14,6 @@ from smartmeter.legal import interface as legal
 from smartmeter.meter.clock import MeterClock
 from smartmeter.meter.runtime import Meter, MeterConfig
 
-BLOCKS = ("I3-4",)
 T0 = 1_773_144_000
 TITLE = "4b464d0000000007"
 NAMES = ("a_plus", "a_minus", "r_plus", "r_minus")
@@ -46,6 +45,7 @@ def _registers(part) -> dict[str, int]:
     return {n: getattr(snap, n) for n in NAMES}
 
 
+@pytest.mark.welmec("I3-4")
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(first=st.builds(legal.RegisterSimulatedPower, power, power, st.floats(0.1, 5)),
        sequence=st.lists(commands, max_size=12))
@@ -86,6 +86,7 @@ PARAMETERS = [None, Data.integer(0), Data.double_long_unsigned(0), Data.boolean(
               Data.structure([])]
 
 
+@pytest.mark.welmec("I3-4")
 def test_no_dlms_method_or_write_of_any_object_lowers_a_register(meter):
     """Every method and every writable attribute of every COSEM object, invoked directly with several parameter values (access rights bypassed), leaves every energy register where it was or higher."""
     before = _registers(meter.legal)

@@ -11,12 +11,13 @@ import threading
 import time
 from dataclasses import dataclass
 
+import pytest
+
 from meterproc import free_port
 from smartmeter.hes.client import MeterClient
 from smartmeter.hes.connection import WrapperLink
 from welmec_support import ENERGY
 
-BLOCKS = ("I3-5",)
 POWER_W = 23_000.0  # 230 V x 100 A, one phase
 CLIENTS = 12
 FLOOD_SECONDS = 5.0
@@ -45,6 +46,7 @@ async def _read(client) -> Reading:
     return Reading(before, time.monotonic(), value)
 
 
+@pytest.mark.welmec("I3-5", "S3")
 def test_a_dlms_flood_does_not_disturb_real_time_metering(tmp_path):
     """While 12 clients flood the meter with GET requests, the energy it registers at a known load stays P*t and the metering lag stays below 0.5 s."""
     wrapper, hdlc = free_port(), free_port()

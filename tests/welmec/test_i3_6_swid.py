@@ -12,9 +12,8 @@ from welmec_support import (
     LEGAL_FIRMWARE_ID, LEGAL_FIRMWARE_SIGNATURE, cli, gurux_read_data, legal_digest, read_public, secured,
 )
 
-BLOCKS = ("I3-6",)
 
-
+@pytest.mark.welmec("P2", "U2")
 @pytest.mark.parametrize("hdlc", [False, True], ids=["wrapper", "hdlc"])
 def test_the_swid_is_readable_by_the_public_client_on_both_interfaces(meter, hdlc):
     """The public client reads the legal firmware identifier and SHA-256 signature over the wrapper and over HDLC, with our client and with gurux-dlms."""
@@ -25,6 +24,7 @@ def test_the_swid_is_readable_by_the_public_client_on_both_interfaces(meter, hdl
     assert bytes(gurux_read_data(port, LEGAL_FIRMWARE_SIGNATURE, hdlc=hdlc)).hex() == legal_digest()
 
 
+@pytest.mark.welmec("P2", "U2")
 @pytest.mark.parametrize("client", ["management", "data_readout", "installation", "maintenance", "certification"])
 def test_every_secured_client_reads_the_swid(meter, client):
     """Every secured client, on its own interface, reads the same legal SWID."""
@@ -35,6 +35,7 @@ def test_every_secured_client_reads_the_swid(meter, client):
     assert asyncio.run(go()).hex() == legal_digest()
 
 
+@pytest.mark.welmec("P2", "U2")
 def test_the_command_line_shows_the_swid_without_a_meter_and_from_a_meter(meter):
     """`smartmeter id` shows the SWID from the installed files, and `smartmeter client get 1-0:0.2.8.255` shows the same from the running meter."""
     shown = cli("id")

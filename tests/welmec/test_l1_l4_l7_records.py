@@ -14,7 +14,6 @@ from smartmeter.meter.clock import MeterClock
 from smartmeter.meter.runtime import Meter, MeterConfig
 from welmec_support import store
 
-BLOCKS = ("L1", "L4", "L7")
 PROFILE = "1.0.99.1.0.255"
 
 
@@ -28,6 +27,7 @@ def gurux(meter):
     client.close()
 
 
+@pytest.mark.welmec("L1")
 def test_the_stored_profile_is_what_dlms_reads_with_units(gurux, meter):
     """gurux-dlms reads load profile 1 with capture objects clock, status, +A, -A, +R, -R (Wh/varh, scaler 0), and every row equals the stored entry."""
     profile = gurux.objects().findByLN(ObjectType.PROFILE_GENERIC, PROFILE)
@@ -43,6 +43,7 @@ def test_the_stored_profile_is_what_dlms_reads_with_units(gurux, meter):
     assert read == meter.profile_rows()[:50]
 
 
+@pytest.mark.welmec("L4")
 def test_entries_have_unique_consecutive_sequence_numbers_and_increasing_times(meter):
     """Stored entries carry unique consecutive sequence numbers and strictly increasing time stamps at 15-minute boundaries."""
     with store(meter.data_dir) as db:
@@ -54,6 +55,7 @@ def test_entries_have_unique_consecutive_sequence_numbers_and_increasing_times(m
     assert all(t % 900 == 0 for t in times)
 
 
+@pytest.mark.welmec("L7")
 def test_the_running_meter_stores_an_entry_at_every_period_end(tmp_path):
     """Driving the meter's clock over four 15-minute boundaries stores exactly one entry per boundary holding the registers at that instant."""
     now = [1_773_144_000.0 + 100]

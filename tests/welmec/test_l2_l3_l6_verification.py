@@ -11,7 +11,6 @@ import pytest
 from smartmeter.legal import interface as legal
 from welmec_support import cli
 
-BLOCKS = ("L2", "L3", "L6")
 T0 = 1_773_144_000
 
 
@@ -55,12 +54,14 @@ def _reorder(db):
     db.execute("UPDATE chain_entry SET time_utc = ?, payload = ? WHERE tbl = 'lp1' AND seq = 41", a)
 
 
+@pytest.mark.welmec("L6")
 def test_an_untouched_store_verifies(data_dir):
     """verify-storage passes an untouched store: every entry checked and signed."""
     code, reports = _verify(data_dir)
     assert code == 0 and reports["lp1"]["ok"] and reports["lp1"]["checked"] == 100
 
 
+@pytest.mark.welmec("L2", "L3", "L6")
 @pytest.mark.parametrize("tamper", [_change, _delete, _insert, _reorder], ids=["changed", "deleted", "inserted", "reordered"])
 def test_verify_storage_names_a_changed_deleted_inserted_or_reordered_entry(data_dir, tamper):
     """A changed, deleted, inserted or reordered load-profile entry makes verify-storage fail (exit 1) and name the entry where it starts."""
@@ -74,6 +75,7 @@ def test_verify_storage_names_a_changed_deleted_inserted_or_reordered_entry(data
     assert "lp1: FAILED at entry" in text
 
 
+@pytest.mark.welmec("L3", "L6")
 def test_a_store_signed_with_another_key_does_not_verify(data_dir, tmp_path_factory):
     """Against the meter's genuine public key, a store re-signed by another key pair does not verify (L3 class C/D: signature)."""
     genuine = (data_dir / "meter-signing-key.pub.pem").read_bytes()

@@ -7,15 +7,16 @@ from __future__ import annotations
 import hashlib
 import stat
 
+import pytest
 from cryptography.hazmat.primitives import serialization
 
 from smartmeter.legal import interface as legal
 from welmec_support import cli
 
-BLOCKS = ("L5", "L8")
 T0 = 1_773_144_000
 
 
+@pytest.mark.welmec("L5")
 def test_the_private_key_is_never_given_out(tmp_path):
     """The private signing key is a 0600 file; no read command returns it and its bytes are nowhere in the store; `smartmeter id` shows the public key's fingerprint."""
     part = legal.LegalInterface(tmp_path)
@@ -40,6 +41,7 @@ def test_the_private_key_is_never_given_out(tmp_path):
     assert hashlib.sha256(der).hexdigest() in shown.stdout
 
 
+@pytest.mark.welmec("L8")
 def test_load_profile_1_holds_5760_entries_and_drops_the_oldest_first(tmp_path):
     """Load profile 1 keeps exactly 5760 entries (60 days of 15 minutes): the 5761st drops the oldest, and the table still verifies."""
     part = legal.LegalInterface(tmp_path)
@@ -57,6 +59,7 @@ def test_load_profile_1_holds_5760_entries_and_drops_the_oldest_first(tmp_path):
     assert result.returncode == 0, result.stdout
 
 
+@pytest.mark.welmec("L8", "P7", "U7")
 def test_a_full_event_log_refuses_new_entries_and_keeps_the_old(tmp_path):
     """When the certification-protected log is full, a change that would need a new entry is refused, and no entry is overwritten."""
     part = legal.LegalInterface(tmp_path)

@@ -10,13 +10,14 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from smartmeter.legal import interface as legal
 from smartmeter.legal.parameters import PARAMETERS
 from welmec_support import LEGAL_DIR, ROOT, cli
 
-BLOCKS = ("P1", "U1")
 
-
+@pytest.mark.welmec("P1", "U1", "S3")
 def test_the_legally_relevant_part_and_its_interface_are_documented_from_the_code():
     """docs/decisions.md documents the legally relevant part, and docs/welmec/protective-interface.md is regenerated from the dispatcher without a difference."""
     decisions = (ROOT / "docs" / "decisions.md").read_text()
@@ -29,6 +30,7 @@ def test_the_legally_relevant_part_and_its_interface_are_documented_from_the_cod
     assert check.returncode == 0, check.stdout
 
 
+@pytest.mark.welmec("P1", "U1", "P2", "U2")
 def test_the_documented_shell_recipe_reproduces_the_signed_software_id():
     """The sha256sum recipe in legal/identification.py's documentation, run in a shell, gives the digest of the signed release manifest."""
     doc = (LEGAL_DIR / "identification.py").read_text()
@@ -39,6 +41,7 @@ def test_the_documented_shell_recipe_reproduces_the_signed_software_id():
     assert out.split()[0] == json.loads((LEGAL_DIR / "release_manifest.json").read_text())["digest"]
 
 
+@pytest.mark.welmec("P1", "U1")
 def test_the_documented_rounding_holds_registers_are_exact_and_carry_remainders(tmp_path):
     """As documented (exact integers, floored, remainders carried), 1000 steps of 0.1 s register exactly what one 100 s step does."""
     stepped, whole = legal.LegalInterface(tmp_path / "a"), legal.LegalInterface(tmp_path / "b")
@@ -53,6 +56,7 @@ def test_the_documented_rounding_holds_registers_are_exact_and_carry_remainders(
         whole.close()
 
 
+@pytest.mark.welmec("P1", "U1", "P3", "U3")
 def test_every_command_of_the_user_interface_is_documented():
     """Every command `smartmeter --help` offers appears in README.md, and every protective-interface command has a documented effect."""
     listing = cli("--help").stdout.split("Commands:", 1)[1]
@@ -64,6 +68,7 @@ def test_every_command_of_the_user_interface_is_documented():
     assert rows and all(row[3].strip() for row in rows)
 
 
+@pytest.mark.welmec("P1", "U1", "P7", "U7")
 def test_every_legally_relevant_parameter_is_declared_with_unit_range_and_description():
     """Each device-specific legally relevant parameter declares its type, unit, default, description and range or allowed values, and its default passes its own check."""
     assert PARAMETERS

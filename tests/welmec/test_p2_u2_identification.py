@@ -18,7 +18,6 @@ from welmec_support import (
     read_public, start_meter_from, stored_milli,
 )
 
-BLOCKS = ("P2", "U2")
 FATAL_PROGRAM_MEMORY = 0x01
 EVENT_SOFTWARE_MISMATCH = 200
 IDENT = [(LEGAL_FIRMWARE_ID, 2, 1), (LEGAL_FIRMWARE_SIGNATURE, 2, 1), (APP_FIRMWARE_SIGNATURE, 2, 1),
@@ -29,6 +28,7 @@ def _manifest() -> dict:
     return json.loads((LEGAL_DIR / "release_manifest.json").read_text())
 
 
+@pytest.mark.welmec("P2", "U2")
 def test_software_id_over_dlms_equals_an_independent_sha256_of_legal(meter):
     """1-0:0.2.8.255 (read by gurux-dlms) and `smartmeter id` equal an independent SHA-256 over legal/'s files and the signed manifest's digest."""
     nominal = legal_digest()
@@ -46,6 +46,7 @@ def test_software_id_over_dlms_equals_an_independent_sha256_of_legal(meter):
     assert ident["application"]["sha256"] == application_digest()
 
 
+@pytest.mark.welmec("P2", "U2")
 def test_release_manifest_is_signed_over_exactly_the_files_of_legal():
     """The release manifest lists every file of legal/ with its SHA-256, and its ECDSA signature verifies with the anchored release key."""
     manifest = _manifest()
@@ -95,6 +96,7 @@ def _energy_over(meters, seconds: float) -> list[int]:
     return [_registered_milli(m) - b for m, b in zip(meters, before)]
 
 
+@pytest.mark.welmec("P2", "U2", "P6", "U6")
 def test_a_flipped_byte_in_legal_is_shown_sets_the_fatal_error_and_stops_registration(altered_meters):
     """One flipped byte in legal/ changes the SWID shown over DLMS and by `smartmeter id`, sets fatal error bit 0x01, is logged, and no energy is registered."""
     (legal_src, legal_meter), (_, app_meter) = altered_meters
@@ -115,6 +117,7 @@ def test_a_flipped_byte_in_legal_is_shown_sets_the_fatal_error_and_stops_registr
     assert altered in shown.stdout and "DOES NOT VERIFY" in shown.stdout
 
 
+@pytest.mark.welmec("P2", "U2", "S1")
 def test_an_edit_outside_legal_changes_only_the_application_id(altered_meters):
     """A flipped byte outside legal/ changes 1-1:0.2.8.255 only: the legal SWID stays nominal and the fatal error register stays clear."""
     _, (app_src, app_meter) = altered_meters

@@ -25,7 +25,6 @@ from welmec_support import (
     secured, start_meter_from,
 )
 
-BLOCKS = ("P3", "P4", "U3", "U4")
 LEGAL_BINDINGS = ("legal.", "energy.", "load_profile_1", "demand.", "maximum_demand.", "cumulative_maximum_demand.")
 ALLOWED_LEGAL_WRITES = {("certification", "0-0:94.43.143.255", 2)}
 
@@ -53,6 +52,7 @@ def part(tmp_path_factory):
     p.close()
 
 
+@pytest.mark.welmec("S3")
 def test_the_dispatcher_table_equals_the_documented_command_list(tmp_path):
     """The commands LegalInterface.execute dispatches are exactly those of docs/welmec/protective-interface.md, each a frozen dataclass of interface.py."""
     p = legal.LegalInterface(tmp_path)
@@ -88,6 +88,7 @@ hostile_objects = st.one_of(
 )
 
 
+@pytest.mark.welmec("S3")
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(hostile=st.lists(hostile_objects, min_size=1, max_size=5))
 def test_every_undeclared_input_is_refused_counted_and_changes_nothing(part, hostile):
@@ -99,8 +100,6 @@ def test_every_undeclared_input_is_refused_counted_and_changes_nothing(part, hos
             part.execute(item)
     assert _state(part) == before
     assert part.execute(legal.ReadRefusedCommandCount()) == refused + len(hostile)
-
-
 
 
 def _allowed(part) -> dict[str, type]:
@@ -116,6 +115,7 @@ def _allowed(part) -> dict[str, type]:
               st.dictionaries(st.sampled_from(["active_w", "seconds", "changes", "x", "register"]), json_values,
                               max_size=3)),
 ))
+@pytest.mark.welmec("S3")
 def test_only_well_formed_declared_commands_cross_the_process_boundary(part, raw):
     """Bytes arriving at the legal process become a declared command with exactly its declared fields, or are refused."""
     allowed = _allowed(part)
@@ -134,6 +134,7 @@ hostile_field = st.one_of(st.none(), st.text(max_size=10), st.lists(st.integers(
                           st.sampled_from([float("nan"), float("inf"), -1.0, -10**30, 2**64, "", "ff" * 8]))
 
 
+@pytest.mark.welmec("S3")
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_declared_commands_with_malformed_fields_change_no_legal_value(part, data):
@@ -160,6 +161,7 @@ def _legal_objects(model: ObjectModel):
             yield o
 
 
+@pytest.mark.welmec("P4", "U4")
 def test_the_model_grants_no_write_or_method_on_legal_objects_except_certification_mode():
     """In the object model, the only write to a legally relevant object is attribute 2 of 0-0:94.43.143.255 by the certification client, and no method touches one except the maximum demand reset."""
     model = ObjectModel.load("ksmw")
@@ -185,6 +187,7 @@ def _legal_values(meter) -> list:
                                                  (FATAL_ERROR_REGISTER, 2, 1)])]
 
 
+@pytest.mark.welmec("P4", "U4", "P7", "U7")
 def test_dlms_writes_to_legal_objects_by_other_clients_are_refused_and_change_nothing(dlms_meter):
     """Every client except the certification client is refused when it writes any legally relevant object over DLMS, and nothing changes."""
     model = ObjectModel.load("ksmw")
@@ -245,6 +248,7 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+@pytest.mark.welmec("P4", "U4")
 def test_the_meter_listens_only_on_its_declared_ports(dlms_meter):
     """The running meter listens only on its declared wrapper (TCP+UDP) and HDLC ports; the legal process listens on none."""
     pid = dlms_meter.process.pid
@@ -256,6 +260,7 @@ def test_the_meter_listens_only_on_its_declared_ports(dlms_meter):
         assert _listening(child) == set()
 
 
+@pytest.mark.welmec("S3")
 def test_declared_commands_with_wrongly_typed_fields_are_refused_by_the_legal_process(tmp_path):
     """At the process boundary a declared command whose field values are not of their declared types is refused and changes nothing."""
     client = legal.start_legal_process(tmp_path)

@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 from smartmeter.legal import interface as legal
 from welmec_support import LEGAL_DIR, flip_docstring_byte
 
-BLOCKS = ("P5", "P6", "U5", "U6")
 T0 = 1_773_144_000
 
 
@@ -50,6 +49,7 @@ def _flip(db, table: str, column: str, where: str) -> None:
     ("load profile entry", "chain_entry", "payload", "tbl = 'lp1' AND seq = 7"),
     ("load profile time stamp", "chain_entry", "time_utc", "tbl = 'lp1' AND seq = 20"),
 ])
+@pytest.mark.welmec("P5", "U5")
 def test_a_flipped_bit_in_the_store_is_fatal_and_logged_at_the_next_start(tmp_path, what, table, column, where):
     """A bit flipped in the stored registers, their signature, a log entry or a load-profile entry sets fatal error bit 0x04 at the next start and logs event 201."""
     _filled(tmp_path)
@@ -70,6 +70,7 @@ def test_a_flipped_bit_in_the_store_is_fatal_and_logged_at_the_next_start(tmp_pa
         again.close()
 
 
+@pytest.mark.welmec("P5", "U5")
 def test_an_untouched_store_starts_without_a_fatal_error(tmp_path):
     """The same store, unmodified, starts with the fatal error register clear (the detection above is not a false alarm)."""
     _filled(tmp_path)
@@ -87,6 +88,7 @@ def legal_copy(tmp_path):
     return root
 
 
+@pytest.mark.welmec("P5", "U5", "P6", "U6")
 def test_a_modified_legal_file_stops_registration_at_start(tmp_path, legal_copy):
     """A legally relevant file changed on disk: at start the part sets fatal bit 0x01, logs the changed file, and registers no energy."""
     flip_docstring_byte(legal_copy / "metrology.py")
@@ -103,6 +105,7 @@ def test_a_modified_legal_file_stops_registration_at_start(tmp_path, legal_copy)
         part.close()
 
 
+@pytest.mark.welmec("P5", "U5", "P6", "U6", "U8")
 def test_the_periodic_self_check_finds_a_file_changed_while_running(tmp_path, legal_copy):
     """While running, the software self-check (every SOFTWARE_CHECK_PERIOD on the monotonic clock) detects a changed legal file and stops registration."""
     now = [1000.0]
@@ -127,6 +130,7 @@ def test_the_periodic_self_check_finds_a_file_changed_while_running(tmp_path, le
         part.close()
 
 
+@pytest.mark.welmec("P5", "U5")
 def test_no_declared_command_deletes_or_overwrites_stored_data():
     """No command of the protective interface deletes, clears or sets stored data; the one reset (maximum demand) only ends a billing period."""
     names = [c.__name__ for c in _commands()]
@@ -153,6 +157,7 @@ segments = st.lists(st.tuples(st.floats(-4000, 4000), st.floats(-2000, 2000), st
                               st.booleans()), min_size=1, max_size=8)
 
 
+@pytest.mark.welmec("U5")
 @settings(max_examples=25, deadline=None)
 @given(plan=segments)
 def test_interval_data_never_mixes_across_periods(tmp_path_factory, plan):

@@ -17,7 +17,6 @@ from welmec_support import (
     read_public, secured, start_meter_from, system_title_of,
 )
 
-BLOCKS = ("P7", "U7")
 T0 = 1_773_144_000
 TITLE = "4b464d0000000007"
 EVENT_PARAMETER_CHANGED, EVENT_MODE_STARTED, EVENT_MODE_ENDED = 47, 230, 231
@@ -35,6 +34,7 @@ def meter(tmp_path_factory):
     m.stop()
 
 
+@pytest.mark.welmec("P7", "U7")
 def test_certification_client_changes_parameters_over_dlms_logged_and_counted(meter):
     """Over DLMS the certification client starts certification mode, changes parameters (logged with its system title and the firmware id, record number +1) and ends it."""
     title = system_title_of(meter, "certification")
@@ -69,6 +69,7 @@ def test_certification_client_changes_parameters_over_dlms_logged_and_counted(me
     assert read_public(meter, [(PARAMETER_RECORD_NUMBER, 2, 1)])[0].value == record_before + 1
 
 
+@pytest.mark.welmec("P7", "U7")
 def test_other_clients_cannot_start_certification_mode_or_change_parameters(meter):
     """The management and maintenance clients cannot write the certification mode object; the mode stays off and the record number unchanged."""
     from smartmeter.dlms.client import AccessDenied
@@ -98,6 +99,7 @@ def part(tmp_path, clock):
     p.close()
 
 
+@pytest.mark.welmec("P7", "U7")
 def test_parameters_are_refused_outside_certification_mode_and_nothing_changes(part):
     """Without certification mode (and without the certification authority) a parameter change is refused, unlogged and uncounted."""
     before = (part.execute(legal.ReadParameters()), part.execute(legal.ReadParameterRecordNumber()),
@@ -111,6 +113,7 @@ def test_parameters_are_refused_outside_certification_mode_and_nothing_changes(p
             part.execute(legal.ReadCertificationLog())) == before
 
 
+@pytest.mark.welmec("P7", "U7")
 def test_certification_mode_expires_after_12_h_on_the_monotonic_clock(part, clock):
     """Certification mode ends after 12 h of operation measured on the monotonic clock, whatever the RTC says; then changes are refused again."""
     part.execute(legal.SetCertificationMode(True, T0, TITLE, True))
@@ -130,6 +133,7 @@ def test_certification_mode_expires_after_12_h_on_the_monotonic_clock(part, cloc
         ("meter_constant", "1000", "2000", 1)]
 
 
+@pytest.mark.welmec("P7", "U7")
 def test_out_of_range_or_unknown_parameters_are_refused_as_a_whole(part):
     """In certification mode a change with one unknown or out-of-range parameter is refused as a whole: nothing changes, nothing is logged."""
     part.execute(legal.SetCertificationMode(True, T0, TITLE, True))

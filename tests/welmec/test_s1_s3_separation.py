@@ -11,7 +11,6 @@ import pytest
 
 from smartmeter.legal import interface as legal
 
-BLOCKS = ("S1", "S3")
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -28,6 +27,7 @@ def tree_copy(tmp_path_factory):
     return tree
 
 
+@pytest.mark.welmec("S1", "S3")
 def test_the_import_contract_holds_on_this_tree(tree_copy):
     """The import contract (legal/ imports nothing else; others only legal.interface) holds."""
     result = _lint_imports(tree_copy)
@@ -40,6 +40,7 @@ def test_the_import_contract_holds_on_this_tree(tree_copy):
     ("src/smartmeter/meter/clock.py", "from smartmeter.legal import storage as _bypass\n"),
     ("src/smartmeter/cosem/classes/ic3_register.py", "import smartmeter.legal.registers as _bypass\n"),
 ])
+@pytest.mark.welmec("S1", "S3")
 def test_a_forbidden_import_breaks_the_build(tree_copy, victim, line):
     """Adding an import that crosses the boundary makes `make test` fail (lint-imports exits non-zero)."""
     path = tree_copy / victim
@@ -53,6 +54,7 @@ def test_a_forbidden_import_breaks_the_build(tree_copy, victim, line):
         path.write_text(original)
 
 
+@pytest.mark.welmec("S3")
 def test_undeclared_commands_are_refused_counted_and_change_nothing(tmp_path):
     """An undeclared command is refused, changes nothing and is counted persistently."""
     part = legal.LegalInterface(tmp_path)
@@ -71,6 +73,7 @@ def test_undeclared_commands_are_refused_counted_and_change_nothing(tmp_path):
     assert legal.LegalInterface(tmp_path).execute(legal.ReadRefusedCommandCount()) == 5
 
 
+@pytest.mark.welmec("S3")
 def test_results_are_copies(tmp_path):
     """Results are frozen copies: a caller cannot change legally relevant state through them."""
     part = legal.LegalInterface(tmp_path)
@@ -82,6 +85,7 @@ def test_results_are_copies(tmp_path):
     part.close()
 
 
+@pytest.mark.welmec("P1", "U1", "S3")
 def test_generated_documents_are_current():
     """docs/welmec/matrix.md and docs/welmec/protective-interface.md match the tests and the dispatcher."""
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "welmec_docs.py"), "--check"],

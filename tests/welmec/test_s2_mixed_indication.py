@@ -15,10 +15,10 @@ import pytest
 from smartmeter.cosem.objectmodel import ObjectModel
 from smartmeter.legal import interface as legal
 
-BLOCKS = ("S2",)
 TITLE = "4b464d0000000007"
 
 
+@pytest.mark.welmec("S2")
 def test_legal_values_are_presented_with_fixed_units_from_the_model():
     """Every energy register's unit and scaler are constants of the object model (Wh/varh, scaler 0), not values any client can write."""
     model = ObjectModel.load("ksmw")
@@ -49,6 +49,7 @@ def _commands():
             part.close()
 
 
+@pytest.mark.welmec("S2", "S3")
 def test_the_only_text_that_enters_the_legal_part_is_validated_identifiers():
     """The only free-text fields of the protective interface are client system titles (8 bytes hex) and register names (one of four)."""
     assert sorted({name for _, name in _text_fields()}) == ["client_system_title", "register"]
@@ -62,6 +63,7 @@ def part(tmp_path_factory):
     p.close()
 
 
+@pytest.mark.welmec("S2", "S3")
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=st.one_of(st.text(max_size=40), st.sampled_from(["123.456 kWh", "999999 Wh", "+A 1.8.0", "ff" * 8 + " kWh"])))
 def test_text_from_the_communication_side_never_becomes_a_legal_value(part, text):

@@ -14,7 +14,6 @@ import pytest
 from smartmeter.legal import interface as legal
 from smartmeter.legal.sensor import RemoteSensor, SyntheticSource, encode_samples
 
-BLOCKS = ("U1", "U8", "U9")
 METER_ID = "4B464D0005F5E101"
 TITLE = "00" * 8
 
@@ -33,6 +32,7 @@ def _open_files(pid: int) -> set[str]:
     return out
 
 
+@pytest.mark.welmec("U9", "S1")
 def test_the_legal_part_is_an_os_process_of_its_own_that_alone_holds_its_store(meter):
     """The running meter's legal part is a separate OS process (own interpreter and memory); only it has the legal store open, the communication process does not."""
     pid = meter.process.pid
@@ -53,6 +53,7 @@ def part(tmp_path):
     p.close()
 
 
+@pytest.mark.welmec("U8")
 def test_an_imitation_of_the_paired_sensor_registers_nothing(part):
     """A device sending under the paired sensor's ID without its pairing key is refused and registers nothing; the genuine sensor's frames are measured."""
     host, port = part.execute(legal.ReadSensor())[2].split(":")
