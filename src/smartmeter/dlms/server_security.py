@@ -75,7 +75,7 @@ class AssociationSecurity:
     authenticated: bool = False
     dedicated_key: bytes | None = None
     ded_rx: FrameCounterWindow = field(default_factory=lambda: FrameCounterWindow(None))
-    ded_tx: TxFrameCounter = field(default_factory=lambda: TxFrameCounter(None))
+    ded_tx: TxFrameCounter = field(default_factory=lambda: TxFrameCounter(None, first=1))
 
     @property
     def suite(self) -> int:
@@ -125,7 +125,7 @@ class AssociationSecurity:
         """A dedicated key from the InitiateRequest lives with the association; its counters start afresh."""
         self.dedicated_key = key
         self.ded_rx = FrameCounterWindow(None)
-        self.ded_tx = TxFrameCounter(None)
+        self.ded_tx = TxFrameCounter(None, first=1)  # a strict client refuses a first 0
 
     # -- HLS passes 3 and 4 -------------------------------------------------------------------
     def reply_to_hls(self, f_stoc: bytes) -> bytes:

@@ -294,5 +294,6 @@ class Meter:
     def close(self) -> None:
         self.tick()
         self.wz_guard.checkpoint()
+        self.security.flush_counters()  # exact frame counters: a clean restart skips none
         self.legal.close()
         self.store.close()

@@ -264,6 +264,10 @@ class MeterSecurity:
         counter = context.last_received
         return (frame_counter_response(context.ak, self.server_system_title, caller_title, challenge, counter), counter)
 
+    def flush_counters(self) -> None:
+        """At a clean stop: the exact frame counters instead of the reserved high-water marks."""
+        self.manager.flush()
+
     # -- periodic ---------------------------------------------------------------------------------
     def housekeeping(self) -> None:
         """§3.5.2: a new key pair whose certificate was not imported within 24 h is dismissed."""

@@ -5,22 +5,29 @@ AARQ), the global unicast and authentication keys, the HLS secret (mechanism 6),
 frame counters. It persists through a small store protocol (`get`/`put`/`counter`/
 `set_counter`, see `smartmeter.meter.store.MeterStore`), and follows §3.5.4:
 
-- a received counter is persisted before the plaintext it protects is used, and must be
-  above the last accepted one;
-- the server's own sending counter is reserved in blocks: the persisted high-water mark is
-  always at or above every counter used, so after a power failure the meter continues
-  above it and never reuses an IV;
+- a received counter must be above the last accepted one, and is covered by a durable
+  record before the plaintext it protects is used;
+- the server's own sending counter is covered by a durable record before it is used, and
+  starts at 1 (a strict receiver refuses a first counter 0);
+- both are reserved in blocks: the durable record is a high-water mark at or above every
+  counter accepted or used, written only when a counter passes it, so most messages need
+  no commit. After a power failure the meter continues above the mark: it never reuses an
+  IV, never accepts a replay, and refuses at most a block of counters the client never sent
+  (the client continues above them; the frame counter readout tells it where). A clean
+  stop writes the exact values (`flush`), so a restart skips nothing;
 - changing the global unicast key resets both counters of that key; changing the
   authentication or master key resets none.
 """
 from __future__ import annotations
 
 import secrets
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 from smartmeter.dlms.security.errors import CounterExhaustedError
 from smartmeter.dlms.security.frame_counter import FrameCounterWindow, TxFrameCounter
+from smartmeter.dlms.security.suites import INVOCATION_COUNTER_MAX
 
 # IC 64 v1 security_policy bits (Blue Book 4.4.7)
 AUTHENTICATED_REQUEST = 0x04
@@ -36,7 +43,12 @@ POLICY_BITS = {
 }
 REQUEST_BITS = AUTHENTICATED_REQUEST | ENCRYPTED_REQUEST | SIGNED_REQUEST
 
-TX_RESERVATION_BLOCK = 256  # counters used between two durable high-water marks
+# Counters accepted (RX) or used (TX) between two durable high-water marks. A set-up takes
+# three of each (AARQ/AARE, pass 3/4, RLRQ/RLRE), so one commit covers about 85 set-ups;
+# a power failure makes the meter skip at most this many.
+TX_RESERVATION_BLOCK = 256
+RX_RESERVATION_BLOCK = 256
+FIRST_SENDING_COUNTER = 1
 
 
 class SecurityStore(Protocol):
@@ -78,10 +90,16 @@ class SecurityContext:
             }
             store.put(key, saved)
         self._saved = saved
-        rx = store.counter(f"fc.rx.{self.name}")
-        self.rx = FrameCounterWindow(rx - 1 if rx else None)  # stored as last accepted + 1; 0 = none yet
-        self._tx_mark = store.counter(f"fc.tx.{self.name}")
-        self.tx = TxFrameCounter(self._tx_mark - 1 if self._tx_mark else None)
+        self._rx_key, self._tx_key = f"fc.rx.{self.name}", f"fc.tx.{self.name}"
+        # The serial WZ port is served by a thread of its own: reservations are taken under a lock.
+        self._counter_lock = threading.Lock()
+        # Both stored as "highest covered + 1"; 0 = nothing under this key yet. After a power
+        # failure everything up to the stored mark counts as accepted (RX) or used (TX).
+        self._rx_mark = store.counter(self._rx_key) - 1  # highest counter the durable record covers; -1: none
+        self.rx = FrameCounterWindow(self._rx_mark if self._rx_mark >= 0 else None)
+        self._rx_highest = self._rx_mark  # highest counter passed to persist_rx (or restored)
+        self._tx_mark = store.counter(self._tx_key)  # counters below it may have been used
+        self.tx = TxFrameCounter(self._tx_mark - 1 if self._tx_mark else None, first=FIRST_SENDING_COUNTER)
 
     # -- settings -----------------------------------------------------------------------------
     def _save(self) -> None:
@@ -128,11 +146,13 @@ class SecurityContext:
         self._saved[kind] = value.hex()
         self._save()
         if kind == "ek":
-            self._store.set_counter(f"fc.rx.{self.name}", 0)
-            self._store.set_counter(f"fc.tx.{self.name}", 0)
-            self.rx.reset()
-            self.tx.reset()
-            self._tx_mark = 0
+            with self._counter_lock:
+                self._store.set_counter(self._rx_key, 0)
+                self._store.set_counter(self._tx_key, 0)
+                self.rx.reset()
+                self.tx.reset()
+                self._rx_mark = self._rx_highest = -1
+                self._tx_mark = 0
 
     def credentials(self) -> dict:
         """What a head-end needs to talk to this context (demo provisioning only)."""
@@ -140,15 +160,40 @@ class SecurityContext:
 
     # -- frame counters -----------------------------------------------------------------------
     def persist_rx(self, counter: int) -> None:
-        self._store.set_counter(f"fc.rx.{self.name}", counter + 1)
+        """Cover an authenticated received counter durably before its plaintext is used
+        (`open_protected` calls this between unprotecting and committing the window)."""
+        with self._counter_lock:
+            if counter > self._rx_highest:
+                self._rx_highest = counter
+            if counter > self._rx_mark:
+                mark = min(counter + RX_RESERVATION_BLOCK - 1, INVOCATION_COUNTER_MAX)
+                self._store.set_counter(self._rx_key, mark + 1)  # raises: nothing is released
+                self._rx_mark = mark
 
     def next_tx(self) -> int:
         """The server's next sending counter, durable before it is returned."""
-        counter = self.tx.reserve()  # CounterExhaustedError at 0xFFFFFFFF, without incrementing
-        if counter + 1 > self._tx_mark:
-            self._tx_mark = min(counter + TX_RESERVATION_BLOCK, 0x1_0000_0000)
-            self._store.set_counter(f"fc.tx.{self.name}", self._tx_mark)
-        return counter
+        with self._counter_lock:
+            counter = self.tx.reserve()  # CounterExhaustedError at 0xFFFFFFFF, without incrementing
+            if counter + 1 > self._tx_mark:
+                mark = min(counter + TX_RESERVATION_BLOCK, INVOCATION_COUNTER_MAX + 1)
+                # if this raises, `counter` is skipped (never used), which is safe
+                self._store.set_counter(self._tx_key, mark)
+                self._tx_mark = mark
+            return counter
+
+    def flush(self) -> None:
+        """A clean stop: write the exact counters instead of the reserved marks, so the next
+        start skips nothing. Only ever lowers a mark to a value that still covers every
+        counter accepted or used."""
+        with self._counter_lock:
+            if self._rx_mark > self._rx_highest:
+                self._store.set_counter(self._rx_key, self._rx_highest + 1)
+                self._rx_mark = self._rx_highest
+            used = self.tx.last_used
+            exact = 0 if used is None else used + 1
+            if self._tx_mark > exact:
+                self._store.set_counter(self._tx_key, exact)
+                self._tx_mark = exact
 
     @property
     def last_received(self) -> int:
@@ -180,9 +225,15 @@ class SecurityManager:
     def context(self, client: str) -> SecurityContext | None:
         return self.contexts.get(client)
 
+    def flush(self) -> None:
+        """A clean stop: exact frame counters instead of the reserved marks (see SecurityContext)."""
+        for context in self.contexts.values():
+            context.flush()
+
 
 __all__ = [
     "AUTHENTICATED_REQUEST", "ENCRYPTED_REQUEST", "SIGNED_REQUEST", "AUTHENTICATED_RESPONSE",
     "ENCRYPTED_RESPONSE", "SIGNED_RESPONSE", "POLICY_BITS", "REQUEST_BITS", "ClientPolicy",
-    "SecurityContext", "SecurityManager", "SecurityStore", "CounterExhaustedError",
+    "SecurityContext", "SecurityManager", "SecurityStore", "CounterExhaustedError", "TX_RESERVATION_BLOCK",
+    "RX_RESERVATION_BLOCK", "FIRST_SENDING_COUNTER",
 ]

@@ -14,7 +14,9 @@ caller (this module never touches storage itself).
 
 Sending: `TxFrameCounter.reserve()` hands out the next counter and must be persisted by
 the caller before the message leaves; at 0xFFFFFFFF it refuses (CounterExhaustedError)
-without incrementing — the head-end must change the key.
+without incrementing — the head-end must change the key. The first counter under a key is
+`first`: the meter starts at 1, because a receiver whose window starts at "last seen 0"
+(dlms-cosem, and any strict head-end) refuses a first message carrying 0.
 
 Appendix 1 (frame counter readout, IC 12544 `get_frame_counter`):
   challenge_response = HMAC-SHA256(key = AK, SysT-S || SysT-C || challenge || FC),
@@ -102,12 +104,16 @@ class FrameCounterWindow:
 
 
 class TxFrameCounter:
-    """Sending side. `last_used=None` means no message was sent under the current key."""
+    """Sending side. `last_used=None` means no message was sent under the current key; the
+    first counter handed out is then `first` (0 or 1)."""
 
-    __slots__ = ("_last",)
+    __slots__ = ("_last", "_first")
 
-    def __init__(self, last_used: int | None) -> None:
+    def __init__(self, last_used: int | None, first: int = 0) -> None:
         self._last = None if last_used is None else _counter(last_used, "last used counter")
+        if first not in (0, 1):
+            raise SecurityEncodeError(f"the first sending counter is 0 or 1, got {first!r}")
+        self._first = first
 
     @property
     def last_used(self) -> int | None:
@@ -124,7 +130,7 @@ class TxFrameCounter:
         """
         if self._last == INVOCATION_COUNTER_MAX:
             raise CounterExhaustedError("invocation counter reached 0xFFFFFFFF; the key must be changed")
-        self._last = 0 if self._last is None else self._last + 1
+        self._last = self._first if self._last is None else self._last + 1
         return self._last
 
     def reset(self) -> None:
