@@ -31,16 +31,19 @@ def _load_signer():
 
 sign_release = _load_signer()
 IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc")
+# a development key of these tests only (never the developer's own key under ~/.config)
+TEST_DEV_KEY = ec.generate_private_key(ec.SECP256R1())
 
 
 @pytest.fixture
 def legal_copy(tmp_path: Path) -> Path:
-    """A copy of legal/, freshly signed with the development key (so these tests do not depend
-    on whether the committed manifest is current; a separate test checks that)."""
+    """A copy of legal/ with a test development key anchored and freshly signed (so these tests
+    do not depend on whether the committed manifest is current; a separate test checks that)."""
     root = tmp_path / "legal"
     shutil.copytree(LEGAL, root, ignore=IGNORE)
+    sign_release.anchor_development_key(root, TEST_DEV_KEY)
     (root / ident.MANIFEST_NAME).write_bytes(
-        ident.build_signed_manifest(ident.compute_software_id(root), sign_release.development_key())
+        ident.build_signed_manifest(ident.compute_software_id(root), TEST_DEV_KEY)
     )
     return root
 
@@ -137,10 +140,9 @@ def test_any_edit_inside_legal_is_a_mismatch_against_the_signed_manifest(legal_c
     elif edit == "rename":
         (legal_copy / "storage.py").rename(legal_copy / "storage2.py")
         changed = ("storage.py", "storage2.py")
-    else:  # swapping the anchored key is an edit of identification.py, so it changes the ID too
-        text = (legal_copy / "identification.py").read_text()
-        (legal_copy / "identification.py").write_text(text.replace("MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE", "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAF"))
-        changed = ("identification.py",)
+    else:  # anchoring another key is an edit of release_keys.py, so it changes the ID too
+        sign_release.anchor_development_key(legal_copy, ec.generate_private_key(ec.SECP256R1()))
+        changed = ("release_keys.py",)
     result = ident.check_software(legal_copy)
     assert not result.ok
     assert result.reason is IntegrityReason.DIGEST_MISMATCH
@@ -196,7 +198,7 @@ def test_a_manifest_signed_with_an_unanchored_key_is_refused(legal_copy: Path) -
 def test_a_manifest_whose_file_list_disagrees_with_its_digest_is_refused(legal_copy: Path) -> None:
     real = ident.compute_software_id(legal_copy)
     lying = ident.SoftwareId(real.version, real.digest_hex, real.files[1:])
-    (legal_copy / ident.MANIFEST_NAME).write_bytes(ident.build_signed_manifest(lying, sign_release.development_key()))
+    (legal_copy / ident.MANIFEST_NAME).write_bytes(ident.build_signed_manifest(lying, TEST_DEV_KEY))
     assert ident.check_software(legal_copy).reason is IntegrityReason.MANIFEST_MALFORMED
 
 
@@ -247,13 +249,85 @@ def test_an_unreadable_legal_directory_is_a_result_not_an_exception(tmp_path: Pa
 # -- the signer script -------------------------------------------------------------------------
 
 
-def test_the_development_key_is_the_anchored_development_key() -> None:
-    kid = ident.key_id(sign_release.development_key().public_key())
-    anchored = {ident.key_id(k): dev for k, dev in sign_release._anchored_public_keys()}
-    assert anchored == {kid: True}
+def test_no_private_key_is_in_the_repository() -> None:
+    """Every tracked file is searched for a PEM private key (the development key used to be
+    committed in scripts/sign_release.py; it is in history, so it must not be trusted)."""
+    import re
+
+    from cryptography.hazmat.primitives import serialization
+
+    tracked = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z"], check=True, capture_output=True).stdout
+    block = re.compile(rb"-----BEGIN ([A-Z ]*)PRIVATE KEY-----[A-Za-z0-9+/=\s\\n\"']*?-----END \1PRIVATE KEY-----")
+
+    def usable(match: "re.Match[bytes]") -> bool:
+        body = re.sub(rb"\\n|[^A-Za-z0-9+/=]", b"", match.group(0).split(b"-----")[2])  # undo string quoting
+        label = match.group(1) + b"PRIVATE KEY"
+        pem = b"-----BEGIN " + label + b"-----\n" + body + b"\n-----END " + label + b"-----\n"
+        try:
+            serialization.load_pem_private_key(pem, password=None)
+        except (ValueError, TypeError):
+            return False
+        return True
+
+    carrying = [name for name in tracked.decode().split("\0") if name and (REPO / name).is_file()
+                and any(usable(m) for m in block.finditer((REPO / name).read_bytes()))]
+    assert carrying == []
+    # the old committed key's public half is no longer a trust anchor
+    compromised = "18e9177d82519f7c"
+    assert compromised not in ident.anchored_keys()
 
 
-def test_the_signer_signs_and_checks_a_tree(legal_copy: Path, capsys) -> None:
+def test_the_committed_manifest_says_development_when_signed_with_a_development_key() -> None:
+    result = ident.check_software()
+    manifest = json.loads((LEGAL / ident.MANIFEST_NAME).read_bytes())
+    from smartmeter.legal import release_keys
+
+    assert result.development_key == (manifest["key_id"] in release_keys.DEVELOPMENT_KEYS)
+    assert result.identifier == manifest["version"] + ("-DEV" if result.development_key else "")
+
+
+def test_a_developer_without_any_key_re_signs_with_a_fresh_local_development_key(legal_copy: Path, tmp_path: Path,
+                                                                               monkeypatch, capsys) -> None:
+    """What a fresh clone does after editing legal/: the script generates a key outside the
+    tree (mode 0600), anchors its public half as DEVELOPMENT, and signs; the result verifies
+    and says development."""
+    key_file = tmp_path / "home" / "dev.pem"
+    monkeypatch.setenv("SMARTMETER_DEV_KEY", str(key_file))
+    _append(legal_copy / "registers.py", b"# edited\n")
+    assert not ident.check_software(legal_copy).ok
+    assert sign_release.main(["--legal-dir", str(legal_copy)]) == 0
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    kid = ident.key_id(sign_release.load_key(key_file).public_key())
+    release, development = sign_release.read_keys(legal_copy)
+    assert kid in development and kid not in release
+    result = ident.check_software(legal_copy)
+    assert result.ok and result.development_key and result.identifier.endswith("-DEV")
+    assert "DEVELOPMENT" in capsys.readouterr().err
+    # signing again with the same key adds nothing
+    before = (legal_copy / "release_keys.py").read_bytes()
+    assert sign_release.main(["--legal-dir", str(legal_copy)]) == 0
+    assert (legal_copy / "release_keys.py").read_bytes() == before
+
+
+def test_a_release_key_from_outside_signs_a_release_not_marked_development(legal_copy: Path, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    release_key = ec.generate_private_key(ec.SECP256R1())
+    (tmp_path / "release.pem").write_bytes(release_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (tmp_path / "release.pub.pem").write_bytes(release_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    # not anchored yet: refused, nothing written
+    with pytest.raises(SystemExit):
+        sign_release.main(["--legal-dir", str(legal_copy), "--key", str(tmp_path / "release.pem")])
+    assert sign_release.main(["--legal-dir", str(legal_copy), "--add-release-key", str(tmp_path / "release.pub.pem")]) == 0
+    assert sign_release.main(["--legal-dir", str(legal_copy), "--key", str(tmp_path / "release.pem")]) == 0
+    result = ident.check_software(legal_copy)
+    assert result.ok and not result.development_key and result.identifier == ident.LEGAL_VERSION
+
+
+def test_the_signer_signs_and_checks_a_tree(legal_copy: Path, capsys, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("SMARTMETER_DEV_KEY", str(tmp_path / "dev.pem"))
     (legal_copy / ident.MANIFEST_NAME).unlink()
     assert sign_release.main(["--legal-dir", str(legal_copy)]) == 0
     assert sign_release.main(["--legal-dir", str(legal_copy), "--check"]) == 0

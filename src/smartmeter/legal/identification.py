@@ -26,18 +26,25 @@ so it is the one file of legal/ the digest excludes. That is safe: the manifest 
 evidence *about* legal/, never executed; tampering with it either breaks its signature or
 makes it disagree with the files, and both are reported by `check_software`.
 
-Key anchoring. The public keys that may sign a release are the constant `RELEASE_PUBLIC_KEYS`
-in this file, so they are inside the digest: whoever swaps the trusted key to sign modified
-software also changes the software ID that the display and 1-0:0.2.8.255 show and that the
-type examination certificate names. There is no chicken-and-egg problem: the key is fixed
-before the release is built; only the manifest (which holds the signature) is excluded.
+Key anchoring. The public keys that may sign a release are in `release_keys.py` (legal/), so
+they are inside the digest: whoever swaps the trusted key to sign modified software also
+changes the software ID that the display and 1-0:0.2.8.255 show and that the type
+examination certificate names. There is no chicken-and-egg problem: the key is fixed before
+the release is built; only the manifest (which holds the signature) is excluded.
 
-DEVELOPMENT KEY. The only key anchored today is a development key whose private half is
-committed in `scripts/sign_release.py`, so that a fresh clone can re-sign after editing
-legal/ (``.venv/bin/python scripts/sign_release.py``). A manifest signed with it verifies
-but `IntegrityResult.development_key` is True. A real release replaces the entry below with
-the public key of an offline release key (which changes Part A, as it must) and signs with
-``scripts/sign_release.py --key /path/to/offline-key.pem``.
+Development and release keys. No private key lives in the repository. `RELEASE_KEYS` are
+offline keys supplied from outside (``scripts/sign_release.py --key release.pem``);
+`DEVELOPMENT_KEYS` are generated locally by ``scripts/sign_release.py`` (private half under
+~/.config/smartmeter/) and anchored in release_keys.py when a developer first re-signs. A
+manifest signed with a development key verifies, but `IntegrityResult.development_key` is
+True and the identifier (1-0:0.2.0.255, `smartmeter id`) carries the suffix "-DEV".
+
+What runs is what is hashed. The legal process does not load legal/ through the ordinary
+import system (which would execute whatever `__pycache__/*.pyc` it finds): legal/loader.py
+compiles each module from the source bytes it has just hashed and records those hashes in
+`LOADED_SOURCES`; `check_software` compares them with the signed manifest as well. A
+`.pyc` of legal/ is therefore never executed by the legal process, and it is not part of
+the identified software.
 
 This module imports only the standard library and `cryptography` (legal/ imports nothing
 else of smartmeter); computing a digest over the files of the application part is fine.
@@ -64,19 +71,17 @@ MANIFEST_MAX_BYTES = 1 << 20  # a manifest of a few dozen files is a few kB; ref
 LEGAL_PACKAGE_DIR = Path(__file__).resolve().parent
 LEGAL_DIR_NAME = "legal"
 
-# key id -> (PEM of the SubjectPublicKeyInfo, is a development key).
-# Key id = first 16 hex digits of SHA-256 over the DER SubjectPublicKeyInfo.
-RELEASE_PUBLIC_KEYS: Mapping[str, tuple[bytes, bool]] = {
-    # DEVELOPMENT KEY: its private half is public (scripts/sign_release.py). Never trust it
-    # in a certified release: replace this entry with the offline release key.
-    "dev": (
-        b"-----BEGIN PUBLIC KEY-----\n"
-        b"MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEF4lxd5bXSQKg8Z02ktaMoZNCc2fG\n"
-        b"6HEtNPC2DOAzM5Wc3QnTr521Y6V5+1ud6TiYsRP+dgAcggz+JfP3YBI8YQ==\n"
-        b"-----END PUBLIC KEY-----\n",
-        True,
-    ),
-}
+# What legal/loader.py compiled in this process: relative path -> SHA-256 hex of the source
+# bytes it compiled. Empty when legal/ was imported the ordinary way (tests, the CLI).
+LOADED_SOURCES: dict[str, str] = {}
+
+DEVELOPMENT_SUFFIX = "-DEV"
+
+
+def marked_version(version: str, development_key: bool) -> str:
+    """The identifier as shown (1-0:0.2.0.255, display, `smartmeter id`): the version, with
+    "-DEV" when the release manifest is signed by a development key."""
+    return version + DEVELOPMENT_SUFFIX if development_key else version
 
 
 class IdentificationError(Exception):
@@ -116,6 +121,7 @@ class IntegrityReason(enum.Enum):
     VERSION_MISMATCH = "version differs from the signed manifest"
     DIGEST_MISMATCH = "legally relevant files differ from the signed manifest"
     UNREADABLE = "legally relevant files could not be read"
+    LOADED_CODE_MISMATCH = "code the legal process compiled differs from the signed manifest"
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +134,13 @@ class IntegrityResult:
     actual: SoftwareId | None  # computed from the files; None when they could not be read
     reason: IntegrityReason
     changed_files: tuple[str, ...] = ()  # added, removed or modified relative paths
-    development_key: bool = False  # signed with the development key (never in a release)
+    development_key: bool = False  # signed with a development key (never in a release)
+
+    @property
+    def identifier(self) -> str:
+        """Version as shown, marked "-DEV" when signed with a development key."""
+        software = self.actual or self.expected
+        return marked_version(software.version if software else LEGAL_VERSION, self.development_key)
 
 
 # -- digests ----------------------------------------------------------------------------------
@@ -225,14 +237,38 @@ def build_signed_manifest(software_id: SoftwareId, private_key: ec.EllipticCurve
     return ("{\n" + ",\n".join(lines) + "\n}\n").encode("ascii")
 
 
-def _anchored_keys() -> dict[str, tuple[ec.EllipticCurvePublicKey, bool]]:
+def anchored_keys(keys_module=None) -> dict[str, tuple[ec.EllipticCurvePublicKey, bool]]:
+    """key id -> (public key, is a development key) of every key anchored in release_keys.py."""
+    if keys_module is None:
+        from smartmeter.legal import release_keys as keys_module
+    pems = [(pem, False) for pem in keys_module.RELEASE_KEYS.values()]
+    pems += [(pem, True) for pem, _ in keys_module.DEVELOPMENT_KEYS.values()]
     keys = {}
-    for _, (pem, development) in RELEASE_PUBLIC_KEYS.items():
+    for pem, development in pems:
         public_key = serialization.load_pem_public_key(pem)
         if not isinstance(public_key, ec.EllipticCurvePublicKey):
             raise IdentificationError("an anchored release key is not an EC key")
         keys[key_id(public_key)] = (public_key, development)
     return keys
+
+
+def _keys_of_tree(root: Path) -> dict[str, tuple[ec.EllipticCurvePublicKey, bool]]:
+    """The anchors of the legal/ tree being checked: its own release_keys.py (read as data, so
+    checking a copy of legal/ uses that copy's keys, never the running ones by accident)."""
+    import ast
+
+    try:
+        tree = ast.parse((root / "release_keys.py").read_bytes())
+        values = {}
+        for node in tree.body:
+            target = node.target if isinstance(node, ast.AnnAssign) else (
+                node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None)
+            if isinstance(target, ast.Name) and target.id in ("RELEASE_KEYS", "DEVELOPMENT_KEYS"):
+                values[target.id] = ast.literal_eval(node.value)
+        module = type("Keys", (), {"RELEASE_KEYS": values["RELEASE_KEYS"], "DEVELOPMENT_KEYS": values["DEVELOPMENT_KEYS"]})
+        return anchored_keys(module)
+    except (OSError, SyntaxError, ValueError, KeyError, TypeError, IdentificationError):
+        return {}
 
 
 def _is_hex(value: object, length: int | None = None) -> bool:
@@ -269,8 +305,9 @@ def _changed_files(expected: SoftwareId, actual: SoftwareId) -> tuple[str, ...]:
     return tuple(sorted(p for p in want.keys() | have.keys() if want.get(p) != have.get(p)))
 
 
-def verify_manifest(raw: bytes) -> tuple[IntegrityReason, SoftwareId | None, bool]:
-    """Check a manifest's form and signature against the anchored keys.
+def verify_manifest(raw: bytes, keys: "dict | None" = None) -> tuple[IntegrityReason, SoftwareId | None, bool]:
+    """Check a manifest's form and signature against the anchored keys (default: this
+    package's release_keys.py).
     -> (OK or the reason it is refused, the SoftwareId it vouches for, development key?)."""
     if len(raw) > MANIFEST_MAX_BYTES:
         return IntegrityReason.MANIFEST_MALFORMED, None, False
@@ -278,7 +315,7 @@ def verify_manifest(raw: bytes) -> tuple[IntegrityReason, SoftwareId | None, boo
     if parsed is None:
         return IntegrityReason.MANIFEST_MALFORMED, None, False
     manifest, expected = parsed
-    anchored = _anchored_keys().get(manifest["key_id"])
+    anchored = (anchored_keys() if keys is None else keys).get(manifest["key_id"])
     if anchored is None:
         return IntegrityReason.UNKNOWN_KEY, None, False
     public_key, development = anchored
@@ -306,7 +343,7 @@ def check_software(root: Path | None = None) -> IntegrityResult:
             raw = f.read(MANIFEST_MAX_BYTES + 1)
     except OSError:
         return IntegrityResult(False, None, actual, IntegrityReason.MANIFEST_MISSING)
-    reason, expected, development = verify_manifest(raw)
+    reason, expected, development = verify_manifest(raw, _keys_of_tree(root))
     if reason is not IntegrityReason.OK or expected is None:
         return IntegrityResult(False, None, actual, reason, development_key=development)
     if actual is None:
@@ -317,4 +354,10 @@ def check_software(root: Path | None = None) -> IntegrityResult:
         )
     if actual.version != expected.version:  # cannot happen with an equal digest; kept as a guard
         return IntegrityResult(False, expected, actual, IntegrityReason.VERSION_MISMATCH, (), development)
+    if root.resolve() == LEGAL_PACKAGE_DIR and LOADED_SOURCES:
+        # the files on disk match; so must the bytes this process compiled (no swap in between)
+        want = dict(expected.files)
+        differing = tuple(sorted(p for p, h in LOADED_SOURCES.items() if want.get(p) != h))
+        if differing:
+            return IntegrityResult(False, expected, actual, IntegrityReason.LOADED_CODE_MISMATCH, differing, development)
     return IntegrityResult(True, expected, actual, IntegrityReason.OK, (), development)

@@ -1,0 +1,31 @@
+"""Public keys that may sign the release manifest of legal/ (the trust anchors of `identification`).
+
+This file is inside legal/, so it is covered by the software ID: whoever adds a key to sign
+modified software also changes the digest that the display, 1-0:0.2.8.255 and the type
+examination certificate show.
+
+RELEASE_KEYS: offline release keys (their private halves never enter the repository). A
+manifest signed by one of them is a release. None is anchored yet.
+
+DEVELOPMENT_KEYS: keys generated locally by `scripts/sign_release.py` (private half under
+~/.config/smartmeter/, never committed), one per developer who has re-signed legal/. A
+manifest signed by one of them verifies, but the meter, `smartmeter id` and 1-0:0.2.0.255
+say DEVELOPMENT. The key that used to be committed in scripts/sign_release.py is in git
+history and therefore public: it is not anchored here and must never be.
+
+Maintained by scripts/sign_release.py (it appends the developer's key when it signs).
+"""
+
+# key id (first 16 hex digits of SHA-256 over the DER SubjectPublicKeyInfo) -> PEM
+RELEASE_KEYS: dict[str, bytes] = {}
+
+# key id -> (PEM, who generated it, when)
+DEVELOPMENT_KEYS: dict[str, tuple[bytes, str]] = {
+    '343534bc6f406070': (
+        b'-----BEGIN PUBLIC KEY-----\n'
+        b'MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEvOjDu6vvUbWOXD601oRSxQN5cPdC\n'
+        b'R0lq8MmFv9YYJk9xLblFOy0Io9JrOLWFpObG1U3HTvlfmQQBYrCfqRSlHQ==\n'
+        b'-----END PUBLIC KEY-----\n',
+        'root@vm 2026-12-04',
+    ),
+}
