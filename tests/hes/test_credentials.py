@@ -81,6 +81,63 @@ def test_round_trip_hls7_with_pki_files(tmp_path, demo_pki):
     assert loaded.client_cert_pem == (demo_pki / entry["certificate"]).resolve()
 
 
+def _legacy_demo_credentials(site: Path, demo_pki: Path) -> Path:
+    """Demo credentials as meters wrote them before paths were relative to the file: paths
+    relative to the working directory the meter ran in (`site`, data dir `meter-data`)."""
+    import shutil
+
+    pki_dir = site / "meter-data" / "credentials" / "demo-pki"
+    shutil.copytree(demo_pki, pki_dir)
+    entry = pki.load_index(pki_dir)["clients"]["1"]["signing"]
+    server_cert = pki.load_index(pki_dir)["clients"]["2"]["signing"]["certificate"]
+    raw = {"client": "management", "client_sap": 1, "server_sap": 1, "interfaces": ["lan"], "authentication": 7,
+           "security_suite": 1, "security_policy": 0x6C, "client_system_title": "4845530000000001",
+           "ek": EK.hex(), "ak": AK.hex(),
+           "client_key_pem": f"meter-data/credentials/demo-pki/{entry['private_key']}",
+           "client_cert_pem": f"meter-data/credentials/demo-pki/{entry['certificate']}",
+           "server_cert_pem": f"meter-data/credentials/demo-pki/{server_cert}"}
+    path = pki_dir.parent / "management.json"
+    path.write_text(json.dumps(raw))
+    return path
+
+
+def test_paths_written_relative_to_the_working_directory_still_load_from_anywhere(tmp_path, demo_pki, monkeypatch):
+    site = tmp_path / "site"
+    path = _legacy_demo_credentials(site, demo_pki)
+    expected = pki.load_client_credentials(demo_pki, 1).signing_key.public_key().public_numbers()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for cwd, given in ((site, Path("meter-data/credentials/management.json")), (site, path),
+                       (elsewhere, path), (site / "meter-data", Path("credentials/management.json")),
+                       (path.parent, Path("management.json"))):
+        monkeypatch.chdir(cwd)
+        loaded = load_credentials(given)
+        assert loaded.security.client_signing_key.public_key().public_numbers() == expected, (cwd, given)
+        assert loaded.client_cert_pem.resolve() == (path.parent / "demo-pki").resolve() / \
+            pki.load_index(demo_pki)["clients"]["1"]["signing"]["certificate"]
+
+
+def test_paths_relative_to_the_file_load_from_any_working_directory(tmp_path, demo_pki, monkeypatch):
+    path = _legacy_demo_credentials(tmp_path / "site", demo_pki)
+    raw = json.loads(path.read_text())
+    for field in ("client_key_pem", "client_cert_pem", "server_cert_pem"):
+        raw[field] = raw[field].removeprefix("meter-data/credentials/")
+    path.write_text(json.dumps(raw))
+    for cwd in (tmp_path, tmp_path / "site", path.parent):
+        monkeypatch.chdir(cwd)
+        assert load_credentials(path).security.client_signing_key is not None
+
+
+def test_a_path_found_nowhere_names_where_it_was_looked_for(tmp_path, demo_pki, monkeypatch):
+    path = _legacy_demo_credentials(tmp_path / "site", demo_pki)
+    raw = json.loads(path.read_text())
+    raw["client_key_pem"] = "meter-data/credentials/demo-pki/gone.key.pem"
+    path.write_text(json.dumps(raw))
+    monkeypatch.chdir(tmp_path / "site")
+    with pytest.raises(CredentialsError, match="client_key_pem: .*gone.key.pem does not exist"):
+        load_credentials(path)
+
+
 BAD_FIELDS = [
     ("client_sap", 0, "client_sap"),
     ("client_sap", "1", "client_sap"),

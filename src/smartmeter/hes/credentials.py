@@ -18,7 +18,9 @@ One JSON file per client (mode 0600, it holds keys):
       "use_dedicated_key": false,                       optional
       "client_key_pem": "DEMO-client-1-management-signing.key.pem",   HLS 7: paths, relative
       "client_cert_pem": "DEMO-client-1-management-signing.pem",      to this file's directory
-      "server_cert_pem": "meter-signing.pem"                          (or absolute)
+      "server_cert_pem": "meter-signing.pem"                          (or absolute), so the file
+                                                                      works from any working
+                                                                      directory
     }
 
 The client's invocation counter for the global key must never repeat, across runs and
@@ -273,12 +275,33 @@ def _path_field(path: Path, raw: dict, field: str) -> Path | None:
         return None
     if not isinstance(value, str) or not value:
         raise _fail(path, field, "must be a file path")
-    resolved = Path(value)
-    if not resolved.is_absolute():
-        resolved = path.parent / resolved
+    written = Path(value)
+    if written.is_absolute():
+        resolved = written
+    else:
+        resolved = path.parent / written
+        if not resolved.is_file():
+            resolved = _legacy_relative_path(path, written) or resolved
     if not resolved.is_file():
         raise _fail(path, field, f"{resolved} does not exist")
     return resolved
+
+
+def _legacy_relative_path(path: Path, written: Path) -> Path | None:
+    """Where a path of an older credentials file points, or None.
+
+    Earlier meters wrote their demo credentials with paths relative to the meter's working
+    directory (`meter-data/credentials/demo-pki/x.pem` next to `meter-data/credentials/a.json`).
+    Such a path starts with the tail of the file's own directory; dropping that tail makes it
+    relative to the file, which works from any working directory. Failing that, the working
+    directory the path was written for may be the current one."""
+    directory = path.parent.absolute().parts
+    for overlap in range(min(len(directory), len(written.parts) - 1), 0, -1):
+        if written.parts[:overlap] == directory[-overlap:]:
+            candidate = path.parent.joinpath(*written.parts[overlap:])
+            if candidate.is_file():
+                return candidate
+    return written if written.is_file() else None
 
 
 def _load_private_key(path: Path, field: str, key_path: Path, suite: int) -> ec.EllipticCurvePrivateKey:

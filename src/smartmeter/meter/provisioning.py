@@ -23,6 +23,12 @@ PROVISIONED = "security.demo_provisioned"
 DEMO_NOTE = "DEMO PROVISIONING: keys and certificates made by the meter at its first start. Not for production."
 
 
+def _relative(target: Path, credentials: Path) -> str:
+    # relative to the credentials file's directory (where the loader resolves it), so the
+    # file works from any working directory and the data directory can be moved whole
+    return target.relative_to(credentials).as_posix()
+
+
 def provision_demo(security: MeterSecurity, data_dir: Path) -> bool:
     """Provision once; returns True if it ran now."""
     store = security.store
@@ -30,6 +36,7 @@ def provision_demo(security: MeterSecurity, data_dir: Path) -> bool:
         return False
     credentials = data_dir / "credentials"
     pki_dir = credentials / "demo-pki"
+    pki.make_private_directory(credentials)  # keys of every client: owner-only whatever the umask
     now = security.now()
     if not (pki_dir / pki.INDEX_FILE).exists():
         pki.init_pki(pki_dir, suite=security.certificates.suite, now=now)
@@ -42,7 +49,7 @@ def provision_demo(security: MeterSecurity, data_dir: Path) -> bool:
     security.certificates.import_certificate(certificate, now)
     store.put("security.certificates", security.certificates.to_dict())
     server_cert = pki_dir / f"DEMO-meter-{security.server_system_title.hex().upper()}-signing.pem"
-    server_cert.write_bytes(certificate if isinstance(certificate, bytes) else certificate.encode())
+    pki.write_owner_only(server_cert, certificate if isinstance(certificate, bytes) else certificate.encode())
 
     index = pki.load_index(pki_dir)
     for client in security.clients.values():
@@ -59,7 +66,7 @@ def provision_demo(security: MeterSecurity, data_dir: Path) -> bool:
             fields.update(
                 client_system_title=pki.demo_client_system_title(client.sap).hex().upper(),
                 ek=context.ek.hex().upper(), ak=context.ak.hex().upper(),
-                server_cert_pem=str(server_cert),
+                server_cert_pem=_relative(server_cert, credentials),
             )
             if context.hls_secret is not None:
                 fields["hls_secret"] = context.hls_secret.hex().upper()
@@ -67,8 +74,8 @@ def provision_demo(security: MeterSecurity, data_dir: Path) -> bool:
                 fields["master_key"] = security.manager.kek(context.suite).hex().upper()
             entry = index.get("clients", {}).get(str(client.sap))
             if entry is not None and client.mechanism == 7:
-                fields.update(client_key_pem=str(pki_dir / entry["signing"]["private_key"]),
-                              client_cert_pem=str(pki_dir / entry["signing"]["certificate"]),
+                fields.update(client_key_pem=_relative(pki_dir / entry["signing"]["private_key"], credentials),
+                              client_cert_pem=_relative(pki_dir / entry["signing"]["certificate"], credentials),
                               client_system_title=entry["system_title"].upper())
         write_credentials(credentials / f"{client.name}.json", fields)
     store.put(PROVISIONED, True)

@@ -7,6 +7,7 @@ readable by its owner only, since it holds key material.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -20,10 +21,15 @@ CREATE TABLE IF NOT EXISTS counter (key TEXT PRIMARY KEY, value INTEGER NOT NULL
 
 class MeterStore:
     def __init__(self, data_dir: Path) -> None:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        if not data_dir.is_dir():
+            data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(data_dir, 0o700)  # exact, whatever the umask
         path = data_dir / "meter.sqlite3"
         if not path.exists():
-            path.touch(mode=0o600)  # SQLite gives its -wal/-shm files the same permissions
+            # SQLite gives its -wal/-shm files the same permissions
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.fchmod(fd, 0o600)
+            os.close(fd)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
