@@ -17,6 +17,7 @@ MECHANISMS = {5: Authentication.HIGH_GMAC, 6: Authentication.HIGH_SHA256, 7: Aut
 class GuruxSecureClient(GuruxClient):
     def __init__(self, port: int, credentials: Path, invocation_counter: int, *, signing_key_pem: bytes | None = None):
         creds = json.loads(Path(credentials).read_text())
+        here = Path(credentials).parent  # paths in the file are relative to it (or absolute)
         secret = bytes.fromhex(creds["hls_secret"]) if creds.get("hls_secret") else None
         self.client = GXDLMSSecureClient(True, creds["client_sap"], 1, MECHANISMS[creds["authentication"]], secret,
                                          InterfaceType.WRAPPER)
@@ -35,8 +36,8 @@ class GuruxSecureClient(GuruxClient):
             from gurux_dlms.ecdsa.GXPublicKey import GXPublicKey
 
             private = serialization.load_pem_private_key(
-                signing_key_pem or Path(creds["client_key_pem"]).read_bytes(), None)
-            server = x509.load_pem_x509_certificate(Path(creds["server_cert_pem"]).read_bytes()).public_key()
+                signing_key_pem or (here / creds["client_key_pem"]).read_bytes(), None)
+            server = x509.load_pem_x509_certificate((here / creds["server_cert_pem"]).read_bytes()).public_key()
             raw_private = private.private_numbers().private_value.to_bytes(32, "big")
             raw_public = server.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
             cipher.signingKeyPair = (GXPublicKey.fromRawBytes(raw_public), GXPrivateKey.fromRawBytes(raw_private))

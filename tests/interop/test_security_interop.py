@@ -2,7 +2,8 @@
 
 gurux-dlms associates as the management client with HLS 5 / suite 0 (idis profile) and with
 HLS 7 / suite 1 (ksmw profile), dlms-cosem with HLS 5 / suite 0, and each reads +A. Captured
-protected requests are replayed on the same association, on a new one and after a restart;
+protected requests are replayed on the same association, on a new one and after a restart
+(clean, and kill -9); dlms-cosem, a strict client, checks the meter's counters from a fresh start;
 tampered ciphertexts are sent; the meter refuses each with the standard answer and stays usable.
 """
 from __future__ import annotations
@@ -28,23 +29,26 @@ from smartmeter.dlms.apdu.xdlms import decode_xdlms
 
 structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 
-# client invocation counters: increasing across the tests (each meter here starts with a fresh store)
-COUNTERS = itertools.count(1000, 1000)
-
-
-@pytest.fixture(scope="module")
-def ksmw_meter(tmp_path_factory):
-    """A meter of this module's own: gurux's invocation counters must not meet other tests' clients."""
-    m = start_meter(tmp_path_factory.mktemp("ksmw"))
+@pytest.fixture
+def ksmw_meter(tmp_path):
+    """A fresh meter for each test: no test depends on the counters another one left behind."""
+    m = start_meter(tmp_path / "ksmw")
     yield m
     m.stop()
 
 
-@pytest.fixture(scope="module")
-def idis_meter(tmp_path_factory):
-    m = start_meter(tmp_path_factory.mktemp("idis"), "--profile", "idis")
+@pytest.fixture
+def idis_meter(tmp_path):
+    m = start_meter(tmp_path / "idis", "--profile", "idis")
     yield m
     m.stop()
+
+
+@pytest.fixture
+def counters():
+    """The first invocation counter of each client a test makes: from 1 on a fresh meter, then
+    well above whatever the previous client of the same test used (an association takes a few)."""
+    return itertools.count(1, 1000)
 
 
 def read_a_plus(client: GuruxSecureClient) -> int:
@@ -52,9 +56,9 @@ def read_a_plus(client: GuruxSecureClient) -> int:
     return client.read(register, 2)
 
 
-def test_gurux_hls5_suite0_management_reads_energy(idis_meter):
+def test_gurux_hls5_suite0_management_reads_energy(idis_meter, counters):
     client = GuruxSecureClient(idis_meter.wrapper_port, idis_meter.data_dir / "credentials" / "management.json",
-                               next(COUNTERS))
+                               next(counters))
     client.associate()
     before = idis_meter.energy_wh("a_plus")
     value = read_a_plus(client)
@@ -62,9 +66,9 @@ def test_gurux_hls5_suite0_management_reads_energy(idis_meter):
     client.close()
 
 
-def test_gurux_hls7_suite1_management_reads_energy(ksmw_meter):
+def test_gurux_hls7_suite1_management_reads_energy(ksmw_meter, counters):
     meter = ksmw_meter
-    client = GuruxSecureClient(meter.wrapper_port, meter.data_dir / "credentials" / "management.json", next(COUNTERS))
+    client = GuruxSecureClient(meter.wrapper_port, meter.data_dir / "credentials" / "management.json", next(counters))
     client.associate()
     before = meter.energy_wh("a_plus")
     assert before - 2 <= read_a_plus(client) <= meter.energy_wh("a_plus") + 2
@@ -72,20 +76,36 @@ def test_gurux_hls7_suite1_management_reads_energy(ksmw_meter):
 
 
 def test_dlms_cosem_hls5_suite0_management_reads_energy(idis_meter):
+    """dlms-cosem is a strict client: it refuses any meter counter not above the last one it saw,
+    starting from 0. On a FRESH meter (nothing sent before) the first protected APDU, the AARE's
+    glo-initiate-response, must therefore carry 1 or more."""
     creds = json.loads((idis_meter.data_dir / "credentials" / "management.json").read_text())
     transport = TcpTransport(client_logical_address=1, server_logical_address=1,
                              io=BlockingTcpIO("127.0.0.1", idis_meter.wrapper_port))
     client = DlmsClient(transport=transport, authentication=HighLevelSecurityGmacAuthentication(challenge_length=16),
                         encryption_key=bytes.fromhex(creds["ek"]), authentication_key=bytes.fromhex(creds["ak"]),
                         client_system_title=bytes.fromhex(creds["client_system_title"]), security_suite=0,
-                        client_initial_invocation_counter=next(COUNTERS))
+                        client_initial_invocation_counter=1)
+    connection = client.dlms_connection
+    checked = []  # every meter counter dlms-cosem checked, in order
+    strict_check = connection.update_meter_invocation_counter
+
+    def recording(counter: int) -> None:
+        checked.append(counter)
+        strict_check(counter)
+
+    connection.update_meter_invocation_counter = recording
+    before = idis_meter.energy_wh("a_plus")
     with client.session() as session:
         raw = session.get(cosem.CosemAttribute(interface=enumerations.CosemInterface.REGISTER,
                                                instance=cosem.Obis(1, 0, 1, 8, 0, 255), attribute=2))
-    assert raw[0] == 0x06 and int.from_bytes(raw[1:5], "big") > 0
+    assert raw[0] == 0x06
+    assert before - 2 <= int.from_bytes(raw[1:5], "big") <= idis_meter.energy_wh("a_plus") + 2
+    assert checked and checked[0] >= 1  # the AARE of a fresh meter
+    assert checked == sorted(set(checked))  # and each later one above it
 
 
-def test_hls7_with_a_foreign_signing_key_is_refused(ksmw_meter):
+def test_hls7_with_a_foreign_signing_key_is_refused(ksmw_meter, counters):
     meter = ksmw_meter
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -93,15 +113,15 @@ def test_hls7_with_a_foreign_signing_key_is_refused(ksmw_meter):
     foreign = ec.generate_private_key(ec.SECP256R1()).private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     client = GuruxSecureClient(meter.wrapper_port, meter.data_dir / "credentials" / "management.json",
-                               next(COUNTERS), signing_key_pem=foreign)
+                               next(counters), signing_key_pem=foreign)
     with pytest.raises(Exception):
         client.associate()
     client.sock.close()
 
 
-def _captured_request(port, credentials):
+def _captured_request(port, credentials, counters):
     """Associate, then build one protected GET with gurux and send it once; return it and the client."""
-    client = GuruxSecureClient(port, credentials, next(COUNTERS))
+    client = GuruxSecureClient(port, credentials, next(counters))
     client.associate()
     frame = bytes(client.client.read(GXDLMSRegister("1.0.1.8.0.255"), 2)[0])
     first = client.raw(frame)
@@ -115,22 +135,27 @@ def _is_exception(apdu: bytes, service_error: ServiceError) -> bool:
             and response.service_error == service_error)
 
 
-def test_replay_on_the_same_and_a_new_association_and_after_restart(idis_meter):
+@pytest.mark.parametrize("restart", ["clean stop", "power failure"])
+def test_replay_on_the_same_and_a_new_association_and_after_restart(idis_meter, counters, restart):
     credentials = idis_meter.data_dir / "credentials" / "management.json"
-    client, frame = _captured_request(idis_meter.wrapper_port, credentials)
+    client, frame = _captured_request(idis_meter.wrapper_port, credentials, counters)
     assert _is_exception(client.raw(frame), ServiceError.INVOCATION_COUNTER_ERROR)  # same association
     assert read_a_plus(client) > 0  # and the association is still usable
     client.close()
-    other = GuruxSecureClient(idis_meter.wrapper_port, credentials, next(COUNTERS))
+    other = GuruxSecureClient(idis_meter.wrapper_port, credentials, next(counters))
     other.associate()
     assert _is_exception(other.raw(frame), ServiceError.INVOCATION_COUNTER_ERROR)  # a new association
     other.close()
-    idis_meter.stop()
+    if restart == "clean stop":
+        idis_meter.stop()
+    else:  # kill -9: the meter's counters are what its store holds, nothing more
+        idis_meter.power_failure()
     restarted = start_meter(idis_meter.data_dir, "--profile", "idis")
     try:
-        again = GuruxSecureClient(restarted.wrapper_port, credentials, next(COUNTERS))
+        again = GuruxSecureClient(restarted.wrapper_port, credentials, next(counters))
         again.associate()
         assert _is_exception(again.raw(frame), ServiceError.INVOCATION_COUNTER_ERROR)  # after a restart
+        assert read_a_plus(again) > 0
         again.close()
     finally:
         idis_meter.process, idis_meter.wrapper_port = restarted.process, restarted.wrapper_port
@@ -138,9 +163,9 @@ def test_replay_on_the_same_and_a_new_association_and_after_restart(idis_meter):
 
 
 @pytest.mark.parametrize("damage", ["flip-tag", "flip-ciphertext", "truncate", "wrong-counter-unauthenticated"])
-def test_tampered_requests_get_the_standard_error_and_the_meter_stays_usable(idis_meter, damage):
+def test_tampered_requests_get_the_standard_error_and_the_meter_stays_usable(idis_meter, damage, counters):
     credentials = idis_meter.data_dir / "credentials" / "management.json"
-    client = GuruxSecureClient(idis_meter.wrapper_port, credentials, next(COUNTERS))
+    client = GuruxSecureClient(idis_meter.wrapper_port, credentials, next(counters))
     client.associate()
     frame = bytes(client.client.read(GXDLMSRegister("1.0.1.8.0.255"), 2)[0])
     protected = decode_ciphered(frame[8:])  # gurux's request, opened with our independent codec
