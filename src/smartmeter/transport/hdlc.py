@@ -15,7 +15,15 @@ Behaviour on errors, chosen after IEC 62056-46 and the DLMS UA conformance test 
   with FRMR (ISO/IEC 13239 three-byte information field). The frame is discarded and the
   link stays in normal response mode, so the next valid frame is processed normally
   (an SNRM or DISC also clears the situation, as in ISO/IEC 13239);
-* in the disconnected mode, every command other than SNRM and UI is answered with DM.
+* in the disconnected mode, every command other than SNRM and UI is answered with DM;
+* frames to an all-station (broadcast) address, and frames from the no-station or
+  all-station client address, are discarded unanswered: a connection is point to point;
+* the server accepts at most the negotiated receive window of I-frames before the
+  primary polls; frames beyond it are discarded (not acknowledged, so the primary
+  retransmits them after its poll). UI-frames, which have no sequence numbers, are held to
+  the same number per poll. A peer that never polls gets at most that many requests served;
+* responses waiting for the primary's poll are bounded (`max_pending_output` bytes); a
+  response that would exceed the bound is dropped and counted (`dropped_responses`).
 """
 from __future__ import annotations
 
@@ -26,6 +34,8 @@ from typing import Iterable, Union
 
 from smartmeter.errors import SmartmeterError
 from smartmeter.transport.hdlc_frame import (
+    ALL_STATION_1,
+    ALL_STATION_2,
     DEFAULT_MAX_INFO,
     DEFAULT_WINDOW,
     FRMR_W_INVALID_CONTROL,
@@ -35,6 +45,7 @@ from smartmeter.transport.hdlc_frame import (
     KINDS_WITH_INFORMATION,
     LLC_COMMAND,
     LLC_RESPONSE,
+    NO_STATION,
     FrameKind,
     FrmrInformation,
     HdlcAddress,
@@ -197,6 +208,7 @@ class _LinkBase:
         self._peer_busy = False
         self._reassembly = bytearray()
         self._expecting_response = False  # client: request sent, response not complete
+        self._received_in_window = {FrameKind.I: 0, FrameKind.UI: 0}  # server: taken since the last poll
 
     def _emit(self, kind: FrameKind, poll_final: bool, information: bytes = b"",
               segmented: bool = False, send_seq: int = 0) -> None:
@@ -277,10 +289,16 @@ class HdlcServerLink(_LinkBase):
     """
 
     def __init__(self, physical_address: int, logical_devices: Iterable[int] = frozenset({1}),
-                 params: HdlcParameters = HdlcParameters(), max_apdu_length: int = 8192) -> None:
+                 params: HdlcParameters = HdlcParameters(), max_apdu_length: int = 8192,
+                 max_pending_output: int | None = None) -> None:
         super().__init__(params, max_apdu_length)
         self.physical_address = physical_address
         self.logical_devices = frozenset(logical_devices)
+        # a well-behaved primary has one response outstanding; room for two of the largest
+        self.max_pending_output = 2 * max_apdu_length if max_pending_output is None else max_pending_output
+        self.dropped_responses = 0  # responses not queued: the primary did not collect earlier ones
+        self.window_violations = 0  # I/UI-frames beyond the receive window, discarded
+        self.last_frame_at: float | None = None  # when the last well-formed frame for us arrived
         self._client: HdlcAddress | None = None
         self._server: HdlcAddress | None = None
         self._last_activity = 0.0
@@ -309,6 +327,9 @@ class HdlcServerLink(_LinkBase):
         """
         if self._mode is not _Mode.CONNECTED:
             return False
+        if self.pending_output + len(LLC_RESPONSE) + len(apdu) > self.max_pending_output:
+            self.dropped_responses += 1
+            return False
         self._queue_segments(LLC_RESPONSE, apdu)
         if self._awaiting_response:
             self._awaiting_response = False
@@ -318,6 +339,11 @@ class HdlcServerLink(_LinkBase):
     @property
     def client_address(self) -> int | None:
         return None if self._client is None else self._client.upper
+
+    @property
+    def pending_output(self) -> int:
+        """Information bytes of responses queued or sent but not yet acknowledged."""
+        return sum(len(info) for info, _ in self._tx_queue) + sum(len(info) for _, info, _ in self._unacked)
 
     # -- internals
 
@@ -332,7 +358,14 @@ class HdlcServerLink(_LinkBase):
     def _addressed_to_us(self, address: HdlcAddress) -> bool:
         if address.upper not in self.logical_devices:
             return False
+        if address.lower is not None and address.lower == (ALL_STATION_1 if address.length == 2 else ALL_STATION_2):
+            return False  # the all-station address of this form, even where it equals ours
         return address.lower is None or address.lower == self.physical_address
+
+    @staticmethod
+    def _valid_client(address: HdlcAddress) -> bool:
+        """A one-byte client address naming one client: not no-station, not all-station."""
+        return address.length == 1 and address.upper not in (NO_STATION, ALL_STATION_1)
 
     def _check_inactivity(self, now: float) -> list[HdlcEvent]:
         timeout = self.params.inactivity_timeout
@@ -363,9 +396,10 @@ class HdlcServerLink(_LinkBase):
         except HdlcError:
             self.discarded_frames += 1
             return []
-        if not self._addressed_to_us(frame.destination) or frame.source.length != 1:
+        if not self._addressed_to_us(frame.destination) or not self._valid_client(frame.source):
             self.discarded_frames += 1
             return []
+        self.last_frame_at = now
         if (self._mode is _Mode.CONNECTED and frame.source == self._client
                 and frame.destination == self._server):
             self._last_activity = now
@@ -373,9 +407,10 @@ class HdlcServerLink(_LinkBase):
         return self._in_disconnected(frame, now)
 
     def _on_unknown_command(self, error: HdlcControlError, now: float) -> None:
-        if not self._addressed_to_us(error.destination) or error.source.length != 1:
+        if not self._addressed_to_us(error.destination) or not self._valid_client(error.source):
             self.discarded_frames += 1
             return
+        self.last_frame_at = now
         if (self._mode is _Mode.CONNECTED and error.source == self._client
                 and error.destination == self._server):
             self._last_activity = now
@@ -438,6 +473,21 @@ class HdlcServerLink(_LinkBase):
             self._emit(FrameKind.RR, True)
 
     def _in_connected(self, frame: HdlcFrame, now: float) -> list[HdlcEvent]:
+        events = self._serve_connected(frame, now)
+        if frame.poll_final:
+            self._received_in_window = {FrameKind.I: 0, FrameKind.UI: 0}  # the poll hands us the turn
+        return events
+
+    def _within_window(self, kind: FrameKind) -> bool:
+        """Take one more I- (or UI-) frame before the poll, unless the receive window is used up."""
+        if self._received_in_window[kind] >= self.negotiated.window_rx:
+            self.discarded_frames += 1
+            self.window_violations += 1
+            return False
+        self._received_in_window[kind] += 1
+        return True
+
+    def _serve_connected(self, frame: HdlcFrame, now: float) -> list[HdlcEvent]:
         kind = frame.kind
         poll = frame.poll_final
         if kind is FrameKind.SNRM:
@@ -454,6 +504,10 @@ class HdlcServerLink(_LinkBase):
             self._reject(frame.control, FRMR_W_INVALID_CONTROL | FRMR_X_INFORMATION_NOT_PERMITTED, poll)
             return []
         if kind is FrameKind.UI:
+            if not self._within_window(kind):
+                if poll:
+                    self._answer_poll()
+                return []
             if frame.information.startswith(LLC_COMMAND):
                 return [ApduReceived(frame.information[len(LLC_COMMAND):])]
             return []
@@ -483,6 +537,12 @@ class HdlcServerLink(_LinkBase):
             self.discarded_frames += 1
             if poll:
                 self._answer_poll_with_rr()
+            return []
+        if not self._within_window(FrameKind.I):
+            # Beyond the window (the primary sent more than it may before polling): not
+            # acknowledged, so the primary sends it again after the poll.
+            if poll:
+                self._answer_poll()
             return []
         if not self._take_segment(frame):
             self._reject(frame.control, FRMR_Y_INFORMATION_TOO_LONG, poll)
