@@ -27,9 +27,10 @@ unpacked with one `struct.Struct`, giving the same values as the generic decoder
 """
 from __future__ import annotations
 
+import gc
 import struct
 from collections.abc import Sequence
-from itertools import starmap
+from itertools import repeat, starmap
 from typing import Any, NoReturn
 
 import numpy as np
@@ -604,11 +605,7 @@ def _decode_contents(t: int, buf: bytes, pos: int, end: int, depth: int) -> tupl
         # Each element takes at least its tag byte: refuse impossible counts before looping.
         if n > end - pos:
             raise TruncatedError(DataType(t).name, pos, f"{n} elements declared, {end - pos} bytes left")
-        items = []
-        append = items.append
-        for _ in range(n):
-            item, pos = _decode_at(buf, pos, end, depth + 1)
-            append(item)
+        items, pos = _decode_items(buf, pos, end, n, depth + 1)
         return tuple(items), pos
     if t == DataType.BOOLEAN:
         if pos >= end:
@@ -647,15 +644,147 @@ def _decode_contents(t: int, buf: bytes, pos: int, end: int, depth: int) -> tupl
     raise DecodeError("data", pos, f"unknown type tag 0x{t:02X}")  # pragma: no cover
 
 
+# Tags whose contents one struct unpacks to the decoded value: (type, unpack_from, size).
+# '?' gives True for any non-zero byte, as a boolean is decoded.
+_ONE_STRUCT: dict[int, tuple[DataType, Any, int]] = {
+    int(t): (t, s.unpack_from, s.size)
+    for t, s in [(DataType(t), struct.Struct(">" + f)) for t, f in {**_INT_FORMATS, **_FLOAT_FORMATS}.items()]
+    + [(DataType.BOOLEAN, struct.Struct(">?"))]
+}
+_OCTET_STRING = DataType.OCTET_STRING
+_CONTAINERS = {int(DataType.ARRAY): DataType.ARRAY, int(DataType.STRUCTURE): DataType.STRUCTURE}
+_new_data = tuple.__new__  # _new_data(Data, (type, value, None)): Data without a Python-level __init__
+# Arrays at least this long try the bulk path for elements of one byte layout.
+_BULK_MIN_ELEMENTS = 16
+# Inputs at least this long are decoded with the cyclic garbage collector paused.
+_PAUSE_GC_FROM_BYTES = 16 * 1024
+
+
+def _decode_items(buf: bytes, pos: int, end: int, count: int, depth: int) -> tuple[list[Data], int]:
+    """`count` consecutive tagged values from pos, each at nesting `depth`; (values, offset after).
+
+    The common types are decoded inline (one dict lookup and one struct call each) rather
+    than through a function per value: this loop is where a large read spends its time.
+    Nested arrays and structures recurse, at most MAX_DEPTH deep.
+    """
+    items: list[Data] = []
+    append = items.append
+    one_struct = _ONE_STRUCT
+    containers = _CONTAINERS
+    new = _new_data
+    for _ in range(count):
+        if pos >= end:
+            raise TruncatedError("data", pos, "no tag byte")
+        tag = buf[pos]
+        pos += 1
+        fixed = one_struct.get(tag)
+        if fixed is not None:
+            t, unpack, size = fixed
+            if pos + size > end:
+                raise TruncatedError(t.name, pos)
+            append(new(Data, (t, unpack(buf, pos)[0], None)))
+            pos += size
+        elif tag == 9:  # octet-string
+            if pos < end and buf[pos] < 0x80:
+                n = buf[pos]
+                pos += 1
+            else:
+                n, pos = decode_length(buf, pos)
+            if n > end - pos:
+                raise TruncatedError("OCTET_STRING", pos, f"{n} bytes declared, {end - pos} left")
+            append(new(Data, (_OCTET_STRING, buf[pos : pos + n], None)))
+            pos += n
+        elif tag in containers:
+            t = containers[tag]
+            if depth >= MAX_DEPTH:
+                raise DecodeError(t.name, pos, f"nested deeper than {MAX_DEPTH}")
+            n, pos = decode_length(buf, pos)
+            # Each element takes at least its tag byte: refuse impossible counts before looping.
+            if n > end - pos:
+                raise TruncatedError(t.name, pos, f"{n} elements declared, {end - pos} bytes left")
+            if n >= _BULK_MIN_ELEMENTS and t is DataType.ARRAY:
+                sub, pos = _decode_array(buf, pos, end, n, depth + 1)
+            else:
+                sub, pos = _decode_items(buf, pos, end, n, depth + 1)
+            append(new(Data, (t, tuple(sub), None)))
+        else:
+            t = _DATA_TYPES.get(tag)
+            if t is None:
+                raise DecodeError("data", pos - 1, f"unknown type tag 0x{tag:02X}")
+            value, pos = _decode_contents(tag, buf, pos, end, depth)
+            append(new(Data, (t, value, None)))
+    return items, pos
+
+
+def _decode_array(buf: bytes, pos: int, end: int, count: int, depth: int) -> tuple[list[Data], int]:
+    """The `count` elements of an array, each at nesting `depth`; (elements, offset after).
+
+    The first element is decoded one value at a time. If it has a fixed byte layout (a leaf
+    of fixed size or an octet-string, or a structure of only such fields), the elements that
+    repeat its layout byte for byte are unpacked in bulk (`_bulk_rows`) and turned into Data
+    column by column in C loops; every other element is decoded one value at a time. Either
+    way each element is exactly what `_decode_items` gives for it.
+    """
+    start = pos
+    items, pos = _decode_items(buf, pos, end, 1, depth)
+    first = items[0]
+    layout = _element_layout(buf, start, pos)
+    if layout is None:
+        rest, pos = _decode_items(buf, pos, end, count - 1, depth)
+        items += rest
+        return items, pos
+    if first.type is DataType.STRUCTURE:
+        column_types = [field.type for field in first.value]
+    else:
+        column_types = [first.type]
+    new = _new_data
+
+    def take_bulk(values) -> None:
+        columns = zip(*values)
+        data_columns = [
+            list(map(new, repeat(Data), zip(repeat(t), column, repeat(None))))
+            for t, column in zip(column_types, columns)
+        ]
+        if first.type is DataType.STRUCTURE:
+            items.extend(map(new, repeat(Data), zip(repeat(DataType.STRUCTURE), zip(*data_columns), repeat(None))))
+        else:
+            items.extend(data_columns[0])
+
+    def take_one(at: int) -> int:
+        one, at = _decode_items(buf, at, end, 1, depth)
+        items.extend(one)
+        return at
+
+    pos, left = _bulk_rows(buf, pos, end, count - 1, layout, take_bulk, take_one)
+    if left:
+        rest, pos = _decode_items(buf, pos, end, left, depth)
+        items += rest
+    return items, pos
+
+
 def _decode_at(buf: bytes, pos: int, end: int, depth: int) -> tuple[Data, int]:
-    if pos >= end:
-        raise TruncatedError("data", pos, "no tag byte")
-    tag = buf[pos]
-    t = _DATA_TYPES.get(tag)
-    if t is None:
-        raise DecodeError("data", pos, f"unknown type tag 0x{tag:02X}")
-    value, pos = _decode_contents(tag, buf, pos + 1, end, depth)
-    return Data(t, value), pos
+    items, pos = _decode_items(buf, pos, end, 1, depth)
+    return items[0], pos
+
+
+class _CollectorPaused:
+    """Pauses Python's cyclic garbage collector while a large input is decoded.
+
+    A decoded tree has no reference cycles, so a collection during decoding finds nothing;
+    but the hundreds of thousands of objects a large read creates would trigger repeated
+    passes over the growing tree, about half the decoding time. Reference counting still
+    frees everything as usual. The collector is re-enabled only if it was enabled before.
+    """
+
+    __slots__ = ("was_enabled",)
+
+    def __enter__(self) -> None:
+        self.was_enabled = gc.isenabled()
+        gc.disable()
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.was_enabled:
+            gc.enable()
 
 
 def decode(buf: bytes | bytearray | memoryview, offset: int = 0) -> tuple[Data, int]:
@@ -664,7 +793,10 @@ def decode(buf: bytes | bytearray | memoryview, offset: int = 0) -> tuple[Data, 
         buf = bytes(buf)
     if offset < 0 or offset > len(buf):
         raise DecodeError("data", offset, "offset outside the buffer")
-    return _decode_at(buf, offset, len(buf), 0)
+    if len(buf) - offset < _PAUSE_GC_FROM_BYTES:
+        return _decode_at(buf, offset, len(buf), 0)
+    with _CollectorPaused():
+        return _decode_at(buf, offset, len(buf), 0)
 
 
 def decode_all(buf: bytes | bytearray | memoryview) -> Data:
@@ -690,6 +822,11 @@ _ROW_FORMATS: dict[int, str] = {
 # steps, and restarts small after a mismatch so mixed buffers cost little extra.
 _FIRST_CHUNK = 256
 _MAX_CHUNK = 1 << 16
+# Once this many checks were made, the bulk path must have taken this many rows per check
+# on average, or the remaining rows are decoded one by one: a buffer whose rows mostly
+# differ must not pay a numpy check for every row it decodes anyway.
+_MIN_CHECKS = 8
+_MIN_ROWS_PER_CHECK = 16
 
 
 class _RowLayout:
@@ -734,6 +871,64 @@ def _row_layout(buf: bytes, start: int, end: int) -> _RowLayout | None:
     if pos != end:  # pragma: no cover - the generic decoder already walked this row
         return None
     return _RowLayout(end - start, "".join(fmt), const_pos, bytes(const_val))
+
+
+def _element_layout(buf: bytes, start: int, end: int) -> _RowLayout | None:
+    """Layout of the array element encoded at buf[start:end], or None if it has none.
+
+    A structure qualifies if it has at least one field and all its fields do; a leaf if
+    struct unpacks it (fixed-size types) or it is an octet-string.
+    """
+    tag = buf[start]
+    if tag == DataType.STRUCTURE:
+        return _row_layout(buf, start, end) if buf[start + 1] != 0 else None
+    f = _ROW_FORMATS.get(tag)
+    if f is not None:
+        return _RowLayout(end - start, ">x" + f, [0], bytes((tag,)))
+    if tag == DataType.OCTET_STRING:
+        length, body = decode_length(buf, start + 1)
+        return _RowLayout(end - start, f">{body - start}x{length}s", list(range(body - start)), buf[start:body])
+    return None
+
+
+def _bulk_rows(buf: bytes, pos: int, end: int, left: int, layout: _RowLayout, take_bulk, take_one) -> tuple[int, int]:
+    """Walk up to `left` elements from pos; (offset reached, elements not yet taken).
+
+    Runs of elements that repeat `layout` byte for byte go to take_bulk(iterator of value
+    tuples); an element that does not goes to take_one(offset), which returns the offset
+    after it. The constant bytes of a block of rows are checked at once with numpy, the
+    block doubling while all rows match. If the runs turn out short (see _MIN_CHECKS), it
+    stops early and leaves the rest to the caller's one-by-one decoder.
+    """
+    size = layout.size
+    const_pos, const_val = layout.const_pos, layout.const_val
+    unpack = layout.struct.iter_unpack
+    data = np.frombuffer(buf, dtype=np.uint8)
+    chunk = _FIRST_CHUNK
+    checks = bulk = 0
+    while left:
+        n = min(left, chunk, (end - pos) // size)
+        matched = 0
+        if n:
+            checks += 1
+            block = data[pos : pos + n * size].reshape(n, size)
+            ok = (block[:, const_pos] == const_val).all(axis=1)
+            matched = n if ok.all() else int(ok.argmin())
+            if matched:
+                take_bulk(unpack(buf[pos : pos + matched * size]))
+                pos += matched * size
+                left -= matched
+                bulk += matched
+        if matched == n and n == chunk:
+            chunk = min(chunk * 2, _MAX_CHUNK)
+            continue
+        if left:  # an element that differs from the layout (or the buffer's tail)
+            pos = take_one(pos)
+            left -= 1
+            chunk = _FIRST_CHUNK
+            if checks >= _MIN_CHECKS and bulk < _MIN_ROWS_PER_CHECK * checks:
+                break
+    return pos, left
 
 
 def _row_values(row: Data, offset: int) -> tuple:
@@ -783,30 +978,14 @@ def decode_rows(buf: bytes | bytearray | memoryview, offset: int = 0) -> tuple[l
             pos = new
         return rows, pos
 
-    size = layout.size
-    unpack = layout.struct.iter_unpack
-    data = np.frombuffer(buf, dtype=np.uint8)
-    chunk = _FIRST_CHUNK
-    while left:
-        n = min(left, chunk, (end - pos) // size)
-        matched = 0
-        if n:
-            block = data[pos : pos + n * size].reshape(n, size)
-            ok = (block[:, layout.const_pos] == layout.const_val).all(axis=1)
-            matched = n if ok.all() else int(ok.argmin())
-            if matched:
-                rows.extend(unpack(buf[pos : pos + matched * size]))
-                pos += matched * size
-                left -= matched
-        if matched == n and n == chunk:
-            chunk = min(chunk * 2, _MAX_CHUNK)
-            continue
-        if left:  # a row that differs from the layout (or the buffer's tail): decode it generically
-            row, new = _decode_at(buf, pos, end, 1)
-            rows.append(_row_values(row, pos))
-            pos = new
-            left -= 1
-            chunk = _FIRST_CHUNK
+    def take_one(at: int) -> int:
+        row, after = _decode_at(buf, at, end, 1)
+        rows.append(_row_values(row, at))
+        return after
+
+    pos, left = _bulk_rows(buf, pos, end, left, layout, rows.extend, take_one)
+    for _ in range(left):
+        pos = take_one(pos)
     return rows, pos
 
 
