@@ -507,3 +507,147 @@ def test_with_the_real_event_log_change_and_entry_commit_together_and_full_refus
     assert db.execute("SELECT name FROM legal_parameter").fetchall() == [("voltage_gain_l1",)]
     assert log.verify(signer.public_key_pem()).ok
     db.close()
+
+
+# -- the signed parameter store (like the energy registers) -----------------------------------
+
+from smartmeter.legal.signing import MeterSigner, verify  # noqa: E402
+
+SIGNER = MeterSigner.generate()
+
+
+class SealedMeter(Meter):
+    """One boot of the parameter part with the meter's signature over the store."""
+
+    def __init__(self, data_dir: Path, expect_signature: bool = False, monotonic_start: float = 1000.0) -> None:
+        self.data_dir = data_dir
+        self.db = storage.open_store(data_dir)
+        self.log = FakeLog(self.db, 100)
+        self.clock = FakeMonotonic(monotonic_start)
+        self.seal = P.ParameterSeal(self.db, SIGNER, verify, expect_signature)
+        self.mode = CertificationMode(self.db, self.log, FIRMWARE_ID, self.clock, seal=self.seal)
+        self.params = ParameterStore(self.db, self.log, self.mode, FIRMWARE_ID, seal=self.seal)
+
+    def reboot(self, expect_signature: bool = True) -> "SealedMeter":
+        self.db.close()
+        return SealedMeter(self.data_dir, expect_signature)
+
+    def offline_problem(self) -> str:
+        return P.verify_parameter_store(self.db, SIGNER.public_key_pem(), verify, True)[0]
+
+
+def _tamper(data_dir: Path, sql: str, *args) -> None:
+    """An edit of the stopped meter's store with plain SQLite (what anyone with the file can do)."""
+    db = sqlite3.connect(data_dir / "legal.sqlite3")
+    with db:
+        db.execute(sql, args)
+    db.close()
+
+
+@pytest.fixture
+def sealed(tmp_path: Path) -> SealedMeter:
+    m = SealedMeter(tmp_path)
+    m.params.set({"meter_constant": 2000, "voltage_gain_l1": 1.01}, 100, AUTHORITY)
+    return m
+
+
+def test_every_write_of_the_store_is_signed_and_verifies_after_a_restart(sealed: SealedMeter) -> None:
+    sealed.mode.start(200, AUTHORITY)
+    sealed.clock.now += CERTIFICATION_CHECKPOINT_INTERVAL_S + 1
+    sealed.mode.poll(300)  # a checkpoint of the elapsed time is a write too
+    assert sealed.offline_problem() == ""
+    again = sealed.reboot()
+    assert again.params.integrity_faults == () and again.params.get("meter_constant") == 2000
+    again.mode.stop(400, AUTHORITY)
+    assert again.offline_problem() == ""
+    assert again.reboot().params.integrity_faults == ()
+
+
+@pytest.mark.parametrize("edit", [
+    # in range, right type: only the signature can notice these
+    ("UPDATE legal_parameter SET value = 1000 WHERE name = 'meter_constant'",),
+    ("UPDATE legal_parameter SET value = 1.02 WHERE name = 'voltage_gain_l1'",),
+    ("INSERT INTO legal_parameter(name, value) VALUES ('current_gain_l2', 1.05)",),
+    ("DELETE FROM legal_parameter WHERE name = 'meter_constant'",),
+    ("UPDATE legal_parameter_state SET value = 0 WHERE key = 'record_number'",),
+    # switching the certification mode on would open parameters to anyone
+    ("INSERT INTO legal_parameter_state(key, value) VALUES ('certification_active', 1)",),
+    ("DELETE FROM legal_parameter_state WHERE key = 'signature'",),
+    ("DELETE FROM legal_parameter",),
+], ids=["value", "float", "insert", "delete", "record-number", "certification-on", "signature-gone", "all-rows"])
+def test_a_changed_parameter_store_is_a_fault_at_start_and_offline(sealed: SealedMeter, edit: tuple) -> None:
+    sealed.db.close()
+    _tamper(sealed.data_dir, *edit)
+    booted = SealedMeter(sealed.data_dir, expect_signature=True)
+    assert booted.params.integrity_faults, "the edit was not noticed"
+    assert not booted.mode.is_active()  # certification_active=1 must not open the store
+    assert booted.offline_problem() != ""
+
+
+def test_a_tampered_store_is_never_re_signed(sealed: SealedMeter) -> None:
+    """Later legitimate writes must not launder the evidence: the signature stays invalid."""
+    sealed.db.close()
+    _tamper(sealed.data_dir, "UPDATE legal_parameter SET value = 1000 WHERE name = 'meter_constant'")
+    booted = SealedMeter(sealed.data_dir, expect_signature=True)
+    booted.params.set({"led_pulse_rate": 2000}, 500, AUTHORITY)
+    assert booted.offline_problem() == "parameters: signature does not verify"
+    assert booted.reboot().params.integrity_faults
+
+
+def test_a_fresh_store_is_sealed_at_once_and_emptying_a_used_store_shows(tmp_path: Path) -> None:
+    """Emptying both tables gives what a fresh store looks like; a meter that has run (it has
+    profile entries, so the interface expects a seal) reports it."""
+    fresh = SealedMeter(tmp_path)
+    assert fresh.params.integrity_faults == ()
+    assert fresh.db.execute("SELECT 1 FROM legal_parameter_state WHERE key = 'signature'").fetchone()
+    fresh.db.close()
+    _tamper(tmp_path, "DELETE FROM legal_parameter_state")
+    assert SealedMeter(tmp_path, expect_signature=True).params.integrity_faults
+
+
+def test_the_signed_message_is_recomputable_without_this_code(sealed: SealedMeter) -> None:
+    """One line per row, `<table>\\t<typed name>\\t<typed value>\\n`, sorted, after a fixed head;
+    the signature (hex in the state row 'signature') verifies over it with the public key."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    def typed(v):
+        return {int: lambda x: f"i:{x}", float: lambda x: f"f:{x.hex()}", str: lambda x: "s:" + json.dumps(x),
+                bytes: lambda x: "b:" + x.hex()}[type(v)](v)
+
+    db = sealed.db
+    lines = [f"parameter\t{typed(n)}\t{typed(v)}\n" for n, v in db.execute("SELECT name, value FROM legal_parameter")]
+    lines += [f"state\t{typed(k)}\t{typed(v)}\n" for k, v in db.execute("SELECT key, value FROM legal_parameter_state")
+              if k != "signature"]
+    message = b"smartmeter/parameters/v1\0" + "".join(sorted(lines)).encode()
+    (signature,) = db.execute("SELECT value FROM legal_parameter_state WHERE key = 'signature'").fetchone()
+    key = serialization.load_pem_public_key(SIGNER.public_key_pem())
+    key.verify(bytes.fromhex(signature), message, ec.ECDSA(hashes.SHA256()))
+
+
+@pytest.mark.welmec("P7", "U7", "I3-4")
+def test_a_tampered_parameter_store_is_fatal_at_start_and_reported_by_verify_storage(tmp_path: Path) -> None:
+    """A stored parameter changed to another allowed value (LED pulse rate 2000 -> 4000) while
+    the meter is off: at the next start fatal bit 0x04 and one event 201 naming the parameters,
+    and `verify-storage`'s check reports the parameter store."""
+    from smartmeter.legal import interface as legal
+
+    part = legal.LegalInterface(tmp_path)
+    part.execute(legal.RegisterSimulatedPower(3600.0, 0.0, 60.0))
+    part.execute(legal.EndMeasurementPeriod(1_800_000_000))  # a profile entry: the meter has run
+    part.execute(legal.SetParameters((("meter_constant", 1000), ("led_pulse_rate", 2000)), 1_800_000_100, "01" * 8, True))
+    assert part.execute(legal.ReadFatalErrors()) & legal.FATAL_NV_MEMORY == 0
+    part.close()
+    assert all(r.ok for r in legal.verify_stored_data(tmp_path, legal.STORAGE_TABLES))
+
+    _tamper(tmp_path, "UPDATE legal_parameter SET value = 4000 WHERE name = 'led_pulse_rate'")  # allowed rate
+    part = legal.LegalInterface(tmp_path)
+    try:
+        assert part.execute(legal.ReadFatalErrors()) & legal.FATAL_NV_MEMORY
+        damaged = [json.loads(r.fields_json) for r in part.execute(legal.ReadMetrologicalLog())
+                   if r.event_id == legal.EVENT_STORE_DAMAGED]
+        assert len(damaged) == 1 and "parameters" in damaged[0]["problems"]
+    finally:
+        part.close()
+    reports = {r.name: r for r in legal.verify_stored_data(tmp_path, legal.STORAGE_TABLES)}
+    assert not reports["parameters"].ok and "signature" in reports["parameters"].problem

@@ -243,7 +243,7 @@ def _verify(data_dir: Path, tables: tuple[str, ...], public_key: Path | None, as
                                 "key_sha256": r.key_fingerprint} for r in reports]))
     else:
         for r in reports:
-            if r.ok and r.name == "energy registers":
+            if r.ok and r.name in ("energy registers", "parameters"):
                 click.echo(f"{r.name}: ok, the stored values match the meter's signature")
             elif r.ok:
                 click.echo(f"{r.name}: ok, {r.checked} entries, signed through entry {r.signed_through}"

@@ -31,7 +31,8 @@ from smartmeter.legal.eventlog import CertificationLog, EventLog, encode_fields
 from smartmeter.legal.metering import MeteringError, MeteringUnit
 from smartmeter.legal.metrology import ENERGY_UNITS_PER_WH, Measurement
 from smartmeter.legal.parameters import (
-    CertificationMode, CertificationObject, CertificationStatus, Initiator, ParameterRefused, ParameterStore,
+    CertificationMode, CertificationObject, CertificationStatus, Initiator, ParameterRefused, ParameterSeal,
+    ParameterStore,
 )
 from smartmeter.legal.sensor import PairingRecord, RemoteSensorLink
 from smartmeter.legal.registers import MILLI, REGISTER_NAMES, EnergyRegisters, EnergySnapshot
@@ -384,8 +385,10 @@ class LegalInterface:
         self._integrity = identification.check_software(self._software_root)
         self._software_id = self._integrity.actual or identification.compute_software_id(self._software_root)
         firmware_id = self._software_id.display_text.encode()
-        self._mode = CertificationMode(self._db, self._cert_log.log, firmware_id, monotonic, (LogFull,))
-        self._parameters = ParameterStore(self._db, self._cert_log.log, self._mode, firmware_id, (LogFull,))
+        # checked before anything writes to it; a meter that has captured a profile entry must have a seal
+        seal = ParameterSeal(self._db, self._signer, verify, expect_signature=self._lp1.count() > 0)
+        self._mode = CertificationMode(self._db, self._cert_log.log, firmware_id, monotonic, (LogFull,), seal)
+        self._parameters = ParameterStore(self._db, self._cert_log.log, self._mode, firmware_id, (LogFull,), seal)
         self._check_parameters_at_start()
         rows = dict(self._db.execute("SELECT name, milli_units FROM energy_register").fetchall())
         self._registers = EnergyRegisters(rows)
@@ -854,10 +857,11 @@ def start_legal_process(data_dir: Path, options: dict | None = None):
 # -- offline: what can be checked without the meter running ------------------------------------
 
 LOG_TABLES = (METROLOGICAL_LOG, "certification")
-STORAGE_TABLES = (LOAD_PROFILE_1, "energy registers")
+STORAGE_TABLES = (LOAD_PROFILE_1, "energy registers", "parameters")
 
 
 REGISTERS_TABLE = "energy registers"
+PARAMETERS_TABLE = "parameters"  # the signed parameter store (legal/parameters.py)
 
 
 def verify_stored_data(data_dir: Path, tables: tuple[str, ...], public_key_pem: bytes | None = None):
@@ -867,7 +871,7 @@ def verify_stored_data(data_dir: Path, tables: tuple[str, ...], public_key_pem: 
     from smartmeter.legal.signing import PUBLIC_KEY_FILE, public_key_fingerprint
     from smartmeter.legal.verify import TableReport, open_read_only, verify_data_dir
 
-    chains = tuple(t for t in tables if t != REGISTERS_TABLE)
+    chains = tuple(t for t in tables if t not in (REGISTERS_TABLE, PARAMETERS_TABLE))
     reports = verify_data_dir(Path(data_dir), public_key_pem=public_key_pem, expected_tables=chains,
                               event_logs=tuple(t for t in chains if t in LOG_TABLES))
     reports = [r for r in reports if r.name in chains or r.name == "(store)"]
@@ -889,6 +893,10 @@ def verify_stored_data(data_dir: Path, tables: tuple[str, ...], public_key_pem: 
         reports.append(TableReport(REGISTERS_TABLE, ok, len(milli), None,
                                    "" if ok else "the register values do not match their signature",
                                    key_fingerprint=public_key_fingerprint(pem)))
+    if PARAMETERS_TABLE in tables and not any(r.name == "(store)" for r in reports):
+        from smartmeter.legal.verify import verify_parameters
+
+        reports.append(verify_parameters(Path(data_dir), public_key_pem))
     return reports
 
 

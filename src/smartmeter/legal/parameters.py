@@ -23,10 +23,19 @@ failure and the worst case.
 The log is injected (anything with ``append(time_utc, event_id, fields)``) and must write
 into the same SQLite connection without committing on its own, so that a parameter change
 and its log entry are one transaction (see `_transaction`).
+
+The stored parameters are signed like the energy registers (`ParameterSeal`): every write of
+`legal_parameter` or `legal_parameter_state` (values, record number, certification mode
+state and elapsed time) re-signs the whole content with the meter's key in the same
+transaction. At start the signature is checked before anything is written; a store that
+does not verify is a fatal store error, and it is never re-signed afterwards, so the
+evidence stays for `smartmeter verify-storage`. The signed message is
+`parameter_store_message` (recomputable offline: one line per row, sorted).
 """
 from __future__ import annotations
 
 import enum
+import json
 import math
 import sqlite3
 import time
@@ -212,6 +221,89 @@ SCHEMA = (
 )
 
 
+SIGNATURE_KEY = "signature"  # row of legal_parameter_state holding the seal; not itself signed
+_MESSAGE_HEAD = b"smartmeter/parameters/v1\0"
+
+
+def _canonical(value: object) -> str:
+    """One exact text per stored value, whatever its SQLite type (a tampered row may hold any)."""
+    if value is None:
+        return "n:"
+    if isinstance(value, int):
+        return f"i:{value}"
+    if isinstance(value, float):
+        return f"f:{value.hex()}"
+    if isinstance(value, str):
+        return "s:" + json.dumps(value, ensure_ascii=True)
+    if isinstance(value, bytes):
+        return "b:" + value.hex()
+    return "?:" + type(value).__name__
+
+
+def parameter_store_message(db: sqlite3.Connection) -> tuple[bytes, int]:
+    """-> (the bytes the parameter seal signs, number of rows in it): a head, then one line
+    "<table>\\t<name>\\t<value>\\n" per row of legal_parameter ("parameter") and
+    legal_parameter_state ("state", without the signature row), sorted by the line bytes.
+    Raises sqlite3.Error if the tables cannot be read."""
+    rows = [("parameter", n, v) for n, v in db.execute("SELECT name, value FROM legal_parameter")]
+    rows += [("state", k, v) for k, v in db.execute("SELECT key, value FROM legal_parameter_state")
+             if k != SIGNATURE_KEY]
+    lines = sorted(f"{table}\t{_canonical(name)}\t{_canonical(value)}\n".encode("ascii") for table, name, value in rows)
+    return _MESSAGE_HEAD + b"".join(lines), len(lines)
+
+
+def _tables_exist(db: sqlite3.Connection) -> bool:
+    names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    return {"legal_parameter", "legal_parameter_state"} <= names
+
+
+def verify_parameter_store(db: sqlite3.Connection, public_key_pem: bytes, verify, expect_signature: bool
+                           ) -> tuple[str, int]:
+    """-> ("" if the stored parameters verify, else the problem; rows checked). `verify` is
+    signing.verify (injected: this module has no key material of its own). An empty store
+    without a signature is a fresh one, unless `expect_signature` (the meter has run)."""
+    try:
+        if not _tables_exist(db):
+            return ("" if not expect_signature else "parameter tables missing"), 0
+        message, count = parameter_store_message(db)
+        row = db.execute("SELECT value FROM legal_parameter_state WHERE key = ?", (SIGNATURE_KEY,)).fetchone()
+    except sqlite3.Error as exc:
+        return f"parameters unreadable: {exc}", 0
+    if row is None:
+        if count == 0 and not expect_signature:
+            return "", 0
+        return "parameters: not signed", count
+    try:
+        ok = isinstance(row[0], str) and verify(public_key_pem, message, bytes.fromhex(row[0]))
+    except ValueError:
+        ok = False
+    return ("" if ok else "parameters: signature does not verify"), count
+
+
+class ParameterSeal:
+    """The meter's signature over the stored parameters and certification mode state.
+
+    `signer` has sign(bytes) -> bytes and public_key_pem() (legal/signing.py's MeterSigner);
+    `verify` is signing.verify. Checked once, at construction, before any write; a store that
+    does not verify is reported in `problem` and is not re-signed from then on."""
+
+    def __init__(self, db: sqlite3.Connection, signer, verify, expect_signature: bool) -> None:
+        self._db, self._signer = db, signer
+        self.problem, _ = verify_parameter_store(db, signer.public_key_pem(), verify, expect_signature)
+        _create_tables(db)
+        if not self.problem and db.execute("SELECT 1 FROM legal_parameter_state WHERE key = ?",
+                                           (SIGNATURE_KEY,)).fetchone() is None:
+            with _transaction(db, "parameter_seal_first"):
+                self.seal()  # a fresh store: sealed now, so deleting every row later shows
+
+    def seal(self) -> None:
+        """Re-sign the current content; call inside the transaction that changed it."""
+        if self.problem:
+            return  # evidence of tampering is kept, never laundered by a new signature
+        message, _ = parameter_store_message(self._db)
+        _write_state(self._db, SIGNATURE_KEY, self._signer.sign(message).hex())
+
+
 def _create_tables(db: sqlite3.Connection) -> None:
     for statement in SCHEMA:
         db.execute(statement)
@@ -308,16 +400,19 @@ class CertificationMode:
         firmware_id: bytes,
         monotonic: Callable[[], float] = time.monotonic,
         log_full_errors: tuple[type[BaseException], ...] = (LogFull,),
+        seal: ParameterSeal | None = None,
     ) -> None:
         self._db = db
         self._log = log
         self._firmware_id = bytes(firmware_id)
         self._monotonic = monotonic
         self._log_full_errors = log_full_errors
+        self._seal = seal.seal if seal is not None else (lambda: None)
         _create_tables(db)
         state = _read_state(db)
         # Anything but a clean 1 reads as inactive: a damaged state must not keep the mode on.
-        self._active = state.get("certification_active") == 1
+        # A store whose signature does not verify cannot vouch for an active mode either.
+        self._active = state.get("certification_active") == 1 and not (seal is not None and seal.problem)
         elapsed_ms = state.get("certification_elapsed_ms", 0)
         initiator = state.get("certification_initiator", b"")
         self._initiator = initiator if isinstance(initiator, bytes) else b""
@@ -330,6 +425,7 @@ class CertificationMode:
             )
             with _transaction(db, "certification_restore"):
                 _write_state(db, "certification_elapsed_ms", self._elapsed_base_ms)
+                self._seal()
         self._persisted_ms = self._elapsed_base_ms
         self._mono_base = monotonic()
 
@@ -365,6 +461,7 @@ class CertificationMode:
                 _write_state(self._db, "certification_active", 1)
                 _write_state(self._db, "certification_elapsed_ms", 0)
                 _write_state(self._db, "certification_initiator", initiator.client_system_title)
+                self._seal()
                 self._log.append(time_utc, EVENT_CERTIFICATION_MODE_STARTED, fields)
         except self._log_full_errors as exc:
             raise ParameterRefused(RefusalReason.LOG_FULL, "certification mode not started") from exc
@@ -400,6 +497,7 @@ class CertificationMode:
         if elapsed_ms - self._persisted_ms >= CERTIFICATION_CHECKPOINT_INTERVAL_S * 1000:
             with _transaction(self._db, "certification_checkpoint"):
                 _write_state(self._db, "certification_elapsed_ms", elapsed_ms)
+                self._seal()
             self._persisted_ms = elapsed_ms
         return False
 
@@ -418,6 +516,7 @@ class CertificationMode:
             _write_state(self._db, "certification_active", 0)
             _write_state(self._db, "certification_elapsed_ms", 0)
             _write_state(self._db, "certification_initiator", b"")
+            self._seal()
 
         logged = True
         try:
@@ -459,15 +558,17 @@ class ParameterStore:
         mode: CertificationMode,
         firmware_id: bytes,
         log_full_errors: tuple[type[BaseException], ...] = (LogFull,),
+        seal: ParameterSeal | None = None,
     ) -> None:
         self._db = db
         self._log = log
         self._mode = mode
         self._firmware_id = bytes(firmware_id)
         self._log_full_errors = log_full_errors
+        self._seal = seal.seal if seal is not None else (lambda: None)
         _create_tables(db)
         self._values: dict[str, Value] = {name: spec.default for name, spec in PARAMETERS.items()}
-        self._faults: list[str] = []
+        self._faults: list[str] = [seal.problem.removeprefix("parameters: ")] if seal is not None and seal.problem else []
         for name, stored in db.execute("SELECT name, value FROM legal_parameter").fetchall():
             spec = PARAMETERS.get(name)
             try:
@@ -487,7 +588,8 @@ class ParameterStore:
     @property
     def integrity_faults(self) -> tuple[str, ...]:
         """Stored entries that failed the declared type/range check on load (their default
-        is used instead). Non-empty means the store was altered outside this code."""
+        is used instead), and the seal's problem if its signature did not verify. Non-empty
+        means the store was altered outside this code."""
         return tuple(self._faults)
 
     @property
@@ -533,6 +635,7 @@ class ParameterStore:
                         (name, value),
                     )
                 _write_state(self._db, "record_number", record_number)
+                self._seal()
                 for name, value in sorted(changed.items()):
                     self._log.append(time_utc, EVENT_LR_PARAMETER_CHANGED, {
                         "client_system_title": initiator.client_system_title,

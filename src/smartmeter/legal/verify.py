@@ -21,6 +21,7 @@ from typing import Iterable
 
 from smartmeter.legal import chain, signing
 from smartmeter.legal.eventlog import CERTIFICATION_LOG_NAME, verify_event_log
+from smartmeter.legal.parameters import verify_parameter_store
 
 STORE_FILE = "legal.sqlite3"  # the name storage.open_store uses
 STORE_REPORT_NAME = "(store)"  # TableReport.name of problems that concern the whole store
@@ -119,6 +120,40 @@ def verify_data_dir(
         return reports
     finally:
         db.close()
+
+
+PARAMETERS_REPORT_NAME = "parameters"
+
+
+def verify_parameters(data_dir: Path, public_key_pem: bytes | None = None, store_file: str = STORE_FILE) -> TableReport:
+    """The meter's signature over the stored parameters and certification mode state
+    (legal/parameters.py), read-only. A store in which anything was chained (the meter has
+    run) must carry that signature."""
+    data_dir = Path(data_dir)
+    if public_key_pem is None:
+        try:
+            public_key_pem = (data_dir / signing.PUBLIC_KEY_FILE).read_bytes()
+        except OSError as exc:
+            return TableReport(PARAMETERS_REPORT_NAME, False, 0, None, f"public key unreadable: {exc.strerror or exc}")
+    try:
+        fingerprint = signing.public_key_fingerprint(public_key_pem)
+    except (ValueError, TypeError):
+        return TableReport(PARAMETERS_REPORT_NAME, False, 0, None, "the public key is not a PEM public key")
+    try:
+        db = open_read_only(data_dir / store_file)
+    except sqlite3.Error as exc:
+        return TableReport(PARAMETERS_REPORT_NAME, False, 0, None, f"store cannot be opened read-only: {exc}",
+                           key_fingerprint=fingerprint)
+    try:
+        try:
+            has_chain = "chain_entry" in {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            in_use = has_chain and db.execute("SELECT 1 FROM chain_entry LIMIT 1").fetchone() is not None
+        except sqlite3.Error:
+            in_use = True
+        problem, checked = verify_parameter_store(db, public_key_pem, signing.verify, in_use)
+    finally:
+        db.close()
+    return TableReport(PARAMETERS_REPORT_NAME, not problem, checked, None, problem, key_fingerprint=fingerprint)
 
 
 def all_ok(reports: Iterable[TableReport]) -> bool:
