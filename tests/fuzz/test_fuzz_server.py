@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import random
 
+import pytest
+
 from smartmeter.cosem.data import Data
 from smartmeter.dlms.apdu import acse, action, get, set as set_
 from smartmeter.dlms.apdu.common import CosemAttributeDescriptor, CosemMethodDescriptor
@@ -12,6 +14,7 @@ from smartmeter.dlms.apdu.gbt import GeneralBlockTransfer
 from smartmeter.dlms.apdu.xdlms import decode_xdlms
 from smartmeter.dlms.client import CLIENT_CONFORMANCE, ClientAssociation
 from smartmeter.hes.client import entry_selection, range_selection
+from smartmeter.legal import interface as legal
 from smartmeter.meter.clock import MeterClock
 from smartmeter.meter.runtime import Meter, MeterConfig
 
@@ -51,8 +54,19 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
     return bytes(b)
 
 
+def _legal_state(meter) -> tuple:
+    """Registers, parameters, their record number, certification mode, fatal errors, software id."""
+    return tuple(meter.legal.execute(c) for c in (
+        legal.ReadEnergyRegisters(), legal.ReadParameters(), legal.ReadParameterRecordNumber(),
+        legal.ReadCertificationMode(), legal.ReadFatalErrors(), legal.ReadSoftwareIdentity(),
+        legal.CountLoadProfileEntries()))
+
+
+@pytest.mark.welmec("P4", "U4")
 def test_server_survives_100k_hostile_apdus(tmp_path, caplog):
+    """100 000 random and mutated APDUs on a public association: always a DLMS answer or none, and registers, parameters, certification mode, fatal errors and software identification unchanged."""
     meter = Meter(MeterConfig(data_dir=tmp_path, backfill_days=1), clock=MeterClock(source=lambda: 1773144000.0))
+    before = _legal_state(meter)
     rng = random.Random(2502)
     client = ClientAssociation(conformance=CLIENT_CONFORMANCE, max_receive_pdu_size=256)
     assoc = meter.server.association(16, "lan")
@@ -70,4 +84,5 @@ def test_server_survives_100k_hostile_apdus(tmp_path, caplog):
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.records[:3]
     response = decode_xdlms(assoc.handle(get.GetRequestNormal(0xC1, LDN, None).to_bytes()))
     assert response.result == Data.octet_string(meter.identity.logical_device_name)
+    assert _legal_state(meter) == before
     meter.close()
