@@ -37,6 +37,9 @@ from smartmeter.legal.parameters import (
 from smartmeter.legal.sensor import PairingRecord, RemoteSensorLink
 from smartmeter.legal.registers import MILLI, REGISTER_NAMES, EnergyRegisters, EnergySnapshot
 from smartmeter.legal.signing import MeterSigner, verify
+from smartmeter.legal.timebase import (  # noqa: F401 - STATUS_* and TimeChange are part of the interface
+    CAPTURE_PERIOD, STATUS_CLOCK_ADJUSTED, STATUS_DAYLIGHT_SAVING, UNCHANGED, TimeBase, TimeBaseState, TimeChange,
+)
 
 LOAD_PROFILE_1 = "lp1"
 LOAD_PROFILE_1_CAPACITY = 5760  # companion standard §5.7: exactly 5760 entries (60 days)
@@ -46,6 +49,9 @@ PERSIST_PERIOD = 1.0  # seconds: at most this much energy is lost in a power fai
 SOFTWARE_CHECK_PERIOD = 600.0  # seconds between periodic software-ID checks (P2, P6)
 MICRO_PER_MILLI = ENERGY_UNITS_PER_WH // MILLI
 MAX_SIMULATED_INTERVAL = 86400  # seconds one RegisterSimulatedPower may measure (the part stays responsive)
+# Real time: a capture is for the period that just ended, not one long past or still to come
+CAPTURE_WINDOW_PAST = CAPTURE_PERIOD + 60
+CAPTURE_WINDOW_FUTURE = 5
 
 # Fatal error register bits (0-0:97.97.128.255, IDIS-like assignment; docs/decisions.md)
 FATAL_PROGRAM_MEMORY = 0x01  # software differs from the signed release manifest
@@ -62,6 +68,7 @@ EVENT_SENSOR_REFUSED = 204
 EVENT_SENSOR_PAIRED = 205
 EVENT_REGISTERS_BELOW_PROFILE = 207
 EVENT_DEMO_HISTORY = 208
+EVENT_TIME_CHANGED = 213
 FAULTY_OPERATION_EVENTS = {"sensor_gap": 209, "sensor_silent": 210, "sensor_resumed": 211,
                            "measurement_delivery_failed": 212}
 
@@ -152,6 +159,26 @@ class EndMeasurementPeriod:
 
     capture_time: int
     status: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReadTimeBase:
+    """-> float: the meter time's offset from the platform clock, seconds (meter time = platform + offset)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SetTime:
+    """Request a new meter time (the comms side asks, the legal part decides and records):
+    -> TimeChange. Under 2 s nothing changes; from 9 s on it is a clock adjustment and the next
+    load-profile entry carries CAD (companion §5.4, §5.7.3). Every change is logged in the
+    metrological log with the old and the new time. `reference_time_utc` is the meter time the
+    requester sees now; the part uses it only when it is not in real time (a simulation, whose
+    clock is the requester's), otherwise it uses its own clock."""
+
+    new_time_utc: float
+    reference_time_utc: float
+    client_system_title: str  # hex, 8 bytes; zeros for the meter itself
+    method: str  # "set", "adjust_to_quarter", "adjust_to_minute", "shift_time", ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,6 +423,7 @@ class LegalInterface:
         demand = self._meta("demand", None)
         self._demand = DemandRegisters(DemandState.from_json(demand) if demand else DemandState())
         self._migrate_old_profile()
+        self._time = TimeBase(self._load_time_base())
         self._check_store_at_start()
         if not self._integrity.ok:
             self._raise_fatal(FATAL_PROGRAM_MEMORY, EVENT_SOFTWARE_MISMATCH, {
@@ -430,6 +458,8 @@ class LegalInterface:
             ReadLoadProfile: self._read_load_profile,
             CountLoadProfileEntries: lambda _: self._lp1.count(),
             EndMeasurementPeriod: self._end_period,
+            ReadTimeBase: lambda _: self._time.state.offset,
+            SetTime: self._set_time,
             StartDemandPeriod: self._start_demand,
             ReadDemand: self._read_demand,
             ReadMaximumDemand: self._read_maximum_demand,
@@ -533,7 +563,7 @@ class LegalInterface:
         fields = {(f"{k}_ms" if isinstance(v, float) else k): (round(v * 1000) if isinstance(v, float) else v)
                   for k, v in fields.items()}
         try:
-            self._metro_log.append(int(time.time()), event_id, fields)
+            self._metro_log.append(int(self._now()), event_id, fields)
         except LogFull:
             # the log is evidence and is never overwritten; the counter of refusals is kept by it
             pass
@@ -705,16 +735,55 @@ class LegalInterface:
     def _read_energy(self, _: ReadEnergyRegisters) -> EnergySnapshot:
         return self._registers.snapshot()
 
+    # -- time base ------------------------------------------------------------------------------
+    def _now(self) -> float:
+        """The meter time that stamps what this part records: platform clock + legal offset."""
+        return time.time() + self._time.state.offset
+
+    def _load_time_base(self) -> TimeBaseState:
+        saved = self._meta("time_base", None)
+        if saved is not None:
+            try:
+                return TimeBaseState.from_json(saved)
+            except (ValueError, TypeError, KeyError):
+                self._damaged_meta.add("time_base")
+        last = self._lp1.last()
+        return TimeBaseState(capture_floor=None if last is None else last.time_utc)
+
+    def _set_time(self, cmd: SetTime) -> TimeChange:
+        initiator = self._initiator(cmd.client_system_title, False)
+        if not (0 <= cmd.new_time_utc < 2 ** 32 and 0 <= cmd.reference_time_utc < 2 ** 32):
+            raise CommandRefused("time out of range (1970..2106)")
+        platform = time.time() if self._realtime else cmd.reference_time_utc - self._time.state.offset
+        change = self._time.set_time(platform, float(cmd.new_time_utc))
+        if change.kind == UNCHANGED:
+            return change
+        with atomic(self._db):
+            self._put_meta("time_base", self._time.state.to_json())
+        # every change of the time base, stamped with the new time
+        self._log_event(EVENT_TIME_CHANGED, {
+            "old_time": int(change.old_time), "new_time": int(change.new_time), "kind": change.kind,
+            "method": cmd.method[:32], "client_system_title": initiator.client_system_title.hex()})
+        return change
+
     def _end_period(self, cmd: EndMeasurementPeriod) -> ProfileRow:
+        if cmd.capture_time % CAPTURE_PERIOD:
+            raise CommandRefused(f"a capture is at a {CAPTURE_PERIOD} s boundary")
+        if self._realtime:
+            now = self._now()
+            if not now - CAPTURE_WINDOW_PAST <= cmd.capture_time <= now + CAPTURE_WINDOW_FUTURE:
+                raise CommandRefused("a capture is for the period that has just ended")
         snap = self._registers.snapshot()
-        row = ProfileRow(cmd.capture_time, cmd.status, snap.a_plus, snap.a_minus, snap.r_plus, snap.r_minus)
         self._demand.close_period(cmd.capture_time, self._registers.milli_units())
         with atomic(self._db):
             self._write_registers()
             self._put_meta("metering_state", self._metering.snapshot().hex())
-            last = self._lp1.last()
-            if last is None or cmd.capture_time > last.time_utc:  # one entry per period, in time order
+            extra = self._time.admit_capture(cmd.capture_time)  # one entry per period of the time base
+            status = cmd.status if extra is None else cmd.status | extra
+            row = ProfileRow(cmd.capture_time, status, snap.a_plus, snap.a_minus, snap.r_plus, snap.r_minus)
+            if extra is not None:
                 self._lp1.append(cmd.capture_time, 0, _profile_payload(row))
+                self._put_meta("time_base", self._time.state.to_json())
             self._put_meta("demand", self._demand.state.to_json())
         self._unsaved = False
         return row
@@ -736,6 +805,8 @@ class LegalInterface:
             for row in rows:
                 self._lp1.append(row.capture_time, 0, _profile_payload(row))
             self._lp1.checkpoint()
+            self._time.state.capture_floor = last.capture_time
+            self._put_meta("time_base", self._time.state.to_json())
         self._log_event(EVENT_DEMO_HISTORY, {"entries": len(rows), "first": rows[0].capture_time,
                                              "last": last.capture_time})
 
@@ -823,7 +894,7 @@ class LegalInterface:
         while not self._stop.wait(PERSIST_PERIOD / 2):
             with self._lock:
                 self._persist()
-                self._mode.poll(int(time.time()))
+                self._mode.poll(int(self._now()))
                 if self._monotonic() - self._last_software_check >= SOFTWARE_CHECK_PERIOD:
                     self._last_software_check = self._monotonic()
                     self._integrity = identification.check_software(self._software_root)

@@ -1,14 +1,17 @@
 """The meter's real-time clock: local time with time zone and DST, as COSEM sees it.
 
-Time is read from an injected source (seconds since the epoch) plus an adjustable offset,
-so tests and simulations can run on their own time base.
+Time is read from an injected source (seconds since the epoch) plus an offset, so tests and
+simulations can run on their own time base. The offset is not this side's to change: the
+legally relevant part holds it (it stamps legally relevant data), so a change of the time is a
+request to the `time_base` hook, which decides, records and answers with the new offset.
 """
 from __future__ import annotations
 
 import datetime as dt
 import struct
 import time
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Protocol
 from zoneinfo import ZoneInfo
 
 from smartmeter.cosem import axdr
@@ -18,12 +21,51 @@ DEFAULT_TIME_ZONE = "Europe/Berlin"
 _DATE_TIME = struct.Struct(">HBBBBBBBhB")  # year, month, day, weekday, h, min, s, hundredths, deviation, status
 
 
+class TimeChangeResult(Protocol):
+    kind: str  # "unchanged", "synchronised" or "adjusted"
+    old_time: float
+    new_time: float
+    offset: float
+
+
+@dataclass(frozen=True)
+class LocalTimeChange:
+    """A clock without a time-base authority (a bare clock in tests) changes itself."""
+
+    kind: str
+    old_time: float
+    new_time: float
+    offset: float
+
+
+class ClockSetRefused(ValueError):
+    """The requested time is not a valid time of the meter (e.g. in the hour skipped by DST)."""
+
+
 class MeterClock:
     def __init__(self, time_zone: str = DEFAULT_TIME_ZONE, source: Callable[[], float] = time.time) -> None:
         self.zone = ZoneInfo(time_zone)
         self._source = source
         self.offset = 0.0
         self._offsets: dict[int, tuple[int, bool]] = {}
+        # (new_time, reference_time, method, requester system title) -> TimeChangeResult; in a
+        # meter, the legal part
+        self.time_base: Callable[[float, float, str, bytes], TimeChangeResult] | None = None
+        self.listeners: list[Callable[[TimeChangeResult], None]] = []
+
+    def set_time(self, new_time: float, method: str, requester: bytes = bytes(8)) -> TimeChangeResult:
+        """Request a new meter time; the time base decides (companion §5.4) and every listener hears of it."""
+        now = self.now()
+        if self.time_base is None:
+            change = LocalTimeChange("unchanged" if abs(new_time - now) < 2 else "adjusted", now, new_time,
+                                     self.offset + new_time - now)
+        else:
+            change = self.time_base(new_time, now, method, requester)
+        self.offset = change.offset
+        if change.kind != "unchanged":
+            for listener in self.listeners:
+                listener(change)
+        return change
 
     def now(self) -> float:
         """UTC seconds since the epoch, as the meter's clock has it."""
@@ -66,9 +108,32 @@ class MeterClock:
             when = when.replace(tzinfo=self.zone)
         return int(when.timestamp())
 
-    def set_from_cosem(self, raw: bytes) -> None:
-        target = self.utc_from_cosem(axdr.decode_date_time(raw))
-        self.offset += target - self.now()
+    def utc_from_local_setting(self, value: CosemDateTime) -> float:
+        """Companion §5.4: a time written to the clock is local time; deviation, status and
+        weekday are ignored. A time in the hour that DST skips is refused; one in the hour it
+        repeats is read in the season now active."""
+        if value.date.year is None or value.date.month is None or value.date.day is None \
+                or value.time.hour is None or value.time.minute is None:
+            raise ClockSetRefused("date and time must be fully specified")
+        try:
+            naive = dt.datetime(value.date.year, value.date.month, value.date.day, value.time.hour,
+                                value.time.minute, value.time.second or 0)
+        except ValueError as exc:
+            raise ClockSetRefused(f"not a valid date and time: {exc}") from None
+        candidates = []
+        for fold in (0, 1):
+            local = naive.replace(tzinfo=self.zone, fold=fold)
+            if local.astimezone(dt.timezone.utc).astimezone(self.zone).replace(tzinfo=None) == naive:
+                candidates.append(local)
+        if not candidates:
+            raise ClockSetRefused(f"{naive} does not exist in {self.zone.key} (skipped by daylight saving)")
+        if len(candidates) > 1 and len({c.utcoffset() for c in candidates}) > 1:
+            active_dst = bool(self.local(self.now()).dst())
+            candidates = [c for c in candidates if bool(c.dst()) == active_dst] or candidates
+        return candidates[0].timestamp()
+
+    def set_from_cosem(self, raw: bytes, requester: bytes = bytes(8)) -> TimeChangeResult:
+        return self.set_time(self.utc_from_local_setting(axdr.decode_date_time(raw)), "set", requester)
 
     def time_zone_deviation(self) -> int:
         """Blue Book sign: minutes local standard time is behind UTC (CET: -60)."""
@@ -89,10 +154,11 @@ class MeterClock:
             CosemDateTime(CosemDate(None, month, 0xFE, 7), CosemTime(hour, 0, 0, 0), None, None)
         )
 
-    def adjust_to(self, period: int) -> None:
+    def adjust_to(self, period: int, requester: bytes = bytes(8)) -> TimeChangeResult:
         """Round the clock to the nearest multiple of `period` seconds."""
         now = self.now()
-        self.offset += round(now / period) * period - now
+        method = {900: "adjust_to_quarter", 60: "adjust_to_minute"}.get(period, f"adjust_to_{period}s")
+        return self.set_time(round(now / period) * period, method, requester)
 
-    def shift(self, seconds: int) -> None:
-        self.offset += seconds
+    def shift(self, seconds: int, requester: bytes = bytes(8)) -> TimeChangeResult:
+        return self.set_time(self.now() + seconds, "shift_time", requester)

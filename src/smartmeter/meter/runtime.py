@@ -16,7 +16,7 @@ from smartmeter.cosem.objectmodel import ObjectModel
 from smartmeter.dlms.server import DlmsServer
 from smartmeter.legal import interface as legal
 from smartmeter.legal.interface import DEMAND_PERIOD
-from smartmeter.meter.clock import DEFAULT_TIME_ZONE, MeterClock
+from smartmeter.meter.clock import DEFAULT_TIME_ZONE, ClockSetRefused, MeterClock
 from smartmeter.meter.identity import MeterIdentity
 from smartmeter.meter.simulation import HouseholdLoad
 from smartmeter.meter.provisioning import provision_demo
@@ -139,6 +139,10 @@ class Meter:
             "fault_injection": config.fault_injection, "application_version": __version__,
             "sensor": config.sensor, "sensor_port": config.sensor_port,
             "meter_id": self.identity.system_title.hex()})
+        # the legal part keeps the time base; this side's clock follows it and asks it for changes
+        self.clock.offset = self.legal.execute(legal.ReadTimeBase())
+        self.clock.time_base = self._request_time_change
+        self.clock.listeners.append(self._on_time_change)
         self.load = HouseholdLoad(config.serial)
         self.model = ObjectModel.load(config.profile)
         self.store = MeterStore(config.data_dir)
@@ -227,6 +231,23 @@ class Meter:
         except legal.CommandRefused as exc:
             raise CosemAccessError(DataAccessResult.READ_WRITE_DENIED, str(exc)) from None
 
+    def _request_time_change(self, new_time: float, reference: float, method: str, requester: bytes):
+        self.tick()  # what happened up to the old time is registered and captured on the old time base
+        try:
+            return self.legal.execute(legal.SetTime(float(new_time), float(reference), requester.hex(), method))
+        except legal.CommandRefused as exc:
+            raise ClockSetRefused(str(exc)) from None
+
+    def _on_time_change(self, change) -> None:
+        # An adjustment is not time passing: no energy is registered and no period is captured
+        # for the hours skipped, and the next capture is at the next boundary of the new time.
+        # A forward synchronisation (< 9 s) counts as time passing, so a boundary it crosses
+        # is still captured; a backward one must not register energy twice.
+        if change.kind == "adjusted" or change.new_time < change.old_time:
+            self._last_tick = change.new_time
+        log.info("clock %s from %s to %s", change.kind, self.clock.local(change.old_time).isoformat(),
+                 self.clock.local(change.new_time).isoformat())
+
     def on_event(self, name: str, fields: dict) -> None:
         """Security-relevant happenings reported by the DLMS server."""
         log.info("event %s %s", name, fields)
@@ -278,7 +299,11 @@ class Meter:
                     self.legal.execute(legal.RegisterSimulatedPower(*self.load.power(s), dt))
                     s += dt
             if step_end == boundary:
-                self.legal.execute(legal.EndMeasurementPeriod(int(boundary), 0))
+                dst = legal.STATUS_DAYLIGHT_SAVING if self.clock.local(boundary).dst() else 0
+                try:
+                    self.legal.execute(legal.EndMeasurementPeriod(int(boundary), dst))
+                except legal.CommandRefused as exc:  # e.g. this side was held up past the period
+                    log.warning("load profile capture at %s refused: %s", self.clock.local(boundary).isoformat(), exc)
             t = step_end
         self._last_tick = now
         if not self.config.realtime:

@@ -20,13 +20,22 @@ class Clock(InterfaceClass):
     def clock(self):
         return self.bindings[self.config.get("source", "clock")]
 
+    @staticmethod
+    def _requester(ctx: RequestContext) -> bytes:
+        """The requesting client's system title, recorded with the time change."""
+        association = getattr(ctx, "association", None)
+        security = getattr(association, "security", None)
+        title = (getattr(security, "client_system_title", None) if security else None) \
+            or getattr(association, "calling_system_title", None)
+        return title if isinstance(title, bytes) and len(title) == 8 else bytes(8)
+
     def get_time(self, ctx: RequestContext) -> Data:
         return Data.octet_string(self.clock.cosem_now())
 
     def set_time(self, value: Data, ctx: RequestContext) -> None:
         raw = expect(value, DataType.OCTET_STRING)
         try:
-            self.clock.set_from_cosem(raw)
+            self.clock.set_from_cosem(raw, self._requester(ctx))
         except ValueError as exc:
             raise CosemAccessError(DataAccessResult.OTHER_REASON, str(exc)) from None
 
@@ -52,13 +61,13 @@ class Clock(InterfaceClass):
         return Data.enum(1)  # internal crystal
 
     def do_adjust_to_quarter(self, parameters: Data | None, ctx: RequestContext) -> None:
-        self.clock.adjust_to(15 * 60)
+        self.clock.adjust_to(15 * 60, self._requester(ctx))
 
     def do_adjust_to_minute(self, parameters: Data | None, ctx: RequestContext) -> None:
-        self.clock.adjust_to(60)
+        self.clock.adjust_to(60, self._requester(ctx))
 
     def do_shift_time(self, parameters: Data | None, ctx: RequestContext) -> None:
         seconds = expect(parameters or Data.null(), DataType.LONG)
         if not -900 <= seconds <= 900:
             raise CosemAccessError(DataAccessResult.OTHER_REASON, "shift_time is limited to ±900 s")
-        self.clock.shift(seconds)
+        self.clock.shift(seconds, self._requester(ctx))
