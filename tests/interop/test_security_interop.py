@@ -105,18 +105,31 @@ def test_dlms_cosem_hls5_suite0_management_reads_energy(idis_meter):
     assert checked == sorted(set(checked))  # and each later one above it
 
 
+@pytest.mark.welmec("P4", "U4")
 def test_hls7_with_a_foreign_signing_key_is_refused(ksmw_meter, counters):
+    """HLS 7 signed with a key the meter has not certified: the AARE asks for authentication, pass 3 is refused (action result other-reason), the association is not established and nothing can be read."""
     meter = ksmw_meter
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
+    from dlms_cosem.protocol.acse import ApplicationAssociationResponse
+    from gurux_dlms.GXDLMSExceptionResponse import GXDLMSExceptionResponse
 
     foreign = ec.generate_private_key(ec.SECP256R1()).private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     client = GuruxSecureClient(meter.wrapper_port, meter.data_dir / "credentials" / "management.json",
                                next(counters), signing_key_pem=foreign)
-    with pytest.raises(Exception):
-        client.associate()
-    client.sock.close()
+    try:
+        reply = client.transfer(client.client.aarqRequest())
+        aare = ApplicationAssociationResponse.from_bytes(bytes(reply.data.array()))  # parsed by dlms-cosem
+        assert aare.result == enumerations.AssociationResult.ACCEPTED
+        assert aare.result_source_diagnostics == enumerations.AcseServiceUserDiagnostics.AUTHENTICATION_REQUIRED
+        client.client.parseAareResponse(reply.data)
+        pass3 = client.transfer(client.client.getApplicationAssociationRequest())
+        assert pass3.error == 250  # action result other-reason: f(StoC) does not verify, no f(CtoS)
+        with pytest.raises(GXDLMSExceptionResponse, match="Operation not possible"):
+            read_a_plus(client)  # nothing is served without a completed authentication
+    finally:
+        client.sock.close()
 
 
 def _captured_request(port, credentials, counters):
