@@ -36,8 +36,8 @@ def _open_files(pid: int) -> set[str]:
 def test_the_legal_part_is_an_os_process_of_its_own_that_alone_holds_its_store(meter):
     """The running meter's legal part is a separate OS process (own interpreter and memory); only it has the legal store open, the communication process does not."""
     pid = meter.process.pid
-    # spawned children: a fresh interpreter each, no shared memory (besides multiprocessing's resource tracker)
-    spawned = [c for c in _children(pid) if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    # the legal process: a fresh interpreter, marked "smartmeter-legal" on its command line
+    spawned = [c for c in _children(pid) if b"smartmeter-legal" in Path(f"/proc/{c}/cmdline").read_bytes()]
     assert len(spawned) == 1
     legal_pid = spawned[0]
     store = str((meter.data_dir / "legal.sqlite3").resolve())

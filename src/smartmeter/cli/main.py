@@ -197,14 +197,17 @@ main.add_command(pki_group)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def software_id(data_dir: Path | None, as_json: bool) -> None:
     """Show the software identification: the legally relevant part's version and SHA-256 digest
-    (checked against the signed release manifest) and the application's."""
+    (checked against the signed release manifest), the platform's (interpreter and libraries
+    as the legal process loads them) and the application's."""
     from smartmeter import __version__
     from smartmeter.legal.interface import identify_software
 
     ident = identify_software(__version__)
-    out = {"legal": {"version": ident.legal_version, "sha256": ident.legal_digest, "matches_signed_manifest": ident.ok,
-                     "check": ident.reason, "development_key": ident.development_key},
-           "application": {"version": ident.application_version, "sha256": ident.application_digest}}
+    out = {"legal": {"version": ident.legal_version, "identifier": ident.legal_identifier, "sha256": ident.legal_digest,
+                     "matches_signed_manifest": ident.ok, "check": ident.reason,
+                     "development_key": ident.development_key},
+           "application": {"version": ident.application_version, "sha256": ident.application_digest},
+           "platform": {"identifier": ident.platform_identifier, "sha256": ident.platform_digest}}
     if data_dir is not None:
         key = data_dir / "meter-signing-key.pub.pem"
         if not key.is_file():
@@ -221,8 +224,11 @@ def software_id(data_dir: Path | None, as_json: bool) -> None:
         return
     legal = out["legal"]
     state = "matches the signed release manifest" if legal["matches_signed_manifest"] else f"DOES NOT VERIFY: {legal['check']}"
-    click.echo(f"legally relevant part  {legal['version']}  sha256 {legal['sha256']}")
-    click.echo(f"                       {state}" + (" (development key)" if legal["development_key"] else ""))
+    click.echo(f"legally relevant part  {legal['identifier']}  sha256 {legal['sha256']}")
+    click.echo(f"                       {state}")
+    if legal["development_key"]:
+        click.echo("                       DEVELOPMENT BUILD: signed by a development key, not a certified release")
+    click.echo(f"platform               {out['platform']['identifier']}  sha256 {out['platform']['sha256']}")
     click.echo(f"application            {out['application']['version']}  sha256 {out['application']['sha256']}")
     if "signing_key_sha256" in out:
         click.echo(f"meter signing key      sha256 {out['signing_key_sha256']}")

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from smartmeter.legal import identification, storage
+from smartmeter.legal import identification, platform, storage
 from smartmeter.legal.chain import ChainedTable, ChainError, LogFull, atomic
 from smartmeter.legal.demand import DEMAND_PERIOD, DemandRegisters, DemandState, DemandValue, MaximumDemand
 from smartmeter.legal.eventlog import CertificationLog, EventLog, encode_fields
@@ -105,6 +105,9 @@ class SoftwareIdentity:
     reason: str
     development_key: bool
     display_text: str
+    legal_identifier: str = ""  # as shown in 1-0:0.2.0.255: the version, "-DEV" when signed by a development key
+    platform_identifier: str = ""  # 1-2:0.2.0.255: interpreter and libraries (legal/platform.py)
+    platform_digest: str = ""  # 1-2:0.2.8.255: hex SHA-256 over the platform's files
 
 
 @dataclass(frozen=True, slots=True)
@@ -625,10 +628,13 @@ class LegalInterface:
 
     def _read_software_identity(self, _: ReadSoftwareIdentity) -> SoftwareIdentity:
         application = identification.compute_application_id(version=self._application_version)
+        platform_id = platform.current()
         return SoftwareIdentity(
             self._software_id.version, self._software_id.digest_hex, application.version, application.digest_hex,
             self._integrity.ok, self._integrity.reason.value, self._integrity.development_key,
-            self._software_id.display_text)
+            self._software_id.display_text,
+            identification.marked_version(self._software_id.version, self._integrity.development_key),
+            platform_id.identifier, platform_id.digest_hex)
 
     # -- measurement ------------------------------------------------------------------------------
     def _on_measurement(self, measurement: Measurement) -> None:
@@ -971,10 +977,22 @@ def verify_stored_data(data_dir: Path, tables: tuple[str, ...], public_key_pem: 
     return reports
 
 
-def identify_software(application_version: str) -> SoftwareIdentity:
-    """The software identification as the meter shows it, computed from the installed files."""
+def identify_software(application_version: str, in_legal_process: bool = False) -> SoftwareIdentity:
+    """The software identification as the meter shows it, computed from the installed files
+    by a freshly started legal process (so the platform part is what a meter's legal process
+    loads); in-process if that process cannot start (e.g. legal/ does not even compile)."""
+    if not in_legal_process:
+        from smartmeter.legal.process import identify_in_legal_process
+
+        try:
+            return identify_in_legal_process(application_version)
+        except LegalProcessDown:
+            pass
     integrity = identification.check_software()
     software = integrity.actual or identification.compute_software_id()
     application = identification.compute_application_id(version=application_version)
+    platform_id = platform.current()
     return SoftwareIdentity(software.version, software.digest_hex, application.version, application.digest_hex,
-                            integrity.ok, integrity.reason.value, integrity.development_key, software.display_text)
+                            integrity.ok, integrity.reason.value, integrity.development_key, software.display_text,
+                            identification.marked_version(software.version, integrity.development_key),
+                            platform_id.identifier, platform_id.digest_hex)

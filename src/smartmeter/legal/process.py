@@ -8,13 +8,19 @@ state, and no load there (a flood of DLMS requests, a stuck socket) can delay me
 it runs on its own interpreter lock, on its own core where there is one.
 
 If the communication side dies, the pipe closes and the legal process persists and exits.
+
+The legal process is started as a fresh interpreter (`-I -S -B`) whose first code is the
+stub `_BOOT` below: it compiles legal/loader.py from its bytes, and the loader compiles every
+module of legal/ from the very source bytes it hashes, so no `.pyc` of legal/ is executed
+there, and records what the platform loads (legal/platform.py).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import multiprocessing
+import os
 import signal
+import subprocess
 import sys
 import threading
 import traceback
@@ -132,6 +138,79 @@ def _call(legal, command: object) -> Any:
         return _Failure("fault", traceback.format_exc(limit=3))
 
 
+# The first code of the legal process, passed on the command line (no file is read for it).
+_BOOT = (
+    "import sys,json\n"
+    "a=json.loads(sys.argv[1])\n"
+    "sys.path[:]=a['path']\n"
+    "p=a['legal']+'/loader.py'\n"
+    "s=open(p,'rb').read()\n"
+    "g={'__name__':'smartmeter.legal.loader','__file__':p,'__builtins__':__builtins__}\n"
+    "sys.modules['smartmeter.legal.loader']=type(sys)('smartmeter.legal.loader')\n"
+    "exec(compile(s,p,'exec',dont_inherit=True),g)\n"
+    "sys.modules['smartmeter.legal.loader'].__dict__.update(g)\n"
+    "g['main'](a,s)\n"
+)
+LEGAL_DIR = os.path.dirname(os.path.abspath(__file__))
+PROCESS_MARKER = "smartmeter-legal"  # in the command line, so the process can be found (ps, tests)
+
+
+def _launch(args: dict, path: list[str] | None = None) -> tuple[subprocess.Popen, Any]:
+    """Start a legal process; -> (process, our end of its pipe)."""
+    from multiprocessing import Pipe
+
+    ours, theirs = Pipe()
+    boot = dict(args, path=list(path if path is not None else sys.path), legal=LEGAL_DIR, fd=theirs.fileno())
+    process = subprocess.Popen(
+        [sys.executable, "-I", "-S", "-B", "-c", _BOOT, json.dumps(boot), PROCESS_MARKER],
+        pass_fds=(theirs.fileno(),), close_fds=True)
+    theirs.close()
+    return process, ours
+
+
+def serve_fd(fd: int, data_dir: str, options: dict) -> None:
+    from multiprocessing.connection import Connection
+
+    _serve(Connection(fd), data_dir, options)
+
+
+def answer_identify(fd: int, application_version: str) -> None:
+    """Identify mode (for `smartmeter id`): send the software identification as this freshly
+    started legal process sees it, then end."""
+    from multiprocessing.connection import Connection
+
+    from smartmeter.legal.interface import identify_software
+
+    connection = Connection(fd)
+    try:
+        connection.send(identify_software(application_version, in_legal_process=True))
+    except Exception as exc:  # noqa: BLE001 - the reason goes back as one line
+        connection.send(_Failure("start", f"{type(exc).__name__}: {exc}"))
+    connection.close()
+
+
+def identify_in_legal_process(application_version: str = "", path: list[str] | None = None, timeout: float = 60.0):
+    """The software identification computed by a fresh legal process (legal and platform
+    parts exactly as a meter's legal process loads them). `path`: its sys.path."""
+    process, connection = _launch({"mode": "identify", "application_version": application_version}, path)
+    try:
+        if not connection.poll(timeout):
+            raise LegalProcessDown("the legal process did not identify itself in time")
+        reply = connection.recv()
+    except (EOFError, OSError) as exc:
+        raise LegalProcessDown("the legal process ended before identifying itself") from exc
+    finally:
+        connection.close()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if isinstance(reply, _Failure):
+        raise LegalProcessDown(f"the legally relevant part cannot start: {reply.message}")
+    return reply
+
+
 def _serve(connection, data_dir: str, options: dict) -> None:
     # Ctrl-C reaches the whole process group; the legal part ends when the communication
     # side closes the pipe, after persisting, never in the middle of a command.
@@ -179,20 +258,23 @@ class LegalProcessClient:
         self.restarts = 0
 
     def _start(self) -> None:
-        data_dir, options = self._data_dir, self._options
-        context = multiprocessing.get_context("spawn")
-        self._connection, child_end = context.Pipe()
-        self._process = context.Process(target=_serve, args=(child_end, str(data_dir), options or {}),
-                                        name="smartmeter-legal", daemon=True)
-        self._process.start()
-        child_end.close()
+        self._process, self._connection = _launch({"data_dir": str(self._data_dir), "options": self._options or {}})
         try:
             status = self._connection.recv()
         except (EOFError, OSError):
             status = _Failure("start", "the process ended before it was ready")
         if isinstance(status, _Failure):
-            self._process.join(5)
+            self._join(5)
             raise LegalProcessDown(f"the legally relevant part cannot start: {status.message}")
+
+    def _alive(self) -> bool:
+        return self._process.poll() is None
+
+    def _join(self, timeout: float) -> None:
+        try:
+            self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
 
     def _exchange(self, raw: bytes) -> Any:
         try:
@@ -214,12 +296,12 @@ class LegalProcessClient:
             try:
                 reply = self._exchange(raw)
             except LegalProcessDown:
-                if self._process.is_alive() or self.restarts >= 3:
+                if self._alive() or self.restarts >= 3:
                     raise
                 # the part ended itself (its watchdog could not recover metrology): start it
                 # again from its persisted state, as a processor reset would (WELMEC I3-1)
                 self.restarts += 1
-                self._process.join(1)
+                self._join(1)
                 self._start()
                 reply = self._exchange(raw)
         if isinstance(reply, _Failure):
@@ -234,8 +316,8 @@ class LegalProcessClient:
                 self._connection.send_bytes(b"")
             except (OSError, BrokenPipeError):
                 pass
-        self._process.join(timeout)
-        if self._process.is_alive():
+        self._join(timeout)
+        if self._alive():
             self._process.terminate()
-            self._process.join(timeout)
+            self._join(timeout)
         self._connection.close()

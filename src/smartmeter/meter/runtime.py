@@ -181,7 +181,11 @@ class Meter:
             "wz.countdown": Binding(lambda: Data.long_unsigned(self.wz_guard.remaining()),
                                     lambda v: self.wz_guard.set_countdown(expect(v, DataType.LONG_UNSIGNED))),
             "wz.lockout": Binding(self._wz_lockout, self._set_wz_lockout),
-            "legal.firmware_identifier": Binding(lambda: Data.octet_string(self.software.legal_version.encode())),
+            # the identifier says DEVELOPMENT ("-DEV") when the release manifest is signed by a development key
+            "legal.firmware_identifier": Binding(lambda: Data.octet_string(self.software.legal_identifier.encode())),
+            "platform.firmware_identifier": Binding(lambda: Data.octet_string(self.software.platform_identifier.encode())),
+            "platform.firmware_signature": Binding(
+                lambda: Data.octet_string(bytes.fromhex(self.software.platform_digest))),
             "legal.firmware_signature": Binding(lambda: Data.octet_string(bytes.fromhex(self.software.legal_digest))),
             "application.firmware_identifier": Binding(
                 lambda: Data.octet_string(self.software.application_version.encode())),
