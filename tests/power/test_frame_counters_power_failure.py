@@ -12,6 +12,8 @@ import asyncio
 import dataclasses
 import itertools
 
+import pytest
+
 from meterproc import start_meter
 from smartmeter.dlms.apdu import acse
 from smartmeter.dlms.apdu.ciphered import CIPHERED_TAGS, decode_ciphered
@@ -107,6 +109,7 @@ def _restart(meter, how: str):
     return start_meter(meter.data_dir)
 
 
+@pytest.mark.welmec("P4", "U4")
 def test_kill_9_repeats_no_meter_counter_and_lets_no_replay_in(tmp_path):
     meter = start_meter(tmp_path / "meter")
     try:
@@ -135,6 +138,7 @@ def test_kill_9_repeats_no_meter_counter_and_lets_no_replay_in(tmp_path):
         meter.stop()
 
 
+@pytest.mark.welmec()  # reviewed: a head-end convenience, no WELMEC block
 def test_a_clean_stop_skips_no_counter(tmp_path):
     """After Ctrl-C the client simply continues with its next counter (a head-end with a
     durable counter file does exactly that), and the meter's counters follow on."""
