@@ -7,16 +7,22 @@ import datetime as dt
 import errno
 import json
 import logging
+import os
+import select
+import shlex
+import shutil
 import signal
 import sys
 import threading
+import traceback
 from decimal import Decimal
 from pathlib import Path
 
 import click
 
-from smartmeter.cli.format import to_json, to_text
+from smartmeter.cli.format import logical_name_paths, to_json, to_text
 from smartmeter.cli.pki import pki_group
+from smartmeter.cosem.data import DataType
 from smartmeter.cosem.obis import Obis
 from smartmeter.errors import SmartmeterError
 from smartmeter.legal.interface import LegalProcessDown
@@ -34,12 +40,34 @@ class UsageProblem(SmartmeterError):
 
 
 def fail(message: str, hint: str = "") -> None:
-    click.echo(f"error: {message}" + (f" (hint: {hint})" if hint else ""), err=True)
+    one_line = " / ".join(line.strip() for line in str(message).splitlines() if line.strip())
+    click.echo(f"error: {one_line}" + (f" (hint: {hint})" if hint else ""), err=True)
     sys.exit(2)
 
 
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (`smartmeter ... | head`): a pipe
+    without readers polls as an error. A broken pipe elsewhere (a socket) leaves it writable."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def _leave_quietly_for_a_closed_pipe() -> None:
+    # What Unix tools do when the reader of their output goes away: stop without a word, with
+    # the status a shell shows for SIGPIPE (128 + 13). Not by restoring SIGPIPE's default
+    # action: that would also kill the process on a peer's closed socket (Python docs,
+    # "Note on SIGPIPE"). stdout is pointed at /dev/null so the flush at exit cannot fail.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(128 + signal.SIGPIPE)
+
+
 class Cli(click.Group):
-    """Turns every expected failure into one line on stderr and exit code 2."""
+    """Turns every failure into one line on stderr and exit code 2; never a traceback."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -48,17 +76,25 @@ class Cli(click.Group):
             fail(str(exc), exc.hint)
         except SmartmeterError as exc:
             fail(str(exc), "run with --verbose for details")
-        except click.exceptions.Exit:
+        except (click.exceptions.Exit, click.exceptions.Abort):
             raise
         except click.ClickException as exc:
             fail(exc.format_message(), "see --help")
         except LegalProcessDown as exc:
             fail(str(exc), "check --data-dir; a damaged store must be restored, not replaced")
+        except BrokenPipeError as exc:
+            if _stdout_reader_gone():
+                _leave_quietly_for_a_closed_pipe()
+            fail(str(exc), "the meter closed the connection")
         except OSError as exc:
             fail(str(exc), "check the address, port or path")
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except Exception as exc:  # a bug; the user still gets one line, with where it happened
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            fail(f"internal error {type(exc).__name__}: {exc} (at {Path(where.filename).name}:{where.lineno})",
+                 "this is a bug in smartmeter; please report it with the command line that caused it")
 
 
 @click.group(cls=Cli, context_settings={"help_option_names": ["-h", "--help"]})
@@ -113,15 +149,54 @@ def meter_run(data_dir: Path, host: str, wrapper_port: int, hdlc_port: int, seri
     click.echo("meter stopped; state saved in " + str(data_dir))
 
 
+def _command_path(program: Path) -> str:
+    """How to name `program` so that a pasted command runs this very file: its bare name when
+    the PATH finds it, else relative to the working directory when under it, else absolute."""
+    found = shutil.which(program.name)
+    try:
+        if found is not None and Path(found).resolve() == program.resolve():
+            return program.name
+        relative = program.absolute().relative_to(Path.cwd())
+        return shlex.quote(str(relative) if relative.parent != Path(".") else f"./{relative}")
+    except (ValueError, OSError):
+        return shlex.quote(str(program.absolute()))
+
+
 def _invocation() -> str:
     """How the user started us, so the printed commands can be pasted as they are."""
     argv0 = Path(sys.argv[0])
     if argv0.name == "smartmeter" and argv0.exists():
-        try:
-            return str(argv0.resolve().relative_to(Path.cwd()))
-        except ValueError:
-            return str(argv0)
-    return f"{Path(sys.executable).name} -m smartmeter"
+        return _command_path(argv0)
+    # python -m smartmeter: the same interpreter (a venv's), not whatever "python" is on PATH
+    return f"{_command_path(Path(sys.executable))} -m smartmeter"
+
+
+def _print_banner(meter_, host: str, wrapper_port: int, hdlc_port: int) -> None:
+    """Client commands to paste into another terminal, each one runnable as printed."""
+    prog = _invocation()
+    # a meter listening on every address is reached on the loopback, the client's default
+    host_opt = "" if host in ("127.0.0.1", "0.0.0.0", "::", "") else f" --host {shlex.quote(host)}"
+    port_opt = host_opt + ("" if wrapper_port == DEFAULT_WRAPPER_PORT else f" --port {wrapper_port}")
+    hport = host_opt + ("" if hdlc_port == DEFAULT_HDLC_PORT else f" --port {hdlc_port}")
+    lines = []
+    if wrapper_port:
+        yesterday = (dt.date.today() - dt.timedelta(days=1)).isoformat()
+        for command in ("objects", "get 1-0:1.8.0.255", "get 0-0:1.0.0.255", "get 1-0:1.4.0.255",
+                        f"profile 1-0:99.1.0.255 --from {yesterday}"):
+            lines.append(f"{prog} client{port_opt} {command}")
+    if hdlc_port:
+        lines.append(f"{prog} client --hdlc{hport} get 0-0:42.0.0.255")
+    management = meter_.security.clients.get("management")
+    creds = meter_.config.data_dir / "credentials" / "management.json"
+    if wrapper_port and management is not None and creds.is_file():
+        lines.append(f"{prog} client{port_opt} --credentials {shlex.quote(str(creds))} get 1-0:1.8.0.255"
+                     f"   # HLS {management.mechanism}, suite {management.security_suite} (demo keys)")
+    if not lines:
+        return
+    click.echo("\nTry, in another terminal:")
+    for line in lines:
+        click.echo("  " + line)
+    click.echo("Ctrl-C stops the meter.")
 
 
 async def _serve(meter_, host: str, wrapper_port: int, hdlc_port: int, serial_device: str | None, banner: bool) -> None:
@@ -157,17 +232,7 @@ async def _serve(meter_, host: str, wrapper_port: int, hdlc_port: int, serial_de
     for line in lines:
         click.echo("  " + line)
     if banner:
-        port_opt = "" if wrapper_port == DEFAULT_WRAPPER_PORT else f" --port {wrapper_port}"
-        hport = "" if hdlc_port == DEFAULT_HDLC_PORT else f" --port {hdlc_port}"
-        prog = _invocation()
-        click.echo("\nTry, in another terminal:")
-        for command in ("objects", "get 1-0:1.8.0.255", "get 0-0:1.0.0.255",
-                        f"profile 1-0:99.1.0.255 --from {(dt.date.today() - dt.timedelta(days=1)).isoformat()}"):
-            click.echo(f"  {prog} client{port_opt} {command}")
-        click.echo(f"  {prog} client --hdlc{hport} get 0-0:42.0.0.255")
-        creds = meter_.config.data_dir / "credentials" / "management.json"
-        click.echo(f"  {prog} client{port_opt} --credentials {creds} get 1-0:1.8.0.255   # HLS 7, suite 1 (demo keys)")
-        click.echo("Ctrl-C stops the meter.")
+        _print_banner(meter_, host, wrapper_port, hdlc_port)
     sys.stdout.flush()
 
     stop = asyncio.Event()
@@ -397,30 +462,39 @@ def client_get(ctx: click.Context, target: str) -> None:
     obis = _parse_obis(obis_text)
 
     async def work(c):
+        from smartmeter.dlms.client import ClientError
+        from smartmeter.hes.client import SCALED_ATTRIBUTES
+
         class_id = await c.class_of(obis)
         value = await c.get(obis, attribute, class_id)
         scaler_unit = None
-        if class_id in (3, 4, 5) and attribute == 2:
-            scaler_unit = await c.get(obis, 3, class_id)
+        if attribute in SCALED_ATTRIBUTES.get(class_id, ()) and _is_number(value):
+            try:
+                scaler_unit = await c.scaler_unit(obis, class_id)
+            except ClientError:
+                scaler_unit = None  # a client that may not read the unit gets the plain number
         return class_id, value, scaler_unit
 
     class_id, value, scaler_unit = _run_client(ctx, work)
-    from smartmeter.cosem.classes.ic3_register import UNITS
+    from smartmeter.hes.client import unit_name
 
-    unit = None
-    if scaler_unit is not None:
-        scaler, unit_code = (v.value for v in scaler_unit.value)
-        unit = next((name for name, code in UNITS.items() if code == unit_code), f"unit {unit_code}")
     if ctx.obj["json"]:
         out = {"obis": str(obis), "class_id": class_id, "attribute": attribute, "type": value.type.name.lower(),
                "value": to_json(value)}
         if scaler_unit is not None:
-            out.update(scaler=scaler, unit=unit)
+            out.update(scaler=scaler_unit[0], unit=unit_name(scaler_unit[1]))
         click.echo(json.dumps(out))
     elif scaler_unit is not None:
-        click.echo(f"{obis} {Decimal(value.value).scaleb(scaler):f} {unit}")
+        scaler, unit_code = scaler_unit
+        click.echo(f"{obis}" + ("" if attribute == 2 else f":{attribute}")
+                   + f" {Decimal(str(value.value)).scaleb(scaler):f} {unit_name(unit_code)}")
     else:
-        click.echo(f"{obis}:{attribute} {to_text(value)}")
+        count = len(value.value) if attribute == 0 and value.type == DataType.STRUCTURE else None
+        click.echo(f"{obis}:{attribute} {to_text(value, logical_name_paths(class_id, attribute, count))}")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value.value, (int, float)) and not isinstance(value.value, bool)
 
 
 def _parse_time(text: str | None, what: str) -> dt.datetime | None:
@@ -430,6 +504,18 @@ def _parse_time(text: str | None, what: str) -> dt.datetime | None:
         return dt.datetime.fromisoformat(text)
     except ValueError:
         raise UsageProblem(f"{what} {text!r} is not an ISO date or date-time", "e.g. 2026-11-01 or 2026-11-01T12:00+01:00") from None
+
+
+def _column_names(columns) -> list[str]:
+    """"OBIS:attribute" of each capture object {class_id, logical_name, attribute, data_index}."""
+    names = []
+    try:
+        for column in columns.value:
+            names.append(f"{Obis.from_bytes(column.value[1].value)}:{column.value[2].value}")
+    except (TypeError, ValueError, IndexError, AttributeError):
+        raise UsageProblem("the capture objects of this profile have an unexpected shape",
+                           "read them with get OBIS:3") from None
+    return names
 
 
 @client.command("profile")
@@ -454,7 +540,9 @@ def client_profile(ctx: click.Context, obis_text, from_text, to_text, entries, c
         raise UsageProblem("--entries and --from/--to exclude each other", "use one way of selecting")
     start, end = _parse_time(from_text, "--from"), _parse_time(to_text, "--to")
     columns, buffer = _run_client(ctx, lambda c: c.profile(obis, from_time=start, to_time=end, entries=window))
-    header = [f"{Obis.from_bytes(col.value[1].value)}:{col.value[2].value}" for col in columns.value]
+    header = _column_names(columns)
+    if buffer.type != DataType.ARRAY or any(row.type != DataType.STRUCTURE for row in buffer.value):
+        raise UsageProblem(f"{obis}:2 is not a profile buffer (an array of structures)", "is it a profile generic?")
     rows = [[to_json(v) for v in row.value] for row in buffer.value]
     if csv_file is not None:
         with open(csv_file, "w", newline="") as f:

@@ -17,6 +17,31 @@ CLOCK = Obis.parse("0-0:1.0.0.255")
 CURRENT_ASSOCIATION = Obis.parse("0-0:40.0.0.255")
 
 
+# Where each interface class keeps its scaler_unit, and the attributes it scales (Blue Book:
+# Register and Extended register: value 2, scaler_unit 3; Demand register: current and last
+# average value 2 and 3, scaler_unit 4).
+SCALER_UNIT_ATTRIBUTE = {3: 3, 4: 3, 5: 4}
+SCALED_ATTRIBUTES = {3: (2,), 4: (2,), 5: (2, 3)}
+
+# Unit enumeration of the Blue Book (physical units), the ones a meter of electricity shows.
+UNIT_NAMES = {5: "h", 6: "min", 7: "s", 9: "°C", 27: "W", 28: "VA", 29: "var", 30: "Wh", 31: "VAh", 32: "varh",
+              33: "A", 34: "C", 35: "V", 44: "Hz", 56: "%", 255: "count"}
+
+
+def unit_name(code: int) -> str:
+    return UNIT_NAMES.get(code, f"unit {code}")
+
+
+def parse_scaler_unit(value: Data) -> tuple[int, int] | None:
+    """(scaler, unit code) of a scaler_unit structure {integer, enum}, or None if it is not one."""
+    if value.type != DataType.STRUCTURE or len(value.value) != 2:
+        return None
+    scaler, unit = value.value
+    if scaler.type != DataType.INTEGER or unit.type != DataType.ENUM:
+        return None
+    return scaler.value, unit.value
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     class_id: int
@@ -133,6 +158,21 @@ class MeterClient:
         obis = Obis.parse(obis) if isinstance(obis, str) else obis
         class_id = class_id if class_id is not None else await self.class_of(obis)
         return await self.run(GetExchange(CosemAttributeDescriptor(class_id, obis.to_bytes(), attribute), selection))
+
+    async def scaler_unit(self, obis: Obis | str, class_id: int | None = None) -> tuple[int, int] | None:
+        """(scaler, unit code) of an object whose class has a scaler_unit, else None.
+
+        Raises ClientError (AccessDenied) like `get` when it cannot be read, and when the
+        meter answers something that is not a scaler_unit."""
+        obis = Obis.parse(obis) if isinstance(obis, str) else obis
+        class_id = class_id if class_id is not None else await self.class_of(obis)
+        attribute = SCALER_UNIT_ATTRIBUTE.get(class_id)
+        if attribute is None:
+            return None
+        parsed = parse_scaler_unit(await self.get(obis, attribute, class_id))
+        if parsed is None:
+            raise ClientError(f"{obis}:{attribute} is not a scaler_unit structure")
+        return parsed
 
     async def set(self, obis: Obis | str, attribute: int, value: Data, class_id: int | None = None) -> None:
         obis = Obis.parse(obis) if isinstance(obis, str) else obis
