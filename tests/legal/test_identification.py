@@ -358,3 +358,97 @@ def test_the_committed_release_manifest_matches_legal() -> None:
         f"{': ' + ', '.join(result.changed_files) if result.changed_files else ''}). "
         "Whoever edits legal/ must re-sign: .venv/bin/python scripts/sign_release.py"
     )
+
+
+# -- what the legal process runs: no .pyc of legal/, and the platform it loads -----------------
+
+import importlib.util as _importlib_util  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+
+from smartmeter.legal.process import identify_in_legal_process  # noqa: E402
+
+
+def _src_copy(tmp_path: Path) -> Path:
+    src = tmp_path / "src"
+    shutil.copytree(PACKAGE, src / "smartmeter", ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+    return src
+
+
+def _plant_pyc(source: Path, altered_source: bytes) -> None:
+    """Write the `.pyc` the ordinary import system would take for `source` (same mtime and
+    size in its header) but compiled from `altered_source`: a flipped constant in bytecode."""
+    assert len(altered_source) == len(source.read_bytes())
+    stat = source.stat()
+    code = compile(altered_source, str(source), "exec", dont_inherit=True)
+    header = _importlib_util.MAGIC_NUMBER + (0).to_bytes(4, "little") + \
+        (int(stat.st_mtime) & 0xFFFFFFFF).to_bytes(4, "little") + (stat.st_size & 0xFFFFFFFF).to_bytes(4, "little")
+    import marshal
+
+    cache = Path(_importlib_util.cache_from_source(str(source)))
+    cache.parent.mkdir(exist_ok=True)
+    cache.write_bytes(header + marshal.dumps(code))
+
+
+@pytest.mark.welmec("U2", "U6")
+def test_a_tampered_pyc_of_legal_is_never_executed_by_the_legal_process(tmp_path: Path) -> None:
+    """A `.pyc` of legal/identification.py with one byte of a constant flipped (the version
+    "1.0.0" -> "1.0.1"), valid for the ordinary import system: a plain interpreter runs it,
+    the legal process compiles the hashed source instead, so it shows the signed version and
+    its recorded source hash equals the signed manifest's."""
+    src = _src_copy(tmp_path)
+    target = src / "smartmeter" / "legal" / "identification.py"
+    original = target.read_bytes()
+    version = f'LEGAL_VERSION = "{ident.LEGAL_VERSION}"'.encode()
+    assert original.count(version) == 1
+    flipped = bytearray(version)
+    flipped[-2] ^= 0x01  # one byte of the constant
+    _plant_pyc(target, original.replace(version, bytes(flipped)))
+    # control: the ordinary import system does execute the planted bytecode
+    plain = subprocess.run([sys.executable, "-c", "from smartmeter.legal import identification as i; print(i.LEGAL_VERSION)"],
+                           env=dict(os.environ, PYTHONPATH=str(src)), capture_output=True, text=True, check=True)
+    assert plain.stdout.strip() == bytes(flipped).split(b'"')[1].decode() != ident.LEGAL_VERSION
+    # the legal process, started from the same tree, does not
+    shown = identify_in_legal_process("", path=[str(src), *sys.path])
+    assert shown.legal_version == ident.LEGAL_VERSION
+    assert shown.ok and shown.legal_digest == ident.compute_software_id(src / "smartmeter" / "legal").digest_hex
+    assert not Path(_importlib_util.cache_from_source(str(src / "smartmeter" / "legal" / "registers.py"))).exists()
+
+
+def _copy_distribution(name: str, into: Path) -> Path:
+    """A copy of an installed distribution (its package and its .dist-info) under `into`,
+    so the real .venv is never touched."""
+    from importlib import metadata
+
+    dist = metadata.distribution(name)
+    site = Path(dist.locate_file(""))
+    tops = {f.parts[0] for f in dist.files if f.parts and f.parts[0] not in ("__pycache__", "..")}
+    into.mkdir(parents=True, exist_ok=True)
+    for top in tops:
+        source = site / top
+        if source.is_dir():
+            shutil.copytree(source, into / top, ignore=shutil.ignore_patterns("__pycache__"))
+        elif source.is_file():
+            shutil.copy2(source, into / top)
+    return into
+
+
+@pytest.mark.welmec("U2")
+def test_a_changed_library_file_of_the_platform_changes_the_platform_id(tmp_path: Path) -> None:
+    """The platform part (1-2:0.2.8.255) covers the libraries the legal part loads: with a
+    copy of cffi ahead on the path, one flipped byte in one of its files changes the digest
+    the legal process reports; the legal part's own ID is unaffected; undone, it is back."""
+    site = _copy_distribution("cffi", tmp_path / "site")
+    path = [str(site), *sys.path]
+    before = identify_in_legal_process("", path=path)
+    assert "cffi-" in before.platform_identifier and "numpy-" in before.platform_identifier
+    target = site / "cffi" / "__init__.py"
+    original = target.read_bytes()
+    data = bytearray(original)
+    data[original.index(b"#") + 1] ^= 0x20  # a byte of a comment: the module still works
+    target.write_bytes(bytes(data))
+    changed = identify_in_legal_process("", path=path)
+    assert changed.platform_digest != before.platform_digest
+    assert changed.legal_digest == before.legal_digest and changed.ok
+    target.write_bytes(original)
+    assert identify_in_legal_process("", path=path).platform_digest == before.platform_digest
