@@ -122,9 +122,14 @@ def encode_length(n: int) -> bytes:
     raise EncodeError(f"length {n} does not fit the 4-byte A-XDR length form")
 
 
-def decode_length(buf: bytes | bytearray | memoryview, offset: int = 0) -> tuple[int, int]:
-    """(length, offset after it). Non-minimal long forms (e.g. 0x81 0x05) are accepted."""
-    end = len(buf)
+def decode_length(buf: bytes | bytearray | memoryview, offset: int = 0, end: int | None = None) -> tuple[int, int]:
+    """(length, offset after it). Non-minimal long forms (e.g. 0x81 0x05) are accepted.
+
+    `end` (default: the end of buf) bounds the bytes the length may use, e.g. the contents
+    of a compact-array.
+    """
+    if end is None:
+        end = len(buf)
     if offset >= end:
         raise TruncatedError("length", offset, "no bytes left")
     first = buf[offset]
@@ -526,7 +531,7 @@ def _decode_td(buf: bytes, pos: int, end: int, depth: int) -> tuple[TypeDescript
         element, pos = _decode_td(buf, pos + 2, end, depth + 1)
         return TypeDescription(t, element=element, count=count), pos
     if t == DataType.STRUCTURE:
-        n, pos = decode_length(buf, pos)
+        n, pos = decode_length(buf, pos, end)
         if n == 0:
             raise DecodeError("type description", pos, _ZERO_SIZE_REASON)
         if n > end - pos:
@@ -559,7 +564,7 @@ def _decode_conforming(td: TypeDescription, buf: bytes, pos: int, end: int, dept
 
 def _decode_compact_array(buf: bytes, pos: int, end: int, depth: int) -> tuple[CompactArray, int]:
     td, pos = _decode_td(buf, pos, end, depth)
-    n, pos = decode_length(buf, pos)
+    n, pos = decode_length(buf, pos, end)
     if n > end - pos:
         raise TruncatedError("compact-array contents", pos, f"{n} bytes declared, {end - pos} left")
     stop = pos + n
@@ -586,7 +591,7 @@ def _decode_contents(t: int, buf: bytes, pos: int, end: int, depth: int) -> tupl
             raise TruncatedError(DataType(t).name, pos)
         return s.unpack_from(buf, pos)[0], pos + s.size
     if t in _STRING_TYPES:
-        n, pos = decode_length(buf, pos)
+        n, pos = decode_length(buf, pos, end)
         if n > end - pos:
             raise TruncatedError(DataType(t).name, pos, f"{n} bytes declared, {end - pos} left")
         raw = buf[pos : pos + n]
@@ -601,7 +606,7 @@ def _decode_contents(t: int, buf: bytes, pos: int, end: int, depth: int) -> tupl
     if t == DataType.ARRAY or t == DataType.STRUCTURE:
         if depth >= MAX_DEPTH:
             raise DecodeError(DataType(t).name, pos, f"nested deeper than {MAX_DEPTH}")
-        n, pos = decode_length(buf, pos)
+        n, pos = decode_length(buf, pos, end)
         # Each element takes at least its tag byte: refuse impossible counts before looping.
         if n > end - pos:
             raise TruncatedError(DataType(t).name, pos, f"{n} elements declared, {end - pos} bytes left")
@@ -617,7 +622,7 @@ def _decode_contents(t: int, buf: bytes, pos: int, end: int, depth: int) -> tupl
             raise TruncatedError(DataType(t).name, pos)
         return s.unpack_from(buf, pos)[0], pos + s.size
     if t == DataType.BIT_STRING:
-        nbits, pos = decode_length(buf, pos)
+        nbits, pos = decode_length(buf, pos, end)
         nbytes = (nbits + 7) // 8
         if nbytes > end - pos:
             raise TruncatedError("bit-string", pos, f"{nbits} bits declared, {end - pos} bytes left")
@@ -689,7 +694,7 @@ def _decode_items(buf: bytes, pos: int, end: int, count: int, depth: int) -> tup
                 n = buf[pos]
                 pos += 1
             else:
-                n, pos = decode_length(buf, pos)
+                n, pos = decode_length(buf, pos, end)
             if n > end - pos:
                 raise TruncatedError("OCTET_STRING", pos, f"{n} bytes declared, {end - pos} left")
             append(new(Data, (_OCTET_STRING, buf[pos : pos + n], None)))
@@ -698,7 +703,7 @@ def _decode_items(buf: bytes, pos: int, end: int, count: int, depth: int) -> tup
             t = containers[tag]
             if depth >= MAX_DEPTH:
                 raise DecodeError(t.name, pos, f"nested deeper than {MAX_DEPTH}")
-            n, pos = decode_length(buf, pos)
+            n, pos = decode_length(buf, pos, end)
             # Each element takes at least its tag byte: refuse impossible counts before looping.
             if n > end - pos:
                 raise TruncatedError(t.name, pos, f"{n} elements declared, {end - pos} bytes left")
