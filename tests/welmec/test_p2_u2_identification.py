@@ -37,7 +37,10 @@ def test_software_id_over_dlms_equals_an_independent_sha256_of_legal(meter):
     signature = gurux_read_data(meter.wrapper_port, LEGAL_FIRMWARE_SIGNATURE)
     assert bytes(signature).hex() == nominal
     version, digest, _, fatal = read_public(meter, IDENT)
-    assert version.value == _manifest()["version"].encode()
+    from smartmeter.legal import release_keys  # which anchors are development ones: data, not the code under test
+
+    development = _manifest()["key_id"] in release_keys.DEVELOPMENT_KEYS
+    assert version.value == (_manifest()["version"] + ("-DEV" if development else "")).encode()
     assert digest.value.hex() == nominal
     assert fatal.value & FATAL_PROGRAM_MEMORY == 0
     shown = cli("id", "--json")
@@ -45,6 +48,18 @@ def test_software_id_over_dlms_equals_an_independent_sha256_of_legal(meter):
     ident = json.loads(shown.stdout)
     assert ident["legal"]["sha256"] == nominal and ident["legal"]["matches_signed_manifest"] is True
     assert ident["application"]["sha256"] == application_digest()
+    assert ident["legal"]["identifier"].encode() == version.value and ident["legal"]["development_key"] is development
+
+
+def test_the_platform_part_is_readable_over_dlms_and_equals_smartmeter_id(meter):
+    """1-2:0.2.0.255 / 1-2:0.2.8.255 (firmware part B=2: interpreter and libraries the legal
+    process loaded) read by the public client equal what `smartmeter id` computes in a fresh
+    legal process."""
+    identifier, digest = read_public(meter, [("1-2:0.2.0.255", 2, 1), ("1-2:0.2.8.255", 2, 1)])
+    shown = json.loads(cli("id", "--json").stdout)["platform"]
+    assert identifier.value.decode() == shown["identifier"] and identifier.value.startswith(b"CPython ")
+    assert b"numpy-" in identifier.value and b"cryptography-" in identifier.value
+    assert digest.value.hex() == shown["sha256"] and len(digest.value) == 32
 
 
 @pytest.mark.welmec("P2", "U2")
