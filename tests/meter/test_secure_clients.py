@@ -91,7 +91,11 @@ def test_profile_rows_match_the_data_tree(secured_meter):
 
 
 def test_wrong_credentials_are_refused(secured_meter, tmp_path):
-    fields = json.loads((secured_meter.data_dir / "credentials" / "maintenance.json").read_text())
+    original = secured_meter.data_dir / "credentials" / "maintenance.json"
+    fields = json.loads(original.read_text())
+    for name in ("server_cert_pem", "client_key_pem", "client_cert_pem"):  # paths are relative to the file
+        if fields.get(name):
+            fields[name] = str(original.parent / fields[name])
     fields["hls_secret"] = "00" * 32
     forged = tmp_path / "forged.json"
     forged.write_text(json.dumps(fields))

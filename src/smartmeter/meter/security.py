@@ -41,6 +41,40 @@ SIGNING_KEY = "keys.signing.current"
 PENDING_SIGNING_KEY = "keys.signing.pending"
 
 
+MASTER_KEY = "security.master"
+
+
+class _CachingStore:
+    """The meter store as the security service (and demo provisioning, through it) uses it.
+    The master key is read at every AARQ and the signing key at every HLS 7 pass 3: both are
+    kept in memory after the first read, and every write that passes here drops the copy.
+    Nothing else writes them (key changes are methods of this service)."""
+
+    _CACHED = frozenset({SIGNING_KEY, MASTER_KEY})
+
+    def __init__(self, store: MeterStore) -> None:
+        self._store = store
+        self._cache: dict[str, object] = {}
+
+    def get(self, key: str, default=None):
+        if key not in self._CACHED:
+            return self._store.get(key, default)
+        if key not in self._cache:
+            self._cache[key] = self._store.get(key)
+        value = self._cache[key]
+        return default if value is None else value
+
+    def put(self, key: str, value) -> None:
+        self._cache.pop(key, None)
+        self._store.put(key, value)
+
+    def counter(self, key: str) -> int:
+        return self._store.counter(key)
+
+    def set_counter(self, key: str, value: int) -> None:
+        self._store.set_counter(key, value)
+
+
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
@@ -57,7 +91,7 @@ def _load(pem: str | None) -> ec.EllipticCurvePrivateKey | None:
 class MeterSecurity:
     def __init__(self, store: MeterStore, model: ObjectModel, server_system_title: bytes,
                  now: Callable[[], dt.datetime] = _utcnow, on_event: Callable[[str, dict], None] | None = None) -> None:
-        self.store = store
+        self.store = _CachingStore(store)
         self.now = now
         self.on_event = on_event or (lambda name, fields: None)
         self.server_system_title = server_system_title
@@ -66,7 +100,7 @@ class MeterSecurity:
         self.clients = {c.name: c for c in model.clients.values()}
         policies = [ClientPolicy(c.name, c.sap, c.security_suite or 0, c.security_policy, c.mechanism)
                     for c in model.clients.values() if c.ciphered]
-        self.manager = SecurityManager(store, server_system_title, policies, self.on_event)
+        self.manager = SecurityManager(self.store, server_system_title, policies, self.on_event)
         suite = max((p.suite for p in policies), default=1) or 1
         saved = store.get(CERTIFICATE_STORE_KEY)
         self.certificates = (CertificateStore.from_dict(saved) if saved is not None
@@ -144,7 +178,7 @@ class MeterSecurity:
         def apply() -> None:
             for kind, key in changes:
                 if kind == "master":
-                    self.store.put("security.master", (key + self.manager.master_key[len(key):]).hex())
+                    self.store.put(MASTER_KEY, (key + self.manager.master_key[len(key):]).hex())
                 else:
                     context.set_key(kind, key)
             self.on_event("keys_changed", {"client": client, "keys": [kind for kind, _ in changes]})
@@ -186,7 +220,7 @@ class MeterSecurity:
         def apply() -> None:
             for kind, key in changes:
                 if kind == "master":
-                    self.store.put("security.master", (key + self.manager.master_key[len(key):]).hex())
+                    self.store.put(MASTER_KEY, (key + self.manager.master_key[len(key):]).hex())
                 else:
                     context.set_key(kind, key)
             self.on_event("keys_changed", {"client": client, "keys": [kind for kind, _ in changes], "by": "agreement"})

@@ -31,10 +31,9 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Union
 
-from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from smartmeter.dlms.security.errors import (
     AuthenticationError,
@@ -138,9 +137,14 @@ SUITES: dict[SecuritySuite, SuiteParameters] = {
 def suite_parameters(suite: int) -> SuiteParameters:
     """Parameters of suite 0, 1 or 2; SecurityControlError for any other number."""
     try:
-        return SUITES[SecuritySuite(suite)]
-    except (ValueError, TypeError):
-        raise SecurityControlError("security suite", None, f"{suite!r} is not suite 0, 1 or 2") from None
+        # the same lookup as SUITES[SecuritySuite(suite)] (an enum finds members by value
+        # hash too), without the enum call on every protected APDU
+        params = SUITES.get(suite)
+    except TypeError:  # unhashable
+        params = None
+    if params is None:
+        raise SecurityControlError("security suite", None, f"{suite!r} is not suite 0, 1 or 2")
+    return params
 
 
 # ---------------------------------------------------------------------------------------
@@ -190,6 +194,8 @@ SecurityControlLike = Union[int, SecurityControl]
 
 
 def _sc_byte(sc: SecurityControlLike) -> int:
+    if type(sc) is int and 0 <= sc <= 0xFF:  # the common case, checked first
+        return sc
     if isinstance(sc, SecurityControl):
         return sc.to_byte()
     if type(sc) is not int or not 0 <= sc <= 0xFF:
@@ -212,6 +218,8 @@ def _usable_sc(sc: int) -> SuiteParameters:
 
 
 def _check_bytes(value: object, length: int | None, what: str) -> bytes:
+    if type(value) is bytes and (length is None or len(value) == length):  # the common case: no copy
+        return value
     if not isinstance(value, (bytes, bytearray, memoryview)):
         raise InvalidKeyError(f"{what} must be bytes, got {type(value).__name__}")
     value = bytes(value)
@@ -231,12 +239,31 @@ def make_iv(system_title: bytes, counter: int) -> bytes:
     return _check_bytes(system_title, SYSTEM_TITLE_LENGTH, "system title") + _check_counter(counter).to_bytes(4, "big")
 
 
-def _gcm_encrypt(key: bytes, iv: bytes, aad: bytes, plaintext: bytes) -> tuple[bytes, bytes]:
-    encryptor = Cipher(algorithms.AES(key), modes.GCM(iv)).encryptor()
-    if aad:
-        encryptor.authenticate_additional_data(aad)
-    ciphertext = encryptor.update(plaintext) + encryptor.finalize()
-    return ciphertext, encryptor.tag[:TAG_LENGTH]
+GCM_FULL_TAG_LENGTH = 16
+
+
+def _gcm_seal(key: bytes, iv: bytes, aad: bytes, plaintext: bytes) -> bytes:
+    """ciphertext || the full 16-byte GCM tag, in one call (AESGCM: about three times faster
+    than the incremental Cipher API for APDU-sized messages, which is what a set-up sends)."""
+    return AESGCM(key).encrypt(iv, plaintext, aad)
+
+
+def _gcm_open(key: bytes, iv: bytes, aad: bytes, ciphertext: bytes, tag: bytes) -> bytes:
+    """The plaintext of `ciphertext` if its (truncated) `tag` verifies, else AuthenticationError.
+
+    AESGCM only verifies full 16-byte tags and DLMS sends 12, so this uses what GCM is: the
+    ciphertext is the plaintext XOR a keystream that depends only on key and IV. Sealing
+    the ciphertext therefore yields the plaintext, and sealing that plaintext yields the
+    received ciphertext again together with its full tag, whose first 12 bytes are compared
+    in constant time. Nothing is returned unless they match.
+    """
+    gcm = AESGCM(key)
+    length = len(ciphertext)
+    plaintext = gcm.encrypt(iv, ciphertext, None)[:length]
+    expected = gcm.encrypt(iv, plaintext, aad)[length:length + TAG_LENGTH]
+    if not hmac.compare_digest(expected, tag):
+        raise AuthenticationError("authentication tag does not verify")
+    return plaintext
 
 
 def protect(
@@ -260,19 +287,19 @@ def protect(
     plaintext = _check_plain(plaintext, "plaintext")
     extra_aad = _check_plain(extra_aad, "extra AAD")
     if not sc & SC_AUTHENTICATION:
-        ciphertext, _ = _gcm_encrypt(key_ek, iv, b"", plaintext)
-        return ciphertext
+        return _gcm_seal(key_ek, iv, b"", plaintext)[:-GCM_FULL_TAG_LENGTH]
     key_ak = _check_bytes(key_ak, params.key_length, "authentication key")
     aad = bytes((sc,)) + key_ak + extra_aad
     if sc & SC_ENCRYPTION:
-        ciphertext, tag = _gcm_encrypt(key_ek, iv, aad, plaintext)
-        return ciphertext + tag
+        # ciphertext || the first TAG_LENGTH bytes of the tag
+        return _gcm_seal(key_ek, iv, aad, plaintext)[:len(plaintext) + TAG_LENGTH]
     # Authentication only: GMAC over the plaintext, which travels in clear.
-    _, tag = _gcm_encrypt(key_ek, iv, aad + plaintext, b"")
-    return plaintext + tag
+    return plaintext + _gcm_seal(key_ek, iv, aad + plaintext, b"")[:TAG_LENGTH]
 
 
 def _check_plain(value: object, what: str) -> bytes:
+    if type(value) is bytes:
+        return value
     if not isinstance(value, (bytes, bytearray, memoryview)):
         raise SecurityEncodeError(f"{what} must be bytes, got {type(value).__name__}")
     return bytes(value)
@@ -302,8 +329,7 @@ def unprotect(
     if not sc & SC_AUTHENTICATION:
         # GCM encryption is CTR from the same counter blocks, so applying it again
         # removes it; there is no tag to check.
-        plaintext, _ = _gcm_encrypt(key_ek, iv, b"", protected)
-        return plaintext
+        return _gcm_seal(key_ek, iv, b"", protected)[:len(protected)]
     key_ak = _check_bytes(key_ak, params.key_length, "authentication key")
     if len(protected) < TAG_LENGTH:
         raise ProtectedTruncatedError(
@@ -312,15 +338,8 @@ def unprotect(
     body, tag = protected[:-TAG_LENGTH], protected[-TAG_LENGTH:]
     aad = bytes((sc,)) + key_ak + extra_aad
     if sc & SC_ENCRYPTION:
-        decryptor = Cipher(algorithms.AES(key_ek), modes.GCM(iv, tag, min_tag_length=TAG_LENGTH)).decryptor()
-        decryptor.authenticate_additional_data(aad)
-        plaintext = decryptor.update(body)
-        try:
-            decryptor.finalize()
-        except InvalidTag:
-            raise AuthenticationError("authentication tag does not verify") from None
-        return plaintext
-    _, expected = _gcm_encrypt(key_ek, iv, aad + body, b"")
+        return _gcm_open(key_ek, iv, aad, body, tag)
+    expected = _gcm_seal(key_ek, iv, aad + body, b"")[:TAG_LENGTH]
     if not hmac.compare_digest(expected, tag):
         raise AuthenticationError("authentication tag does not verify")
     return body
@@ -346,8 +365,10 @@ class ProtectedContent:
     HEADER_LENGTH = 5
 
     def __post_init__(self) -> None:
+        counter = self.invocation_counter
+        if not (type(counter) is int and 0 <= counter <= INVOCATION_COUNTER_MAX):
+            _check_counter(counter)
         _sc_byte(self.security_control)
-        _check_counter(self.invocation_counter)
         if not isinstance(self.payload, bytes):
             raise SecurityEncodeError(f"payload must be bytes, got {type(self.payload).__name__}")
 
