@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 from smartmeter.cosem import axdr
 from smartmeter.cosem.classes.base import CosemAccessError, RequestContext, Selection
@@ -20,7 +20,7 @@ from smartmeter.dlms.apdu.common import (
     ActionResult, CosemAttributeDescriptor, CosemMethodDescriptor, DataAccessResult, SelectiveAccessDescriptor,
 )
 from smartmeter.dlms.apdu.errors import ConfirmedServiceError, ExceptionResponse, ServiceError, StateError
-from smartmeter.dlms.apdu.gbt import GeneralBlockTransfer
+from smartmeter.dlms.apdu.gbt import GENERAL_BLOCK_TRANSFER_TAG, GeneralBlockTransfer
 from smartmeter.dlms.apdu.initiate import Conformance, InitiateRequest, InitiateResponse
 from smartmeter.dlms.apdu.ciphered import CIPHERED_TAGS, GeneralGloCiphering
 from smartmeter.dlms.apdu.notification import DataNotification
@@ -35,7 +35,11 @@ log = logging.getLogger(__name__)
 
 MAX_PDU_SIZE = 1224  # companion standard §3.3.1, both directions
 MIN_CLIENT_PDU_SIZE = 64  # below this no GET response with block header fits usefully
-MAX_REASSEMBLED = 64 * 1024  # bound for requests arriving in blocks
+MAX_REASSEMBLED = 64 * 1024  # bound for a request arriving in blocks (GBT or service-specific)
+# a protected answer covers the whole APDU: one that needs GBT is produced in full, within this
+MAX_PROTECTED_GBT_RESPONSE = 256 * 1024
+BLOCK_HEADER = 16  # room for the header of a service-specific block response
+GBT_HEADER = 9  # tag, block-control, block-number, block-number-ack, length of block-data (≤ 3)
 MAX_LIST_ITEMS = 32  # with-list requests: ≥ 16 must be supported (§3.3.1)
 
 SERVER_CONFORMANCE = (
@@ -123,23 +127,61 @@ class DlmsServer:
         return ServerAssociation(self, client_sap, interface, self.server_sap if server_sap is None else server_sap)
 
 
+class _ResponseStream:
+    """The bytes of a long response, produced only as blocks are taken from it.
+
+    `parts` yields the encoding piece by piece (for a with-list GET: one item at a time), so
+    what is held is the current piece and the unsent rest of it, never the whole response.
+    """
+
+    def __init__(self, parts: Iterable[bytes]) -> None:
+        self._parts: Iterator[bytes] = iter(parts)
+        self._buffer = bytearray()
+        self._done = False
+
+    def _fill(self, n: int) -> None:
+        while len(self._buffer) < n and not self._done:
+            try:
+                self._buffer += next(self._parts)
+            except StopIteration:
+                self._done = True
+
+    def prepend(self, head: bytes) -> None:
+        self._buffer[:0] = head
+
+    def complete_within(self, n: int) -> bytes | None:
+        """All the bytes if they are at most `n`; None (and nothing lost) if there are more."""
+        self._fill(n + 1)
+        return bytes(self._buffer) if self._done and len(self._buffer) <= n else None
+
+    def take(self, n: int) -> tuple[bytes, bool]:
+        """The next `n` bytes at most, and whether they are the last."""
+        self._fill(n + 1)  # one byte more tells whether anything follows
+        chunk = bytes(self._buffer[:n])
+        del self._buffer[:n]
+        return chunk, self._done and not self._buffer
+
+    @property
+    def held(self) -> int:
+        """Bytes produced and not yet sent."""
+        return len(self._buffer)
+
+
 @dataclass
 class _Outgoing:
     """A long response being sent block by block."""
 
     kind: str  # "get", "action" or "gbt"
     invoke_id_and_priority: int
-    data: bytes
+    stream: _ResponseStream
     block_size: int
     next_block: int = 1
-    sent: int = 0
 
     def take(self) -> tuple[bytes, bool, int]:
         """The next block: (data, last, block number)."""
-        chunk = self.data[self.sent:self.sent + self.block_size]
-        self.sent += len(chunk)
+        chunk, last = self.stream.take(self.block_size)
         self.next_block += 1
-        return chunk, self.sent >= len(self.data), self.next_block - 1
+        return chunk, last, self.next_block - 1
 
 
 @dataclass
@@ -190,12 +232,24 @@ class ServerAssociation:
         try:
             return self._handle(bytes(apdu))
         except DecodeError as exc:
-            log.info("malformed APDU from client %s: %s", self.client_sap, exc)
+            log.debug("malformed APDU from client %s: %s", self.client_sap, exc)
             return _refusal(*MALFORMED)
         except Exception:  # a bug must cost one answer, not the meter's connection
             log.exception("internal error while answering client %s", self.client_sap)
             self._outgoing = self._incoming = self._gbt_in = self._gbt_out = None
             return _refusal(*MALFORMED)
+
+    def held_bytes(self) -> int:
+        """What this association holds for transfers in progress (bounded, see MAX_REASSEMBLED
+        and the lazily produced responses): received blocks and produced, unsent response bytes."""
+        held = 0
+        for out in (self._outgoing, self._gbt_out):
+            if out is not None:
+                held += out.stream.held
+        for inc in (self._incoming, self._gbt_in):
+            if inc is not None:
+                held += inc.size
+        return held
 
     def release(self) -> None:
         """Transport lost or closed: the association ends (companion standard §3.6.1)."""
@@ -221,12 +275,27 @@ class ServerAssociation:
     def _handle(self, apdu: bytes) -> bytes | None:
         if not apdu:
             raise DecodeError("APDU", 0, "empty")
+        if apdu[0] == GENERAL_BLOCK_TRANSFER_TAG:
+            return self._general_block_transfer(apdu)
+        return self._send(self._serve(apdu, reassembled=False))
+
+    def _serve(self, apdu: bytes, reassembled: bool) -> bytes | _ResponseStream | None:
+        """One complete request APDU (possibly reassembled from GBT blocks): its whole answer,
+        as bytes or, when long, as a stream the caller sends in blocks."""
+        if not apdu:
+            raise DecodeError("APDU", 0, "empty")
         tag = apdu[0]
         if tag in (0x60, 0x62):
             return self._acse(apdu)
+        if not self.associated:
+            if tag in (0xC0, 0xC1, 0xC3, 0xD9, GENERAL_BLOCK_TRANSFER_TAG) or tag in CIPHERED_TAGS:
+                return _refusal(*NOT_POSSIBLE)
+            return _refusal(*UNKNOWN)
+        if not reassembled and len(apdu) > self.server_max_receive_pdu_size:
+            return _refusal(*TOO_LONG)
         if tag in CIPHERED_TAGS:
             return self._protected(apdu)
-        if self.associated and self.client is not None and self.client.security_policy & REQUEST_BITS:
+        if self.client is not None and self.client.security_policy & REQUEST_BITS:
             self.server.on_event("policy_violation", {"client_sap": self.client_sap, "interface": self.interface})
             return _refusal(*NOT_POSSIBLE)
         self._pdu_limit = self.client_max_receive_pdu_size
@@ -236,12 +305,21 @@ class ServerAssociation:
             action_()
         return response
 
+    def _send(self, response: bytes | _ResponseStream | None) -> bytes | None:
+        """A whole answer onto the link: as it is when it fits, else in general-block-transfer
+        when negotiated (Green Book 9.3.9), else refused rather than sent over-long."""
+        if response is None:
+            return None
+        if isinstance(response, bytes) and len(response) <= self.client_max_receive_pdu_size:
+            return response
+        if self.associated and self.conformance & Conformance.GENERAL_BLOCK_TRANSFER:
+            return self._start_gbt(response, 0)
+        return _refusal(*TOO_LONG)
+
     def _protected(self, apdu: bytes) -> bytes | None:
         """A ciphered or signed request: unwrap, serve, protect the answer the same way."""
-        if not self.associated or self.security is None:
+        if self.security is None:
             return _refusal(*NOT_POSSIBLE)
-        if len(apdu) > self.server_max_receive_pdu_size:
-            return _refusal(*TOO_LONG)
         try:
             plain, wrapping = self.security.unwrap(apdu)
         except SecurityRefusal as refusal:
@@ -254,6 +332,13 @@ class ServerAssociation:
         response = self._plain(plain)
         if response is None:
             return None
+        if isinstance(response, _ResponseStream):
+            # protection covers the whole APDU, so a response that can only go in
+            # general-block-transfer is produced in full first, within a bound
+            response = response.complete_within(MAX_PROTECTED_GBT_RESPONSE)
+            if response is None:
+                self._after_response.clear()
+                return _refusal(*TOO_LONG)
         try:
             protected = self.security.wrap(response, wrapping)
         except (SecurityError, SecurityRefusal) as exc:  # e.g. the sending counter is exhausted (§3.5.4)
@@ -265,17 +350,14 @@ class ServerAssociation:
             action_()
         return protected
 
-    def _plain(self, apdu: bytes) -> bytes | None:
+    def _plain(self, apdu: bytes) -> bytes | _ResponseStream:
+        """A plain xDLMS request of an open association: the plain answer."""
         tag = apdu[0]
-        if not self.associated:
-            if tag in (0xC0, 0xC1, 0xC3, 0xD9, 0xE0):
-                return _refusal(*NOT_POSSIBLE)
-            return _refusal(*UNKNOWN)
-        if len(apdu) > self.server_max_receive_pdu_size:
-            return _refusal(*TOO_LONG)
-        if tag == 0xE0:
-            return self._general_block_transfer(GeneralBlockTransfer.from_bytes(apdu))
         if tag not in (0xC0, 0xC1, 0xC3, 0xD9):
+            if tag == GENERAL_BLOCK_TRANSFER_TAG:
+                # GBT carries one complete APDU and is never carried itself (inside GBT or
+                # inside protection): a misuse of a known service
+                return _refusal(*MALFORMED)
             return _refusal(*UNKNOWN)
         request = decode_xdlms(apdu)
         if not self._service_negotiated(tag):
@@ -284,7 +366,9 @@ class ServerAssociation:
             # between pass 2 and pass 4 only reply_to_HLS_authentication is allowed
             return _refusal(*NOT_POSSIBLE)
         response = self._service(request)
-        return self._fit(response) if response is not None else None
+        if isinstance(response, (bytes, _ResponseStream)):
+            return response
+        return response.to_bytes()
 
     @staticmethod
     def _is_hls_reply(request) -> bool:
@@ -316,6 +400,10 @@ class ServerAssociation:
     def _acse(self, apdu: bytes) -> bytes:
         request = acse.decode_acse(apdu)
         if isinstance(request, acse.RLRQ):
+            if not self.associated:
+                # nothing to release: refused like every other service before an association
+                # (an RLRE, even with reason not-finished, would confirm an association)
+                return _refusal(*NOT_POSSIBLE)
             user_info = None
             if request.user_information:
                 user_info = self._initiate_response().to_bytes()
@@ -524,38 +612,67 @@ class ServerAssociation:
     def _on_GetRequestNormal(self, req: get.GetRequestNormal):
         self._outgoing = None
         value, result = self._guarded(self.read, req.descriptor, req.access_selection)
+        if result == DataAccessResult.SUCCESS:
+            encoded, result = self._encoded(value)
         if result != DataAccessResult.SUCCESS:
             return get.GetResponseNormal(req.invoke_id_and_priority, result)
-        return self._get_response(req.invoke_id_and_priority, value, axdr.encode(value))
+        invoke = req.invoke_id_and_priority
+        if len(encoded) + 4 <= self._pdu_limit:
+            return bytes((get.GET_RESPONSE_TAG, 1, invoke, 0)) + encoded
+        if self.conformance & Conformance.BLOCK_TRANSFER_WITH_GET_OR_READ:
+            return self._start_blocks("get", invoke, _ResponseStream((encoded,)))
+        return _ResponseStream((bytes((get.GET_RESPONSE_TAG, 1, invoke, 0)), encoded))
+
+    def _encoded(self, value: Data) -> tuple[bytes, DataAccessResult]:
+        try:
+            return axdr.encode(value), DataAccessResult.SUCCESS
+        except SmartmeterError as exc:  # a value an object produced that A-XDR cannot carry
+            log.warning("value cannot be encoded: %s", exc)
+            return b"", DataAccessResult.OTHER_REASON
+
+    def _list_results(self, items) -> Iterator[bytes]:
+        """The SEQUENCE OF Get-Data-Result of a GET-with-list, one item at a time.
+
+        Each item is read only when the transfer reaches it, so a list naming the whole load
+        profile 32 times holds one profile's encoding at a time, not 32; an item equal to the
+        one before is answered from that one's encoding without reading it again."""
+        yield axdr.encode_length(len(items))
+        previous, previous_bytes = None, b""
+        for descriptor, selection in items:
+            if (descriptor, selection) == previous:
+                yield previous_bytes
+                continue
+            previous, previous_bytes = (descriptor, selection), self._get_data_result(descriptor, selection)
+            yield previous_bytes
+
+    def _get_data_result(self, descriptor, selection) -> bytes:
+        """Get-Data-Result ::= CHOICE { data [0] Data, data-access-result [1] Data-Access-Result }."""
+        value, result = self._guarded(self.read, descriptor, selection)
+        if result == DataAccessResult.SUCCESS:
+            encoded, result = self._encoded(value)
+            if result == DataAccessResult.SUCCESS:
+                return b"\x00" + encoded
+        return bytes((1, int(result)))
 
     def _on_GetRequestWithList(self, req: get.GetRequestWithList):
         self._outgoing = None
         if len(req.items) > MAX_LIST_ITEMS:
             return ExceptionResponse(StateError.SERVICE_NOT_ALLOWED, ServiceError.OTHER_REASON, None)
-        results = []
-        for descriptor, selection in req.items:
-            value, result = self._guarded(self.read, descriptor, selection)
-            results.append(value if result == DataAccessResult.SUCCESS else result)
-        response = get.GetResponseWithList(req.invoke_id_and_priority, tuple(results))
-        encoded = response.to_bytes()
-        if len(encoded) <= self._pdu_limit or not (
-            self.conformance & Conformance.BLOCK_TRANSFER_WITH_GET_OR_READ
-        ):
-            return response
-        # the block-transferred form carries the SEQUENCE OF Get-Data-Result: strip tag, choice, invoke-id
-        return self._start_blocks("get", req.invoke_id_and_priority, encoded[3:])
+        invoke = req.invoke_id_and_priority
+        head = bytes((get.GET_RESPONSE_TAG, 3, invoke))
+        stream = _ResponseStream(self._list_results(req.items))
+        whole = stream.complete_within(self._pdu_limit - len(head))
+        if whole is not None:
+            return head + whole
+        if self.conformance & Conformance.BLOCK_TRANSFER_WITH_GET_OR_READ:
+            # the block-transferred form carries the SEQUENCE OF Get-Data-Result
+            return self._start_blocks("get", invoke, stream)
+        stream.prepend(head)
+        return stream
 
-    def _get_response(self, invoke: int, value: Data, encoded: bytes):
-        response = get.GetResponseNormal(invoke, value)
-        if len(encoded) + 4 <= self._pdu_limit:
-            return response
-        if not self.conformance & Conformance.BLOCK_TRANSFER_WITH_GET_OR_READ:
-            return response  # too long: _fit sends it by general-block-transfer or refuses it
-        return self._start_blocks("get", invoke, encoded)
-
-    def _start_blocks(self, kind: str, invoke: int, data: bytes):
-        """Service-specific block transfer of `data` (the raw-data of the block responses)."""
-        self._outgoing = _Outgoing(kind, invoke, data, self._pdu_limit - 16)
+    def _start_blocks(self, kind: str, invoke: int, stream: _ResponseStream):
+        """Service-specific block transfer of `stream` (the raw-data of the block responses)."""
+        self._outgoing = _Outgoing(kind, invoke, stream, self._pdu_limit - BLOCK_HEADER)
         return self._next_block(self._outgoing)
 
     def _next_block(self, out: _Outgoing):
@@ -655,12 +772,13 @@ class ServerAssociation:
     def _on_ActionRequestNormal(self, req: action.ActionRequestNormal):
         self._outgoing = None
         result, value = self._action_result(req.descriptor, req.parameters)
-        response = action.ActionResponseNormal(req.invoke_id_and_priority, result, value)
-        if (value is not None and len(response.to_bytes()) > self._pdu_limit
-                and self.conformance & Conformance.BLOCK_TRANSFER_WITH_ACTION):
+        encoded = action.ActionResponseNormal(req.invoke_id_and_priority, result, value).to_bytes()
+        if len(encoded) <= self._pdu_limit:
+            return encoded
+        if self.conformance & Conformance.BLOCK_TRANSFER_WITH_ACTION:
             # the pblock form carries the encoded response-with-optional-data
-            return self._start_blocks("action", req.invoke_id_and_priority, response.to_bytes()[3:])
-        return response
+            return self._start_blocks("action", req.invoke_id_and_priority, _ResponseStream((encoded[3:],)))
+        return _ResponseStream((encoded,))
 
     def _on_ActionRequestWithList(self, req: action.ActionRequestWithList):
         if len(req.items) > MAX_LIST_ITEMS:
@@ -723,24 +841,43 @@ class ServerAssociation:
         return access.AccessResponse(req.long_invoke_id_and_priority, date_time, tuple(data), tuple(results))
 
     # -- general block transfer ------------------------------------------------------------
-    def _next_gbt(self, block_number_ack: int) -> GeneralBlockTransfer:
+    def _start_gbt(self, response: bytes | _ResponseStream, block_number_ack: int) -> bytes:
+        """Send a whole answer in general-block-transfer, one block per acknowledgement."""
+        stream = response if isinstance(response, _ResponseStream) else _ResponseStream((response,))
+        self._gbt_out = _Outgoing("gbt", 0, stream, self.client_max_receive_pdu_size - GBT_HEADER)
+        return self._next_gbt(block_number_ack)
+
+    def _next_gbt(self, block_number_ack: int) -> bytes:
         chunk, last, number = self._gbt_out.take()
         if last:
             self._gbt_out = None
-        return GeneralBlockTransfer(last, False, 1, number, block_number_ack, chunk)
+        return GeneralBlockTransfer(last, False, 1, number, block_number_ack, chunk).to_bytes()
 
-    def _general_block_transfer(self, block: GeneralBlockTransfer) -> bytes | None:
-        if self._gbt_out is not None and not block.block_data:
+    def _general_block_transfer(self, apdu: bytes) -> bytes | None:
+        """A GBT APDU on the link: a block of a request, or the acknowledgement asking for the
+        next block of an answer (window 1: every block is acknowledged)."""
+        if not self.associated:
+            return _refusal(*NOT_POSSIBLE)
+        if len(apdu) > self.server_max_receive_pdu_size:
+            return _refusal(*TOO_LONG)
+        if not self.conformance & Conformance.GENERAL_BLOCK_TRANSFER:
+            return _refusal(*NOT_SUPPORTED)
+        block = GeneralBlockTransfer.from_bytes(apdu)
+        if self._gbt_out is not None and not block.block_data and self._gbt_in is None:
             # the client acknowledges a block and asks for the next one
-            return self._next_gbt(block.block_number).to_bytes()
+            return self._next_gbt(block.block_number)
+        self._gbt_out = None  # a new request ends an answer the client stopped asking for
         inc = self._gbt_in
         if inc is None:
             if block.block_number != 1:
                 return _refusal(*NOT_POSSIBLE)
             inc = self._gbt_in = _Incoming("gbt", 0)
-        if block.block_number != inc.next_block or inc.size + len(block.block_data) > MAX_REASSEMBLED:
+        if block.block_number != inc.next_block:
             self._gbt_in = None
             return _refusal(*NOT_POSSIBLE)
+        if inc.size + len(block.block_data) > MAX_REASSEMBLED:
+            self._gbt_in = None
+            return _refusal(*TOO_LONG)
         inc.chunks.append(block.block_data)
         inc.size += len(block.block_data)
         inc.next_block += 1
@@ -748,20 +885,13 @@ class ServerAssociation:
             return GeneralBlockTransfer(False, False, 1, 0, block.block_number, b"").to_bytes()
         self._gbt_in = None
         inner = b"".join(inc.chunks)
-        response = self._handle(inner) if inner[:1] != b"\xe0" else None
+        inc.chunks.clear()
+        try:
+            response = self._serve(inner, reassembled=True)
+        except DecodeError as exc:
+            log.debug("malformed APDU in general-block-transfer from client %s: %s", self.client_sap, exc)
+            response = _refusal(*MALFORMED)
         if response is None:
             return None
         # answers to GBT requests go back in GBT (Green Book 9.3.9)
-        self._gbt_out = _Outgoing("gbt", 0, response, self._pdu_limit - 16)
-        return self._next_gbt(block.block_number).to_bytes()
-
-    # -- sizing -----------------------------------------------------------------------------
-    def _fit(self, response) -> bytes:
-        encoded = response.to_bytes()
-        if len(encoded) <= self._pdu_limit:
-            return encoded
-        if self.conformance & Conformance.GENERAL_BLOCK_TRANSFER:
-            self._gbt_out = _Outgoing("gbt", 0, encoded, self._pdu_limit - 16)
-            return self._next_gbt(0).to_bytes()
-        # with-list responses to long lists are the only case left: refuse rather than overrun
-        return _refusal(*TOO_LONG)
+        return self._start_gbt(response, block.block_number)

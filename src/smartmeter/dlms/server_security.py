@@ -13,6 +13,7 @@ from typing import Callable, Protocol
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from smartmeter.dlms.apdu import ciphered
+from smartmeter.dlms.apdu.errors import EXCEPTION_RESPONSE_TAG
 from smartmeter.dlms.security import hls
 from smartmeter.dlms.security.context import (
     AUTHENTICATED_REQUEST, AUTHENTICATED_RESPONSE, ENCRYPTED_REQUEST, ENCRYPTED_RESPONSE, SIGNED_REQUEST,
@@ -288,6 +289,12 @@ class AssociationSecurity:
     def wrap(self, plain: bytes, wrapping: Wrapping) -> bytes:
         if wrapping.kind == "plain":
             return plain
+        if plain[:1] == bytes((EXCEPTION_RESPONSE_TAG,)) and wrapping.kind in ("glo", "ded"):
+            # the exception-response has no glo-/ded- form (Green Book xDLMS APDU list): to a
+            # service-specific ciphered request it goes back as it is, like the exception-
+            # responses to requests that cannot be deciphered (§3.5.3); the general forms
+            # carry any APDU, so there it is protected like every other answer
+            return plain
         if wrapping.kind == "general-signing":
             content = self.wrap(plain, wrapping.inner)
             key = self.keys.server_signing_key() if self.keys else None
@@ -310,6 +317,8 @@ class AssociationSecurity:
             key, counter = self.context.ek, self.context.next_tx()
         if wrapping.kind in ("glo", "ded"):
             table = ciphered.DED_TAG_FOR_PLAIN if dedicated else ciphered.GLO_TAG_FOR_PLAIN
+            if plain[0] not in table:
+                raise SecurityRefusal("policy", f"APDU 0x{plain[0]:02X} has no service-specific ciphered form")
             return table[plain[0]].protect(sc, key, self.context.ak, self.server_system_title, counter, plain).to_bytes()
         cls = ciphered.GeneralDedCiphering if dedicated else ciphered.GeneralGloCiphering
         return cls.protect(sc, key, self.context.ak, self.server_system_title, counter, plain).to_bytes()
