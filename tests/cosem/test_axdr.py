@@ -3,8 +3,10 @@ fast path against the generic decoder, and gurux-dlms / dlms-cosem as independen
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import math
 import struct
+import sys
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -38,6 +40,8 @@ from smartmeter.cosem.data import (
     TypeDescription,
 )
 from smartmeter.errors import DecodeError, EncodeError, TruncatedError
+
+from axdr_reference import reference_decode  # tests/cosem, on sys.path as the test's own directory
 
 DT = DataType
 
@@ -509,6 +513,171 @@ def test_boolean_accepts_any_non_zero_byte() -> None:
 
 
 # ---------------------------------------------------------------------------------------
+# Data as a value; what the generic decoder costs, counted; equality with the reference
+# ---------------------------------------------------------------------------------------
+
+
+def test_data_compares_and_hashes_by_type_and_value_only() -> None:
+    plain = Data(DT.ARRAY, (Data.unsigned(1),))
+    bulk = Data(DT.ARRAY, (Data.unsigned(1),), encoded=b"\x01\x01\x11\x01")
+    assert plain == bulk and not plain != bulk and hash(plain) == hash(bulk)
+    assert {Data(DT.UNSIGNED, 1): "x"}[Data.unsigned(1)] == "x"
+    assert Data.unsigned(1) != Data.enum(1) and Data.unsigned(1) != Data.unsigned(2)
+    # Built on a tuple for speed, but never equal to one, in either order.
+    assert Data.unsigned(1) != (DT.UNSIGNED, 1, None) and (DT.UNSIGNED, 1, None) != Data.unsigned(1)
+    assert not Data.unsigned(1) == (DT.UNSIGNED, 1, None)
+    with pytest.raises(TypeError):
+        assert Data.unsigned(1) < Data.unsigned(2)
+    with pytest.raises(AttributeError):
+        plain.value = ()  # type: ignore[misc]
+    assert repr(Data.unsigned(7)) == "Data(type=<DataType.UNSIGNED: 17>, value=7)"
+    assert (bulk.type, bulk.value, bulk.encoded) == (DT.ARRAY, (Data.unsigned(1),), b"\x01\x01\x11\x01")
+
+
+def test_a_data_is_not_the_elements_of_an_array() -> None:
+    with pytest.raises(EncodeError):
+        encode(Data(DT.ARRAY, Data.unsigned(5)))
+
+
+def _python_calls(fn, *args) -> int:
+    """Python-level function calls (C functions not counted) made while fn(*args) runs."""
+    calls = 0
+
+    def count(frame, event, arg) -> None:
+        nonlocal calls
+        if event == "call":
+            calls += 1
+
+    sys.setprofile(count)
+    try:
+        fn(*args)
+    finally:
+        sys.setprofile(None)
+    return calls
+
+
+def _quarter_hour_rows(count: int) -> tuple[list[DataType], list[tuple]]:
+    types = [DT.OCTET_STRING, DT.UNSIGNED] + [DT.DOUBLE_LONG_UNSIGNED] * 4
+    start = dt.datetime(2024, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=1)))
+    rows = [(encode_date_time(CosemDateTime.from_datetime(start + dt.timedelta(minutes=15 * i))),
+             i % 3, i * 250, 0, i * 3, i * 7) for i in range(count)]
+    return types, rows
+
+
+def test_generic_decoder_cost_does_not_grow_with_the_rows_of_a_uniform_array() -> None:
+    """A profile buffer is an array of structures of one byte layout: after the first row
+    the decoder's Python-level work is per block of rows, not per value. (Counted, not timed.)"""
+    types, rows = _quarter_hour_rows(3000)
+    raw = encode_rows(rows, types)
+    calls = _python_calls(decode_all, raw)
+    value = decode_all(raw)
+    assert [tuple(field.value for field in row.value) for row in value.value] == rows
+    values = 3000 * (1 + len(types))
+    assert calls < values / 100, f"{calls} Python calls for {values} values"
+
+
+def test_generic_decoder_makes_no_python_call_per_common_leaf() -> None:
+    """Nested structures of varied shape (like an object list): the integer, enum, boolean,
+    octet-string and null-data leaves are decoded inline, so the Python calls are one per
+    array or structure plus a constant, never one or more per value."""
+    objects = []
+    containers = 1  # the outer array
+    for i in range(40):
+        attributes = tuple(
+            Data.structure([Data.integer(a), Data.enum(a % 4), Data.null() if a % 2 else Data.array([Data.integer(-1)])])
+            for a in range(1, 2 + i % 9)
+        )
+        methods = tuple(Data.structure([Data.integer(m), Data.boolean(m % 2 == 0)]) for m in range(1, 1 + i % 3))
+        objects.append(Data.structure([
+            Data.long_unsigned(1 + i % 70), Data.unsigned(i % 3), Data.octet_string(bytes([0, 0, i, 0, 0, 255])),
+            Data.structure([Data.array(attributes), Data.array(methods)]),
+        ]))
+        containers += 1 + 1 + 2 + len(attributes) + sum(1 for a in range(1, 2 + i % 9) if not a % 2) + len(methods)
+    raw = encode(Data.array(objects))
+    assert decode_all(raw) == Data.array(objects)
+    assert _python_calls(decode_all, raw) <= containers + 20
+
+
+def test_large_decode_runs_no_garbage_collection_and_restores_the_collector() -> None:
+    """A decoded tree has no reference cycles, so collections while building it find nothing;
+    the decoder pauses the collector for large inputs and leaves its state as it found it."""
+    types, rows = _quarter_hour_rows(2000)  # ~76 kB, 14,000 values: ~20 collections of the youngest generation if not paused
+    raw = encode_rows(rows, types)
+    started: list[int] = []
+
+    def on_gc(phase: str, info: dict) -> None:
+        if phase == "start":
+            started.append(info["generation"])
+
+    assert gc.isenabled()
+    gc.callbacks.append(on_gc)
+    try:
+        value = decode_all(raw)
+        assert gc.isenabled()
+        assert started == []
+        with pytest.raises(TruncatedError):
+            decode_all(raw[:-1])
+        assert gc.isenabled()
+        gc.disable()
+        try:
+            decode_all(raw)
+            assert not gc.isenabled()  # a collector someone else paused stays paused
+        finally:
+            gc.enable()
+    finally:
+        gc.callbacks.remove(on_gc)
+    assert len(value.value) == 2000
+
+
+@st.composite
+def uniform_arrays(draw):
+    """An array of 16..120 elements of one byte layout (a leaf or a flat structure of leaves),
+    some elements replaced by values of another shape, the whole maybe nested."""
+    octet_len = draw(st.sampled_from([0, 5, 12, 130]))
+    if draw(st.booleans()):
+        t = draw(st.sampled_from(FAST_COLUMN_TYPES))
+        leaf = _column_value(t, octet_len).map(lambda v: Data(t, v))
+        elements = draw(st.lists(leaf, min_size=16, max_size=120))
+    else:
+        types = draw(st.lists(st.sampled_from(FAST_COLUMN_TYPES), min_size=1, max_size=6))
+        rows = draw(st.lists(st.tuples(*[_column_value(t, octet_len) for t in types]), min_size=16, max_size=120))
+        elements = list(rows_to_data(rows, types).value)
+    for _ in range(draw(st.integers(0, 4))):
+        at = draw(st.integers(0, len(elements) - 1))
+        elements[at] = draw(st.one_of(simple_leaves, st.lists(simple_leaves, max_size=3).map(Data.structure)))
+    value = Data.array(elements)
+    if draw(st.booleans()):
+        value = Data.structure([Data.unsigned(0), value, Data.array([value])])
+    return value
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(uniform_arrays(), st.binary(max_size=3))
+def test_generic_decoder_equals_the_reference_on_uniform_arrays(value: Data, suffix: bytes) -> None:
+    raw = encode(value)
+    decoded, end = decode(raw + suffix)
+    assert decoded == value and end == len(raw)
+    assert repr(decoded) == repr(reference_decode(raw + suffix)[0])
+
+
+@settings(max_examples=300, deadline=None)
+@given(uniform_arrays(), st.data())
+def test_generic_decoder_equals_the_reference_on_corrupted_uniform_arrays(value: Data, data) -> None:
+    raw = bytearray(encode(value))
+    for _ in range(data.draw(st.integers(1, 4))):
+        raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
+    raw = bytes(raw[: data.draw(st.integers(0, len(raw)))] if data.draw(st.booleans()) else raw)
+    try:
+        expected = reference_decode(raw)
+    except DecodeError as error:
+        with pytest.raises(type(error)):
+            decode(raw)
+        return
+    decoded, end = decode(raw)
+    assert repr(decoded) == repr(expected[0]) and end == expected[1]
+
+
+# ---------------------------------------------------------------------------------------
 # Profile buffer fast path
 # ---------------------------------------------------------------------------------------
 
@@ -543,8 +712,8 @@ def profile_buffers(draw):
 
 
 def _generic_rows(raw: bytes, offset: int = 0) -> tuple[list[tuple], int]:
-    """What decode_rows must return, built from the generic decoder."""
-    value, end = decode(raw, offset)
+    """What decode_rows must return, built with the plain reference decoder."""
+    value, end = reference_decode(raw, offset)
     if value.type != DT.ARRAY or any(row.type != DT.STRUCTURE for row in value.value):
         raise DecodeError("not an array of structures")
     return [tuple(item.value for item in row.value) for row in value.value], end

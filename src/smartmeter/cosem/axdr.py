@@ -379,7 +379,7 @@ def _encode_untagged(t: int, v: Any, out: bytearray, depth: int) -> None:
     elif t == DataType.ARRAY or t == DataType.STRUCTURE:
         if depth >= MAX_DEPTH:
             raise EncodeError(f"nesting deeper than {MAX_DEPTH}")
-        if not isinstance(v, (tuple, list)):
+        if not isinstance(v, (tuple, list)) or isinstance(v, Data):  # a Data is a tuple too
             raise EncodeError(f"{DataType(t).name} needs a tuple of Data, got {type(v).__name__}")
         out += encode_length(len(v))
         for item in v:
@@ -703,7 +703,11 @@ def _decode_items(buf: bytes, pos: int, end: int, count: int, depth: int) -> tup
             t = containers[tag]
             if depth >= MAX_DEPTH:
                 raise DecodeError(t.name, pos, f"nested deeper than {MAX_DEPTH}")
-            n, pos = decode_length(buf, pos, end)
+            if pos < end and buf[pos] < 0x80:
+                n = buf[pos]
+                pos += 1
+            else:
+                n, pos = decode_length(buf, pos, end)
             # Each element takes at least its tag byte: refuse impossible counts before looping.
             if n > end - pos:
                 raise TruncatedError(t.name, pos, f"{n} elements declared, {end - pos} bytes left")
@@ -712,6 +716,8 @@ def _decode_items(buf: bytes, pos: int, end: int, count: int, depth: int) -> tup
             else:
                 sub, pos = _decode_items(buf, pos, end, n, depth + 1)
             append(new(Data, (t, tuple(sub), None)))
+        elif tag in _ZERO_SIZE_TYPES:  # null-data, dont-care
+            append(new(Data, (_DATA_TYPES[tag], None, None)))
         else:
             t = _DATA_TYPES.get(tag)
             if t is None:
