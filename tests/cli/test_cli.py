@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -120,3 +122,129 @@ def test_unusable_data_dir_gives_one_line(tmp_path):
     blocker.write_text("x")
     result = smartmeter("meter", "run", "--data-dir", str(blocker / "sub"), "--wrapper-port", "0", "--hdlc-port", "0")
     assert result.returncode == 2 and result.stderr.count("\n") == 1
+
+
+# --------------------------------------------------------------------------------------
+# every object, every attribute, as the command line shows it
+
+from click.testing import CliRunner  # noqa: E402
+
+from smartmeter.cli.main import main  # noqa: E402
+from smartmeter.cosem.obis import Obis  # noqa: E402
+
+
+def run_in_process(*args: str):
+    """The command line in this process (hundreds of reads in seconds, not minutes)."""
+    result = CliRunner().invoke(main, list(args), catch_exceptions=True)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError(f"{args} raised {result.exception!r}") from result.exception
+    return result
+
+
+def visible_attributes(meter, credentials: tuple[str, ...]):
+    """(class id, OBIS, attribute, readable) of every attribute of every object the client's
+    Association LN lists, as the meter lists them (JSON keeps logical names as hex)."""
+    result = run_in_process("client", "--port", str(meter.wrapper_port), *credentials, "--json",
+                            "get", "0-0:40.0.0.255:2")
+    assert result.exit_code == 0, result.output
+    for class_id, _version, ln, (attributes, _methods) in json.loads(result.stdout)["value"]:
+        obis = str(Obis.from_bytes(bytes.fromhex(ln)))
+        yield class_id, obis, 0, True  # attribute 0: all of them, null-data where not readable
+        for index, mode, _selectors in attributes:
+            yield class_id, obis, index, bool(mode & 1)
+
+
+@pytest.mark.parametrize("who", ["public", "management"])
+def test_every_get_of_every_visible_attribute_answers_without_a_traceback(meter, who):
+    credentials = () if who == "public" else ("--credentials", str(meter.data_dir / "credentials" / "management.json"))
+    seen = list(visible_attributes(meter, credentials))
+    assert len({obis for _, obis, _, _ in seen}) >= (25 if who == "public" else 50)
+    for class_id, obis, attribute, readable in seen:
+        result = run_in_process("client", "--port", str(meter.wrapper_port), *credentials,
+                                "get", f"{obis}:{attribute}")
+        lines = result.output.splitlines()
+        assert "Traceback" not in result.output and "internal error" not in result.output, (obis, attribute)
+        assert len(lines) == 1, (obis, attribute, result.output[:500])
+        if readable:
+            assert result.exit_code == 0, (obis, attribute, result.output)
+            assert lines[0].split()[0] in (f"{obis}:{attribute}", obis, f"{obis}:{attribute}"), lines[0][:200]
+        else:
+            assert result.exit_code == 2, (obis, attribute, result.output)
+            assert lines[0].startswith("error: ") and "read-write-denied" in lines[0], lines[0]
+        if readable and attribute:
+            as_json = run_in_process("client", "--port", str(meter.wrapper_port), *credentials, "--json",
+                                     "get", f"{obis}:{attribute}")
+            assert as_json.exit_code == 0, as_json.output
+            assert json.loads(as_json.stdout)["class_id"] == class_id
+
+
+@pytest.mark.parametrize("obis, attribute, class_id, unit", [
+    ("1-0:1.4.0.255", 2, 5, "W"),    # demand register: current average value, scaler_unit is attribute 4
+    ("1-0:1.4.0.255", 3, 5, "W"),    # its last average value
+    ("1-0:2.6.0.255", 2, 4, "W"),    # maximum demand: extended register
+    ("1-0:3.2.0.255", 2, 3, "var"),  # cumulative maximum demand: register
+    ("1-0:4.8.0.255", 2, 3, "varh"),
+])
+def test_demand_and_maximum_demand_registers_show_their_own_unit(meter, obis, attribute, class_id, unit):
+    target = obis if attribute == 2 else f"{obis}:{attribute}"
+    result = client(meter, "get", target)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    shown, value, shown_unit = result.stdout.split()
+    assert (shown, shown_unit) == (target, unit) and float(value) >= 0
+    body = json.loads(client(meter, "--json", "get", target).stdout)
+    assert (body["class_id"], body["unit"], body["scaler"]) == (class_id, unit, 0)
+    assert isinstance(body["value"], int)
+
+
+def test_logical_names_inside_values_are_shown_in_obis_notation(meter):
+    # the load profile's capture objects, as the decisions record them: clock time, profile
+    # status, +A, -A, +R, -R, each attribute 2
+    columns = ["{8, 0-0:1.0.0.255, 2, 0}", "{1, 0-0:96.10.1.255, 2, 0}", "{3, 1-0:1.8.0.255, 2, 0}",
+               "{3, 1-0:2.8.0.255, 2, 0}", "{3, 1-0:3.8.0.255, 2, 0}", "{3, 1-0:4.8.0.255, 2, 0}"]
+    result = client(meter, "get", "1-0:99.1.0.255:3")
+    assert result.stdout == f"1-0:99.1.0.255:3 [{', '.join(columns)}]\n"
+    # --json keeps the bytes
+    body = json.loads(client(meter, "--json", "get", "1-0:99.1.0.255:3").stdout)
+    assert body["value"][0] == [8, "0000010000ff", 2, 0]
+    # the object list: every object the public client sees, named as `objects` names them
+    listed = [(str(o["class_id"]), str(o["version"]), o["obis"])
+              for o in json.loads(client(meter, "--json", "objects").stdout)]
+    text = client(meter, "get", "0-0:40.0.0.255:2").stdout
+    assert re.findall(r"\{(\d+), (\d+), ([^,{}]+), \{\[", text) == listed
+    assert len(listed) >= 25 and "0000290000ff" not in text
+    # attribute 0 of the association: its logical name first, then the same list
+    whole = client(meter, "get", "0-0:40.0.0.255:0").stdout
+    assert whole.startswith("0-0:40.0.0.255:0 {0-0:40.0.0.255, [{17, 0, 0-0:41.0.0.255, ")
+
+
+def test_output_into_a_closed_pipe_ends_quietly_as_unix_tools_do(meter):
+    for args in (["client", "--port", str(meter.wrapper_port), "objects"], ["model", "show"]):
+        process = subprocess.Popen([sys.executable, "-m", "smartmeter", *args], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE)
+        process.stdout.close()  # the reader is gone before the first line (`| head -0`)
+        assert process.wait(60) == 128 + signal.SIGPIPE, args
+        assert process.stderr.read() == b"", args
+        process.stderr.close()
+
+
+def test_a_broken_connection_is_still_an_error_not_a_quiet_exit(monkeypatch):
+    """Only a closed stdout is quiet: a broken pipe towards the meter is reported."""
+    def broken(*_args, **_kwargs):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("smartmeter.cli.main._run_client", broken)
+    result = CliRunner().invoke(main, ["client", "objects"])
+    assert result.exit_code == 2
+    assert result.output.startswith("error: ") and result.output.count("\n") == 1
+
+
+def test_an_unexpected_failure_is_one_line_with_a_hint_and_exit_2(monkeypatch):
+    def bug(*_args, **_kwargs):
+        raise TypeError("'int' object is not iterable")
+
+    monkeypatch.setattr("smartmeter.cli.main._run_client", bug)
+    result = CliRunner().invoke(main, ["client", "get", "1-0:1.8.0.255"])
+    assert result.exit_code == 2, result.exception
+    assert result.output.count("\n") == 1 and "Traceback" not in result.output
+    assert result.output.startswith("error: internal error TypeError: 'int' object is not iterable")
+    assert "hint:" in result.output
