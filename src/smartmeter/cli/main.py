@@ -400,7 +400,8 @@ def model_show(profile: str, markdown: bool, access_rights: bool) -> None:
               help="A client credentials file (keys, system titles, mechanism): associate securely as that client.")
 @click.option("--physical-address", type=int, default=0x10, show_default=True,
               help="HDLC lower (physical) server address, from the meter's HDLC setup.")
-@click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds to wait for an answer.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="Seconds to wait for an answer.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def client(ctx: click.Context, host, port, hdlc, client_sap, server_sap, physical_address, timeout, as_json,
@@ -459,6 +460,8 @@ def client_get(ctx: click.Context, target: str) -> None:
         attribute = int(attr_text) if attr_text else 2
     except ValueError:
         raise UsageProblem(f"attribute {attr_text!r} is not a number", "write OBIS:ATTR like 1-0:1.8.0.255:3") from None
+    if not 0 <= attribute <= 255:
+        raise UsageProblem(f"attribute {attribute} is not 0..255", "attribute 0 reads all attributes at once")
     obis = _parse_obis(obis_text)
 
     async def work(c):
