@@ -534,6 +534,27 @@ def test_data_compares_and_hashes_by_type_and_value_only() -> None:
     assert (bulk.type, bulk.value, bulk.encoded) == (DT.ARRAY, (Data.unsigned(1),), b"\x01\x01\x11\x01")
 
 
+def test_to_python_gives_nested_lists_of_the_values() -> None:
+    td = TypeDescription(DT.STRUCTURE, fields=(TypeDescription(DT.UNSIGNED), TypeDescription(DT.BOOLEAN)))
+    compact = CompactArray(td, (Data.structure([Data.unsigned(1), Data.boolean(True)]),))
+    value = Data.structure([
+        Data.null(), Data.octet_string(b"\x01"), Data.array([Data.long(-2), Data.array([])]),
+        Data(DT.COMPACT_ARRAY, compact),
+    ])
+    assert value.to_python() == [None, b"\x01", [-2, []], [[1, True]]]
+    assert Data.unsigned(3).to_python() == 3
+
+
+def test_rows_of_gives_each_structures_values_and_refuses_other_shapes() -> None:
+    rows = [(b"\x00" * 12, 1, 2), (b"\x01" * 12, 3, 4)]
+    types = [DT.OCTET_STRING, DT.UNSIGNED, DT.DOUBLE_LONG]
+    assert axdr.rows_of(rows_to_data(rows, types)) == rows
+    with pytest.raises(DecodeError):
+        axdr.rows_of(Data.structure([Data.unsigned(1)]))
+    with pytest.raises(DecodeError):
+        axdr.rows_of(Data.array([Data.structure([Data.unsigned(1)]), Data.unsigned(2)]))
+
+
 def test_a_data_is_not_the_elements_of_an_array() -> None:
     with pytest.raises(EncodeError):
         encode(Data(DT.ARRAY, Data.unsigned(5)))

@@ -31,6 +31,7 @@ import gc
 import struct
 from collections.abc import Sequence
 from itertools import repeat, starmap
+from operator import attrgetter
 from typing import Any, NoReturn
 
 import numpy as np
@@ -952,7 +953,14 @@ def rows_of(value: Data) -> list[tuple]:
     """The rows of an already decoded array of structures, as `decode_rows` gives them."""
     if value.type != DataType.ARRAY:
         raise DecodeError("profile buffer", 0, f"is {value.type.name}, not an array")
-    return [_row_values(row, 0) for row in value.value]
+    for row in value.value:
+        if row.type != DataType.STRUCTURE:
+            raise DecodeError("profile buffer row", 0, f"is {row.type.name}, not a structure")
+    value_of = _value_of
+    return [tuple(map(value_of, row.value)) for row in value.value]
+
+
+_value_of = attrgetter("value")
 
 
 def decode_rows(buf: bytes | bytearray | memoryview, offset: int = 0) -> tuple[list[tuple], int]:

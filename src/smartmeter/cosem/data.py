@@ -258,8 +258,15 @@ class Data(_DataFields):
 
     def to_python(self) -> Any:
         """Plain Python (lists for arrays/structures) for display and JSON-ish use."""
-        if self.type in (DataType.ARRAY, DataType.STRUCTURE):
-            return [item.to_python() for item in self.value]
-        if self.type == DataType.COMPACT_ARRAY:
-            return [item.to_python() for item in self.value.contents]
-        return self.value
+        t = self.type
+        if t == DataType.ARRAY or t == DataType.STRUCTURE:
+            items = self.value
+        elif t == DataType.COMPACT_ARRAY:
+            items = self.value.contents
+        else:
+            return self.value
+        # Leaves are taken in place: one call per container, not one per value.
+        return [item.to_python() if item.type in _NESTED_TYPES else item.value for item in items]
+
+
+_NESTED_TYPES = frozenset({DataType.ARRAY, DataType.STRUCTURE, DataType.COMPACT_ARRAY})
