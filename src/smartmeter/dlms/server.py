@@ -217,6 +217,7 @@ class ServerAssociation:
         self._gbt_out: _Outgoing | None = None
         self.security: AssociationSecurity | None = None
         self._pdu_limit = MAX_PDU_SIZE  # what a plain response may take, protection overhead deducted
+        self._answer_in_gbt = False  # serving a request that arrived in general-block-transfer
         self._after_response: list[Callable[[], None]] = []  # e.g. switch keys after SUCCESS went out
         self.calling_system_title: bytes | None = None  # from the AARQ's calling-AP-title
         client = server.directory.model.client_by_sap(client_sap)
@@ -619,7 +620,7 @@ class ServerAssociation:
         invoke = req.invoke_id_and_priority
         if len(encoded) + 4 <= self._pdu_limit:
             return bytes((get.GET_RESPONSE_TAG, 1, invoke, 0)) + encoded
-        if self.conformance & Conformance.BLOCK_TRANSFER_WITH_GET_OR_READ:
+        if self._service_blocks(Conformance.BLOCK_TRANSFER_WITH_GET_OR_READ):
             return self._start_blocks("get", invoke, _ResponseStream((encoded,)))
         return _ResponseStream((bytes((get.GET_RESPONSE_TAG, 1, invoke, 0)), encoded))
 
@@ -664,11 +665,15 @@ class ServerAssociation:
         whole = stream.complete_within(self._pdu_limit - len(head))
         if whole is not None:
             return head + whole
-        if self.conformance & Conformance.BLOCK_TRANSFER_WITH_GET_OR_READ:
+        if self._service_blocks(Conformance.BLOCK_TRANSFER_WITH_GET_OR_READ):
             # the block-transferred form carries the SEQUENCE OF Get-Data-Result
             return self._start_blocks("get", invoke, stream)
         stream.prepend(head)
         return stream
+
+    def _service_blocks(self, needed: Conformance) -> bool:
+        """Whether a long answer goes in service-specific blocks (else whole, for GBT or refusal)."""
+        return bool(self.conformance & needed) and not self._answer_in_gbt
 
     def _start_blocks(self, kind: str, invoke: int, stream: _ResponseStream):
         """Service-specific block transfer of `stream` (the raw-data of the block responses)."""
@@ -775,7 +780,7 @@ class ServerAssociation:
         encoded = action.ActionResponseNormal(req.invoke_id_and_priority, result, value).to_bytes()
         if len(encoded) <= self._pdu_limit:
             return encoded
-        if self.conformance & Conformance.BLOCK_TRANSFER_WITH_ACTION:
+        if self._service_blocks(Conformance.BLOCK_TRANSFER_WITH_ACTION):
             # the pblock form carries the encoded response-with-optional-data
             return self._start_blocks("action", req.invoke_id_and_priority, _ResponseStream((encoded[3:],)))
         return _ResponseStream((encoded,))
@@ -886,11 +891,14 @@ class ServerAssociation:
         self._gbt_in = None
         inner = b"".join(inc.chunks)
         inc.chunks.clear()
+        self._answer_in_gbt = True  # the whole answer goes in GBT: no service-specific blocks inside
         try:
             response = self._serve(inner, reassembled=True)
         except DecodeError as exc:
             log.debug("malformed APDU in general-block-transfer from client %s: %s", self.client_sap, exc)
             response = _refusal(*MALFORMED)
+        finally:
+            self._answer_in_gbt = False
         if response is None:
             return None
         # answers to GBT requests go back in GBT (Green Book 9.3.9)
