@@ -26,6 +26,18 @@ __all__ = [
 ]
 
 
+_ECDSA: dict[int, ec.ECDSA] = {}
+
+
+def _ecdsa(params: SuiteParameters) -> ec.ECDSA:
+    """The suite's ECDSA signature algorithm, made once (building it costs more than hashing
+    the few bytes an HLS 7 pass signs)."""
+    algorithm = _ECDSA.get(params.suite)
+    if algorithm is None:
+        algorithm = _ECDSA[params.suite] = ec.ECDSA(params.hash_algorithm())
+    return algorithm
+
+
 def _public_suite(suite: int) -> SuiteParameters:
     params = suite_parameters(suite)
     if not params.has_public_key:
@@ -74,7 +86,7 @@ def sign(private_key: ec.EllipticCurvePrivateKey, data: bytes, suite: int | None
     if not isinstance(private_key, ec.EllipticCurvePrivateKey):
         raise InvalidKeyError(f"expected an EC private key, got {type(private_key).__name__}")
     params = _check_suite(private_key, suite)
-    der = private_key.sign(bytes(data), ec.ECDSA(params.hash_algorithm()))
+    der = private_key.sign(bytes(data), _ecdsa(params))
     return signature_from_der(der, params.coordinate_length)
 
 
@@ -89,7 +101,7 @@ def verify(
         raise AuthenticationError(f"signature must be bytes, got {type(signature).__name__}")
     der = signature_to_der(bytes(signature), params.coordinate_length)
     try:
-        public_key.verify(der, bytes(data), ec.ECDSA(params.hash_algorithm()))
+        public_key.verify(der, bytes(data), _ecdsa(params))
     except InvalidSignature:
         raise AuthenticationError("ECDSA signature does not verify") from None
 

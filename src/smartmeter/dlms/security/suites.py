@@ -396,8 +396,8 @@ def protect_content(
 ) -> bytes:
     """SC || IC || protect(...): the bytes that go into a ciphered APDU."""
     sc = _sc_byte(sc)
-    payload = protect(sc, key_ek, key_ak, system_title, counter, plaintext, extra_aad)
-    return ProtectedContent(sc, counter, payload).to_bytes()
+    payload = protect(sc, key_ek, key_ak, system_title, counter, plaintext, extra_aad)  # checks the counter
+    return bytes((sc,)) + counter.to_bytes(4, "big") + payload
 
 
 def unprotect_content(
