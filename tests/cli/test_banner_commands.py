@@ -5,7 +5,6 @@ commands. Also what the meter leaves on disk: owner-only, whatever the umask."""
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import re
 import shlex
@@ -14,7 +13,6 @@ import stat
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -10,8 +10,11 @@ import subprocess
 import sys
 
 import pytest
+from click.testing import CliRunner
 
 from meterproc import free_port
+from smartmeter.cli.main import main
+from smartmeter.cosem.obis import Obis
 
 
 def smartmeter(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -129,12 +132,6 @@ def test_unusable_data_dir_gives_one_line(tmp_path):
 
 # --------------------------------------------------------------------------------------
 # every object, every attribute, as the command line shows it
-
-from click.testing import CliRunner  # noqa: E402
-
-from smartmeter.cli.main import main  # noqa: E402
-from smartmeter.cosem.obis import Obis  # noqa: E402
-
 
 def run_in_process(*args: str):
     """The command line in this process (hundreds of reads in seconds, not minutes)."""
