@@ -89,7 +89,7 @@ def test_optical_port_locks_after_failed_associations(tmp_path):
     params, address = aio.hdlc_parameters(meter.hdlc_setup())
     port = aio.HdlcPort(meter.server, params, address, meter.wz_guard.port_open)
     for attempt in range(3):
-        client = hdlc.HdlcClientLink(0x7F, 1, address, hdlc.HdlcParameters())  # no such client SAP
+        client = hdlc.HdlcClientLink(0x50, 1, address, hdlc.HdlcParameters())  # no such client SAP (0x7F is all-station)
         assert _snrm_answered(port, client, attempt)
         client.send_apdu(ClientAssociation().aarq())
         replies = [e for e in client.receive(port.receive(client.take_output(), attempt), attempt)
