@@ -63,8 +63,10 @@ def _boundaries(start: float, end: float) -> list[int]:
     return list(range(first, int(end) + 1, PERIOD))
 
 
+@pytest.mark.welmec("L1")
 @pytest.mark.parametrize("jump", [20 * 60, 3 * 86400, 61 * 86400], ids=["20 minutes", "3 days", "2 months"])
 def test_forward_jump_creates_no_entries_for_skipped_periods(sim, jump):
+    """A forward clock adjustment of minutes, days or months keeps the history, registers no energy and stores no entry for the skipped periods; the next entry is at the next boundary of the new time with CAD."""
     sim.run(3600)  # one hour on the old time base: 4 entries
     before = sim.profile()
     energy_before = sim.energy()
@@ -91,8 +93,10 @@ def test_forward_jump_creates_no_entries_for_skipped_periods(sim, jump):
     assert events[0]["kind"] == "adjusted"
 
 
+@pytest.mark.welmec("L1", "L7")
 @pytest.mark.parametrize("jump", [-20 * 60, -3 * 86400, -61 * 86400], ids=["20 minutes", "3 days", "2 months"])
 def test_backward_jump_does_not_suppress_captures(sim, jump):
+    """After a backward clock adjustment of minutes, days or months every boundary of the new time is captured (CAD on the first), the registers never go back, and the change is logged with old and new time."""
     sim.run(3 * 3600)
     before = sim.profile()
     old_time = sim.meter.clock.now()
@@ -189,6 +193,7 @@ def test_the_time_base_survives_a_restart(tmp_path):
         again.close()
 
 
+@pytest.mark.welmec("L1", "P5")
 def test_the_legal_part_refuses_captures_outside_the_time_base(tmp_path):
     """A changed communication side cannot fill the profile: a capture must be at a period boundary and,
     once the clock was adjusted, never for a boundary the new time skipped."""

@@ -695,12 +695,18 @@ class LegalInterface:
                                    float(m.frequency))
 
     def _set_load(self, cmd: SetSimulatedLoad) -> None:
-        self._metering.set_load(float(cmd.active_w), float(cmd.reactive_var))
+        try:
+            self._metering.set_load(float(cmd.active_w), float(cmd.reactive_var))
+        except MeteringError as exc:
+            raise CommandRefused(str(exc)) from None
 
     def _register_power(self, cmd: RegisterSimulatedPower) -> None:
         if not 0 <= cmd.seconds <= MAX_SIMULATED_INTERVAL:
             raise CommandRefused(f"seconds must be 0..{MAX_SIMULATED_INTERVAL} per command")
-        self._metering.set_load(float(cmd.active_w), float(cmd.reactive_var))
+        try:
+            self._metering.set_load(float(cmd.active_w), float(cmd.reactive_var))
+        except MeteringError as exc:
+            raise CommandRefused(str(exc)) from None
         self._metering.measure_for(float(cmd.seconds))
 
     def _open_pairing(self, cmd: OpenSensorPairing) -> None:
@@ -775,6 +781,8 @@ class LegalInterface:
     def _end_period(self, cmd: EndMeasurementPeriod) -> ProfileRow:
         if cmd.capture_time % CAPTURE_PERIOD:
             raise CommandRefused(f"a capture is at a {CAPTURE_PERIOD} s boundary")
+        if not 0 <= cmd.status <= 0xFF:
+            raise CommandRefused("the profile status is one byte")
         if self._realtime:
             now = self._now()
             if not now - CAPTURE_WINDOW_PAST <= cmd.capture_time <= now + CAPTURE_WINDOW_FUTURE:
