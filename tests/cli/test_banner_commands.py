@@ -40,7 +40,10 @@ class NewcomerMeter:
     def banner_commands(self) -> list[str]:
         start = self.output.index("Try, in another terminal:\n")
         end = self.output.index("Ctrl-C stops the meter.\n")
-        return [line.strip() for line in self.output[start + 1:end]]
+        commands = [line.strip() for line in self.output[start + 1:end] if line.startswith("  ")]
+        # pasted into zsh (macOS), a trailing "# comment" would be arguments
+        assert not any("#" in c for c in commands), commands
+        return commands
 
 
 def start_newcomer_meter(site: Path) -> NewcomerMeter:

@@ -186,16 +186,21 @@ def _print_banner(meter_, host: str, wrapper_port: int, hdlc_port: int) -> None:
             lines.append(f"{prog} client{port_opt} {command}")
     if hdlc_port:
         lines.append(f"{prog} client --hdlc{hport} get 0-0:42.0.0.255")
+    # no "# comment" after a command: zsh, macOS's shell, takes "#" as an argument when pasted
+    secured = []
     management = meter_.security.clients.get("management")
     creds = meter_.config.data_dir / "credentials" / "management.json"
     if wrapper_port and management is not None and creds.is_file():
-        lines.append(f"{prog} client{port_opt} --credentials {shlex.quote(str(creds))} get 1-0:1.8.0.255"
-                     f"   # HLS {management.mechanism}, suite {management.security_suite} (demo keys)")
+        secured.append(f"As the management client (HLS {management.mechanism}, suite {management.security_suite}, "
+                       f"demo keys):")
+        secured.append(f"  {prog} client{port_opt} --credentials {shlex.quote(str(creds))} get 1-0:1.8.0.255")
     if not lines:
         return
     click.echo("\nTry, in another terminal:")
     for line in lines:
         click.echo("  " + line)
+    for line in secured:
+        click.echo(line)
     click.echo("Ctrl-C stops the meter.")
 
 
