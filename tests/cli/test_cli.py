@@ -248,3 +248,23 @@ def test_an_unexpected_failure_is_one_line_with_a_hint_and_exit_2(monkeypatch):
     assert result.output.count("\n") == 1 and "Traceback" not in result.output
     assert result.output.startswith("error: internal error TypeError: 'int' object is not iterable")
     assert "hint:" in result.output
+
+
+def test_banner_names_the_program_so_that_a_pasted_command_runs_it(tmp_path, monkeypatch):
+    from smartmeter.cli.main import _command_path
+
+    program = tmp_path / "my env" / "bin" / "smartmeter"
+    program.parent.mkdir(parents=True)
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    monkeypatch.chdir(tmp_path)
+    assert _command_path(program) == "'my env/bin/smartmeter'"  # under the working directory: relative, quoted
+    monkeypatch.chdir(program.parent)
+    assert _command_path(program) == "./smartmeter"  # a bare name would be looked up on PATH
+    monkeypatch.chdir(other)
+    assert _command_path(program) == f"'{program}'"
+    monkeypatch.setenv("PATH", f"{program.parent}:/usr/bin:/bin")
+    assert _command_path(program) == "smartmeter"  # the PATH finds this very file
