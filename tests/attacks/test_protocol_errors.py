@@ -263,3 +263,21 @@ def test_release_without_an_association_is_refused_like_any_service(meter):
     client.on_aare(server_side.handle(client.aarq()))
     assert acse.decode_acse(server_side.handle(acse.RLRQ(reason=0, user_information=None).to_bytes())).reason == 0
     assert exception_of(server_side.handle(acse.RLRQ(reason=0, user_information=None).to_bytes()))
+
+
+# -- logging ------------------------------------------------------------------------------------
+
+def test_a_flood_of_refused_requests_logs_one_line_per_condition(meter, caplog):
+    """200 AARQs from an unknown client SAP and 200 malformed APDUs: each answered, and the
+    server logs each condition once, not 200 times (the rest is counted in the next line)."""
+    with caplog.at_level(logging.DEBUG, logger="smartmeter.dlms"):
+        for _ in range(200):
+            stranger = meter.server.association(99, "lan")
+            aare = acse.decode_acse(stranger.handle(ClientAssociation().aarq()))
+            assert aare.result == acse.AssociationResult.REJECTED_PERMANENT
+        server_side = public(meter)
+        for _ in range(200):
+            assert exception_of(server_side.handle(b"\xc0\x01")) == (StateError.SERVICE_NOT_ALLOWED,
+                                                                     ServiceError.OTHER_REASON)
+    server_lines = [r for r in caplog.records if r.name == "smartmeter.dlms.server" and r.levelno >= logging.INFO]
+    assert len(server_lines) <= 3, [r.getMessage() for r in server_lines]

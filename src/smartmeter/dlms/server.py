@@ -8,6 +8,7 @@ error responses of the Green Book / IDIS P2 §8.2.3 for everything that goes wro
 from __future__ import annotations
 
 import logging
+import traceback
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
@@ -30,6 +31,7 @@ from smartmeter.dlms.security.context import REQUEST_BITS, SecurityManager
 from smartmeter.dlms.security.errors import SecurityError
 from smartmeter.dlms.server_security import AssociationSecurity, MeterKeys, SecurityRefusal, Wrapping
 from smartmeter.errors import DecodeError, SmartmeterError
+from smartmeter.transport.limits import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +90,7 @@ class DlmsServer:
     def __init__(self, directory: ObjectDirectory, *, system_title: bytes, server_sap: int = 1,
                  max_pdu_size: int = MAX_PDU_SIZE, clock_bytes: Callable[[], bytes] = lambda: b"",
                  on_event: Callable[[str, dict], None] | None = None, security: SecurityManager | None = None,
-                 keys: MeterKeys | None = None) -> None:
+                 keys: MeterKeys | None = None, say: RateLimitedLog | None = None) -> None:
         self.directory = directory
         self.security = security  # per-client security contexts (None: only unsecured clients work)
         self.keys = keys
@@ -101,6 +103,8 @@ class DlmsServer:
         # §3.3.4: on WZ only one association at a time; LAN/WAN allow several
         self.single_association_interfaces = {"wz"}
         self.active: dict[str, "ServerAssociation"] = {}
+        # conditions a peer can cause are logged once per minute at most, never a flood
+        self.say = say if say is not None else RateLimitedLog(log)
 
     def claim(self, association: "ServerAssociation") -> bool:
         """Whether `association` may open now; on a single-association interface it takes the slot."""
@@ -236,7 +240,8 @@ class ServerAssociation:
             log.debug("malformed APDU from client %s: %s", self.client_sap, exc)
             return _refusal(*MALFORMED)
         except Exception:  # a bug must cost one answer, not the meter's connection
-            log.exception("internal error while answering client %s", self.client_sap)
+            self.server.say("server.internal_error", "internal error while answering client %s\n%s", self.client_sap,
+                            traceback.format_exc(), level=logging.ERROR)
             self._outgoing = self._incoming = self._gbt_in = self._gbt_out = None
             return _refusal(*MALFORMED)
 
@@ -343,7 +348,7 @@ class ServerAssociation:
         try:
             protected = self.security.wrap(response, wrapping)
         except (SecurityError, SecurityRefusal) as exc:  # e.g. the sending counter is exhausted (§3.5.4)
-            log.warning("response to client %s cannot be protected: %s", self.client_sap, exc)
+            self.server.say("server.unprotectable", "response to client %s cannot be protected: %s", self.client_sap, exc)
             self._after_response.clear()
             return _refusal(*NOT_POSSIBLE)
         actions, self._after_response = self._after_response, []
@@ -454,10 +459,12 @@ class ServerAssociation:
         client = self.server.directory.model.client_by_sap(self.client_sap)
         diag = acse.AcseServiceUserDiagnostic
         if client is None or self.interface not in client.interfaces or client.push_only or client.pre_established:
-            log.info("AARQ from client SAP %s on %s refused", self.client_sap, self.interface)
+            self.server.say("server.aarq_refused", "AARQ from client SAP %s on %s refused", self.client_sap,
+                            self.interface, level=logging.INFO)
             return self._reject(request, diag.NO_REASON_GIVEN)
         if not self.server.claim(self):
-            log.info("AARQ on %s refused: another association is open there", self.interface)
+            self.server.say("server.aarq_busy", "AARQ on %s refused: another association is open there",
+                            self.interface, level=logging.INFO)
             return self._aare(request, acse.AssociationResult.REJECTED_TRANSIENT, acse.ResultSource.ACSE_SERVICE_USER,
                               diag.NO_REASON_GIVEN, None)
         wanted_context = APP_CONTEXT_LN_CIPHERED if client.ciphered else APP_CONTEXT_LN
@@ -483,7 +490,8 @@ class ServerAssociation:
                 user_information = security.open_aarq(request.calling_ap_title, request.calling_authentication_value,
                                                       request.user_information)
             except SecurityRefusal as refusal:
-                log.info("ciphered AARQ from client SAP %s refused: %s", self.client_sap, refusal)
+                self.server.say("server.ciphered_aarq_refused", "ciphered AARQ from client SAP %s refused: %s",
+                                self.client_sap, refusal, level=logging.INFO)
                 if refusal.kind == "title":
                     return self._reject(request, diag.CALLING_AP_TITLE_NOT_RECOGNIZED)
                 if refusal.kind == "authentication":
@@ -514,7 +522,8 @@ class ServerAssociation:
         self.calling_system_title = request.calling_ap_title
         response = self._initiate_response().to_bytes()
         if security is None:
-            log.info("client %s (SAP %s) associated on %s", client.name, self.client_sap, self.interface)
+            self.server.say("server.associated", "client %s (SAP %s) associated on %s", client.name, self.client_sap,
+                            self.interface, level=logging.INFO)
             return self._aare(request, acse.AssociationResult.ACCEPTED, acse.ResultSource.ACSE_SERVICE_USER,
                               diag.NULL, response)
         security.set_dedicated_key(initiate.dedicated_key)
@@ -525,8 +534,8 @@ class ServerAssociation:
             diagnostic = diag.AUTHENTICATION_REQUIRED  # pass 2 of HLS: accepted, authentication to follow
         else:
             diagnostic = diag.NULL
-        log.info("client %s (SAP %s) associating on %s (mechanism %s)", client.name, self.client_sap,
-                 self.interface, mechanism)
+        self.server.say("server.associating", "client %s (SAP %s) associating on %s (mechanism %s)", client.name,
+                        self.client_sap, self.interface, mechanism, level=logging.INFO)
         return self._aare(request, acse.AssociationResult.ACCEPTED, acse.ResultSource.ACSE_SERVICE_USER,
                           diagnostic, security.protect_initiate_response(response),
                           responding_ap_title=self.server.system_title, **fields)
@@ -596,10 +605,11 @@ class ServerAssociation:
         except CosemAccessError as exc:
             return None, exc.result
         except SmartmeterError as exc:
-            log.warning("access failed: %s", exc)
+            self.server.say("server.access_failed", "access failed: %s", exc)
             return None, DataAccessResult.OTHER_REASON
         except Exception:  # a fault in one object must not take the association down
-            log.exception("internal error while serving client %s", self.client_sap)
+            self.server.say("server.object_fault", "internal error while serving client %s\n%s", self.client_sap,
+                            traceback.format_exc(), level=logging.ERROR)
             return None, DataAccessResult.HARDWARE_FAULT
 
     # -- services ---------------------------------------------------------------------------
@@ -628,7 +638,7 @@ class ServerAssociation:
         try:
             return axdr.encode(value), DataAccessResult.SUCCESS
         except SmartmeterError as exc:  # a value an object produced that A-XDR cannot carry
-            log.warning("value cannot be encoded: %s", exc)
+            self.server.say("server.unencodable", "value cannot be encoded: %s", exc)
             return b"", DataAccessResult.OTHER_REASON
 
     def _list_results(self, items) -> Iterator[bytes]:
