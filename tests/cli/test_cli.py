@@ -159,6 +159,12 @@ def test_every_get_of_every_visible_attribute_answers_without_a_traceback(meter,
     credentials = () if who == "public" else ("--credentials", str(meter.data_dir / "credentials" / "management.json"))
     seen = list(visible_attributes(meter, credentials))
     assert len({obis for _, obis, _, _ in seen}) >= (25 if who == "public" else 50)
+    if who != "public":
+        # what the public client reads alike is shown alike (the output depends on class,
+        # attribute and value, not on who asks); a secured read costs ~17 durable counter writes
+        public = set(visible_attributes(meter, ()))
+        seen = [entry for entry in seen if entry not in public]
+        assert len(seen) >= 100
     for class_id, obis, attribute, readable in seen:
         result = run_in_process("client", "--port", str(meter.wrapper_port), *credentials,
                                 "get", f"{obis}:{attribute}")
@@ -171,7 +177,7 @@ def test_every_get_of_every_visible_attribute_answers_without_a_traceback(meter,
         else:
             assert result.exit_code == 2, (obis, attribute, result.output)
             assert lines[0].startswith("error: ") and "read-write-denied" in lines[0], lines[0]
-        if readable and attribute:
+        if readable and attribute and who == "public":
             as_json = run_in_process("client", "--port", str(meter.wrapper_port), *credentials, "--json",
                                      "get", f"{obis}:{attribute}")
             assert as_json.exit_code == 0, as_json.output
