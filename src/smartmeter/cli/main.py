@@ -357,6 +357,63 @@ def verify_storage(data_dir: Path, public_key: Path | None, as_json: bool) -> No
     _verify(data_dir, STORAGE_TABLES, public_key, as_json)
 
 
+@main.command("verify-reading")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--cert", "cert", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The meter's signing certificate (PEM) as you trust it.")
+@click.option("--credentials", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The reading client's credentials file: its EK/AK open encrypted content.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def verify_reading(file: Path, cert: Path, credentials: Path | None, as_json: bool) -> None:
+    """Check a captured signed readout FILE offline against the meter's certificate and show
+    its values. Exit 1 with one line if it does not verify."""
+    from smartmeter.hes.client import unit_name
+    from smartmeter.hes.credentials import load_credentials
+    from smartmeter.hes.readout import ReadoutError, verify_readout
+
+    try:
+        raw, cert_pem = file.read_bytes(), cert.read_bytes()
+    except OSError as exc:
+        raise UsageProblem(f"cannot read {exc.filename}: {exc.strerror}") from None
+    ek = ak = None
+    if credentials is not None:
+        security = load_credentials(credentials).security
+        ek, ak = security.ek, security.ak
+    try:
+        reading = verify_readout(raw, cert_pem, ek, ak)
+    except ReadoutError as exc:
+        click.echo(f"refused ({exc.kind}): {exc}", err=True)
+        sys.exit(1)
+    signer = reading.signer_system_title.hex().upper()
+    rows = []
+    scalers = {}
+    for item, result in zip(reading.items, reading.results or ()):
+        if item.attribute_id == 3 and item.class_id in (3, 4) and not isinstance(result, int) \
+                and result.type == DataType.STRUCTURE and len(result.value) == 2:
+            scalers[item.instance_id] = (result.value[0].value, result.value[1].value)
+    for i, item in enumerate(reading.items):
+        obis = str(Obis.from_bytes(item.instance_id))
+        result = reading.results[i] if reading.results is not None else None
+        if result is None:
+            text = "(encrypted: give --credentials to read)"
+        elif not hasattr(result, "type"):
+            text = f"no value: {result.name}"
+        elif item.attribute_id == 2 and item.instance_id in scalers and isinstance(result.value, int):
+            scaler, unit = scalers[item.instance_id]
+            text = f"{Decimal(result.value).scaleb(scaler)} {unit_name(unit)}"
+        else:
+            text = to_text(result)
+        if item.attribute_id == 3 and item.instance_id in scalers:
+            continue
+        rows.append({"obis": obis, "class_id": item.class_id, "attribute": item.attribute_id, "value": text})
+    if as_json:
+        click.echo(json.dumps({"signer_system_title": signer, "signature": "valid", "values": rows}))
+        return
+    click.echo(f"signature valid: signed by the meter with system title {signer}")
+    for row in rows:
+        click.echo(f"{row['obis']:<16} attr {row['attribute']}  {row['value']}")
+
+
 # --------------------------------------------------------------------------------------
 # model
 

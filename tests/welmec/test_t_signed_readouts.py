@@ -1,0 +1,214 @@
+"""Extension T: signed billing readouts. A readout captured from a running meter over the
+wrapper (general-signing GET, signed with the meter's ECDSA P-256 key) is checked offline by
+`smartmeter verify-reading` with the meter's certificate only; every change is refused.
+
+No independent peer can take part in the capture: gurux-dlms 1.0.203 (Python) and
+dlms-cosem 25.1.0 neither send general-signing requests nor parse general-signing responses,
+so our head-end captures and the checks below do not trust it: the expected values come from
+the meter's store and from the certificate the meter's PKI issued."""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import re
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from meterproc import start_meter
+from smartmeter.hes import readout
+from smartmeter.hes.client import MeterClient
+from smartmeter.hes.connection import WrapperLink
+from smartmeter.hes.credentials import load_credentials
+from welmec_support import cli
+
+# 2026-03-01 12:00:00, deviation and status not specified: the capture time the head-end asks for
+CAPTURE_TIME = bytes.fromhex("07EA03010C000000FF800000")
+OTHER_TIME = bytes.fromhex("07EA03020C000000FF800000")
+
+
+@pytest.fixture(scope="module")
+def captured(tmp_path_factory):
+    """(meter data dir, readout file, meter certificate, credentials, +A and -A in Wh from the
+    store before and after the capture)."""
+    work = tmp_path_factory.mktemp("signed-readout")
+    meter = start_meter(work / "meter-data")
+    try:
+        credentials_path = meter.data_dir / "credentials" / "data_readout.json"
+        credentials = load_credentials(credentials_path)
+        before = meter.energy_wh("a_plus"), meter.energy_wh("a_minus")
+
+        async def go():
+            link = WrapperLink("127.0.0.1", meter.wrapper_port, credentials.client_sap, credentials.server_sap, 10)
+            async with MeterClient(link, security=credentials.security) as client:
+                return await readout.capture(client, credentials.security.client_signing_key, date_time=CAPTURE_TIME)
+
+        text = asyncio.run(go())
+        after = meter.energy_wh("a_plus"), meter.energy_wh("a_minus")
+    finally:
+        meter.stop()
+    file = work / "readout.json"
+    file.write_text(text)
+    cert = next((meter.data_dir / "credentials" / "demo-pki").glob("DEMO-meter-*-signing.pem"))
+    return meter.data_dir, file, cert, credentials_path, before, after
+
+
+def _verify(file, cert, *extra):
+    return cli("verify-reading", str(file), "--cert", str(cert), *extra)
+
+
+def _with_response(captured_file, tmp_path, change) -> object:
+    fields = json.loads(captured_file.read_text())
+    response = bytearray.fromhex(fields["signed_response"])
+    change(response)
+    fields["signed_response"] = response.hex()
+    out = tmp_path / "changed.json"
+    out.write_text(json.dumps(fields))
+    return out
+
+
+def _one_refusal(result, kind: str) -> None:
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"({kind})" in lines[0], result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def _cert_with(common_name: str) -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _meter_title(cert_path) -> str:
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    return cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+
+
+@pytest.mark.welmec("T1", "T4")
+def test_a_signed_readout_verifies_offline_with_values_unit_time_and_origin(captured):
+    """verify-reading accepts the captured readout with the meter's certificate and shows +A and -A in Wh (within the store's values around the capture), the meter's clock and the signer's system title."""
+    _, file, cert, credentials, before, after = captured
+    result = _verify(file, cert, "--credentials", str(credentials))
+    assert result.returncode == 0, result.stderr
+    title = _meter_title(cert)
+    assert f"signed by the meter with system title {title}" in result.stdout
+    values = {}
+    for obis in ("1-0:1.8.0.255", "1-0:2.8.0.255"):
+        match = re.search(rf"^{re.escape(obis)}\s+attr 2\s+(\S+) Wh$", result.stdout, re.M)
+        assert match, result.stdout
+        values[obis] = float(match.group(1))
+    assert before[0] <= values["1-0:1.8.0.255"] <= after[0] + 1
+    assert before[1] <= values["1-0:2.8.0.255"] <= after[1] + 1
+    clock = re.search(r"^0-0:1\.0\.0\.255\s+attr 2\s+(.+)$", result.stdout, re.M)
+    assert clock and str(dt.date.today().year) in clock.group(1)
+    # without the reading client's keys the signature still verifies; the values stay closed
+    closed = _verify(file, cert)
+    assert closed.returncode == 0 and "(encrypted: give --credentials to read)" in closed.stdout
+
+
+@pytest.mark.welmec("T2", "T3", "T6")
+def test_every_changed_byte_of_the_signed_response_is_refused(captured):
+    """One bit flipped in any single byte of the signed response (header, content, signature) makes verification fail; no value is output."""
+    _, file, cert, credentials, _, _ = captured
+    fields = json.loads(file.read_text())
+    response = bytes.fromhex(fields["signed_response"])
+    cert_pem = cert.read_bytes()
+    assert readout.verify_readout(file.read_bytes(), cert_pem).results is None  # the control verifies
+    for position in range(len(response)):
+        changed = bytearray(response)
+        changed[position] ^= 0x01
+        fields["signed_response"] = changed.hex()
+        with pytest.raises(readout.ReadoutError):
+            readout.verify_readout(json.dumps(fields).encode(), cert_pem)
+
+
+@pytest.mark.welmec("T2", "T3", "T6")
+def test_verify_reading_refuses_one_changed_byte_with_one_line(captured, tmp_path):
+    """verify-reading on the readout with one content byte changed: exit non-zero, one line naming the signature, no values."""
+    _, file, cert, credentials, _, _ = captured
+
+    def flip_last_content_byte(response):
+        response[-(1 + 1 + 64)] ^= 0x80  # the byte before the signature's length and the 64-byte r||s
+
+    result = _verify(_with_response(file, tmp_path, flip_last_content_byte), cert, "--credentials", str(credentials))
+    _one_refusal(result, "signature")
+
+
+@pytest.mark.welmec("T3", "T4")
+def test_a_changed_timestamp_is_refused(captured, tmp_path):
+    """The signed date-time changed from 2026-03-01 to 2026-03-02: verify-reading refuses it."""
+    _, file, cert, _, _, _ = captured
+    fields = json.loads(file.read_text())
+    assert CAPTURE_TIME.hex().upper() in fields["signed_response"]  # the meter signed the capture time
+
+    def change_time(response):
+        at = bytes(response).index(CAPTURE_TIME)
+        response[at:at + len(OTHER_TIME)] = OTHER_TIME
+
+    _one_refusal(_verify(_with_response(file, tmp_path, change_time), cert), "signature")
+
+
+@pytest.mark.welmec("T4")
+def test_another_meters_key_is_refused(captured, tmp_path):
+    """A certificate with this meter's system title but another key, and another meter's certificate: both refused."""
+    _, file, cert, _, _, _ = captured
+    impostor = tmp_path / "impostor.pem"
+    impostor.write_bytes(_cert_with(_meter_title(cert)))
+    _one_refusal(_verify(file, impostor), "signature")
+    other = tmp_path / "other-meter.pem"
+    other.write_bytes(_cert_with("4B464D0000000099"))
+    _one_refusal(_verify(file, other), "signer")
+
+
+@pytest.mark.welmec("T4")
+def test_a_response_moved_to_another_request_is_refused(captured, tmp_path):
+    """The signed answer put next to a different request (other OBIS codes): refused, the meter signed which request it answers."""
+    _, file, cert, _, _, _ = captured
+    fields = json.loads(file.read_text())
+    fields["request"] = readout.request_for(((3, "1-0:3.8.0.255", 2),)).hex()
+    moved = tmp_path / "moved.json"
+    moved.write_text(json.dumps(fields))
+    _one_refusal(_verify(moved, cert), "binding")
+
+
+@pytest.mark.welmec("T6")
+@pytest.mark.parametrize("damage, kind", [
+    ("truncated", "format"),
+    ("malformed", "malformed"),
+    ("not-a-readout", "format"),
+    ("unknown-key", "certificate"),
+])
+def test_bad_input_gives_one_line_and_a_non_zero_exit(captured, tmp_path, damage, kind):
+    """A truncated file, a signed response that is not an APDU, a file of another kind, and a certificate file that is no certificate: one line each, exit non-zero."""
+    _, file, cert, _, _, _ = captured
+    text = file.read_text()
+    target, cert_path = tmp_path / "readout.json", cert
+    if damage == "truncated":
+        target.write_text(text[: len(text) // 2])
+    elif damage == "malformed":
+        fields = json.loads(text)
+        fields["signed_response"] = "DF0102"
+        target.write_text(json.dumps(fields))
+    elif damage == "not-a-readout":
+        target.write_text(json.dumps({"format": "something-else/1"}))
+    else:
+        target.write_text(text)
+        cert_path = tmp_path / "key.pem"
+        cert_path.write_text("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n")
+    _one_refusal(_verify(target, cert_path), kind)
+
+
+def test_a_missing_file_gives_one_line():
+    """verify-reading on a path that does not exist: exit non-zero, one line, no traceback."""
+    result = cli("verify-reading", "/nonexistent/readout.json", "--cert", "/nonexistent/meter.pem")
+    assert result.returncode != 0
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
