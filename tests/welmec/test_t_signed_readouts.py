@@ -207,6 +207,7 @@ def test_bad_input_gives_one_line_and_a_non_zero_exit(captured, tmp_path, damage
     _one_refusal(_verify(target, cert_path), kind)
 
 
+@pytest.mark.welmec()
 def test_a_missing_file_gives_one_line():
     """verify-reading on a path that does not exist: exit non-zero, one line, no traceback."""
     result = cli("verify-reading", "/nonexistent/readout.json", "--cert", "/nonexistent/meter.pem")
