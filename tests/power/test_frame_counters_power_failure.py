@@ -153,3 +153,45 @@ def test_a_clean_stop_skips_no_counter(tmp_path):
         assert min(after) == max(before) + 1
     finally:
         meter.stop()
+
+
+def test_after_kill_9_a_head_end_resynchronises_through_the_frame_counter_object(tmp_path):
+    """A head-end with a durable counter file (the credentials' sidecar) is refused after the
+    meter's power failure while its next counters lie in the block the meter reserved; the
+    frame counter readout (Appendix 1, HMAC-checked) moves it above, and it associates again."""
+    from smartmeter.dlms.client import AssociationRefused
+    from smartmeter.hes.resync import resynchronise
+
+    meter = start_meter(tmp_path / "meter")
+    try:
+        path = meter.data_dir / "credentials" / "management.json"
+
+        def read():
+            credentials = load_credentials(path)  # a fresh head-end process each time
+
+            async def go():
+                link = WrapperLink("127.0.0.1", meter.wrapper_port, credentials.client_sap, credentials.server_sap, 10)
+                async with MeterClient(link, security=credentials.security) as client:
+                    return (await client.get("1-0:1.8.0.255")).value
+
+            return asyncio.run(go())
+
+        for _ in range(3):
+            assert read() > 0
+        meter.power_failure()
+        meter = start_meter(meter.data_dir)
+        refused = 0
+        try:
+            read()
+        except AssociationRefused:
+            refused = 1
+        assert refused  # its next counter is one the meter may have accepted before the failure
+        credentials = load_credentials(path)
+        used = credentials.security.invocation_counter.last_used
+        public = WrapperLink("127.0.0.1", meter.wrapper_port, 16, 1, 10)
+        meter_counter = asyncio.run(resynchronise(public, credentials))
+        assert meter_counter >= used  # the meter holds at least what the head-end had sent
+        assert load_credentials(path).security.invocation_counter.last_used >= meter_counter
+        assert read() > 0
+    finally:
+        meter.stop()
