@@ -27,7 +27,8 @@ from meterproc import start_meter
 from smartmeter.cosem import axdr
 from smartmeter.cosem.obis import Obis
 from smartmeter.dlms.apdu import get
-from smartmeter.dlms.apdu.common import CosemAttributeDescriptor
+from smartmeter.cosem.data import Data
+from smartmeter.dlms.apdu.common import CosemAttributeDescriptor, DataAccessResult
 from smartmeter.dlms.apdu.xdlms import decode_xdlms
 from smartmeter.dlms.client import CLIENT_CONFORMANCE, ClientAssociation
 from smartmeter.hes.client import entry_selection
@@ -287,3 +288,33 @@ def test_amplification_over_sockets_keeps_memory_and_latency_bounded(tmp_path):
         for attacker in attackers:
             attacker.close()
         meter.stop()
+
+
+def test_access_naming_the_whole_profile_32_times_reads_until_its_bound(meter, counting):
+    """ACCESS has no service-specific blocks and carries out every specification at once, so
+    its answer is bounded instead: the GETs that would pass MAX_ACCESS_RESPONSE are not read
+    and answer other-reason; the ones before carry the whole profile."""
+    from smartmeter.dlms.apdu import access
+    from smartmeter.dlms.apdu.gbt import GeneralBlockTransfer
+    from smartmeter.dlms.server import MAX_ACCESS_RESPONSE
+
+    server_side = _associate(meter)
+    one_profile = _whole_profile(server_side)
+    counting.fetched.clear()
+    spec = access.AccessRequestSpec(access.AccessRequestKind.GET, PROFILE, None)
+    request = access.AccessRequest(0x40000001, b"", tuple(spec for _ in range(ITEMS)),
+                                   tuple(Data.null() for _ in range(ITEMS))).to_bytes()
+    answer = server_side.handle(request)
+    raw = bytearray()
+    while True:
+        block = GeneralBlockTransfer.from_bytes(answer)
+        raw += block.block_data
+        if block.last_block:
+            break
+        answer = server_side.handle(GeneralBlockTransfer(False, False, 1, 0, block.block_number, b"").to_bytes())
+    response = access.AccessResponse.from_bytes(bytes(raw))
+    carried = MAX_ACCESS_RESPONSE // len(one_profile)
+    assert [r.result for r in response.results] == (
+        [DataAccessResult.SUCCESS] * carried + [DataAccessResult.OTHER_REASON] * (ITEMS - carried))
+    assert all(axdr.encode(d) == one_profile for d in response.data[:carried])
+    assert len(counting.fetched) == carried + 1  # the one that did not fit, and none after it

@@ -40,6 +40,8 @@ MIN_CLIENT_PDU_SIZE = 64  # below this no GET response with block header fits us
 MAX_REASSEMBLED = 64 * 1024  # bound for a request arriving in blocks (GBT or service-specific)
 # a protected answer covers the whole APDU: one that needs GBT is produced in full, within this
 MAX_PROTECTED_GBT_RESPONSE = 256 * 1024
+# the data an ACCESS answer carries (all specifications are carried out at once, in order)
+MAX_ACCESS_RESPONSE = 256 * 1024
 BLOCK_HEADER = 16  # room for the header of a service-specific block response
 GBT_HEADER = 9  # tag, block-control, block-number, block-number-ack, length of block-data (≤ 3)
 MAX_LIST_ITEMS = 32  # with-list requests: ≥ 16 must be supported (§3.3.1)
@@ -833,14 +835,36 @@ class ServerAssociation:
 
     # ACCESS (Green Book 9.3.x): one data item per specification both ways
     def _on_AccessRequest(self, req: access.AccessRequest):
+        """Every specification is carried out at once and in order (a GET after a SET sees it);
+        what the answer carries is bounded: once the data would pass MAX_ACCESS_RESPONSE, the
+        GETs left are not read and answer other-reason (the answer goes in GBT, not produced
+        lazily, as a later block must not decide whether a SET happens)."""
         if len(req.specs) != len(req.data) or len(req.specs) > MAX_LIST_ITEMS:
             return ExceptionResponse(StateError.SERVICE_NOT_ALLOWED, ServiceError.OTHER_REASON, None)
         kinds = access.AccessRequestKind
-        data, results = [], []
+        data, results, size = [], [], 0
+
+        def carried(value: Data | None, result: DataAccessResult) -> tuple[Data, DataAccessResult]:
+            nonlocal size
+            if value is None or result != DataAccessResult.SUCCESS:
+                return Data.null(), result
+            encoded, result = self._encoded(value)
+            if result != DataAccessResult.SUCCESS:
+                return Data.null(), result
+            if size + len(encoded) > MAX_ACCESS_RESPONSE:
+                size = MAX_ACCESS_RESPONSE  # full: the GETs after this one are not read at all
+                return Data.null(), DataAccessResult.OTHER_REASON
+            size += len(encoded)
+            return Data(value.type, None, encoded=encoded), result
+
         for spec, item in zip(req.specs, req.data):
             if spec.kind in (kinds.GET, kinds.GET_WITH_SELECTION):
-                value, result = self._guarded(self.read, spec.descriptor, spec.access_selection)
-                data.append(value if result == DataAccessResult.SUCCESS else Data.null())
+                if size >= MAX_ACCESS_RESPONSE:
+                    value, result = None, DataAccessResult.OTHER_REASON
+                else:
+                    value, result = self._guarded(self.read, spec.descriptor, spec.access_selection)
+                value, result = carried(value, result)
+                data.append(value)
                 results.append(access.AccessResponseSpec(access.AccessResponseKind.GET, result))
             elif spec.kind in (kinds.SET, kinds.SET_WITH_SELECTION):
                 _, result = self._guarded(self.write, spec.descriptor, spec.access_selection, item)
@@ -849,6 +873,10 @@ class ServerAssociation:
             else:
                 parameters = None if item.type == DataType.NULL_DATA else item
                 result, value = self._action_result(spec.descriptor, parameters)
+                if value is not None:
+                    value, fits = carried(value, DataAccessResult.SUCCESS)
+                    if fits != DataAccessResult.SUCCESS:
+                        result = ActionResult.OTHER_REASON  # done, but its return data is not carried
                 data.append(value if value is not None else Data.null())
                 results.append(access.AccessResponseSpec(access.AccessResponseKind.ACTION, result))
         # a date-time in the request asks for one in the response (companion standard §3.3.1.1)
