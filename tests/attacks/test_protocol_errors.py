@@ -281,3 +281,13 @@ def test_a_flood_of_refused_requests_logs_one_line_per_condition(meter, caplog):
                                                                      ServiceError.OTHER_REASON)
     server_lines = [r for r in caplog.records if r.name == "smartmeter.dlms.server" and r.levelno >= logging.INFO]
     assert len(server_lines) <= 3, [r.getMessage() for r in server_lines]
+
+
+def test_release_of_the_pre_established_association_is_declined(meter):
+    """The FW update client's association always exists (§3.6.4): an RLRQ gets RLRE
+    not-finished, and the association still serves its ACTIONs."""
+    fw = next(c for c in meter.server.directory.model.clients.values() if c.pre_established)
+    server_side = meter.server.association(fw.sap, fw.interfaces[0])
+    rlre = acse.decode_acse(server_side.handle(acse.RLRQ(reason=0, user_information=None).to_bytes()))
+    assert rlre.reason == acse.ReleaseResponseReason.NOT_FINISHED
+    assert server_side.associated

@@ -412,6 +412,9 @@ class ServerAssociation:
                 # nothing to release: refused like every other service before an association
                 # (an RLRE, even with reason not-finished, would confirm an association)
                 return _refusal(*NOT_POSSIBLE)
+            if self.client is not None and self.client.pre_established:
+                # §3.6.4: a pre-established association is never released; say so
+                return acse.RLRE(reason=acse.ReleaseResponseReason.NOT_FINISHED, user_information=None).to_bytes()
             user_info = None
             if request.user_information:
                 user_info = self._initiate_response().to_bytes()
