@@ -291,3 +291,16 @@ def test_release_of_the_pre_established_association_is_declined(meter):
     rlre = acse.decode_acse(server_side.handle(acse.RLRQ(reason=0, user_information=None).to_bytes()))
     assert rlre.reason == acse.ReleaseResponseReason.NOT_FINISHED
     assert server_side.associated
+
+
+@pytest.mark.parametrize("damage", ["truncated", "trailing byte", "length beyond the APDU"])
+def test_protected_apdu_that_cannot_be_decoded_is_not_deciphered(meter, counters, damage):
+    """A glo-get-request cut short or malformed around its ciphertext cannot be deciphered:
+    exception-response service-not-allowed / operation-not-possible (§3.5.3), like a wrong tag."""
+    session = Secured(meter, counters)
+    good = session.glo(get.GetRequestNormal(0xC1, LDN, None).to_bytes())
+    bad = {"truncated": good[:-3], "trailing byte": good + b"\x00",
+           "length beyond the APDU": good[:1] + bytes([good[1] + 5]) + good[2:]}[damage]
+    answer = session.server.handle(bad)
+    assert exception_of(answer) == (StateError.SERVICE_NOT_ALLOWED, ServiceError.OPERATION_NOT_POSSIBLE)
+    assert "OperationNotPossible" in translated(answer)

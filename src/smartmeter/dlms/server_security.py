@@ -200,7 +200,12 @@ class AssociationSecurity:
 
     def unwrap(self, apdu: bytes, signed: bool = False) -> tuple[bytes, Wrapping]:
         """The plain request inside a protected APDU, and how to protect the answer."""
-        outer = ciphered.decode_ciphered(apdu)
+        try:
+            outer = ciphered.decode_ciphered(apdu)
+        except DecodeError as exc:
+            # cut short or malformed around the ciphertext: it cannot be deciphered (§3.5.3)
+            self.on_event("decipher_failed", {"client_sap": self.client_sap, "reason": type(exc).__name__})
+            raise SecurityRefusal("decipher", f"protected APDU cannot be decoded: {exc}") from None
         if isinstance(outer, ciphered.GeneralSigning):
             if signed:
                 raise SecurityRefusal("decipher", "general-signing inside general-signing")
