@@ -213,3 +213,75 @@ def test_a_missing_file_gives_one_line():
     result = cli("verify-reading", "/nonexistent/readout.json", "--cert", "/nonexistent/meter.pem")
     assert result.returncode != 0
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def _axdr_octets(value: bytes) -> bytes:
+    assert len(value) < 0x80  # every header field here is short: one length byte (A-XDR)
+    return bytes((len(value),)) + value
+
+
+def _general_signing_by_hand(key, content: bytes, transaction_id: bytes, originator: bytes, recipient: bytes) -> bytes:
+    """A general-signing APDU built from the Green Book's ASN.1 here, not with our codec: header
+    fields each with its length, the signature over them and the content without its length."""
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+    header = b"".join(_axdr_octets(f) for f in (transaction_id, originator, recipient, b"", b""))
+    r, s = decode_dss_signature(key.sign(header + content, ec.ECDSA(hashes.SHA256())))
+    signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    length = len(content)
+    content_length = bytes((length,)) if length < 0x80 else bytes((0x82,)) + length.to_bytes(2, "big")
+    return b"\xDF" + header + content_length + content + _axdr_octets(signature)
+
+
+@pytest.mark.welmec("T1", "T3", "T4")
+def test_a_readout_driven_by_gurux_verifies(tmp_path):
+    """gurux-dlms associates (HLS 7, data readout client) and ciphers a GET of +A; the test signs that request by hand with `cryptography`; the meter's signed answer, saved as a readout, passes verify-reading and shows +A within the store's values around the read."""
+    import sys
+    from pathlib import Path
+
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    from gurux_dlms.objects import GXDLMSRegister
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "interop"))
+    from gurux_secure_peer import GuruxSecureClient
+
+    meter = start_meter(tmp_path / "meter-data")
+    try:
+        credentials_path = meter.data_dir / "credentials" / "data_readout.json"
+        creds = json.loads(credentials_path.read_text())
+        cert = next((meter.data_dir / "credentials" / "demo-pki").glob("DEMO-meter-*-signing.pem"))
+        before = meter.energy_wh("a_plus")
+        gurux = GuruxSecureClient(meter.wrapper_port, credentials_path, 1)
+        gurux.associate()
+        frame = bytes(gurux.client.read(GXDLMSRegister("1.0.1.8.0.255"), 2)[0])
+        glo_request = frame[8:]
+        # the plain request inside gurux's general-glo-ciphering (tag, system title, length,
+        # SC, IC, ciphertext || tag), opened with AES-GCM directly: nonce = system title || IC,
+        # AAD = SC || AK
+        assert glo_request[0] == 0xDB and glo_request[1] == 8
+        assert glo_request[2:10] == bytes.fromhex(creds["client_system_title"])
+        at = 11 if glo_request[10] < 0x80 else 11 + (glo_request[10] & 0x7F)
+        security_control = glo_request[at:at + 1]
+        assert security_control == b"\x31"  # authenticated and encrypted, suite 1
+        body = glo_request[at + 5:]  # ciphertext, then a 12-byte tag (AESGCM takes 16 only)
+        opener = Cipher(algorithms.AES(bytes.fromhex(creds["ek"])),
+                        modes.GCM(glo_request[2:10] + glo_request[at + 1:at + 5], body[-12:], min_tag_length=12)).decryptor()
+        opener.authenticate_additional_data(security_control + bytes.fromhex(creds["ak"]))
+        plain_request = opener.update(body[:-12]) + opener.finalize()
+        assert plain_request[:2] == b"\xC0\x01"  # get-request-normal
+        key = serialization.load_pem_private_key((credentials_path.parent / creds["client_key_pem"]).read_bytes(), None)
+        meter_title = bytes.fromhex(_meter_title(cert))
+        signed = _general_signing_by_hand(key, glo_request, readout.transaction_id_for(plain_request),
+                                          bytes.fromhex(creds["client_system_title"]), meter_title)
+        answer = gurux.raw(frame[:6] + len(signed).to_bytes(2, "big") + signed)
+        gurux.sock.close()
+        after = meter.energy_wh("a_plus")
+    finally:
+        meter.stop()
+    assert answer[0] == 0xDF, answer.hex()
+    file = tmp_path / "readout.json"
+    file.write_text(readout.envelope(plain_request, answer))
+    result = _verify(file, cert, "--credentials", str(credentials_path))
+    assert result.returncode == 0, result.stderr
+    match = re.search(r"^1-0:1\.8\.0\.255\s+attr 2\s+(\S+)$", result.stdout, re.M)
+    assert match and before <= int(match.group(1)) <= after + 1, result.stdout

@@ -5,7 +5,7 @@ general-signing GET request, kept as captured, together with the plain request i
 
     {
       "format": "smartmeter-signed-readout/1",
-      "request": "C003C1...",        hex: the plain get-request-with-list (what was asked)
+      "request": "C003C1...",        hex: the plain get-request, normal or with list (what was asked)
       "signed_response": "DF20..."   hex: the general-signing APDU exactly as the meter sent it
     }
 
@@ -36,7 +36,7 @@ from smartmeter.cosem.data import Data
 from smartmeter.cosem.results import DataAccessResult
 from smartmeter.dlms.apdu import ciphered
 from smartmeter.dlms.apdu.common import CosemAttributeDescriptor
-from smartmeter.dlms.apdu.get import GetRequestWithList, GetResponseNormal, GetResponseWithList
+from smartmeter.dlms.apdu.get import GetRequestNormal, GetRequestWithList, GetResponseNormal, GetResponseWithList
 from smartmeter.dlms.apdu.xdlms import decode_xdlms
 from smartmeter.dlms.security.suites import unprotect_content
 from smartmeter.errors import DecodeError, SmartmeterError
@@ -156,9 +156,12 @@ def verify_readout(raw: bytes, cert_pem: bytes, ek: bytes | None = None, ak: byt
         asked = decode_xdlms(request)
     except DecodeError as exc:
         raise ReadoutError("malformed", f"the request does not decode: {exc}") from None
-    if not isinstance(asked, GetRequestWithList):
-        raise ReadoutError("malformed", "the request is not a get-request-with-list")
-    items = tuple(d for d, _ in asked.items)
+    if isinstance(asked, GetRequestWithList):
+        items = tuple(d for d, _ in asked.items)
+    elif isinstance(asked, GetRequestNormal):
+        items = (asked.descriptor,)
+    else:
+        raise ReadoutError("malformed", "the request is not a get-request (normal or with list)")
     results = _open(content, title, ek, ak)
     if results is not None and len(results) != len(items):
         raise ReadoutError("content", f"{len(results)} results for {len(items)} requested attributes")
