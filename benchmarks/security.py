@@ -102,7 +102,13 @@ def in_process_associations(count: int, profile_top: int) -> dict:
             _count_commits(meter.store)
             one()  # warm-up (and a check that it works)
             commits_before = _commits(meter.store)
-            wall, cpu = timed(count)
+            # five chunks: the whole loop's rate, and the best chunk's (what one core does when
+            # the other work on a shared machine leaves it alone for a moment)
+            chunk = max(count // 5, 1)
+            chunks = [timed(chunk) for _ in range(5)]
+            wall, cpu = sum(w for w, _ in chunks), sum(c for _, c in chunks)
+            best_wall = max(chunk / w for w, _ in chunks)
+            count = chunk * 5
             commits = (_commits(meter.store) - commits_before) / count  # the reserved blocks make most 0
 
             # what the durable frame-counter commits cost: the same loop with MeterStore.set_counter
@@ -124,7 +130,7 @@ def in_process_associations(count: int, profile_top: int) -> dict:
         finally:
             meter.close()
     return {"associations": count, "wall_seconds": wall, "cpu_seconds": cpu,
-            "per_second_wall": count / wall, "per_second_cpu": count / cpu,
+            "per_second_wall": count / wall, "per_second_cpu": count / cpu, "best_fifth_per_second_wall": best_wall,
             "store_commits_per_association": commits, "seconds_per_set_counter_commit": commit_seconds,
             "without_durable_counters": {"wall_seconds": wall_memory, "cpu_seconds": cpu_memory,
                                          "per_second_wall": count / wall_memory},
@@ -428,7 +434,8 @@ def main() -> None:
     ip = in_process
     print("HLS 7 association set-ups, in-process (sans-io), management client, suite 1:")
     print(f"  {ip['associations']} in {ip['wall_seconds']:.2f} s wall / {ip['cpu_seconds']:.2f} s CPU: "
-          f"{ip['per_second_wall']:.0f}/s wall, {ip['per_second_cpu']:.0f}/s CPU")
+          f"{ip['per_second_wall']:.0f}/s wall, {ip['per_second_cpu']:.0f}/s CPU; "
+          f"best fifth of the loop {ip['best_fifth_per_second_wall']:.0f}/s wall")
     wm = ip["without_durable_counters"]
     print(f"  {ip['store_commits_per_association']:.3f} durable store commits per set-up, "
           f"{ip['seconds_per_set_counter_commit'] * 1e3:.2f} ms per set_counter commit on this disk")
