@@ -2,10 +2,12 @@
 wrapper (general-signing GET, signed with the meter's ECDSA P-256 key) is checked offline by
 `smartmeter verify-reading` with the meter's certificate only; every change is refused.
 
-No independent peer can take part in the capture: gurux-dlms 1.0.203 (Python) and
-dlms-cosem 25.1.0 neither send general-signing requests nor parse general-signing responses,
-so our head-end captures and the checks below do not trust it: the expected values come from
-the meter's store and from the certificate the meter's PKI issued."""
+gurux-dlms 1.0.203 (Python) and dlms-cosem 25.1.0 neither send general-signing requests nor
+parse general-signing responses (gurux has no 0xDF command). So one readout is captured by our
+head-end, and one is driven by gurux-dlms (association, HLS 7, its own ciphered GET) with the
+general-signing layer built by hand in the test; the meter's signature is also checked with
+the `openssl` command line. Expected values come from the meter's store and from the
+certificate the meter's PKI issued."""
 from __future__ import annotations
 
 import asyncio
@@ -285,3 +287,95 @@ def test_a_readout_driven_by_gurux_verifies(tmp_path):
     assert result.returncode == 0, result.stderr
     match = re.search(r"^1-0:1\.8\.0\.255\s+attr 2\s+(\S+)$", result.stdout, re.M)
     assert match and before <= int(match.group(1)) <= after + 1, result.stdout
+
+
+def _fields_by_hand(apdu: bytes) -> tuple[bytes, bytes]:
+    """(signed data, r || s) of a general-signing APDU, parsed here from the ASN.1 (A-XDR
+    lengths of one byte, or 0x81/0x82 and the length) without our codec."""
+    def octets(at: int) -> tuple[int, int]:
+        first = apdu[at]
+        if first < 0x80:
+            return at + 1, first
+        n = first & 0x7F
+        return at + 1 + n, int.from_bytes(apdu[at + 1:at + 1 + n], "big")
+
+    assert apdu[0] == 0xDF
+    at = 1
+    for _ in range(5):  # transaction-id, originator, recipient, date-time, other-information
+        start, length = octets(at)
+        at = start + length
+    header = apdu[1:at]
+    start, length = octets(at)
+    content = apdu[start:start + length]
+    sig_start, sig_length = octets(start + length)
+    assert sig_start + sig_length == len(apdu)
+    return header + content, apdu[sig_start:]
+
+
+@pytest.mark.welmec("T3", "T4")
+def test_openssl_verifies_the_meters_signature_on_the_readout(captured, tmp_path):
+    """The `openssl` command line verifies the captured readout's signature with the meter certificate's key (ECDSA P-256, SHA-256), and refuses it after one changed content byte."""
+    import subprocess
+
+    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+    _, file, cert, _, _, _ = captured
+    signed_data, raw = _fields_by_hand(bytes.fromhex(json.loads(file.read_text())["signed_response"]))
+    assert len(raw) == 64
+    public = tmp_path / "meter-public.pem"
+    public.write_bytes(x509.load_pem_x509_certificate(cert.read_bytes()).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    signature = tmp_path / "signature.der"
+    signature.write_bytes(encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big")))
+
+    def openssl_verifies(data: bytes) -> bool:
+        (tmp_path / "data.bin").write_bytes(data)
+        result = subprocess.run(["openssl", "dgst", "-sha256", "-verify", str(public), "-signature", str(signature),
+                                 str(tmp_path / "data.bin")], capture_output=True, timeout=60)
+        return result.returncode == 0 and b"Verified OK" in result.stdout
+
+    assert openssl_verifies(signed_data)
+    assert not openssl_verifies(signed_data[:-1] + bytes((signed_data[-1] ^ 0x01,)))
+
+
+@pytest.mark.welmec("T6")
+def test_the_verifier_is_total_on_validly_signed_garbage():
+    """Signed readouts whose signature verifies but whose request or content is damaged (cut, bytes changed, random): each gives a readout or a ReadoutError, never another exception."""
+    import random
+
+    from smartmeter.dlms.apdu.ciphered import GeneralSigning
+
+    rng = random.Random(7)
+    key = ec.generate_private_key(ec.SECP256R1())
+    title = bytes.fromhex("4B464D0000000042")
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, title.hex().upper())])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert_pem = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                .serial_number(2).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+                .sign(key, hashes.SHA256())).public_bytes(serialization.Encoding.PEM)
+    request = readout.request_for()
+    # get-response-with-list: +A, its scaler_unit, -A, read-write-denied, a clock value
+    good = bytes.fromhex("C403C1050006000316610002020F00161E000600000005010300090C07EA0304030C000000FF8000")
+    ek, ak = bytes(range(16)), bytes(range(16, 32))
+    outcomes = {"readout": 0, "refused": 0}
+    for i in range(600):
+        content = bytearray(good)
+        kind = i % 4
+        if kind == 0:
+            content = content[:rng.randrange(len(content))]
+        elif kind == 1:
+            for _ in range(rng.randrange(1, 4)):
+                content[rng.randrange(len(content))] = rng.randrange(256)
+        elif kind == 2:
+            content = bytearray(rng.randbytes(rng.randrange(0, 80)))
+        else:  # a ciphered wrapper around random bytes
+            content = bytearray(bytes((rng.choice((0xCC, 0xD4, 0xDB, 0xDD, 0xDF)),)) + rng.randbytes(rng.randrange(0, 40)))
+        this_request = request if i % 7 else request[:rng.randrange(len(request))]
+        signed = GeneralSigning.sign(key, bytes(content), readout.transaction_id_for(this_request), title, b"",
+                                     b"", b"", 1).to_bytes()
+        try:
+            readout.verify_readout(readout.envelope(this_request, signed).encode(), cert_pem, ek, ak)
+            outcomes["readout"] += 1
+        except readout.ReadoutError:
+            outcomes["refused"] += 1
+    assert outcomes["readout"] > 0 and outcomes["refused"] > 0, outcomes

@@ -389,7 +389,8 @@ def verify_reading(file: Path, cert: Path, credentials: Path | None, as_json: bo
     scalers = {}
     for item, result in zip(reading.items, reading.results or ()):
         if item.attribute_id == 3 and item.class_id in (3, 4) and not isinstance(result, int) \
-                and result.type == DataType.STRUCTURE and len(result.value) == 2:
+                and result.type == DataType.STRUCTURE and len(result.value) == 2 \
+                and all(type(part.value) is int for part in result.value):
             scalers[item.instance_id] = (result.value[0].value, result.value[1].value)
     for i, item in enumerate(reading.items):
         obis = str(Obis.from_bytes(item.instance_id))
