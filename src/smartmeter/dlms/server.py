@@ -267,6 +267,7 @@ class ServerAssociation:
         self.associated = False
         if self.security is not None:
             self.security.set_dedicated_key(None)  # destroyed with the association (§3.5.3)
+            self.security.end_authority()
         self.security = None
 
     server_conformance = int(SERVER_CONFORMANCE)
@@ -904,7 +905,9 @@ class ServerAssociation:
         next block of an answer (window 1: every block is acknowledged)."""
         if not self.associated:
             return _refusal(*NOT_POSSIBLE)
-        if len(apdu) > self.server_max_receive_pdu_size:
+        if len(apdu) > self.server_max_receive_pdu_size + GBT_HEADER:
+            # tolerance: a block whose block-data fits the PDU size is taken (gurux-dlms sizes
+            # its blocks for a 7-byte header where the length of block-data takes 3 bytes)
             return _refusal(*TOO_LONG)
         if not self.conformance & Conformance.GENERAL_BLOCK_TRANSFER:
             return _refusal(*NOT_SUPPORTED)
