@@ -50,6 +50,9 @@ def captured(tmp_path_factory):
                 return await readout.capture(client, credentials.security.client_signing_key, date_time=CAPTURE_TIME)
 
         text = asyncio.run(go())
+        by_cli = cli("client", "--port", str(meter.wrapper_port), "--credentials", str(credentials_path),
+                     "signed-readout", str(work / "cli-readout.json"))
+        assert by_cli.returncode == 0, by_cli.stderr
         after = meter.energy_wh("a_plus"), meter.energy_wh("a_minus")
     finally:
         meter.stop()
@@ -379,3 +382,21 @@ def test_the_verifier_is_total_on_validly_signed_garbage():
         except readout.ReadoutError:
             outcomes["refused"] += 1
     assert outcomes["readout"] > 0 and outcomes["refused"] > 0, outcomes
+
+
+@pytest.mark.welmec("T1", "T4")
+def test_a_readout_captured_with_the_command_line_verifies(captured):
+    """`smartmeter client --credentials ... signed-readout FILE` writes a readout that verify-reading accepts, with +A within the store's values around the capture."""
+    _, file, cert, credentials, before, after = captured
+    result = _verify(file.parent / "cli-readout.json", cert, "--credentials", str(credentials))
+    assert result.returncode == 0, result.stderr
+    match = re.search(r"^1-0:1\.8\.0\.255\s+attr 2\s+(\S+) Wh$", result.stdout, re.M)
+    assert match and before[0] <= float(match.group(1)) <= after[0] + 1, result.stdout
+
+
+@pytest.mark.welmec()
+def test_the_capture_command_refuses_a_client_without_a_signing_key(captured, tmp_path):
+    """signed-readout as the public client (no signing key): one line, non-zero, no file written."""
+    out = tmp_path / "readout.json"
+    result = cli("client", "--port", "1", "signed-readout", str(out))
+    assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1 and not out.exists()
