@@ -650,6 +650,18 @@ def test_large_decode_runs_no_garbage_collection_and_restores_the_collector() ->
     assert len(value.value) == 2000
 
 
+@pytest.mark.parametrize("element", ["02 00", "02 81 00", "02 82 00 00", "09 00", "09 81 00", "02 01 09 81 00"])
+def test_long_arrays_of_empty_or_long_form_elements_keep_every_element(element: str) -> None:
+    """Zero-length contents and non-minimal length forms in an array long enough for the
+    bulk path: every element must come out, as the reference decoder gives them."""
+    one = bytes.fromhex(element)
+    for count in (16, 40, 300):
+        raw = b"\x01" + encode_length(count) + one * count
+        value, end = decode(raw)
+        assert end == len(raw) and len(value.value) == count
+        assert value == reference_decode(raw)[0]
+
+
 @st.composite
 def uniform_arrays(draw):
     """An array of 16..120 elements of one byte layout (a leaf or a flat structure of leaves),

@@ -193,10 +193,39 @@ def _random_long_array(rng: random.Random) -> bytes:
     return encode(value)
 
 
+def _long_form(n: int, rng: random.Random) -> bytes:
+    """A non-minimal A-XDR length form of n (valid: decoders must accept it)."""
+    size = rng.randint(1, 4)
+    return bytes((0x80 + size,)) + n.to_bytes(size, "big")
+
+
+def _random_long_form_array(rng: random.Random) -> bytes:
+    """An array of 16..60 elements written with non-minimal counts and lengths: structures
+    (maybe empty) or octet-strings (maybe empty) whose headers take more bytes than needed."""
+    count = rng.randint(16, 60)
+    leaf_types = [rng.choice(_LAYOUT_TYPES[:-1]) for _ in range(rng.randint(0, 4))]
+    octet_len = rng.choice([0, 3, 12])
+
+    def element() -> bytes:
+        if not leaf_types and rng.random() < 0.5:
+            return b"\x09" + _long_form(octet_len, rng) + rng.randbytes(octet_len)
+        return b"\x02" + _long_form(len(leaf_types), rng) + b"".join(encode(_random_leaf(rng, t)) for t in leaf_types)
+
+    same_form = rng.random() < 0.7  # mostly one byte layout, so the bulk path applies
+    first = element()
+    elements = [first if same_form and rng.random() < 0.9 else element() for _ in range(count)]
+    return b"\x01" + _long_form(count, rng) + b"".join(elements)
+
+
 def test_fuzz_decode_long_arrays() -> None:
     rng = random.Random(0xB01C)
     corpus = [_random_long_array(rng) for _ in range(300)]
-    for raw in corpus:  # unmutated: the encoding decodes back exactly
+    for _ in range(100):
+        raw = _random_long_form_array(rng)
+        assert _outcome(decode, raw) == _outcome(reference_decode, raw), raw.hex()
+        assert _outcome(decode, raw)[0] == "decoded"
+        corpus.append(raw)
+    for raw in corpus[:300]:  # unmutated: the encoding decodes back exactly
         assert encode(decode_all(raw)) == raw
     successes = 0
     for _ in range(RUNS // 2):

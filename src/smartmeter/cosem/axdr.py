@@ -740,7 +740,9 @@ def _decode_array(buf: bytes, pos: int, end: int, count: int, depth: int) -> tup
     start = pos
     items, pos = _decode_items(buf, pos, end, 1, depth)
     first = items[0]
-    layout = _element_layout(buf, start, pos)
+    # An empty structure has nothing to unpack column by column (its count may even be in a
+    # long form, 0x81 0x00, that the layout check below would take as one byte pattern).
+    layout = _element_layout(buf, start, pos) if first.type is not DataType.STRUCTURE or first.value else None
     if layout is None:
         rest, pos = _decode_items(buf, pos, end, count - 1, depth)
         items += rest
@@ -888,12 +890,12 @@ def _row_layout(buf: bytes, start: int, end: int) -> _RowLayout | None:
 def _element_layout(buf: bytes, start: int, end: int) -> _RowLayout | None:
     """Layout of the array element encoded at buf[start:end], or None if it has none.
 
-    A structure qualifies if it has at least one field and all its fields do; a leaf if
-    struct unpacks it (fixed-size types) or it is an octet-string.
+    A structure qualifies if all its fields do; a leaf if struct unpacks it (fixed-size
+    types) or it is an octet-string.
     """
     tag = buf[start]
     if tag == DataType.STRUCTURE:
-        return _row_layout(buf, start, end) if buf[start + 1] != 0 else None
+        return _row_layout(buf, start, end)
     f = _ROW_FORMATS.get(tag)
     if f is not None:
         return _RowLayout(end - start, ">x" + f, [0], bytes((tag,)))
