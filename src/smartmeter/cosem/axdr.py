@@ -23,7 +23,10 @@ the bytes that remain before anything is allocated, and nesting is limited to
 
 `decode_rows` / `encode_rows` are a fast path for profile buffers (IC 7 attribute 2):
 an array of structures that all share one byte layout is checked with numpy and
-unpacked with one `struct.Struct`, giving the same values as the generic decoder.
+unpacked with one `struct.Struct`, giving the same values as the generic decoder. The
+generic decoder does the same for any long array whose elements repeat one byte layout
+(`_decode_array`) and builds those elements' `Data` in C loops; everything else it decodes
+value by value in one loop per array or structure (`_decode_items`).
 """
 from __future__ import annotations
 
