@@ -191,9 +191,10 @@ def test_a_response_moved_to_another_request_is_refused(captured, tmp_path):
     ("malformed", "malformed"),
     ("not-a-readout", "format"),
     ("unknown-key", "certificate"),
+    ("too-large", "format"),
 ])
 def test_bad_input_gives_one_line_and_a_non_zero_exit(captured, tmp_path, damage, kind):
-    """A truncated file, a signed response that is not an APDU, a file of another kind, and a certificate file that is no certificate: one line each, exit non-zero."""
+    """A truncated file, a signed response that is not an APDU, a file of another kind, a certificate file that is no certificate, a file past the size bound: one line each, exit non-zero."""
     _, file, cert, _, _, _ = captured
     text = file.read_text()
     target, cert_path = tmp_path / "readout.json", cert
@@ -203,6 +204,8 @@ def test_bad_input_gives_one_line_and_a_non_zero_exit(captured, tmp_path, damage
         fields = json.loads(text)
         fields["signed_response"] = "DF0102"
         target.write_text(json.dumps(fields))
+    elif damage == "too-large":  # a valid readout padded with JSON whitespace past the bound
+        target.write_text(text + " " * readout.MAX_FILE)
     elif damage == "not-a-readout":
         target.write_text(json.dumps({"format": "something-else/1"}))
     else:

@@ -369,10 +369,13 @@ def verify_reading(file: Path, cert: Path, credentials: Path | None, as_json: bo
     its values. Exit 1 with one line if it does not verify."""
     from smartmeter.hes.client import unit_name
     from smartmeter.hes.credentials import load_credentials
-    from smartmeter.hes.readout import ReadoutError, verify_readout
+    from smartmeter.hes.readout import MAX_FILE, ReadoutError, verify_readout
 
     try:
-        raw, cert_pem = file.read_bytes(), cert.read_bytes()
+        with open(file, "rb") as f:
+            raw = f.read(MAX_FILE + 1)  # one byte more than a readout may have: too large is refused
+        with open(cert, "rb") as f:
+            cert_pem = f.read(MAX_FILE + 1)
     except OSError as exc:
         raise UsageProblem(f"cannot read {exc.filename}: {exc.strerror}") from None
     ek = ak = None

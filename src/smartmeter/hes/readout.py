@@ -41,7 +41,7 @@ from smartmeter.dlms.apdu.xdlms import decode_xdlms
 from smartmeter.dlms.security.suites import unprotect_content
 from smartmeter.errors import DecodeError, SmartmeterError
 
-__all__ = ["FORMAT", "BILLING_ITEMS", "ReadoutError", "SignedReadout", "request_for", "envelope", "verify_readout"]
+__all__ = ["FORMAT", "MAX_FILE", "BILLING_ITEMS", "ReadoutError", "SignedReadout", "request_for", "envelope", "verify_readout"]
 
 FORMAT = "smartmeter-signed-readout/1"
 MAX_FILE = 256 * 1024  # a readout of a few registers is far smaller; bounds what the verifier reads
