@@ -512,6 +512,7 @@ def test_with_the_real_event_log_change_and_entry_commit_together_and_full_refus
 # -- the signed parameter store (like the energy registers) -----------------------------------
 
 from smartmeter.legal.signing import MeterSigner, verify  # noqa: E402
+from authority_support import certification_token  # noqa: E402
 
 SIGNER = MeterSigner.generate()
 
@@ -635,7 +636,8 @@ def test_a_tampered_parameter_store_is_fatal_at_start_and_reported_by_verify_sto
     part = legal.LegalInterface(tmp_path)
     part.execute(legal.RegisterSimulatedPower(3600.0, 0.0, 60.0))
     part.execute(legal.EndMeasurementPeriod(1_800_000_000))  # a profile entry: the meter has run
-    part.execute(legal.SetParameters((("meter_constant", 1000), ("led_pulse_rate", 2000)), 1_800_000_100, "01" * 8, True))
+    part.execute(legal.SetParameters((("meter_constant", 1000), ("led_pulse_rate", 2000)), 1_800_000_100, "01" * 8,
+                                      certification_token(part, "01" * 8)))
     assert part.execute(legal.ReadFatalErrors()) & legal.FATAL_NV_MEMORY == 0
     part.close()
     assert all(r.ok for r in legal.verify_stored_data(tmp_path, legal.STORAGE_TABLES))

@@ -12,6 +12,7 @@ import pytest
 
 from smartmeter.legal import interface as legal
 from smartmeter.legal.sensor import RemoteSensor, SyntheticSource, encode_samples
+from authority_support import certification_token
 
 METER_ID = "4B464D0005F5E101"
 NOBODY = "00" * 8
@@ -74,7 +75,7 @@ def test_pairing_only_in_certification_mode_and_the_id_is_a_legal_parameter(part
     udp.send(stranger.pair_request())  # pairing is closed: no answer, nothing paired
     time.sleep(0.3)
     assert part.execute(legal.ReadSensor())[1] == ""
-    part.execute(legal.SetCertificationMode(True, int(time.time()), NOBODY, True))
+    part.execute(legal.SetCertificationMode(True, int(time.time()), NOBODY, certification_token(part, NOBODY)))
     part.execute(legal.OpenSensorPairing(0, NOBODY))
     pair(part, udp, b"SENSOR01")
     assert dict(part.execute(legal.ReadParameters()))["remote_sensor_id"] == b"SENSOR01".hex()
@@ -84,7 +85,7 @@ def test_pairing_only_in_certification_mode_and_the_id_is_a_legal_parameter(part
 
 
 def test_paired_frames_are_measured_and_hostile_ones_refused(part, udp):
-    part.execute(legal.SetCertificationMode(True, int(time.time()), NOBODY, True))
+    part.execute(legal.SetCertificationMode(True, int(time.time()), NOBODY, certification_token(part, NOBODY)))
     part.execute(legal.OpenSensorPairing(0, NOBODY))
     sensor = pair(part, udp, b"SENSOR01")
     source = SyntheticSource(1, 8000, current_rms=20.0)  # 4.6 kW
@@ -105,7 +106,7 @@ def test_paired_frames_are_measured_and_hostile_ones_refused(part, udp):
 
 
 def test_a_swapped_sensor_is_refused_and_logged(part, udp):
-    part.execute(legal.SetCertificationMode(True, int(time.time()), NOBODY, True))
+    part.execute(legal.SetCertificationMode(True, int(time.time()), NOBODY, certification_token(part, NOBODY)))
     part.execute(legal.OpenSensorPairing(0, NOBODY))
     pair(part, udp, b"SENSOR01")
     source = SyntheticSource(1, 8000, current_rms=5.0)

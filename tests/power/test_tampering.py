@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from authority_support import certification_token
 from meterproc import start_meter
 from smartmeter.hes.client import MeterClient
 from smartmeter.hes.connection import WrapperLink
@@ -211,8 +212,10 @@ def pristine(tmp_path_factory) -> Path:
     part = legal.LegalInterface(data_dir)  # the certification authority starts and ends the mode
     try:
         now = int(time.time())
-        part.execute(legal.SetCertificationMode(True, now, CERTIFICATION_TITLE, certification_authority=True))
-        part.execute(legal.SetCertificationMode(False, now + 60, CERTIFICATION_TITLE, certification_authority=True))
+        secret = bytes.fromhex(json.loads((data_dir / "credentials" / "certification.json").read_text())["hls_secret"])
+        token = certification_token(part, CERTIFICATION_TITLE, secret)
+        part.execute(legal.SetCertificationMode(True, now, CERTIFICATION_TITLE, token))
+        part.execute(legal.SetCertificationMode(False, now + 60, CERTIFICATION_TITLE, token))
     finally:
         part.close()
     return data_dir

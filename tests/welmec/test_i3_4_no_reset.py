@@ -20,6 +20,7 @@ NAMES = ("a_plus", "a_minus", "r_plus", "r_minus")
 
 power = st.floats(-5000, 5000, allow_nan=False)
 times = st.integers(T0 - 10**6, T0 + 10**7)
+tokens = st.sampled_from(["", "0" * 32, "not a token"])  # claims the legal part cannot verify
 rows = st.lists(st.builds(legal.ProfileRow, times, st.integers(0, 255), *[st.integers(0, 10**8)] * 4), max_size=3)
 commands = st.one_of(
     st.builds(legal.RegisterSimulatedPower, power, power, st.floats(0, 5)),
@@ -28,12 +29,12 @@ commands = st.one_of(
     st.builds(legal.StartDemandPeriod, times),
     st.builds(legal.ResetMaximumDemand, times, st.sampled_from([None, *NAMES])),
     st.builds(legal.BackfillDemoHistory, rows.map(tuple)),
-    st.builds(legal.SetCertificationMode, st.booleans(), times, st.just(TITLE), st.booleans()),
+    st.builds(legal.SetCertificationMode, st.booleans(), times, st.just(TITLE), tokens),
     st.builds(legal.WriteCertificationObject, st.booleans(), st.integers(0, 6), st.integers(0, 6), st.integers(0, 255),
-              st.sampled_from([0, 1000, 2000, 1234]), times, st.just(TITLE), st.booleans()),
+              st.sampled_from([0, 1000, 2000, 1234]), times, st.just(TITLE), tokens),
     st.builds(legal.SetParameters, st.lists(st.tuples(st.sampled_from(["meter_constant", "current_gain_l1"]),
                                                        st.integers(1, 3000)), max_size=2).map(tuple),
-              times, st.just(TITLE), st.booleans()),
+              times, st.just(TITLE), tokens),
     st.builds(legal.TimeLost, times),
     st.just(legal.Persist()),
     st.just(legal.IsFreshMeter()),

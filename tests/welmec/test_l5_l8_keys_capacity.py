@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives import serialization
 
 from smartmeter.legal import interface as legal
 from welmec_support import cli
+from authority_support import certification_token
 
 T0 = 1_773_144_000
 
@@ -65,12 +66,13 @@ def test_a_full_event_log_refuses_new_entries_and_keeps_the_old(tmp_path):
     part = legal.LegalInterface(tmp_path)
     title = "4b464d0000000007"
     try:
-        part.execute(legal.SetCertificationMode(True, T0, title, True))
+        token = certification_token(part, title)
+        part.execute(legal.SetCertificationMode(True, T0, title, token))
         value = 1000
         while True:
             value += 1
             try:
-                part.execute(legal.SetParameters((("meter_constant", value),), T0, title, True))
+                part.execute(legal.SetParameters((("meter_constant", value),), T0, title, token))
             except legal.CommandRefused as exc:
                 assert "full" in str(exc)
                 break

@@ -39,7 +39,9 @@ def _state(part: legal.LegalInterface) -> tuple:
     return (part.execute(legal.ReadEnergyRegisters()), part.execute(legal.CountLoadProfileEntries()),
             part.execute(legal.ReadParameters()), part.execute(legal.ReadParameterRecordNumber()),
             part.execute(legal.ReadCertificationMode()).active, part.execute(legal.ReadFatalErrors()),
-            len(part.execute(legal.ReadCertificationLog())), len(part.execute(legal.ReadMetrologicalLog())),
+            len(part.execute(legal.ReadCertificationLog())),
+            # refused authority claims are logged (rate-limited): evidence, not a change
+            len([r for r in part.execute(legal.ReadMetrologicalLog()) if r.event_id != legal.EVENT_AUTHORITY_REFUSED]),
             part.execute(legal.ReadSoftwareIdentity()).legal_digest)
 
 

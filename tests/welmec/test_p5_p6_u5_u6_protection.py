@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from smartmeter.legal import interface as legal
 from welmec_support import LEGAL_DIR, flip_docstring_byte
+from authority_support import certification_token
 
 T0 = 1_773_144_000
 
@@ -25,8 +26,9 @@ def _filled(data_dir):
     part.execute(legal.BackfillDemoHistory(tuple(legal.ProfileRow(T0 + 900 * i, 0, 100 * i, 0, 10 * i, 0)
                                                  for i in range(1, 41))))
     part.execute(legal.RegisterSimulatedPower(3000.0, 300.0, 20.0))
-    part.execute(legal.SetCertificationMode(True, T0, "01" * 8, True))
-    part.execute(legal.SetCertificationMode(False, T0 + 1, "01" * 8, True))
+    token = certification_token(part, "01" * 8)
+    part.execute(legal.SetCertificationMode(True, T0, "01" * 8, token))
+    part.execute(legal.SetCertificationMode(False, T0 + 1, "01" * 8, token))
     part.execute(legal.EndMeasurementPeriod(T0 + 900 * 41))
     part.close()
 
@@ -152,10 +154,10 @@ def _invocations(cls):
     all with the communication side's authority (never the certification authority)."""
     fields = dataclasses.fields(cls)
     ordinary = {f.name: FIELD_VALUES.get(f.type, OTHER_VALUES)[0] for f in fields}
-    ordinary.update({f.name: False for f in fields if f.name == "certification_authority"})
+    ordinary.update({f.name: "" for f in fields if f.name == "authority_token"})
     yield ordinary
     for f in fields:
-        if f.name == "certification_authority":
+        if f.name == "authority_token":
             continue
         for value in FIELD_VALUES.get(f.type, OTHER_VALUES)[1:]:
             yield {**ordinary, f.name: value}

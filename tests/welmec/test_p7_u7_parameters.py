@@ -12,6 +12,7 @@ import pytest
 
 from smartmeter.cosem.data import Data
 from smartmeter.legal import interface as legal
+from authority_support import certification_token
 from welmec_support import (
     CERTIFICATION_LOG, CERTIFICATION_MODE, LEGAL_FIRMWARE_ID, LEGAL_FIRMWARE_SIGNATURE, PARAMETER_RECORD_NUMBER,
     read_public, secured, start_meter_from, system_title_of,
@@ -101,14 +102,14 @@ def part(tmp_path, clock):
 
 @pytest.mark.welmec("P7", "U7")
 def test_parameters_are_refused_outside_certification_mode_and_nothing_changes(part):
-    """Without certification mode (and without the certification authority) a parameter change is refused, unlogged and uncounted."""
+    """Without certification mode (and without the certification authority) a parameter change is refused and leaves the parameters, their record number and the certification-protected log unchanged."""
     before = (part.execute(legal.ReadParameters()), part.execute(legal.ReadParameterRecordNumber()),
               part.execute(legal.ReadCertificationLog()))
     for changes in ((("current_gain_l1", 1.01),), (("meter_constant", 2000),), (("remote_sensor_id", "x"),)):
         with pytest.raises(legal.CommandRefused):
             part.execute(legal.SetParameters(changes, T0, TITLE))
     with pytest.raises(legal.CommandRefused):  # starting the mode needs the authority
-        part.execute(legal.SetCertificationMode(True, T0, TITLE, False))
+        part.execute(legal.SetCertificationMode(True, T0, TITLE, ""))
     assert (part.execute(legal.ReadParameters()), part.execute(legal.ReadParameterRecordNumber()),
             part.execute(legal.ReadCertificationLog())) == before
 
@@ -116,7 +117,7 @@ def test_parameters_are_refused_outside_certification_mode_and_nothing_changes(p
 @pytest.mark.welmec("P7", "U7")
 def test_certification_mode_expires_after_12_h_on_the_monotonic_clock(part, clock):
     """Certification mode ends after 12 h of operation measured on the monotonic clock, whatever the RTC says; then changes are refused again."""
-    part.execute(legal.SetCertificationMode(True, T0, TITLE, True))
+    part.execute(legal.SetCertificationMode(True, T0, TITLE, certification_token(part, TITLE)))
     clock[0] += 12 * 3600 - 1
     # the RTC may jump anywhere: it does not extend or shorten the mode
     assert part.execute(legal.SetParameters((("meter_constant", 2000),), T0 - 10**6, TITLE)) == 1
@@ -136,7 +137,7 @@ def test_certification_mode_expires_after_12_h_on_the_monotonic_clock(part, cloc
 @pytest.mark.welmec("P7", "U7")
 def test_out_of_range_or_unknown_parameters_are_refused_as_a_whole(part):
     """In certification mode a change with one unknown or out-of-range parameter is refused as a whole: nothing changes, nothing is logged."""
-    part.execute(legal.SetCertificationMode(True, T0, TITLE, True))
+    part.execute(legal.SetCertificationMode(True, T0, TITLE, certification_token(part, TITLE)))
     before = (part.execute(legal.ReadParameters()), len(part.execute(legal.ReadCertificationLog())))
     for changes in ((("meter_constant", 2000), ("current_gain_l1", 1.5)), (("meter_constant", 2000), ("nope", 1)),
                     (("led_pulse_rate", 1234),), (("remote_sensor_id", "\x00"),)):

@@ -13,6 +13,7 @@ import pytest
 
 from smartmeter.legal import interface as legal
 from smartmeter.legal.sensor import RemoteSensor, SyntheticSource, encode_samples
+from authority_support import certification_token
 
 METER_ID = "4B464D0005F5E101"
 TITLE = "00" * 8
@@ -61,7 +62,7 @@ def test_an_imitation_of_the_paired_sensor_registers_nothing(part):
     udp.settimeout(3)
     udp.connect((host, int(port)))
     try:
-        part.execute(legal.SetCertificationMode(True, int(time.time()), TITLE, True))
+        part.execute(legal.SetCertificationMode(True, int(time.time()), TITLE, certification_token(part, TITLE)))
         part.execute(legal.OpenSensorPairing(0, TITLE))
         genuine = RemoteSensor(b"SENSOR01")
         udp.send(genuine.pair_request())

@@ -39,6 +39,17 @@ class SecurityRefusal(SmartmeterError):
         super().__init__(detail)
 
 
+class HlsAuthority(Protocol):
+    """Runs an HLS 6 exchange elsewhere (the legal part, for the Certification client): it makes
+    StoC and checks f(StoC) with a secret this side never sees. `prove` raises AuthenticationError."""
+
+    def open_challenge(self, client_system_title: bytes, server_system_title: bytes, ctos: bytes) -> tuple[str, bytes]: ...
+
+    def prove(self, challenge_id: str, f_stoc: bytes) -> tuple[str, bytes]: ...
+
+    def end(self, token: str) -> None: ...
+
+
 class MeterKeys(Protocol):
     """Asymmetric keys the server needs: its own signing key and the clients' certified keys."""
 
@@ -77,6 +88,19 @@ class AssociationSecurity:
     dedicated_key: bytes | None = None
     ded_rx: FrameCounterWindow = field(default_factory=lambda: FrameCounterWindow(None))
     ded_tx: TxFrameCounter = field(default_factory=lambda: TxFrameCounter(None, first=1))
+    authority_token: str = ""  # from the HlsAuthority once pass 3 verified; "" = none
+    _challenge_id: str = ""
+
+    @property
+    def hls_authority(self) -> HlsAuthority | None:
+        """The context's delegate for HLS 6 (set by the meter for the Certification client)."""
+        return getattr(self.context, "hls_authority", None) if self.mechanism == 6 else None
+
+    def end_authority(self) -> None:
+        """The association ends: so does the authority it won."""
+        if self.authority_token and self.hls_authority is not None:
+            self.hls_authority.end(self.authority_token)
+        self.authority_token = ""
 
     @property
     def suite(self) -> int:
@@ -113,6 +137,14 @@ class AssociationSecurity:
         return self._open_global(initiate.content)
 
     def new_server_challenge(self) -> bytes:
+        authority = self.hls_authority
+        if authority is not None:
+            try:
+                self._challenge_id, self.stoc = authority.open_challenge(self.client_system_title or bytes(8),
+                                                                         self.server_system_title, self.ctos)
+                return self.stoc
+            except SecurityError:  # no challenge to be had: pass 3 cannot succeed, the AARE still goes out
+                self._challenge_id = ""
         self.stoc = hls.new_challenge(32 if self.mechanism == 7 else 16)
         return self.stoc
 
@@ -138,6 +170,8 @@ class AssociationSecurity:
             # the window already; replay is impossible anyway: StoC is fresh for every association.
             hls.verify_hls5_response(self.suite, ctx.ek, ctx.ak, title, self.stoc, f_stoc)
             response = hls.hls5_response(self.suite, ctx.ek, ctx.ak, self.server_system_title, ctx.next_tx(), self.ctos)
+        elif self.mechanism == 6 and self.hls_authority is not None:
+            self.authority_token, response = self.hls_authority.prove(self._challenge_id, bytes(f_stoc))
         elif self.mechanism == 6:
             secret = ctx.hls_secret
             if secret is None:

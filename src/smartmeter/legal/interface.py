@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from smartmeter.legal import identification, platform, storage
+from smartmeter.legal.authority import AuthorityGate, AuthorityRefused
 from smartmeter.legal.chain import ChainedTable, ChainError, LogFull, atomic
 from smartmeter.legal.demand import DEMAND_PERIOD, DemandRegisters, DemandState, DemandValue, MaximumDemand
 from smartmeter.legal.eventlog import CertificationLog, EventLog, encode_fields
@@ -32,7 +33,7 @@ from smartmeter.legal.metering import MeteringError, MeteringUnit
 from smartmeter.legal.metrology import ENERGY_UNITS_PER_WH, Measurement
 from smartmeter.legal.parameters import (
     CertificationMode, CertificationObject, CertificationStatus, Initiator, ParameterRefused, ParameterSeal,
-    ParameterStore,
+    ParameterStore, RefusalReason,
 )
 from smartmeter.legal.sensor import PairingRecord, RemoteSensorLink
 from smartmeter.legal.registers import MILLI, REGISTER_NAMES, EnergyRegisters, EnergySnapshot
@@ -69,6 +70,8 @@ EVENT_SENSOR_PAIRED = 205
 EVENT_REGISTERS_BELOW_PROFILE = 207
 EVENT_DEMO_HISTORY = 208
 EVENT_TIME_CHANGED = 213
+EVENT_AUTHORITY_REFUSED = 214  # a command claiming or needing the certification authority was refused
+AUTHORITY_LOG_PERIOD = 3600.0  # seconds: one log entry per refusal condition per period (evidence, not a flood)
 FAULTY_OPERATION_EVENTS = {"sensor_gap": 209, "sensor_silent": 210, "sensor_resumed": 211,
                            "measurement_delivery_failed": 212}
 
@@ -282,7 +285,47 @@ class SetParameters:
     changes: tuple[tuple[str, Any], ...]
     time_utc: int
     client_system_title: str  # hex, 8 bytes
-    certification_authority: bool = False
+    authority_token: str = ""  # from ProveAuthority; "" = no authority claimed
+
+
+@dataclass(frozen=True, slots=True)
+class ReadAuthorityProvisioned:
+    """-> bool: whether the legal part holds the Certification client's HLS secret."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProvisionAuthoritySecret:
+    """Hand the Certification client's HLS 6 secret (hex, 8..64 bytes) to the legal part. Without
+    a token only at first start (no secret held yet); afterwards only with an authority token."""
+
+    secret_hex: str
+    authority_token: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class OpenAuthorityChallenge:
+    """HLS 6 pass 2 for the Certification client -> (challenge_id, stoc_hex): the legal part makes
+    StoC, which the server sends in the AARE. Single use; at most 8 open, 120 s each."""
+
+    client_system_title: str  # hex, 8 bytes
+    server_system_title: str  # hex, 8 bytes
+    ctos_hex: str  # the client's challenge, 8..64 bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ProveAuthority:
+    """HLS 6 pass 3 -> (authority_token, server_response_hex for pass 4) once the legal part has
+    verified f(StoC) with the Certification secret itself; refused, counted and logged otherwise."""
+
+    challenge_id: str
+    response_hex: str  # f(StoC), 32 bytes
+
+
+@dataclass(frozen=True, slots=True)
+class EndAuthority:
+    """The association that won the token is released: the token ends -> whether it was live."""
+
+    authority_token: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,7 +340,7 @@ class SetCertificationMode:
     active: bool
     time_utc: int
     client_system_title: str  # hex, 8 bytes
-    certification_authority: bool = False
+    authority_token: str = ""  # from ProveAuthority; "" = no authority claimed
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,7 +360,7 @@ class WriteCertificationObject:
     led_rate: int
     time_utc: int
     client_system_title: str  # hex, 8 bytes
-    certification_authority: bool = False
+    authority_token: str = ""  # from ProveAuthority; "" = no authority claimed
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,6 +420,10 @@ class InjectMetrologyStall:
 
 # Plain records that may travel inside commands (see legal/process.py)
 RECORD_TYPES = (ProfileRow,)
+
+
+_AUTHORITY_COMMANDS = (SetParameters, SetCertificationMode, WriteCertificationObject, ProvisionAuthoritySecret,
+                       OpenAuthorityChallenge, ProveAuthority, EndAuthority)
 
 
 def _profile_payload(row: ProfileRow) -> bytes:
@@ -450,6 +497,10 @@ class LegalInterface:
         except (MeteringError, ValueError, TypeError):
             # a state saved for the other input, or damaged: start the input afresh
             self._metering = MeteringUnit(phases, **unit)
+        secret = self._meta("authority_secret", None)
+        self._authority = AuthorityGate(bytes.fromhex(secret) if isinstance(secret, str) else None,
+                                        self._save_authority_secret, monotonic)
+        self._authority_logged: dict[str, tuple[float, int]] = {}  # condition -> (last entry, refusals since)
         self._unsaved = False
         self._last_persist = monotonic()
         self._last_software_check = monotonic()
@@ -490,6 +541,11 @@ class LegalInterface:
                                            float(self._metering.max_lag_seconds()), self._metering.restarts),
             InjectMetrologyStall: self._inject_stall,
             OpenSensorPairing: self._open_pairing,
+            ReadAuthorityProvisioned: lambda _: self._authority.provisioned,
+            ProvisionAuthoritySecret: self._provision_authority,
+            OpenAuthorityChallenge: self._open_authority_challenge,
+            ProveAuthority: self._prove_authority,
+            EndAuthority: self._end_authority,
             ReadSensor: self._read_sensor,
         }
 
@@ -511,9 +567,24 @@ class LegalInterface:
             check_fields(command)  # a declared command with a malformed field has no effect either
         except CommandRefused:
             self.count_refusal()
+            if type(command) in _AUTHORITY_COMMANDS:
+                with self._lock:
+                    self._log_authority_refusal(type(command).__name__, "malformed", "a field of the wrong type")
             raise
         with self._lock:
             return handler(command)
+
+    def refuse_wire_command(self, raw: bytes) -> None:
+        """A command that could not be rebuilt from the pipe: counted; logged (rate-limited) when it
+        was one carrying authority data, as a malformed authority claim is evidence too."""
+        self.count_refusal()
+        try:
+            name = json.loads(raw).get("type")
+        except (ValueError, TypeError, AttributeError, RecursionError):
+            return
+        if name in {cls.__name__ for cls in _AUTHORITY_COMMANDS}:
+            with self._lock:
+                self._log_authority_refusal(name, "malformed", "a field of the wrong type")
 
     def count_refusal(self) -> None:
         """Count one refused command (persistently)."""
@@ -710,7 +781,11 @@ class LegalInterface:
         self._metering.measure_for(float(cmd.seconds))
 
     def _open_pairing(self, cmd: OpenSensorPairing) -> None:
-        self._initiator(cmd.client_system_title, False)
+        try:
+            if len(bytes.fromhex(cmd.client_system_title)) != 8:
+                raise ValueError
+        except ValueError:
+            raise CommandRefused("client_system_title must be 8 bytes") from None
         if self._sensor_kind != "remote":
             raise CommandRefused("the input is not a remote sensor")
         if not self._mode.is_active():
@@ -763,7 +838,12 @@ class LegalInterface:
         return TimeBaseState(capture_floor=None if last is None else last.time_utc)
 
     def _set_time(self, cmd: SetTime) -> TimeChange:
-        initiator = self._initiator(cmd.client_system_title, False)
+        try:
+            requester = bytes.fromhex(cmd.client_system_title)
+        except ValueError:
+            requester = b""
+        if len(requester) != 8:
+            raise CommandRefused("client_system_title must be 8 bytes")
         if not (0 <= cmd.new_time_utc < 2 ** 32 and 0 <= cmd.reference_time_utc < 2 ** 32):
             raise CommandRefused("time out of range (1970..2106)")
         platform = time.time() if self._realtime else cmd.reference_time_utc - self._time.state.offset
@@ -775,7 +855,7 @@ class LegalInterface:
         # every change of the time base, stamped with the new time
         self._log_event(EVENT_TIME_CHANGED, {
             "old_time": int(change.old_time), "new_time": int(change.new_time), "kind": change.kind,
-            "method": cmd.method[:32], "client_system_title": initiator.client_system_title.hex()})
+            "method": cmd.method[:32], "client_system_title": requester.hex()})
         return change
 
     def _end_period(self, cmd: EndMeasurementPeriod) -> ProfileRow:
@@ -848,32 +928,97 @@ class LegalInterface:
             self._put_meta("demand", self._demand.state.to_json())
 
     # -- parameters and certification mode ----------------------------------------------------------
-    @staticmethod
-    def _initiator(title_hex: str, authority: bool) -> Initiator:
+    # -- the certification authority (decided here, never taken from the caller) --------------------
+    def _save_authority_secret(self, secret: bytes) -> None:
+        with atomic(self._db):
+            self._put_meta("authority_secret", secret.hex())
+
+    def _log_authority_refusal(self, command: str, condition: str, detail: str) -> None:
+        """One metrological log entry per condition per AUTHORITY_LOG_PERIOD, carrying how many
+        refusals of that condition it stands for: a flood cannot fill the evidence log."""
+        now = self._monotonic()
+        last, since = self._authority_logged.get(condition, (None, 0))
+        since += 1
+        if last is not None and now - last < AUTHORITY_LOG_PERIOD:
+            self._authority_logged[condition] = (last, since)
+            return
+        self._authority_logged[condition] = (now, 0)
+        self._log_event(EVENT_AUTHORITY_REFUSED, {"command": command, "condition": condition, "detail": detail,
+                                                  "refusals": since})
+
+    def _refuse_authority(self, command: str, exc: AuthorityRefused) -> CommandRefused:
+        self.count_refusal()
+        self._log_authority_refusal(command, exc.condition, str(exc))
+        return CommandRefused(f"{command}: {exc}")
+
+    def _initiator(self, cmd: object) -> Initiator:
+        name = type(cmd).__name__
         try:
-            title = bytes.fromhex(title_hex)
+            title = bytes.fromhex(cmd.client_system_title)
         except ValueError:
-            raise CommandRefused("client_system_title must be 16 hex digits") from None
+            title = b""
         if len(title) != 8:
-            raise CommandRefused("client_system_title must be 8 bytes")
-        return Initiator(title, bool(authority))
+            raise self._refuse_authority(name, AuthorityRefused("malformed", "client_system_title must be 8 bytes"))
+        try:
+            return Initiator(title, self._authority.check(cmd.authority_token, title))
+        except AuthorityRefused as exc:
+            raise self._refuse_authority(name, exc) from None
+
+    def _parameter_refused(self, cmd: object, what: str, exc: ParameterRefused) -> CommandRefused:
+        if exc.reason in (RefusalReason.NOT_AUTHORISED, RefusalReason.NOT_IN_CERTIFICATION_MODE):
+            # an unauthenticated attempt on a legal parameter is evidence, as a forged claim is
+            return self._refuse_authority(type(cmd).__name__, AuthorityRefused("unauthenticated", exc.reason.value))
+        return CommandRefused(f"{what}: {exc}")
+
+    def _provision_authority(self, cmd: ProvisionAuthoritySecret) -> None:
+        try:
+            if self._authority.provisioned:
+                if not self._authority.check(cmd.authority_token, self._token_owner(cmd.authority_token)):
+                    raise AuthorityRefused("unauthenticated", "the certification secret is set; changing it needs the authority")
+                self._authority.set_secret(cmd.secret_hex)
+            else:
+                self._authority.provision(cmd.secret_hex)
+        except AuthorityRefused as exc:
+            raise self._refuse_authority(type(cmd).__name__, exc) from None
+
+    def _token_owner(self, token: str) -> bytes:
+        owner = self._authority.owner(token)
+        return owner if owner is not None else bytes(8)
+
+    def _open_authority_challenge(self, cmd: OpenAuthorityChallenge) -> tuple[str, str]:
+        try:
+            return self._authority.open_challenge(cmd.client_system_title, cmd.server_system_title, cmd.ctos_hex)
+        except AuthorityRefused as exc:
+            raise self._refuse_authority(type(cmd).__name__, exc) from None
+
+    def _prove_authority(self, cmd: ProveAuthority) -> tuple[str, str]:
+        try:
+            return self._authority.prove(cmd.challenge_id, cmd.response_hex)
+        except AuthorityRefused as exc:
+            raise self._refuse_authority(type(cmd).__name__, exc) from None
+
+    def _end_authority(self, cmd: EndAuthority) -> bool:
+        try:
+            return self._authority.end(cmd.authority_token)
+        except AuthorityRefused as exc:
+            raise self._refuse_authority(type(cmd).__name__, exc) from None
 
     def _set_parameters(self, cmd: SetParameters) -> int:
-        initiator = self._initiator(cmd.client_system_title, cmd.certification_authority)
+        initiator = self._initiator(cmd)
         try:
             return self._parameters.set(dict(cmd.changes), int(cmd.time_utc), initiator)
         except ParameterRefused as exc:
-            raise CommandRefused(f"parameters not changed: {exc}") from None
+            raise self._parameter_refused(cmd, "parameters not changed", exc) from None
 
     def _set_certification_mode(self, cmd: SetCertificationMode) -> CertificationStatus:
-        initiator = self._initiator(cmd.client_system_title, cmd.certification_authority)
+        initiator = self._initiator(cmd)
         try:
             if cmd.active:
                 self._mode.start(int(cmd.time_utc), initiator)
             else:
                 self._mode.stop(int(cmd.time_utc), initiator)
         except ParameterRefused as exc:
-            raise CommandRefused(f"certification mode not changed: {exc}") from None
+            raise self._parameter_refused(cmd, "certification mode not changed", exc) from None
         return self._mode.status()
 
     def _read_certification_object(self, _: ReadCertificationObject) -> tuple[bool, int, int, int, int]:
@@ -881,12 +1026,12 @@ class LegalInterface:
         return (o.status, o.energy_res, o.demand_res, o.led_source, o.led_rate)
 
     def _write_certification_object(self, cmd: WriteCertificationObject) -> None:
-        initiator = self._initiator(cmd.client_system_title, cmd.certification_authority)
+        initiator = self._initiator(cmd)
         value = CertificationObject(cmd.status, cmd.energy_res, cmd.demand_res, cmd.led_source, cmd.led_rate)
         try:
             self._parameters.write_certification_object(value, int(cmd.time_utc), initiator)
         except ParameterRefused as exc:
-            raise CommandRefused(f"certification mode object not written: {exc}") from None
+            raise self._parameter_refused(cmd, "certification mode object not written", exc) from None
 
     @staticmethod
     def _log_records(log: EventLog, from_time: int | None, to_time: int | None) -> tuple[LogRecord, ...]:

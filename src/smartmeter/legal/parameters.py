@@ -115,10 +115,11 @@ class LogFull(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Initiator:
-    """Who asks for a change, as the protective interface established it from the association.
+    """Who asks for a change, as the protective interface established it.
 
-    certification_authority: the caller holds the certification authority (the Certification
-    client, authenticated on the WZ interface). Starting the certification mode needs it;
+    certification_authority: the legal part itself verified that the caller is the Certification
+    client (its HLS 6 exchange checked with the secret the legal part holds, see authority.py),
+    never a flag the communication side sets. Starting the certification mode needs it;
     changing a parameter needs it or an active certification mode."""
 
     client_system_title: bytes = NO_CLIENT

@@ -236,7 +236,7 @@ def _serve(connection, data_dir: str, options: dict) -> None:
             try:
                 command = decode_command(raw, allowed)
             except CommandRefused as exc:
-                legal.count_refusal()
+                legal.refuse_wire_command(raw)
                 reply: Any = _Failure("refused", str(exc))
             else:
                 reply = _call(legal, command)

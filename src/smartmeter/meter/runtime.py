@@ -16,6 +16,7 @@ from smartmeter.cosem.objectmodel import ObjectModel
 from smartmeter.dlms.server import DlmsServer
 from smartmeter.legal import interface as legal
 from smartmeter.legal.interface import DEMAND_PERIOD
+from smartmeter.meter.authority import hand_over_certification_secret
 from smartmeter.meter.clock import DEFAULT_TIME_ZONE, ClockSetRefused, MeterClock
 from smartmeter.meter.identity import MeterIdentity
 from smartmeter.meter.simulation import HouseholdLoad
@@ -150,6 +151,7 @@ class Meter:
         self.security = MeterSecurity(self.store, self.model, self.identity.system_title, on_event=self.on_event)
         if provision_demo(self.security, config.data_dir):
             log.info("demo credentials for every client written to %s", config.data_dir / "credentials")
+        hand_over_certification_secret(self.security, self.legal)
         self.software = self.legal.execute(legal.ReadSoftwareIdentity())  # fixed while running
         self.directory = self.model.instantiate(self._bindings())
         self.server = DlmsServer(self.directory, system_title=self.identity.system_title,
@@ -228,10 +230,12 @@ class Meter:
         association = ctx.association
         title = (association.security.client_system_title if association.security else None) \
             or association.calling_system_title or bytes(8)
-        # certification authority: the certification client, authenticated, on the optical port (§5.16)
-        authority = association.client.name == "certification" and association.interface == "wz" and association.authenticated
+        # certification authority (§5.16): the token the legal part itself handed out when it verified
+        # the Certification client's HLS 6 exchange; the legal part decides, this side only relays it.
+        # The optical port alone admits that client (the model), so the token is only ever won there.
+        token = association.security.authority_token if association.security and association.interface == "wz" else ""
         try:
-            self.legal.execute(legal.WriteCertificationObject(*items, int(self.clock.now()), title.hex(), authority))
+            self.legal.execute(legal.WriteCertificationObject(*items, int(self.clock.now()), title.hex(), token))
         except legal.CommandRefused as exc:
             raise CosemAccessError(DataAccessResult.READ_WRITE_DENIED, str(exc)) from None
 
