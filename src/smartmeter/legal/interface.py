@@ -280,7 +280,10 @@ class ReadParameterRecordNumber:
 @dataclass(frozen=True, slots=True)
 class SetParameters:
     """Change legally relevant parameters (all or nothing) in certification mode or with
-    certification authority; logged in the certification-protected log -> record number."""
+    certification authority; logged in the certification-protected log -> record number.
+    The authority is the legal part's own decision: `authority_token` must be a live token it
+    issued (ProveAuthority) to this client system title; a forged, released or expired token, or
+    a change without authority outside the mode, is refused, counted and logged (event 214)."""
 
     changes: tuple[tuple[str, Any], ...]
     time_utc: int
@@ -315,7 +318,10 @@ class OpenAuthorityChallenge:
 @dataclass(frozen=True, slots=True)
 class ProveAuthority:
     """HLS 6 pass 3 -> (authority_token, server_response_hex for pass 4) once the legal part has
-    verified f(StoC) with the Certification secret itself; refused, counted and logged otherwise."""
+    verified f(StoC) = SHA-256(secret || SysT-C || SysT-S || StoC || CtoS) with the Certification
+    secret itself; the challenge is used up either way (a replayed response is refused). At most
+    4 tokens live (the oldest ends), each until EndAuthority or 4 h. Refused, counted and logged
+    (forged / replayed / malformed) otherwise."""
 
     challenge_id: str
     response_hex: str  # f(StoC), 32 bytes
@@ -335,7 +341,9 @@ class ReadCertificationMode:
 
 @dataclass(frozen=True, slots=True)
 class SetCertificationMode:
-    """Start (certification authority only) or end the certification mode (companion §5.16)."""
+    """Start (certification authority only: a live `authority_token` from ProveAuthority, checked
+    by the legal part) or end the certification mode (companion §5.16). Refusals are counted and
+    logged in the metrological log (event 214, one entry per condition per hour)."""
 
     active: bool
     time_utc: int
@@ -350,8 +358,9 @@ class ReadCertificationObject:
 
 @dataclass(frozen=True, slots=True)
 class WriteCertificationObject:
-    """Companion §5.16 attribute 2: TRUE starts the mode (certification authority) and applies
-    the non-zero settings; FALSE applies them and ends the mode. Logged; all or nothing."""
+    """Companion §5.16 attribute 2: TRUE starts the mode (certification authority: a live
+    `authority_token` the legal part issued) and applies the non-zero settings; FALSE applies them
+    and ends the mode. Logged; all or nothing."""
 
     status: bool
     energy_res: int
