@@ -34,6 +34,13 @@ class LegalHlsAuthority:
             raise AuthenticationError(f"HLS-SHA256 f(StoC) refused by the legal part: {exc}") from None
         return token, bytes.fromhex(response_hex)
 
+    def change_secret(self, secret: bytes, token: str) -> bool:
+        try:
+            self._legal.execute(legal.ProvisionAuthoritySecret(secret.hex(), token))
+        except legal.CommandRefused:
+            return False
+        return True
+
     def end(self, token: str) -> None:
         try:
             self._legal.execute(legal.EndAuthority(token))

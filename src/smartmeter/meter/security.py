@@ -273,8 +273,10 @@ class MeterSecurity:
             raise CosemAccessError(DataAccessResult.OTHER_REASON, str(exc)) from None
         self._save_certificates()
 
-    def change_hls_secret(self, client: str, wrapped: bytes) -> None:
-        """§3.6: the new secret (16..32 bytes) key-wrapped with the master key."""
+    def change_hls_secret(self, client: str, wrapped: bytes, authority_token: str = "") -> None:
+        """§3.6: the new secret (16..32 bytes) key-wrapped with the master key. For the
+        Certification client the legal part holds the secret: it takes the new one only with the
+        token it issued to this association."""
         context = self._context(client)
         if context.mechanism != 6:
             raise CosemAccessError(DataAccessResult.OTHER_REASON, "this client does not use HLS 6")
@@ -284,6 +286,9 @@ class MeterSecurity:
             raise CosemAccessError(DataAccessResult.OTHER_REASON, "the secret does not unwrap with the master key") from None
         if not 16 <= len(secret) <= 32:
             raise CosemAccessError(DataAccessResult.OTHER_REASON, "the HLS secret must be 16..32 bytes")
+        authority = getattr(context, "hls_authority", None)
+        if authority is not None and not authority.change_secret(secret, authority_token):
+            raise CosemAccessError(DataAccessResult.READ_WRITE_DENIED, "the legal part refused the new secret")
         context.set_key("hls_secret", secret)
         self.on_event("hls_secret_changed", {"client": client})
 

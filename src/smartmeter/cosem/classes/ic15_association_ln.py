@@ -122,7 +122,9 @@ class AssociationLN(InterfaceClass):
     def do_change_hls_secret(self, parameters: Data | None, ctx: RequestContext) -> None:
         """§3.6: the new HLS secret (16..32 bytes) arrives key-wrapped with the master key."""
         wrapped = expect(parameters or Data.null(), DataType.OCTET_STRING)
-        self.bindings["security"].change_hls_secret(self._client_name(ctx), wrapped)
+        security = getattr(ctx.association, "security", None)
+        self.bindings["security"].change_hls_secret(self._client_name(ctx), wrapped,
+                                                    getattr(security, "authority_token", "") or "")
 
     def get_user_list(self, ctx: RequestContext) -> Data:
         return Data.array([])
