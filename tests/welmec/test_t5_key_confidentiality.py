@@ -3,8 +3,8 @@ private key (the one that signs readouts and HLS 7), every client's EK, AK, mast
 HLS secret, and the demo PKI's private keys are never readable over DLMS by any of the
 meter's clients, live only in owner-only files, and never appear in the meter's log.
 
-A real meter process (logging at INFO) is read by each of its nine clients, every readable
-attribute of every object its object list names; the secrets to look for come from the
+A real meter process (logging at INFO) is read by each client it wrote credentials for, every
+readable attribute of every object its object list names; the secrets to look for come from the
 credentials the meter wrote and from its store, read here without smartmeter code."""
 from __future__ import annotations
 
@@ -183,7 +183,7 @@ def test_key_files_are_owner_only(read_by_every_client):
 
 @pytest.mark.welmec("T5")
 def test_the_meters_log_holds_no_key(read_by_every_client):
-    """The meter's log at INFO, over nine associations and a signed readout, holds no key: neither its bytes nor their hex."""
+    """The meter's log at INFO, over an association of every client and a signed readout, holds no key: neither its bytes nor their hex."""
     _, _, _, log, secrets = read_by_every_client
     assert "association" in log  # the log did record the associations
     assert _leaks(log.encode(), secrets) == []
