@@ -467,10 +467,13 @@ class LegalInterface:
         self._metro_log = EventLog(self._db, METROLOGICAL_LOG, METROLOGICAL_LOG_CAPACITY, self._signer)
         self._cert_log = CertificationLog(self._db, self._signer)
         self._lp1 = ChainedTable(self._db, LOAD_PROFILE_1, LOAD_PROFILE_1_CAPACITY, "fifo", self._signer)
+        self._time = TimeBase(self._load_time_base())  # stamps every log entry from here on
         self._fatal = int(self._meta("fatal_errors", 0))
         self._integrity = identification.check_software(self._software_root)
         self._software_id = self._integrity.actual or identification.compute_software_id(self._software_root)
-        firmware_id = self._software_id.display_text.encode()
+        # the certification log records the identifier as 1-0:0.2.0.255 shows it (with "-DEV")
+        firmware_id = (identification.marked_version(self._software_id.version, self._integrity.development_key)
+                       + " " + self._software_id.digest_hex[:8]).encode()
         # checked before anything writes to it; a meter that has captured a profile entry must have a seal
         seal = ParameterSeal(self._db, self._signer, verify, expect_signature=self._lp1.count() > 0)
         self._mode = CertificationMode(self._db, self._cert_log.log, firmware_id, monotonic, (LogFull,), seal)
@@ -482,7 +485,8 @@ class LegalInterface:
         demand = self._meta("demand", None)
         self._demand = DemandRegisters(DemandState.from_json(demand) if demand else DemandState())
         self._migrate_old_profile()
-        self._time = TimeBase(self._load_time_base())
+        if self._time.state.capture_floor is None and self._lp1.count():  # a profile migrated just now
+            self._time.state.capture_floor = self._lp1.last().time_utc
         self._check_store_at_start()
         if not self._integrity.ok:
             self._raise_fatal(FATAL_PROGRAM_MEMORY, EVENT_SOFTWARE_MISMATCH, {
