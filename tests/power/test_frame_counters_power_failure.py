@@ -155,6 +155,7 @@ def test_a_clean_stop_skips_no_counter(tmp_path):
         meter.stop()
 
 
+@pytest.mark.welmec()
 def test_after_kill_9_a_head_end_resynchronises_through_the_frame_counter_object(tmp_path):
     """A head-end with a durable counter file (the credentials' sidecar) is refused after the
     meter's power failure while its next counters lie in the block the meter reserved; the

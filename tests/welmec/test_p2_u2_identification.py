@@ -51,6 +51,7 @@ def test_software_id_over_dlms_equals_an_independent_sha256_of_legal(meter):
     assert ident["legal"]["identifier"].encode() == version.value and ident["legal"]["development_key"] is development
 
 
+@pytest.mark.welmec("U2")
 def test_the_platform_part_is_readable_over_dlms_and_equals_smartmeter_id(meter):
     """1-2:0.2.0.255 / 1-2:0.2.8.255 (firmware part B=2: interpreter and libraries the legal
     process loaded) read by the public client equal what `smartmeter id` computes in a fresh

@@ -129,7 +129,16 @@ def freeze(read_files: dict[str, str]) -> PlatformId:
     return _FROZEN
 
 
+_IN_PROCESS: PlatformId | None = None
+
+
 def current() -> PlatformId:
     """The platform ID fixed at the start of this legal process, or (in-process use: tests,
-    tools) computed now over what this interpreter has loaded."""
-    return _FROZEN if _FROZEN is not None else compute()
+    tools) computed once over what this interpreter had loaded at the first call: hashing
+    every file of the platform takes a second, too long for each identification read."""
+    global _IN_PROCESS
+    if _FROZEN is not None:
+        return _FROZEN
+    if _IN_PROCESS is None:
+        _IN_PROCESS = compute()
+    return _IN_PROCESS
