@@ -282,7 +282,13 @@ class _Provisioner:
                 raise ProvisionError(f"key_transfer for client {sap}: the meter refused "
                                      f"({exc.result.name.lower().replace('_', '-')})") from None
             secret = None
-            if plan.mechanism == 6:
+            if plan.name == "certification":
+                # The legally relevant part holds this client's secret and accepts a new one only
+                # from the certification client's own authenticated association (docs/decisions.md):
+                # provisioning keeps the secret the meter was delivered with.
+                secret = self._delivered_secret(plan)
+                self.say(f"client {sap} ({plan.name}): HLS secret kept; it is changed only by that client itself")
+            elif plan.mechanism == 6:
                 secret = self.rng(HLS_SECRET_LENGTH)
                 await self._action(association_ln(sap), CHANGE_HLS_SECRET,
                                    Data.octet_string(wrap_key(self.master_key, secret)), ASSOCIATION_LN_CLASS,
@@ -299,6 +305,19 @@ class _Provisioner:
                           name="public", interface="lan")
         written.append(public)
         return written
+
+    def _delivered_secret(self, plan: ClientPlan) -> bytes:
+        from smartmeter.hes.credentials import CredentialsError, load_credentials
+
+        path = Path(self.bootstrap.path).parent / f"{plan.name}.json"
+        try:
+            secret = load_credentials(path).security.hls_secret
+        except (CredentialsError, OSError) as exc:
+            raise ProvisionError(f"the {plan.name} client's HLS secret is not changed by provisioning, and "
+                                 f"{path} (its delivered credentials) cannot be read: {exc}") from None
+        if secret is None:
+            raise ProvisionError(f"{path}: no hls_secret for the {plan.name} client")
+        return secret
 
     def _write(self, plan: ClientPlan, ek: bytes, ak: bytes, secret: bytes | None, server_cert: Path) -> Path:
         entry = self.index["clients"].get(str(plan.sap)) if plan.mechanism == 7 else None
