@@ -60,10 +60,11 @@ class MeterProcess:
         return self.process.returncode
 
 
-def start_meter(data_dir: Path, *extra: str) -> MeterProcess:
+def start_meter(data_dir: Path, *extra: str, cli_options: tuple[str, ...] = ()) -> MeterProcess:
+    """`smartmeter [cli_options] meter run [extra]` on free ports; `cli_options=("-v",)` logs at INFO."""
     wrapper_port, hdlc_port = free_port(), free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "smartmeter", "meter", "run", "--data-dir", str(data_dir),
+        [sys.executable, "-m", "smartmeter", *cli_options, "meter", "run", "--data-dir", str(data_dir),
          "--wrapper-port", str(wrapper_port), "--hdlc-port", str(hdlc_port), *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
         start_new_session=True,  # its own process group: a "power failure" kills the legal process too

@@ -10,19 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sqlite3
 import stat
-import subprocess
-import sys
-import threading
-import time
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from meterproc import MeterProcess, free_port
+from meterproc import MeterProcess, start_meter
 from smartmeter.cosem.data import Data
 from smartmeter.dlms.client import AssociationRefused, ClientError
 from smartmeter.hes import readout
@@ -39,24 +34,7 @@ SECRET_FIELDS = ("ek", "ak", "master_key", "hls_secret")
 
 def start_verbose_meter(data_dir) -> MeterProcess:
     """`smartmeter -v meter run`: the meter logging everything it logs at INFO, into `output`."""
-    wrapper_port, hdlc_port = free_port(), free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "smartmeter", "-v", "meter", "run", "--data-dir", str(data_dir),
-         "--wrapper-port", str(wrapper_port), "--hdlc-port", str(hdlc_port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
-        start_new_session=True)
-    lines: list[str] = []
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if "WZ optical interface" in line:
-            threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True).start()
-            return MeterProcess(process, data_dir, wrapper_port, hdlc_port, lines)
-    process.kill()
-    raise RuntimeError("meter did not start:\n" + "".join(lines))
+    return start_meter(data_dir, cli_options=("-v",))
 
 
 def _octets(value: Data, out: list[bytes]) -> None:

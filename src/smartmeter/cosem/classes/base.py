@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
-from smartmeter.cosem.data import Data
+from smartmeter.cosem.data import Data, DataType
 from smartmeter.cosem.results import DataAccessResult
 from smartmeter.errors import SmartmeterError
 
@@ -107,6 +107,18 @@ def expect(value: Data, *types) -> Any:
     if value.type not in types:
         raise CosemAccessError(DataAccessResult.TYPE_UNMATCHED, f"expected {', '.join(t.name for t in types)}")
     return value.value
+
+
+def store_integer_setting(store, key: str, value: Data, data_type: DataType, bounds: tuple[int, int],
+                          name: str, what: str) -> None:
+    """Write one range-checked integer attribute of a setup object into the meter's settings store."""
+    raw = expect(value, data_type)
+    low, high = bounds
+    if not low <= raw <= high:
+        raise CosemAccessError(DataAccessResult.OTHER_REASON, f"{name} must be {low}..{high}")
+    if store is None:
+        raise CosemAccessError(DataAccessResult.READ_WRITE_DENIED, f"the {what} is fixed here")
+    store.put(key, raw)
 
 
 @dataclass

@@ -1,9 +1,8 @@
 """IC 23 IEC HDLC setup: the parameters of the WZ optical port's HDLC link (Blue Book 4.7.7)."""
 from __future__ import annotations
 
-from smartmeter.cosem.classes.base import REGISTRY, CosemAccessError, InterfaceClass, RequestContext, expect
+from smartmeter.cosem.classes.base import REGISTRY, InterfaceClass, RequestContext, store_integer_setting
 from smartmeter.cosem.data import Data, DataType
-from smartmeter.cosem.results import DataAccessResult
 
 # attribute name -> (DataType, default) ; defaults from IDIS P2 / CTT HDLC_2
 HDLC_SETUP_DEFAULTS = {
@@ -40,13 +39,8 @@ class IecHdlcSetup(InterfaceClass):
         return int(self._store.get(f"hdlc.{name}", default)) if self._store is not None else default
 
     def _set(self, name: str, value: Data) -> None:
-        raw = expect(value, HDLC_SETUP_DEFAULTS[name][0])
-        low, high = HDLC_SETUP_RANGES[name]
-        if not low <= raw <= high:
-            raise CosemAccessError(DataAccessResult.OTHER_REASON, f"{name} must be {low}..{high}")
-        if self._store is None:
-            raise CosemAccessError(DataAccessResult.READ_WRITE_DENIED, "the HDLC setup is fixed here")
-        self._store.put(f"hdlc.{name}", raw)
+        store_integer_setting(self._store, f"hdlc.{name}", value, HDLC_SETUP_DEFAULTS[name][0],
+                              HDLC_SETUP_RANGES[name], name, "HDLC setup")
 
     def __getattr__(self, attr: str):
         # get_/set_<attribute> for every table entry, with its declared type

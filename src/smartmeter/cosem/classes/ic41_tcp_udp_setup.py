@@ -7,10 +7,9 @@ IP_reference describe the IP layer below, which the meter does not configure.
 """
 from __future__ import annotations
 
-from smartmeter.cosem.classes.base import REGISTRY, CosemAccessError, InterfaceClass, expect
+from smartmeter.cosem.classes.base import REGISTRY, InterfaceClass, store_integer_setting
 from smartmeter.cosem.data import Data, DataType
 from smartmeter.cosem.obis import Obis
-from smartmeter.cosem.results import DataAccessResult
 
 DEFAULT_PORT = 4059  # IANA DLMS/COSEM port
 DEFAULT_IP_REFERENCE = "0-0:25.1.0.255"  # IPv4 setup (IC 42), as IDIS names it
@@ -58,13 +57,8 @@ class TcpUdpSetup(InterfaceClass):
         return Data.octet_string(Obis.parse(reference).to_bytes())
 
     def _set(self, name: str, value: Data) -> None:
-        raw = expect(value, TCP_UDP_SETUP_DEFAULTS[name][0])
-        low, high = TCP_UDP_SETUP_WRITABLE[name]
-        if not low <= raw <= high:
-            raise CosemAccessError(DataAccessResult.OTHER_REASON, f"{name} must be {low}..{high}")
-        if self._store is None:
-            raise CosemAccessError(DataAccessResult.READ_WRITE_DENIED, "the TCP-UDP setup is fixed here")
-        self._store.put(f"tcp_udp.{self.logical_name}.{name}", raw)
+        store_integer_setting(self._store, f"tcp_udp.{self.logical_name}.{name}", value,
+                              TCP_UDP_SETUP_DEFAULTS[name][0], TCP_UDP_SETUP_WRITABLE[name], name, "TCP-UDP setup")
 
     def __getattr__(self, attr: str):
         # get_<attribute> for the integer attributes, set_<attribute> for the writable ones
