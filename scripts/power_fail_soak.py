@@ -35,11 +35,11 @@ starts the meter again, N times. After every kill it checks:
   value at the kill and at most 1 Wh below what DLMS showed before the kill (a register
   read live may be up to 1 s ahead of the store, which can straddle a whole Wh).
 
-Load profile captures: the meter has no accelerated time, so by default (--capture-jump) each
-restart moves the meter's wall clock (time.time in the meter's processes, through a
-sitecustomize on PYTHONPATH; the harness only, nothing in src/) forward so that the next
-15-minute boundary falls around the time the meter comes up (`capture_lead`, relative to the
-launch-to-answer time last seen), as if the power had been off until then. The meter
+Load profile captures: the meter has no accelerated time, so by default (--capture-jump) before
+each restart the harness moves the meter's clock forward through the protective interface
+(`SetTime`, the path a head-end's clock write takes, logged in the metrological log) so that
+the next 15-minute boundary falls around the time the meter comes up (`capture_lead`,
+relative to the launch-to-answer time last seen), as if the power had been off until then. The meter
 captures at its first 1 s tick after the boundary, so kills land before and after captures
 (and, by chance, during one). The store then holds future-dated entries: use a scratch data
 directory. The summary counts, per cycle, whether the capture was stored before the kill,
@@ -79,7 +79,9 @@ from pathlib import Path
 
 from smartmeter.hes.client import MeterClient
 from smartmeter.hes.connection import WrapperLink
-from smartmeter.legal.interface import LOG_TABLES, PERSIST_PERIOD, STORAGE_TABLES, verify_stored_data
+from smartmeter.legal.interface import (
+    LOG_TABLES, PERSIST_PERIOD, STORAGE_TABLES, LegalInterface, ReadTimeBase, SetTime, verify_stored_data,
+)
 from smartmeter.meter.simulation import HouseholdLoad
 
 SAMPLE_RATE = 8000  # the legal part's sampling rate (metering.MeteringUnit default)
@@ -89,18 +91,8 @@ REGISTERS = ("a_plus", "a_minus", "r_plus", "r_minus")
 DLMS_REGISTERS = {"a_plus": "1-0:1.8.0.255", "a_minus": "1-0:2.8.0.255"}
 FATAL_ERRORS = "0-0:97.97.128.255"
 POLL_INTERVAL = 0.02
-CLOCK_OFFSET_ENV = "SMARTMETER_SOAK_CLOCK_OFFSET"
 _METERING_HEAD = struct.Struct(">4sBBq")  # legal/metering.py _Snapshot: MTRU, version, input, next sample
 
-SITECUSTOMIZE = f'''\
-# written by scripts/power_fail_soak.py: the meter's wall clock runs ahead by ${CLOCK_OFFSET_ENV} s
-import os, time
-_offset = float(os.environ.get("{CLOCK_OFFSET_ENV}") or 0)
-if _offset:
-    _time, _time_ns = time.time, time.time_ns
-    time.time = lambda: _time() + _offset
-    time.time_ns = lambda: _time_ns() + int(_offset * 1e9)
-'''
 
 
 # -- the store, read-only ---------------------------------------------------------------------
@@ -295,12 +287,9 @@ def _living_members(pgid: int) -> list[int]:
 class MeterRun:
     """One `smartmeter meter run` in its own process group (a power failure kills all of it)."""
 
-    def __init__(self, data_dir: Path, clock_offset: float = 0.0, sitecustomize_dir: Path | None = None) -> None:
+    def __init__(self, data_dir: Path) -> None:
         self.wrapper_port, self.hdlc_port = free_port(), free_port()
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        if sitecustomize_dir is not None:
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(sitecustomize_dir), env.get("PYTHONPATH")]))
-            env[CLOCK_OFFSET_ENV] = repr(clock_offset)
         self.launched = time.monotonic()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "smartmeter", "meter", "run", "--data-dir", str(data_dir),
@@ -478,15 +467,9 @@ def run_soak(cycles: int, data_dir: Path | None = None, seed: int | None = None,
     """The soak (see the module documentation). capture_lead: where the 15-minute boundary falls,
     in s relative to the time the meter took to answer after the previous launch."""
     rng = random.Random(seed)
-    own_tmp = None
     if data_dir is None:
-        own_tmp = tempfile.mkdtemp(prefix="power-fail-soak-")
-        data_dir = Path(own_tmp) / "meter-data"
+        data_dir = Path(tempfile.mkdtemp(prefix="power-fail-soak-")) / "meter-data"
     data_dir = Path(data_dir)
-    site_dir = None
-    if capture_jump:
-        site_dir = Path(tempfile.mkdtemp(prefix="power-fail-soak-site-"))
-        (site_dir / "sitecustomize.py").write_text(SITECUSTOMIZE)
     load = HouseholdLoad(SERIAL)
     offset = 0.0
     results: list[CycleResult] = []
@@ -507,6 +490,22 @@ def run_soak(cycles: int, data_dir: Path | None = None, seed: int | None = None,
             boundary += CAPTURE_PERIOD  # the meter's clock never goes back
         return boundary - time.time() - lead, boundary
 
+    def move_clock() -> tuple[float, int | None]:
+        """Set the meter's time base for the next launch while the meter is off, through the
+        protective interface (both of the meter's processes follow it); -> (offset, boundary)."""
+        nonlocal offset
+        if not capture_jump:
+            return offset, None
+        part = LegalInterface(data_dir)
+        try:
+            offset = part.execute(ReadTimeBase())
+            wanted, boundary = next_offset()  # computed after the store is open: the launch follows at once
+            now = time.time()
+            part.execute(SetTime(now + wanted, now + offset, "00" * 8, "set"))
+            return part.execute(ReadTimeBase()), boundary
+        finally:
+            part.close()
+
     def dlms_checks(run: MeterRun, persisted: Persisted, before: DlmsReading | None, allowed_wh: float,
                     violations: list[str]) -> DlmsReading | None:
         try:
@@ -526,91 +525,86 @@ def run_soak(cycles: int, data_dir: Path | None = None, seed: int | None = None,
                 violations.append(f"{name} over DLMS {wh} Wh, before the kill {before.wh[name]} Wh")
         return reading
 
-    try:
-        allowed_wh_last = 0.0
-        for index in range(1, cycles + 1):
-            baseline = read_persisted(data_dir)
-            offset, boundary = next_offset()
-            poller = StorePoller(data_dir, baseline)
-            run = MeterRun(data_dir, offset, site_dir)
-            watcher = MeteringStartWatcher(run.process.pid, run.launched)
-            violations: list[str] = []
-            answered = False
-            delay = rng.uniform(min_delay, max_delay)
-            if from_ready:
-                if not run.ready.wait(60):
-                    violations.append("meter did not start: " + "".join(run.output[-5:]))
+    allowed_wh_last = 0.0
+    for index in range(1, cycles + 1):
+        baseline = read_persisted(data_dir)
+        offset, boundary = move_clock()
+        poller = StorePoller(data_dir, baseline)
+        run = MeterRun(data_dir)
+        watcher = MeteringStartWatcher(run.process.pid, run.launched)
+        violations: list[str] = []
+        answered = False
+        delay = rng.uniform(min_delay, max_delay)
+        if from_ready:
+            if not run.ready.wait(60):
+                violations.append("meter did not start: " + "".join(run.output[-5:]))
+            reading = dlms_checks(run, baseline, last_dlms, allowed_wh_last, violations)
+            answered = reading is not None
+            last_dlms = reading or last_dlms
+            timer = threading.Timer(delay, run.power_failure)
+            timer.start()
+            timer.join()
+        else:
+            timer = threading.Timer(max(0.0, run.launched + delay - time.monotonic()), run.power_failure)
+            timer.start()
+            if run.ready.wait(max(0.0, run.launched + delay - time.monotonic())) and run.killed_at is None:
                 reading = dlms_checks(run, baseline, last_dlms, allowed_wh_last, violations)
                 answered = reading is not None
                 last_dlms = reading or last_dlms
-                timer = threading.Timer(delay, run.power_failure)
-                timer.start()
-                timer.join()
-            else:
-                timer = threading.Timer(max(0.0, run.launched + delay - time.monotonic()), run.power_failure)
-                timer.start()
-                if run.ready.wait(max(0.0, run.launched + delay - time.monotonic())) and run.killed_at is None:
-                    reading = dlms_checks(run, baseline, last_dlms, allowed_wh_last, violations)
-                    answered = reading is not None
-                    last_dlms = reading or last_dlms
-                timer.join()
-            killed_at = run.killed_at
-            poller.stop()
-            watcher.stop()
-            after = read_persisted(data_dir)
-            newest_seen = poller.latest
-            for what in after.below(newest_seen):
-                violations.append(f"persisted value lost: {what}")
-            for what in after.below(baseline):
-                violations.append(f"went backwards over the cycle: {what}")
-            if after.fatal:
-                violations.append(f"fatal error register persisted as {after.fatal:#x}")
-            loss_s, harness_notes = _loss_bound(baseline, watcher.origin_not_before(), run.launched, poller.seen,
-                                                killed_at, after)
-            meter_time = time.time() + offset - (time.monotonic() - killed_at)
-            rate = _household_mw(load, meter_time)
-            loss_mwh = loss_s * rate
-            if loss_s > PERSIST_PERIOD:
-                violations.append(f"lost {loss_s:.3f} s of signal ({loss_mwh:.1f} mWh) > {PERSIST_PERIOD:g} s")
-            allowed_wh_last = PERSIST_PERIOD * rate
-            cli = cli_verify_every > 0 and index % cli_verify_every == 0
-            violations += verify_store(data_dir, cli)
-            if boundary is None:
-                capture = "-"
-            elif after.profile_last_time >= boundary:
-                capture = "stored"
-            elif after.demand == baseline.demand:
-                capture = "start-up"
-            else:
-                capture = "missed" if _demand_start(after.demand) >= boundary else "pending"
-            if run.answered_at is not None:
-                ready_after = run.answered_at - run.launched
-            result = CycleResult(index, delay, answered, loss_s, loss_mwh, capture, violations, harness_notes)
-            results.append(result)
-            log(f"cycle {index}: kill {delay:.3f} s after {'the first answer' if from_ready else 'launch'}, "
-                f"answered {answered}, loss {loss_s:.3f} s / {loss_mwh:.1f} mWh, "
-                f"capture {capture}"
-                + ("" if not violations else f", VIOLATIONS: {violations}"))
-
-        # the end: a last start, a DLMS check, a clean stop, and the offline commands
-        final: list[str] = []
-        persisted = read_persisted(data_dir)
-        offset, _ = next_offset()
-        run = MeterRun(data_dir, offset, site_dir)
-        if not run.ready.wait(60):
-            final.append("meter did not start after the last cycle: " + "".join(run.output[-5:]))
+            timer.join()
+        killed_at = run.killed_at
+        poller.stop()
+        watcher.stop()
+        after = read_persisted(data_dir)
+        newest_seen = poller.latest
+        for what in after.below(newest_seen):
+            violations.append(f"persisted value lost: {what}")
+        for what in after.below(baseline):
+            violations.append(f"went backwards over the cycle: {what}")
+        if after.fatal:
+            violations.append(f"fatal error register persisted as {after.fatal:#x}")
+        loss_s, harness_notes = _loss_bound(baseline, watcher.origin_not_before(), run.launched, poller.seen,
+                                            killed_at, after)
+        meter_time = time.time() + offset - (time.monotonic() - killed_at)
+        rate = _household_mw(load, meter_time)
+        loss_mwh = loss_s * rate
+        if loss_s > PERSIST_PERIOD:
+            violations.append(f"lost {loss_s:.3f} s of signal ({loss_mwh:.1f} mWh) > {PERSIST_PERIOD:g} s")
+        allowed_wh_last = PERSIST_PERIOD * rate
+        cli = cli_verify_every > 0 and index % cli_verify_every == 0
+        violations += verify_store(data_dir, cli)
+        if boundary is None:
+            capture = "-"
+        elif after.profile_last_time >= boundary:
+            capture = "stored"
+        elif after.demand == baseline.demand:
+            capture = "start-up"
         else:
-            dlms_checks(run, persisted, last_dlms, allowed_wh_last, final)
-        code = run.stop()
-        if code != 0:
-            final.append(f"clean stop exited {code}: {''.join(run.output[-5:])}")
-        final += verify_store(data_dir, cli=True)
-        final = [f"final: {v}" for v in final]
-        return SoakResult(data_dir, results, final)
-    finally:
-        if site_dir is not None:
-            (site_dir / "sitecustomize.py").unlink(missing_ok=True)
-            site_dir.rmdir()
+            capture = "missed" if _demand_start(after.demand) >= boundary else "pending"
+        if run.answered_at is not None:
+            ready_after = run.answered_at - run.launched
+        result = CycleResult(index, delay, answered, loss_s, loss_mwh, capture, violations, harness_notes)
+        results.append(result)
+        log(f"cycle {index}: kill {delay:.3f} s after {'the first answer' if from_ready else 'launch'}, "
+            f"answered {answered}, loss {loss_s:.3f} s / {loss_mwh:.1f} mWh, "
+            f"capture {capture}"
+            + ("" if not violations else f", VIOLATIONS: {violations}"))
+
+    # the end: a last start, a DLMS check, a clean stop, and the offline commands
+    final: list[str] = []
+    persisted = read_persisted(data_dir)
+    offset, _ = move_clock()
+    run = MeterRun(data_dir)
+    if not run.ready.wait(60):
+        final.append("meter did not start after the last cycle: " + "".join(run.output[-5:]))
+    else:
+        dlms_checks(run, persisted, last_dlms, allowed_wh_last, final)
+    code = run.stop()
+    if code != 0:
+        final.append(f"clean stop exited {code}: {''.join(run.output[-5:])}")
+    final += verify_store(data_dir, cli=True)
+    final = [f"final: {v}" for v in final]
+    return SoakResult(data_dir, results, final)
 
 
 def main(argv: list[str] | None = None) -> int:

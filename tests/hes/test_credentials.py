@@ -399,8 +399,16 @@ def fixed_pki(tmp_path) -> Path:
     return directory
 
 
+DELIVERED_CERTIFICATION_SECRET = bytes(range(32))
+
+
 def bootstrap_credentials(tmp_path: Path, pki_dir: Path) -> "Credentials":
     entry = pki.load_index(pki_dir)["clients"]["1"]["signing"]
+    # the certification client's delivered credentials: provisioning keeps its HLS secret
+    write_credentials(
+        tmp_path / "bootstrap" / "certification.json", client_sap=7, authentication=6, security_suite=1,
+        security_policy=0x6C, client_system_title=bytes.fromhex("4b464d0000000007"), ek=EK, ak=AK,
+        hls_secret=DELIVERED_CERTIFICATION_SECRET, interface="wz")
     return write_credentials(
         tmp_path / "bootstrap" / "management.json", client_sap=1, authentication=7, security_suite=1,
         security_policy=0x6C, client_system_title=pki.demo_client_system_title(1), ek=EK, ak=AK, master_key=MASTER,
@@ -426,7 +434,9 @@ def test_provision_installs_keys_secrets_and_the_meter_certificate_and_writes_cr
         assert sec.server_system_title == METER_TITLE
         assert sec.invocation_counter.last_used is None  # new keys: nothing sent under them yet
         assert mode(out / f"{plan.name}.json") == 0o600
-        if plan.mechanism == 6:
+        if plan.name == "certification":  # held by the legal part: kept, never sent
+            assert sec.hls_secret == DELIVERED_CERTIFICATION_SECRET and plan.sap not in meter.secrets
+        elif plan.mechanism == 6:
             assert sec.hls_secret == meter.secrets[plan.sap] and len(sec.hls_secret) == 32
         else:
             # HLS 7: the server key in the credentials is the meter's new signing key

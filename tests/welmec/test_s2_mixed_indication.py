@@ -16,6 +16,16 @@ from smartmeter.cosem.objectmodel import ObjectModel
 from smartmeter.legal import interface as legal
 
 TITLE = "4b464d0000000007"
+HEX_FIELDS = ("authority_token", "challenge_id", "client_system_title", "ctos_hex", "response_hex", "secret_hex",
+              "server_system_title")
+
+
+def _is_hex(text: str) -> bool:
+    try:
+        bytes.fromhex(text)
+    except ValueError:
+        return False
+    return text.strip() == text
 
 
 @pytest.mark.welmec("S2")
@@ -51,8 +61,8 @@ def _commands():
 
 @pytest.mark.welmec("S2", "S3")
 def test_the_only_text_that_enters_the_legal_part_is_validated_identifiers():
-    """The only free-text fields of the protective interface are client system titles (8 bytes hex) and register names (one of four)."""
-    assert sorted({name for _, name in _text_fields()}) == ["client_system_title", "register"]
+    """The only free-text fields of the protective interface are hex-encoded bytes (system titles, authentication challenges, responses, secret, tokens), register names (one of four) and time-change methods (one of four)."""
+    assert sorted({name for _, name in _text_fields()}) == sorted(HEX_FIELDS + ("method", "register"))
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +83,9 @@ def test_text_from_the_communication_side_never_becomes_a_legal_value(part, text
     for cls, name in _FIELDS:
         defaults = {f.name: (0 if f.type in ("int", "float") else None) for f in dataclasses.fields(cls)}
         defaults.update({"changes": (), "time_utc": 0, "client_system_title": TITLE, "register": "a_plus",
+                         "method": "set", "authority_token": "", "new_time_utc": 0.0, "reference_time_utc": 0.0,
+                         "server_system_title": TITLE, "ctos_hex": "00" * 16, "challenge_id": "", "response_hex": "",
+                         "secret_hex": "",
                          "active": False, "status": False, "energy_res": 0, "demand_res": 0, "led_source": 0,
                          "led_rate": 0})
         fields = {k: v for k, v in defaults.items() if k in {f.name for f in dataclasses.fields(cls)}}
@@ -82,7 +95,9 @@ def test_text_from_the_communication_side_never_becomes_a_legal_value(part, text
         except legal.CommandRefused:
             continue
         assert name == "register" and text in ("a_plus", "a_minus", "r_plus", "r_minus") or \
-            name == "client_system_title" and len(bytes.fromhex(text)) == 8, (cls, name, text, result)
+            name == "client_system_title" and _is_hex(text) and len(bytes.fromhex(text)) == 8 or \
+            name == "method" and text in legal.TIME_CHANGE_METHODS or \
+            name in HEX_FIELDS and name != "client_system_title" and _is_hex(text), (cls, name, text, result)
     assert (part.execute(legal.ReadEnergyRegisters()), part.execute(legal.ReadParameters()),
             part.execute(legal.ReadParameterRecordNumber())) == before
 

@@ -50,6 +50,8 @@ PERSIST_PERIOD = 1.0  # seconds: at most this much energy is lost in a power fai
 SOFTWARE_CHECK_PERIOD = 600.0  # seconds between periodic software-ID checks (P2, P6)
 MICRO_PER_MILLI = ENERGY_UNITS_PER_WH // MILLI
 MAX_SIMULATED_INTERVAL = 86400  # seconds one RegisterSimulatedPower may measure (the part stays responsive)
+# How a time change was asked for (recorded with it); nothing else is accepted as text
+TIME_CHANGE_METHODS = ("set", "adjust_to_quarter", "adjust_to_minute", "shift_time")
 # Real time: a capture is for the period that just ended, not one long past or still to come
 CAPTURE_WINDOW_PAST = CAPTURE_PERIOD + 60
 CAPTURE_WINDOW_FUTURE = 5
@@ -184,7 +186,7 @@ class SetTime:
     new_time_utc: float
     reference_time_utc: float
     client_system_title: str  # hex, 8 bytes; zeros for the meter itself
-    method: str  # "set", "adjust_to_quarter", "adjust_to_minute", "shift_time", ...
+    method: str  # one of TIME_CHANGE_METHODS
 
 
 @dataclass(frozen=True, slots=True)
@@ -857,6 +859,8 @@ class LegalInterface:
             requester = b""
         if len(requester) != 8:
             raise CommandRefused("client_system_title must be 8 bytes")
+        if cmd.method not in TIME_CHANGE_METHODS:
+            raise CommandRefused(f"method must be one of {', '.join(TIME_CHANGE_METHODS)}")
         if not (0 <= cmd.new_time_utc < 2 ** 32 and 0 <= cmd.reference_time_utc < 2 ** 32):
             raise CommandRefused("time out of range (1970..2106)")
         platform = time.time() if self._realtime else cmd.reference_time_utc - self._time.state.offset
@@ -868,7 +872,7 @@ class LegalInterface:
         # every change of the time base, stamped with the new time
         self._log_event(EVENT_TIME_CHANGED, {
             "old_time": int(change.old_time), "new_time": int(change.new_time), "kind": change.kind,
-            "method": cmd.method[:32], "client_system_title": requester.hex()})
+            "method": cmd.method, "client_system_title": requester.hex()})
         return change
 
     def _end_period(self, cmd: EndMeasurementPeriod) -> ProfileRow:

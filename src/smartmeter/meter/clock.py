@@ -157,7 +157,7 @@ class MeterClock:
     def adjust_to(self, period: int, requester: bytes = bytes(8)) -> TimeChangeResult:
         """Round the clock to the nearest multiple of `period` seconds."""
         now = self.now()
-        method = {900: "adjust_to_quarter", 60: "adjust_to_minute"}.get(period, f"adjust_to_{period}s")
+        method = {900: "adjust_to_quarter", 60: "adjust_to_minute"}.get(period, "set")
         return self.set_time(round(now / period) * period, method, requester)
 
     def shift(self, seconds: int, requester: bytes = bytes(8)) -> TimeChangeResult:
