@@ -226,3 +226,34 @@ def test_real_time_part_refuses_captures_far_from_its_own_clock(tmp_path):
         assert part.execute(legal.CountLoadProfileEntries()) == 1
     finally:
         part.close()
+
+
+@pytest.mark.welmec("L3", "P5")
+def test_an_edited_time_base_in_the_store_is_a_store_error_and_is_not_honoured(tmp_path):
+    """Moving the meter's time by editing the stored offset (outside the meter) is detected at the next start: fatal store bit 0x04, event 201, and the edited offset is not used."""
+    import json
+    import sqlite3
+
+    part = legal.LegalInterface(tmp_path)
+    part.execute(legal.SetTime(float(T0 + 3600), float(T0), "00" * 8, "set"))
+    honest = part.execute(legal.ReadTimeBase())
+    part.close()
+    again = legal.LegalInterface(tmp_path)
+    assert again.execute(legal.ReadTimeBase()) == honest and again.execute(legal.ReadFatalErrors()) == 0
+    again.close()
+
+    db = sqlite3.connect(tmp_path / "legal.sqlite3")
+    (text,) = db.execute("SELECT value FROM meta WHERE key = 'time_base'").fetchone()
+    state = json.loads(json.loads(text))
+    state["offset"] += 86400  # a day ahead, without a trace in the log
+    db.execute("UPDATE meta SET value = ? WHERE key = 'time_base'", (json.dumps(json.dumps(state, sort_keys=True)),))
+    db.commit()
+    db.close()
+
+    tampered = legal.LegalInterface(tmp_path)
+    try:
+        assert tampered.execute(legal.ReadFatalErrors()) & 0x04
+        assert tampered.execute(legal.ReadTimeBase()) != honest + 86400
+        assert any(r.event_id == 201 and "time_base" in r.fields_json for r in tampered.execute(legal.ReadMetrologicalLog()))
+    finally:
+        tampered.close()

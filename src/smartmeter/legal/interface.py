@@ -842,15 +842,29 @@ class LegalInterface:
         """The meter time that stamps what this part records: platform clock + legal offset."""
         return time.time() + self._time.state.offset
 
+    @staticmethod
+    def _time_base_message(text: str) -> bytes:
+        return b"smartmeter/time-base/v1\0" + text.encode()
+
     def _load_time_base(self) -> TimeBaseState:
+        """The stored time base if its signature verifies; an edited one is a damaged store."""
         saved = self._meta("time_base", None)
         if saved is not None:
+            signature = self._meta("time_base_signature", None)
             try:
+                if not verify(self._signer.public_key_pem(), self._time_base_message(saved), bytes.fromhex(signature)):
+                    raise ValueError("signature does not verify")
                 return TimeBaseState.from_json(saved)
-            except (ValueError, TypeError, KeyError):
+            except (ValueError, TypeError, KeyError, AttributeError):
                 self._damaged_meta.add("time_base")
         last = self._lp1.last()
         return TimeBaseState(capture_floor=None if last is None else last.time_utc)
+
+    def _save_time_base(self) -> None:
+        """Within the caller's transaction: the time base with the meter's signature over it."""
+        text = self._time.state.to_json()
+        self._put_meta("time_base", text)
+        self._put_meta("time_base_signature", self._signer.sign(self._time_base_message(text)).hex())
 
     def _set_time(self, cmd: SetTime) -> TimeChange:
         try:
@@ -868,7 +882,7 @@ class LegalInterface:
         if change.kind == UNCHANGED:
             return change
         with atomic(self._db):
-            self._put_meta("time_base", self._time.state.to_json())
+            self._save_time_base()
         # every change of the time base, stamped with the new time
         self._log_event(EVENT_TIME_CHANGED, {
             "old_time": int(change.old_time), "new_time": int(change.new_time), "kind": change.kind,
@@ -894,7 +908,7 @@ class LegalInterface:
             row = ProfileRow(cmd.capture_time, status, snap.a_plus, snap.a_minus, snap.r_plus, snap.r_minus)
             if extra is not None:
                 self._lp1.append(cmd.capture_time, 0, _profile_payload(row))
-                self._put_meta("time_base", self._time.state.to_json())
+                self._save_time_base()
             self._put_meta("demand", self._demand.state.to_json())
         self._unsaved = False
         return row
@@ -917,7 +931,7 @@ class LegalInterface:
                 self._lp1.append(row.capture_time, 0, _profile_payload(row))
             self._lp1.checkpoint()
             self._time.state.capture_floor = last.capture_time
-            self._put_meta("time_base", self._time.state.to_json())
+            self._save_time_base()
         self._log_event(EVENT_DEMO_HISTORY, {"entries": len(rows), "first": rows[0].capture_time,
                                              "last": last.capture_time})
 
