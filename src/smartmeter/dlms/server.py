@@ -277,6 +277,13 @@ class ServerAssociation:
         self._after_response.append(action_)
 
     @property
+    def requester_system_title(self) -> bytes:
+        """The client's system title as the meter records it with what the client changed: the
+        title it ciphers with, else the AARQ's calling-AP-title, else 8 zero bytes."""
+        title = (self.security.client_system_title if self.security else None) or self.calling_system_title
+        return title if title is not None and len(title) == 8 else bytes(8)
+
+    @property
     def authenticated(self) -> bool:
         """HLS passes 3 and 4 done (or not needed)."""
         return self.security is None or self.mechanism not in (5, 6, 7) or self.security.authenticated

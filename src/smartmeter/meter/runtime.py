@@ -228,8 +228,7 @@ class Meter:
         except ValueError:
             raise CosemAccessError(DataAccessResult.TYPE_UNMATCHED, "structure {boolean, enum, enum, unsigned, long-unsigned}") from None
         association = ctx.association
-        title = (association.security.client_system_title if association.security else None) \
-            or association.calling_system_title or bytes(8)
+        title = association.requester_system_title
         # certification authority (§5.16): the token the legal part itself handed out when it verified
         # the Certification client's HLS 6 exchange; the legal part decides, this side only relays it.
         # The optical port alone admits that client (the model), so the token is only ever won there.

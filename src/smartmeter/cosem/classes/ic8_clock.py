@@ -23,11 +23,7 @@ class Clock(InterfaceClass):
     @staticmethod
     def _requester(ctx: RequestContext) -> bytes:
         """The requesting client's system title, recorded with the time change."""
-        association = getattr(ctx, "association", None)
-        security = getattr(association, "security", None)
-        title = (getattr(security, "client_system_title", None) if security else None) \
-            or getattr(association, "calling_system_title", None)
-        return title if isinstance(title, bytes) and len(title) == 8 else bytes(8)
+        return ctx.association.requester_system_title if ctx.association is not None else bytes(8)
 
     def get_time(self, ctx: RequestContext) -> Data:
         return Data.octet_string(self.clock.cosem_now())
