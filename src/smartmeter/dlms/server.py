@@ -31,7 +31,7 @@ from smartmeter.dlms.security.context import REQUEST_BITS, SecurityManager
 from smartmeter.dlms.security.errors import SecurityError
 from smartmeter.dlms.server_security import AssociationSecurity, MeterKeys, SecurityRefusal, Wrapping
 from smartmeter.errors import DecodeError, SmartmeterError
-from smartmeter.transport.limits import RateLimitedLog
+from smartmeter.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
 

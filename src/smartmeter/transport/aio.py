@@ -8,7 +8,7 @@ What a peer can make the meter hold is bounded (`limits.ConnectionTable`): TCP c
 UDP peers by nb_of_sim_conn and inactivity_time_out of the TCP-UDP setup object (IC 41,
 0-0:25.0.0.255), HDLC-over-TCP connections by a fixed number and the inactivity_time_out of
 the IEC HDLC setup (IC 23), associations per connection or peer by the number of clients.
-Conditions caused by peers are logged once per minute at most (`limits.RateLimitedLog`).
+Conditions caused by peers are logged once per minute at most (`smartmeter.ratelog.RateLimitedLog`).
 """
 from __future__ import annotations
 

@@ -7,16 +7,14 @@ a new connection takes the slot of the one that matters least (no open associati
 unauthenticated one, the longest idle first), so idle or unauthenticated peers cannot lock
 a head-end out; authenticated associations are never displaced. It is sans-io: time comes in
 as an argument and closing is a callback the transport provides.
-
-`RateLimitedLog` writes one line for the first occurrence of a condition and then at most one
-line per interval with the number of occurrences it did not write.
 """
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from typing import Callable, Hashable
+
+from smartmeter.ratelog import RateLimitedLog
 
 __all__ = [
     "AUTHENTICATED", "NO_ASSOCIATION", "UNAUTHENTICATED", "ConnectionTable", "RateLimitedLog", "Slot",
@@ -37,37 +35,6 @@ def association_rank(association) -> int:
     if client is None or client.pre_established or association.mechanism == 0 or not association.authenticated:
         return UNAUTHENTICATED
     return AUTHENTICATED
-
-
-class RateLimitedLog:
-    """At most one line per condition and interval; what was held back is counted in the next line.
-
-    Conditions are fixed strings chosen by the code (never taken from a peer), so the table of
-    conditions stays as small as the code that uses it.
-    """
-
-    def __init__(self, logger: logging.Logger, interval: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.logger = logger
-        self.interval = interval
-        self.clock = clock
-        self._last: dict[str, float] = {}
-        self._held: dict[str, int] = {}
-
-    def __call__(self, condition: str, message: str, *args, level: int = logging.WARNING) -> bool:
-        """Log `message % args` unless `condition` was logged less than `interval` ago; True if written."""
-        now = self.clock()
-        last = self._last.get(condition)
-        if last is not None and now - last < self.interval:
-            self._held[condition] = self._held.get(condition, 0) + 1
-            return False
-        held = self._held.pop(condition, 0)
-        self._last[condition] = now
-        if held:
-            message += " (%d more since the last such line)"
-            args = (*args, held)
-        self.logger.log(level, message, *args)
-        return True
 
 
 @dataclass(eq=False)
