@@ -39,7 +39,8 @@ from smartmeter.legal.sensor import PairingRecord, RemoteSensorLink
 from smartmeter.legal.registers import MILLI, REGISTER_NAMES, EnergyRegisters, EnergySnapshot
 from smartmeter.legal.signing import MeterSigner, verify
 from smartmeter.legal.timebase import (  # noqa: F401 - STATUS_* and TimeChange are part of the interface
-    CAPTURE_PERIOD, STATUS_CLOCK_ADJUSTED, STATUS_DAYLIGHT_SAVING, UNCHANGED, TimeBase, TimeBaseState, TimeChange,
+    CAPTURE_PERIOD, STATUS_CLOCK_ADJUSTED, STATUS_CLOCK_INVALID, STATUS_DATA_NOT_VALID, STATUS_DAYLIGHT_SAVING,
+    STATUS_ERROR, STATUS_POWER_DOWN, UNCHANGED, TimeBase, TimeBaseState, TimeChange, rtc_reading,
 )
 
 LOAD_PROFILE_1 = "lp1"
@@ -251,7 +252,61 @@ class BackfillDemoHistory:
 
 @dataclass(frozen=True, slots=True)
 class Persist:
-    """Write registers and metering state to the store now (the part does it every second itself)."""
+    """Write registers and metering state to the store now (the part does it every second itself).
+    `now`: the meter time, for a part whose clock is the caller's (a simulation on a test clock)."""
+
+    now: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReadClockState:
+    """-> ClockState: how meter time is made from the platform clock, and whether it is valid."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClockState:
+    offset: float  # meter time = rtc + offset
+    speed: float  # rtc seconds per platform second; not 1: a simulation, never a legal meter
+    anchor_platform: float  # rtc = anchor_clock + (platform - anchor_platform) * speed
+    anchor_clock: float
+    invalid: bool  # the time was lost (backup exhausted during an outage) and not set since
+    backup_exhausted: bool
+
+    def rtc(self, platform_time: float) -> float:
+        return rtc_reading(self.speed, self.anchor_platform, self.anchor_clock, platform_time)
+
+
+@dataclass(frozen=True, slots=True)
+class SetBackupBattery:
+    """The clock's backup battery is fine (True) or exhausted (False): with it exhausted an
+    outage loses the time (companion §5.4). Kept with the time base."""
+
+    ok: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PowerDown:
+    """The supply fails now: everything is persisted and nothing is measured or captured until
+    PowerUp. `reference_time_utc` as in SetTime."""
+
+    reference_time_utc: float
+
+
+@dataclass(frozen=True, slots=True)
+class PowerUp:
+    """The supply is back, or the meter starts: -> PowerUpReport, once per outage (a repeated
+    PowerUp reports nothing new). The next load-profile entry carries PDN; with the backup
+    exhausted the clock restarts at the power-down time + 1 s, invalid (CIV, DNV) until set."""
+
+    reference_time_utc: float
+
+
+@dataclass(frozen=True, slots=True)
+class PowerUpReport:
+    down_time: int | None  # the last instant the part had persisted before the outage; None: first start
+    up_time: int  # meter time at power-up (after a lost time: down_time + 1)
+    clean: bool  # the outage began with PowerDown or a clean stop (False: found at start, e.g. kill -9)
+    time_lost: bool  # the backup was exhausted: the clock restarted at down_time + 1 s
 
 
 @dataclass(frozen=True, slots=True)
@@ -452,7 +507,7 @@ class LegalInterface:
     def __init__(self, data_dir: Path, *, phases: int = 1, realtime: bool = False, fault_injection: bool = False,
                  monotonic: Callable[[], float] = time.monotonic, software_root: str | None = None,
                  application_version: str = "", sensor: str = "synthetic", sensor_port: int | None = None,
-                 meter_id: str = "") -> None:
+                 meter_id: str = "", speed: float | None = None, start_time: float | None = None) -> None:
         self._application_version = application_version
         self._sensor_port = sensor_port
         self._sensor_kind = sensor
@@ -460,7 +515,15 @@ class LegalInterface:
         self._data_dir = Path(data_dir)
         self._monotonic = monotonic
         self._fault_injection = fault_injection
-        self._realtime = realtime
+        # realtime: the part measures continuously on its own (a meter at real speed). Its clock is
+        # the platform's, scaled when `speed` is given (a simulation faster than real time, whose
+        # registration the caller drives interval by interval); otherwise, for tests on a clock of
+        # their own, meter time is what the commands say it is.
+        self._realtime = realtime and (speed is None or speed == 1.0)
+        self._own_clock = realtime or speed is not None
+        self._command_time: float | None = None
+        self._powered = True
+        self._started = False
         self._software_root = Path(software_root) if software_root else None
         self._lock = threading.RLock()
         self._damaged_meta: set[str] = set()
@@ -470,6 +533,9 @@ class LegalInterface:
         self._cert_log = CertificationLog(self._db, self._signer)
         self._lp1 = ChainedTable(self._db, LOAD_PROFILE_1, LOAD_PROFILE_1_CAPACITY, "fifo", self._signer)
         self._time = TimeBase(self._load_time_base())  # stamps every log entry from here on
+        self._apply_speed(speed, start_time)
+        # the last instant persisted before this start is when the supply failed (or the meter stopped)
+        self._outage: tuple[int | None, bool] | None = (self._meta("alive", None), bool(self._meta("stopped_cleanly", False)))
         self._fatal = int(self._meta("fatal_errors", 0))
         self._integrity = identification.check_software(self._software_root)
         self._software_id = self._integrity.actual or identification.compute_software_id(self._software_root)
@@ -478,7 +544,10 @@ class LegalInterface:
                        + " " + self._software_id.digest_hex[:8]).encode()
         # checked before anything writes to it; a meter that has captured a profile entry must have a seal
         seal = ParameterSeal(self._db, self._signer, verify, expect_signature=self._lp1.count() > 0)
-        self._mode = CertificationMode(self._db, self._cert_log.log, firmware_id, monotonic, (LogFull,), seal)
+        # the certification mode's 12 h run on the meter's time, fast in a fast simulation
+        speed_factor = self._time.state.speed
+        mode_clock = monotonic if speed_factor == 1.0 else (lambda: monotonic() * speed_factor)
+        self._mode = CertificationMode(self._db, self._cert_log.log, firmware_id, mode_clock, (LogFull,), seal)
         self._parameters = ParameterStore(self._db, self._cert_log.log, self._mode, firmware_id, (LogFull,), seal)
         self._check_parameters_at_start()
         rows = dict(self._db.execute("SELECT name, milli_units FROM energy_register").fetchall())
@@ -528,6 +597,10 @@ class LegalInterface:
             CountLoadProfileEntries: lambda _: self._lp1.count(),
             EndMeasurementPeriod: self._end_period,
             ReadTimeBase: lambda _: self._time.state.offset,
+            ReadClockState: self._read_clock_state,
+            SetBackupBattery: self._set_backup_battery,
+            PowerDown: self._power_down,
+            PowerUp: self._power_up,
             SetTime: self._set_time,
             StartDemandPeriod: self._start_demand,
             ReadDemand: self._read_demand,
@@ -537,7 +610,7 @@ class LegalInterface:
             RegisterSimulatedPower: self._register_power,
             IsFreshMeter: self._is_fresh,
             BackfillDemoHistory: self._backfill,
-            Persist: lambda _: self._persist(force=True),
+            Persist: self._persist_command,
             ReadRefusedCommandCount: lambda _: int(self._meta("refused_commands", 0)),
             ReadSoftwareIdentity: self._read_software_identity,
             ReadFatalErrors: lambda _: self._fatal,
@@ -638,6 +711,8 @@ class LegalInterface:
         if not (self._unsaved or force):
             return
         with atomic(self._db):
+            if self._powered:
+                self._put_meta("alive", int(self._now()))
             self._write_registers()
             self._put_meta("metering_state", self._metering.snapshot().hex())
             record = self._metering.pairing_record()
@@ -781,6 +856,7 @@ class LegalInterface:
                                    float(m.frequency))
 
     def _set_load(self, cmd: SetSimulatedLoad) -> None:
+        self._require_power()
         try:
             self._metering.set_load(float(cmd.active_w), float(cmd.reactive_var))
         except MeteringError as exc:
@@ -789,6 +865,7 @@ class LegalInterface:
     def _register_power(self, cmd: RegisterSimulatedPower) -> None:
         if not 0 <= cmd.seconds <= MAX_SIMULATED_INTERVAL:
             raise CommandRefused(f"seconds must be 0..{MAX_SIMULATED_INTERVAL} per command")
+        self._require_power()
         try:
             self._metering.set_load(float(cmd.active_w), float(cmd.reactive_var))
         except MeteringError as exc:
@@ -839,8 +916,82 @@ class LegalInterface:
 
     # -- time base ------------------------------------------------------------------------------
     def _now(self) -> float:
-        """The meter time that stamps what this part records: platform clock + legal offset."""
-        return time.time() + self._time.state.offset
+        """The meter time that stamps what this part records: the real-time clock + legal offset
+        (in a part whose clock is the caller's: the latest time a command brought)."""
+        if not self._own_clock and self._command_time is not None:
+            return self._command_time
+        return self._time.now(time.time())
+
+    def _platform_at(self, reference_time_utc: float) -> float:
+        """The platform instant for a command's reference time (the caller's clock, when the part
+        has none of its own)."""
+        if self._own_clock:
+            return time.time()
+        self._command_time = float(reference_time_utc)
+        return self._time.state.platform(reference_time_utc - self._time.state.offset)
+
+    def _apply_speed(self, speed: float | None, start_time: float | None) -> None:
+        state = self._time.state
+        if start_time is not None:
+            if not self._is_fresh() or self._meta("alive", None) is not None:
+                raise ValueError("a start time is only for a fresh data directory (this one has run)")
+            state.offset = 0.0
+            state.anchor_platform, state.anchor_clock = time.time(), float(start_time)
+        wanted = 1.0 if speed is None else float(speed)
+        if start_time is not None or wanted != state.speed:
+            state.rescale(time.time(), wanted)
+            with atomic(self._db):
+                self._save_time_base()
+
+    def _read_clock_state(self, _: ReadClockState) -> ClockState:
+        st = self._time.state
+        return ClockState(st.offset, st.speed, st.anchor_platform, st.anchor_clock, st.clock_invalid,
+                          st.backup_exhausted)
+
+    def _set_backup_battery(self, cmd: SetBackupBattery) -> None:
+        self._time.state.backup_exhausted = not cmd.ok
+        with atomic(self._db):
+            self._save_time_base()
+
+    def _persist_command(self, cmd: Persist) -> None:
+        if cmd.now is not None:
+            self._platform_at(cmd.now)
+        self._persist(force=True)
+
+    def _power_down(self, cmd: PowerDown) -> None:
+        self._platform_at(cmd.reference_time_utc)
+        if not self._powered:
+            return
+        self._metering.stop()
+        self._persist(force=True)
+        with atomic(self._db):
+            self._put_meta("stopped_cleanly", True)
+        self._powered = False
+        self._outage = (int(self._now()), True)
+
+    def _power_up(self, cmd: PowerUp) -> PowerUpReport | None:
+        platform = self._platform_at(cmd.reference_time_utc)
+        if self._outage is None:
+            return None  # powered all along: nothing to report
+        down_time, clean = self._outage
+        lost = False
+        if down_time is not None:
+            lost = self._time.power_restored(platform, down_time)
+            if lost:
+                self._command_time = None if self._own_clock else down_time + 1.0
+        with atomic(self._db):
+            self._save_time_base()
+            self._put_meta("stopped_cleanly", False)
+            self._put_meta("alive", int(self._now()))
+        self._outage = None
+        self._powered = True
+        if self._realtime and self._started:
+            self._metering.start()
+        return PowerUpReport(down_time, int(self._now()), clean, lost)
+
+    def _require_power(self) -> None:
+        if not self._powered:
+            raise CommandRefused("the meter is powered down")
 
     @staticmethod
     def _time_base_message(text: str) -> bytes:
@@ -877,9 +1028,14 @@ class LegalInterface:
             raise CommandRefused(f"method must be one of {', '.join(TIME_CHANGE_METHODS)}")
         if not (0 <= cmd.new_time_utc < 2 ** 32 and 0 <= cmd.reference_time_utc < 2 ** 32):
             raise CommandRefused("time out of range (1970..2106)")
-        platform = time.time() if self._realtime else cmd.reference_time_utc - self._time.state.offset
-        change = self._time.set_time(platform, float(cmd.new_time_utc))
+        was_invalid = self._time.state.clock_invalid
+        change = self._time.set_time(self._platform_at(cmd.reference_time_utc), float(cmd.new_time_utc))
+        if not self._own_clock:
+            self._command_time = change.new_time
         if change.kind == UNCHANGED:
+            if was_invalid:
+                with atomic(self._db):
+                    self._save_time_base()
             return change
         with atomic(self._db):
             self._save_time_base()
@@ -890,11 +1046,14 @@ class LegalInterface:
         return change
 
     def _end_period(self, cmd: EndMeasurementPeriod) -> ProfileRow:
+        self._require_power()
         if cmd.capture_time % CAPTURE_PERIOD:
             raise CommandRefused(f"a capture is at a {CAPTURE_PERIOD} s boundary")
+        if not self._own_clock:
+            self._command_time = float(cmd.capture_time)
         if not 0 <= cmd.status <= 0xFF:
             raise CommandRefused("the profile status is one byte")
-        if self._realtime:
+        if self._own_clock:
             now = self._now()
             if not now - CAPTURE_WINDOW_PAST <= cmd.capture_time <= now + CAPTURE_WINDOW_FUTURE:
                 raise CommandRefused("a capture is for the period that has just ended")
@@ -904,6 +1063,8 @@ class LegalInterface:
             self._write_registers()
             self._put_meta("metering_state", self._metering.snapshot().hex())
             extra = self._time.admit_capture(cmd.capture_time)  # one entry per period of the time base
+            if extra is not None and self._fatal:
+                extra |= STATUS_ERROR | STATUS_DATA_NOT_VALID
             status = cmd.status if extra is None else cmd.status | extra
             row = ProfileRow(cmd.capture_time, status, snap.a_plus, snap.a_minus, snap.r_plus, snap.r_minus)
             if extra is not None:
@@ -1073,7 +1234,8 @@ class LegalInterface:
     def start(self) -> None:
         """Start what runs on its own: the real-time metering loop and its watchdog, and the
         housekeeping that persists every second and re-checks the software periodically."""
-        if self._realtime:
+        self._started = True
+        if self._realtime and self._powered:
             self._metering.start()
         if self._sensor_port is not None:
             self._udp = self._metering.serve_udp("127.0.0.1", self._sensor_port)
@@ -1083,7 +1245,9 @@ class LegalInterface:
     def _housekeeping(self) -> None:
         while not self._stop.wait(PERSIST_PERIOD / 2):
             with self._lock:
-                self._persist()
+                # a clock of its own: the instant of a power failure is known to within a period
+                self._persist(force=self._own_clock and self._powered
+                              and self._monotonic() - self._last_persist >= PERSIST_PERIOD)
                 self._mode.poll(int(self._now()))
                 if self._monotonic() - self._last_software_check >= SOFTWARE_CHECK_PERIOD:
                     self._last_software_check = self._monotonic()
@@ -1100,6 +1264,9 @@ class LegalInterface:
         self._metering.stop()
         with self._lock:
             self._persist(force=True)
+            if self._powered:  # a clean stop: the next start is a power-up after a known power-down
+                with atomic(self._db):
+                    self._put_meta("stopped_cleanly", True)
             for table in (self._lp1,):
                 try:
                     table.checkpoint()

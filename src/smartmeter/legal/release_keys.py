@@ -21,6 +21,13 @@ RELEASE_KEYS: dict[str, bytes] = {}
 
 # key id -> (PEM, who generated it, when)
 DEVELOPMENT_KEYS: dict[str, tuple[bytes, str]] = {
+    '13ba54be795ca270': (
+        b'-----BEGIN PUBLIC KEY-----\n'
+        b'MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE0Nv4g8QQa9kdYSPvrVcOvvEoX7gd\n'
+        b'3lOeY6p0uTeW1n0/C4Y+DIORvX40rU4bCZYvbz/qjC6UE/QFiqvha1hPTQ==\n'
+        b'-----END PUBLIC KEY-----\n',
+        'root@vm 2026-12-04',
+    ),
     '343534bc6f406070': (
         b'-----BEGIN PUBLIC KEY-----\n'
         b'MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEvOjDu6vvUbWOXD601oRSxQN5cPdC\n'

@@ -18,6 +18,9 @@ from smartmeter.cosem import axdr
 from smartmeter.cosem.data import CLOCK_STATUS_DST_ACTIVE, CosemDate, CosemDateTime, CosemTime
 
 DEFAULT_TIME_ZONE = "Europe/Berlin"
+# clock status bits (Blue Book 4.1.6.1) besides DST
+CLOCK_STATUS_INVALID = 0x01
+CLOCK_STATUS_DIFFERENT_BASE = 0x04
 _DATE_TIME = struct.Struct(">HBBBBBBBhB")  # year, month, day, weekday, h, min, s, hundredths, deviation, status
 
 
@@ -45,8 +48,11 @@ class ClockSetRefused(ValueError):
 class MeterClock:
     def __init__(self, time_zone: str = DEFAULT_TIME_ZONE, source: Callable[[], float] = time.time) -> None:
         self.zone = ZoneInfo(time_zone)
+        self._platform = source
         self._source = source
         self.offset = 0.0
+        self.simulated = False  # runs faster than real time: status "different clock base" everywhere
+        self.invalid = False  # the time was lost in an outage and not set since: status "invalid value"
         self._offsets: dict[int, tuple[int, bool]] = {}
         # (new_time, reference_time, method, requester system title) -> TimeChangeResult; in a
         # meter, the legal part
@@ -67,6 +73,14 @@ class MeterClock:
                 listener(change)
         return change
 
+    def follow(self, state) -> None:
+        """Take the legal time base's state (legal.interface.ClockState): offset, speed, validity."""
+        self.offset = state.offset
+        self.invalid = state.invalid
+        self.simulated = state.speed != 1.0
+        platform = self._platform
+        self._source = lambda: state.rtc(platform())
+
     def now(self) -> float:
         """UTC seconds since the epoch, as the meter's clock has it."""
         return self._source() + self.offset
@@ -79,7 +93,7 @@ class MeterClock:
         if utc_seconds == int(utc_seconds):  # whole seconds (capture times): the fast path
             return self._cosem_whole_second(int(utc_seconds))
         local = self.local(utc_seconds)
-        status = CLOCK_STATUS_DST_ACTIVE if local.dst() else 0
+        status = (CLOCK_STATUS_DST_ACTIVE if local.dst() else 0) | self._base()
         return axdr.encode_date_time(CosemDateTime.from_datetime(local, status))
 
     def _cosem_whole_second(self, t: int) -> bytes:
@@ -96,10 +110,12 @@ class MeterClock:
         offset, dst = cached
         tm = time.gmtime(t + offset)
         return _DATE_TIME.pack(tm.tm_year, tm.tm_mon, tm.tm_mday, tm.tm_wday + 1, tm.tm_hour, tm.tm_min,
-                               tm.tm_sec, 0, -offset // 60, CLOCK_STATUS_DST_ACTIVE if dst else 0)
+                               tm.tm_sec, 0, -offset // 60, (CLOCK_STATUS_DST_ACTIVE if dst else 0) | self._base())
 
     def cosem_now(self) -> bytes:
-        return self.cosem(self.now())
+        encoded = self.cosem(self.now())
+        # the clock's own reading also says whether it is valid now
+        return encoded[:-1] + bytes([encoded[-1] | self._quality()]) if self.invalid else encoded
 
     def utc_from_cosem(self, value: CosemDateTime) -> int:
         """UTC seconds of a COSEM date-time; without deviation it is read as meter local time."""
@@ -140,8 +156,15 @@ class MeterClock:
         standard = self.zone.utcoffset(dt.datetime(2001, 1, 15))
         return -int(standard.total_seconds() // 60)
 
+    def _base(self) -> int:
+        # every time stamp of a simulated meter comes from a simulated clock
+        return CLOCK_STATUS_DIFFERENT_BASE if self.simulated else 0
+
+    def _quality(self) -> int:
+        return (CLOCK_STATUS_INVALID if self.invalid else 0) | self._base()
+
     def status(self) -> int:
-        return CLOCK_STATUS_DST_ACTIVE if self.local(self.now()).dst() else 0
+        return (CLOCK_STATUS_DST_ACTIVE if self.local(self.now()).dst() else 0) | self._quality()
 
     def dst_enabled(self) -> bool:
         return self.zone.dst(dt.datetime(2001, 7, 1)) != dt.timedelta(0)
