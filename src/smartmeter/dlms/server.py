@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Iterator
 from smartmeter.cosem import axdr
 from smartmeter.cosem.classes.base import CosemAccessError, RequestContext, Selection
 from smartmeter.cosem.data import Data, DataType
-from smartmeter.cosem.objectmodel import ClientDef, ObjectDirectory
+from smartmeter.cosem.objectmodel import Access, ClientDef, ObjectDef, ObjectDirectory
 from smartmeter.dlms.apdu import acse, get, set as set_, action, access
 from smartmeter.dlms.apdu.common import (
     ActionResult, CosemAttributeDescriptor, CosemMethodDescriptor, DataAccessResult, SelectiveAccessDescriptor,
@@ -45,6 +45,7 @@ MAX_ACCESS_RESPONSE = 256 * 1024
 BLOCK_HEADER = 16  # room for the header of a service-specific block response
 GBT_HEADER = 9  # tag, block-control, block-number, block-number-ack, length of block-data (≤ 3)
 MAX_LIST_ITEMS = 32  # with-list requests: ≥ 16 must be supported (§3.3.1)
+MAX_SCRIPT_NESTING = 4  # a script may run another script table's script, this deep at most
 
 SERVER_CONFORMANCE = (
     Conformance.GENERAL_PROTECTION | Conformance.GENERAL_BLOCK_TRANSFER
@@ -84,6 +85,27 @@ def _action_result(result: DataAccessResult) -> ActionResult:
         return ActionResult(int(result))
     except ValueError:
         return ActionResult.OTHER_REASON
+
+
+WRITE_ATTRIBUTE = 1  # service_id of a script action (Blue Book 4.5.2)
+EXECUTE_METHOD = 2
+SCRIPT_TABLE_CLASS = 9
+
+# The meter's own authority: the requests of its scripts. Not a client of the model (SAP 0 is no
+# client address), so no peer can associate as it.
+LOCAL_CLIENT = ClientDef("meter", 0, (), 0, "the meter itself: actions of its scripts")
+_EVERY_INDEX = frozenset(range(256))
+
+
+@dataclass(frozen=True, slots=True)
+class LocalAction:
+    """One request the meter makes of its own objects (a script's action_specification)."""
+
+    service: int  # WRITE_ATTRIBUTE or EXECUTE_METHOD
+    class_id: int
+    logical_name: bytes
+    index: int  # attribute or method
+    parameter: Data | None = None
 
 
 class DlmsServer:
@@ -131,6 +153,38 @@ class DlmsServer:
 
     def association(self, client_sap: int, interface: str, server_sap: int | None = None) -> "ServerAssociation":
         return ServerAssociation(self, client_sap, interface, self.server_sap if server_sap is None else server_sap)
+
+    def run_locally(self, actions: Iterable[LocalAction], depth: int = 0) -> list[DataAccessResult]:
+        """Carry out `actions` in order with the meter's own authority (LOCAL_CLIENT): the same
+        object lookup, instance.set / instance.invoke and result mapping as a client's request,
+        without the model's access table. Every action is attempted whatever the one before
+        answered; the result of each is returned. `depth` counts scripts run from scripts.
+        An action is anything with LocalAction's fields (a script table's ScriptAction)."""
+        local = _LocalAssociation(self, depth)
+        results = []
+        for a in actions:
+            if depth > MAX_SCRIPT_NESTING:
+                result = DataAccessResult.OTHER_REASON
+            elif a.service == WRITE_ATTRIBUTE:
+                _, result = local._guarded(local.write, CosemAttributeDescriptor(a.class_id, a.logical_name, a.index),
+                                           None, Data.null() if a.parameter is None else a.parameter)
+            elif a.service == EXECUTE_METHOD:
+                _, result = local._guarded(local.execute, CosemMethodDescriptor(a.class_id, a.logical_name, a.index),
+                                           a.parameter)
+            else:
+                result = DataAccessResult.OTHER_REASON
+            if result != DataAccessResult.SUCCESS:
+                self.say("server.local_action_failed", "the meter's own %s of class %s %s index %s: %s",
+                         "write" if a.service == WRITE_ATTRIBUTE else "execute", a.class_id,
+                         bytes(a.logical_name).hex(), a.index, result.name.lower())
+            results.append(result)
+        return results
+
+    def run_script(self, script_ln: bytes, selector: int) -> DataAccessResult:
+        """Script `selector` of the script table `script_ln` (IC 9 execute), as a schedule or a
+        monitor starts it: the callback the scheduler and the register monitors are given."""
+        return self.run_locally([LocalAction(EXECUTE_METHOD, SCRIPT_TABLE_CLASS, bytes(script_ln), 1,
+                                             Data.long_unsigned(selector))])[0]
 
 
 class _ResponseStream:
@@ -271,6 +325,12 @@ class ServerAssociation:
         self.security = None
 
     server_conformance = int(SERVER_CONFORMANCE)
+    script_depth = 0  # requests of a client; a local association says how deep in scripts it runs
+
+    def run_script_actions(self, actions: Iterable[LocalAction]) -> list[DataAccessResult]:
+        """A script started by this association's request (a script table's execute): its
+        actions run with the meter's authority, one script level deeper."""
+        return self.server.run_locally(actions, self.script_depth + 1)
 
     def after_response(self, action_: Callable[[], None]) -> None:
         """Run `action_` once the current response has been protected (e.g. a key switch, §3.5.3)."""
@@ -564,11 +624,15 @@ class ServerAssociation:
     def _context(self) -> RequestContext:
         return RequestContext(self.client.name, self.client_sap, self)
 
+    def _rights(self, o: ObjectDef) -> Access | None:
+        """What this client may do with `o`; None: the object is invisible to it."""
+        return o.access.get(self.client.name)
+
     def _lookup(self, class_id: int, instance_id: bytes):
         """(ObjectDef, instance) visible to this client, or a CosemAccessError."""
         directory = self.server.directory
         found = directory.by_ln.get(bytes(instance_id))
-        if found is None or self.client.name not in found[0].access:
+        if found is None or self._rights(found[0]) is None:
             raise CosemAccessError(DataAccessResult.OBJECT_UNDEFINED)
         if found[0].class_id != class_id:
             raise CosemAccessError(DataAccessResult.OBJECT_CLASS_INCONSISTENT)
@@ -577,7 +641,7 @@ class ServerAssociation:
     def read(self, descriptor: CosemAttributeDescriptor, selection: SelectiveAccessDescriptor | None) -> Data:
         """One attribute's value, or CosemAccessError: the access rules of the model."""
         o, instance = self._lookup(descriptor.class_id, descriptor.instance_id)
-        rights = o.access_for(self.client.name)
+        rights = self._rights(o)
         sel = None if selection is None else Selection(selection.access_selector, selection.access_parameters)
         if sel is not None and not self.conformance & Conformance.SELECTIVE_ACCESS:
             raise CosemAccessError(DataAccessResult.SCOPE_OF_ACCESS_VIOLATED)
@@ -598,7 +662,7 @@ class ServerAssociation:
         o, instance = self._lookup(descriptor.class_id, descriptor.instance_id)
         if descriptor.attribute_id not in instance.attributes:
             raise CosemAccessError(DataAccessResult.OBJECT_UNDEFINED)
-        if descriptor.attribute_id not in o.access_for(self.client.name).write:
+        if descriptor.attribute_id not in self._rights(o).write:
             raise CosemAccessError(DataAccessResult.READ_WRITE_DENIED)
         sel = None if selection is None else Selection(selection.access_selector, selection.access_parameters)
         instance.set(descriptor.attribute_id, value, self._context(), sel)
@@ -607,7 +671,7 @@ class ServerAssociation:
         o, instance = self._lookup(descriptor.class_id, descriptor.instance_id)
         if descriptor.method_id not in instance.methods:
             raise CosemAccessError(DataAccessResult.OBJECT_UNDEFINED)
-        if descriptor.method_id not in o.access_for(self.client.name).execute:
+        if descriptor.method_id not in self._rights(o).execute:
             raise CosemAccessError(DataAccessResult.READ_WRITE_DENIED)
         return instance.invoke(descriptor.method_id, parameters, self._context())
 
@@ -954,3 +1018,25 @@ class ServerAssociation:
             return None
         # answers to GBT requests go back in GBT (Green Book 9.3.9)
         return self._start_gbt(response, block.block_number)
+
+
+class _LocalAssociation(ServerAssociation):
+    """The meter's own requests (DlmsServer.run_locally): every object is visible and every
+    attribute and method may be used; whether a value is taken stays the object's decision."""
+
+    _EVERYTHING = Access(_EVERY_INDEX, _EVERY_INDEX, _EVERY_INDEX)
+
+    def __init__(self, server: DlmsServer, depth: int) -> None:
+        super().__init__(server, LOCAL_CLIENT.sap, "local", server.server_sap)
+        self.client = LOCAL_CLIENT
+        self.associated = True
+        self.conformance = int(SERVER_CONFORMANCE)
+        self.script_depth = depth
+
+    def _rights(self, o: ObjectDef) -> Access:
+        return self._EVERYTHING
+
+    @property
+    def requester_system_title(self) -> bytes:
+        """What a script changes is recorded as changed by the meter itself."""
+        return self.server.system_title
