@@ -39,12 +39,16 @@ from smartmeter.legal.sensor import PairingRecord, RemoteSensorLink
 from smartmeter.legal.registers import MILLI, REGISTER_NAMES, EnergyRegisters, EnergySnapshot
 from smartmeter.legal.signing import MeterSigner, verify
 from smartmeter.legal.timebase import (  # noqa: F401 - STATUS_* and TimeChange are part of the interface
-    CAPTURE_PERIOD, STATUS_CLOCK_ADJUSTED, STATUS_CLOCK_INVALID, STATUS_DATA_NOT_VALID, STATUS_DAYLIGHT_SAVING,
-    STATUS_ERROR, STATUS_POWER_DOWN, UNCHANGED, TimeBase, TimeBaseState, TimeChange, rtc_reading,
+    CAPTURE_PERIOD, STATUS_CAPTURE_DISABLED, STATUS_CLOCK_ADJUSTED, STATUS_CLOCK_INVALID, STATUS_DATA_NOT_VALID,
+    STATUS_DAYLIGHT_SAVING, STATUS_ERROR, STATUS_POWER_DOWN, UNCHANGED, LocalDays, TimeBase, TimeBaseState,
+    TimeChange, rtc_reading,
 )
 
 LOAD_PROFILE_1 = "lp1"
 LOAD_PROFILE_1_CAPACITY = 5760  # companion standard §5.7: exactly 5760 entries (60 days)
+LOAD_PROFILE_2 = "lp2"  # daily, 1-0:99.2.0.255, captured at local midnight
+LOAD_PROFILE_2_CAPACITY = 60  # companion standard §5.7: exactly 60 entries
+DEFAULT_TIME_ZONE = "Europe/Berlin"
 METROLOGICAL_LOG = "metrological"
 METROLOGICAL_LOG_CAPACITY = 1000
 PERSIST_PERIOD = 1.0  # seconds: at most this much energy is lost in a power failure (I3-2)
@@ -163,11 +167,60 @@ class CountLoadProfileEntries:
 
 @dataclass(frozen=True, slots=True)
 class EndMeasurementPeriod:
-    """-> ProfileRow: at a 15-minute boundary, capture load profile 1 and close the demand
-    period, in one transaction."""
+    """-> ProfileRow | None: at a 15-minute boundary, capture load profile 1 and close the
+    demand period, in one transaction. The row returned is the entry stored (its status with
+    the bits the legal part adds: CAD, PDN, CDI, CIV, DNV, ERR). None: no entry was made: the
+    period was already captured or skipped by a clock adjustment, or capturing of load profile
+    1 was disabled for the whole period (ReadCaptureEnabled tells which profile is disabled).
+    The demand period closes either way: demand is not the profile."""
 
     capture_time: int
     status: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class EndDay:
+    """-> ProfileRow | None: at a local midnight (00:00:00 in the meter's time zone), capture
+    load profile 2 (daily, 1-0:99.2.0.255). One entry per local day: None when the day was
+    already captured (also after a backward clock adjustment), was skipped by a forward
+    adjustment (including the midnight the adjustment jumps over or lands on), or capturing of
+    load profile 2 was disabled for the whole day. A capture time that is not a local midnight
+    is refused; a part on a clock of its own accepts only the midnight that has just passed."""
+
+    capture_time: int
+    status: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReadDailyProfile:
+    """-> tuple[ProfileRow, ...] of load profile 2 with from_time <= capture_time <= to_time (bounds optional)."""
+
+    from_time: int | None = None
+    to_time: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CountDailyProfileEntries:
+    """-> int: entries in use of load profile 2."""
+
+
+@dataclass(frozen=True, slots=True)
+class SetCaptureEnabled:
+    """Opt-in (enabled True) or opt-out (False) of capturing in one load profile ("lp1" or
+    "lp2") at meter time `time_utc` -> (lp1 enabled, lp2 enabled) after it. Applies from the
+    next scheduled capture on; the running period is not interrupted: its entry is made and
+    carries CDI, as does the first entry after capturing is enabled again; periods disabled
+    throughout get no entry (IDIS §7.5.8). Persisted and signed with the time base. A part on
+    a clock of its own uses its own time instead of `time_utc`."""
+
+    profile: str
+    enabled: bool
+    time_utc: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadCaptureEnabled:
+    """-> (lp1 enabled, lp2 enabled): whether capturing is enabled now in each load profile."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,19 +275,34 @@ class ResetMaximumDemand:
 
 @dataclass(frozen=True, slots=True)
 class SetSimulatedLoad:
-    """Synthetic sensor only (the demo installation): what it draws from the next frame on."""
+    """Synthetic sensor only (the demo installation): what it draws from the next frame on, in
+    total. `phase` 0: split evenly over the phases; 1..phases: all of it on that phase (the
+    others draw nothing). A phase at 0 V carries no current."""
 
     active_w: float
     reactive_var: float
+    phase: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class RegisterSimulatedPower:
-    """Synthetic sensor only, deterministic: measure `seconds` of signal at this load now."""
+    """Synthetic sensor only, deterministic: measure `seconds` of signal at this load now
+    (`phase` as in SetSimulatedLoad): P x t per phase at any voltage above 0 V, nothing on a
+    phase at 0 V."""
 
     active_w: float
     reactive_var: float
     seconds: float
+    phase: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SetSimulatedVoltage:
+    """Synthetic sensor only: the RMS voltage of each phase from the next frame on (one value
+    per phase, each finite and 0..400 V; nominal 230 V until set, and again after a restart).
+    The current of a phase is its load divided by its voltage; at 0 V it carries none."""
+
+    volts: tuple[float, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -507,7 +575,8 @@ class LegalInterface:
     def __init__(self, data_dir: Path, *, phases: int = 1, realtime: bool = False, fault_injection: bool = False,
                  monotonic: Callable[[], float] = time.monotonic, software_root: str | None = None,
                  application_version: str = "", sensor: str = "synthetic", sensor_port: int | None = None,
-                 meter_id: str = "", speed: float | None = None, start_time: float | None = None) -> None:
+                 meter_id: str = "", speed: float | None = None, start_time: float | None = None,
+                 time_zone: str = DEFAULT_TIME_ZONE) -> None:
         self._application_version = application_version
         self._sensor_port = sensor_port
         self._sensor_kind = sensor
@@ -532,7 +601,9 @@ class LegalInterface:
         self._metro_log = EventLog(self._db, METROLOGICAL_LOG, METROLOGICAL_LOG_CAPACITY, self._signer)
         self._cert_log = CertificationLog(self._db, self._signer)
         self._lp1 = ChainedTable(self._db, LOAD_PROFILE_1, LOAD_PROFILE_1_CAPACITY, "fifo", self._signer)
-        self._time = TimeBase(self._load_time_base())  # stamps every log entry from here on
+        self._lp2 = ChainedTable(self._db, LOAD_PROFILE_2, LOAD_PROFILE_2_CAPACITY, "fifo", self._signer)
+        # stamps every log entry from here on; local midnights in the meter's time zone
+        self._time = TimeBase(self._load_time_base(), LocalDays(time_zone))
         self._apply_speed(speed, start_time)
         # the last instant persisted before this start is when the supply failed (or the meter stopped)
         self._outage: tuple[int | None, bool] | None = (self._meta("alive", None), bool(self._meta("stopped_cleanly", False)))
@@ -543,7 +614,8 @@ class LegalInterface:
         firmware_id = (identification.marked_version(self._software_id.version, self._integrity.development_key)
                        + " " + self._software_id.digest_hex[:8]).encode()
         # checked before anything writes to it; a meter that has captured a profile entry must have a seal
-        seal = ParameterSeal(self._db, self._signer, verify, expect_signature=self._lp1.count() > 0)
+        seal = ParameterSeal(self._db, self._signer, verify,
+                             expect_signature=self._lp1.count() > 0 or self._lp2.count() > 0)
         # the certification mode's 12 h run on the meter's time, fast in a fast simulation
         speed_factor = self._time.state.speed
         mode_clock = monotonic if speed_factor == 1.0 else (lambda: monotonic() * speed_factor)
@@ -596,6 +668,11 @@ class LegalInterface:
             ReadLoadProfile: self._read_load_profile,
             CountLoadProfileEntries: lambda _: self._lp1.count(),
             EndMeasurementPeriod: self._end_period,
+            EndDay: self._end_day,
+            ReadDailyProfile: self._read_daily_profile,
+            CountDailyProfileEntries: lambda _: self._lp2.count(),
+            SetCaptureEnabled: self._set_capture_enabled,
+            ReadCaptureEnabled: lambda _: self._capture_enabled(),
             ReadTimeBase: lambda _: self._time.state.offset,
             ReadClockState: self._read_clock_state,
             SetBackupBattery: self._set_backup_battery,
@@ -608,6 +685,7 @@ class LegalInterface:
             ResetMaximumDemand: self._reset_maximum_demand,
             SetSimulatedLoad: self._set_load,
             RegisterSimulatedPower: self._register_power,
+            SetSimulatedVoltage: self._set_voltage,
             IsFreshMeter: self._is_fresh,
             BackfillDemoHistory: self._backfill,
             Persist: self._persist_command,
@@ -743,7 +821,7 @@ class LegalInterface:
     def _check_store_at_start(self) -> None:
         problems = []
         public = self._signer.public_key_pem()
-        for table in (self._lp1,):
+        for table in (self._lp1, self._lp2):
             report = table.verify(public)
             if not report.ok:
                 problems.append(f"{table.name}: {report.problem}")
@@ -761,12 +839,13 @@ class LegalInterface:
             problems.append("energy registers: signature does not verify")
         if self._damaged_meta:
             problems.append("stored state unreadable: " + ", ".join(sorted(self._damaged_meta)))
-        last = self._lp1.last()
-        if last is not None:
-            row = _profile_row(last.time_utc, last.payload)
-            snap = self._registers.snapshot()
-            if any(getattr(snap, n) < getattr(row, n) for n in REGISTER_NAMES):
-                problems.append("energy registers below the last load profile entry")
+        snap = self._registers.snapshot()
+        for table in (self._lp1, self._lp2):
+            last = table.last()
+            if last is not None:
+                row = _profile_row(last.time_utc, last.payload)
+                if any(getattr(snap, n) < getattr(row, n) for n in REGISTER_NAMES):
+                    problems.append(f"energy registers below the last entry of {table.name}")
         if problems:
             self._raise_fatal(FATAL_NV_MEMORY, EVENT_STORE_DAMAGED, {"problems": "; ".join(problems[:8])})
 
@@ -858,7 +937,7 @@ class LegalInterface:
     def _set_load(self, cmd: SetSimulatedLoad) -> None:
         self._require_power()
         try:
-            self._metering.set_load(float(cmd.active_w), float(cmd.reactive_var))
+            self._metering.set_load(float(cmd.active_w), float(cmd.reactive_var), cmd.phase)
         except MeteringError as exc:
             raise CommandRefused(str(exc)) from None
 
@@ -867,10 +946,17 @@ class LegalInterface:
             raise CommandRefused(f"seconds must be 0..{MAX_SIMULATED_INTERVAL} per command")
         self._require_power()
         try:
-            self._metering.set_load(float(cmd.active_w), float(cmd.reactive_var))
+            self._metering.set_load(float(cmd.active_w), float(cmd.reactive_var), cmd.phase)
         except MeteringError as exc:
             raise CommandRefused(str(exc)) from None
         self._metering.measure_for(float(cmd.seconds))
+
+    def _set_voltage(self, cmd: SetSimulatedVoltage) -> None:
+        self._require_power()
+        try:
+            self._metering.set_voltages(tuple(float(v) for v in cmd.volts))
+        except MeteringError as exc:
+            raise CommandRefused(str(exc)) from None
 
     def _open_pairing(self, cmd: OpenSensorPairing) -> None:
         try:
@@ -1008,8 +1094,11 @@ class LegalInterface:
                 return TimeBaseState.from_json(saved)
             except (ValueError, TypeError, KeyError, AttributeError):
                 self._damaged_meta.add("time_base")
-        last = self._lp1.last()
-        return TimeBaseState(capture_floor=None if last is None else last.time_utc)
+        state = TimeBaseState()
+        for name, table in ((LOAD_PROFILE_1, self._lp1), (LOAD_PROFILE_2, self._lp2)):
+            last = table.last()
+            state.profiles[name].floor = None if last is None else last.time_utc
+        return state
 
     def _save_time_base(self) -> None:
         """Within the caller's transaction: the time base with the meter's signature over it."""
@@ -1045,40 +1134,89 @@ class LegalInterface:
             "method": cmd.method, "client_system_title": requester.hex()})
         return change
 
-    def _end_period(self, cmd: EndMeasurementPeriod) -> ProfileRow:
+    def _check_capture(self, capture_time: int, status: int) -> None:
+        """What every capture must satisfy before it changes anything."""
         self._require_power()
-        if cmd.capture_time % CAPTURE_PERIOD:
-            raise CommandRefused(f"a capture is at a {CAPTURE_PERIOD} s boundary")
-        if not self._own_clock:
-            self._command_time = float(cmd.capture_time)
-        if not 0 <= cmd.status <= 0xFF:
+        if not 0 <= status <= 0xFF:
             raise CommandRefused("the profile status is one byte")
+        if not 0 <= capture_time < 2 ** 32:
+            raise CommandRefused("capture time out of range (1970..2106)")
         if self._own_clock:
             now = self._now()
-            if not now - CAPTURE_WINDOW_PAST <= cmd.capture_time <= now + CAPTURE_WINDOW_FUTURE:
+            if not now - CAPTURE_WINDOW_PAST <= capture_time <= now + CAPTURE_WINDOW_FUTURE:
                 raise CommandRefused("a capture is for the period that has just ended")
+
+    def _capture(self, table: ChainedTable, capture_time: int, status: int) -> ProfileRow | None:
+        """Within the caller's transaction: the entry of `table` at `capture_time` if the time
+        base admits one (None otherwise), with the registers as stored in the same transaction."""
         snap = self._registers.snapshot()
+        before = self._time.state.to_json()
+        extra = self._time.admit_capture(capture_time, table.name)  # one entry per period of the time base
+        if extra is not None and self._fatal:
+            extra |= STATUS_ERROR | STATUS_DATA_NOT_VALID
+        row = None
+        if extra is not None:
+            row = ProfileRow(capture_time, status | extra, snap.a_plus, snap.a_minus, snap.r_plus, snap.r_minus)
+            table.append(capture_time, 0, _profile_payload(row))
+        if self._time.state.to_json() != before:  # also a capture suppressed by capturing control
+            self._save_time_base()
+        return row
+
+    def _end_period(self, cmd: EndMeasurementPeriod) -> ProfileRow | None:
+        if cmd.capture_time % CAPTURE_PERIOD:
+            raise CommandRefused(f"a capture is at a {CAPTURE_PERIOD} s boundary")
+        self._check_capture(cmd.capture_time, cmd.status)
+        if not self._own_clock:
+            self._command_time = float(cmd.capture_time)
+        # demand is not the profile: its period closes whether or not an entry is made
         self._demand.close_period(cmd.capture_time, self._registers.milli_units())
         with atomic(self._db):
             self._write_registers()
             self._put_meta("metering_state", self._metering.snapshot().hex())
-            extra = self._time.admit_capture(cmd.capture_time)  # one entry per period of the time base
-            if extra is not None and self._fatal:
-                extra |= STATUS_ERROR | STATUS_DATA_NOT_VALID
-            status = cmd.status if extra is None else cmd.status | extra
-            row = ProfileRow(cmd.capture_time, status, snap.a_plus, snap.a_minus, snap.r_plus, snap.r_minus)
-            if extra is not None:
-                self._lp1.append(cmd.capture_time, 0, _profile_payload(row))
-                self._save_time_base()
+            row = self._capture(self._lp1, cmd.capture_time, cmd.status)
             self._put_meta("demand", self._demand.state.to_json())
         self._unsaved = False
         return row
+
+    def _end_day(self, cmd: EndDay) -> ProfileRow | None:
+        if not (0 <= cmd.capture_time < 2 ** 32 and self._time.days.is_start(cmd.capture_time)):
+            raise CommandRefused(f"a daily capture is at local midnight ({self._time.days.zone.key})")
+        self._check_capture(cmd.capture_time, cmd.status)
+        if not self._own_clock:
+            self._command_time = float(cmd.capture_time)
+        with atomic(self._db):
+            self._write_registers()
+            self._put_meta("metering_state", self._metering.snapshot().hex())
+            row = self._capture(self._lp2, cmd.capture_time, cmd.status)
+        self._unsaved = False
+        return row
+
+    def _read_daily_profile(self, cmd: ReadDailyProfile) -> tuple[ProfileRow, ...]:
+        return tuple(_profile_row(e.time_utc, e.payload) for e in self._lp2.between(cmd.from_time, cmd.to_time))
+
+    def _capture_enabled(self) -> tuple[bool, bool]:
+        profiles = self._time.state.profiles
+        return profiles[LOAD_PROFILE_1].enabled, profiles[LOAD_PROFILE_2].enabled
+
+    def _set_capture_enabled(self, cmd: SetCaptureEnabled) -> tuple[bool, bool]:
+        if cmd.profile not in (LOAD_PROFILE_1, LOAD_PROFILE_2):
+            raise CommandRefused(f"profile must be {LOAD_PROFILE_1!r} or {LOAD_PROFILE_2!r}")
+        if not 0 <= cmd.time_utc < 2 ** 32:
+            raise CommandRefused("time out of range (1970..2106)")
+        # a part with a clock of its own stamps the change itself; while powered down the change
+        # is kept and marked on the first entry after power-up
+        when = int(self._now()) if self._own_clock else cmd.time_utc
+        if self._time.set_capture_enabled(cmd.profile, cmd.enabled, when):
+            with atomic(self._db):
+                self._save_time_base()
+        return self._capture_enabled()
 
     def _read_load_profile(self, cmd: ReadLoadProfile) -> tuple[ProfileRow, ...]:
         return tuple(_profile_row(e.time_utc, e.payload) for e in self._lp1.between(cmd.from_time, cmd.to_time))
 
     def _is_fresh(self, _: IsFreshMeter | None = None) -> bool:
-        return self._lp1.count() == 0 and not any(self._registers.milli_units().values())
+        return (self._lp1.count() == 0 and self._lp2.count() == 0
+                and not any(self._registers.milli_units().values()))
 
     def _backfill(self, cmd: BackfillDemoHistory) -> None:
         if not self._is_fresh() or not cmd.rows:
@@ -1267,7 +1405,7 @@ class LegalInterface:
             if self._powered:  # a clean stop: the next start is a power-up after a known power-down
                 with atomic(self._db):
                     self._put_meta("stopped_cleanly", True)
-            for table in (self._lp1,):
+            for table in (self._lp1, self._lp2):
                 try:
                     table.checkpoint()
                 except ChainError:
@@ -1285,7 +1423,7 @@ def start_legal_process(data_dir: Path, options: dict | None = None):
 # -- offline: what can be checked without the meter running ------------------------------------
 
 LOG_TABLES = (METROLOGICAL_LOG, "certification")
-STORAGE_TABLES = (LOAD_PROFILE_1, "energy registers", "parameters")
+STORAGE_TABLES = (LOAD_PROFILE_1, LOAD_PROFILE_2, "energy registers", "parameters")
 
 
 REGISTERS_TABLE = "energy registers"

@@ -9,9 +9,12 @@ pacing; it hands every processed frame to ``on_measurement`` (the caller adds
 Input (chosen once, at construction, from the meter's configuration):
 
 * **synthetic** (``remote=None``): a ``SyntheticSource`` standing in for the ADC, whose load
-  is set with ``set_load(active_w, reactive_var)``. The signal is a pure function of the sample
-  index, so a load change between two frames is seamless: the voltage runs on, the current
-  changes at the frame boundary.
+  is set with ``set_load(active_w, reactive_var, phase)`` (phase 0: split evenly, else all on
+  that phase) and whose phase voltages with ``set_voltages(volts)`` (nominal until set). A
+  phase's current is its apparent power divided by its voltage; a phase at 0 V carries none,
+  so it registers nothing, and on a live phase the active energy is P·t at any voltage. The
+  signal is a pure function of the sample index, so a change between two frames is seamless:
+  the voltage runs on, the current changes at the frame boundary.
 * **remote** (``remote=RemoteSensorLink(...)``): messages of the paired remote sensor are fed
   with ``receive_sensor_message(bytes)`` (or by the UDP helper ``serve_udp``); accepted frames
   go to metrology in the order accepted. The synthetic source is then off: ``set_load`` and
@@ -92,7 +95,8 @@ from smartmeter.legal.sensor import (
 
 __all__ = ["MeteringError", "MeteringUnit", "UdpSensorListener", "NOMINAL_VOLTAGE"]
 
-NOMINAL_VOLTAGE = 230.0  # V, the synthetic installation's phase voltage
+NOMINAL_VOLTAGE = 230.0  # V, the synthetic installation's phase voltage until set
+MAX_SIMULATED_VOLTAGE = 400.0  # V RMS per phase the synthetic installation accepts
 # Pacing tolerance: a sample counts as due when the clock is within this fraction of a sample
 # period of it, so float rounding of (now − origin)·fs never holds back an exactly due frame.
 _DUE_EPSILON = 1e-6
@@ -203,7 +207,9 @@ class MeteringUnit:
             if snap.position is not None:
                 self._position = snap.position
         self._sequence = self._position // self.frame_samples
-        self._source = self._make_source(0.0, 0.0)
+        self._loads: tuple[tuple[float, float], ...] = ((0.0, 0.0),) * phases  # (P W, Q var) per phase
+        self._voltages: tuple[float, ...] = (NOMINAL_VOLTAGE,) * phases
+        self._source = self._make_source(self._loads, self._voltages)
         self._latest: Measurement | None = None
         self._delivery_failing = False
 
@@ -234,25 +240,51 @@ class MeteringUnit:
         self._refusal_window: dict[str, tuple[float, int, int]] = {}  # reason: (start, reported, suppressed)
 
     # -- the synthetic installation -------------------------------------------------------------
-    def _make_source(self, active_w: float, reactive_var: float) -> SyntheticSource:
+    def _make_source(self, loads: tuple[tuple[float, float], ...], voltages: tuple[float, ...]) -> SyntheticSource:
         # S = U·I*: a current lagging by φ = atan2(Q, P) draws P + jQ, in every quadrant (|φ| >
         # 90° reverses the current: export), so one angle covers import, export, ind. and cap.
-        p, q = active_w / self.phases, reactive_var / self.phases
-        apparent = math.hypot(p, q)
-        angle = math.degrees(math.atan2(q, p)) if apparent > 0 else 0.0
-        return SyntheticSource(self.phases, self.sample_rate, voltage_rms=NOMINAL_VOLTAGE,
-                               current_rms=apparent / NOMINAL_VOLTAGE, angle_deg=angle)
+        currents, angles = [], []
+        for (p, q), volts in zip(loads, voltages):
+            apparent = math.hypot(p, q)
+            angles.append(math.degrees(math.atan2(q, p)) if apparent > 0 else 0.0)
+            currents.append(apparent / volts if volts > 0 else 0.0)  # no voltage, no current
+        return SyntheticSource(self.phases, self.sample_rate, voltage_rms=voltages,
+                               current_rms=tuple(currents), angle_deg=tuple(angles))
 
-    def set_load(self, active_w: float, reactive_var: float) -> None:
-        """What the simulated installation draws from the next frame on, in total over the
-        phases (split evenly): P > 0 import, P < 0 export, Q > 0 inductive, Q < 0 capacitive."""
+    def _require_synthetic(self) -> None:
         if self._remote is not None:
             raise MeteringError("the remote sensor is the input: the synthetic source is off")
+
+    def set_load(self, active_w: float, reactive_var: float, phase: int = 0) -> None:
+        """What the simulated installation draws from the next frame on, in total: split evenly
+        over the phases (``phase`` 0) or all of it on phase 1..phases (the others draw nothing).
+        P > 0 import, P < 0 export, Q > 0 inductive, Q < 0 capacitive."""
+        self._require_synthetic()
         if not (math.isfinite(active_w) and math.isfinite(reactive_var)):
             raise MeteringError("load must be finite")
-        source = self._make_source(float(active_w), float(reactive_var))
+        if type(phase) is not int or not 0 <= phase <= self.phases:
+            raise MeteringError(f"phase must be 0 (all) or 1..{self.phases}: the meter has {self.phases}")
+        if phase == 0:
+            loads = ((float(active_w) / self.phases, float(reactive_var) / self.phases),) * self.phases
+        else:
+            loads = tuple((float(active_w), float(reactive_var)) if p == phase - 1 else (0.0, 0.0)
+                          for p in range(self.phases))
         with self._lock:
-            self._source = source
+            self._source = self._make_source(loads, self._voltages)
+            self._loads = loads
+
+    def set_voltages(self, volts: tuple[float, ...]) -> None:
+        """The RMS voltage of each phase from the next frame on: one value per phase, each finite
+        and within 0..MAX_SIMULATED_VOLTAGE. The loads stay; the currents follow (I = S / U)."""
+        self._require_synthetic()
+        values = tuple(float(v) for v in volts)
+        if len(values) != self.phases:
+            raise MeteringError(f"one voltage per phase: {self.phases} values")
+        if not all(math.isfinite(v) and 0.0 <= v <= MAX_SIMULATED_VOLTAGE for v in values):
+            raise MeteringError(f"a phase voltage is finite and within 0..{MAX_SIMULATED_VOLTAGE:g} V")
+        with self._lock:
+            self._source = self._make_source(self._loads, values)
+            self._voltages = values
 
     # -- processing (always under self._lock) -------------------------------------------------
     def _process_synthetic_frame(self, n: int) -> Measurement:
