@@ -1019,7 +1019,9 @@ class LegalInterface:
     def _apply_speed(self, speed: float | None, start_time: float | None) -> None:
         state = self._time.state
         if start_time is not None:
-            if not self._is_fresh() or self._meta("alive", None) is not None:
+            # (before the registers are loaded: read from the store)
+            registered = any(v for (v,) in self._db.execute("SELECT milli_units FROM energy_register"))
+            if self._lp1.count() or self._lp2.count() or registered or self._meta("alive", None) is not None:
                 raise ValueError("a start time is only for a fresh data directory (this one has run)")
             state.offset = 0.0
             state.anchor_platform, state.anchor_clock = time.time(), float(start_time)
