@@ -22,6 +22,7 @@ import click
 
 from smartmeter.cli.format import logical_name_paths, to_json, to_text
 from smartmeter.cli.pki import pki_group
+from smartmeter.cli.sim import sim_group
 from smartmeter.cosem.data import DataType
 from smartmeter.cosem.obis import Obis
 from smartmeter.errors import SmartmeterError
@@ -131,22 +132,50 @@ def meter() -> None:
 @click.option("--sensor-port", type=int, default=None, metavar="PORT",
               help="Measure with a paired remote sensor sending to udp://127.0.0.1:PORT instead of the simulated "
                    "household (pair it in certification mode).")
+@click.option("--speed", type=click.FloatRange(0, 100_000, min_open=True), default=1.0, show_default=True,
+              help="Run the meter's whole notion of time N times faster than real time (96: a day in 15 minutes). "
+                   "A simulation: the meter says so in its clock status and in `smartmeter id --data-dir`.")
+@click.option("--start-time", default=None, metavar="ISO",
+              help="The simulated time at the first start of a fresh data directory, e.g. 2026-03-28T22:00 "
+                   "(meter local time) or 2026-03-28T21:00+00:00.")
 @click.option("--banner", is_flag=True, help="Print the client commands to try once listening.")
 def meter_run(data_dir: Path, host: str, wrapper_port: int, hdlc_port: int, serial_device: str | None,
-              serial_number: str, profile: str, sensor_port: int | None, banner: bool) -> None:
+              serial_number: str, profile: str, sensor_port: int | None, speed: float, start_time: str | None,
+              banner: bool) -> None:
     """Start a meter with embedded defaults, driven by a simulated household load.
 
     On first start it back-fills 30 days of 15-minute load profile. Ctrl-C stops it cleanly.
+    `smartmeter sim` changes its physical world (supply, covers, load, ...) while it runs.
     """
+    from smartmeter.meter.clock import DEFAULT_TIME_ZONE
     from smartmeter.meter.runtime import Meter, MeterConfig
 
+    start = _parse_start_time(start_time, DEFAULT_TIME_ZONE)
+    if start is not None and (data_dir / "legal.sqlite3").exists():
+        raise UsageProblem(f"--start-time is for a fresh data directory, and {data_dir} has run",
+                           "choose a new --data-dir, or leave --start-time out to continue this meter's time")
     meter_ = Meter(MeterConfig(data_dir=data_dir, serial=serial_number, profile=profile, realtime=True,
-                               sensor="remote" if sensor_port is not None else "synthetic", sensor_port=sensor_port))
+                               sensor="remote" if sensor_port is not None else "synthetic", sensor_port=sensor_port,
+                               speed=speed, start_time=start, backfill_days=0 if start is not None else 30))
     try:
         asyncio.run(_serve(meter_, host, wrapper_port, hdlc_port, serial_device, banner))
     finally:
         meter_.close()
     click.echo("meter stopped; state saved in " + str(data_dir))
+
+
+def _parse_start_time(text: str | None, zone_name: str) -> float | None:
+    if text is None:
+        return None
+    from zoneinfo import ZoneInfo
+
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageProblem(f"--start-time {text!r} is not an ISO date and time", "e.g. 2026-03-28T22:00") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=ZoneInfo(zone_name))
+    return when.timestamp()
 
 
 def _command_path(program: Path) -> str:
@@ -216,18 +245,59 @@ async def _serve(meter_, host: str, wrapper_port: int, hdlc_port: int, serial_de
                                    f"stop the other program or choose another port with --{what}-port") from None
             raise UsageProblem(f"cannot listen on {host}:{port}: {exc.strerror}", "check --host") from None
 
-    servers, lines = [], []
+    from smartmeter.meter.control import ControlChannelError, ControlServer
+
+    def wz_open() -> bool:  # a powered-down meter's optical port answers nothing
+        return meter_.powered and meter_.wz_guard.port_open()
+
+    servers: list = []
+
+    async def open_interfaces() -> None:
+        if wrapper_port:
+            servers.append(await listen("wrapper", wrapper_port, lambda: aio.serve_wrapper_tcp(meter_.server, host, wrapper_port)))
+            servers.append(await listen("wrapper", wrapper_port, lambda: aio.serve_wrapper_udp(meter_.server, host, wrapper_port)))
+        if hdlc_port:
+            servers.append(await listen("hdlc", hdlc_port, lambda: aio.serve_hdlc_tcp(meter_.server, meter_.hdlc_setup(), host, hdlc_port, wz_open)))
+
+    def close_interfaces() -> None:
+        """Power down: no communication; every connection is dropped, as the modem loses power."""
+        while servers:
+            listener = servers.pop()
+            listener.close()
+            table = getattr(listener, "connections", None)
+            if table is not None:
+                table.close_all()
+
+    def on_supply(powered: bool) -> None:
+        if powered:
+            asyncio.ensure_future(open_interfaces())
+        else:
+            close_interfaces()
+
+    lines = []
+    if meter_.powered:
+        await open_interfaces()
     if wrapper_port:
-        servers.append(await listen("wrapper", wrapper_port, lambda: aio.serve_wrapper_tcp(meter_.server, host, wrapper_port)))
-        udp = await listen("wrapper", wrapper_port, lambda: aio.serve_wrapper_udp(meter_.server, host, wrapper_port))
         lines.append(f"LAN/WAN interface: IEC 62056-47 wrapper on tcp://{host}:{wrapper_port} and udp://{host}:{wrapper_port}")
     if hdlc_port:
-        servers.append(await listen("hdlc", hdlc_port, lambda: aio.serve_hdlc_tcp(meter_.server, meter_.hdlc_setup(), host, hdlc_port, meter_.wz_guard.port_open)))
         lines.append(f"WZ optical interface: HDLC over tcp://{host}:{hdlc_port}")
+    meter_.supply_listeners.append(on_supply)
+    control = ControlServer(meter_.config.data_dir, meter_.control)
+    try:
+        await control.start()
+    except ControlChannelError as exc:
+        raise UsageProblem(str(exc), "stop the other meter, or choose another --data-dir") from None
+    lines.append(f"simulated world: smartmeter sim --data-dir {shlex.quote(str(meter_.config.data_dir))} status "
+                 "(supply, load, covers, magnet, buttons, battery)")
+    if meter_.clock.simulated:
+        lines.append(f"time: simulated, {meter_.config.speed:g}x real time (clock status 'different clock base'; "
+                     "not a legal meter)")
+    if not meter_.powered:
+        lines.append("supply: OFF (stopped during a simulated power failure); smartmeter sim supply on restores it")
     stop_serial = threading.Event()
     if serial_device:
         try:
-            aio.serve_hdlc_serial(meter_.server, meter_.hdlc_setup(), serial_device, stop_serial, meter_.wz_guard.port_open)
+            aio.serve_hdlc_serial(meter_.server, meter_.hdlc_setup(), serial_device, stop_serial, wz_open)
         except Exception as exc:  # pyserial raises SerialException (an OSError subclass on most platforms)
             raise UsageProblem(f"cannot open serial port {serial_device}: {exc}", "check the device path and permissions") from None
         lines.append(f"WZ optical interface: HDLC on serial port {serial_device}")
@@ -248,13 +318,12 @@ async def _serve(meter_, host: str, wrapper_port: int, hdlc_port: int, serial_de
     await stop.wait()
     registration.cancel()
     stop_serial.set()
-    for s in servers:
-        s.close()
-    if wrapper_port:
-        udp.close()
+    await control.close()
+    close_interfaces()
 
 
 main.add_command(pki_group)
+main.add_command(sim_group)
 
 
 # --------------------------------------------------------------------------------------

@@ -446,4 +446,5 @@ def _who(ctx: RequestContext) -> dict:
     """Who cleared, for the security event log (client SAP, system title)."""
     association = getattr(ctx, "association", None)
     title = getattr(association, "requester_system_title", None) if association is not None else None
-    return {"client": ctx.client_name, "client_sap": ctx.client_sap, "system_title": title}
+    return {"client": ctx.client_name, "client_sap": ctx.client_sap, "system_title": title,
+            "server_sap": getattr(association, "server_sap", None)}

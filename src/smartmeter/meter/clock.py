@@ -57,10 +57,11 @@ class MeterClock:
         # (new_time, reference_time, method, requester system title) -> TimeChangeResult; in a
         # meter, the legal part
         self.time_base: Callable[[float, float, str, bytes], TimeChangeResult] | None = None
-        self.listeners: list[Callable[[TimeChangeResult], None]] = []
+        self.listeners: list[Callable[[TimeChangeResult, object], None]] = []
 
-    def set_time(self, new_time: float, method: str, requester: bytes = bytes(8)) -> TimeChangeResult:
-        """Request a new meter time; the time base decides (companion §5.4) and every listener hears of it."""
+    def set_time(self, new_time: float, method: str, requester: bytes = bytes(8), origin=None) -> TimeChangeResult:
+        """Request a new meter time; the time base decides (companion §5.4) and every listener
+        hears of it, with `origin` (the association that asked; None: the meter itself)."""
         now = self.now()
         if self.time_base is None:
             change = LocalTimeChange("unchanged" if abs(new_time - now) < 2 else "adjusted", now, new_time,
@@ -70,7 +71,7 @@ class MeterClock:
         self.offset = change.offset
         if change.kind != "unchanged":
             for listener in self.listeners:
-                listener(change)
+                listener(change, origin)
         return change
 
     def follow(self, state) -> None:
@@ -148,8 +149,8 @@ class MeterClock:
             candidates = [c for c in candidates if bool(c.dst()) == active_dst] or candidates
         return candidates[0].timestamp()
 
-    def set_from_cosem(self, raw: bytes, requester: bytes = bytes(8)) -> TimeChangeResult:
-        return self.set_time(self.utc_from_local_setting(axdr.decode_date_time(raw)), "set", requester)
+    def set_from_cosem(self, raw: bytes, requester: bytes = bytes(8), origin=None) -> TimeChangeResult:
+        return self.set_time(self.utc_from_local_setting(axdr.decode_date_time(raw)), "set", requester, origin)
 
     def time_zone_deviation(self) -> int:
         """Blue Book sign: minutes local standard time is behind UTC (CET: -60)."""
@@ -177,11 +178,11 @@ class MeterClock:
             CosemDateTime(CosemDate(None, month, 0xFE, 7), CosemTime(hour, 0, 0, 0), None, None)
         )
 
-    def adjust_to(self, period: int, requester: bytes = bytes(8)) -> TimeChangeResult:
+    def adjust_to(self, period: int, requester: bytes = bytes(8), origin=None) -> TimeChangeResult:
         """Round the clock to the nearest multiple of `period` seconds."""
         now = self.now()
         method = {900: "adjust_to_quarter", 60: "adjust_to_minute"}.get(period, "set")
-        return self.set_time(round(now / period) * period, method, requester)
+        return self.set_time(round(now / period) * period, method, requester, origin)
 
-    def shift(self, seconds: int, requester: bytes = bytes(8)) -> TimeChangeResult:
-        return self.set_time(self.now() + seconds, "shift_time", requester)
+    def shift(self, seconds: int, requester: bytes = bytes(8), origin=None) -> TimeChangeResult:
+        return self.set_time(self.now() + seconds, "shift_time", requester, origin)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,18 +13,26 @@ from smartmeter import __version__
 from smartmeter.cosem.classes.base import Binding, CosemAccessError, expect
 from smartmeter.cosem.data import Data, DataType
 from smartmeter.cosem.results import DataAccessResult
+from smartmeter.cosem.obis import Obis
 from smartmeter.cosem.objectmodel import ObjectModel
+from smartmeter.dlms.apdu.acse import AcseServiceUserDiagnostic
 from smartmeter.dlms.server import DlmsServer
 from smartmeter.legal import interface as legal
 from smartmeter.legal.interface import DEMAND_PERIOD
 from smartmeter.meter.authority import hand_over_certification_secret
 from smartmeter.meter.clock import DEFAULT_TIME_ZONE, ClockSetRefused, MeterClock
+from smartmeter.meter.alarms import AlarmBitmap, AlarmBoard
+from smartmeter.meter.events import EventContext, EventLogSource, EventRecorder, EventTable, NO_CLIENT, group_counter
 from smartmeter.meter.identity import MeterIdentity
+from smartmeter.meter.schedule import Passage
+from smartmeter.meter.scheduler import SchedulerEngine
 from smartmeter.meter.simulation import HouseholdLoad
+from smartmeter.meter.world import PHASES, PhysicalWorld, WorldChange
 from smartmeter.meter.provisioning import provision_demo
 from smartmeter.meter.security import MeterSecurity
 from smartmeter.meter.store import MeterStore
 from smartmeter.meter.wz_guard import WzGuard
+from smartmeter.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -48,24 +57,65 @@ class MeterConfig:
     fault_injection: bool = False
     sensor: str = "synthetic"  # or "remote": a paired remote sensor over UDP (WELMEC 7.3 §4.1)
     sensor_port: int | None = None
+    # the meter's time runs this many times faster than real time (a simulation, never a legal
+    # meter); start_time: the simulated time at the first start of a fresh data directory
+    speed: float = 1.0
+    start_time: float | None = None
+
+    @property
+    def measures_continuously(self) -> bool:
+        """The legal part measures on its own in real time; otherwise each tick measures exactly
+        the interval since the last one (a faster clock, or a test's clock)."""
+        return self.realtime and self.speed == 1.0
+
+    @property
+    def phases(self) -> int:
+        return 1 if self.meter_type == 100 else 3
+
+
+# the fatal error register's bits (legal part) and the event each raises once (IDIS codes)
+FATAL_EVENTS = {0x01: 12, 0x04: 14, 0x08: 16, 0x10: 15}
+# sim inputs that are causes with a start and an end: (event when it starts, when it ends, alarm flag)
+FRAUD_INPUTS = {"cover": ("meter_cover_open", 44, 45, "meter_cover_open"),
+                "terminal-cover": ("terminal_cover_open", 40, 41, "terminal_cover_open"),
+                "magnet": ("magnet", 42, 43, "strong_dc_field")}
+# consecutive failures of one client before the event is raised (once per streak; IDIS "n times")
+SCRIPT_TABLE_CLASS = 9
+REGISTER_MONITOR_CLASS = 21
+FAILURE_STREAK = 3
+AUTHENTICATION_FAILURE = int(AcseServiceUserDiagnostic.AUTHENTICATION_FAILURE)
+SECURITY_STREAK_EVENTS = {"association_refused": 46, "decipher_failed": 49, "signature_failed": 49,
+                          "replay_refused": 50}
 
 
 class LoadProfileSource:
-    """Load profile 1 rows, read through the protective interface, in COSEM form."""
+    """A load profile's rows (1: 15 min, 2: daily), read through the protective interface, in COSEM form."""
 
-    def __init__(self, legal_part, clock: MeterClock) -> None:
+    READ = {1: (legal.ReadLoadProfile, legal.CountLoadProfileEntries),
+            2: (legal.ReadDailyProfile, legal.CountDailyProfileEntries)}
+
+    def __init__(self, legal_part, clock: MeterClock, profile: int = 1) -> None:
         self.legal = legal_part
         self.clock = clock
+        self._read, self._count = self.READ[profile]
 
     def rows(self, from_time: int | None, to_time: int | None) -> list[tuple]:
         cosem = self.clock.cosem
         return [
             (cosem(r.capture_time), r.status, r.a_plus, r.a_minus, r.r_plus, r.r_minus)
-            for r in self.legal.execute(legal.ReadLoadProfile(from_time, to_time))
+            for r in self.legal.execute(self._read(from_time, to_time))
         ]
 
+    def status(self) -> Data:
+        """The profile status object: the status of the latest entry (0 before the first)."""
+        count = self.entries_in_use()
+        if not count:
+            return Data.unsigned(0)
+        latest = self.legal.execute(self._read(None, None))[-1]
+        return Data.unsigned(latest.status)
+
     def entries_in_use(self) -> int:
-        return self.legal.execute(legal.CountLoadProfileEntries())
+        return self.legal.execute(self._count())
 
     def utc_from_cosem(self, value) -> int:
         return self.clock.utc_from_cosem(value)
@@ -136,17 +186,28 @@ class Meter:
         self.clock = clock or MeterClock(config.time_zone)
         # the legally relevant part runs in its own process; only declared commands reach it
         self.legal = legal.start_legal_process(config.data_dir, {
-            "phases": 1 if config.meter_type == 100 else 3, "realtime": config.realtime,
+            "phases": config.phases, "realtime": config.realtime,
             "fault_injection": config.fault_injection, "application_version": __version__,
             "sensor": config.sensor, "sensor_port": config.sensor_port,
-            "meter_id": self.identity.system_title.hex()})
+            "meter_id": self.identity.system_title.hex(),
+            # a clock of its own at this speed, unless a test drives the time through the commands
+            "speed": config.speed if (config.realtime or config.speed != 1.0) else None,
+            "start_time": config.start_time, "time_zone": config.time_zone})
         # the legal part keeps the time base; this side's clock follows it and asks it for changes
-        self.clock.offset = self.legal.execute(legal.ReadTimeBase())
+        self.clock.follow(self.legal.execute(legal.ReadClockState()))
         self.clock.time_base = self._request_time_change
         self.clock.listeners.append(self._on_time_change)
         self.load = HouseholdLoad(config.serial)
         self.model = ObjectModel.load(config.profile)
         self.store = MeterStore(config.data_dir)
+        self.world = PhysicalWorld(self.store, config.phases)
+        self.events = EventRecorder(config.data_dir, EventTable.load(), self.clock.now)
+        self.alarms = AlarmBoard(self.store, AlarmBitmap.load(), on_event=self._alarm_event,
+                                 on_descriptor_change=self._descriptor_changed)
+        self.events.on_alarm = self.alarms.raise_flag
+        self._say = RateLimitedLog(log)
+        self._failures: dict[tuple[int, int | None], int] = {}  # (event code, client SAP) -> failures in a row
+        self.supply_listeners: list = []  # called with True/False when the supply returns/fails (the transports)
         self.wz_guard = WzGuard(self.store)
         self.security = MeterSecurity(self.store, self.model, self.identity.system_title, on_event=self.on_event)
         if provision_demo(self.security, config.data_dir):
@@ -157,9 +218,22 @@ class Meter:
         self.server = DlmsServer(self.directory, system_title=self.identity.system_title,
                                  clock_bytes=self.clock.cosem_now, on_event=self.on_event,
                                  security=self.security.manager, keys=self.security)
+        self.scheduler = SchedulerEngine.for_directory(self.directory, self.store, self.clock.zone, self._run_script)
         self._last_tick = self.clock.now()
+        self.legal.execute(legal.SetBackupBattery(self.world.state.battery_ok))
+        self._apply_voltages()
+        self.powered = True
+        if self.world.state.supply:
+            self._powered_up(self.legal.execute(legal.PowerUp(self.clock.now())))
+        else:  # stopped during a simulated outage: it goes on until `sim supply on`
+            self.legal.execute(legal.PowerDown(self.clock.now()))
+            self.powered = False
         if self.legal.execute(legal.IsFreshMeter()) and config.backfill_days:
             self.backfill(config.backfill_days)
+        self._fatal_seen = self.store.get("fatal_errors_seen", 0)
+        self._check_fatal()
+        for register in (1, 2, 3):  # an alarm pending over a restart is announced again
+            self._descriptor_changed(register, self.alarms.descriptor(register))
         self.legal.execute(legal.StartDemandPeriod(int(self._last_tick)))
 
     def _bindings(self) -> dict:
@@ -175,7 +249,26 @@ class Meter:
             "energy.r_minus": energy("r_minus"),
             "clock": self.clock,
             "load_profile_1": LoadProfileSource(self.legal, self.clock),
-            "load_profile_1.status": Binding(lambda: Data.unsigned(0)),
+            **{f"events.{name}": EventLogSource(self.events, name, self.clock) for name in self.events.table.logs},
+            **{f"events.{name}.last_code": self._last_code_binding(name) for name in self.events.table.logs},
+            **{f"events.{group_counter(g).lower()}": self._group_counter_binding(g) for g in range(1, 11)},
+            "events.power_failures": Binding(lambda: Data.long_unsigned(min(self.events.counter("power_failures"), 0xFFFF))),
+            "events.long_power_failures": Binding(
+                lambda: Data.long_unsigned(min(self.events.counter("long_power_failures"), 0xFFFF))),
+            "events.last_long_power_failure_duration": Binding(
+                lambda: Data.double_long_unsigned(self.events.counter("last_long_power_failure_duration"))),
+            "events.long_power_failure_threshold": Binding(
+                lambda: Data.long_unsigned(self.events.long_failure_threshold()), self._set_long_failure_threshold),
+            "events.configuration.last_id_detail": Binding(self._last_id_detail),
+            **self.alarms.bindings(),
+            "scripts.run": self._run_script,
+            "clock.time_shift_limit": Binding(lambda: Data.unsigned(9)),
+            "clock.local_time": Binding(lambda: Data.octet_string(self.clock.cosem_now()[5:9])),
+            "clock.local_date": Binding(lambda: Data.octet_string(self.clock.cosem_now()[:5])),
+            "load_profile_1.status": Binding(LoadProfileSource(self.legal, self.clock, 1).status),
+            "load_profile_2": LoadProfileSource(self.legal, self.clock, 2),
+            "load_profile_2.status": Binding(LoadProfileSource(self.legal, self.clock, 2).status),
+            "load_profile.control": Binding(self._capture_control, self._set_capture_control),
             "security": self.security,
             "settings": self.store,
             "security_setups": {o.config["client"]: o.obis for o in self.model.objects
@@ -203,6 +296,73 @@ class Meter:
             **{f"cumulative_maximum_demand.{r}": Binding(MaximumDemandSource(self.legal, self.clock, r).cumulative)
                for r in REGISTERS},
         }
+
+    def _last_id_detail(self) -> Data:
+        entries = self.events.entries("configuration")
+        detail = entries[-1].detail if entries else bytes(10)
+        return Data.structure([Data.unsigned(detail[0]), Data.long_unsigned(int.from_bytes(detail[1:3], "big")),
+                               Data.octet_string(detail[3:9]), Data.integer(int.from_bytes(detail[9:10], "big", signed=True))])
+
+    def _run_script(self, script_ln: bytes, selector: int) -> None:
+        """A monitor or a schedule starts a script: through the server's own path, with the meter's authority."""
+        if self.directory.find(SCRIPT_TABLE_CLASS, script_ln) is None:
+            # e.g. the push script table an alarm monitor names, before the meter has a push function
+            self._say("runtime.no_script_table", "script table %s does not exist: script %s not run",
+                      Obis.from_bytes(script_ln), selector)
+            return
+        result = self.server.run_script(script_ln, selector)
+        if result != DataAccessResult.SUCCESS:
+            raise RuntimeError(f"script {selector} of {script_ln.hex()} answered {result.name.lower()}")
+
+    def _capture_control(self) -> Data:
+        """Load profile control status (0-0:96.5.3.255): bit 0 LP1 capturing, bit 1 LP2 capturing."""
+        lp1, lp2 = self.legal.execute(legal.ReadCaptureEnabled())
+        return Data.unsigned(int(lp1) | int(lp2) << 1)
+
+    def _set_capture_control(self, value: Data) -> None:
+        """Written by the load profile control scripts (§5.7.2): the high nibble says which profiles
+        change (bit 4 LP1, bit 5 LP2), the low nibble their new state (bit 0 LP1, bit 1 LP2)."""
+        raw = expect(value, DataType.UNSIGNED)
+        if not raw & 0x30 or raw & 0xCC:
+            raise CosemAccessError(DataAccessResult.OTHER_REASON, "bits 4/5 name the profiles that change, 0/1 their state")
+        before = self.legal.execute(legal.ReadCaptureEnabled())
+        for index, profile in ((0, "lp1"), (1, "lp2")):
+            if raw & (0x10 << index):
+                enabled = bool(raw & (1 << index))
+                if enabled != before[index]:
+                    self.legal.execute(legal.SetCaptureEnabled(profile, enabled, int(self.clock.now())))
+                    # opt-in/opt-out changes in the standard event log (manufacturer codes 230..233)
+                    self.events.record(230 + 2 * index + (0 if enabled else 1))
+
+    def _descriptor_changed(self, register: int, value: int) -> None:
+        """An alarm descriptor changed: its alarm monitor (IC 21) runs the action of the crossing."""
+        found = self.directory.find(REGISTER_MONITOR_CLASS, Obis.parse(f"0-0:16.1.{register - 1}.255").to_bytes())
+        if found is not None:
+            try:
+                found[1].evaluate(value)
+            except Exception:  # noqa: BLE001 - a failing action must not lose the alarm (it is stored)
+                self._say("runtime.alarm_monitor", "alarm monitor %s: its action failed:\n%s", register,
+                          traceback.format_exc())
+
+    def _last_code_binding(self, log_name: str) -> Binding:
+        return Binding(lambda: Data.unsigned(self.events.last_code(log_name)))
+
+    def _group_counter_binding(self, group: int) -> Binding:
+        name = group_counter(group)
+
+        def reset(value: Data) -> None:
+            # companion §5.12: Management may reset the counters (to 0; nothing else is a reset)
+            if expect(value, DataType.DOUBLE_LONG_UNSIGNED) != 0:
+                raise CosemAccessError(DataAccessResult.OTHER_REASON, "a group event counter is only reset, to 0")
+            self.events.set_counter(name, 0)
+
+        return Binding(lambda: Data.double_long_unsigned(self.events.counter(name)), reset)
+
+    def _set_long_failure_threshold(self, value: Data) -> None:
+        seconds = expect(value, DataType.LONG_UNSIGNED)
+        if seconds == 0:
+            raise CosemAccessError(DataAccessResult.OTHER_REASON, "the threshold is at least 1 s")
+        self.events.set_counter("long_power_failure_threshold", seconds)
 
     def _wz_lockout(self) -> Data:
         attempts, period = self.wz_guard.lockout
@@ -241,28 +401,202 @@ class Meter:
     def _request_time_change(self, new_time: float, reference: float, method: str, requester: bytes):
         self.tick()  # what happened up to the old time is registered and captured on the old time base
         try:
-            return self.legal.execute(legal.SetTime(float(new_time), float(reference), requester.hex(), method))
+            change = self.legal.execute(legal.SetTime(float(new_time), float(reference), requester.hex(), method))
         except legal.CommandRefused as exc:
             raise ClockSetRefused(str(exc)) from None
+        if self.clock.invalid:  # a set clock is valid again, even when it did not move
+            self.clock.invalid = False
+            self.events.end_cause("clock_invalid")
+            self.alarms.condition("clock_invalid", False)
+        return change
 
-    def _on_time_change(self, change) -> None:
+    def _on_time_change(self, change, origin=None) -> None:
         # An adjustment is not time passing: no energy is registered and no period is captured
         # for the hours skipped, and the next capture is at the next boundary of the new time.
         # A forward synchronisation (< 9 s) counts as time passing, so a boundary it crosses
         # is still captured; a backward one must not register energy twice.
         if change.kind == "adjusted" or change.new_time < change.old_time:
             self._last_tick = change.new_time
+        if change.kind == "adjusted":  # companion §5.4: from the 9 s limit on, events 4 and 5
+            context = self._context(origin)
+            self.events.record(4, context, at=change.old_time)
+            self.events.record(5, context, at=change.new_time)
+        # a schedule's instant the clock jumped over runs once, a backward jump runs nothing (§5.4.1)
+        self.scheduler.advance(change.old_time, change.new_time, Passage.SHIFTED)
         log.info("clock %s from %s to %s", change.kind, self.clock.local(change.old_time).isoformat(),
                  self.clock.local(change.new_time).isoformat())
 
+    @staticmethod
+    def _context(association) -> EventContext:
+        """Who caused an event, as the security log records it: SAPs and system title of the association."""
+        if association is None or getattr(association, "client", None) is None:
+            return NO_CLIENT
+        return EventContext(association.client_sap, association.server_sap, association.requester_system_title)
+
+    # -- events -----------------------------------------------------------------------------------
+    def _alarm_event(self, code: int, context=None) -> None:
+        """An event the alarm engine raises (10, 11: a register cleared by a client)."""
+        ctx = context if isinstance(context, EventContext) else NO_CLIENT
+        if isinstance(context, dict):
+            ctx = EventContext(context.get("client_sap"), context.get("server_sap"), context.get("system_title"))
+        self.events.record(code, ctx)
+
+    def _check_fatal(self) -> None:
+        """A new bit in the legal part's fatal error register: its event, once, and the alarm."""
+        bits = self.legal.execute(legal.ReadFatalErrors())
+        new = bits & ~self._fatal_seen
+        if not new:
+            return
+        for bit, code in FATAL_EVENTS.items():
+            if new & bit:
+                self.events.record(code)
+        self.alarms.fatal(bits)
+        self._fatal_seen = bits
+        self.store.put("fatal_errors_seen", bits)
+
+    def _powered_up(self, report) -> None:
+        """The supply is back (or the meter started): the events of the outage, the lost clock,
+        the schedules that fell due while off."""
+        self.clock.follow(self.legal.execute(legal.ReadClockState()))
+        now = self.clock.now()
+        self._last_tick = now
+        if report is not None and report.down_time is not None:
+            self.events.record(1, at=report.down_time)
+            self.events.record(2, at=report.up_time)
+            self.events.record_power_failure(report.down_time, report.up_time)
+            if report.time_lost:
+                self.events.record(6, at=report.up_time, cause="clock_invalid")
+                self.alarms.condition("clock_invalid", True)
+            log.info("power up at %s after a power %s at %s", self.clock.local(report.up_time).isoformat(),
+                     "down" if report.clean else "failure", self.clock.local(report.down_time).isoformat())
+        self.scheduler.resume(now)
+
+    def power_down(self) -> None:
+        """The supply fails: registration and communication stop until power_up."""
+        if not self.powered:
+            return
+        self.tick()
+        self.legal.execute(legal.PowerDown(self.clock.now()))
+        self.powered = False
+        for listener in self.supply_listeners:
+            listener(False)
+
+    def power_up(self) -> None:
+        if self.powered:
+            return
+        self.powered = True
+        self._powered_up(self.legal.execute(legal.PowerUp(self.clock.now())))
+        for listener in self.supply_listeners:
+            listener(True)
+
+    # -- the control channel (smartmeter sim) -------------------------------------------------------
+    def control(self, request: dict) -> dict:
+        """One request of the control channel: an input of the physical world, or the status."""
+        if request.get("status") is True and "input" not in request:
+            return {"ok": True, "status": self.status()}
+        name = request.get("input")
+        if not isinstance(name, str):
+            return {"ok": False, "error": 'a request names an "input" or asks for the "status"'}
+        change = self.world.change(name, {k: v for k, v in request.items() if k != "input"})
+        self.on_world(change)
+        return {"ok": True, "status": self.status()}
+
+    def status(self) -> dict:
+        now = self.clock.now()
+        out = {"powered": self.powered, "world": self.world.status(),
+               "clock": {"local": self.clock.local(now).isoformat(timespec="seconds"), "utc": int(now),
+                         "speed": self.config.speed, "invalid": self.clock.invalid},
+               "registers": {"error register": f"0x{self.alarms.error_register:08X}",
+                             "alarm register 1": f"0x{self.alarms.alarm_register(1):08X}",
+                             "power failures": self.events.counter("power_failures")}}
+        if self.powered:
+            snap = self.legal.execute(legal.ReadEnergyRegisters())
+            out["energy"] = {"+A Wh": snap.a_plus, "-A Wh": snap.a_minus, "+R varh": snap.r_plus, "-R varh": snap.r_minus}
+        return out
+
+    def on_world(self, change: WorldChange) -> None:
+        """A change of the physical world (`smartmeter sim`): what the meter's hardware would sense."""
+        after = change.after
+        if change.input == "supply":
+            (self.power_up if after.supply else self.power_down)()
+        elif change.input == "battery":
+            self.legal.execute(legal.SetBackupBattery(after.battery_ok))
+            if not after.battery_ok:
+                self.events.record(7, cause="battery_exhausted")
+            else:
+                self.events.end_cause("battery_exhausted")
+            self.alarms.condition("replace_battery", not after.battery_ok)
+        elif change.input in FRAUD_INPUTS:
+            cause, start_code, end_code, flag = FRAUD_INPUTS[change.input]
+            active = {"cover": after.meter_cover_open, "terminal-cover": after.terminal_cover_open,
+                      "magnet": after.magnet}[change.input]
+            if active:
+                self.events.record(start_code, cause=cause)
+            elif self.events.end_cause(cause):
+                self.events.record(end_code)
+            self.alarms.condition(flag, active)
+        elif change.input == "button":
+            log.info("button %s pressed%s", change.detail["button"], " long" if change.detail["long"] else "")
+        elif change.input == "voltage":
+            self._apply_voltages()
+        # the load: read by the registration at every tick (self._installation_power)
+
+    def _apply_voltages(self) -> None:
+        if self.config.sensor == "synthetic":
+            self.legal.execute(legal.SetSimulatedVoltage(tuple(self.world.state.voltages[:self.config.phases])))
+
     def on_event(self, name: str, fields: dict) -> None:
-        """Security-relevant happenings reported by the DLMS server."""
+        """Security-relevant happenings reported by the DLMS server and the meter's guards."""
         log.info("event %s %s", name, fields)
-        if fields.get("interface") == "wz":
+        interface = fields.get("interface")
+        if interface == "wz":
             if name == "association_refused":
                 self.wz_guard.association_failed()
             elif name == "association_opened":
                 self.wz_guard.association_succeeded()
+        sap = fields.get("client_sap")
+        if sap is None and fields.get("client") in self.model.clients:
+            sap = self.model.clients[fields["client"]].sap
+        context = EventContext(sap, fields.get("server_sap"), fields.get("system_title"))
+        if name == "association_opened":
+            self.events.record(28 if interface == "wz" else 26, context)
+            self._streak_ended(fields.get("client_sap"))
+        elif name == "association_closed":
+            self.events.record(29 if interface == "wz" else 27, context)
+        elif name in SECURITY_STREAK_EVENTS:
+            if name == "association_refused" and fields.get("diagnostic") not in (AUTHENTICATION_FAILURE, None):
+                self.events.record(240, context)  # refused for another reason than credentials
+                return
+            self._failed(SECURITY_STREAK_EVENTS[name], context)
+        elif name == "policy_violation":
+            self.events.record(241, context, cause=f"policy/{fields.get('client_sap')}")
+        elif name == "request_served":
+            self.events.end_cause(f"policy/{fields.get('client_sap')}")
+            self._streak_ended(fields.get("client_sap"), (49, 50))
+        elif name == "keys_changed":  # the global encryption, authentication or master key
+            self.events.record(48, context)
+        elif name in ("security_policy_changed", "certificate_imported", "key_pair_generated", "hls_secret_changed",
+                      "key_pair_dismissed"):
+            self.events.record(245, context)
+        elif name == "wz_locked_out":
+            self.events.record(242)
+        elif name == "wz_disabled":
+            self.events.record(243)
+        elif name == "wz_enabled":
+            self.events.record(244)
+
+    def _failed(self, code: int, context: EventContext) -> None:
+        """One more failure of a client: the event once its streak reaches FAILURE_STREAK, then
+        not again until the client succeeds (an event is not re-triggered while its cause persists)."""
+        key = (code, context.client_sap)
+        self._failures[key] = self._failures.get(key, 0) + 1
+        if self._failures[key] >= FAILURE_STREAK:
+            self.events.record(code, context, cause=f"streak/{code}/{context.client_sap}")
+
+    def _streak_ended(self, client_sap, codes=(46, 49, 50)) -> None:
+        for code in codes:
+            self._failures.pop((code, client_sap), None)
+            self.events.end_cause(f"streak/{code}/{client_sap}")
 
     def hdlc_setup(self):
         """The IEC HDLC setup object (IC 23) of the optical port."""
@@ -283,8 +617,19 @@ class Meter:
         self._last_tick = float(end)
         log.info("back-filled %d load-profile entries (%d days)", len(rows), days)
 
+    def _installation_power(self, t: float) -> tuple[float, float, int]:
+        """What the installation draws at meter time t: (W, var, phase; 0 = spread over every
+        phase): the simulated household, or the load a user set with `smartmeter sim load`."""
+        load = self.world.state.load
+        if load is None:
+            return (*self.load.power(t), 0)
+        return load.power_w, load.reactive_var, 0 if load.phase is None else PHASES.index(load.phase) + 1
+
     def tick(self) -> None:
-        """Register the energy since the last tick, persist, capture at period boundaries."""
+        """Register the energy since the last tick, persist, capture at period boundaries, run
+        what the schedules say is due."""
+        if not self.powered:
+            return
         now = self.clock.now()
         last = self._last_tick
         if now <= last:
@@ -296,25 +641,31 @@ class Meter:
             step_end = min(now, boundary)
             if self.config.sensor == "remote":
                 pass  # the paired sensor measures the real installation
-            elif self.config.realtime:
+            elif self.config.measures_continuously:
                 # the legal part measures on its own; it learns what the household draws now
-                self.legal.execute(legal.SetSimulatedLoad(*self.load.power(now)))
+                self.legal.execute(legal.SetSimulatedLoad(*self._installation_power(now)))
             else:  # the household's load minute by minute, measured sample by sample
                 s = t
                 while s < step_end:
                     dt = min(60.0, step_end - s)
-                    self.legal.execute(legal.RegisterSimulatedPower(*self.load.power(s), dt))
+                    active, reactive, phase = self._installation_power(s)
+                    self.legal.execute(legal.RegisterSimulatedPower(active, reactive, dt, phase))
                     s += dt
             if step_end == boundary:
-                dst = legal.STATUS_DAYLIGHT_SAVING if self.clock.local(boundary).dst() else 0
+                local = self.clock.local(boundary)
+                dst = legal.STATUS_DAYLIGHT_SAVING if local.dst() else 0
                 try:
                     self.legal.execute(legal.EndMeasurementPeriod(int(boundary), dst))
+                    if local.hour == local.minute == local.second == 0:  # local midnight: the daily profile
+                        self.legal.execute(legal.EndDay(int(boundary), dst))
                 except legal.CommandRefused as exc:  # e.g. this side was held up past the period
-                    log.warning("load profile capture at %s refused: %s", self.clock.local(boundary).isoformat(), exc)
+                    log.warning("load profile capture at %s refused: %s", local.isoformat(), exc)
             t = step_end
         self._last_tick = now
-        if not self.config.realtime:
-            self.legal.execute(legal.Persist())
+        if not self.config.measures_continuously:
+            self.legal.execute(legal.Persist(now))
+        self.scheduler.advance(last, now, Passage.RUNNING)
+        self._check_fatal()
 
     async def run_registration(self, period: float = 1.0) -> None:
         while True:
@@ -328,4 +679,5 @@ class Meter:
         self.wz_guard.checkpoint()
         self.security.flush_counters()  # exact frame counters: a clean restart skips none
         self.legal.close()
+        self.events.close()
         self.store.close()

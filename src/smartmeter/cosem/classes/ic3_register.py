@@ -18,6 +18,12 @@ class Register(InterfaceClass):
     def get_value(self, ctx: RequestContext) -> Data:
         return self.binding("value").get()
 
+    def set_value(self, value: Data, ctx: RequestContext) -> None:
+        setter = self.binding("value").set
+        if setter is None:
+            raise CosemAccessError(DataAccessResult.READ_WRITE_DENIED, f"{self.name} is read-only")
+        setter(value)
+
     def get_scaler_unit(self, ctx: RequestContext) -> Data:
         return Data.structure([Data.integer(int(self.config.get("scaler", 0))), Data.enum(UNITS[self.config["unit"]])])
 

@@ -31,7 +31,7 @@ class Clock(InterfaceClass):
     def set_time(self, value: Data, ctx: RequestContext) -> None:
         raw = expect(value, DataType.OCTET_STRING)
         try:
-            self.clock.set_from_cosem(raw, self._requester(ctx))
+            self.clock.set_from_cosem(raw, self._requester(ctx), ctx.association)
         except ValueError as exc:
             raise CosemAccessError(DataAccessResult.OTHER_REASON, str(exc)) from None
 
@@ -54,16 +54,17 @@ class Clock(InterfaceClass):
         return Data.boolean(self.clock.dst_enabled())
 
     def get_clock_base(self, ctx: RequestContext) -> Data:
-        return Data.enum(1)  # internal crystal
+        # a simulated clock (faster than real time) has no physical base: "not defined"
+        return Data.enum(0 if getattr(self.clock, "simulated", False) else 1)  # else internal crystal
 
     def do_adjust_to_quarter(self, parameters: Data | None, ctx: RequestContext) -> None:
-        self.clock.adjust_to(15 * 60, self._requester(ctx))
+        self.clock.adjust_to(15 * 60, self._requester(ctx), ctx.association)
 
     def do_adjust_to_minute(self, parameters: Data | None, ctx: RequestContext) -> None:
-        self.clock.adjust_to(60, self._requester(ctx))
+        self.clock.adjust_to(60, self._requester(ctx), ctx.association)
 
     def do_shift_time(self, parameters: Data | None, ctx: RequestContext) -> None:
         seconds = expect(parameters or Data.null(), DataType.LONG)
         if not -900 <= seconds <= 900:
             raise CosemAccessError(DataAccessResult.OTHER_REASON, "shift_time is limited to ±900 s")
-        self.clock.shift(seconds, self._requester(ctx))
+        self.clock.shift(seconds, self._requester(ctx), ctx.association)
