@@ -167,7 +167,7 @@ class CountLoadProfileEntries:
 
 @dataclass(frozen=True, slots=True)
 class EndMeasurementPeriod:
-    """-> ProfileRow | None: at a 15-minute boundary, capture load profile 1 and close the
+    """-> ProfileRow, or None: at a 15-minute boundary, capture load profile 1 and close the
     demand period, in one transaction. The row returned is the entry stored (its status with
     the bits the legal part adds: CAD, PDN, CDI, CIV, DNV, ERR). None: no entry was made: the
     period was already captured or skipped by a clock adjustment, or capturing of load profile
@@ -180,7 +180,7 @@ class EndMeasurementPeriod:
 
 @dataclass(frozen=True, slots=True)
 class EndDay:
-    """-> ProfileRow | None: at a local midnight (00:00:00 in the meter's time zone), capture
+    """-> ProfileRow, or None: at a local midnight (00:00:00 in the meter's time zone), capture
     load profile 2 (daily, 1-0:99.2.0.255). One entry per local day: None when the day was
     already captured (also after a backward clock adjustment), was skipped by a forward
     adjustment (including the midnight the adjustment jumps over or lands on), or capturing of
@@ -1010,7 +1010,10 @@ class LegalInterface:
 
     def _platform_at(self, reference_time_utc: float) -> float:
         """The platform instant for a command's reference time (the caller's clock, when the part
-        has none of its own)."""
+        has none of its own). A reference that is no time (NaN, out of range) is refused before
+        it can become the part's time."""
+        if not 0 <= reference_time_utc < 2 ** 32:
+            raise CommandRefused("time out of range (1970..2106)")
         if self._own_clock:
             return time.time()
         self._command_time = float(reference_time_utc)
