@@ -209,7 +209,8 @@ def _print_banner(meter_, host: str, wrapper_port: int, hdlc_port: int) -> None:
     hport = host_opt + ("" if hdlc_port == DEFAULT_HDLC_PORT else f" --port {hdlc_port}")
     lines = []
     if wrapper_port:
-        yesterday = (dt.date.today() - dt.timedelta(days=1)).isoformat()
+        # the meter's yesterday: a simulated meter's clock is not the wall clock
+        yesterday = (meter_.clock.local(meter_.clock.now()).date() - dt.timedelta(days=1)).isoformat()
         for command in ("objects", "get 1-0:1.8.0.255", "get 0-0:1.0.0.255", "get 1-0:1.4.0.255",
                         f"profile 1-0:99.1.0.255 --from {yesterday}"):
             lines.append(f"{prog} client{port_opt} {command}")

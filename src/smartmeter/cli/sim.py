@@ -34,22 +34,22 @@ def _show(status: dict) -> None:
     world = status.get("world", {})
     clock = status.get("clock", {})
     powered = "on" if status.get("powered") else "OFF (the meter is powered down)"
-    click.echo(f"supply        {powered}")
-    click.echo(f"meter time    {clock.get('local', '?')}"
+    click.echo(f"supply            {powered}")
+    click.echo(f"meter time        {clock.get('local', '?')}"
                + (f"  (simulated, {clock['speed']:g}x real time)" if clock.get("speed", 1) != 1 else "")
                + ("  CLOCK INVALID until set" if clock.get("invalid") else ""))
     voltages = ", ".join(f"{p} {v:g} V" for p, v in world.get("voltages", {}).items())
-    click.echo(f"voltages      {voltages}")
+    click.echo(f"voltages          {voltages}")
     load = world.get("load")
-    click.echo("load          " + ("simulated household" if load == "household" else
+    click.echo("load              " + ("simulated household" if load == "household" else
                                    f"{load['power_w']:g} W at power factor {load['pf']:g} on {load['phase']}"))
-    click.echo(f"meter cover   {world.get('cover')}   terminal cover {world.get('terminal_cover')}   "
+    click.echo(f"meter cover       {world.get('cover')}   terminal cover {world.get('terminal_cover')}   "
                f"magnet {world.get('magnet')}   backup battery {world.get('battery')}")
     energy = status.get("energy")
     if energy:
-        click.echo("energy        " + "   ".join(f"{k} {v}" for k, v in energy.items()))
+        click.echo("energy            " + "   ".join(f"{k} {v}" for k, v in energy.items()))
     for name, value in status.get("registers", {}).items():
-        click.echo(f"{name:<14}{value}")
+        click.echo(f"{name:<18}{value}")
 
 
 def _done(data_dir: Path, message: dict) -> None:

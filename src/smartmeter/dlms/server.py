@@ -280,6 +280,7 @@ class ServerAssociation:
         self._answer_in_gbt = False  # serving a request that arrived in general-block-transfer
         self._after_response: list[Callable[[], None]] = []  # e.g. switch keys after SUCCESS went out
         self.calling_system_title: bytes | None = None  # from the AARQ's calling-AP-title
+        self._session_open = False  # opened (and announced); its end is announced once
         client = server.directory.model.client_by_sap(client_sap)
         if client is not None and client.pre_established and interface in client.interfaces:
             # §3.6.4: this association always exists; it is never opened or released
@@ -313,11 +314,23 @@ class ServerAssociation:
                 held += inc.size
         return held
 
+    def _event(self, name: str, **fields) -> None:
+        """Tell the meter of a happening of this association, with who it is (for the event logs)."""
+        self.server.on_event(name, {"interface": self.interface, "client_sap": self.client_sap,
+                                    "server_sap": self.server_sap, "system_title": self.calling_system_title, **fields})
+
+    def _opened(self) -> None:
+        self._session_open = True
+        self._event("association_opened")
+
     def release(self) -> None:
         """Transport lost or closed: the association ends (companion standard §3.6.1)."""
         self._outgoing = self._incoming = self._gbt_in = self._gbt_out = None
         if self.client is not None and self.client.pre_established:
             return
+        if self._session_open:
+            self._session_open = False
+            self._event("association_closed")
         self.associated = False
         if self.security is not None:
             self.security.set_dedicated_key(None)  # destroyed with the association (§3.5.3)
@@ -460,12 +473,11 @@ class ServerAssociation:
         try:
             response = self.security.reply_to_hls(f_stoc)
         except (SecurityError, ValueError) as exc:
-            self.server.on_event("association_refused", {"interface": self.interface, "client_sap": self.client_sap,
-                                                         "diagnostic": int(acse.AcseServiceUserDiagnostic.AUTHENTICATION_FAILURE),
-                                                         "reason": type(exc).__name__})
+            self._event("association_refused", diagnostic=int(acse.AcseServiceUserDiagnostic.AUTHENTICATION_FAILURE),
+                        reason=type(exc).__name__)
             self.after_response(self.release)  # the answer goes out, then the association ends
             raise CosemAccessError(DataAccessResult.OTHER_REASON, "HLS authentication failed") from None
-        self.server.on_event("association_opened", {"interface": self.interface, "client_sap": self.client_sap})
+        self._opened()
         return response
 
     def _service_negotiated(self, tag: int) -> bool:
@@ -500,10 +512,9 @@ class ServerAssociation:
         if isinstance(request, acse.AARQ):
             aare = self._associate(request)
             if aare.result == acse.AssociationResult.REJECTED_PERMANENT:
-                self.server.on_event("association_refused", {
-                    "interface": self.interface, "client_sap": self.client_sap, "diagnostic": int(aare.diagnostic)})
+                self._event("association_refused", diagnostic=int(aare.diagnostic))
             elif aare.result == acse.AssociationResult.ACCEPTED and self.authenticated:
-                self.server.on_event("association_opened", {"interface": self.interface, "client_sap": self.client_sap})
+                self._opened()
             return aare.to_bytes()
         raise DecodeError("ACSE request", 0, f"{type(request).__name__} is not a request")
 
@@ -666,6 +677,7 @@ class ServerAssociation:
             raise CosemAccessError(DataAccessResult.READ_WRITE_DENIED)
         sel = None if selection is None else Selection(selection.access_selector, selection.access_parameters)
         instance.set(descriptor.attribute_id, value, self._context(), sel)
+        self._changed(1, descriptor.class_id, descriptor.instance_id, descriptor.attribute_id)
 
     def execute(self, descriptor: CosemMethodDescriptor, parameters: Data | None) -> Data | None:
         o, instance = self._lookup(descriptor.class_id, descriptor.instance_id)
@@ -673,7 +685,14 @@ class ServerAssociation:
             raise CosemAccessError(DataAccessResult.OBJECT_UNDEFINED)
         if descriptor.method_id not in self._rights(o).execute:
             raise CosemAccessError(DataAccessResult.READ_WRITE_DENIED)
-        return instance.invoke(descriptor.method_id, parameters, self._context())
+        result = instance.invoke(descriptor.method_id, parameters, self._context())
+        self._changed(2, descriptor.class_id, descriptor.instance_id, descriptor.method_id)
+        return result
+
+    def _changed(self, service_id: int, class_id: int, logical_name: bytes, index: int) -> None:
+        """A client's SET (1) or ACTION (2) succeeded: the configuration event (companion §5.13)."""
+        self._event("configuration_changed", service_id=service_id, class_id=class_id,
+                    logical_name=bytes(logical_name), index=index)
 
     def _guarded(self, fn, *args):
         """Run an access; map refusals and internal faults to a result code, never raise."""
@@ -1035,6 +1054,9 @@ class _LocalAssociation(ServerAssociation):
 
     def _rights(self, o: ObjectDef) -> Access:
         return self._EVERYTHING
+
+    def _changed(self, service_id: int, class_id: int, logical_name: bytes, index: int) -> None:
+        pass  # the client's request that started the script is the configuration event
 
     @property
     def requester_system_title(self) -> bytes:

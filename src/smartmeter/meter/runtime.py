@@ -547,7 +547,7 @@ class Meter:
 
     def on_event(self, name: str, fields: dict) -> None:
         """Security-relevant happenings reported by the DLMS server and the meter's guards."""
-        log.info("event %s %s", name, fields)
+        log.debug("event %s %s", name, fields)
         interface = fields.get("interface")
         if interface == "wz":
             if name == "association_refused":
@@ -561,6 +561,7 @@ class Meter:
         if name == "association_opened":
             self.events.record(28 if interface == "wz" else 26, context)
             self._streak_ended(fields.get("client_sap"))
+            self.events.end_cause(f"policy/{fields.get('client_sap')}")
         elif name == "association_closed":
             self.events.record(29 if interface == "wz" else 27, context)
         elif name in SECURITY_STREAK_EVENTS:
@@ -570,9 +571,9 @@ class Meter:
             self._failed(SECURITY_STREAK_EVENTS[name], context)
         elif name == "policy_violation":
             self.events.record(241, context, cause=f"policy/{fields.get('client_sap')}")
-        elif name == "request_served":
-            self.events.end_cause(f"policy/{fields.get('client_sap')}")
-            self._streak_ended(fields.get("client_sap"), (49, 50))
+        elif name == "configuration_changed":
+            self.events.record_configuration(fields["service_id"], fields["class_id"], fields["logical_name"],
+                                             fields["index"], context)
         elif name == "keys_changed":  # the global encryption, authentication or master key
             self.events.record(48, context)
         elif name in ("security_policy_changed", "certificate_imported", "key_pair_generated", "hls_secret_changed",
