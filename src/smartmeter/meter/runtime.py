@@ -79,10 +79,11 @@ FATAL_EVENTS = {0x01: 12, 0x04: 14, 0x08: 16, 0x10: 15}
 FRAUD_INPUTS = {"cover": ("meter_cover_open", 44, 45, "meter_cover_open"),
                 "terminal-cover": ("terminal_cover_open", 40, 41, "terminal_cover_open"),
                 "magnet": ("magnet", 42, 43, "strong_dc_field")}
-# consecutive failures of one client before the event is raised (once per streak; IDIS "n times")
 SCRIPT_TABLE_CLASS = 9
 REGISTER_MONITOR_CLASS = 21
-FAILURE_STREAK = 3
+# failures in a row of one client before the event is raised, once per streak: authentication
+# "n times" (IDIS); a decryption failure or a replay is logged at once
+FAILURE_STREAK = {46: 3, 49: 1, 50: 1}
 AUTHENTICATION_FAILURE = int(AcseServiceUserDiagnostic.AUTHENTICATION_FAILURE)
 SECURITY_STREAK_EVENTS = {"association_refused": 46, "decipher_failed": 49, "signature_failed": 49,
                           "replay_refused": 50}
@@ -591,7 +592,7 @@ class Meter:
         not again until the client succeeds (an event is not re-triggered while its cause persists)."""
         key = (code, context.client_sap)
         self._failures[key] = self._failures.get(key, 0) + 1
-        if self._failures[key] >= FAILURE_STREAK:
+        if self._failures[key] >= FAILURE_STREAK[code]:
             self.events.record(code, context, cause=f"streak/{code}/{context.client_sap}")
 
     def _streak_ended(self, client_sap, codes=(46, 49, 50)) -> None:
