@@ -359,6 +359,10 @@ def software_id(data_dir: Path | None, as_json: bool) -> None:
         der = serialization.load_pem_public_key(key.read_bytes()).public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
         out["signing_key_sha256"] = hashlib.sha256(der).hexdigest()
+        from smartmeter.legal.interface import read_stored_time_base
+
+        time_base = read_stored_time_base(data_dir)
+        out["time_speed"] = time_base.speed if time_base is not None else 1.0
     if as_json:
         click.echo(json.dumps(out))
         return
@@ -372,6 +376,8 @@ def software_id(data_dir: Path | None, as_json: bool) -> None:
     click.echo(f"application            {out['application']['version']}  sha256 {out['application']['sha256']}")
     if "signing_key_sha256" in out:
         click.echo(f"meter signing key      sha256 {out['signing_key_sha256']}")
+    if out.get("time_speed", 1.0) != 1.0:
+        click.echo(f"meter time             SIMULATED: runs {out['time_speed']:g}x faster than real time; not a legal meter")
     if not legal["matches_signed_manifest"]:
         sys.exit(1)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import struct
 import threading
 import time
@@ -607,6 +608,7 @@ class LegalInterface:
         self._apply_speed(speed, start_time)
         # the last instant persisted before this start is when the supply failed (or the meter stopped)
         self._outage: tuple[int | None, bool] | None = (self._meta("alive", None), bool(self._meta("stopped_cleanly", False)))
+        self._powered = not self._meta("powered_down", False)
         self._fatal = int(self._meta("fatal_errors", 0))
         self._integrity = identification.check_software(self._software_root)
         self._software_id = self._integrity.actual or identification.compute_software_id(self._software_root)
@@ -1057,6 +1059,7 @@ class LegalInterface:
         self._persist(force=True)
         with atomic(self._db):
             self._put_meta("stopped_cleanly", True)
+            self._put_meta("powered_down", True)  # a restart during the outage stays down
         self._powered = False
         self._outage = (int(self._now()), True)
 
@@ -1073,6 +1076,7 @@ class LegalInterface:
         with atomic(self._db):
             self._save_time_base()
             self._put_meta("stopped_cleanly", False)
+            self._put_meta("powered_down", False)
             self._put_meta("alive", int(self._now()))
         self._outage = None
         self._powered = True
@@ -1469,6 +1473,25 @@ def verify_stored_data(data_dir: Path, tables: tuple[str, ...], public_key_pem: 
 
         reports.append(verify_parameters(Path(data_dir), public_key_pem))
     return reports
+
+
+def read_stored_time_base(data_dir: Path) -> TimeBaseState | None:
+    """The time base a meter's data directory holds, read-only (None before a first start, or
+    when it cannot be read): e.g. whether the meter's clock runs at a simulated speed."""
+    from smartmeter.legal.verify import open_read_only
+
+    path = Path(data_dir) / "legal.sqlite3"
+    if not path.is_file():
+        return None
+    try:
+        db = open_read_only(path)
+        try:
+            row = db.execute("SELECT value FROM meta WHERE key = 'time_base'").fetchone()
+        finally:
+            db.close()
+        return TimeBaseState.from_json(json.loads(row[0])) if row else None
+    except (sqlite3.Error, ValueError, TypeError, KeyError):
+        return None
 
 
 def identify_software(application_version: str, in_legal_process: bool = False) -> SoftwareIdentity:
