@@ -269,11 +269,20 @@ async def _serve(meter_, host: str, wrapper_port: int, hdlc_port: int, serial_de
             if table is not None:
                 table.close_all()
 
+    opening: list[asyncio.Future] = []
+
     def on_supply(powered: bool) -> None:
         if powered:
-            asyncio.ensure_future(open_interfaces())
+            opening.append(asyncio.ensure_future(open_interfaces()))
         else:
             close_interfaces()
+
+    async def interfaces_settled() -> None:  # `sim supply on` answers once the meter is reachable
+        while opening:
+            try:
+                await opening.pop()
+            except UsageProblem as exc:  # e.g. another program took the port while the meter was off
+                logging.getLogger("smartmeter").error("after power-up: %s (%s)", exc, exc.hint)
 
     lines = []
     if meter_.powered:
@@ -283,7 +292,7 @@ async def _serve(meter_, host: str, wrapper_port: int, hdlc_port: int, serial_de
     if hdlc_port:
         lines.append(f"WZ optical interface: HDLC over tcp://{host}:{hdlc_port}")
     meter_.supply_listeners.append(on_supply)
-    control = ControlServer(meter_.config.data_dir, meter_.control)
+    control = ControlServer(meter_.config.data_dir, meter_.control, interfaces_settled)
     try:
         await control.start()
     except ControlChannelError as exc:

@@ -1061,7 +1061,8 @@ class LegalInterface:
             self._put_meta("stopped_cleanly", True)
             self._put_meta("powered_down", True)  # a restart during the outage stays down
         self._powered = False
-        self._outage = (int(self._now()), True)
+        if self._outage is None:  # an outage not yet reported (found at start) goes on
+            self._outage = (int(self._now()), True)
 
     def _power_up(self, cmd: PowerUp) -> PowerUpReport | None:
         platform = self._platform_at(cmd.reference_time_utc)
@@ -1137,6 +1138,8 @@ class LegalInterface:
             return change
         with atomic(self._db):
             self._save_time_base()
+            if self._powered:  # a power failure right after the change is dated in the new time
+                self._put_meta("alive", int(self._now()))
         # every change of the time base, stamped with the new time
         self._log_event(EVENT_TIME_CHANGED, {
             "old_time": int(change.old_time), "new_time": int(change.new_time), "kind": change.kind,

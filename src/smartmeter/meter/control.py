@@ -19,7 +19,7 @@ import logging
 import os
 import socket
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from smartmeter.errors import SmartmeterError
 
@@ -58,9 +58,12 @@ def _checked(path: Path) -> str:
 class ControlServer:
     """Serves the control channel on the running event loop; `handler(request) -> response`."""
 
-    def __init__(self, data_dir: Path, handler: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    def __init__(self, data_dir: Path, handler: Callable[[dict[str, Any]], dict[str, Any]],
+                 settle: Callable[[], Awaitable[None]] | None = None) -> None:
         self.path = socket_path(data_dir)
         self._handler = handler
+        # awaited before an answer goes out: what the request started is done when the user hears back
+        self._settle = settle
         self._server: asyncio.AbstractServer | None = None
         self._clients = 0
 
@@ -95,7 +98,10 @@ class ControlServer:
                     break
                 if not raw:
                     break
-                writer.write(_line(self._answer(raw)))
+                answer = self._answer(raw)
+                if self._settle is not None:
+                    await self._settle()
+                writer.write(_line(answer))
                 await writer.drain()
         except (ConnectionError, asyncio.CancelledError):
             pass

@@ -225,6 +225,16 @@ class EventRecorder:
                 self._append("configuration", when, 47, *self._saps(context), 0, detail)
         return True
 
+    def record_outage(self, down: float, up: float, time_lost: bool = False) -> bool:
+        """A power failure from `down` to `up`, in one transaction: events 1 and 2, the counts,
+        the power failure log, and event 6 when the clock lost its time. -> whether it was long."""
+        with self._transaction():
+            self.record(1, at=down)
+            self.record(2, at=up)
+            if time_lost:
+                self.record(6, at=up, cause="clock_invalid")
+            return self.record_power_failure(down, up)
+
     def record_power_failure(self, down: float, up: float) -> bool:
         """A power failure from `down` to `up` (companion §5.10): counted; a long one (at least
         the threshold) also counted apart, its duration kept and logged. -> whether it was long."""

@@ -222,7 +222,6 @@ class Meter:
         self.scheduler = SchedulerEngine.for_directory(self.directory, self.store, self.clock.zone, self._run_script)
         self._last_tick = self.clock.now()
         self.legal.execute(legal.SetBackupBattery(self.world.state.battery_ok))
-        self._apply_voltages()
         self.powered = True
         if self.world.state.supply:
             self._powered_up(self.legal.execute(legal.PowerUp(self.clock.now())))
@@ -231,6 +230,7 @@ class Meter:
             self.powered = False
         if self.legal.execute(legal.IsFreshMeter()) and config.backfill_days:
             self.backfill(config.backfill_days)
+        self._reconcile_world()
         self._fatal_seen = self.store.get("fatal_errors_seen", 0)
         self._check_fatal()
         for register in (1, 2, 3):  # an alarm pending over a restart is announced again
@@ -461,16 +461,33 @@ class Meter:
         self.clock.follow(self.legal.execute(legal.ReadClockState()))
         now = self.clock.now()
         self._last_tick = now
+        self._apply_voltages()
         if report is not None and report.down_time is not None:
-            self.events.record(1, at=report.down_time)
-            self.events.record(2, at=report.up_time)
-            self.events.record_power_failure(report.down_time, report.up_time)
+            self.events.record_outage(report.down_time, report.up_time, report.time_lost)
             if report.time_lost:
-                self.events.record(6, at=report.up_time, cause="clock_invalid")
                 self.alarms.condition("clock_invalid", True)
             log.info("power up at %s after a power %s at %s", self.clock.local(report.up_time).isoformat(),
                      "down" if report.clean else "failure", self.clock.local(report.down_time).isoformat())
         self.scheduler.resume(now)
+
+    def _reconcile_world(self) -> None:
+        """A kill between storing a world input and recording its event: the event is recorded
+        now (late rather than never), and an ended cause is closed."""
+        state = self.world.state
+        for name, (cause, start_code, end_code, flag) in FRAUD_INPUTS.items():
+            active = {"cover": state.meter_cover_open, "terminal-cover": state.terminal_cover_open,
+                      "magnet": state.magnet}[name]
+            if active and not self.events.cause_active(cause):
+                self.events.record(start_code, cause=cause)
+                self.alarms.condition(flag, True)
+            elif not active and self.events.end_cause(cause):
+                self.events.record(end_code)
+                self.alarms.condition(flag, False)
+        if not state.battery_ok and not self.events.cause_active("battery_exhausted"):
+            self.events.record(7, cause="battery_exhausted")
+            self.alarms.condition("replace_battery", True)
+        elif state.battery_ok and self.events.end_cause("battery_exhausted"):
+            self.alarms.condition("replace_battery", False)
 
     def power_down(self) -> None:
         """The supply fails: registration and communication stop until power_up."""
@@ -543,7 +560,8 @@ class Meter:
         # the load: read by the registration at every tick (self._installation_power)
 
     def _apply_voltages(self) -> None:
-        if self.config.sensor == "synthetic":
+        # a powered-down meter measures nothing; the voltages apply again at power-up
+        if self.config.sensor == "synthetic" and self.powered:
             self.legal.execute(legal.SetSimulatedVoltage(tuple(self.world.state.voltages[:self.config.phases])))
 
     def on_event(self, name: str, fields: dict) -> None:
