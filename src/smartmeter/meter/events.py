@@ -20,18 +20,17 @@ protected log under legal control; that one is kept by the legal part).
 """
 from __future__ import annotations
 
-import os
-import sqlite3
 import threading
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
 from smartmeter.cosem.data import Data
 from smartmeter.cosem.obis import Obis
+from smartmeter.meter.store import open_private_store
 
 EVENTS_FILE = "events.sqlite3"
 NO_CLIENT_SAP = 0xFF  # companion §5.12: "or 0xFF" when the trigger has no client
@@ -149,14 +148,7 @@ class EventRecorder:
         self.table = table
         self._now = now
         self.on_alarm = on_alarm or (lambda flag: None)
-        path = Path(data_dir) / EVENTS_FILE
-        if not path.exists():
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            os.close(fd)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        self._db = open_private_store(Path(data_dir) / EVENTS_FILE, SCHEMA)
         self._lock = threading.RLock()
         self._depth = 0
 
@@ -316,9 +308,6 @@ class EventRecorder:
 
 # -- COSEM views ---------------------------------------------------------------------------------
 
-COLUMN_TYPES = {"code": "unsigned", "partners": "structure", "system_title": "octet-string",
-                "duration": "double-long-unsigned", "id_detail": "structure"}
-
 
 def _column_value(kind: str, entry: LogEntry):
     if kind == "code":
@@ -354,7 +343,3 @@ class EventLogSource:
     def utc_from_cosem(self, value) -> int:
         return self.clock.utc_from_cosem(value)
 
-
-def codes_of(table: EventTable, logs: Iterable[str]) -> set[int]:
-    wanted = set(logs)
-    return {code for code, e in table.events.items() if wanted & set(e.logs)}

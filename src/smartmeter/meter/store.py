@@ -19,21 +19,27 @@ CREATE TABLE IF NOT EXISTS counter (key TEXT PRIMARY KEY, value INTEGER NOT NULL
 """
 
 
+def open_private_store(path: Path, schema: str) -> sqlite3.Connection:
+    """An SQLite file only its owner can read (WAL, synchronous=FULL: a commit is on the disk
+    when it returns), in autocommit mode: callers make their own transactions."""
+    if not path.exists():
+        # SQLite gives its -wal/-shm files the same permissions
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.fchmod(fd, 0o600)
+        os.close(fd)
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.executescript(schema)
+    return db
+
+
 class MeterStore:
     def __init__(self, data_dir: Path) -> None:
         if not data_dir.is_dir():
             data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(data_dir, 0o700)  # exact, whatever the umask
-        path = data_dir / "meter.sqlite3"
-        if not path.exists():
-            # SQLite gives its -wal/-shm files the same permissions
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            os.fchmod(fd, 0o600)
-            os.close(fd)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        self._db = open_private_store(data_dir / "meter.sqlite3", SCHEMA)
         self._lock = threading.Lock()
 
     def get(self, key: str, default: Any = None) -> Any:
