@@ -292,6 +292,7 @@ class Meter:
             "legal.fatal_errors": Binding(lambda: Data.double_long_unsigned(self.legal.execute(legal.ReadFatalErrors()))),
             "legal.certification_mode": Binding(self._certification_object, set_with_context=self._set_certification_object),
             "legal.certification_log": CertificationLogSource(self.legal, self.clock),
+            "legal.certification_event_id": Binding(self._certification_event_id),
             **{f"demand.{r}": DemandSource(self.legal, self.clock, r) for r in REGISTERS},
             **{f"maximum_demand.{r}": MaximumDemandSource(self.legal, self.clock, r) for r in REGISTERS},
             **{f"cumulative_maximum_demand.{r}": Binding(MaximumDemandSource(self.legal, self.clock, r).cumulative)
@@ -314,6 +315,11 @@ class Meter:
         result = self.server.run_script(script_ln, selector)
         if result != DataAccessResult.SUCCESS:
             raise RuntimeError(f"script {selector} of {script_ln.hex()} answered {result.name.lower()}")
+
+    def _certification_event_id(self) -> Data:
+        """The id of the latest entry of the certification protected log (0 before the first)."""
+        records = self.legal.execute(legal.ReadCertificationLog())
+        return Data.long_unsigned(records[-1].event_id if records else 0)
 
     def _capture_control(self) -> Data:
         """Load profile control status (0-0:96.5.3.255): bit 0 LP1 capturing, bit 1 LP2 capturing."""
