@@ -61,8 +61,8 @@ def _commands():
 
 @pytest.mark.welmec("S2", "S3")
 def test_the_only_text_that_enters_the_legal_part_is_validated_identifiers():
-    """The only free-text fields of the protective interface are hex-encoded bytes (system titles, authentication challenges, responses, secret, tokens), register names (one of four) and time-change methods (one of four)."""
-    assert sorted({name for _, name in _text_fields()}) == sorted(HEX_FIELDS + ("method", "register"))
+    """The only free-text fields of the protective interface are hex-encoded bytes (system titles, authentication challenges, responses, secret, tokens), register names (one of four), time-change methods (one of four) and load profile names (one of two)."""
+    assert sorted({name for _, name in _text_fields()}) == sorted(HEX_FIELDS + ("method", "profile", "register"))
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_text_from_the_communication_side_never_becomes_a_legal_value(part, text
                          "server_system_title": TITLE, "ctos_hex": "00" * 16, "challenge_id": "", "response_hex": "",
                          "secret_hex": "",
                          "active": False, "status": False, "energy_res": 0, "demand_res": 0, "led_source": 0,
-                         "led_rate": 0})
+                         "led_rate": 0, "profile": "lp1", "enabled": True})
         fields = {k: v for k, v in defaults.items() if k in {f.name for f in dataclasses.fields(cls)}}
         fields[name] = text
         try:
@@ -97,6 +97,7 @@ def test_text_from_the_communication_side_never_becomes_a_legal_value(part, text
         assert name == "register" and text in ("a_plus", "a_minus", "r_plus", "r_minus") or \
             name == "client_system_title" and _is_hex(text) and len(bytes.fromhex(text)) == 8 or \
             name == "method" and text in legal.TIME_CHANGE_METHODS or \
+            name == "profile" and text in ("lp1", "lp2") or \
             name in HEX_FIELDS and name != "client_system_title" and _is_hex(text), (cls, name, text, result)
     assert (part.execute(legal.ReadEnergyRegisters()), part.execute(legal.ReadParameters()),
             part.execute(legal.ReadParameterRecordNumber())) == before

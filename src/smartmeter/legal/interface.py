@@ -1061,7 +1061,7 @@ class LegalInterface:
             self._put_meta("stopped_cleanly", True)
             self._put_meta("powered_down", True)  # a restart during the outage stays down
         self._powered = False
-        if self._outage is None:  # an outage not yet reported (found at start) goes on
+        if self._outage is None or self._outage[0] is None:  # an outage found at start, not yet reported, goes on
             self._outage = (int(self._now()), True)
 
     def _power_up(self, cmd: PowerUp) -> PowerUpReport | None:

@@ -310,7 +310,7 @@ class Meter:
         if self.directory.find(SCRIPT_TABLE_CLASS, script_ln) is None:
             # e.g. the push script table an alarm monitor names, before the meter has a push function
             self._say("runtime.no_script_table", "script table %s does not exist: script %s not run",
-                      Obis.from_bytes(script_ln), selector)
+                      Obis.from_bytes(script_ln), selector, level=logging.INFO)
             return
         result = self.server.run_script(script_ln, selector)
         if result != DataAccessResult.SUCCESS:
@@ -572,7 +572,7 @@ class Meter:
 
     def on_event(self, name: str, fields: dict) -> None:
         """Security-relevant happenings reported by the DLMS server and the meter's guards."""
-        log.debug("event %s %s", name, fields)
+        log.info("event %s %s", name, fields)
         interface = fields.get("interface")
         if interface == "wz":
             if name == "association_refused":
