@@ -170,7 +170,9 @@ def test_a_dlms_flood_neither_delays_nor_changes_metering(tmp_path):
               f"{ {n: round(v, 1) for n, v in signal_tolerances.items()} })")
     print(report)
     assert rate > 50, report
-    assert abs(pace - 1.0) <= (uncertain + 0.05) / wall_s, report
+    # slower than real time is what a flood must not cause; faster only by catching up a lag the
+    # metering had when the window began (it never runs ahead of the wall clock), which MAX_DRIFT_S bounds
+    assert -(uncertain + 0.05) / wall_s <= pace - 1.0 <= (uncertain + 0.05 + MAX_DRIFT_S) / wall_s, report
     assert drift <= MAX_DRIFT_S, report
     assert max(gaps) <= MAX_PERSIST_GAP_S, report
     assert sum(abs(v) for v in household.values()) > 100, report  # energy flowed (> 0.1 Wh)
