@@ -297,8 +297,8 @@ async def _serve(meter_, host: str, wrapper_port: int, hdlc_port: int, serial_de
         await control.start()
     except ControlChannelError as exc:
         raise UsageProblem(str(exc), "stop the other meter, or choose another --data-dir") from None
-    lines.append(f"simulated world: smartmeter sim --data-dir {shlex.quote(str(meter_.config.data_dir))} status "
-                 "(supply, load, covers, magnet, buttons, battery)")
+    lines.append(f"simulated world: {_invocation()} sim status --data-dir {shlex.quote(str(meter_.config.data_dir))} "
+                 "(and sim supply, load, cover, magnet, button, battery: see sim --help)")
     if meter_.clock.simulated:
         lines.append(f"time: simulated, {meter_.config.speed:g}x real time (clock status 'different clock base'; "
                      "not a legal meter)")
