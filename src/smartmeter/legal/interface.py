@@ -206,6 +206,14 @@ class CountDailyProfileEntries:
 
 
 @dataclass(frozen=True, slots=True)
+class ReadLatestProfileEntry:
+    """-> ProfileRow | None: the newest entry of load profile "lp1" or "lp2" (None while it is
+    empty), e.g. for the profile status object, without reading the whole profile."""
+
+    profile: str
+
+
+@dataclass(frozen=True, slots=True)
 class SetCaptureEnabled:
     """Opt-in (enabled True) or opt-out (False) of capturing in one load profile ("lp1" or
     "lp2") at meter time `time_utc` -> (lp1 enabled, lp2 enabled) after it. Applies from the
@@ -673,6 +681,7 @@ class LegalInterface:
             EndDay: self._end_day,
             ReadDailyProfile: self._read_daily_profile,
             CountDailyProfileEntries: lambda _: self._lp2.count(),
+            ReadLatestProfileEntry: self._read_latest_entry,
             SetCaptureEnabled: self._set_capture_enabled,
             ReadCaptureEnabled: lambda _: self._capture_enabled(),
             ReadTimeBase: lambda _: self._time.state.offset,
@@ -1209,6 +1218,13 @@ class LegalInterface:
     def _capture_enabled(self) -> tuple[bool, bool]:
         profiles = self._time.state.profiles
         return profiles[LOAD_PROFILE_1].enabled, profiles[LOAD_PROFILE_2].enabled
+
+    def _read_latest_entry(self, cmd: ReadLatestProfileEntry) -> ProfileRow | None:
+        table = {LOAD_PROFILE_1: self._lp1, LOAD_PROFILE_2: self._lp2}.get(cmd.profile)
+        if table is None:
+            raise CommandRefused(f"profile must be {LOAD_PROFILE_1!r} or {LOAD_PROFILE_2!r}")
+        last = table.last()
+        return None if last is None else _profile_row(last.time_utc, last.payload)
 
     def _set_capture_enabled(self, cmd: SetCaptureEnabled) -> tuple[bool, bool]:
         if cmd.profile not in (LOAD_PROFILE_1, LOAD_PROFILE_2):
