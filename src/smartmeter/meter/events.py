@@ -178,9 +178,7 @@ class EventRecorder:
         if event is None:
             raise KeyError(f"event code {code} is not in the event table")
         when = int(self._now() if at is None else at)
-        sap = NO_CLIENT_SAP if context.client_sap is None else context.client_sap
-        server = NO_CLIENT_SAP if context.server_sap is None else context.server_sap
-        title = NO_CLIENT_TITLE if context.system_title is None else bytes(context.system_title)
+        sap, server, title = self._saps(context)
         with self._transaction():
             if cause is not None:
                 if self._db.execute("SELECT 1 FROM cause WHERE name = ?", (cause,)).fetchone():

@@ -75,10 +75,14 @@ class MeterConfig:
 
 # the fatal error register's bits (legal part) and the event each raises once (IDIS codes)
 FATAL_EVENTS = {0x01: 12, 0x04: 14, 0x08: 16, 0x10: 15}
-# sim inputs that are causes with a start and an end: (event when it starts, when it ends, alarm flag)
-FRAUD_INPUTS = {"cover": ("meter_cover_open", 44, 45, "meter_cover_open"),
-                "terminal-cover": ("terminal_cover_open", 40, 41, "terminal_cover_open"),
-                "magnet": ("magnet", 42, 43, "strong_dc_field")}
+# root causes in the physical world: (cause, whether the world has it, event when it starts,
+# event when it ends, alarm flag); the events and the alarm follow the world's state
+WORLD_CAUSES = (
+    ("meter_cover_open", lambda w: w.meter_cover_open, 44, 45, "meter_cover_open"),
+    ("terminal_cover_open", lambda w: w.terminal_cover_open, 40, 41, "terminal_cover_open"),
+    ("magnet", lambda w: w.magnet, 42, 43, "strong_dc_field"),
+    ("battery_exhausted", lambda w: not w.battery_ok, 7, None, "replace_battery"),
+)
 SCRIPT_TABLE_CLASS = 9
 REGISTER_MONITOR_CLASS = 21
 # failures in a row of one client before the event is raised, once per streak: authentication
@@ -92,13 +96,13 @@ SECURITY_STREAK_EVENTS = {"association_refused": 46, "decipher_failed": 49, "sig
 class LoadProfileSource:
     """A load profile's rows (1: 15 min, 2: daily), read through the protective interface, in COSEM form."""
 
-    READ = {1: (legal.ReadLoadProfile, legal.CountLoadProfileEntries),
-            2: (legal.ReadDailyProfile, legal.CountDailyProfileEntries)}
+    READ = {1: (legal.ReadLoadProfile, legal.CountLoadProfileEntries, legal.LOAD_PROFILE_1),
+            2: (legal.ReadDailyProfile, legal.CountDailyProfileEntries, legal.LOAD_PROFILE_2)}
 
     def __init__(self, legal_part, clock: MeterClock, profile: int = 1) -> None:
         self.legal = legal_part
         self.clock = clock
-        self._read, self._count = self.READ[profile]
+        self._read, self._count, self._name = self.READ[profile]
 
     def rows(self, from_time: int | None, to_time: int | None) -> list[tuple]:
         cosem = self.clock.cosem
@@ -109,11 +113,8 @@ class LoadProfileSource:
 
     def status(self) -> Data:
         """The profile status object: the status of the latest entry (0 before the first)."""
-        count = self.entries_in_use()
-        if not count:
-            return Data.unsigned(0)
-        latest = self.legal.execute(self._read(None, None))[-1]
-        return Data.unsigned(latest.status)
+        latest = self.legal.execute(legal.ReadLatestProfileEntry(self._name))
+        return Data.unsigned(0 if latest is None else latest.status)
 
     def entries_in_use(self) -> int:
         return self.legal.execute(self._count())
@@ -230,7 +231,7 @@ class Meter:
             self.powered = False
         if self.legal.execute(legal.IsFreshMeter()) and config.backfill_days:
             self.backfill(config.backfill_days)
-        self._reconcile_world()
+        self._follow_world_causes()
         self._fatal_seen = self.store.get("fatal_errors_seen", 0)
         self._check_fatal()
         for register in (1, 2, 3):  # an alarm pending over a restart is announced again
@@ -441,12 +442,10 @@ class Meter:
         return EventContext(association.client_sap, association.server_sap, association.requester_system_title)
 
     # -- events -----------------------------------------------------------------------------------
-    def _alarm_event(self, code: int, context=None) -> None:
+    def _alarm_event(self, code: int, who: dict | None = None) -> None:
         """An event the alarm engine raises (10, 11: a register cleared by a client)."""
-        ctx = context if isinstance(context, EventContext) else NO_CLIENT
-        if isinstance(context, dict):
-            ctx = EventContext(context.get("client_sap"), context.get("server_sap"), context.get("system_title"))
-        self.events.record(code, ctx)
+        who = who or {}
+        self.events.record(code, EventContext(who.get("client_sap"), who.get("server_sap"), who.get("system_title")))
 
     def _check_fatal(self) -> None:
         """A new bit in the legal part's fatal error register: its event, once, and the alarm."""
@@ -476,24 +475,17 @@ class Meter:
                      "down" if report.clean else "failure", self.clock.local(report.down_time).isoformat())
         self.scheduler.resume(now)
 
-    def _reconcile_world(self) -> None:
-        """A kill between storing a world input and recording its event: the event is recorded
-        now (late rather than never), and an ended cause is closed."""
-        state = self.world.state
-        for name, (cause, start_code, end_code, flag) in FRAUD_INPUTS.items():
-            active = {"cover": state.meter_cover_open, "terminal-cover": state.terminal_cover_open,
-                      "magnet": state.magnet}[name]
+    def _follow_world_causes(self) -> None:
+        """Events and alarms follow the world's root causes: a cause that started is logged once,
+        one that ended is closed. Also at start: a kill between storing a world input and
+        recording its event gets the event now, late rather than never."""
+        for cause, present, start_code, end_code, flag in WORLD_CAUSES:
+            active = present(self.world.state)
             if active and not self.events.cause_active(cause):
                 self.events.record(start_code, cause=cause)
-                self.alarms.condition(flag, True)
-            elif not active and self.events.end_cause(cause):
+            elif not active and self.events.end_cause(cause) and end_code is not None:
                 self.events.record(end_code)
-                self.alarms.condition(flag, False)
-        if not state.battery_ok and not self.events.cause_active("battery_exhausted"):
-            self.events.record(7, cause="battery_exhausted")
-            self.alarms.condition("replace_battery", True)
-        elif state.battery_ok and self.events.end_cause("battery_exhausted"):
-            self.alarms.condition("replace_battery", False)
+            self.alarms.condition(flag, active)
 
     def power_down(self) -> None:
         """The supply fails: registration and communication stop until power_up."""
@@ -545,20 +537,9 @@ class Meter:
             (self.power_up if after.supply else self.power_down)()
         elif change.input == "battery":
             self.legal.execute(legal.SetBackupBattery(after.battery_ok))
-            if not after.battery_ok:
-                self.events.record(7, cause="battery_exhausted")
-            else:
-                self.events.end_cause("battery_exhausted")
-            self.alarms.condition("replace_battery", not after.battery_ok)
-        elif change.input in FRAUD_INPUTS:
-            cause, start_code, end_code, flag = FRAUD_INPUTS[change.input]
-            active = {"cover": after.meter_cover_open, "terminal-cover": after.terminal_cover_open,
-                      "magnet": after.magnet}[change.input]
-            if active:
-                self.events.record(start_code, cause=cause)
-            elif self.events.end_cause(cause):
-                self.events.record(end_code)
-            self.alarms.condition(flag, active)
+            self._follow_world_causes()
+        elif change.input in ("cover", "terminal-cover", "magnet"):
+            self._follow_world_causes()
         elif change.input == "button":
             log.info("button %s pressed%s", change.detail["button"], " long" if change.detail["long"] else "")
         elif change.input == "voltage":
