@@ -20,6 +20,7 @@ from pathlib import Path
 
 import click
 
+from smartmeter.cli import UsageProblem
 from smartmeter.cli.format import logical_name_paths, to_json, to_text
 from smartmeter.cli.pki import pki_group
 from smartmeter.cli.sim import sim_group
@@ -30,14 +31,6 @@ from smartmeter.legal.interface import LegalProcessDown
 
 DEFAULT_WRAPPER_PORT = 4059
 DEFAULT_HDLC_PORT = 4061
-
-
-class UsageProblem(SmartmeterError):
-    """A problem the user can fix; carries the hint shown after the message."""
-
-    def __init__(self, message: str, hint: str = "") -> None:
-        self.hint = hint
-        super().__init__(message)
 
 
 def fail(message: str, hint: str = "") -> None:

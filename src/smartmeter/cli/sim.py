@@ -10,7 +10,8 @@ from pathlib import Path
 
 import click
 
-from smartmeter.meter.control import request
+from smartmeter.cli import UsageProblem
+from smartmeter.meter.control import ControlChannelError, request
 from smartmeter.meter.world import PHASES
 
 DATA_DIR_OPTION = click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("meter-data"),
@@ -24,7 +25,11 @@ class SimRefused(click.ClickException):
 
 
 def _send(data_dir: Path, message: dict) -> dict:
-    answer = request(data_dir, message)
+    try:
+        answer = request(data_dir, message)
+    except ControlChannelError as exc:
+        raise UsageProblem(str(exc), f"give the --data-dir the meter runs with, or start one with "
+                                     f"smartmeter meter run --data-dir {data_dir}") from None
     if not answer.get("ok"):
         raise SimRefused(str(answer.get("error", "the meter refused the request")))
     return answer.get("status", {})

@@ -155,8 +155,8 @@ def request(data_dir: Path, message: dict[str, Any], timeout: float = 30.0) -> d
     """Send one request to the meter running with `data_dir`; its answer, or ControlChannelError."""
     path = socket_path(data_dir)
     if not path.exists():
-        raise ControlChannelError(f"no meter is running with data directory {data_dir} (no {SOCKET_NAME} there); "
-                                  "start one with: smartmeter meter run --data-dir " + str(data_dir))
+        raise ControlChannelError(f"no meter is running with data directory {Path(data_dir).absolute()} "
+                                  f"(no {SOCKET_NAME} there)")
     where = _checked(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
