@@ -17,6 +17,7 @@ from smartmeter.dlms.client import ClientAssociation
 from smartmeter.dlms.server import DlmsServer
 from smartmeter.meter.schedule import ExecutionTime
 from smartmeter.meter.store import MeterStore
+from script_models import script_test_model
 
 TABLE = Obis.parse("0-0:10.0.109.255").to_bytes()
 SCHEDULE = Obis.parse("0-0:15.0.5.255").to_bytes()
@@ -30,19 +31,7 @@ def model_doc(schedule: dict | None = None) -> dict:
              "execution_time": [{"time": "02:30:00", "date": "*-*-*"}],
              "access": {"tester": {"read": "*", "write": [2, 3, 4]}}}
     entry.update(schedule or {})
-    return {
-        "profile": {"name": "test"},
-        "clients": {"tester": {"sap": 16, "interfaces": ["lan"], "mechanism": 0}},
-        "object": [
-            {"name": "Status", "class_id": 1, "obis": "0-0:96.5.3.255", "value": "status",
-             "access": {"tester": {"read": "*"}}},
-            {"name": "Script table", "class_id": 9, "obis": "0-0:10.0.109.255", "access": {"tester": {"read": "*"}},
-             "scripts": [{"id": i, "actions": [{"service": "write", "class_id": 1, "obis": "0-0:96.5.3.255",
-                                                "index": 2, "parameter": {"type": "unsigned", "value": i}}]}
-                         for i in (1, 2)]},
-            entry,
-        ],
-    }
+    return script_test_model(entry)
 
 
 class FixedClock:

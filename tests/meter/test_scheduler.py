@@ -23,6 +23,7 @@ from smartmeter.dlms.server import DlmsServer
 from smartmeter.meter.schedule import Passage
 from smartmeter.meter.scheduler import PERSIST_INTERVAL, SchedulerEngine
 from smartmeter.meter.store import MeterStore
+from script_models import script_test_model
 
 BERLIN = ZoneInfo("Europe/Berlin")
 TABLE = Obis.parse("0-0:10.0.109.255").to_bytes()
@@ -42,20 +43,8 @@ def schedule_entry(name: str, obis: str, selector: int, times: list) -> dict:
 
 
 def model_doc(a_times: list, b_times: list) -> dict:
-    return {
-        "profile": {"name": "test"},
-        "clients": {"tester": {"sap": 16, "interfaces": ["lan"], "mechanism": 0}},
-        "object": [
-            {"name": "Status", "class_id": 1, "obis": "0-0:96.5.3.255", "value": "status",
-             "access": {"tester": {"read": "*"}}},
-            {"name": "Script table", "class_id": 9, "obis": "0-0:10.0.109.255", "access": {"tester": {"read": "*"}},
-             "scripts": [{"id": i, "actions": [{"service": "write", "class_id": 1, "obis": "0-0:96.5.3.255",
-                                                "index": 2, "parameter": {"type": "unsigned", "value": i}}]}
-                         for i in (1, 2)]},
-            schedule_entry("Schedule A", "0-0:15.0.5.255", 1, a_times),
-            schedule_entry("Schedule B", "0-0:15.0.6.255", 2, b_times),
-        ],
-    }
+    return script_test_model(schedule_entry("Schedule A", "0-0:15.0.5.255", 1, a_times),
+                             schedule_entry("Schedule B", "0-0:15.0.6.255", 2, b_times))
 
 
 class Killed(BaseException):

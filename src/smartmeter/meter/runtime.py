@@ -252,7 +252,8 @@ class Meter:
             "clock": self.clock,
             "load_profile_1": LoadProfileSource(self.legal, self.clock),
             **{f"events.{name}": EventLogSource(self.events, name, self.clock) for name in self.events.table.logs},
-            **{f"events.{name}.last_code": self._last_code_binding(name) for name in self.events.table.logs},
+            **{f"events.{name}.last_code": self._last_code_binding(name)
+               for name, spec in self.events.table.logs.items() if spec.event_object},
             **{f"events.{group_counter(g).lower()}": self._group_counter_binding(g) for g in range(1, 11)},
             "events.power_failures": Binding(lambda: Data.long_unsigned(min(self.events.counter("power_failures"), 0xFFFF))),
             "events.long_power_failures": Binding(
