@@ -193,7 +193,10 @@ def _with(cal: Calendar, **changes) -> Calendar:
                     changes.get("weeks", cal.weeks), changes.get("days", cal.days))
 
 
-S = lambda name, month, day, week="W1", year=None: Season(name.encode(), SeasonStart(year, month, day), week.encode())  # noqa: E731
+def S(name: str, month: int, day: int, week: str = "W1", year: int | None = None) -> Season:  # noqa: N802
+    return Season(name.encode(), SeasonStart(year, month, day), week.encode())
+
+
 INVALID = [
     ("two seasons with the same start", _with(EXAMPLE, seasons=(S("A", 1, 1), S("B", 1, 1))), "overlapping"),
     ("season starts out of order", _with(EXAMPLE, seasons=(S("A", 6, 1), S("B", 1, 1))), "overlapping"),
