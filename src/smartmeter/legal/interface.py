@@ -27,6 +27,10 @@ from typing import Any, Callable
 
 from smartmeter.legal import identification, platform, storage
 from smartmeter.legal.authority import AuthorityGate, AuthorityRefused
+from smartmeter.legal.billing import (
+    BILLING_PROFILE, BILLING_PROFILE_CAPACITY, COUNTER_MODULUS, TRIGGERS, BillingRow,
+    NO_TIME as BILLING_NO_TIME,
+)
 from smartmeter.legal.chain import ChainedTable, ChainError, LogFull, atomic
 from smartmeter.legal.demand import DEMAND_PERIOD, DemandRegisters, DemandState, DemandValue, MaximumDemand
 from smartmeter.legal.eventlog import CertificationLog, EventLog, encode_fields
@@ -37,7 +41,10 @@ from smartmeter.legal.parameters import (
     ParameterStore, RefusalReason,
 )
 from smartmeter.legal.sensor import PairingRecord, RemoteSensorLink
-from smartmeter.legal.registers import MILLI, REGISTER_NAMES, EnergyRegisters, EnergySnapshot
+from smartmeter.legal.registers import (
+    ALL_RATES, MILLI, RATES, REGISTER_NAMES, EnergyRegisters, EnergySnapshot, RateRegisters, RateSnapshot,
+    registers_message,
+)
 from smartmeter.legal.signing import MeterSigner, verify
 from smartmeter.legal.timebase import (  # noqa: F401 - STATUS_* and TimeChange are part of the interface
     CAPTURE_PERIOD, STATUS_CAPTURE_DISABLED, STATUS_CLOCK_ADJUSTED, STATUS_CLOCK_INVALID, STATUS_DATA_NOT_VALID,
@@ -283,6 +290,48 @@ class ResetMaximumDemand:
 
 
 @dataclass(frozen=True, slots=True)
+class ReadRateRegisters:
+    """-> RateSnapshot: every quantity's registers per rate (whole Wh / varh) and its active rate."""
+
+
+@dataclass(frozen=True, slots=True)
+class SetActiveRates:
+    """-> bool (whether a rate changed): from now on each quantity (REGISTER_NAMES order) registers
+    into this rate (1, 2; 0: no rate register). What was registered before stays where it went."""
+
+    rates: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EndBillingPeriod:
+    """-> BillingRow: close the billing period at capture_time (companion §5.6), in one
+    transaction: the counter goes up (00..99), the maximum demands are added into the cumulative
+    maxima, the billing profile captures, the maximum demands restart. `trigger` is one of
+    "scheduled", "button", "remote", "ad-hoc" and is kept with the entry."""
+
+    capture_time: int
+    trigger: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReadBillingProfile:
+    """-> tuple[BillingRow, ...] captured in [from_time, to_time] (None: open), oldest first."""
+
+    from_time: int | None = None
+    to_time: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CountBillingProfileEntries:
+    """-> int: entries in the billing profile (at most BILLING_PROFILE_CAPACITY)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReadBillingCounter:
+    """-> int: the billing period counter (0..99; 0 before the first end of a billing period)."""
+
+
+@dataclass(frozen=True, slots=True)
 class SetSimulatedLoad:
     """Synthetic sensor only (the demo installation): what it draws from the next frame on, in
     total. `phase` 0: split evenly over the phases; 1..phases: all of it on that phase (the
@@ -322,9 +371,12 @@ class IsFreshMeter:
 @dataclass(frozen=True, slots=True)
 class BackfillDemoHistory:
     """First start only: seed load profile 1 with a simulated history; registers follow its
-    last row. Logged in the metrological log as demo history."""
+    last row. Logged in the metrological log as demo history. `rates`: how the history's energy
+    divides into rate 1 and rate 2 (8 values: +A 1, +A 2, -A 1, ...), adding up to the last row's
+    totals; empty: the history was registered without a rate (rate 0)."""
 
     rows: tuple[ProfileRow, ...]
+    rates: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -611,6 +663,7 @@ class LegalInterface:
         self._cert_log = CertificationLog(self._db, self._signer)
         self._lp1 = ChainedTable(self._db, LOAD_PROFILE_1, LOAD_PROFILE_1_CAPACITY, "fifo", self._signer)
         self._lp2 = ChainedTable(self._db, LOAD_PROFILE_2, LOAD_PROFILE_2_CAPACITY, "fifo", self._signer)
+        self._billing = ChainedTable(self._db, BILLING_PROFILE, BILLING_PROFILE_CAPACITY, "fifo", self._signer)
         # stamps every log entry from here on; local midnights in the meter's time zone
         self._time = TimeBase(self._load_time_base(), LocalDays(time_zone))
         self._apply_speed(speed, start_time)
@@ -634,6 +687,7 @@ class LegalInterface:
         self._check_parameters_at_start()
         rows = dict(self._db.execute("SELECT name, milli_units FROM energy_register").fetchall())
         self._registers = EnergyRegisters(rows)
+        self._rates, self._rates_before_v2 = self._load_rates()
         self._micro_remainder = dict.fromkeys(REGISTER_NAMES, 0)
         demand = self._meta("demand", None)
         self._demand = DemandRegisters(DemandState.from_json(demand) if demand else DemandState())
@@ -641,6 +695,9 @@ class LegalInterface:
         if self._time.state.capture_floor is None and self._lp1.count():  # a profile migrated just now
             self._time.state.capture_floor = self._lp1.last().time_utc
         self._check_store_at_start()
+        if self._rates_before_v2 and not self._fatal & FATAL_NV_MEMORY:
+            with atomic(self._db):  # the rates start here (all energy so far in rate 0), signed from now on
+                self._write_registers()
         if not self._integrity.ok:
             self._raise_fatal(FATAL_PROGRAM_MEMORY, EVENT_SOFTWARE_MISMATCH, {
                 "reason": self._integrity.reason.value, "changed_files": " ".join(self._integrity.changed_files)})
@@ -691,6 +748,13 @@ class LegalInterface:
             PowerUp: self._power_up,
             SetTime: self._set_time,
             StartDemandPeriod: self._start_demand,
+            ReadRateRegisters: lambda _: self._rates.snapshot(),
+            SetActiveRates: self._set_active_rates,
+            EndBillingPeriod: self._end_billing_period,
+            ReadBillingProfile: lambda cmd: tuple(BillingRow.from_payload(e.time_utc, e.payload)
+                                                  for e in self._billing.between(cmd.from_time, cmd.to_time)),
+            CountBillingProfileEntries: lambda _: self._billing.count(),
+            ReadBillingCounter: lambda _: int(self._meta("billing_counter", 0)),
             ReadDemand: self._read_demand,
             ReadMaximumDemand: self._read_maximum_demand,
             ResetMaximumDemand: self._reset_maximum_demand,
@@ -784,17 +848,36 @@ class LegalInterface:
                          (key, json.dumps(value)))
 
     def _registers_message(self) -> bytes:
-        milli = self._registers.milli_units()
-        return b"smartmeter/registers/v1\0" + b"".join(milli[n].to_bytes(8, "big") for n in REGISTER_NAMES)
+        return registers_message(self._registers.milli_units(), self._rates)
+
+    def _load_rates(self) -> tuple[RateRegisters, bool]:
+        """The rate registers and active rates as stored; -> (registers, whether the store is from
+        before rates existed: then all its energy is in rate 0 and its signature covers the totals only)."""
+        rows = self._db.execute("SELECT name, rate, units FROM rate_register").fetchall()
+        if not rows:
+            return RateRegisters.all_in_rate_0(self._registers.snapshot()), True
+        active = self._meta("active_rates", {})
+        try:
+            return RateRegisters({(n, r): u for n, r, u in rows}, active if isinstance(active, dict) else {}), False
+        except (ValueError, TypeError):  # altered outside the meter: reported at start
+            self._damaged_meta.add("active_rates")
+            return RateRegisters({(n, r): u for n, r, u in rows}, {}), False
 
     def _write_registers(self) -> None:
-        """Registers with the meter's signature over them, so an edit of the store shows (P5, I3-4)."""
+        """Registers and rates with the meter's signature over them, so an edit of the store shows (P5, I3-4)."""
         self._db.executemany(
             "INSERT INTO energy_register(name, milli_units) VALUES (?, ?) "
             "ON CONFLICT(name) DO UPDATE SET milli_units = excluded.milli_units",
             sorted(self._registers.milli_units().items()),
         )
+        self._db.executemany(
+            "INSERT INTO rate_register(name, rate, units) VALUES (?, ?, ?) "
+            "ON CONFLICT(name, rate) DO UPDATE SET units = excluded.units",
+            sorted((n, r, u) for (n, r), u in self._rates.items().items()),
+        )
+        self._put_meta("active_rates", self._rates.active())
         self._put_meta("registers_signature", self._signer.sign(self._registers_message()).hex())
+        self._rates_before_v2 = False
 
     def _persist(self, force: bool = False) -> None:
         if not (self._unsaved or force):
@@ -832,7 +915,7 @@ class LegalInterface:
     def _check_store_at_start(self) -> None:
         problems = []
         public = self._signer.public_key_pem()
-        for table in (self._lp1, self._lp2):
+        for table in (self._lp1, self._lp2, self._billing):
             report = table.verify(public)
             if not report.ok:
                 problems.append(f"{table.name}: {report.problem}")
@@ -842,12 +925,15 @@ class LegalInterface:
                 problems.append(f"{name} log: {report.problem}")
         signature = self._meta("registers_signature", None)
         has_energy = any(self._registers.milli_units().values())
+        message = registers_message(self._registers.milli_units(), None if self._rates_before_v2 else self._rates)
         try:
-            signed = signature is not None and verify(public, self._registers_message(), bytes.fromhex(signature))
+            signed = signature is not None and verify(public, message, bytes.fromhex(signature))
         except (ValueError, TypeError):
             signed = False
         if has_energy and not signed:
             problems.append("energy registers: signature does not verify")
+        if not self._rates.sums_to(self._registers.snapshot()):
+            problems.append("rate registers: they do not add up to the total registers")
         if self._damaged_meta:
             problems.append("stored state unreadable: " + ", ".join(sorted(self._damaged_meta)))
         snap = self._registers.snapshot()
@@ -897,7 +983,9 @@ class LegalInterface:
         for name in REGISTER_NAMES:
             total = self._micro_remainder[name] + getattr(delta, name)
             milli[name], self._micro_remainder[name] = divmod(total, MICRO_PER_MILLI)
+        before = self._registers.snapshot()
         self._registers.add_milli(milli)
+        self._rates.follow(before, self._registers.snapshot())
         self._unsaved = True
         if self._monotonic() - self._last_persist >= PERSIST_PERIOD:
             self._persist()
@@ -1251,6 +1339,14 @@ class LegalInterface:
             raise CommandRefused("demo history can only be back-filled into an empty meter")
         rows = sorted(cmd.rows, key=lambda r: r.capture_time)[-LOAD_PROFILE_1_CAPACITY:]
         last = rows[-1]
+        if cmd.rates:
+            split = dict(zip(((n, r) for n in REGISTER_NAMES for r in RATES), cmd.rates))
+            if len(cmd.rates) != len(split) or any(sum(split[(n, r)] for r in RATES) != getattr(last, n)
+                                                   for n in REGISTER_NAMES):
+                raise CommandRefused("the rates of the history add up to its last totals, per quantity")
+            self._rates = RateRegisters(split, self._rates.active())
+        else:
+            self._rates = RateRegisters({(n, 0): getattr(last, n) for n in REGISTER_NAMES}, self._rates.active())
         self._registers = EnergyRegisters({name: getattr(last, name) * MILLI for name in REGISTER_NAMES})
         with atomic(self._db):
             self._write_registers()
@@ -1261,6 +1357,45 @@ class LegalInterface:
             self._save_time_base()
         self._log_event(EVENT_DEMO_HISTORY, {"entries": len(rows), "first": rows[0].capture_time,
                                              "last": last.capture_time})
+
+    # -- rates and billing ------------------------------------------------------------------------
+    def _set_active_rates(self, cmd: SetActiveRates) -> bool:
+        if len(cmd.rates) != len(REGISTER_NAMES) or any(r not in ALL_RATES for r in cmd.rates):
+            raise CommandRefused(f"one rate per quantity ({', '.join(REGISTER_NAMES)}), each one of {ALL_RATES}")
+        self._require_power()
+        if not self._rates.set_active(dict(zip(REGISTER_NAMES, cmd.rates))):
+            return False
+        with atomic(self._db):  # what was registered up to now stays in the old rates
+            self._write_registers()
+            self._put_meta("metering_state", self._metering.snapshot().hex())
+        self._unsaved = False
+        return True
+
+    def _end_billing_period(self, cmd: EndBillingPeriod) -> BillingRow:
+        if cmd.trigger not in TRIGGERS:
+            raise CommandRefused(f"trigger must be one of {', '.join(TRIGGERS)}")
+        self._check_capture(cmd.capture_time, 0)
+        if not self._own_clock:
+            self._command_time = float(cmd.capture_time)
+        counter = (int(self._meta("billing_counter", 0)) + 1) % COUNTER_MODULUS
+        totals, rates = self._registers.snapshot(), self._rates.snapshot()
+        maxima = [self._demand.maximum(n) for n in REGISTER_NAMES]
+        # the reset adds each maximum into its cumulative maximum; the entry shows the sum
+        self._demand.reset_maximum(cmd.capture_time)
+        row = BillingRow(
+            cmd.capture_time, counter,
+            tuple(v for n in REGISTER_NAMES for v in (getattr(totals, n), *(rates.value(n, r) for r in RATES))),
+            tuple(m.value for m in maxima),
+            tuple(BILLING_NO_TIME if m.capture_time is None else m.capture_time for m in maxima),
+            tuple(self._demand.maximum(n).cumulative for n in REGISTER_NAMES), cmd.trigger)
+        with atomic(self._db):
+            self._write_registers()
+            self._put_meta("metering_state", self._metering.snapshot().hex())
+            self._put_meta("billing_counter", counter)
+            self._billing.append(cmd.capture_time, 0, row.to_payload())
+            self._put_meta("demand", self._demand.state.to_json())
+        self._unsaved = False
+        return row
 
     # -- demand -----------------------------------------------------------------------------------
     def _start_demand(self, cmd: StartDemandPeriod) -> None:
@@ -1429,7 +1564,8 @@ class LegalInterface:
             self._udp.close()
         self._metering.stop()
         with self._lock:
-            self._persist(force=True)
+            # a damaged store is not signed anew by a mere stop: what was found stays for verify-storage
+            self._persist(force=not self._fatal & FATAL_NV_MEMORY)
             if self._powered:  # a clean stop: the next start is a power-up after a known power-down
                 with atomic(self._db):
                     self._put_meta("stopped_cleanly", True)
@@ -1451,7 +1587,7 @@ def start_legal_process(data_dir: Path, options: dict | None = None):
 # -- offline: what can be checked without the meter running ------------------------------------
 
 LOG_TABLES = (METROLOGICAL_LOG, "certification")
-STORAGE_TABLES = (LOAD_PROFILE_1, LOAD_PROFILE_2, "energy registers", "parameters")
+STORAGE_TABLES = (LOAD_PROFILE_1, LOAD_PROFILE_2, BILLING_PROFILE, "energy registers", "parameters")
 
 
 REGISTERS_TABLE = "energy registers"
@@ -1475,12 +1611,18 @@ def verify_stored_data(data_dir: Path, tables: tuple[str, ...], public_key_pem: 
         try:
             milli = dict(db.execute("SELECT name, milli_units FROM energy_register").fetchall())
             row = db.execute("SELECT value FROM meta WHERE key = 'registers_signature'").fetchone()
+            try:
+                rate_rows = db.execute("SELECT name, rate, units FROM rate_register").fetchall()
+            except sqlite3.OperationalError:  # a store from before rate registers
+                rate_rows = []
+            active = db.execute("SELECT value FROM meta WHERE key = 'active_rates'").fetchone()
         finally:
             db.close()
-        message = b"smartmeter/registers/v1\0" + b"".join(int(milli.get(n, 0)).to_bytes(8, "big") for n in REGISTER_NAMES)
         try:
-            ok = row is not None and verify(pem, message, bytes.fromhex(json.loads(row[0])))
-        except (ValueError, TypeError, OverflowError):
+            rates = RateRegisters({(n, r): u for n, r, u in rate_rows}, json.loads(active[0]) if active else {}) \
+                if rate_rows else None
+            ok = row is not None and verify(pem, registers_message(milli, rates), bytes.fromhex(json.loads(row[0])))
+        except (ValueError, TypeError, OverflowError, AttributeError):
             ok = False
         if not any(milli.values()) and row is None:
             ok = True  # nothing registered yet

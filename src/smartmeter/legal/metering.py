@@ -287,13 +287,13 @@ class MeteringUnit:
             self._voltages = values
 
     # -- processing (always under self._lock) -------------------------------------------------
-    def _process_synthetic_frame(self, n: int) -> Measurement:
+    def _process_synthetic_frame(self, n: int, repeat: int = 1) -> Measurement:
         frame = self._source.frame(self._sequence, self._position, n)
-        return self._measure(frame)
+        return self._measure(frame, repeat)
 
-    def _measure(self, frame) -> Measurement:
+    def _measure(self, frame, repeat: int = 1) -> Measurement:
         before = self._metrology.snapshot()
-        measurement = self._metrology.process(frame)  # MetrologyError leaves it unchanged
+        measurement = self._metrology.process(frame, repeat)  # MetrologyError leaves it unchanged
         try:
             self._on_measurement(measurement)
         except Exception as exc:  # noqa: BLE001 - roll back; the frame is measured again
@@ -306,8 +306,8 @@ class MeteringUnit:
         self._delivery_failing = False
         self._latest = measurement
         if self._remote is None:
-            self._position = frame.end_sample
-            self._sequence += 1
+            self._position = frame.start_sample + measurement.n_samples
+            self._sequence += repeat
         with self._progress:
             self._progress.notify_all()
         return measurement
@@ -316,21 +316,30 @@ class MeteringUnit:
         """Process exactly ``round(seconds · sample_rate)`` samples of the synthetic input now,
         in frames of ``frame_ms`` (the last one shorter if need be); returns the measurements
         (each also went to ``on_measurement``). While the real-time loop runs, its schedule
-        moves on by as much."""
+        moves on by as much.
+
+        The synthetic input is periodic while its load stays as it is: once the metrology is in
+        steady state, one frame stands for all the whole frames that follow (Metrology.process,
+        repeat), so a long simulated interval costs what two frames cost."""
         if self._remote is not None:
             raise MeteringError("the remote sensor is the input: the synthetic source is off")
         if not (math.isfinite(seconds) and seconds >= 0):
             raise MeteringError("seconds must be finite and not negative")
         remaining = round(seconds * self.sample_rate)
+        period = self._source.period_samples()
         out = []
         while remaining > 0:
             n = min(self.frame_samples, remaining)
             with self._lock:
-                out.append(self._process_synthetic_frame(n))
+                repeat = 1
+                # (not the first frame: the DFT window may still hold samples of the load before)
+                if out and period and n % period == 0 and self._metrology.can_repeat(n):
+                    repeat = remaining // n
+                out.append(self._process_synthetic_frame(n, repeat))
                 with self._control:
                     if self._origin is not None:
-                        self._origin = (self._origin[0], self._origin[1] + n)
-            remaining -= n
+                        self._origin = (self._origin[0], self._origin[1] + n * repeat)
+            remaining -= n * repeat
         return out
 
     # -- remote input ---------------------------------------------------------------------------

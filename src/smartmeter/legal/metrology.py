@@ -278,7 +278,18 @@ class Metrology:
             self._rotation_cache[key] = rot
         return rot
 
-    def process(self, frame: SampleFrame) -> Measurement:
+    def can_repeat(self, n_samples: int) -> bool:
+        """Whether a frame of `n_samples` may stand for copies of itself (process(repeat=k)): the
+        DFT window is full (no reactive energy deferred) and the frame spans whole periods of
+        the reference rotation, so its copies would be measured exactly as it is."""
+        return self._filled >= self.window and self._pending == 0 and n_samples % self._rotation_period == 0
+
+    def process(self, frame: SampleFrame, repeat: int = 1) -> Measurement:
+        """Measure one frame. `repeat` > 1: the input is periodic and the frame stands for that
+        many consecutive copies of itself (a steady simulated load), measured as one: every sum
+        is the frame's times `repeat`, the carries and the position go on as after the copies."""
+        if repeat != 1 and not (isinstance(repeat, int) and repeat > 1 and self.can_repeat(frame.n_samples)):
+            raise MetrologyError("a frame stands for copies of itself only in steady state, over whole periods")
         if frame.phases != self.phases or frame.sample_rate != self.sample_rate:
             raise MetrologyError(
                 f"frame has {frame.phases} phases at {frame.sample_rate} Hz; "
@@ -358,7 +369,7 @@ class Metrology:
                     freq[p] = self.nominal_frequency + turn * fs / (2 * math.pi * span)
 
         # Energy in units per phase and for the netted total; quadrant registers, then ±A.
-        to_units = _UNITS_PER_WS / fs
+        to_units = _UNITS_PER_WS / fs * repeat
         no_load = self.no_load_current * self.no_load_current * n
         active = [x * to_units if ii >= no_load else 0.0 for x, ii in zip(sum_vi, sum_ii)]
         reactive = [x * to_units if ii >= no_load else 0.0 for x, ii in zip(q_sum, sum_ii)]
@@ -392,7 +403,7 @@ class Metrology:
         self._last_phasor = last
         self._filled = min(window, filled + n)
         self._pending = pending
-        self._next_sample = frame.end_sample
+        self._next_sample = frame.start_sample + n * repeat
 
         values = []
         for p in range(phases):
@@ -401,7 +412,8 @@ class Metrology:
             p_w = sum_vi[p] / n
             s_va = urms * irms
             values.append(PhaseValues(urms, irms, p_w, q_mean[p], s_va, p_w / s_va if s_va > 0 else 0.0, freq[p]))
-        return Measurement(frame.sequence, frame.start_sample, n, fs, tuple(values), energy[-1], tuple(energy[:-1]), gap)
+        return Measurement(frame.sequence, frame.start_sample, n * repeat, fs, tuple(values), energy[-1],
+                           tuple(energy[:-1]), gap)
 
     def _buffers(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         bufs = self._work.get(n)

@@ -28,6 +28,13 @@ DEVELOPMENT_KEYS: dict[str, tuple[bytes, str]] = {
         b'-----END PUBLIC KEY-----\n',
         'root@vm 2026-12-04',
     ),
+    '145f35b4e0b05036': (
+        b'-----BEGIN PUBLIC KEY-----\n'
+        b'MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEcy6X74Dq/j27kzcY9IRozVVXYBhU\n'
+        b'tQRJ2qSeVQW2jZFCllv1mMAmp+2NGHAZ4nfY36uIV18Hpd/+F7PemHmu4A==\n'
+        b'-----END PUBLIC KEY-----\n',
+        'root@vm 2026-12-04',
+    ),
     '343534bc6f406070': (
         b'-----BEGIN PUBLIC KEY-----\n'
         b'MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEvOjDu6vvUbWOXD601oRSxQN5cPdC\n'

@@ -250,6 +250,15 @@ class SyntheticSource:
             pos += take
         return out
 
+    def period_samples(self) -> int | None:
+        """The samples after which the input repeats exactly (one cycle of the fundamental; the
+        harmonics are whole multiples of it), or None when it never does (noise, or a cycle
+        that is not a whole number of samples)."""
+        if self.voltage_noise_rms or self.current_noise_rms:
+            return None
+        cycle = self.sample_rate / self.frequency
+        return round(cycle) if cycle == round(cycle) else None
+
     def frame(self, sequence: int, start_sample: int, n: int) -> SampleFrame:
         v, i = self.samples(start_sample, n)
         return SampleFrame(sequence, self.sample_rate, start_sample, v, i)

@@ -22,6 +22,12 @@ CREATE TABLE IF NOT EXISTS load_profile (
     r_plus INTEGER NOT NULL, r_minus INTEGER NOT NULL,   -- Wh / varh
     PRIMARY KEY (profile, capture_time)
 );
+CREATE TABLE IF NOT EXISTS rate_register (
+    name TEXT NOT NULL,
+    rate INTEGER NOT NULL,            -- 0: registered while no rate was active; 1, 2: 1-0:x.8.1 / x.8.2
+    units INTEGER NOT NULL,           -- whole Wh or varh
+    PRIMARY KEY (name, rate)
+);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
