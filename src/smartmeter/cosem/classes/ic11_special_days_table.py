@@ -59,7 +59,8 @@ def special_day(entry: Entry) -> SpecialDay:
         # every-year February 29th is a date (of leap years); the year decides otherwise
         if date.day > calendar.monthrange(date.year if date.year is not None else 2000, date.month)[1]:
             raise _refuse(f"specialday_date: {date.month:02d}-{date.day:02d} does not exist")
-        if None not in (date.year, date.weekday) and dt.date(date.year, date.month, date.day).isoweekday() != date.weekday:
+        if None not in (date.year, date.weekday) \
+                and dt.date(date.year, date.month, date.day).isoweekday() != date.weekday:
             raise _refuse("specialday_date: the weekday is not the date's")
     return SpecialDay(index, date.year, date.month, date.day, day_id, date.weekday)
 
