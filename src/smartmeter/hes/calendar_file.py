@@ -358,7 +358,7 @@ def _activation_bytes(value: Any, place: str) -> bytes:
 
 def _shown(value: Any) -> str:
     if isinstance(value, str):
-        return json.dumps(value)
+        return json.dumps(value, ensure_ascii=False)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (dict, list)):
