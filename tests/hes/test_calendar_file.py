@@ -218,7 +218,7 @@ def test_two_hundred_special_days_are_taken():
 
 
 def test_the_capacities_checked_are_the_meters():
-    from smartmeter.cosem.classes import ic20_activity_calendar
+    from smartmeter.cosem.classes import ic11_special_days_table, ic20_activity_calendar
     from smartmeter.meter import tariff_calendar
 
     assert (cf.MAX_SEASONS, cf.MAX_WEEKS, cf.MAX_DAYS, cf.MAX_SWITCHES_PER_DAY) == (
@@ -226,6 +226,7 @@ def test_the_capacities_checked_are_the_meters():
         tariff_calendar.MAX_SWITCHES_PER_DAY)
     assert cf.MAX_NAME_OCTETS == ic20_activity_calendar.MAX_NAME_OCTETS
     assert cf.QUARTER_HOUR == tariff_calendar.SWITCH_GRID_MINUTES
+    assert cf.MAX_SPECIAL_DAYS == ic11_special_days_table.MAX_ENTRIES
 
 
 # -- every mistake, one line naming its place ----------------------------------------------------

@@ -755,3 +755,200 @@ def client_profile(ctx: click.Context, obis_text, from_text, to_text, entries, c
         click.echo(f"{len(rows)} entries")
     else:
         click.echo(f"{len(rows)} entries written to {csv_file}")
+
+
+# --------------------------------------------------------------------------------------
+# client: billing profile and tariff calendar
+
+
+def _entry_window(entries: str | None) -> tuple[int, int] | None:
+    if entries is None:
+        return None
+    try:
+        first, last = (int(x) for x in entries.split(":"))
+    except ValueError:
+        raise UsageProblem(f"--entries {entries!r} is not FIRST:LAST", "e.g. --entries 1:12 (1 = oldest; 0 = newest)") \
+            from None
+    return first, last
+
+
+def _result_name(result) -> str:
+    return result.name.lower().replace("_", "-")
+
+
+@client.command("billing")
+@click.option("--from", "from_text", default=None, help="First capture time (ISO; without offset: meter local time).")
+@click.option("--to", "to_text", default=None, help="Last capture time (ISO).")
+@click.option("--entries", default=None, metavar="FIRST:LAST", help="Entries FIRST to LAST (1 = oldest; LAST 0 = newest).")
+@click.option("--csv", "csv_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the billing periods to this CSV file (one row each, every value in its own column).")
+@click.pass_context
+def client_billing(ctx: click.Context, from_text, to_text, entries, csv_file) -> None:
+    """Show the billing profile (0-0:98.1.0.255): per billing period its energy by rate,
+    maximum demands with their times, and cumulative maxima."""
+    from smartmeter.hes.billing import BILLING_PROFILE, billing_entries, billing_table, entry_to_dict, write_billing_csv
+
+    window = _entry_window(entries)
+    if window is not None and (from_text or to_text):
+        raise UsageProblem("--entries and --from/--to exclude each other", "use one way of selecting")
+    start, end = _parse_time(from_text, "--from"), _parse_time(to_text, "--to")
+    columns, buffer = _run_client(ctx, lambda c: c.profile(BILLING_PROFILE, from_time=start, to_time=end,
+                                                           entries=window))
+    periods = billing_entries(columns, buffer)
+    if csv_file is not None:
+        with open(csv_file, "w", newline="") as f:
+            write_billing_csv(periods, f)
+    if ctx.obj["json"]:
+        click.echo(json.dumps([entry_to_dict(p) for p in periods]))
+    elif csv_file is None:
+        click.echo(billing_table(periods), nl=False)
+    else:
+        click.echo(f"{len(periods)} billing periods written to {csv_file}")
+
+
+@client.command("billing-reset")
+@click.pass_context
+def client_billing_reset(ctx: click.Context) -> None:
+    """End the billing period now: script 1 of 0-0:10.0.1.255 (capture the billing profile,
+    reset the maximum demands). The meter refuses it during the 15-minute reset lock."""
+    from smartmeter.cosem.data import Data
+    from smartmeter.cosem.results import DataAccessResult
+    from smartmeter.dlms.client import AccessDenied, ClientError
+    from smartmeter.hes.billing import BILLING_PERIOD_COUNTER, BILLING_SCRIPT_TABLE, END_OF_BILLING_PERIOD_SCRIPT
+
+    async def work(c):
+        await c.action(BILLING_SCRIPT_TABLE, 1, Data.long_unsigned(END_OF_BILLING_PERIOD_SCRIPT), class_id=9)
+        try:
+            return (await c.get(BILLING_PERIOD_COUNTER, 2, class_id=1)).value
+        except ClientError:
+            return None  # a client that may not read the counter: the reset happened all the same
+
+    try:
+        counter = _run_client(ctx, work)
+    except AccessDenied as exc:
+        # companion §5.6: other-reason is how the meter answers during the lock (an action-result,
+        # numerically the data-access-result other-reason, 250)
+        if int(exc.result) == DataAccessResult.OTHER_REASON:
+            raise UsageProblem("refused: the 15-minute reset lock is running",
+                               "a billing period ends at most once in 15 minutes after a reset; try again later") \
+                from None
+        raise UsageProblem(f"refused: {BILLING_SCRIPT_TABLE} script {END_OF_BILLING_PERIOD_SCRIPT}: "
+                           f"{_result_name(exc.result)}", "may this client execute it? give a management client's --credentials") from None
+    if ctx.obj["json"]:
+        click.echo(json.dumps({"billing_period_ended": True, "billing_period_counter": counter}))
+    else:
+        click.echo("billing period ended" + ("" if counter is None else f"; billing period counter {counter}"))
+
+
+@client.group("calendar")
+def client_calendar() -> None:
+    """The tariff calendar (0-0:13.0.0.255) and special days (0-0:11.0.0.255) as a calendar file."""
+
+
+@client_calendar.command("show")
+@click.option("--active/--passive", default=True, show_default=True,
+              help="The calendar in force, or the one written to become active.")
+@click.option("--json", "as_json", is_flag=True, help="As a JSON calendar file (default TOML).")
+@click.pass_context
+def client_calendar_show(ctx: click.Context, active: bool, as_json: bool) -> None:
+    """Print the calendar and the special days as a calendar file: edit it and `calendar load` it."""
+    from smartmeter.dlms.client import AccessDenied
+    from smartmeter.hes.calendar_file import (
+        ACTIVATION_TIME_ATTRIBUTE, ACTIVE_ATTRIBUTES, ACTIVITY_CALENDAR, PASSIVE_ATTRIBUTES, SPECIAL_DAYS_ATTRIBUTE,
+        SPECIAL_DAYS_TABLE, calendar_from_attributes, calendar_to_json, calendar_to_toml,
+    )
+
+    attributes = ACTIVE_ATTRIBUTES if active else PASSIVE_ATTRIBUTES
+
+    async def work(c):
+        values = [await c.get(ACTIVITY_CALENDAR, attributes[part], class_id=20)
+                  for part in ("name", "seasons", "weeks", "days")]
+        activate_at = None if active else await c.get(ACTIVITY_CALENDAR, ACTIVATION_TIME_ATTRIBUTE, class_id=20)
+        try:
+            special, refused = await c.get(SPECIAL_DAYS_TABLE, SPECIAL_DAYS_ATTRIBUTE, class_id=11), None
+        except AccessDenied as exc:
+            special, refused = None, exc.result
+        return values, activate_at, special, refused
+
+    values, activate_at, special, refused = _run_client(ctx, work)
+    calendar = calendar_from_attributes(*values, activate_at=activate_at, special_days=special)
+    if refused is not None:
+        click.echo(f"note: the special days ({SPECIAL_DAYS_TABLE}:{SPECIAL_DAYS_ATTRIBUTE}) could not be read: "
+                   f"{_result_name(refused)}", err=True)
+    if as_json or ctx.obj["json"]:
+        click.echo(calendar_to_json(calendar), nl=False)
+    else:
+        first, last = min(attributes.values()), max(attributes.values()) + (0 if active else 1)
+        click.echo(calendar_to_toml(calendar, f"{'active' if active else 'passive'} calendar: {ACTIVITY_CALENDAR} "
+                                              f"attributes {first}..{last}"
+                                              + ("" if special is None else f"; special days: {SPECIAL_DAYS_TABLE}")),
+                   nl=False)
+
+
+def _calendar_writes(calendar) -> list[tuple[int, str, str]]:
+    """(attribute, its name, what is written) for every passive attribute, in writing order."""
+    from smartmeter.hes.calendar_file import calendar_to_dict
+
+    content = calendar_to_dict(calendar)
+    switches = sum(len(d["switches"]) for d in content["day"])
+    return [
+        (6, "calendar_name_passive", json.dumps(content["name"])),
+        (7, "season_profile_passive", f"{len(content['season'])} season(s): "
+            + ", ".join(f"{s['name']} from {s['start']}" for s in content["season"])),
+        (8, "week_profile_table_passive", f"{len(content['week'])} week profile(s): "
+            + ", ".join(w["name"] for w in content["week"])),
+        (9, "day_profile_table_passive", f"{len(content['day'])} day profile(s) with {switches} switch(es)"),
+        (10, "activate_passive_calendar_time", content.get("activate_at", "not specified")),
+    ]
+
+
+@client_calendar.command("load")
+@click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--activate-now", is_flag=True, help="Make the written calendar active at once (method 1).")
+@click.pass_context
+def client_calendar_load(ctx: click.Context, file: Path, activate_now: bool) -> None:
+    """Check a calendar file (TOML or JSON), write it as the passive calendar (attributes 6..10)
+    and, when it has special days, replace the special days table. A management client's
+    --credentials are needed to write."""
+    from smartmeter.cosem.data import Data
+    from smartmeter.dlms.client import AccessDenied
+    from smartmeter.hes.calendar_file import (
+        ACTIVITY_CALENDAR, SPECIAL_DAYS_ATTRIBUTE, SPECIAL_DAYS_TABLE, CalendarFileError, load_calendar_file,
+        passive_attribute_values, special_days_value,
+    )
+
+    try:
+        calendar = load_calendar_file(file)
+    except CalendarFileError as exc:
+        raise UsageProblem(f"{file}: {exc}", "fix the file; nothing was sent to the meter") from None
+    values = passive_attribute_values(calendar)
+    special = special_days_value(calendar)
+
+    def refused(exc: AccessDenied, what: str, state: str) -> UsageProblem:
+        return UsageProblem(f"refused: {what}: {_result_name(exc.result)}", state)
+
+    async def work(c):
+        for attribute, name, shown in _calendar_writes(calendar):
+            try:
+                await c.set(ACTIVITY_CALENDAR, attribute, values[attribute], class_id=20)
+            except AccessDenied as exc:
+                raise refused(exc, f"{ACTIVITY_CALENDAR}:{attribute} {name}",
+                              "the active calendar is unchanged; what is listed above was written") from None
+            click.echo(f"wrote {ACTIVITY_CALENDAR}:{attribute} {name}: {shown}")
+        if activate_now:
+            try:
+                await c.action(ACTIVITY_CALENDAR, 1, Data.integer(0), class_id=20)
+            except AccessDenied as exc:
+                raise refused(exc, f"{ACTIVITY_CALENDAR} method 1 activate_passive_calendar",
+                              "the passive calendar was written; the active calendar is unchanged") from None
+            click.echo(f"executed {ACTIVITY_CALENDAR} method 1 activate_passive_calendar: the calendar is active")
+        if special is not None:
+            target = f"{SPECIAL_DAYS_TABLE}:{SPECIAL_DAYS_ATTRIBUTE} entries"
+            try:
+                await c.set(SPECIAL_DAYS_TABLE, SPECIAL_DAYS_ATTRIBUTE, special, class_id=11)
+            except AccessDenied as exc:
+                raise refused(exc, target, "the calendar was written as listed above; "
+                                           "the special days table is unchanged") from None
+            click.echo(f"wrote {target}: {len(special.value)} special day(s)")
+
+    _run_client(ctx, work)
