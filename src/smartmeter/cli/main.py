@@ -803,7 +803,7 @@ def client_billing(ctx: click.Context, from_text, to_text, entries, csv_file) ->
     elif csv_file is None:
         click.echo(billing_table(periods), nl=False)
     else:
-        click.echo(f"{len(periods)} billing periods written to {csv_file}")
+        click.echo(f"{len(periods)} billing period{'' if len(periods) == 1 else 's'} written to {csv_file}")
 
 
 @client.command("billing-reset")
