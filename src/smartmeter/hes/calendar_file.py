@@ -56,7 +56,8 @@ from smartmeter.cosem.obis import Obis, ObisError
 from smartmeter.errors import DecodeError, EncodeError, SmartmeterError
 
 __all__ = [
-    "ACTIVITY_CALENDAR", "SPECIAL_DAYS_TABLE", "TARIFF_SCRIPT_TABLE", "TARIFFS", "MAX_SPECIAL_DAYS",
+    "ACTIVITY_CALENDAR", "SPECIAL_DAYS_TABLE", "TARIFF_SCRIPT_TABLE", "TARIFFS", "MAX_SPECIAL_DAYS", "MAX_SEASONS",
+    "MAX_WEEKS", "MAX_DAYS", "MAX_SWITCHES_PER_DAY", "MAX_NAME_OCTETS", "QUARTER_HOUR",
     "ACTIVE_ATTRIBUTES", "PASSIVE_ATTRIBUTES", "ACTIVATION_TIME_ATTRIBUTE", "SPECIAL_DAYS_ATTRIBUTE",
     "CalendarError", "CalendarFileError", "CalendarDataError",
     "Switch", "DayProfile", "WeekProfile", "Season", "SpecialDay", "Calendar",
@@ -251,7 +252,8 @@ def _season_start_text(raw: bytes) -> str:
     if value is not None and value.deviation is None and value.clock_status is None:
         d, t = value.date, value.time
         if (d.weekday is None and d.month is not None and d.day is not None and 1 <= d.month <= 12
-                and 1 <= d.day <= _days_in_month(d.month, d.year) and (t.hour, t.minute, t.second, t.hundredths) == (0, 0, 0, 0)):
+                and 1 <= d.day <= _days_in_month(d.month, d.year)
+                and (t.hour, t.minute, t.second, t.hundredths) == (0, 0, 0, 0)):
             return f"{'*' if d.year is None else f'{d.year:04d}'}-{d.month:02d}-{d.day:02d}"
     return HEX_PREFIX + raw.hex()
 
@@ -682,7 +684,7 @@ def calendar_to_toml(cal: Calendar, comment: str | None = None) -> str:
     lines = [f"# {line}" for line in (comment or "").splitlines()]
     lines.append(f"name = {_toml_value(content['name'])}")
     if "activate_at" in content:
-        lines.append(f"activate_at = {_toml_value(content['activate_at'])}  # meter local time unless an offset is given")
+        lines.append(f"activate_at = {_toml_value(content['activate_at'])}  # meter local time, unless with an offset")
     if content.get("special_day") == []:
         lines.append("special_day = []  # the special days table is empty")
     for season in content["season"]:
