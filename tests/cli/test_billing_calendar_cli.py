@@ -128,6 +128,12 @@ def test_show_prints_the_active_calendar_as_a_file_that_loads(meter):
     as_json = as_management(meter, "calendar", "show", "--json")
     assert as_json.returncode == 0, as_json.stderr
     assert json.loads(as_json.stdout) == shown
+    # before a head-end writes one, the passive calendar is empty: shown as empty lists
+    passive = as_management(meter, "calendar", "show", "--passive")
+    assert passive.returncode == 0, passive.stderr
+    content = tomllib.loads(passive.stdout)
+    assert (content["name"], content["season"], content["week"], content["day"]) == ("", [], [], [])
+    assert "activate_at" not in content  # not specified
 
 
 def test_a_loaded_file_shows_back_equal_and_activated_it_is_the_active_calendar(meter, tmp_path):
@@ -217,6 +223,9 @@ def test_a_billing_reset_shows_in_the_billing_table_and_a_second_meets_the_reset
     assert table.stdout.splitlines()[-1] == "1 billing period"  # the refused reset captured nothing
 
 
-def test_the_public_client_may_not_end_a_billing_period(meter):
+def test_the_public_client_may_not_end_a_billing_period_nor_read_the_calendar(meter):
     line = one_error_line(as_public(meter, "billing-reset"))
     assert line.startswith("error: refused: 0-0:10.0.1.255 script 1: "), line
+    line = one_error_line(as_public(meter, "calendar", "show"))
+    assert line.startswith("error: refused: 0-0:13.0.0.255:2: "), line
+    assert "--credentials" in line

@@ -414,6 +414,15 @@ def test_the_passive_attributes_read_back_are_the_file():
     assert back == calendar
 
 
+def test_an_empty_calendar_shows_empty_lists_and_loading_it_says_what_is_missing():
+    empty = calendar_from_attributes(Data.octet_string(b""), Data.array([]), Data.array([]), Data.array([]),
+                                     Data.octet_string(NEVER))
+    text = calendar_to_toml(empty)
+    assert tomllib.loads(text) == {"name": "", "season": [], "week": [], "day": []}
+    with pytest.raises(CalendarFileError, match=r"^season: the file has no season"):
+        parse_calendar(text)
+
+
 def test_the_active_calendar_has_no_activation_time_in_its_file():
     values = EXPECTED_PASSIVE
     active = calendar_from_attributes(values[6], values[7], values[8], values[9])

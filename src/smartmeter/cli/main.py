@@ -860,10 +860,17 @@ def client_calendar_show(ctx: click.Context, active: bool, as_json: bool) -> Non
 
     attributes = ACTIVE_ATTRIBUTES if active else PASSIVE_ATTRIBUTES
 
+    async def read(c, attribute: int):
+        try:
+            return await c.get(ACTIVITY_CALENDAR, attribute, class_id=20)
+        except AccessDenied as exc:
+            raise UsageProblem(f"refused: {ACTIVITY_CALENDAR}:{attribute}: {_result_name(exc.result)}",
+                               "may this client read the calendar? give --credentials of one that may "
+                               "(management, data_readout, ...)") from None
+
     async def work(c):
-        values = [await c.get(ACTIVITY_CALENDAR, attributes[part], class_id=20)
-                  for part in ("name", "seasons", "weeks", "days")]
-        activate_at = None if active else await c.get(ACTIVITY_CALENDAR, ACTIVATION_TIME_ATTRIBUTE, class_id=20)
+        values = [await read(c, attributes[part]) for part in ("name", "seasons", "weeks", "days")]
+        activate_at = None if active else await read(c, ACTIVATION_TIME_ATTRIBUTE)
         try:
             special, refused = await c.get(SPECIAL_DAYS_TABLE, SPECIAL_DAYS_ATTRIBUTE, class_id=11), None
         except AccessDenied as exc:

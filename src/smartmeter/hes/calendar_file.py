@@ -685,6 +685,9 @@ def calendar_to_toml(cal: Calendar, comment: str | None = None) -> str:
     lines.append(f"name = {_toml_value(content['name'])}")
     if "activate_at" in content:
         lines.append(f"activate_at = {_toml_value(content['activate_at'])}  # meter local time, unless with an offset")
+    for key in ("season", "week", "day"):
+        if not content[key]:  # an empty calendar (the passive one before a head-end writes it)
+            lines.append(f"{key} = []")
     if content.get("special_day") == []:
         lines.append("special_day = []  # the special days table is empty")
     for season in content["season"]:
