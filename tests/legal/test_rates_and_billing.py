@@ -216,7 +216,7 @@ def test_a_steady_load_measured_as_repeated_frames_equals_frame_by_frame():
         unit = MeteringUnit(3, on_measurement=take)
         unit.set_load(2300.0, -700.0)
         for seconds in interval:
-            unit.measure_for(seconds)
+            unit.measure_for(seconds, steady=True)
         delivered.append(got)
     assert abs(delivered[0]["a_plus"] - delivered[1]["a_plus"]) <= 2  # µWh
     assert abs(delivered[0]["r_minus"] - delivered[1]["r_minus"]) <= 2

@@ -1048,7 +1048,7 @@ class LegalInterface:
             self._metering.set_load(float(cmd.active_w), float(cmd.reactive_var), cmd.phase)
         except MeteringError as exc:
             raise CommandRefused(str(exc)) from None
-        self._metering.measure_for(float(cmd.seconds))
+        self._metering.measure_for(float(cmd.seconds), steady=True)
 
     def _set_voltage(self, cmd: SetSimulatedVoltage) -> None:
         self._require_power()

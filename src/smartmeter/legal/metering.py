@@ -312,21 +312,22 @@ class MeteringUnit:
             self._progress.notify_all()
         return measurement
 
-    def measure_for(self, seconds: float) -> list[Measurement]:
+    def measure_for(self, seconds: float, steady: bool = False) -> list[Measurement]:
         """Process exactly ``round(seconds · sample_rate)`` samples of the synthetic input now,
         in frames of ``frame_ms`` (the last one shorter if need be); returns the measurements
         (each also went to ``on_measurement``). While the real-time loop runs, its schedule
         moves on by as much.
 
-        The synthetic input is periodic while its load stays as it is: once the metrology is in
-        steady state, one frame stands for all the whole frames that follow (Metrology.process,
-        repeat), so a long simulated interval costs what two frames cost."""
+        ``steady``: the synthetic input is periodic while its load stays as it is, so once the
+        metrology is in steady state one frame may stand for all the whole frames that follow
+        (Metrology.process, repeat): a long simulated interval costs what two frames cost, and
+        registers what frame by frame would, up to the rounding of the sums (a few nWh)."""
         if self._remote is not None:
             raise MeteringError("the remote sensor is the input: the synthetic source is off")
         if not (math.isfinite(seconds) and seconds >= 0):
             raise MeteringError("seconds must be finite and not negative")
         remaining = round(seconds * self.sample_rate)
-        period = self._source.period_samples()
+        period = self._source.period_samples() if steady else None
         out = []
         while remaining > 0:
             n = min(self.frame_samples, remaining)

@@ -22,6 +22,7 @@ from smartmeter.legal.interface import DEMAND_PERIOD
 from smartmeter.meter.authority import hand_over_certification_secret
 from smartmeter.meter.clock import DEFAULT_TIME_ZONE, ClockSetRefused, MeterClock
 from smartmeter.meter.alarms import AlarmBitmap, AlarmBoard
+from smartmeter.meter.billing import BillingProfile
 from smartmeter.meter.events import EventContext, EventLogSource, EventRecorder, EventTable, NO_CLIENT, group_counter
 from smartmeter.meter.identity import MeterIdentity
 from smartmeter.meter.schedule import Passage
@@ -31,6 +32,7 @@ from smartmeter.meter.world import PHASES, PhysicalWorld, WorldChange
 from smartmeter.meter.provisioning import provision_demo
 from smartmeter.meter.security import MeterSecurity
 from smartmeter.meter.store import MeterStore
+from smartmeter.meter.tariff import TariffActivationLog, TariffEngine
 from smartmeter.meter.wz_guard import WzGuard
 from smartmeter.ratelog import RateLimitedLog
 
@@ -84,6 +86,8 @@ WORLD_CAUSES = (
     ("battery_exhausted", lambda w: not w.battery_ok, 7, None, "replace_battery"),
 )
 SCRIPT_TABLE_CLASS = 9
+BILLING_SCRIPT = Obis.parse("0-0:10.0.1.255").to_bytes()  # MDI reset / end of billing period, script 1
+MONTHLY_BILLING_SCHEDULE = Obis.parse("0-0:15.0.0.255").to_bytes()
 REGISTER_MONITOR_CLASS = 21
 # failures in a row of one client before the event is raised, once per streak: authentication
 # "n times" (IDIS); a decryption failure or a replay is logged at once
@@ -216,11 +220,15 @@ class Meter:
             log.info("demo credentials for every client written to %s", config.data_dir / "credentials")
         hand_over_certification_secret(self.security, self.legal)
         self.software = self.legal.execute(legal.ReadSoftwareIdentity())  # fixed while running
+        self.billing = BillingProfile(self.legal, self.clock, self.store, now=self._meter_time)
         self.directory = self.model.instantiate(self._bindings())
         self.server = DlmsServer(self.directory, system_title=self.identity.system_title,
                                  clock_bytes=self.clock.cosem_now, on_event=self.on_event,
                                  security=self.security.manager, keys=self.security)
         self.scheduler = SchedulerEngine.for_directory(self.directory, self.store, self.clock.zone, self._run_script)
+        self.tariff = TariffEngine(self.directory, self.store, self.clock.zone, self.legal, self.clock, self._run_script,
+                                   lambda: self.clock.invalid)
+        self.tariff.sync()
         self._last_tick = self.clock.now()
         self.legal.execute(legal.SetBackupBattery(self.world.state.battery_ok))
         self.powered = True
@@ -249,6 +257,14 @@ class Meter:
             "energy.a_minus": energy("a_minus"),
             "energy.r_plus": energy("r_plus"),
             "energy.r_minus": energy("r_minus"),
+            **{f"energy.{name}.rate{rate}": self._rate_binding(name, rate) for name in REGISTERS for rate in legal.RATES},
+            "billing": self.billing,
+            "billing.counter": Binding(self.billing.counter),
+            "tariff.active": Binding(lambda: self.tariff.active_mask()),
+            "tariff.default_script": Binding(lambda: self.tariff.default_script_data(),
+                                             lambda value: self.tariff.set_default_script(value)),
+            "tariff.activation_log": TariffActivationLog(self.store, self.clock),
+            "tariff.energy_activation": lambda mask, registers: self.tariff.on_energy_mask(mask, registers),
             "clock": self.clock,
             "load_profile_1": LoadProfileSource(self.legal, self.clock),
             **{f"events.{name}": EventLogSource(self.events, name, self.clock) for name in self.events.table.logs},
@@ -301,6 +317,13 @@ class Meter:
                for r in REGISTERS},
         }
 
+    def _meter_time(self) -> float:
+        """The meter time of what runs now: a schedule's instant while it runs, else the clock."""
+        return self.scheduler.running_instant or self.clock.now()
+
+    def _rate_binding(self, name: str, rate: int) -> Binding:
+        return Binding(lambda: Data.double_long_unsigned(self.legal.execute(legal.ReadRateRegisters()).value(name, rate)))
+
     def _last_id_detail(self) -> Data:
         entries = self.events.entries("configuration")
         detail = entries[-1].detail if entries else bytes(10)
@@ -314,7 +337,12 @@ class Meter:
             self._say("runtime.no_script_table", "script table %s does not exist: script %s not run",
                       Obis.from_bytes(script_ln), selector, level=logging.INFO)
             return
-        result = self.server.run_script(script_ln, selector)
+        schedule = self.scheduler.running
+        if schedule is None:
+            result = self.server.run_script(script_ln, selector)
+        else:  # the end of a billing period knows which schedule triggered it (§5.6: the reset lock)
+            with self.billing.triggered_by("scheduled" if schedule == MONTHLY_BILLING_SCHEDULE else "ad-hoc"):
+                result = self.server.run_script(script_ln, selector)
         if result != DataAccessResult.SUCCESS:
             raise RuntimeError(f"script {selector} of {script_ln.hex()} answered {result.name.lower()}")
 
@@ -432,6 +460,7 @@ class Meter:
             self.events.record(5, context, at=change.new_time)
         # a schedule's instant the clock jumped over runs once, a backward jump runs nothing (§5.4.1)
         self.scheduler.advance(change.old_time, change.new_time, Passage.SHIFTED)
+        self.tariff.at(change.new_time)
         log.info("clock %s from %s to %s", change.kind, self.clock.local(change.old_time).isoformat(),
                  self.clock.local(change.new_time).isoformat())
 
@@ -474,6 +503,7 @@ class Meter:
                 self.alarms.condition("clock_invalid", True)
             log.info("power up at %s after a power %s at %s", self.clock.local(report.up_time).isoformat(),
                      "down" if report.clean else "failure", self.clock.local(report.down_time).isoformat())
+        self.tariff.at(now)
         self.scheduler.resume(now)
 
     def _follow_world_causes(self) -> None:
@@ -543,6 +573,10 @@ class Meter:
             self._follow_world_causes()
         elif change.input == "button":
             log.info("button %s pressed%s", change.detail["button"], " long" if change.detail["long"] else "")
+            if change.detail["button"] == "R" and self.powered:  # the demand reset button (§5.6)
+                self.tick()  # what was registered up to the press is in the entry
+                with self.billing.triggered_by("button"):
+                    self.server.run_script(BILLING_SCRIPT, 1)
         elif change.input == "voltage":
             self._apply_voltages()
         # the load: read by the registration at every tick (self._installation_power)
@@ -616,12 +650,21 @@ class Meter:
         end = int(self.clock.now() // CAPTURE_PERIOD * CAPTURE_PERIOD)
         start = end - days * 86400
         totals = [0.0, 0.0, 0.0, 0.0]
+        split = {(i, r): 0 for i in range(4) for r in legal.RATES}  # whole Wh per quantity and rate
         rows = []
         for t in range(start + CAPTURE_PERIOD, end + 1, CAPTURE_PERIOD):
+            before = [int(v) for v in totals]
             for i, e in enumerate(self.load.energy(t - CAPTURE_PERIOD, t)):
                 totals[i] += e
+            rates = self.tariff.rates_at(t - CAPTURE_PERIOD)
+            for i, v in enumerate(totals):
+                if split is not None and rates is not None and rates[i] in legal.RATES:
+                    split[(i, rates[i])] += int(v) - before[i]  # the whole Wh of the period, in its rate
+                elif int(v) != before[i]:
+                    split = None  # a period without a rate: the history goes into rate 0
             rows.append(legal.ProfileRow(t, 0, *(int(v) for v in totals)))
-        self.legal.execute(legal.BackfillDemoHistory(tuple(rows)))
+        by_rate = () if split is None else tuple(split[(i, r)] for i in range(4) for r in legal.RATES)
+        self.legal.execute(legal.BackfillDemoHistory(tuple(rows), by_rate))
         self._last_tick = float(end)
         log.info("back-filled %d load-profile entries (%d days)", len(rows), days)
 
@@ -646,19 +689,26 @@ class Meter:
         t = last
         while t < now:
             boundary = (t // CAPTURE_PERIOD + 1) * CAPTURE_PERIOD
-            step_end = min(now, boundary)
+            # a tariff change or a schedule's instant ends a step too: what was registered before a
+            # tariff change stays in the old rate, and a billing at 00:00 holds what 00:00 held
+            change = self.tariff.next_change(t, min(now, boundary))
+            step_end = min(now, boundary) if change is None else change
+            step_end = min(step_end, self.scheduler.next_instant(t, step_end) or step_end)
             if self.config.sensor == "remote":
                 pass  # the paired sensor measures the real installation
             elif self.config.measures_continuously:
                 # the legal part measures on its own; it learns what the household draws now
                 self.legal.execute(legal.SetSimulatedLoad(*self._installation_power(now)))
-            else:  # the household's load minute by minute, measured sample by sample
+            else:  # the household's load minute by minute (a load set by `sim load`: all at once)
+                minute = 60.0 if self.world.state.load is None else step_end - t
                 s = t
                 while s < step_end:
-                    dt = min(60.0, step_end - s)
+                    dt = min(minute, step_end - s)
                     active, reactive, phase = self._installation_power(s)
                     self.legal.execute(legal.RegisterSimulatedPower(active, reactive, dt, phase))
                     s += dt
+            if change is not None and step_end == change:
+                self.tariff.at(step_end)
             if step_end == boundary:
                 local = self.clock.local(boundary)
                 dst = legal.STATUS_DAYLIGHT_SAVING if local.dst() else 0
@@ -668,11 +718,12 @@ class Meter:
                         self.legal.execute(legal.EndDay(int(boundary), dst))
                 except legal.CommandRefused as exc:  # e.g. this side was held up past the period
                     log.warning("load profile capture at %s refused: %s", local.isoformat(), exc)
+            self.scheduler.advance(t, step_end, Passage.RUNNING)
             t = step_end
         self._last_tick = now
         if not self.config.measures_continuously:
             self.legal.execute(legal.Persist(now))
-        self.scheduler.advance(last, now, Passage.RUNNING)
+        self.tariff.at(now)  # also what changed without a switching time: a new calendar, the clock's validity
         self._check_fatal()
 
     async def run_registration(self, period: float = 1.0) -> None:

@@ -72,6 +72,9 @@ class SchedulerEngine:
         self._run_script = run_script
         self._marks: dict[bytes, _Mark] = {}
         self._interrupted: list[Execution] = []
+        # the schedule whose script runs right now and the instant it runs for (who triggered it, when)
+        self.running: bytes | None = None
+        self.running_instant: float | None = None
         for ln, _name, obj in self._schedules:
             record = store.get(self._key(ln))
             if record is None:
@@ -143,7 +146,7 @@ class SchedulerEngine:
             mark = self._marks[ln]
             mark.up_to, mark.pending = instant, instant
             self._save(ln, mark)  # first: from here on a kill does not run it again
-            done.append(Execution(ln, instant, state.script_ln, state.selector, self._run(ln, state)))
+            done.append(Execution(ln, instant, state.script_ln, state.selector, self._run(ln, state, instant)))
             mark.pending = None
             self._save(ln, mark)
         for ln, _name, _obj in self._schedules:
@@ -156,15 +159,30 @@ class SchedulerEngine:
                 self._save(ln, mark)
         return done
 
-    def _run(self, ln: bytes, state) -> str:
+    def next_instant(self, start: float, end: float) -> float | None:
+        """The first instant in (start, end] at which any schedule is due (a running clock), so
+        the caller can stop there and run it with the meter exactly as it is at that instant."""
+        first = None
+        for _ln, _name, obj in self._schedules:
+            state = obj.state()
+            if state.times:
+                t = next(instants(state.times, self._zone, start, end), None)
+                if t is not None and (first is None or t < first):
+                    first = t
+        return first
+
+    def _run(self, ln: bytes, state, instant: float) -> str:
         if state.selector == 0:  # the null script
             return "executed"
+        self.running, self.running_instant = ln, instant
         try:
             self._run_script(state.script_ln, state.selector)
         except Exception:  # one failing script must not stop the schedules after it
             log.exception("schedule %s: script %s/%s failed", Obis.from_bytes(ln), Obis.from_bytes(state.script_ln),
                           state.selector)
             return "failed"
+        finally:
+            self.running = self.running_instant = None
         return "executed"
 
     def describe(self) -> list[dict[str, Any]]:

@@ -15,6 +15,8 @@ restart keeps it and a refused write changes nothing. Writing execution_time rec
 time of the write: the scheduler (smartmeter.meter.scheduler) runs no instant up to it.
 
 Hundredths of a second are kept as written but not used: execution happens on whole seconds.
+An execution time whose time is undefined (hour, minute and second not specified) is kept as
+written and never runs: writing one, or an empty list, switches a schedule off.
 The Blue Book's special date values (DST begin/end month, last / second last day) are refused.
 """
 from __future__ import annotations
@@ -115,7 +117,10 @@ def _times(value: Data) -> tuple[tuple[tuple[bytes, bytes], ...], tuple[Executio
         if len(pair) != 2:
             raise CosemAccessError(DataAccessResult.TYPE_UNMATCHED, "an execution time is structure{time, date}")
         raw.append((_raw(pair[0], 4, DataType.TIME, axdr.encode_time), _raw(pair[1], 5, DataType.DATE, axdr.encode_date)))
-    return tuple(raw), tuple(execution_time(t, d) for t, d in raw)
+    patterns = (execution_time(t, d) for t, d in raw)
+    # an undefined time (hour, minute and second all not specified) never runs: that is how a
+    # schedule such as the monthly billing is switched off without emptying it (companion §5.6)
+    return tuple(raw), tuple(p for p in patterns if not (p.hour is None and p.minute is None and p.second is None))
 
 
 def _check_type(schedule_type: int, times: tuple[ExecutionTime, ...]) -> None:

@@ -7,7 +7,9 @@ order of capture_objects; `column_types` in the model gives each column's DataTy
 from __future__ import annotations
 
 from smartmeter.cosem import axdr
-from smartmeter.cosem.classes.base import REGISTRY, DataAccessResult, CosemAccessError, InterfaceClass, RequestContext, Selection
+from smartmeter.cosem.classes.base import (
+    REGISTRY, CosemAccessError, DataAccessResult, InterfaceClass, RequestContext, Selection, expect,
+)
 from smartmeter.cosem.data import Data, DataType
 from smartmeter.cosem.obis import Obis
 from smartmeter.errors import DecodeError
@@ -79,7 +81,12 @@ class ProfileGeneric(InterfaceClass):
         raise CosemAccessError(DataAccessResult.READ_WRITE_DENIED, "stored legally relevant data is never erased")
 
     def do_capture(self, parameters: Data | None, ctx: RequestContext) -> None:
-        raise CosemAccessError(DataAccessResult.READ_WRITE_DENIED, "this profile captures on its own schedule only")
+        # a profile captured on request (the billing profile) says so by a capture of its source
+        capture = getattr(self.source, "capture", None)
+        if capture is None:
+            raise CosemAccessError(DataAccessResult.READ_WRITE_DENIED, "this profile captures on its own schedule only")
+        expect(parameters or Data.integer(0), DataType.INTEGER)
+        capture(ctx)
 
     # -- selective access -------------------------------------------------------------------
     def _encode(self, rows, column_indexes) -> Data:
