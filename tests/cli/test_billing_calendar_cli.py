@@ -113,6 +113,16 @@ def test_a_file_with_a_mistake_is_refused_before_the_meter_is_asked(tmp_path):
     assert result.stdout == ""
 
 
+@pytest.mark.parametrize("args, message", [
+    (["billing", "--entries", "1-4"], "error: --entries '1-4' is not FIRST:LAST"),
+    (["billing", "--entries", "1:2", "--from", "2027-01-01"], "error: --entries and --from/--to exclude each other"),
+    (["billing", "--from", "yesterday"], "error: --from 'yesterday' is not an ISO date or date-time"),
+])
+def test_bad_billing_options_are_one_line_before_the_meter_is_asked(args, message):
+    line = one_error_line(smartmeter("client", "--port", str(free_port()), "--timeout", "2", *args))
+    assert line.startswith(message) and "(hint: " in line, line
+
+
 def test_show_prints_the_active_calendar_as_a_file_that_loads(meter):
     result = as_management(meter, "calendar", "show")
     assert result.returncode == 0, result.stderr
