@@ -559,6 +559,14 @@ class Meter:
         if self.powered:
             snap = self.legal.execute(legal.ReadEnergyRegisters())
             out["energy"] = {"+A Wh": snap.a_plus, "-A Wh": snap.a_minus, "+R varh": snap.r_plus, "-R varh": snap.r_minus}
+        out["tariff"] = self.tariff.active_mask().value.decode("latin-1")
+        monthly = self.scheduler.describe_one(MONTHLY_BILLING_SCHEDULE)
+        lock = self.billing.lock_until()
+        out["billing"] = {
+            "counter": self.legal.execute(legal.ReadBillingCounter()),
+            # §5.6: whether the monthly billing is active must be visible (the display shows it too)
+            "monthly schedule": "active" if monthly and monthly["execution_times"] else "inactive",
+            "reset lock until": self.clock.local(lock).isoformat(timespec="seconds") if lock > now else None}
         return out
 
     def on_world(self, change: WorldChange) -> None:

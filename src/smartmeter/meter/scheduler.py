@@ -136,17 +136,22 @@ class SchedulerEngine:
             state = obj.state()
             frm = self._start_of(ln, state, start)
             if state.times:
-                crossed = due(state.times, self._zone, frm, start, Passage.RUNNING) if frm < start else []
-                crossed += due(state.times, self._zone, max(frm, start), end, passage)
-                owed += [(t, order, ln, state) for t in crossed]
+                # each run with the meter time it happens at: its instant on a running clock; after
+                # an outage or a shift, the time the meter got to (`end`)
+                crossed = []
+                if frm < start:
+                    crossed = [(t, t) for t in due(state.times, self._zone, frm, start, Passage.RUNNING)]
+                crossed += [(t, t if passage is Passage.RUNNING else end)
+                            for t in due(state.times, self._zone, max(frm, start), end, passage)]
+                owed += [(t, order, ln, state, at) for t, at in crossed]
             mark = self._marks.get(ln)
             if mark is None or mark.revision != state.revision:
                 self._marks[ln] = _Mark(state.revision, frm)
-        for instant, _order, ln, state in sorted(owed, key=lambda o: o[:2]):
+        for instant, _order, ln, state, at in sorted(owed, key=lambda o: o[:2]):
             mark = self._marks[ln]
             mark.up_to, mark.pending = instant, instant
             self._save(ln, mark)  # first: from here on a kill does not run it again
-            done.append(Execution(ln, instant, state.script_ln, state.selector, self._run(ln, state, instant)))
+            done.append(Execution(ln, instant, state.script_ln, state.selector, self._run(ln, state, at)))
             mark.pending = None
             self._save(ln, mark)
         for ln, _name, _obj in self._schedules:
@@ -171,10 +176,10 @@ class SchedulerEngine:
                     first = t
         return first
 
-    def _run(self, ln: bytes, state, instant: float) -> str:
+    def _run(self, ln: bytes, state, at: float) -> str:
         if state.selector == 0:  # the null script
             return "executed"
-        self.running, self.running_instant = ln, instant
+        self.running, self.running_instant = ln, at
         try:
             self._run_script(state.script_ln, state.selector)
         except Exception:  # one failing script must not stop the schedules after it
@@ -204,6 +209,12 @@ class SchedulerEngine:
                 "interrupted": [e.instant for e in self._interrupted if e.schedule == ln],
             })
         return out
+
+
+    def describe_one(self, ln: bytes) -> dict[str, Any] | None:
+        """describe() of one schedule (None if the meter has no such schedule)."""
+        text = str(Obis.from_bytes(ln))
+        return next((d for d in self.describe() if d["logical_name"] == text), None)
 
 
 def pattern_text(t: ExecutionTime) -> str:

@@ -57,6 +57,7 @@ class TariffEngine:
         self._run_script = run_script
         self._clock_invalid = clock_invalid
         self._say = RateLimitedLog(log)
+        self._switching_at: float | None = None  # the meter time of the switch being made
 
     def _object(self, key: tuple[int, bytes]):
         found = self.directory.find(*key)
@@ -111,12 +112,15 @@ class TariffEngine:
         script = self.wanted(now)
         if script is None or list(script) == self._last_script():
             return
+        self._switching_at = now
         try:
             self._run_script(*script)
         except Exception as exc:  # noqa: BLE001 - the next change tries again; the meter goes on
             self._say("tariff.script_failed", "tariff script %s/%s failed: %s", Obis.from_bytes(script[0]),
                       script[1], exc)
             return
+        finally:
+            self._switching_at = None
         self.store.put(LAST_SCRIPT_KEY, [script[0].hex(), script[1]])
 
     def _last_script(self) -> list | None:
@@ -133,7 +137,8 @@ class TariffEngine:
             raise CosemAccessError(DataAccessResult.TEMPORARY_FAILURE, str(exc)) from None
         entries = self.store.get(LOG_KEY, [])
         if not entries or entries[-1][1] != mask_name.hex():
-            entries = (entries + [[int(self.clock.now()), mask_name.hex()]])[-LOG_CAPACITY:]
+            at = self.clock.now() if self._switching_at is None else self._switching_at
+            entries = (entries + [[int(at), mask_name.hex()]])[-LOG_CAPACITY:]
             self.store.put(LOG_KEY, entries)
 
     def rates_at(self, t: float) -> tuple[int, ...] | None:

@@ -104,10 +104,14 @@ class SpecialDaysTable(InterfaceClass):
         super().__init__(logical_name, name, config, bindings)
         self._key = f"special_days.{logical_name}"
         self._entries = self._initial()
+        self._converted: tuple[tuple, tuple[SpecialDay, ...]] | None = None
 
     def special_days(self) -> tuple[SpecialDay, ...]:
-        """The entries as the calendar logic takes them, in table order."""
-        return tuple(special_day(e) for e in self._entries)
+        """The entries as the calendar logic takes them, in table order (asked at every step of
+        the registration: made once per content of the table)."""
+        if self._converted is None or self._converted[0] is not self._entries:
+            self._converted = (self._entries, tuple(special_day(e) for e in self._entries))
+        return self._converted[1]
 
     @property
     def _store(self):
