@@ -53,6 +53,13 @@ def _show(status: dict) -> None:
     energy = status.get("energy")
     if energy:
         click.echo("energy            " + "   ".join(f"{k} {v}" for k, v in energy.items()))
+    if status.get("tariff"):
+        click.echo(f"tariff            {status['tariff']}")
+    billing = status.get("billing")
+    if billing:
+        lock = billing.get("reset lock until")
+        click.echo(f"billing           counter {billing['counter']:02d}   monthly billing {billing['monthly schedule']}"
+                   + (f"   reset lock until {lock}" if lock else ""))
     for name, value in status.get("registers", {}).items():
         click.echo(f"{name:<18}{value}")
 
