@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from smartmeter.cosem.data import Data, DataType
 from smartmeter.cosem.results import DataAccessResult
-from smartmeter.errors import SmartmeterError
+from smartmeter.errors import EncodeError, SmartmeterError
 
 if TYPE_CHECKING:
     from smartmeter.cosem.obis import Obis
@@ -107,6 +107,22 @@ def expect(value: Data, *types) -> Any:
     if value.type not in types:
         raise CosemAccessError(DataAccessResult.TYPE_UNMATCHED, f"expected {', '.join(t.name for t in types)}")
     return value.value
+
+
+def date_time_octets(value: Data, octets: int, cosem_type: DataType, encode: Callable[[Any], bytes]) -> bytes:
+    """The bytes of a date (5), time (4) or date-time (12) the Blue Book gives as an octet-string:
+    as such, or as the DLMS type (some clients send that). A wrong length is type-unmatched, a
+    value its type cannot hold other-reason."""
+    if value.type == cosem_type:
+        try:
+            return encode(value.value)
+        except EncodeError as exc:
+            raise CosemAccessError(DataAccessResult.OTHER_REASON, str(exc)) from None
+    raw = expect(value, DataType.OCTET_STRING, cosem_type)
+    if len(raw) != octets:
+        raise CosemAccessError(DataAccessResult.TYPE_UNMATCHED,
+                               f"a {cosem_type.name.lower().replace('_', '-')} is {octets} octets")
+    return raw
 
 
 def store_integer_setting(store, key: str, value: Data, data_type: DataType, bounds: tuple[int, int],

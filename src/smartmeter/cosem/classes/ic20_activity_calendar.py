@@ -36,7 +36,7 @@ from zoneinfo import ZoneInfo
 
 from smartmeter.cosem import axdr
 from smartmeter.cosem.classes.base import (
-    REGISTRY, CosemAccessError, DataAccessResult, InterfaceClass, RequestContext, expect,
+    REGISTRY, CosemAccessError, DataAccessResult, InterfaceClass, RequestContext, date_time_octets, expect,
 )
 from smartmeter.cosem.classes.ic9_script_table import NULL_SCRIPT, ScriptConfigError, scripts_from_config
 from smartmeter.cosem.data import CosemDate, CosemDateTime, CosemTime, Data, DataType
@@ -115,19 +115,6 @@ def _name(value: Data, what: str) -> bytes:
     return raw
 
 
-def _octets(value: Data, octets: int, cosem_type: DataType, encode) -> bytes:
-    """The bytes of a date-time (12) or time (4): octet-string or the DLMS type."""
-    if value.type == cosem_type:
-        try:
-            return encode(value.value)
-        except EncodeError as exc:
-            raise _refuse(str(exc)) from None
-    raw = expect(value, DataType.OCTET_STRING, cosem_type)
-    if len(raw) != octets:
-        raise _unmatched(f"a {cosem_type.name.lower().replace('_', '-')} is {octets} octets")
-    return raw
-
-
 def season_start(raw: bytes) -> tc.SeasonStart:
     """A season_start date-time as the first day of the season. The weekday, deviation and
     clock status are not used; the time of day must be the start of the day."""
@@ -164,7 +151,7 @@ def _seasons(value: Data) -> tuple[Season, ...]:
     for item in items:
         name, start, week = _fields(item, 3, "a season profile")
         seasons.append((_name(name, "season_profile_name"),
-                        _octets(start, 12, DataType.DATE_TIME, axdr.encode_date_time), _name(week, "week_name")))
+                        date_time_octets(start, 12, DataType.DATE_TIME, axdr.encode_date_time), _name(week, "week_name")))
     return tuple(seasons)
 
 
@@ -196,7 +183,7 @@ def _days(value: Data) -> tuple[Day, ...]:
             script_ln = expect(script, DataType.OCTET_STRING)
             if len(script_ln) != 6:
                 raise _unmatched("script_logical_name is octet-string(6)")
-            switches.append((_octets(start, 4, DataType.TIME, axdr.encode_time), script_ln,
+            switches.append((date_time_octets(start, 4, DataType.TIME, axdr.encode_time), script_ln,
                              expect(selector, DataType.LONG_UNSIGNED)))
         days.append((expect(day_id, DataType.UNSIGNED), tuple(switches)))
     return tuple(days)
@@ -396,7 +383,7 @@ class ActivityCalendar(InterfaceClass):
         self._set_passive(days=_days(value))
 
     def set_activate_passive_calendar_time(self, value: Data, ctx: RequestContext) -> None:
-        raw = _octets(value, 12, DataType.DATE_TIME, axdr.encode_date_time)
+        raw = date_time_octets(value, 12, DataType.DATE_TIME, axdr.encode_date_time)
         _activation_time(raw)
         self._commit(replace(self._state, activate_at=raw))
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from smartmeter.cosem import axdr
 from smartmeter.cosem.classes.base import (
-    REGISTRY, CosemAccessError, DataAccessResult, InterfaceClass, RequestContext, expect,
+    REGISTRY, CosemAccessError, DataAccessResult, InterfaceClass, RequestContext, date_time_octets, expect,
 )
 from smartmeter.cosem.classes.ic9_script_table import NULL_SCRIPT, ScriptConfigError, scripts_from_config
 from smartmeter.cosem.data import CosemDate, CosemTime, Data, DataType
@@ -71,19 +71,6 @@ def _refuse(detail: str) -> CosemAccessError:
     return CosemAccessError(DataAccessResult.OTHER_REASON, detail)
 
 
-def _raw(value: Data, octets: int, cosem_type: DataType, encode) -> bytes:
-    """The bytes of a time (4) or date (5): octet-string or the DLMS time/date type."""
-    if value.type == cosem_type:
-        try:
-            return encode(value.value)
-        except EncodeError as exc:
-            raise _refuse(str(exc)) from None
-    raw = expect(value, DataType.OCTET_STRING, cosem_type)
-    if len(raw) != octets:
-        raise CosemAccessError(DataAccessResult.TYPE_UNMATCHED, f"a {cosem_type.name.lower()} is {octets} octets")
-    return raw
-
-
 def execution_time(time_raw: bytes, date_raw: bytes) -> ExecutionTime:
     """The pattern of one (time, date) pair; impossible or unsupported values are refused."""
     try:
@@ -116,7 +103,7 @@ def _times(value: Data) -> tuple[tuple[tuple[bytes, bytes], ...], tuple[Executio
         pair = expect(item, DataType.STRUCTURE)
         if len(pair) != 2:
             raise CosemAccessError(DataAccessResult.TYPE_UNMATCHED, "an execution time is structure{time, date}")
-        raw.append((_raw(pair[0], 4, DataType.TIME, axdr.encode_time), _raw(pair[1], 5, DataType.DATE, axdr.encode_date)))
+        raw.append((date_time_octets(pair[0], 4, DataType.TIME, axdr.encode_time), date_time_octets(pair[1], 5, DataType.DATE, axdr.encode_date)))
     patterns = (execution_time(t, d) for t, d in raw)
     # an undefined time (hour, minute and second all not specified) never runs: that is how a
     # schedule such as the monthly billing is switched off without emptying it (companion §5.6)
