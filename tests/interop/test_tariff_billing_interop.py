@@ -1,14 +1,16 @@
 """Tariffs and billing read, written and refused by gurux-dlms and dlms-cosem over real sockets.
 
 One meter process ("idis" profile: its management client is HLS 5 / suite 0, the one secured
-client dlms-cosem can be) runs 60 times faster than real time from Tuesday 2026-03-10 05:58
+client dlms-cosem can be) runs 60 times faster than real time from Tuesday 2026-03-10 05:55
 local time, so the companion calendar's 06:00 switch T1 -> T2 happens within seconds. Its
 history comes from real causes only: the load through the control channel (what `smartmeter
 sim load` sends: import with a reactive part, export, import again, spanning the switch), then
 the management client (gurux) programs the monthly billing schedule 0-0:15.0.0.255 with 14
-dated execution times 10 s apart (type 5: several times, wildcards allowed) - scheduled ends of
-billing periods, which the reset lock never blocks - and the load is set to 0 W, so nothing
-changes the registers afterwards.
+dated execution times 10 s apart (type 5: several times of day; type 4 would refuse the
+wildcard date the schedule holds when the type is written first) - scheduled ends of billing
+periods, which the reset lock never blocks - and the load is set to 0 W, so nothing changes
+the registers afterwards. A meter whose time runs faster than real time says so in every
+date-time it sends (clock status bit 2, "different clock base"): the expected stamps have it.
 
 Every value a peer reads is compared with a path that is not the peer: the meter's legal and
 settings stores read as they are (read-only SQLite), the load profile entry at 06:00 (all the
@@ -82,6 +84,7 @@ SPACING = 10  # s of meter time between them
 CAPACITY = 15  # billing profile entries (companion §5.6)
 T1, T2 = b"T1", b"T2"
 TARIFF_SCRIPTS = "0.0.10.0.100.255"
+TARIFF_SCRIPTS_LN = bytes((0, 0, 10, 0, 100, 255))
 CALENDAR, SPECIAL_DAYS, ENERGY_ACTIVATION = "0.0.13.0.0.255", "0.0.11.0.0.255", "0.0.14.0.1.255"
 ACTIVE_TARIFF, BILLING, ACTIVATION_LOG = "0.0.96.14.0.255", "0.0.98.1.0.255", "0.0.99.98.11.255"
 MDI_RESET, MONTHLY_BILLING, BILLING_COUNTER = "0.0.10.0.1.255", "0.0.15.0.0.255", "0.0.0.1.0.255"
@@ -97,12 +100,11 @@ DEFAULT_CALENDAR = {
     2: b"T1T2",
     3: [[b"S1", EVERY_YEAR_JAN_1, b"W1"]],
     4: [[b"W1", 1, 1, 1, 1, 1, 1, 1]],
-    5: [[1, [[cosem_time(0, 0), bytes((0, 0, 10, 0, 100, 255)), 1],
-             [cosem_time(6, 0), bytes((0, 0, 10, 0, 100, 255)), 2],
-             [cosem_time(22, 0), bytes((0, 0, 10, 0, 100, 255)), 1]]],
-        [2, [[cosem_time(0, 0), bytes((0, 0, 10, 0, 100, 255)), 1]]]],
+    5: [[1, [[cosem_time(0, 0), TARIFF_SCRIPTS_LN, 1], [cosem_time(6, 0), TARIFF_SCRIPTS_LN, 2],
+             [cosem_time(22, 0), TARIFF_SCRIPTS_LN, 1]]],
+        [2, [[cosem_time(0, 0), TARIFF_SCRIPTS_LN, 1]]]],
 }
-# the Austrian public holidays on fixed dates (Feiertagsruhegesetz §7; Bundesgesetz 1967)
+# the Austrian public holidays on fixed dates
 FIXED_HOLIDAYS = {(1, 1), (1, 6), (5, 1), (8, 15), (10, 26), (11, 1), (12, 8), (12, 25), (12, 26)}
 # movable ones, as days after Easter Sunday: Easter Monday, Ascension, Whit Monday, Corpus Christi
 MOVABLE_AFTER_EASTER = (1, 39, 50, 60)
@@ -190,7 +192,7 @@ def scenario(tmp_path_factory):
         schedule = GXDLMSActionSchedule(MONTHLY_BILLING)
         for attribute in (2, 3, 4):
             _quiet(peer.read, schedule, attribute)
-        first = (int(_meter_now(meter)) // 60 + 2) * 60  # a whole minute after the writes below
+        first = (int(_meter_now(meter)) // 60 + 3) * 60  # a whole minute, 2..3 s of real time ahead
         scheduled = [first + SPACING * i for i in range(SCHEDULED)]
         schedule.type_ = 5  # several execution times, different times of day
         schedule.executionTime = [GXDateTime(dt.datetime.fromtimestamp(t, METER_ZONE)) for t in scheduled]
@@ -270,10 +272,12 @@ def test_gurux_reads_the_activity_calendar(scenario):
     assert (bytes(season.name), bytes(season.weekName)) == (b"S1", b"W1")
     assert season.start.skip & DateTimeSkips.YEAR and (season.start.value.month, season.start.value.day) == (1, 1)
     (week,) = calendar.weekProfileTableActive
-    assert [week.monday, week.tuesday, week.wednesday, week.thursday, week.friday, week.saturday, week.sunday] == [1] * 7
+    assert [week.monday, week.tuesday, week.wednesday, week.thursday, week.friday, week.saturday,
+            week.sunday] == [1] * 7
     days = {d.dayId: [(_gurux_time(a.startTime), a.scriptLogicalName, a.scriptSelector) for a in d.daySchedules]
             for d in calendar.dayProfileTableActive}
-    assert days == {1: [((0, 0, 0), TARIFF_SCRIPTS, 1), ((6, 0, 0), TARIFF_SCRIPTS, 2), ((22, 0, 0), TARIFF_SCRIPTS, 1)],
+    assert days == {1: [((0, 0, 0), TARIFF_SCRIPTS, 1), ((6, 0, 0), TARIFF_SCRIPTS, 2),
+                        ((22, 0, 0), TARIFF_SCRIPTS, 1)],
                     2: [((0, 0, 0), TARIFF_SCRIPTS, 1)]}
 
 
@@ -597,7 +601,6 @@ def _day(day_id: int, switches: list[tuple[int, int, int]], script: str = TARIFF
 SUMMER_WEEK, WINTER_WEEK = [1, 1, 1, 1, 1, 2, 2], [1, 1, 1, 1, 1, 1, 2]
 DAY_1 = [(0, 0, 1), (8, 0, 2), (20, 0, 1)]  # T2 08:00-20:00
 DAY_2 = [(0, 0, 1)]  # T1 all day
-TARIFF_SCRIPTS_LN = bytes((0, 0, 10, 0, 100, 255))
 # the written calendar as the Blue Book encodes it (IC 20 attributes 6..9)
 WRITTEN = {
     6: PASSIVE_NAME,
@@ -618,7 +621,8 @@ def _passive_calendar() -> GXDLMSActivityCalendar:
     return calendar
 
 
-def _wait_for_tariff(scenario, peer, tariff: bytes) -> bytes:
+def _wait_for_tariff(peer, tariff: bytes) -> bytes:
+    """The active tariff once it is `tariff` (the meter applies a new calendar at its next tick)."""
     deadline = time.monotonic() + 10
     while (active := _gurux_raw(peer, GXDLMSData(ACTIVE_TARIFF), 2)) != tariff and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -631,16 +635,19 @@ def test_gurux_writes_and_activates_a_passive_calendar_both_read_it_back(scenari
         for attribute in (6, 7, 8, 9):
             assert _quiet(peer.transfer, peer.client.write(calendar, attribute)).error == ErrorCode.OK, attribute
         passive = {a: _gurux_raw(peer, GXDLMSActivityCalendar(CALENDAR), a) for a in (6, 7, 8, 9)}
+        tariff_before = _gurux_raw(peer, GXDLMSData(ACTIVE_TARIFF), 2)
         assert _quiet(peer.transfer, calendar.activatePassiveCalendar(peer.client)).error == ErrorCode.OK
         read_back = GXDLMSActivityCalendar(CALENDAR)
         active = {a: _gurux_raw(peer, read_back, a) for a in (2, 3, 4, 5)}
-        # 2026-03-10 is a Tuesday of the winter season (before 04-01: the season of the year before)
+        # 2026-03-10 is a Tuesday of the winter season (before 04-01: the season of the year before), whose
+        # day 1 has T2 from 08:00: before that, T1 - where the companion calendar had T2 from 06:00
+        tariff = _wait_for_tariff(peer, T1)
         local = dt.datetime.fromtimestamp(_meter_now(scenario.meter), METER_ZONE)
-        expected = T2 if local.weekday() < 6 and 8 <= local.hour < 20 else T1
-        tariff = _wait_for_tariff(scenario, peer, expected)
+    assert (local.date(), local.hour) in ((SWITCH.date(), 6), (SWITCH.date(), 7))
+    assert (tariff_before, tariff) == (T2, T1)
     assert passive == WRITTEN
     assert active == {a - 4: v for a, v in WRITTEN.items()}  # 6..9 became 2..5
-    assert tariff == expected == _held_active_tariff(scenario)
+    assert _held_active_tariff(scenario) == T1
     # gurux's own reading of the active calendar: what it wrote
     assert read_back.calendarNameActive == PASSIVE_NAME.decode()
     assert [(bytes(s.name), s.start.value.month, s.start.value.day, bool(s.start.skip & DateTimeSkips.YEAR))
@@ -686,6 +693,7 @@ def test_gurux_ends_the_billing_period_and_the_reset_lock_refuses_a_second(scena
     assert in_use == len(held_before) + 1 == len(held)
     new = held[-1]
     assert (new.counter, new.trigger) == (counter_before + 1, "remote")
+    assert scenario.scheduled[-1] < new.time <= _meter_now(scenario.meter)
     assert list(new.energy) == registers_before
     assert last_row == [new.columns()]
     assert last_row[0][2:14] == registers_before
@@ -746,7 +754,7 @@ SHORT_WEEK = bytes([DataType.ARRAY, 1, DataType.STRUCTURE, 7, DataType.OCTET_STR
     b"".join(bytes([DataType.UINT8, 1]) for _ in range(6))
 
 BAD_WRITES = {
-    # name: (object, attribute, class, logical name, the answer)
+    # case: (what gurux writes, attribute, class and logical name to read it back with, the answer)
     "unsorted switch times": (lambda: _calendar_with(9, [_day(1, [(0, 0, 1), (20, 0, 1), (8, 0, 2)])]), 9,
                               ObjectType.ACTIVITY_CALENDAR, CALENDAR, ErrorCode.OTHER_REASON),
     "two seasons starting the same day": (
@@ -767,7 +775,8 @@ BAD_WRITES = {
 @pytest.mark.parametrize("case", BAD_WRITES)
 def test_a_bad_write_is_refused_and_changes_nothing(scenario, case):
     make, attribute, object_type, logical_name, answer = BAD_WRITES[case]
-    reader = {ObjectType.ACTIVITY_CALENDAR: GXDLMSActivityCalendar, ObjectType.SPECIAL_DAYS_TABLE: GXDLMSSpecialDaysTable,
+    reader = {ObjectType.ACTIVITY_CALENDAR: GXDLMSActivityCalendar,
+              ObjectType.SPECIAL_DAYS_TABLE: GXDLMSSpecialDaysTable,
               ObjectType.REGISTER_ACTIVATION: GXDLMSRegisterActivation}[object_type]
     with _gurux(scenario) as peer:
         before = _gurux_raw(peer, reader(logical_name), attribute)
