@@ -114,12 +114,13 @@ def write_calendar(meter: Meter) -> None:
     """Passive calendar attribute by attribute, then activate_passive_calendar (method 1)."""
     calendar = meter.directory.by_ln[CALENDAR][1]
     every_year_jan_1 = bytes([0xFF, 0xFF, 1, 1, 0xFF, 0, 0, 0, 0, 0x80, 0x00, 0xFF])
-    day = lambda day_id: Data.structure([Data.unsigned(day_id), Data.array([_switch(h) for h in SWITCH_HOURS])])  # noqa: E731
+    switches = Data.array([_switch(h) for h in SWITCH_HOURS])
     calendar.set(6, Data.octet_string(b"T1T2-2h"), CTX)
     calendar.set(7, Data.array([Data.structure([Data.octet_string(b"S1"), Data.octet_string(every_year_jan_1),
                                                 Data.octet_string(b"W1")])]), CTX)
     calendar.set(8, Data.array([Data.structure([Data.octet_string(b"W1"), *[Data.unsigned(1)] * 7])]), CTX)
-    calendar.set(9, Data.array([day(1), day(2)]), CTX)  # day 2: what the special days table names
+    # day 2: the profile the special days table names (public holidays), the same switches
+    calendar.set(9, Data.array([Data.structure([Data.unsigned(i), switches]) for i in (1, 2)]), CTX)
     calendar.invoke(1, Data.integer(0), CTX)
     _check(calendar.get(2, CTX) == Data.octet_string(b"T1T2-2h"), "the written calendar is not active")
 
@@ -217,7 +218,7 @@ def year_on_fast_path(days: int) -> dict:
             tariff_log = meter.directory.by_ln[TARIFF_LOG][1]
             logged: dict[int, bytes] = {}
             legal_pid = meter.legal.pid
-            ticks = wall = cpu = 0.0
+            ticks, wall, cpu = 0, 0.0, 0.0
             legal_cpu = _cpu_of(legal_pid)
             while source[0] < end:
                 ticks += 1
@@ -246,7 +247,7 @@ def year_on_fast_path(days: int) -> dict:
     _check(switches[0] == len(expected), f"{switches[0]} switches made, the calendar has {len(expected)}")
     captures = month_starts(start, end)
     _check([(r.capture_time, r.counter, r.trigger) for r in rows]
-           == [(t, i % 100, "scheduled") for i, t in enumerate(captures, 1)][-legal.BILLING_PROFILE_CAPACITY:],
+           == [(t, i % 100, "scheduled") for i, t in enumerate(captures, 1)][-PROFILE_ENTRIES:],
            f"billing entries {[(r.capture_time, r.counter, r.trigger) for r in rows]}, month starts {captures}")
     _check(all(rates_add_up(r.energy) for r in rows), "a billing entry's rates do not add up to its total")
     # +A per rate as the calendar divides the constant load (each whole Wh goes to the rate in
@@ -260,9 +261,10 @@ def year_on_fast_path(days: int) -> dict:
     _check(all(sum(live[n]) == getattr(totals, n) and live[n][0] == 0 for n in QUANTITIES),
            f"live rates {live} against totals {totals}")
     simulated = end - start
-    return {"days": days, "tick_seconds": 3600, "ticks": int(ticks), "simulated_seconds": simulated,
+    return {"days": days, "tick_seconds": 3600, "ticks": ticks, "simulated_seconds": simulated,
             "wall_seconds": wall, "simulated_per_real_second": simulated / wall, "cpu_seconds_this_process": cpu,
-            "cpu_seconds_legal_process": legal_cpu, "calendar": "12 switches a day (every 2 hours; the one at 02:00 on the day summer time begins is skipped)",
+            "cpu_seconds_legal_process": legal_cpu,
+            "calendar": "12 switches a day (every 2 hours; the one at 02:00 on the day summer time begins is skipped)",
             "tariff_switches": switches[0], "calendar_switching_instants": len(expected),
             "legal_commands": dict(sorted(commands.items(), key=lambda kv: -kv[1])),
             "logged_at_start": [[t, mask.decode()] for t, mask in sorted(at_start.items())],
@@ -453,25 +455,26 @@ def main() -> None:
     print(f"Fast path: {y['days']} days of meter time from 2026-01-01 00:00:30 local time, ticks of 1 h, constant "
           f"sim load {LOAD_W:g} W at PF {LOAD_PF}, calendar with {y['calendar']}:")
     print(f"  {y['simulated_per_real_second']:10.0f} simulated seconds per real second "
-          f"({y['wall_seconds']:.1f} s wall for {y['ticks']} ticks; CPU: this process {y['cpu_seconds_this_process']:.1f} s, "
-          f"legal process {y['cpu_seconds_legal_process']:.1f} s)")
+          f"({y['wall_seconds']:.1f} s wall for {y['ticks']} ticks; CPU: this process "
+          f"{y['cpu_seconds_this_process']:.1f} s, legal process {y['cpu_seconds_legal_process']:.1f} s)")
     total = sum(y["legal_commands"].values())
     print(f"  {total} commands to the legal process ({total / y['days']:.0f} a simulated day; most: "
           + ", ".join(f"{name} {count}" for name, count in list(y["legal_commands"].items())[:5]) + ")")
     print(f"  tariff switches: {y['tariff_switches']} (= every switching instant of the calendar, "
           f"{y['calendar_switching_instants']}, each in the tariff activation log)")
     entries = y["billing_entries"]
-    print(f"  billing entries: {len(entries)}, counters {entries[0]['counter']}..{entries[-1]['counter']}, "
-          f"{entries[0]['capture_time_local']} .. {entries[-1]['capture_time_local']}; rate 1 + rate 2 = total in "
-          "every entry and in the live registers (rate 0 = 0)")
+    span = (f", counters {entries[0]['counter']}..{entries[-1]['counter']}, {entries[0]['capture_time_local']} .. "
+            f"{entries[-1]['capture_time_local']}") if entries else ""
+    print(f"  billing entries: {len(entries)}{span}; rate 1 + rate 2 = total in every entry and in the live "
+          "registers (rate 0 = 0)")
     a = y["live_registers"]["a_plus"]
     print(f"  +A at the end: total {a['total']} Wh = rate 1 {a['rate1']} + rate 2 {a['rate2']} (within 1 Wh of the "
           "calendar's split of the load, also in every entry)")
     r = readout
-    print(f"Billing profile {BILLING_PROFILE}, {r['entries']} entries x {r['columns']} columns, attributes 3 and 2 over "
-          f"TCP (wrapper), data readout client (HLS 7, suite 1, auth+enc), best of {r['runs']}; client library against "
-          "client library, same meter, same requests, same plaintext answers (gurux's general-glo-ciphering carries "
-          "the system title):")
+    print(f"Billing profile {BILLING_PROFILE}, {r['entries']} entries x {r['columns']} columns, attributes 3 and 2 "
+          f"over TCP (wrapper), data readout client (HLS 7, suite 1, auth+enc), best of {r['runs']}; client library "
+          "against client library, same meter, same requests, same plaintext answers (gurux's general-glo-ciphering "
+          "carries the system title):")
     for name, x in (("ours ", r["ours"]), ("gurux", r["gurux"])):
         print(f"  {name}: {x['seconds'] * 1e3:7.1f} ms   ({x['sent']} bytes sent, {x['received']} received)")
     print(f"  gurux / ours = {r['ratio']:.1f}x; without gurux's pure-Python AES-GCM "
