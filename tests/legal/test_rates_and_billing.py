@@ -184,6 +184,8 @@ def test_billing_refuses_what_it_cannot_do(part):
     assert part.execute(legal.ReadBillingCounter()) == 0
     with pytest.raises(legal.CommandRefused):
         part.execute(legal.SetActiveRates((1, 2, 3, 1)))
+    part.execute(legal.SetActiveRates((2, 2, 2, 2)))  # a meter started during an outage sets its tariff
+    assert part.execute(legal.ReadRateRegisters()).active == (2, 2, 2, 2)
 
 
 @pytest.mark.welmec("L2")
@@ -222,3 +224,27 @@ def test_a_steady_load_measured_as_repeated_frames_equals_frame_by_frame():
     assert abs(delivered[0]["r_minus"] - delivered[1]["r_minus"]) <= 2
     assert abs(delivered[0]["a_plus"] - 2300 * 1_000_000 / 6) <= 50  # 2300 W for 600 s, in µWh
     assert abs(delivered[0]["r_minus"] - 700 * 1_000_000 / 6) <= 1_000  # (the first window is deferred)
+
+
+def test_a_billing_capture_whose_commit_fails_changes_nothing(part, monkeypatch):
+    """A store that refuses the capture (a full disk): the period stays open with its maxima, as
+    if the capture had not been asked; the next capture holds them."""
+    part.execute(legal.StartDemandPeriod(T0))
+    part.execute(legal.RegisterSimulatedPower(2000.0, 0.0, 900.0))
+    part.execute(legal.EndMeasurementPeriod(T0 + 900))
+    before = part.execute(legal.ReadMaximumDemand("a_plus"))
+
+    def full(*args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    with monkeypatch.context() as m:
+        m.setattr(part._billing, "append", full)
+        with pytest.raises(sqlite3.OperationalError):
+            part.execute(legal.EndBillingPeriod(T0 + 900, "remote"))
+    assert part.execute(legal.ReadMaximumDemand("a_plus")) == before
+    assert part.execute(legal.ReadBillingCounter()) == 0 and part.execute(legal.CountBillingProfileEntries()) == 0
+    part.execute(legal.RegisterSimulatedPower(500.0, 0.0, 900.0))
+    part.execute(legal.EndMeasurementPeriod(T0 + 1800))
+    row = part.execute(legal.EndBillingPeriod(T0 + 1800, "remote"))
+    assert (row.counter, row.maximum[0], row.maximum_time[0], row.cumulative[0]) == (1, before.value, T0 + 900,
+                                                                                      before.value)

@@ -61,8 +61,8 @@ def _commands():
 
 @pytest.mark.welmec("S2", "S3")
 def test_the_only_text_that_enters_the_legal_part_is_validated_identifiers():
-    """The only free-text fields of the protective interface are hex-encoded bytes (system titles, authentication challenges, responses, secret, tokens), register names (one of four), time-change methods (one of four) and load profile names (one of two)."""
-    assert sorted({name for _, name in _text_fields()}) == sorted(HEX_FIELDS + ("method", "profile", "register"))
+    """The only free-text fields of the protective interface are hex-encoded bytes (system titles, authentication challenges, responses, secret, tokens), register names (one of four), time-change methods (one of four), load profile names (one of two) and billing triggers (one of four)."""
+    assert sorted({name for _, name in _text_fields()}) == sorted(HEX_FIELDS + ("method", "profile", "register", "trigger"))
 
 
 @pytest.fixture(scope="module")

@@ -849,8 +849,10 @@ def client_calendar() -> None:
 @click.option("--active/--passive", default=True, show_default=True,
               help="The calendar in force, or the one written to become active.")
 @click.option("--json", "as_json", is_flag=True, help="As a JSON calendar file (default TOML).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the calendar file there instead of printing it.")
 @click.pass_context
-def client_calendar_show(ctx: click.Context, active: bool, as_json: bool) -> None:
+def client_calendar_show(ctx: click.Context, active: bool, as_json: bool, output: Path | None) -> None:
     """Print the calendar and the special days as a calendar file: edit it and `calendar load` it."""
     from smartmeter.dlms.client import AccessDenied
     from smartmeter.hes.calendar_file import (
@@ -883,13 +885,21 @@ def client_calendar_show(ctx: click.Context, active: bool, as_json: bool) -> Non
         click.echo(f"note: the special days ({SPECIAL_DAYS_TABLE}:{SPECIAL_DAYS_ATTRIBUTE}) could not be read: "
                    f"{_result_name(refused)}", err=True)
     if as_json or ctx.obj["json"]:
-        click.echo(calendar_to_json(calendar), nl=False)
+        text = calendar_to_json(calendar)
     else:
         first, last = min(attributes.values()), max(attributes.values()) + (0 if active else 1)
-        click.echo(calendar_to_toml(calendar, f"{'active' if active else 'passive'} calendar: {ACTIVITY_CALENDAR} "
-                                              f"attributes {first}..{last}"
-                                              + ("" if special is None else f"; special days: {SPECIAL_DAYS_TABLE}")),
-                   nl=False)
+        text = calendar_to_toml(calendar, f"{'active' if active else 'passive'} calendar: {ACTIVITY_CALENDAR} "
+                                          f"attributes {first}..{last}"
+                                          + ("" if special is None else f"; special days: {SPECIAL_DAYS_TABLE}"))
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        output.write_text(text)
+    except OSError as exc:
+        raise UsageProblem(f"cannot write {output}: {exc.strerror}", "give a file in a directory you may write") from None
+    click.echo(f"wrote the {'active' if active else 'passive'} calendar to {output}: edit it, then "
+               f"smartmeter client calendar load {output}")
 
 
 def _calendar_writes(calendar) -> list[tuple[int, str, str]]:

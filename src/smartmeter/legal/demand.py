@@ -6,6 +6,7 @@ never disagree. Values are whole W / var with the wrap-arounds of §5.3.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 from smartmeter.legal.registers import REGISTER_NAMES
@@ -59,6 +60,10 @@ class DemandState:
 class DemandRegisters:
     def __init__(self, state: DemandState) -> None:
         self.state = state
+
+    def copy(self) -> "DemandRegisters":
+        """An independent copy: changed, stored, and only then taken (a failed commit changes nothing)."""
+        return DemandRegisters(DemandState.from_json(copy.deepcopy(self.state.to_json())))
 
     def start(self, now: int, milli: dict[str, int]) -> None:
         """Begin a running period now (first start, or after a power failure: the interrupted

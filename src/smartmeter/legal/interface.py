@@ -1278,12 +1278,14 @@ class LegalInterface:
         if not self._own_clock:
             self._command_time = float(cmd.capture_time)
         # demand is not the profile: its period closes whether or not an entry is made
-        self._demand.close_period(cmd.capture_time, self._registers.milli_units())
+        demand = self._demand.copy()
+        demand.close_period(cmd.capture_time, self._registers.milli_units())
         with atomic(self._db):
             self._write_registers()
             self._put_meta("metering_state", self._metering.snapshot().hex())
             row = self._capture(self._lp1, cmd.capture_time, cmd.status)
-            self._put_meta("demand", self._demand.state.to_json())
+            self._put_meta("demand", demand.state.to_json())
+        self._demand = demand
         self._unsaved = False
         return row
 
@@ -1362,7 +1364,7 @@ class LegalInterface:
     def _set_active_rates(self, cmd: SetActiveRates) -> bool:
         if len(cmd.rates) != len(REGISTER_NAMES) or any(r not in ALL_RATES for r in cmd.rates):
             raise CommandRefused(f"one rate per quantity ({', '.join(REGISTER_NAMES)}), each one of {ALL_RATES}")
-        self._require_power()
+        # (also while powered down: nothing is registered then, and the meter starts with its tariff)
         if not self._rates.set_active(dict(zip(REGISTER_NAMES, cmd.rates))):
             return False
         with atomic(self._db):  # what was registered up to now stays in the old rates
@@ -1381,27 +1383,31 @@ class LegalInterface:
         totals, rates = self._registers.snapshot(), self._rates.snapshot()
         maxima = [self._demand.maximum(n) for n in REGISTER_NAMES]
         # the reset adds each maximum into its cumulative maximum; the entry shows the sum
-        self._demand.reset_maximum(cmd.capture_time)
+        demand = self._demand.copy()
+        demand.reset_maximum(cmd.capture_time)
         row = BillingRow(
             cmd.capture_time, counter,
             tuple(v for n in REGISTER_NAMES for v in (getattr(totals, n), *(rates.value(n, r) for r in RATES))),
             tuple(m.value for m in maxima),
             tuple(BILLING_NO_TIME if m.capture_time is None else m.capture_time for m in maxima),
-            tuple(self._demand.maximum(n).cumulative for n in REGISTER_NAMES), cmd.trigger)
+            tuple(demand.maximum(n).cumulative for n in REGISTER_NAMES), cmd.trigger)
         with atomic(self._db):
             self._write_registers()
             self._put_meta("metering_state", self._metering.snapshot().hex())
             self._put_meta("billing_counter", counter)
             self._billing.append(cmd.capture_time, 0, row.to_payload())
-            self._put_meta("demand", self._demand.state.to_json())
+            self._put_meta("demand", demand.state.to_json())
+        self._demand = demand  # a failed commit leaves the period open, its maxima as they were
         self._unsaved = False
         return row
 
     # -- demand -----------------------------------------------------------------------------------
     def _start_demand(self, cmd: StartDemandPeriod) -> None:
-        self._demand.start(cmd.now, self._registers.milli_units())
+        demand = self._demand.copy()
+        demand.start(cmd.now, self._registers.milli_units())
         with atomic(self._db):
-            self._put_meta("demand", self._demand.state.to_json())
+            self._put_meta("demand", demand.state.to_json())
+        self._demand = demand
 
     def _register_name(self, name: str) -> str:
         if name not in REGISTER_NAMES:
@@ -1416,9 +1422,11 @@ class LegalInterface:
 
     def _reset_maximum_demand(self, cmd: ResetMaximumDemand) -> None:
         names = REGISTER_NAMES if cmd.register is None else (self._register_name(cmd.register),)
-        self._demand.reset_maximum(cmd.now, names)
+        demand = self._demand.copy()
+        demand.reset_maximum(cmd.now, names)
         with atomic(self._db):
-            self._put_meta("demand", self._demand.state.to_json())
+            self._put_meta("demand", demand.state.to_json())
+        self._demand = demand
 
     # -- parameters and certification mode ----------------------------------------------------------
     # -- the certification authority (decided here, never taken from the caller) --------------------

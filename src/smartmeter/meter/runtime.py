@@ -544,6 +544,9 @@ class Meter:
         name = request.get("input")
         if not isinstance(name, str):
             return {"ok": False, "error": 'a request names an "input" or asks for the "status"'}
+        # what happened up to this moment happened in the world as it was (on a fast clock a tick
+        # spans many seconds: a new load must not reach back into them)
+        self.tick()
         change = self.world.change(name, {k: v for k, v in request.items() if k != "input"})
         self.on_world(change)
         return {"ok": True, "status": self.status()}
@@ -582,7 +585,6 @@ class Meter:
         elif change.input == "button":
             log.info("button %s pressed%s", change.detail["button"], " long" if change.detail["long"] else "")
             if change.detail["button"] == "R" and self.powered:  # the demand reset button (§5.6)
-                self.tick()  # what was registered up to the press is in the entry
                 with self.billing.triggered_by("button"):
                     self.server.run_script(BILLING_SCRIPT, 1)
         elif change.input == "voltage":
