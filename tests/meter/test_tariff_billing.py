@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from smartmeter.cosem import axdr
-from smartmeter.cosem.classes.base import RequestContext
+from smartmeter.cosem.classes.base import CosemAccessError, RequestContext
 from smartmeter.cosem.data import Data
 from smartmeter.cosem.obis import Obis
 from smartmeter.cosem.results import DataAccessResult
@@ -300,3 +300,33 @@ def test_the_monthly_billing_is_switched_off_by_an_empty_list_or_an_undefined_ti
                                                Data.octet_string(bytes([0xFF, 0xFF, 0xFF, 1, 0xFF]))])]), CTX)
     m.run_until(local(2026, 7, 1, 1, 0))
     assert [r.capture_time for r in m.billing()] == [local(2026, 7, 1)]
+
+
+def test_while_the_clock_is_invalid_the_default_tariff_script_is_in_force(make):
+    """At 23:00 (T1 by the calendar) the clock loses its time in an outage with an exhausted
+    backup battery: the default tariffication script (written: 2, T2) is in force until the
+    clock is set; then the calendar's T1 again (companion §5.5)."""
+    m = make(local(2026, 3, 10, 22, 50, 0))
+    m.load(LOAD_W)
+    m.obj("0-0:96.14.15.255").set(2, Data.long_unsigned(2), CTX)
+    m.run_until(local(2026, 3, 10, 23, 0), step=60)
+    assert m.get("0-0:96.14.0.255") == Data.octet_string(b"T1")
+    m.meter.control({"input": "battery", "value": "exhausted"})
+    m.meter.control({"input": "supply", "value": "off"})
+    m.platform[0] += 3600
+    m.meter.control({"input": "supply", "value": "on"})
+    assert m.meter.clock.invalid
+    assert m.get("0-0:96.14.0.255") == Data.octet_string(b"T2")
+    before = m.rates()
+    m.run_until(m.platform[0] + 1800, step=60)
+    after = m.rates()
+    assert after.value("a_plus", 2) - before.value("a_plus", 2) in (599, 600)  # 1200 W for 30 min, in T2
+    assert after.value("a_plus", 1) == before.value("a_plus", 1)
+    m.meter.clock.set_time(local(2026, 3, 11, 0, 30), "set")
+    m.meter.tick()
+    assert not m.meter.clock.invalid and m.get("0-0:96.14.0.255") == Data.octet_string(b"T1")
+    # a default script the tariff script table does not have is refused
+    with pytest.raises(CosemAccessError) as refused:
+        m.obj("0-0:96.14.15.255").set(2, Data.long_unsigned(3), CTX)
+    assert refused.value.result == DataAccessResult.OTHER_REASON
+    assert m.get("0-0:96.14.15.255") == Data.long_unsigned(2)
