@@ -330,3 +330,24 @@ def test_while_the_clock_is_invalid_the_default_tariff_script_is_in_force(make):
         m.obj("0-0:96.14.15.255").set(2, Data.long_unsigned(3), CTX)
     assert refused.value.result == DataAccessResult.OTHER_REASON
     assert m.get("0-0:96.14.15.255") == Data.long_unsigned(2)
+
+
+def test_a_power_failure_in_the_second_of_a_switch(make):
+    """The supply fails at 22:00:00, the instant T1 begins, and returns at 06:00:00, the instant T2
+    begins: the rates still add up to the totals, the hour before went to T2, nothing to T1, and
+    both switches are logged at their instants."""
+    start = local(2026, 3, 10, 21, 0, 30)
+    m = make(start)
+    m.load(LOAD_W)
+    m.run_until(local(2026, 3, 10, 22, 0), step=60)
+    m.meter.control({"input": "supply", "value": "off"})
+    m.run_until(local(2026, 3, 11, 6, 0))
+    m.meter.control({"input": "supply", "value": "on"})
+    m.run_until(local(2026, 3, 11, 7, 0), step=60)
+    rates, totals = m.rates(), m.meter.legal.execute(legal.ReadEnergyRegisters())
+    assert rates.value("a_plus", 1) + rates.value("a_plus", 2) == totals.a_plus
+    expected = split(start, local(2026, 3, 10, 22, 0), example_rate, LOAD_W)[2] + LOAD_W  # 21:00:30-22:00, 06-07
+    assert rates.value("a_plus", 1) == 0 and abs(rates.value("a_plus", 2) - expected) <= 1
+    log = [(m.meter.clock.utc_from_cosem(axdr.decode_date_time(c)), name)
+           for c, name in m.obj("0-0:99.98.11.255").source.rows(None, None)]
+    assert log[-2:] == [(local(2026, 3, 10, 22, 0), b"T1"), (local(2026, 3, 11, 6, 0), b"T2")]
