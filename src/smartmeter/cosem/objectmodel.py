@@ -144,6 +144,12 @@ class ObjectModel:
             raise ModelError("two objects share one logical name")
         return cls(doc["profile"]["name"], clients, objects)
 
+    def for_phases(self, phases: int) -> "ObjectModel":
+        """The objects a meter with `phases` phases has: an object marked `phases = 3` in the model
+        (L2 and L3 values) exists on a poly-phase meter only."""
+        return ObjectModel(self.profile, self.clients,
+                           [o for o in self.objects if int(o.config.get("phases", 1)) <= phases])
+
     def client_by_sap(self, sap: int) -> ClientDef | None:
         return next((c for c in self.clients.values() if c.sap == sap), None)
 

@@ -16,6 +16,7 @@ it, and the metrological log records it.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import struct
@@ -130,6 +131,8 @@ class SoftwareIdentity:
 
 @dataclass(frozen=True, slots=True)
 class InstantaneousValues:
+    """The metrology's values of the latest frame, from the samples."""
+
     voltage: tuple[float, ...]  # V per phase
     current: tuple[float, ...]  # A per phase
     active_power: float  # W, total (negative: export)
@@ -137,6 +140,11 @@ class InstantaneousValues:
     apparent_power: float  # VA, sum of phases
     power_factor: float
     frequency: float  # Hz
+    active_power_phases: tuple[float, ...] = ()  # W per phase (negative: export)
+    reactive_power_phases: tuple[float, ...] = ()  # var per phase, fundamental (negative: capacitive on import)
+    apparent_power_phases: tuple[float, ...] = ()  # VA per phase, Urms·Irms
+    power_factor_phases: tuple[float, ...] = ()  # P / S per phase, signed (0 without current)
+    angle_phases: tuple[float, ...] = ()  # degrees, U-I angle of the fundamental per phase (0 without current)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1028,10 +1036,14 @@ class LegalInterface:
         if m is None:
             return None
         s = sum(p.apparent_power for p in m.phases)
-        return InstantaneousValues(tuple(float(p.voltage_rms) for p in m.phases),
-                                   tuple(float(p.current_rms) for p in m.phases), float(m.active_power),
-                                   float(m.reactive_power), float(s), float(m.active_power / s) if s else 0.0,
-                                   float(m.frequency))
+        return InstantaneousValues(
+            tuple(float(p.voltage_rms) for p in m.phases), tuple(float(p.current_rms) for p in m.phases),
+            float(m.active_power), float(m.reactive_power), float(s), float(m.active_power / s) if s else 0.0,
+            float(m.frequency), tuple(float(p.active_power) for p in m.phases),
+            tuple(float(p.reactive_power) for p in m.phases), tuple(float(p.apparent_power) for p in m.phases),
+            tuple(float(p.power_factor) for p in m.phases),
+            tuple(math.degrees(math.atan2(p.reactive_power, p.active_power)) if p.apparent_power else 0.0
+                  for p in m.phases))
 
     def _set_load(self, cmd: SetSimulatedLoad) -> None:
         self._require_power()

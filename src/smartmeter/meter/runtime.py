@@ -25,6 +25,7 @@ from smartmeter.meter.alarms import AlarmBitmap, AlarmBoard
 from smartmeter.meter.billing import BillingProfile
 from smartmeter.meter.events import EventContext, EventLogSource, EventRecorder, EventTable, NO_CLIENT, group_counter
 from smartmeter.meter.identity import MeterIdentity
+from smartmeter.meter.instantaneous import InstantaneousValues
 from smartmeter.meter.schedule import Passage
 from smartmeter.meter.scheduler import SchedulerEngine
 from smartmeter.meter.simulation import HouseholdLoad
@@ -204,7 +205,7 @@ class Meter:
         self.clock.time_base = self._request_time_change
         self.clock.listeners.append(self._on_time_change)
         self.load = HouseholdLoad(config.serial)
-        self.model = ObjectModel.load(config.profile)
+        self.model = ObjectModel.load(config.profile).for_phases(config.phases)
         self.store = MeterStore(config.data_dir)
         self.world = PhysicalWorld(self.store, config.phases)
         self.events = EventRecorder(config.data_dir, EventTable.load(), self.clock.now)
@@ -258,6 +259,7 @@ class Meter:
             "energy.r_plus": energy("r_plus"),
             "energy.r_minus": energy("r_minus"),
             **{f"energy.{name}.rate{rate}": self._rate_binding(name, rate) for name in REGISTERS for rate in legal.RATES},
+            **InstantaneousValues(self.legal).bindings(self.config.phases),
             "billing": self.billing,
             "billing.counter": Binding(self.billing.counter),
             "tariff.active": Binding(lambda: self.tariff.active_mask()),

@@ -104,7 +104,8 @@ NEVER_WRITTEN = {"0-0:94.43.143.255"}  # certification mode
 @pytest.fixture(scope="module")
 def meter(tmp_path_factory):
     clock = MeterClock(source=lambda: FIXED_NOW)
-    m = Meter(MeterConfig(data_dir=tmp_path_factory.mktemp("matrix"), backfill_days=1), clock=clock)
+    # a poly-phase meter: it has every object of the model (L2 and L3 values too)
+    m = Meter(MeterConfig(data_dir=tmp_path_factory.mktemp("matrix"), backfill_days=1, meter_type=300), clock=clock)
     yield m
     m.close()
 

@@ -98,7 +98,7 @@ def test_general_ciphering_with_identified_and_wrapped_keys(meter, counters):  #
         assert isinstance(answer, ciphered.GeneralCiphering)
         assert answer.transaction_id == b"\x01\x02\x03\x04" and len(answer.date_time) == 12
         response = decode_xdlms(answer.unprotect(key, sec.ak))
-        assert response.result == Data.octet_string(b"KFM1000100000001")
+        assert response.result == Data.octet_string(meter.identity.logical_device_name)
     agreed = ciphered.GeneralCiphering.protect(sc, sec.ek, sec.ak, s.association.counters.reserve(), plain, b"\x05",
                                                sec.client_system_title, meter.identity.system_title,
                                                ciphered.AgreedKey(b"\x01", b"\x00" * 64))

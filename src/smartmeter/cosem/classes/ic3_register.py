@@ -5,7 +5,8 @@ from smartmeter.cosem.classes.base import REGISTRY, DataAccessResult, CosemAcces
 from smartmeter.cosem.data import Data
 
 # Unit enumeration (Blue Book table "Enumerated values for physical units"), the ones we use.
-UNITS = {"W": 27, "var": 29, "VA": 28, "Wh": 30, "VAh": 31, "varh": 32, "A": 33, "V": 35, "Hz": 44, "s": 7}
+UNITS = {"W": 27, "var": 29, "VA": 28, "Wh": 30, "VAh": 31, "varh": 32, "A": 33, "V": 35, "Hz": 44, "s": 7,
+         "deg": 8, "count": 255}
 
 
 @REGISTRY.register

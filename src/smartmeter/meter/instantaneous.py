@@ -1,0 +1,92 @@
+"""Instantaneous values (companion standard §5.9.1, catalog §3.8 and §8) as COSEM register values.
+
+The legally relevant part's metrology computes them from the samples of its latest frame
+(`legal.ReadInstantaneousValues`); this module only names and scales them. A binding name in
+the model is "instantaneous.<quantity>" for the total (or a value that has no phase) and
+"instantaneous.<quantity>.L<n>" for phase n. The quantities, with the COSEM data type and the
+scaler the model gives them (value = physical value / 10**scaler):
+
+    voltage, current, current_sum, frequency, +P, -P, +Q, -Q, +S, -S, |P| (+P plus -P),
+    pf+ (+P/+S), pf- (-P/-S), angle (U-I of the fundamental, degrees)
+
++S / -S is the apparent power while importing / exporting active power; each power factor is 0
+in the other direction. A meter without a measurement yet (just started) answers 0.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from smartmeter.cosem.classes.base import Binding
+from smartmeter.cosem.data import Data, DataType
+from smartmeter.legal import interface as legal
+
+# quantity -> (data type, scaler): the scaler is repeated in the model (scaler_unit), checked by a test
+SCALING = {
+    "voltage": (DataType.LONG_UNSIGNED, -1),
+    "current": (DataType.DOUBLE_LONG_UNSIGNED, -3),
+    "current_sum": (DataType.DOUBLE_LONG_UNSIGNED, -3),
+    "frequency": (DataType.LONG_UNSIGNED, -2),
+    "+P": (DataType.DOUBLE_LONG_UNSIGNED, 0), "-P": (DataType.DOUBLE_LONG_UNSIGNED, 0),
+    "+Q": (DataType.DOUBLE_LONG_UNSIGNED, 0), "-Q": (DataType.DOUBLE_LONG_UNSIGNED, 0),
+    "+S": (DataType.DOUBLE_LONG_UNSIGNED, 0), "-S": (DataType.DOUBLE_LONG_UNSIGNED, 0),
+    "|P|": (DataType.DOUBLE_LONG_UNSIGNED, 0),
+    "pf+": (DataType.LONG_UNSIGNED, -3), "pf-": (DataType.LONG_UNSIGNED, -3),
+    "angle": (DataType.LONG, -1),
+}
+_LIMITS = {DataType.LONG_UNSIGNED: (0, 0xFFFF), DataType.DOUBLE_LONG_UNSIGNED: (0, 0xFFFFFFFF),
+           DataType.LONG: (-0x8000, 0x7FFF)}
+
+
+def physical(v: legal.InstantaneousValues, quantity: str, phase: int | None) -> float:
+    """The physical value of `quantity` for phase index `phase` (0-based; None: the total)."""
+    if quantity == "voltage":
+        return v.voltage[phase or 0]
+    if quantity == "current":
+        return v.current[phase or 0]
+    if quantity == "current_sum":
+        return sum(v.current)
+    if quantity == "frequency":
+        return 0.0 if v.frequency != v.frequency else v.frequency  # NaN: no voltage
+    if quantity == "angle":
+        return v.angle_phases[phase or 0]
+    if quantity == "|P|":
+        return sum(abs(p) for p in v.active_power_phases) if phase is None else abs(v.active_power_phases[phase])
+    p = v.active_power if phase is None else v.active_power_phases[phase]
+    q = v.reactive_power if phase is None else v.reactive_power_phases[phase]
+    s = v.apparent_power if phase is None else v.apparent_power_phases[phase]
+    importing = p >= 0
+    return {
+        "+P": max(p, 0.0), "-P": max(-p, 0.0), "+Q": max(q, 0.0), "-Q": max(-q, 0.0),
+        "+S": s if importing else 0.0, "-S": 0.0 if importing else s,
+        "pf+": p / s if importing and s else 0.0, "pf-": -p / s if not importing and s else 0.0,
+    }[quantity]
+
+
+def encode(quantity: str, value: float) -> Data:
+    data_type, scaler = SCALING[quantity]
+    low, high = _LIMITS[data_type]
+    return Data(data_type, min(max(round(value / 10 ** scaler), low), high))
+
+
+class InstantaneousValues:
+    """The bindings of every instantaneous value object, read through the protective interface."""
+
+    def __init__(self, legal_part) -> None:
+        self.legal = legal_part
+
+    def _read(self) -> legal.InstantaneousValues | None:
+        return self.legal.execute(legal.ReadInstantaneousValues())
+
+    def _getter(self, quantity: str, phase: int | None) -> Callable[[], Data]:
+        def get() -> Data:
+            values = self._read()
+            return encode(quantity, 0.0 if values is None else physical(values, quantity, phase))
+        return get
+
+    def bindings(self, phases: int) -> dict[str, Binding]:
+        out = {}
+        for quantity in SCALING:
+            out[f"instantaneous.{quantity}"] = Binding(self._getter(quantity, None))
+            for n in range(1, phases + 1):
+                out[f"instantaneous.{quantity}.L{n}"] = Binding(self._getter(quantity, n - 1))
+        return out
