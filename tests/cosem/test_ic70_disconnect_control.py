@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from smartmeter.cosem import axdr
-from smartmeter.cosem.classes.base import Binding, CosemAccessError, RequestContext
+from smartmeter.cosem.classes.base import CosemAccessError, RequestContext
 from smartmeter.cosem.classes.ic9_script_table import ScriptConfigError
 from smartmeter.cosem.classes.ic70_disconnect_control import DisconnectControl
 from smartmeter.cosem.data import Data

@@ -123,7 +123,8 @@ def action(script: bytes, selector: int) -> Data:
 
 
 def profile(profile_id: int, start: bytes, duration: int) -> Data:
-    return Data.structure([Data.long_unsigned(profile_id), Data.octet_string(start), Data.double_long_unsigned(duration)])
+    return Data.structure([Data.long_unsigned(profile_id), Data.octet_string(start),
+                           Data.double_long_unsigned(duration)])
 
 
 MODEL_ATTRIBUTES = [

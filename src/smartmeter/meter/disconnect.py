@@ -80,16 +80,16 @@ class Transition:
         return self.trigger.split("_", 1)[0]
 
 
-D, C, R = ControlState.DISCONNECTED, ControlState.CONNECTED, ControlState.READY
+_D, _C, _R = ControlState.DISCONNECTED, ControlState.CONNECTED, ControlState.READY
 TRANSITIONS: dict[str, Transition] = {t.name: t for t in (
-    Transition("a", REMOTE_RECONNECT, D, C),
-    Transition("b", REMOTE_DISCONNECT, C, D),
-    Transition("c", REMOTE_DISCONNECT, R, D),
-    Transition("d", REMOTE_RECONNECT, D, R),
-    Transition("e", MANUAL_RECONNECT, R, C),
-    Transition("f", MANUAL_DISCONNECT, C, R),
-    Transition("g", LOCAL_DISCONNECT, C, R),
-    Transition("h", LOCAL_RECONNECT, R, C),
+    Transition("a", REMOTE_RECONNECT, _D, _C),
+    Transition("b", REMOTE_DISCONNECT, _C, _D),
+    Transition("c", REMOTE_DISCONNECT, _R, _D),
+    Transition("d", REMOTE_RECONNECT, _D, _R),
+    Transition("e", MANUAL_RECONNECT, _R, _C),
+    Transition("f", MANUAL_DISCONNECT, _C, _R),
+    Transition("g", LOCAL_DISCONNECT, _C, _R),
+    Transition("h", LOCAL_RECONNECT, _R, _C),
 )}
 
 # companion §5.8 Figure 7: the transitions each control mode allows
