@@ -840,6 +840,52 @@ def client_billing_reset(ctx: click.Context) -> None:
         click.echo("billing period ended" + ("" if counter is None else f"; billing period counter {counter}"))
 
 
+_CONTROL_STATES = {0: "disconnected", 1: "connected", 2: "ready for reconnection"}
+
+
+def _disconnect_control(ctx: click.Context, method: int, relay: bool) -> None:
+    """remote_disconnect (1) or remote_reconnect (2) of the disconnector or the load-management
+    relay, then its state as the meter reports it (a transition its control mode forbids is
+    ignored by the meter: the state says what happened)."""
+    from smartmeter.cosem.data import Data
+    from smartmeter.dlms.client import AccessDenied
+
+    obis = "0-1:96.3.10.255" if relay else "0-0:96.3.10.255"
+
+    async def work(c):
+        await c.action(obis, method, Data.integer(0), class_id=70)
+        return [(await c.get(obis, index, class_id=70)).value for index in (2, 3, 4)]
+
+    try:
+        output, state, mode = _run_client(ctx, work)
+    except AccessDenied as exc:
+        raise UsageProblem(f"refused: {obis} method {method}: {_result_name(exc.result)}",
+                           "may this client execute it? give a management client's --credentials") from None
+    if ctx.obj["json"]:
+        click.echo(json.dumps({"logical_name": obis, "output_state": output, "control_state": state,
+                               "control_mode": mode}))
+    else:
+        click.echo(f"{obis}: {_CONTROL_STATES.get(state, state)}, output {'connected' if output else 'open'} "
+                   f"(control mode {mode})")
+
+
+@client.command("disconnect")
+@click.option("--relay", is_flag=True, help="The load-management relay 0-1:96.3.10.255 instead of the disconnector.")
+@click.pass_context
+def client_disconnect(ctx: click.Context, relay: bool) -> None:
+    """Open the disconnector (remote_disconnect of 0-0:96.3.10.255) and show its state."""
+    _disconnect_control(ctx, 1, relay)
+
+
+@client.command("reconnect")
+@click.option("--relay", is_flag=True, help="The load-management relay 0-1:96.3.10.255 instead of the disconnector.")
+@click.pass_context
+def client_reconnect(ctx: click.Context, relay: bool) -> None:
+    """remote_reconnect of the disconnector: in control mode 3 (the default) it becomes ready for
+    reconnection and the customer closes it with the button (`smartmeter sim button A --long`)."""
+    _disconnect_control(ctx, 2, relay)
+
+
 @client.group("calendar")
 def client_calendar() -> None:
     """The tariff calendar (0-0:13.0.0.255) and special days (0-0:11.0.0.255) as a calendar file."""

@@ -53,6 +53,10 @@ def _show(status: dict) -> None:
     energy = status.get("energy")
     if energy:
         click.echo("energy            " + "   ".join(f"{k} {v}" for k, v in energy.items()))
+    for key in ("disconnector", "load management relay"):
+        device = status.get(key)
+        if device:
+            click.echo(f"{key:<18}{device['state']} (control mode {device['mode']}, output {device['output']})")
     if status.get("tariff"):
         click.echo(f"tariff            {status['tariff']}")
     billing = status.get("billing")

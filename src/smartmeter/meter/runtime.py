@@ -25,7 +25,8 @@ from smartmeter.meter.alarms import AlarmBitmap, AlarmBoard
 from smartmeter.meter.billing import BillingProfile
 from smartmeter.meter.events import EventContext, EventLogSource, EventRecorder, EventTable, NO_CLIENT, group_counter
 from smartmeter.meter.identity import MeterIdentity
-from smartmeter.meter.instantaneous import InstantaneousValues
+from smartmeter.meter import disconnect
+from smartmeter.meter.instantaneous import InstantaneousValues, physical as instantaneous_physical
 from smartmeter.meter.schedule import Passage
 from smartmeter.meter.scheduler import SchedulerEngine
 from smartmeter.meter.simulation import HouseholdLoad
@@ -89,6 +90,9 @@ WORLD_CAUSES = (
 SCRIPT_TABLE_CLASS = 9
 BILLING_SCRIPT = Obis.parse("0-0:10.0.1.255").to_bytes()  # MDI reset / end of billing period, script 1
 MONTHLY_BILLING_SCHEDULE = Obis.parse("0-0:15.0.0.255").to_bytes()
+DISCONNECTOR = (70, Obis.parse("0-0:96.3.10.255").to_bytes())
+RELAY = (70, Obis.parse("0-1:96.3.10.255").to_bytes())
+LIMITERS = ((71, Obis.parse("0-0:17.0.0.255").to_bytes(), "+P"), (71, Obis.parse("0-0:17.0.1.255").to_bytes(), "-P"))
 REGISTER_MONITOR_CLASS = 21
 # failures in a row of one client before the event is raised, once per streak: authentication
 # "n times" (IDIS); a decryption failure or a replay is logged at once
@@ -230,6 +234,7 @@ class Meter:
         self.tariff = TariffEngine(self.directory, self.store, self.clock.zone, self.legal, self.clock, self._run_script,
                                    lambda: self.clock.invalid)
         self.tariff.sync()
+        self._output = self._supplied()
         self._last_tick = self.clock.now()
         self.legal.execute(legal.SetBackupBattery(self.world.state.battery_ok))
         self.powered = True
@@ -267,6 +272,8 @@ class Meter:
                                              lambda value: self.tariff.set_default_script(value)),
             "tariff.activation_log": TariffActivationLog(self.store, self.clock),
             "tariff.energy_activation": lambda mask, registers: self.tariff.on_energy_mask(mask, registers),
+            "disconnect.changed": self._disconnector_changed,
+            "relay.changed": lambda outcome: log.info("load management relay: %s", outcome.new_state.name.lower()),
             "clock": self.clock,
             "load_profile_1": LoadProfileSource(self.legal, self.clock),
             **{f"events.{name}": EventLogSource(self.events, name, self.clock) for name in self.events.table.logs},
@@ -318,6 +325,42 @@ class Meter:
             **{f"cumulative_maximum_demand.{r}": Binding(MaximumDemandSource(self.legal, self.clock, r).cumulative)
                for r in REGISTERS},
         }
+
+    # -- disconnector and limiters (companion §5.8) ------------------------------------------------
+    def _disconnector(self):
+        found = self.directory.find(*DISCONNECTOR)
+        return None if found is None else found[1]
+
+    def _supplied(self) -> bool:
+        """Whether the installation is connected: the disconnector's output (no disconnector: yes)."""
+        disconnector = self._disconnector()
+        return disconnector is None or disconnector.output()
+
+    def _disconnector_changed(self, outcome) -> None:
+        """A transition of the disconnector (stored by it): its event; the supply follows at once."""
+        self.tick()  # what the installation drew until now, with the output as it was
+        self._output = outcome.output
+        self.events.record(disconnect.event_for(outcome.transition))
+        log.info("disconnector %s (%s): output %s", outcome.new_state.name.lower(), outcome.transition.name,
+                 "connected" if outcome.output else "open")
+
+    def _check_limiters(self, now: float) -> None:
+        """Each limiter sees its monitored power; an excursion held long enough runs its script."""
+        values = None
+        for class_id, ln, quantity in LIMITERS:
+            found = self.directory.find(class_id, ln)
+            if found is None:
+                continue
+            limiter = found[1]
+            if values is None:
+                values = self.legal.execute(legal.ReadInstantaneousValues())
+            watts = 0 if values is None else int(instantaneous_physical(values, quantity, None))
+            for happened in limiter.evaluate(now, watts):
+                self.events.record(disconnect.limiter_event_for(happened))
+                if happened in ("over", "under"):
+                    script_ln, selector = limiter.action(happened)
+                    if selector:
+                        self._run_script(script_ln, selector)
 
     def _meter_time(self) -> float:
         """The meter time of what runs now: a schedule's instant while it runs, else the clock."""
@@ -565,6 +608,11 @@ class Meter:
             snap = self.legal.execute(legal.ReadEnergyRegisters())
             out["energy"] = {"+A Wh": snap.a_plus, "-A Wh": snap.a_minus, "+R varh": snap.r_plus, "-R varh": snap.r_minus}
         out["tariff"] = self.tariff.active_mask().value.decode("latin-1")
+        for key, obj in (("disconnector", DISCONNECTOR), ("load management relay", RELAY)):
+            found = self.directory.find(*obj)
+            if found is not None:
+                out[key] = {"state": found[1].state().name.lower().replace("_", " "), "mode": found[1].mode(),
+                            "output": "connected" if found[1].output() else "open"}
         monthly = self.scheduler.describe_one(MONTHLY_BILLING_SCHEDULE)
         lock = self.billing.lock_until()
         out["billing"] = {
@@ -589,9 +637,20 @@ class Meter:
             if change.detail["button"] == "R" and self.powered:  # the demand reset button (§5.6)
                 with self.billing.triggered_by("button"):
                     self.server.run_script(BILLING_SCRIPT, 1)
+            elif change.detail["button"] == "A" and change.detail["long"] and self.powered:
+                self._customer_button()
         elif change.input == "voltage":
             self._apply_voltages()
         # the load: read by the registration at every tick (self._installation_power)
+
+    def _customer_button(self) -> None:
+        """A long press of button A is the customer's disconnector button (§5.8): ready for
+        reconnection -> connected (e); connected -> ready (f), where the control mode allows."""
+        disconnector = self._disconnector()
+        if disconnector is None:
+            return
+        ready = disconnector.state() == disconnect.ControlState.READY
+        disconnector.trigger(disconnect.MANUAL_RECONNECT if ready else disconnect.MANUAL_DISCONNECT)
 
     def _apply_voltages(self) -> None:
         # a powered-down meter measures nothing; the voltages apply again at power-up
@@ -683,6 +742,8 @@ class Meter:
     def _installation_power(self, t: float) -> tuple[float, float, int]:
         """What the installation draws at meter time t: (W, var, phase; 0 = spread over every
         phase): the simulated household, or the load a user set with `smartmeter sim load`."""
+        if not self._output:  # the disconnector is open: the installation draws nothing
+            return 0.0, 0.0, 0
         load = self.world.state.load
         if load is None:
             return (*self.load.power(t), 0)
@@ -736,6 +797,7 @@ class Meter:
         if not self.config.measures_continuously:
             self.legal.execute(legal.Persist(now))
         self.tariff.at(now)  # also what changed without a switching time: a new calendar, the clock's validity
+        self._check_limiters(now)
         self._check_fatal()
 
     async def run_registration(self, period: float = 1.0) -> None:

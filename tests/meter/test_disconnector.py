@@ -1,0 +1,110 @@
+"""The disconnector on a running meter (companion §5.8, catalog §3.7): remote disconnection and
+the reconnection through "ready" and the customer's button, the import limiter's local
+disconnection, the energy registers stopping while the output is open, and the disconnector
+control log. Codes and transitions are the catalog's, written here; energies follow from the load."""
+from __future__ import annotations
+
+import pytest
+
+from smartmeter.cosem.classes.base import RequestContext
+from smartmeter.cosem.data import Data
+from smartmeter.cosem.obis import Obis
+from smartmeter.legal import interface as legal
+from smartmeter.meter.clock import MeterClock
+from smartmeter.meter.runtime import Meter, MeterConfig
+
+CTX = RequestContext("management", 1)
+START = 1_773_144_000.0  # on a quarter hour
+REMOTE_DISCONNECTION, READY_FOR_RECONNECTION, MANUAL_CONNECTION = 62, 59, 61
+LOCAL_DISCONNECTION, LIMITER_EXCEEDED, LIMITER_OK = 64, 65, 66
+
+
+class Site:
+    def __init__(self, data_dir) -> None:
+        self.platform = [START]
+        self.data_dir = data_dir
+        self.meter = self._open()
+
+    def _open(self) -> Meter:
+        return Meter(MeterConfig(data_dir=self.data_dir, backfill_days=0), clock=MeterClock(source=lambda: self.platform[0]))
+
+    def obj(self, obis: str):
+        return self.meter.directory.by_ln[Obis.parse(obis).to_bytes()][1]
+
+    def run(self, seconds: float, step: float = 15.0) -> None:
+        end = self.platform[0] + seconds
+        while self.platform[0] < end:
+            self.platform[0] = min(end, self.platform[0] + step)
+            self.meter.tick()
+
+    def a_plus(self) -> int:
+        return self.meter.legal.execute(legal.ReadEnergyRegisters()).a_plus
+
+    def log(self) -> list[tuple[int, int]]:
+        return [(e.time, e.code) for e in self.meter.events.entries("disconnect")]
+
+    def state(self) -> dict:
+        return self.meter.status()["disconnector"]
+
+
+@pytest.fixture
+def site(tmp_path):
+    s = Site(tmp_path)
+    yield s
+    s.meter.close()
+
+
+def test_remote_disconnection_stops_the_energy_and_the_customer_reconnects(site):
+    site.meter.control({"input": "load", "power": 2400.0})
+    site.run(900)
+    assert site.a_plus() in (599, 600)  # 2400 W for 15 min
+    disconnector = site.obj("0-0:96.3.10.255")
+    disconnector.invoke(1, Data.integer(0), CTX)  # remote_disconnect: b
+    off = site.platform[0]
+    assert site.state() == {"state": "disconnected", "mode": 3, "output": "open"}
+    before = site.a_plus()
+    site.run(1800)
+    assert site.a_plus() == before  # nothing is drawn through an open output
+    disconnector.invoke(2, Data.integer(0), CTX)  # remote_reconnect in mode 3: d, ready, still open
+    ready = site.platform[0]
+    site.run(600)
+    assert site.a_plus() == before and site.state()["state"] == "ready"
+    assert site.meter.control({"input": "button", "value": "A", "long": True})["ok"]  # e: the customer
+    on = site.platform[0]
+    site.run(900)
+    assert site.a_plus() - before in (599, 600)
+    assert site.log() == [(int(off), REMOTE_DISCONNECTION), (int(ready), READY_FOR_RECONNECTION),
+                          (int(on), MANUAL_CONNECTION)]
+    # the output and the state survive a restart
+    disconnector.invoke(1, Data.integer(0), CTX)
+    site.meter.close()
+    site.meter = site._open()
+    assert site.state()["output"] == "open"
+    before = site.a_plus()
+    site.run(900)
+    assert site.a_plus() == before
+
+
+def test_the_import_limiter_disconnects_after_its_minimum_duration_only(site):
+    limiter = site.obj("0-0:17.0.0.255")
+    limiter.set(4, Data.double_long_unsigned(3000), CTX)  # threshold_normal 3000 W; 60 s over, 60 s under
+    site.meter.control({"input": "load", "power": 3001.0})  # 1 W over
+    site.run(45)  # shorter than the minimum duration
+    site.meter.control({"input": "load", "power": 2000.0})
+    site.run(120)
+    assert site.state()["state"] == "connected"
+    assert [c for _, c in site.log()] == []
+    site.meter.control({"input": "load", "power": 3001.0})
+    over_from = site.platform[0]
+    site.run(120)
+    assert site.state() == {"state": "ready", "mode": 3, "output": "open"}  # g: local disconnection
+    times = dict((code, t) for t, code in site.log())
+    assert set(times) == {LIMITER_EXCEEDED, LOCAL_DISCONNECTION}
+    assert over_from + 60 <= times[LOCAL_DISCONNECTION] <= over_from + 60 + 15  # one evaluation step
+    before = site.a_plus()
+    site.run(300)
+    assert site.a_plus() == before  # open: the household draws nothing, the limiter sees 0 W
+    assert LIMITER_OK in [c for _, c in site.log()]  # under the threshold again for 60 s
+    assert site.state()["state"] == "ready"  # mode 3 does not reconnect locally (h): the button does
+    site.meter.control({"input": "button", "value": "A", "long": True})
+    assert site.state()["state"] == "connected"
