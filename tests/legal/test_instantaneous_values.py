@@ -55,3 +55,13 @@ def test_a_single_phase_meter_has_one_value_of_each(tmp_path):
         p.close()
     assert len(v.voltage) == len(v.active_power_phases) == len(v.angle_phases) == 1
     assert v.angle_phases[0] == pytest.approx(math.degrees(math.atan2(500.0, 1000.0)), abs=1e-4)
+
+
+def test_the_short_rest_of_an_interval_does_not_become_the_instantaneous_value(three):
+    """An interval that ends in part of a cycle (1.2345 s: a last frame of 276 samples) still shows
+    the load's values: those of the last frame of whole cycles."""
+    three.execute(legal.RegisterSimulatedPower(2300.0, 1725.0, 1.2345))
+    v = three.execute(legal.ReadInstantaneousValues())
+    assert v.voltage == pytest.approx((VOLTS,) * 3, rel=1e-9)
+    assert v.active_power == pytest.approx(2300.0, rel=1e-6)
+    assert v.current[0] == pytest.approx(2875.0 / 3 / VOLTS, rel=1e-6)

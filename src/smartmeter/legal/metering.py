@@ -304,7 +304,11 @@ class MeteringUnit:
                            {"error": f"{type(exc).__name__}: {exc}", "start_sample": frame.start_sample})
             raise
         self._delivery_failing = False
-        self._latest = measurement
+        # the instantaneous values are those of a frame of whole cycles (or a full-length one): the
+        # short rest of an interval (measure_for) holds part of a cycle, whose RMS is no value
+        if frame.n_samples >= self.frame_samples or frame.n_samples % self._metrology.window == 0 \
+                or self._latest is None:
+            self._latest = measurement
         if self._remote is None:
             self._position = frame.start_sample + measurement.n_samples
             self._sequence += repeat
