@@ -131,10 +131,12 @@ def meter() -> None:
 @click.option("--start-time", default=None, metavar="ISO",
               help="The simulated time at the first start of a fresh data directory, e.g. 2026-03-28T22:00 "
                    "(meter local time) or 2026-03-28T21:00+00:00.")
+@click.option("--phases", type=click.Choice(["1", "3"]), default="1", show_default=True,
+              help="A single-phase (meter type 100) or three-phase meter (300); fixed at the first start.")
 @click.option("--banner", is_flag=True, help="Print the client commands to try once listening.")
 def meter_run(data_dir: Path, host: str, wrapper_port: int, hdlc_port: int, serial_device: str | None,
               serial_number: str, profile: str, sensor_port: int | None, speed: float, start_time: str | None,
-              banner: bool) -> None:
+              phases: str, banner: bool) -> None:
     """Start a meter with embedded defaults, driven by a simulated household load.
 
     On first start it back-fills 30 days of 15-minute load profile. Ctrl-C stops it cleanly.
@@ -147,7 +149,19 @@ def meter_run(data_dir: Path, host: str, wrapper_port: int, hdlc_port: int, seri
     if start is not None and (data_dir / "legal.sqlite3").exists():
         raise UsageProblem(f"--start-time is for a fresh data directory, and {data_dir} has run",
                            "choose a new --data-dir, or leave --start-time out to continue this meter's time")
+    if (data_dir / "meter.sqlite3").exists():
+        from smartmeter.meter.store import MeterStore
+
+        store = MeterStore(data_dir)
+        try:
+            built = store.get("phases")
+        finally:
+            store.close()
+        if built is not None and built != int(phases):
+            raise UsageProblem(f"{data_dir} holds a {built}-phase meter; it cannot become a {phases}-phase one",
+                               f"give --phases {built}, or a new --data-dir for a {phases}-phase meter")
     meter_ = Meter(MeterConfig(data_dir=data_dir, serial=serial_number, profile=profile, realtime=True,
+                               meter_type=100 if phases == "1" else 300,
                                sensor="remote" if sensor_port is not None else "synthetic", sensor_port=sensor_port,
                                speed=speed, start_time=start, backfill_days=0 if start is not None else 30))
     try:

@@ -211,6 +211,8 @@ class Meter:
         self.load = HouseholdLoad(config.serial)
         self.model = ObjectModel.load(config.profile).for_phases(config.phases)
         self.store = MeterStore(config.data_dir)
+        if self.store.get("phases") is None:  # what this data directory is: `meter run` keeps to it
+            self.store.put("phases", config.phases)
         self.world = PhysicalWorld(self.store, config.phases)
         self.events = EventRecorder(config.data_dir, EventTable.load(), self.clock.now)
         self.alarms = AlarmBoard(self.store, AlarmBitmap.load(), on_event=self._alarm_event,
