@@ -109,6 +109,23 @@ def expect(value: Data, *types) -> Any:
     return value.value
 
 
+def other_reason(detail: str) -> CosemAccessError:
+    """A value of the right type that the object cannot take (invalid content, over a capacity)."""
+    return CosemAccessError(DataAccessResult.OTHER_REASON, detail)
+
+
+def type_unmatched(detail: str) -> CosemAccessError:
+    return CosemAccessError(DataAccessResult.TYPE_UNMATCHED, detail)
+
+
+def structure_fields(value: Data, count: int, what: str) -> tuple[Data, ...]:
+    """The fields of a structure of exactly `count` (else type-unmatched)."""
+    fields = expect(value, DataType.STRUCTURE)
+    if len(fields) != count:
+        raise type_unmatched(f"{what} is a structure of {count}")
+    return fields
+
+
 def date_time_octets(value: Data, octets: int, cosem_type: DataType, encode: Callable[[Any], bytes]) -> bytes:
     """The bytes of a date (5), time (4) or date-time (12) the Blue Book gives as an octet-string:
     as such, or as the DLMS type (some clients send that). A wrong length is type-unmatched, a

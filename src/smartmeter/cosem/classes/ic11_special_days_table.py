@@ -30,6 +30,7 @@ from smartmeter.cosem import axdr
 from smartmeter.cosem.classes.base import (
     REGISTRY, CosemAccessError, DataAccessResult, InterfaceClass, RequestContext, expect,
 )
+from smartmeter.cosem.classes.base import other_reason as _refuse
 from smartmeter.cosem.classes.ic9_script_table import ScriptConfigError
 from smartmeter.cosem.data import CosemDate, Data, DataType
 from smartmeter.errors import DecodeError, EncodeError
@@ -41,9 +42,6 @@ DEFAULT_HOLIDAY_DAY_ID = 2
 
 Entry = tuple[int, bytes, int]  # index, specialday_date (5 octets as written), day_id
 
-
-def _refuse(detail: str) -> CosemAccessError:
-    return CosemAccessError(DataAccessResult.OTHER_REASON, detail)
 
 
 def special_day(entry: Entry) -> SpecialDay:

@@ -38,6 +38,7 @@ from smartmeter.cosem import axdr
 from smartmeter.cosem.classes.base import (
     REGISTRY, CosemAccessError, DataAccessResult, InterfaceClass, RequestContext, date_time_octets, expect,
 )
+from smartmeter.cosem.classes.base import other_reason as _refuse, type_unmatched as _unmatched, structure_fields as _fields
 from smartmeter.cosem.classes.ic9_script_table import NULL_SCRIPT, ScriptConfigError, scripts_from_config
 from smartmeter.cosem.data import CosemDate, CosemDateTime, CosemTime, Data, DataType
 from smartmeter.cosem.obis import Obis
@@ -93,19 +94,7 @@ class CalendarState:
                 "activate_at": self.activate_at.hex()}
 
 
-def _refuse(detail: str) -> CosemAccessError:
-    return CosemAccessError(DataAccessResult.OTHER_REASON, detail)
 
-
-def _unmatched(detail: str) -> CosemAccessError:
-    return CosemAccessError(DataAccessResult.TYPE_UNMATCHED, detail)
-
-
-def _fields(value: Data, count: int, what: str) -> tuple[Data, ...]:
-    fields = expect(value, DataType.STRUCTURE)
-    if len(fields) != count:
-        raise _unmatched(f"{what} is a structure of {count}")
-    return fields
 
 
 def _name(value: Data, what: str) -> bytes:

@@ -31,6 +31,7 @@ from smartmeter.cosem import axdr
 from smartmeter.cosem.classes.base import (
     REGISTRY, CosemAccessError, DataAccessResult, InterfaceClass, RequestContext, date_time_octets, expect,
 )
+from smartmeter.cosem.classes.base import other_reason as _refuse
 from smartmeter.cosem.classes.ic9_script_table import NULL_SCRIPT, ScriptConfigError, scripts_from_config
 from smartmeter.cosem.data import CosemDate, CosemTime, Data, DataType
 from smartmeter.cosem.obis import Obis
@@ -66,9 +67,6 @@ class ScheduleState:
                 "times": [[t.hex(), d.hex()] for t, d in self.raw_times], "revision": self.revision,
                 "written_at": self.written_at}
 
-
-def _refuse(detail: str) -> CosemAccessError:
-    return CosemAccessError(DataAccessResult.OTHER_REASON, detail)
 
 
 def execution_time(time_raw: bytes, date_raw: bytes) -> ExecutionTime:

@@ -32,6 +32,7 @@ from typing import Any, Callable
 from smartmeter.cosem.classes.base import (
     REGISTRY, CosemAccessError, DataAccessResult, InterfaceClass, RequestContext, expect,
 )
+from smartmeter.cosem.classes.base import other_reason as _refuse
 from smartmeter.cosem.classes.ic9_script_table import ScriptConfigError
 from smartmeter.cosem.data import Data, DataType
 from smartmeter.cosem.obis import Obis
@@ -67,9 +68,6 @@ class ActivationState:
                    tuple((bytes.fromhex(n), tuple(int(i) for i in ix)) for n, ix in record["masks"]),
                    bytes.fromhex(record["active"]))
 
-
-def _refuse(detail: str) -> CosemAccessError:
-    return CosemAccessError(DataAccessResult.OTHER_REASON, detail)
 
 
 def _register(value: Data) -> Register:

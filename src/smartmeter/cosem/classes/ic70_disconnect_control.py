@@ -33,6 +33,7 @@ from typing import Any, Callable
 from smartmeter.cosem.classes.base import (
     REGISTRY, CosemAccessError, DataAccessResult, InterfaceClass, RequestContext, expect,
 )
+from smartmeter.cosem.classes.base import other_reason as _refuse
 from smartmeter.cosem.classes.ic9_script_table import ScriptConfigError
 from smartmeter.cosem.data import Data, DataType
 from smartmeter.meter import disconnect
@@ -58,9 +59,6 @@ class ControlRecord:
     def to_record(self) -> dict[str, Any]:
         return {"mode": self.mode, "state": int(self.state)}
 
-
-def _refuse(detail: str) -> CosemAccessError:
-    return CosemAccessError(DataAccessResult.OTHER_REASON, detail)
 
 
 def _mode_value(value: Any, where: str) -> int:
