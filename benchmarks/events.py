@@ -184,7 +184,9 @@ def ours(port: int, credentials: Path, counters: Counters, runs: int) -> dict:
     return asyncio.run(go())
 
 
-def gurux(port: int, credentials: Path, counters: Counters, runs: int) -> dict:
+def gurux(port: int, credentials: Path, counters: Counters, runs: int, profile_ln: str = STANDARD_LOG) -> dict:
+    """gurux-dlms reads a profile's capture objects and buffer `runs` times in one association:
+    the fastest read, the time its pure-Python AES-GCM took in it, the rows and the bytes moved."""
     from gurux_dlms.GXDLMSChippering import GXDLMSChippering
     from gurux_dlms.objects import GXDLMSProfileGeneric
     from gurux_secure_peer import GuruxSecureClient
@@ -230,13 +232,14 @@ def gurux(port: int, credentials: Path, counters: Counters, runs: int) -> dict:
             for _ in range(runs):
                 spent[0] = 0.0
                 counted.update(sent=0, received=0)
-                profile = GXDLMSProfileGeneric(STANDARD_LOG.replace("-", ".").replace(":", "."))
+                profile = GXDLMSProfileGeneric(profile_ln.replace("-", ".").replace(":", "."))
                 start = time.perf_counter()
                 client.read(profile, 3)
                 client.read(profile, 2)
                 seconds = time.perf_counter() - start
                 if best is None or seconds < best["seconds"]:
-                    best = {"seconds": seconds, "aes_gcm_seconds": spent[0], "rows": profile.buffer, **counted}
+                    best = {"seconds": seconds, "aes_gcm_seconds": spent[0], "columns": len(profile.captureObjects),
+                            "rows": [list(r) for r in profile.buffer], **counted}
         finally:
             for name, function in originals.items():
                 setattr(GXDLMSChippering, name, function)

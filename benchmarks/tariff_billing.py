@@ -73,7 +73,7 @@ from smartmeter.legal import interface as legal  # noqa: E402
 from smartmeter.meter.clock import MeterClock  # noqa: E402
 from smartmeter.meter.runtime import Meter, MeterConfig  # noqa: E402
 
-from events import Counters, CountingWrapperLink  # noqa: E402  (the harness of the event log read)
+from events import Counters, CountingWrapperLink, gurux  # noqa: E402  (the harness of the event log read)
 
 ZONE = ZoneInfo("Europe/Berlin")  # the meter's default time zone
 CTX = RequestContext("management", 1)  # a local set through the directory, as the management client may
@@ -344,70 +344,6 @@ def ours(port: int, credentials: Path, counters: Counters, runs: int) -> dict:
     return asyncio.run(go())
 
 
-def gurux(port: int, credentials: Path, counters: Counters, runs: int) -> dict:
-    from gurux_dlms.GXDLMSChippering import GXDLMSChippering
-    from gurux_dlms.objects import GXDLMSProfileGeneric
-    from gurux_secure_peer import GuruxSecureClient
-    import contextlib
-    import io
-
-    spent = [0.0]
-
-    def timed(function):
-        def wrapper(*args, **kwargs):
-            begin = time.perf_counter()
-            try:
-                return function(*args, **kwargs)
-            finally:
-                spent[0] += time.perf_counter() - begin
-        return classmethod(wrapper)
-
-    originals = {name: GXDLMSChippering.__dict__[name] for name in ("encryptAesGcm", "decryptAesGcm")}
-    client = GuruxSecureClient(port, credentials, counters())
-    client.sock.settimeout(60)
-    counted = {"sent": 0, "received": 0}
-    client_socket = client.sock
-    sendall, recv = client_socket.sendall, client_socket.recv
-
-    class CountingSocket:  # gurux_peer moves bytes with sendall/recv only
-        def sendall(self, data):
-            counted["sent"] += len(data)
-            return sendall(data)
-
-        def recv(self, size):
-            data = recv(size)
-            counted["received"] += len(data)
-            return data
-
-        def close(self):
-            client_socket.close()
-
-    best = None
-    with contextlib.redirect_stdout(io.StringIO()):  # gurux prints a line per protected message
-        try:
-            client.associate()
-            client.sock = CountingSocket()
-            for name, function in originals.items():
-                setattr(GXDLMSChippering, name, timed(function.__func__))
-            for _ in range(runs):
-                spent[0] = 0.0
-                counted.update(sent=0, received=0)
-                profile = GXDLMSProfileGeneric(BILLING_PROFILE.replace("-", ".").replace(":", "."))
-                start = time.perf_counter()
-                client.read(profile, 3)
-                client.read(profile, 2)
-                seconds = time.perf_counter() - start
-                if best is None or seconds < best["seconds"]:
-                    best = {"seconds": seconds, "aes_gcm_seconds": spent[0], "columns": len(profile.captureObjects),
-                            "rows": [list(r) for r in profile.buffer], **counted}
-        finally:
-            for name, function in originals.items():
-                setattr(GXDLMSChippering, name, function)
-            client.close()
-            counters.skip_to(int(client.client.ciphering.invocationCounter) + 1)
-    return best
-
-
 def _gurux_values(row: list) -> tuple:
     clock = row[0]
     utc = int(clock.value.timestamp()) if hasattr(clock, "value") else \
@@ -422,7 +358,7 @@ def billing_readout(runs: int) -> dict:
             credentials = meter.data_dir / "credentials" / "data_readout.json"
             counters = Counters()
             mine = ours(meter.wrapper_port, credentials, counters, runs)
-            theirs = gurux(meter.wrapper_port, credentials, counters, runs)
+            theirs = gurux(meter.wrapper_port, credentials, counters, runs, BILLING_PROFILE)
         finally:
             meter.stop()
     expected = [_comparable(r.capture_time, r.counter, [*r.energy, *r.maximum, *r.cumulative]) for r in made]
