@@ -4,11 +4,15 @@ disconnection, the energy registers stopping while the output is open, and the d
 control log. Codes and transitions are the catalog's, written here; energies follow from the load."""
 from __future__ import annotations
 
+import datetime as dt
+from zoneinfo import ZoneInfo
+
 import pytest
 
-from smartmeter.cosem.classes.base import RequestContext
+from smartmeter.cosem.classes.base import CosemAccessError, RequestContext
 from smartmeter.cosem.data import Data
 from smartmeter.cosem.obis import Obis
+from smartmeter.cosem.results import DataAccessResult
 from smartmeter.legal import interface as legal
 from smartmeter.meter.clock import MeterClock
 from smartmeter.meter.runtime import Meter, MeterConfig
@@ -108,3 +112,24 @@ def test_the_import_limiter_disconnects_after_its_minimum_duration_only(site):
     assert site.state()["state"] == "ready"  # mode 3 does not reconnect locally (h): the button does
     site.meter.control({"input": "button", "value": "A", "long": True})
     assert site.state()["state"] == "connected"
+
+
+def test_a_scheduled_disconnection_runs_at_its_time_and_only_scripts_3_and_4(site):
+    """The disconnect control scheduler (0-0:15.0.1.255) opens the output at 08:00 (a remote
+    disconnection, 62); it cannot be given script 1 (local disconnection): other-reason."""
+    site.meter.control({"input": "load", "power": 1200.0})
+    scheduler = site.obj("0-0:15.0.1.255")
+    at_eight = START - START % 86400 + 86400 + 7 * 3600  # 08:00 CET (UTC+1) the next day
+    local_day = dt.datetime.fromtimestamp(at_eight, ZoneInfo("Europe/Berlin"))
+    assert (local_day.hour, local_day.minute) == (8, 0)
+    scheduler.set(4, Data.array([Data.structure([
+        Data.octet_string(bytes([8, 0, 0, 0])),
+        Data.octet_string(bytes([local_day.year >> 8, local_day.year & 0xFF, local_day.month, local_day.day, 0xFF]))])]),
+        CTX)
+    with pytest.raises(CosemAccessError) as refused:
+        scheduler.set(2, Data.structure([Data.octet_string(Obis.parse("0-0:10.0.106.255").to_bytes()),
+                                         Data.long_unsigned(1)]), CTX)
+    assert refused.value.result == DataAccessResult.OTHER_REASON
+    site.run(at_eight - site.platform[0] + 600, step=300)
+    assert site.state()["state"] == "disconnected"
+    assert site.log() == [(int(at_eight), REMOTE_DISCONNECTION)]

@@ -224,6 +224,11 @@ class SingleActionSchedule(InterfaceClass):
             raise _refuse(f"{script_ln.hex()} is not a script table")
         if selector != NULL_SCRIPT and selector not in scripts_from_config(table.config.get("scripts", []), table.name):
             raise _refuse(f"{table.name} has no script {selector}")
+        # a schedule the model limits to some scripts (the disconnect scheduler: 3 and 4 only, §5.8)
+        allowed = self.config.get("allowed_scripts")
+        if allowed is not None and selector != NULL_SCRIPT and (script_ln != self._model_script_ln() or
+                                                               selector not in allowed):
+            raise _refuse(f"{self.name} runs only scripts {', '.join(map(str, allowed))} of its script table")
 
     def _commit(self, state: ScheduleState) -> None:
         store = self._store
@@ -241,6 +246,9 @@ class SingleActionSchedule(InterfaceClass):
 
     def get_execution_time(self, ctx: RequestContext) -> Data:
         return Data.array(Data.structure([Data.octet_string(t), Data.octet_string(d)]) for t, d in self._state.raw_times)
+
+    def _model_script_ln(self) -> bytes:
+        return Obis.parse(self.config["executed_script"]["obis"]).to_bytes()
 
     def set_executed_script(self, value: Data, ctx: RequestContext) -> None:
         fields = expect(value, DataType.STRUCTURE)
