@@ -73,7 +73,7 @@ from smartmeter.legal import interface as legal  # noqa: E402
 from smartmeter.meter.clock import MeterClock  # noqa: E402
 from smartmeter.meter.runtime import Meter, MeterConfig  # noqa: E402
 
-from events import Counters, CountingWrapperLink, gurux  # noqa: E402  (the harness of the event log read)
+from events import Counters, CountingWrapperLink, gurux, ratios  # noqa: E402  (the harness of the event log read)
 
 ZONE = ZoneInfo("Europe/Berlin")  # the meter's default time zone
 CTX = RequestContext("management", 1)  # a local set through the directory, as the management client may
@@ -366,10 +366,7 @@ def billing_readout(runs: int) -> dict:
     _check([_gurux_values(r) for r in theirs.pop("rows")] == expected, "gurux read other entries than the 15 closed")
     _check(mine["columns"] == theirs["columns"] == 26, f"capture objects: ours {mine['columns']}, "
                                                        f"gurux {theirs['columns']}")
-    protocol = theirs["seconds"] - theirs["aes_gcm_seconds"]
-    return {"entries": PROFILE_ENTRIES, "columns": 26, "runs": runs, "ours": mine, "gurux": theirs,
-            "ratio": theirs["seconds"] / mine["seconds"],
-            "gurux_without_aes_gcm_seconds": protocol, "ratio_without_gurux_aes_gcm": protocol / mine["seconds"]}
+    return {"entries": PROFILE_ENTRIES, "columns": 26, "runs": runs, **ratios(mine, theirs)}
 
 
 def main() -> None:
