@@ -53,10 +53,10 @@ def _show(status: dict) -> None:
     energy = status.get("energy")
     if energy:
         click.echo("energy            " + "   ".join(f"{k} {v}" for k, v in energy.items()))
-    for key in ("disconnector", "load management relay"):
+    for key, label in (("disconnector", "disconnector"), ("load management relay", "relay (load mgmt)")):
         device = status.get(key)
         if device:
-            click.echo(f"{key:<18}{device['state']} (control mode {device['mode']}, output {device['output']})")
+            click.echo(f"{label:<18}{device['state']} (control mode {device['mode']}, output {device['output']})")
     if status.get("tariff"):
         click.echo(f"tariff            {status['tariff']}")
     billing = status.get("billing")
