@@ -71,8 +71,8 @@ def encode(quantity: str, value: float) -> Data:
 class InstantaneousValues:
     """The bindings of every instantaneous value object, read through the protective interface."""
 
-    def __init__(self, legal_part) -> None:
-        self.legal = legal_part
+    def __init__(self, legal_part, clock=None) -> None:
+        self.legal, self.clock = legal_part, clock
 
     def _read(self) -> legal.InstantaneousValues | None:
         return self.legal.execute(legal.ReadInstantaneousValues())

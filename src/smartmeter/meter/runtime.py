@@ -266,7 +266,7 @@ class Meter:
             "energy.r_plus": energy("r_plus"),
             "energy.r_minus": energy("r_minus"),
             **{f"energy.{name}.rate{rate}": self._rate_binding(name, rate) for name in REGISTERS for rate in legal.RATES},
-            **InstantaneousValues(self.legal).bindings(self.config.phases),
+            **InstantaneousValues(self.legal, self.clock).bindings(self.config.phases),
             "billing": self.billing,
             "billing.counter": Binding(self.billing.counter),
             "tariff.active": Binding(lambda: self.tariff.active_mask()),
