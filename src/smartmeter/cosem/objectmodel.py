@@ -3,7 +3,7 @@ and which client may read, write or execute what. Loaded from `model/<profile>.t
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -84,6 +84,28 @@ def _indexes(spec: Any, all_indexes: list[int], where: str) -> frozenset[int]:
     return frozenset(spec)
 
 
+def _version(entry: dict[str, Any], ic: type[InterfaceClass], where: str) -> int:
+    """The class version an object reports (object list): the implemented one, or an earlier one the
+    standard names for this object (`version = 0`), whose attributes and methods the class serves
+    alike (IC 7 version 0 and 1 differ in no attribute or method the meter has)."""
+    version = entry.get("version", ic.version)
+    if not isinstance(version, int) or not 0 <= version <= ic.version:
+        raise ModelError(f"{where}: version must be 0..{ic.version} (what class {ic.class_id} implements)")
+    return version
+
+
+def _without_captures_of(o: ObjectDef, absent: set[Obis]) -> ObjectDef:
+    """`o` without the capture objects (and their column types) of objects this meter does not have."""
+    captures = o.config.get("capture_objects")
+    if not captures or not any(Obis.parse(c[1]) in absent for c in captures):
+        return o
+    kept = [i for i, c in enumerate(captures) if Obis.parse(c[1]) not in absent]
+    config = dict(o.config, capture_objects=[captures[i] for i in kept])
+    if "column_types" in config:
+        config["column_types"] = [o.config["column_types"][i] for i in kept]
+    return replace(o, config=config)
+
+
 def _read_profile(profile_or_path: str | Path, depth: int = 0) -> dict[str, Any]:
     """A model document; `[profile] extends = "other"` takes the other profile's objects and
     clients, with this file's clients (whole entries) and objects (by OBIS) replacing them."""
@@ -137,8 +159,9 @@ class ObjectModel:
                     _indexes(spec.get("write", []), list(ic.attributes), f"{where} write"),
                     _indexes(spec.get("execute", []), list(ic.methods), f"{where} execute"),
                 )
-            config = {k: v for k, v in entry.items() if k not in ("name", "class_id", "obis", "access")}
-            objects.append(ObjectDef(entry["name"], ic.class_id, ic.version, Obis.parse(entry["obis"]), config, access))
+            config = {k: v for k, v in entry.items() if k not in ("name", "class_id", "obis", "access", "version")}
+            objects.append(ObjectDef(entry["name"], ic.class_id, _version(entry, ic, where), Obis.parse(entry["obis"]),
+                                     config, access))
         obis_seen = [o.obis for o in objects]
         if len(set(obis_seen)) != len(obis_seen):
             raise ModelError("two objects share one logical name")
@@ -146,9 +169,10 @@ class ObjectModel:
 
     def for_phases(self, phases: int) -> "ObjectModel":
         """The objects a meter with `phases` phases has: an object marked `phases = 3` in the model
-        (L2 and L3 values) exists on a poly-phase meter only."""
+        (L2 and L3 values) exists on a poly-phase meter only, and a profile does not capture it there."""
+        absent = {o.obis for o in self.objects if int(o.config.get("phases", 1)) > phases}
         return ObjectModel(self.profile, self.clients,
-                           [o for o in self.objects if int(o.config.get("phases", 1)) <= phases])
+                           [_without_captures_of(o, absent) for o in self.objects if o.obis not in absent])
 
     def client_by_sap(self, sap: int) -> ClientDef | None:
         return next((c for c in self.clients.values() if c.sap == sap), None)

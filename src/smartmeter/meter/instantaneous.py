@@ -11,12 +11,17 @@ scaler the model gives them (value = physical value / 10**scaler):
 
 +S / -S is the apparent power while importing / exporting active power; each power factor is 0
 in the other direction. A meter without a measurement yet (just started) answers 0.
+
+The Instantaneous Readout Profile 0-0:21.0.5.255 (binding "instantaneous.readout") holds one
+snapshot of all of them with the clock's time, taken when a client executes its capture method,
+from one reading of the metrology: values of one frame, consistent with each other.
 """
 from __future__ import annotations
 
 from typing import Callable
 
-from smartmeter.cosem.classes.base import Binding
+from smartmeter.cosem import axdr
+from smartmeter.cosem.classes.base import Binding, RequestContext
 from smartmeter.cosem.data import Data, DataType
 from smartmeter.legal import interface as legal
 
@@ -33,6 +38,18 @@ SCALING = {
     "pf+": (DataType.LONG_UNSIGNED, -3), "pf-": (DataType.LONG_UNSIGNED, -3),
     "angle": (DataType.LONG, -1),
 }
+_POWERS = ("+P", "-P", "+Q", "-Q", "+S", "-S")
+# The readout profile's values after clock.time, as (quantity, phase 1..3 or None: total), in the
+# order of its capture objects in the model (a test holds the two together): every instantaneous
+# value object of companion §5.9.1 / catalog §8
+READOUT_VALUES: tuple[tuple[str, int | None], ...] = (
+    *(("voltage", n) for n in (1, 2, 3)), *(("current", n) for n in (1, 2, 3)),
+    ("current_sum", None), ("frequency", None),
+    *((q, None) for q in _POWERS), *((q, n) for n in (1, 2, 3) for q in _POWERS),
+    ("|P|", None),
+    *((pf, n) for pf in ("pf+", "pf-") for n in (None, 1, 2, 3)),
+    *(("angle", n) for n in (1, 2, 3)),
+)
 _LIMITS = {DataType.LONG_UNSIGNED: (0, 0xFFFF), DataType.DOUBLE_LONG_UNSIGNED: (0, 0xFFFFFFFF),
            DataType.LONG: (-0x8000, 0x7FFF)}
 
@@ -74,19 +91,54 @@ class InstantaneousValues:
     def __init__(self, legal_part, clock=None) -> None:
         self.legal, self.clock = legal_part, clock
 
-    def _read(self) -> legal.InstantaneousValues | None:
+    def read(self) -> legal.InstantaneousValues | None:
+        """The metrology's values of its latest frame (None before the first)."""
         return self.legal.execute(legal.ReadInstantaneousValues())
 
     def _getter(self, quantity: str, phase: int | None) -> Callable[[], Data]:
         def get() -> Data:
-            values = self._read()
+            values = self.read()
             return encode(quantity, 0.0 if values is None else physical(values, quantity, phase))
         return get
 
-    def bindings(self, phases: int) -> dict[str, Binding]:
-        out = {}
+    def bindings(self, phases: int) -> dict[str, Binding | ReadoutProfile]:
+        out: dict[str, Binding | ReadoutProfile] = {"instantaneous.readout": ReadoutProfile(self, phases)}
         for quantity in SCALING:
             out[f"instantaneous.{quantity}"] = Binding(self._getter(quantity, None))
             for n in range(1, phases + 1):
                 out[f"instantaneous.{quantity}.L{n}"] = Binding(self._getter(quantity, n - 1))
         return out
+
+
+class ReadoutProfile:
+    """The Instantaneous Readout Profile's single entry (IC 7 binding): empty until the first
+    capture, replaced by every capture, emptied by reset. Kept in memory: a snapshot taken for a
+    readout, not a record (a restart empties it)."""
+
+    def __init__(self, values: InstantaneousValues, phases: int) -> None:
+        self.values, self.clock = values, values.clock
+        self.columns = [(q, n) for q, n in READOUT_VALUES if n is None or n <= phases]
+        self._entry: tuple[int, tuple] | None = None  # (UTC of the capture, the row)
+
+    def capture(self, ctx: RequestContext | None = None) -> None:
+        measured = self.values.read()  # one reading: every column from the same frame
+        stamp = self.clock.cosem_now()  # what clock.time (0-0:1.0.0.255 attribute 2) reads now
+        row = (stamp, *(encode(q, 0.0 if measured is None else physical(measured, q, None if n is None else n - 1)).value
+                        for q, n in self.columns))
+        self._entry = (self.clock.utc_from_cosem(axdr.decode_date_time(stamp)), row)
+
+    def reset(self, ctx: RequestContext | None = None) -> None:
+        self._entry = None
+
+    def rows(self, from_time: int | None, to_time: int | None) -> list[tuple]:
+        if self._entry is None:
+            return []
+        utc, row = self._entry
+        inside = (from_time is None or from_time <= utc) and (to_time is None or utc <= to_time)
+        return [row] if inside else []
+
+    def entries_in_use(self) -> int:
+        return 0 if self._entry is None else 1
+
+    def utc_from_cosem(self, value) -> int:
+        return self.clock.utc_from_cosem(value)
