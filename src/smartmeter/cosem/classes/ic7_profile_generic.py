@@ -63,7 +63,14 @@ class ProfileGeneric(InterfaceClass):
         return Data.array([capture_object_data(c) for c in self.columns])
 
     def get_capture_period(self, ctx: RequestContext) -> Data:
-        return Data.double_long_unsigned(int(self.config["capture_period"]))
+        period = getattr(self.source, "capture_period", None)  # a source whose period is configurable
+        return Data.double_long_unsigned(int(self.config["capture_period"]) if period is None else period())
+
+    def set_capture_period(self, value: Data, ctx: RequestContext) -> None:
+        setter = getattr(self.source, "set_capture_period", None)
+        if setter is None:
+            raise CosemAccessError(DataAccessResult.READ_WRITE_DENIED, "this profile's capture period is fixed")
+        setter(expect(value, DataType.DOUBLE_LONG_UNSIGNED))
 
     def get_sort_method(self, ctx: RequestContext) -> Data:
         return Data.enum(1)  # fifo
