@@ -23,6 +23,7 @@ from smartmeter.meter.authority import hand_over_certification_secret
 from smartmeter.meter.clock import DEFAULT_TIME_ZONE, ClockSetRefused, MeterClock
 from smartmeter.meter.alarms import AlarmBitmap, AlarmBoard
 from smartmeter.meter.billing import BillingProfile
+from smartmeter.meter.calendar_program import CalendarProgram
 from smartmeter.meter.events import EventContext, EventLogSource, EventRecorder, EventTable, NO_CLIENT, group_counter
 from smartmeter.meter.identity import MeterIdentity
 from smartmeter.meter import disconnect
@@ -32,6 +33,7 @@ from smartmeter.meter.scheduler import SchedulerEngine
 from smartmeter.meter.simulation import HouseholdLoad
 from smartmeter.meter.world import PHASES, PhysicalWorld, WorldChange
 from smartmeter.meter.provisioning import provision_demo
+from smartmeter.meter.quality_monitor import PowerQualityMonitor
 from smartmeter.meter.security import MeterSecurity
 from smartmeter.meter.store import MeterStore
 from smartmeter.meter.tariff import TariffActivationLog, TariffEngine
@@ -92,6 +94,9 @@ BILLING_SCRIPT = Obis.parse("0-0:10.0.1.255").to_bytes()  # MDI reset / end of b
 MONTHLY_BILLING_SCHEDULE = Obis.parse("0-0:15.0.0.255").to_bytes()
 DISCONNECTOR = (70, Obis.parse("0-0:96.3.10.255").to_bytes())
 RELAY = (70, Obis.parse("0-1:96.3.10.255").to_bytes())
+# the switching programs whose switches run scripts (companion §5.8, §5.14): calendar, special days
+PROGRAMS = {"disconnect calendar": ("0-0:13.0.1.255", "0-0:11.0.1.255"),
+            "load management calendar": ("0-0:13.0.2.255", "0-0:11.0.2.255")}
 LIMITERS = ((71, Obis.parse("0-0:17.0.0.255").to_bytes(), "+P"), (71, Obis.parse("0-0:17.0.1.255").to_bytes(), "-P"))
 REGISTER_MONITOR_CLASS = 21
 # failures in a row of one client before the event is raised, once per streak: authentication
@@ -214,7 +219,10 @@ class Meter:
         if self.store.get("phases") is None:  # what this data directory is: `meter run` keeps to it
             self.store.put("phases", config.phases)
         self.world = PhysicalWorld(self.store, config.phases)
-        self.events = EventRecorder(config.data_dir, EventTable.load(), self.clock.now)
+        self._timed_engines: list = []  # the scheduler and the programs, once they exist (_meter_time)
+        self._ticking = False
+        # an event of a script a schedule or a calendar runs carries the instant it runs for
+        self.events = EventRecorder(config.data_dir, EventTable.load(), lambda: self._meter_time())
         self.alarms = AlarmBoard(self.store, AlarmBitmap.load(), on_event=self._alarm_event,
                                  on_descriptor_change=self._descriptor_changed)
         self.events.on_alarm = self.alarms.raise_flag
@@ -228,11 +236,16 @@ class Meter:
         hand_over_certification_secret(self.security, self.legal)
         self.software = self.legal.execute(legal.ReadSoftwareIdentity())  # fixed while running
         self.billing = BillingProfile(self.legal, self.clock, self.store, now=self._meter_time)
+        self.power_quality = PowerQualityMonitor(self.events, self.store, self.clock, config.phases)
         self.directory = self.model.instantiate(self._bindings())
         self.server = DlmsServer(self.directory, system_title=self.identity.system_title,
                                  clock_bytes=self.clock.cosem_now, on_event=self.on_event,
                                  security=self.security.manager, keys=self.security)
         self.scheduler = SchedulerEngine.for_directory(self.directory, self.store, self.clock.zone, self._run_script)
+        found = ((name, CalendarProgram.for_directory(self.directory, *lns, self.store, self.clock.zone,
+                                                      self._run_script)) for name, lns in PROGRAMS.items())
+        self.programs = {name: program for name, program in found if program is not None}
+        self._timed_engines = [self.scheduler, *self.programs.values()]
         self.tariff = TariffEngine(self.directory, self.store, self.clock.zone, self.legal, self.clock, self._run_script,
                                    lambda: self.clock.invalid)
         self.tariff.sync()
@@ -268,6 +281,7 @@ class Meter:
             **{f"energy.{name}.rate{rate}": self._rate_binding(name, rate) for name in REGISTERS for rate in legal.RATES},
             **InstantaneousValues(self.legal, self.clock).bindings(self.config.phases),
             "billing": self.billing,
+            **self.power_quality.bindings(),
             "billing.counter": Binding(self.billing.counter),
             "tariff.active": Binding(lambda: self.tariff.active_mask()),
             "tariff.default_script": Binding(lambda: self.tariff.default_script_data(),
@@ -365,8 +379,10 @@ class Meter:
                         self._run_script(script_ln, selector)
 
     def _meter_time(self) -> float:
-        """The meter time of what runs now: a schedule's instant while it runs, else the clock."""
-        return self.scheduler.running_instant or self.clock.now()
+        """The meter time of what runs now: a schedule's or a calendar switch's instant while it
+        runs, else the clock."""
+        running = (engine.running_instant for engine in self._timed_engines)
+        return next((t for t in running if t is not None), None) or self.clock.now()
 
     def _rate_binding(self, name: str, rate: int) -> Binding:
         return Binding(lambda: Data.double_long_unsigned(self.legal.execute(legal.ReadRateRegisters()).value(name, rate)))
@@ -502,11 +518,13 @@ class Meter:
         if change.kind == "adjusted" or change.new_time < change.old_time:
             self._last_tick = change.new_time
         if change.kind == "adjusted":  # companion §5.4: from the 9 s limit on, events 4 and 5
+            self.power_quality.clock_changed(change.old_time, change.new_time)
             context = self._context(origin)
             self.events.record(4, context, at=change.old_time)
             self.events.record(5, context, at=change.new_time)
         # a schedule's instant the clock jumped over runs once, a backward jump runs nothing (§5.4.1)
-        self.scheduler.advance(change.old_time, change.new_time, Passage.SHIFTED)
+        for engine in self._timed_engines:
+            engine.advance(change.old_time, change.new_time, Passage.SHIFTED)
         self.tariff.at(change.new_time)
         log.info("clock %s from %s to %s", change.kind, self.clock.local(change.old_time).isoformat(),
                  self.clock.local(change.new_time).isoformat())
@@ -546,12 +564,14 @@ class Meter:
         self._apply_voltages()
         if report is not None and report.down_time is not None:
             self.events.record_outage(report.down_time, report.up_time, report.time_lost)
+            self.power_quality.power_up(report.down_time, report.up_time)
             if report.time_lost:
                 self.alarms.condition("clock_invalid", True)
             log.info("power up at %s after a power %s at %s", self.clock.local(report.up_time).isoformat(),
                      "down" if report.clean else "failure", self.clock.local(report.down_time).isoformat())
         self.tariff.at(now)
-        self.scheduler.resume(now)
+        for engine in self._timed_engines:
+            engine.resume(now)
 
     def _follow_world_causes(self) -> None:
         """Events and alarms follow the world's root causes: a cause that started is logged once,
@@ -615,6 +635,10 @@ class Meter:
             if found is not None:
                 out[key] = {"state": found[1].state().name.lower().replace("_", " "), "mode": found[1].mode(),
                             "output": "connected" if found[1].output() else "open"}
+        for name, program in self.programs.items():
+            upcoming = program.next_switch(now)
+            out[name] = {"next switch": None if upcoming is None else {
+                "at": self.clock.local(upcoming[0]).isoformat(timespec="seconds"), "script": upcoming[2]}}
         monthly = self.scheduler.describe_one(MONTHLY_BILLING_SCHEDULE)
         lock = self.billing.lock_until()
         out["billing"] = {
@@ -754,8 +778,15 @@ class Meter:
     def tick(self) -> None:
         """Register the energy since the last tick, persist, capture at period boundaries, run
         what the schedules say is due."""
-        if not self.powered:
-            return
+        if not self.powered or self._ticking:
+            return  # a script run inside a tick (a disconnection) finds the energy registered up to its instant
+        self._ticking = True
+        try:
+            self._tick()
+        finally:
+            self._ticking = False
+
+    def _tick(self) -> None:
         now = self.clock.now()
         last = self._last_tick
         if now <= last:
@@ -768,12 +799,14 @@ class Meter:
             # tariff change stays in the old rate, and a billing at 00:00 holds what 00:00 held
             change = self.tariff.next_change(t, min(now, boundary))
             step_end = min(now, boundary) if change is None else change
-            step_end = min(step_end, self.scheduler.next_instant(t, step_end) or step_end)
-            if self.config.sensor == "remote":
-                pass  # the paired sensor measures the real installation
-            elif self.config.measures_continuously:
-                # the legal part measures on its own; it learns what the household draws now
-                self.legal.execute(legal.SetSimulatedLoad(*self._installation_power(now)))
+            for engine in self._timed_engines:
+                step_end = min(step_end, engine.next_instant(t, step_end) or step_end)
+            if self.config.sensor == "remote" or self.config.measures_continuously:
+                if self.config.sensor != "remote":
+                    # the legal part measures on its own; it learns what the household draws now
+                    self.legal.execute(legal.SetSimulatedLoad(*self._installation_power(now)))
+                # the latest frame stands for the stretch (a tick a second: the power quality sampling)
+                self.power_quality.observe(t, step_end, self.legal.execute(legal.ReadInstantaneousValues()))
             else:  # the household's load minute by minute (a load set by `sim load`: all at once)
                 minute = 60.0 if self.world.state.load is None else step_end - t
                 s = t
@@ -781,6 +814,8 @@ class Meter:
                     dt = min(minute, step_end - s)
                     active, reactive, phase = self._installation_power(s)
                     self.legal.execute(legal.RegisterSimulatedPower(active, reactive, dt, phase))
+                    # a steady stretch, measured at once: its values stand for all of it
+                    self.power_quality.observe(s, s + dt, self.legal.execute(legal.ReadInstantaneousValues()))
                     s += dt
             if change is not None and step_end == change:
                 self.tariff.at(step_end)
@@ -793,11 +828,13 @@ class Meter:
                         self.legal.execute(legal.EndDay(int(boundary), dst))
                 except legal.CommandRefused as exc:  # e.g. this side was held up past the period
                     log.warning("load profile capture at %s refused: %s", local.isoformat(), exc)
-            self.scheduler.advance(t, step_end, Passage.RUNNING)
+            for engine in self._timed_engines:
+                engine.advance(t, step_end, Passage.RUNNING)
             t = step_end
         self._last_tick = now
         if not self.config.measures_continuously:
             self.legal.execute(legal.Persist(now))
+        self.power_quality.flush()
         self.tariff.at(now)  # also what changed without a switching time: a new calendar, the clock's validity
         self._check_limiters(now)
         self._check_fatal()

@@ -15,12 +15,21 @@ smartmeter.meter.tariff_calendar. The initial active calendar comes from the mod
 
 `start` is yyyy-mm-dd with "*" for every year; a switch is [hh:mm, selector]. Names are text.
 
+    allowed_scripts = [3, 4]          # optional: a calendar that may run only these scripts of
+                                      # its script_table (the disconnect and relay calendars, §5.8)
+
+With `allowed_scripts`, a day action naming another script or another script table is refused
+(other-reason), as IC 22 refuses it for the disconnect control scheduler.
+
 A write of a passive attribute is checked as far as it goes alone (its own structure, season
 order, 15-minute switch times, capacities, that every script exists); whether seasons name
 existing week profiles and weeks existing day profiles is checked when the passive calendar
 is activated, since a head-end writes the four attributes one after the other. Everything
 (both calendars and the activation time) is stored as one record in the meter's settings
-store: a restart keeps it and a refused write or activation changes nothing.
+store: a restart keeps it and a refused write or activation changes nothing. Each activation
+counts a revision and records the meter time it happened at (from the "clock" binding, or the
+time `activate_if_due` is given): a calendar program that runs the switches' scripts
+(smartmeter.meter.calendar_program) runs no switch of the new calendar up to that time.
 
 Octet-strings are read back as written; the DLMS date-time and time types are taken where
 the Blue Book has an octet-string (some clients send them typed) and read back as octets.
@@ -88,10 +97,12 @@ class CalendarState:
     active: CalendarSide
     passive: CalendarSide
     activate_at: bytes = NEVER  # 12 octets as written
+    revision: int = 0  # counts activations of the passive calendar
+    activated_at: float | None = None  # meter time (UTC s) of the last activation
 
     def to_record(self) -> dict[str, Any]:
         return {"active": self.active.to_record(), "passive": self.passive.to_record(),
-                "activate_at": self.activate_at.hex()}
+                "activate_at": self.activate_at.hex(), "revision": self.revision, "activated_at": self.activated_at}
 
 
 
@@ -230,10 +241,17 @@ class ActivityCalendar(InterfaceClass):
     def activation_instant(self, zone: ZoneInfo) -> float | None:
         return activation_instant(self._state.activate_at, zone)
 
-    def activate_passive(self) -> None:
-        """The passive calendar becomes active (it stays passive as well); CosemAccessError
-        other-reason when it is inconsistent - then nothing changes."""
-        self._commit(replace(self._state, active=self._checked(self._state.passive, complete=True)))
+    def revision(self) -> tuple[int, float | None]:
+        """How often the passive calendar was activated, and the meter time of the last activation."""
+        return self._state.revision, self._state.activated_at
+
+    def activate_passive(self, at: float | None = None) -> None:
+        """The passive calendar becomes active (it stays passive as well) at meter time `at`;
+        CosemAccessError other-reason when it is inconsistent - then nothing changes."""
+        self._commit(self._activated(self._checked(self._state.passive, complete=True), at))
+
+    def _activated(self, active: CalendarSide, at: float | None, **changes) -> CalendarState:
+        return replace(self._state, active=active, revision=self._state.revision + 1, activated_at=at, **changes)
 
     def activate_if_due(self, now_utc: float, zone: ZoneInfo) -> bool:
         """At or after the activation time: activate, and clear the time so it happens once.
@@ -247,7 +265,7 @@ class ActivityCalendar(InterfaceClass):
         except CosemAccessError:
             self._commit(replace(self._state, activate_at=NEVER))
             raise
-        self._commit(replace(self._state, active=active, activate_at=NEVER))
+        self._commit(self._activated(active, now_utc, activate_at=NEVER))
         return True
 
     # -- state ------------------------------------------------------------------------------
@@ -262,25 +280,22 @@ class ActivityCalendar(InterfaceClass):
                 try:
                     state = CalendarState(CalendarSide.from_record(record["active"]),
                                           CalendarSide.from_record(record["passive"]),
-                                          bytes.fromhex(record["activate_at"]))
+                                          bytes.fromhex(record["activate_at"]), int(record.get("revision", 0)),
+                                          record.get("activated_at"))
                 except (KeyError, TypeError, ValueError) as exc:
                     raise ScriptConfigError(f"{self.name}: the stored calendar is malformed ({exc})") from None
             else:
                 state = self._from_config()
             _activation_time(state.activate_at)
-            return CalendarState(self._checked(state.active, complete=True), self._checked(state.passive),
-                                 state.activate_at)
+            return replace(state, active=self._checked(state.active, complete=True),
+                           passive=self._checked(state.passive))
         except CosemAccessError as exc:
             raise ScriptConfigError(f"{self.name}: {'stored' if record is not None else 'model'} calendar: {exc}") \
                 from None
 
     def _from_config(self) -> CalendarState:
         where = f"{self.name} (model)"
-        table = self.config.get("script_table", "0-0:10.0.100.255")
-        try:
-            script_ln = Obis.parse(table).to_bytes()
-        except ValueError as exc:
-            raise ScriptConfigError(f"{where}: script_table: {exc}") from None
+        script_ln = self._model_script_ln(where)
         passive = self.config.get("passive", {})
         if not isinstance(passive, dict):
             raise ScriptConfigError(f"{where}: passive is {{calendar_name, seasons, weeks, days}}")
@@ -304,9 +319,22 @@ class ActivityCalendar(InterfaceClass):
         self._check_scripts({(a.script_ln, a.selector) for d in calendar.days for a in d.actions})
         return side
 
+    def _model_script_ln(self, where: str) -> bytes:
+        try:
+            return Obis.parse(self.config.get("script_table", "0-0:10.0.100.255")).to_bytes()
+        except ValueError as exc:
+            raise ScriptConfigError(f"{where}: script_table: {exc}") from None
+
     def _check_scripts(self, scripts: set[tuple[bytes, int]]) -> None:
         if not scripts:
             return
+        # a calendar the model limits to some scripts (the disconnect calendar: 3 and 4 only, §5.8)
+        allowed = self.config.get("allowed_scripts")
+        if allowed is not None:
+            own = self._model_script_ln(f"{self.name} (model)")
+            if any(script_ln != own or (selector != NULL_SCRIPT and selector not in allowed)
+                   for script_ln, selector in scripts):
+                raise _refuse(f"{self.name} runs only scripts {', '.join(map(str, allowed))} of {Obis.from_bytes(own)}")
         model = self.bindings.get("model")
         if model is None:
             raise CosemAccessError(DataAccessResult.OBJECT_UNAVAILABLE, "no model to find the script table in")
@@ -378,7 +406,8 @@ class ActivityCalendar(InterfaceClass):
 
     def do_activate_passive_calendar(self, parameters: Data | None, ctx: RequestContext) -> None:
         expect(parameters or Data.null(), DataType.INTEGER)
-        self.activate_passive()
+        clock = self.bindings.get(self.config.get("clock", "clock"))
+        self.activate_passive(None if clock is None else clock.now())
 
 
 def _seasons_data(side: CalendarSide) -> Data:
