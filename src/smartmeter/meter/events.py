@@ -47,6 +47,10 @@ CREATE TABLE IF NOT EXISTS entry (
     value INTEGER NOT NULL, detail BLOB NOT NULL, PRIMARY KEY (log, seq));
 CREATE TABLE IF NOT EXISTS counter (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS cause (name TEXT PRIMARY KEY, since INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS saved (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS profile_row (
+    profile TEXT NOT NULL, seq INTEGER NOT NULL, time INTEGER NOT NULL, row TEXT NOT NULL,
+    PRIMARY KEY (profile, seq));
 """
 
 
@@ -170,6 +174,10 @@ class EventRecorder:
             if self._depth == 0:
                 self._db.execute("COMMIT")
 
+    def transaction(self):
+        """One durable transaction around several records (a source's events and its state)."""
+        return self._transaction()
+
     # -- recording ------------------------------------------------------------------------------
     def record(self, code: int, context: EventContext = NO_CLIENT, *, at: float | None = None,
                cause: str | None = None, value: int = 0, detail: bytes = b"") -> bool:
@@ -264,6 +272,41 @@ class EventRecorder:
     def _set(self, name: str, value: int) -> None:
         self._db.execute("INSERT INTO counter(name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE "
                          "SET value = excluded.value", (name, value))
+
+    def save(self, name: str, value: str) -> None:
+        """A source's state (JSON text), kept with its events: in the same transaction, so a kill
+        never leaves an event recorded and the state that led to it lost, or the other way round."""
+        with self._transaction():
+            self._db.execute("INSERT INTO saved(name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE "
+                             "SET value = excluded.value", (name, value))
+
+    def saved(self, name: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM saved WHERE name = ?", (name,)).fetchone()
+        return None if row is None else row[0]
+
+    def append_row(self, profile: str, when: int, row: str, capacity: int) -> None:
+        """One entry of a profile kept here (JSON text), FIFO with `capacity` entries."""
+        with self._transaction():
+            last = self._db.execute("SELECT MAX(seq) FROM profile_row WHERE profile = ?", (profile,)).fetchone()[0] or 0
+            self._db.execute("INSERT INTO profile_row VALUES (?, ?, ?, ?)", (profile, last + 1, when, row))
+            self._db.execute("DELETE FROM profile_row WHERE profile = ? AND seq <= ?", (profile, last + 1 - capacity))
+
+    def profile_rows(self, profile: str, from_time: int | None = None, to_time: int | None = None) -> list[tuple[int, str]]:
+        """(time, row) of a profile's entries in the order they were captured."""
+        sql, args = "SELECT time, row FROM profile_row WHERE profile = ?", [profile]
+        if from_time is not None:
+            sql += " AND time >= ?"
+            args.append(int(from_time))
+        if to_time is not None:
+            sql += " AND time <= ?"
+            args.append(int(to_time))
+        with self._lock:
+            return self._db.execute(sql + " ORDER BY seq", args).fetchall()
+
+    def profile_count(self, profile: str) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM profile_row WHERE profile = ?", (profile,)).fetchone()[0]
 
     # -- reading --------------------------------------------------------------------------------
     def entries(self, log: str, from_time: int | None = None, to_time: int | None = None) -> list[LogEntry]:
