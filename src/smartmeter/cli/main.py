@@ -902,7 +902,14 @@ def client_reconnect(ctx: click.Context, relay: bool) -> None:
 
 @client.group("calendar")
 def client_calendar() -> None:
-    """The tariff calendar (0-0:13.0.0.255) and special days (0-0:11.0.0.255) as a calendar file."""
+    """The tariff calendar (0-0:13.0.0.255) and special days (0-0:11.0.0.255) as a calendar file;
+    with --object disconnect or relay the disconnect control (0-0:13.0.1.255, 0-0:11.0.1.255) or the
+    load-management relay calendar (0-0:13.0.2.255, 0-0:11.0.2.255)."""
+
+
+# the keys of hes.calendar_file.CALENDAR_OBJECTS (imported lazily, as every command's modules)
+_CALENDAR_OBJECT = click.option("--object", "which", type=click.Choice(["tariff", "disconnect", "relay"]),
+                                default="tariff", show_default=True, help="Which calendar and special days table.")
 
 
 @client_calendar.command("show")
@@ -911,22 +918,24 @@ def client_calendar() -> None:
 @click.option("--json", "as_json", is_flag=True, help="As a JSON calendar file (default TOML).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the calendar file there instead of printing it.")
+@_CALENDAR_OBJECT
 @click.pass_context
-def client_calendar_show(ctx: click.Context, active: bool, as_json: bool, output: Path | None) -> None:
+def client_calendar_show(ctx: click.Context, active: bool, as_json: bool, output: Path | None, which: str) -> None:
     """Print the calendar and the special days as a calendar file: edit it and `calendar load` it."""
     from smartmeter.dlms.client import AccessDenied
     from smartmeter.hes.calendar_file import (
-        ACTIVATION_TIME_ATTRIBUTE, ACTIVE_ATTRIBUTES, ACTIVITY_CALENDAR, PASSIVE_ATTRIBUTES, SPECIAL_DAYS_ATTRIBUTE,
-        SPECIAL_DAYS_TABLE, calendar_from_attributes, calendar_to_json, calendar_to_toml,
+        ACTIVATION_TIME_ATTRIBUTE, ACTIVE_ATTRIBUTES, CALENDAR_OBJECTS, PASSIVE_ATTRIBUTES, SPECIAL_DAYS_ATTRIBUTE,
+        calendar_from_attributes, calendar_to_json, calendar_to_toml,
     )
 
+    calendar_obis, special_days_obis = CALENDAR_OBJECTS[which]
     attributes = ACTIVE_ATTRIBUTES if active else PASSIVE_ATTRIBUTES
 
     async def read(c, attribute: int):
         try:
-            return await c.get(ACTIVITY_CALENDAR, attribute, class_id=20)
+            return await c.get(calendar_obis, attribute, class_id=20)
         except AccessDenied as exc:
-            raise UsageProblem(f"refused: {ACTIVITY_CALENDAR}:{attribute}: {_result_name(exc.result)}",
+            raise UsageProblem(f"refused: {calendar_obis}:{attribute}: {_result_name(exc.result)}",
                                "may this client read the calendar? give --credentials of one that may "
                                "(management, data_readout, ...)") from None
 
@@ -934,7 +943,7 @@ def client_calendar_show(ctx: click.Context, active: bool, as_json: bool, output
         values = [await read(c, attributes[part]) for part in ("name", "seasons", "weeks", "days")]
         activate_at = None if active else await read(c, ACTIVATION_TIME_ATTRIBUTE)
         try:
-            special, refused = await c.get(SPECIAL_DAYS_TABLE, SPECIAL_DAYS_ATTRIBUTE, class_id=11), None
+            special, refused = await c.get(special_days_obis, SPECIAL_DAYS_ATTRIBUTE, class_id=11), None
         except AccessDenied as exc:
             special, refused = None, exc.result
         return values, activate_at, special, refused
@@ -942,15 +951,15 @@ def client_calendar_show(ctx: click.Context, active: bool, as_json: bool, output
     values, activate_at, special, refused = _run_client(ctx, work)
     calendar = calendar_from_attributes(*values, activate_at=activate_at, special_days=special)
     if refused is not None:
-        click.echo(f"note: the special days ({SPECIAL_DAYS_TABLE}:{SPECIAL_DAYS_ATTRIBUTE}) could not be read: "
+        click.echo(f"note: the special days ({special_days_obis}:{SPECIAL_DAYS_ATTRIBUTE}) could not be read: "
                    f"{_result_name(refused)}", err=True)
     if as_json or ctx.obj["json"]:
         text = calendar_to_json(calendar)
     else:
         first, last = min(attributes.values()), max(attributes.values()) + (0 if active else 1)
-        text = calendar_to_toml(calendar, f"{'active' if active else 'passive'} calendar: {ACTIVITY_CALENDAR} "
+        text = calendar_to_toml(calendar, f"{'active' if active else 'passive'} calendar: {calendar_obis} "
                                           f"attributes {first}..{last}"
-                                          + ("" if special is None else f"; special days: {SPECIAL_DAYS_TABLE}"))
+                                          + ("" if special is None else f"; special days: {special_days_obis}"))
     if output is None:
         click.echo(text, nl=False)
         return
@@ -958,8 +967,9 @@ def client_calendar_show(ctx: click.Context, active: bool, as_json: bool, output
         output.write_text(text)
     except OSError as exc:
         raise UsageProblem(f"cannot write {output}: {exc.strerror}", "give a file in a directory you may write") from None
+    object_option = "" if which == "tariff" else f" --object {which}"
     click.echo(f"wrote the {'active' if active else 'passive'} calendar to {output}: edit it, then "
-               f"smartmeter client calendar load {output}")
+               f"smartmeter client calendar load{object_option} {output}")
 
 
 def _calendar_writes(calendar) -> list[tuple[int, str, str]]:
@@ -982,17 +992,20 @@ def _calendar_writes(calendar) -> list[tuple[int, str, str]]:
 @client_calendar.command("load")
 @click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.option("--activate-now", is_flag=True, help="Make the written calendar active at once (method 1).")
+@_CALENDAR_OBJECT
 @click.pass_context
-def client_calendar_load(ctx: click.Context, file: Path, activate_now: bool) -> None:
+def client_calendar_load(ctx: click.Context, file: Path, activate_now: bool, which: str) -> None:
     """Check a calendar file (TOML or JSON), write it as the passive calendar (attributes 6..10)
     and, when it has special days, replace the special days table. A management client's
     --credentials are needed to write."""
     from smartmeter.cosem.data import Data
     from smartmeter.dlms.client import AccessDenied
     from smartmeter.hes.calendar_file import (
-        ACTIVITY_CALENDAR, SPECIAL_DAYS_ATTRIBUTE, SPECIAL_DAYS_TABLE, CalendarFileError, load_calendar_file,
-        passive_attribute_values, special_days_value,
+        CALENDAR_OBJECTS, SPECIAL_DAYS_ATTRIBUTE, CalendarFileError, load_calendar_file, passive_attribute_values,
+        special_days_value,
     )
+
+    calendar_obis, special_days_obis = CALENDAR_OBJECTS[which]
 
     try:
         calendar = load_calendar_file(file)
@@ -1007,22 +1020,22 @@ def client_calendar_load(ctx: click.Context, file: Path, activate_now: bool) -> 
     async def work(c):
         for attribute, name, shown in _calendar_writes(calendar):
             try:
-                await c.set(ACTIVITY_CALENDAR, attribute, values[attribute], class_id=20)
+                await c.set(calendar_obis, attribute, values[attribute], class_id=20)
             except AccessDenied as exc:
-                raise refused(exc, f"{ACTIVITY_CALENDAR}:{attribute} {name}",
+                raise refused(exc, f"{calendar_obis}:{attribute} {name}",
                               "the active calendar is unchanged; what is listed above was written") from None
-            click.echo(f"wrote {ACTIVITY_CALENDAR}:{attribute} {name}: {shown}")
+            click.echo(f"wrote {calendar_obis}:{attribute} {name}: {shown}")
         if activate_now:
             try:
-                await c.action(ACTIVITY_CALENDAR, 1, Data.integer(0), class_id=20)
+                await c.action(calendar_obis, 1, Data.integer(0), class_id=20)
             except AccessDenied as exc:
-                raise refused(exc, f"{ACTIVITY_CALENDAR} method 1 activate_passive_calendar",
+                raise refused(exc, f"{calendar_obis} method 1 activate_passive_calendar",
                               "the passive calendar was written; the active calendar is unchanged") from None
-            click.echo(f"executed {ACTIVITY_CALENDAR} method 1 activate_passive_calendar: the calendar is active")
+            click.echo(f"executed {calendar_obis} method 1 activate_passive_calendar: the calendar is active")
         if special is not None:
-            target = f"{SPECIAL_DAYS_TABLE}:{SPECIAL_DAYS_ATTRIBUTE} entries"
+            target = f"{special_days_obis}:{SPECIAL_DAYS_ATTRIBUTE} entries"
             try:
-                await c.set(SPECIAL_DAYS_TABLE, SPECIAL_DAYS_ATTRIBUTE, special, class_id=11)
+                await c.set(special_days_obis, SPECIAL_DAYS_ATTRIBUTE, special, class_id=11)
             except AccessDenied as exc:
                 raise refused(exc, target, "the calendar was written as listed above; "
                                            "the special days table is unchanged") from None

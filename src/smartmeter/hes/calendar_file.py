@@ -25,6 +25,11 @@ in TOML (or JSON, with the same structure):
     date = "*-12-25"                         # "*" year: every year
     day = 2
 
+The same file describes the disconnect control calendar (0-0:13.0.1.255 with 0-0:11.0.1.255,
+companion §5.8) and the load-management relay calendar (0-0:13.0.2.255 with 0-0:11.0.2.255,
+§5.14), `CALENDAR_OBJECTS`: their switches name a script of their script table, 3 (off) or 4
+(on), e.g. `{ at = "08:00", script = "0-0:10.0.106.255", selector = 3 }`.
+
 Every mistake is one `CalendarFileError` naming the place (`day 1, switch 2: "6:7" is not
 hh:mm`), found before the meter is asked: unknown keys, unknown week or day references,
 switches out of time order or repeated, off the quarter hour, a tariff other than 1 or 2,
@@ -56,7 +61,7 @@ from smartmeter.cosem.obis import Obis, ObisError
 from smartmeter.errors import DecodeError, EncodeError, SmartmeterError
 
 __all__ = [
-    "ACTIVITY_CALENDAR", "SPECIAL_DAYS_TABLE", "TARIFF_SCRIPT_TABLE", "TARIFFS", "MAX_SPECIAL_DAYS", "MAX_SEASONS",
+    "ACTIVITY_CALENDAR", "SPECIAL_DAYS_TABLE", "CALENDAR_OBJECTS", "TARIFF_SCRIPT_TABLE", "TARIFFS", "MAX_SPECIAL_DAYS", "MAX_SEASONS",
     "MAX_WEEKS", "MAX_DAYS", "MAX_SWITCHES_PER_DAY", "MAX_NAME_OCTETS", "QUARTER_HOUR",
     "ACTIVE_ATTRIBUTES", "PASSIVE_ATTRIBUTES", "ACTIVATION_TIME_ATTRIBUTE", "SPECIAL_DAYS_ATTRIBUTE",
     "CalendarError", "CalendarFileError", "CalendarDataError",
@@ -67,6 +72,12 @@ __all__ = [
 
 ACTIVITY_CALENDAR = Obis.parse("0-0:13.0.0.255")      # IC 20
 SPECIAL_DAYS_TABLE = Obis.parse("0-0:11.0.0.255")     # IC 11, attribute 2 "entries"
+# which calendar a file is loaded into or shown from: its activity calendar and special days table
+CALENDAR_OBJECTS = {
+    "tariff": (ACTIVITY_CALENDAR, SPECIAL_DAYS_TABLE),
+    "disconnect": (Obis.parse("0-0:13.0.1.255"), Obis.parse("0-0:11.0.1.255")),  # §5.8
+    "relay": (Obis.parse("0-0:13.0.2.255"), Obis.parse("0-0:11.0.2.255")),  # §5.14, load management
+}
 TARIFF_SCRIPT_TABLE = Obis.parse("0-0:10.0.100.255")  # IC 9: script N activates tariff N (§5.5 table 21)
 TARIFFS = (1, 2)                                       # the companion allows exactly two tariff scripts
 MAX_SPECIAL_DAYS = 200                                 # §5.5: at least 200; the meter holds 200
