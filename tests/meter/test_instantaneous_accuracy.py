@@ -26,7 +26,8 @@ from smartmeter.meter.runtime import Meter, MeterConfig
 CLASS_B = 0.01
 NOMINAL_HZ = 50.0
 # (P W, Q var) of the whole load: PF 1, 0.5 lagging (inductive: Q > 0), 0.8 leading (capacitive: Q < 0)
-LOADS = {"pf 1": (2300.0, 0.0), "pf 0.5 lagging": (1150.0, 1150.0 * math.sqrt(3)), "pf 0.8 capacitive": (1840.0, -1380.0)}
+LOADS = {"pf 1": (2300.0, 0.0), "pf 0.5 lagging": (1150.0, 1150.0 * math.sqrt(3)),
+         "pf 0.8 capacitive": (1840.0, -1380.0)}
 VOLTAGES = {1: (207.0,), 3: (207.0, 230.0, 253.0)}  # 230 V - 10 %, nominal, + 10 %
 
 

@@ -123,8 +123,8 @@ class ReadoutProfile:
     def capture(self, ctx: RequestContext | None = None) -> None:
         measured = self.values.read()  # one reading: every column from the same frame
         stamp = self.clock.cosem_now()  # what clock.time (0-0:1.0.0.255 attribute 2) reads now
-        row = (stamp, *(encode(q, 0.0 if measured is None else physical(measured, q, None if n is None else n - 1)).value
-                        for q, n in self.columns))
+        row = (stamp, *(encode(q, 0.0 if measured is None else physical(measured, q, None if n is None else n - 1))
+                        .value for q, n in self.columns))
         self._entry = (self.clock.utc_from_cosem(axdr.decode_date_time(stamp)), row)
 
     def reset(self, ctx: RequestContext | None = None) -> None:
