@@ -237,6 +237,7 @@ class Meter:
         self.software = self.legal.execute(legal.ReadSoftwareIdentity())  # fixed while running
         self.billing = BillingProfile(self.legal, self.clock, self.store, now=self._meter_time)
         self.power_quality = PowerQualityMonitor(self.events, self.store, self.clock, config.phases)
+        self._steady_key: tuple | None = None  # (load, voltages) of the values last read for a steady stretch
         self.directory = self.model.instantiate(self._bindings())
         self.server = DlmsServer(self.directory, system_title=self.identity.system_title,
                                  clock_bytes=self.clock.cosem_now, on_event=self.on_event,
@@ -775,6 +776,14 @@ class Meter:
             return (*self.load.power(t), 0)
         return load.power_w, load.reactive_var, 0 if load.phase is None else PHASES.index(load.phase) + 1
 
+    def _steady_values(self, load: tuple) -> legal.InstantaneousValues | None:
+        """The values the metrology measured over a steady stretch at `load`: the same load at the
+        same voltages gives the same signal, so they are read once, not once a stretch."""
+        key = (load, self.world.state.voltages)
+        if key != self._steady_key:
+            self._steady_key, self._steady = key, self.legal.execute(legal.ReadInstantaneousValues())
+        return self._steady
+
     def tick(self) -> None:
         """Register the energy since the last tick, persist, capture at period boundaries, run
         what the schedules say is due."""
@@ -815,7 +824,7 @@ class Meter:
                     active, reactive, phase = self._installation_power(s)
                     self.legal.execute(legal.RegisterSimulatedPower(active, reactive, dt, phase))
                     # a steady stretch, measured at once: its values stand for all of it
-                    self.power_quality.observe(s, s + dt, self.legal.execute(legal.ReadInstantaneousValues()))
+                    self.power_quality.observe(s, s + dt, self._steady_values((active, reactive, phase)))
                     s += dt
             if change is not None and step_end == change:
                 self.tariff.at(step_end)

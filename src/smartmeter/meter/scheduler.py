@@ -35,7 +35,7 @@ from smartmeter.meter.schedule import ExecutionTime, Passage, due, instants
 log = logging.getLogger(__name__)
 
 SINGLE_ACTION_SCHEDULE_CLASS = 22
-PERSIST_INTERVAL = 900.0  # seconds a running clock may move the mark before it is stored anyway
+PERSIST_INTERVAL = 3600.0  # seconds a running clock may move the mark before it is stored anyway
 _NEXT_HORIZON = 400 * 86400.0  # how far describe() looks for the next instant
 
 
