@@ -152,7 +152,7 @@ def test_mode_4_reconnects_directly_and_the_mode_is_kept(store):
     control.set(4, Data.enum(4), CLIENT)
     assert attributes(meter(store)) == shown(True, CONNECTED, 4)
     control.invoke(1, Data.integer(0), CLIENT)
-    control.invoke(2, Data.integer(7), CLIENT)  # any integer is the method's data
+    control.invoke(2, Data.integer(0), CLIENT)
     assert attributes(control) == shown(True, CONNECTED, 4)
     assert store.get(KEY) == {"mode": 4, "state": CONNECTED}
 

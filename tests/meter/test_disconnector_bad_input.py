@@ -117,8 +117,6 @@ def test_a_refused_request_changes_nothing(site, what, client, request_, expecte
     assert state(meter, sessions) == before
 
 
-@pytest.mark.xfail(strict=True, reason="IC 70 takes any integer as remote_reconnect's data ::= integer(0); "
-                                       "a value check (other-reason) is requested of the lead")
 def test_remote_reconnect_with_integer_1_is_refused(tmp_path):
     """Blue Book 4.5.8: remote_reconnect (data), data ::= integer (0). Any other value is not the
     method's parameter: other-reason (a value of the right type the method cannot take). A meter

@@ -188,7 +188,6 @@ def test_the_source_s_reset_empties_it(site):
     assert site.buffer() == []
 
 
-@pytest.mark.xfail(strict=True, reason="IC 7 refuses every reset; delegation to the source requested of the lead")
 def test_reset_by_management_empties_it(site):
     site.load(1500.0, 1.0)
     assert site.capture() == SUCCESS

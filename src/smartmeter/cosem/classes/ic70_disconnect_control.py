@@ -188,9 +188,15 @@ class DisconnectControl(InterfaceClass):
         self._commit(replace(self._record, mode=mode))
 
     def do_remote_disconnect(self, parameters: Data | None, ctx: RequestContext) -> None:
-        expect(parameters or Data.null(), DataType.INTEGER)
+        _integer_0(parameters)
         self.trigger(disconnect.REMOTE_DISCONNECT)
 
     def do_remote_reconnect(self, parameters: Data | None, ctx: RequestContext) -> None:
-        expect(parameters or Data.null(), DataType.INTEGER)
+        _integer_0(parameters)
         self.trigger(disconnect.REMOTE_RECONNECT)
+
+
+def _integer_0(parameters: Data | None) -> None:
+    """The methods' data ::= integer (0) (Blue Book 4.5.8)."""
+    if expect(parameters or Data.null(), DataType.INTEGER) != 0:
+        raise _refuse("the parameter is integer (0)")

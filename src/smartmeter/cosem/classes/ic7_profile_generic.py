@@ -85,7 +85,12 @@ class ProfileGeneric(InterfaceClass):
         return Data.double_long_unsigned(int(self.config["profile_entries"]))
 
     def do_reset(self, parameters: Data | None, ctx: RequestContext) -> None:
-        raise CosemAccessError(DataAccessResult.READ_WRITE_DENIED, "stored legally relevant data is never erased")
+        # a profile that holds no record (the instantaneous readout snapshot) says so by a reset of its source
+        reset = getattr(self.source, "reset", None)
+        if reset is None:
+            raise CosemAccessError(DataAccessResult.READ_WRITE_DENIED, "stored records are never erased")
+        expect(parameters or Data.integer(0), DataType.INTEGER)
+        reset(ctx)
 
     def do_capture(self, parameters: Data | None, ctx: RequestContext) -> None:
         # a profile captured on request (the billing profile) says so by a capture of its source
