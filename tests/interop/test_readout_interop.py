@@ -4,7 +4,7 @@ disconnector (§5.8).
 
 One meter process (`meter run --phases 3 --speed 60`: a minute of meter time per second). The
 phase voltages and the load are set through the control channel, as `smartmeter sim voltage
---phase L1 225` and `smartmeter sim load --power 3000 --pf 0.8` send them; gurux is the management
+L1 225` and `smartmeter sim load --power 3000 --pf 0.8` send them; gurux is the management
 client (HLS 7, suite 1, authenticated and encrypted), the object list is read as the public client
 (gurux cannot parse access modes that carry security policy bits, which the management client's
 list has).
@@ -115,7 +115,7 @@ def scenario(tmp_path_factory):
     meter = start_meter(tmp_path_factory.mktemp("readout") / "meter", "--phases", "3", "--speed", str(SPEED))
     try:
         for phase, volts in PHASE_VOLTS.items():
-            _control(meter, input="voltage", phase=phase, value=volts)  # `sim voltage --phase L1 225`
+            _control(meter, input="voltage", phase=phase, value=volts)  # `sim voltage L1 225`
         _control(meter, input="load", power=LOAD_W, pf=LOAD_PF, phase=None)  # `sim load --power 3000 --pf 0.8`
         _wait_ticks(meter, 2)  # the metrology's latest frame is of these voltages and this load
         yield Scenario(meter, itertools.count(1, 1000))
