@@ -120,7 +120,7 @@ def test_a_refused_request_changes_nothing(site, what, client, request_, expecte
 def test_remote_reconnect_with_integer_1_is_refused(tmp_path):
     """Blue Book 4.5.8: remote_reconnect (data), data ::= integer (0). Any other value is not the
     method's parameter: other-reason (a value of the right type the method cannot take). A meter
-    of its own: today the reconnect is carried out."""
+    of its own: a reconnect wrongly carried out would spoil the shared one."""
     meter, sessions = prepared(tmp_path)
     try:
         before = state(meter, sessions)
