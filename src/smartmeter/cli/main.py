@@ -622,6 +622,95 @@ def _parse_obis(text: str) -> Obis:
         raise UsageProblem(str(exc), "write OBIS codes like 1-0:1.8.0.255") from None
 
 
+def _parse_target(target: str, default_attribute: int = 2) -> tuple[Obis, int]:
+    """OBIS[:ATTR] -> (logical name, attribute)."""
+    obis_text, _, attr_text = target.rpartition(":") if target.count(":") > 1 else (target, "", "")
+    try:
+        attribute = int(attr_text) if attr_text else default_attribute
+    except ValueError:
+        raise UsageProblem(f"attribute {attr_text!r} is not a number", "write OBIS:ATTR like 1-0:1.8.0.255:3") from None
+    if not 0 <= attribute <= 255:
+        raise UsageProblem(f"attribute {attribute} is not 0..255", "attribute 0 reads all attributes at once")
+    return _parse_obis(obis_text or target), attribute
+
+
+SETTABLE_TYPES = ("boolean", "integer", "long", "double-long", "long64", "unsigned", "long-unsigned",
+                  "double-long-unsigned", "long64-unsigned", "enum", "octet-string", "visible-string")
+
+
+def _parse_value(text: str):
+    """TYPE:VALUE (e.g. long-unsigned:207, boolean:true, octet-string:0102ff) -> Data."""
+    from smartmeter.cosem.data import INTEGER_RANGES, Data
+
+    hint = f"write TYPE:VALUE with TYPE one of {', '.join(SETTABLE_TYPES)}, e.g. long-unsigned:207"
+    type_text, sep, value_text = text.partition(":")
+    if not sep or type_text not in SETTABLE_TYPES:
+        raise UsageProblem(f"{text!r} is not a typed value", hint)
+    data_type = DataType[type_text.upper().replace("-", "_")]
+    if data_type == DataType.BOOLEAN:
+        if value_text not in ("true", "false"):
+            raise UsageProblem(f"a boolean is true or false, not {value_text!r}", hint)
+        return Data(data_type, value_text == "true")
+    if data_type == DataType.OCTET_STRING:
+        try:
+            return Data(data_type, bytes.fromhex(value_text))
+        except ValueError:
+            raise UsageProblem(f"{value_text!r} is not hex", "write an octet-string as hex, e.g. octet-string:0102ff") \
+                from None
+    if data_type == DataType.VISIBLE_STRING:
+        return Data(data_type, value_text.encode("ascii", "replace"))
+    low, high = INTEGER_RANGES[data_type]
+    try:
+        number = int(value_text)
+    except ValueError:
+        raise UsageProblem(f"{value_text!r} is not a whole number", hint) from None
+    if not low <= number <= high:
+        raise UsageProblem(f"{number} is outside {type_text} ({low}..{high})", hint)
+    return Data(data_type, number)
+
+
+@client.command("set")
+@click.argument("target", metavar="OBIS[:ATTR]")
+@click.argument("value", metavar="TYPE:VALUE")
+@click.pass_context
+def client_set(ctx: click.Context, target: str, value: str) -> None:
+    """Write one attribute (default 2, the value), e.g. `set 1-0:12.31.0.255 long-unsigned:200`."""
+    from smartmeter.dlms.client import AccessDenied
+
+    obis, attribute = _parse_target(target)
+    data = _parse_value(value)
+
+    async def work(c):
+        await c.set(obis, attribute, data, await c.class_of(obis))
+
+    try:
+        _run_client(ctx, work)
+    except AccessDenied as exc:
+        raise UsageProblem(f"refused: {obis}:{attribute}: {_result_name(exc.result)}",
+                           "is the value one the object takes, and may this client write it? "
+                           "(a management client's --credentials)") from None
+    click.echo(json.dumps({"obis": str(obis), "attribute": attribute, "written": to_json(data)}) if ctx.obj["json"]
+               else f"{obis}:{attribute} written")
+
+
+@client.command("capture")
+@click.argument("obis_text", metavar="OBIS")
+@click.pass_context
+def client_capture(ctx: click.Context, obis_text: str) -> None:
+    """Execute a profile's capture method (e.g. the instantaneous readout profile 0-0:21.0.5.255),
+    then read it with `client profile OBIS`."""
+    from smartmeter.cosem.data import Data
+    from smartmeter.dlms.client import AccessDenied
+
+    obis = _parse_obis(obis_text)
+    try:
+        _run_client(ctx, lambda c: c.action(obis, 2, Data.integer(0), class_id=7))
+    except AccessDenied as exc:
+        raise UsageProblem(f"refused: {obis} capture: {_result_name(exc.result)}",
+                           "may this client execute it? give a management client's --credentials") from None
+    click.echo(json.dumps({"captured": str(obis)}) if ctx.obj["json"] else f"{obis}: captured")
+
+
 @client.command("signed-readout")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.pass_context
@@ -661,16 +750,7 @@ def client_objects(ctx: click.Context) -> None:
 @click.pass_context
 def client_get(ctx: click.Context, target: str) -> None:
     """Read one attribute (default 2, the value). Registers are shown with their unit."""
-    obis_text, _, attr_text = target.rpartition(":") if target.count(":") > 1 else (target, "", "")
-    if not obis_text:
-        obis_text = target
-    try:
-        attribute = int(attr_text) if attr_text else 2
-    except ValueError:
-        raise UsageProblem(f"attribute {attr_text!r} is not a number", "write OBIS:ATTR like 1-0:1.8.0.255:3") from None
-    if not 0 <= attribute <= 255:
-        raise UsageProblem(f"attribute {attribute} is not 0..255", "attribute 0 reads all attributes at once")
-    obis = _parse_obis(obis_text)
+    obis, attribute = _parse_target(target)
 
     async def work(c):
         from smartmeter.dlms.client import ClientError
