@@ -57,6 +57,11 @@ def _show(status: dict) -> None:
         device = status.get(key)
         if device:
             click.echo(f"{label:<18}{device['state']} (control mode {device['mode']}, output {device['output']})")
+    for key, label in (("disconnect calendar", "disconnect cal."), ("load management calendar", "relay calendar")):
+        if key in status:
+            upcoming = status[key].get("next switch")
+            click.echo(f"{label:<18}" + ("empty" if upcoming is None else
+                       f"next {upcoming['at']}: script {upcoming['script']} ({'off' if upcoming['script'] == 3 else 'on'})"))
     if status.get("tariff"):
         click.echo(f"tariff            {status['tariff']}")
     billing = status.get("billing")
