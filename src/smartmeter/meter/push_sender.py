@@ -1,0 +1,307 @@
+"""Delivers the meter's pushes (IC 40 v0 push setup, companion standard §10.6/§10.7) on the event loop.
+
+The push setup objects build the protected data-notification and hand its APDUs (or its
+general-block-transfer blocks) to `PushSender.submit` with the setup's send_destination_and_method,
+number_of_retries, randomisation_start_interval, repetition_delay and communication_window.
+From there each push runs on its own as IDIS package 2 and the Blue Book describe it:
+
+1. it waits for the first communication window open at or after the trigger (an empty window
+   list means always open); a push whose next window starts more than `max_window_wait`
+   seconds ahead is dropped;
+2. it waits a random 0..randomisation_start_interval seconds;
+3. it makes 1 + number_of_retries attempts, repetition_delay seconds apart. An attempt that
+   falls outside every window is skipped, and counts (§10.7: "retries in the case of
+   unsuccessful or skipped push attempts"). Over TCP the first acknowledged attempt ends the
+   push; over UDP nothing is ever confirmed, so every attempt is sent.
+
+What a destination can cost is bounded: at most `max_pending` pushes (and `max_pending_bytes`
+of messages) wait at a time, beyond that `submit` refuses; a TCP connection is given up after
+`connect_timeout` seconds, and at most `max_connections` are open at a time. Nothing here
+blocks: metering, the DLMS servers and other pushes carry on while a destination does not answer.
+
+Time: `now()` is the meter clock (UTC seconds; the windows are in it) and `sleep(s)` waits s
+seconds of it, so a meter on a fast clock passes a sleep that runs as fast. Connection timeouts
+are network time, the event loop's.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+from smartmeter.errors import EncodeError
+from smartmeter.ratelog import RateLimitedLog
+from smartmeter.transport.wrapper_send import (
+    DeliveryFailed,
+    Destination,
+    parse_destination,
+    send_tcp,
+    send_udp,
+    wrapper_messages,
+)
+
+log = logging.getLogger(__name__)
+
+# IC 40 send_destination_and_method transport_service (Blue Book 4.4.8): 0 TCP, 1 UDP;
+# 201 is the companion standard's manufacturer-specific wired M-Bus of the consumer push (§10.5).
+TCP = 0
+UDP = 1
+WIRED_MBUS = 201
+
+# Wrapper ports (Green Book 7.3.3.2: a wPort is the SAP): the pushes come from the meter's one
+# logical device, the management LD (server SAP 1), and go to the Data Readout client (SAP 2)
+# in whose context they run (catalog §7).
+SOURCE_WPORT = 1
+DATA_READOUT_WPORT = 2
+
+CONNECT_TIMEOUT = 10.0  # s of network time for a TCP connection, and again for its acknowledgement
+MAX_CONNECTIONS = 4  # TCP pushes connecting or writing at a time
+MAX_PENDING_BYTES = 4 * 1024 * 1024  # messages of all waiting pushes together
+MAX_WINDOW_WAIT = 7 * 86400.0  # a weekly window is the longest IDIS configures
+WINDOW_RECHECK = 300.0  # s of meter time between looks at the clock while waiting for a window
+
+# IC 40 v0 attribute ranges: number_of_retries unsigned, randomisation and repetition long-unsigned
+_LIMITS = (("retries", 255), ("randomisation", 65535), ("repetition_delay", 65535))
+
+
+class _Refused(Exception):
+    def __init__(self, condition: str, message: str, *args) -> None:
+        super().__init__(message % args)
+        self.condition, self.message, self.args_ = condition, message, args
+
+
+@dataclass(frozen=True, slots=True)
+class _Push:
+    messages: tuple[bytes, ...]
+    transport_service: int
+    destination: Destination
+    retries: int
+    randomisation: int
+    repetition_delay: int
+    window: tuple[tuple[float, float], ...]
+
+    @property
+    def size(self) -> int:
+        return sum(len(m) for m in self.messages)
+
+
+def window_open(window: tuple[tuple[float, float], ...], t: float) -> bool:
+    """Whether `t` lies in one of the windows [start, end); no windows: always."""
+    return not window or any(start <= t < end for start, end in window)
+
+
+def next_window_start(window: tuple[tuple[float, float], ...], t: float) -> float | None:
+    return min((start for start, _ in window if start > t), default=None)
+
+
+class PushSender:
+    """Runs every submitted push to its end on one asyncio loop; `submit` is safe from any thread.
+
+    stats(): submitted and refused (by `submit`); attempts made and skipped (outside the
+    window); how each accepted push ended: sent (its messages went out: TCP acknowledged or
+    UDP sent at least once), of those succeeded (confirmed: TCP only), failed (every attempt
+    failed or was skipped), dropped (no window within the bound, or the sender closed);
+    pending (not ended yet). submitted = sent + failed + dropped + pending.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None, *, max_pending: int = 64, say=None,
+                 rng: random.Random | None = None, now: Callable[[], float] | None = None,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 connect_timeout: float = CONNECT_TIMEOUT, max_connections: int = MAX_CONNECTIONS,
+                 max_pending_bytes: int = MAX_PENDING_BYTES, max_window_wait: float = MAX_WINDOW_WAIT) -> None:
+        self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes
+        self.max_window_wait = max_window_wait
+        self.connect_timeout = connect_timeout
+        self.max_connections = max_connections
+        self.say = say if say is not None else RateLimitedLog(log)
+        self.rng = rng if rng is not None else random.SystemRandom()
+        self.now = now if now is not None else time.time
+        self.sleep = sleep
+        self._bound_explicitly = loop is not None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._connections: asyncio.Semaphore | None = None
+        if loop is not None:
+            self._bind(loop)
+        self._lock = threading.Lock()  # submit may come from another thread than the loop's
+        self._pending = 0
+        self._pending_bytes = 0
+        self._tasks: set[asyncio.Task] = set()
+        self._closed = False
+        self._stats: Counter[str] = Counter()
+
+    def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._connections = asyncio.Semaphore(self.max_connections)
+
+    # -- entry ------------------------------------------------------------------------------
+
+    def submit(self, frames: list[bytes], transport_service: int, destination: str, retries: int,
+               randomisation: int, repetition_delay: int, window: tuple = (), source_wport: int = SOURCE_WPORT,
+               destination_wport: int = DATA_READOUT_WPORT) -> bool:
+        """Queue one push; never blocks. False when refused (logged once per condition and minute)."""
+        try:
+            push = self._check(frames, transport_service, destination, retries, randomisation, repetition_delay,
+                               window, source_wport, destination_wport)
+            with self._lock:
+                loop, in_loop = self._target_loop()
+                if self._pending >= self.max_pending:
+                    raise _Refused("push.queue_full", "push to %s refused: %d pushes already waiting",
+                                   push.destination, self._pending)
+                if self._pending_bytes + push.size > self.max_pending_bytes:
+                    raise _Refused("push.queue_full", "push to %s refused: the waiting pushes hold %d bytes",
+                                   push.destination, self._pending_bytes)
+                self._pending += 1
+                self._pending_bytes += push.size
+                self._stats["submitted"] += 1
+        except _Refused as refusal:
+            self._count("refused")
+            self.say(refusal.condition, refusal.message, *refusal.args_)
+            return False
+        if in_loop:
+            self._start(push)
+        else:
+            loop.call_soon_threadsafe(self._start, push)
+        return True
+
+    def _check(self, frames, transport_service, destination, retries, randomisation, repetition_delay, window,
+               source_wport, destination_wport) -> _Push:
+        if self._closed:
+            raise _Refused("push.closed", "push refused: the push sender is closed")
+        if transport_service == WIRED_MBUS:
+            raise _Refused("push.unsupported_transport", "push over wired M-Bus (transport_service 201) "
+                           "is not sent by the LAN/WAN push sender")
+        if transport_service not in (TCP, UDP):
+            raise _Refused("push.unsupported_transport", "push refused: transport_service %r is neither "
+                           "0 (TCP) nor 1 (UDP)", transport_service)
+        try:
+            parsed = parse_destination(destination)
+        except ValueError as exc:
+            raise _Refused("push.bad_destination", "push refused: %s", exc) from None
+        values = {"retries": retries, "randomisation": randomisation, "repetition_delay": repetition_delay}
+        for name, high in _LIMITS:
+            value = values[name]
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= high:
+                raise _Refused("push.bad_parameters", "push refused: %s %r is outside 0..%d", name, value, high)
+        if not frames:
+            raise _Refused("push.bad_frames", "push refused: no APDU to send")
+        try:
+            messages = wrapper_messages(frames, source_wport, destination_wport)
+        except (EncodeError, TypeError) as exc:
+            raise _Refused("push.bad_frames", "push refused: %s", exc) from None
+        try:
+            spans = tuple((float(start), float(end)) for start, end in window)
+        except (TypeError, ValueError):
+            raise _Refused("push.bad_window", "push refused: a communication window is not a (start, end) "
+                           "pair of instants") from None
+        if any(not start < end for start, end in spans):
+            raise _Refused("push.bad_window", "push refused: a communication window ends before it starts")
+        return _Push(messages, transport_service, parsed, retries, randomisation, repetition_delay, spans)
+
+    def _target_loop(self) -> tuple[asyncio.AbstractEventLoop, bool]:
+        """The loop pushes run on, and whether the caller runs in it."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not None and not self._bound_explicitly and running is not self._loop \
+                and (self._loop is None or self._loop.is_closed()):
+            self._bind(running)  # bound to the loop that first submits (again, once that one ended)
+        if self._loop is None or self._loop.is_closed():
+            raise _Refused("push.no_loop", "push refused: no event loop runs the push sender")
+        return self._loop, running is self._loop
+
+    def _start(self, push: _Push) -> None:
+        if self._closed:
+            self._end(push, "dropped")
+            return
+        task = self._loop.create_task(self._run(push), name=f"push to {push.destination}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _count(self, key: str) -> None:
+        with self._lock:
+            self._stats[key] += 1
+
+    def _end(self, push: _Push, outcome: str) -> None:
+        with self._lock:
+            self._pending -= 1
+            self._pending_bytes -= push.size
+            self._stats[outcome] += 1
+
+    # -- one push ---------------------------------------------------------------------------
+
+    async def _run(self, push: _Push) -> None:
+        outcome = "dropped"  # unless it gets to its attempts: cancelled by close()
+        try:
+            if not await self._window_reached(push):
+                self.say("push.no_window", "push to %s dropped: no communication window opens within %g s",
+                         push.destination, self.max_window_wait)
+                return
+            if push.randomisation:
+                await self.sleep(self.rng.uniform(0, push.randomisation))
+            outcome = await self._attempts(push)
+        except Exception:  # a fault here must not end the loop's other work, nor go unseen
+            log.exception("push to %s abandoned", push.destination)
+            outcome = "failed"
+        finally:
+            self._end(push, outcome)
+
+    async def _window_reached(self, push: _Push) -> bool:
+        while True:
+            t = self.now()
+            if window_open(push.window, t):
+                return True
+            start = next_window_start(push.window, t)
+            if start is None or start - t > self.max_window_wait:
+                return False
+            await self.sleep(min(start - t, WINDOW_RECHECK))  # the clock may be set meanwhile
+
+    async def _attempts(self, push: _Push) -> str:
+        sent = False
+        for attempt in range(1 + push.retries):
+            if attempt:
+                await self.sleep(push.repetition_delay)
+            if not window_open(push.window, self.now()):
+                self._count("skipped")
+                continue
+            self._count("attempts")
+            try:
+                if push.transport_service == UDP:
+                    await send_udp(push.destination, push.messages)
+                    sent = True
+                    continue  # never confirmed: every attempt goes out (§10.7)
+                async with self._connections:
+                    await send_tcp(push.destination, push.messages, self.connect_timeout)
+            except DeliveryFailed as exc:
+                self.say("push.attempt_failed", "push attempt failed: %s", exc, level=logging.INFO)
+                continue
+            self._count("succeeded")
+            return "sent"
+        if sent:
+            return "sent"
+        self.say("push.failed", "push to %s failed after %d attempt(s)", push.destination, 1 + push.retries)
+        return "failed"
+
+    # -- state ------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Refuse new pushes and cancel the waiting and running ones (they count as dropped)."""
+        self._closed = True
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def stats(self) -> dict:
+        with self._lock:
+            counts = {key: self._stats[key] for key in ("submitted", "refused", "attempts", "skipped", "sent",
+                                                        "succeeded", "failed", "dropped")}
+            counts["pending"] = self._pending
+        return counts

@@ -1,0 +1,457 @@
+"""The push sender (IC 40 delivery, companion §10.6/§10.7) against listeners on the loopback.
+
+Meter time is a fake clock: `FakeMeterTime.sleep` advances it by exactly what the sender asks,
+so delays and windows are checked to the second without waiting. Network timeouts run in real time.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import threading
+
+import pytest
+
+from smartmeter.meter.push_sender import TCP, UDP, WIRED_MBUS, PushSender
+from smartmeter.transport.wrapper import WrapperDecoder, decode_datagram
+
+T0 = 1_800_000_000.0  # meter time at the first submit
+APDU = bytes.fromhex("0f00000001") + bytes(range(40))  # stands in for a protected data-notification
+BLOCKS = [b"\xe0\xc0" + bytes([n]) * 30 for n in range(3)]  # stands in for general-block-transfer blocks
+
+
+class FakeMeterTime:
+    """The meter clock for the sender: now() and sleep(s), which moves the clock by s.
+
+    sleep yields to the loop a few times first, so what was sent before it is received
+    (and stamped) before the clock moves on."""
+
+    def __init__(self, t: float = T0) -> None:
+        self.t = t
+        self.sleeps: list[float] = []
+
+    def now(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        await asyncio.sleep(0.005)
+        self.t += seconds
+
+
+class Said:
+    """A `say` that records conditions (the sender's rate-limited log)."""
+
+    def __init__(self) -> None:
+        self.conditions: list[str] = []
+
+    def __call__(self, condition, message, *args, level=None) -> bool:
+        self.conditions.append(condition)
+        return True
+
+
+class UdpListener(asyncio.DatagramProtocol):
+    def __init__(self, clock: FakeMeterTime) -> None:
+        self.clock = clock
+        self.received: list[tuple[float, bytes]] = []
+
+    def datagram_received(self, data, addr) -> None:
+        self.received.append((self.clock.now(), data))
+
+
+async def udp_listener(clock: FakeMeterTime, host: str = "::1"):
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.create_datagram_endpoint(lambda: UdpListener(clock), local_addr=(host, 0))
+    port = transport.get_extra_info("sockname")[1]
+    return transport, protocol, (f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+
+
+async def tcp_listener(clock: FakeMeterTime):
+    """A wrapper listener on 127.0.0.1: one (meter time, frames) per connection."""
+    connections: list[tuple[float, list]] = []
+
+    async def on_connection(reader, writer):
+        at = clock.now()
+        decoder = WrapperDecoder()
+        frames = []
+        while data := await reader.read(65536):
+            frames += decoder.feed(data)
+        connections.append((at, frames))
+        writer.close()
+
+    server = await asyncio.start_server(on_connection, "127.0.0.1", 0)
+    return server, connections, f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+def closed_tcp_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+async def until(condition, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.005)
+
+
+async def settled(sender: PushSender) -> dict:
+    await until(lambda: sender.stats()["pending"] == 0)
+    return sender.stats()
+
+
+def sender_for(clock: FakeMeterTime, **options) -> PushSender:
+    return PushSender(asyncio.get_running_loop(), now=clock.now, sleep=clock.sleep, **options)
+
+
+def test_udp_sends_every_attempt_repetition_delay_apart():
+    retries, delay = 3, 25
+
+    async def scenario():
+        clock = FakeMeterTime()
+        transport, listener, destination = await udp_listener(clock)
+        sender = sender_for(clock, rng=random.Random(7))
+        assert sender.submit(BLOCKS, UDP, destination, retries, 0, delay)
+        stats = await settled(sender)
+        await until(lambda: len(listener.received) == (1 + retries) * len(BLOCKS))
+        await asyncio.sleep(0.05)  # nothing more comes
+        transport.close()
+        return listener.received, stats
+
+    received, stats = asyncio.run(scenario())
+    assert len(received) == (1 + retries) * len(BLOCKS)
+    times = sorted({at for at, _ in received})
+    assert times == [T0 + k * delay for k in range(1 + retries)]
+    for at in times:  # each attempt: every block, in order, in wrapper messages 1 -> 2
+        frames = [decode_datagram(data) for t, data in received if t == at]
+        assert [f.payload for f in frames] == BLOCKS
+        assert {(f.source_wport, f.destination_wport) for f in frames} == {(1, 2)}
+    assert stats["attempts"] == 1 + retries
+    assert (stats["sent"], stats["succeeded"], stats["failed"]) == (1, 0, 0)
+
+
+def test_udp_to_a_port_nobody_listens_on_still_sends_every_attempt():
+    """An ICMP port-unreachable must not make later datagrams of the push fail."""
+    retries = 4
+
+    async def scenario():
+        clock = FakeMeterTime()
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1", 0))
+            port = probe.getsockname()[1]
+        sender = sender_for(clock)
+        assert sender.submit([APDU], UDP, f"[::1]:{port}", retries, 0, 10)
+        return await settled(sender), clock.sleeps
+
+    stats, sleeps = asyncio.run(scenario())
+    assert stats["attempts"] == 1 + retries and stats["sent"] == 1
+    assert sleeps == [10] * retries
+
+
+def test_randomisation_waits_within_the_interval_before_the_first_attempt():
+    randomisation, seed = 600, 12345
+
+    async def scenario():
+        clock = FakeMeterTime()
+        transport, listener, destination = await udp_listener(clock, "127.0.0.1")
+        sender = sender_for(clock, rng=random.Random(seed))
+        firsts = []
+        for _ in range(5):
+            start = clock.now()
+            listener.received.clear()
+            assert sender.submit([APDU], UDP, destination, 0, randomisation, 0)
+            await settled(sender)
+            await until(lambda: listener.received)
+            firsts.append(listener.received[0][0] - start)
+        transport.close()
+        return firsts
+
+    waits = asyncio.run(scenario())
+    reference = random.Random(seed)
+    assert waits == pytest.approx([reference.uniform(0, randomisation) for _ in waits])
+    assert all(0 <= w <= randomisation for w in waits) and len(set(waits)) == len(waits)
+
+
+def test_tcp_stops_after_the_first_acknowledged_attempt():
+    async def scenario():
+        clock = FakeMeterTime()
+        server, connections, destination = await tcp_listener(clock)
+        sender = sender_for(clock)
+        assert sender.submit(BLOCKS, TCP, destination, 3, 0, 30)
+        stats = await settled(sender)
+        await until(lambda: connections)
+        await asyncio.sleep(0.05)
+        server.close()
+        return connections, stats, clock.sleeps
+
+    connections, stats, sleeps = asyncio.run(scenario())
+    assert len(connections) == 1 and sleeps == []
+    at, frames = connections[0]
+    assert at == T0 and [f.payload for f in frames] == BLOCKS
+    assert {(f.source_wport, f.destination_wport) for f in frames} == {(1, 2)}
+    assert (stats["attempts"], stats["sent"], stats["succeeded"], stats["failed"]) == (1, 1, 1, 0)
+
+
+def test_tcp_to_a_closed_port_makes_every_attempt_then_gives_up():
+    retries, delay = 2, 60
+
+    async def scenario():
+        clock = FakeMeterTime()
+        sender = sender_for(clock)
+        assert sender.submit([APDU], TCP, f"127.0.0.1:{closed_tcp_port()}", retries, 0, delay)
+        return await settled(sender), clock.sleeps
+
+    stats, sleeps = asyncio.run(scenario())
+    assert stats["attempts"] == 1 + retries and sleeps == [delay] * retries
+    assert (stats["sent"], stats["succeeded"], stats["failed"]) == (0, 0, 1)
+
+
+def test_tcp_retries_until_the_head_end_listens():
+    """Closed for the first two attempts, then open: the third attempt delivers, and only once."""
+    delay = 45
+
+    async def scenario():
+        clock = FakeMeterTime()
+        port = closed_tcp_port()
+        connections = []
+        opened = clock.now() + 2 * delay  # the listener comes up at the third attempt's time
+
+        async def on_connection(reader, writer):
+            decoder = WrapperDecoder()
+            frames = []
+            while data := await reader.read(65536):
+                frames += decoder.feed(data)
+            connections.append((clock.now(), frames))
+
+        servers = []
+
+        async def open_when_due():
+            await until(lambda: clock.now() >= opened)
+            servers.append(await asyncio.start_server(on_connection, "127.0.0.1", port))
+
+        opener = asyncio.create_task(open_when_due())
+        original_sleep = clock.sleep
+
+        async def sleep_then_open(seconds):  # the listener is up before the attempt at `opened`
+            await original_sleep(seconds)
+            if clock.now() >= opened:
+                await opener
+
+        sender = PushSender(asyncio.get_running_loop(), now=clock.now, sleep=sleep_then_open)
+        assert sender.submit([APDU], TCP, f"127.0.0.1:{port}", 5, 0, delay)
+        stats = await settled(sender)
+        await until(lambda: connections)
+        servers[0].close()
+        return connections, stats
+
+    connections, stats = asyncio.run(scenario())
+    assert [at for at, _ in connections] == [T0 + 2 * delay]
+    assert [f.payload for f in connections[0][1]] == [APDU]
+    assert (stats["attempts"], stats["succeeded"]) == (3, 1)
+
+
+def test_a_destination_that_does_not_answer_blocks_no_other_push():
+    """A listener whose accept queue is full drops the SYNs: the connection neither opens nor fails."""
+    timeout = 0.6
+
+    async def scenario():
+        clock = FakeMeterTime()
+        blackhole = socket.socket()
+        blackhole.bind(("127.0.0.1", 0))
+        blackhole.listen(0)
+        filler = socket.create_connection(blackhole.getsockname())  # fills the queue; never accepted
+        dead = "127.0.0.1:%d" % blackhole.getsockname()[1]
+        transport, udp, udp_destination = await udp_listener(clock)
+        server, connections, tcp_destination = await tcp_listener(clock)
+        sender = sender_for(clock, connect_timeout=timeout, max_connections=2)
+        loop = asyncio.get_running_loop()
+        assert sender.submit([APDU], TCP, dead, 1, 0, 0)
+        await asyncio.sleep(0.05)
+        started = loop.time()
+        assert sender.submit([APDU], UDP, udp_destination, 0, 0, 0)
+        assert sender.submit([APDU], TCP, tcp_destination, 0, 0, 0)
+        await until(lambda: udp.received and connections)
+        others_took = loop.time() - started
+        waiting = sender.stats()["pending"]
+        stats = await settled(sender)
+        all_took = loop.time() - started
+        filler.close()
+        blackhole.close()
+        transport.close()
+        server.close()
+        return others_took, waiting, stats, all_took
+
+    others_took, waiting, stats, all_took = asyncio.run(scenario())
+    assert others_took < timeout / 2 and waiting == 1
+    assert all_took >= 2 * timeout - 0.1  # two attempts, each given up after the timeout
+    assert (stats["sent"], stats["failed"], stats["attempts"]) == (2, 1, 4)
+
+
+def test_the_push_waits_for_its_communication_window():
+    async def scenario():
+        clock = FakeMeterTime()
+        transport, listener, destination = await udp_listener(clock)
+        sender = sender_for(clock)
+        window = ((T0 - 7200, T0 - 3600), (T0 + 5000, T0 + 6000))  # one past, one 5000 s ahead
+        assert sender.submit([APDU], UDP, destination, 1, 0, 10, window)
+        stats = await settled(sender)
+        await until(lambda: len(listener.received) == 2)
+        transport.close()
+        return [at for at, _ in listener.received], stats
+
+    times, stats = asyncio.run(scenario())
+    assert times == [T0 + 5000, T0 + 5010]
+    assert stats["attempts"] == 2 and stats["skipped"] == 0
+
+
+def test_attempts_outside_the_window_are_skipped_and_count_as_retries():
+    async def scenario():
+        clock = FakeMeterTime()
+        transport, listener, destination = await udp_listener(clock)
+        sender = sender_for(clock)
+        assert sender.submit([APDU], UDP, destination, 4, 0, 10, [(T0 - 1, T0 + 25)])
+        stats = await settled(sender)
+        await asyncio.sleep(0.05)
+        transport.close()
+        return [at for at, _ in listener.received], stats, clock.sleeps
+
+    times, stats, sleeps = asyncio.run(scenario())
+    assert times == [T0, T0 + 10, T0 + 20]  # T0+30 and T0+40 fall after the window's end
+    assert (stats["attempts"], stats["skipped"]) == (3, 2) and sleeps == [10] * 4
+
+
+def test_a_push_without_a_window_in_reach_is_dropped():
+    async def scenario():
+        clock = FakeMeterTime()
+        said = Said()
+        sender = sender_for(clock, say=said, max_window_wait=86400)
+        assert sender.submit([APDU], UDP, "[::1]:4059", 0, 0, 0, [(T0 + 2 * 86400, T0 + 2 * 86400 + 60)])
+        assert sender.submit([APDU], UDP, "[::1]:4059", 0, 0, 0, [(T0 - 60, T0 - 1)])  # all in the past
+        return await settled(sender), said.conditions, clock.sleeps
+
+    stats, conditions, sleeps = asyncio.run(scenario())
+    assert (stats["dropped"], stats["attempts"]) == (2, 0) and sleeps == []
+    assert conditions == ["push.no_window", "push.no_window"]
+
+
+def test_a_full_queue_refuses_without_growing():
+    async def scenario():
+        clock = FakeMeterTime()
+        said = Said()
+        sender = sender_for(clock, say=said, max_pending=3)
+        later = [(T0 + 3600, T0 + 7200)]
+        accepted = [sender.submit([APDU], UDP, "[::1]:4059", 0, 0, 0, later) for _ in range(10)]
+        await asyncio.sleep(0.02)
+        stats = sender.stats()
+        await sender.close()
+        return accepted, stats, said.conditions, sender.stats()
+
+    accepted, stats, conditions, closed = asyncio.run(scenario())
+    assert accepted == [True] * 3 + [False] * 7
+    assert (stats["pending"], stats["submitted"], stats["refused"]) == (3, 3, 7)
+    assert set(conditions) == {"push.queue_full"}
+    assert (closed["pending"], closed["dropped"]) == (0, 3)
+
+
+def test_the_waiting_bytes_are_bounded_too():
+    async def scenario():
+        clock = FakeMeterTime()
+        sender = sender_for(clock, max_pending_bytes=3 * (8 + len(APDU)))
+        later = [(T0 + 3600, T0 + 7200)]
+        accepted = [sender.submit([APDU], UDP, "[::1]:4059", 0, 0, 0, later) for _ in range(5)]
+        await sender.close()
+        return accepted
+
+    assert asyncio.run(scenario()) == [True] * 3 + [False] * 2
+
+
+@pytest.mark.parametrize("destination", [
+    "", "127.0.0.1", "127.0.0.1:", "127.0.0.1:0", "127.0.0.1:65536", "127.0.0.1:80x", "127.0.0.1: 80",
+    "256.0.0.1:4059", "127.0.0.01:4059", "1.2.3:4059", "localhost:4059", "hes.example.com:4059", "::1:4059",
+    "[::1:4059", "[::1]", "[::1]:", "[::1]:99999", "[::g]:4059", "[127.0.0.1]:4059", " 127.0.0.1:4059",
+    "127.0.0.1:4059\n", b"\xff\xfe:1", "0-2:24.6.0.255:FF:00",
+])
+def test_malformed_destinations_are_refused(destination):
+    async def scenario():
+        said = Said()
+        sender = PushSender(asyncio.get_running_loop(), say=said)
+        accepted = sender.submit([APDU], UDP, destination, 0, 0, 0)
+        return accepted, said.conditions, sender.stats()
+
+    accepted, conditions, stats = asyncio.run(scenario())
+    assert not accepted and conditions == ["push.bad_destination"]
+    assert (stats["submitted"], stats["refused"], stats["pending"]) == (0, 1, 0)
+
+
+@pytest.mark.parametrize("arguments, condition", [
+    (([APDU], WIRED_MBUS, "0-2:24.6.0.255:FF:00", 0, 0, 0), "push.unsupported_transport"),
+    (([APDU], 2, "127.0.0.1:4059", 0, 0, 0), "push.unsupported_transport"),
+    (([APDU], UDP, "127.0.0.1:4059", -1, 0, 0), "push.bad_parameters"),
+    (([APDU], UDP, "127.0.0.1:4059", 256, 0, 0), "push.bad_parameters"),
+    (([APDU], UDP, "127.0.0.1:4059", 0, 65536, 0), "push.bad_parameters"),
+    (([APDU], UDP, "127.0.0.1:4059", 0, 0, 1.5), "push.bad_parameters"),
+    (([], UDP, "127.0.0.1:4059", 0, 0, 0), "push.bad_frames"),
+    (([bytes(65536)], UDP, "127.0.0.1:4059", 0, 0, 0), "push.bad_frames"),
+    (([APDU], UDP, "127.0.0.1:4059", 0, 0, 0, [(T0 + 10, T0)]), "push.bad_window"),
+    (([APDU], UDP, "127.0.0.1:4059", 0, 0, 0, [("start", "end")]), "push.bad_window"),
+])
+def test_unusable_pushes_are_refused(arguments, condition):
+    async def scenario():
+        said = Said()
+        sender = PushSender(asyncio.get_running_loop(), say=said)
+        return sender.submit(*arguments), said.conditions
+
+    assert asyncio.run(scenario()) == (False, [condition])
+
+
+def test_close_cancels_waiting_and_connecting_pushes():
+    async def scenario():
+        clock = FakeMeterTime()
+        blackhole = socket.socket()
+        blackhole.bind(("127.0.0.1", 0))
+        blackhole.listen(0)
+        filler = socket.create_connection(blackhole.getsockname())
+        sender = sender_for(clock, connect_timeout=30)
+        assert sender.submit([APDU], UDP, "[::1]:4059", 0, 0, 0, [(T0 + 3600, T0 + 7200)])  # waits for its window
+        assert sender.submit([APDU], TCP, "127.0.0.1:%d" % blackhole.getsockname()[1], 0, 0, 0)  # connecting
+        await asyncio.sleep(0.05)
+        before = sender.stats()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await sender.close()
+        took = loop.time() - started
+        refused_after = sender.submit([APDU], UDP, "[::1]:4059", 0, 0, 0)
+        leftover = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        filler.close()
+        blackhole.close()
+        return before, sender.stats(), took, refused_after, leftover
+
+    before, after, took, refused_after, leftover = asyncio.run(scenario())
+    assert before["pending"] == 2 and took < 1.0
+    assert (after["pending"], after["dropped"], after["submitted"]) == (0, 2, 2)
+    assert refused_after is False and leftover == []
+
+
+def test_submit_from_another_thread_runs_on_the_loop():
+    async def scenario():
+        clock = FakeMeterTime()
+        transport, listener, destination = await udp_listener(clock)
+        sender = sender_for(clock)
+        results = []
+        thread = threading.Thread(target=lambda: results.append(sender.submit([APDU], UDP, destination, 1, 0, 5)))
+        thread.start()
+        await asyncio.get_running_loop().run_in_executor(None, thread.join)
+        await until(lambda: len(listener.received) == 2)
+        transport.close()
+        return results, await settled(sender)
+
+    results, stats = asyncio.run(scenario())
+    assert results == [True] and stats["attempts"] == 2
+
+
+def test_without_a_loop_a_push_is_refused():
+    said = Said()
+    sender = PushSender(say=said)
+    assert not sender.submit([APDU], UDP, "[::1]:4059", 0, 0, 0)
+    assert said.conditions == ["push.no_loop"]
