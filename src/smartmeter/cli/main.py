@@ -341,6 +341,7 @@ async def _serve(meter_, host: str, wrapper_port: int, hdlc_port: int, serial_de
 
 main.add_command(pki_group)
 main.add_command(sim_group)
+from smartmeter.cli.hes import hes_group; main.add_command(hes_group)  # noqa: E402 (the head-end push listener)
 
 
 # --------------------------------------------------------------------------------------

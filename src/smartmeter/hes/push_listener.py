@@ -363,7 +363,7 @@ class PushReceiver:
     def __init__(self, keyring: Keyring, store: PushStore, object_lists: ObjectLists | None = None, *,
                  limits: Limits = Limits(), clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic,
-                 on_alarm: Callable[[StoredPush, dict[str, int]], None] | None = None,
+                 on_alarm: Callable[[StoredPush, dict[str, int], Any], None] | None = None,
                  on_stored: Callable[[StoredPush], None] | None = None, say: RateLimitedLog | None = None) -> None:
         self.keyring = keyring
         self.store = store
@@ -524,7 +524,7 @@ class PushReceiver:
         alarms = {r.obis: r.value for r in push.readings
                   if r.obis in ALARM_DESCRIPTORS and r.attribute == 2 and isinstance(r.value, int)}
         if self.on_alarm is not None and any(alarms.values()):
-            self.on_alarm(push, alarms)
+            self.on_alarm(push, alarms, sender)
         return "stored"
 
     def _decode(self, meter: str, counter: int, notification: DataNotification, receive_time: str
@@ -613,7 +613,7 @@ async def serve_tcp(receiver: PushReceiver, host: str, port: int) -> asyncio.Abs
             writer.transport.abort()
             return
         peer = writer.get_extra_info("peername")
-        sender = (peer[:2] if peer else None, id(writer))
+        sender = peer[:2] if peer else ("?", id(writer))  # the peer's port tells its connections apart
         # the header's length is bounded, so the buffer holds at most one message and a chunk
         decoder = WrapperDecoder(max_payload=limits.max_message)
         try:
@@ -623,7 +623,7 @@ async def serve_tcp(receiver: PushReceiver, host: str, port: int) -> asyncio.Abs
                     try:
                         decoder.eof()
                     except TruncatedError:
-                        receiver.refuse("truncated", "connection from %s closed inside a message", sender[0])
+                        receiver.refuse("truncated", "connection from %s closed inside a message", sender)
                     break
                 table.touch(slot, loop.time())
                 try:
@@ -633,7 +633,7 @@ async def serve_tcp(receiver: PushReceiver, host: str, port: int) -> asyncio.Abs
                     condition = "oversized" if "exceeds" in exc.detail else "garbage"
                     for frame in frames:
                         receiver.frame(frame, sender)
-                    receiver.refuse(condition, "connection from %s closed: %s", sender[0], exc)
+                    receiver.refuse(condition, "connection from %s closed: %s", sender, exc)
                     break
                 for frame in frames:
                     receiver.frame(frame, sender)
@@ -641,7 +641,7 @@ async def serve_tcp(receiver: PushReceiver, host: str, port: int) -> asyncio.Abs
             pass
         except Exception:
             receiver.counts["internal_error"] += 1
-            log.exception("push connection from %s failed", sender[0])
+            log.exception("push connection from %s failed", sender)
         finally:
             receiver.forget_sender(sender)
             table.release(slot)
