@@ -264,6 +264,7 @@ async def _serve(meter_, host: str, wrapper_port: int, hdlc_port: int, serial_de
         if wrapper_port:
             servers.append(await listen("wrapper", wrapper_port, lambda: aio.serve_wrapper_tcp(meter_.server, host, wrapper_port)))
             servers.append(await listen("wrapper", wrapper_port, lambda: aio.serve_wrapper_udp(meter_.server, host, wrapper_port)))
+            meter_.lan_wan_started(host)  # a new network connection: the On Connectivity push (§10.4)
         if hdlc_port:
             servers.append(await listen("hdlc", hdlc_port, lambda: aio.serve_hdlc_tcp(meter_.server, meter_.hdlc_setup(), host, hdlc_port, wz_open)))
 
@@ -291,6 +292,12 @@ async def _serve(meter_, host: str, wrapper_port: int, hdlc_port: int, serial_de
             except UsageProblem as exc:  # e.g. another program took the port while the meter was off
                 logging.getLogger("smartmeter").error("after power-up: %s (%s)", exc, exc.hint)
 
+    from smartmeter.meter.push_sender import PushSender
+
+    # the pushes go out from this loop; waits (randomisation, repetition delay) are meter time
+    speed = meter_.config.speed
+    meter_.push.sender = PushSender(asyncio.get_running_loop(), now=meter_.clock.now,
+                                    sleep=lambda seconds: asyncio.sleep(seconds / speed))
     lines = []
     if meter_.powered:
         await open_interfaces()
@@ -337,6 +344,8 @@ async def _serve(meter_, host: str, wrapper_port: int, hdlc_port: int, serial_de
     stop_serial.set()
     await control.close()
     close_interfaces()
+    sender, meter_.push.sender = meter_.push.sender, None
+    await sender.close()
 
 
 main.add_command(pki_group)

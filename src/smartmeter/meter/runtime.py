@@ -33,6 +33,7 @@ from smartmeter.meter.scheduler import SchedulerEngine
 from smartmeter.meter.simulation import HouseholdLoad
 from smartmeter.meter.world import PHASES, PhysicalWorld, WorldChange
 from smartmeter.meter.provisioning import provision_demo
+from smartmeter.meter.push import NetworkAddresses, PushService
 from smartmeter.meter.quality_monitor import PowerQualityMonitor
 from smartmeter.meter.security import MeterSecurity
 from smartmeter.meter.store import MeterStore
@@ -105,6 +106,12 @@ FAILURE_STREAK = {46: 3, 49: 1, 50: 1}
 AUTHENTICATION_FAILURE = int(AcseServiceUserDiagnostic.AUTHENTICATION_FAILURE)
 SECURITY_STREAK_EVENTS = {"association_refused": 46, "decipher_failed": 49, "signature_failed": 49,
                           "replay_refused": 50}
+# the push script table (companion §10) and the scripts the runtime starts itself
+PUSH_SCRIPTS = Obis.parse("0-0:10.0.108.255").to_bytes()
+PUSH_ON_ALARM_SCRIPT, PUSH_ON_CONNECTIVITY_SCRIPT, PUSH_ON_POWER_DOWN_SCRIPT = 4, 5, 7
+PUSH_ON_ALARM = Obis.parse("0-4:25.9.0.255")
+PUSH_ON_INSTALLATION = Obis.parse("0-7:25.9.0.255")
+COMMISSIONING_EVENT = 246  # §10.3: the On Installation push "sets the commissioning event" (manufacturer code)
 
 
 class LoadProfileSource:
@@ -238,10 +245,14 @@ class Meter:
         self.billing = BillingProfile(self.legal, self.clock, self.store, now=self._meter_time)
         self.power_quality = PowerQualityMonitor(self.events, self.store, self.clock, config.phases)
         self._steady_key: tuple | None = None  # (load, voltages) of the values last read for a steady stretch
+        self.network = NetworkAddresses()  # the LAN/WAN interface's addresses, once it serves (lan_wan_started)
+        # the pushes (§10); its sender is the event loop's, set while the interfaces run (cli `meter run`)
+        self.push = PushService(self.clock, self._meter_time, self._pushed)
         self.directory = self.model.instantiate(self._bindings())
         self.server = DlmsServer(self.directory, system_title=self.identity.system_title,
                                  clock_bytes=self.clock.cosem_now, on_event=self.on_event,
                                  security=self.security.manager, keys=self.security)
+        self.push.attach(self.server)
         self.scheduler = SchedulerEngine.for_directory(self.directory, self.store, self.clock.zone, self._run_script)
         found = ((name, CalendarProgram.for_directory(self.directory, *lns, self.store, self.clock.zone,
                                                       self._run_script)) for name, lns in PROGRAMS.items())
@@ -307,6 +318,8 @@ class Meter:
             "events.configuration.last_id_detail": Binding(self._last_id_detail),
             **self.alarms.bindings(),
             "scripts.run": self._run_script,
+            **self.push.bindings(),
+            **self.network.bindings(),
             "clock.time_shift_limit": Binding(lambda: Data.unsigned(9)),
             "clock.local_time": Binding(lambda: Data.octet_string(self.clock.cosem_now()[5:9])),
             "clock.local_date": Binding(lambda: Data.octet_string(self.clock.cosem_now()[:5])),
@@ -409,6 +422,29 @@ class Meter:
                 result = self.server.run_script(script_ln, selector)
         if result != DataAccessResult.SUCCESS:
             raise RuntimeError(f"script {selector} of {script_ln.hex()} answered {result.name.lower()}")
+
+    def _push(self, selector: int) -> None:
+        """A push the runtime itself starts (script `selector` of the push script table); a push
+        that fails is logged and never stops what started it."""
+        try:
+            self._run_script(PUSH_SCRIPTS, selector)
+        except Exception:  # noqa: BLE001
+            self._say("runtime.push", "push script %s failed:\n%s", selector, traceback.format_exc())
+
+    def _pushed(self, setup, ctx, at: float, outcome: str) -> None:
+        """After a push ran: the alarm repetition restarts its 10 minutes (unless no sender ran yet,
+        as while the meter starts: then the next tick pushes it); the On Installation push
+        records the commissioning event, with who invoked it."""
+        if setup.logical_name == PUSH_ON_ALARM and outcome != "no sender":
+            self.alarms.alarm_pushed(at)
+        elif setup.logical_name == PUSH_ON_INSTALLATION:
+            self.events.record(COMMISSIONING_EVENT, self._context(ctx.association))
+
+    def lan_wan_started(self, host: str) -> None:
+        """The LAN/WAN interface started serving on `host`: a new network connection (§10.4).
+        The IP setup objects learn its addresses, and the On Connectivity push goes out."""
+        self.network.serve_on(host)
+        self._push(PUSH_ON_CONNECTIVITY_SCRIPT)
 
     def _certification_event_id(self) -> Data:
         """The id of the latest entry of the certification protected log (0 before the first)."""
@@ -591,6 +627,7 @@ class Meter:
         if not self.powered:
             return
         self.tick()
+        self._push(PUSH_ON_POWER_DOWN_SCRIPT)  # while the interfaces and the metrology still run
         self.legal.execute(legal.PowerDown(self.clock.now()))
         self.powered = False
         for listener in self.supply_listeners:
@@ -847,6 +884,8 @@ class Meter:
         self.tariff.at(now)  # also what changed without a switching time: a new calendar, the clock's validity
         self._check_limiters(now)
         self._check_fatal()
+        if self.alarms.due_realarms(now):  # §9.1: again every 10 minutes until the head-end clears it
+            self._push(PUSH_ON_ALARM_SCRIPT)
 
     async def run_registration(self, period: float = 1.0) -> None:
         while True:
