@@ -20,11 +20,10 @@ from pathlib import Path
 import click
 
 from smartmeter.cli import UsageProblem
-from smartmeter.cosem.data import Data
 from smartmeter.errors import SmartmeterError
 from smartmeter.hes.push_listener import (
-    SETUPS, Keyring, Limits, ObjectLists, PushReceiver, load_object_list_file, model_object_lists,
-    serve_tcp, serve_udp,
+    ALARM_DESCRIPTORS, SETUPS, AlarmAcknowledger, Keyring, Limits, ObjectLists, PushReceiver, load_object_list_file,
+    model_object_lists, serve_tcp, serve_udp,
 )
 from smartmeter.hes.push_store import PushStore, StoredPush, format_time, parse_time
 
@@ -85,14 +84,13 @@ def listen(udp_port: int | None, tcp_port: int | None, host: str, keys: tuple[Pa
 async def _listen(keyring: Keyring, db: Path, host: str, udp_port: int | None, tcp_port: int | None,
                   configured, ack: bool, meter_port: int) -> None:
     store = PushStore(db)
-    acks = _Acknowledger(keyring, meter_port) if ack else None
+    acks = AlarmAcknowledger(keyring, meter_port, _say) if ack else None
 
     def on_alarm(push: StoredPush, descriptors: dict[str, int], sender) -> None:
-        shown = ", ".join(f"descriptor {i} = 0x{descriptors[obis]:08X}" for i, obis in
-                          enumerate(sorted(descriptors), start=1) if descriptors[obis])
+        shown = ", ".join(f"descriptor {ALARM_DESCRIPTORS.index(obis) + 1} = 0x{bits:08X}"
+                          for obis, bits in sorted(descriptors.items()) if bits)
         meter = push.meter + (f" ({push.serial})" if push.serial else "")
-        click.echo(f"ALARM {push.capture_time} meter {meter}: {shown}")
-        sys.stdout.flush()
+        _say(f"ALARM {push.capture_time} meter {meter}: {shown}")
         if acks is not None:
             acks.clear(push.meter, descriptors, sender)
 
@@ -124,55 +122,14 @@ async def _listen(keyring: Keyring, db: Path, host: str, udp_port: int | None, t
     click.echo(f"stopped: {counts}")
 
 
+def _say(line: str) -> None:
+    click.echo(line)
+    sys.stdout.flush()
+
+
 def _where(sockname) -> str:
     host, port = sockname[:2]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-class _Acknowledger:
-    """Clears reported alarm descriptors on the meter (IDIS: the head-end writes back the bits it
-    read; the meter clears the bits written as 1), one association per meter at a time."""
-
-    def __init__(self, keyring: Keyring, port: int) -> None:
-        self.keyring = keyring
-        self.port = port
-        self.busy: set[str] = set()
-        self.tasks: set[asyncio.Task] = set()
-
-    def clear(self, meter: str, descriptors: dict[str, int], sender) -> None:
-        keys = self.keyring.get(bytes.fromhex(meter))
-        if keys is None or keys.management is None:
-            click.echo(f"ACK meter {meter}: no Management client credentials next to {keys.source if keys else '?'}")
-            return
-        if meter in self.busy:
-            return  # the alarm repeats until cleared: one clearing at a time is enough
-        self.busy.add(meter)
-        task = asyncio.get_running_loop().create_task(self._clear(meter, keys.management, descriptors, sender[0]))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    async def _clear(self, meter: str, credentials_path: Path, descriptors: dict[str, int], host: str) -> None:
-        from smartmeter.hes.client import MeterClient
-        from smartmeter.hes.connection import WrapperLink
-        from smartmeter.hes.credentials import load_credentials
-
-        try:
-            credentials = load_credentials(credentials_path)
-            link = WrapperLink(host, self.port, credentials.client_sap, credentials.server_sap)
-            async with MeterClient(link, security=credentials.security) as client:
-                for obis, bits in sorted(descriptors.items()):
-                    if bits:
-                        await client.set(obis, 2, Data.double_long_unsigned(bits), class_id=1)
-                        click.echo(f"ACK meter {meter}: {obis} cleared (0x{bits:08X})")
-        except (SmartmeterError, OSError) as exc:
-            click.echo(f"ACK meter {meter} failed: {exc}")
-        finally:
-            self.busy.discard(meter)
-            sys.stdout.flush()
-
-    async def wait(self) -> None:
-        if self.tasks:
-            await asyncio.wait(list(self.tasks), timeout=10)
 
 
 # --------------------------------------------------------------------------- show
@@ -238,7 +195,7 @@ def show(db: Path, meter: str | None, obis: tuple[str, ...], start: str | None, 
         rows = store.readings(meter=_system_title(meter), obis=_obis_list(obis),
                               start=_time_option(start, "--from"), end=_time_option(end, "--to"))
         if csv_file is not None:
-            with click.open_file(csv_file, "w", newline="") as out:
+            with click.open_file(csv_file, "w") as out:
                 writer = csv.writer(out)
                 writer.writerow(COLUMNS)
                 for row in rows:

@@ -57,7 +57,7 @@ from smartmeter.transport.wrapper import HEADER_LENGTH, WRAPPER_VERSION, Wrapper
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "DATA_READOUT_SAP", "MANAGEMENT_SAP", "SETUPS", "Keyring", "Limits", "MeterKeys", "ObjectLists",
+    "AlarmAcknowledger", "DATA_READOUT_SAP", "MANAGEMENT_SAP", "SETUPS", "Keyring", "Limits", "MeterKeys", "ObjectLists",
     "PushReceiver", "load_object_list_file", "serve_tcp", "serve_udp",
 ]
 
@@ -561,6 +561,62 @@ class PushReceiver:
         self.counts[condition] += 1
         self.say(condition, message, *args)
         return condition
+
+
+# ----------------------------------------------------------------- alarm clearing
+
+
+class AlarmAcknowledger:
+    """Clears the alarm descriptors an alarm push reported, on the meter, as the Management
+    client: IDIS has the head-end write back the bits it read, and the meter clears the bits
+    written as 1 (so an alarm that occurred since stays). One association per meter at a time;
+    the alarm push repeats every 10 minutes until cleared, so a failed clearing is retried then.
+    `say` gets one line per outcome."""
+
+    def __init__(self, keyring: Keyring, port: int, say: Callable[[str], None], timeout: float = 10.0) -> None:
+        self.keyring = keyring
+        self.port = port
+        self.say = say
+        self.timeout = timeout
+        self.busy: set[str] = set()
+        self.tasks: set[asyncio.Task] = set()
+
+    def clear(self, meter: str, descriptors: dict[str, int], sender: Any) -> None:
+        """Start clearing `descriptors` (OBIS -> bits) of `meter`, reached at the address its push
+        came from (`sender`'s host) on the wrapper port."""
+        keys = self.keyring.get(bytes.fromhex(meter))
+        if keys is None or keys.management is None:
+            self.say(f"ACK meter {meter}: no Management client credentials file next to its push keys")
+            return
+        if meter in self.busy:
+            return
+        self.busy.add(meter)
+        task = asyncio.get_running_loop().create_task(self._clear(meter, keys.management, descriptors, sender[0]))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _clear(self, meter: str, credentials_path: Path, descriptors: dict[str, int], host: str) -> None:
+        from smartmeter.hes.client import MeterClient
+        from smartmeter.hes.connection import WrapperLink
+        from smartmeter.hes.credentials import load_credentials
+
+        try:
+            credentials = load_credentials(credentials_path)
+            link = WrapperLink(host, self.port, credentials.client_sap, credentials.server_sap, self.timeout)
+            async with MeterClient(link, security=credentials.security) as client:
+                for obis, bits in sorted(descriptors.items()):
+                    if bits:
+                        await client.set(obis, 2, Data.double_long_unsigned(bits), class_id=1)
+                        self.say(f"ACK meter {meter}: {obis} cleared (0x{bits:08X})")
+        except (SmartmeterError, OSError) as exc:
+            self.say(f"ACK meter {meter} failed: {exc}")
+        finally:
+            self.busy.discard(meter)
+
+    async def wait(self) -> None:
+        """Let the clearings under way finish."""
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=self.timeout)
 
 
 # ------------------------------------------------------------------------ sockets

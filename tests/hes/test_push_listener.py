@@ -1,0 +1,381 @@
+"""The head-end's push listener against pushes of an in-process meter (its Data Readout client's
+keys, its system title and sending counter, `DlmsServer.protected_notification`): stored once,
+replays, forgeries, strangers and broken messages refused and counted with nothing stored,
+general-block-transfer reassembly, a restart that keeps the counters, registration, alarms and
+their acknowledgement on the meter, and `smartmeter hes show` reading it all back."""
+from __future__ import annotations
+
+import asyncio
+import csv
+import datetime as dt
+import json
+import os
+
+import pytest
+from click.testing import CliRunner
+
+from smartmeter.cli.main import main
+from smartmeter.cosem import axdr
+from smartmeter.cosem.data import CosemDateTime, Data
+from smartmeter.cosem.obis import Obis
+from smartmeter.dlms.apdu.ciphered import GeneralGloCiphering
+from smartmeter.dlms.apdu.gbt import GeneralBlockTransfer
+from smartmeter.dlms.apdu.notification import DataNotification
+from smartmeter.dlms.security.suites import SecurityControl
+from smartmeter.hes.push_listener import (
+    AlarmAcknowledger, Keyring, Limits, ObjectLists, PushReceiver, serve_tcp, serve_udp,
+)
+from smartmeter.hes.push_store import PushStore
+from smartmeter.meter.clock import MeterClock
+from smartmeter.meter.runtime import Meter, MeterConfig
+from smartmeter.transport.aio import serve_wrapper_tcp
+from smartmeter.transport.wrapper import WrapperFrame
+
+START = 1773144000.0  # 2026-03-10T12:00:00Z
+SOURCE_WPORT, DATA_READOUT_WPORT = 1, 2
+
+INTERVAL = "0-1:25.9.0.255"
+INSTALLATION = "0-7:25.9.0.255"
+ALARM = "0-4:25.9.0.255"
+CLOCK = "0-0:1.0.0.255"
+DESCRIPTORS = ("0-0:97.98.20.255", "0-0:97.98.21.255", "0-0:97.98.22.255")
+# The lists the head-end is told (the listener's --objects): each names its own setup first.
+LISTS = {
+    INTERVAL: [(40, INTERVAL, 1, 0), (8, CLOCK, 2, 0), (3, "1-0:1.8.0.255", 2, 0), (3, "1-0:2.8.0.255", 2, 0),
+               (3, "1-0:3.8.0.255", 0, 0)],
+    INSTALLATION: [(40, INSTALLATION, 1, 0), (8, CLOCK, 2, 0), (1, "0-0:96.1.0.255", 2, 0), (42, "0-0:25.1.0.255", 3, 0)],
+    ALARM: [(40, ALARM, 1, 0), (8, CLOCK, 2, 0)] + [(1, d, 2, 0) for d in DESCRIPTORS],
+}
+
+
+def ln(obis: str) -> Data:
+    return Data.octet_string(Obis.parse(obis).to_bytes())
+
+
+def date_time(t: float) -> bytes:
+    return axdr.encode_date_time(CosemDateTime.from_datetime(dt.datetime.fromtimestamp(t, dt.timezone.utc)))
+
+
+def iso(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def interval_body(t: float, import_wh: int, export_wh: int, reactive: int) -> Data:
+    return Data.structure([ln(INTERVAL), Data.octet_string(date_time(t)), Data.double_long_unsigned(import_wh),
+                           Data.double_long_unsigned(export_wh),
+                           Data.structure([ln("1-0:3.8.0.255"), Data.double_long_unsigned(reactive),
+                                           Data.structure([Data.integer(0), Data.enum(32)])])])
+
+
+def interval_values(t: float, import_wh: int, export_wh: int, reactive: int) -> set[tuple]:
+    """What the store must hold for one interval push: (OBIS, attribute, capture time, value as JSON)."""
+    values = [(CLOCK, 2, dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat()), ("1-0:1.8.0.255", 2, import_wh),
+              ("1-0:2.8.0.255", 2, export_wh), ("1-0:3.8.0.255", 2, reactive), ("1-0:3.8.0.255", 3, [0, 32])]
+    return {(obis, attribute, iso(t), json.dumps(value)) for obis, attribute, value in values}
+
+
+def message(apdu: bytes) -> bytes:
+    return WrapperFrame(SOURCE_WPORT, DATA_READOUT_WPORT, apdu).to_bytes()
+
+
+@pytest.fixture(scope="module")
+def meter(tmp_path_factory):
+    now = [START]
+    m = Meter(MeterConfig(data_dir=tmp_path_factory.mktemp("meter"), backfill_days=0),
+              clock=MeterClock(source=lambda: now[0]))
+    m.now = now
+    yield m
+    m.close()
+
+
+def push(meter, body: Data, t: float) -> bytes:
+    """The meter's protected push of `body`, made at meter time `t`."""
+    meter.now[0] = t
+    return meter.server.protected_notification("data_readout", body)
+
+
+@pytest.fixture
+def listener(meter, tmp_path):
+    keyring = Keyring.load([meter.config.data_dir / "credentials"])
+    store = PushStore(tmp_path / "pushes.sqlite")
+    alarms = []
+    receiver = PushReceiver(keyring, store, ObjectLists(store, LISTS),
+                            on_alarm=lambda p, descriptors, sender: alarms.append((p, descriptors, sender)))
+    receiver.alarms = alarms
+    yield receiver
+    store.close()
+
+
+def stored(store: PushStore) -> set[tuple]:
+    return {(obis, attribute, captured, json.dumps(value)) for _, obis, attribute, _, captured, _, value
+            in store.readings()}
+
+
+def title(meter) -> str:
+    return meter.identity.system_title.hex().upper()
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_keys_found_by_the_meters_system_title_in_its_credentials(meter):
+    keyring = Keyring.load([meter.config.data_dir / "credentials"])
+    keys = keyring.get(meter.identity.system_title)
+    assert keys.source.name == "data_readout.json" and keys.management.name == "management.json"
+    assert len(keyring) == 1
+
+
+def test_pushes_arrive_decode_and_are_stored_once(meter, listener):
+    t1, t2 = START + 900, START + 1800
+    first, second = push(meter, interval_body(t1, 1000, 5, 70), t1), push(meter, interval_body(t2, 1250, 5, 71), t2)
+    assert listener.datagram(message(first), ("127.0.0.1", 5000)) == "stored"
+    assert listener.datagram(message(first), ("127.0.0.1", 5000)) == "retry"  # UDP sends every retry
+    assert listener.datagram(message(second), ("127.0.0.1", 5000)) == "stored"
+    assert stored(listener.store) == interval_values(t1, 1000, 5, 70) | interval_values(t2, 1250, 5, 71)
+    assert listener.store.push_count(title(meter)) == 2
+    rows = list(listener.store.readings(obis=["1-0:1.8.0.255"]))
+    assert [(r[2], r[3]) for r in rows] == [(2, 3), (2, 3)]  # attribute and class id
+    assert listener.counts["stored"] == 2 and listener.counts["retry"] == 1
+
+
+def test_a_replayed_push_is_refused_and_counted(meter, listener):
+    t1, t2 = START + 2700, START + 3600
+    old, new = push(meter, interval_body(t1, 1, 2, 3), t1), push(meter, interval_body(t2, 4, 5, 6), t2)
+    assert listener.datagram(message(new), "m") == "stored"
+    assert listener.datagram(message(old), "m") == "replay"  # an older counter, though never seen
+    assert listener.datagram(message(new), "another peer") == "retry"  # the very same message: a retry
+    assert listener.counts["replay"] == 1
+    assert stored(listener.store) == interval_values(t2, 4, 5, 6)
+
+
+def test_a_forged_push_is_refused_and_does_not_use_up_its_counter(meter, listener):
+    t = START + 4500
+    genuine = push(meter, interval_body(t, 10, 20, 30), t)
+    forged = genuine[:-1] + bytes([genuine[-1] ^ 0x01])  # one bit of the GCM tag
+    assert listener.datagram(message(forged), "m") == "forged"
+    assert listener.store.push_count() == 0 and not stored(listener.store)
+    assert listener.datagram(message(genuine), "m") == "stored"  # the forgery took nothing from it
+    assert listener.counts["forged"] == 1
+
+
+def test_a_push_from_an_unknown_system_title_is_refused(listener):
+    stranger = GeneralGloCiphering.protect(SecurityControl(1, True, True), os.urandom(16), os.urandom(16),
+                                           b"XYZ\x00\x00\x00\x00\x01", 1,
+                                           DataNotification(0, date_time(START), interval_body(START, 1, 1, 1)).to_bytes())
+    assert listener.datagram(message(stranger.to_bytes()), "m") == "unknown_sender"
+    assert listener.counts["unknown_sender"] == 1
+    assert listener.store.meters() == [] and not stored(listener.store)
+
+
+def test_garbage_truncated_oversized_and_unprotected_messages_are_refused_and_counted(meter, listener):
+    t = START + 5400
+    good = message(push(meter, interval_body(t, 1, 2, 3), t))
+    plain = message(DataNotification(0, date_time(t), interval_body(t, 1, 2, 3)).to_bytes())
+    cases = {
+        b"": "truncated",
+        b"\x00\x01\x00": "truncated",
+        os.urandom(3) + b"garbage" * 20: "garbage",
+        b"\x00\x02" + good[2:]: "garbage",  # wrapper version 2
+        good[:-5]: "truncated",  # the header says more than came
+        good + b"\x00": "garbage",  # more than the header says
+        WrapperFrame(1, 2, good[8:-5]).to_bytes(): "truncated",  # a consistent wrapper, a cut APDU
+        WrapperFrame(1, 2, b"\xdb\x08" + os.urandom(40)).to_bytes(): "garbage",
+        WrapperFrame(1, 2, b"\xc4\x01\x00").to_bytes(): "garbage",  # a get-response is no push
+        WrapperFrame(1, 2, b"\xdb" + bytes(5000)).to_bytes(): "oversized",
+        plain: "unprotected",
+    }
+    for data, condition in cases.items():
+        assert listener.datagram(data, "m") == condition, data[:16]
+    assert listener.counts == {c: list(cases.values()).count(c) for c in set(cases.values())}
+    assert listener.store.meters() == [] and not stored(listener.store)
+    assert listener.datagram(good, "m") == "stored"  # none of it hurt the next genuine push
+
+
+def test_an_authentic_push_that_fits_no_known_list_is_counted_not_stored_and_uses_its_counter(meter, listener):
+    t = START + 6300
+    odd = push(meter, Data.structure([ln(INTERVAL), Data.octet_string(date_time(t))]), t)
+    assert listener.datagram(message(odd), "m") == "unmapped"
+    assert not stored(listener.store)
+    assert listener.datagram(message(odd), "m") == "retry"
+    assert PushStore(listener.store.path).counters()[title(meter)] > 0  # the counter is kept all the same
+
+
+def blocks(apdu: bytes, size: int) -> list[bytes]:
+    parts = [apdu[i:i + size] for i in range(0, len(apdu), size)]
+    return [message(GeneralBlockTransfer(i == len(parts), True, 1, i, 0, part).to_bytes())
+            for i, part in enumerate(parts, start=1)]
+
+
+def test_general_block_transfer_is_reassembled_per_sender(meter, listener):
+    t1, t2 = START + 7200, START + 8100
+    a = blocks(push(meter, interval_body(t1, 7, 8, 9), t1), 40)
+    b = blocks(push(meter, interval_body(t2, 17, 18, 19), t2), 50)
+    assert len(a) > 2 and len(b) > 2
+    # two senders' blocks interleaved; the later push completes first
+    outcomes = []
+    for i in range(max(len(a), len(b))):
+        if i < len(b):
+            outcomes.append(listener.datagram(b[i], ("10.0.0.2", 4059)))
+        if i < len(a):
+            outcomes.append(listener.datagram(a[i], ("10.0.0.1", 4059)))
+    assert outcomes.count("stored") == 1 and outcomes.count("replay") == 1  # a's counter is below b's
+    assert stored(listener.store) == interval_values(t2, 17, 18, 19)
+
+
+def test_block_transfers_out_of_sequence_too_large_or_too_slow_are_dropped(meter, listener, tmp_path):
+    t = START + 9000
+    parts = blocks(push(meter, interval_body(t, 1, 1, 1), t), 30)
+    assert listener.datagram(parts[0], "m") == "gbt_block"
+    assert listener.datagram(parts[2], "m") == "gbt_sequence"  # block 2 missing
+    assert listener.datagram(parts[1], "m") == "gbt_sequence"  # nothing under way any more
+    small = PushReceiver(listener.keyring, listener.store, listener.object_lists,
+                         limits=Limits(max_notification=len(parts) * 30 - 31))
+    # the blocks but the last fit; with the last the push exceeds the bound by 1 to 30 bytes
+    assert [small.datagram(p, "m") for p in parts] == ["gbt_block"] * (len(parts) - 1) + ["oversized"]
+    clock = [0.0]
+    slow = PushReceiver(listener.keyring, listener.store, listener.object_lists, limits=Limits(gbt_timeout=30),
+                        monotonic=lambda: clock[0])
+    slow.datagram(parts[0], "m")
+    clock[0] = 31.0
+    assert slow.datagram(parts[1], "m") == "gbt_sequence"
+    assert slow.counts["gbt_timeout"] == 1
+    assert not stored(listener.store)
+    assert listener.datagram(parts[0], "m") == "gbt_block"  # whole, in order: fine
+    assert [listener.datagram(p, "m") for p in parts[1:]][-1] == "stored"
+
+
+def test_a_restarted_listener_still_refuses_replays(meter, listener):
+    t1, t2 = START + 9900, START + 10800
+    first, second = push(meter, interval_body(t1, 1, 2, 3), t1), push(meter, interval_body(t2, 3, 2, 1), t2)
+    assert listener.datagram(message(second), "m") == "stored"
+    path = listener.store.path
+    listener.store.close()
+    store = PushStore(path)
+    restarted = PushReceiver(Keyring.load([meter.config.data_dir / "credentials"]), store, ObjectLists(store, LISTS))
+    assert restarted.datagram(message(second), "m") == "replay"  # not known as a retry any more: refused all the same
+    assert restarted.datagram(message(first), "m") == "replay"
+    assert stored(store) == interval_values(t2, 3, 2, 1)
+    t3 = START + 11700
+    assert restarted.datagram(message(push(meter, interval_body(t3, 9, 9, 9), t3)), "m") == "stored"
+    listener.store = store
+
+
+def test_installation_push_registers_the_meter(meter, listener):
+    t = START + 12600
+    body = Data.structure([ln(INSTALLATION), Data.octet_string(date_time(t)), Data.octet_string(b"1KFM0100000001"),
+                           Data.double_long_unsigned(0xC0A8011E)])  # 192.168.1.30
+    assert listener.datagram(message(push(meter, body, t)), ("192.168.1.30", 4059)) == "stored"
+    [(system_title, serial, address, first, last, registered, pushes)] = listener.store.meters()
+    assert (system_title, serial, address, pushes) == (title(meter), "1KFM0100000001", "192.168.1.30", 1)
+    assert registered == first
+    kind = listener.store.db.execute("SELECT kind, setup FROM push").fetchone()
+    assert kind == ("installation", INSTALLATION)
+
+
+def test_an_alarm_push_is_reported_at_once(meter, listener):
+    t = START + 13500
+    body = Data.structure([ln(ALARM), Data.octet_string(date_time(t)), Data.double_long_unsigned(1 << 13),
+                           Data.double_long_unsigned(0), Data.double_long_unsigned(0)])
+    assert listener.datagram(message(push(meter, body, t)), ("127.0.0.1", 4059)) == "stored"
+    [(pushed, descriptors, sender)] = listener.alarms
+    assert pushed.kind == "alarm" and descriptors == {DESCRIPTORS[0]: 1 << 13, DESCRIPTORS[1]: 0, DESCRIPTORS[2]: 0}
+    assert sender == ("127.0.0.1", 4059)
+
+
+def test_ack_clears_the_reported_descriptor_on_the_meter_through_the_management_client(meter, listener):
+    meter.alarms.raise_flag("fraud_attempt")
+    reported = meter.alarms.descriptor(1)
+    assert reported  # the default filter lets it through
+
+    async def scenario():
+        server = await serve_wrapper_tcp(meter.server, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        lines = []
+        acks = AlarmAcknowledger(listener.keyring, port, lines.append)
+        acks.clear(title(meter), {DESCRIPTORS[0]: reported, DESCRIPTORS[1]: 0}, ("127.0.0.1", 40000))
+        await acks.wait()
+        server.close()
+        return lines
+
+    lines = asyncio.run(scenario())
+    assert lines == [f"ACK meter {title(meter)}: {DESCRIPTORS[0]} cleared (0x{reported:08X})"]
+    assert meter.alarms.descriptor(1) == 0
+
+
+# ------------------------------------------------------------------------------ on sockets
+
+
+def test_udp_and_tcp_listeners_store_pushes_and_count_refusals(meter, listener):
+    t1, t2, t3 = START + 14400, START + 15300, START + 16200
+    udp_push = message(push(meter, interval_body(t1, 11, 12, 13), t1))
+    tcp_push = message(push(meter, interval_body(t2, 21, 22, 23), t2))
+    gbt_push = blocks(push(meter, interval_body(t3, 31, 32, 33), t3), 64)
+
+    async def scenario():
+        udp = await serve_udp(listener, "127.0.0.1", 0)
+        tcp = await serve_tcp(listener, "127.0.0.1", 0)
+        udp_port = udp.get_extra_info("sockname")[1]
+        tcp_port = tcp.sockets[0].getsockname()[1]
+        loop = asyncio.get_running_loop()
+        sender, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, remote_addr=("127.0.0.1", udp_port))
+        sender.sendto(udp_push)
+        sender.sendto(b"\x00\x01garbage")
+        reader, writer = await asyncio.open_connection("127.0.0.1", tcp_port)
+        data = tcp_push + b"".join(gbt_push)
+        for i in range(0, len(data), 7):  # split anywhere
+            writer.write(data[i:i + 7])
+            await writer.drain()
+        writer.write(b"\x00\x01\x00\x01\x00\x02\x00\x30" + b"cut")  # a message cut off by the close
+        writer.close()
+        _, writer2 = await asyncio.open_connection("127.0.0.1", tcp_port)
+        writer2.write(b"\x00\x01\x00\x01\x00\x02\xff\xff")  # announces 65535 bytes: beyond the bound
+        await writer2.drain()
+        for _ in range(200):
+            if listener.counts["stored"] == 3 and listener.counts["truncated"] == 2 \
+                    and listener.counts["oversized"] == 1:
+                break
+            await asyncio.sleep(0.01)
+        writer2.close()
+        sender.close()
+        udp.close()
+        tcp.close()
+
+    asyncio.run(scenario())
+    assert listener.counts["stored"] == 3
+    assert listener.counts["truncated"] == 2  # the short datagram, the message cut by the close
+    assert listener.counts["oversized"] == 1
+    assert stored(listener.store) == (interval_values(t1, 11, 12, 13) | interval_values(t2, 21, 22, 23)
+                                      | interval_values(t3, 31, 32, 33))
+
+
+# ------------------------------------------------------------------------------ hes show
+
+
+def test_hes_show_filters_by_meter_object_and_time(meter, listener, tmp_path):
+    times = [START + 20000 + 900 * i for i in range(4)]
+    for i, t in enumerate(times):
+        assert listener.datagram(message(push(meter, interval_body(t, 100 * i, i, 7), t)), "m") == "stored"
+    db = str(listener.store.path)
+    runner = CliRunner()
+
+    def show(*args):
+        result = runner.invoke(main, ["hes", "show", "--db", db, "--json", *args])
+        assert result.exit_code == 0, result.output
+        return [json.loads(line) for line in result.output.splitlines()]
+
+    everything = show()
+    assert len(everything) == 4 * 5
+    only = show("--meter", title(meter), "--obis", "1-0:1.8.0.255", "--from", iso(times[1]), "--to", iso(times[3]))
+    assert [(r["capture_time"], r["value"]) for r in only] == [(iso(times[1]), 100), (iso(times[2]), 200)]
+    assert show("--meter", "00" * 8) == []
+    local = dt.datetime.fromtimestamp(times[2], dt.timezone(dt.timedelta(hours=1))).isoformat()
+    assert [r["value"] for r in show("--obis", "1-0:1.8.0.255", "--from", local)] == [200, 300]
+    out = tmp_path / "out.csv"
+    result = runner.invoke(main, ["hes", "show", "--db", db, "--obis", "1-0:3.8.0.255", "--csv", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 8 and {json.loads(r["value"]) for r in rows if r["attribute"] == "2"} == {7}
+    bad = runner.invoke(main, ["hes", "show", "--db", db, "--from", "yesterday"])
+    assert bad.exit_code == 2 and "--from" in bad.output
+    meters = runner.invoke(main, ["hes", "meters", "--db", db, "--json"])
+    assert json.loads(meters.output)["pushes"] == 4
