@@ -229,8 +229,8 @@ def test_block_transfers_out_of_sequence_too_large_or_too_slow_are_dropped(meter
     assert listener.datagram(parts[2], "m") == "gbt_sequence"  # block 2 missing
     assert listener.datagram(parts[1], "m") == "gbt_sequence"  # nothing under way any more
     small = PushReceiver(listener.keyring, listener.store, listener.object_lists,
-                         limits=Limits(max_notification=len(parts) * 30 - 31))
-    # the blocks but the last fit; with the last the push exceeds the bound by 1 to 30 bytes
+                         limits=Limits(max_notification=(len(parts) - 1) * 30))
+    # the blocks but the last fill the bound exactly; the last (1 to 30 bytes) exceeds it
     assert [small.datagram(p, "m") for p in parts] == ["gbt_block"] * (len(parts) - 1) + ["oversized"]
     clock = [0.0]
     slow = PushReceiver(listener.keyring, listener.store, listener.object_lists, limits=Limits(gbt_timeout=30),
