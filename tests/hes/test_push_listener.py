@@ -16,17 +16,19 @@ from click.testing import CliRunner
 
 from smartmeter.cli.main import main
 from smartmeter.cosem import axdr
-from smartmeter.cosem.data import CosemDateTime, Data
+from smartmeter.cli.format import to_json
+from smartmeter.cosem.data import CosemDateTime, Data, DataType
 from smartmeter.cosem.obis import Obis
 from smartmeter.dlms.apdu.ciphered import GeneralGloCiphering
 from smartmeter.dlms.apdu.gbt import GeneralBlockTransfer
 from smartmeter.dlms.apdu.notification import DataNotification
 from smartmeter.dlms.security.suites import SecurityControl
 from smartmeter.hes.push_listener import (
-    AlarmAcknowledger, Keyring, Limits, ObjectLists, PushReceiver, serve_tcp, serve_udp,
+    AlarmAcknowledger, Keyring, Limits, ObjectLists, PushReceiver, model_object_lists, serve_tcp, serve_udp,
 )
 from smartmeter.hes.push_store import PushStore
 from smartmeter.meter.clock import MeterClock
+from smartmeter.meter.push import METER_CONTEXT, gbt_blocks
 from smartmeter.meter.runtime import Meter, MeterConfig
 from smartmeter.transport.aio import serve_wrapper_tcp
 from smartmeter.transport.wrapper import WrapperFrame
@@ -174,12 +176,13 @@ def test_garbage_truncated_oversized_and_unprotected_messages_are_refused_and_co
     cases = {
         b"": "truncated",
         b"\x00\x01\x00": "truncated",
-        os.urandom(3) + b"garbage" * 20: "garbage",
+        b"\xff\xfe\x00" + b"garbage" * 20: "garbage",
         b"\x00\x02" + good[2:]: "garbage",  # wrapper version 2
         good[:-5]: "truncated",  # the header says more than came
         good + b"\x00": "garbage",  # more than the header says
         WrapperFrame(1, 2, good[8:-5]).to_bytes(): "truncated",  # a consistent wrapper, a cut APDU
-        WrapperFrame(1, 2, b"\xdb\x08" + os.urandom(40)).to_bytes(): "garbage",
+        # a ciphered content too short for its security header
+        WrapperFrame(1, 2, b"\xdb\x08" + b"KFM\x00\x00\x00\x00\x01" + b"\x03\x30\x00\x00").to_bytes(): "garbage",
         WrapperFrame(1, 2, b"\xc4\x01\x00").to_bytes(): "garbage",  # a get-response is no push
         WrapperFrame(1, 2, b"\xdb" + bytes(5000)).to_bytes(): "oversized",
         plain: "unprotected",
@@ -300,6 +303,50 @@ def test_ack_clears_the_reported_descriptor_on_the_meter_through_the_management_
     lines = asyncio.run(scenario())
     assert lines == [f"ACK meter {title(meter)}: {DESCRIPTORS[0]} cleared (0x{reported:08X})"]
     assert meter.alarms.descriptor(1) == 0
+
+
+def test_every_push_of_the_meter_is_stored_as_the_meter_reads_its_objects(meter, tmp_path):
+    """The meter's own pushes (its push service, its push object lists, GBT where a push exceeds
+    its PDU), mapped by the model's default lists the head-end knows: each value equals what the
+    object reads on the meter, at the time the push stands for."""
+    store = PushStore(tmp_path / "real.sqlite")
+    receiver = PushReceiver(Keyring.load([meter.config.data_dir / "credentials"]), store,
+                            ObjectLists(store, None, model_object_lists()))
+    directory = meter.server.directory
+    expected_kinds = {INSTALLATION: "installation", "0-0:25.9.0.255": "connectivity", INTERVAL: "interval-1",
+                      "0-2:25.9.0.255": "interval-2", "0-3:25.9.0.255": "interval-3", ALARM: "alarm",
+                      "0-5:25.9.0.255": "power-down"}
+    block_transfers = 0
+    for i, (setup, kind) in enumerate(expected_kinds.items()):
+        meter.now[0] = START + 40000 + 900 * i
+        at = meter.now[0] - 60  # the push stands for a schedule's instant a minute before
+        instance = directory.by_ln[Obis.parse(setup).to_bytes()][1]
+        frames = meter.push.frames(instance, at)
+        if setup == "0-2:25.9.0.255" and len(frames) == 1:  # young profiles: as a meter with a small PDU would
+            frames = gbt_blocks(frames[0], 64)
+        block_transfers += len(frames) > 1
+        assert [receiver.datagram(message(f), ("127.0.0.1", 4059)) for f in frames][-1] == "stored", setup
+        got = {(obis, attribute): (captured, value) for m, obis, attribute, _, captured, _, value
+               in store.readings() if captured == iso(at)}
+        assert store.db.execute("SELECT kind FROM push ORDER BY invocation_counter DESC").fetchone()[0] == kind
+        for entry in instance.get(2, METER_CONTEXT).value:
+            class_id, ln_, attribute, _ = (f.value for f in entry.value)
+            obis = str(Obis.from_bytes(ln_))
+            target = directory.by_ln[ln_][1]
+            if (class_id, attribute) == (8, 2):
+                assert dt.datetime.fromisoformat(got[(obis, 2)][1]).timestamp() == at  # local time, its deviation
+                continue
+            for index in (list(target.attributes)[1:] if attribute == 0 else [attribute]):
+                read = target.get(index, METER_CONTEXT)
+                if read.value is None and read.encoded is not None:  # a profile buffer, kept encoded
+                    read = axdr.decode_all(read.encoded)
+                if read.type != DataType.NULL_DATA:
+                    assert got[(obis, index)][1] == to_json(read), (setup, obis, index)
+    assert block_transfers >= 1
+    [(_, serial, _, _, _, registered, pushes)] = store.meters()
+    assert serial == meter.identity.serial and registered and pushes == len(expected_kinds)
+    assert receiver.counts == {"stored": len(expected_kinds), "gbt_block": receiver.counts["gbt_block"]}
+    store.close()
 
 
 # ------------------------------------------------------------------------------ on sockets

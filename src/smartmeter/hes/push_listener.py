@@ -78,6 +78,7 @@ SETUPS: dict[str, str] = {
     "0-6:25.9.0.255": "consumer",
 }
 PUSH_SETUP_CLASS = 40
+INSTALLATION, CONNECTIVITY = "0-7:25.9.0.255", "0-0:25.9.0.255"
 CLOCK = (8, "0-0:1.0.0.255", 2)
 DEVICE_ID_1 = "0-0:96.1.0.255"
 ALARM_DESCRIPTORS = ("0-0:97.98.20.255", "0-0:97.98.21.255", "0-0:97.98.22.255")
@@ -229,11 +230,12 @@ def model_object_lists(profile: str = "ksmw") -> list[dict[str, list[Entry]]]:
     model = ObjectModel.load(profile)
     variants = []
     for phases in (3, 1):
+        present = {str(o.obis) for o in model.for_phases(phases).objects}
         lists = {}
-        for o in model.for_phases(phases).objects:
+        for o in model.objects:
             raw = o.config.get("push_object_list")
-            if o.class_id == PUSH_SETUP_CLASS and raw:
-                lists[str(o.obis)] = _entries(raw, f"model {o.obis}")
+            if o.class_id == PUSH_SETUP_CLASS and raw and str(o.obis) in present:
+                lists[str(o.obis)] = [e for e in _entries(raw, f"model {o.obis}") if e[1] in present]
         if lists and lists not in variants:
             variants.append(lists)
     return variants
@@ -243,23 +245,50 @@ def _ln(obis: str) -> bytes:
     return Obis.parse(obis).to_bytes()
 
 
+NUMBERS = frozenset({DataType.INTEGER, DataType.LONG, DataType.DOUBLE_LONG, DataType.LONG64, DataType.UNSIGNED,
+                     DataType.LONG_UNSIGNED, DataType.DOUBLE_LONG_UNSIGNED, DataType.LONG64_UNSIGNED,
+                     DataType.FLOAT32, DataType.FLOAT64})
+STRINGS = frozenset({DataType.OCTET_STRING, DataType.VISIBLE_STRING, DataType.UTF8_STRING})
+# What the value of an attribute is, where the class (Blue Book) or the object says it, so that
+# lists of the same length (the alarm push and the installation push both have four entries)
+# are told apart: (class_id or None for any, attribute) -> its types.
+_VALUE_TYPES: dict[tuple[int, int], frozenset] = {
+    (3, 2): NUMBERS, (4, 2): NUMBERS, (5, 2): NUMBERS, (5, 3): NUMBERS,  # register values
+    (3, 3): frozenset({DataType.STRUCTURE}), (4, 3): frozenset({DataType.STRUCTURE}),  # scaler_unit
+    (5, 4): frozenset({DataType.STRUCTURE}),
+    (7, 2): frozenset({DataType.ARRAY}),  # profile buffer
+    (IPV4_SETUP_CLASS, IPV4_ADDRESS_ATTRIBUTE): frozenset({DataType.DOUBLE_LONG_UNSIGNED}),
+    (IPV6_SETUP_CLASS, IPV6_ADDRESS_ATTRIBUTE): frozenset({DataType.ARRAY}),
+}
+_OBJECT_TYPES: dict[str, frozenset] = {DEVICE_ID_1: STRINGS,
+                                       **{d: frozenset({DataType.DOUBLE_LONG_UNSIGNED}) for d in ALARM_DESCRIPTORS}}
+
+
+def _ln(obis: str) -> bytes:
+    return Obis.parse(obis).to_bytes()
+
+
+def _plausible(entry: Entry, value: Data) -> bool:
+    """Whether `value` can be what `entry` selects."""
+    class_id, obis, attribute, data_index = entry
+    if value.type == DataType.NULL_DATA:
+        return True  # the meter pushes an attribute it cannot read as null-data
+    if attribute == 0:  # all attributes: the first is the logical name
+        inner = value.value if value.type == DataType.STRUCTURE else None
+        return bool(inner) and inner[0].type == DataType.OCTET_STRING and inner[0].value == _ln(obis)
+    if data_index:
+        return True  # one element of the attribute: its type is not known here
+    if attribute == 1:
+        return value.type == DataType.OCTET_STRING and value.value == _ln(obis)
+    if (class_id, obis, attribute) == CLOCK:
+        return value.type == DataType.OCTET_STRING and len(value.value) == 12
+    types = _OBJECT_TYPES.get(obis) if attribute == 2 else None
+    types = types or _VALUE_TYPES.get((class_id, attribute))
+    return types is None or value.type in types
+
+
 def _fits(entries: list[Entry], values: list[Data]) -> bool:
-    """Whether `values` can be what `entries` select: same count, the logical names that attribute
-    0 and 1 entries carry are theirs, and the clock's time is a date-time."""
-    if len(entries) != len(values):
-        return False
-    for (class_id, obis, attribute, _), value in zip(entries, values):
-        if attribute == 0:
-            inner = value.value if value.type == DataType.STRUCTURE else None
-            if not inner or inner[0].type != DataType.OCTET_STRING or inner[0].value != _ln(obis):
-                return False
-        elif attribute == 1:
-            if value.type != DataType.OCTET_STRING or value.value != _ln(obis):
-                return False
-        elif (class_id, obis, attribute) == CLOCK:
-            if value.type != DataType.OCTET_STRING or len(value.value) != 12:
-                return False
-    return True
+    return len(entries) == len(values) and all(_plausible(e, v) for e, v in zip(entries, values))
 
 
 class ObjectLists:
@@ -289,17 +318,18 @@ class ObjectLists:
         learnt = self._learnt.get(meter)
         return ([learnt] if learnt else []) + self.general
 
-    def match(self, meter: str, values: list[Data]) -> tuple[str, list[Entry]] | None:
-        """(setup OBIS, its entries) for a body of `values`, or None if no known list fits."""
+    def match(self, meter: str, values: list[Data]) -> list[tuple[str, list[Entry]]]:
+        """The (setup OBIS, its entries) that fit a body of `values`, from the first source with
+        any, in the order of SETUPS; a list naming its own setup alone; empty if none fits."""
+        order = list(SETUPS)
         for lists in self._for_meter(meter):
             fitting = [(setup, entries) for setup, entries in lists.items() if _fits(entries, values)]
             for setup, entries in fitting:
                 if any(e[0] == PUSH_SETUP_CLASS and e[2] == 1 and e[1] == setup for e in entries):
-                    return setup, entries
+                    return [(setup, entries)]
             if fitting:
-                order = list(SETUPS)
-                return min(fitting, key=lambda f: order.index(f[0]) if f[0] in order else len(order))
-        return None
+                return sorted(fitting, key=lambda f: order.index(f[0]) if f[0] in order else len(order))
+        return []
 
 
 # ------------------------------------------------------------------------ decoding
@@ -340,7 +370,7 @@ def _attributes(entries: list[Entry], values: list[Data]) -> Iterable[tuple[int,
     for (class_id, obis, attribute, _), value in zip(entries, values):
         if attribute == 1:
             continue
-        if attribute == 0:
+        if attribute == 0 and value.type == DataType.STRUCTURE:
             for index, item in enumerate(value.value[1:], start=2):
                 yield class_id, obis, index, item
         else:
@@ -531,16 +561,27 @@ class PushReceiver:
                 ) -> StoredPush | None:
         body = notification.body
         values = list(body.value) if body.type == DataType.STRUCTURE else [body]
-        matched = self.object_lists.match(meter, values)
-        if matched is None:
+        fitting = self.object_lists.match(meter, values)
+        if not fitting:
             self.refuse("unmapped", "push of meter %s (counter %d, %d values) fits no known push object list: "
                          "not stored", meter, counter, len(values))
             return None
-        setup, entries = matched
+        setup, entries = fitting[0]
+        setups = {s for s, _ in fitting}
+        if {INSTALLATION, CONNECTIVITY} <= setups:
+            # the same contents by default: a meter's first is its installation push, later ones
+            # follow its reconnections
+            setup = CONNECTIVITY if self._registered(meter) else INSTALLATION
+            entries = dict(fitting)[setup]
         serial = address = None
-        captured = _capture_time(notification.date_time)
+        # the time the values stand for: the clock in the body (the instant of the schedule or
+        # monitor that triggered the push, which a meter running behind sends a little later),
+        # else the notification's date-time, else when it arrived
+        captured = None
         readings = []
         for class_id, obis, attribute, value in _attributes(entries, values):
+            if value.type == DataType.NULL_DATA:
+                continue  # not read by the meter: no reading
             if (class_id, obis, attribute) == CLOCK and captured is None and value.type == DataType.OCTET_STRING:
                 captured = _capture_time(value.value)
             if obis == DEVICE_ID_1 and attribute == 2:
@@ -548,6 +589,7 @@ class PushReceiver:
             address = _address(class_id, attribute, value) or address
             readings.append(Reading(obis, attribute, class_id, to_json(value)))
         kind = SETUPS.get(setup, "unknown")
+        captured = captured or _capture_time(notification.date_time)
         capture_time = format_time(captured) if captured is not None else receive_time
         registers = kind == "installation" or (serial is not None and not self._registered(meter))
         return StoredPush(meter, counter, receive_time, capture_time, kind, setup, tuple(readings), serial, address,
