@@ -105,7 +105,7 @@ def listener(meter, tmp_path):
                             on_alarm=lambda p, descriptors, sender: alarms.append((p, descriptors, sender)))
     receiver.alarms = alarms
     yield receiver
-    store.close()
+    receiver.store.close()
 
 
 def stored(store: PushStore) -> set[tuple]:
@@ -260,7 +260,7 @@ def test_a_restarted_listener_still_refuses_replays(meter, listener):
     assert stored(store) == interval_values(t2, 3, 2, 1)
     t3 = START + 11700
     assert restarted.datagram(message(push(meter, interval_body(t3, 9, 9, 9), t3)), "m") == "stored"
-    listener.store = store
+    store.close()
 
 
 def test_installation_push_registers_the_meter(meter, listener):

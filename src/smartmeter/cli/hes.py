@@ -83,7 +83,7 @@ def listen(udp_port: int | None, tcp_port: int | None, host: str, keys: tuple[Pa
 
 async def _listen(keyring: Keyring, db: Path, host: str, udp_port: int | None, tcp_port: int | None,
                   configured, ack: bool, meter_port: int) -> None:
-    store = PushStore(db)
+    store = PushStore(db, deferred=True)
     acks = AlarmAcknowledger(keyring, meter_port, _say) if ack else None
 
     def on_alarm(push: StoredPush, descriptors: dict[str, int], sender) -> None:

@@ -408,6 +408,7 @@ class PushReceiver:
         self.counters = store.counters()  # last accepted invocation counter by meter
         self._last_message: dict[str, int] = {}  # hash of the last accepted push by meter (retries)
         self._reassembly: OrderedDict[Any, _Reassembly] = OrderedDict()
+        self._flush_scheduled = False
 
     # -- entry points ------------------------------------------------------------------
 
@@ -455,6 +456,17 @@ class PushReceiver:
             self.say("gbt_timeout", "%d block transfer(s) not completed within %g s dropped", len(stale),
                      self.limits.gbt_timeout)
         return len(stale)
+
+    def flush_soon(self) -> None:
+        """On the event loop: commit what this turn of the loop stored once it is over (a burst of
+        pushes shares one commit; `PushStore.deferred`)."""
+        if self.store.deferred and not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        self.store.flush()
 
     def forget_sender(self, sender: Any) -> None:
         """A TCP connection closed: its unfinished block transfers end with it."""
@@ -674,6 +686,7 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         except Exception:  # a push must never stop the listener; the cause is logged
             self.receiver.counts["internal_error"] += 1
             log.exception("push from %s could not be processed", addr[:2])
+        self.receiver.flush_soon()
 
     def error_received(self, exc: Exception) -> None:
         self.receiver.say("udp_error", "UDP socket error: %s", exc)
@@ -731,10 +744,12 @@ async def serve_tcp(receiver: PushReceiver, host: str, port: int) -> asyncio.Abs
                     condition = "oversized" if "exceeds" in exc.detail else "garbage"
                     for frame in frames:
                         receiver.frame(frame, sender)
+                    receiver.flush_soon()
                     receiver.refuse(condition, "connection from %s closed: %s", sender, exc)
                     break
                 for frame in frames:
                     receiver.frame(frame, sender)
+                receiver.flush_soon()
         except (ConnectionError, OSError):
             pass
         except Exception:

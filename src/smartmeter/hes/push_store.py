@@ -15,10 +15,14 @@ OBIS code its dotted text `1-0:1.8.0.255`.
 
 The meter's last accepted invocation counter is kept with its row and written in the same
 transaction as the push's readings: after a restart a replayed push is refused exactly as
-before, and a push is never half stored.
+before, and a push is never half stored. With `deferred` (the listener) the pushes that arrive
+in one turn of the event loop share a commit (at most `max_pending` a commit; each push in its
+own savepoint): a crash loses those pushes and their counters together, so they are accepted
+when the meter repeats them.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import sqlite3
@@ -117,8 +121,13 @@ class StoredPush:
 class PushStore:
     """The SQLite file; one writer (the listener), any number of readers (`hes show`)."""
 
-    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
+    def __init__(self, path: str | Path, *, read_only: bool = False, deferred: bool = False,
+                 max_pending: int = 256) -> None:
         self.path = Path(path)
+        self.deferred = deferred
+        self.max_pending = max_pending
+        self._pending = 0
+        self.read_only = read_only
         if read_only:
             if not self.path.exists():
                 raise FileNotFoundError(f"{self.path}: no such database")
@@ -134,7 +143,18 @@ class PushStore:
         self.db.execute("PRAGMA busy_timeout=5000")
 
     def close(self) -> None:
+        if self.db is None:
+            return
+        if not self.read_only:
+            self.flush()
         self.db.close()
+        self.db = None
+
+    def flush(self) -> None:
+        """Commit the pushes written so far."""
+        if self.db.in_transaction:
+            self.db.execute("COMMIT")
+        self._pending = 0
 
     # ------------------------------------------------------------------ replay protection
 
@@ -179,18 +199,22 @@ class PushStore:
             "last_invocation_counter = max(last_invocation_counter, excluded.last_invocation_counter)",
             (meter, receive_time, receive_time, counter))
 
+    @contextlib.contextmanager
     def _transaction(self):
-        store = self
-
-        class _Tx:
-            def __enter__(self):
-                store.db.execute("BEGIN IMMEDIATE")
-
-            def __exit__(self, kind, value, tb):
-                store.db.execute("COMMIT" if kind is None else "ROLLBACK")
-                return False
-
-        return _Tx()
+        """One push's writes: all or nothing, committed now or (deferred) with the next flush."""
+        if not self.db.in_transaction:
+            self.db.execute("BEGIN IMMEDIATE")
+        self.db.execute("SAVEPOINT one_push")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK TO one_push")
+            self.db.execute("RELEASE one_push")
+            raise
+        self.db.execute("RELEASE one_push")
+        self._pending += 1
+        if not self.deferred or self._pending >= self.max_pending:
+            self.flush()
 
     # ------------------------------------------------------------- push object lists
 
