@@ -6,13 +6,16 @@ so delays and windows are checked to the second without waiting. Network timeout
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import random
 import socket
 import threading
+from zoneinfo import ZoneInfo
 
 import pytest
 
-from smartmeter.meter.push_sender import TCP, UDP, WIRED_MBUS, PushSender
+from smartmeter.meter.push_sender import TCP, UDP, WIRED_MBUS, PushSender, window_spans
+from smartmeter.meter.schedule import ExecutionTime
 from smartmeter.transport.wrapper import WrapperDecoder, decode_datagram
 
 T0 = 1_800_000_000.0  # meter time at the first submit
@@ -455,3 +458,67 @@ def test_without_a_loop_a_push_is_refused():
     sender = PushSender(say=said)
     assert not sender.submit([APDU], UDP, "[::1]:4059", 0, 0, 0)
     assert said.conditions == ["push.no_loop"]
+
+
+BERLIN = ZoneInfo("Europe/Berlin")
+
+
+def local(*fields) -> float:
+    return dt.datetime(*fields, tzinfo=BERLIN).timestamp()
+
+
+def test_a_nightly_window_is_open_at_night_and_recurs_for_the_horizon():
+    now = local(2026, 5, 6, 3, 0)  # inside the night from the 5th to the 6th
+    spans = window_spans([(ExecutionTime(22, 0), ExecutionTime(6, 0))], BERLIN, now, horizon=7 * 86400)
+    assert spans == tuple((local(2026, 5, day, 22, 0), local(2026, 5, day + 1, 6, 0)) for day in range(5, 13))
+
+
+def test_a_window_of_fixed_dates_is_one_window_however_long():
+    now = local(2026, 5, 6, 3, 0)
+    years = (ExecutionTime(2, 0, 0, 2020, 1, 1), ExecutionTime(0, 0, 0, 2099, 12, 31))
+    assert window_spans([years], BERLIN, now) == ((local(2020, 1, 1, 2, 0), local(2099, 12, 31, 0, 0)),)
+    over = (ExecutionTime(0, 0, 0, 2020, 1, 1), ExecutionTime(0, 0, 0, 2021, 1, 1))
+    assert window_spans([over], BERLIN, now) == ()
+
+
+def test_a_weekly_window_and_wildcard_seconds():
+    now = local(2026, 5, 6, 12, 0)  # a Wednesday
+    sunday = (ExecutionTime(0, 0, 0, weekday=7), ExecutionTime(0, 0, 0, weekday=1))
+    assert window_spans([sunday], BERLIN, now) == ((local(2026, 5, 10, 0, 0), local(2026, 5, 11, 0, 0)),)
+    quarter = (ExecutionTime(12, 15, None), ExecutionTime(12, 30, None))  # any second: on the minute
+    assert window_spans([quarter], BERLIN, now, horizon=86400) == ((local(2026, 5, 6, 12, 15), local(2026, 5, 6, 12, 30)),)
+
+
+def test_an_end_that_never_comes_makes_no_window():
+    now = local(2026, 5, 6, 12, 0)
+    assert window_spans([(ExecutionTime(22, 0), ExecutionTime(0, 0, 0, 2020, 1, 1))], BERLIN, now) == ()
+    assert window_spans([], BERLIN, now) == ()
+
+
+def test_a_push_with_a_nightly_window_pattern_goes_out_at_night():
+    async def scenario():
+        clock = FakeMeterTime(local(2026, 5, 6, 12, 0))
+        transport, listener, destination = await udp_listener(clock)
+        sender = sender_for(clock, zone=BERLIN)
+        night = (ExecutionTime(22, 0), ExecutionTime(22, 1))  # one minute each night
+        assert sender.submit([APDU], UDP, destination, 3, 0, 45, [night])
+        stats = await settled(sender)
+        await asyncio.sleep(0.05)
+        transport.close()
+        return [at for at, _ in listener.received], stats
+
+    times, stats = asyncio.run(scenario())
+    assert times == [local(2026, 5, 6, 22, 0, 0), local(2026, 5, 6, 22, 0, 45)]  # 22:01:30 and 22:02:15 are past it
+    assert (stats["attempts"], stats["skipped"], stats["sent"]) == (2, 2, 1)
+
+
+def test_a_configured_window_that_never_opens_is_not_always_open():
+    async def scenario():
+        clock = FakeMeterTime(local(2026, 5, 6, 12, 0))
+        sender = sender_for(clock, zone=BERLIN, say=Said())
+        gone = (ExecutionTime(0, 0, 0, 2020, 1, 1), ExecutionTime(0, 0, 0, 2021, 1, 1))
+        assert sender.submit([APDU], UDP, "[::1]:4059", 0, 0, 0, [gone])
+        return await settled(sender)
+
+    stats = asyncio.run(scenario())
+    assert (stats["dropped"], stats["attempts"]) == (1, 0)

@@ -6,8 +6,8 @@ number_of_retries, randomisation_start_interval, repetition_delay and communicat
 From there each push runs on its own as IDIS package 2 and the Blue Book describe it:
 
 1. it waits for the first communication window open at or after the trigger (an empty window
-   list means always open); a push whose next window starts more than `max_window_wait`
-   seconds ahead is dropped;
+   list means always open; see `window_spans` for windows with wildcards); a push whose next
+   window starts more than `max_window_wait` seconds ahead is dropped;
 2. it waits a random 0..randomisation_start_interval seconds;
 3. it makes 1 + number_of_retries attempts, repetition_delay seconds apart. An attempt that
    falls outside every window is skipped, and counts (§10.7: "retries in the case of
@@ -26,15 +26,20 @@ are network time, the event loop's.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime as dt
 import logging
 import random
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Iterable
+from zoneinfo import ZoneInfo
 
 from smartmeter.errors import EncodeError
+from smartmeter.meter.clock import DEFAULT_TIME_ZONE
+from smartmeter.meter.schedule import ExecutionTime, instants
 from smartmeter.ratelog import RateLimitedLog
 from smartmeter.transport.wrapper_send import (
     DeliveryFailed,
@@ -64,6 +69,7 @@ MAX_CONNECTIONS = 4  # TCP pushes connecting or writing at a time
 MAX_PENDING_BYTES = 4 * 1024 * 1024  # messages of all waiting pushes together
 MAX_WINDOW_WAIT = 7 * 86400.0  # a weekly window is the longest IDIS configures
 WINDOW_RECHECK = 300.0  # s of meter time between looks at the clock while waiting for a window
+MAX_WINDOW_SPANS = 64  # spans `window_spans` gives per window pair: a week of daily windows, days of hourly ones
 
 # IC 40 v0 attribute ranges: number_of_retries unsigned, randomisation and repetition long-unsigned
 _LIMITS = (("retries", 255), ("randomisation", 65535), ("repetition_delay", 65535))
@@ -83,20 +89,99 @@ class _Push:
     retries: int
     randomisation: int
     repetition_delay: int
-    window: tuple[tuple[float, float], ...]
+    window: tuple[tuple[float, float] | tuple[ExecutionTime, ExecutionTime], ...]  # (): always open
 
     @property
     def size(self) -> int:
         return sum(len(m) for m in self.messages)
 
 
-def window_open(window: tuple[tuple[float, float], ...], t: float) -> bool:
-    """Whether `t` lies in one of the windows [start, end); no windows: always."""
-    return not window or any(start <= t < end for start, end in window)
+def window_open(spans: tuple[tuple[float, float], ...] | None, t: float) -> bool:
+    """Whether `t` lies in one of the windows [start, end); None (no window configured): always."""
+    return spans is None or any(start <= t < end for start, end in spans)
 
 
-def next_window_start(window: tuple[tuple[float, float], ...], t: float) -> float | None:
-    return min((start for start, _ in window if start > t), default=None)
+def next_window_start(spans: tuple[tuple[float, float], ...], t: float) -> float | None:
+    return min((start for start, _ in spans if start > t), default=None)
+
+
+def _fixed_instant(pattern: ExecutionTime, zone: ZoneInfo) -> float | None:
+    """The one instant of a pattern without wildcards (weekday aside); None for a pattern with them."""
+    fields = (pattern.year, pattern.month, pattern.day, pattern.hour, pattern.minute, pattern.second)
+    if None in fields:
+        return None
+    try:
+        return dt.datetime(*fields, tzinfo=zone).timestamp()
+    except ValueError:  # February 30th: never
+        return None
+
+
+def window_spans(windows: Iterable[tuple[ExecutionTime, ExecutionTime]], zone: ZoneInfo, now: float,
+                 horizon: float = MAX_WINDOW_WAIT) -> tuple[tuple[float, float], ...]:
+    """An IC 40 communication_window as (start, end) instants around `now`.
+
+    Each {start, end} pair is a local date-time pattern with wildcards, read as IC 22 execution
+    times are (deviation and status ignored: the meter's local time); a wildcard second counts
+    as second 0, so windows open and close on whole minutes at most. A fully specified start is
+    its one instant; a start with wildcards recurs: from its last occurrence at or before `now`
+    (within `horizon`) on, up to `horizon` ahead. A window closes at the first occurrence of its
+    end pattern after its start (none within `horizon`: no window); a start inside an open window
+    opens nothing more. Only windows not closed at `now` are returned, sorted, at most
+    MAX_WINDOW_SPANS per pair.
+    """
+    spans: list[tuple[float, float]] = []
+    for start_pattern, end_pattern in windows:
+        start_pattern, end_pattern = _to_the_minute(start_pattern), _to_the_minute(end_pattern)
+        fixed_start = _fixed_instant(start_pattern, zone)
+        fixed_end = _fixed_instant(end_pattern, zone)
+        if fixed_start is not None:
+            start = fixed_start
+        else:
+            start = _latest_at_or_before(start_pattern, zone, now, horizon)
+            if start is None:
+                start = _first_after(start_pattern, zone, now, horizon)
+        found = 0
+        while start is not None and start <= now + horizon and found < MAX_WINDOW_SPANS:
+            if fixed_end is not None:
+                end = fixed_end if fixed_end > start else None
+            else:
+                end = _first_after(end_pattern, zone, start, horizon)
+            if end is None:
+                break
+            if end > now:
+                spans.append((start, end))
+                found += 1
+            if fixed_start is not None:
+                break
+            start = _first_after(start_pattern, zone, end - 1, horizon)  # instants are whole seconds: >= end
+    return tuple(sorted(spans))
+
+
+def _to_the_minute(pattern: ExecutionTime) -> ExecutionTime:
+    return dataclasses.replace(pattern, second=0) if pattern.second is None else pattern
+
+
+_SEARCH_SPANS = (60.0, 3600.0, 86400.0)  # s: how far to look first, so wildcard minutes or seconds stay cheap
+
+
+def _latest_at_or_before(pattern: ExecutionTime, zone: ZoneInfo, now: float, horizon: float) -> float | None:
+    """The last occurrence of `pattern` in (now - horizon, now]."""
+    for back in (*(b for b in _SEARCH_SPANS if b < horizon), horizon):
+        latest = None
+        for latest in instants((pattern,), zone, now - back, now):
+            pass
+        if latest is not None:
+            return latest
+    return None
+
+
+def _first_after(pattern: ExecutionTime, zone: ZoneInfo, t: float, horizon: float) -> float | None:
+    """The first occurrence of `pattern` in (t, t + horizon]."""
+    for ahead in (*(a for a in _SEARCH_SPANS if a < horizon), horizon):
+        first = next(instants((pattern,), zone, t, t + ahead), None)
+        if first is not None:
+            return first
+    return None
 
 
 class PushSender:
@@ -113,7 +198,9 @@ class PushSender:
                  rng: random.Random | None = None, now: Callable[[], float] | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  connect_timeout: float = CONNECT_TIMEOUT, max_connections: int = MAX_CONNECTIONS,
-                 max_pending_bytes: int = MAX_PENDING_BYTES, max_window_wait: float = MAX_WINDOW_WAIT) -> None:
+                 max_pending_bytes: int = MAX_PENDING_BYTES, max_window_wait: float = MAX_WINDOW_WAIT,
+                 zone: ZoneInfo | str = DEFAULT_TIME_ZONE) -> None:
+        self.zone = zone if isinstance(zone, ZoneInfo) else ZoneInfo(zone)  # of the window patterns
         self.max_pending = max_pending
         self.max_pending_bytes = max_pending_bytes
         self.max_window_wait = max_window_wait
@@ -144,7 +231,12 @@ class PushSender:
     def submit(self, frames: list[bytes], transport_service: int, destination: str, retries: int,
                randomisation: int, repetition_delay: int, window: tuple = (), source_wport: int = SOURCE_WPORT,
                destination_wport: int = DATA_READOUT_WPORT) -> bool:
-        """Queue one push; never blocks. False when refused (logged once per condition and minute)."""
+        """Queue one push; never blocks. False when refused (logged once per condition and minute).
+
+        `window`: the communication windows, each a (start, end) pair of meter-clock instants (UTC
+        seconds) or of local date-time patterns with wildcards (`ExecutionTime`, as `window_spans`
+        reads them, in the sender's `zone`); () is always open.
+        """
         try:
             push = self._check(frames, transport_service, destination, retries, randomisation, repetition_delay,
                                window, source_wport, destination_wport)
@@ -194,14 +286,33 @@ class PushSender:
             messages = wrapper_messages(frames, source_wport, destination_wport)
         except (EncodeError, TypeError) as exc:
             raise _Refused("push.bad_frames", "push refused: %s", exc) from None
+        return _Push(messages, transport_service, parsed, retries, randomisation, repetition_delay,
+                     self._check_window(window))
+
+    @staticmethod
+    def _check_window(window) -> tuple:
+        pairs = []
         try:
-            spans = tuple((float(start), float(end)) for start, end in window)
+            for start, end in window:
+                if isinstance(start, ExecutionTime) and isinstance(end, ExecutionTime):
+                    pairs.append((start, end))
+                    continue
+                start, end = float(start), float(end)
+                if not start < end:
+                    raise _Refused("push.bad_window", "push refused: a communication window ends before it starts")
+                pairs.append((start, end))
         except (TypeError, ValueError):
-            raise _Refused("push.bad_window", "push refused: a communication window is not a (start, end) "
-                           "pair of instants") from None
-        if any(not start < end for start, end in spans):
-            raise _Refused("push.bad_window", "push refused: a communication window ends before it starts")
-        return _Push(messages, transport_service, parsed, retries, randomisation, repetition_delay, spans)
+            raise _Refused("push.bad_window", "push refused: a communication window is not a (start, end) pair "
+                           "of instants or of date-time patterns") from None
+        return tuple(pairs)
+
+    def _spans(self, push: _Push, t: float) -> tuple[tuple[float, float], ...] | None:
+        """The push's windows as instants around `t`; None when it has none (always open)."""
+        if not push.window:
+            return None
+        patterns = [pair for pair in push.window if isinstance(pair[0], ExecutionTime)]
+        instants_ = tuple(pair for pair in push.window if not isinstance(pair[0], ExecutionTime))
+        return instants_ + window_spans(patterns, self.zone, t, self.max_window_wait) if patterns else instants_
 
     def _target_loop(self) -> tuple[asyncio.AbstractEventLoop, bool]:
         """The loop pushes run on, and whether the caller runs in it."""
@@ -255,9 +366,10 @@ class PushSender:
     async def _window_reached(self, push: _Push) -> bool:
         while True:
             t = self.now()
-            if window_open(push.window, t):
+            spans = self._spans(push, t)
+            if window_open(spans, t):
                 return True
-            start = next_window_start(push.window, t)
+            start = next_window_start(spans, t)
             if start is None or start - t > self.max_window_wait:
                 return False
             await self.sleep(min(start - t, WINDOW_RECHECK))  # the clock may be set meanwhile
@@ -267,7 +379,8 @@ class PushSender:
         for attempt in range(1 + push.retries):
             if attempt:
                 await self.sleep(push.repetition_delay)
-            if not window_open(push.window, self.now()):
+            t = self.now()
+            if not window_open(self._spans(push, t), t):
                 self._count("skipped")
                 continue
             self._count("attempts")
