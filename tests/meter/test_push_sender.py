@@ -14,6 +14,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from smartmeter.cosem import axdr
+from smartmeter.cosem.data import CosemDate, CosemDateTime, CosemTime
 from smartmeter.meter.push_sender import TCP, UDP, WIRED_MBUS, PushSender, window_spans
 from smartmeter.meter.schedule import ExecutionTime
 from smartmeter.transport.wrapper import WrapperDecoder, decode_datagram
@@ -84,6 +86,11 @@ async def tcp_listener(clock: FakeMeterTime):
 
     server = await asyncio.start_server(on_connection, "127.0.0.1", 0)
     return server, connections, f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+def every_day_at(hour: int, minute: int) -> bytes:
+    """An IC 40 window end as the attribute holds it: a date-time with a wildcard date."""
+    return axdr.encode_date_time(CosemDateTime(CosemDate(None, None, None, None), CosemTime(hour, minute, 0, 0)))
 
 
 def closed_tcp_port() -> int:
@@ -398,6 +405,11 @@ def test_malformed_destinations_are_refused(destination):
     (([bytes(65536)], UDP, "127.0.0.1:4059", 0, 0, 0), "push.bad_frames"),
     (([APDU], UDP, "127.0.0.1:4059", 0, 0, 0, [(T0 + 10, T0)]), "push.bad_window"),
     (([APDU], UDP, "127.0.0.1:4059", 0, 0, 0, [("start", "end")]), "push.bad_window"),
+    (([APDU], UDP, "127.0.0.1:4059", 0, 0, 0, [(every_day_at(6, 0)[:11], every_day_at(7, 0))]), "push.bad_window"),
+    (([APDU], UDP, "127.0.0.1:4059", 0, 0, 0, [(b"\xff\xff\xfd" + every_day_at(6, 0)[3:], every_day_at(7, 0))]),
+     "push.bad_window"),  # month 0xFD: DST begin
+    (([APDU], UDP, "127.0.0.1:4059", 0, 0, 0, [(every_day_at(6, 0)[:5] + b"\x19" + every_day_at(6, 0)[6:],
+                                               every_day_at(7, 0))]), "push.bad_window"),  # hour 25
 ])
 def test_unusable_pushes_are_refused(arguments, condition):
     async def scenario():
@@ -495,12 +507,15 @@ def test_an_end_that_never_comes_makes_no_window():
     assert window_spans([], BERLIN, now) == ()
 
 
-def test_a_push_with_a_nightly_window_pattern_goes_out_at_night():
+@pytest.mark.parametrize("night", [
+    (ExecutionTime(22, 0), ExecutionTime(22, 1)),
+    (every_day_at(22, 0), every_day_at(22, 1)),
+], ids=["patterns", "date-times"])
+def test_a_push_with_a_nightly_window_pattern_goes_out_at_night(night):
     async def scenario():
         clock = FakeMeterTime(local(2026, 5, 6, 12, 0))
         transport, listener, destination = await udp_listener(clock)
         sender = sender_for(clock, zone=BERLIN)
-        night = (ExecutionTime(22, 0), ExecutionTime(22, 1))  # one minute each night
         assert sender.submit([APDU], UDP, destination, 3, 0, 45, [night])
         stats = await settled(sender)
         await asyncio.sleep(0.05)

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable, Iterable
 from zoneinfo import ZoneInfo
 
+from smartmeter.cosem import axdr
 from smartmeter.errors import EncodeError
 from smartmeter.meter.clock import DEFAULT_TIME_ZONE
 from smartmeter.meter.schedule import ExecutionTime, instants
@@ -157,6 +158,16 @@ def window_spans(windows: Iterable[tuple[ExecutionTime, ExecutionTime]], zone: Z
     return tuple(sorted(spans))
 
 
+def window_pattern(raw: bytes) -> ExecutionTime:
+    """One end of an IC 40 communication_window entry (date-time, 12 bytes) as a pattern;
+    ValueError (DecodeError) for what is no date-time or uses the DST and last-day values."""
+    when = axdr.decode_date_time(raw)
+    date, time_ = when.date, when.time
+    if date.month in (0xFD, 0xFE) or date.day in (0xFD, 0xFE):
+        raise ValueError("a communication window with DST or last-day date values is not supported")
+    return ExecutionTime(time_.hour, time_.minute, time_.second, date.year, date.month, date.day, date.weekday)
+
+
 def _to_the_minute(pattern: ExecutionTime) -> ExecutionTime:
     return dataclasses.replace(pattern, second=0) if pattern.second is None else pattern
 
@@ -234,8 +245,9 @@ class PushSender:
         """Queue one push; never blocks. False when refused (logged once per condition and minute).
 
         `window`: the communication windows, each a (start, end) pair of meter-clock instants (UTC
-        seconds) or of local date-time patterns with wildcards (`ExecutionTime`, as `window_spans`
-        reads them, in the sender's `zone`); () is always open.
+        seconds), of local date-time patterns with wildcards (`ExecutionTime`, read as
+        `window_spans` says, in the sender's `zone`) or of the IC 40 attribute's date-times as
+        they are (octet-string(12), see `window_pattern`); () is always open.
         """
         try:
             push = self._check(frames, transport_service, destination, retries, randomisation, repetition_delay,
@@ -294,6 +306,8 @@ class PushSender:
         pairs = []
         try:
             for start, end in window:
+                if isinstance(start, (bytes, bytearray)) and isinstance(end, (bytes, bytearray)):
+                    start, end = window_pattern(start), window_pattern(end)
                 if isinstance(start, ExecutionTime) and isinstance(end, ExecutionTime):
                     pairs.append((start, end))
                     continue
@@ -301,9 +315,9 @@ class PushSender:
                 if not start < end:
                     raise _Refused("push.bad_window", "push refused: a communication window ends before it starts")
                 pairs.append((start, end))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError) as exc:  # DecodeError is a ValueError
             raise _Refused("push.bad_window", "push refused: a communication window is not a (start, end) pair "
-                           "of instants or of date-time patterns") from None
+                           "of instants or of date-times: %s", exc) from None
         return tuple(pairs)
 
     def _spans(self, push: _Push, t: float) -> tuple[tuple[float, float], ...] | None:
