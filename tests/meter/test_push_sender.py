@@ -498,7 +498,8 @@ def test_a_weekly_window_and_wildcard_seconds():
     sunday = (ExecutionTime(0, 0, 0, weekday=7), ExecutionTime(0, 0, 0, weekday=1))
     assert window_spans([sunday], BERLIN, now) == ((local(2026, 5, 10, 0, 0), local(2026, 5, 11, 0, 0)),)
     quarter = (ExecutionTime(12, 15, None), ExecutionTime(12, 30, None))  # any second: on the minute
-    assert window_spans([quarter], BERLIN, now, horizon=86400) == ((local(2026, 5, 6, 12, 15), local(2026, 5, 6, 12, 30)),)
+    assert window_spans([quarter], BERLIN, now, horizon=86400) == (
+        (local(2026, 5, 6, 12, 15), local(2026, 5, 6, 12, 30)),)
 
 
 def test_an_end_that_never_comes_makes_no_window():
