@@ -32,6 +32,7 @@ from smartmeter.meter.push import METER_CONTEXT, gbt_blocks
 from smartmeter.meter.runtime import Meter, MeterConfig
 from smartmeter.transport.aio import serve_wrapper_tcp
 from smartmeter.transport.wrapper import WrapperFrame
+from smartmeter.transport.wrapper_send import parse_destination, send_tcp, send_udp, wrapper_messages
 
 START = 1773144000.0  # 2026-03-10T12:00:00Z
 SOURCE_WPORT, DATA_READOUT_WPORT = 1, 2
@@ -393,6 +394,32 @@ def test_udp_and_tcp_listeners_store_pushes_and_count_refusals(meter, listener):
     assert listener.counts["oversized"] == 1
     assert stored(listener.store) == (interval_values(t1, 11, 12, 13) | interval_values(t2, 21, 22, 23)
                                       | interval_values(t3, 31, 32, 33))
+
+
+def test_the_meters_own_sender_reaches_the_listener_over_udp_ipv6_and_tcp_ipv4(meter, listener):
+    """The meter side's wrapper sender (what its push sender uses) to the destinations of §10.6:
+    UDP to `[IPv6]:port` (LAN), TCP to `IPv4:port` (WAN), a push in GBT blocks on the TCP one."""
+    t1, t2 = START + 17100, START + 18000
+    lan = [push(meter, interval_body(t1, 41, 42, 43), t1)]
+    wan = gbt_blocks(push(meter, interval_body(t2, 51, 52, 53), t2), 64)
+
+    async def scenario():
+        udp = await serve_udp(listener, "::1", 0)
+        tcp = await serve_tcp(listener, "127.0.0.1", 0)
+        await send_udp(parse_destination(f"[::1]:{udp.get_extra_info('sockname')[1]}"),
+                       wrapper_messages(lan, SOURCE_WPORT, DATA_READOUT_WPORT))
+        await send_tcp(parse_destination(f"127.0.0.1:{tcp.sockets[0].getsockname()[1]}"),
+                       wrapper_messages(wan, SOURCE_WPORT, DATA_READOUT_WPORT), 5.0)
+        for _ in range(200):
+            if listener.counts["stored"] == 2:
+                break
+            await asyncio.sleep(0.01)
+        udp.close()
+        tcp.close()
+
+    asyncio.run(scenario())
+    assert listener.counts["stored"] == 2 and len(wan) > 1
+    assert stored(listener.store) == interval_values(t1, 41, 42, 43) | interval_values(t2, 51, 52, 53)
 
 
 # ------------------------------------------------------------------------------ hes show
