@@ -422,6 +422,46 @@ def test_the_meters_own_sender_reaches_the_listener_over_udp_ipv6_and_tcp_ipv4(m
     assert stored(listener.store) == interval_values(t1, 41, 42, 43) | interval_values(t2, 51, 52, 53)
 
 
+def test_tcp_connections_are_bounded_in_number_and_idle_time(meter, listener):
+    bounded = PushReceiver(listener.keyring, listener.store, listener.object_lists,
+                           limits=Limits(max_connections=2, idle_timeout=1.0))
+    t = START + 18900
+    late = message(push(meter, interval_body(t, 61, 62, 63), t))
+
+    async def closed(reader) -> bool:
+        try:
+            return await asyncio.wait_for(reader.read(1), 3.0) == b""
+        except (ConnectionError, asyncio.TimeoutError):
+            return True
+
+    async def scenario():
+        tcp = await serve_tcp(bounded, "127.0.0.1", 0)
+        port = tcp.sockets[0].getsockname()[1]
+        first = await asyncio.open_connection("127.0.0.1", port)
+        await asyncio.sleep(0.05)
+        second = await asyncio.open_connection("127.0.0.1", port)
+        await asyncio.sleep(0.05)
+        third = await asyncio.open_connection("127.0.0.1", port)  # the longest idle (first) makes room
+        first_closed = await closed(first[0])
+        assert len(tcp.connections) == 2
+        third[1].write(late)  # the newest still delivers
+        await third[1].drain()
+        for _ in range(100):
+            if bounded.counts["stored"]:
+                break
+            await asyncio.sleep(0.01)
+        idle_closed = await closed(second[0])  # silent for more than the idle timeout
+        for _, writer in (first, second, third):
+            writer.close()
+        tcp.close()
+        return first_closed, idle_closed, tcp.connections
+
+    first_closed, idle_closed, table = asyncio.run(scenario())
+    assert first_closed and idle_closed
+    assert table.displaced == 1 and table.expired >= 1
+    assert bounded.counts["stored"] == 1
+
+
 # ------------------------------------------------------------------------------ hes show
 
 
