@@ -31,6 +31,7 @@ import datetime as dt
 import ipaddress
 import json
 import logging
+import socket
 import time
 import tomllib
 from collections import Counter, OrderedDict
@@ -697,8 +698,6 @@ UDP_RECEIVE_BUFFER = 4 * 1024 * 1024  # bytes the kernel may queue: bursts of pu
 
 async def serve_udp(receiver: PushReceiver, host: str, port: int) -> asyncio.DatagramTransport:
     """The UDP listener (LAN pushes); `transport.get_extra_info("sockname")` gives the port bound."""
-    import socket
-
     loop = asyncio.get_running_loop()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
