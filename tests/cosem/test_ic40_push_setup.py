@@ -140,7 +140,10 @@ def test_management_writes_every_configuration_attribute(management):
     (3, Data.structure([Data.enum(0), Data.visible_string("192.0.2.7:4059"), Data.enum(0)]), TYPE_UNMATCHED),
     (3, Data.structure([Data.enum(0), Data.octet_string(b"192.0.2.7:4059")]), TYPE_UNMATCHED),
     (4, Data.array([window(DAILY_02_00, DAILY_04_00[:11])]), TYPE_UNMATCHED),
-    (4, Data.array([window(DAILY_02_00, bytes([0xFF] * 5 + [0xFF, 0, 0, 0, 0x80, 0, 0xFF]))]), OTHER_REASON),
+    (4, Data.array([window(DAILY_02_00, bytes([0xFF, 0xFF, 0xFE, 0xFF, 0xFF, 4, 0, 0, 0, 0x80, 0, 0xFF]))]),
+     OTHER_REASON),  # the DST month value: no window the sender can read
+    (4, Data.array([window(DAILY_02_00, bytes([0xFF, 0xFF, 13, 1, 0xFF, 4, 0, 0, 0, 0x80, 0, 0xFF]))]),
+     OTHER_REASON),  # month 13
     (4, Data.array([window(DAILY_02_00, DAILY_04_00)] * 9), OTHER_REASON),
     (5, Data.unsigned(10), TYPE_UNMATCHED),
     (6, Data.long_unsigned(3), TYPE_UNMATCHED),

@@ -240,3 +240,12 @@ def test_no_destination_or_h1_sends_nothing(site):
     for selector in (1, 8):
         assert site.meter.server.run_script(PUSH_SCRIPTS, selector) == 0
     assert site.sender.submitted == []
+
+
+def test_the_communication_window_goes_to_the_sender_as_written(site):
+    daily_02, daily_04 = (bytes([0xFF] * 5 + [h, 0, 0, 0, 0x80, 0x00, 0xFF]) for h in (2, 4))
+    window = Data.array([Data.structure([Data.octet_string(daily_02), Data.octet_string(daily_04)])])
+    assert site.session("management").set(40, SETUPS[1], 4, window) == SUCCESS
+    site.configure(1)
+    site.meter.server.run_script(PUSH_SCRIPTS, 1)
+    assert site.sender.submitted[0].window == ((daily_02, daily_04),)

@@ -296,7 +296,7 @@ async def _serve(meter_, host: str, wrapper_port: int, hdlc_port: int, serial_de
 
     # the pushes go out from this loop; waits (randomisation, repetition delay) are meter time
     speed = meter_.config.speed
-    meter_.push.sender = PushSender(asyncio.get_running_loop(), now=meter_.clock.now,
+    meter_.push.sender = PushSender(asyncio.get_running_loop(), now=meter_.clock.now, zone=meter_.clock.zone,
                                     sleep=lambda seconds: asyncio.sleep(seconds / speed))
     lines = []
     if meter_.powered:

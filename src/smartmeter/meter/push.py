@@ -20,7 +20,8 @@ A push:
    association during a push, so its size is that one);
 4. hands the APDU(s) to the push sender (smartmeter.meter.push_sender) with the setup's
    destination, retries, randomisation, repetition delay and communication windows; the
-   sender wraps and delivers them without ever blocking the meter.
+   sender wraps and delivers them without ever blocking the meter (and reads the windows'
+   date-time patterns itself).
 
 A push is not sent, and the reason logged once per setup, when its destination is empty
 (none configured: the meter's default), when it names the H1 consumer interface (wired
@@ -30,7 +31,6 @@ other-reason.
 """
 from __future__ import annotations
 
-import datetime as dt
 import ipaddress
 import logging
 import socket
@@ -55,7 +55,6 @@ PROFILE_CLASS, PROFILE_BUFFER = 7, 2
 GBT_HEADER = 9  # tag, block-control, block-number, block-number-ack, length of block-data (≤ 3)
 MAX_PUSH_APDU = 64 * 1024  # a protected push beyond this is not built (≈ 55 blocks of 1224 octets)
 UNSOLICITED = 0  # long-invoke-id-and-priority: service class unconfirmed, normal priority
-WINDOW_DAYS = 8  # a window pattern with date wildcards is expanded this many days ahead
 # where a wildcard address looks for the meter's own (TEST-NET/documentation addresses: connect() on a
 # UDP socket only picks the route, no packet is sent)
 _PROBE = {socket.AF_INET: ("192.0.2.1", 9), socket.AF_INET6: ("2001:db8::1", 9)}
@@ -117,7 +116,7 @@ class PushService:
         self.sender.submit(frames, target.transport_service, target.destination,
                            0 if best_effort else setup.integer("number_of_retries"),
                            0 if best_effort else setup.integer("randomisation_start_interval"),
-                           setup.integer("repetition_delay"), window_instants(setup.windows(), self.clock, at))
+                           setup.integer("repetition_delay"), setup.windows())
         return "submitted"
 
     def _tell_once(self, condition: str, setup: PushSetup, message: str) -> None:
@@ -193,40 +192,6 @@ def gbt_blocks(apdu: bytes, max_pdu: int) -> list[bytes]:
     chunks = [apdu[i:i + size] for i in range(0, len(apdu), size)]
     return [GeneralBlockTransfer(n == len(chunks), n != len(chunks), 1, n, 0, chunk).to_bytes()
             for n, chunk in enumerate(chunks, start=1)]
-
-
-def window_instants(windows: tuple[tuple[bytes, bytes], ...], clock, at: float) -> tuple[tuple[float, float], ...]:
-    """The communication windows as (start, end) meter times from the day before `at` to
-    WINDOW_DAYS after it: a window with a fully specified date once, one with date wildcards
-    on every day its pattern matches (an end before its start: the next day)."""
-    spans = []
-    today = clock.local(at).date()
-    for start_raw, end_raw in windows:
-        start, end = axdr.decode_date_time(start_raw), axdr.decode_date_time(end_raw)
-        days = [today + dt.timedelta(days=d) for d in range(-1, WINDOW_DAYS + 1)]
-        for day in days if None in (start.date.year, start.date.month, start.date.day) else [None]:
-            if day is not None and not _date_matches(start.date, day):
-                continue
-            first = _local_instant(start, day, clock)
-            last = _local_instant(end, day if None in (end.date.year, end.date.month, end.date.day) else None, clock)
-            while last <= first:
-                last += 86400
-            spans.append((first, last))
-    return tuple(sorted(spans))
-
-
-def _date_matches(date, day: dt.date) -> bool:
-    return ((date.year is None or date.year == day.year) and (date.month is None or date.month == day.month)
-            and (date.day is None or date.day == day.day)
-            and (date.weekday is None or date.weekday == day.isoweekday()))
-
-
-def _local_instant(when, day: dt.date | None, clock) -> float:
-    """Meter time of a window end on `day` (None: its own date), read in the meter's zone."""
-    d = when.date if day is None else day
-    t = when.time
-    local = dt.datetime(d.year, d.month, d.day, t.hour, t.minute, t.second or 0, tzinfo=clock.zone)
-    return local.timestamp()
 
 
 class NetworkAddresses:

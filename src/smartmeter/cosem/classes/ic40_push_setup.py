@@ -25,7 +25,8 @@ What a write may hold (anything else is refused and changes nothing):
   push, §10.5) `a-b:c.d.e.f:LL:CC`; message 0 (A-XDR xDLMS APDU) only. An empty destination is
   kept: the push is then not sent (the push service says so once).
 - communication_window: array of structure{octet-string(12), octet-string(12)}, at most
-  MAX_WINDOWS; the time of day of each end must be specified, its date may use wildcards.
+  MAX_WINDOWS; each end a date-time pattern (wildcards allowed) as the push sender reads it
+  (`push_sender.window_pattern`: no DST or last-day values).
 - randomisation_start_interval, repetition_delay: long-unsigned; number_of_retries: unsigned.
 """
 from __future__ import annotations
@@ -35,14 +36,13 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-from smartmeter.cosem import axdr
 from smartmeter.cosem.classes.base import (
     REGISTRY, CosemAccessError, DataAccessResult, InterfaceClass, RequestContext, expect, other_reason,
     store_integer_setting, structure_fields, type_unmatched,
 )
 from smartmeter.cosem.data import Data, DataType
 from smartmeter.cosem.obis import Obis
-from smartmeter.errors import DecodeError
+from smartmeter.meter.push_sender import window_pattern
 from smartmeter.transport.wrapper_send import parse_destination
 
 TCP, UDP, WIRED_MBUS = 0, 1, 201
@@ -107,11 +107,9 @@ def _window_end(value: Data) -> bytes:
     if len(raw) != 12:
         raise type_unmatched("a window's start and end are date-time, octet-string(12)")
     try:
-        when = axdr.decode_date_time(raw)
-    except DecodeError as exc:
+        window_pattern(raw)  # what the sender will make of it
+    except ValueError as exc:  # DecodeError is one
         raise other_reason(f"communication window: {exc}") from None
-    if None in (when.time.hour, when.time.minute):
-        raise other_reason("a communication window's ends have a time of day")
     return raw
 
 
