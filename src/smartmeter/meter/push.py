@@ -65,7 +65,8 @@ class PushService:
     """The push of every IC 40 object of one meter (the binding `push.run`)."""
 
     def __init__(self, clock, now: Callable[[], float],
-                 on_pushed: Callable[[PushSetup, RequestContext, float, str], None] = lambda setup, ctx, at, outcome: None,
+                 on_pushed: Callable[[PushSetup, RequestContext, float, str], None]
+                 = lambda setup, ctx, at, outcome: None,
                  client: str = PUSH_CLIENT, say: RateLimitedLog | None = None) -> None:
         """`now()` is the meter time a push stands for (a running schedule's instant, else the
         clock); `on_pushed(setup, ctx, at, outcome)` is told after every push run: outcome

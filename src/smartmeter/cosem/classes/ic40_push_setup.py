@@ -51,7 +51,8 @@ A_XDR_APDU = 0  # message_type: A-XDR encoded xDLMS APDU, the only one the meter
 MAX_OBJECTS = 20  # companion §10: at least 20 entries; §10.5: the consumer push takes up to 20
 MAX_WINDOWS = 8
 # H1 destination (§10.5): logical name of the M-Bus port setup, link layer address, CI field
-_H1_DESTINATION = re.compile(r"^(\d{1,3})-(\d{1,3}):(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3}):([0-9A-Fa-f]{2}):([0-9A-Fa-f]{2})$")
+_H1_DESTINATION = re.compile(r"^(\d{1,3})-(\d{1,3}):(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})"
+                             r":([0-9A-Fa-f]{2}):([0-9A-Fa-f]{2})$")
 # IC 40 v0 integer attributes: name -> (type, range, default)
 INTEGER_ATTRIBUTES = {
     "randomisation_start_interval": (DataType.LONG_UNSIGNED, (0, 0xFFFF), 0),
