@@ -22,6 +22,7 @@ import click
 
 from smartmeter.cli import UsageProblem
 from smartmeter.cli.format import logical_name_paths, to_json, to_text
+from smartmeter.cli.hes import hes_group
 from smartmeter.cli.pki import pki_group
 from smartmeter.cli.sim import sim_group
 from smartmeter.cosem.data import DataType
@@ -350,7 +351,7 @@ async def _serve(meter_, host: str, wrapper_port: int, hdlc_port: int, serial_de
 
 main.add_command(pki_group)
 main.add_command(sim_group)
-from smartmeter.cli.hes import hes_group; main.add_command(hes_group)  # noqa: E402 (the head-end push listener)
+main.add_command(hes_group)
 
 
 # --------------------------------------------------------------------------------------

@@ -92,10 +92,10 @@ def execution_time(time_raw: bytes, date_raw: bytes) -> ExecutionTime:
     return pattern
 
 
-def _times(value: Data) -> tuple[tuple[tuple[bytes, bytes], ...], tuple[ExecutionTime, ...]]:
+def _times(value: Data, limit: int = MAX_EXECUTION_TIMES) -> tuple[tuple[tuple[bytes, bytes], ...], tuple[ExecutionTime, ...]]:
     items = expect(value, DataType.ARRAY)
-    if len(items) > MAX_EXECUTION_TIMES:
-        raise _refuse(f"at most {MAX_EXECUTION_TIMES} execution times")
+    if len(items) > limit:
+        raise _refuse(f"at most {limit} execution times")
     raw = []
     for item in items:
         pair = expect(item, DataType.STRUCTURE)
@@ -210,7 +210,7 @@ class SingleActionSchedule(InterfaceClass):
         """The whole schedule, every rule checked; CosemAccessError names the first broken one."""
         selector_value = expect(selector, DataType.LONG_UNSIGNED)
         type_value = expect(schedule_type, DataType.ENUM)
-        raw, patterns = _times(times)
+        raw, patterns = _times(times, int(self.config.get("max_execution_times", MAX_EXECUTION_TIMES)))
         _check_type(type_value, patterns)
         self._check_script(script_ln, selector_value)
         return ScheduleState(script_ln, selector_value, type_value, raw, patterns, revision, written_at)
