@@ -24,6 +24,7 @@ from smartmeter.cli import UsageProblem
 from smartmeter.cli.format import logical_name_paths, to_json, to_text
 from smartmeter.cli.hes import hes_group
 from smartmeter.cli.pki import pki_group
+from smartmeter.cli.push import PUSH_COMMANDS
 from smartmeter.cli.sim import sim_group
 from smartmeter.cosem.data import DataType
 from smartmeter.cosem.obis import Obis
@@ -989,6 +990,10 @@ def client_reconnect(ctx: click.Context, relay: bool) -> None:
     """remote_reconnect of the disconnector: in control mode 3 (the default) it becomes ready for
     reconnection and the customer closes it with the button (`smartmeter sim button A --long`)."""
     _disconnect_control(ctx, 2, relay)
+
+
+for _command in PUSH_COMMANDS:  # push-setup, push-schedule, push: smartmeter.cli.push
+    client.add_command(_command)
 
 
 @client.group("calendar")
