@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import io
 import itertools
 import logging
 import socket
@@ -56,10 +55,10 @@ from event_log_peers import (
     gurux_wz, held, plain,
 )
 from gurux_peer import GuruxClient
+from meter_control import control, meter_now as clock_now, quiet as _quiet
 from meterproc import start_meter
 from smartmeter.cosem.obis import Obis
 from smartmeter.cosem.objectmodel import ObjectModel
-from smartmeter.meter.control import request
 
 structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 
@@ -88,12 +87,6 @@ def _obis(obis: str) -> cosem.Obis:
     return cosem.Obis(*(int(x) for x in _dotted(obis).split(".")))
 
 
-def _quiet(fn, *args):
-    """gurux-dlms prints a line per protected message; keep it out of the test output."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        return fn(*args)
-
-
 @dataclass
 class Scenario:
     meter: object
@@ -113,9 +106,7 @@ class Scenario:
 
 
 def _control(meter, name: str, value: str) -> dict:
-    answer = request(meter.data_dir, {"input": name, "value": value})
-    assert answer["ok"], answer
-    return answer["status"]
+    return control(meter, input=name, value=value)
 
 
 def _gurux_write(peer, obj, attribute: int) -> None:
@@ -146,7 +137,7 @@ def scenario(tmp_path_factory):
     meter = start_meter(tmp_path_factory.mktemp("events") / "meter", "--profile", "idis")
     try:
         counters = itertools.count(1, 1000)  # each client's first counter well above the last one used
-        start = int(request(meter.data_dir, {"status": True})["status"]["clock"]["utc"])
+        start = int(clock_now(meter))
         # 1. management lowers the long-power-failure threshold to 1 s (a configuration SET)
         peer = gurux_lan(meter, "management", next(counters))
         _quiet(peer.associate)

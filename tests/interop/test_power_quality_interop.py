@@ -12,10 +12,8 @@ L2's lowest voltage 200 V in the periods of the dip, its highest 230 V, L1 and L
 from __future__ import annotations
 
 import contextlib
-import io
 import itertools
 import logging
-import time
 
 import pytest
 import structlog
@@ -23,8 +21,8 @@ from gurux_dlms.enums import DataType, ErrorCode
 from gurux_dlms.objects import GXDLMSData, GXDLMSProfileGeneric, GXDLMSRegister
 
 from event_log_peers import gurux_lan, plain
+from meter_control import control as _control, meter_now as _meter_now, quiet as _quiet, wait_until as _wait_until
 from meterproc import start_meter
-from smartmeter.meter.control import request
 from tariff_billing_peers import simulated_date_time
 
 structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
@@ -38,28 +36,6 @@ COLUMNS = ["0.0.1.0.0.255", "0.0.96.10.3.255",
            *(f"1.0.{c}.{d}.0.255" for d in (24, 23, 26) for c in (32, 52, 72)),
            *(f"1.0.{c}.24.0.255" for c in (31, 51, 71))]
 MIN_V, MAX_V = 5, 8  # column of L1's lowest and highest voltage
-
-
-def _quiet(fn, *args):
-    with contextlib.redirect_stdout(io.StringIO()):
-        return fn(*args)
-
-
-def _control(meter, **fields) -> dict:
-    answer = request(meter.data_dir, fields)
-    assert answer["ok"], answer
-    return answer["status"]
-
-
-def _meter_now(meter) -> int:
-    return _control(meter, status=True)["clock"]["utc"]
-
-
-def _wait_until(meter, utc: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while _meter_now(meter) < utc:
-        assert time.monotonic() < deadline, f"the meter's clock did not reach {utc}"
-        time.sleep(0.05)
 
 
 def _raw(peer, obj, attribute: int):

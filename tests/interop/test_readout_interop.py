@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import io
 import itertools
 import logging
 import math
-import time
 from dataclasses import dataclass
 
 import pytest
@@ -34,8 +32,8 @@ from gurux_dlms.objects import GXDLMSDisconnectControl, GXDLMSProfileGeneric, GX
 
 from event_log_peers import METER_ZONE, gurux_lan, plain
 from gurux_peer import GuruxClient
+from meter_control import control as _control, meter_now as _meter_now, quiet as _quiet, wait_until as _wait_until
 from meterproc import start_meter
-from smartmeter.meter.control import request
 from tariff_billing_peers import held_totals, simulated_date_time
 
 structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
@@ -79,29 +77,9 @@ READOUT_VALUES = {
 }
 
 
-def _quiet(fn, *args):
-    """gurux-dlms prints a line per protected message; keep it out of the test output."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        return fn(*args)
-
-
-def _control(meter, **fields) -> dict:
-    answer = request(meter.data_dir, fields)
-    assert answer["ok"], answer
-    return answer["status"]
-
-
-def _meter_now(meter) -> int:
-    return _control(meter, status=True)["clock"]["utc"]
-
-
 def _wait_ticks(meter, ticks: int, timeout: float = 30.0) -> None:
     """Until `ticks` registration ticks (a minute of meter time each) have surely passed."""
-    until = _meter_now(meter) + ticks * SPEED
-    deadline = time.monotonic() + timeout
-    while _meter_now(meter) < until:
-        assert time.monotonic() < deadline, f"the meter's clock did not reach {until}"
-        time.sleep(0.05)
+    _wait_until(meter, _meter_now(meter) + ticks * SPEED, timeout)
 
 
 @dataclass

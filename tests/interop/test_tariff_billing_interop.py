@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import io
 import itertools
 import logging
 import time
@@ -66,8 +65,9 @@ from gurux_dlms.objects import (
 )
 
 from event_log_peers import METER_ZONE, dlms_cosem_management, gurux_lan, plain
+from meter_control import control as _control, meter_now as _meter_now, quiet as _quiet
+from meter_control import wait_until as _wait_for_meter_time
 from meterproc import start_meter
-from smartmeter.meter.control import request
 from tariff_billing_peers import (
     BILLING_COLUMNS, QUANTITIES, HeldBilling, cosem_date, cosem_time, held_billing, held_load_profile, held_rates,
     held_setting, held_totals, simulated_date_time,
@@ -117,32 +117,9 @@ def _obis(dotted: str) -> cosem.Obis:
     return cosem.Obis(*(int(x) for x in dotted.split(".")))
 
 
-def _quiet(fn, *args):
-    """gurux-dlms prints a line per protected message; keep it out of the test output."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        return fn(*args)
-
-
-def _control(meter, **fields) -> dict:
-    answer = request(meter.data_dir, fields)
-    assert answer["ok"], answer
-    return answer["status"]
-
-
-def _meter_now(meter) -> float:
-    return _control(meter, status=True)["clock"]["utc"]
-
-
 def _load(meter, power_w: float, pf: float = 1.0) -> None:
     """`smartmeter sim load --power W --pf PF`."""
     _control(meter, input="load", power=power_w, pf=pf, phase=None)
-
-
-def _wait_for_meter_time(meter, utc: float, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while _meter_now(meter) < utc:
-        assert time.monotonic() < deadline, f"the meter's clock did not reach {utc}"
-        time.sleep(0.05)
 
 
 @dataclass

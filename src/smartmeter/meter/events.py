@@ -294,15 +294,7 @@ class EventRecorder:
 
     def profile_rows(self, profile: str, from_time: int | None = None, to_time: int | None = None) -> list[tuple[int, str]]:
         """(time, row) of a profile's entries in the order they were captured."""
-        sql, args = "SELECT time, row FROM profile_row WHERE profile = ?", [profile]
-        if from_time is not None:
-            sql += " AND time >= ?"
-            args.append(int(from_time))
-        if to_time is not None:
-            sql += " AND time <= ?"
-            args.append(int(to_time))
-        with self._lock:
-            return self._db.execute(sql + " ORDER BY seq", args).fetchall()
+        return self._in_order("SELECT time, row FROM profile_row WHERE profile = ?", profile, from_time, to_time)
 
     def profile_count(self, profile: str) -> int:
         with self._lock:
@@ -314,8 +306,13 @@ class EventRecorder:
         those with from_time <= time <= to_time."""
         if log not in self.table.logs:
             raise KeyError(f"no log {log!r}")
-        sql = "SELECT seq, time, code, client_sap, server_sap, system_title, value, detail FROM entry WHERE log = ?"
-        args: list = [log]
+        rows = self._in_order("SELECT seq, time, code, client_sap, server_sap, system_title, value, detail FROM entry "
+                              "WHERE log = ?", log, from_time, to_time)
+        return [LogEntry(*row) for row in rows]
+
+    def _in_order(self, select: str, key: str, from_time: int | None, to_time: int | None) -> list[tuple]:
+        """The rows of `select` (one ? for `key`) with from_time <= time <= to_time, in recording order."""
+        sql, args = select, [key]
         if from_time is not None:
             sql += " AND time >= ?"
             args.append(int(from_time))
@@ -323,8 +320,7 @@ class EventRecorder:
             sql += " AND time <= ?"
             args.append(int(to_time))
         with self._lock:
-            rows = self._db.execute(sql + " ORDER BY seq", args).fetchall()
-        return [LogEntry(*row) for row in rows]
+            return self._db.execute(sql + " ORDER BY seq", args).fetchall()
 
     def count(self, log: str) -> int:
         with self._lock:
