@@ -8,6 +8,7 @@ that produced the answer (nor hold a writable connection to a running meter's st
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import socket
@@ -18,9 +19,10 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from gurux_dlms import GXDLMSClient
-from gurux_dlms.enums import InterfaceType, Security
+from gurux_dlms.enums import ErrorCode, InterfaceType, Security
 
 from gurux_secure_peer import GuruxSecureClient
+from meter_control import quiet
 
 METER_ZONE = ZoneInfo("Europe/Berlin")  # the meter's default time zone (`meter run` without --time-zone)
 DST_ACTIVE = 0x80  # clock status bit 7 (Blue Book 4.1.6.1)
@@ -146,3 +148,24 @@ def dlms_cosem_management(meter, invocation_counter: int):
                       encryption_key=bytes.fromhex(creds["ek"]), authentication_key=bytes.fromhex(creds["ak"]),
                       client_system_title=bytes.fromhex(creds["client_system_title"]), security_suite=0,
                       client_initial_invocation_counter=invocation_counter)
+
+
+@contextlib.contextmanager
+def gurux_session(meter, client: str, invocation_counter: int):
+    """gurux associated over the LAN as `client` for the block, released after."""
+    peer = gurux_lan(meter, client, invocation_counter)
+    quiet(peer.associate)
+    try:
+        yield peer
+    finally:
+        quiet(peer.close)
+
+
+def gurux_read(peer, obj, attribute: int):
+    """The attribute as gurux decoded the A-XDR, as plain Python values (before gurux types it in
+    place: the date-times of a profile buffer); also typed into gurux's object."""
+    reply = quiet(peer.transfer, peer.client.read(obj, attribute))
+    assert reply.error == ErrorCode.OK, (obj.logicalName, attribute, reply.error)
+    value = plain(reply.value)
+    peer.client.updateValue(obj, attribute, reply.value)
+    return value

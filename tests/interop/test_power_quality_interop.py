@@ -11,7 +11,6 @@ L2's lowest voltage 200 V in the periods of the dip, its highest 230 V, L1 and L
 """
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 
@@ -20,7 +19,7 @@ import structlog
 from gurux_dlms.enums import DataType, ErrorCode
 from gurux_dlms.objects import GXDLMSData, GXDLMSProfileGeneric, GXDLMSRegister
 
-from event_log_peers import gurux_lan, plain
+from event_log_peers import gurux_read as _raw, gurux_session
 from meter_control import control as _control, meter_now as _meter_now, quiet as _quiet, wait_until as _wait_until
 from meterproc import start_meter
 from tariff_billing_peers import simulated_date_time
@@ -38,13 +37,6 @@ COLUMNS = ["0.0.1.0.0.255", "0.0.96.10.3.255",
 MIN_V, MAX_V = 5, 8  # column of L1's lowest and highest voltage
 
 
-def _raw(peer, obj, attribute: int):
-    reply = _quiet(peer.transfer, peer.client.read(obj, attribute))
-    assert reply.error == ErrorCode.OK, (obj.logicalName, attribute, reply.error)
-    value = plain(reply.value)
-    peer.client.updateValue(obj, attribute, reply.value)
-    return value
-
 
 @pytest.fixture(scope="module")
 def meter(tmp_path_factory):
@@ -58,8 +50,7 @@ def test_gurux_sets_the_period_and_reads_a_sag_in_the_log_the_objects_and_the_pr
     period = GXDLMSData(MEASUREMENT_PERIOD_3)
     period.value = 60
     period.setDataType(2, DataType.UINT32)
-    with contextlib.closing(gurux_lan(meter, "management", next(counters))) as peer:
-        _quiet(peer.associate)
+    with gurux_session(meter, "management", next(counters)) as peer:
         assert _quiet(peer.transfer, peer.client.write(period, 2)).error == ErrorCode.OK
         assert _raw(peer, GXDLMSProfileGeneric(PQ_PROFILE), 4) == 60  # one value: the capture period follows
     _wait_until(meter, (_meter_now(meter) // 60 + 1) * 60)  # a whole period at 230 V first
@@ -68,8 +59,7 @@ def test_gurux_sets_the_period_and_reads_a_sag_in_the_log_the_objects_and_the_pr
     back = _control(meter, input="voltage", phase="L2", value=NOMINAL)["clock"]["utc"]
     _wait_until(meter, (back // 60 + 2) * 60)  # the sag has ended and the period after it is captured
 
-    with contextlib.closing(gurux_lan(meter, "management", next(counters))) as peer:
-        _quiet(peer.associate)
+    with gurux_session(meter, "management", next(counters)) as peer:
         log_profile = GXDLMSProfileGeneric(PQ_LOG)
         _raw(peer, log_profile, 3)  # gurux types a buffer by its capture objects
         log = _raw(peer, log_profile, 2)

@@ -18,7 +18,6 @@ and its entry must hold what each object reads on its own. Tests run in file ord
 """
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import itertools
 import logging
@@ -30,7 +29,7 @@ import structlog
 from gurux_dlms.enums import DataType, ErrorCode, ObjectType
 from gurux_dlms.objects import GXDLMSDisconnectControl, GXDLMSProfileGeneric, GXDLMSRegister
 
-from event_log_peers import METER_ZONE, gurux_lan, plain
+from event_log_peers import METER_ZONE, gurux_read as _raw, gurux_session, plain
 from gurux_peer import GuruxClient
 from meter_control import control as _control, meter_now as _meter_now, quiet as _quiet, wait_until as _wait_until
 from meterproc import start_meter
@@ -101,23 +100,9 @@ def scenario(tmp_path_factory):
         meter.stop()
 
 
-@contextlib.contextmanager
 def _management(scenario):
-    peer = gurux_lan(scenario.meter, "management", next(scenario.counters))
-    _quiet(peer.associate)
-    try:
-        yield peer
-    finally:
-        _quiet(peer.close)
-
-
-def _raw(peer, obj, attribute: int):
-    """The attribute as gurux decoded the A-XDR, as plain Python values; also typed into gurux's object."""
-    reply = _quiet(peer.transfer, peer.client.read(obj, attribute))
-    assert reply.error == ErrorCode.OK, (obj.logicalName, attribute, reply.error)
-    value = plain(reply.value)  # before gurux types it in place (date-times of a profile buffer)
-    peer.client.updateValue(obj, attribute, reply.value)
-    return value
+    """The management client's session, with a counter of its own."""
+    return gurux_session(scenario.meter, "management", next(scenario.counters))
 
 
 def _physical(peer, name: str) -> float:
@@ -234,3 +219,4 @@ def test_three_phase_remote_disconnect_stops_a_plus_and_reconnection_resumes_it(
     assert closed_second - closed_first >= LOAD_W / 60 * 0.99
     for measured, expected in zip(currents_closed, CURRENTS):
         assert measured == _close_to(expected)
+

@@ -29,7 +29,6 @@ reads are exact (230.0 V, 12.500 A, 2300 W, 2875 VA, 0.800, 36.9 deg).
 """
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import math
@@ -40,7 +39,7 @@ import structlog
 from gurux_dlms.enums import DataType, ErrorCode
 from gurux_dlms.objects import GXDLMSDisconnectControl, GXDLMSProfileGeneric, GXDLMSRegister
 
-from event_log_peers import gurux_lan, held, plain
+from event_log_peers import gurux_read as _raw, gurux_session, held, plain
 from meter_control import control as _control, meter_now as _meter_now, quiet as _quiet, wait_until as _wait_until
 from meterproc import start_meter
 from tariff_billing_peers import held_totals, simulated_date_time
@@ -104,23 +103,9 @@ def scenario(tmp_path_factory):
         meter.stop()
 
 
-@contextlib.contextmanager
 def _gurux(scenario):
-    peer = gurux_lan(scenario.meter, "management", next(scenario.counters))
-    _quiet(peer.associate)
-    try:
-        yield peer
-    finally:
-        _quiet(peer.close)
-
-
-def _raw(peer, obj, attribute: int):
-    """The attribute as gurux decoded the A-XDR, as plain Python values; also typed into gurux's object."""
-    reply = _quiet(peer.transfer, peer.client.read(obj, attribute))
-    assert reply.error == ErrorCode.OK, (obj.logicalName, attribute, reply.error)
-    value = plain(reply.value)
-    peer.client.updateValue(obj, attribute, reply.value)
-    return value
+    """The management client's session, with a counter of its own."""
+    return gurux_session(scenario.meter, "management", next(scenario.counters))
 
 
 def _disconnector(peer) -> tuple[bool, int, int]:
@@ -257,3 +242,4 @@ def test_remote_reconnect_with_a_parameter_of_the_wrong_type_is_refused(scenario
     assert after == before
     assert held(meter.data_dir, "disconnect") == log_before
     assert log_before[-1].code == REMOTE_DISCONNECTION
+
