@@ -284,13 +284,14 @@ def push_setup(ctx: click.Context, setup_text: str, to_text: str | None, retries
             click.echo(f"wrote {obis}:{attribute} {attribute_name}: {shown}")
 
     async def work(c):
+        for attribute, attribute_name, value in integers:
+            await write(c, attribute, attribute_name, value, value.value)
+        # the destination last: a push it lets out already has the retries and delays given with it
         if to_text is not None:
             transport, address = destination if destination is not None else \
                 ((await read_push_setup(c, obis, name)).transport, "")
             await write(c, *DESTINATION, Data.structure([Data.enum(transport), Data.octet_string(address.encode()),
                                                          Data.enum(0)]), destination_text(transport, address))
-        for attribute, attribute_name, value in integers:
-            await write(c, attribute, attribute_name, value, value.value)
         return await read_push_setup(c, obis, name)
 
     view = _run_client(ctx, work)
