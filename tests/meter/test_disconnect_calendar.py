@@ -12,12 +12,10 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from meter_sessions import SUCCESS, ClientSession
+from meter_site import MeterSite
 from smartmeter.cosem.data import Data
 from smartmeter.cosem.obis import Obis
 from smartmeter.dlms.apdu.common import DataAccessResult
-from smartmeter.legal import interface as legal
-from smartmeter.meter.clock import MeterClock
-from smartmeter.meter.runtime import Meter, MeterConfig
 
 BERLIN = ZoneInfo("Europe/Berlin")  # the meter's time zone
 DISCONNECT_CALENDAR, DISCONNECT_SCRIPTS, DISCONNECTOR = "0-0:13.0.1.255", "0-0:10.0.106.255", "0-0:96.3.10.255"
@@ -45,20 +43,12 @@ def day_profiles(table: str, *days: tuple[int, list[tuple[int, int, int]]]) -> D
                       for day_id, switches in days)
 
 
-class Site:
+class Site(MeterSite):
+    STEP = STEP
+
     def __init__(self, data_dir) -> None:
-        self.platform = [START]
-        self.data_dir = data_dir
-        self.meter = self.open()
+        super().__init__(data_dir, START)
         self.management = ClientSession(self.meter, "management")
-
-    def open(self) -> Meter:
-        return Meter(MeterConfig(data_dir=self.data_dir, backfill_days=0),
-                     clock=MeterClock(source=lambda: self.platform[0]))
-
-    def restart(self) -> None:
-        self.meter.close()
-        self.meter = self.open()
 
     def write_calendar(self, obis: str, days: Data) -> None:
         """A passive calendar of one every-year season whose week is day profile 1 every day,
@@ -73,16 +63,8 @@ class Site:
             assert self.management.set(20, obis, attribute, value) == SUCCESS, attribute
         assert self.management.action(20, obis, 1, Data.integer(0)) == SUCCESS
 
-    def run_until(self, t: float, step: float = STEP) -> None:
-        while self.platform[0] < t:
-            self.platform[0] = min(t, self.platform[0] + step)
-            self.meter.tick()
-
-    def a_plus(self) -> int:
-        return self.meter.legal.execute(legal.ReadEnergyRegisters()).a_plus
-
     def log(self) -> list[tuple[float, int]]:
-        return [(e.time, e.code) for e in self.meter.events.entries("disconnect")]
+        return super().log("disconnect")
 
     def disconnector(self) -> dict:
         return self.meter.status()["disconnector"]

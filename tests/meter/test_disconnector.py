@@ -9,13 +9,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from meter_site import MeterSite
 from smartmeter.cosem.classes.base import CosemAccessError, RequestContext
 from smartmeter.cosem.data import Data
 from smartmeter.cosem.obis import Obis
 from smartmeter.cosem.results import DataAccessResult
-from smartmeter.legal import interface as legal
-from smartmeter.meter.clock import MeterClock
-from smartmeter.meter.runtime import Meter, MeterConfig
 
 CTX = RequestContext("management", 1)
 START = 1_773_144_000.0  # on a quarter hour
@@ -23,29 +21,12 @@ REMOTE_DISCONNECTION, READY_FOR_RECONNECTION, MANUAL_CONNECTION = 62, 59, 61
 LOCAL_DISCONNECTION, LIMITER_EXCEEDED, LIMITER_OK = 64, 65, 66
 
 
-class Site:
+class Site(MeterSite):
     def __init__(self, data_dir) -> None:
-        self.platform = [START]
-        self.data_dir = data_dir
-        self.meter = self._open()
-
-    def _open(self) -> Meter:
-        return Meter(MeterConfig(data_dir=self.data_dir, backfill_days=0), clock=MeterClock(source=lambda: self.platform[0]))
-
-    def obj(self, obis: str):
-        return self.meter.directory.by_ln[Obis.parse(obis).to_bytes()][1]
-
-    def run(self, seconds: float, step: float = 15.0) -> None:
-        end = self.platform[0] + seconds
-        while self.platform[0] < end:
-            self.platform[0] = min(end, self.platform[0] + step)
-            self.meter.tick()
-
-    def a_plus(self) -> int:
-        return self.meter.legal.execute(legal.ReadEnergyRegisters()).a_plus
+        super().__init__(data_dir, START)
 
     def log(self) -> list[tuple[int, int]]:
-        return [(e.time, e.code) for e in self.meter.events.entries("disconnect")]
+        return super().log("disconnect")
 
     def state(self) -> dict:
         return self.meter.status()["disconnector"]
@@ -82,7 +63,7 @@ def test_remote_disconnection_stops_the_energy_and_the_customer_reconnects(site)
     # the output and the state survive a restart
     disconnector.invoke(1, Data.integer(0), CTX)
     site.meter.close()
-    site.meter = site._open()
+    site.meter = site.open()
     assert site.state()["output"] == "open"
     before = site.a_plus()
     site.run(900)

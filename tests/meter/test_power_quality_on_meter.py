@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import pytest
 
+from meter_site import MeterSite
 from smartmeter.cosem.classes.base import CosemAccessError, RequestContext
 from smartmeter.cosem.data import Data
-from smartmeter.cosem.obis import Obis
 from smartmeter.cosem.results import DataAccessResult
-from smartmeter.meter.clock import MeterClock
-from smartmeter.meter.runtime import Meter, MeterConfig
 
 CTX = RequestContext("management", 1)
 START = 1_773_144_000.0  # 2026-03-10 12:00 UTC, on an hour
@@ -20,39 +18,20 @@ NOMINAL = 230.0
 SAG, SWELL, CUT, NORMAL = 76, 79, 82, 85
 
 
-class Site:
+class Site(MeterSite):
+    STEP = 1.0
+
     def __init__(self, data_dir, phases: int) -> None:
-        self.platform = [START]
-        self.data_dir, self.phases = data_dir, phases
-        self.meter = self.open()
-
-    def open(self) -> Meter:
-        return Meter(MeterConfig(data_dir=self.data_dir, backfill_days=0, meter_type=100 if self.phases == 1 else 300),
-                     clock=MeterClock(source=lambda: self.platform[0]))
-
-    def obj(self, obis: str):
-        return self.meter.directory.by_ln[Obis.parse(obis).to_bytes()][1]
+        super().__init__(data_dir, START, phases)
 
     def value(self, obis: str):
         return self.obj(obis).get(2, CTX).value
-
-    def run(self, seconds: float, step: float = 1.0) -> None:
-        end = self.platform[0] + seconds
-        while self.platform[0] < end:
-            self.platform[0] = min(end, self.platform[0] + step)
-            self.meter.tick()
-
-    def sim(self, name: str, **args) -> None:
-        assert self.meter.control({"input": name, **args})["ok"]
 
     def volts(self, phase: str, volts: float) -> None:
         self.sim("voltage", phase=phase, value=volts)
 
     def log(self) -> list[tuple[int, int]]:
-        return [(e.time, e.code) for e in self.meter.events.entries("power_quality")]
-
-    def now(self) -> int:
-        return int(self.platform[0])
+        return super().log("power_quality")
 
 
 @pytest.fixture

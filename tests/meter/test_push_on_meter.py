@@ -14,13 +14,12 @@ import pytest
 
 from meter_sessions import SUCCESS, Sessions
 from push_support import SETUPS, RecordingSender, open_push, reassembled
+from meter_site import MeterSite
 from smartmeter.cosem import axdr
 from smartmeter.cosem.data import Data, DataType
 from smartmeter.cosem.obis import Obis
 from smartmeter.dlms.apdu.ciphered import GeneralGloCiphering
-from smartmeter.meter.clock import MeterClock
 from smartmeter.dlms.security.suites import SecurityControl
-from smartmeter.meter.runtime import Meter, MeterConfig
 
 BERLIN = ZoneInfo("Europe/Berlin")
 START = dt.datetime(2026, 6, 9, 6, 0, tzinfo=BERLIN).timestamp()  # on a quarter hour
@@ -36,22 +35,15 @@ def destination(text: bytes = UDP_HES, transport: int = 1) -> Data:
     return Data.structure([Data.enum(transport), Data.octet_string(text), Data.enum(0)])
 
 
-class Site:
+class Site(MeterSite):
     def __init__(self, data_dir, backfill_days: int = 0) -> None:
-        self.platform = [START]
-        self.meter = Meter(MeterConfig(data_dir=data_dir, backfill_days=backfill_days),
-                           clock=MeterClock(source=lambda: self.platform[0]))
+        super().__init__(data_dir, START, backfill_days=backfill_days)
         self.sender = RecordingSender(self.meter.clock)
         self.meter.push.sender = self.sender
         self.session = Sessions(self.meter)
 
     def configure(self, selector: int, text: bytes = UDP_HES, transport: int = 1) -> None:
         assert self.session("management").set(40, SETUPS[selector], 3, destination(text, transport)) == SUCCESS
-
-    def run_until(self, t: float, step: float) -> None:
-        while self.platform[0] < t:
-            self.platform[0] = min(t, self.platform[0] + step)
-            self.meter.tick()
 
     def read(self, class_id: int, obis: bytes, attribute: int) -> Data:
         result, value = self.session("data_readout").get(class_id, str(Obis.from_bytes(obis)), attribute)

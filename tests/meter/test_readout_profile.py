@@ -14,12 +14,11 @@ from __future__ import annotations
 import pytest
 
 from meter_sessions import SUCCESS, ClientSession
+from meter_site import MeterSite
 from smartmeter.cosem.data import Data
 from smartmeter.cosem.obis import Obis
 from smartmeter.dlms.apdu.common import EntryDescriptor, RangeDescriptor, SelectiveAccessDescriptor
 from smartmeter.legal import interface as legal
-from smartmeter.meter.clock import MeterClock
-from smartmeter.meter.runtime import Meter, MeterConfig
 
 PROFILE, CLOCK, ASSOCIATION = "0-0:21.0.5.255", "0-0:1.0.0.255", "0-0:40.0.0.255"
 CLOCK_COLUMN = (8, Obis.parse(CLOCK).to_bytes(), 2, 0)
@@ -38,25 +37,16 @@ POLY_PHASE_ONLY = {
     "1-0:53.7.0.255", "1-0:73.7.0.255", "1-0:86.7.0.255", "1-0:87.7.0.255", "1-0:81.7.51.255", "1-0:81.7.62.255",
 }
 VALUES = {1: SINGLE_PHASE_VALUES, 3: SINGLE_PHASE_VALUES | POLY_PHASE_ONLY}
-METER_TYPE = {1: 100, 3: 300}
 
 
-class Site:
+class Site(MeterSite):
     def __init__(self, data_dir, phases: int) -> None:
-        self.platform = [START]
-        self.meter = Meter(MeterConfig(data_dir=data_dir, backfill_days=0, meter_type=METER_TYPE[phases]),
-                           clock=MeterClock(source=lambda: self.platform[0]))
+        super().__init__(data_dir, START, phases)
         self.management = ClientSession(self.meter, "management")
 
     def load(self, power: float, pf: float) -> None:
-        assert self.meter.control({"input": "load", "power": power, "pf": pf})["ok"]
+        self.sim("load", power=power, pf=pf)
         self.run(60)
-
-    def run(self, seconds: float, step: float = 15.0) -> None:
-        end = self.platform[0] + seconds
-        while self.platform[0] < end:
-            self.platform[0] = min(end, self.platform[0] + step)
-            self.meter.tick()
 
     def capture(self, session: ClientSession | None = None) -> int:
         return (session or self.management).action(7, PROFILE, 2, Data.integer(0))
