@@ -80,3 +80,29 @@ def test_impossible_execution_times_are_refused(field, value):
     fields = {"hour": 0, "minute": 0, "second": 0, field: value}
     with pytest.raises(ValueError, match=field):
         ExecutionTime(**fields)
+
+
+EVERY_SECOND = [ExecutionTime(None, None, s) for s in range(60)]  # the consumer push's densest schedule
+
+
+def test_a_schedule_every_second_costs_what_the_interval_holds(monkeypatch):
+    """60 execution times *:*:SS (companion §10.5): the next instant of a one-second step takes a
+    handful of local-time conversions, not a day's or an hour's worth."""
+    import smartmeter.meter.schedule as schedule
+
+    conversions = []
+    convert = schedule._instant
+    monkeypatch.setattr(schedule, "_instant", lambda *args: conversions.append(args) or convert(*args))
+    start = utc("2026-03-10 10:10:00") + 0.5
+    assert next(instants(EVERY_SECOND, BERLIN, start, start + 1)) == start + 0.5
+    assert len(conversions) <= 2
+
+
+@pytest.mark.parametrize("day, seconds", [("2026-03-29", 23 * 3600), ("2026-10-25", 24 * 3600), ("2026-03-10", 86400)])
+def test_every_second_of_a_dst_day_happens_once(day, seconds):
+    """Spring: the skipped hour has no instants; autumn: the repeated hour happens once."""
+    start = dt.datetime.fromisoformat(f"{day} 00:00:00").replace(tzinfo=BERLIN).timestamp()
+    end = (dt.datetime.fromisoformat(f"{day} 00:00:00") + dt.timedelta(days=1)).replace(tzinfo=BERLIN).timestamp()
+    crossed = list(instants(EVERY_SECOND, BERLIN, start - 1, end - 1))
+    assert len(crossed) == seconds == len(set(crossed))
+    assert crossed == sorted(crossed)

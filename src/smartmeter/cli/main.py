@@ -348,6 +348,9 @@ async def _serve(meter_, host: str, wrapper_port: int, hdlc_port: int, serial_de
     close_interfaces()
     sender, meter_.push.sender = meter_.push.sender, None
     await sender.close()
+    counts = sender.stats()
+    if counts["submitted"] or counts["refused"]:  # what the pushes came to, for the user who stops the meter
+        click.echo("pushes: " + ", ".join(f"{name} {count}" for name, count in counts.items()))
 
 
 main.add_command(pki_group)

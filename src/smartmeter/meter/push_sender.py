@@ -390,14 +390,17 @@ class PushSender:
 
     async def _attempts(self, push: _Push) -> str:
         sent = False
+        made = skipped = 0
         for attempt in range(1 + push.retries):
             if attempt:
                 await self.sleep(push.repetition_delay)
             t = self.now()
             if not window_open(self._spans(push, t), t):
                 self._count("skipped")
+                skipped += 1
                 continue
             self._count("attempts")
+            made += 1
             try:
                 if push.transport_service == UDP:
                     await send_udp(push.destination, push.messages)
@@ -412,7 +415,8 @@ class PushSender:
             return "sent"
         if sent:
             return "sent"
-        self.say("push.failed", "push to %s failed after %d attempt(s)", push.destination, 1 + push.retries)
+        self.say("push.failed", "push to %s failed after %d attempt(s)%s", push.destination, made,
+                 f", {skipped} skipped outside the window" if skipped else "")
         return "failed"
 
     # -- state ------------------------------------------------------------------------------

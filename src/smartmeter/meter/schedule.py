@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import heapq
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 from zoneinfo import ZoneInfo
@@ -58,10 +59,17 @@ class ExecutionTime:
                 and (self.day is None or day.day == self.day)
                 and (self.weekday is None or day.isoweekday() == self.weekday))
 
-    def times_of_day(self, hours: range = range(24)) -> Iterator[dt.time]:
-        for hour in (hours if self.hour is None else (h for h in (self.hour,) if h in hours)):
-            for minute in (range(60) if self.minute is None else (self.minute,)):
-                for second in (range(60) if self.second is None else (self.second,)):
+    def times_of_day(self, frm: dt.time = dt.time(0)) -> Iterator[dt.time]:
+        """The pattern's times of day at or after `frm`, in increasing order (lazily: a wildcard
+        second gives 86,400 times, of which a caller usually wants the first few)."""
+        def values(fixed: int | None, low: int, count: int) -> Iterable[int]:
+            return range(low, count) if fixed is None else (fixed,) if fixed >= low else ()
+
+        for hour in values(self.hour, frm.hour, 24):
+            first_hour = hour == frm.hour
+            for minute in values(self.minute, frm.minute if first_hour else 0, 60):
+                first_minute = first_hour and minute == frm.minute
+                for second in values(self.second, frm.second if first_minute else 0, 60):
                     yield dt.time(hour, minute, second)
 
 
@@ -73,27 +81,31 @@ def _instant(day: dt.date, at: dt.time, zone: ZoneInfo) -> float | None:
 
 
 def instants(times: Iterable[ExecutionTime], zone: ZoneInfo, start: float, end: float) -> Iterator[float]:
-    """The instants t with start < t <= end at which any of `times` is due, in order, each once."""
+    """The instants t with start < t <= end at which any of `times` is due, in order, each once.
+
+    Lazy: the patterns' times of a day are merged in order and the search stops at the first one
+    past `end`, so a schedule every second costs what the interval holds, not a day of times.
+    Local time maps to UTC in order (a repeated local time counts at its first occurrence), so no
+    local time before the start's can be due and the first one past `end` ends the search."""
     if end <= start:
         return
     patterns = tuple(times)
     first_local = dt.datetime.fromtimestamp(start, zone)
-    last_local = dt.datetime.fromtimestamp(end, zone)
-    day, last = first_local.date(), last_local.date()
+    last = dt.datetime.fromtimestamp(end, zone).date()
+    day = first_local.date()
     while day <= last:
-        # only the hours the interval touches on this day (one hour of margin for a DST change),
-        # so a clock read every second does not enumerate a whole day of wildcard times
-        low = first_local.hour - 1 if day == first_local.date() else 0
-        high = last_local.hour + 1 if day == last else 23
-        hours = range(max(low, 0), min(high, 23) + 1)
-        found = set()
-        for pattern in patterns:
-            if pattern.matches_date(day):
-                for at in pattern.times_of_day(hours):
-                    t = _instant(day, at, zone)
-                    if t is not None and start < t <= end:
-                        found.add(t)
-        yield from sorted(found)
+        frm = first_local.time().replace(microsecond=0) if day == first_local.date() else dt.time(0)
+        previous = None
+        for at in heapq.merge(*(p.times_of_day(frm) for p in patterns if p.matches_date(day))):
+            if at == previous:
+                continue
+            previous = at
+            t = _instant(day, at, zone)
+            if t is None or t <= start:
+                continue
+            if t > end:
+                return
+            yield t
         day += dt.timedelta(days=1)
 
 
