@@ -176,3 +176,17 @@ def test_a_capture_period_of_7_minutes_is_refused():
     with pytest.raises(ValueError):
         acc.set_period(420)
     assert acc.period == 600
+
+
+def test_a_clock_set_back_closes_the_open_period_at_the_old_time():
+    """12:15 set back to 12:05 with 10-minute periods: the 12:10-12:20 period closes at 12:15 (the
+    adjustment), not at a 12:20 the clock has not reached, and the profile goes on from 12:05."""
+    acc = PeriodAccumulator(1, 600)
+    first = acc.observe(T0, T0 + 900, (230.0,), (1.0,))  # T0 + 600 closed; T0+600..T0+1200 open
+    assert [e.end for e in first] == [T0 + 600]
+    closed = acc.set_back(T0 + 900, T0 + 300)
+    assert [(e.end, e.average_volts) for e in closed] == [(T0 + 900, (230.0,))]
+    assert acc.observe(T0 + 300, T0 + 400, (220.0,), (1.0,)) == []
+    assert acc.set_back(T0 + 400, T0 + 350) == []  # back within the open period: it goes on
+    entries = acc.observe(T0 + 350, T0 + 600, (220.0,), (1.0,))
+    assert [(e.end, e.average_volts) for e in entries] == [(T0 + 600, (220.0,))]

@@ -330,11 +330,12 @@ class PeriodAccumulator:
             o.min_volts[i] = min(o.min_volts[i], volts[i])
             o.max_volts[i] = max(o.max_volts[i], volts[i])
 
-    def _close(self) -> list[PeriodValues]:
+    def _close(self, at: float | None = None) -> list[PeriodValues]:
+        """The open period's entry, captured at its boundary (or at `at`)."""
         o, self._open = self._open, None
         if o is None or o.seconds <= 0:
             return []
-        return [PeriodValues(o.period_start + self.period, o.flags,
+        return [PeriodValues(o.period_start + self.period if at is None else at, o.flags,
                              tuple(v / o.seconds for v in o.volt_seconds), tuple(o.min_volts), tuple(o.max_volts),
                              tuple(a / o.seconds for a in o.amp_seconds))]
 
@@ -343,6 +344,14 @@ class PeriodAccumulator:
         an open period that ended before now closes at its boundary."""
         if self._open is not None and now >= self._open.period_start + self.period:
             return self._close()
+        return []
+
+    def set_back(self, old: float, new: float) -> list[PeriodValues]:
+        """The clock was set back from `old` to `new`: an open period the new time lies before
+        closes now, captured at `old` (its boundary is no longer ahead of the clock, and a second
+        entry with that boundary would follow); the next period continues."""
+        if self._open is not None and self.period_of(new) < self._open.period_start:
+            return self._close(at=old)
         return []
 
     def flag(self, bits: int) -> None:

@@ -12,6 +12,7 @@ Thresholds and the capture period are configuration, kept in the meter's setting
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import asdict, replace
 
 from smartmeter.cosem.classes.base import Binding, expect, other_reason
@@ -58,49 +59,55 @@ class PowerQualityMonitor:
         self._owed: list[QualityEvent] = []
         self._closed: list[PeriodValues] = []
         self._dirty = False
+        # the registration tick and a DLMS request on another thread (the serial optical port)
+        # both change the detector and the profile
+        self._lock = threading.RLock()
 
     # -- input from the runtime ------------------------------------------------------------------
     def observe(self, start: float, end: float, values) -> None:
         """The legal part measured `values` (legal.InstantaneousValues; None: nothing yet) over [start, end)."""
         if values is None or end <= start:
             return
-        self._owed += self.detector.observe(start, end, values.voltage)
-        self._closed += self.profile.observe(start, end, values.voltage, values.current)
-        self._dirty = True
+        with self._lock:
+            self._owed += self.detector.observe(start, end, values.voltage)
+            self._closed += self.profile.observe(start, end, values.voltage, values.current)
+            self._dirty = True
 
     def power_up(self, down: float, up: float) -> None:
         """The supply was off from `down` to `up`."""
-        self._owed += self.detector.power_down(down, up)
-        self.profile.flag(STATUS_POWER_DOWN)  # the period the outage began in
-        closed = self.profile.catch_up(up)
-        if closed:
-            self._closed += closed
-            self.profile.flag(STATUS_POWER_DOWN)  # and the one it ended in
-        self._dirty = True
-        self.flush()
+        with self._lock:
+            self._owed += self.detector.power_down(down, up)
+            self.profile.flag(STATUS_POWER_DOWN)  # the period the outage began in
+            closed = self.profile.catch_up(up)
+            if closed:
+                self._closed += closed
+                self.profile.flag(STATUS_POWER_DOWN)  # and the one it ended in
+            self._dirty = True
+            self.flush()
 
     def clock_changed(self, old: float, new: float) -> None:
         """The clock was adjusted: the periods it touches say so (CAD)."""
-        self.profile.flag(STATUS_CLOCK_ADJUSTED)
-        if new > old:
-            closed = self.profile.catch_up(new)
+        with self._lock:
+            self.profile.flag(STATUS_CLOCK_ADJUSTED)
+            closed = self.profile.catch_up(new) if new > old else self.profile.set_back(old, new)
             if closed:
                 self._closed += closed
                 self.profile.flag(STATUS_CLOCK_ADJUSTED)
-        self._dirty = True
+            self._dirty = True
 
     def flush(self) -> None:
         """Commit what the stretches since the last flush produced, with the state, at once."""
-        if not self._dirty:
-            return
-        state = json.dumps({"detector": self.detector.to_json(), "profile": self.profile.to_json()})
-        with self.events.transaction():
-            for event in self._owed:
-                self.events.record(event.code, at=event.at)
-            for entry in self._closed:
-                self.events.append_row(PROFILE, int(entry.end), json.dumps(self._row(entry)), PROFILE_ENTRIES)
-            self.events.save(STATE_KEY, state)
-        self._owed, self._closed, self._dirty = [], [], False
+        with self._lock:
+            if not self._dirty:
+                return
+            state = json.dumps({"detector": self.detector.to_json(), "profile": self.profile.to_json()})
+            with self.events.transaction():
+                for event in self._owed:
+                    self.events.record(event.code, at=event.at)
+                for entry in self._closed:
+                    self.events.append_row(PROFILE, int(entry.end), json.dumps(self._row(entry)), PROFILE_ENTRIES)
+                self.events.save(STATE_KEY, state)
+            self._owed, self._closed, self._dirty = [], [], False
 
     def _row(self, entry: PeriodValues) -> list:
         status = entry.status
@@ -130,12 +137,13 @@ class PowerQualityMonitor:
         if seconds not in CAPTURE_PERIODS:
             raise other_reason("the period is 0 (off), 60, 300, 600, 900, 1800 "
                                f"or 3600 s, not {seconds}")
-        if seconds == self.profile.period:
-            return
-        self.profile.set_period(seconds)
-        self.settings.put(PERIOD_KEY, seconds)
-        self._dirty = True
-        self.flush()
+        with self._lock:
+            if seconds == self.profile.period:
+                return
+            self.profile.set_period(seconds)
+            self.settings.put(PERIOD_KEY, seconds)
+            self._dirty = True
+            self.flush()
 
     def _latest(self) -> list | None:
         rows = self.events.profile_rows(PROFILE)
