@@ -448,6 +448,51 @@ def test_close_cancels_waiting_and_connecting_pushes():
     assert refused_after is False and leftover == []
 
 
+def test_pushes_cancelled_by_close_before_their_first_step_count_as_dropped():
+    async def scenario():
+        clock = FakeMeterTime()
+        sender = sender_for(clock)
+        accepted = [sender.submit([APDU], UDP, "[::1]:4059", 0, 0, 0) for _ in range(3)]
+        await sender.close()  # the pushes' tasks never ran a step
+        return accepted, sender.stats()
+
+    accepted, stats = asyncio.run(scenario())
+    assert accepted == [True] * 3
+    assert (stats["pending"], stats["dropped"], stats["submitted"], stats["attempts"]) == (0, 3, 3, 0)
+
+
+def test_a_push_from_a_thread_after_the_loop_closed_is_refused():
+    said = Said()
+    loop = asyncio.new_event_loop()
+    sender = PushSender(loop, say=said)
+    loop.close()
+    results = []
+    thread = threading.Thread(target=lambda: results.append(sender.submit([APDU], UDP, "[::1]:4059", 0, 0, 0)))
+    thread.start()
+    thread.join()
+    stats = sender.stats()
+    assert results == [False] and said.conditions == ["push.no_loop"]
+    assert (stats["pending"], stats["submitted"], stats["refused"]) == (0, 0, 1)
+
+
+def test_a_loop_that_closes_while_a_push_is_handed_over_refuses_it():
+    """The loop closes between the check and the hand-over (another thread closed it)."""
+    said = Said()
+    loop = asyncio.new_event_loop()
+    sender = PushSender(loop, say=said)
+    hand_over = loop.call_soon_threadsafe
+
+    def closing_first(*args):
+        loop.close()
+        return hand_over(*args)
+
+    loop.call_soon_threadsafe = closing_first
+    assert sender.submit([APDU], UDP, "[::1]:4059", 0, 0, 0) is False
+    stats = sender.stats()
+    assert said.conditions == ["push.no_loop"]
+    assert (stats["pending"], stats["submitted"], stats["refused"]) == (0, 0, 1)
+
+
 def test_submit_from_another_thread_runs_on_the_loop():
     async def scenario():
         clock = FakeMeterTime()

@@ -269,8 +269,15 @@ class PushSender:
             return False
         if in_loop:
             self._start(push)
-        else:
+            return True
+        try:
             loop.call_soon_threadsafe(self._start, push)
+        except RuntimeError:  # the loop closed since `_target_loop` looked: nothing will start the push
+            with self._lock:
+                self._stats["submitted"] -= 1
+            self._end(push, "refused")
+            self.say("push.no_loop", "push refused: the event loop of the push sender has closed")
+            return False
         return True
 
     def _check(self, frames, transport_service, destination, retries, randomisation, repetition_delay, window,
@@ -347,7 +354,12 @@ class PushSender:
             return
         task = self._loop.create_task(self._run(push), name=f"push to {push.destination}")
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        # the end is counted here, not in `_run`: a task cancelled before its first step never runs it
+        task.add_done_callback(lambda done: self._finished(push, done))
+
+    def _finished(self, push: _Push, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        self._end(push, "dropped" if task.cancelled() else task.result())
 
     def _count(self, key: str) -> None:
         with self._lock:
@@ -361,21 +373,19 @@ class PushSender:
 
     # -- one push ---------------------------------------------------------------------------
 
-    async def _run(self, push: _Push) -> None:
-        outcome = "dropped"  # unless it gets to its attempts: cancelled by close()
+    async def _run(self, push: _Push) -> str:
+        """The push from its trigger to its end: how it ended (cancelled by close(): dropped)."""
         try:
             if not await self._window_reached(push):
                 self.say("push.no_window", "push to %s dropped: no communication window opens within %g s",
                          push.destination, self.max_window_wait)
-                return
+                return "dropped"
             if push.randomisation:
                 await self.sleep(self.rng.uniform(0, push.randomisation))
-            outcome = await self._attempts(push)
+            return await self._attempts(push)
         except Exception:  # a fault here must not end the loop's other work, nor go unseen
             log.exception("push to %s abandoned", push.destination)
-            outcome = "failed"
-        finally:
-            self._end(push, outcome)
+            return "failed"
 
     async def _window_reached(self, push: _Push) -> bool:
         while True:
