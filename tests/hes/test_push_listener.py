@@ -145,10 +145,14 @@ def test_a_replayed_push_is_refused_and_counted(meter, listener):
     t1, t2 = START + 2700, START + 3600
     old, new = push(meter, interval_body(t1, 1, 2, 3), t1), push(meter, interval_body(t2, 4, 5, 6), t2)
     assert listener.datagram(message(new), "m") == "stored"
-    assert listener.datagram(message(old), "m") == "replay"  # an older counter, though never seen
+    assert listener.datagram(message(old), "m") == "stored"  # an older counter never seen: a late push
     assert listener.datagram(message(new), "another peer") == "retry"  # the very same message: a retry
-    assert listener.counts["replay"] == 1
-    assert stored(listener.store) == interval_values(t2, 4, 5, 6)
+    assert listener.datagram(message(old), "m") == "retry"
+    assert stored(listener.store) == interval_values(t1, 1, 2, 3) | interval_values(t2, 4, 5, 6)
+    # once the listener no longer remembers the message, the same counter again is a replay
+    forgetful = PushReceiver(listener.keyring, listener.store, listener.object_lists)
+    assert forgetful.datagram(message(old), "m") == "replay"
+    assert forgetful.counts["replay"] == 1 and listener.store.push_count() == 2
 
 
 def test_a_forged_push_is_refused_and_does_not_use_up_its_counter(meter, listener):
@@ -204,6 +208,51 @@ def test_an_authentic_push_that_fits_no_known_list_is_counted_not_stored_and_use
     assert PushStore(listener.store.path).counters()[title(meter)] > 0  # the counter is kept all the same
 
 
+def protect(listener, meter, counter: int, body: Data, t: float) -> bytes:
+    """A push of the meter with the invocation counter `counter` (its keys, its system title):
+    the order in which the meter's pushes arrive is the network's, not the counters'."""
+    keys = listener.keyring.get(meter.identity.system_title)
+    plain = DataNotification(0, date_time(t), body).to_bytes()
+    return GeneralGloCiphering.protect(SecurityControl(keys.suite, True, True), keys.ek, keys.ak,
+                                       meter.identity.system_title, counter, plain).to_bytes()
+
+
+def test_pushes_out_of_counter_order_within_the_replay_window_are_stored_once(meter, listener):
+    """Push A (counter 100) fails its first connection, alarm push B (101) arrives, A's retry
+    30 s later is still accepted; each counter once; a counter 1024 or more below the highest
+    accepted is refused unseen; an unmapped push uses its counter up; a forgery moves nothing."""
+    t = START + 60000
+    a = protect(listener, meter, 100, interval_body(t, 1, 2, 3), t)
+    b = protect(listener, meter, 101, interval_body(t + 5, 4, 5, 6), t + 5)
+    assert listener.datagram(message(b), "m") == "stored"
+    assert listener.datagram(message(a), "m") == "stored"
+    assert listener.datagram(message(protect(listener, meter, 100, interval_body(t, 9, 9, 9), t)), "m") == "replay"
+    highest = 5000
+    assert listener.datagram(message(protect(listener, meter, highest, interval_body(t + 900, 7, 7, 7), t + 900)),
+                             "m") == "stored"
+    at_floor = protect(listener, meter, highest - 1024, interval_body(t + 60, 8, 8, 8), t + 60)
+    inside = protect(listener, meter, highest - 1023, interval_body(t + 120, 8, 8, 8), t + 120)
+    assert listener.datagram(message(at_floor), "m") == "replay"
+    assert listener.datagram(message(inside), "m") == "stored"
+    odd = protect(listener, meter, highest - 10, Data.structure([ln(INTERVAL)]), t + 180)
+    assert listener.datagram(message(odd), "m") == "unmapped"
+    forged = protect(listener, meter, highest - 20, interval_body(t + 240, 1, 1, 1), t + 240)
+    forged = forged[:-1] + bytes([forged[-1] ^ 1])
+    forged_high = protect(listener, meter, highest + 5000, interval_body(t + 240, 1, 1, 1), t + 240)
+    forged_high = forged_high[:-1] + bytes([forged_high[-1] ^ 1])
+    assert listener.datagram(message(forged), "m") == listener.datagram(message(forged_high), "m") == "forged"
+    assert listener.counters[title(meter)] == highest  # the forgeries moved nothing
+    assert listener.store.counters()[title(meter)] == highest
+    # a restarted listener knows every used counter, the unmapped one too
+    restarted = PushReceiver(listener.keyring, listener.store, listener.object_lists)
+    replays = [protect(listener, meter, c, interval_body(t + 300, 2, 2, 2), t + 300)
+               for c in (100, 101, highest - 1023, highest - 10, highest)]
+    assert [restarted.datagram(message(r), "m") for r in replays] == ["replay"] * len(replays)
+    genuine = protect(listener, meter, highest - 20, interval_body(t + 240, 1, 1, 1), t + 240)
+    assert restarted.datagram(message(genuine), "m") == "stored"  # the forgery took nothing from it
+    assert listener.store.push_count() == 5
+
+
 def blocks(apdu: bytes, size: int) -> list[bytes]:
     parts = [apdu[i:i + size] for i in range(0, len(apdu), size)]
     return [message(GeneralBlockTransfer(i == len(parts), True, 1, i, 0, part).to_bytes())
@@ -222,8 +271,8 @@ def test_general_block_transfer_is_reassembled_per_sender(meter, listener):
             outcomes.append(listener.datagram(b[i], ("10.0.0.2", 4059)))
         if i < len(a):
             outcomes.append(listener.datagram(a[i], ("10.0.0.1", 4059)))
-    assert outcomes.count("stored") == 1 and outcomes.count("replay") == 1  # a's counter is below b's
-    assert stored(listener.store) == interval_values(t2, 17, 18, 19)
+    assert outcomes.count("stored") == 2  # a's counter is below b's, and within the replay window
+    assert stored(listener.store) == interval_values(t1, 7, 8, 9) | interval_values(t2, 17, 18, 19)
 
 
 def test_block_transfers_out_of_sequence_too_large_or_too_slow_are_dropped(meter, listener, tmp_path):
@@ -252,13 +301,14 @@ def test_a_restarted_listener_still_refuses_replays(meter, listener):
     t1, t2 = START + 9900, START + 10800
     first, second = push(meter, interval_body(t1, 1, 2, 3), t1), push(meter, interval_body(t2, 3, 2, 1), t2)
     assert listener.datagram(message(second), "m") == "stored"
+    assert listener.datagram(message(first), "m") == "stored"
     path = listener.store.path
     listener.store.close()
     store = PushStore(path)
     restarted = PushReceiver(Keyring.load([meter.config.data_dir / "credentials"]), store, ObjectLists(store, LISTS))
     assert restarted.datagram(message(second), "m") == "replay"  # not known as a retry any more: refused all the same
-    assert restarted.datagram(message(first), "m") == "replay"
-    assert stored(store) == interval_values(t2, 3, 2, 1)
+    assert restarted.datagram(message(first), "m") == "replay"  # below the highest, but used
+    assert stored(store) == interval_values(t1, 1, 2, 3) | interval_values(t2, 3, 2, 1)
     t3 = START + 11700
     assert restarted.datagram(message(push(meter, interval_body(t3, 9, 9, 9), t3)), "m") == "stored"
     store.close()

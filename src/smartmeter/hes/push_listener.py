@@ -12,9 +12,10 @@ wrapper message of its own (a UDP datagram, or consecutive messages on one TCP c
    bytes, time and number of senders);
 2. the sender's keys, found by the system title in the APDU (`Keyring`); an unknown system
    title is refused;
-3. replay protection: the invocation counter must be above the last one accepted from that
-   meter (kept in the store, so a restarted listener refuses the same replays); the very same
-   message again is a retry (UDP pushes send every retry) and is counted as such;
+3. replay protection: a window of `REPLAY_WINDOW` counters below the highest one accepted from
+   that meter, in which each counter is accepted once (kept in the store, so a restarted
+   listener refuses the same replays); the very same message again is a retry (UDP pushes send
+   every retry) and is counted as such;
 4. the GCM tag (a forged or damaged push fails here) and the data-notification;
 5. the values mapped to objects with the push object list of the setup that sent them
    (`ObjectLists`), and stored with the meter, OBIS, attribute, class, capture time and receive
@@ -85,6 +86,14 @@ DEVICE_ID_1 = "0-0:96.1.0.255"
 ALARM_DESCRIPTORS = ("0-0:97.98.20.255", "0-0:97.98.21.255", "0-0:97.98.22.255")
 IPV4_SETUP_CLASS, IPV4_ADDRESS_ATTRIBUTE = 42, 3  # IC 42 IPv4 setup: IP_address (double-long-unsigned)
 IPV6_SETUP_CLASS, IPV6_ADDRESS_ATTRIBUTE = 48, 4  # IC 48 IPv6 setup: unicast_IPv6_addresses (array)
+
+# The meter takes a push's invocation counter when the push is triggered and sends it later (after
+# its randomisation and window wait, retried, over up to 4 connections), so pushes arrive out of
+# counter order: a counter is accepted once if it is above the highest accepted minus this many
+# (the IPsec anti-replay window, RFC 4303 §3.4.3). The Data Readout client's counter also counts
+# that client's association traffic; 1024 covers a push's retries (minutes) with room to spare.
+REPLAY_WINDOW = 1024
+RECENT_MESSAGES = 8  # accepted pushes per meter remembered to tell a retry from a replay
 
 
 @dataclass(frozen=True)
@@ -347,6 +356,12 @@ def _capture_time(date_time: bytes) -> dt.datetime | None:
     return when if when.tzinfo is not None else when.replace(tzinfo=dt.timezone.utc)
 
 
+def _values(notification: DataNotification) -> list[Data]:
+    """The values of a push body (a structure of the captured attributes, or one value)."""
+    body = notification.body
+    return list(body.value) if body.type == DataType.STRUCTURE else [body]
+
+
 def _ascii(value: Data) -> str | None:
     if value.type in (DataType.OCTET_STRING, DataType.VISIBLE_STRING, DataType.UTF8_STRING):
         raw = value.value if isinstance(value.value, bytes) else str(value.value).encode()
@@ -406,8 +421,9 @@ class PushReceiver:
         self.on_stored = on_stored
         self.say = say if say is not None else RateLimitedLog(log)
         self.counts: Counter[str] = Counter()
-        self.counters = store.counters()  # last accepted invocation counter by meter
-        self._last_message: dict[str, int] = {}  # hash of the last accepted push by meter (retries)
+        self.counters = store.counters()  # highest accepted invocation counter by meter
+        # hash of the latest accepted pushes by meter and counter (a retry is the very same message)
+        self._recent: dict[str, OrderedDict[int, int]] = {}
         self._reassembly: OrderedDict[Any, _Reassembly] = OrderedDict()
         self._flush_scheduled = False
 
@@ -535,11 +551,12 @@ class PushReceiver:
         counter = ciphered.invocation_counter
         last = self.counters.get(meter)
         if last is not None and counter <= last:
-            if counter == last and self._last_message.get(meter) == hash(apdu):
+            if self._recent.get(meter, {}).get(counter) == hash(apdu):
                 self.counts["retry"] += 1  # a UDP push sends every retry: already stored
                 return "retry"
-            return self.refuse("replay", "push from meter %s with invocation counter %d (last accepted %d) "
-                                "refused as a replay", meter, counter, last)
+            if counter <= last - REPLAY_WINDOW or self.store.counter_used(meter, counter):
+                return self.refuse("replay", "push from meter %s with invocation counter %d (highest accepted %d) "
+                                   "refused as a replay", meter, counter, last)
         try:
             plain = ciphered.unprotect(keys.ek, keys.ak, expected_suite=keys.suite)
         except AuthenticationError:
@@ -547,20 +564,22 @@ class PushReceiver:
                                 sender, meter)
         except (SecurityError, DecodeError) as exc:
             return self.refuse("unprotected", "push from %s for meter %s: %s", sender, meter, exc)
+        # authentic: its counter is used up whatever follows, but taken as used only once the
+        # store holds it (a failure before leaves the meter's repetition welcome)
         receive_time = format_time(dt.datetime.fromtimestamp(self.clock(), dt.timezone.utc))
-        self.counters[meter] = counter  # authentic: its counter is used up whatever follows
-        self._last_message[meter] = hash(apdu)
         try:
             notification = DataNotification.from_bytes(plain)
         except DecodeError as exc:
-            self.store.advance_counter(meter, counter, receive_time)
+            self._unstored(meter, counter, apdu, receive_time, "malformed")
             return self.refuse("malformed", "push of meter %s (counter %d) is no data-notification: %s",
                                 meter, counter, exc)
         push = self._decode(meter, counter, notification, receive_time)
         if push is None:
-            self.store.advance_counter(meter, counter, receive_time)
-            return "unmapped"
+            self._unstored(meter, counter, apdu, receive_time, "unmapped")
+            return self.refuse("unmapped", "push of meter %s (counter %d, %d values) fits no known push object "
+                               "list: not stored", meter, counter, len(_values(notification)))
         self.store.add(push)
+        self._accepted(meter, counter, apdu)
         self.counts["stored"] += 1
         if self.on_stored is not None:
             self.on_stored(push)
@@ -570,14 +589,24 @@ class PushReceiver:
             self.on_alarm(push, alarms, sender)
         return "stored"
 
+    def _unstored(self, meter: str, counter: int, apdu: bytes, receive_time: str, reason: str) -> None:
+        highest = max(counter, self.counters.get(meter, counter))
+        self.store.record_unstored(meter, counter, receive_time, reason, forget_below=highest - REPLAY_WINDOW)
+        self._accepted(meter, counter, apdu)
+
+    def _accepted(self, meter: str, counter: int, apdu: bytes) -> None:
+        """The store holds the push (or its counter): the counter is used up, the window moves."""
+        self.counters[meter] = max(counter, self.counters.get(meter, counter))
+        recent = self._recent.setdefault(meter, OrderedDict())
+        recent[counter] = hash(apdu)
+        while len(recent) > RECENT_MESSAGES:
+            recent.popitem(last=False)
+
     def _decode(self, meter: str, counter: int, notification: DataNotification, receive_time: str
                 ) -> StoredPush | None:
-        body = notification.body
-        values = list(body.value) if body.type == DataType.STRUCTURE else [body]
+        values = _values(notification)
         fitting = self.object_lists.match(meter, values)
         if not fitting:
-            self.refuse("unmapped", "push of meter %s (counter %d, %d values) fits no known push object list: "
-                         "not stored", meter, counter, len(values))
             return None
         setup, entries = fitting[0]
         setups = {s for s, _ in fitting}

@@ -8,14 +8,19 @@
                                                     index; reading_by_time serves "meter × time"
     push_object_list(meter, setup PK, entries_json, source, updated)
                                                  -- what each push setup of a meter sends
+    unstored_push(meter, invocation_counter PK, receive_time, reason)
+                                                 -- authenticated pushes whose values were not
+                                                    stored (unmapped, malformed): their counters
+                                                    are used up all the same
 
 Times are UTC text of one fixed width, `2026-03-10T12:00:00.000Z`, so text order is time
 order and SQLite's date functions read them. A system title is 16 upper-case hex digits, an
 OBIS code its dotted text `1-0:1.8.0.255`.
 
-The meter's last accepted invocation counter is kept with its row and written in the same
-transaction as the push's readings: after a restart a replayed push is refused exactly as
-before, and a push is never half stored. With `deferred` (the listener) the pushes that arrive
+The meter's highest accepted invocation counter is kept with its row and every accepted
+counter with its push (`push`, `unstored_push`), written in the same transaction as the push's
+readings: after a restart a replayed push is refused exactly as before, and a push is never
+half stored. With `deferred` (the listener) the pushes that arrive
 in one turn of the event loop share a commit (at most `max_pending` a commit; each push in its
 own savepoint): a crash loses those pushes and their counters together, so they are accepted
 when the meter repeats them.
@@ -70,6 +75,13 @@ CREATE TABLE IF NOT EXISTS push_object_list (
     source TEXT NOT NULL,
     updated TEXT NOT NULL,
     PRIMARY KEY (meter, setup)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS unstored_push (
+    meter TEXT NOT NULL REFERENCES meter(system_title),
+    invocation_counter INTEGER NOT NULL,
+    receive_time TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    PRIMARY KEY (meter, invocation_counter)
 ) WITHOUT ROWID;
 """
 
@@ -159,13 +171,27 @@ class PushStore:
     # ------------------------------------------------------------------ replay protection
 
     def counters(self) -> dict[str, int]:
-        """The last accepted invocation counter of every meter."""
+        """The highest accepted invocation counter of every meter."""
         return dict(self.db.execute("SELECT system_title, last_invocation_counter FROM meter"))
 
-    def advance_counter(self, meter: str, counter: int, receive_time: str) -> None:
-        """An authenticated push that could not be stored as readings still uses up its counter."""
+    def counter_used(self, meter: str, counter: int) -> bool:
+        """Whether a push of `meter` with invocation counter `counter` was accepted (stored, or
+        authenticated and recorded unstored)."""
+        return self.db.execute(
+            "SELECT 1 FROM push WHERE meter = ?1 AND invocation_counter = ?2 "
+            "UNION ALL SELECT 1 FROM unstored_push WHERE meter = ?1 AND invocation_counter = ?2",
+            (meter, counter)).fetchone() is not None
+
+    def record_unstored(self, meter: str, counter: int, receive_time: str, reason: str, forget_below: int) -> None:
+        """An authenticated push that could not be stored as readings still uses up its counter.
+        Records of counters below `forget_below` (the replay window's floor: refused whatever
+        was recorded) are dropped, so a meter whose pushes fit no list does not grow the table."""
         with self._transaction():
             self._touch_meter(meter, counter, receive_time)
+            self.db.execute("INSERT OR IGNORE INTO unstored_push (meter, invocation_counter, receive_time, reason) "
+                            "VALUES (?, ?, ?, ?)", (meter, counter, receive_time, reason))
+            self.db.execute("DELETE FROM unstored_push WHERE meter = ? AND invocation_counter < ?",
+                            (meter, forget_below))
 
     # ------------------------------------------------------------------------ writing
 
