@@ -10,6 +10,7 @@ import csv
 import datetime as dt
 import json
 import os
+import sqlite3
 
 import pytest
 from click.testing import CliRunner
@@ -26,7 +27,7 @@ from smartmeter.dlms.security.suites import SecurityControl
 from smartmeter.hes.push_listener import (
     AlarmAcknowledger, Keyring, Limits, ObjectLists, PushReceiver, model_object_lists, serve_tcp, serve_udp,
 )
-from smartmeter.hes.push_store import PushStore
+from smartmeter.hes.push_store import PushStore, format_time
 from smartmeter.meter.clock import MeterClock
 from smartmeter.meter.push import METER_CONTEXT, gbt_blocks
 from smartmeter.meter.runtime import Meter, MeterConfig
@@ -251,6 +252,64 @@ def test_pushes_out_of_counter_order_within_the_replay_window_are_stored_once(me
     genuine = protect(listener, meter, highest - 20, interval_body(t + 240, 1, 1, 1), t + 240)
     assert restarted.datagram(message(genuine), "m") == "stored"  # the forgery took nothing from it
     assert listener.store.push_count() == 5
+
+
+def test_a_body_clock_beyond_the_datetime_range_takes_the_capture_time_from_the_notification(meter, listener):
+    """9999-12-31 23:59 with a deviation of +60 min lies past what a datetime holds in UTC, the
+    year 999 has three digits: neither is a capture time, the notification's date-time is."""
+    t = START + 61000
+    for clock in ("270F0C1FFF173B0000003C00", "03E70C1FFF173B0000000000"):
+        body = Data.structure([ln(INTERVAL), Data.octet_string(bytes.fromhex(clock)), Data.double_long_unsigned(1),
+                               Data.double_long_unsigned(2), interval_body(t, 0, 0, 3).value[4]])
+        assert listener.datagram(message(push(meter, body, t)), "m") == "stored"
+        t += 900
+    captured = {row[0] for row in listener.store.db.execute("SELECT capture_time FROM push")}
+    assert captured == {iso(START + 61000), iso(START + 61900)}
+
+
+def test_format_time_is_of_one_width_for_every_year():
+    assert format_time(dt.datetime(999, 1, 2, 3, 4, 5, 678000)) == "0999-01-02T03:04:05.678Z"
+    assert format_time(dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.timezone.utc)) == "9999-12-31T23:59:59.000Z"
+
+
+def test_an_error_while_storing_is_counted_and_the_meters_repetition_is_stored(meter, listener, monkeypatch):
+    """Nothing escapes the listener's entry points; a push that could not be stored does not use
+    up its counter, so the meter's repetition of the very same message is stored, no retry."""
+    t = START + 62000
+    apdu = push(meter, interval_body(t, 5, 6, 7), t)
+    store_add = listener.store.add
+
+    def failing_add(pushed):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(listener.store, "add", failing_add)
+    assert listener.datagram(message(apdu), "m") == "internal"
+    assert listener.frame(WrapperFrame(1, 2, apdu), "tcp peer") == "internal"
+    monkeypatch.setattr(listener.store, "add", store_add)
+    assert listener.datagram(message(apdu), "m") == "stored"
+    assert listener.counts["internal"] == 2 and listener.counts["retry"] == 0
+    assert stored(listener.store) == interval_values(t, 5, 6, 7)
+
+
+def test_a_failed_commit_loses_its_pushes_and_their_counters_together(meter, tmp_path, monkeypatch):
+    keyring = Keyring.load([meter.config.data_dir / "credentials"])
+    store = PushStore(tmp_path / "deferred.sqlite", deferred=True)
+    receiver = PushReceiver(keyring, store, ObjectLists(store, LISTS))
+    t = START + 63000
+    apdu = message(push(meter, interval_body(t, 8, 8, 8), t))
+    assert receiver.datagram(apdu, "m") == "stored"  # not committed yet
+    commit = store.flush
+
+    def failing_commit():
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(store, "flush", failing_commit)
+    receiver._flush()
+    monkeypatch.setattr(store, "flush", commit)
+    assert receiver.counts["internal"] == 1 and store.push_count() == 0
+    assert receiver.datagram(apdu, "m") == "stored"  # the meter's repetition
+    store.close()
+    assert stored(PushStore(tmp_path / "deferred.sqlite")) == interval_values(t, 8, 8, 8)
 
 
 def blocks(apdu: bytes, size: int) -> list[bytes]:

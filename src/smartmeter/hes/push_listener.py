@@ -33,7 +33,9 @@ import ipaddress
 import json
 import logging
 import socket
+import sqlite3
 import time
+import traceback
 import tomllib
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
@@ -345,15 +347,20 @@ class ObjectLists:
 # ------------------------------------------------------------------------ decoding
 
 
+CAPTURE_YEARS = range(1000, 9999)  # four digits in UTC, with room for a deviation (format_time's fixed width)
+
+
 def _capture_time(date_time: bytes) -> dt.datetime | None:
-    """A COSEM date-time as an aware datetime; one without deviation is taken as UTC."""
+    """A COSEM date-time as an aware UTC datetime (one without deviation is taken as UTC); None
+    if it is none or its year is outside CAPTURE_YEARS (the next source of the time applies)."""
     if len(date_time) != 12:
         return None
     try:
         when = axdr.decode_date_time(date_time).to_datetime()
-    except (DecodeError, ValueError):
+        when = when.astimezone(dt.timezone.utc) if when.tzinfo is not None else when.replace(tzinfo=dt.timezone.utc)
+    except (DecodeError, ValueError, OverflowError):  # 9999-12-31 23:59 with a deviation is past datetime.max
         return None
-    return when if when.tzinfo is not None else when.replace(tzinfo=dt.timezone.utc)
+    return when if when.year in CAPTURE_YEARS else None
 
 
 def _values(notification: DataNotification) -> list[Data]:
@@ -430,7 +437,27 @@ class PushReceiver:
     # -- entry points ------------------------------------------------------------------
 
     def datagram(self, data: bytes, sender: Any) -> str:
-        """One UDP datagram: exactly one wrapper message."""
+        """One UDP datagram: exactly one wrapper message. Never raises: an unexpected error is
+        counted (`internal`) and logged, and nothing of the message stays."""
+        try:
+            return self._datagram(data, sender)
+        except Exception as exc:
+            return self._internal(exc, sender)
+
+    def frame(self, frame: WrapperFrame, sender: Any) -> str:
+        """One wrapper message (its APDU, or one GBT block of a push); never raises, as `datagram`."""
+        try:
+            return self._frame(frame, sender)
+        except Exception as exc:
+            return self._internal(exc, sender)
+
+    def _internal(self, exc: Exception, sender: Any) -> str:
+        # the push's savepoint was rolled back and its counter not taken as used: the meter's
+        # repetition is processed anew
+        return self.refuse("internal", "message from %s could not be processed: %s", sender,
+                           "".join(traceback.format_exception(exc)).rstrip(), level=logging.ERROR)
+
+    def _datagram(self, data: bytes, sender: Any) -> str:
         if len(data) > HEADER_LENGTH + self.limits.max_message:
             return self.refuse("oversized", "datagram of %d bytes from %s exceeds %d", len(data), sender,
                                 HEADER_LENGTH + self.limits.max_message)
@@ -446,11 +473,10 @@ class PushReceiver:
         if length < len(data) - HEADER_LENGTH:
             return self.refuse("garbage", "datagram from %s: %d bytes after the %d its header says", sender,
                                 len(data) - HEADER_LENGTH - length, length)
-        return self.frame(WrapperFrame(int.from_bytes(data[2:4], "big"), int.from_bytes(data[4:6], "big"),
-                                       bytes(data[HEADER_LENGTH:])), sender)
+        return self._frame(WrapperFrame(int.from_bytes(data[2:4], "big"), int.from_bytes(data[4:6], "big"),
+                                        bytes(data[HEADER_LENGTH:])), sender)
 
-    def frame(self, frame: WrapperFrame, sender: Any) -> str:
-        """One wrapper message (its APDU, or one GBT block of a push)."""
+    def _frame(self, frame: WrapperFrame, sender: Any) -> str:
         apdu = frame.payload
         if len(apdu) > self.limits.max_message:
             return self.refuse("oversized", "message of %d bytes from %s exceeds %d", len(apdu), sender,
@@ -483,7 +509,16 @@ class PushReceiver:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        self.store.flush()
+        try:
+            self.store.flush()
+        except sqlite3.Error as exc:
+            # the pushes of this turn are lost with their counters: take the counters from the
+            # store again, so that the meters' repetitions are accepted
+            self.store.rollback()
+            self.counters = self.store.counters()
+            self._recent.clear()
+            self.refuse("internal", "commit of the pushes received failed, they are lost: %s", exc,
+                        level=logging.ERROR)
 
     def forget_sender(self, sender: Any) -> None:
         """A TCP connection closed: its unfinished block transfers end with it."""
@@ -641,9 +676,9 @@ class PushReceiver:
         row = self.store.db.execute("SELECT registered FROM meter WHERE system_title = ?", (meter,)).fetchone()
         return row is not None and row[0] is not None
 
-    def refuse(self, condition: str, message: str, *args) -> str:
+    def refuse(self, condition: str, message: str, *args, level: int = logging.WARNING) -> str:
         self.counts[condition] += 1
-        self.say(condition, message, *args)
+        self.say(condition, message, *args, level=level)
         return condition
 
 
@@ -711,11 +746,7 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self.receiver = receiver
 
     def datagram_received(self, data: bytes, addr) -> None:
-        try:
-            self.receiver.datagram(data, addr[:2])
-        except Exception:  # a push must never stop the listener; the cause is logged
-            self.receiver.counts["internal_error"] += 1
-            log.exception("push from %s could not be processed", addr[:2])
+        self.receiver.datagram(data, addr[:2])
         self.receiver.flush_soon()
 
     def error_received(self, exc: Exception) -> None:
@@ -780,9 +811,8 @@ async def serve_tcp(receiver: PushReceiver, host: str, port: int) -> asyncio.Abs
                 receiver.flush_soon()
         except (ConnectionError, OSError):
             pass
-        except Exception:
-            receiver.counts["internal_error"] += 1
-            log.exception("push connection from %s failed", sender)
+        except Exception as exc:  # the connection's own handling (messages are handled by `frame`)
+            receiver._internal(exc, sender)
         finally:
             receiver.forget_sender(sender)
             table.release(slot)

@@ -85,14 +85,14 @@ CREATE TABLE IF NOT EXISTS unstored_push (
 ) WITHOUT ROWID;
 """
 
-TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
-
-
 def format_time(when: dt.datetime) -> str:
-    """UTC text of fixed width (milliseconds, `Z`); a naive datetime is taken as UTC."""
+    """UTC text of fixed width (four-digit year, milliseconds, `Z`); a naive datetime is taken as
+    UTC. OverflowError if the UTC time is outside the years 1..9999."""
     if when.tzinfo is not None:
         when = when.astimezone(dt.timezone.utc)
-    return f"{when.strftime(TIME_FORMAT)}.{when.microsecond // 1000:03d}Z"
+    # not strftime: its %Y gives "999", not "0999", on glibc
+    return (f"{when.year:04d}-{when.month:02d}-{when.day:02d}T{when.hour:02d}:{when.minute:02d}:{when.second:02d}"
+            f".{when.microsecond // 1000:03d}Z")
 
 
 def parse_time(text: str) -> dt.datetime:
@@ -166,6 +166,12 @@ class PushStore:
         """Commit the pushes written so far."""
         if self.db.in_transaction:
             self.db.execute("COMMIT")
+        self._pending = 0
+
+    def rollback(self) -> None:
+        """Drop the pushes written since the last commit (a commit that failed)."""
+        if self.db.in_transaction:
+            self.db.execute("ROLLBACK")
         self._pending = 0
 
     # ------------------------------------------------------------------ replay protection
