@@ -25,6 +25,13 @@ APDU = bytes.fromhex("0f00000001") + bytes(range(40))  # stands in for a protect
 BLOCKS = [b"\xe0\xc0" + bytes([n]) * 30 for n in range(3)]  # stands in for general-block-transfer blocks
 
 
+BERLIN = ZoneInfo("Europe/Berlin")
+
+
+def local(*fields) -> float:
+    return dt.datetime(*fields, tzinfo=BERLIN).timestamp()
+
+
 class FakeMeterTime:
     """The meter clock for the sender: now() and sleep(s), which moves the clock by s.
 
@@ -42,6 +49,29 @@ class FakeMeterTime:
         self.sleeps.append(seconds)
         await asyncio.sleep(0.005)
         self.t += seconds
+
+
+class SteppedMeterTime:
+    """A meter clock that only the test moves (`move_to`); sleep(s) ends once it has moved s on.
+    For many pushes waiting at once, which FakeMeterTime's shared sleeps would push along."""
+
+    def __init__(self, t: float) -> None:
+        self.t = t
+        self._moved = asyncio.Event()
+
+    def now(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        end = self.t + seconds
+        while self.t < end:
+            await self._moved.wait()
+
+    async def move_to(self, t: float) -> None:
+        moved, self._moved = self._moved, asyncio.Event()
+        self.t = t
+        moved.set()
+        await asyncio.sleep(0.01)  # the sleepers look at the clock, and send what is due
 
 
 class Said:
@@ -91,6 +121,12 @@ async def tcp_listener(clock: FakeMeterTime):
 def every_day_at(hour: int, minute: int) -> bytes:
     """An IC 40 window end as the attribute holds it: a date-time with a wildcard date."""
     return axdr.encode_date_time(CosemDateTime(CosemDate(None, None, None, None), CosemTime(hour, minute, 0, 0)))
+
+
+def closed_udp_port() -> int:
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+        probe.bind(("::1", 0))
+        return probe.getsockname()[1]
 
 
 def closed_tcp_port() -> int:
@@ -347,11 +383,10 @@ def test_a_push_without_a_window_in_reach_is_dropped():
 
 def test_a_full_queue_refuses_without_growing():
     async def scenario():
-        clock = FakeMeterTime()
+        clock = SteppedMeterTime(T0)  # never moves: the pushes stay in their randomisation delay
         said = Said()
         sender = sender_for(clock, say=said, max_pending=3)
-        later = [(T0 + 3600, T0 + 7200)]
-        accepted = [sender.submit([APDU], UDP, "[::1]:4059", 0, 0, 0, later) for _ in range(10)]
+        accepted = [sender.submit([APDU], UDP, "[::1]:4059", 0, 60, 0) for _ in range(10)]
         await asyncio.sleep(0.02)
         stats = sender.stats()
         await sender.close()
@@ -364,16 +399,117 @@ def test_a_full_queue_refuses_without_growing():
     assert (closed["pending"], closed["dropped"]) == (0, 3)
 
 
-def test_the_waiting_bytes_are_bounded_too():
+def test_the_bytes_on_their_way_are_bounded_too():
     async def scenario():
-        clock = FakeMeterTime()
+        clock = SteppedMeterTime(T0)
         sender = sender_for(clock, max_pending_bytes=3 * (8 + len(APDU)))
-        later = [(T0 + 3600, T0 + 7200)]
-        accepted = [sender.submit([APDU], UDP, "[::1]:4059", 0, 0, 0, later) for _ in range(5)]
+        accepted = [sender.submit([APDU], UDP, "[::1]:4059", 0, 60, 0) for _ in range(5)]
         await sender.close()
         return accepted
 
     assert asyncio.run(scenario()) == [True] * 3 + [False] * 2
+
+
+def labelled(n: int) -> bytes:
+    """An APDU that says which push it is."""
+    return APDU + n.to_bytes(2, "big")
+
+
+def label(datagram: bytes) -> int:
+    return int.from_bytes(decode_datagram(datagram).payload[-2:], "big")
+
+
+NIGHT = (ExecutionTime(0, 0), ExecutionTime(6, 0))  # every night 00:00-06:00
+EVENING = (ExecutionTime(22, 0), ExecutionTime(23, 0))
+
+
+def test_pushes_waiting_for_their_window_never_refuse_a_push_without_one():
+    """The day of a quarter-hourly push with a nightly window: 72 pushes from 06:00 to 23:45 wait
+    (more than the 64 pushes the queue takes), and the alarm push at 23:50 still goes out at once."""
+    quarter = 900
+
+    async def scenario():
+        clock = SteppedMeterTime(local(2026, 5, 6, 6, 0))
+        transport, listener, destination = await udp_listener(clock)
+        said = Said()
+        sender = sender_for(clock, zone=BERLIN, say=said)
+        interval_pushes = 18 * 3600 // quarter
+        accepted = []
+        for n in range(interval_pushes):
+            await clock.move_to(local(2026, 5, 6, 6, 0) + n * quarter)
+            accepted.append(sender.submit([labelled(n)], UDP, destination, 0, 0, 0, [NIGHT]))
+        await clock.move_to(local(2026, 5, 6, 23, 50))
+        alarm_accepted = sender.submit([labelled(9999)], UDP, destination, 0, 0, 0)
+        await until(lambda: listener.received)
+        alarm = [(at, label(data)) for at, data in listener.received]
+        await clock.move_to(local(2026, 5, 7, 0, 0))
+        stats = await settled(sender)
+        await until(lambda: len(listener.received) == 1 + interval_pushes)
+        transport.close()
+        night = [(at, label(data)) for at, data in listener.received[1:]]
+        return interval_pushes, accepted, alarm_accepted, alarm, night, stats, said.conditions
+
+    interval_pushes, accepted, alarm_accepted, alarm, night, stats, conditions = asyncio.run(scenario())
+    assert accepted == [True] * interval_pushes and alarm_accepted
+    assert alarm == [(local(2026, 5, 6, 23, 50), 9999)]
+    assert sorted(night) == [(local(2026, 5, 7, 0, 0), n) for n in range(interval_pushes)]
+    assert (stats["refused"], stats["dropped"], stats["sent"]) == (0, 0, 1 + interval_pushes)
+    assert conditions == []
+
+
+def test_beyond_the_bound_of_its_group_the_oldest_waiting_push_of_the_group_is_dropped():
+    async def scenario():
+        clock = SteppedMeterTime(local(2026, 5, 6, 12, 0))
+        transport, listener, destination = await udp_listener(clock)
+        said = Said()
+        sender = sender_for(clock, zone=BERLIN, say=said, max_waiting_per_window=3)
+        accepted = []
+        for n in range(5):  # 0..4 wait for the night
+            accepted.append(sender.submit([labelled(n)], UDP, destination, 0, 0, 0, [NIGHT]))
+            await asyncio.sleep(0.01)
+        for n in (10, 11):  # the same destination, another window: another group
+            accepted.append(sender.submit([labelled(n)], UDP, destination, 0, 0, 0, [EVENING]))
+            await asyncio.sleep(0.01)
+        dropped_before_any_window = sender.stats()["dropped"]
+        await clock.move_to(local(2026, 5, 6, 22, 0))
+        evening = sorted(label(data) for _, data in listener.received)
+        await clock.move_to(local(2026, 5, 7, 0, 0))
+        stats = await settled(sender)
+        await until(lambda: len(listener.received) == 5)
+        transport.close()
+        night = sorted(label(data) for _, data in listener.received[len(evening):])
+        return accepted, dropped_before_any_window, evening, night, stats, said.conditions
+
+    accepted, dropped_early, evening, night, stats, conditions = asyncio.run(scenario())
+    assert accepted == [True] * 7
+    assert dropped_early == 2 and conditions == ["push.window_group_full"] * 2
+    assert evening == [10, 11] and night == [2, 3, 4]  # 0 and 1, the oldest of the night's, were dropped
+    assert (stats["dropped"], stats["sent"], stats["pending"]) == (2, 5, 0)
+
+
+@pytest.mark.parametrize("bound", [{"max_waiting": 3}, {"max_waiting_bytes": 3 * (8 + len(labelled(0)))}],
+                         ids=["count", "bytes"])
+def test_beyond_the_overall_bounds_the_oldest_waiting_push_is_dropped(bound):
+    """Pushes of three groups (three destinations): four held pushes exceed a bound of three."""
+    async def scenario():
+        clock = SteppedMeterTime(local(2026, 5, 6, 12, 0))
+        transport, listener, destination = await udp_listener(clock)
+        said = Said()
+        sender = sender_for(clock, zone=BERLIN, say=said, **bound)
+        others = ["[::1]:%d" % closed_udp_port(), "[::1]:%d" % closed_udp_port()]
+        targets = [destination, *others, destination]
+        for n, target in enumerate(targets):
+            assert sender.submit([labelled(n)], UDP, target, 0, 0, 0, [NIGHT])
+            await asyncio.sleep(0.01)
+        await clock.move_to(local(2026, 5, 7, 0, 0))
+        stats = await settled(sender)
+        await asyncio.sleep(0.05)
+        transport.close()
+        return sorted(label(data) for _, data in listener.received), stats, said.conditions
+
+    received, stats, conditions = asyncio.run(scenario())
+    assert received == [3]  # push 0, the oldest of all, was dropped for push 3
+    assert (stats["dropped"], stats["sent"]) == (1, 3) and conditions == ["push.window_held_full"]
 
 
 @pytest.mark.parametrize("destination", [
@@ -515,13 +651,6 @@ def test_without_a_loop_a_push_is_refused():
     sender = PushSender(say=said)
     assert not sender.submit([APDU], UDP, "[::1]:4059", 0, 0, 0)
     assert said.conditions == ["push.no_loop"]
-
-
-BERLIN = ZoneInfo("Europe/Berlin")
-
-
-def local(*fields) -> float:
-    return dt.datetime(*fields, tzinfo=BERLIN).timestamp()
 
 
 def test_a_nightly_window_is_open_at_night_and_recurs_for_the_horizon():

@@ -15,9 +15,18 @@ From there each push runs on its own as IDIS package 2 and the Blue Book describ
    push; over UDP nothing is ever confirmed, so every attempt is sent.
 
 What a destination can cost is bounded: at most `max_pending` pushes (and `max_pending_bytes`
-of messages) wait at a time, beyond that `submit` refuses; a TCP connection is given up after
-`connect_timeout` seconds, and at most `max_connections` are open at a time. Nothing here
+of messages) are on their way at a time, beyond that `submit` refuses; a TCP connection is given
+up after `connect_timeout` seconds, and at most `max_connections` are open at a time. Nothing here
 blocks: metering, the DLMS servers and other pushes carry on while a destination does not answer.
+
+Pushes that wait for their communication window are held apart, so that they never fill the
+queue of the pushes that go out now (an alarm push has no window): a push found outside its
+window leaves the queue for the window pushes, where it stays until it ends. There, at most
+`max_waiting_per_window` pushes of one group (the same destination, transport and
+communication_window: in practice one push setup) are held, and at most `max_waiting` pushes and
+`max_waiting_bytes` of messages in all; a push beyond one of these bounds drops the oldest push of
+its group, or of all held pushes for the overall bounds (logged once a minute): the newest values
+are the ones worth sending when the window opens.
 
 Time: `now()` is the meter clock (UTC seconds; the windows are in it) and `sleep(s)` waits s
 seconds of it, so a meter on a fast clock passes a sleep that runs as fast. Connection timeouts
@@ -67,7 +76,10 @@ DATA_READOUT_WPORT = 2
 
 CONNECT_TIMEOUT = 10.0  # s of network time for a TCP connection, and again for its acknowledgement
 MAX_CONNECTIONS = 4  # TCP pushes connecting or writing at a time
-MAX_PENDING_BYTES = 4 * 1024 * 1024  # messages of all waiting pushes together
+MAX_PENDING_BYTES = 4 * 1024 * 1024  # messages of all pushes on their way together
+MAX_WAITING_PER_WINDOW = 96  # pushes of one group held for their window: a day of quarter-hourly pushes
+MAX_WAITING = 256  # pushes held for their windows in all
+MAX_WAITING_BYTES = 4 * 1024 * 1024  # messages of all pushes held for their windows together
 MAX_WINDOW_WAIT = 7 * 86400.0  # a weekly window is the longest IDIS configures
 WINDOW_RECHECK = 300.0  # s of meter time between looks at the clock while waiting for a window
 MAX_WINDOW_SPANS = 64  # spans `window_spans` gives per window pair: a week of daily windows, days of hourly ones
@@ -95,6 +107,21 @@ class _Push:
     @property
     def size(self) -> int:
         return sum(len(m) for m in self.messages)
+
+    @property
+    def window_group(self) -> tuple:
+        """The pushes that wait for the same window to the same destination (one setup, in practice)."""
+        return self.transport_service, self.destination, self.window
+
+
+@dataclass(eq=False, slots=True)
+class _Job:
+    """An accepted push until it ends: its task, and whether it counts among the pushes held for
+    their window (else in the queue `submit` admits to; neither once dropped from the held ones)."""
+    push: _Push
+    task: asyncio.Task | None = None
+    held: bool = False
+    counted: bool = True
 
 
 def window_open(spans: tuple[tuple[float, float], ...] | None, t: float) -> bool:
@@ -201,8 +228,9 @@ class PushSender:
     stats(): submitted and refused (by `submit`); attempts made and skipped (outside the
     window); how each accepted push ended: sent (its messages went out: TCP acknowledged or
     UDP sent at least once), of those succeeded (confirmed: TCP only), failed (every attempt
-    failed or was skipped), dropped (no window within the bound, or the sender closed);
-    pending (not ended yet). submitted = sent + failed + dropped + pending.
+    failed or was skipped), dropped (no window within the bound, pushed out of the ones held for
+    a window, or the sender closed); pending (not ended yet). submitted = sent + failed +
+    dropped + pending.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None, *, max_pending: int = 64, say=None,
@@ -210,11 +238,15 @@ class PushSender:
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  connect_timeout: float = CONNECT_TIMEOUT, max_connections: int = MAX_CONNECTIONS,
                  max_pending_bytes: int = MAX_PENDING_BYTES, max_window_wait: float = MAX_WINDOW_WAIT,
-                 zone: ZoneInfo | str = DEFAULT_TIME_ZONE) -> None:
+                 max_waiting_per_window: int = MAX_WAITING_PER_WINDOW, max_waiting: int = MAX_WAITING,
+                 max_waiting_bytes: int = MAX_WAITING_BYTES, zone: ZoneInfo | str = DEFAULT_TIME_ZONE) -> None:
         self.zone = zone if isinstance(zone, ZoneInfo) else ZoneInfo(zone)  # of the window patterns
         self.max_pending = max_pending
         self.max_pending_bytes = max_pending_bytes
         self.max_window_wait = max_window_wait
+        self.max_waiting_per_window = max_waiting_per_window
+        self.max_waiting = max_waiting
+        self.max_waiting_bytes = max_waiting_bytes
         self.connect_timeout = connect_timeout
         self.max_connections = max_connections
         self.say = say if say is not None else RateLimitedLog(log)
@@ -227,8 +259,12 @@ class PushSender:
         if loop is not None:
             self._bind(loop)
         self._lock = threading.Lock()  # submit may come from another thread than the loop's
-        self._pending = 0
-        self._pending_bytes = 0
+        self._queued = 0  # the pushes `submit` admitted that are not held for a window
+        self._queued_bytes = 0
+        self._held: dict[_Job, None] = {}  # the pushes held for their window, oldest first
+        self._held_bytes = 0
+        self._held_groups: Counter[tuple] = Counter()
+        self._pending = 0  # not ended
         self._tasks: set[asyncio.Task] = set()
         self._closed = False
         self._stats: Counter[str] = Counter()
@@ -254,28 +290,30 @@ class PushSender:
                                window, source_wport, destination_wport)
             with self._lock:
                 loop, in_loop = self._target_loop()
-                if self._pending >= self.max_pending:
-                    raise _Refused("push.queue_full", "push to %s refused: %d pushes already waiting",
-                                   push.destination, self._pending)
-                if self._pending_bytes + push.size > self.max_pending_bytes:
-                    raise _Refused("push.queue_full", "push to %s refused: the waiting pushes hold %d bytes",
-                                   push.destination, self._pending_bytes)
+                if self._queued >= self.max_pending:
+                    raise _Refused("push.queue_full", "push to %s refused: %d pushes already on their way",
+                                   push.destination, self._queued)
+                if self._queued_bytes + push.size > self.max_pending_bytes:
+                    raise _Refused("push.queue_full", "push to %s refused: the pushes on their way hold %d bytes",
+                                   push.destination, self._queued_bytes)
+                self._queued += 1
+                self._queued_bytes += push.size
                 self._pending += 1
-                self._pending_bytes += push.size
                 self._stats["submitted"] += 1
         except _Refused as refusal:
             self._count("refused")
             self.say(refusal.condition, refusal.message, *refusal.args_)
             return False
+        job = _Job(push)
         if in_loop:
-            self._start(push)
+            self._start(job)
             return True
         try:
-            loop.call_soon_threadsafe(self._start, push)
+            loop.call_soon_threadsafe(self._start, job)
         except RuntimeError:  # the loop closed since `_target_loop` looked: nothing will start the push
             with self._lock:
                 self._stats["submitted"] -= 1
-            self._end(push, "refused")
+            self._end(job, "refused")
             self.say("push.no_loop", "push refused: the event loop of the push sender has closed")
             return False
         return True
@@ -348,37 +386,78 @@ class PushSender:
             raise _Refused("push.no_loop", "push refused: no event loop runs the push sender")
         return self._loop, running is self._loop
 
-    def _start(self, push: _Push) -> None:
+    def _start(self, job: _Job) -> None:
         if self._closed:
-            self._end(push, "dropped")
+            self._end(job, "dropped")
             return
-        task = self._loop.create_task(self._run(push), name=f"push to {push.destination}")
-        self._tasks.add(task)
+        job.task = self._loop.create_task(self._run(job), name=f"push to {job.push.destination}")
+        self._tasks.add(job.task)
         # the end is counted here, not in `_run`: a task cancelled before its first step never runs it
-        task.add_done_callback(lambda done: self._finished(push, done))
+        job.task.add_done_callback(lambda done: self._finished(job, done))
 
-    def _finished(self, push: _Push, task: asyncio.Task) -> None:
+    def _finished(self, job: _Job, task: asyncio.Task) -> None:
         self._tasks.discard(task)
-        self._end(push, "dropped" if task.cancelled() else task.result())
+        self._end(job, "dropped" if task.cancelled() else task.result())
 
     def _count(self, key: str) -> None:
         with self._lock:
             self._stats[key] += 1
 
-    def _end(self, push: _Push, outcome: str) -> None:
+    def _end(self, job: _Job, outcome: str) -> None:
         with self._lock:
+            self._uncount(job)
             self._pending -= 1
-            self._pending_bytes -= push.size
             self._stats[outcome] += 1
+
+    def _uncount(self, job: _Job) -> None:
+        """The job no longer counts against the bounds (under the lock)."""
+        if not job.counted:
+            return
+        job.counted = False
+        size = job.push.size
+        if job.held:
+            del self._held[job]
+            self._held_bytes -= size
+            self._held_groups[job.push.window_group] -= 1
+            if not self._held_groups[job.push.window_group]:
+                del self._held_groups[job.push.window_group]
+        else:
+            self._queued -= 1
+            self._queued_bytes -= size
+
+    def _hold(self, job: _Job) -> bool:
+        """Move a push that waits for its window from the queue to the held pushes, dropping the
+        oldest of its group, then of all held pushes, beyond the bounds. False: it was itself the
+        one dropped (its bytes alone exceed max_waiting_bytes, or a group bound of 0)."""
+        group = job.push.window_group
+        with self._lock:
+            self._uncount(job)
+            job.held = job.counted = True
+            self._held[job] = None
+            self._held_bytes += job.push.size
+            self._held_groups[group] += 1
+            dropped = []
+            while self._held_groups[group] > self.max_waiting_per_window:
+                dropped.append(("push.window_group_full", next(j for j in self._held if j.push.window_group == group)))
+                self._uncount(dropped[-1][1])
+            while len(self._held) > self.max_waiting or self._held_bytes > self.max_waiting_bytes:
+                dropped.append(("push.window_held_full", next(iter(self._held))))
+                self._uncount(dropped[-1][1])
+        for condition, oldest in dropped:
+            self.say(condition, "push to %s dropped for a newer one: at most %d pushes per destination and window, "
+                     "%d pushes and %d bytes in all wait for their windows", oldest.push.destination,
+                     self.max_waiting_per_window, self.max_waiting, self.max_waiting_bytes)
+            if oldest is not job:
+                oldest.task.cancel()
+        return job.counted
 
     # -- one push ---------------------------------------------------------------------------
 
-    async def _run(self, push: _Push) -> str:
+    async def _run(self, job: _Job) -> str:
         """The push from its trigger to its end: how it ended (cancelled by close(): dropped)."""
+        push = job.push
         try:
-            if not await self._window_reached(push):
-                self.say("push.no_window", "push to %s dropped: no communication window opens within %g s",
-                         push.destination, self.max_window_wait)
+            if not await self._window_reached(job):
                 return "dropped"
             if push.randomisation:
                 await self.sleep(self.rng.uniform(0, push.randomisation))
@@ -387,14 +466,19 @@ class PushSender:
             log.exception("push to %s abandoned", push.destination)
             return "failed"
 
-    async def _window_reached(self, push: _Push) -> bool:
+    async def _window_reached(self, job: _Job) -> bool:
+        """Whether the push's window opened; False: it is dropped (logged)."""
         while True:
             t = self.now()
-            spans = self._spans(push, t)
+            spans = self._spans(job.push, t)
             if window_open(spans, t):
                 return True
             start = next_window_start(spans, t)
             if start is None or start - t > self.max_window_wait:
+                self.say("push.no_window", "push to %s dropped: no communication window opens within %g s",
+                         job.push.destination, self.max_window_wait)
+                return False
+            if not job.held and not self._hold(job):
                 return False
             await self.sleep(min(start - t, WINDOW_RECHECK))  # the clock may be set meanwhile
 
