@@ -356,6 +356,62 @@ def test_block_transfers_out_of_sequence_too_large_or_too_slow_are_dropped(meter
     assert [listener.datagram(p, "m") for p in parts[1:]][-1] == "stored"
 
 
+def held(receiver) -> tuple[int, dict]:
+    """Bytes of the GBT pushes under way, and how many there are from each address."""
+    hosts = [sender[0] for sender, _ in receiver._reassembly]
+    return (sum(sum(map(len, r.parts)) for r in receiver._reassembly.values()),
+            {h: hosts.count(h) for h in set(hosts)})
+
+
+def test_block_transfers_under_way_are_bounded_in_bytes_and_per_address(meter, listener):
+    """A flood of partial transfers from many (spoofable) UDP sources holds no more than the byte
+    budget, no more than the per-address count, and first blocks that begin no push of a known
+    meter hold nothing: a genuine transfer from another address under way completes."""
+    t = START + 64000
+    genuine = blocks(push(meter, interval_body(t, 3, 1, 4), t), 60)
+    receiver = PushReceiver(listener.keyring, listener.store, listener.object_lists,
+                            limits=Limits(max_reassembly_bytes=4000, max_reassemblies_per_origin=3))
+    assert receiver.datagram(genuine[0], ("192.0.2.1", 4059)) == "gbt_block"
+    head = GeneralBlockTransfer.from_bytes(genuine[0][8:]).block_data[:10]  # tag, the meter's system title
+    stranger = bytes([0xDB, 8]) + b"XYZ\x00\x00\x00\x00\x01"
+    for i in range(300):
+        fake = message(GeneralBlockTransfer(False, True, 1, 1, 0, stranger + bytes(500)).to_bytes())
+        assert receiver.datagram(fake, (f"10.0.{i // 250}.{i % 250}", 4059)) == "unknown_sender"
+    assert held(receiver) == (60, {"192.0.2.1": 1})
+    worst = 0
+    for i in range(50):  # blocks that claim the meter: held, within the bounds
+        fake = message(GeneralBlockTransfer(False, True, 1, 1, 0, head + bytes(490)).to_bytes())
+        assert receiver.datagram(fake, (f"10.1.0.{i % 10}", 5000 + i)) == "gbt_block"
+        size, per_host = held(receiver)
+        worst = max(worst, size)
+        assert max(per_host.values()) <= 3
+    assert 3500 < worst <= 4000  # the budget filled, never exceeded
+    assert receiver.counts["gbt_evicted"] == 50 - 4000 // 500 + 1  # the genuine transfer was the oldest
+    # from one address under the cap, a restarted flood leaves another address's transfer alone
+    receiver = PushReceiver(listener.keyring, listener.store, listener.object_lists,
+                            limits=Limits(max_reassemblies_per_origin=3))
+    assert receiver.datagram(genuine[0], ("192.0.2.1", 4059)) == "gbt_block"
+    for port in range(1000, 1100):
+        fake = message(GeneralBlockTransfer(False, True, 1, 1, 0, head + bytes(490)).to_bytes())
+        receiver.datagram(fake, ("10.2.0.1", port))
+    assert held(receiver)[1] == {"192.0.2.1": 1, "10.2.0.1": 3}
+    assert [receiver.datagram(b, ("192.0.2.1", 4059)) for b in genuine[1:]][-1] == "stored"
+
+
+def test_expiry_drops_only_the_stale_block_transfers(meter, listener):
+    t = START + 65000
+    parts = blocks(push(meter, interval_body(t, 2, 7, 1), t), 60)
+    clock = [0.0]
+    receiver = PushReceiver(listener.keyring, listener.store, listener.object_lists, monotonic=lambda: clock[0])
+    receiver.datagram(parts[0], ("192.0.2.1", 1))
+    clock[0] = 20.0
+    receiver.datagram(parts[0], ("192.0.2.2", 1))
+    clock[0] = 31.0
+    assert receiver.expire() == 1
+    assert held(receiver)[1] == {"192.0.2.2": 1}
+    assert [receiver.datagram(p, ("192.0.2.2", 1)) for p in parts[1:]][-1] == "stored"
+
+
 def test_a_restarted_listener_still_refuses_replays(meter, listener):
     t1, t2 = START + 9900, START + 10800
     first, second = push(meter, interval_body(t1, 1, 2, 3), t1), push(meter, interval_body(t2, 3, 2, 1), t2)

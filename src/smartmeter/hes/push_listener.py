@@ -12,6 +12,8 @@ wrapper message of its own (a UDP datagram, or consecutive messages on one TCP c
    bytes, time and number of senders);
 2. the sender's keys, found by the system title in the APDU (`Keyring`); an unknown system
    title is refused;
+   A first block must begin a push of a known meter (general-glo-ciphering, its system title),
+   so that blocks of strangers hold nothing;
 3. replay protection: a window of `REPLAY_WINDOW` counters below the highest one accepted from
    that meter, in which each counter is accepted once (kept in the store, so a restarted
    listener refuses the same replays); the very same message again is a retry (UDP pushes send
@@ -84,6 +86,7 @@ SETUPS: dict[str, str] = {
 PUSH_SETUP_CLASS = 40
 INSTALLATION, CONNECTIVITY = "0-7:25.9.0.255", "0-0:25.9.0.255"
 CLOCK = (8, "0-0:1.0.0.255", 2)
+SYSTEM_TITLE_LENGTH = 8  # the meter's system title, the length byte of its octet-string in general-glo-ciphering
 DEVICE_ID_1 = "0-0:96.1.0.255"
 ALARM_DESCRIPTORS = ("0-0:97.98.20.255", "0-0:97.98.21.255", "0-0:97.98.22.255")
 IPV4_SETUP_CLASS, IPV4_ADDRESS_ATTRIBUTE = 42, 3  # IC 42 IPv4 setup: IP_address (double-long-unsigned)
@@ -107,6 +110,10 @@ class Limits:
     max_blocks: int = 128  # GBT blocks of one push
     gbt_timeout: float = 30.0  # s from a push's first block to its last
     max_reassemblies: int = 4096  # senders with a GBT push under way
+    max_reassembly_bytes: int = 16 * 1024 * 1024  # bytes of all GBT pushes under way (the oldest dropped beyond)
+    # GBT pushes under way from one origin: a UDP source address (its ports are the sender's to
+    # choose) or a TCP connection (a NAT may put many meters behind one address)
+    max_reassemblies_per_origin: int = 8
     max_connections: int = 2048  # TCP connections at a time (the longest idle gives way to a new one)
     idle_timeout: float = 60.0  # s a TCP connection may stay without a message
 
@@ -403,6 +410,7 @@ def _attributes(entries: list[Entry], values: list[Data]) -> Iterable[tuple[int,
 @dataclass
 class _Reassembly:
     started: float
+    origin: Any  # what max_reassemblies_per_origin counts by
     next_block: int = 1
     parts: list[bytes] = field(default_factory=list)
     size: int = 0
@@ -431,7 +439,9 @@ class PushReceiver:
         self.counters = store.counters()  # highest accepted invocation counter by meter
         # hash of the latest accepted pushes by meter and counter (a retry is the very same message)
         self._recent: dict[str, OrderedDict[int, int]] = {}
-        self._reassembly: OrderedDict[Any, _Reassembly] = OrderedDict()
+        self._reassembly: OrderedDict[Any, _Reassembly] = OrderedDict()  # in the order they started
+        self._reassembly_bytes = 0
+        self._reassembly_by_origin: dict[Any, list[Any]] = {}  # keys, oldest first
         self._flush_scheduled = False
 
     # -- entry points ------------------------------------------------------------------
@@ -473,10 +483,12 @@ class PushReceiver:
         if length < len(data) - HEADER_LENGTH:
             return self.refuse("garbage", "datagram from %s: %d bytes after the %d its header says", sender,
                                 len(data) - HEADER_LENGTH - length, length)
+        origin = sender[0] if isinstance(sender, tuple) else sender  # the address: the port is the sender's choice
         return self._frame(WrapperFrame(int.from_bytes(data[2:4], "big"), int.from_bytes(data[4:6], "big"),
-                                        bytes(data[HEADER_LENGTH:])), sender)
+                                        bytes(data[HEADER_LENGTH:])), sender, origin)
 
-    def _frame(self, frame: WrapperFrame, sender: Any) -> str:
+    def _frame(self, frame: WrapperFrame, sender: Any, origin: Any = None) -> str:
+        """`origin`: what GBT pushes under way are counted by, the sender (a TCP connection) if None."""
         apdu = frame.payload
         if len(apdu) > self.limits.max_message:
             return self.refuse("oversized", "message of %d bytes from %s exceeds %d", len(apdu), sender,
@@ -485,20 +497,24 @@ class PushReceiver:
             return self.refuse("garbage", "empty message from %s", sender)
         tag = apdu[0]
         if tag == GENERAL_BLOCK_TRANSFER_TAG:
-            return self._block(apdu, (sender, frame.source_wport))
+            return self._block(apdu, (sender, frame.source_wport), sender if origin is None else origin)
         return self.notification(apdu, sender)
 
     def expire(self) -> int:
         """Drop GBT pushes not completed within the time limit; how many were."""
-        now = self.monotonic()
-        stale = [k for k, r in self._reassembly.items() if now - r.started > self.limits.gbt_timeout]
-        for key in stale:
-            del self._reassembly[key]
+        deadline = self.monotonic() - self.limits.gbt_timeout
+        stale = 0
+        while self._reassembly:  # oldest first: the stale ones are at the front
+            key, oldest = next(iter(self._reassembly.items()))
+            if oldest.started >= deadline:
+                break
+            self._drop(key)
+            stale += 1
         if stale:
-            self.counts["gbt_timeout"] += len(stale)
-            self.say("gbt_timeout", "%d block transfer(s) not completed within %g s dropped", len(stale),
+            self.counts["gbt_timeout"] += stale
+            self.say("gbt_timeout", "%d block transfer(s) not completed within %g s dropped", stale,
                      self.limits.gbt_timeout)
-        return len(stale)
+        return stale
 
     def flush_soon(self) -> None:
         """On the event loop: commit what this turn of the loop stored once it is over (a burst of
@@ -522,14 +538,14 @@ class PushReceiver:
 
     def forget_sender(self, sender: Any) -> None:
         """A TCP connection closed: its unfinished block transfers end with it."""
-        for key in [k for k in self._reassembly if k[0] == sender]:
-            del self._reassembly[key]
+        for key in list(self._reassembly_by_origin.get(sender, ())):
+            self._drop(key)
             self.counts["gbt_incomplete"] += 1
             self.say("gbt_incomplete", "connection from %s closed in the middle of a block transfer", sender)
 
     # -- general-block-transfer ---------------------------------------------------------
 
-    def _block(self, apdu: bytes, key: Any) -> str:
+    def _block(self, apdu: bytes, key: Any, origin: Any) -> str:
         try:
             block = GeneralBlockTransfer.from_bytes(apdu)
         except TruncatedError as exc:
@@ -540,30 +556,68 @@ class PushReceiver:
         partial = self._reassembly.get(key)
         if block.block_number == 1:
             if partial is not None:
+                self._drop(key)
                 self.counts["gbt_restarted"] += 1
-            partial = self._reassembly[key] = _Reassembly(self.monotonic())
-            self._reassembly.move_to_end(key)
-            while len(self._reassembly) > self.limits.max_reassemblies:
-                self._reassembly.popitem(last=False)
-                self.counts["gbt_evicted"] += 1
-                self.say("gbt_evicted", "more than %d block transfers under way: the oldest dropped",
-                         self.limits.max_reassemblies)
+            refusal = self._foreign_start(block.block_data)
+            if refusal is not None:
+                return self.refuse(refusal, "block transfer from %s begins no push of a known meter (%s)", key[0],
+                                   refusal)
+            partial = self._start(key, origin)
         elif partial is None or block.block_number != partial.next_block:
-            self._reassembly.pop(key, None)
+            if partial is not None:
+                self._drop(key)
             return self.refuse("gbt_sequence", "block %d from %s out of sequence: its push dropped",
                                 block.block_number, key[0])
         partial.size += len(block.block_data)
+        self._reassembly_bytes += len(block.block_data)
         if partial.size > self.limits.max_notification or partial.next_block > self.limits.max_blocks:
-            del self._reassembly[key]
+            self._drop(key)
             return self.refuse("oversized", "block transfer from %s exceeds %d bytes or %d blocks", key[0],
                                 self.limits.max_notification, self.limits.max_blocks)
         partial.parts.append(block.block_data)
         partial.next_block += 1
+        while self._reassembly_bytes > self.limits.max_reassembly_bytes and len(self._reassembly) > 1:
+            self._evict(next(k for k in self._reassembly if k != key), "together more than %d bytes",
+                        self.limits.max_reassembly_bytes)
         if not block.last_block:
             self.counts["gbt_block"] += 1
             return "gbt_block"
-        del self._reassembly[key]
+        self._drop(key)
         return self.notification(b"".join(partial.parts), key[0])
+
+    def _foreign_start(self, data: bytes) -> str | None:
+        """The refusal if `data` (a first block) cannot begin a known meter's push, else None."""
+        if data[:1] == bytes([DATA_NOTIFICATION_TAG]):
+            return "unprotected"
+        if data[:2] != bytes([GeneralGloCiphering.TAG, SYSTEM_TITLE_LENGTH]) or len(data) < 2 + SYSTEM_TITLE_LENGTH:
+            return "garbage"
+        if self.keyring.get(data[2:2 + SYSTEM_TITLE_LENGTH]) is None:
+            return "unknown_sender"
+        return None
+
+    def _start(self, key: Any, origin: Any) -> _Reassembly:
+        """A GBT push under way from `key`, within the bounds in number (all, per origin)."""
+        of_origin = self._reassembly_by_origin.setdefault(origin, [])
+        while len(of_origin) >= self.limits.max_reassemblies_per_origin:
+            self._evict(of_origin[0], "more than %d from %s", self.limits.max_reassemblies_per_origin, origin)
+        partial = self._reassembly[key] = _Reassembly(self.monotonic(), origin)
+        self._reassembly_by_origin.setdefault(origin, []).append(key)  # _evict may have dropped the list
+        while len(self._reassembly) > self.limits.max_reassemblies:
+            self._evict(next(iter(self._reassembly)), "more than %d", self.limits.max_reassemblies)
+        return partial
+
+    def _evict(self, key: Any, why: str, *args) -> None:
+        self._drop(key)
+        self.counts["gbt_evicted"] += 1
+        self.say("gbt_evicted", "block transfers under way " + why + ": the oldest dropped", *args)
+
+    def _drop(self, key: Any) -> None:
+        partial = self._reassembly.pop(key)
+        self._reassembly_bytes -= partial.size
+        of_origin = self._reassembly_by_origin[partial.origin]
+        of_origin.remove(key)
+        if not of_origin:
+            del self._reassembly_by_origin[partial.origin]
 
     # -- the protected notification -----------------------------------------------------
 
