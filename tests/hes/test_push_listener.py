@@ -312,6 +312,24 @@ def test_a_failed_commit_loses_its_pushes_and_their_counters_together(meter, tmp
     assert stored(PushStore(tmp_path / "deferred.sqlite")) == interval_values(t, 8, 8, 8)
 
 
+def test_lists_written_by_another_process_map_the_next_push(meter, listener):
+    """`hes lists` writes a meter's lists while the listener runs: the listener had found none
+    for that meter, and uses them from the next push on."""
+    t = START + 66000
+    body = Data.structure([Data.octet_string(date_time(t)), Data.double_long_unsigned(77)])
+    assert listener.datagram(message(push(meter, body, t)), "m") == "unmapped"
+    other = PushStore(listener.store.path)  # another process's connection
+    other.put_object_list(title(meter), "0-2:25.9.0.255", [[8, CLOCK, 2, 0], [3, "1-0:1.8.0.255", 2, 0]], "meter",
+                          iso(t))
+    other.close()
+    t += 900
+    body = Data.structure([Data.octet_string(date_time(t)), Data.double_long_unsigned(78)])
+    assert listener.datagram(message(push(meter, body, t)), "m") == "stored"
+    assert {(obis, value) for _, obis, _, _, _, _, value in listener.store.readings()} == {
+        (CLOCK, dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat()), ("1-0:1.8.0.255", 78)}
+    assert listener.store.db.execute("SELECT kind FROM push").fetchone()[0] == "interval-2"
+
+
 def blocks(apdu: bytes, size: int) -> list[bytes]:
     parts = [apdu[i:i + size] for i in range(0, len(apdu), size)]
     return [message(GeneralBlockTransfer(i == len(parts), True, 1, i, 0, part).to_bytes())

@@ -318,7 +318,8 @@ class ObjectLists:
     meter, or loaded by `hes lists`), then the configured ones (`--objects FILE`), then the
     model's defaults. A list fits when it has as many entries as the body has values and the
     logical names inside attribute-0 and attribute-1 values are its own; a list that holds
-    its setup's logical name (class 40, attribute 1) identifies the setup at once.
+    its setup's logical name (class 40, attribute 1) identifies the setup at once. The lists
+    learnt are read again once another connection (`hes lists`) changed the store.
     """
 
     def __init__(self, store: PushStore | None = None, configured: dict[str, list[Entry]] | None = None,
@@ -326,11 +327,15 @@ class ObjectLists:
         self.store = store
         self.general = [lists for lists in ([configured] if configured else []) + list(defaults) if lists]
         self._learnt: dict[str, dict[str, list[Entry]]] = {}
+        self._store_version: int | None = None  # the store's data_version the lists learnt were read at
 
     def forget(self, meter: str) -> None:
         self._learnt.pop(meter, None)
 
     def _for_meter(self, meter: str) -> list[dict[str, list[Entry]]]:
+        if self.store is not None and self.store.data_version() != self._store_version:
+            self._learnt.clear()
+            self._store_version = self.store.data_version()
         if self.store is not None and meter not in self._learnt:
             self._learnt[meter] = {setup: [tuple(e) for e in entries]
                                    for setup, entries in self.store.object_lists(meter).items()}

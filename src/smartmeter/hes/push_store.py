@@ -250,6 +250,10 @@ class PushStore:
 
     # ------------------------------------------------------------- push object lists
 
+    def data_version(self) -> int:
+        """A number that changes when another connection (another process) commits to the file."""
+        return self.db.execute("PRAGMA data_version").fetchone()[0]
+
     def object_lists(self, meter: str) -> dict[str, list]:
         """The push object lists known for `meter`, by setup OBIS."""
         return {setup: json.loads(entries) for setup, entries in self.db.execute(
