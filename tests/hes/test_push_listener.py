@@ -330,6 +330,29 @@ def test_lists_written_by_another_process_map_the_next_push(meter, listener):
     assert listener.store.db.execute("SELECT kind FROM push").fetchone()[0] == "interval-2"
 
 
+def test_a_deferred_commit_is_made_once_the_loop_turn_that_received_the_push_is_over(meter, tmp_path):
+    """The window in which a crash loses a push the meter (over TCP) took as delivered: the rest
+    of the listener's loop turn; another process sees the push right after it."""
+    store = PushStore(tmp_path / "deferred.sqlite", deferred=True)
+    receiver = PushReceiver(Keyring.load([meter.config.data_dir / "credentials"]), store, ObjectLists(store, LISTS))
+    t = START + 67000
+    apdu = push(meter, interval_body(t, 4, 4, 4), t)
+
+    def committed() -> int:
+        with sqlite3.connect(f"file:{store.path}?mode=ro", uri=True) as reader:
+            return reader.execute("SELECT count(*) FROM push").fetchone()[0]
+
+    async def scenario():
+        assert receiver.frame(WrapperFrame(1, 2, apdu), ("192.0.2.9", 40000)) == "stored"
+        receiver.flush_soon()
+        before = committed()
+        await asyncio.sleep(0)
+        return before, committed()
+
+    assert asyncio.run(scenario()) == (0, 1)
+    store.close()
+
+
 def blocks(apdu: bytes, size: int) -> list[bytes]:
     parts = [apdu[i:i + size] for i in range(0, len(apdu), size)]
     return [message(GeneralBlockTransfer(i == len(parts), True, 1, i, 0, part).to_bytes())

@@ -17,13 +17,17 @@ Times are UTC text of one fixed width, `2026-03-10T12:00:00.000Z`, so text order
 order and SQLite's date functions read them. A system title is 16 upper-case hex digits, an
 OBIS code its dotted text `1-0:1.8.0.255`.
 
-The meter's highest accepted invocation counter is kept with its row and every accepted
-counter with its push (`push`, `unstored_push`), written in the same transaction as the push's
+The meter's highest accepted invocation counter is kept with its row and every accepted counter
+with its push (`push`, `unstored_push`), written in the same transaction as the push's
 readings: after a restart a replayed push is refused exactly as before, and a push is never
-half stored. With `deferred` (the listener) the pushes that arrive
-in one turn of the event loop share a commit (at most `max_pending` a commit; each push in its
-own savepoint): a crash loses those pushes and their counters together, so they are accepted
-when the meter repeats them.
+half stored. With `deferred` (the listener) the pushes that arrive in one turn of the event
+loop share a commit, made as soon as that turn is over (at most `max_pending` a commit; each
+push in its own savepoint). A process that dies before it loses those pushes and their counters
+together, so what the meter sends again is accepted: over UDP the meter sends every retry, so
+such a push is stored from its next copy; over TCP the meter took the kernel's acknowledgement
+as delivery and sends no repetition, so such a push is lost. The window is the rest of one turn
+of the listener's loop. A power loss (or an operating system crash) may besides lose the
+transactions last committed (WAL with synchronous=NORMAL), over either transport.
 """
 from __future__ import annotations
 
