@@ -29,17 +29,19 @@ class Submitted:
 
 
 class RecordingSender:
-    """PushSender's submit, recorded; every push is taken."""
+    """PushSender's submit, recorded; every push is taken unless the test sets `accepting` False
+    (as a full queue refuses): then it is recorded and refused."""
 
     def __init__(self, clock) -> None:
         self.clock = clock
         self.submitted: list[Submitted] = []
+        self.accepting = True
 
     def submit(self, frames, transport_service, destination, retries, randomisation, repetition_delay,
                window=()) -> bool:
         self.submitted.append(Submitted(list(frames), transport_service, destination, retries, randomisation,
                                         repetition_delay, tuple(window), self.clock.now()))
-        return True
+        return self.accepting
 
 
 def reassembled(frames: list[bytes]) -> bytes:

@@ -154,14 +154,19 @@ def test_interval_push_every_15_minutes_for_a_day(tmp_path):
         site.meter.close()
 
 
+def acknowledge_alarms(site: Site) -> None:
+    """The head-end clears the three alarm descriptors (a clean start: whatever the start raised)."""
+    for n in range(3):
+        obis = f"0-0:97.98.2{n}.255"
+        value = site.read(1, Obis.parse(obis).to_bytes(), 2)
+        assert site.session("management").set(1, obis, 2, value) == SUCCESS
+
+
 def test_alarm_push_repeats_every_10_minutes_until_the_descriptor_is_cleared(tmp_path):
     site = Site(tmp_path)
     try:
         management = site.session("management")
-        for n in range(3):  # a clean start: whatever the start raised is acknowledged
-            obis = f"0-0:97.98.2{n}.255"
-            value = site.read(1, Obis.parse(obis).to_bytes(), 2)
-            assert management.set(1, obis, 2, value) == SUCCESS
+        acknowledge_alarms(site)
         site.configure(4)
         site.run_until(START + 60, step=60)
         assert site.sender.submitted == []
@@ -182,6 +187,51 @@ def test_alarm_push_repeats_every_10_minutes_until_the_descriptor_is_cleared(tmp
             assert management.set(1, f"0-0:97.98.2{n}.255", 2, descriptors[n]) == SUCCESS
         site.run_until(site.platform[0] + 3600, step=60)
         assert len(site.sender.submitted) == at_once + 3
+    finally:
+        site.meter.close()
+
+
+REALARM = 600  # companion §9.1: the alarm push again every 10 minutes
+RETRY = 60  # a refused alarm push is built again a minute later, not at every tick
+
+
+def test_a_refused_alarm_push_is_tried_again_a_minute_later_not_10_minutes(tmp_path):
+    """The sender refuses (its queue full) from the cover's opening until 90 s later: the alarm
+    push is built again every minute meanwhile, goes out at the first try after, and then repeats
+    10 minutes after that one; the meter ticks every second."""
+    site = Site(tmp_path)
+    try:
+        acknowledge_alarms(site)
+        site.configure(4)
+        site.run_until(START + 60, step=60)
+        site.sender.accepting = False
+        opened = site.platform[0]
+        site.meter.control({"input": "cover", "value": "open"})
+        at_once = len(site.sender.submitted)
+        assert at_once >= 1 and {p.meter_time for p in site.sender.submitted} == {opened}
+        site.run_until(opened + 90, step=1)
+        site.sender.accepting = True
+        site.run_until(opened + 800, step=1)
+        again = [p.meter_time for p in site.sender.submitted[at_once:]]
+        first_accepted = opened + 2 * RETRY  # the first try after the sender took pushes again
+        assert again == [opened + RETRY, first_accepted, first_accepted + REALARM]
+    finally:
+        site.meter.close()
+
+
+def test_an_alarm_push_without_a_destination_goes_out_as_soon_as_one_is_written(tmp_path):
+    site = Site(tmp_path)
+    try:
+        acknowledge_alarms(site)
+        site.run_until(START + 60, step=60)
+        site.meter.control({"input": "cover", "value": "open"})
+        site.run(120, step=1)
+        assert site.sender.submitted == []  # nowhere to go
+        written = site.platform[0]
+        site.configure(4)
+        site.run(5, step=1)
+        (pushed,) = site.sender.submitted
+        assert written <= pushed.meter_time <= written + 1  # at the next tick of a meter ticking every second
     finally:
         site.meter.close()
 

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 REGISTERS = (1, 2, 3)
 REGISTER_MAX = 0xFFFFFFFF  # double-long-unsigned
 REALARM_PERIOD = 600.0  # companion §9.1: repeated every 10 minutes until the descriptor is cleared
+REALARM_RETRY = 60.0  # s: an On Alarm push built but not sent is built again no sooner
 EVENT_ERROR_REGISTER_CLEARED = 10
 EVENT_ALARM_REGISTER_CLEARED = 11
 MEASUREMENT_SYSTEM_ERROR = "measurement_system_error"  # the flag every fatal error raises (§9.2)
@@ -228,6 +229,7 @@ class AlarmBoard:
         # every non-zero descriptor is due at once (the push before the stop may have been lost)
         self._pushed = [0, 0, 0]
         self._last_push: float | None = None
+        self._last_refusal: float | None = None  # of an On Alarm push built but not sent
 
     # -- reading -----------------------------------------------------------------------------
     @property
@@ -360,10 +362,13 @@ class AlarmBoard:
     # -- repetition (sans-io: the push function sends, this says when) ----------------------
     def due_realarms(self, now: float) -> list[Realarm]:
         """The non-zero descriptors, when the On Alarm push is due: never pushed since the
-        start, a bit not yet pushed, or 10 minutes since the last push. Empty otherwise."""
+        start, a bit not yet pushed, or 10 minutes since the last push; and not within a minute
+        after a push that was built but not sent. Empty otherwise."""
         with self._lock:
             due = [Realarm(n, d) for n, d in zip(REGISTERS, self._state.descriptor) if d]
             if not due:
+                return []
+            if self._last_refusal is not None and 0 <= now - self._last_refusal < REALARM_RETRY:
                 return []
             unsent = any(r.descriptor & ~self._pushed[r.register - 1] for r in due)
             if self._last_push is None or unsent or now - self._last_push >= REALARM_PERIOD:
@@ -375,6 +380,13 @@ class AlarmBoard:
         with self._lock:
             self._pushed = list(self._state.descriptor)
             self._last_push = now
+            self._last_refusal = None
+
+    def alarm_push_refused(self, now: float) -> None:
+        """The On Alarm push built at `now` was not sent (the sender refused it, or it failed):
+        not due again before REALARM_RETRY; its 10 minutes still run from the last push sent."""
+        with self._lock:
+            self._last_refusal = now
 
     # -- the COSEM objects ---------------------------------------------------------------------
     def bindings(self) -> dict[str, Binding]:

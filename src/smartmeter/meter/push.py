@@ -70,7 +70,8 @@ class PushService:
                  client: str = PUSH_CLIENT, say: RateLimitedLog | None = None) -> None:
         """`now()` is the meter time a push stands for (a running schedule's instant, else the
         clock); `on_pushed(setup, ctx, at, outcome)` is told after every push run: outcome
-        "submitted" (to the sender), "not configured", "no H1", "no sender" or "failed" (not built)."""
+        "submitted" (the sender took it), "refused" (built, but the sender refused it: it logged
+        why), "not configured", "no H1", "no sender" or "failed" (not built)."""
         self.clock = clock
         self.now = now
         self.on_pushed = on_pushed
@@ -114,11 +115,11 @@ class PushService:
             return "no sender"
         frames = self.frames(setup, at)
         best_effort = bool(setup.config.get("best_effort", False))
-        self.sender.submit(frames, target.transport_service, target.destination,
-                           0 if best_effort else setup.integer("number_of_retries"),
-                           0 if best_effort else setup.integer("randomisation_start_interval"),
-                           setup.integer("repetition_delay"), setup.windows())
-        return "submitted"
+        taken = self.sender.submit(frames, target.transport_service, target.destination,
+                                   0 if best_effort else setup.integer("number_of_retries"),
+                                   0 if best_effort else setup.integer("randomisation_start_interval"),
+                                   setup.integer("repetition_delay"), setup.windows())
+        return "submitted" if taken else "refused"
 
     def _tell_once(self, condition: str, setup: PushSetup, message: str) -> None:
         key = (condition, setup.logical_name.to_bytes())

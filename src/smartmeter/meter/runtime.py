@@ -432,11 +432,16 @@ class Meter:
             self._say("runtime.push", "push script %s failed:\n%s", selector, traceback.format_exc())
 
     def _pushed(self, setup, ctx, at: float, outcome: str) -> None:
-        """After a push ran: the alarm repetition restarts its 10 minutes (unless no sender ran yet,
-        as while the meter starts: then the next tick pushes it); the On Installation push
-        records the commissioning event, with who invoked it."""
-        if setup.logical_name == PUSH_ON_ALARM and outcome != "no sender":
-            self.alarms.alarm_pushed(at)
+        """After a push ran: an alarm push the sender took restarts the alarm repetition's 10
+        minutes; one built for nothing (refused, failed) is built again a minute later, not at
+        every tick (each build spends an invocation counter); one that found no destination or no
+        sender goes out at the first tick that has them. The On Installation push records the
+        commissioning event, with who invoked it."""
+        if setup.logical_name == PUSH_ON_ALARM:
+            if outcome == "submitted":
+                self.alarms.alarm_pushed(at)
+            elif outcome in ("refused", "failed"):
+                self.alarms.alarm_push_refused(at)
         elif setup.logical_name == PUSH_ON_INSTALLATION:
             self.events.record(COMMISSIONING_EVENT, self._context(ctx.association))
 
