@@ -260,10 +260,6 @@ def model_object_lists(profile: str = "ksmw") -> list[dict[str, list[Entry]]]:
     return variants
 
 
-def _ln(obis: str) -> bytes:
-    return Obis.parse(obis).to_bytes()
-
-
 NUMBERS = frozenset({DataType.INTEGER, DataType.LONG, DataType.DOUBLE_LONG, DataType.LONG64, DataType.UNSIGNED,
                      DataType.LONG_UNSIGNED, DataType.DOUBLE_LONG_UNSIGNED, DataType.LONG64_UNSIGNED,
                      DataType.FLOAT32, DataType.FLOAT64})
