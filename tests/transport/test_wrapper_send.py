@@ -63,9 +63,9 @@ def test_tcp_delivers_every_message_in_order():
     assert [f.payload for f in asyncio.run(scenario())] == apdus
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the unacknowledged bytes are read on Linux")
 def test_tcp_fails_when_the_peer_takes_the_connection_but_not_the_data():
-    """Accepted by the peer's kernel, never read: more than its buffers hold stays unacknowledged."""
+    """Accepted by the peer's kernel, never read: more than its buffers hold is never written
+    (the drain cannot complete) nor acknowledged, on any platform."""
     messages = [WrapperFrame(1, 2, bytes(65535)).to_bytes()] * 400  # 26 MB, beyond any loopback buffer
 
     async def scenario():
@@ -130,8 +130,9 @@ def test_tcp_waits_for_the_acknowledgement_not_just_the_write(monkeypatch):
     assert len(looks) > 1
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the unacknowledged bytes are read on Linux")
 def test_the_unacknowledged_bytes_of_a_loopback_connection_drop_to_zero():
+    """Linux tells the bytes the peer has not acknowledged (SIOCOUTQ); elsewhere the count is
+    unknown (None) and a drained write is the confirmation."""
     import time
 
     from smartmeter.transport.wrapper_send import _unacknowledged
@@ -144,4 +145,4 @@ def test_the_unacknowledged_bytes_of_a_loopback_connection_drop_to_zero():
             deadline = time.monotonic() + 2
             while _unacknowledged(client) and time.monotonic() < deadline:
                 time.sleep(0.001)
-            assert _unacknowledged(client) == 0
+            assert _unacknowledged(client) == (0 if sys.platform.startswith("linux") else None)
