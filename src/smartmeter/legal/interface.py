@@ -15,6 +15,7 @@ it, and the metrological log records it.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from smartmeter.legal import identification, platform, storage
+from smartmeter.legal import firmware, identification, platform, storage
 from smartmeter.legal.authority import AuthorityGate, AuthorityRefused
 from smartmeter.legal.billing import (
     BILLING_PROFILE, BILLING_PROFILE_CAPACITY, COUNTER_MODULUS, TRIGGERS, BillingRow,
@@ -38,15 +39,16 @@ from smartmeter.legal.eventlog import CertificationLog, EventLog, encode_fields
 from smartmeter.legal.metering import MeteringError, MeteringUnit
 from smartmeter.legal.metrology import ENERGY_UNITS_PER_WH, Measurement
 from smartmeter.legal.parameters import (
-    CertificationMode, CertificationObject, CertificationStatus, Initiator, ParameterRefused, ParameterSeal,
-    ParameterStore, RefusalReason,
+    EVENT_LR_FIRMWARE_ACTIVATED, EVENT_LR_FIRMWARE_FAILED, EVENT_LR_FIRMWARE_READY, NO_CLIENT, CertificationMode,
+    CertificationObject, CertificationStatus, Initiator, ParameterRefused, ParameterSeal, ParameterStore,
+    RefusalReason,
 )
 from smartmeter.legal.sensor import PairingRecord, RemoteSensorLink
 from smartmeter.legal.registers import (
     ALL_RATES, MILLI, RATES, REGISTER_NAMES, EnergyRegisters, EnergySnapshot, RateRegisters, RateSnapshot,
     registers_message,
 )
-from smartmeter.legal.signing import MeterSigner, verify
+from smartmeter.legal.signing import MeterSigner, public_key_fingerprint, verify
 from smartmeter.legal.timebase import (  # noqa: F401 - STATUS_* and TimeChange are part of the interface
     CAPTURE_PERIOD, STATUS_CAPTURE_DISABLED, STATUS_CLOCK_ADJUSTED, STATUS_CLOCK_INVALID, STATUS_DATA_NOT_VALID,
     STATUS_DAYLIGHT_SAVING, STATUS_ERROR, STATUS_POWER_DOWN, UNCHANGED, LocalDays, TimeBase, TimeBaseState,
@@ -87,6 +89,7 @@ EVENT_REGISTERS_BELOW_PROFILE = 207
 EVENT_DEMO_HISTORY = 208
 EVENT_TIME_CHANGED = 213
 EVENT_AUTHORITY_REFUSED = 214  # a command claiming or needing the certification authority was refused
+FIRMWARE_ATTEMPTS = 3  # starts of one image that may fail before it is refused (D1: re-install attempts are limited)
 AUTHORITY_LOG_PERIOD = 3600.0  # seconds: one log entry per refusal condition per period (evidence, not a flood)
 FAULTY_OPERATION_EVENTS = {"sensor_gap": 209, "sensor_silent": 210, "sensor_resumed": 211,
                            "measurement_delivery_failed": 212}
@@ -621,6 +624,75 @@ class InjectMetrologyStall:
     seconds: float
 
 
+# -- firmware (companion §7, WELMEC 7.2 extension D; legal/firmware.py) ---------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ImportFirmwareKey:
+    """Production: the public key (PEM, ECDSA P-256) that firmware images must be signed with.
+    Accepted once, when the meter has none; -> its SHA-256 fingerprint."""
+
+    public_key_pem: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReadFirmwareKey:
+    """-> (PEM, fingerprint) of the imported firmware key, or None before production imported one."""
+
+
+@dataclass(frozen=True, slots=True)
+class FirmwareVerification:
+    ok: bool
+    reason: str
+    identifier: str  # from the image header ("" when it could not be read)
+    size: int
+    signature_hex: str
+    sha256: str
+    parts: tuple[tuple[int, str, str, str], ...]  # (B, name, version, digest) of each part the image carries
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyFirmwareImage:
+    """Verify the image in DATA_DIR/firmware/holding.img for activation (D2, D3), as initiated with
+    this identifier (hex) and size; the attempt is logged (D4). -> FirmwareVerification."""
+
+    identifier_hex: str
+    size: int
+    client_system_title: str  # hex, 8 bytes, or "" when no client's system title is known
+
+
+@dataclass(frozen=True, slots=True)
+class ActivateFirmware:
+    """Install the verified image beside the running software and mark it for a trial start;
+    the caller then restarts the meter. Refused unless the holding file is the image verified.
+    -> the slot name."""
+
+    client_system_title: str
+
+
+@dataclass(frozen=True, slots=True)
+class FirmwareActivation:
+    sequence: int  # 0 before the first activation
+    outcome: str  # "none", "pending", "activated" or "failed"
+    identifier: str
+    reason: str
+    legal_part: bool  # the image carried the legally relevant part
+
+
+@dataclass(frozen=True, slots=True)
+class ReadFirmwareActivation:
+    """-> FirmwareActivation: the last activation as this part concluded it at its start."""
+
+
+
+# The image format and the boot record, for the head-end's tools and the meter's boot code
+# (reachable from outside legal/ only through this module)
+from smartmeter.legal.firmware import (  # noqa: E402,F401
+    BOOT_RECORD, HOLDING_FILE, MAX_FIRMWARE_IMAGE_SIZE, PART_APPLICATION, PART_LEGAL, SLOTS_DIR, FirmwareImage,
+    FirmwareImageError, build_firmware_image, firmware_signature_valid, parse_firmware_image, public_key_of,
+    read_boot_record, sign_firmware_image, write_boot_record,
+)
+
 # Plain records that may travel inside commands (see legal/process.py)
 RECORD_TYPES = (ProfileRow,)
 
@@ -645,7 +717,7 @@ class LegalInterface:
                  monotonic: Callable[[], float] = time.monotonic, software_root: str | None = None,
                  application_version: str = "", sensor: str = "synthetic", sensor_port: int | None = None,
                  meter_id: str = "", speed: float | None = None, start_time: float | None = None,
-                 time_zone: str = DEFAULT_TIME_ZONE) -> None:
+                 time_zone: str = DEFAULT_TIME_ZONE, meter_type: int = 0) -> None:
         self._application_version = application_version
         self._sensor_port = sensor_port
         self._sensor_kind = sensor
@@ -684,6 +756,7 @@ class LegalInterface:
         # the certification log records the identifier as 1-0:0.2.0.255 shows it (with "-DEV")
         firmware_id = (identification.marked_version(self._software_id.version, self._integrity.development_key)
                        + " " + self._software_id.digest_hex[:8]).encode()
+        self._firmware_id = firmware_id.decode()
         # checked before anything writes to it; a meter that has captured a profile entry must have a seal
         seal = ParameterSeal(self._db, self._signer, verify,
                              expect_signature=self._lp1.count() > 0 or self._lp2.count() > 0)
@@ -709,6 +782,12 @@ class LegalInterface:
         if not self._integrity.ok:
             self._raise_fatal(FATAL_PROGRAM_MEMORY, EVENT_SOFTWARE_MISMATCH, {
                 "reason": self._integrity.reason.value, "changed_files": " ".join(self._integrity.changed_files)})
+        # the type this meter was built as (companion §5.1): fixed at the first start, what images must name
+        if self._meta("meter_type", None) is None and meter_type:
+            with atomic(self._db):
+                self._put_meta("meter_type", int(meter_type))
+        self._meter_type = int(self._meta("meter_type", 0) or 0)
+        self._settle_firmware_activation()
         remote = None
         if sensor == "remote":
             try:
@@ -796,6 +875,11 @@ class LegalInterface:
             ProveAuthority: self._prove_authority,
             EndAuthority: self._end_authority,
             ReadSensor: self._read_sensor,
+            ImportFirmwareKey: self._import_firmware_key,
+            ReadFirmwareKey: self._read_firmware_key,
+            VerifyFirmwareImage: self._verify_firmware,
+            ActivateFirmware: self._activate_firmware,
+            ReadFirmwareActivation: lambda _: self._firmware_activation(),
         }
 
     # -- the door ---------------------------------------------------------------------------------
@@ -980,6 +1064,174 @@ class LegalInterface:
             self._software_id.display_text,
             identification.marked_version(self._software_id.version, self._integrity.development_key),
             platform_id.identifier, platform_id.digest_hex)
+
+    # -- firmware (extension D) ----------------------------------------------------------------------
+    def _package_root(self) -> Path:
+        return (self._software_root or identification.LEGAL_PACKAGE_DIR).parent
+
+    def _running_parts(self) -> dict[str, firmware.RunningPart]:
+        application = identification.compute_application_id(self._package_root(), self._application_version)
+        return {firmware.PART_LEGAL: firmware.RunningPart(self._software_id.version, self._software_id.digest_hex),
+                firmware.PART_APPLICATION: firmware.RunningPart(application.version, application.digest_hex)}
+
+    def _import_firmware_key(self, cmd: ImportFirmwareKey) -> str:
+        if self._meta("firmware_key", None) is not None:
+            raise CommandRefused("a firmware key has been imported already; it is not replaced")
+        pem = cmd.public_key_pem.encode("ascii", "replace")
+        try:
+            public = firmware.public_key_of(pem)
+        except firmware.FirmwareImageError as exc:
+            raise CommandRefused(f"firmware key: {exc}") from None
+        if public != pem and not pem.startswith(b"-----BEGIN PUBLIC KEY-----"):
+            raise CommandRefused("firmware key: give the public key, never the private one")
+        with atomic(self._db):
+            self._put_meta("firmware_key", public.decode("ascii"))
+        return public_key_fingerprint(public)
+
+    def _read_firmware_key(self, _: ReadFirmwareKey) -> tuple[str, str] | None:
+        pem = self._meta("firmware_key", None)
+        return None if pem is None else (pem, public_key_fingerprint(pem.encode("ascii")))
+
+    def _holding_image(self) -> bytes:
+        try:
+            with open(self._data_dir / firmware.HOLDING_FILE, "rb") as f:
+                return f.read(firmware.MAX_FIRMWARE_IMAGE_SIZE + 1)
+        except OSError:
+            return b""
+
+    @staticmethod
+    def _title(hex_title: str) -> bytes:
+        try:
+            title = bytes.fromhex(hex_title)
+        except ValueError:
+            title = b""
+        return title if len(title) == 8 else NO_CLIENT
+
+    def _cert_log_room(self) -> int:
+        return self._cert_log.capacity - self._cert_log.count()
+
+    def _verify_firmware(self, cmd: VerifyFirmwareImage) -> FirmwareVerification:
+        try:
+            identifier = bytes.fromhex(cmd.identifier_hex)
+        except ValueError:
+            raise CommandRefused("identifier_hex is not hex") from None
+        raw = self._holding_image()
+        key = self._meta("firmware_key", None)
+        if not self._parameters.values().get("firmware_download", 1):
+            verdict = firmware.Verdict(False, "download of software is disabled on this meter (sealed setting)",
+                                       None, "")
+        else:
+            verdict = firmware.verify_firmware_image(
+                raw, key_pem=key.encode("ascii") if key else None, identifier=identifier, size=cmd.size,
+                meter_type=self._meter_type, running=self._running_parts(),
+                anchored_keys=identification.anchored_keys())
+        image = verdict.image
+        legal_part = image is None or image.part(firmware.PART_LEGAL) is not None
+        if verdict.ok and legal_part and self._cert_log_room() < 2:
+            # the activation must be recordable too (D4: when the log is full, downloads are impossible)
+            verdict = firmware.Verdict(False, "the certification protected log is full: no download of the legally "
+                                       "relevant part until it is read out and cleared", image, verdict.sha256)
+        if legal_part and self._cert_log_room() > 0:
+            legal = image.part(firmware.PART_LEGAL) if image else None
+            downloaded = (f"{legal.version} {legal.digest[:8]}" if legal else identifier[:64].decode("latin-1"))
+            self._cert_log.append(int(self._now()), EVENT_LR_FIRMWARE_READY if verdict.ok else EVENT_LR_FIRMWARE_FAILED,
+                                  self._title(cmd.client_system_title), downloaded.encode("latin-1", "replace"))
+        with atomic(self._db):
+            self._put_meta("firmware_verified", {"sha256": verdict.sha256, "initiator": cmd.client_system_title,
+                                                 "identifier": image.identifier} if verdict.ok else None)
+        return FirmwareVerification(
+            verdict.ok, verdict.reason, image.identifier if image else "", len(raw),
+            image.signature.hex() if image else "", verdict.sha256,
+            tuple((p.b, p.name, p.version, p.digest) for p in image.parts) if image else ())
+
+    def _activate_firmware(self, cmd: ActivateFirmware) -> str:
+        verified = self._meta("firmware_verified", None)
+        if not isinstance(verified, dict):
+            raise CommandRefused("no verified image: verify before activation")
+        raw = self._holding_image()
+        if hashlib.sha256(raw).hexdigest() != verified.get("sha256"):
+            raise CommandRefused("the image changed since it was verified: verify again")
+        failures = self._meta("firmware_failures", {})
+        if isinstance(failures, dict) and failures.get(verified["sha256"], 0) >= FIRMWARE_ATTEMPTS:
+            raise CommandRefused(f"this image failed to start {FIRMWARE_ATTEMPTS} times: it is not tried again")
+        image = firmware.parse_firmware_image(raw)
+        legal = image.part(firmware.PART_LEGAL)
+        if legal is not None and self._cert_log_room() < 1:
+            raise CommandRefused("the certification protected log is full")
+        running = self._running_parts()
+        expected = {p: (image.part(p) or running[p]).digest
+                    for p in (firmware.PART_LEGAL, firmware.PART_APPLICATION)}
+        sequence = int(self._meta("firmware_sequence", 0)) + 1
+        slot = f"{sequence:04d}-{verified['sha256'][:12]}"
+        pending = {"sequence": sequence, "slot": slot, "identifier": image.identifier, "sha256": verified["sha256"],
+                   "legal_part": legal is not None, "initiator": cmd.client_system_title,
+                   "legal_digest": expected[firmware.PART_LEGAL],
+                   "application_digest": expected[firmware.PART_APPLICATION],
+                   "legal_id": f"{legal.version} {legal.digest[:8]}" if legal else ""}
+        # recorded first: a power failure from here on ends as a failed activation unless the new
+        # software is what then runs
+        with atomic(self._db):
+            self._put_meta("firmware_sequence", sequence)
+            self._put_meta("firmware_pending", pending)
+            self._put_meta("firmware_verified", None)
+        self._persist(force=True)
+        try:
+            firmware.install_firmware_image(image, raw, self._package_root(), self._data_dir, slot)
+            record = firmware.read_boot_record(self._data_dir)
+            record["trial"] = {"slot": slot, "attempts": 0, "identifier": image.identifier,
+                               "legal_digest": pending["legal_digest"],
+                               "application_digest": pending["application_digest"]}
+            firmware.write_boot_record(self._data_dir, record)
+        except (OSError, firmware.FirmwareImageError) as exc:
+            self._conclude_activation(pending, False, f"installation failed: {exc}")
+            raise CommandRefused(f"installation failed: {exc}") from None
+        return slot
+
+    def _settle_firmware_activation(self) -> None:
+        """At start: an activation was pending; is the software it installs what runs now?"""
+        pending = self._meta("firmware_pending", None)
+        if not isinstance(pending, dict):
+            return
+        running = self._running_parts()
+        ok = (running[firmware.PART_LEGAL].digest == pending.get("legal_digest")
+              and running[firmware.PART_APPLICATION].digest == pending.get("application_digest"))
+        reason = ""
+        if not ok:
+            last = firmware.read_boot_record(self._data_dir).get("last") or {}
+            reason = (last.get("reason") if isinstance(last, dict) and last.get("slot") == pending.get("slot")
+                      else "") or "the new software did not come up; the previous software runs"
+        self._conclude_activation(pending, ok, str(reason)[:200])
+
+    def _conclude_activation(self, pending: dict, ok: bool, reason: str) -> None:
+        if pending.get("legal_part") and self._cert_log_room() > 0:
+            shown = self._firmware_id if ok else pending.get("legal_id", "")
+            self._cert_log.append(int(self._now()), EVENT_LR_FIRMWARE_ACTIVATED if ok else EVENT_LR_FIRMWARE_FAILED,
+                                  self._title(str(pending.get("initiator", ""))), str(shown).encode("latin-1", "replace"))
+        failures = self._meta("firmware_failures", {})
+        failures = failures if isinstance(failures, dict) else {}
+        if not ok:
+            sha = str(pending.get("sha256", ""))
+            failures[sha] = failures.get(sha, 0) + 1
+            failures = dict(list(failures.items())[-16:])
+        with atomic(self._db):
+            self._put_meta("firmware_pending", None)
+            self._put_meta("firmware_failures", failures)
+            self._put_meta("firmware_outcome", {
+                "sequence": pending.get("sequence", 0), "outcome": "activated" if ok else "failed",
+                "identifier": pending.get("identifier", ""), "reason": reason,
+                "legal_part": bool(pending.get("legal_part"))})
+
+    def _firmware_activation(self) -> FirmwareActivation:
+        pending = self._meta("firmware_pending", None)
+        if isinstance(pending, dict):
+            return FirmwareActivation(int(pending.get("sequence", 0)), "pending", str(pending.get("identifier", "")),
+                                      "", bool(pending.get("legal_part")))
+        outcome = self._meta("firmware_outcome", None)
+        if not isinstance(outcome, dict):
+            return FirmwareActivation(0, "none", "", "", False)
+        return FirmwareActivation(int(outcome.get("sequence", 0)), str(outcome.get("outcome", "")),
+                                  str(outcome.get("identifier", "")), str(outcome.get("reason", "")),
+                                  bool(outcome.get("legal_part")))
 
     # -- measurement ------------------------------------------------------------------------------
     def _on_measurement(self, measurement: Measurement) -> None:

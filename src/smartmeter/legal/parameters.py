@@ -210,6 +210,9 @@ PARAMETERS: Mapping[str, ParameterSpec] = {
                       minimum=0, maximum=4),
         ParameterSpec("remote_sensor_id", str, "", "", "identifier of the paired remote sensor ('' = none)",
                       max_length=32),
+        ParameterSpec("firmware_download", int, "0/1", 1,
+                      "download of software: 1 enabled, 0 disabled (the sealable setting of WELMEC 7.2 D1)",
+                      allowed=(0, 1)),
     )
 }
 

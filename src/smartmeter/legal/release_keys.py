@@ -42,4 +42,11 @@ DEVELOPMENT_KEYS: dict[str, tuple[bytes, str]] = {
         b'-----END PUBLIC KEY-----\n',
         'root@vm 2026-12-04',
     ),
+    '66abba96a1356aad': (
+        b'-----BEGIN PUBLIC KEY-----\n'
+        b'MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEY2eFl2GTxpEVEkoS0SCCenDKZGB5\n'
+        b'fwLW/0wavD4m2dNl4epSAkgbs/9QEKyHO02blTXhirG5ozz7a1BsciZYCQ==\n'
+        b'-----END PUBLIC KEY-----\n',
+        'root@vm 2026-12-04',
+    ),
 }

@@ -212,7 +212,7 @@ class Meter:
             "phases": config.phases, "realtime": config.realtime,
             "fault_injection": config.fault_injection, "application_version": __version__,
             "sensor": config.sensor, "sensor_port": config.sensor_port,
-            "meter_id": self.identity.system_title.hex(),
+            "meter_id": self.identity.system_title.hex(), "meter_type": config.meter_type,
             # a clock of its own at this speed, unless a test drives the time through the commands
             "speed": config.speed if (config.realtime or config.speed != 1.0) else None,
             "start_time": config.start_time, "time_zone": config.time_zone})
