@@ -29,10 +29,12 @@ from smartmeter.cli.sim import sim_group
 from smartmeter.cosem.data import DataType
 from smartmeter.cosem.obis import Obis
 from smartmeter.errors import SmartmeterError
+from smartmeter.legal import interface as legal
 from smartmeter.legal.interface import LegalProcessDown
 
 DEFAULT_WRAPPER_PORT = 4059
 DEFAULT_HDLC_PORT = 4061
+RESTART_DELAY = 0.5  # s between an activation's response and the meter's stop for its restart
 
 
 def fail(message: str, hint: str = "") -> None:
@@ -135,19 +137,27 @@ def meter() -> None:
                    "(meter local time) or 2026-03-28T21:00+00:00.")
 @click.option("--phases", type=click.Choice(["1", "3"]), default="1", show_default=True,
               help="A single-phase (meter type 100) or three-phase meter (300); fixed at the first start.")
+@click.option("--firmware-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              metavar="PEM", help="Production: the public key firmware images must be signed with, imported at the "
+                                  "first start (without it the meter makes a demo key pair in its credentials).")
 @click.option("--banner", is_flag=True, help="Print the client commands to try once listening.")
 def meter_run(data_dir: Path, host: str, wrapper_port: int, hdlc_port: int, serial_device: str | None,
               serial_number: str, profile: str, sensor_port: int | None, speed: float, start_time: str | None,
-              phases: str, banner: bool) -> None:
+              phases: str, firmware_key: Path | None, banner: bool) -> None:
     """Start a meter with embedded defaults, driven by a simulated household load.
 
     On first start it back-fills 30 days of 15-minute load profile. Ctrl-C stops it cleanly.
     `smartmeter sim` changes its physical world (supply, covers, load, ...) while it runs.
     """
+    from smartmeter.meter import boot
+
+    if not os.environ.get(boot.ENV_BOOTED) and (data_dir / "firmware").is_dir():
+        _boot_installed_software(data_dir)  # runs an activated firmware instead of this one, if there is one
     from smartmeter.meter.clock import DEFAULT_TIME_ZONE
     from smartmeter.meter.runtime import Meter, MeterConfig
 
-    start = _parse_start_time(start_time, DEFAULT_TIME_ZONE)
+    # a restart on activated software repeats the command line, whose start time was for the first start
+    start = None if os.environ.get(boot.ENV_RESTARTED) else _parse_start_time(start_time, DEFAULT_TIME_ZONE)
     if start is not None and (data_dir / "legal.sqlite3").exists():
         raise UsageProblem(f"--start-time is for a fresh data directory, and {data_dir} has run",
                            "choose a new --data-dir, or leave --start-time out to continue this meter's time")
@@ -165,12 +175,36 @@ def meter_run(data_dir: Path, host: str, wrapper_port: int, hdlc_port: int, seri
     meter_ = Meter(MeterConfig(data_dir=data_dir, serial=serial_number, profile=profile, realtime=True,
                                meter_type=100 if phases == "1" else 300,
                                sensor="remote" if sensor_port is not None else "synthetic", sensor_port=sensor_port,
-                               speed=speed, start_time=start, backfill_days=0 if start is not None else 30))
+                               speed=speed, start_time=start, backfill_days=0 if start is not None else 30,
+                               firmware_key=firmware_key))
     try:
         asyncio.run(_serve(meter_, host, wrapper_port, hdlc_port, serial_device, banner))
     finally:
         meter_.close()
+    if meter_.restart_requested:
+        click.echo("meter stopped for the activation of new software; state saved; restarting")
+        boot.restart()
     click.echo("meter stopped; state saved in " + str(data_dir))
+
+
+def _boot_installed_software(data_dir: Path) -> None:
+    """Decide a pending trial of newly activated software and run the active firmware slot."""
+    from smartmeter.meter import boot
+
+    before = legal.read_boot_record(data_dir)
+    trial = before.get("trial")
+    if isinstance(trial, dict):
+        click.echo(f"firmware: trying the activated software {trial.get('identifier', '')} ...")
+    slot = boot.choose(data_dir)
+    last = legal.read_boot_record(data_dir).get("last")
+    if isinstance(trial, dict) and isinstance(last, dict):
+        if last.get("outcome") == "activated":
+            click.echo(f"firmware: {last.get('identifier', '')} passed its self-test and runs now")
+        else:
+            click.echo(f"firmware: {last.get('identifier', '')} was not activated: {last.get('reason', '')}; "
+                       "the previous software runs", err=True)
+    if slot is not None:
+        boot.run_slot(data_dir, slot)
 
 
 def _parse_start_time(text: str | None, zone_name: str) -> float | None:
@@ -340,6 +374,8 @@ async def _serve(meter_, host: str, wrapper_port: int, hdlc_port: int, serial_de
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # an activated firmware: stop as for Ctrl-C once the activation's response has gone out, then restart
+    meter_.on_restart = lambda: loop.call_soon_threadsafe(loop.call_later, RESTART_DELAY, stop.set)
     registration = asyncio.create_task(meter_.run_registration())
     await stop.wait()
     registration.cancel()

@@ -1927,17 +1927,20 @@ def read_stored_time_base(data_dir: Path) -> TimeBaseState | None:
         return None
 
 
-def identify_software(application_version: str, in_legal_process: bool = False) -> SoftwareIdentity:
+def identify_software(application_version: str, in_legal_process: bool = False,
+                      fallback: bool = True) -> SoftwareIdentity:
     """The software identification as the meter shows it, computed from the installed files
     by a freshly started legal process (so the platform part is what a meter's legal process
-    loads); in-process if that process cannot start (e.g. legal/ does not even compile)."""
+    loads); in-process if that process cannot start (e.g. legal/ does not even compile), unless
+    `fallback` is False: then LegalProcessDown (a self-test needs the process to start)."""
     if not in_legal_process:
         from smartmeter.legal.process import identify_in_legal_process
 
         try:
             return identify_in_legal_process(application_version)
         except LegalProcessDown:
-            pass
+            if not fallback:
+                raise
     integrity = identification.check_software()
     software = integrity.actual or identification.compute_software_id()
     application = identification.compute_application_id(version=application_version)
@@ -1946,3 +1949,11 @@ def identify_software(application_version: str, in_legal_process: bool = False) 
                             integrity.ok, integrity.reason.value, integrity.development_key, software.display_text,
                             identification.marked_version(software.version, integrity.development_key),
                             platform_id.identifier, platform_id.digest_hex)
+
+
+def package_digests(package_root: Path) -> tuple[str, str]:
+    """(legal digest, application digest) of the `smartmeter` package at `package_root`, as the
+    identifier objects would show them when it runs (the boot code checks an installed slot)."""
+    root = Path(package_root)
+    return (identification.compute_software_id(root / identification.LEGAL_DIR_NAME).digest_hex,
+            identification.compute_application_id(root).digest_hex)

@@ -80,3 +80,26 @@ def provision_demo(security: MeterSecurity, data_dir: Path) -> bool:
         write_credentials(credentials / f"{client.name}.json", fields)
     store.put(PROVISIONED, True)
     return True
+
+
+FIRMWARE_KEY = "firmware-signing-key.pem"
+
+
+def demo_firmware_key(data_dir: Path) -> bytes:
+    """A demo firmware signing key pair in DATA_DIR/credentials/demo-pki/ (the private key, 0600, is
+    what `smartmeter fw sign --key` takes); -> the public key PEM the meter imports."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    pki_dir = data_dir / "credentials" / "demo-pki"
+    pki.make_private_directory(data_dir / "credentials")
+    pki_dir.mkdir(parents=True, exist_ok=True)
+    path = pki_dir / FIRMWARE_KEY
+    if path.exists():
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    else:
+        key = ec.generate_private_key(ec.SECP256R1())
+        pki.write_owner_only(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                     serialization.NoEncryption()))
+    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    pki.write_owner_only(pki_dir / "firmware-signing-key.pub.pem", public)
+    return public

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from smartmeter.meter.schedule import Passage
 from smartmeter.meter.scheduler import SchedulerEngine
 from smartmeter.meter.simulation import HouseholdLoad
 from smartmeter.meter.world import PHASES, PhysicalWorld, WorldChange
-from smartmeter.meter.provisioning import provision_demo
+from smartmeter.meter.provisioning import demo_firmware_key, provision_demo
 from smartmeter.meter.push import NetworkAddresses, PushService
 from smartmeter.meter.quality_monitor import PowerQualityMonitor
 from smartmeter.meter.security import MeterSecurity
@@ -68,6 +69,8 @@ class MeterConfig:
     # meter); start_time: the simulated time at the first start of a fresh data directory
     speed: float = 1.0
     start_time: float | None = None
+    # production: the firmware verification key (PEM public key) imported at the first start
+    firmware_key: Path | None = None
 
     @property
     def measures_continuously(self) -> bool:
@@ -241,6 +244,9 @@ class Meter:
         if provision_demo(self.security, config.data_dir):
             log.info("demo credentials for every client written to %s", config.data_dir / "credentials")
         hand_over_certification_secret(self.security, self.legal)
+        self._import_firmware_key(config)
+        self.restart_requested = False
+        self.on_restart: Callable[[], None] | None = None  # set by whoever runs the meter (cli `meter run`)
         self.software = self.legal.execute(legal.ReadSoftwareIdentity())  # fixed while running
         self.billing = BillingProfile(self.legal, self.clock, self.store, now=self._meter_time)
         self.power_quality = PowerQualityMonitor(self.events, self.store, self.clock, config.phases)
@@ -278,6 +284,25 @@ class Meter:
         for register in (1, 2, 3):  # an alarm pending over a restart is announced again
             self._descriptor_changed(register, self.alarms.descriptor(register))
         self.legal.execute(legal.StartDemandPeriod(int(self._last_tick)))
+
+    def _import_firmware_key(self, config: MeterConfig) -> None:
+        """The key images must be signed with: production imports it (`--firmware-key`), once; a
+        meter without one makes a demo key pair beside its demo credentials."""
+        if self.legal.execute(legal.ReadFirmwareKey()) is not None:
+            if config.firmware_key is not None:
+                log.warning("a firmware key was imported at this meter's first start; --firmware-key is ignored")
+            return
+        if config.firmware_key is not None:
+            pem = config.firmware_key.read_bytes()
+        else:
+            pem = demo_firmware_key(config.data_dir)
+        self.legal.execute(legal.ImportFirmwareKey(pem.decode("ascii", "replace")))
+
+    def request_restart(self) -> None:
+        """Stop and start again (through the boot code): how activated software comes to run."""
+        self.restart_requested = True
+        if self.on_restart is not None:
+            self.on_restart()
 
     def _bindings(self) -> dict:
         energy = lambda name: Binding(lambda: Data.double_long_unsigned(getattr(self.legal.execute(legal.ReadEnergyRegisters()), name)))  # noqa: E731
