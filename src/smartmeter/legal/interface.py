@@ -89,6 +89,10 @@ EVENT_REGISTERS_BELOW_PROFILE = 207
 EVENT_DEMO_HISTORY = 208
 EVENT_TIME_CHANGED = 213
 EVENT_AUTHORITY_REFUSED = 214  # a command claiming or needing the certification authority was refused
+# seconds of signal the measuring front end keeps while the software restarts for an activation:
+# a restart within it loses no energy (the new software catches it up); a longer one is an outage
+WARM_RESTART_BUFFER = 300.0
+EVENT_WARM_RESTART = 215  # metrological log: restart for a firmware activation, the gap caught up
 FIRMWARE_ATTEMPTS = 3  # starts of one image that may fail before it is refused (D1: re-install attempts are limited)
 AUTHORITY_LOG_PERIOD = 3600.0  # seconds: one log entry per refusal condition per period (evidence, not a flood)
 FAULTY_OPERATION_EVENTS = {"sensor_gap": 209, "sensor_silent": 210, "sensor_resumed": 211,
@@ -749,6 +753,12 @@ class LegalInterface:
         self._apply_speed(speed, start_time)
         # the last instant persisted before this start is when the supply failed (or the meter stopped)
         self._outage: tuple[int | None, bool] | None = (self._meta("alive", None), bool(self._meta("stopped_cleanly", False)))
+        # a restart for a firmware activation is not an outage: the signal of the gap is measured
+        warm_stop = self._meta("warm_stop", None)
+        gap = time.time() - warm_stop if isinstance(warm_stop, (int, float)) else None
+        self._warm_backlog = gap if gap is not None and 0 <= gap <= WARM_RESTART_BUFFER else 0.0
+        if self._warm_backlog:
+            self._outage = None
         self._powered = not self._meta("powered_down", False)
         self._fatal = int(self._meta("fatal_errors", 0))
         self._integrity = identification.check_software(self._software_root)
@@ -788,6 +798,11 @@ class LegalInterface:
                 self._put_meta("meter_type", int(meter_type))
         self._meter_type = int(self._meta("meter_type", 0) or 0)
         self._settle_firmware_activation()
+        if warm_stop is not None:
+            if self._warm_backlog:
+                self._log_event(EVENT_WARM_RESTART, {"gap": float(self._warm_backlog)})
+            with atomic(self._db):
+                self._put_meta("warm_stop", None)
         remote = None
         if sensor == "remote":
             try:
@@ -1174,6 +1189,7 @@ class LegalInterface:
             self._put_meta("firmware_sequence", sequence)
             self._put_meta("firmware_pending", pending)
             self._put_meta("firmware_verified", None)
+            self._put_meta("warm_restart", True)
         self._persist(force=True)
         try:
             firmware.install_firmware_image(image, raw, self._package_root(), self._data_dir, slot)
@@ -1215,6 +1231,7 @@ class LegalInterface:
             failures = dict(list(failures.items())[-16:])
         with atomic(self._db):
             self._put_meta("firmware_pending", None)
+            self._put_meta("warm_restart", False)
             self._put_meta("firmware_failures", failures)
             self._put_meta("firmware_outcome", {
                 "sequence": pending.get("sequence", 0), "outcome": "activated" if ok else "failed",
@@ -1809,7 +1826,7 @@ class LegalInterface:
         housekeeping that persists every second and re-checks the software periodically."""
         self._started = True
         if self._realtime and self._powered:
-            self._metering.start()
+            self._metering.start(self._warm_backlog)
         if self._sensor_port is not None:
             self._udp = self._metering.serve_udp("127.0.0.1", self._sensor_port)
         self._housekeeper = threading.Thread(target=self._housekeeping, name="legal-housekeeping", daemon=True)
@@ -1841,6 +1858,9 @@ class LegalInterface:
             if self._powered:  # a clean stop: the next start is a power-up after a known power-down
                 with atomic(self._db):
                     self._put_meta("stopped_cleanly", True)
+                    if self._meta("warm_restart", False):  # stopped to run activated software
+                        self._put_meta("warm_restart", False)
+                        self._put_meta("warm_stop", time.time())
             for table in (self._lp1, self._lp2):
                 try:
                     table.checkpoint()

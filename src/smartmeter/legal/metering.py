@@ -496,14 +496,16 @@ class MeteringUnit:
     def restarts(self) -> int:
         return self._restarts
 
-    def start(self) -> None:
+    def start(self, backlog: float = 0.0) -> None:
         """Start the real-time loop and its watchdog. The signal is due from now on, continuing
-        from the current position (time spent stopped is not measured)."""
+        from the current position (time spent stopped is not measured), or, with `backlog`, from
+        that many seconds ago: the signal a measuring front end kept while the software restarted
+        (it is caught up frame by frame, like a late loop's)."""
         with self._lock, self._control:  # lock order everywhere: _lock, then _control
             if self._running:
                 return
             self._running = True
-            self._origin = (self._monotonic(), self.position)
+            self._origin = (self._monotonic() - max(0.0, float(backlog)), self.position)
             self._max_lag = 0.0
             self._stall_release.clear()
             self._start_loop_locked()

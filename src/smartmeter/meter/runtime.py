@@ -33,6 +33,7 @@ from smartmeter.meter.schedule import Passage
 from smartmeter.meter.scheduler import SchedulerEngine
 from smartmeter.meter.simulation import HouseholdLoad
 from smartmeter.meter.world import PHASES, PhysicalWorld, WorldChange
+from smartmeter.meter.image_transfer import ActivationRefused, ImageTransfer, TransferStatus, Verification
 from smartmeter.meter.provisioning import demo_firmware_key, provision_demo
 from smartmeter.meter.push import NetworkAddresses, PushService
 from smartmeter.meter.quality_monitor import PowerQualityMonitor
@@ -85,6 +86,8 @@ class MeterConfig:
 
 # the fatal error register's bits (legal part) and the event each raises once (IDIS codes)
 FATAL_EVENTS = {0x01: 12, 0x04: 14, 0x08: 16, 0x10: 15}
+EVENT_FIRMWARE_ACTIVATED = 18  # G_EC_02 (the engine logs 17 and 51 of a verification)
+EVENT_FIRMWARE_FAILED = 51
 # root causes in the physical world: (cause, whether the world has it, event when it starts,
 # event when it ends, alarm flag); the events and the alarm follow the world's state
 WORLD_CAUSES = (
@@ -254,6 +257,10 @@ class Meter:
         self.network = NetworkAddresses()  # the LAN/WAN interface's addresses, once it serves (lan_wan_started)
         # the pushes (§10); its sender is the event loop's, set while the interfaces run (cli `meter run`)
         self.push = PushService(self.clock, self._meter_time, self._pushed)
+        # the firmware upgrade (§7): blocks held beside the data, verified and installed by the legal part
+        self.image_transfer = ImageTransfer(self.store, config.data_dir / Path(legal.HOLDING_FILE).parent,
+                                            self._verify_image, self._activate_image, self._image_event,
+                                            legal.MAX_FIRMWARE_IMAGE_SIZE)
         self.directory = self.model.instantiate(self._bindings())
         self.server = DlmsServer(self.directory, system_title=self.identity.system_title,
                                  clock_bytes=self.clock.cosem_now, on_event=self.on_event,
@@ -284,6 +291,7 @@ class Meter:
         for register in (1, 2, 3):  # an alarm pending over a restart is announced again
             self._descriptor_changed(register, self.alarms.descriptor(register))
         self.legal.execute(legal.StartDemandPeriod(int(self._last_tick)))
+        self._settle_activation()
 
     def _import_firmware_key(self, config: MeterConfig) -> None:
         """The key images must be signed with: production imports it (`--firmware-key`), once; a
@@ -297,6 +305,48 @@ class Meter:
         else:
             pem = demo_firmware_key(config.data_dir)
         self.legal.execute(legal.ImportFirmwareKey(pem.decode("ascii", "replace")))
+
+    # -- firmware upgrade (companion §7) --------------------------------------------------------------
+    @staticmethod
+    def _requester(ctx) -> str:
+        """The requesting client's system title (hex) as the certification log records it; "" if none."""
+        title = getattr(getattr(ctx, "association", None), "requester_system_title", None)
+        return title.hex() if isinstance(title, (bytes, bytearray)) and len(title) == 8 else ""
+
+    def _verify_image(self, identifier: bytes, size: int, ctx) -> Verification:
+        result = self.legal.execute(legal.VerifyFirmwareImage(identifier.hex(), size, self._requester(ctx)))
+        return Verification(result.ok, result.reason, result.identifier.encode("ascii", "replace"), result.size,
+                            bytes.fromhex(result.signature_hex))
+
+    def _activate_image(self, ctx) -> None:
+        try:
+            slot = self.legal.execute(legal.ActivateFirmware(self._requester(ctx)))
+        except legal.CommandRefused as exc:
+            raise ActivationRefused(str(exc)) from None
+        log.warning("firmware installed in %s; the meter restarts on it", slot)
+        self.request_restart()
+
+    def _image_event(self, code: int, ctx) -> None:
+        self.events.record(code, self._context(getattr(ctx, "association", None)))
+
+    def _settle_activation(self) -> None:
+        """After a restart for an activation: did the new software come up? (The legal part decided
+        at its start; here the image transfer's status and the standard and security logs learn it.)"""
+        outcome = self.legal.execute(legal.ReadFirmwareActivation())
+        if outcome.outcome in ("activated", "failed") and outcome.sequence > self.store.get("firmware.reported", 0):
+            ok = outcome.outcome == "activated"
+            finished = self.image_transfer.activation_finished(ok, outcome.reason)
+            if ok:
+                self.events.record(EVENT_FIRMWARE_ACTIVATED)
+                log.warning("firmware %s activated", outcome.identifier)
+            else:
+                if not finished:  # the transfer's state did not get to say so: the failure is logged here
+                    self.events.record(EVENT_FIRMWARE_FAILED)
+                log.warning("firmware %s not activated: %s", outcome.identifier, outcome.reason)
+            self.store.put("firmware.reported", outcome.sequence)
+        elif outcome.outcome != "pending" and self.image_transfer.status == TransferStatus.ACTIVATION_INITIATED:
+            # stopped before the legal part took the activation: nothing was installed
+            self.image_transfer.activation_finished(False, "the activation was interrupted before the installation")
 
     def request_restart(self) -> None:
         """Stop and start again (through the boot code): how activated software comes to run."""
@@ -369,6 +419,7 @@ class Meter:
                 lambda: Data.octet_string(self.software.application_version.encode())),
             "application.firmware_signature": Binding(
                 lambda: Data.octet_string(bytes.fromhex(self.software.application_digest))),
+            "firmware.image_transfer": self.image_transfer,
             "legal.parameter_record_number": Binding(
                 lambda: Data.double_long_unsigned(self.legal.execute(legal.ReadParameterRecordNumber()))),
             "legal.fatal_errors": Binding(lambda: Data.double_long_unsigned(self.legal.execute(legal.ReadFatalErrors()))),
@@ -859,6 +910,7 @@ class Meter:
         self._ticking = True
         try:
             self._tick()
+            self.image_transfer.tick()  # blocks received in the last second, stored
         finally:
             self._ticking = False
 
@@ -926,6 +978,7 @@ class Meter:
 
     def close(self) -> None:
         self.tick()
+        self.image_transfer.close()
         self.wz_guard.checkpoint()
         self.security.flush_counters()  # exact frame counters: a clean restart skips none
         self.legal.close()
