@@ -564,3 +564,33 @@ def test_each_step_alone_on_a_meter():
         return await firmware.read_status(client)
 
     assert run(steps()) == 5 and meter.image() == image
+
+
+def test_the_same_image_verified_and_waiting_is_activated_without_sending_it_again():
+    meter = FakeMeter(block_size=100)
+    image = image_of(300)
+    first = run(firmware.upgrade(FakeClient(meter), image, "X"))  # transfer and verify only
+    assert first.activation is None and meter.status == 3 and sum(meter.block_calls.values()) == 3
+    meter.requests.clear()
+    report = run(firmware.upgrade(FakeClient(meter), image, "X", activate="now"))
+    assert report.already_verified and report.sent == 0 and meter.status == 5
+    assert [r for r in meter.requests if r[0] == "action"] == [("action", str(IT), 4)]
+
+
+def test_another_image_verified_and_waiting_is_replaced():
+    meter = FakeMeter(block_size=100)
+    run(firmware.upgrade(FakeClient(meter), image_of(300), "OLD"))
+    image = image_of(300)
+    meter.block_calls.clear()
+    report = run(firmware.upgrade(FakeClient(meter), image, "NEW"))
+    assert not report.already_verified and meter.block_calls == {0: 1, 1: 1, 2: 1}
+    assert meter.identifier == b"NEW" and meter.image() == image and meter.status == 3
+
+
+def test_initiate_during_an_activation_says_to_wait_for_the_restart():
+    meter = FakeMeter(block_size=100, status=5, identifier=b"X", size=300)
+    with pytest.raises(UpgradeError) as caught:
+        run(firmware.upgrade(FakeClient(meter), image_of(300), "Y"))
+    assert str(caught.value) == ("image_transfer_initiate: other-reason (an activation is under way, "
+                                 "status 5 activation initiated)")
+    assert "wait for the meter to restart" in caught.value.hint

@@ -156,6 +156,7 @@ class UpgradeReport:
     block_size: int
     blocks: int
     already_on_meter: int = 0  # blocks the meter held at initiation (a resumed transfer)
+    already_verified: bool = False  # the meter held this image verified: nothing was transferred
     sent: int = 0  # image_block_transfer requests, resends included
     resent: int = 0  # of those, blocks sent again because the meter still missed them
     rounds: int = 0  # resend rounds needed
@@ -168,7 +169,8 @@ class UpgradeReport:
 
     def to_dict(self) -> dict:
         return {"identifier": self.identifier, "size": self.size, "block_size": self.block_size,
-                "blocks": self.blocks, "already_on_meter": self.already_on_meter, "sent": self.sent,
+                "blocks": self.blocks, "already_on_meter": self.already_on_meter,
+                "already_verified": self.already_verified, "sent": self.sent,
                 "resent": self.resent, "rounds": self.rounds, "seconds": round(self.seconds, 3),
                 "image_to_activate_info": [i.to_dict() for i in self.to_activate],
                 "activation": self.activation,
@@ -317,7 +319,11 @@ async def initiate(client, identifier: bytes, size: int) -> None:
             raise UpgradeError(step, "image transfers are disabled on the meter (image_transfer_enabled FALSE)",
                                result=exc.result, hint="enable them: smartmeter client --credentials FILE set "
                                                        "0-0:44.0.0.255:5 boolean:true") from None
-        if state is not None and Status.INITIATED <= state.status <= Status.ACTIVATION_INITIATED:
+        if state is not None and state.status == Status.ACTIVATION_INITIATED:
+            raise UpgradeError(step, f"an activation is under way, {status_text(state.status)}", result=exc.result,
+                               hint="wait for the meter to restart on the new software; read 0-0:44.0.0.255:6: "
+                                    "6 activation successful, 7 failed") from None
+        if state is not None and Status.INITIATED <= state.status <= Status.VERIFICATION_INITIATED:
             raise UpgradeError(step, f"another transfer is under way with another identifier or size, "
                                      f"{status_text(state.status)}", result=exc.result, hint=_ABORT_HINT) from None
         raise UpgradeError(step, f"the meter does not take identifier {_printable(identifier)!r} and size {size}",
@@ -626,6 +632,19 @@ async def upgrade(client, image: bytes, identifier: str | bytes, size: int | Non
     identifier_bytes = identifier.encode("ascii") if isinstance(identifier, str) else bytes(identifier)
     identifier_text = identifier if isinstance(identifier, str) else _printable(identifier_bytes)
 
+    # The same image verified and waiting (an earlier run without --activate): go straight to
+    # its activation; initiating again would start afresh and send every block once more.
+    if await read_status(client) == Status.VERIFICATION_SUCCESSFUL:
+        waiting = await info(client)
+        if any(i.identification == identifier_bytes and i.size == size for i in waiting):
+            current = await read_block_size(client)
+            report = UpgradeReport(identifier_text, size, current, block_count(size, current),
+                                   already_on_meter=block_count(size, current), already_verified=True,
+                                   status=Status.VERIFICATION_SUCCESSFUL, to_activate=waiting)
+            if progress is not None:
+                progress(report.blocks, report.blocks)
+            return await _activation(client, report, activate, reconnect, restart_timeout)
+
     if block_size is not None:
         current = await read_block_size(client)
         if current != block_size:
@@ -675,6 +694,11 @@ async def upgrade(client, image: bytes, identifier: str | bytes, size: int | Non
 
     report.status = await verify(client, timeout=verify_timeout)
     report.to_activate = await info(client)
+    return await _activation(client, report, activate, reconnect, restart_timeout)
+
+
+async def _activation(client, report: UpgradeReport, activate: str | dt.datetime | None, reconnect: Connect | None,
+                      restart_timeout: float) -> UpgradeReport:
     if activate is None:
         return report
     if isinstance(activate, dt.datetime):
