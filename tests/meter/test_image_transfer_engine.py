@@ -8,6 +8,7 @@ ceil(size / block_size) blocks, each `block_size` long but the last; the verify 
 here accepts exactly the bytes of the image the test sent (it reads the holding file back)."""
 from __future__ import annotations
 
+import base64
 import hashlib
 import math
 import os
@@ -62,9 +63,11 @@ class Meter:
         self.refuse_activation: str | None = None
         self.engine: ImageTransfer | None = None
         self.record_during_activation = None
+        self.record_during_verify = None
 
     def verify(self, identifier: bytes, size: int, ctx) -> Verification:
         self.verified.append((identifier, size, ctx))
+        self.record_during_verify = self.engine._store.get(KEY)
         held = self.engine.read_image()
         if self.expected is None or held != self.expected:
             return Verification(False, "digest mismatch")
@@ -573,7 +576,8 @@ def test_tick_stores_the_last_blocks_of_a_stalled_transfer(store, holding):
 
 
 def test_verify_stores_the_blocks_first(store, holding):
-    """Killed right after verification: the restart finds the image verified, not blocks missing."""
+    """The blocks are stored before the verification runs (a kill during it finds them all), and
+    killed right after it the restart finds the image verified."""
     image = image_of(300)
     meter = Meter(image)
     engine = start(store, holding, meter, Clock())  # the clock stands: no store by time
@@ -583,6 +587,8 @@ def test_verify_stores_the_blocks_first(store, holding):
     assert store.get(KEY)["status"] == 1 and start(store, holding, Meter()).transferred_blocks() == "000"
     meter.engine = engine
     engine.verify()
+    during = meter.record_during_verify
+    assert during["status"] == 1 and base64.b64decode(during["transfer"]["bitmap"]) == bytes([0b11100000])
     restarted = start(store, holding, meter)
     assert restarted.status == S.VERIFICATION_SUCCESSFUL and restarted.transferred_blocks() == "111"
     assert restarted.read_image() == image
