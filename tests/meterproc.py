@@ -60,13 +60,19 @@ class MeterProcess:
         return self.process.returncode
 
 
-def start_meter(data_dir: Path, *extra: str, cli_options: tuple[str, ...] = ()) -> MeterProcess:
-    """`smartmeter [cli_options] meter run [extra]` on free ports; `cli_options=("-v",)` logs at INFO."""
-    wrapper_port, hdlc_port = free_port(), free_port()
+def start_meter(data_dir: Path, *extra: str, cli_options: tuple[str, ...] = (), software: Path | None = None,
+                ports: tuple[int, int] | None = None) -> MeterProcess:
+    """`smartmeter [cli_options] meter run [extra]` on free ports; `cli_options=("-v",)` logs at INFO.
+    `software`: a directory holding a `smartmeter` package to run instead of the installed one (its
+    factory installation, as far as the meter's boot code is concerned). `ports`: (wrapper, HDLC)."""
+    wrapper_port, hdlc_port = ports or (free_port(), free_port())
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if software is not None:
+        env["PYTHONPATH"] = str(software)
     process = subprocess.Popen(
         [sys.executable, "-m", "smartmeter", *cli_options, "meter", "run", "--data-dir", str(data_dir),
          "--wrapper-port", str(wrapper_port), "--hdlc-port", str(hdlc_port), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
         start_new_session=True,  # its own process group: a "power failure" kills the legal process too
     )
     lines = []
