@@ -21,6 +21,7 @@ from pathlib import Path
 import click
 
 from smartmeter.cli import UsageProblem
+from smartmeter.cli.firmware import fw_group
 from smartmeter.cli.format import logical_name_paths, to_json, to_text
 from smartmeter.cli.hes import hes_group
 from smartmeter.cli.pki import pki_group
@@ -392,6 +393,7 @@ async def _serve(meter_, host: str, wrapper_port: int, hdlc_port: int, serial_de
 main.add_command(pki_group)
 main.add_command(sim_group)
 main.add_command(hes_group)
+main.add_command(fw_group)
 
 
 # --------------------------------------------------------------------------------------
@@ -408,7 +410,12 @@ def software_id(data_dir: Path | None, as_json: bool) -> None:
     as the legal process loads them) and the application's."""
     from smartmeter import __version__
     from smartmeter.legal.interface import identify_software
+    from smartmeter.meter import boot
 
+    if data_dir is not None and not os.environ.get(boot.ENV_BOOTED):
+        slot = boot.active_slot(data_dir)
+        if slot is not None:  # that meter runs activated firmware: let it identify itself
+            boot.run_slot(data_dir, slot)
     ident = identify_software(__version__)
     out = {"legal": {"version": ident.legal_version, "identifier": ident.legal_identifier, "sha256": ident.legal_digest,
                      "matches_signed_manifest": ident.ok, "check": ident.reason,
@@ -430,6 +437,7 @@ def software_id(data_dir: Path | None, as_json: bool) -> None:
 
         time_base = read_stored_time_base(data_dir)
         out["time_speed"] = time_base.speed if time_base is not None else 1.0
+        out["firmware_slot"] = os.environ.get(boot.ENV_BOOTED)
     if as_json:
         click.echo(json.dumps(out))
         return
@@ -443,6 +451,8 @@ def software_id(data_dir: Path | None, as_json: bool) -> None:
     click.echo(f"application            {out['application']['version']}  sha256 {out['application']['sha256']}")
     if "signing_key_sha256" in out:
         click.echo(f"meter signing key      sha256 {out['signing_key_sha256']}")
+    if os.environ.get(boot.ENV_BOOTED):
+        click.echo(f"installed              by a firmware upgrade: slot {os.environ[boot.ENV_BOOTED]} in {data_dir}")
     if out.get("time_speed", 1.0) != 1.0:
         click.echo(f"meter time             SIMULATED: runs {out['time_speed']:g}x faster than real time; not a legal meter")
     if not legal["matches_signed_manifest"]:

@@ -76,10 +76,15 @@ def choose(data_dir: Path) -> str | None:
         legal.write_boot_record(data_dir, record)
         if not ok:
             shutil.rmtree(slot_root(data_dir, slot), ignore_errors=True)
-    active = record.get("active")
-    if isinstance(active, str) and not (slot_root(data_dir, active) / "smartmeter").is_dir():
-        return None  # removed by hand: the factory installation is what is left
-    return active if isinstance(active, str) else None
+    return active_slot(data_dir)  # a slot removed by hand: the factory installation is what is left
+
+
+def active_slot(data_dir: Path) -> str | None:
+    """The slot the meter in `data_dir` runs now (None: its factory installation); decides nothing."""
+    active = legal.read_boot_record(data_dir).get("active")
+    if isinstance(active, str) and (slot_root(data_dir, active) / "smartmeter").is_dir():
+        return active
+    return None
 
 
 def _try(data_dir: Path, trial: dict) -> tuple[bool, str]:
