@@ -50,21 +50,24 @@ def image_of(size: int, seed: int = 3) -> bytes:
 
 
 def ksmw_entries() -> list[dict]:
-    """The three firmware objects as ksmw.toml declares them, for the test's clients: management
-    as `management` (SAP 1, no security here), fw_update as `fw` (SAP 3, pre-established)."""
+    """The three firmware objects as ksmw.toml declares them, for the test's clients (no security
+    here): management (SAP 1) and maintenance (SAP 6) as themselves, fw_update as `fw` (SAP 3,
+    pre-established)."""
     doc = tomllib.loads(resources.files("smartmeter.cosem.model").joinpath("ksmw.toml").read_text())
     wanted = ("0-0:44.0.0.255", "0-0:10.0.107.255", "0-0:15.0.2.255")
     entries = [dict(o) for o in doc["object"] if o["obis"] in wanted]
     assert sorted(o["obis"] for o in entries) == sorted(wanted)
     for o in entries:
         access = o.pop("access")
-        o["access"] = {{"fw_update": "fw"}.get(client, client): rights for client, rights in access.items()}
+        o["access"] = {",".join({"fw_update": "fw"}.get(c.strip(), c.strip()) for c in clients.split(",")): rights
+                       for clients, rights in access.items()}
     return entries
 
 
 MODEL = ObjectModel.from_toml({
     "profile": {"name": "test"},
     "clients": {"management": {"sap": 1, "interfaces": ["lan"], "mechanism": 0},
+                "maintenance": {"sap": 6, "interfaces": ["lan"], "mechanism": 0},
                 "fw": {"sap": 3, "interfaces": ["lan"], "mechanism": 0, "pre_established": True}},
     "object": ksmw_entries(),
 })
@@ -439,11 +442,16 @@ def test_the_model_entries_in_the_profiles():
         transfer = objects["0-0:44.0.0.255"]
         assert (transfer.class_id, transfer.version, transfer.config["image_transfer"]) == \
             (18, 0, "firmware.image_transfer")
-        management, fw = transfer.access_for("management"), transfer.access_for("fw_update")
-        assert (sorted(management.read), sorted(management.write), sorted(management.execute)) == \
-            ([1, 2, 3, 4, 5, 6, 7], [2, 5], [1, 2, 3, 4])
+        # the head-end (management) and the local tool over the optical port (maintenance) upgrade
+        for client in ("management", "maintenance"):
+            rights = transfer.access_for(client)
+            assert (sorted(rights.read), sorted(rights.write), sorted(rights.execute)) == \
+                ([1, 2, 3, 4, 5, 6, 7], [2, 5], [1, 2, 3, 4])
+            assert sorted(objects["0-0:15.0.2.255"].access_for(client).write) == [4]
+            assert not objects["0-0:10.0.107.255"].access_for(client).execute
+        fw = transfer.access_for("fw_update")
         assert (sorted(fw.read), sorted(fw.write), sorted(fw.execute)) == ([], [], [2])
         assert objects["0-0:15.0.2.255"].class_id == 22 and objects["0-0:10.0.107.255"].class_id == 9
-        assert sorted(objects["0-0:15.0.2.255"].access_for("management").write) == [4]
-        assert not objects["0-0:10.0.107.255"].access_for("management").execute
+        others = set(ObjectModel.load(profile).clients) - {"management", "maintenance", "fw_update"}
+        assert not others & set(transfer.access)
 
