@@ -88,3 +88,14 @@ def signed_image(root: Path, data_dir: Path, parts=(legal.PART_LEGAL, legal.PART
 
 def firmware_key(data_dir: Path) -> bytes:
     return (data_dir / "credentials" / "demo-pki" / "firmware-signing-key.pem").read_bytes()
+
+
+def tree_ids(root: Path) -> dict[str, tuple[str, str]]:
+    """part -> (version, digest hex) of the tree at `root`, computed here from its files: what the
+    meter's identifier objects show when it runs this software."""
+    package = root / "smartmeter"
+    legal_version = re.search(r'^LEGAL_VERSION = "([^"]*)"$', (package / "legal" / "identification.py").read_text(),
+                              re.M).group(1)
+    app_version = re.search(r'^__version__ = "([^"]*)"$', (package / "__init__.py").read_text(), re.M).group(1)
+    return {"legal": (legal_version, identification.compute_software_id(package / "legal").digest_hex),
+            "application": (app_version, identification.compute_application_id(package).digest_hex)}

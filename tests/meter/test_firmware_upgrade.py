@@ -19,7 +19,6 @@ from smartmeter.cosem.data import Data
 from smartmeter.hes import firmware as upgrade
 from smartmeter.hes.client import MeterClient
 from smartmeter.hes.credentials import client_from_options
-from smartmeter.legal import identification
 from smartmeter.legal import interface as legal
 
 STANDARD_LOG = "0-0:99.98.0.255"
@@ -34,17 +33,6 @@ def connect(meter, client: str = "management", hdlc: bool = False):
             physical_address=16, timeout=15)
         return MeterClient(link, mechanism=7 if client == "management" else 6, security=security)
     return make
-
-
-def tree_ids(root) -> dict:
-    """(version, digest) per part of the tree, computed here from its files."""
-    package = root / "smartmeter"
-    legal_files = identification.compute_software_id(package / "legal")
-    text = (package / "legal" / "identification.py").read_text()
-    legal_version = text.split('LEGAL_VERSION = "', 1)[1].split('"', 1)[0]
-    app_version = (package / "__init__.py").read_text().split('__version__ = "', 1)[1].split('"', 1)[0]
-    return {"legal": (legal_version, legal_files.digest_hex),
-            "application": (app_version, identification.compute_application_id(package).digest_hex)}
 
 
 def shown(firmware) -> dict:
@@ -86,7 +74,7 @@ def test_an_application_upgrade_over_the_wrapper_changes_only_the_application_id
     try:
         image = fs.signed_image(application, meter.data_dir, parts=(legal.PART_APPLICATION,))
         report, codes, certification, status = asyncio.run(_upgrade(meter, image, hdlc=False, client="management"))
-        before, after = tree_ids(factory), tree_ids(application)
+        before, after = fs.tree_ids(factory), fs.tree_ids(application)
         assert status == 6 and report.status == 6
         assert shown(report.firmware)["application"] == after["application"]
         assert shown(report.firmware)["legal"] == before["legal"]  # untouched: a release key, no "-DEV"
@@ -109,7 +97,7 @@ def test_both_parts_upgraded_over_hdlc_by_the_maintenance_client_are_certified(t
     try:
         image = fs.signed_image(both, meter.data_dir)
         report, codes, certification, status = asyncio.run(_upgrade(meter, image, hdlc=True, client="maintenance"))
-        expected = tree_ids(both)
+        expected = fs.tree_ids(both)
         assert status == 6
         assert shown(report.firmware)["legal"] == expected["legal"]
         assert shown(report.firmware)["application"] == expected["application"]
