@@ -167,6 +167,8 @@ class FakeMeter:
                 self.status = Status.VERIFICATION_INITIATED
                 raise AccessDenied(ActionResult.TEMPORARY_FAILURE, "action")
             self.status = 3 if self.verify_ok else 4
+            if not self.verify_ok:  # a failed verification answers other-reason, status 4 says why
+                raise AccessDenied(ActionResult.OTHER_REASON, "action")
         elif method == 4:
             if self.status in (5, 6):
                 return
@@ -383,8 +385,10 @@ def test_a_failed_verification_stops_before_anything_is_activated():
     with pytest.raises(UpgradeError) as caught:
         run(firmware.upgrade(FakeClient(meter), image_of(250), "X", activate="now"))
     error = caught.value
-    assert (error.step, error.result) == ("image_verify", None)
-    assert error.detail.endswith("status 4 verification failed") and "fw inspect" in error.hint
+    assert (error.step, error.result) == ("image_verify", ActionResult.OTHER_REASON)
+    assert str(error) == ("image_verify: other-reason (the meter does not accept the image (signature, identifier, "
+                          "size, meter type or version): status 4 verification failed)")
+    assert "fw inspect" in error.hint
     assert ("action", str(IT), 4) not in meter.requests and meter.status == 4
 
 
@@ -393,6 +397,14 @@ def test_verify_early_is_refused_and_names_the_missing_blocks():
     with pytest.raises(UpgradeError) as caught:
         run(firmware.verify(FakeClient(meter)))
     assert str(caught.value) == "image_verify: other-reason (3 block(s) missing, the first 2)"
+
+
+def test_a_verification_in_the_background_that_fails_is_named():
+    meter = FakeMeter(block_size=100, status=1, identifier=b"X", size=200, blocks={0: b"a" * 100, 1: b"b" * 100},
+                      verify_in_background=2, verify_ok=False)
+    with pytest.raises(UpgradeError) as caught:
+        run(firmware.verify(FakeClient(meter), poll=0.001))
+    assert caught.value.result is None and caught.value.detail.endswith("status 4 verification failed")
 
 
 def test_a_verification_in_the_background_is_polled_until_it_ends():

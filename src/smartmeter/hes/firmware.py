@@ -223,11 +223,18 @@ def _request_room(client) -> int | None:
 # ---------------------------------------------------------------------------- requests
 
 
+OBJECT_UNDEFINED = 4  # data-access-result: the object is not in this client's view of the model
+
+
 async def _get(client, attribute: int, step: str) -> Data:
     try:
         return await client.get(IMAGE_TRANSFER, attribute, class_id=IMAGE_TRANSFER_CLASS)
     except AccessDenied as exc:
-        raise UpgradeError(step, f"reading {IMAGE_TRANSFER}:{attribute} was refused", result=exc.result,
+        if int(exc.result) == OBJECT_UNDEFINED:
+            detail = f"this client does not see the image transfer object {IMAGE_TRANSFER}"
+        else:
+            detail = f"reading {IMAGE_TRANSFER}:{attribute} was refused"
+        raise UpgradeError(step, detail, result=exc.result,
                            hint="give the Management client's credentials file") from None
     except _LINK_ERRORS as exc:
         raise _link_error(step, exc) from None
@@ -290,9 +297,13 @@ async def set_block_size(client, block_size: int) -> None:
                          class_id=IMAGE_TRANSFER_CLASS)
     except AccessDenied as exc:
         state = await _state_or_none(client)
-        if state is not None and Status.INITIATED <= state.status <= Status.ACTIVATION_INITIATED:
+        if state is not None and Status.INITIATED <= state.status <= Status.VERIFICATION_INITIATED:
             detail = (f"a transfer is under way with blocks of {state.block_size} bytes, "
                       f"{status_text(state.status)}")
+            hint = f"upgrade without --block-size to go on with {state.block_size}, or {_ABORT_HINT}"
+        elif state is not None and Status.VERIFICATION_SUCCESSFUL <= state.status <= Status.ACTIVATION_INITIATED:
+            detail = (f"the last transfer keeps the block size {state.block_size} until it is activated or "
+                      f"aborted, {status_text(state.status)}")
             hint = f"upgrade without --block-size to go on with {state.block_size}, or {_ABORT_HINT}"
         else:
             detail = f"the meter does not take a block size of {block_size}"
@@ -409,7 +420,11 @@ async def verify(client, *, timeout: float = DEFAULT_VERIFY_TIMEOUT, poll: float
         await _action(client, VERIFY, Data.integer(0))
     except AccessDenied as exc:
         if int(exc.result) != TEMPORARY_FAILURE:  # verification is running: the status tells
-            raise UpgradeError(step, await _explain_verify_refusal(client), result=exc.result,
+            state = await _state_or_none(client)
+            if state is not None and state.status == Status.VERIFICATION_FAILED:
+                raise UpgradeError(step, _VERIFICATION_FAILED + status_text(state.status), result=exc.result,
+                                   hint=_VERIFICATION_FAILED_HINT) from None
+            raise UpgradeError(step, _explain_verify_refusal(state), result=exc.result,
                                hint=_verify_refusal_hint(exc)) from None
     except _LINK_ERRORS as exc:
         raise _link_error(step, exc) from None
@@ -421,10 +436,7 @@ async def verify(client, *, timeout: float = DEFAULT_VERIFY_TIMEOUT, poll: float
     if status == Status.VERIFICATION_SUCCESSFUL:
         return status
     if status == Status.VERIFICATION_FAILED:
-        raise UpgradeError(step, "the meter does not accept the image's signature, identifier, size or meter types: "
-                                 f"{status_text(status)}",
-                           hint="check the image with `smartmeter fw inspect` and that it is signed with the "
-                                "release key the meter trusts")
+        raise UpgradeError(step, _VERIFICATION_FAILED + status_text(status), hint=_VERIFICATION_FAILED_HINT)
     if status == Status.VERIFICATION_INITIATED:
         raise UpgradeError(step, f"still verifying after {timeout:g} s: {status_text(status)}",
                            hint="read 0-0:44.0.0.255:6 later: 3 verification successful, 4 failed")
@@ -432,8 +444,12 @@ async def verify(client, *, timeout: float = DEFAULT_VERIFY_TIMEOUT, poll: float
                        hint="run the upgrade again")
 
 
-async def _explain_verify_refusal(client) -> str:
-    state = await _state_or_none(client)
+_VERIFICATION_FAILED = "the meter does not accept the image (signature, identifier, size, meter type or version): "
+_VERIFICATION_FAILED_HINT = ("check the image with `smartmeter fw inspect --key KEY.pem`: it must be signed with the "
+                             "firmware key the meter trusts, be for its meter type and not go back in version")
+
+
+def _explain_verify_refusal(state: TransferState | None) -> str:
     if state is None:
         return "verification refused; the meter's state cannot be read"
     if not state.enabled:
