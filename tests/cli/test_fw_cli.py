@@ -1,11 +1,16 @@
 """`smartmeter fw build / sign / inspect / upgrade` as a user types them: images built from the
 package, signed, inspected and checked against a key; every mistake is one line on stderr and
-exit code 1, found before a meter is asked where it can be."""
+exit code 1, found before a meter is asked where it can be. Against real meter processes: an
+application upgrade activated now or at a time, a transfer cut by a power failure and resumed,
+and the meter's refusals as one line each."""
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 import io
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,8 +19,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 import smartmeter
-from meterproc import free_port
+from meterproc import free_port, start_meter
 from smartmeter.cli.firmware import ProgressBar, fw_group
+from smartmeter.cosem import axdr
+from smartmeter.cosem.data import Data
+from smartmeter.hes import firmware
+from smartmeter.hes.client import MeterClient
+from smartmeter.hes.connection import WrapperLink
+from smartmeter.hes.credentials import load_credentials
 
 PACKAGE = Path(smartmeter.__file__).parent
 
@@ -221,3 +232,224 @@ def test_the_progress_bar_redraws_in_place_and_ends_its_line():
     assert frames[1] == "[" + "#" * 15 + "." * 15 + "] 500/1000 blocks  50%  250 kB/s"
     assert frames[2].startswith("[" + "#" * 30 + "] 1000/1000 blocks 100%") and frames[2].endswith("\n")
     assert len(frames) == 3
+
+
+# ----------------------------------------------------------------------------- against a meter
+#
+# A real meter process (tests/meterproc.py) and an image of the application whose version is one
+# above the running one, built from a copy of this package and signed with the meter's demo
+# firmware key: what a manufacturer's release would be.
+
+
+def bumped(version: str) -> str:
+    numbers = version.split(".")
+    return ".".join(numbers[:-1] + [str(int(numbers[-1]) + 1)])
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory) -> tuple[Path, str]:
+    """(unsigned application image, its version)."""
+    root = tmp_path_factory.mktemp("release")
+    shutil.copytree(PACKAGE, root / "smartmeter", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    init = root / "smartmeter" / "__init__.py"
+    running = declared("__init__.py", r'^__version__ = "([^"]+)"$')
+    version = bumped(running)
+    init.write_text(init.read_text().replace(f'__version__ = "{running}"', f'__version__ = "{version}"'))
+    out = root / "application.smfw"
+    ok(fw("build", "--out", str(out), "--parts", "application", "--package", str(root / "smartmeter")))
+    return out, version
+
+
+def signed_for(meter, release_image: Path, tmp_path: Path) -> Path:
+    image = tmp_path / "release.smfw"
+    image.write_bytes(release_image.read_bytes())
+    ok(fw("sign", "--key", str(meter.data_dir / "credentials" / "demo-pki" / "firmware-signing-key.pem"), str(image)))
+    return image
+
+
+def credentials_of(meter, name: str = "management") -> Path:
+    return meter.data_dir / "credentials" / f"{name}.json"
+
+
+def session(meter, name: str = "management") -> MeterClient:
+    creds = load_credentials(credentials_of(meter, name))
+    return MeterClient(WrapperLink("127.0.0.1", meter.wrapper_port, creds.client_sap, creds.server_sap),
+                       security=creds.security)
+
+
+def read(meter, *targets: tuple[str, int, int], name: str = "management") -> list:
+    async def go():
+        async with session(meter, name) as client:
+            return [(await client.get(obis, attribute, class_id=class_id)).value for obis, attribute, class_id in targets]
+    return asyncio.run(go())
+
+
+def upgrade(meter, image: Path, *args: str):
+    return fw("upgrade", "--meter", f"127.0.0.1:{meter.wrapper_port}", "--credentials", str(credentials_of(meter)),
+              *args, str(image))
+
+
+@pytest.fixture
+def own_meter(tmp_path):
+    holder = {"meter": start_meter(tmp_path / "meter")}
+    yield holder
+    holder["meter"].stop()
+
+
+def test_an_upgrade_activated_now_runs_the_new_application(own_meter, release, tmp_path):
+    meter = own_meter["meter"]
+    image = signed_for(meter, release[0], tmp_path)
+    shown = json.loads(ok(fw("inspect", str(image), "--json")))
+    (part,) = shown["parts"]
+    line = ok(upgrade(meter, image, "--activate", "now")).strip()
+    blocks = -(-image.stat().st_size // 1024)
+    assert line.startswith(f"{shown['identifier']}: {image.stat().st_size} bytes in {blocks} blocks of 1024 "
+                           f"({blocks} sent) in "), line
+    assert f"; to activate: {shown['identifier']}, {image.stat().st_size} bytes, signature {shown['signature']}" \
+        in line
+    assert line.endswith(f"; activated: status 6 activation successful, running legal {read_legal(meter)}, "
+                         f"application {release[1]}"), line
+    status, identifier, digest = read(meter, ("0-0:44.0.0.255", 6, 18), ("1-1:0.2.0.255", 2, 1),
+                                      ("1-1:0.2.8.255", 2, 1))
+    assert (status, identifier, digest.hex()) == (6, release[1].encode(), part["digest"])
+
+
+def read_legal(meter) -> str:
+    return read(meter, ("1-0:0.2.0.255", 2, 1), name="data_readout")[0].decode()
+
+
+def test_a_transfer_cut_by_a_power_failure_resumes_with_the_blocks_the_meter_kept(own_meter, release, tmp_path):
+    meter = own_meter["meter"]
+    image = signed_for(meter, release[0], tmp_path)
+    raw = image.read_bytes()
+    identifier = json.loads(ok(fw("inspect", str(image), "--json")))["identifier"]
+    blocks, kept = -(-len(raw) // 1024), 100
+
+    async def first_part():
+        async with session(meter) as client:
+            await firmware.initiate(client, identifier.encode(), len(raw))
+            await firmware.transfer(client, raw, 1024, range(kept))
+            await asyncio.sleep(2.5)  # the meter stores the blocks it has at least once a second
+
+    asyncio.run(first_part())
+    meter.power_failure()
+    meter = own_meter["meter"] = start_meter(meter.data_dir)
+    result = upgrade(meter, image, "--json")
+    report = json.loads(ok(result))
+    assert (report["already_on_meter"], report["sent"], report["resent"]) == (kept, blocks - kept, 0)
+    assert report["status"] == 3 and report["image_to_activate_info"][0]["identification"] == identifier
+    assert (meter.data_dir / "firmware" / "holding.img").read_bytes() == raw
+
+
+def test_a_transfer_cut_at_once_loses_at_most_the_last_seconds_blocks_and_completes(own_meter, release, tmp_path):
+    meter = own_meter["meter"]
+    image = signed_for(meter, release[0], tmp_path)
+    raw = image.read_bytes()
+    identifier = json.loads(ok(fw("inspect", str(image), "--json")))["identifier"]
+    blocks, sent = -(-len(raw) // 1024), 200
+
+    async def first_part():
+        async with session(meter) as client:
+            await firmware.initiate(client, identifier.encode(), len(raw))
+            await firmware.transfer(client, raw, 1024, range(sent))
+
+    asyncio.run(first_part())
+    meter.power_failure()  # no time to store the last blocks
+    meter = own_meter["meter"] = start_meter(meter.data_dir)
+    report = json.loads(ok(upgrade(meter, image, "--json")))
+    assert report["already_on_meter"] <= sent and report["sent"] == blocks - report["already_on_meter"]
+    assert report["status"] == 3 and (meter.data_dir / "firmware" / "holding.img").read_bytes() == raw
+
+
+def test_a_scheduled_activation_runs_at_its_time(own_meter, release, tmp_path):
+    meter = own_meter["meter"]
+    image = signed_for(meter, release[0], tmp_path)
+    when = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) + dt.timedelta(seconds=8)
+    line = ok(upgrade(meter, image, "--activate", when.isoformat())).strip()
+    (clock,) = read(meter, ("0-0:1.0.0.255", 2, 8))
+    local = when.astimezone(dt.timezone(-dt.timedelta(minutes=axdr.decode_date_time(clock).deviation)))
+    assert line.endswith(f"; activation scheduled for {local.replace(tzinfo=None).isoformat(sep=' ')} meter time")
+    (times,) = read(meter, ("0-0:15.0.2.255", 4, 22))
+    assert [(bytes(t.value), bytes(d.value)) for t, d in (e.value for e in times)] == [
+        (bytes([local.hour, local.minute, local.second, 0]), bytes([local.year >> 8, local.year & 0xFF, local.month,
+                                                                    local.day, 0xFF]))]
+
+    async def outcome():
+        return await firmware.wait_for_restart(lambda: session(meter), timeout=60, poll=0.5)
+
+    status, running = asyncio.run(outcome())
+    assert status == 6 and dict((f.part, f.identifier) for f in running)["application"] == release[1].encode()
+    assert dt.datetime.now(dt.timezone.utc) >= when
+
+
+@pytest.fixture(scope="module")
+def shared_meter(tmp_path_factory):
+    m = start_meter(tmp_path_factory.mktemp("fw-refusals") / "meter")
+    yield m
+    m.stop()
+
+
+def test_an_image_signed_with_another_key_fails_verification_in_one_line(shared_meter, release, tmp_path):
+    image = tmp_path / "foreign.smfw"
+    image.write_bytes(release[0].read_bytes())
+    ok(fw("sign", "--key", str(pem_key(tmp_path / "k.pem", ec.generate_private_key(ec.SECP256R1()))), str(image)))
+    line = one_error_line(upgrade(shared_meter, image))
+    assert line.startswith("error: image_verify: other-reason (the meter does not accept the image (signature, "
+                           "identifier, size, meter type or version): status 4 verification failed) (hint: "), line
+    (status,) = read(shared_meter, ("0-0:44.0.0.255", 6, 18))
+    assert status == 4
+
+
+def test_a_client_other_than_management_is_told_in_one_line(shared_meter, release, tmp_path):
+    image = signed_for(shared_meter, release[0], tmp_path)
+    result = fw("upgrade", "--meter", f"127.0.0.1:{shared_meter.wrapper_port}", "--credentials",
+                str(credentials_of(shared_meter, "data_readout")), str(image))
+    assert one_error_line(result).startswith("error: image_transfer_status: object-undefined (this client does not "
+                                             "see the image transfer object 0-0:44.0.0.255)")
+
+
+def test_the_management_client_is_not_taken_to_the_optical_port(shared_meter, release, tmp_path):
+    image = signed_for(shared_meter, release[0], tmp_path)
+    result = fw("upgrade", "--meter", f"127.0.0.1:{shared_meter.hdlc_port}", "--hdlc", "--credentials",
+                str(credentials_of(shared_meter)), str(image))
+    assert one_error_line(result).startswith(f"error: {credentials_of(shared_meter)}: this client may associate over "
+                                             "lan only, not over the optical port (HDLC) (hint: leave out --hdlc)")
+
+
+def test_a_block_size_is_written_and_refused_during_a_transfer(shared_meter, release, tmp_path):
+    image = signed_for(shared_meter, release[0], tmp_path)
+    raw = image.read_bytes()
+    asyncio.run(_abort(shared_meter))  # whatever another test left: the block size is written before initiation
+    report = json.loads(ok(upgrade(shared_meter, image, "--block-size", "512", "--json")))
+    assert (report["block_size"], report["blocks"], report["sent"]) == (512, -(-len(raw) // 512), -(-len(raw) // 512))
+    # a transfer under way (initiated, one block in) keeps its block size
+    asyncio.run(_start_transfer(shared_meter, b"OTHER", len(raw)))
+    line = one_error_line(upgrade(shared_meter, image, "--block-size", "1024"))
+    assert line.startswith("error: image_block_size: other-reason (a transfer is under way with blocks of 512 bytes, "
+                           "status 1 initiated) (hint: "), line
+    (block_size,) = read(shared_meter, ("0-0:44.0.0.255", 2, 18))
+    assert block_size == 512
+
+
+async def _start_transfer(meter, identifier: bytes, size: int) -> None:
+    async with session(meter) as client:
+        await firmware.initiate(client, identifier, size)
+
+
+async def _abort(meter) -> None:
+    async with session(meter) as client:
+        await client.set("0-0:44.0.0.255", 5, Data.boolean(False), class_id=18)
+        await client.set("0-0:44.0.0.255", 5, Data.boolean(True), class_id=18)
+
+
+def test_after_a_failed_verification_the_block_size_waits_for_an_abort(shared_meter, release, tmp_path):
+    image = tmp_path / "foreign.smfw"
+    image.write_bytes(release[0].read_bytes())
+    ok(fw("sign", "--key", str(pem_key(tmp_path / "k.pem", ec.generate_private_key(ec.SECP256R1()))), str(image)))
+    asyncio.run(_abort(shared_meter))
+    (block_size,) = read(shared_meter, ("0-0:44.0.0.255", 2, 18))  # an abort keeps it
+    one_error_line(upgrade(shared_meter, image))  # verification fails: status 4
+    line = one_error_line(upgrade(shared_meter, image, "--block-size", "256" if block_size != 256 else "128"))
+    assert line.startswith(f"error: image_block_size: other-reason (the last transfer keeps the block size {block_size} "
+                           "until it is activated or aborted, status 4 verification failed) (hint: "), line
+    assert "boolean:false" in line

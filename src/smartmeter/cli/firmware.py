@@ -291,6 +291,22 @@ def _host_port(address: str) -> tuple[str, int | None]:
     return host, int(port) if port else None
 
 
+def _check_interface(credentials: Path, hdlc: bool | None) -> None:
+    """A client the meter lets associate on the LAN only (its credentials' "interfaces", as a
+    meter's provisioning writes them) is refused on the optical port, and the other way round:
+    said before anything is sent. The companion standard's Management client is LAN only."""
+    try:
+        interfaces = json.loads(credentials.read_text()).get("interfaces")
+    except (OSError, ValueError, AttributeError):
+        return  # the credentials loader names what is wrong with the file
+    if hdlc is None or not isinstance(interfaces, list):
+        return
+    wanted, name = ("wz", "the optical port (HDLC)") if hdlc else ("lan", "the LAN (wrapper)")
+    if wanted not in interfaces:
+        raise UsageProblem(f"{credentials}: this client may associate over {', '.join(map(str, interfaces))} only, "
+                           f"not over {name}", "leave out --hdlc" if hdlc else "give --hdlc")
+
+
 def _activation_time(text: str | None):
     if text is None or text == "now":
         return text
@@ -335,13 +351,19 @@ class _Session:
         try:
             await self.client.connect()
             return self.client
-        except AssociationRefused:
-            pass
+        except AssociationRefused as exc:
+            if security is None or security.client_system_title is None or security.ak is None:
+                raise  # no invocation counter of ours the meter could be ahead of
+            refusal = exc
+        credentials = load_credentials(self.credentials)
+        ours = credentials.security.invocation_counter.last_used
         try:
-            counter = await resynchronise(self._link(public=True), load_credentials(self.credentials))
-        except (ClientError, OSError):
-            raise AssociationRefused("the meter refused the association, and its frame counter readout could "
-                                     "not be read to continue above it") from None
+            counter = await resynchronise(self._link(public=True), credentials)
+        except (ClientError, SmartmeterError, OSError):
+            raise AssociationRefused(f"{refusal}, and its frame counter readout could not be read to continue "
+                                     "above it") from None
+        if ours is not None and counter <= ours:
+            raise refusal  # the meter is not ahead of us: the refusal is not about counters
         click.echo(f"note: the meter holds invocation counter {counter} for this client; continuing above it",
                    err=True)
         link, security = self._link()
@@ -420,6 +442,7 @@ def fw_upgrade(address: str, hdlc: bool | None, credentials: Path, image_path: P
                            f"sign it first: smartmeter fw sign --key KEY.pem {image_path}")
     activate = _activation_time(activate_text)
     host, port = _host_port(address)
+    _check_interface(credentials, hdlc)
     bar = ProgressBar(sys.stderr, image.size) if sys.stderr.isatty() and not as_json else None
 
     async def go():
