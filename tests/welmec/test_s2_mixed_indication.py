@@ -16,8 +16,8 @@ from smartmeter.cosem.objectmodel import ObjectModel
 from smartmeter.legal import interface as legal
 
 TITLE = "4b464d0000000007"
-HEX_FIELDS = ("authority_token", "challenge_id", "client_system_title", "ctos_hex", "response_hex", "secret_hex",
-              "server_system_title")
+HEX_FIELDS = ("authority_token", "challenge_id", "client_system_title", "ctos_hex", "identifier_hex", "response_hex",
+              "secret_hex", "server_system_title")
 
 
 def _is_hex(text: str) -> bool:
@@ -61,8 +61,9 @@ def _commands():
 
 @pytest.mark.welmec("S2", "S3")
 def test_the_only_text_that_enters_the_legal_part_is_validated_identifiers():
-    """The only free-text fields of the protective interface are hex-encoded bytes (system titles, authentication challenges, responses, secret, tokens), register names (one of four), time-change methods (one of four), load profile names (one of two) and billing triggers (one of four)."""
-    assert sorted({name for _, name in _text_fields()}) == sorted(HEX_FIELDS + ("method", "profile", "register", "trigger"))
+    """The only free-text fields of the protective interface are hex-encoded bytes (system titles, authentication challenges, responses, secret, tokens, firmware identifiers), register names (one of four), time-change methods (one of four), load profile names (one of two), billing triggers (one of four) and the firmware key (a PEM public key, parsed)."""
+    assert sorted({name for _, name in _text_fields()}) == sorted(
+        HEX_FIELDS + ("method", "profile", "public_key_pem", "register", "trigger"))
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +99,7 @@ def test_text_from_the_communication_side_never_becomes_a_legal_value(part, text
             name == "client_system_title" and _is_hex(text) and len(bytes.fromhex(text)) == 8 or \
             name == "method" and text in legal.TIME_CHANGE_METHODS or \
             name == "profile" and text in ("lp1", "lp2") or \
+            name == "public_key_pem" and legal.public_key_of(text.encode()) or \
             name in HEX_FIELDS and name != "client_system_title" and _is_hex(text), (cls, name, text, result)
     assert (part.execute(legal.ReadEnergyRegisters()), part.execute(legal.ReadParameters()),
             part.execute(legal.ReadParameterRecordNumber())) == before

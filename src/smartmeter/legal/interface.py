@@ -662,7 +662,7 @@ class VerifyFirmwareImage:
 
     identifier_hex: str
     size: int
-    client_system_title: str  # hex, 8 bytes, or "" when no client's system title is known
+    client_system_title: str  # hex, 8 bytes (ff..ff when no client's system title is known)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1116,11 +1116,14 @@ class LegalInterface:
 
     @staticmethod
     def _title(hex_title: str) -> bytes:
+        """A client system title given as hex: 8 bytes (NO_CLIENT's ff...ff when no client is known)."""
         try:
             title = bytes.fromhex(hex_title)
         except ValueError:
             title = b""
-        return title if len(title) == 8 else NO_CLIENT
+        if len(title) != 8:
+            raise CommandRefused("client_system_title must be 8 bytes, hex")
+        return title
 
     def _cert_log_room(self) -> int:
         return self._cert_log.capacity - self._cert_log.count()
@@ -1130,6 +1133,7 @@ class LegalInterface:
             identifier = bytes.fromhex(cmd.identifier_hex)
         except ValueError:
             raise CommandRefused("identifier_hex is not hex") from None
+        initiator = self._title(cmd.client_system_title)
         raw = self._holding_image()
         key = self._meta("firmware_key", None)
         if not self._parameters.values().get("firmware_download", 1):
@@ -1150,7 +1154,7 @@ class LegalInterface:
             legal = image.part(firmware.PART_LEGAL) if image else None
             downloaded = (f"{legal.version} {legal.digest[:8]}" if legal else identifier[:64].decode("latin-1"))
             self._cert_log.append(int(self._now()), EVENT_LR_FIRMWARE_READY if verdict.ok else EVENT_LR_FIRMWARE_FAILED,
-                                  self._title(cmd.client_system_title), downloaded.encode("latin-1", "replace"))
+                                  initiator, downloaded.encode("latin-1", "replace"))
         with atomic(self._db):
             self._put_meta("firmware_verified", {"sha256": verdict.sha256, "initiator": cmd.client_system_title,
                                                  "identifier": image.identifier} if verdict.ok else None)
@@ -1160,6 +1164,7 @@ class LegalInterface:
             tuple((p.b, p.name, p.version, p.digest) for p in image.parts) if image else ())
 
     def _activate_firmware(self, cmd: ActivateFirmware) -> str:
+        self._title(cmd.client_system_title)
         verified = self._meta("firmware_verified", None)
         if not isinstance(verified, dict):
             raise CommandRefused("no verified image: verify before activation")
@@ -1221,8 +1226,12 @@ class LegalInterface:
     def _conclude_activation(self, pending: dict, ok: bool, reason: str) -> None:
         if pending.get("legal_part") and self._cert_log_room() > 0:
             shown = self._firmware_id if ok else pending.get("legal_id", "")
+            try:
+                initiator = self._title(str(pending.get("initiator", "")))
+            except CommandRefused:  # recorded by this part itself; an unreadable one is no client
+                initiator = NO_CLIENT
             self._cert_log.append(int(self._now()), EVENT_LR_FIRMWARE_ACTIVATED if ok else EVENT_LR_FIRMWARE_FAILED,
-                                  self._title(str(pending.get("initiator", ""))), str(shown).encode("latin-1", "replace"))
+                                  initiator, str(shown).encode("latin-1", "replace"))
         failures = self._meta("firmware_failures", {})
         failures = failures if isinstance(failures, dict) else {}
         if not ok:

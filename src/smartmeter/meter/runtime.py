@@ -309,9 +309,10 @@ class Meter:
     # -- firmware upgrade (companion §7) --------------------------------------------------------------
     @staticmethod
     def _requester(ctx) -> str:
-        """The requesting client's system title (hex) as the certification log records it; "" if none."""
+        """The requesting client's system title (hex) as the certification log records it (ff..ff:
+        no client's, e.g. the meter's own scheduled activation)."""
         title = getattr(getattr(ctx, "association", None), "requester_system_title", None)
-        return title.hex() if isinstance(title, (bytes, bytearray)) and len(title) == 8 else ""
+        return (title if isinstance(title, (bytes, bytearray)) and len(title) == 8 else b"\xff" * 8).hex()
 
     def _verify_image(self, identifier: bytes, size: int, ctx) -> Verification:
         result = self.legal.execute(legal.VerifyFirmwareImage(identifier.hex(), size, self._requester(ctx)))

@@ -44,6 +44,7 @@ import pytest
 from smartmeter.cosem.classes.base import REGISTRY
 from smartmeter.cosem.docs import access_rights_markdown
 from smartmeter.cosem.data import Data
+from smartmeter.cosem.obis import Obis
 from smartmeter.cosem.objectmodel import ClientDef, ObjectDef, ObjectModel
 from smartmeter.dlms.apdu import acse, action, ciphered, get
 from smartmeter.dlms.apdu.common import CosemAttributeDescriptor, CosemMethodDescriptor, DataAccessResult
@@ -371,21 +372,28 @@ def test_clients_are_refused_on_interfaces_not_theirs(meter, client):
         assert aare.result != acse.AssociationResult.ACCEPTED, (client.name, interface)
 
 
-def test_pre_established_fw_update_client_sees_nothing_the_model_does_not_give_it(meter):
+def test_pre_established_fw_update_client_may_only_send_image_blocks(meter):
     """§3.6.4: the FW update client is always associated (ACTION only) and sees only what the
-    model grants it; in ksmw that is nothing, so every method of every object is undefined."""
+    model grants it: in ksmw image_block_transfer of the image transfer 0-0:44.0.0.255. Every
+    method of every other object is undefined for it, every other method of that object denied."""
     fw = MODEL.clients["fw_update"]
     server = meter.server.association(fw.sap, "lan")
-    granted = [o for o in MODEL.objects if fw.name in o.access]
+    granted = {o.obis: o.access[fw.name].execute for o in MODEL.objects if fw.name in o.access}
+    assert granted == {Obis.parse("0-0:44.0.0.255"): frozenset({2})}
     problems = []
     for o in MODEL.objects:
         for method in REGISTRY.classes[o.class_id].methods:
             request = action.ActionRequestNormal(0xC1, CosemMethodDescriptor(o.class_id, o.obis.to_bytes(), method),
                                                  method_parameters(o, method)).to_bytes()
-            response = decode_xdlms(server.handle(request))
-            expected = UNDEFINED if o not in granted else None
-            if expected is not None and int(response.result) != expected:
-                problems.append(f"fw_update action {o.obis}/{method}: {response.result!r}")
+            result = int(decode_xdlms(server.handle(request)).result)
+            if o.obis not in granted:
+                ok = result == UNDEFINED
+            elif method in granted[o.obis]:  # taken, and refused only by the transfer's state
+                ok = result not in (UNDEFINED, DataAccessResult.READ_WRITE_DENIED)
+            else:
+                ok = result == DataAccessResult.READ_WRITE_DENIED
+            if not ok:
+                problems.append(f"fw_update action {o.obis}/{method}: {result}")
     assert not problems, problems
     # GET was not negotiated for it
     get_request = get.GetRequestNormal(0xC1, CosemAttributeDescriptor(1, bytes([0, 0, 42, 0, 0, 255]), 2), None)
