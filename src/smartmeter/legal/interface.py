@@ -755,7 +755,8 @@ class LegalInterface:
         self._outage: tuple[int | None, bool] | None = (self._meta("alive", None), bool(self._meta("stopped_cleanly", False)))
         # a restart for a firmware activation is not an outage: the signal of the gap is measured
         warm_stop = self._meta("warm_stop", None)
-        gap = time.time() - warm_stop if isinstance(warm_stop, (int, float)) else None
+        stopped = warm_stop.get("time") if isinstance(warm_stop, dict) else None
+        gap = time.time() - stopped if isinstance(stopped, (int, float)) else None
         self._warm_backlog = gap if gap is not None and 0 <= gap <= WARM_RESTART_BUFFER else 0.0
         if self._warm_backlog:
             self._outage = None
@@ -798,9 +799,11 @@ class LegalInterface:
                 self._put_meta("meter_type", int(meter_type))
         self._meter_type = int(self._meta("meter_type", 0) or 0)
         self._settle_firmware_activation()
+        self._warm_installation = None
         if warm_stop is not None:
             if self._warm_backlog:
                 self._log_event(EVENT_WARM_RESTART, {"gap": float(self._warm_backlog)})
+                self._warm_installation = (warm_stop.get("loads"), warm_stop.get("voltages"))
             with atomic(self._db):
                 self._put_meta("warm_stop", None)
         remote = None
@@ -822,6 +825,12 @@ class LegalInterface:
         except (MeteringError, ValueError, TypeError):
             # a state saved for the other input, or damaged: start the input afresh
             self._metering = MeteringUnit(phases, **unit)
+        if self._warm_installation is not None and remote is None:
+            # the gap is measured with what the installation drew when the old software stopped
+            try:
+                self._metering.restore_installation(*self._warm_installation)
+            except MeteringError:
+                pass
         secret = self._meta("authority_secret", None)
         self._authority = AuthorityGate(bytes.fromhex(secret) if isinstance(secret, str) else None,
                                         self._save_authority_secret, monotonic)
@@ -1869,7 +1878,9 @@ class LegalInterface:
                     self._put_meta("stopped_cleanly", True)
                     if self._meta("warm_restart", False):  # stopped to run activated software
                         self._put_meta("warm_restart", False)
-                        self._put_meta("warm_stop", time.time())
+                        loads, voltages = self._metering.installation() if self._sensor_kind == "synthetic" else ((), ())
+                        self._put_meta("warm_stop", {"time": time.time(), "loads": [list(l) for l in loads],
+                                                     "voltages": list(voltages)})
             for table in (self._lp1, self._lp2):
                 try:
                     table.checkpoint()

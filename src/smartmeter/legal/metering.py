@@ -286,6 +286,27 @@ class MeteringUnit:
             self._source = self._make_source(self._loads, values)
             self._voltages = values
 
+    def installation(self) -> tuple[tuple[tuple[float, float], ...], tuple[float, ...]]:
+        """(load (P W, Q var) per phase, voltage per phase) the synthetic source draws now."""
+        with self._lock:
+            return self._loads, self._voltages
+
+    def restore_installation(self, loads, voltages) -> None:
+        """Draw again what `installation()` returned (e.g. before the software restarted), checked
+        like set_load and set_voltages; MeteringError otherwise."""
+        self._require_synthetic()
+        try:
+            loads = tuple((float(p), float(q)) for p, q in loads)
+            values = tuple(float(v) for v in voltages)
+        except (TypeError, ValueError):
+            raise MeteringError("an installation is (P, Q) and a voltage per phase") from None
+        if len(loads) != self.phases or not all(math.isfinite(p) and math.isfinite(q) for p, q in loads):
+            raise MeteringError(f"one finite (P, Q) per phase: {self.phases}")
+        self.set_voltages(values)
+        with self._lock:
+            self._source = self._make_source(loads, self._voltages)
+            self._loads = loads
+
     # -- processing (always under self._lock) -------------------------------------------------
     def _process_synthetic_frame(self, n: int, repeat: int = 1) -> Measurement:
         frame = self._source.frame(self._sequence, self._position, n)
