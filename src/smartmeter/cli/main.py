@@ -153,7 +153,9 @@ def meter_run(data_dir: Path, host: str, wrapper_port: int, hdlc_port: int, seri
     from smartmeter.meter import boot
 
     if not os.environ.get(boot.ENV_BOOTED) and (data_dir / "firmware").is_dir():
-        _boot_installed_software(data_dir)  # runs an activated firmware instead of this one, if there is one
+        # runs an activated firmware instead of this one, if there is one
+        _boot_installed_software(data_dir, {"serial": serial_number, "profile": profile,
+                                            "meter_type": 100 if phases == "1" else 300})
     from smartmeter.meter.clock import DEFAULT_TIME_ZONE
     from smartmeter.meter.runtime import Meter, MeterConfig
 
@@ -188,7 +190,7 @@ def meter_run(data_dir: Path, host: str, wrapper_port: int, hdlc_port: int, seri
     click.echo("meter stopped; state saved in " + str(data_dir))
 
 
-def _boot_installed_software(data_dir: Path) -> None:
+def _boot_installed_software(data_dir: Path, meter: dict) -> None:
     """Decide a pending trial of newly activated software and run the active firmware slot."""
     from smartmeter.meter import boot
 
@@ -196,7 +198,12 @@ def _boot_installed_software(data_dir: Path) -> None:
     trial = before.get("trial")
     if isinstance(trial, dict):
         click.echo(f"firmware: trying the activated software {trial.get('identifier', '')} ...")
-    slot = boot.choose(data_dir)
+    try:
+        slot = boot.choose(data_dir, meter)
+    except KeyboardInterrupt:  # the attempt is counted; the next start tries again (at most twice)
+        raise UsageProblem("interrupted during the trial of the activated software",
+                           "start the meter again: it tries once more, then returns to the previous software")
+
     last = legal.read_boot_record(data_dir).get("last")
     if isinstance(trial, dict) and isinstance(last, dict):
         if last.get("outcome") == "activated":

@@ -14,8 +14,10 @@ then restarts through the factory command, and `choose`:
    attempt too; after TRIAL_ATTEMPTS the trial has failed);
 2. checks that the slot's files are what the activation expected (legal and application digests,
    computed here by the factory code);
-3. runs the slot's self-test in a child process: it must import the whole application, load the
-   object model, and start its legal part in a legal process whose software check passes;
+3. runs the slot's self-test in a child process: it must import the whole application, start its
+   legal part in a legal process whose software check passes, and start a meter (without
+   interfaces) on a scratch copy of this meter's data, so that a start that would fail on these
+   stores (a migration, a model error) fails here and not in the field;
 4. on success makes the slot active (the previous one is kept for the record); otherwise removes
    the slot, keeps the running software and records why. Either way the legal part, at its next
    start, compares what runs with what was activated and logs 18 or 51 (legal/interface.py).
@@ -55,8 +57,9 @@ def slot_root(data_dir: Path, slot: str) -> Path:
     return Path(data_dir) / legal.SLOTS_DIR / slot
 
 
-def choose(data_dir: Path) -> str | None:
-    """The slot to run (None: the factory installation), after a pending trial is decided."""
+def choose(data_dir: Path, meter: dict | None = None) -> str | None:
+    """The slot to run (None: the factory installation), after a pending trial is decided.
+    `meter`: what the self-test's meter is (MeterConfig fields: serial, profile, meter_type)."""
     record = legal.read_boot_record(data_dir)
     trial = record.get("trial")
     if isinstance(trial, dict) and isinstance(trial.get("slot"), str):
@@ -66,7 +69,7 @@ def choose(data_dir: Path) -> str | None:
         if trial["attempts"] > TRIAL_ATTEMPTS:
             ok, reason = False, f"the new software did not come up in {TRIAL_ATTEMPTS} attempts"
         else:
-            ok, reason = _try(data_dir, trial)
+            ok, reason = _try(data_dir, trial, meter or {})
         last = {"slot": slot, "outcome": "activated" if ok else "failed", "reason": reason,
                 "identifier": trial.get("identifier", "")}
         if ok:
@@ -87,7 +90,7 @@ def active_slot(data_dir: Path) -> str | None:
     return None
 
 
-def _try(data_dir: Path, trial: dict) -> tuple[bool, str]:
+def _try(data_dir: Path, trial: dict, meter: dict) -> tuple[bool, str]:
     root = slot_root(data_dir, trial["slot"])
     if not (root / "smartmeter").is_dir():
         return False, "the installed software is missing"
@@ -98,7 +101,8 @@ def _try(data_dir: Path, trial: dict) -> tuple[bool, str]:
     if (legal_digest, application_digest) != (trial.get("legal_digest"), trial.get("application_digest")):
         return False, "the installed software is not what was activated"
     try:
-        done = subprocess.run([sys.executable, "-c", _SELFTEST, str(root), str(data_dir)], capture_output=True,
+        done = subprocess.run([sys.executable, "-c", _SELFTEST, str(root), str(data_dir), json.dumps(meter)],
+                              capture_output=True,
                               timeout=SELFTEST_TIMEOUT, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         return False, f"the new software's self-test did not finish in {SELFTEST_TIMEOUT:.0f} s"
@@ -116,18 +120,23 @@ def _try(data_dir: Path, trial: dict) -> tuple[bool, str]:
 
 
 def selftest_main() -> None:
-    """Run in a child process from the slot under test: what must work before a meter may run on it.
-    Prints one JSON line {"ok": bool, "reason": str}."""
+    """Run in a child process from the slot under test (argv: data directory, the meter as JSON):
+    what must work before a meter may run on it. Prints one JSON line {"ok": bool, "reason": str}."""
+    import tempfile
+
     try:
         import smartmeter.cli.main  # noqa: F401 - the whole command line and, through it, the application
         from smartmeter import __version__
-        from smartmeter.cosem.objectmodel import ObjectModel
-        from smartmeter.meter import runtime  # noqa: F401
+        from smartmeter.meter.runtime import Meter, MeterConfig
 
-        ObjectModel.load("ksmw")
         identity = legal.identify_software(__version__, fallback=False)
         if not identity.ok:
             raise RuntimeError(f"its legally relevant part fails its software check: {identity.reason}")
+        data_dir, meter = Path(sys.argv[1]), json.loads(sys.argv[2])
+        with tempfile.TemporaryDirectory(prefix="smartmeter-selftest-") as scratch:
+            copy = Path(scratch) / "data"
+            shutil.copytree(data_dir, copy, ignore=shutil.ignore_patterns("*.sock", "firmware"), symlinks=True)
+            Meter(MeterConfig(data_dir=copy, backfill_days=0, **meter)).close()
     except BaseException as exc:  # noqa: BLE001 - the reason is the report
         print(json.dumps({"ok": False, "reason": f"{type(exc).__name__}: {exc}"}), flush=True)
         sys.exit(1)
