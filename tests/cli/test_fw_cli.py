@@ -9,8 +9,12 @@ import asyncio
 import datetime as dt
 import io
 import json
+import os
+import pty
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -453,3 +457,51 @@ def test_after_a_failed_verification_the_block_size_waits_for_an_abort(shared_me
     assert line.startswith(f"error: image_block_size: other-reason (the last transfer keeps the block size {block_size} "
                            "until it is activated or aborted, status 4 verification failed) (hint: "), line
     assert "boolean:false" in line
+
+
+def smartmeter_fw(*args: str, stderr=subprocess.PIPE) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "smartmeter", "fw", *args], stdout=subprocess.PIPE,
+                            stderr=stderr, text=True)
+
+
+def test_the_progress_bar_is_drawn_on_a_terminal_only(shared_meter, release, tmp_path):
+    image = signed_for(shared_meter, release[0], tmp_path)
+    blocks = -(-image.stat().st_size // 1024)
+    args = ("upgrade", "--meter", f"127.0.0.1:{shared_meter.wrapper_port}", "--credentials",
+            str(credentials_of(shared_meter)), "--block-size", "1024", str(image))
+    asyncio.run(_abort(shared_meter))
+    piped = smartmeter_fw(*args)
+    out, err = piped.communicate(timeout=120)
+    assert piped.returncode == 0 and err == "" and len(out.splitlines()) == 1, (out, err)
+
+    asyncio.run(_abort(shared_meter))
+    terminal, other_end = pty.openpty()
+    shown = smartmeter_fw(*args, stderr=other_end)
+    os.close(other_end)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(terminal, 4096)
+        except OSError:  # the terminal's other end closed (Linux: EIO)
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(terminal)
+    out, _ = shown.communicate(timeout=120)
+    text = drawn.decode()
+    assert shown.returncode == 0 and len(out.splitlines()) == 1
+    assert text.startswith("\r[") and f"] {blocks}/{blocks} blocks 100%" in text and text.endswith("\n"), text
+    assert "\n" not in text.rstrip("\r\n")  # redrawn in place, one line ended at the end
+
+
+def test_a_failure_through_the_smartmeter_command_is_one_line_and_exit_code_1(shared_meter, release, tmp_path):
+    image = tmp_path / "foreign.smfw"
+    image.write_bytes(release[0].read_bytes())
+    ok(fw("sign", "--key", str(pem_key(tmp_path / "k.pem", ec.generate_private_key(ec.SECP256R1()))), str(image)))
+    run = smartmeter_fw("upgrade", "--meter", f"127.0.0.1:{shared_meter.wrapper_port}", "--credentials",
+                        str(credentials_of(shared_meter)), str(image))
+    out, err = run.communicate(timeout=120)
+    assert run.returncode == 1 and out == ""
+    (line,) = err.splitlines()
+    assert line.startswith("error: image_verify: other-reason (") and "status 4 verification failed" in line
