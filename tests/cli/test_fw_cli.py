@@ -505,3 +505,15 @@ def test_a_failure_through_the_smartmeter_command_is_one_line_and_exit_code_1(sh
     assert run.returncode == 1 and out == ""
     (line,) = err.splitlines()
     assert line.startswith("error: image_verify: other-reason (") and "status 4 verification failed" in line
+
+
+def test_a_verified_image_is_activated_later_without_sending_it_again(own_meter, release, tmp_path):
+    meter = own_meter["meter"]
+    image = signed_for(meter, release[0], tmp_path)
+    identifier = json.loads(ok(fw("inspect", str(image), "--json")))["identifier"]
+    first = ok(upgrade(meter, image)).strip()
+    assert first.endswith("; not activated (upgrade again with --activate now or --activate ISO)"), first
+    later = json.loads(ok(upgrade(meter, image, "--activate", "now", "--json")))
+    assert (later["already_verified"], later["sent"], later["status"]) == (True, 0, 6)
+    assert later["identifier"] == identifier
+    assert read(meter, ("1-1:0.2.0.255", 2, 1)) == [release[1].encode()]

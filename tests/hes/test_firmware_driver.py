@@ -584,9 +584,27 @@ def test_the_same_image_verified_and_waiting_is_activated_without_sending_it_aga
     first = run(firmware.upgrade(FakeClient(meter), image, "X"))  # transfer and verify only
     assert first.activation is None and meter.status == 3 and sum(meter.block_calls.values()) == 3
     meter.requests.clear()
-    report = run(firmware.upgrade(FakeClient(meter), image, "X", activate="now"))
+    report = run(firmware.upgrade(FakeClient(meter), image, "X", signature=SIGNATURE, activate="now"))
     assert report.already_verified and report.sent == 0 and meter.status == 5
     assert [r for r in meter.requests if r[0] == "action"] == [("action", str(IT), 4)]
+
+
+def test_an_image_of_the_same_identifier_and_size_with_another_signature_is_sent_again():
+    meter = FakeMeter(block_size=100)
+    run(firmware.upgrade(FakeClient(meter), image_of(300), "X"))
+    other = image_of(300)  # e.g. signed with another key: same identifier, same size
+    meter.block_calls.clear()
+    report = run(firmware.upgrade(FakeClient(meter), other, "X", signature=b"another signature"))
+    assert not report.already_verified and meter.block_calls == {0: 1, 1: 1, 2: 1} and meter.image() == other
+
+
+def test_without_a_signature_a_verified_image_is_sent_again():
+    meter = FakeMeter(block_size=100)
+    image = image_of(300)
+    run(firmware.upgrade(FakeClient(meter), image, "X"))
+    meter.block_calls.clear()
+    report = run(firmware.upgrade(FakeClient(meter), image, "X"))
+    assert not report.already_verified and meter.block_calls == {0: 1, 1: 1, 2: 1}
 
 
 def test_another_image_verified_and_waiting_is_replaced():

@@ -455,7 +455,8 @@ def fw_upgrade(address: str, hdlc: bool | None, credentials: Path, image_path: P
                                              "of this meter") from None
         try:
             return await firmware.upgrade(
-                client, raw, image.identifier, image.size, block_size=block_size, activate=activate, progress=bar,
+                client, raw, image.identifier, image.size, signature=image.signature, block_size=block_size,
+                activate=activate, progress=bar,
                 reconnect=lambda: _Session(credentials, host, port, hdlc, timeout), restart_timeout=restart_timeout)
         finally:
             await session.__aexit__(None, None, None)

@@ -627,11 +627,16 @@ Progress = Callable[[int, int], None]  # (blocks the meter holds, blocks of the 
 
 
 async def upgrade(client, image: bytes, identifier: str | bytes, size: int | None = None, *,
-                  block_size: int | None = None, activate: str | dt.datetime | None = None,
+                  signature: bytes | None = None, block_size: int | None = None,
+                  activate: str | dt.datetime | None = None,
                   progress: Progress | None = None, reconnect: Connect | None = None,
                   max_rounds: int = DEFAULT_MAX_ROUNDS, verify_timeout: float = DEFAULT_VERIFY_TIMEOUT,
                   restart_timeout: float = DEFAULT_RESTART_TIMEOUT) -> UpgradeReport:
     """Transfer, verify and (optionally) activate `image` on the meter behind `client`.
+
+    `signature`: the image's signature as image_to_activate_info shows it once verified. With it, an
+    image the meter already holds verified (same identifier, size and signature) is not sent
+    again; without it every upgrade transfers the image.
 
     `activate`: None leaves the verified image waiting (activate later, or by the scheduler);
     "now" activates at once, then, with `reconnect` (see `Connect`), waits
@@ -649,10 +654,11 @@ async def upgrade(client, image: bytes, identifier: str | bytes, size: int | Non
     identifier_text = identifier if isinstance(identifier, str) else _printable(identifier_bytes)
 
     # The same image verified and waiting (an earlier run without --activate): go straight to
-    # its activation; initiating again would start afresh and send every block once more.
-    if await read_status(client) == Status.VERIFICATION_SUCCESSFUL:
+    # its activation; initiating again would start afresh and send every block once more. The
+    # signature tells it from another image of the same identifier and size.
+    if signature is not None and await read_status(client) == Status.VERIFICATION_SUCCESSFUL:
         waiting = await info(client)
-        if any(i.identification == identifier_bytes and i.size == size for i in waiting):
+        if any((i.identification, i.size, i.signature) == (identifier_bytes, size, signature) for i in waiting):
             current = await read_block_size(client)
             report = UpgradeReport(identifier_text, size, current, block_count(size, current),
                                    already_on_meter=block_count(size, current), already_verified=True,
