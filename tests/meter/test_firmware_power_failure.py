@@ -15,6 +15,8 @@ import sys
 import threading
 import time
 
+import pytest
+
 import firmware_support as fs
 from meterproc import start_meter
 from smartmeter.hes import firmware as upgrade
@@ -60,7 +62,9 @@ def _upgrade_in_background(meter, image: bytes, identifier: str) -> threading.Th
     return thread
 
 
+@pytest.mark.welmec("D1")
 def test_a_kill_at_any_instant_of_an_upgrade_leaves_the_old_or_the_new_software_whole(tmp_path):
+    """kill -9 of a real meter at random instants of an upgrade of both parts (transfer, verification, activation, restart): after each power return it runs the old software or the new one whole, never one part of each; +A never goes back; the upgrade resumed completes on the new software."""
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
     factory = fs.factory_tree(tmp_path / "factory")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -175,6 +176,21 @@ def test_the_firmware_key_fingerprint_is_readable_and_matches_the_published_key(
     with pytest.raises(legal.CommandRefused):
         part.execute(legal.ImportFirmwareKey(fv.public_pem(fv.OTHER_KEY).decode()))
     assert part.execute(legal.ReadFirmwareKey()) == (pem, fingerprint)
+
+
+@pytest.mark.welmec("D2")
+def test_smartmeter_id_shows_the_firmware_key_fingerprint_as_openssl_computes_it(data_dir, trees, tmp_path):
+    """`smartmeter id --data-dir` shows the fingerprint of the firmware key the meter holds; it equals the SHA-256 that openssl computes over the DER form of the manufacturer's published public key."""
+    fv.open_part(data_dir, trees.factory).close()
+    published = tmp_path / "published.pem"
+    published.write_bytes(fv.public_pem(fv.FIRMWARE_KEY))
+    der = subprocess.run(["openssl", "pkey", "-pubin", "-in", str(published), "-outform", "DER"],
+                         capture_output=True, check=True).stdout
+    expected = subprocess.run(["openssl", "dgst", "-sha256", "-r"], input=der, capture_output=True,
+                              check=True).stdout.split()[0].decode()
+    shown = subprocess.run([sys.executable, "-m", "smartmeter", "id", "--data-dir", str(data_dir), "--json"],
+                           capture_output=True, text=True)
+    assert json.loads(shown.stdout)["firmware_key_sha256"] == expected
 
 
 # -- D3 integrity ---------------------------------------------------------------------------------

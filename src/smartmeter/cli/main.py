@@ -445,6 +445,9 @@ def software_id(data_dir: Path | None, as_json: bool) -> None:
         time_base = read_stored_time_base(data_dir)
         out["time_speed"] = time_base.speed if time_base is not None else 1.0
         out["firmware_slot"] = os.environ.get(boot.ENV_BOOTED)
+        from smartmeter.legal.interface import read_stored_firmware_key
+
+        out["firmware_key_sha256"] = read_stored_firmware_key(data_dir)
     if as_json:
         click.echo(json.dumps(out))
         return
@@ -458,6 +461,8 @@ def software_id(data_dir: Path | None, as_json: bool) -> None:
     click.echo(f"application            {out['application']['version']}  sha256 {out['application']['sha256']}")
     if "signing_key_sha256" in out:
         click.echo(f"meter signing key      sha256 {out['signing_key_sha256']}")
+    if out.get("firmware_key_sha256"):
+        click.echo(f"firmware key           sha256 {out['firmware_key_sha256']}  (images must be signed with it)")
     if os.environ.get(boot.ENV_BOOTED):
         click.echo(f"installed              by a firmware upgrade: slot {os.environ[boot.ENV_BOOTED]} in {data_dir}")
     if out.get("time_speed", 1.0) != 1.0:

@@ -1967,6 +1967,26 @@ def read_stored_time_base(data_dir: Path) -> TimeBaseState | None:
         return None
 
 
+def read_stored_firmware_key(data_dir: Path) -> str | None:
+    """SHA-256 fingerprint of the firmware key a meter's data directory holds (imported in
+    production), read-only; None before one was imported or when the store cannot be read. For
+    comparison with the manufacturer's published key (WELMEC 7.2 D2)."""
+    from smartmeter.legal.verify import open_read_only
+
+    path = Path(data_dir) / "legal.sqlite3"
+    if not path.is_file():
+        return None
+    try:
+        db = open_read_only(path)
+        try:
+            row = db.execute("SELECT value FROM meta WHERE key = 'firmware_key'").fetchone()
+        finally:
+            db.close()
+        return public_key_fingerprint(json.loads(row[0]).encode("ascii")) if row else None
+    except (sqlite3.Error, ValueError, TypeError, AttributeError):
+        return None
+
+
 def identify_software(application_version: str, in_legal_process: bool = False,
                       fallback: bool = True) -> SoftwareIdentity:
     """The software identification as the meter shows it, computed from the installed files
