@@ -100,6 +100,8 @@ def test_a_kill_at_any_instant_of_an_upgrade_leaves_the_old_or_the_new_software_
         final = _identifiers(meter)
         assert {p: (v.removesuffix("-DEV"), d) for p, (v, d) in final.items()} == {p: new_ids[p] for p in final}, (seed, seen)
         energy.append(meter.energy_wh("a_plus"))
+        # however many installations the kills left behind, only the running and the previous stay
+        assert len(list((meter.data_dir / legal.SLOTS_DIR).iterdir())) <= 2
     finally:
         meter.stop()
     assert energy == sorted(energy) and energy[-1] > energy[0], (seed, seen, energy)

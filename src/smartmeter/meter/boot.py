@@ -79,7 +79,16 @@ def choose(data_dir: Path, meter: dict | None = None) -> str | None:
         legal.write_boot_record(data_dir, record)
         if not ok:
             shutil.rmtree(slot_root(data_dir, slot), ignore_errors=True)
+        _remove_unused_slots(data_dir, {record.get("active"), record.get("previous")})
     return active_slot(data_dir)  # a slot removed by hand: the factory installation is what is left
+
+
+def _remove_unused_slots(data_dir: Path, keep: set) -> None:
+    """Only the running software and the one before it stay installed (each is a whole package)."""
+    slots = Path(data_dir) / legal.SLOTS_DIR
+    for entry in slots.iterdir() if slots.is_dir() else ():
+        if entry.is_dir() and entry.name not in keep:
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def active_slot(data_dir: Path) -> str | None:
