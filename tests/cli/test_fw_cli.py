@@ -517,3 +517,15 @@ def test_a_verified_image_is_activated_later_without_sending_it_again(own_meter,
     assert (later["already_verified"], later["sent"], later["status"]) == (True, 0, 6)
     assert later["identifier"] == identifier
     assert read(meter, ("1-1:0.2.0.255", 2, 1)) == [release[1].encode()]
+
+
+def test_over_the_optical_port_the_maintenance_client_upgrades(own_meter, release, tmp_path):
+    meter = own_meter["meter"]
+    image = signed_for(meter, release[0], tmp_path)
+    blocks = -(-image.stat().st_size // 1024)
+    result = fw("upgrade", "--meter", f"127.0.0.1:{meter.hdlc_port}", "--hdlc", "--credentials",
+                str(credentials_of(meter, "maintenance")), "--activate", "now", "--json", str(image))
+    report = json.loads(ok(result))
+    assert (report["blocks"], report["sent"], report["status"]) == (blocks, blocks, 6)
+    assert {f["part"]: f["identifier"] for f in report["active_firmware"]}["application"] == release[1]
+    assert read(meter, ("1-1:0.2.0.255", 2, 1)) == [release[1].encode()]

@@ -294,7 +294,8 @@ def _host_port(address: str) -> tuple[str, int | None]:
 def _check_interface(credentials: Path, hdlc: bool | None) -> None:
     """A client the meter lets associate on the LAN only (its credentials' "interfaces", as a
     meter's provisioning writes them) is refused on the optical port, and the other way round:
-    said before anything is sent. The companion standard's Management client is LAN only."""
+    said before anything is sent. The companion standard's Management client is LAN only, the
+    Maintenance client optical port only."""
     try:
         interfaces = json.loads(credentials.read_text()).get("interfaces")
     except (OSError, ValueError, AttributeError):
@@ -413,8 +414,9 @@ def _summary(report) -> str:
 @click.option("--hdlc/--wrapper", default=None,
               help="HDLC (the WZ optical interface) or the wrapper [default: the credentials' interface].")
 @click.option("--credentials", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="The Management client's credentials file (a demo meter's meter-data/credentials/"
-                   "management.json): it initiates, sends the blocks, verifies and activates.")
+              help="The credentials file of a client that may upgrade the meter: a demo meter's "
+                   "meter-data/credentials/management.json (LAN), or maintenance.json with --hdlc (optical port). "
+                   "One association initiates, sends the blocks, verifies and activates.")
 @click.argument("image_path", metavar="IMAGE", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--activate", "activate_text", default=None, metavar="now|ISO",
               help="Activate at once (the meter restarts on it; waits for it to come back), or at this time "
@@ -451,8 +453,8 @@ def fw_upgrade(address: str, hdlc: bool | None, credentials: Path, image_path: P
             client = await session.__aenter__()
         except (SmartmeterError, OSError) as exc:
             raise firmware.UpgradeError("associate", str(exc).rstrip("."),
-                                        hint="check --meter, and that --credentials is the Management client's file "
-                                             "of this meter") from None
+                                        hint="check --meter, and that --credentials is this meter's Management (LAN) or "
+                                             "Maintenance (--hdlc) client's file") from None
         try:
             return await firmware.upgrade(
                 client, raw, image.identifier, image.size, signature=image.signature, block_size=block_size,

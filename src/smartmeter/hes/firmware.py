@@ -72,6 +72,9 @@ _LINK_ERRORS = (ClientError, DecodeError, LinkError, OSError, asyncio.TimeoutErr
 # Padding a meter may add to the bitmap up to a whole number of bytes; more than that means it
 # tracks another image.
 _BITMAP_SLACK = 7
+# The clients a meter of the companion standard lets upgrade it (the model's access rights).
+_CLIENT_HINT = ("give the credentials of a client that may upgrade the meter: Management over the LAN, "
+                "Maintenance over the optical port (--hdlc)")
 _ABORT_HINT = ("abort it first: smartmeter client --credentials FILE set 0-0:44.0.0.255:5 boolean:false, "
                "then boolean:true, and upgrade again")
 
@@ -235,7 +238,7 @@ async def _get(client, attribute: int, step: str) -> Data:
         else:
             detail = f"reading {IMAGE_TRANSFER}:{attribute} was refused"
         raise UpgradeError(step, detail, result=exc.result,
-                           hint="give the Management client's credentials file") from None
+                           hint=_CLIENT_HINT) from None
     except _LINK_ERRORS as exc:
         raise _link_error(step, exc) from None
 
@@ -307,7 +310,7 @@ async def set_block_size(client, block_size: int) -> None:
             hint = f"upgrade without --block-size to go on with {state.block_size}, or {_ABORT_HINT}"
         else:
             detail = f"the meter does not take a block size of {block_size}"
-            hint = "the companion standard's block sizes are 64..1024; a Management client may write it"
+            hint = "the companion standard's block sizes are 64..1024, written by a client that may upgrade"
         raise UpgradeError(step, detail, result=exc.result, hint=hint) from None
     except _LINK_ERRORS as exc:
         raise _link_error(step, exc) from None
@@ -339,7 +342,7 @@ async def initiate(client, identifier: bytes, size: int) -> None:
                                      f"{status_text(state.status)}", result=exc.result, hint=_ABORT_HINT) from None
         raise UpgradeError(step, f"the meter does not take identifier {_printable(identifier)!r} and size {size}",
                            result=exc.result, hint="is the image within the meter's size limit, and its identifier "
-                                                   "1..64 bytes? may this client initiate (Management)?") from None
+                                                   "1..64 bytes? may this client initiate (Management, Maintenance)?") from None
     except _LINK_ERRORS as exc:
         raise _link_error(step, exc) from None
 
@@ -462,7 +465,7 @@ def _explain_verify_refusal(state: TransferState | None) -> str:
 
 def _verify_refusal_hint(exc: AccessDenied) -> str:
     if int(exc.result) == READ_WRITE_DENIED:  # not this client's right, or transfers disabled
-        return "give the Management client's credentials file; image transfers must be enabled"
+        return _CLIENT_HINT + "; image transfers must be enabled"
     return "run the same upgrade again: it sends the missing blocks and verifies"
 
 
@@ -511,7 +514,7 @@ async def read_meter_time(client) -> dt.datetime:
         value = await client.get(CLOCK, 2, class_id=CLOCK_CLASS)
     except AccessDenied as exc:
         raise UpgradeError(step, f"the meter's clock {CLOCK} cannot be read", result=exc.result,
-                           hint="give the Management client's credentials file") from None
+                           hint=_CLIENT_HINT) from None
     except _LINK_ERRORS as exc:
         raise _link_error(step, exc) from None
     try:
@@ -557,7 +560,7 @@ async def schedule(client, when: dt.datetime) -> dt.datetime:
     except AccessDenied as exc:
         raise UpgradeError(step, f"writing {ACTIVATION_SCHEDULER}:{EXECUTION_TIME} ({local.isoformat(sep=' ')}) "
                                  "was refused", result=exc.result,
-                           hint="give the Management client's credentials file") from None
+                           hint=_CLIENT_HINT) from None
     except _LINK_ERRORS as exc:
         raise _link_error(step, exc) from None
     return local
