@@ -8,8 +8,8 @@ application version and shows its digest.
 The transfer is one protocol whoever speaks it: `smartmeter fw upgrade` resumes a transfer gurux
 began (sending only the blocks the meter lacks), and gurux finishes one this head-end began.
 
-(Over HDLC the Management client is not allowed: the companion standard lets it associate on the
-LAN only; benchmarks/firmware_transfer.py measures HDLC with a model that lets it.)
+Over the optical port (HDLC) the Maintenance client (HLS 6, suite 1) may upgrade the meter
+instead, and gurux does it there too.
 
 gurux ciphers every request when it builds it, so the block messages it makes at once for the whole
 image carry increasing invocation counters and must go out in that order, before any other request
@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from gurux_dlms import GXDLMSClient
+from gurux_dlms.enums import InterfaceType
 from gurux_dlms.objects import GXDLMSData, GXDLMSImageTransfer
 
 import smartmeter
@@ -41,6 +43,7 @@ from smartmeter.legal.interface import build_firmware_image, parse_firmware_imag
 PACKAGE = Path(smartmeter.__file__).parent
 BLOCK = 1024  # the meter's image_block_size as it starts
 OTHER_REASON = 250
+PHYSICAL_ADDRESS = 0x10  # the meter's HDLC lower address
 
 
 @pytest.fixture(scope="module")
@@ -62,14 +65,21 @@ def signed(meter, raw: bytes) -> bytes:
 
 
 class Gurux:
-    """gurux sessions as the Management client, each with invocation counters above the last one's."""
+    """gurux sessions as the Management client over the wrapper (or the Maintenance client over
+    HDLC), each with invocation counters above the last one's."""
 
-    def __init__(self, meter, first_counter: int = 1_000_000) -> None:
-        self.meter, self.counter = meter, first_counter
-        self.credentials = meter.data_dir / "credentials" / "management.json"
+    def __init__(self, meter, first_counter: int = 1_000_000, *, hdlc: bool = False) -> None:
+        self.meter, self.counter, self.hdlc = meter, first_counter, hdlc
+        self.credentials = meter.data_dir / "credentials" / ("maintenance.json" if hdlc else "management.json")
 
     def open(self) -> GuruxSecureClient:
-        client = quiet(GuruxSecureClient, self.meter.wrapper_port, self.credentials, self.counter)
+        port = self.meter.hdlc_port if self.hdlc else self.meter.wrapper_port
+        client = quiet(GuruxSecureClient, port, self.credentials, self.counter)
+        if self.hdlc:  # the secure peer speaks the wrapper; HDLC as gurux's own client example sets it up
+            client.hdlc = True
+            client.client.interfaceType = InterfaceType.HDLC
+            client.client.serverAddress = GXDLMSClient.getServerAddress(1, PHYSICAL_ADDRESS)
+            client.client.parseUAResponse(quiet(client.transfer, client.client.snrmRequest()).data)
         quiet(client.associate)
         return client
 
@@ -88,6 +98,25 @@ def action(client: GuruxSecureClient, request) -> int:
 
 def read(client: GuruxSecureClient, obj, attribute: int):
     return quiet(client.read, obj, attribute)
+
+
+def test_gurux_over_hdlc_as_the_maintenance_client_transfers_and_verifies(meter, release):
+    raw = signed(meter, release[0])
+    image = parse_firmware_image(raw)
+    blocks = math.ceil(len(raw) / BLOCK)
+    peers = Gurux(meter, hdlc=True)
+    g = peers.open()
+    it = GXDLMSImageTransfer()
+    assert read(g, it, 2) == BLOCK
+    assert action(g, it.imageTransferInitiate(g.client, image.identifier, len(raw))) == 0
+    assert [action(g, packet) for packet in it.imageBlockTransfer(g.client, raw, None)] == [0] * blocks
+    assert read(g, it, 3) == "1" * blocks
+    assert action(g, it.imageVerify(g.client)) == 0 and read(g, it, 6) == 3
+    read(g, it, 7)
+    assert [(i.size, bytes(i.identification), bytes(i.signature)) for i in it.imageActivateInfo] == \
+        [(len(raw), image.identifier.encode(), image.signature)]
+    peers.close(g)
+    assert (meter.data_dir / "firmware" / "holding.img").read_bytes() == raw
 
 
 def test_gurux_transfers_verifies_and_activates_an_image(meter, release):
