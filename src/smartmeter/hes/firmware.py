@@ -66,6 +66,7 @@ DEFAULT_VERIFY_TIMEOUT = 60.0  # seconds a meter may stay in "verification initi
 DEFAULT_RESTART_TIMEOUT = 120.0  # seconds for a meter to come back after an activation
 POLL_INTERVAL = 1.0
 TEMPORARY_FAILURE, READ_WRITE_DENIED = 2, 3  # action-results (Green Book)
+OBJECT_UNDEFINED = 4  # data-access-result: the object is not in this client's view of the model
 # What a request can end with besides the meter's answer: the link went away, the answer did
 # not decode or failed its security checks.
 _LINK_ERRORS = (ClientError, DecodeError, LinkError, OSError, asyncio.TimeoutError)
@@ -104,10 +105,11 @@ def result_name(result) -> str:
 
 
 class UpgradeError(SmartmeterError):
-    """A step of the upgrade failed: `step` (the IC 18 method or attribute, or "restart"),
-    `block` (the block number, for image_block_transfer), `result` (the DLMS data-access- or
-    action-result the meter answered, None when it answered success but its state says no),
-    `detail` (what the meter's state says) and `hint` (what to do)."""
+    """A step of the upgrade failed: `step` (the IC 18 method or attribute, "execution_time" of
+    the scheduler, or "restart"), `block` (the block number, for image_block_transfer), `result`
+    (the DLMS data-access- or action-result the meter answered; None when no answer came, or when
+    the meter answered success and its state says otherwise), `detail` (what happened, with what
+    the meter's state says) and `hint` (what to do)."""
 
     def __init__(self, step: str, detail: str, *, block: int | None = None, result=None, hint: str = "") -> None:
         self.step, self.detail, self.block, self.result, self.hint = step, detail, block, result, hint
@@ -224,9 +226,6 @@ def _request_room(client) -> int | None:
 
 
 # ---------------------------------------------------------------------------- requests
-
-
-OBJECT_UNDEFINED = 4  # data-access-result: the object is not in this client's view of the model
 
 
 async def _get(client, attribute: int, step: str) -> Data:
