@@ -46,6 +46,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from smartmeter.legal import identification
+from smartmeter.legal.signing import _write_atomically
 
 MAGIC = b"SMFW"
 FORMAT = 1
@@ -466,18 +467,7 @@ def _fsync_dir(path: Path) -> None:
 
 def write_file_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    _write_atomically(path, data, mode)
 
 
 def install_firmware_image(image: FirmwareImage, raw: bytes, running_package: Path, data_dir: Path,

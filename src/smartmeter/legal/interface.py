@@ -1948,9 +1948,9 @@ def verify_stored_data(data_dir: Path, tables: tuple[str, ...], public_key_pem: 
     return reports
 
 
-def read_stored_time_base(data_dir: Path) -> TimeBaseState | None:
-    """The time base a meter's data directory holds, read-only (None before a first start, or
-    when it cannot be read): e.g. whether the meter's clock runs at a simulated speed."""
+def _read_stored_meta(data_dir: Path, key: str, parse: Callable[[Any], Any]) -> Any:
+    """parse(value) of a meta entry of a data directory's legal store, read-only; None when there is
+    no store or no such entry, or it cannot be read."""
     from smartmeter.legal.verify import open_read_only
 
     path = Path(data_dir) / "legal.sqlite3"
@@ -1959,32 +1959,25 @@ def read_stored_time_base(data_dir: Path) -> TimeBaseState | None:
     try:
         db = open_read_only(path)
         try:
-            row = db.execute("SELECT value FROM meta WHERE key = 'time_base'").fetchone()
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         finally:
             db.close()
-        return TimeBaseState.from_json(json.loads(row[0])) if row else None
-    except (sqlite3.Error, ValueError, TypeError, KeyError):
+        return parse(json.loads(row[0])) if row else None
+    except (sqlite3.Error, ValueError, TypeError, KeyError, AttributeError):
         return None
+
+
+def read_stored_time_base(data_dir: Path) -> TimeBaseState | None:
+    """The time base a meter's data directory holds, read-only (None before a first start, or
+    when it cannot be read): e.g. whether the meter's clock runs at a simulated speed."""
+    return _read_stored_meta(data_dir, "time_base", TimeBaseState.from_json)
 
 
 def read_stored_firmware_key(data_dir: Path) -> str | None:
     """SHA-256 fingerprint of the firmware key a meter's data directory holds (imported in
-    production), read-only; None before one was imported or when the store cannot be read. For
-    comparison with the manufacturer's published key (WELMEC 7.2 D2)."""
-    from smartmeter.legal.verify import open_read_only
-
-    path = Path(data_dir) / "legal.sqlite3"
-    if not path.is_file():
-        return None
-    try:
-        db = open_read_only(path)
-        try:
-            row = db.execute("SELECT value FROM meta WHERE key = 'firmware_key'").fetchone()
-        finally:
-            db.close()
-        return public_key_fingerprint(json.loads(row[0]).encode("ascii")) if row else None
-    except (sqlite3.Error, ValueError, TypeError, AttributeError):
-        return None
+    production), read-only; None before one was imported. For comparison with the manufacturer's
+    published key (WELMEC 7.2 D2)."""
+    return _read_stored_meta(data_dir, "firmware_key", lambda pem: public_key_fingerprint(pem.encode("ascii")))
 
 
 def identify_software(application_version: str, in_legal_process: bool = False,
