@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/events.py
 	$(BIN)/python benchmarks/tariff_billing.py
 	$(BIN)/python benchmarks/push_listener.py
+	$(BIN)/python benchmarks/firmware_transfer.py
 
 # The WELMEC 7.2 evidence: every test marked @pytest.mark.welmec(...), then docs/welmec/matrix.md
 # with each test's outcome and the software identification of this tree (an examination
