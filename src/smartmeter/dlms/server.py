@@ -180,6 +180,12 @@ class DlmsServer:
             results.append(result)
         return results
 
+    def read_locally(self, class_id: int, logical_name: bytes, attribute: int) -> tuple[Data | None, DataAccessResult]:
+        """An attribute as the meter itself reads it (its display): the same lookup and the object's
+        own get as a client's request, with the meter's authority. -> (value or None, result)."""
+        local = _LocalAssociation(self, 0)
+        return local._guarded(local.read, CosemAttributeDescriptor(class_id, bytes(logical_name), attribute), None)
+
     def run_script(self, script_ln: bytes, selector: int) -> DataAccessResult:
         """Script `selector` of the script table `script_ln` (IC 9 execute), as a schedule or a
         monitor starts it: the callback the scheduler and the register monitors are given."""
