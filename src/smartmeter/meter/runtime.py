@@ -309,8 +309,8 @@ class Meter:
     # -- firmware upgrade (companion §7) --------------------------------------------------------------
     @staticmethod
     def _requester(ctx) -> str:
-        """The requesting client's system title (hex) as the certification log records it (ff..ff:
-        no client's, e.g. the meter's own scheduled activation)."""
+        """The requesting client's system title (hex) as the certification log records it: the
+        meter's own for what its scheduler runs, ff..ff when no system title is known."""
         title = getattr(getattr(ctx, "association", None), "requester_system_title", None)
         return (title if isinstance(title, (bytes, bytearray)) and len(title) == 8 else b"\xff" * 8).hex()
 
