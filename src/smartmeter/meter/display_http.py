@@ -48,6 +48,7 @@ MAX_STREAMS = 16          # event streams open at once; one more is answered 503
 MAX_BODY = 1024           # bytes of a request body
 POLL_SECONDS = 0.25       # how often the engine is asked whether the screen changed
 KEEPALIVE_SECONDS = 15.0  # a comment line on an idle event stream (proxies, dead peers)
+PEER_CHECK_SECONDS = 0.5  # how soon a closed event stream gives its place back
 MAX_PROFILE_ROWS = 10_000  # rows an answer carries (load profile 1 holds 5760)
 RECONNECT_MS = 1000       # EventSource retry hint: the page comes back soon after a meter restart
 
@@ -374,23 +375,25 @@ class DisplayServer:
                 self._latest = None
                 self._poller = asyncio.create_task(self._poll(), name="display-poll")
             await response.write(f"retry: {RECONNECT_MS}\n\n".encode())
-            seen = -1
+            seen, quiet_since = -1, time.monotonic()
             while not self._closing:
                 async with self._changed:
-                    try:
+                    try:  # woken by a new screen; at least twice a second to notice a page gone
                         await asyncio.wait_for(
                             self._changed.wait_for(lambda: self._closing or (self._latest or (seen,))[0] != seen),
-                            KEEPALIVE_SECONDS)
+                            min(PEER_CHECK_SECONDS, KEEPALIVE_SECONDS))
                     except asyncio.TimeoutError:
                         pass
                     latest = self._latest
-                if self._closing:
+                if self._closing or request.transport is None or request.transport.is_closing():
                     break
                 if latest is not None and latest[0] != seen:
                     seen = latest[0]
                     await response.write(latest[1].encode())
-                else:
+                    quiet_since = time.monotonic()
+                elif time.monotonic() - quiet_since >= KEEPALIVE_SECONDS:
                     await response.write(b": keep-alive\n\n")
+                    quiet_since = time.monotonic()
             return response
         except ConnectionError:  # the page went away
             return response

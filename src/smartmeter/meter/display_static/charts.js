@@ -228,7 +228,7 @@
         el("line", { x1: ax, x2: ax + (side === 0 ? -5 : 5), y1: y, y2: y }, axis);
         el("text", { x: ax + (side === 0 ? -8 : 8), y: y + 4, "text-anchor": side === 0 ? "end" : "start", "class": "y-label" }, axis, format(v, g.step));
       }
-      el("text", { x: side === 0 ? 4 : w - 4, y: MARGIN.top - 4, "text-anchor": side === 0 ? "start" : "end", "class": "unit" }, axis, g.unit);
+      el("text", { x: side === 0 ? 4 : w - 4, y: 13, "text-anchor": side === 0 ? "start" : "end", "class": "unit" }, axis, g.unit);
     });
     el("rect", { x: MARGIN.left, y: MARGIN.top, width: plotW, height: plotH, fill: "none", stroke: "#80868c" }, axes);
 
