@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import time
@@ -534,8 +535,10 @@ from pathlib import Path
 from smartmeter import __version__
 from smartmeter.legal import interface as legal
 part = legal.LegalInterface(Path(sys.argv[1]), application_version=__version__, meter_type=100)
-outcome = part.execute(legal.ReadFirmwareActivation())
-print(json.dumps({"outcome": outcome.outcome, "identifier": outcome.identifier, "legal_part": outcome.legal_part,
+at_start = part.execute(legal.ReadFirmwareActivation()).outcome
+outcome = part.execute(legal.ConfirmFirmwareActivation())  # what the meter does once it has served a while
+print(json.dumps({"at_start": at_start, "outcome": outcome.outcome, "identifier": outcome.identifier,
+                  "legal_part": outcome.legal_part,
                   "software_ok": part.execute(legal.ReadSoftwareIdentity()).ok,
                   "log": [[r.event_id, json.loads(r.fields_json)] for r in part.execute(legal.ReadCertificationLog())]}))
 part.close()
@@ -552,14 +555,15 @@ def start_legal_part_of(root: Path, data_dir: Path) -> dict:
 
 def test_the_new_software_running_at_the_next_start_is_logged_as_event_18(tmp_path, trees):
     """After the restart, the legal part of the new software finds itself to be what was activated:
-    event 18 with the activator's title and the identifier it now runs as."""
+    the activation stays pending until the new software confirms it has been serving, then event 18
+    with the activator's title and the identifier it now runs as."""
     data_dir = tmp_path / "data"
     part = open_part(data_dir, trees.factory)
     raw = image_of(trees.newer)
     activate(part, data_dir, raw)
     part.close()
     started = start_legal_part_of(trees.newer, data_dir)
-    assert started["software_ok"]
+    assert started["software_ok"] and started["at_start"] == "pending"
     assert (started["outcome"], started["identifier"], started["legal_part"]) == ("activated", identifier_of(raw), True)
     assert [(e, bytes.fromhex(f["client_system_title"]["hex"]), bytes.fromhex(f["active_firmware_id"]["hex"]))
             for e, f in started["log"]] == [(EVENT_READY, bytes.fromhex(INITIATOR), legal_id(trees.newer)),
@@ -621,3 +625,64 @@ def test_a_failed_installation_keeps_the_running_software(part, tmp_path, trees)
     assert part.execute(legal.ReadFirmwareActivation()).outcome == "failed"
     assert not (data_dir / BOOT_RECORD).exists()
     assert tree_fingerprint(trees.factory) == running
+    # the image stays verified: once the slot can be written, the activation may be asked again
+    (data_dir / SLOTS).unlink()
+    slot = part.execute(legal.ActivateFirmware(INITIATOR))
+    assert (data_dir / SLOTS / slot / "smartmeter").is_dir()
+    assert json.loads((data_dir / BOOT_RECORD).read_text())["trial"]["slot"] == slot
+
+
+def test_a_release_meter_refuses_a_legal_part_approved_only_by_a_development_key(part, tmp_path, trees, monkeypatch):
+    """A meter running a release (its legal part signed by a release key) refuses a legal part
+    whose release manifest is signed by a development key, even one it anchors: a release is
+    replaced only by a release."""
+    development = ec.generate_private_key(ec.SECP256R1())
+    monkeypatch.setattr(release_keys, "DEVELOPMENT_KEYS", {
+        identification.key_id(development.public_key()): (public_pem(development), "a developer")})
+    dev_signed = fs.new_version(trees.factory, tmp_path / "dev-signed", legal_version="1.0.1", key=development)
+    result = verify(part, tmp_path / "data", image_of(dev_signed))
+    assert not result.ok and "development key" in result.reason
+    installed_nothing(part, tmp_path / "data")
+
+
+@pytest.mark.parametrize("evil", [["legal"], {"x": 1}, 7, None])
+def test_a_part_name_of_any_type_is_a_format_error(evil):
+    """parse_firmware_image is total: a part whose name is a list, a dict, a number or null is a
+    FirmwareImageError, never a TypeError."""
+    header = {"format": 1, "identifier": "X", "meter_types": [100], "body_size": 0, "created": "", "key_id": "",
+              "files": [], "parts": [{"b": 0, "name": evil, "version": "1.0", "digest": "0" * 64}]}
+    head = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    body = zlib.compress(b"")
+    raw = (b"SMFW\x01" + len(head).to_bytes(4, "big") + head + len(body).to_bytes(4, "big") + body
+           + (0).to_bytes(2, "big"))
+    with pytest.raises(legal.FirmwareImageError):
+        legal.parse_firmware_image(raw)
+
+
+def test_the_restart_gap_is_caught_up_only_for_the_meter_process_that_stopped(tmp_path):
+    """The gap of an activation restart is measured only when the same meter process starts again
+    (its restart keeps its pid); a start by any other process after it (a power return during the
+    trial) is an outage, as after any power failure: no event 215, a power-up report."""
+    data_dir = tmp_path / "data"
+    for same_process, expected_215 in ((True, True), (False, False)):
+        part = legal.LegalInterface(data_dir)
+        part.execute(legal.PowerUp(time.time()))
+        with legal.atomic(part._db):  # what ActivateFirmware records for the restart
+            part._put_meta("warm_restart", True)
+        part.close()
+        if not same_process:
+            db = sqlite3.connect(data_dir / "legal.sqlite3")
+            row = json.loads(db.execute("SELECT value FROM meta WHERE key = 'warm_stop'").fetchone()[0])
+            row["meter_pid"] = row["meter_pid"] + 1  # another process than the one that stopped
+            db.execute("UPDATE meta SET value = ? WHERE key = 'warm_stop'", (json.dumps(row),))
+            db.commit()
+            db.close()
+        part = legal.LegalInterface(data_dir)
+        try:
+            events = [r.event_id for r in part.execute(legal.ReadMetrologicalLog(None, None))]
+            report = part.execute(legal.PowerUp(time.time()))
+            assert (legal.EVENT_WARM_RESTART in events) == expected_215, (same_process, events)
+            assert (report is None) == same_process  # no outage for the restart itself; else one is reported
+        finally:
+            part.close()
+            data_dir = tmp_path / "data-2"

@@ -146,8 +146,16 @@ def part_of(path: str) -> str:
 
 
 def parse_firmware_image(raw: bytes) -> FirmwareImage:
-    """The image's header and layout, checked field by field; FirmwareImageError otherwise.
+    """The image's header and layout, checked field by field; FirmwareImageError otherwise (any
+    bytes: the checks below are meant to cover every form, and a form they miss is still refused).
     Does not decompress the body or check the signature (see `image_files`, `verify_firmware_image`)."""
+    try:
+        return _parse(raw)
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, RecursionError) as exc:
+        raise FirmwareImageError(f"header malformed ({type(exc).__name__})") from None
+
+
+def _parse(raw: bytes) -> FirmwareImage:
     if not isinstance(raw, (bytes, bytearray)):
         raise FirmwareImageError("an image is bytes")
     raw = bytes(raw)
@@ -197,7 +205,8 @@ def parse_firmware_image(raw: bytes) -> FirmwareImage:
     parts = []
     for entry in header["parts"] if isinstance(header["parts"], list) else [None]:
         if not (isinstance(entry, dict) and set(entry) == {"b", "name", "version", "digest"}
-                and entry["name"] in PART_NUMBERS and entry["b"] == PART_NUMBERS[entry["name"]]
+                and isinstance(entry["name"], str) and entry["name"] in PART_NUMBERS
+                and type(entry["b"]) is int and entry["b"] == PART_NUMBERS[entry["name"]]
                 and version_key(entry["version"]) is not None and _is_hex(entry["digest"], 64)):
             raise FirmwareImageError("a part must be {b, name: legal|application, version: dotted numbers, digest}")
         parts.append(FirmwarePart(entry["b"], entry["name"], entry["version"], entry["digest"]))
@@ -394,9 +403,18 @@ class Verdict:
 
 
 def verify_firmware_image(raw: bytes, *, key_pem: bytes | None, identifier: bytes, size: int, meter_type: int,
-                          running: dict[str, RunningPart], anchored_keys: dict) -> Verdict:
+                          running: dict[str, RunningPart], anchored_keys: dict,
+                          running_is_release: bool = True) -> Verdict:
     """Every check before an image may be activated. Never raises: a refusal is a Verdict."""
     sha = hashlib.sha256(raw).hexdigest()
+    try:
+        return _verify(raw, sha, key_pem, identifier, size, meter_type, running, anchored_keys, running_is_release)
+    except Exception as exc:  # noqa: BLE001 - a check that trips on hostile bytes is a refusal, never a crash
+        return Verdict(False, f"format: {type(exc).__name__}", None, sha)
+
+
+def _verify(raw: bytes, sha: str, key_pem: bytes | None, identifier: bytes, size: int, meter_type: int,
+            running: dict[str, RunningPart], anchored_keys: dict, running_is_release: bool) -> Verdict:
 
     def refuse(reason: str, image: FirmwareImage | None = None) -> Verdict:
         return Verdict(False, reason, image, sha)
@@ -433,9 +451,12 @@ def verify_firmware_image(raw: bytes, *, key_pem: bytes | None, identifier: byte
             manifest = files.get(f"{identification.LEGAL_DIR_NAME}/{identification.MANIFEST_NAME}")
             if manifest is None:
                 return refuse("approval: the legal part has no release manifest", image)
-            reason, expected, _development = identification.verify_manifest(manifest, anchored_keys)
+            reason, expected, development = identification.verify_manifest(manifest, anchored_keys)
             if reason is not identification.IntegrityReason.OK or expected is None:
                 return refuse(f"approval: the legal part's release manifest: {reason.value}", image)
+            if development and running_is_release:
+                return refuse("approval: the legal part is signed by a development key; this meter runs a "
+                              "release, which only a release replaces", image)
             if expected.digest_hex != part.digest or expected.version != part.version:
                 return refuse("approval: the legal part differs from its signed release manifest", image)
         else:
@@ -508,10 +529,11 @@ def install_firmware_image(image: FirmwareImage, raw: bytes, running_package: Pa
 
 def read_boot_record(data_dir: Path) -> dict:
     """{"active": slot name or None (the factory installation), "previous": ..., "trial": None or
-    {"slot", "attempts", "legal_digest", "application_digest", "identifier"}, "last": None or
-    {"slot", "outcome": "activated"|"failed", "reason", "identifier"}}. A missing or unreadable
-    record is the factory state (the meter then starts its factory installation)."""
-    record = {"active": None, "previous": None, "trial": None, "last": None}
+    {"slot", "attempts", "legal_digest", "application_digest", "identifier"}, "probation": None or
+    {"slot", "starts"} (the active slot has not confirmed yet), "last": None or {"slot", "outcome":
+    "activated"|"failed", "reason", "identifier"}}. A missing or unreadable record is the factory
+    state (the meter then starts its factory installation)."""
+    record = {"active": None, "previous": None, "trial": None, "probation": None, "last": None}
     try:
         loaded = json.loads((Path(data_dir) / BOOT_RECORD).read_bytes())
     except (OSError, ValueError):

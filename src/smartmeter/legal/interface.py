@@ -684,6 +684,12 @@ class FirmwareActivation:
 
 
 @dataclass(frozen=True, slots=True)
+class ConfirmFirmwareActivation:
+    """The software of a pending activation has been running and serving: conclude the activation
+    as successful (event 18). Nothing happens when other software runs. -> FirmwareActivation."""
+
+
+@dataclass(frozen=True, slots=True)
 class ReadFirmwareActivation:
     """-> FirmwareActivation: the last activation as this part concluded it at its start."""
 
@@ -700,6 +706,9 @@ from smartmeter.legal.firmware import (  # noqa: E402,F401
 # Plain records that may travel inside commands (see legal/process.py)
 RECORD_TYPES = (ProfileRow,)
 
+
+# commands whose heavy part (an image's hashes, a slot's files) runs outside the metering lock
+_UNLOCKED_COMMANDS = (VerifyFirmwareImage, ActivateFirmware)
 
 _AUTHORITY_COMMANDS = (SetParameters, SetCertificationMode, WriteCertificationObject, ProvisionAuthoritySecret,
                        OpenAuthorityChallenge, ProveAuthority, EndAuthority)
@@ -757,7 +766,10 @@ class LegalInterface:
         warm_stop = self._meta("warm_stop", None)
         stopped = warm_stop.get("time") if isinstance(warm_stop, dict) else None
         gap = time.time() - stopped if isinstance(stopped, (int, float)) else None
-        self._warm_backlog = gap if gap is not None and 0 <= gap <= WARM_RESTART_BUFFER else 0.0
+        # only the meter process that stopped for the activation, restarting itself (exec keeps its
+        # pid): any other start after it, e.g. after a power cut during the trial, is an outage
+        same_meter = isinstance(warm_stop, dict) and warm_stop.get("meter_pid") == os.getppid()
+        self._warm_backlog = gap if same_meter and gap is not None and 0 <= gap <= WARM_RESTART_BUFFER else 0.0
         if self._warm_backlog:
             self._outage = None
         self._powered = not self._meta("powered_down", False)
@@ -904,6 +916,7 @@ class LegalInterface:
             VerifyFirmwareImage: self._verify_firmware,
             ActivateFirmware: self._activate_firmware,
             ReadFirmwareActivation: lambda _: self._firmware_activation(),
+            ConfirmFirmwareActivation: self._confirm_firmware,
         }
 
     # -- the door ---------------------------------------------------------------------------------
@@ -928,6 +941,8 @@ class LegalInterface:
                 with self._lock:
                     self._log_authority_refusal(type(command).__name__, "malformed", "a field of the wrong type")
             raise
+        if type(command) in _UNLOCKED_COMMANDS:  # they take the lock themselves, around the store only
+            return handler(command)
         with self._lock:
             return handler(command)
 
@@ -1138,73 +1153,89 @@ class LegalInterface:
         return self._cert_log.capacity - self._cert_log.count()
 
     def _verify_firmware(self, cmd: VerifyFirmwareImage) -> FirmwareVerification:
+        """Runs without the metering lock (see `execute`): reading, decompressing and hashing an
+        image of up to 16 MiB must not hold up the metering thread; the store is touched under it."""
         try:
             identifier = bytes.fromhex(cmd.identifier_hex)
         except ValueError:
             raise CommandRefused("identifier_hex is not hex") from None
         initiator = self._title(cmd.client_system_title)
+        with self._lock:
+            key = self._meta("firmware_key", None)
+            sealed = not self._parameters.values().get("firmware_download", 1)
+            running = self._running_parts()
         raw = self._holding_image()
-        key = self._meta("firmware_key", None)
-        if not self._parameters.values().get("firmware_download", 1):
+        if sealed:
             verdict = firmware.Verdict(False, "download of software is disabled on this meter (sealed setting)",
                                        None, "")
         else:
             verdict = firmware.verify_firmware_image(
                 raw, key_pem=key.encode("ascii") if key else None, identifier=identifier, size=cmd.size,
-                meter_type=self._meter_type, running=self._running_parts(),
-                anchored_keys=identification.anchored_keys())
+                meter_type=self._meter_type, running=running, anchored_keys=identification.anchored_keys(),
+                running_is_release=not self._integrity.development_key)
         image = verdict.image
         legal_part = image is None or image.part(firmware.PART_LEGAL) is not None
-        if verdict.ok and legal_part and self._cert_log_room() < 2:
-            # the activation must be recordable too (D4: when the log is full, downloads are impossible)
-            verdict = firmware.Verdict(False, "the certification protected log is full: no download of the legally "
-                                       "relevant part until it is read out and cleared", image, verdict.sha256)
-        if legal_part and self._cert_log_room() > 0:
-            legal = image.part(firmware.PART_LEGAL) if image else None
-            downloaded = (f"{legal.version} {legal.digest[:8]}" if legal else identifier[:64].decode("latin-1"))
-            self._cert_log.append(int(self._now()), EVENT_LR_FIRMWARE_READY if verdict.ok else EVENT_LR_FIRMWARE_FAILED,
-                                  initiator, downloaded.encode("latin-1", "replace"))
-        with atomic(self._db):
-            self._put_meta("firmware_verified", {"sha256": verdict.sha256, "initiator": cmd.client_system_title,
-                                                 "identifier": image.identifier} if verdict.ok else None)
+        with self._lock:
+            if verdict.ok and legal_part and self._cert_log_room() < 2:
+                # the activation must be recordable too (D4: when the log is full, downloads are impossible)
+                verdict = firmware.Verdict(False, "the certification protected log is full: no download of the "
+                                           "legally relevant part until it is read out and cleared", image,
+                                           verdict.sha256)
+            if legal_part and self._cert_log_room() > 0:
+                legal = image.part(firmware.PART_LEGAL) if image else None
+                downloaded = f"{legal.version} {legal.digest[:8]}" if legal else identifier[:64].decode("latin-1")
+                self._cert_log.append(int(self._now()),
+                                      EVENT_LR_FIRMWARE_READY if verdict.ok else EVENT_LR_FIRMWARE_FAILED,
+                                      initiator, downloaded.encode("latin-1", "replace"))
+            with atomic(self._db):
+                self._put_meta("firmware_verified", {"sha256": verdict.sha256, "initiator": cmd.client_system_title,
+                                                     "identifier": image.identifier} if verdict.ok else None)
         return FirmwareVerification(
             verdict.ok, verdict.reason, image.identifier if image else "", len(raw),
             image.signature.hex() if image else "", verdict.sha256,
             tuple((p.b, p.name, p.version, p.digest) for p in image.parts) if image else ())
 
     def _activate_firmware(self, cmd: ActivateFirmware) -> str:
-        self._title(cmd.client_system_title)
-        verified = self._meta("firmware_verified", None)
-        if not isinstance(verified, dict):
-            raise CommandRefused("no verified image: verify before activation")
+        """Runs without the metering lock (see `execute`): the slot is written and synced outside
+        it; the store is touched under it."""
+        title = self._title(cmd.client_system_title)
+        with self._lock:
+            verified = self._meta("firmware_verified", None)
+            if not isinstance(verified, dict):
+                raise CommandRefused("no verified image: verify before activation")
+            if not self._parameters.values().get("firmware_download", 1):
+                raise CommandRefused("download of software is disabled on this meter (sealed setting)")
+            failures = self._meta("firmware_failures", {})
+            running = self._running_parts()
         raw = self._holding_image()
         if hashlib.sha256(raw).hexdigest() != verified.get("sha256"):
             raise CommandRefused("the image changed since it was verified: verify again")
-        failures = self._meta("firmware_failures", {})
         if isinstance(failures, dict) and failures.get(verified["sha256"], 0) >= FIRMWARE_ATTEMPTS:
             raise CommandRefused(f"this image failed to start {FIRMWARE_ATTEMPTS} times: it is not tried again")
         image = firmware.parse_firmware_image(raw)
         legal = image.part(firmware.PART_LEGAL)
-        if legal is not None and self._cert_log_room() < 1:
-            raise CommandRefused("the certification protected log is full")
-        running = self._running_parts()
         expected = {p: (image.part(p) or running[p]).digest
                     for p in (firmware.PART_LEGAL, firmware.PART_APPLICATION)}
-        sequence = int(self._meta("firmware_sequence", 0)) + 1
-        slot = f"{sequence:04d}-{verified['sha256'][:12]}"
-        pending = {"sequence": sequence, "slot": slot, "identifier": image.identifier, "sha256": verified["sha256"],
-                   "legal_part": legal is not None, "initiator": cmd.client_system_title,
-                   "legal_digest": expected[firmware.PART_LEGAL],
-                   "application_digest": expected[firmware.PART_APPLICATION],
-                   "legal_id": f"{legal.version} {legal.digest[:8]}" if legal else ""}
-        # recorded first: a power failure from here on ends as a failed activation unless the new
-        # software is what then runs
-        with atomic(self._db):
-            self._put_meta("firmware_sequence", sequence)
-            self._put_meta("firmware_pending", pending)
-            self._put_meta("firmware_verified", None)
-            self._put_meta("warm_restart", True)
-        self._persist(force=True)
+        # the meter's own scheduler activates with no client's title: the client who verified it asked
+        initiator = verified.get("initiator") if title == NO_CLIENT else cmd.client_system_title
+        with self._lock:
+            if legal is not None and self._cert_log_room() < 1:
+                raise CommandRefused("the certification protected log is full")
+            sequence = int(self._meta("firmware_sequence", 0)) + 1
+            slot = f"{sequence:04d}-{verified['sha256'][:12]}"
+            pending = {"sequence": sequence, "slot": slot, "identifier": image.identifier,
+                       "sha256": verified["sha256"], "legal_part": legal is not None, "initiator": initiator,
+                       "legal_digest": expected[firmware.PART_LEGAL],
+                       "application_digest": expected[firmware.PART_APPLICATION],
+                       "legal_id": f"{legal.version} {legal.digest[:8]}" if legal else ""}
+            # recorded first: a power failure from here on ends as a failed activation unless the new
+            # software is what then runs
+            with atomic(self._db):
+                self._put_meta("firmware_sequence", sequence)
+                self._put_meta("firmware_pending", pending)
+                self._put_meta("firmware_verified", None)
+                self._put_meta("warm_restart", True)
+            self._persist(force=True)
         try:
             firmware.install_firmware_image(image, raw, self._package_root(), self._data_dir, slot)
             record = firmware.read_boot_record(self._data_dir)
@@ -1213,24 +1244,37 @@ class LegalInterface:
                                "application_digest": pending["application_digest"]}
             firmware.write_boot_record(self._data_dir, record)
         except (OSError, firmware.FirmwareImageError) as exc:
-            self._conclude_activation(pending, False, f"installation failed: {exc}")
+            with self._lock:
+                self._conclude_activation(pending, False, f"installation failed: {exc}")
+                with atomic(self._db):  # still verified: the activation may be asked again (disk freed)
+                    self._put_meta("firmware_verified", verified)
             raise CommandRefused(f"installation failed: {exc}") from None
         return slot
 
-    def _settle_firmware_activation(self) -> None:
-        """At start: an activation was pending; is the software it installs what runs now?"""
+    def _confirm_firmware(self, _: "ConfirmFirmwareActivation") -> FirmwareActivation:
+        """The new software has been serving: the pending activation succeeded (event 18)."""
         pending = self._meta("firmware_pending", None)
-        if not isinstance(pending, dict):
-            return
+        if isinstance(pending, dict) and self._runs(pending):
+            self._conclude_activation(pending, True, "")
+        return self._firmware_activation()
+
+    def _runs(self, pending: dict) -> bool:
         running = self._running_parts()
-        ok = (running[firmware.PART_LEGAL].digest == pending.get("legal_digest")
-              and running[firmware.PART_APPLICATION].digest == pending.get("application_digest"))
-        reason = ""
-        if not ok:
-            last = firmware.read_boot_record(self._data_dir).get("last") or {}
-            reason = (last.get("reason") if isinstance(last, dict) and last.get("slot") == pending.get("slot")
-                      else "") or "the new software did not come up; the previous software runs"
-        self._conclude_activation(pending, ok, str(reason)[:200])
+        return (running[firmware.PART_LEGAL].digest == pending.get("legal_digest")
+                and running[firmware.PART_APPLICATION].digest == pending.get("application_digest"))
+
+    def _settle_firmware_activation(self) -> None:
+        """At start: an activation was pending. Other software than it installs runs now: it failed
+        (51). Its software runs: it stays pending until that software has been serving for a while
+        and confirms it (ConfirmFirmwareActivation, 18); if it stops before, the boot code returns
+        to the previous software, whose start concludes it as failed."""
+        pending = self._meta("firmware_pending", None)
+        if not isinstance(pending, dict) or self._runs(pending):
+            return
+        last = firmware.read_boot_record(self._data_dir).get("last") or {}
+        reason = (last.get("reason") if isinstance(last, dict) and last.get("slot") == pending.get("slot")
+                  else "") or "the new software did not come up; the previous software runs"
+        self._conclude_activation(pending, False, str(reason)[:200])
 
     def _conclude_activation(self, pending: dict, ok: bool, reason: str) -> None:
         if pending.get("legal_part") and self._cert_log_room() > 0:
@@ -1880,7 +1924,7 @@ class LegalInterface:
                         self._put_meta("warm_restart", False)
                         loads, voltages = self._metering.installation() if self._sensor_kind == "synthetic" else ((), ())
                         self._put_meta("warm_stop", {"time": time.time(), "loads": [list(l) for l in loads],
-                                                     "voltages": list(voltages)})
+                                                     "voltages": list(voltages), "meter_pid": os.getppid()})
             for table in (self._lp1, self._lp2):
                 try:
                     table.checkpoint()
