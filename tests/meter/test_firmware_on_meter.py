@@ -177,3 +177,35 @@ def test_energy_across_an_activation_restart_is_what_the_load_drew(trees, tmp_pa
         assert len(gaps) == 1 and 0 < gaps[0]["gap_ms"] < shortest * 1000
     finally:
         meter.stop()
+
+
+def _crash_once_serving(package: Path) -> None:
+    """The new software starts, opens its interfaces, and then fails (a fault only serving shows)."""
+    main = package / "cli" / "main.py"
+    text = main.read_text()
+    marker = "    stop = asyncio.Event()\n"
+    assert text.count(marker) == 1
+    main.write_text(text.replace(marker, "    raise RuntimeError('this build fails once it serves')\n" + marker))
+
+
+@pytest.mark.welmec("D1")
+def test_software_that_fails_once_serving_is_left_by_the_meter_itself(trees, tmp_path):
+    """New software that passes its trial but fails before it has served 5 s is started again by the meter itself, and after two such starts the meter returns to the previous software on its own (same process throughout): status 7, event 51 after 17, the previous identifiers."""
+    factory = trees[0]
+    failing = fs.new_version(factory, tmp_path / "failing", application_version="0.1.1", edit=_crash_once_serving)
+    meter = start_meter(tmp_path / "m", software=factory)
+    try:
+        image = fs.signed_image(failing, meter.data_dir, parts=(legal.PART_APPLICATION,))
+        with pytest.raises(upgrade.UpgradeError):  # the meter comes back, but not on the new software
+            asyncio.run(_upgrade(meter, image))
+        state = asyncio.run(_read_state(meter))
+        assert meter.process.poll() is None  # the same meter process, restarted by itself
+        assert state["status"] == ACTIVATION_FAILED
+        assert state["identifiers"] == tree_identifiers(factory) != tree_identifiers(failing)
+        assert state["codes"].count(EVENT_READY) == 1 and state["codes"].count(EVENT_FAILED) == 1
+        record = legal.read_boot_record(meter.data_dir)
+        assert record["active"] is None and record["probation"] is None
+        assert record["last"]["outcome"] == "failed" and "before it had served" in record["last"]["reason"]
+    finally:
+        meter.stop()
+    assert "".join(meter.output).count("this build fails once it serves") == 2

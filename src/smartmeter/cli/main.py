@@ -175,19 +175,45 @@ def meter_run(data_dir: Path, host: str, wrapper_port: int, hdlc_port: int, seri
         if built is not None and built != int(phases):
             raise UsageProblem(f"{data_dir} holds a {built}-phase meter; it cannot become a {phases}-phase one",
                                f"give --phases {built}, or a new --data-dir for a {phases}-phase meter")
-    meter_ = Meter(MeterConfig(data_dir=data_dir, serial=serial_number, profile=profile, realtime=True,
-                               meter_type=100 if phases == "1" else 300,
-                               sensor="remote" if sensor_port is not None else "synthetic", sensor_port=sensor_port,
-                               speed=speed, start_time=start, backfill_days=0 if start is not None else 30,
-                               firmware_key=firmware_key))
+    config = MeterConfig(data_dir=data_dir, serial=serial_number, profile=profile, realtime=True,
+                         meter_type=100 if phases == "1" else 300,
+                         sensor="remote" if sensor_port is not None else "synthetic", sensor_port=sensor_port,
+                         speed=speed, start_time=start, backfill_days=0 if start is not None else 30,
+                         firmware_key=firmware_key)
+    # new software on probation that fails is started again through the factory command: after
+    # boot.TRIAL_ATTEMPTS such starts the boot code returns to the previous software by itself
+    on_probation = bool(os.environ.get(boot.ENV_BOOTED)) and boot.on_probation(data_dir)
+    try:
+        meter_ = Meter(config)
+    except (UsageProblem, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        if not on_probation:
+            raise
+        _restart_after_failure(exc)
     try:
         asyncio.run(_serve(meter_, host, wrapper_port, hdlc_port, serial_device, banner))
+    except (UsageProblem, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        if not on_probation:
+            raise
+        meter_.close()
+        _restart_after_failure(exc)
     finally:
         meter_.close()
     if meter_.restart_requested:
         click.echo("meter stopped for the activation of new software; state saved; restarting")
         boot.restart()
     click.echo("meter stopped; state saved in " + str(data_dir))
+
+
+def _restart_after_failure(exc: Exception) -> None:
+    from smartmeter.meter import boot
+
+    click.echo(f"firmware: the new software failed before it was confirmed ({type(exc).__name__}: {exc}); "
+               "restarting", err=True)
+    boot.restart()
 
 
 def _boot_installed_software(data_dir: Path, meter: dict) -> None:
@@ -286,6 +312,7 @@ def _print_banner(meter_, host: str, wrapper_port: int, hdlc_port: int) -> None:
 
 
 async def _serve(meter_, host: str, wrapper_port: int, hdlc_port: int, serial_device: str | None, banner: bool) -> None:
+    from smartmeter.meter import boot
     from smartmeter.transport import aio
 
     async def listen(what: str, port: int, start):
@@ -380,10 +407,17 @@ async def _serve(meter_, host: str, wrapper_port: int, hdlc_port: int, serial_de
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def stopped_by_user() -> None:  # also in the moment before an activation's restart: then no restart
+        meter_.restart_requested = False
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, stopped_by_user)
     # an activated firmware: stop as for Ctrl-C once the activation's response has gone out, then restart
     meter_.on_restart = lambda: loop.call_soon_threadsafe(loop.call_later, RESTART_DELAY, stop.set)
+    # new software on probation stays once it has served a while (boot.CONFIRM_AFTER)
+    loop.call_later(boot.CONFIRM_AFTER, meter_.confirm_software)
     registration = asyncio.create_task(meter_.run_registration())
     await stop.wait()
     registration.cancel()

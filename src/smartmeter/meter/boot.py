@@ -18,9 +18,13 @@ then restarts through the factory command, and `choose`:
    legal part in a legal process whose software check passes, and start a meter (without
    interfaces) on a scratch copy of this meter's data, so that a start that would fail on these
    stores (a migration, a model error) fails here and not in the field;
-4. on success makes the slot active (the previous one is kept for the record); otherwise removes
-   the slot, keeps the running software and records why. Either way the legal part, at its next
-   start, compares what runs with what was activated and logs 18 or 51 (legal/interface.py).
+4. on success makes the slot active, on probation (the previous one is kept); otherwise removes
+   the slot, keeps the running software and records why;
+5. a slot on probation must confirm (`confirm`) once it has served for CONFIRM_AFTER seconds;
+   every start of it before that counts, and after TRIAL_ATTEMPTS starts without a confirmation
+   the previous software is active again and the slot is removed.
+The legal part concludes the activation: 51 at the start of any other software than the one
+activated, 18 when that software confirms (legal/interface.py).
 
 Then the active slot's meter runs in this very process (exec: same pid, so a kill -9 or a
 supervisor sees one meter).
@@ -37,6 +41,7 @@ from pathlib import Path
 from smartmeter.legal import interface as legal
 
 TRIAL_ATTEMPTS = 2
+CONFIRM_AFTER = 5.0  # s of serving before new software is confirmed (the meter's interfaces open, ticking)
 SELFTEST_TIMEOUT = 180.0  # seconds: a cold interpreter, the whole application and a legal process
 ENV_BOOTED = "SMARTMETER_BOOTED"  # set in the process of a chosen slot: nothing to choose again
 ENV_FACTORY_ARGV = "SMARTMETER_FACTORY_ARGV"  # how the factory command was started (a restart runs it again)
@@ -73,13 +78,27 @@ def choose(data_dir: Path, meter: dict | None = None) -> str | None:
         last = {"slot": slot, "outcome": "activated" if ok else "failed", "reason": reason,
                 "identifier": trial.get("identifier", "")}
         if ok:
-            record.update(active=slot, previous=record.get("active"), trial=None, last=last)
+            record.update(active=slot, previous=record.get("active"), trial=None, last=last,
+                          probation={"slot": slot, "starts": 0})
         else:
             record.update(trial=None, last=last)
         legal.write_boot_record(data_dir, record)
         if not ok:
             shutil.rmtree(slot_root(data_dir, slot), ignore_errors=True)
         _remove_unused_slots(data_dir, {record.get("active"), record.get("previous")})
+    probation = record.get("probation")
+    if isinstance(probation, dict) and probation.get("slot") == record.get("active"):
+        probation["starts"] = int(probation.get("starts") or 0) + 1
+        if probation["starts"] > TRIAL_ATTEMPTS:  # it never kept running: back to the software before it
+            slot = probation["slot"]
+            record.update(active=record.get("previous"), previous=None, probation=None,
+                          last={"slot": slot, "outcome": "failed", "identifier": (record.get("last") or {}).get(
+                              "identifier", ""), "reason": f"the new software stopped before it had served "
+                                                           f"{CONFIRM_AFTER:.0f} s, {TRIAL_ATTEMPTS} times"})
+            legal.write_boot_record(data_dir, record)
+            shutil.rmtree(slot_root(data_dir, slot), ignore_errors=True)
+        else:
+            legal.write_boot_record(data_dir, record)
     return active_slot(data_dir)  # a slot removed by hand: the factory installation is what is left
 
 
@@ -89,6 +108,23 @@ def _remove_unused_slots(data_dir: Path, keep: set) -> None:
     for entry in slots.iterdir() if slots.is_dir() else ():
         if entry.is_dir() and entry.name not in keep:
             shutil.rmtree(entry, ignore_errors=True)
+
+
+def confirm(data_dir: Path) -> bool:
+    """The running software has served long enough: it stays (ends its probation). -> whether it was
+    on probation."""
+    record = legal.read_boot_record(data_dir)
+    if not isinstance(record.get("probation"), dict):
+        return False
+    record["probation"] = None
+    legal.write_boot_record(data_dir, record)
+    return True
+
+
+def on_probation(data_dir: Path) -> bool:
+    """Is the active software new and not confirmed yet?"""
+    probation = legal.read_boot_record(data_dir).get("probation")
+    return isinstance(probation, dict)
 
 
 def active_slot(data_dir: Path) -> str | None:
@@ -109,12 +145,20 @@ def _try(data_dir: Path, trial: dict, meter: dict) -> tuple[bool, str]:
         return False, f"the installed software cannot be read: {exc}"
     if (legal_digest, application_digest) != (trial.get("legal_digest"), trial.get("application_digest")):
         return False, "the installed software is not what was activated"
+    # the scratch copy lives in the data directory (owner-only, like the data) and this process,
+    # not the child that may be killed, removes it
+    scratch = Path(data_dir) / "firmware" / "selftest"
+    shutil.rmtree(scratch, ignore_errors=True)
     try:
-        done = subprocess.run([sys.executable, "-c", _SELFTEST, str(root), str(data_dir), json.dumps(meter)],
-                              capture_output=True,
-                              timeout=SELFTEST_TIMEOUT, stdin=subprocess.DEVNULL)
+        shutil.copytree(data_dir, scratch, ignore=shutil.ignore_patterns("*.sock", "firmware"), symlinks=True)
+        done = subprocess.run([sys.executable, "-c", _SELFTEST, str(root), str(scratch), json.dumps(meter)],
+                              capture_output=True, timeout=SELFTEST_TIMEOUT, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         return False, f"the new software's self-test did not finish in {SELFTEST_TIMEOUT:.0f} s"
+    except OSError as exc:
+        return False, f"the self-test's copy of the data could not be made: {exc}"
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     try:
         report = json.loads(done.stdout.decode("utf-8", "replace").strip().splitlines()[-1])
     except (ValueError, IndexError):
@@ -129,10 +173,8 @@ def _try(data_dir: Path, trial: dict, meter: dict) -> tuple[bool, str]:
 
 
 def selftest_main() -> None:
-    """Run in a child process from the slot under test (argv: data directory, the meter as JSON):
-    what must work before a meter may run on it. Prints one JSON line {"ok": bool, "reason": str}."""
-    import tempfile
-
+    """Run in a child process from the slot under test (argv: a scratch copy of the meter's data, the
+    meter as JSON): what must work before a meter may run on it. Prints one JSON line {"ok", "reason"}."""
     try:
         import smartmeter.cli.main  # noqa: F401 - the whole command line and, through it, the application
         from smartmeter import __version__
@@ -141,11 +183,8 @@ def selftest_main() -> None:
         identity = legal.identify_software(__version__, fallback=False)
         if not identity.ok:
             raise RuntimeError(f"its legally relevant part fails its software check: {identity.reason}")
-        data_dir, meter = Path(sys.argv[1]), json.loads(sys.argv[2])
-        with tempfile.TemporaryDirectory(prefix="smartmeter-selftest-") as scratch:
-            copy = Path(scratch) / "data"
-            shutil.copytree(data_dir, copy, ignore=shutil.ignore_patterns("*.sock", "firmware"), symlinks=True)
-            Meter(MeterConfig(data_dir=copy, backfill_days=0, **meter)).close()
+        copy, meter = Path(sys.argv[1]), json.loads(sys.argv[2])
+        Meter(MeterConfig(data_dir=copy, backfill_days=0, **meter)).close()
     except BaseException as exc:  # noqa: BLE001 - the reason is the report
         print(json.dumps({"ok": False, "reason": f"{type(exc).__name__}: {exc}"}), flush=True)
         sys.exit(1)

@@ -17,7 +17,7 @@ from smartmeter.cosem.results import DataAccessResult
 from smartmeter.cosem.obis import Obis
 from smartmeter.cosem.objectmodel import ObjectModel
 from smartmeter.dlms.apdu.acse import AcseServiceUserDiagnostic
-from smartmeter.dlms.server import DlmsServer
+from smartmeter.dlms.server import LOCAL_CLIENT, DlmsServer
 from smartmeter.legal import interface as legal
 from smartmeter.legal.interface import DEMAND_PERIOD
 from smartmeter.meter.authority import hand_over_certification_secret
@@ -309,9 +309,11 @@ class Meter:
     # -- firmware upgrade (companion §7) --------------------------------------------------------------
     @staticmethod
     def _requester(ctx) -> str:
-        """The requesting client's system title (hex) as the certification log records it: the
-        meter's own for what its scheduler runs, ff..ff when no system title is known."""
+        """The requesting client's system title (hex) as the certification log records it; ff..ff
+        for what the meter's scheduler runs (the legal part then records the client who verified)."""
         title = getattr(getattr(ctx, "association", None), "requester_system_title", None)
+        if getattr(ctx, "client_sap", None) == LOCAL_CLIENT.sap:  # a script: the legal part names who verified
+            title = None
         return (title if isinstance(title, (bytes, bytearray)) and len(title) == 8 else b"\xff" * 8).hex()
 
     def _verify_image(self, identifier: bytes, size: int, ctx) -> Verification:
@@ -330,9 +332,19 @@ class Meter:
     def _image_event(self, code: int, ctx) -> None:
         self.events.record(code, self._context(getattr(ctx, "association", None)))
 
+    def confirm_software(self) -> None:
+        """Called once the meter has served for a while (boot.CONFIRM_AFTER): software on probation
+        after an activation stays, and its activation is concluded as successful."""
+        from smartmeter.meter import boot
+
+        boot.confirm(self.config.data_dir)  # first: a stop between the two only delays the event 18
+        self.legal.execute(legal.ConfirmFirmwareActivation())
+        self._settle_activation()
+
     def _settle_activation(self) -> None:
-        """After a restart for an activation: did the new software come up? (The legal part decided
-        at its start; here the image transfer's status and the standard and security logs learn it.)"""
+        """After a restart for an activation: did the new software come up? (The legal part decides:
+        at its start when other software runs, at the confirmation when the new one has served;
+        here the image transfer's status and the standard and security logs learn it.)"""
         outcome = self.legal.execute(legal.ReadFirmwareActivation())
         if outcome.outcome in ("activated", "failed") and outcome.sequence > self.store.get("firmware.reported", 0):
             ok = outcome.outcome == "activated"
@@ -345,7 +357,8 @@ class Meter:
                     self.events.record(EVENT_FIRMWARE_FAILED)
                 log.warning("firmware %s not activated: %s", outcome.identifier, outcome.reason)
             self.store.put("firmware.reported", outcome.sequence)
-        elif outcome.outcome != "pending" and self.image_transfer.status == TransferStatus.ACTIVATION_INITIATED:
+        elif outcome.outcome != "pending" and self.image_transfer.status == TransferStatus.ACTIVATION_INITIATED \
+                and not self.restart_requested:
             # stopped before the legal part took the activation: nothing was installed
             self.image_transfer.activation_finished(False, "the activation was interrupted before the installation")
 
