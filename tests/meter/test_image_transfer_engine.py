@@ -744,3 +744,32 @@ def test_the_image_read_back_is_the_one_sent(store, holding):
     send_all(engine, image, 1024)
     engine.verify()
     assert hashlib.sha256(engine.read_image()).digest() == hashlib.sha256(image).digest()
+
+
+def test_activation_of_an_image_not_verified_verifies_it_first(store, holding):
+    """Blue Book: an image not verified before is verified as part of its activation. With every
+    block in, activate runs the verification (event 17) and then the activation; with a block
+    missing it is refused and changes nothing; a verification that fails ends in status 4."""
+    image = image_of(3000)
+    meter = Meter(expected=image)
+    engine = start(store, holding, meter)
+    engine.initiate(IDENTIFIER, len(image))
+    send_all(engine, image, engine.block_size, skip={1})
+    before = snapshot(engine, store)
+    with pytest.raises(TransferRefused):
+        engine.activate()
+    assert snapshot(engine, store) == before and meter.verified == [] and meter.activated == []
+    engine.transfer_block(1, blocks_of(image, engine.block_size)[1])
+    engine.activate()
+    assert [code for code, _ in meter.events] == [17] and len(meter.verified) == 1 == len(meter.activated)
+    assert engine.status == S.ACTIVATION_INITIATED
+
+    other = start(store, holding, Meter(expected=b"another image"))
+    other.set_enabled(False)
+    other.set_enabled(True)
+    other.initiate(IDENTIFIER, len(image))
+    send_all(other, image, other.block_size)
+    with pytest.raises(TransferRefused) as refused:
+        other.activate()
+    assert "verification before the activation failed" in refused.value.reason
+    assert other.status == S.VERIFICATION_FAILED

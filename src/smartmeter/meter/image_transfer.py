@@ -5,8 +5,8 @@ nothing here knows DLMS types.
 
     status                    initiate           block         verify            activate
     0 not initiated           afresh -> 1        refused       refused           refused
-    1 initiated               same id+size:      written       all in: 2 -> 3/4  refused
-                              resume, else
+    1 initiated               same id+size:      written       all in: 2 -> 3/4  all in: verified
+                              resume, else                                       first, then -> 5
                               refused
     2 verification initiated  (only while the verification callback runs, under the lock)
     3 verification successful afresh -> 1        refused       success, nothing  -> 5
@@ -356,6 +356,11 @@ class ImageTransfer:
             if self.status == TransferStatus.ACTIVATION_INITIATED:
                 raise TransferRefused("the activation is under way; the meter restarts on the new software",
                                       Refusal.BUSY)
+            if self.status == TransferStatus.INITIATED:
+                # Blue Book: an image not verified before is verified as part of its activation
+                outcome = self.verify(ctx)
+                if not outcome.ok:
+                    raise TransferRefused(f"the verification before the activation failed: {outcome.reason}")
             if self.status != TransferStatus.VERIFICATION_SUCCESSFUL:
                 raise TransferRefused(f"only a verified image is activated; the status is {self.status.value} "
                                       f"({self.status.name.lower()})")
