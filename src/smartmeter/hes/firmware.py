@@ -446,9 +446,12 @@ async def verify(client, *, timeout: float = DEFAULT_VERIFY_TIMEOUT, poll: float
                        hint="run the upgrade again")
 
 
-_VERIFICATION_FAILED = "the meter does not accept the image (signature, identifier, size, meter type or version): "
+_VERIFICATION_FAILED = ("the meter does not accept the image (its log names the check: signature, identifier, "
+                        "size, meter type, integrity, approval of a legal part, version; or downloads are sealed "
+                        "off, or its certification log is full): ")
 _VERIFICATION_FAILED_HINT = ("check the image with `smartmeter fw inspect --key KEY.pem`: it must be signed with the "
-                             "firmware key the meter trusts, be for its meter type and not go back in version")
+                             "firmware key the meter trusts, be for its meter type and not go back in version; event "
+                             "51 is in the meter's standard log")
 
 
 def _explain_verify_refusal(state: TransferState | None) -> str:
@@ -497,8 +500,9 @@ async def activate(client) -> None:
         else:
             detail = f"activation needs a successful verification; the meter shows {status_text(state.status)}"
         raise UpgradeError(step, detail, result=exc.result,
-                           hint="the meter runs its previous software; verify the image again, or read the meter's "
-                                "event log for the reason") from None
+                           hint="the meter runs its previous software; the same command tries the activation again "
+                                "(the meter's log says why it refused: e.g. no room for the slot, downloads sealed "
+                                "off, the image failed to start 3 times)") from None
     except _LINK_ERRORS as exc:
         raise _link_error(step, exc) from None
 
