@@ -245,6 +245,15 @@ def test_a_failing_runtime_or_engine_is_a_500_and_the_server_goes_on():
         thread.close()
 
 
+def test_a_press_the_runtime_refuses_is_409_with_its_reason():
+    thread = ServerThread(FakeDisplay(), lambda button, long: {"ok": False, "error": "no supply"})
+    try:
+        answer = press(thread, {"button": "R"})
+        assert answer[0] == 409 and one_line_error(answer) == "no supply"
+    finally:
+        thread.close()
+
+
 def test_pages_and_files_are_served_only_from_the_static_folder(served):
     _, _, thread = served
     for path, kind in (("/", "text/html"), ("/charts", "text/html"), ("/static/lcd.js", "text/javascript"),

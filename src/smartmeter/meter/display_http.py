@@ -226,7 +226,8 @@ class DisplayServer:
     """The display's web server on `host`:`port` (port 0: one the system chooses, see `.port`).
 
     display: the engine (screen(now), version()); press(button, long): the runtime's button
-    handler (may be a coroutine function); profile_rows(obis, from_utc, to_utc): a profile's rows in
+    handler (may be a coroutine function; an answer {"ok": False, "error": ...} is a refusal, 409);
+    profile_rows(obis, from_utc, to_utc): a profile's rows in
     COSEM form (see profile_rows_from); clock_now: the meter's time (a simulated meter's clock may
     run fast); led_pulses: the test LED's pulse counter; model: the object model that names the
     profiles' columns (the KSMW model by default)."""
@@ -445,7 +446,9 @@ class DisplayServer:
         log.info("display: button %s pressed%s", button, " long" if long else "")
         outcome = self._press(button, long)
         if inspect.isawaitable(outcome):
-            await outcome
+            outcome = await outcome
+        if isinstance(outcome, dict) and outcome.get("ok") is False:  # the control channel's refusal
+            raise BadRequest(str(outcome.get("error") or "the meter refused the press"), 409)
         return web.json_response({"ok": True, "button": button, "long": long})
 
     # -- the charts ---------------------------------------------------------------------------------

@@ -7,7 +7,8 @@
   var LED_POLL_MS = 1000;
   var MODES = {
     scroll: "data scroll list", menu: "menu", standard: "standard data list", service: "service data list",
-    "software-id": "software identification", message: "consumer message"
+    "software-id": "software identification", message: "consumer message", test: "display test",
+    profile: "load profile", off: "display off (no supply)"
   };
   var UNIT_PARTS = ["k", "M", "V", "A", "W", "var", "h", "Hz"];
   var $ = function (id) { return document.getElementById(id); };
@@ -60,7 +61,9 @@
     $("message").setAttribute("data-text", message);
     $("message").setAttribute("data-on", message ? "true" : "false");
     var where = MODES[screen.mode] || screen.mode || "";
-    if (screen.count > 0) where += " \u00b7 " + (screen.index + 1) + " of " + screen.count;
+    if (screen.count > 0) {
+      where += " \u00b7 " + (screen.index < screen.count ? (screen.index + 1) + " of " + screen.count : "end of the list");
+    }
     $("position").textContent = where;
     var lcd = $("lcd");
     lcd.setAttribute("data-mode", screen.mode || "");
