@@ -4,7 +4,9 @@ against it from the test's thread."""
 from __future__ import annotations
 
 import asyncio
+import struct
 import threading
+import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -126,3 +128,33 @@ class ServerThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
         self.loop.close()
+
+
+def png_pixels(data: bytes) -> tuple[bytes, bytes]:
+    """(header, decompressed image data) of a PNG: what it shows, whatever its encoder's choices."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError("not a PNG")
+    at, header, image = 8, b"", b""
+    while at < len(data):
+        (length,) = struct.unpack(">I", data[at:at + 4])
+        kind, body = data[at + 4:at + 8], data[at + 8:at + 8 + length]
+        if kind == b"IHDR":
+            header = body
+        elif kind == b"IDAT":
+            image += body
+        at += 12 + length
+    return header, zlib.decompress(image)
+
+
+def save_screenshot(png: bytes, path: Path) -> None:
+    """Writes a screenshot for the docs unless the file already shows the same pixels (Chromium's
+    encoder does not give the same bytes twice: the repository would change at every test run)."""
+    shown = png_pixels(png)
+    if path.exists():
+        try:
+            if png_pixels(path.read_bytes()) == shown:
+                return
+        except (ValueError, zlib.error, struct.error):
+            pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(png)
