@@ -19,6 +19,7 @@ run: $(STAMP)
 	$(BIN)/smartmeter meter run --banner
 
 test: $(STAMP)
+	sh scripts/install_browser.sh
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
@@ -36,6 +37,7 @@ bench: $(STAMP)
 # report's start). The matrix is written even when a test fails: it then says which.
 EVIDENCE_XML := $(VENV)/evidence-junit.xml
 evidence: $(STAMP)
+	sh scripts/install_browser.sh
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -m welmec -p no:cacheprovider --junitxml=$(EVIDENCE_XML) -o junit_family=xunit1; \
 	status=$$?; \

@@ -21,6 +21,7 @@ from pathlib import Path
 import click
 
 from smartmeter.cli import UsageProblem
+from smartmeter.cli.display import display_command
 from smartmeter.cli.firmware import fw_group
 from smartmeter.cli.format import logical_name_paths, to_json, to_text
 from smartmeter.cli.hes import hes_group
@@ -35,6 +36,7 @@ from smartmeter.legal.interface import LegalProcessDown
 
 DEFAULT_WRAPPER_PORT = 4059
 DEFAULT_HDLC_PORT = 4061
+DEFAULT_HTTP_PORT = 8080
 RESTART_DELAY = 0.5  # s between an activation's response and the meter's stop for its restart
 
 
@@ -141,10 +143,13 @@ def meter() -> None:
 @click.option("--firmware-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               metavar="PEM", help="Production: the public key firmware images must be signed with, imported at the "
                                   "first start (without it the meter makes a demo key pair in its credentials).")
+@click.option("--http-port", type=int, default=DEFAULT_HTTP_PORT, show_default=True,
+              help="Port of the display's web page (the meter's LCD and buttons, and its profiles as charts); "
+                   "0 = off. On --host, like the other interfaces.")
 @click.option("--banner", is_flag=True, help="Print the client commands to try once listening.")
 def meter_run(data_dir: Path, host: str, wrapper_port: int, hdlc_port: int, serial_device: str | None,
               serial_number: str, profile: str, sensor_port: int | None, speed: float, start_time: str | None,
-              phases: str, firmware_key: Path | None, banner: bool) -> None:
+              phases: str, firmware_key: Path | None, http_port: int, banner: bool) -> None:
     """Start a meter with embedded defaults, driven by a simulated household load.
 
     On first start it back-fills 30 days of 15-minute load profile. Ctrl-C stops it cleanly.
@@ -192,7 +197,7 @@ def meter_run(data_dir: Path, host: str, wrapper_port: int, hdlc_port: int, seri
             raise
         _restart_after_failure(exc)
     try:
-        asyncio.run(_serve(meter_, host, wrapper_port, hdlc_port, serial_device, banner))
+        asyncio.run(_serve(meter_, host, wrapper_port, hdlc_port, serial_device, banner, http_port))
     except (UsageProblem, KeyboardInterrupt):
         raise
     except Exception as exc:
@@ -239,6 +244,31 @@ def _boot_installed_software(data_dir: Path, meter: dict) -> None:
                        "the previous software runs", err=True)
     if slot is not None:
         boot.run_slot(data_dir, slot)
+
+
+async def _serve_display(meter_, host: str, port: int, lines: list[str]):
+    """The display's web page, unless --http-port 0. The default port taken by another program
+    leaves the page off with a line saying so; a port given and taken is an error."""
+    if not port:
+        return None
+    from smartmeter.meter.display_http import DisplayServer, profile_rows_from
+
+    sources = {str(o.obis): instance.source for o, instance in meter_.directory.by_ln.values()
+               if o.class_id == 7 and "buffer" in o.config}
+    server = DisplayServer(meter_.display, lambda button, long: meter_.control(
+        {"input": "button", "value": button, "long": long}), profile_rows_from(sources), host, port,
+        clock_now=meter_.clock.now, led_pulses=meter_.display.led_pulses, model=meter_.model)
+    try:
+        await server.start()
+    except OSError as exc:
+        given = click.get_current_context().get_parameter_source("http_port") != click.core.ParameterSource.DEFAULT
+        if given or exc.errno != errno.EADDRINUSE:
+            raise UsageProblem(f"cannot serve the display on {host}:{port}: {exc.strerror}",
+                               "choose another --http-port (0: no display page)") from None
+        lines.append(f"display: port {port} is in use, so no display page (give --http-port)")
+        return None
+    lines.append(f"display: http://{host}:{server.port}/ (the LCD and its buttons; charts: /charts)")
+    return server
 
 
 def _parse_start_time(text: str | None, zone_name: str) -> float | None:
@@ -311,7 +341,8 @@ def _print_banner(meter_, host: str, wrapper_port: int, hdlc_port: int) -> None:
     click.echo("Ctrl-C stops the meter.")
 
 
-async def _serve(meter_, host: str, wrapper_port: int, hdlc_port: int, serial_device: str | None, banner: bool) -> None:
+async def _serve(meter_, host: str, wrapper_port: int, hdlc_port: int, serial_device: str | None, banner: bool,
+                 http_port: int = 0) -> None:
     from smartmeter.meter import boot
     from smartmeter.transport import aio
 
@@ -389,6 +420,7 @@ async def _serve(meter_, host: str, wrapper_port: int, hdlc_port: int, serial_de
                      "not a legal meter)")
     if not meter_.powered:
         lines.append("supply: OFF (stopped during a simulated power failure); smartmeter sim supply on restores it")
+    display_server = await _serve_display(meter_, host, http_port, lines)
     stop_serial = threading.Event()
     if serial_device:
         try:
@@ -422,6 +454,8 @@ async def _serve(meter_, host: str, wrapper_port: int, hdlc_port: int, serial_de
     await stop.wait()
     registration.cancel()
     stop_serial.set()
+    if display_server is not None:
+        await display_server.close()
     await control.close()
     close_interfaces()
     sender, meter_.push.sender = meter_.push.sender, None
@@ -435,6 +469,7 @@ main.add_command(pki_group)
 main.add_command(sim_group)
 main.add_command(hes_group)
 main.add_command(fw_group)
+main.add_command(display_command)
 
 
 # --------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ DLMS server together, and drives registration from the (simulated) measurement i
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import traceback
@@ -33,6 +34,7 @@ from smartmeter.meter.schedule import Passage
 from smartmeter.meter.scheduler import SchedulerEngine
 from smartmeter.meter.simulation import HouseholdLoad
 from smartmeter.meter.world import PHASES, PhysicalWorld, WorldChange
+from smartmeter.meter.display import Display, indicators_from_objects
 from smartmeter.meter.image_transfer import ActivationRefused, ImageTransfer, TransferStatus, Verification
 from smartmeter.meter.provisioning import demo_firmware_key, provision_demo
 from smartmeter.meter.push import NetworkAddresses, PushService
@@ -261,6 +263,13 @@ class Meter:
         self.image_transfer = ImageTransfer(self.store, config.data_dir / Path(legal.HOLDING_FILE).parent,
                                             self._verify_image, self._activate_image, self._image_event,
                                             legal.MAX_FIRMWARE_IMAGE_SIZE)
+        # the display (§5.15): it reads what it shows as the meter itself reads its objects
+        self._associations_open = 0  # the "communication" symbol
+        read = lambda class_id, ln, attribute: self.server.read_locally(class_id, ln, attribute)  # noqa: E731
+        self.display = Display(read, self.store, self.clock.now,
+                               indicators_from_objects(read, lambda: self._associations_open > 0),
+                               powered=lambda: self.powered,
+                               parameters=lambda: dict(self.legal.execute(legal.ReadParameters())))
         self.directory = self.model.instantiate(self._bindings())
         self.server = DlmsServer(self.directory, system_title=self.identity.system_title,
                                  clock_bytes=self.clock.cosem_now, on_event=self.on_event,
@@ -434,6 +443,7 @@ class Meter:
             "application.firmware_signature": Binding(
                 lambda: Data.octet_string(bytes.fromhex(self.software.application_digest))),
             "firmware.image_transfer": self.image_transfer,
+            **self.display.bindings(),
             "legal.parameter_record_number": Binding(
                 lambda: Data.double_long_unsigned(self.legal.execute(legal.ReadParameterRecordNumber()))),
             "legal.fatal_errors": Binding(lambda: Data.double_long_unsigned(self.legal.execute(legal.ReadFatalErrors()))),
@@ -738,9 +748,12 @@ class Meter:
 
     # -- the control channel (smartmeter sim) -------------------------------------------------------
     def control(self, request: dict) -> dict:
-        """One request of the control channel: an input of the physical world, or the status."""
+        """One request of the control channel: an input of the physical world, the status, or what
+        the display shows."""
         if request.get("status") is True and "input" not in request:
             return {"ok": True, "status": self.status()}
+        if request.get("display") is True and "input" not in request:
+            return {"ok": True, "display": dataclasses.asdict(self.display.screen(self.clock.now()))}
         name = request.get("input")
         if not isinstance(name, str):
             return {"ok": False, "error": 'a request names an "input" or asks for the "status"'}
@@ -796,20 +809,29 @@ class Meter:
             if change.detail["button"] == "R" and self.powered:  # the demand reset button (§5.6)
                 with self.billing.triggered_by("button"):
                     self.server.run_script(BILLING_SCRIPT, 1)
-            elif change.detail["button"] == "A" and change.detail["long"] and self.powered:
-                self._customer_button()
+            elif change.detail["button"] == "A" and self.powered:
+                if not (change.detail["long"] and self._customer_button()):
+                    self.display.press("A", change.detail["long"], self.clock.now())
         elif change.input == "voltage":
             self._apply_voltages()
         # the load: read by the registration at every tick (self._installation_power)
 
-    def _customer_button(self) -> None:
-        """A long press of button A is the customer's disconnector button (§5.8): ready for
-        reconnection -> connected (e); connected -> ready (f), where the control mode allows."""
+    def _customer_button(self) -> bool:
+        """A long press of button A is the customer's disconnector button (§5.8) when the
+        disconnector can take it: ready for reconnection -> connected (e); connected -> ready (f)
+        where the control mode allows manual disconnection. -> whether it took the press (else
+        the press is the display's: its menu)."""
         disconnector = self._disconnector()
         if disconnector is None:
-            return
-        ready = disconnector.state() == disconnect.ControlState.READY
-        disconnector.trigger(disconnect.MANUAL_RECONNECT if ready else disconnect.MANUAL_DISCONNECT)
+            return False
+        state, mode = disconnector.state(), disconnector.mode()
+        if state == disconnect.ControlState.READY and disconnect.allowed(mode, "e"):
+            disconnector.trigger(disconnect.MANUAL_RECONNECT)
+            return True
+        if state == disconnect.ControlState.CONNECTED and disconnect.allowed(mode, "f"):
+            disconnector.trigger(disconnect.MANUAL_DISCONNECT)
+            return True
+        return False
 
     def _apply_voltages(self) -> None:
         # a powered-down meter measures nothing; the voltages apply again at power-up
@@ -829,6 +851,8 @@ class Meter:
         if sap is None and fields.get("client") in self.model.clients:
             sap = self.model.clients[fields["client"]].sap
         context = EventContext(sap, fields.get("server_sap"), fields.get("system_title"))
+        if name in ("association_opened", "association_closed"):
+            self._associations_open = max(0, self._associations_open + (1 if name == "association_opened" else -1))
         if name == "association_opened":
             self.events.record(28 if interface == "wz" else 26, context)
             self._streak_ended(fields.get("client_sap"))
@@ -919,12 +943,16 @@ class Meter:
     def tick(self) -> None:
         """Register the energy since the last tick, persist, capture at period boundaries, run
         what the schedules say is due."""
-        if not self.powered or self._ticking:
+        if self._ticking:
             return  # a script run inside a tick (a disconnection) finds the energy registered up to its instant
+        if not self.powered:
+            self.display.tick(self.clock.now())  # dark during a power failure
+            return
         self._ticking = True
         try:
             self._tick()
             self.image_transfer.tick()  # blocks received in the last second, stored
+            self.display.tick(self.clock.now())
         finally:
             self._ticking = False
 
