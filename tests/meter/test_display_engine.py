@@ -574,3 +574,17 @@ def test_the_version_moves_with_presses_and_with_what_is_shown(objects):
     objects.register("1-0:1.8.0.255", 2_000_001, "Wh")
     display.tick(T0 + 4)
     assert moved > after_press and display.version() > moved
+
+
+def test_a_message_cleared_remotely_restarts_the_scroll_cycle_and_leaves_a_menu_alone(objects):
+    clock = Clock(T0 + 30)
+    display = make(objects, clock=clock)
+    write_message(display, Data.octet_string(b"hello"))
+    clock.t = T0 + 44  # the cycle: message, 1.8.0, 2.8.0 (at +14)
+    assert display.screen(clock.t).code == "2.8.0"
+    write_message(display, Data.octet_string(b""))
+    assert codes_of(display, [clock.t, clock.t + 7]) == ["1.8.0", "2.8.0"]
+    write_message(display, Data.octet_string(b"again"))
+    display.press("A", True, clock.t)  # the menu
+    write_message(display, Data.array([]))
+    assert display.screen(clock.t).mode == "menu"

@@ -648,8 +648,11 @@ class Display:
         with self._lock:
             if what == "message":
                 message = self.settings.message()
-                if message and message != self._message_seen and self._mode != OFF:
-                    self._restart_scroll(self._clock_now())  # a new message is shown at once
+                changed = message != self._message_seen
+                if changed and self._mode != OFF and (message or self._mode == SCROLL):
+                    # a new message is shown at once (from a menu or list too); a cleared one
+                    # leaves the scroll cycle at its start
+                    self._restart_scroll(self._clock_now())
                 self._message_seen = message
             self._version += 1
 
