@@ -16,7 +16,7 @@ from smartmeter.dlms.apdu.common import DataAccessResult
 from smartmeter.dlms.client import CounterStore
 from smartmeter.legal import interface as legal
 from smartmeter.meter.clock import MeterClock
-from smartmeter.meter.display import Display, DisplaySettings
+from smartmeter.meter.display import Display, DisplaySettings, indicators_from_objects
 from smartmeter.meter.runtime import Meter, MeterConfig
 
 START = 1780000000.0
@@ -329,3 +329,41 @@ def test_the_software_identification_shown_is_the_legal_parts(site):
         display.press("A", False, site.t)
     assert shown == [("software-id", "0.2.0", software.legal_identifier),
                      ("software-id", "0.2.8", software.legal_digest)]
+
+
+def test_the_symbols_follow_the_meters_objects(site):
+    management = site.session("management")
+    connected = {"now": False}
+    display = Display(site.meter.server.read_locally, site.meter.store, lambda: site.t,
+                      indicators_from_objects(site.meter.server.read_locally, lambda: connected["now"]))
+    display.tick(site.t)
+    active = read(management, 1, "0-0:96.14.0.255", 2).value.decode("ascii")
+    symbols = display.screen(site.t).indicators
+    assert (symbols.tariff, symbols.disconnected, symbols.communication, symbols.alarm, symbols.certification) == \
+        (active, False, False, False, False)
+    assert management.action(70, "0-0:96.3.10.255", 1, Data.integer(0)) == SUCCESS  # remote disconnect (b)
+    connected["now"] = True
+    assert management.set(1, SCHEME, 2, Data.enum(0)) == SUCCESS  # central: no tariff symbol
+    symbols = display.screen(site.t).indicators
+    assert (symbols.tariff, symbols.disconnected, symbols.communication) == (None, True, True)
+    assert site.meter.control({"input": "cover", "value": "open"})["ok"]  # an alarm (meter cover opened)
+    raised = [read(management, 1, ln, 2).value for ln in ("0-0:97.97.0.255", "0-0:97.98.0.255", "0-0:97.98.1.255")]
+    assert any(raised)
+    assert display.screen(site.t).indicators.alarm is True
+
+
+def test_the_led_counts_an_hour_at_a_known_load_like_a_reference_meter(site):
+    """2 kW for an hour is 2 kWh: at the LED rate the certification object gives, that many pulses
+    within one, counted from the registers as the meter registered them."""
+    watts, seconds = 2000, 3600
+    rate = read(site.session("maintenance"), 1, "0-0:94.43.143.255", 2).value[4].value
+    site.meter.control({"input": "load", "power": watts})
+    site.meter.tick()
+    display = engine(site)
+    start = display.led_pulses(site.t)
+    for _ in range(seconds // 60):
+        site.t += 60
+        site.meter.tick()
+        display.tick(site.t)
+    counted = display.led_pulses(site.t) - start
+    assert abs(counted - watts * seconds / 3600 * rate / 1000) <= 1
