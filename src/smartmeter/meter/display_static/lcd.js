@@ -46,7 +46,7 @@
   function show(screen) {
     var ind = screen.indicators || {};
     Segments.render($("code"), screen.code || "", { kind: "auto", minCells: 8, align: "left" });
-    Segments.render($("value"), screen.value || "", { kind: "auto", minCells: 10 });
+    Segments.render($("value"), screen.value || "", { kind: "auto", minCells: 10, maxPerRow: 24 });
     showUnit(screen.unit || "");
     setOn("ind-t1", ind.tariff === "T1");
     setOn("ind-t2", ind.tariff === "T2");

@@ -141,23 +141,35 @@
   }
 
   /* Shows `text` in `field` as segment cells; at least `minCells` cells (blank ones unlit), the
-     text aligned right ("right") or left. kind: "7", "14" or "auto" (7 where it can). */
+     text aligned right ("right") or left. kind: "7", "14" or "auto" (7 where it can). A text of
+     more than `maxPerRow` cells (a signature of 64 hex digits) is split into even rows. */
   function render(field, text, options) {
     options = options || {};
     text = text == null ? "" : String(text);
     var list = cells(text);
     var kind = options.kind && options.kind !== "auto" ? options.kind : kindFor(list);
-    var minCells = options.minCells || 0;
-    var blanks = Math.max(0, minCells - list.length);
+    var minCells = options.minCells || 0, maxPerRow = options.maxPerRow || Infinity;
     var blank = function () { return { ch: " ", dp: false, colon: false }; };
-    for (var n = 0; n < blanks; n++) {
-      if (options.align === "left") list.push(blank()); else list.unshift(blank());
+    var rows = Math.max(1, Math.ceil(list.length / maxPerRow));
+    if (rows === 1) {
+      for (var n = list.length; n < minCells; n++) {
+        if (options.align === "left") list.push(blank()); else list.unshift(blank());
+      }
     }
+    var perRow = Math.max(1, Math.ceil(list.length / rows));
     while (field.firstChild) field.removeChild(field.firstChild);
-    list.forEach(function (cell) { field.appendChild(cellSvg(cell, kind)); });
+    for (var r = 0; r < rows; r++) {
+      var row = document.createElement("div");
+      row.className = "row";
+      list.slice(r * perRow, (r + 1) * perRow).forEach(function (cell) { row.appendChild(cellSvg(cell, kind)); });
+      field.appendChild(row);
+    }
     field.setAttribute("data-text", text);
     field.setAttribute("data-kind", kind);
+    field.setAttribute("data-rows", String(rows));
     field.style.setProperty("--cells", String(Math.max(list.length, 1)));
+    field.style.setProperty("--per-row", String(perRow));
+    field.style.setProperty("--rows", String(rows));
   }
 
   window.Segments = { render: render, segs7: segs7, segs14: segs14, cells: cells };
