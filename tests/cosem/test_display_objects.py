@@ -16,7 +16,7 @@ from smartmeter.dlms.apdu.common import DataAccessResult
 from smartmeter.dlms.client import CounterStore
 from smartmeter.legal import interface as legal
 from smartmeter.meter.clock import MeterClock
-from smartmeter.meter.display import Display, DisplaySettings, indicators_from_objects
+from smartmeter.meter.display import Display, indicators_from_objects
 from smartmeter.meter.runtime import Meter, MeterConfig
 
 START = 1780000000.0
@@ -26,17 +26,6 @@ LP_STATUS, LP_SCRIPTS, LP_SCHEDULE = "0-0:96.5.4.255", "0-0:10.1.109.255", "0-0:
 OTHER_REASON, TYPE_UNMATCHED = int(DataAccessResult.OTHER_REASON), int(DataAccessResult.TYPE_UNMATCHED)
 DENIED = int(DataAccessResult.READ_WRITE_DENIED)
 REQUIRED = [(1, "1-0:0.2.0.255", 2, 0), (1, "1-0:0.2.8.255", 2, 0), (1, "0-0:97.97.0.255", 2, 0)]
-
-
-class DisplayMeter(Meter):
-    """The meter with the display objects bound: the runtime's bindings where it has them, else
-    (until the runtime binds them itself) bindings of the display's settings on the meter's store."""
-
-    def _bindings(self) -> dict:
-        bindings = super()._bindings()
-        for name, binding in DisplaySettings(self.store).bindings().items():
-            bindings.setdefault(name, binding)
-        return bindings
 
 
 def entry(class_id: int, obis: str, attribute: int, data_index: int = 0) -> Data:
@@ -57,7 +46,7 @@ class Site:
         self.meter = self._open()
 
     def _open(self) -> Meter:
-        return DisplayMeter(MeterConfig(data_dir=self.data_dir, backfill_days=0), clock=MeterClock(source=lambda: self.t))
+        return Meter(MeterConfig(data_dir=self.data_dir, backfill_days=0), clock=MeterClock(source=lambda: self.t))
 
     def restart(self) -> None:
         self.meter.close()
@@ -182,11 +171,15 @@ def test_the_consumer_message_is_written_kept_and_cleared(site):
     assert read(management, 1, MESSAGE, 2) == Data.octet_string(b"")
     text = b"Ablesung am 01.06.: bitte Zugang zum Zaehler ermoeglichen!"
     assert management.set(1, MESSAGE, 2, Data.octet_string(text)) == SUCCESS
+    shown = site.meter.display.screen(site.t)  # at once, without waiting for a tick
+    assert (shown.mode, shown.value) == ("message", text.decode("ascii"))
     site.restart()
     assert read(site.session("data_readout"), 1, MESSAGE, 2) == Data.octet_string(text)
+    assert site.meter.display.screen(site.t).value == text.decode("ascii")
     management = site.session("management")
     assert management.set(1, MESSAGE, 2, Data.array([])) == SUCCESS
     assert read(management, 1, MESSAGE, 2) == Data.octet_string(b"")
+    assert site.meter.display.screen(site.t).mode == "scroll"
 
 
 @pytest.mark.parametrize("value, result", [
@@ -273,9 +266,9 @@ def kwh_text(wh: int, decimals: int) -> str:
 
 
 def engine(site) -> Display:
-    display = Display(site.meter.server.read_locally, site.meter.store, lambda: site.t)
-    display.tick(site.t)
-    return display
+    """The meter's own display, having read its configuration."""
+    site.meter.tick()
+    return site.meter.display
 
 
 def test_the_display_shows_what_a_client_reads_and_what_was_written(site):
@@ -358,12 +351,10 @@ def test_the_led_counts_an_hour_at_a_known_load_like_a_reference_meter(site):
     watts, seconds = 2000, 3600
     rate = read(site.session("maintenance"), 1, "0-0:94.43.143.255", 2).value[4].value
     site.meter.control({"input": "load", "power": watts})
-    site.meter.tick()
     display = engine(site)
     start = display.led_pulses(site.t)
     for _ in range(seconds // 60):
         site.t += 60
-        site.meter.tick()
-        display.tick(site.t)
+        site.meter.tick()  # the meter ticks its display
     counted = display.led_pulses(site.t) - start
     assert abs(counted - watts * seconds / 3600 * rate / 1000) <= 1
