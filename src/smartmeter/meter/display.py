@@ -463,6 +463,7 @@ class Display:
         self._lists: dict[bytes, _ListDefinition] | None = None
         self._resolution = Resolution()
         self._demand: tuple[float, int] | None = None  # (start of the current period, period)
+        self._certification: tuple | None = None  # attribute 2 of the certification mode object
         self._scaler_units: dict[tuple[int, bytes], tuple[int, int] | None] = {}
         self._led = _LedCounter()
         self._led_unit = "kWh"
@@ -485,6 +486,8 @@ class Display:
 
     def led_pulses(self, now: float | None = None) -> int:
         """The test LED's pulses since the display started, up to the energy registered now."""
+        if self._lists is None:
+            self._refresh()
         with self._lock:
             return self._sample_led(self._clock_now() if now is None else now)
 
@@ -497,7 +500,7 @@ class Display:
                 self._mode = OFF
             self._publish(self.screen(now))
             return
-        self._refresh()
+        self._refresh(now)
         with self._lock:
             self._settle(now)
             self._sample_led(now)
@@ -659,20 +662,26 @@ class Display:
     def _definition(self, ln: bytes) -> _ListDefinition:
         return (self._lists or {}).get(ln, _ListDefinition())
 
-    def _refresh(self) -> None:
-        """Read what the display is configured with (outside the lock: reads reach other parts)."""
+    def _refresh(self, now: float | None = None) -> None:
+        """Read what the display is configured with (outside the lock: reads reach other parts).
+        The demand period's start is read again only once the period it knows has run out."""
         lists = {}
         for ln in (SCROLL_LIST, STANDARD_LIST, SERVICE_LIST):
             objects = self._read(7, ln, 3)
             period = self._read(7, ln, 4)
             items = tuple(self._items(objects)) if objects is not None else ()
             lists[ln] = _ListDefinition(items, int(period.value) if _is_int(period) else 0)
-        resolution = self._read_resolution()
-        demand = self._read_demand()
+        certification = read_certification(self._read_fn, self._say)
+        resolution = self._read_resolution(certification)
+        with self._lock:
+            demand = self._demand
+        if demand is None or now is None or not demand[0] <= now < demand[0] + demand[1]:
+            demand = self._read_demand()
         with self._lock:
             if lists != self._lists or resolution != self._resolution:
                 self._version += 1
             self._lists, self._resolution, self._demand = lists, resolution, demand
+            self._certification = certification
 
     @staticmethod
     def _items(value: Data) -> list[Item]:
@@ -686,9 +695,6 @@ class Display:
                 items.append((int(class_id), bytes(ln), int(attribute), int(data_index)))
         return items
 
-    def _certification(self) -> tuple | None:
-        return read_certification(self._read_fn, self._say)
-
     def _parameter(self, name: str, default: int) -> int:
         if self._parameters is None:
             return default
@@ -698,10 +704,9 @@ class Display:
             self._say("display.parameters", "display: the display parameters cannot be read", level=logging.INFO)
             return default
 
-    def _read_resolution(self) -> Resolution:
+    def _read_resolution(self, certification: tuple | None) -> Resolution:
         """The certification mode object's resolutions (enum 1..5 = 0..4 decimals); 0 ("no
         change") or unreadable: the display resolution parameters."""
-        certification = self._certification()
         decimals = []
         for position, name in ((1, "display_energy_decimals"), (2, "display_demand_decimals")):
             res = certification[position] if certification is not None else 0
@@ -726,7 +731,8 @@ class Display:
 
     # -- the LED and the demand output ----------------------------------------------------------------
     def _led_settings(self) -> tuple[int, int]:
-        certification = self._certification()
+        """Source and rate as the certification mode object said at the last tick."""
+        certification = self._certification
         source = certification[3] if certification is not None else 0
         rate = certification[4] if certification is not None else 0
         if not isinstance(source, int) or not source:
