@@ -588,3 +588,14 @@ def test_a_message_cleared_remotely_restarts_the_scroll_cycle_and_leaves_a_menu_
     display.press("A", True, clock.t)  # the menu
     write_message(display, Data.array([]))
     assert display.screen(clock.t).mode == "menu"
+
+
+def test_a_malformed_list_answer_shows_what_it_can(objects):
+    """Whatever the list object answers, the display takes the well-formed items and runs on."""
+    good = capture_objects([(3, "1-0:1.8.0.255", 2, 0)]).value[0]
+    objects.set(7, SCROLL, 3, Data.array([
+        Data.unsigned(3), Data.structure([Data.null()] * 4), good,
+        Data.structure([Data.long_unsigned(3), Data.octet_string(b"short"), Data.integer(2), Data.long_unsigned(0)])]))
+    objects.set(7, SCROLL, 4, Data.octet_string(b"five"))  # no interval: the first item stays
+    display = make(objects)
+    assert [(display.screen(T0 + k).code, display.screen(T0 + k).count) for k in (0, 30)] == [("1.8.0", 1)] * 2

@@ -245,6 +245,8 @@ def format_value(value: Any, obis: Obis, scaler_unit: tuple[int, int] | None, re
         if obis.c == 97:  # error and alarm registers: their bits, as hex
             return f"{value & 0xFFFFFFFF:08X}", ""
         return str(value), ""
+    if isinstance(value, float):
+        return (f"{value:.3f}" if math.isfinite(value) else NO_VALUE), ""
     if isinstance(value, (bytes, bytearray)):
         return format_octets(bytes(value), obis), ""
     if isinstance(value, str):
@@ -689,10 +691,10 @@ class Display:
         for entry in value.value if value.type == DataType.ARRAY else ():
             try:
                 class_id, ln, attribute, data_index = (f.value for f in entry.value)
-            except (TypeError, ValueError):
-                continue
-            if isinstance(ln, (bytes, bytearray)) and len(ln) == 6:
-                items.append((int(class_id), bytes(ln), int(attribute), int(data_index)))
+                if isinstance(ln, (bytes, bytearray)) and len(ln) == 6:
+                    items.append((int(class_id), bytes(ln), int(attribute), int(data_index)))
+            except (TypeError, ValueError, AttributeError):
+                continue  # not an item: the object gives none such, but a display takes no chances
         return items
 
     def _parameter(self, name: str, default: int) -> int:
