@@ -943,16 +943,12 @@ class Meter:
     def tick(self) -> None:
         """Register the energy since the last tick, persist, capture at period boundaries, run
         what the schedules say is due."""
-        if self._ticking:
+        if not self.powered or self._ticking:
             return  # a script run inside a tick (a disconnection) finds the energy registered up to its instant
-        if not self.powered:
-            self.display.tick(self.clock.now())  # dark during a power failure
-            return
         self._ticking = True
         try:
             self._tick()
             self.image_transfer.tick()  # blocks received in the last second, stored
-            self.display.tick(self.clock.now())
         finally:
             self._ticking = False
 
@@ -1014,6 +1010,7 @@ class Meter:
     async def run_registration(self, period: float = 1.0) -> None:
         while True:
             self.tick()
+            self.display.tick(self.clock.now())  # once a second of real time (dark in a power failure)
             self.wz_guard.checkpoint()
             self.security.housekeeping()
             await asyncio.sleep(period)
