@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import sqlite3
 import struct
 import threading
@@ -93,6 +94,7 @@ EVENT_AUTHORITY_REFUSED = 214  # a command claiming or needing the certification
 # a restart within it loses no energy (the new software catches it up); a longer one is an outage
 WARM_RESTART_BUFFER = 300.0
 EVENT_WARM_RESTART = 215  # metrological log: restart for a firmware activation, the gap caught up
+_HEX_DIGITS = re.compile(r"[0-9a-fA-F]*")
 FIRMWARE_ATTEMPTS = 3  # starts of one image that may fail before it is refused (D1: re-install attempts are limited)
 AUTHORITY_LOG_PERIOD = 3600.0  # seconds: one log entry per refusal condition per period (evidence, not a flood)
 FAULTY_OPERATION_EVENTS = {"sensor_gap": 209, "sensor_silent": 210, "sensor_resumed": 211,
@@ -1139,12 +1141,16 @@ class LegalInterface:
             return b""
 
     @staticmethod
-    def _title(hex_title: str) -> bytes:
+    def _hex(text: str, what: str) -> bytes:
+        """Bytes given as hex digits only (bytes.fromhex would also take spaces and line ends)."""
+        if not _HEX_DIGITS.fullmatch(text) or len(text) % 2:
+            raise CommandRefused(f"{what} must be hex digits")
+        return bytes.fromhex(text)
+
+    @classmethod
+    def _title(cls, hex_title: str) -> bytes:
         """A client system title given as hex: 8 bytes (NO_CLIENT's ff...ff when no client is known)."""
-        try:
-            title = bytes.fromhex(hex_title)
-        except ValueError:
-            title = b""
+        title = cls._hex(hex_title, "client_system_title")
         if len(title) != 8:
             raise CommandRefused("client_system_title must be 8 bytes, hex")
         return title
@@ -1155,10 +1161,7 @@ class LegalInterface:
     def _verify_firmware(self, cmd: VerifyFirmwareImage) -> FirmwareVerification:
         """Runs without the metering lock (see `execute`): reading, decompressing and hashing an
         image of up to 16 MiB must not hold up the metering thread; the store is touched under it."""
-        try:
-            identifier = bytes.fromhex(cmd.identifier_hex)
-        except ValueError:
-            raise CommandRefused("identifier_hex is not hex") from None
+        identifier = self._hex(cmd.identifier_hex, "identifier_hex")
         initiator = self._title(cmd.client_system_title)
         with self._lock:
             key = self._meta("firmware_key", None)
