@@ -276,3 +276,28 @@ def test_the_software_identification_shown_is_what_smartmeter_id_says(meter, pag
         "0.2.0": parts["legally relevant part"][0], "0.2.8": parts["legally relevant part"][1],
         "1-1:0.2.0": parts["application"][0], "1-1:0.2.8": parts["application"][1],
         "1-2:0.2.0": parts["platform"][0], "1-2:0.2.8": parts["platform"][1]}
+
+
+def test_the_charts_draw_the_meters_own_load_profile(meter, page):
+    """The first start back-fills 30 days of load profile: yesterday (meter local time) is drawn
+    with one point per stored entry, on an axis that holds their +A."""
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    zone = ZoneInfo("Europe/Berlin")  # the meter's default time zone
+    today = dt.datetime.fromtimestamp(meter.status()["clock"]["utc"], zone).date()
+    day = today - dt.timedelta(days=1)
+    start = dt.datetime.combine(day, dt.time(), zone).timestamp()
+    end = dt.datetime.combine(today, dt.time(), zone).timestamp()
+    stored = [row for row in meter.process.profile_rows() if start <= row[0] <= end]
+    assert len(stored) >= 90, "the back-filled profile has yesterday's entries"
+    page.goto(f"{meter.url}charts?obis=1-0:99.1.0.255&from={day.isoformat()}&to={day.isoformat()}&values=1")
+    page.wait_for_selector("#summary[data-rows]")
+    assert page.get_attribute("#summary", "data-rows") == str(len(stored))
+    page.uncheck('#legend input[data-column="1-0:2.8.0.255"]')
+    drawn = page.eval_on_selector_all('#chart polyline.series[data-column="1-0:1.8.0.255"]',
+                                      "els => els.map(e => e.getAttribute('points').split(' ').length)")
+    assert sum(drawn) == len(stored)
+    low, high = page.eval_on_selector("#chart .y-axis", "a => [+a.getAttribute('data-min'), +a.getAttribute('data-max')]")
+    a_plus = [row[2] for row in stored]  # Wh (scaler 0)
+    assert low <= min(a_plus) and high >= max(a_plus)
