@@ -157,6 +157,13 @@ def test_at_most_16_streams_and_a_closed_one_frees_its_place(served):
             stream.close()
 
 
+def test_a_head_request_holds_no_stream(served):
+    _, _, thread = served
+    status, headers, body = request(thread, "HEAD", "/events")
+    assert status == 200 and headers["Content-Type"].startswith("text/event-stream") and body == b""
+    assert thread.server.streams == 0
+
+
 def test_the_buttons_reach_the_runtime(served):
     _, presses, thread = served
     for payload in ({"button": "A"}, {"button": "A", "long": True}, {"button": "R", "long": False},

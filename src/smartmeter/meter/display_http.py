@@ -363,6 +363,8 @@ class DisplayServer:
         return web.json_response(self._screen_now())
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
+        if request.method == "HEAD":  # no stream to hold a place for
+            return web.Response(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"})
         if self._closing:
             raise BadRequest("the display is closing", 503)
         if self._streams >= MAX_STREAMS:
