@@ -239,7 +239,9 @@ def test_1_8_0_shown_is_what_gurux_reads_within_one_register_step(meter, page):
         client.close()
 
 
+@pytest.mark.welmec("P2")
 def test_the_software_identification_shown_is_what_smartmeter_id_says(meter, page):
+    """On command (the display's menu, SoFt-id), the meter's display in a real browser shows the software identification of the legally relevant part, the application and the platform exactly as `smartmeter id --data-dir` gives them."""
     ident = meter.cli("id", "--data-dir", str(meter.data_dir))
     assert ident.returncode == 0, ident.stderr
     parts = {}
