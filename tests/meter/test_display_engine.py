@@ -416,10 +416,11 @@ def test_a_consumer_message_is_shown_at_once_then_scrolls_with_the_list_and_is_a
     display.press("A", True, T0 + 45)  # in the menu when it arrives
     write_message(display, Data.octet_string(b"Zaehlerablesung am 1.6."))
     screen = display.screen(clock.t)
-    assert (screen.mode, screen.value, screen.indicators.message) == ("message", "Zaehlerablesung am 1.6.",
-                                                                      "Zaehlerablesung am 1.6.")
+    # the text on the message line only: code and value fields hold no text but the meter's (WELMEC S2)
+    assert (screen.mode, screen.code, screen.value, screen.indicators.message) == (
+        "message", "MSG", "", "Zaehlerablesung am 1.6.")
     # each cycle: the message, then the list's three items, 7 s each
-    assert codes_of(display, [clock.t + 7 * k for k in range(5)]) == ["", "1.8.0", "2.8.0", "0.9.1", ""]
+    assert codes_of(display, [clock.t + 7 * k for k in range(5)]) == ["MSG", "1.8.0", "2.8.0", "0.9.1", "MSG"]
     display.press("A", False, clock.t + 7)  # not on the message: the standard list
     assert display.screen(clock.t + 7).mode == "standard"
     ack = clock.t + 7 + 60 + 28  # back to scrolling at +67, the message again from +95
@@ -456,14 +457,14 @@ def test_a_bad_message_is_refused_and_the_old_one_stays(objects, value, result):
         write_message(display, value)
     assert refused.value.result == result
     assert store.get("display.consumer_message") == "old"
-    assert display.screen(T0).value == "old"
+    assert display.screen(T0).indicators.message == "old"
 
 
 def test_sixty_four_printable_bytes_are_a_message(objects):
     text = bytes(range(0x20, 0x60)).decode("ascii")  # 64 bytes, from space to underscore
     display = make(objects)
     write_message(display, Data.octet_string(text.encode("ascii")))
-    assert display.screen(T0).value == text
+    assert display.screen(T0).indicators.message == text
 
 
 # -- the other views ------------------------------------------------------------------------------------------

@@ -125,6 +125,7 @@ MESSAGE_KEY = "display.consumer_message"
 SCHEME_KEY = "display.tariffication_scheme"
 PROFILE_DISPLAY_KEY = "display.profile_display"
 MESSAGE_MAX = 64
+MESSAGE_CODE = "MSG"  # the item code while the consumer message has its turn (no OBIS short code looks so)
 PRINTABLE = range(0x20, 0x7F)
 CENTRAL, LOCAL = 0, 1
 DEFAULT_SCHEME = LOCAL
@@ -559,7 +560,9 @@ class Display:
     def _scroll_entries(self) -> tuple:
         items = self._definition(SCROLL_LIST).items
         message = self.settings.message()
-        return ((_Fixed("", message),) if message else ()) + items
+        # the message's place in the cycle; its text is shown only on the message line, never in the
+        # item code, value or unit fields, which carry values of the meter's objects alone (WELMEC S2)
+        return ((_Fixed(MESSAGE_CODE, ""),) if message else ()) + items
 
     def _scroll_position(self, now: float, count: int) -> int:
         period = self._definition(SCROLL_LIST).period
