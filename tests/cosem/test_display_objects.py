@@ -172,10 +172,10 @@ def test_the_consumer_message_is_written_kept_and_cleared(site):
     text = b"Ablesung am 01.06.: bitte Zugang zum Zaehler ermoeglichen!"
     assert management.set(1, MESSAGE, 2, Data.octet_string(text)) == SUCCESS
     shown = site.meter.display.screen(site.t)  # at once, without waiting for a tick
-    assert (shown.mode, shown.value) == ("message", text.decode("ascii"))
+    assert (shown.mode, shown.indicators.message) == ("message", text.decode("ascii"))
     site.restart()
     assert read(site.session("data_readout"), 1, MESSAGE, 2) == Data.octet_string(text)
-    assert site.meter.display.screen(site.t).value == text.decode("ascii")
+    assert site.meter.display.screen(site.t).indicators.message == text.decode("ascii")
     management = site.session("management")
     assert management.set(1, MESSAGE, 2, Data.array([])) == SUCCESS
     assert read(management, 1, MESSAGE, 2) == Data.octet_string(b"")

@@ -164,3 +164,27 @@ class ClassRegistry:
 
 
 REGISTRY = ClassRegistry()
+
+
+class StoredSettings:
+    """Mix-in of a class whose writable attributes are kept in the meter's settings store (the
+    binding "settings"), under "<settings_prefix>.<logical name>.<name>": a restart keeps them.
+    Without a store they are fixed: a write is refused (read-write-denied)."""
+
+    settings_prefix: ClassVar[str]
+
+    @property
+    def _store(self):
+        return self.bindings.get("settings")
+
+    def _key(self, name: str) -> str:
+        return f"{self.settings_prefix}.{self.logical_name}.{name}"
+
+    def _stored(self, name: str) -> Any:
+        return self._store.get(self._key(name)) if self._store is not None else None
+
+    def _put(self, name: str, value: Any) -> None:
+        if self._store is None:
+            raise CosemAccessError(DataAccessResult.READ_WRITE_DENIED, f"{self.name} is fixed here")
+        self._store.put(self._key(name), value)
+

@@ -38,7 +38,7 @@ from typing import Any
 
 from smartmeter.cosem.classes.base import (
     REGISTRY, CosemAccessError, DataAccessResult, InterfaceClass, RequestContext, expect, other_reason,
-    store_integer_setting, structure_fields, type_unmatched,
+    StoredSettings, store_integer_setting, structure_fields, type_unmatched,
 )
 from smartmeter.cosem.data import Data, DataType
 from smartmeter.cosem.obis import Obis
@@ -115,7 +115,8 @@ def _window_end(value: Data) -> bytes:
 
 
 @REGISTRY.register
-class PushSetup(InterfaceClass):
+class PushSetup(StoredSettings, InterfaceClass):
+    settings_prefix = "push_setup"
     class_id = 40
     version = 0
     attributes = {
@@ -124,21 +125,6 @@ class PushSetup(InterfaceClass):
     }
     methods = {1: "push"}
 
-    # -- stored settings -------------------------------------------------------------------
-    @property
-    def _store(self):
-        return self.bindings.get("settings")
-
-    def _key(self, name: str) -> str:
-        return f"push_setup.{self.logical_name}.{name}"
-
-    def _stored(self, name: str) -> Any:
-        return self._store.get(self._key(name)) if self._store is not None else None
-
-    def _put(self, name: str, value: Any) -> None:
-        if self._store is None:
-            raise CosemAccessError(DataAccessResult.READ_WRITE_DENIED, f"{self.name} is fixed here")
-        self._store.put(self._key(name), value)
 
     @property
     def max_objects(self) -> int:

@@ -34,7 +34,7 @@ from typing import Any
 
 from smartmeter.cosem.classes.base import (
     REGISTRY, CosemAccessError, DataAccessResult, RequestContext, Selection, expect, other_reason,
-    structure_fields, type_unmatched,
+    StoredSettings, structure_fields, type_unmatched,
 )
 from smartmeter.cosem.classes.ic7_profile_generic import ProfileGeneric, capture_object_data
 from smartmeter.cosem.data import Data, DataType
@@ -65,7 +65,8 @@ _EMPTY = _EmptyBuffer()
 
 
 @REGISTRY.register
-class ProfileGenericWithDisplayLists(ProfileGeneric):
+class ProfileGenericWithDisplayLists(StoredSettings, ProfileGeneric):
+    settings_prefix = "display_list"
     class_id = 7
     version = 1
 
@@ -73,21 +74,6 @@ class ProfileGenericWithDisplayLists(ProfileGeneric):
     def is_display_list(self) -> bool:
         return bool(self.config.get("display_list", False))
 
-    # -- stored settings -------------------------------------------------------------------
-    @property
-    def _store(self):
-        return self.bindings.get("settings")
-
-    def _key(self, name: str) -> str:
-        return f"display_list.{self.logical_name}.{name}"
-
-    def _stored(self, name: str) -> Any:
-        return self._store.get(self._key(name)) if self._store is not None else None
-
-    def _put(self, name: str, value: Any) -> None:
-        if self._store is None:
-            raise CosemAccessError(DataAccessResult.READ_WRITE_DENIED, f"{self.name} is fixed here")
-        self._store.put(self._key(name), value)
 
     # -- what the list is ------------------------------------------------------------------
     @property
