@@ -18,8 +18,10 @@ def served():
     thread.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    """Chromium for one test module. Not longer: Playwright's sync API runs an event loop in the
+    main thread while it is open, and any later test's asyncio.run() would find it running."""
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"{CHROMIUM} is missing: scripts/install_browser.sh installs Debian's chromium")
     from playwright.sync_api import sync_playwright
