@@ -126,6 +126,18 @@ def structure_fields(value: Data, count: int, what: str) -> tuple[Data, ...]:
     return fields
 
 
+def object_definition(value: Data, what: str) -> tuple[int, bytes, int, int]:
+    """(class_id, logical name, attribute, data_index) of a capture or push object definition:
+    structure {long-unsigned, octet-string(6), integer, long-unsigned}, else type-unmatched."""
+    class_id, ln, attribute, data_index = (
+        expect(f, t) for f, t in zip(structure_fields(value, 4, what),
+                                     (DataType.LONG_UNSIGNED, DataType.OCTET_STRING, DataType.INTEGER,
+                                      DataType.LONG_UNSIGNED)))
+    if len(ln) != 6:
+        raise type_unmatched("logical_name is octet-string(6)")
+    return class_id, bytes(ln), attribute, data_index
+
+
 def date_time_octets(value: Data, octets: int, cosem_type: DataType, encode: Callable[[Any], bytes]) -> bytes:
     """The bytes of a date (5), time (4) or date-time (12) the Blue Book gives as an octet-string:
     as such, or as the DLMS type (some clients send that). A wrong length is type-unmatched, a

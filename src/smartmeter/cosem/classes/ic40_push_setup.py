@@ -38,7 +38,7 @@ from typing import Any
 
 from smartmeter.cosem.classes.base import (
     REGISTRY, CosemAccessError, DataAccessResult, InterfaceClass, RequestContext, expect, other_reason,
-    StoredSettings, store_integer_setting, structure_fields, type_unmatched,
+    StoredSettings, object_definition, store_integer_setting, structure_fields, type_unmatched,
 )
 from smartmeter.cosem.data import Data, DataType
 from smartmeter.cosem.obis import Obis
@@ -168,13 +168,7 @@ class PushSetup(StoredSettings, InterfaceClass):
         items = expect(value, DataType.ARRAY)
         parsed = []
         for item in items:
-            class_id, ln, attribute, data_index = (
-                expect(f, t) for f, t in zip(structure_fields(item, 4, "an object definition"),
-                                             (DataType.LONG_UNSIGNED, DataType.OCTET_STRING, DataType.INTEGER,
-                                              DataType.LONG_UNSIGNED)))
-            if len(ln) != 6:
-                raise type_unmatched("logical_name is octet-string(6)")
-            parsed.append(PushObject(class_id, bytes(ln), attribute, data_index))
+            parsed.append(PushObject(*object_definition(item, "an object definition")))
         if len(parsed) > self.max_objects:
             raise other_reason(f"{self.name} holds at most {self.max_objects} objects")
         directory = self.bindings.get("directory")

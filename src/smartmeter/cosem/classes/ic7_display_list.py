@@ -34,7 +34,7 @@ from typing import Any
 
 from smartmeter.cosem.classes.base import (
     REGISTRY, CosemAccessError, DataAccessResult, RequestContext, Selection, expect, other_reason,
-    StoredSettings, structure_fields, type_unmatched,
+    StoredSettings, object_definition, type_unmatched,
 )
 from smartmeter.cosem.classes.ic7_profile_generic import ProfileGeneric, capture_object_data
 from smartmeter.cosem.data import Data, DataType
@@ -143,13 +143,7 @@ class ProfileGenericWithDisplayLists(StoredSettings, ProfileGeneric):
         items = expect(value, DataType.ARRAY)
         parsed = []
         for item in items:
-            class_id, ln, attribute, data_index = (
-                expect(f, t) for f, t in zip(structure_fields(item, 4, "a capture object definition"),
-                                             (DataType.LONG_UNSIGNED, DataType.OCTET_STRING, DataType.INTEGER,
-                                              DataType.LONG_UNSIGNED)))
-            if len(ln) != 6:
-                raise type_unmatched("logical_name is octet-string(6)")
-            parsed.append((class_id, bytes(ln), attribute, data_index))
+            parsed.append(object_definition(item, "a capture object definition"))
         if len(parsed) > self.max_objects:
             raise other_reason(f"{self.name} holds at most {self.max_objects} items")
         for entry in parsed:
