@@ -146,10 +146,19 @@ def meter() -> None:
 @click.option("--http-port", type=int, default=DEFAULT_HTTP_PORT, show_default=True,
               help="Port of the display's web page (the meter's LCD and buttons, and its profiles as charts); "
                    "0 = off. On --host, like the other interfaces.")
+@click.option("--h1", "h1_device", default=None, metavar="DEVICE",
+              help="The H1 consumer port (wired M-Bus, 2400 Bd 8E1, push only): a serial device such as "
+                   "/dev/ttyUSB1, or 'pty' for a new pseudo-terminal whose path the meter prints.")
+@click.option("--mbus-wired", default=None, metavar="BUS",
+              help="The M2 wired M-Bus the meter is master of: a serial device, or HOST:PORT of a bus on TCP "
+                   "(such as `smartmeter sim mbus ... --wired`).")
+@click.option("--mbus-wireless", default=None, metavar="HOST:PORT",
+              help="The M2 wireless M-Bus receiver: the meter takes radio frames as UDP datagrams on HOST:PORT.")
 @click.option("--banner", is_flag=True, help="Print the client commands to try once listening.")
 def meter_run(data_dir: Path, host: str, wrapper_port: int, hdlc_port: int, serial_device: str | None,
               serial_number: str, profile: str, sensor_port: int | None, speed: float, start_time: str | None,
-              phases: str, firmware_key: Path | None, http_port: int, banner: bool) -> None:
+              phases: str, firmware_key: Path | None, http_port: int, h1_device: str | None,
+              mbus_wired: str | None, mbus_wireless: str | None, banner: bool) -> None:
     """Start a meter with embedded defaults, driven by a simulated household load.
 
     On first start it back-fills 30 days of 15-minute load profile. Ctrl-C stops it cleanly.
@@ -184,7 +193,8 @@ def meter_run(data_dir: Path, host: str, wrapper_port: int, hdlc_port: int, seri
                          meter_type=100 if phases == "1" else 300,
                          sensor="remote" if sensor_port is not None else "synthetic", sensor_port=sensor_port,
                          speed=speed, start_time=start, backfill_days=0 if start is not None else 30,
-                         firmware_key=firmware_key)
+                         firmware_key=firmware_key, h1_device=h1_device, mbus_wired=mbus_wired,
+                         mbus_wireless=mbus_wireless)
     # new software on probation that fails is started again through the factory command: after
     # boot.TRIAL_ATTEMPTS such starts the boot code returns to the previous software by itself
     on_probation = bool(os.environ.get(boot.ENV_BOOTED)) and boot.on_probation(data_dir)

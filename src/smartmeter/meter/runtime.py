@@ -74,6 +74,11 @@ class MeterConfig:
     start_time: float | None = None
     # production: the firmware verification key (PEM public key) imported at the first start
     firmware_key: Path | None = None
+    # the M-Bus ports: H1 consumer push (a serial device or "pty"), the M2 wired bus (a serial
+    # device or HOST:PORT) and the M2 wireless receiver (HOST:PORT of UDP radio frames)
+    h1_device: str | None = None
+    mbus_wired: str | None = None
+    mbus_wireless: str | None = None
 
     @property
     def measures_continuously(self) -> bool:
