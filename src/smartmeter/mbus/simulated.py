@@ -1,0 +1,690 @@
+"""Simulated M-Bus submeters: a G4 gas meter, a water meter and a heat meter.
+
+They stand beside the simulated electricity meter on its M2 multi-utility interface, as
+wired slaves on one bus (EN 13757-2/-3) or as wireless senders (EN 13757-4, OMS mode 5 or
+7). Everything they say is a function of a seed and of the simulated time `now` passed
+in (seconds since the Unix epoch): the same seed and the same `now` give the same
+registers, so a test computes what a meter must read from the scenario alone.
+
+The manufacturer code is "SIM" (a made-up code that says the device is simulated; it is
+not a FLAG-registered manufacturer of real meters).
+
+Consumption (each register counts from REFERENCE_EPOCH, the devices' notional
+installation date) follows a daily curve with a closed-form integral::
+
+    rate(t)  = mean * (1 + swing * cos(2 pi (t - peak) / 1 day))          swing < 1
+    total(t) = mean * ((t - T0) + swing * D / (2 pi) * (sin(2 pi (t - peak) / D)
+                                                        - sin(2 pi (T0 - peak) / D)))
+
+so the registers never decrease and the instantaneous flow or power is rate(t). The heat
+meter's water volume follows from its energy and a constant temperature difference
+(1.163 kWh per m3 and K), its flow and return temperatures from the same daily curve.
+
+Layers:
+
+* `SimulatedSubmeter`: identity, state, registers and records (no link layer);
+* `WiredSlave` / `SimulatedBus`: the sans-io slave side of a wired bus (bytes in at a
+  `now`, bytes out), with primary and secondary addressing, FCB, SND_UD commands and
+  test faults;
+* `serve_bus` (asyncio TCP: one client, the master) and `WirelessSender` (UDP datagrams,
+  one radio frame each).
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import math
+import random
+import socket
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Callable, Iterable
+from zoneinfo import ZoneInfo
+
+from smartmeter.errors import EncodeError
+from smartmeter.mbus.link import (
+    ADDRESS_BROADCAST, ADDRESS_NETWORK_LAYER, ADDRESS_TEST, C_FCB, C_FCV, C_FUNCTION_MASK, RSP_UD,
+    Ack, BadFrame, ControlFrame, FrameReader, LongFrame, ShortFrame,
+)
+
+SIMULATED_MANUFACTURER = "SIM"
+REFERENCE_EPOCH = 1704067200.0  # 2024-01-01T00:00:00Z
+DAY = 86400.0
+DEFAULT_TIME_ZONE = "Europe/Berlin"
+
+KINDS = ("gas", "water", "heat")
+MEDIUM = {"gas": 0x03, "water": 0x07, "heat": 0x04}
+MEDIUM_NAME = {0x03: "gas", 0x07: "water", 0x04: "heat (outlet)"}
+# plausible firmware versions of the simulated models
+VERSION = {"gas": 0x21, "water": 0x15, "heat": 0x0A}
+
+# --- EN 13757-3 status byte
+STATUS_APPLICATION_BUSY = 0x01
+STATUS_APPLICATION_ERROR = 0x02
+STATUS_ABNORMAL = 0x03
+STATUS_POWER_LOW = 0x04
+STATUS_PERMANENT_ERROR = 0x08
+STATUS_TEMPORARY_ERROR = 0x10
+STATUS_TAMPER = 0x20  # manufacturer-specific bit 5 (the standard leaves bits 5-7 to the maker)
+
+# --- the error flags record (DIF 02, VIF FD 17): one bit an alarm
+ERROR_FLAG_BATTERY_LOW = 0x0001
+ERROR_FLAG_LEAK = 0x0002
+ERROR_FLAG_TAMPER = 0x0004
+
+ALARMS = ("battery-low", "leak", "tamper")
+FAULTS = ("silent", "wrong-identity", "bad-checksum", "endless", "collision")
+
+# --- CI fields of master -> slave frames (EN 13757-3 Table 2)
+CI_APPLICATION_RESET = 0x50
+CI_DATA_SEND = 0x51
+CI_SELECTION = 0x52
+CI_TIME_SYNC = 0x6C
+CI_RSP_UD_LONG = 0x72
+
+# DIF/VIF patterns the slaves accept in a SND_UD (CI 0x51)
+SET_PRIMARY_ADDRESS = bytes((0x01, 0x7A))
+SET_DATE_TIME = bytes((0x04, 0x6D))
+DIF_MORE_RECORDS_FOLLOW = 0x1F
+
+
+# ---------------------------------------------------------------------------------------
+# the physical side
+
+
+@dataclass(frozen=True)
+class DailyCurve:
+    """A rate with a daily swing and its exact integral (see the module docstring)."""
+
+    mean: float   # units per second
+    swing: float  # 0 <= swing < 1: the rate never goes negative
+    peak: float   # seconds after midnight UTC of the highest rate
+
+    def rate(self, t: float) -> float:
+        return self.mean * (1.0 + self.swing * math.cos(2 * math.pi * (t - self.peak) / DAY))
+
+    def total(self, t: float) -> float:
+        """Units accumulated from REFERENCE_EPOCH to t (0 before it)."""
+        if t <= REFERENCE_EPOCH:
+            return 0.0
+        k = 2 * math.pi / DAY
+        return self.mean * ((t - REFERENCE_EPOCH) + self.swing / k * (
+            math.sin(k * (t - self.peak)) - math.sin(k * (REFERENCE_EPOCH - self.peak))))
+
+
+@dataclass(frozen=True)
+class Reading:
+    """A submeter's registers at one instant, in the units of its records.
+
+    volume_l (0.001 m3); flow_l_per_h (0.001 m3/h); energy_kwh / energy_mj (whole units,
+    both from the same energy); power_w; flow / return temperature in 0.1 degC.
+    Quantities a kind does not have are None.
+    """
+
+    volume_l: int
+    flow_l_per_h: int | None = None
+    energy_kwh: int | None = None
+    energy_mj: int | None = None
+    power_w: int | None = None
+    flow_temperature_dc: int | None = None
+    return_temperature_dc: int | None = None
+
+    def physical(self) -> dict[str, tuple[Decimal, str]]:
+        """Each quantity as a decimal in SI-style units (m3, m3/h, kWh, MJ, W, degC)."""
+        values: dict[str, tuple[Decimal, str]] = {"volume": (Decimal(self.volume_l).scaleb(-3), "m3")}
+        if self.flow_l_per_h is not None:
+            values["volume flow"] = (Decimal(self.flow_l_per_h).scaleb(-3), "m3/h")
+        if self.energy_kwh is not None:
+            values["energy kWh"] = (Decimal(self.energy_kwh), "kWh")
+        if self.energy_mj is not None:
+            values["energy MJ"] = (Decimal(self.energy_mj), "MJ")
+        if self.power_w is not None:
+            values["power"] = (Decimal(self.power_w), "W")
+        if self.flow_temperature_dc is not None:
+            values["flow temperature"] = (Decimal(self.flow_temperature_dc).scaleb(-1), "degC")
+        if self.return_temperature_dc is not None:
+            values["return temperature"] = (Decimal(self.return_temperature_dc).scaleb(-1), "degC")
+        return values
+
+
+@dataclass
+class Alarms:
+    battery_low: bool = False
+    leak: bool = False  # water meters only
+    tamper: bool = False
+
+    def set(self, name: str, on: bool = True) -> None:
+        if name not in ALARMS:
+            raise ValueError(f"unknown alarm {name!r} (one of {', '.join(ALARMS)})")
+        setattr(self, name.replace("-", "_"), on)
+
+
+class SimulatedSubmeter:
+    """One simulated submeter: identity, registers from a seed and `now`, and its records.
+
+    Wired and wireless use the same records; the link layers are elsewhere.
+    """
+
+    def __init__(self, kind: str, *, seed: int = 0, identification: int | None = None,
+                 primary_address: int = 0, fabrication_number: int | None = None,
+                 version: int | None = None, coding: str = "bcd", energy_unit: str = "kWh",
+                 time_zone: str = DEFAULT_TIME_ZONE) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"unknown submeter kind {kind!r} (one of {', '.join(KINDS)})")
+        if coding not in ("bcd", "binary"):
+            raise ValueError(f"coding must be bcd or binary, not {coding!r}")
+        if energy_unit not in ("kWh", "MJ"):
+            raise ValueError(f"energy unit must be kWh or MJ, not {energy_unit!r}")
+        if not 0 <= primary_address <= 250:
+            raise ValueError(f"primary address {primary_address} is not 0..250")
+        self.kind = kind
+        self.seed = seed
+        # string seeds hash the same in every process (random.seed with str, version 2)
+        rng = random.Random(f"smartmeter-sim-{kind}-{seed}")
+        self.identification = rng.randrange(10_000_000, 100_000_000) if identification is None else identification
+        if not 0 <= self.identification <= 99_999_999:
+            raise ValueError(f"identification {self.identification} is not 8 decimal digits")
+        self.fabrication_number = (rng.randrange(10_000_000, 100_000_000) if fabrication_number is None
+                                   else fabrication_number)
+        self.manufacturer = SIMULATED_MANUFACTURER
+        self.version = VERSION[kind] if version is None else version
+        self.medium = MEDIUM[kind]
+        self.primary_address = primary_address
+        self.coding = coding
+        self.energy_unit = energy_unit
+        self.time_zone = ZoneInfo(time_zone)
+        self.access_number = rng.randrange(256)
+        self.message_counter = rng.randrange(1, 1 << 16)  # mode 7 AFL counter
+        self.alarms = Alarms()
+        self.clock_offset = 0.0  # the device clock minus true time, seconds
+        self.key: bytes | None = None
+        self.faults: set[str] = set()
+        peak = rng.uniform(6, 20) * 3600
+        if kind == "gas":
+            # a G4 in a heated home: 0.1-0.35 m3/h on average, 1000-9000 m3 on the register
+            self.base_l = rng.randrange(1_000_000, 9_000_000)
+            self.curve = DailyCurve(rng.uniform(0.10, 0.35) * 1000 / 3600, 0.8, peak)
+        elif kind == "water":
+            self.base_l = rng.randrange(100_000, 900_000)
+            self.curve = DailyCurve(rng.uniform(120, 360) / DAY, 0.9, peak)  # 120-360 l a day
+        else:
+            self.base_wh = rng.randrange(5_000, 40_000) * 1000
+            self.curve = DailyCurve(rng.uniform(1500, 4000) / 3600, 0.6, peak)  # Wh/s: mean 1.5-4 kW
+            self.delta_t_dk = rng.randrange(150, 251)  # flow minus return, 0.1 K
+            self.flow_mean_dc = rng.randrange(550, 701)
+
+    # --- registers
+
+    def reading(self, now: float) -> Reading:
+        if self.kind == "gas":
+            return Reading(volume_l=self.base_l + math.floor(self.curve.total(now)))
+        if self.kind == "water":
+            return Reading(volume_l=self.base_l + math.floor(self.curve.total(now)),
+                           flow_l_per_h=round(self.curve.rate(now) * 3600))
+        energy_wh = self.base_wh + self.curve.total(now)
+        litres_per_wh = 1 / (1.163 * self.delta_t_dk / 10)  # 1.163 Wh per litre and K
+        power_w = self.curve.rate(now) * 3600
+        # the flow temperature rises and falls with the load, 5 K either side of its mean
+        swing = (power_w / (self.curve.mean * 3600) - 1) / self.curve.swing
+        flow_dc = self.flow_mean_dc + round(50 * swing)
+        return Reading(volume_l=math.floor(energy_wh * litres_per_wh), flow_l_per_h=round(power_w * litres_per_wh),
+                       energy_kwh=math.floor(energy_wh / 1000), energy_mj=math.floor(energy_wh * 0.0036),
+                       power_w=round(power_w), flow_temperature_dc=flow_dc,
+                       return_temperature_dc=flow_dc - self.delta_t_dk)
+
+    def due_date(self, now: float) -> dt.date:
+        """The last billing due date: the first day of the device's current month."""
+        return self.device_time(now).date().replace(day=1)
+
+    def due_date_reading(self, now: float) -> Reading:
+        due = dt.datetime.combine(self.due_date(now), dt.time(), self.time_zone)
+        return self.reading(due.timestamp() - self.clock_offset)
+
+    def device_time(self, now: float) -> dt.datetime:
+        """The submeter's own clock (local time of its zone), to the second."""
+        return dt.datetime.fromtimestamp(math.floor(now + self.clock_offset), self.time_zone)
+
+    def set_clock(self, local: dt.datetime, now: float) -> None:
+        """Set the device clock to `local` (naive: the device's zone) at true time `now`."""
+        if local.tzinfo is None:
+            local = local.replace(tzinfo=self.time_zone)
+        self.clock_offset = local.timestamp() - now
+
+    # --- header fields
+
+    @property
+    def status(self) -> int:
+        status = 0
+        if self.alarms.battery_low:
+            status |= STATUS_POWER_LOW
+        if self.alarms.leak:
+            status |= STATUS_ABNORMAL
+        if self.alarms.tamper:
+            status |= STATUS_TAMPER
+        return status
+
+    @property
+    def error_flags(self) -> int:
+        return ((ERROR_FLAG_BATTERY_LOW if self.alarms.battery_low else 0)
+                | (ERROR_FLAG_LEAK if self.alarms.leak else 0)
+                | (ERROR_FLAG_TAMPER if self.alarms.tamper else 0))
+
+    @property
+    def secondary_address(self) -> bytes:
+        """ID (BCD, least significant byte first), manufacturer, version, medium: as in CI 0x52."""
+        return (_bcd(self.identification, 4) + _manufacturer_code(self.manufacturer).to_bytes(2, "little")
+                + bytes((self.version, self.medium)))
+
+    def describe(self) -> str:
+        return (f"{self.kind:<5} ID {self.identification:08d}  manufacturer {self.manufacturer} (simulated)  "
+                f"version {self.version}  medium 0x{self.medium:02X} ({MEDIUM_NAME[self.medium]})  "
+                f"fabrication number {self.fabrication_number:08d}  primary address {self.primary_address}")
+
+    def next_access_number(self) -> int:
+        self.access_number = (self.access_number + 1) & 0xFF
+        return self.access_number
+
+    # --- records (EN 13757-3 variable data structure)
+
+    def records(self, now: float, telegram: int = 0) -> bytes:
+        """The data records of telegram `telegram` (0: current values; heat meters also 1:
+        the last due date's values). Without the trailing 1F; see `telegram_count`."""
+        if telegram == 1 and self.kind == "heat":
+            due = self.due_date_reading(now)
+            energy = due.energy_kwh if self.energy_unit == "kWh" else due.energy_mj
+            return (self._number(0x40, 0x06 if self.energy_unit == "kWh" else 0x0E, energy, 4)
+                    + self._number(0x40, 0x13, due.volume_l, 4)
+                    + bytes((0x42, 0x6C)) + _type_g(self.due_date(now)))
+        reading = self.reading(now)
+        out = bytearray()
+        if self.kind == "heat":
+            energy = reading.energy_kwh if self.energy_unit == "kWh" else reading.energy_mj
+            out += self._number(0, 0x06 if self.energy_unit == "kWh" else 0x0E, energy, 4)
+        out += self._number(0, 0x13, reading.volume_l, 4)
+        if self.kind == "heat":
+            out += self._number(0, 0x5A, reading.flow_temperature_dc, 2)
+            out += self._number(0, 0x5E, reading.return_temperature_dc, 2)
+            out += self._number(0, 0x2B, reading.power_w, 3)
+        if reading.flow_l_per_h is not None:
+            out += self._number(0, 0x3B, reading.flow_l_per_h, 3)
+        out += bytes((0x04, 0x6D)) + _type_f(self.device_time(now))
+        out += bytes((0x0C, 0x78)) + _bcd(self.fabrication_number, 4)
+        out += bytes((0x02, 0xFD, 0x17)) + self.error_flags.to_bytes(2, "little")
+        return bytes(out)
+
+    @property
+    def telegram_count(self) -> int:
+        return 2 if self.kind == "heat" else 1
+
+    def _number(self, storage_bits: int, vif: int, value: int, size: int) -> bytes:
+        """An instantaneous value of `size` bytes (binary) or 2*size digits (BCD)."""
+        if self.coding == "bcd":
+            dif = {2: 0x0A, 3: 0x0B, 4: 0x0C}[size]
+            return bytes((storage_bits | dif, vif)) + _bcd(value, size)
+        dif = {2: 0x02, 3: 0x03, 4: 0x04}[size]
+        return bytes((storage_bits | dif, vif)) + value.to_bytes(size, "little", signed=True)
+
+    def long_header(self, access_number: int, identification: int | None = None) -> bytes:
+        """The 12 bytes after CI 0x72: ID, manufacturer, version, medium, access number,
+        status, signature (0: no encryption on the wire)."""
+        ident = self.identification if identification is None else identification
+        return (_bcd(ident, 4) + _manufacturer_code(self.manufacturer).to_bytes(2, "little")
+                + bytes((self.version, self.medium, access_number, self.status, 0, 0)))
+
+
+# ---------------------------------------------------------------------------------------
+# encodings
+
+
+def _manufacturer_code(letters: str) -> int:
+    return ((ord(letters[0]) - 64) << 10) | ((ord(letters[1]) - 64) << 5) | (ord(letters[2]) - 64)
+
+
+def _bcd(value: int, size: int) -> bytes:
+    """`value` as 2*size BCD digits, least significant byte first."""
+    if not 0 <= value < 10 ** (2 * size):
+        raise EncodeError(f"{value} does not fit {2 * size} BCD digits")
+    return bytes.fromhex(f"{value:0{2 * size}d}")[::-1]
+
+
+def _type_f(when: dt.datetime) -> bytes:
+    """EN 13757-3 Annex A type F: minute, hour (SU bit 7), day, month, year (2000-2099)."""
+    summer = bool(when.dst())
+    year = when.year - 2000
+    return bytes((when.minute, when.hour | (0x80 if summer else 0),
+                  when.day | ((year & 0x07) << 5), when.month | ((year & 0x78) << 1)))
+
+
+def _type_g(day: dt.date) -> bytes:
+    year = day.year - 2000
+    return bytes((day.day | ((year & 0x07) << 5), day.month | ((year & 0x78) << 1)))
+
+
+def _type_f_decode(data: bytes) -> dt.datetime | None:
+    minute, hour, day, month = data[0] & 0x3F, data[1] & 0x1F, data[2] & 0x1F, data[3] & 0x0F
+    year = 2000 + ((data[2] >> 5) | ((data[3] & 0xF0) >> 1))
+    if data[0] & 0x80:  # IV: the time is invalid
+        return None
+    try:
+        return dt.datetime(year, month, day, hour, minute)
+    except ValueError:
+        return None
+
+
+def _type_i_decode(data: bytes) -> dt.datetime | None:
+    """Type I (6 bytes): second, minute, hour, day, month, year as in type F plus seconds."""
+    second = data[0] & 0x3F
+    rest = _type_f_decode(data[1:5])
+    return None if rest is None else rest.replace(second=second) if second < 60 else None
+
+
+# ---------------------------------------------------------------------------------------
+# the wired slave (sans-io)
+
+
+@dataclass
+class WiredSlave:
+    """A submeter's link-layer state on a wired bus."""
+
+    meter: SimulatedSubmeter
+    selected: bool = False  # selected by secondary address (answers at 0xFD)
+    last_fcb: bool | None = None
+    last_reply: bytes | None = None
+    next_telegram: int = 0
+    applied: list[str] = field(default_factory=list)  # commands applied, for the log
+    twin: "WiredSlave | None" = None  # fault "collision": the other device on our address
+
+    def addressed(self, address: int) -> bool:
+        if address == ADDRESS_NETWORK_LAYER:
+            return self.selected
+        return address in (self.meter.primary_address, ADDRESS_TEST, ADDRESS_BROADCAST)
+
+    def reset_link(self) -> None:
+        """SND_NKE: forget the FCB and the last answer; the next telegram is the first."""
+        self.last_fcb = None
+        self.last_reply = None
+        self.next_telegram = 0
+
+    def is_repeat(self, c: int) -> bool:
+        """A frame with FCV and the same FCB as the last one: the master did not get our answer."""
+        if not c & C_FCV:
+            return False
+        fcb = bool(c & C_FCB)
+        repeat = self.last_fcb is not None and fcb == self.last_fcb and self.last_reply is not None
+        self.last_fcb = fcb
+        return repeat
+
+    def twin_answer(self, reply: bytes, now: float, address: int) -> bytes:
+        """Fault "collision": what a second device of the same kind with the same primary
+        address (a wiring mistake) answers at the same time: its own telegram to a request,
+        the same E5 to a command."""
+        if reply == Ack().to_bytes():
+            return reply
+        if self.twin is None:
+            meter = self.meter
+            self.twin = WiredSlave(SimulatedSubmeter(meter.kind, seed=meter.seed + 1_000_003,
+                                                     primary_address=meter.primary_address))
+        return self.twin.rsp_ud(now, address)
+
+    def rsp_ud(self, now: float, address: int) -> bytes:
+        """The next telegram (RSP_UD long frame)."""
+        meter = self.meter
+        index = self.next_telegram
+        endless = "endless" in meter.faults
+        count = meter.telegram_count
+        more = endless or index + 1 < count
+        ident = (meter.identification + 1) % 100_000_000 if "wrong-identity" in meter.faults else None
+        data = (meter.long_header(meter.next_access_number(), ident)
+                + meter.records(now, index % count) + (bytes((DIF_MORE_RECORDS_FOLLOW,)) if more else b""))
+        self.next_telegram = index + 1 if more else 0
+        reply = LongFrame(RSP_UD, address, CI_RSP_UD_LONG, data).to_bytes()
+        if "bad-checksum" in meter.faults:
+            reply = reply[:-2] + bytes(((reply[-2] + 1) & 0xFF,)) + reply[-1:]
+        return reply
+
+
+class SimulatedBus:
+    """Several wired slaves on one bus, sans-io: `receive(bytes, now)` returns what the
+    slaves put on the bus in answer (b"" when none answers).
+
+    When more than one slave answers at once the bus carries the bitwise AND of their
+    bytes (a space, 0, is the slave drawing current: it wins over a mark), which is how a
+    collision looks to the master: a checksum error or garbage.
+    """
+
+    def __init__(self, meters: Iterable[SimulatedSubmeter], log: Callable[[str], None] | None = None) -> None:
+        self.slaves = [WiredSlave(m) for m in meters]
+        self._reader = FrameReader()
+        self._log = log or (lambda line: None)
+
+    def receive(self, data: bytes, now: float) -> bytes:
+        self._reader.feed(data)
+        out = bytearray()
+        for item in self._reader.take():
+            if isinstance(item, BadFrame):
+                continue  # a slave ignores a frame it cannot read: the master times out
+            out += self._answer(item, now)
+        return bytes(out)
+
+    def _answer(self, frame, now: float) -> bytes:
+        if isinstance(frame, Ack) or frame.c & 0x40 == 0:
+            return b""  # not from a master
+        address = frame.a
+        replies: list[bytes] = []
+        if isinstance(frame, (ControlFrame, LongFrame)) and frame.ci == CI_SELECTION and address == ADDRESS_NETWORK_LAYER:
+            for slave in self.slaves:
+                if "silent" in slave.meter.faults:
+                    continue
+                slave.selected = _matches(frame.data, slave.meter)
+                if slave.selected:
+                    replies.append(Ack().to_bytes())
+                    self._log(f"{slave.meter.kind} {slave.meter.identification:08d} selected")
+            return _collide(replies)
+        for slave in self.slaves:
+            if "silent" in slave.meter.faults or not slave.addressed(address):
+                continue
+            reply = self._slave_answer(slave, frame, now)
+            if address == ADDRESS_BROADCAST:
+                continue  # everyone listens, nobody answers
+            if reply:
+                replies.append(reply)
+                if "collision" in slave.meter.faults:
+                    replies.append(slave.twin_answer(reply, now, address))
+        return _collide(replies)
+
+    def _slave_answer(self, slave: WiredSlave, frame, now: float) -> bytes:
+        function = frame.c & C_FUNCTION_MASK
+        ack = Ack().to_bytes()
+        if isinstance(frame, ShortFrame) and frame.c == 0x40:  # SND_NKE
+            slave.reset_link()
+            if frame.a == ADDRESS_NETWORK_LAYER:
+                slave.selected = False  # EN 13757-3: SND_NKE to 253 ends the selection
+            return ack
+        if isinstance(frame, ShortFrame) and function in (0xA, 0xB):  # REQ_UD1 / REQ_UD2
+            if function == 0xA:
+                # no alarm protocol: class 1 data is answered like class 2 (EN 13757-3 allows either)
+                pass
+            if slave.is_repeat(frame.c):
+                return slave.last_reply or b""
+            reply_address = frame.a if frame.a == ADDRESS_NETWORK_LAYER else slave.meter.primary_address
+            slave.last_reply = slave.rsp_ud(now, reply_address)
+            return slave.last_reply
+        if isinstance(frame, (ControlFrame, LongFrame)) and function == 0x3:  # SND_UD
+            if slave.is_repeat(frame.c):
+                slave.last_reply = ack
+                return ack  # applied already: only the acknowledgement was lost
+            if not self._apply(slave, frame.ci, frame.data, now):
+                return b""  # a command the slave does not understand: no answer
+            slave.last_reply = ack
+            return ack
+        return b""
+
+    def _apply(self, slave: WiredSlave, ci: int, data: bytes, now: float) -> bool:
+        meter = slave.meter
+        if ci == CI_APPLICATION_RESET:
+            slave.next_telegram = 0
+            slave.applied.append("application reset")
+            return True
+        if ci == CI_DATA_SEND:
+            if data[:2] == SET_PRIMARY_ADDRESS and len(data) == 3:
+                if not 0 <= data[2] <= 250:
+                    return False
+                meter.primary_address = data[2]
+                slave.applied.append(f"primary address {data[2]}")
+                self._log(f"{meter.kind} {meter.identification:08d} primary address now {data[2]}")
+                return True
+            if data[:2] == SET_DATE_TIME and len(data) == 6:
+                return self._set_time(slave, _type_f_decode(data[2:6]), now)
+            return False
+        if ci == CI_TIME_SYNC:
+            return self._set_time(slave, _time_sync_payload(data), now)
+        return False
+
+    def _set_time(self, slave: WiredSlave, local: dt.datetime | None, now: float) -> bool:
+        if local is None:
+            return False
+        slave.meter.set_clock(local, now)
+        slave.applied.append(f"time {local.isoformat()}")
+        self._log(f"{slave.meter.kind} {slave.meter.identification:08d} clock set to {local.isoformat()}")
+        return True
+
+
+def _time_sync_payload(data: bytes) -> dt.datetime | None:
+    """CI 0x6C: a type I date-time (6 bytes), possibly after a time-correction byte."""
+    if len(data) == 6:
+        return _type_i_decode(data)
+    if len(data) == 7:
+        return _type_i_decode(data[1:])
+    if len(data) == 4:
+        return _type_f_decode(data)
+    return None
+
+
+def _matches(selection: bytes, meter: SimulatedSubmeter) -> bool:
+    """CI 0x52 selection: ID digits (F = any digit), manufacturer (FFFF any), version and
+    medium (FF any) against the meter's secondary address."""
+    if len(selection) != 8:
+        return False
+    own = meter.secondary_address
+    for got, mine in zip(selection[:4].hex(), own[:4].hex()):
+        if got not in ("f", mine):
+            return False
+    if selection[4:6] != b"\xff\xff" and selection[4:6] != own[4:6]:
+        return False
+    return all(selection[i] in (0xFF, own[i]) for i in (6, 7))
+
+
+def _collide(replies: list[bytes]) -> bytes:
+    if not replies:
+        return b""
+    if len(replies) == 1:
+        return replies[0]
+    length = max(len(r) for r in replies)
+    out = bytearray(b"\xff" * length)  # idle line: mark
+    for reply in replies:
+        for i, byte in enumerate(reply):
+            out[i] &= byte
+    return bytes(out)
+
+
+# ---------------------------------------------------------------------------------------
+# time and transports
+
+
+class SimulatedClock:
+    """Simulated time: starts at `start` (Unix seconds) and runs `speed` times faster than
+    the monotonic clock."""
+
+    def __init__(self, start: float, speed: float = 1.0, monotonic: Callable[[], float] | None = None) -> None:
+        import time
+
+        self._monotonic = monotonic or time.monotonic
+        self._origin = self._monotonic()
+        self.start = start
+        self.speed = speed
+
+    def now(self) -> float:
+        return self.start + (self._monotonic() - self._origin) * self.speed
+
+
+async def serve_bus(bus: SimulatedBus, host: str, port: int, clock: Callable[[], float],
+                    started: Callable[[int], None] | None = None) -> None:
+    """The bus on TCP (a serial-over-TCP M-Bus level converter): one client at a time, the
+    master; a second connection is closed at once. Runs until cancelled."""
+    busy = asyncio.Lock()
+
+    async def master(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if busy.locked():
+            writer.close()
+            return
+        async with busy:
+            try:
+                while data := await reader.read(4096):
+                    answer = bus.receive(data, clock())
+                    if answer:
+                        writer.write(answer)
+                        await writer.drain()
+            except ConnectionError:
+                pass
+            finally:
+                writer.close()
+
+    server = await asyncio.start_server(master, host, port)
+    async with server:
+        if started is not None:
+            started(server.sockets[0].getsockname()[1])
+        await server.serve_forever()
+
+
+class WirelessSender:
+    """Periodic wireless M-Bus telegrams (SND_NR) of one submeter, encrypted in OMS mode 5
+    or 7, as one UDP datagram per radio frame. Sans-io apart from `run`."""
+
+    def __init__(self, meter: SimulatedSubmeter, *, mode: int, key: bytes, crc: str = "A",
+                 interval: float = 30.0, jitter: float = 0.1) -> None:
+        if mode not in (5, 7):
+            raise ValueError(f"security mode {mode} is not 5 or 7")
+        if len(key) != 16:
+            raise ValueError("the key is 16 bytes (AES-128)")
+        self.meter = meter
+        self.mode = mode
+        self.key = key
+        self.crc = crc
+        self.interval = interval
+        self.jitter = jitter
+        self._rng = random.Random(f"smartmeter-sim-radio-{meter.kind}-{meter.seed}")
+
+    def telegram(self, now: float) -> bytes:
+        """The next radio frame (with CRCs of format A or B)."""
+        from smartmeter.mbus.wireless import MeterAddress, encode_wmbus
+
+        meter = self.meter
+        address = MeterAddress(meter.manufacturer, f"{meter.identification:08d}", meter.version, meter.medium)
+        counter = None
+        if self.mode == 7:
+            meter.message_counter += 1
+            counter = meter.message_counter
+        return encode_wmbus(address, meter.records(now), access_number=meter.next_access_number(),
+                            security=self.mode, key=self.key, message_counter=counter, crc=self.crc,
+                            status=meter.status)
+
+    def next_delay(self) -> float:
+        """Seconds to the next transmission: the interval with a random +-jitter, so that
+        several senders do not keep colliding."""
+        return self.interval * (1 + self._rng.uniform(-self.jitter, self.jitter))
+
+    async def run(self, target: tuple[str, int], clock: Callable[[], float],
+                  sent: Callable[[bytes], None] | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, remote_addr=target,
+                                                           family=socket.AF_INET)
+        try:
+            await asyncio.sleep(self._rng.uniform(0, min(1.0, self.interval)))
+            while True:
+                frame = self.telegram(clock())
+                transport.sendto(frame)
+                if sent is not None:
+                    sent(frame)
+                await asyncio.sleep(self.next_delay())
+        finally:
+            transport.close()
