@@ -151,3 +151,198 @@ def sim_status(as_json: bool, data_dir: Path) -> None:
         click.echo(json.dumps(status, sort_keys=True))
     else:
         _show(status)
+
+
+# --------------------------------------------------------------------------------------
+# simulated M-Bus submeters (not the meter's world: devices of their own beside it)
+
+
+def _host_port(value: str, option: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise UsageProblem(f"{option} {value!r} is not HOST:PORT", f"e.g. {option} 127.0.0.1:10001")
+    return host, int(port)
+
+
+def _per_kind(values: tuple[str, ...], kinds: tuple[str, ...], option: str, names: tuple[str, ...]) -> list[set[str]]:
+    """`--alarm water:leak` style options: a set of names for each device (KIND applies to
+    every device of that kind, KIND#N to the N-th device on the command line)."""
+    chosen: list[set[str]] = [set() for _ in kinds]
+    for value in values:
+        target, sep, name = value.partition(":")
+        if not sep or name not in names:
+            raise UsageProblem(f"{option} {value!r} is not KIND:NAME", f"NAME is one of {', '.join(names)}")
+        kind, _, index = target.partition("#")
+        matched = [i for i, k in enumerate(kinds) if k == kind and (not index or index == str(i + 1))]
+        if not matched:
+            raise UsageProblem(f"{option} {value!r} names no device started here",
+                               f"the devices are {', '.join(f'{k}#{i + 1}' for i, k in enumerate(kinds))}")
+        for i in matched:
+            chosen[i].add(name)
+    return chosen
+
+
+def _in_order(values: tuple[int, ...], kinds: tuple[str, ...], option: str) -> list[int | None]:
+    if len(values) > len(kinds):
+        raise UsageProblem(f"{len(values)} times {option} for {len(kinds)} devices",
+                           f"give {option} once per device, in the order of the kinds")
+    return list(values) + [None] * (len(kinds) - len(values))
+
+
+def _install_hint(meter, channel: int, wired: bool, bus: str) -> str:
+    where = (f"meter run --mbus-wired {bus}" if wired else f"meter run --mbus-wireless {bus}")
+    address = (f"primary address {meter.primary_address}" if wired and meter.primary_address
+               else "primary address 0: the meter's slave_install assigns one" if wired else "no primary address")
+    return (f"    install: {where}; M-Bus client channel {channel} (IC 72, 0-{channel}:24.1.0.255) "
+            f"identification_number {meter.identification:08d}, manufacturer_id SIM, version {meter.version}, "
+            f"device_type {meter.medium}; {address}")
+
+
+@sim_group.command("mbus")
+@click.argument("kinds", nargs=-1, required=True, metavar="KIND...",
+                type=click.Choice(["gas", "water", "heat"]))
+@click.option("--wired", is_flag=True, help="Slaves on one wired bus, served on TCP (--listen).")
+@click.option("--wireless", is_flag=True, help="Senders of periodic radio telegrams as UDP datagrams (--to).")
+@click.option("--listen", default="127.0.0.1:10001", show_default=True, metavar="HOST:PORT",
+              help="--wired: where the bus takes its master (one TCP client; port 0: any free port).")
+@click.option("--to", "target", default=None, metavar="HOST:PORT",
+              help="--wireless: where the radio frames go (the meter's --mbus-wireless).")
+@click.option("--mode", type=click.Choice(["5", "7"]), default="5", show_default=True,
+              help="--wireless: OMS security mode (5: AES-CBC; 7: AES-CBC with CMAC and key derivation).")
+@click.option("--key", default=None, metavar="HEX", help="--wireless: the AES-128 key, 32 hex digits.")
+@click.option("--format", "crc_format", type=click.Choice(["A", "B"]), default="A", show_default=True,
+              help="--wireless: EN 13757-4 frame format (CRC layout).")
+@click.option("--interval", type=click.FloatRange(0.05, 86400), default=30.0, show_default=True, metavar="S",
+              help="--wireless: seconds between telegrams of one device (each varied by +-10 %).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Identities, registers and consumption follow from the seed.")
+@click.option("--speed", type=click.FloatRange(0, 100_000, min_open=True), default=1.0, show_default=True,
+              help="Simulated time runs this many times faster than real time.")
+@click.option("--id", "identifications", type=click.IntRange(0, 99_999_999), multiple=True, metavar="NUMBER",
+              help="Identification number (8 digits) of each device in the order of the kinds (default: from the seed).")
+@click.option("--address", "addresses", type=click.IntRange(0, 250), multiple=True, metavar="N",
+              help="--wired: primary address of each device in the order of the kinds (default 0: unconfigured).")
+@click.option("--coding", type=click.Choice(["bcd", "binary"]), default="bcd", show_default=True,
+              help="Values as BCD digits or binary integers.")
+@click.option("--energy-unit", type=click.Choice(["kWh", "MJ"]), default="kWh", show_default=True,
+              help="Heat meters: the energy register's unit.")
+@click.option("--alarm", "alarms", multiple=True, metavar="KIND:ALARM",
+              help="Raise an alarm: battery-low, leak (water) or tamper; KIND or KIND#N (N-th device).")
+@click.option("--fault", "faults", multiple=True, metavar="KIND:FAULT",
+              help="--wired test faults: silent, wrong-identity, bad-checksum, endless, collision.")
+@click.option("--duration", type=click.FloatRange(0, min_open=True), default=None, metavar="S",
+              help="Stop after S seconds of real time (default: run until Ctrl-C).")
+def sim_mbus(kinds: tuple[str, ...], wired: bool, wireless: bool, listen: str, target: str | None, mode: str,
+             key: str | None, crc_format: str, interval: float, seed: int, speed: float,
+             identifications: tuple[int, ...], addresses: tuple[int, ...], coding: str, energy_unit: str,
+             alarms: tuple[str, ...], faults: tuple[str, ...], duration: float | None) -> None:
+    """Simulated M-Bus submeters (KIND: gas, water, heat) for the meter's M2 interface.
+
+    --wired: the devices are slaves on one bus that a master (the meter, `meter run
+    --mbus-wired HOST:PORT`) reaches over TCP. --wireless: each device sends an encrypted
+    radio telegram every --interval seconds as a UDP datagram to --to. Prints each device's
+    identity and how to install it on the meter; Ctrl-C stops them.
+    """
+    import asyncio
+    import time
+
+    from smartmeter.mbus import simulated
+
+    if wired == wireless:
+        raise UsageProblem("say --wired or --wireless", "e.g. smartmeter sim mbus gas water --wired --listen 127.0.0.1:10001")
+    if wired and (target or key):
+        raise UsageProblem("--to and --key are for --wireless", "a wired bus listens on --listen")
+    if wireless and addresses:
+        raise UsageProblem("--address is for --wired", "wireless devices have no primary address")
+    if wireless and faults:
+        raise UsageProblem("--fault is for --wired", "the faults are those of a wired bus")
+    radio_key = b""
+    if wireless:
+        if target is None:
+            raise UsageProblem("--wireless needs --to HOST:PORT", "the meter's --mbus-wireless address")
+        if key is None:
+            raise UsageProblem("--wireless needs --key HEX", "an AES-128 key: 32 hex digits")
+        try:
+            radio_key = bytes.fromhex(key)
+        except ValueError:
+            radio_key = b""
+        if len(radio_key) != 16:
+            raise UsageProblem(f"--key {key!r} is not 32 hex digits", "an AES-128 key: 16 bytes")
+    host, port = _host_port(listen if wired else target, "--listen" if wired else "--to")
+    alarm_sets = _per_kind(alarms, kinds, "--alarm", simulated.ALARMS)
+    fault_sets = _per_kind(faults, kinds, "--fault", simulated.FAULTS)
+    for kind, chosen in zip(kinds, alarm_sets):
+        if "leak" in chosen and kind != "water":
+            raise UsageProblem(f"a {kind} meter has no leak alarm", "leak is a water meter's alarm")
+    ids = _in_order(identifications, kinds, "--id")
+    primaries = _in_order(addresses, kinds, "--address")
+    meters = []
+    for i, kind in enumerate(kinds):
+        # the n-th device of a kind gets its own identity from the same seed
+        nth = kinds[:i].count(kind)
+        meter = simulated.SimulatedSubmeter(kind, seed=seed + 1000 * nth, identification=ids[i],
+                                            primary_address=primaries[i] or 0, coding=coding,
+                                            energy_unit=energy_unit)
+        for name in alarm_sets[i]:
+            meter.alarms.set(name)
+        meter.faults |= fault_sets[i]
+        meters.append(meter)
+    taken = [m.identification for m in meters]
+    if len(set(taken)) != len(taken):
+        raise UsageProblem("two devices have the same identification number", "give each its own --id")
+    clock = simulated.SimulatedClock(time.time(), speed)
+
+    def say(line: str) -> None:
+        click.echo(line)
+
+    async def run() -> None:
+        if wired:
+            bus = simulated.SimulatedBus(meters, log=lambda line: say(f"bus: {line}"))
+
+            def started(bound: int) -> None:
+                where = f"{host}:{bound}"
+                say(f"wired M-Bus with {len(meters)} slave(s) on {where} (TCP, one master at a time)"
+                    + (f"; simulated time {speed:g}x real time" if speed != 1 else ""))
+                for channel, meter in enumerate(meters, start=1):
+                    say(meter.describe())
+                    say(_install_hint(meter, channel, True, where))
+                say("Ctrl-C stops the simulated submeters.")
+
+            await serve_bus_or_fail(simulated.serve_bus(bus, host, port, clock.now, started))
+        else:
+            say(f"wireless M-Bus: {len(meters)} sender(s) to udp {host}:{port}, OMS mode {mode}, format {crc_format}, "
+                f"every {interval:g} s" + (f"; simulated time {speed:g}x real time" if speed != 1 else ""))
+            senders = [simulated.WirelessSender(m, mode=int(mode), key=radio_key, crc=crc_format, interval=interval)
+                       for m in meters]
+            for channel, meter in enumerate(meters, start=1):
+                say(meter.describe(wired=False))
+                say(_install_hint(meter, channel, False, f"{host}:{port}")
+                    + "; set_encryption_key with the --key")
+            say("Ctrl-C stops the simulated submeters.")
+            await asyncio.gather(*(s.run((host, port), clock.now,
+                                         sent=lambda frame, m=s.meter: say(
+                                             f"sent {m.kind} {m.identification:08d} access number {m.access_number}"
+                                             f" ({len(frame)} bytes)"))
+                                   for s in senders))
+
+    async def serve_bus_or_fail(server) -> None:
+        try:
+            await server
+        except OSError as exc:
+            raise UsageProblem(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+                               "choose another --listen port (0: any free one)") from None
+
+    async def bounded() -> None:
+        if duration is None:
+            await run()
+        else:
+            try:
+                await asyncio.wait_for(run(), duration)
+            except asyncio.TimeoutError:
+                pass
+
+    try:
+        asyncio.run(bounded())
+    except KeyboardInterrupt:
+        pass
+    say("simulated submeters stopped")

@@ -275,10 +275,11 @@ class SimulatedSubmeter:
         return (_bcd(self.identification, 4) + _manufacturer_code(self.manufacturer).to_bytes(2, "little")
                 + bytes((self.version, self.medium)))
 
-    def describe(self) -> str:
+    def describe(self, wired: bool = True) -> str:
         return (f"{self.kind:<5} ID {self.identification:08d}  manufacturer {self.manufacturer} (simulated)  "
                 f"version {self.version}  medium 0x{self.medium:02X} ({MEDIUM_NAME[self.medium]})  "
-                f"fabrication number {self.fabrication_number:08d}  primary address {self.primary_address}")
+                f"fabrication number {self.fabrication_number:08d}"
+                + (f"  primary address {self.primary_address}" if wired else ""))
 
     def next_access_number(self) -> int:
         self.access_number = (self.access_number + 1) & 0xFF
