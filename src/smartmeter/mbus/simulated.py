@@ -41,10 +41,14 @@ from decimal import Decimal
 from typing import Callable, Iterable
 from zoneinfo import ZoneInfo
 
-from smartmeter.errors import EncodeError
+from smartmeter.errors import DecodeError
+from smartmeter.mbus.application import (
+    CI_APPLICATION_RESET, CI_DATA_SEND, CI_SELECTION, CI_TIME_SYNC, Coding, LongHeader, SecondaryAddress,
+    encode_datetime_f, encode_dib, encode_record, encode_rsp_ud, parse_telegram,
+)
 from smartmeter.mbus.link import (
-    ADDRESS_BROADCAST, ADDRESS_NETWORK_LAYER, ADDRESS_TEST, C_FCB, C_FCV, C_FUNCTION_MASK, RSP_UD,
-    Ack, BadFrame, ControlFrame, FrameReader, LongFrame, ShortFrame,
+    ADDRESS_BROADCAST, ADDRESS_NETWORK_LAYER, ADDRESS_TEST, C_FCB, C_FCV, C_FUNCTION_MASK, Ack, BadFrame,
+    ControlFrame, FrameReader, LongFrame, ShortFrame,
 )
 
 SIMULATED_MANUFACTURER = "SIM"
@@ -75,17 +79,6 @@ ERROR_FLAG_TAMPER = 0x0004
 ALARMS = ("battery-low", "leak", "tamper")
 FAULTS = ("silent", "wrong-identity", "bad-checksum", "endless", "collision")
 
-# --- CI fields of master -> slave frames (EN 13757-3 Table 2)
-CI_APPLICATION_RESET = 0x50
-CI_DATA_SEND = 0x51
-CI_SELECTION = 0x52
-CI_TIME_SYNC = 0x6C
-CI_RSP_UD_LONG = 0x72
-
-# DIF/VIF patterns the slaves accept in a SND_UD (CI 0x51)
-SET_PRIMARY_ADDRESS = bytes((0x01, 0x7A))
-SET_DATE_TIME = bytes((0x04, 0x6D))
-DIF_MORE_RECORDS_FOLLOW = 0x1F
 
 
 # ---------------------------------------------------------------------------------------
@@ -272,8 +265,7 @@ class SimulatedSubmeter:
     @property
     def secondary_address(self) -> bytes:
         """ID (BCD, least significant byte first), manufacturer, version, medium: as in CI 0x52."""
-        return (_bcd(self.identification, 4) + _manufacturer_code(self.manufacturer).to_bytes(2, "little")
-                + bytes((self.version, self.medium)))
+        return self.long_header(0).secondary_address().to_bytes()
 
     def describe(self, wired: bool = True) -> str:
         return (f"{self.kind:<5} ID {self.identification:08d}  manufacturer {self.manufacturer} (simulated)  "
@@ -289,94 +281,58 @@ class SimulatedSubmeter:
 
     def records(self, now: float, telegram: int = 0) -> bytes:
         """The data records of telegram `telegram` (0: current values; heat meters also 1:
-        the last due date's values). Without the trailing 1F; see `telegram_count`."""
+        the last due date's values, storage number 1). Without the trailing 1F; see
+        `telegram_count`."""
+        energy_vif = 0x06 if self.energy_unit == "kWh" else 0x0E  # kWh (10^3 Wh) / MJ (10^6 J)
         if telegram == 1 and self.kind == "heat":
             due = self.due_date_reading(now)
             energy = due.energy_kwh if self.energy_unit == "kWh" else due.energy_mj
-            return (self._number(0x40, 0x06 if self.energy_unit == "kWh" else 0x0E, energy, 4)
-                    + self._number(0x40, 0x13, due.volume_l, 4)
-                    + bytes((0x42, 0x6C)) + _type_g(self.due_date(now)))
+            return b"".join((
+                self._number(energy, energy_vif, 4, storage_number=1),
+                self._number(due.volume_l, 0x13, 4, storage_number=1),
+                encode_record(self.due_date(now), 0x6C, coding=Coding.DATE_G, storage_number=1)))
         reading = self.reading(now)
-        out = bytearray()
+        out = []
         if self.kind == "heat":
-            energy = reading.energy_kwh if self.energy_unit == "kWh" else reading.energy_mj
-            out += self._number(0, 0x06 if self.energy_unit == "kWh" else 0x0E, energy, 4)
-        out += self._number(0, 0x13, reading.volume_l, 4)
+            out.append(self._number(reading.energy_kwh if self.energy_unit == "kWh" else reading.energy_mj,
+                                    energy_vif, 4))
+        out.append(self._number(reading.volume_l, 0x13, 4))  # 0.001 m3
         if self.kind == "heat":
-            out += self._number(0, 0x5A, reading.flow_temperature_dc, 2)
-            out += self._number(0, 0x5E, reading.return_temperature_dc, 2)
-            out += self._number(0, 0x2B, reading.power_w, 3)
+            out.append(self._number(reading.flow_temperature_dc, 0x5A, 2))  # 0.1 degC
+            out.append(self._number(reading.return_temperature_dc, 0x5E, 2))
+            out.append(self._number(reading.power_w, 0x2B, 3))  # W
         if reading.flow_l_per_h is not None:
-            out += self._number(0, 0x3B, reading.flow_l_per_h, 3)
-        out += bytes((0x04, 0x6D)) + _type_f(self.device_time(now))
-        out += bytes((0x0C, 0x78)) + _bcd(self.fabrication_number, 4)
-        out += bytes((0x02, 0xFD, 0x17)) + self.error_flags.to_bytes(2, "little")
-        return bytes(out)
+            out.append(self._number(reading.flow_l_per_h, 0x3B, 3))  # 0.001 m3/h
+        local = self.device_time(now)
+        out.append(encode_datetime_record(local))
+        out.append(encode_record(self.fabrication_number, 0x78, coding=Coding.BCD8))
+        out.append(encode_record(self.error_flags, 0x7D, vifes=(0x17,), coding=Coding.INT16))
+        return b"".join(out)
 
     @property
     def telegram_count(self) -> int:
         return 2 if self.kind == "heat" else 1
 
-    def _number(self, storage_bits: int, vif: int, value: int, size: int) -> bytes:
-        """An instantaneous value of `size` bytes (binary) or 2*size digits (BCD)."""
+    def _number(self, value: int | None, vif: int, size: int, storage_number: int = 0) -> bytes:
+        """A value of `size` bytes: binary, or 2*size BCD digits."""
+        assert value is not None
         if self.coding == "bcd":
-            dif = {2: 0x0A, 3: 0x0B, 4: 0x0C}[size]
-            return bytes((storage_bits | dif, vif)) + _bcd(value, size)
-        dif = {2: 0x02, 3: 0x03, 4: 0x04}[size]
-        return bytes((storage_bits | dif, vif)) + value.to_bytes(size, "little", signed=True)
+            coding = {2: Coding.BCD4, 3: Coding.BCD6, 4: Coding.BCD8}[size]
+        else:
+            coding = {2: Coding.INT16, 3: Coding.INT24, 4: Coding.INT32}[size]
+        return encode_record(value, vif, coding=coding, storage_number=storage_number)
 
-    def long_header(self, access_number: int, identification: int | None = None) -> bytes:
-        """The 12 bytes after CI 0x72: ID, manufacturer, version, medium, access number,
-        status, signature (0: no encryption on the wire)."""
+    def long_header(self, access_number: int, identification: int | None = None) -> LongHeader:
+        """CI 0x72 header: ID, manufacturer, version, medium, access number, status,
+        configuration (0: no encryption on the wire)."""
         ident = self.identification if identification is None else identification
-        return (_bcd(ident, 4) + _manufacturer_code(self.manufacturer).to_bytes(2, "little")
-                + bytes((self.version, self.medium, access_number, self.status, 0, 0)))
+        return LongHeader(ident, self.manufacturer, self.version, self.medium, access_number, self.status, 0)
 
 
-# ---------------------------------------------------------------------------------------
-# encodings
-
-
-def _manufacturer_code(letters: str) -> int:
-    return ((ord(letters[0]) - 64) << 10) | ((ord(letters[1]) - 64) << 5) | (ord(letters[2]) - 64)
-
-
-def _bcd(value: int, size: int) -> bytes:
-    """`value` as 2*size BCD digits, least significant byte first."""
-    if not 0 <= value < 10 ** (2 * size):
-        raise EncodeError(f"{value} does not fit {2 * size} BCD digits")
-    return bytes.fromhex(f"{value:0{2 * size}d}")[::-1]
-
-
-def _type_f(when: dt.datetime) -> bytes:
-    """EN 13757-3 Annex A type F: minute, hour (SU bit 7), day, month, year (2000-2099)."""
-    summer = bool(when.dst())
-    year = when.year - 2000
-    return bytes((when.minute, when.hour | (0x80 if summer else 0),
-                  when.day | ((year & 0x07) << 5), when.month | ((year & 0x78) << 1)))
-
-
-def _type_g(day: dt.date) -> bytes:
-    year = day.year - 2000
-    return bytes((day.day | ((year & 0x07) << 5), day.month | ((year & 0x78) << 1)))
-
-
-def _type_f_decode(data: bytes) -> dt.datetime | None:
-    minute, hour, day, month = data[0] & 0x3F, data[1] & 0x1F, data[2] & 0x1F, data[3] & 0x0F
-    year = 2000 + ((data[2] >> 5) | ((data[3] & 0xF0) >> 1))
-    if data[0] & 0x80:  # IV: the time is invalid
-        return None
-    try:
-        return dt.datetime(year, month, day, hour, minute)
-    except ValueError:
-        return None
-
-
-def _type_i_decode(data: bytes) -> dt.datetime | None:
-    """Type I (6 bytes): second, minute, hour, day, month, year as in type F plus seconds."""
-    second = data[0] & 0x3F
-    rest = _type_f_decode(data[1:5])
-    return None if rest is None else rest.replace(second=second) if second < 60 else None
+def encode_datetime_record(local: dt.datetime) -> bytes:
+    """04 6D + type F of an aware local time, with its summer-time bit."""
+    return (encode_dib(Coding.INT32) + bytes((0x6D,))
+            + encode_datetime_f(local.replace(tzinfo=None), summer_time=bool(local.dst())))
 
 
 # ---------------------------------------------------------------------------------------
@@ -435,10 +391,9 @@ class WiredSlave:
         count = meter.telegram_count
         more = endless or index + 1 < count
         ident = (meter.identification + 1) % 100_000_000 if "wrong-identity" in meter.faults else None
-        data = (meter.long_header(meter.next_access_number(), ident)
-                + meter.records(now, index % count) + (bytes((DIF_MORE_RECORDS_FOLLOW,)) if more else b""))
+        reply = encode_rsp_ud(address, meter.long_header(meter.next_access_number(), ident),
+                              [meter.records(now, index % count)], more_records_follow=more)
         self.next_telegram = index + 1 if more else 0
-        reply = LongFrame(RSP_UD, address, CI_RSP_UD_LONG, data).to_bytes()
         if "bad-checksum" in meter.faults:
             reply = reply[:-2] + bytes(((reply[-2] + 1) & 0xFF,)) + reply[-1:]
         return reply
@@ -521,24 +476,34 @@ class SimulatedBus:
         return b""
 
     def _apply(self, slave: WiredSlave, ci: int, data: bytes, now: float) -> bool:
+        """A SND_UD's command; False (and no answer) for one the slave does not know."""
         meter = slave.meter
+        try:
+            telegram = parse_telegram(ci, data)
+        except DecodeError:
+            return False
         if ci == CI_APPLICATION_RESET:
             slave.next_telegram = 0
             slave.applied.append("application reset")
             return True
-        if ci == CI_DATA_SEND:
-            if data[:2] == SET_PRIMARY_ADDRESS and len(data) == 3:
-                if not 0 <= data[2] <= 250:
-                    return False
-                meter.primary_address = data[2]
-                slave.applied.append(f"primary address {data[2]}")
-                self._log(f"{meter.kind} {meter.identification:08d} primary address now {data[2]}")
-                return True
-            if data[:2] == SET_DATE_TIME and len(data) == 6:
-                return self._set_time(slave, _type_f_decode(data[2:6]), now)
-            return False
         if ci == CI_TIME_SYNC:
-            return self._set_time(slave, _time_sync_payload(data), now)
+            return self._set_time(slave, telegram.time, now)
+        if ci != CI_DATA_SEND or len(telegram.records) != 1:
+            return False
+        record = telegram.records[0]
+        try:
+            value = record.value
+        except DecodeError:
+            return False
+        if record.vif is not None and record.vif & 0x7F == 0x7A and not record.vifes and isinstance(value, int):
+            if not 0 <= value <= 250:
+                return False
+            meter.primary_address = value
+            slave.applied.append(f"primary address {value}")
+            self._log(f"{meter.kind} {meter.identification:08d} primary address now {value}")
+            return True
+        if record.vif is not None and record.vif & 0x7F == 0x6D and isinstance(value, dt.datetime):
+            return self._set_time(slave, value, now)
         return False
 
     def _set_time(self, slave: WiredSlave, local: dt.datetime | None, now: float) -> bool:
@@ -550,29 +515,14 @@ class SimulatedBus:
         return True
 
 
-def _time_sync_payload(data: bytes) -> dt.datetime | None:
-    """CI 0x6C: a type I date-time (6 bytes), possibly after a time-correction byte."""
-    if len(data) == 6:
-        return _type_i_decode(data)
-    if len(data) == 7:
-        return _type_i_decode(data[1:])
-    if len(data) == 4:
-        return _type_f_decode(data)
-    return None
-
-
 def _matches(selection: bytes, meter: SimulatedSubmeter) -> bool:
     """CI 0x52 selection: ID digits (F = any digit), manufacturer (FFFF any), version and
-    medium (FF any) against the meter's secondary address."""
-    if len(selection) != 8:
+    medium (FF any) against the meter's own address."""
+    try:
+        wanted = parse_telegram(CI_SELECTION, selection).header
+    except DecodeError:
         return False
-    own = meter.secondary_address
-    for got, mine in zip(selection[:4].hex(), own[:4].hex()):
-        if got not in ("f", mine):
-            return False
-    if selection[4:6] != b"\xff\xff" and selection[4:6] != own[4:6]:
-        return False
-    return all(selection[i] in (0xFF, own[i]) for i in (6, 7))
+    return isinstance(wanted, SecondaryAddress) and wanted.matches(meter.long_header(0))
 
 
 def _collide(replies: list[bytes]) -> bytes:
