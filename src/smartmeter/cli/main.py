@@ -351,6 +351,28 @@ def _print_banner(meter_, host: str, wrapper_port: int, hdlc_port: int) -> None:
     click.echo("Ctrl-C stops the meter.")
 
 
+def _open_h1(meter_, lines: list[str]):
+    """The H1 consumer port of `--h1 DEVICE|pty` (companion §2.2, §10.5), or None without it: the
+    consumer information push (transport 201) is written there, protected for the CIP client."""
+    device = meter_.config.h1_device
+    if not device:
+        return None
+    from smartmeter.meter.consumer_port import ConsumerPort, ConsumerPush
+
+    port = ConsumerPort(device)
+    try:
+        path = port.open()
+    except Exception as exc:  # pyserial's SerialException (an OSError on most platforms), or openpty's
+        raise UsageProblem(f"cannot open the H1 port {device}: {exc}",
+                           "check the device path and permissions, or give --h1 pty") from None
+    # the CIP client's sending counter at its maximum: the push stops, and the meter says so as an event
+    meter_.push.h1 = ConsumerPush(meter_.server, port, on_exhausted=lambda client: meter_.on_event(
+        "frame_counter_exhausted", {"client": client}))
+    lines.append(f"H1 consumer port: wired M-Bus, 2400 Bd 8E1, push only, on {path}"
+                 + (" (a pseudo-terminal: the consumer device opens it)" if device == "pty" else ""))
+    return port
+
+
 async def _serve(meter_, host: str, wrapper_port: int, hdlc_port: int, serial_device: str | None, banner: bool,
                  http_port: int = 0) -> None:
     from smartmeter.meter import boot
@@ -411,6 +433,7 @@ async def _serve(meter_, host: str, wrapper_port: int, hdlc_port: int, serial_de
     meter_.push.sender = PushSender(asyncio.get_running_loop(), now=meter_.clock.now, zone=meter_.clock.zone,
                                     sleep=lambda seconds: asyncio.sleep(seconds / speed))
     lines = []
+    h1_port = _open_h1(meter_, lines)  # the H1 consumer port (--h1): the consumer information push
     if meter_.powered:
         await open_interfaces()
     if wrapper_port:
@@ -468,6 +491,11 @@ async def _serve(meter_, host: str, wrapper_port: int, hdlc_port: int, serial_de
         await display_server.close()
     await control.close()
     close_interfaces()
+    if h1_port is not None:
+        meter_.push.h1 = None
+        h1_port.close()
+        click.echo("H1 consumer port: " + ", ".join(f"{name.replace('_', ' ')} {count}"
+                                                   for name, count in h1_port.stats().items()))
     sender, meter_.push.sender = meter_.push.sender, None
     await sender.close()
     counts = sender.stats()

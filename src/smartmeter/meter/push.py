@@ -23,9 +23,13 @@ A push:
    sender wraps and delivers them without ever blocking the meter (and reads the windows'
    date-time patterns itself).
 
+A push whose destination is the H1 consumer interface (transport 201, wired M-Bus, §10.5) goes
+to the H1 port instead (smartmeter.meter.consumer_port): encrypted for the CIP client, in
+M-Bus segments, paced at 2400 Bd.
+
 A push is not sent, and the reason logged once per setup, when its destination is empty
-(none configured: the meter's default), when it names the H1 consumer interface (wired
-M-Bus, not available yet), or when no sender runs (a meter without its LAN/WAN interface).
+(none configured: the meter's default), when it names the H1 consumer interface and the meter
+runs without its H1 port (no --h1), or when no sender runs (a meter without its LAN/WAN interface).
 A push that cannot be built (over MAX_PUSH_APDU, no security context) is refused with
 other-reason.
 """
@@ -71,13 +75,15 @@ class PushService:
         """`now()` is the meter time a push stands for (a running schedule's instant, else the
         clock); `on_pushed(setup, ctx, at, outcome)` is told after every push run: outcome
         "submitted" (the sender took it), "refused" (built, but the sender refused it: it logged
-        why), "not configured", "no H1", "no sender" or "failed" (not built)."""
+        why), "not configured", "no H1", "no sender" or "failed" (not built); on H1 also
+        "skipped" (the push before is still on the line)."""
         self.clock = clock
         self.now = now
         self.on_pushed = on_pushed
         self.client = client
         self.server = None  # the DLMS server (protection, the object directory): attach()
         self.sender = None  # the push sender running on the meter's event loop, while it runs
+        self.h1 = None  # the H1 consumer push (meter.consumer_port.ConsumerPush), while the H1 port runs
         self.say = say if say is not None else RateLimitedLog(log)
         self._invoke_id = 0
         self._told: set[tuple[str, bytes]] = set()
@@ -107,9 +113,7 @@ class PushService:
             self._tell_once("not_configured", setup, "%s: no destination configured, the push is not sent")
             return "not configured"
         if target.transport_service == WIRED_MBUS:
-            self._tell_once("h1", setup, "%s: the H1 consumer interface (wired M-Bus) is not available, "
-                                         "the push is not sent")
-            return "no H1"
+            return self._push_h1(setup, target.destination, at)
         if self.sender is None:
             self._tell_once("no_sender", setup, "%s: no push sender runs (LAN/WAN interface off), the push is not sent")
             return "no sender"
@@ -120,6 +124,16 @@ class PushService:
                                    0 if best_effort else setup.integer("randomisation_start_interval"),
                                    setup.integer("repetition_delay"), setup.windows())
         return "submitted" if taken else "refused"
+
+    def _push_h1(self, setup: PushSetup, destination: str, at: float) -> str:
+        """The consumer information push (§10.5) on the H1 port, when the meter runs one: protected
+        for the CIP client and cut into M-Bus segments there (smartmeter.meter.consumer_port)."""
+        if self.h1 is None:
+            self._tell_once("h1", setup, "%s: the H1 consumer port is off (meter run --h1 DEVICE|pty), "
+                                         "the push is not sent")
+            return "no H1"
+        self._invoke_id = (self._invoke_id + 1) & 0xFFFFFF
+        return self.h1.push(setup.name, destination, self.body(setup, at), UNSOLICITED | self._invoke_id)
 
     def _tell_once(self, condition: str, setup: PushSetup, message: str) -> None:
         key = (condition, setup.logical_name.to_bytes())

@@ -322,9 +322,9 @@ class PushSender:
                source_wport, destination_wport) -> _Push:
         if self._closed:
             raise _Refused("push.closed", "push refused: the push sender is closed")
-        if transport_service == WIRED_MBUS:
+        if transport_service == WIRED_MBUS:  # the H1 port sends those (smartmeter.meter.consumer_port)
             raise _Refused("push.unsupported_transport", "push over wired M-Bus (transport_service 201) "
-                           "is not sent by the LAN/WAN push sender")
+                           "is not sent by the LAN/WAN push sender: it goes to the H1 consumer port")
         if transport_service not in (TCP, UDP):
             raise _Refused("push.unsupported_transport", "push refused: transport_service %r is neither "
                            "0 (TCP) nor 1 (UDP)", transport_service)
