@@ -202,6 +202,22 @@ class DecryptedTelegram:
     def ci(self) -> int:
         return self.frame.ci
 
+    @property
+    def user_data(self) -> tuple[int, bytes]:
+        """(CI, bytes after the CI) in the clear, for `application.parse_telegram`."""
+        return _user_data(self.frame, self.application_data)
+
+
+def _user_data(frame: WirelessFrame, application_data: bytes) -> tuple[int, bytes]:
+    tpl = frame.tpl
+    if tpl is None:
+        return frame.ci, application_data
+    # The TPL header after CI without the mode-7 extension byte: EN 13757-3's short
+    # (4 bytes) or long (12 bytes) header, which the wired application layer reads too.
+    size = {0x7A: 4, 0x72: 12}.get(tpl.ci, 0)
+    start = frame.tpl_offset + 1
+    return tpl.ci, frame.raw[start:start + size] + application_data
+
 
 def _split_encrypted(frame: WirelessFrame, mode: int) -> tuple[bytes, bytes]:
     config = frame.tpl.configuration  # type: ignore[union-attr]
@@ -347,6 +363,11 @@ class ReceivedTelegram:
     counter: int | None
     received_at: float
     frame: WirelessFrame
+
+    @property
+    def user_data(self) -> tuple[int, bytes]:
+        """(CI, bytes after the CI) in the clear, for `application.parse_telegram`."""
+        return _user_data(self.frame, self.application_data)
 
 
 @dataclass(frozen=True)
