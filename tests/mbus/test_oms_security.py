@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.cmac import CMAC
 
 from smartmeter.errors import DecodeError
+from smartmeter.mbus.application import parse_telegram
 from smartmeter.mbus.security import (
     DecryptionCheckError,
     EncryptedLengthError,
@@ -224,6 +225,8 @@ def test_receiver_accepts_vector_then_refuses_its_replay():
     assert isinstance(got, ReceivedTelegram)
     assert got.address == GAS and got.mode is SecurityMode.MODE_5 and got.counter == 0x2A
     assert got.application_data == h(MODE5["plaintext"])
+    volume = parse_telegram(*got.user_data).records[0]
+    assert (volume.quantity, volume.raw_value, volume.exponent) == ("Volume", 2850427, -2)
     again = rx.receive(frame, 1.0)
     assert isinstance(again, Refusal) and again.kind is RefusalKind.REPLAY
     assert rx.accepted == 1 and rx.refusals[RefusalKind.REPLAY] == 1

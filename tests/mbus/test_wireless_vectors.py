@@ -7,13 +7,16 @@ our mode-5 telegrams with the key.
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
+from decimal import Decimal
 from pathlib import Path
 
 import pymbusparser
 import pytest
 
 from smartmeter.mbus import keytransfer as kt
+from smartmeter.mbus.application import parse_telegram
 from smartmeter.mbus.security import (
     MacError,
     SecurityMode,
@@ -49,6 +52,20 @@ def test_mode5_vector_decodes_to_its_fields_and_plaintext():
     telegram = decrypt_frame(frame, h(MODE5["key"]))
     assert telegram.mode is SecurityMode.MODE_5
     assert telegram.application_data == h(MODE5["plaintext"])
+
+
+def assert_annex_meaning(telegram) -> None:
+    """The vectors' "meaning": volume 28504.27 m3, date-time 2008-05-31 23:50, error flags 0."""
+    parsed = parse_telegram(*telegram.user_data)
+    volume, when, flags = parsed.records
+    assert volume.scaled() == Decimal("28504.27") and volume.unit == "m³" and volume.quantity == "Volume"
+    assert when.value == dt.datetime(2008, 5, 31, 23, 50)
+    assert flags.quantity == "Error flags" and flags.value == 0
+
+
+@pytest.mark.parametrize("vector", [MODE5, MODE7], ids=["mode5", "mode7"])
+def test_vector_records_decode_to_the_stated_meaning(vector):
+    assert_annex_meaning(decrypt_frame(decode_wmbus(h(vector["frame"])), h(vector["key"])))
 
 
 def test_mode5_vector_iv_rule():
