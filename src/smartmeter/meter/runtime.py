@@ -28,6 +28,7 @@ from smartmeter.meter.billing import BillingProfile
 from smartmeter.meter.calendar_program import CalendarProgram
 from smartmeter.meter.events import EventContext, EventLogSource, EventRecorder, EventTable, NO_CLIENT, group_counter
 from smartmeter.meter.identity import MeterIdentity
+from smartmeter.meter import mbus_m2
 from smartmeter.meter import disconnect
 from smartmeter.meter.instantaneous import InstantaneousValues, physical as instantaneous_physical
 from smartmeter.meter.schedule import Passage
@@ -275,6 +276,9 @@ class Meter:
                                indicators_from_objects(read, lambda: self._associations_open > 0),
                                powered=lambda: self.powered,
                                parameters=lambda: dict(self.legal.execute(legal.ReadParameters())))
+        # the M2 multi-utility interface (§6): the submeter channels, kept with the events
+        self.mbus = mbus_m2.MbusM2(self.events, self._meter_time, alarm=self.alarms.condition,
+                                   raise_alarm=self.alarms.raise_flag)
         self.directory = self.model.instantiate(self._bindings())
         self.server = DlmsServer(self.directory, system_title=self.identity.system_title,
                                  clock_bytes=self.clock.cosem_now, on_event=self.on_event,
@@ -284,7 +288,7 @@ class Meter:
         found = ((name, CalendarProgram.for_directory(self.directory, *lns, self.store, self.clock.zone,
                                                       self._run_script)) for name, lns in PROGRAMS.items())
         self.programs = {name: program for name, program in found if program is not None}
-        self._timed_engines = [self.scheduler, *self.programs.values()]
+        self._timed_engines = [self.scheduler, *self.programs.values(), self.mbus]
         self.tariff = TariffEngine(self.directory, self.store, self.clock.zone, self.legal, self.clock, self._run_script,
                                    lambda: self.clock.invalid)
         self.tariff.sync()
@@ -459,6 +463,10 @@ class Meter:
             **{f"maximum_demand.{r}": MaximumDemandSource(self.legal, self.clock, r) for r in REGISTERS},
             **{f"cumulative_maximum_demand.{r}": Binding(MaximumDemandSource(self.legal, self.clock, r).cumulative)
                for r in REGISTERS},
+            **mbus_m2.bindings(self.mbus, self.clock),
+            # an M-Bus disconnect control's transition is the submeter's valve command
+            **{f"mbus.{n}.valve": (lambda outcome, n=n: self.mbus.valve(
+                n, outcome.new_state == disconnect.ControlState.CONNECTED)) for n in mbus_m2.CHANNELS},
         }
 
     # -- disconnector and limiters (companion §5.8) ------------------------------------------------
@@ -672,6 +680,7 @@ class Meter:
         # a schedule's instant the clock jumped over runs once, a backward jump runs nothing (§5.4.1)
         for engine in self._timed_engines:
             engine.advance(change.old_time, change.new_time, Passage.SHIFTED)
+        self.mbus.clock_synchronised()  # §6.6: the submeters follow the meter's clock
         self.tariff.at(change.new_time)
         log.info("clock %s from %s to %s", change.kind, self.clock.local(change.old_time).isoformat(),
                  self.clock.local(change.new_time).isoformat())

@@ -1,0 +1,948 @@
+"""The M2 multi-utility interface (companion §2.3, §4.3, §6): the meter reads up to four
+submeters (gas, water, heat) over wired or wireless M-Bus into its COSEM objects.
+
+This module is the sans-io core. It keeps one `Channel` per M-Bus client object (IC 72,
+channels 1..4), decides what the bus must do and when (on the meter's clock, so a fast clock
+reads and captures fast), and takes what the bus answered:
+
+    requests(now)                 -> the bus operations due now (install, read, clock sync,
+                                     data send, key transfer, valve command)
+    answered(request, telegram, now) / failed(request, now)
+    received(channel, telegram, now)   a wireless telegram the receiver decrypted for a binding
+
+Nothing here touches a socket: `MbusM2Driver` (bottom) runs the requests over the wired bus
+driver (smartmeter.mbus.aio) and feeds the wireless receiver's telegrams in.
+
+Persistence: every change of a channel (its settings, identity, key, key status, values,
+communication state) is one transaction of the event store, together with the M-Bus event
+and the load-profile rows it causes, so a kill -9 loses nothing and never half of a change.
+
+The M-Bus event log (0-0:99.98.3.255) and the per-channel load profiles (0-x:24.3.0.255) and
+control logs (0-x:24.5.0.255) are profiles of the event store (`append_row`), their codes are
+`EVENTS` below (IDIS/DSMR as commonly implemented; docs/decisions.md).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import deque
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable, Iterable, Protocol
+
+from smartmeter.cosem.data import Data
+from smartmeter.cosem.obis import Obis
+from smartmeter.errors import SmartmeterError
+from smartmeter.meter.schedule import Passage
+
+log = logging.getLogger(__name__)
+
+CHANNELS = (1, 2, 3, 4)
+WIRED_PORT = Obis.parse("0-0:24.6.0.255").to_bytes()
+WIRELESS_PORT = Obis.parse("0-1:24.6.0.255").to_bytes()
+PRIMARY_ADDRESSES = range(1, 251)  # 0 is "not configured", 251..255 are reserved (EN 13757-2 §5.5)
+DEFAULT_CAPTURE_PERIOD = 3600  # s: the wired read interval until the HES writes its own (catalog §4: hourly profile)
+CLOCK_SYNC_INTERVAL = 86400  # companion §6.6: every 24 h
+PROFILE_PERIODS = (60, 300, 600, 900, 3600, 86400)  # companion §6.3: 1, 5, 10, 15, 60 min or daily
+PROFILE_ENTRIES = 240  # 10 days of hourly entries
+MBUS_EVENT_LOG_ENTRIES = 100
+CONTROL_LOG_ENTRIES = 10
+RETRY_AFTER = 60  # s of meter time before an installation that got no answer is tried again
+KEY_LENGTH = 16
+
+# Encryption key status, Blue Book IC 72 attribute 14 (Gurux MBusEncryptionKeyStatus alike)
+NO_KEY, KEY_SET, KEY_TRANSFERRED, KEY_SET_AND_TRANSFERRED, KEY_IN_USE = 0, 1, 2, 3, 4
+
+# M-Bus header status byte (EN 13757-3 §6.6)
+STATUS_POWER_LOW = 0x04
+STATUS_PERMANENT_ERROR = 0x08
+
+# profile status bits (companion §5.7.3 / catalog §3.6)
+STATUS_DNV = 0x04  # data not valid: no answer from the submeter in the period
+STATUS_CAD = 0x20  # the meter clock was adjusted in the period
+STATUS_PDN = 0x80  # a power outage in the period
+
+# M-Bus event codes, one per channel: base + channel - 1. 100..121 as IDIS P2 / DSMR 5 as
+# commonly implemented; 122..145 fill the companion's gap (its M-Bus event list is in [1]).
+EVENT_COMMUNICATION_ERROR = 100
+EVENT_COMMUNICATION_OK = 105
+EVENT_REPLACE_BATTERY = 110
+EVENT_FRAUD_ATTEMPT = 114
+EVENT_CLOCK_ADJUSTED = 118
+EVENT_INSTALLED = 122
+EVENT_DEINSTALLED = 126
+EVENT_PERMANENT_ERROR = 130
+EVENT_KEY_SET = 134
+EVENT_KEY_TRANSFERRED = 138
+EVENT_KEY_TRANSFER_FAILED = 142
+EVENT_NAMES = {
+    EVENT_COMMUNICATION_ERROR: "communication error", EVENT_COMMUNICATION_OK: "communication ok",
+    EVENT_REPLACE_BATTERY: "replace battery", EVENT_FRAUD_ATTEMPT: "fraud attempt (another device answers)",
+    EVENT_CLOCK_ADJUSTED: "clock adjusted", EVENT_INSTALLED: "device installed",
+    EVENT_DEINSTALLED: "device de-installed", EVENT_PERMANENT_ERROR: "permanent error",
+    EVENT_KEY_SET: "encryption key set", EVENT_KEY_TRANSFERRED: "encryption key transferred",
+    EVENT_KEY_TRANSFER_FAILED: "key transfer failed",
+}
+# control log codes (IDIS disconnector control log codes, per channel log)
+CONTROL_VALVE_CLOSED = 60
+CONTROL_VALVE_OPENED = 61
+
+STATE_KEY = "mbus.channel.{}"
+EVENT_LOG = "mbus.events"
+PROFILE = "mbus.profile.{}"
+CONTROL_LOG = "mbus.control.{}"
+
+
+class ChannelRefused(SmartmeterError):
+    """An M-Bus client operation the channel cannot take (the class answers other-reason)."""
+
+
+# -- what the bus delivers -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SubmeterRecord:
+    """One data record of a telegram: its DIB (DIF + DIFEs), VIB (VIF + VIFEs), the value as
+    the record codes it and the DLMS scaler and unit its VIF gives (unit 255 = count)."""
+
+    dib: bytes
+    vib: bytes
+    value: int | float | str | bytes | None
+    scaler: int = 0
+    unit: int = 255
+
+
+@dataclass(frozen=True)
+class SubmeterTelegram:
+    """What a submeter answered (RSP_UD) or sent (wireless), decoded: the header and records.
+    identification_number is the header's BCD number as its hex digits read (0x12345678 for
+    12345678), as IC 72 attribute 6 holds it; device_time the submeter's own clock (UTC s)."""
+
+    identification_number: int
+    manufacturer_id: int
+    version: int
+    device_type: int
+    access_number: int = 0
+    status: int = 0
+    configuration: int = 0
+    records: tuple[SubmeterRecord, ...] = ()
+    device_time: float | None = None
+    encrypted: bool = False
+
+
+# -- what the engine asks the bus ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Identity:
+    identification_number: int
+    manufacturer_id: int
+    version: int
+    device_type: int
+
+
+@dataclass(frozen=True)
+class BusRequest:
+    """One operation on the wired bus for a channel. kind: "install" (select by `identity` when
+    given, set the primary address to `address`, read), "read", "clock_sync" (`time`: UTC s),
+    "data_send" (`records`: (dib, vib, value bytes)), "key_transfer" (`payload`: the wrapped key
+    as the HES gave it), "valve" (`payload`: 1 open / 0 close)."""
+
+    channel: int
+    kind: str
+    address: int
+    identity: Identity | None = None
+    time: float | None = None
+    records: tuple[tuple[bytes, bytes, bytes], ...] = ()
+    payload: bytes = b""
+    old_address: int = 0
+
+
+@dataclass
+class Value:
+    """An M-Bus value instance (IC 4 0-x:24.2.n.255): the last value read, its scaler/unit from
+    the VIF, status (0 ok, 1 not in the telegram), and the capture time (UTC s)."""
+
+    value: int | float | str | None = None
+    scaler: int = 0
+    unit: int = 255
+    status: int = 0
+    capture_time: float | None = None
+
+
+@dataclass
+class Channel:
+    number: int
+    port: bytes = WIRED_PORT
+    capture_definition: list[tuple[bytes, bytes]] = field(default_factory=list)
+    capture_period: int = DEFAULT_CAPTURE_PERIOD
+    primary_address: int = 0
+    identification_number: int = 0
+    manufacturer_id: int = 0
+    version: int = 0
+    device_type: int = 0
+    access_number: int = 0
+    status: int = 0
+    configuration: int = 0
+    installed: bool = False
+    installing: bool = False
+    key: bytes | None = None
+    key_status: int = NO_KEY
+    values: list[Value] = field(default_factory=lambda: [Value() for _ in range(4)])
+    fabrication_number: str = ""
+    communication_error: bool = False
+    failed_period: bool = False  # no answer since the last profile capture (status DNV)
+    next_read: float | None = None
+    next_clock_sync: float | None = None
+    valve_open: bool = True
+    profile_period: int = 3600
+    # one-shot operations the HES asked for, done at the next chance
+    pending: list[dict] = field(default_factory=list)
+
+    @property
+    def wireless(self) -> bool:
+        return self.port == WIRELESS_PORT
+
+    @property
+    def identity(self) -> Identity:
+        return Identity(self.identification_number, self.manufacturer_id, self.version, self.device_type)
+
+    def has_identity(self) -> bool:
+        return self.identification_number != 0
+
+    # -- stored form ---------------------------------------------------------------------------
+    def to_json(self) -> str:
+        doc = asdict(self)
+        doc["port"] = self.port.hex()
+        doc["capture_definition"] = [[d.hex(), v.hex()] for d, v in self.capture_definition]
+        doc["key"] = None if self.key is None else self.key.hex()
+        return json.dumps(doc, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, number: int, text: str | None) -> "Channel":
+        if text is None:
+            return cls(number)
+        doc = json.loads(text)
+        doc["port"] = bytes.fromhex(doc["port"])
+        doc["capture_definition"] = [(bytes.fromhex(d), bytes.fromhex(v)) for d, v in doc["capture_definition"]]
+        doc["key"] = None if doc["key"] is None else bytes.fromhex(doc["key"])
+        doc["values"] = [Value(**v) for v in doc["values"]]
+        doc["number"] = number
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in doc.items() if k in known})
+
+
+def application_layer_address(identity: Identity) -> str:
+    """Device ID 2: the submeter's secondary address as ASCII: identification number (8 digits),
+    manufacturer (3 letters, EN 13757-3 §6.3.2), version and device type (2 hex digits each)."""
+    m = identity.manufacturer_id
+    letters = "".join(chr(((m >> s) & 0x1F) + 64) for s in (10, 5, 0))
+    return f"{identity.identification_number:08X}{letters}{identity.version:02X}{identity.device_type:02X}"
+
+
+class EventStore(Protocol):
+    def transaction(self): ...
+    def save(self, name: str, value: str) -> None: ...
+    def saved(self, name: str) -> str | None: ...
+    def append_row(self, profile: str, when: int, row: str, capacity: int) -> None: ...
+    def profile_rows(self, profile: str, from_time: int | None = None, to_time: int | None = None) -> list: ...
+    def profile_count(self, profile: str) -> int: ...
+
+
+class MbusM2:
+    """The M2 engine: channels 1..4, their persisted state, and what is due on the bus.
+
+    store: the meter's event store (EventRecorder: save/saved/append_row/profile_rows/transaction);
+    now: the meter's clock (UTC s); alarm(flag, active): the alarm register's condition;
+    wired/wireless: whether the meter has that port (--mbus-wired / --mbus-wireless), which only
+    decides whether an installation can succeed, not what the objects accept.
+    """
+
+    def __init__(self, store: EventStore, now: Callable[[], float],
+                 alarm: Callable[[str, bool], None] = lambda flag, active: None,
+                 raise_alarm: Callable[[str], None] = lambda flag: None) -> None:
+        self.store = store
+        self.now = now
+        self.alarm = alarm
+        self.raise_alarm = raise_alarm
+        self.channels = {n: Channel.from_json(n, store.saved(STATE_KEY.format(n))) for n in CHANNELS}
+        self._in_flight: set[tuple[int, str]] = set()
+        self.running_instant: float | None = None  # the runtime's timed-engine protocol: nothing runs scripts here
+        self.on_change: list[Callable[[int], None]] = []  # told a channel's number when it changed (the driver)
+        for channel in self.channels.values():  # an alarm pending over a restart stays raised
+            if channel.communication_error:
+                self.alarm(f"mbus_communication_error_{channel.number}", True)
+
+    # -- persistence ---------------------------------------------------------------------------
+    def _commit(self, channel: Channel, events: Iterable[int] = (), at: float | None = None) -> None:
+        """Store the channel and log its events, in one transaction."""
+        when = int(self.now() if at is None else at)
+        with self.store.transaction():
+            self.store.save(STATE_KEY.format(channel.number), channel.to_json())
+            for code in events:
+                self._log_event(code + channel.number - 1, when)
+        self.channels[channel.number] = channel
+        for listener in self.on_change:
+            listener(channel.number)
+
+    def _log_event(self, code: int, when: int) -> None:
+        self.store.append_row(EVENT_LOG, when, json.dumps(code), MBUS_EVENT_LOG_ENTRIES)
+        self.store.save("mbus.last_event", json.dumps(code))
+
+    def last_event(self) -> int:
+        text = self.store.saved("mbus.last_event")
+        return 0 if text is None else json.loads(text)
+
+    def event_rows(self, from_time: int | None, to_time: int | None) -> list[tuple[int, int]]:
+        return [(t, json.loads(row)) for t, row in self.store.profile_rows(EVENT_LOG, from_time, to_time)]
+
+    def channel(self, number: int) -> Channel:
+        return self.channels[number]
+
+    def _edit(self, number: int) -> Channel:
+        """A copy of the channel to change (the stored one stays until the change is committed)."""
+        old = self.channels[number]
+        return Channel.from_json(number, old.to_json())
+
+    # -- the M-Bus client object's attributes ------------------------------------------------------
+    def set_port(self, number: int, port: bytes) -> None:
+        if port not in (WIRED_PORT, WIRELESS_PORT):
+            raise ChannelRefused("mbus_port_reference must name M-Bus master port setup 1 (wired) or 2 (wireless)")
+        channel = self._edit(number)
+        if channel.installed and port != channel.port:
+            raise ChannelRefused("de-install the device before moving it to another port")
+        channel.port = port
+        if port == WIRELESS_PORT:
+            channel.capture_period = 0  # companion: wireless is externally triggered
+        self._commit(channel)
+
+    def set_capture_definition(self, number: int, elements: list[tuple[bytes, bytes]]) -> None:
+        for dib, vib in elements:
+            if not 1 <= len(dib) <= 11 or not 1 <= len(vib) <= 11:
+                raise ChannelRefused("a capture element is a DIB of 1..11 and a VIB of 1..11 octets")
+        channel = self._edit(number)
+        channel.capture_definition = list(elements)
+        channel.values = [Value() for _ in range(4)]  # instance n now means another record
+        self._commit(channel)
+
+    def set_capture_period(self, number: int, seconds: int) -> None:
+        channel = self._edit(number)
+        if channel.wireless and seconds != 0:
+            raise ChannelRefused("a wireless channel is read when its device sends (capture_period 0)")
+        channel.capture_period = seconds
+        channel.next_read = None if seconds == 0 else _next_multiple(self.now(), seconds)
+        self._commit(channel)
+
+    def set_primary_address(self, number: int, address: int) -> None:
+        if address != 0 and address not in PRIMARY_ADDRESSES:
+            raise ChannelRefused("primary addresses 251..255 are reserved")
+        channel = self._edit(number)
+        if channel.installed:
+            raise ChannelRefused("the primary address of an installed device is set at installation")
+        if address and self._address_taken(address, number):
+            raise ChannelRefused(f"primary address {address} is another channel's")
+        channel.primary_address = address
+        self._commit(channel)
+
+    def set_identity_field(self, number: int, name: str, value: int) -> None:
+        channel = self._edit(number)
+        if channel.installed:
+            raise ChannelRefused("the identity of an installed device is read from the device")
+        setattr(channel, name, value)
+        if channel.has_identity() and self._identity_taken(channel.identity, number):
+            raise ChannelRefused("this device is bound to another channel")
+        self._commit(channel)
+
+    def set_profile_period(self, number: int, seconds: int) -> None:
+        if seconds not in PROFILE_PERIODS:
+            raise ChannelRefused(f"the M-Bus load profile's capture period is one of {PROFILE_PERIODS} s")
+        channel = self._edit(number)
+        channel.profile_period = seconds
+        self._commit(channel)
+
+    def _address_taken(self, address: int, number: int) -> bool:
+        return any(c.primary_address == address and not c.wireless and c.number != number
+                   for c in self.channels.values() if c.installed or c.installing or c.primary_address)
+
+    def _identity_taken(self, identity: Identity, number: int) -> bool:
+        return any(c.number != number and c.has_identity() and _same_device(c.identity, identity)
+                   for c in self.channels.values() if c.installed or c.installing)
+
+    def _free_address(self, number: int) -> int:
+        for address in PRIMARY_ADDRESSES:
+            if not self._address_taken(address, number):
+                return address
+        raise ChannelRefused("no free primary address")
+
+    # -- the M-Bus client object's methods -------------------------------------------------------
+    def install(self, number: int, address: int) -> None:
+        """slave_install: bind the device at primary address `address` (0: attribute 5, or a free
+        one). The bus does it at the next chance; the channel says installed once it answered."""
+        channel = self._edit(number)
+        if channel.wireless:
+            raise ChannelRefused("a wireless device is bound by its address and key, not installed")
+        if address != 0 and address not in PRIMARY_ADDRESSES:
+            raise ChannelRefused("primary addresses 0 and 251..255 cannot be assigned")
+        if channel.installed:
+            raise ChannelRefused("a device is installed on this channel: de-install it first")
+        if channel.has_identity() and self._identity_taken(channel.identity, number):
+            raise ChannelRefused("this device is bound to another channel")
+        address = address or channel.primary_address or self._free_address(number)
+        if self._address_taken(address, number):
+            raise ChannelRefused(f"primary address {address} is another channel's")
+        channel.primary_address = address
+        channel.installing = True
+        channel.next_read = None
+        self._commit(channel)
+
+    def deinstall(self, number: int) -> None:
+        channel = self._edit(number)
+        was = channel.installed or channel.installing
+        fresh = Channel(number, port=channel.port, capture_definition=channel.capture_definition,
+                        capture_period=channel.capture_period, profile_period=channel.profile_period)
+        self._commit(fresh, [EVENT_DEINSTALLED] if was else [])
+        if channel.communication_error:
+            self.alarm(f"mbus_communication_error_{number}", False)
+
+    def capture(self, number: int) -> None:
+        channel = self._edit(number)
+        if channel.wireless:
+            raise ChannelRefused("a wireless device sends on its own: no ad-hoc read")
+        if not channel.installed:
+            raise ChannelRefused("no device is installed on this channel")
+        channel.pending.append({"kind": "read"})
+        self._commit(channel)
+
+    def synchronize_clock(self, number: int) -> None:
+        channel = self._edit(number)
+        if channel.wireless:
+            return  # a unidirectional device takes no command: the method has no effect
+        if not channel.installed:
+            raise ChannelRefused("no device is installed on this channel")
+        channel.pending.append({"kind": "clock_sync"})
+        self._commit(channel)
+
+    def data_send(self, number: int, records: list[tuple[bytes, bytes, bytes]]) -> None:
+        channel = self._edit(number)
+        if channel.wireless:
+            return
+        if not channel.installed:
+            raise ChannelRefused("no device is installed on this channel")
+        channel.pending.append({"kind": "data_send", "records": [[d.hex(), v.hex(), x.hex()] for d, v, x in records]})
+        self._commit(channel)
+
+    def set_encryption_key(self, number: int, key: bytes) -> None:
+        """16 octets: the key the meter decrypts the device's telegrams with; empty: no key."""
+        if len(key) not in (0, KEY_LENGTH):
+            raise ChannelRefused("an encryption key is 16 octets (or empty to clear it)")
+        channel = self._edit(number)
+        transferred = channel.key_status in (KEY_TRANSFERRED, KEY_SET_AND_TRANSFERRED, KEY_IN_USE)
+        if key:
+            channel.key = bytes(key)
+            channel.key_status = KEY_SET_AND_TRANSFERRED if channel.key_status == KEY_TRANSFERRED else KEY_SET
+        else:
+            channel.key = None
+            channel.key_status = KEY_TRANSFERRED if transferred else NO_KEY
+        self._commit(channel, [EVENT_KEY_SET])
+
+    def transfer_key(self, number: int, wrapped: bytes) -> None:
+        """Send the key (wrapped by the HES for the device) to the device; attribute 14 follows
+        when the device acknowledges."""
+        channel = self._edit(number)
+        if channel.key is None:
+            raise ChannelRefused("set the encryption key before transferring it")
+        if not wrapped:
+            raise ChannelRefused("the transferred key is not empty")
+        if channel.wireless:
+            raise ChannelRefused("a unidirectional device cannot take a key")
+        if not channel.installed:
+            raise ChannelRefused("no device is installed on this channel")
+        channel.pending.append({"kind": "key_transfer", "payload": bytes(wrapped).hex()})
+        self._commit(channel)
+
+    def valve(self, number: int, open_: bool) -> None:
+        """The valve command of the channel's disconnect control (IC 70 0-x:24.4.0.255)."""
+        channel = self._edit(number)
+        channel.valve_open = open_
+        channel.pending.append({"kind": "valve", "payload": (b"\x01" if open_ else b"\x00").hex()})
+        when = int(self.now())
+        with self.store.transaction():
+            self.store.append_row(CONTROL_LOG.format(number), when,
+                                  json.dumps(CONTROL_VALVE_OPENED if open_ else CONTROL_VALVE_CLOSED),
+                                  CONTROL_LOG_ENTRIES)
+            self.store.save(CONTROL_LOG.format(number) + ".last", json.dumps(
+                CONTROL_VALVE_OPENED if open_ else CONTROL_VALVE_CLOSED))
+            self._commit(channel)
+
+    def control_rows(self, number: int, from_time: int | None, to_time: int | None) -> list[tuple[int, int]]:
+        return [(t, json.loads(r)) for t, r in self.store.profile_rows(CONTROL_LOG.format(number), from_time, to_time)]
+
+    def last_control(self, number: int) -> int:
+        text = self.store.saved(CONTROL_LOG.format(number) + ".last")
+        return 0 if text is None else json.loads(text)
+
+    # -- the meter's clock ------------------------------------------------------------------------
+    def clock_synchronised(self) -> None:
+        """The meter's clock was set or synchronised: every installed wired device follows it."""
+        for channel in self.channels.values():
+            if channel.installed and not channel.wireless:
+                edited = self._edit(channel.number)
+                edited.pending.append({"kind": "clock_sync"})
+                self._commit(edited)
+
+    def next_instant(self, start: float, end: float) -> float | None:
+        """The first profile capture instant in (start, end] of any channel (the runtime stops its
+        registration there, so a capture holds what that instant held)."""
+        first = None
+        for channel in self.channels.values():
+            if channel.installed or channel.wireless and channel.has_identity():
+                t = _next_multiple(start, channel.profile_period)
+                if t <= end and (first is None or t < first):
+                    first = t
+        return first
+
+    def advance(self, start: float, end: float, passage: Passage) -> None:
+        """The meter's clock got from `start` to `end`: capture the load profiles whose instant
+        lies in (start, end] (a shifted clock: once, at the new time, marked CAD; backwards:
+        nothing), and mark reads and clock syncs due."""
+        if end <= start:
+            return
+        for number in CHANNELS:
+            channel = self.channels[number]
+            if not (channel.installed or channel.wireless and channel.has_identity()):
+                continue
+            period = channel.profile_period
+            if passage is Passage.RUNNING:
+                t = _next_multiple(start, period)
+                while t <= end:
+                    self._capture_profile(number, t, 0)
+                    t += period
+            elif _next_multiple(start, period) <= end:
+                self._capture_profile(number, end, STATUS_CAD if passage is Passage.SHIFTED else STATUS_PDN)
+
+    def resume(self, now: float) -> None:
+        """After a start or a power return: nothing owed (a missed capture is not invented)."""
+
+    def _capture_profile(self, number: int, at: float, status: int) -> None:
+        channel = self._edit(number)
+        if channel.failed_period or channel.communication_error or all(v.value is None for v in channel.values):
+            status |= STATUS_DNV
+        row = [status, *[v.value for v in channel.values]]
+        channel.failed_period = False
+        with self.store.transaction():
+            self.store.append_row(PROFILE.format(number), int(at), json.dumps(row), PROFILE_ENTRIES)
+            self.store.save(PROFILE.format(number) + ".status", json.dumps(status))
+            self._commit(channel)
+
+    def profile_rows(self, number: int, from_time: int | None, to_time: int | None) -> list[tuple[int, list]]:
+        return [(t, json.loads(r)) for t, r in self.store.profile_rows(PROFILE.format(number), from_time, to_time)]
+
+    def profile_count(self, number: int) -> int:
+        return self.store.profile_count(PROFILE.format(number))
+
+    def profile_status(self, number: int) -> int:
+        text = self.store.saved(PROFILE.format(number) + ".status")
+        return 0 if text is None else json.loads(text)
+
+    # -- the bus ----------------------------------------------------------------------------------
+    def requests(self, now: float) -> list[BusRequest]:
+        """The wired bus operations due at meter time `now`, at most one per channel and kind not
+        already in flight. Call `answered` or `failed` for each."""
+        out = []
+        for number in CHANNELS:
+            channel = self.channels[number]
+            if channel.wireless:
+                continue
+            for request in self._due(channel, now):
+                key = (number, request.kind)
+                if key not in self._in_flight:
+                    self._in_flight.add(key)
+                    out.append(request)
+        return out
+
+    def _due(self, channel: Channel, now: float) -> list[BusRequest]:
+        n, address = channel.number, channel.primary_address
+        if channel.installing:
+            if channel.next_read is None or now >= channel.next_read:
+                identity = channel.identity if channel.has_identity() else None
+                return [BusRequest(n, "install", address, identity=identity)]
+            return []
+        if not channel.installed:
+            return []
+        due = []
+        for op in channel.pending:
+            kind = op["kind"]
+            if kind == "read":
+                due.append(BusRequest(n, "read", address, identity=channel.identity))
+            elif kind == "clock_sync":
+                due.append(BusRequest(n, "clock_sync", address, time=now))
+            elif kind == "data_send":
+                due.append(BusRequest(n, "data_send", address, records=tuple(
+                    (bytes.fromhex(d), bytes.fromhex(v), bytes.fromhex(x)) for d, v, x in op["records"])))
+            elif kind in ("key_transfer", "valve"):
+                due.append(BusRequest(n, kind, address, payload=bytes.fromhex(op["payload"])))
+        if channel.next_clock_sync is not None and now >= channel.next_clock_sync \
+                and not any(r.kind == "clock_sync" for r in due):
+            due.append(BusRequest(n, "clock_sync", address, time=now))
+        if channel.capture_period and (channel.next_read is None or now >= channel.next_read) \
+                and not any(r.kind == "read" for r in due):
+            due.append(BusRequest(n, "read", address, identity=channel.identity))
+        return due
+
+    def _done(self, channel: Channel, kind: str) -> None:
+        for i, op in enumerate(channel.pending):
+            if op["kind"] == kind:
+                del channel.pending[i]
+                return
+
+    def answered(self, request: BusRequest, telegram: SubmeterTelegram | None, now: float) -> None:
+        """The device answered `request` (a telegram for install/read, None for an acknowledged
+        command)."""
+        self._in_flight.discard((request.channel, request.kind))
+        channel = self._edit(request.channel)
+        events: list[int] = []
+        if channel.communication_error:
+            channel.communication_error = False
+            events.append(EVENT_COMMUNICATION_OK)
+            self.alarm(f"mbus_communication_error_{channel.number}", False)
+        if request.kind == "install":
+            if not channel.installing:
+                return  # de-installed meanwhile
+            if telegram is None:
+                raise ValueError("an installation is answered by the device's data")
+            if self._identity_taken(_identity_of(telegram), channel.number) or (
+                    channel.has_identity() and not _same_device(_identity_of(telegram), channel.identity)):
+                log.warning("M-Bus channel %d: the device answering is not the one to install", channel.number)
+                self._fail(channel, now)
+                return
+            channel.installing, channel.installed = False, True
+            _take_header(channel, telegram)
+            events.append(EVENT_INSTALLED)
+            events.extend(self._take_values(channel, telegram, now))
+            channel.next_read = _next_multiple(now, channel.capture_period) if channel.capture_period else None
+            channel.next_clock_sync = now  # a new device takes the meter's time at once
+        elif request.kind == "read":
+            if telegram is None:
+                raise ValueError("a read is answered by the device's data")
+            if not channel.installed:
+                return
+            if not _same_device(_identity_of(telegram), channel.identity):
+                # another device answers at this address: a replaced or manipulated submeter
+                self.raise_alarm(f"mbus_fraud_attempt_{channel.number}")
+                events.append(EVENT_FRAUD_ATTEMPT)
+            else:
+                _take_header(channel, telegram)
+                events.extend(self._take_values(channel, telegram, now))
+            self._done(channel, "read")
+            if channel.capture_period:
+                channel.next_read = _next_multiple(now, channel.capture_period)
+        elif request.kind == "clock_sync":
+            self._done(channel, "clock_sync")
+            channel.next_clock_sync = now + CLOCK_SYNC_INTERVAL
+            events.append(EVENT_CLOCK_ADJUSTED)
+        elif request.kind == "key_transfer":
+            self._done(channel, "key_transfer")
+            channel.key_status = KEY_SET_AND_TRANSFERRED
+            events.append(EVENT_KEY_TRANSFERRED)
+        else:
+            self._done(channel, request.kind)
+        self._commit(channel, events, at=now)
+
+    def failed(self, request: BusRequest, now: float) -> None:
+        """The device did not answer `request` (after the master's retries)."""
+        self._in_flight.discard((request.channel, request.kind))
+        channel = self._edit(request.channel)
+        if request.kind == "key_transfer":
+            self._done(channel, "key_transfer")
+            self._commit(channel, [EVENT_KEY_TRANSFER_FAILED], at=now)
+            return
+        if request.kind in ("install", "read"):
+            self._fail(channel, now)
+            return
+        self._commit(channel, at=now)  # a command stays pending: tried again with the next read
+
+    def _fail(self, channel: Channel, now: float) -> None:
+        events = []
+        channel.failed_period = True
+        if channel.installing:
+            channel.next_read = now + RETRY_AFTER
+        else:
+            self._done(channel, "read")
+            if channel.capture_period:
+                channel.next_read = _next_multiple(now, channel.capture_period)
+        if not channel.communication_error:
+            channel.communication_error = True
+            events.append(EVENT_COMMUNICATION_ERROR)
+            self.alarm(f"mbus_communication_error_{channel.number}", True)
+        self._commit(channel, events, at=now)
+
+    def received(self, number: int, telegram: SubmeterTelegram, now: float) -> None:
+        """A wireless telegram of channel `number`'s device, authenticated and decrypted by the
+        receiver with the channel's key (or plain when the channel has none)."""
+        channel = self._edit(number)
+        if not channel.wireless or not _same_device(_identity_of(telegram), channel.identity):
+            return
+        events = []
+        if channel.communication_error:
+            channel.communication_error = False
+            events.append(EVENT_COMMUNICATION_OK)
+            self.alarm(f"mbus_communication_error_{number}", False)
+        if telegram.encrypted and channel.key is not None and channel.key_status != KEY_IN_USE:
+            channel.key_status = KEY_IN_USE
+        if not channel.installed:
+            channel.installed = True
+            events.append(EVENT_INSTALLED)
+        _take_header(channel, telegram)
+        events.extend(self._take_values(channel, telegram, now))
+        self._commit(channel, events, at=now)
+
+    def wireless_bindings(self) -> list[tuple[int, Identity, bytes | None]]:
+        """(channel, device address, key) of each wireless channel with an address: what the
+        receiver accepts."""
+        return [(c.number, c.identity, c.key) for c in self.channels.values() if c.wireless and c.has_identity()]
+
+    def _take_values(self, channel: Channel, telegram: SubmeterTelegram, now: float) -> list[int]:
+        events = []
+        capture_time = telegram.device_time if telegram.device_time is not None else now
+        by_key = {}
+        for record in telegram.records:
+            by_key.setdefault((bytes(record.dib), bytes(record.vib)), record)
+            if record.vib[:1] == b"\x78" and isinstance(record.value, int):  # fabrication number
+                channel.fabrication_number = str(record.value)
+        for i, (dib, vib) in enumerate(channel.capture_definition[:4]):
+            record = by_key.get((dib, vib))
+            if record is None:
+                channel.values[i] = replace(channel.values[i], status=1)
+                continue
+            value = record.value
+            if isinstance(value, bytes):
+                value = int.from_bytes(value, "little")
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            channel.values[i] = Value(value if isinstance(value, int) else None, record.scaler, record.unit, 0,
+                                      capture_time)
+        if telegram.status & STATUS_POWER_LOW:
+            events.append(EVENT_REPLACE_BATTERY)
+        if telegram.status & STATUS_PERMANENT_ERROR:
+            events.append(EVENT_PERMANENT_ERROR)
+        if telegram.encrypted and channel.key is not None and channel.key_status in (KEY_SET_AND_TRANSFERRED,
+                                                                                     KEY_SET):
+            channel.key_status = KEY_IN_USE
+        return events
+
+    def installed_summary(self) -> list[dict[str, Any]]:
+        return [{"channel": c.number, "port": "wireless" if c.wireless else "wired",
+                 "installed": c.installed, "installing": c.installing, "primary_address": c.primary_address,
+                 "device": application_layer_address(c.identity) if c.has_identity() else None,
+                 "communication_error": c.communication_error, "key_status": c.key_status}
+                for c in self.channels.values()]
+
+
+def _identity_of(telegram: SubmeterTelegram) -> Identity:
+    return Identity(telegram.identification_number, telegram.manufacturer_id, telegram.version, telegram.device_type)
+
+
+def _same_device(a: Identity, b: Identity) -> bool:
+    """One device: the same identification number and manufacturer (IDIS §5.3.1.1 uniqueness);
+    version and device type may be 0 (not preset by the HES)."""
+    return (a.identification_number == b.identification_number and a.manufacturer_id == b.manufacturer_id
+            and (not a.version or not b.version or a.version == b.version)
+            and (not a.device_type or not b.device_type or a.device_type == b.device_type))
+
+
+def _take_header(channel: Channel, telegram: SubmeterTelegram) -> None:
+    channel.identification_number = telegram.identification_number
+    channel.manufacturer_id = telegram.manufacturer_id
+    channel.version = telegram.version
+    channel.device_type = telegram.device_type
+    channel.access_number = telegram.access_number
+    channel.status = telegram.status
+    channel.configuration = telegram.configuration
+
+
+def _next_multiple(t: float, period: int) -> float:
+    return (int(t) // period + 1) * period
+
+
+# -- data_send: the records of a data_definition_element, coded for SND_UD ---------------------------
+
+def encode_record_value(dib: bytes, value: Data) -> bytes:
+    """The value octets of a record with data field DIF & 0x0F (EN 13757-3 Table 4): binary
+    integers of 1..4, 6, 8 octets (little-endian), BCD of 2..12 digits, variable length
+    (an octet-string with its LVAR). ChannelRefused for anything else."""
+    if not dib:
+        raise ChannelRefused("a data_definition_element has a DIB")
+    code = dib[0] & 0x0F
+    raw = value.value
+    integer_octets = {1: 1, 2: 2, 3: 3, 4: 4, 6: 6, 7: 8}
+    bcd_digits = {9: 2, 0xA: 4, 0xB: 6, 0xC: 8, 0xE: 12}
+    if code == 0:
+        return b""
+    if code in integer_octets:
+        if not isinstance(raw, int) or isinstance(raw, bool):
+            raise ChannelRefused("an integer record takes an integer value")
+        size = integer_octets[code]
+        try:
+            return raw.to_bytes(size, "little", signed=raw < 0)
+        except OverflowError:
+            raise ChannelRefused(f"the value does not fit {size} octets") from None
+    if code in bcd_digits:
+        if not isinstance(raw, int) or isinstance(raw, bool) or raw < 0 or raw >= 10 ** bcd_digits[code]:
+            raise ChannelRefused(f"a BCD record takes 0..{10 ** bcd_digits[code] - 1}")
+        digits = f"{raw:0{bcd_digits[code]}d}"
+        return bytes(int(digits[i:i + 2], 16) for i in range(len(digits) - 2, -1, -2))
+    if code == 0xD:
+        if not isinstance(raw, (bytes, bytearray)) or len(raw) > 0xBF:
+            raise ChannelRefused("a variable-length record takes an octet-string of at most 191 octets")
+        return bytes([len(raw)]) + bytes(raw)
+    raise ChannelRefused(f"data field {code:#x} cannot be sent")
+
+
+# -- the driver: the engine's requests over the real bus ----------------------------------------------
+
+class WiredBus(Protocol):
+    """What the driver needs of the wired master (smartmeter.mbus): each coroutine raises
+    `NoAnswer` (or any SmartmeterError) when the device does not answer after the retries."""
+
+    async def install(self, address: int, identity: Identity | None) -> SubmeterTelegram: ...
+    async def read(self, address: int) -> SubmeterTelegram: ...
+    async def clock_sync(self, address: int, utc: float) -> None: ...
+    async def send(self, address: int, records: tuple[tuple[bytes, bytes, bytes], ...]) -> None: ...
+    async def transfer_key(self, address: int, wrapped: bytes) -> None: ...
+    async def valve(self, address: int, open_: bool) -> None: ...
+
+
+class NoAnswer(SmartmeterError):
+    """The submeter did not answer (after the master's retries), or answered garbage."""
+
+
+class MbusM2Driver:
+    """Runs the engine against the bus: once a (real) second, what is due on the meter's clock.
+    wireless telegrams arrive through `deliver` (the receiver's callback) into a bounded queue."""
+
+    QUEUE = 64
+
+    def __init__(self, engine: MbusM2, bus: WiredBus | None, now: Callable[[], float]) -> None:
+        self.engine = engine
+        self.bus = bus
+        self.now = now
+        self.wireless: deque[tuple[int, SubmeterTelegram]] = deque(maxlen=self.QUEUE)
+        self.dropped = 0
+
+    def deliver(self, number: int, telegram: SubmeterTelegram) -> None:
+        if len(self.wireless) == self.wireless.maxlen:
+            self.dropped += 1  # the oldest goes: the newest values count
+        self.wireless.append((number, telegram))
+
+    async def run_once(self) -> None:
+        while self.wireless:
+            number, telegram = self.wireless.popleft()
+            self.engine.received(number, telegram, self.now())
+        if self.bus is None:
+            return
+        for request in self.engine.requests(self.now()):
+            await self._perform(request)
+
+    async def _perform(self, request: BusRequest) -> None:
+        bus = self.bus
+        try:
+            telegram = None
+            if request.kind == "install":
+                telegram = await bus.install(request.address, request.identity)
+            elif request.kind == "read":
+                telegram = await bus.read(request.address)
+            elif request.kind == "clock_sync":
+                await bus.clock_sync(request.address, request.time if request.time is not None else self.now())
+            elif request.kind == "data_send":
+                await bus.send(request.address, request.records)
+            elif request.kind == "key_transfer":
+                await bus.transfer_key(request.address, request.payload)
+            elif request.kind == "valve":
+                await bus.valve(request.address, request.payload == b"\x01")
+        except (SmartmeterError, OSError, asyncio.TimeoutError) as exc:
+            log.info("M-Bus channel %d: %s got no answer (%s)", request.channel, request.kind, exc)
+            self.engine.failed(request, self.now())
+            return
+        self.engine.answered(request, telegram, self.now())
+
+    async def run(self, period: float = 1.0) -> None:
+        while True:
+            try:
+                await self.run_once()
+            except Exception:  # noqa: BLE001 - the M2 port must not take the meter down
+                log.exception("M-Bus engine step failed")
+            await asyncio.sleep(period)
+
+
+# -- the COSEM side: what the model's M-Bus objects bind to ---------------------------------------------
+
+class _ChannelProfileSource:
+    """The M-Bus load profile of one channel (IC 7 0-x:24.3.0.255): clock, status, values 1..4.
+    A value never read is 0 with the row's DNV bit set."""
+
+    def __init__(self, engine: MbusM2, number: int, clock) -> None:
+        self.engine, self.number, self.clock = engine, number, clock
+
+    def rows(self, from_time: int | None, to_time: int | None) -> list[tuple]:
+        cosem = self.clock.cosem
+        return [(cosem(t), row[0], *(0 if v is None else v for v in row[1:5]))
+                for t, row in self.engine.profile_rows(self.number, from_time, to_time)]
+
+    def entries_in_use(self) -> int:
+        return self.engine.profile_count(self.number)
+
+    def utc_from_cosem(self, value) -> int:
+        return self.clock.utc_from_cosem(value)
+
+    def capture_period(self) -> int:
+        return self.engine.channel(self.number).profile_period
+
+    def set_capture_period(self, seconds: int) -> None:
+        from smartmeter.cosem.classes.base import other_reason
+        try:
+            self.engine.set_profile_period(self.number, seconds)
+        except ChannelRefused as exc:
+            raise other_reason(str(exc)) from None
+
+
+class _CodeLogSource:
+    """A log of (time, code) rows (the M-Bus event log, a channel's control log)."""
+
+    def __init__(self, rows: Callable[[int | None, int | None], list[tuple[int, int]]], clock) -> None:
+        self._rows, self.clock = rows, clock
+
+    def rows(self, from_time: int | None, to_time: int | None) -> list[tuple]:
+        return [(self.clock.cosem(t), code) for t, code in self._rows(from_time, to_time)]
+
+    def entries_in_use(self) -> int:
+        return len(self._rows(None, None))
+
+    def utc_from_cosem(self, value) -> int:
+        return self.clock.utc_from_cosem(value)
+
+
+def bindings(engine: MbusM2, clock) -> dict[str, Any]:
+    """The runtime bindings the model's M-Bus objects name (cosem/model/ksmw.toml, M-Bus section)."""
+    from smartmeter.cosem.classes.base import Binding
+
+    def device_id_1(n: int) -> Data:
+        c = engine.channel(n)
+        text = c.fabrication_number or (f"{c.identification_number:08X}" if c.has_identity() else "")
+        return Data.octet_string(text.encode("ascii"))
+
+    def device_id_2(n: int) -> Data:
+        c = engine.channel(n)
+        return Data.octet_string(application_layer_address(c.identity).encode("ascii") if c.has_identity() else b"")
+
+    out: dict[str, Any] = {
+        "mbus": engine,
+        "mbus.events": _CodeLogSource(engine.event_rows, clock),
+        "mbus.events.last_code": Binding(lambda: Data.unsigned(engine.last_event())),
+    }
+    for n in CHANNELS:
+        out[f"mbus.{n}.device_id_1"] = Binding(lambda n=n: device_id_1(n))
+        out[f"mbus.{n}.device_id_2"] = Binding(lambda n=n: device_id_2(n))
+        out[f"mbus.{n}.profile"] = _ChannelProfileSource(engine, n, clock)
+        out[f"mbus.{n}.profile.status"] = Binding(lambda n=n: Data.unsigned(engine.profile_status(n)))
+        out[f"mbus.{n}.control_log"] = _CodeLogSource(
+            lambda f, t, n=n: engine.control_rows(n, f, t), clock)
+        out[f"mbus.{n}.control_log.last_code"] = Binding(lambda n=n: Data.unsigned(engine.last_control(n)))
+    return out

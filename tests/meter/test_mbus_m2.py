@@ -1,0 +1,339 @@
+"""The M2 engine (smartmeter.meter.mbus_m2): installation and primary addresses, reads on the
+meter's clock into the M-Bus values by capture_definition, the hourly load profile with its
+status, communication error / recovery with alarm and event, a replaced device (fraud), the
+key status machine, clock sync every 24 h, wireless telegrams, and that all of it survives a
+restart of the store (a kill -9 loses nothing that was committed)."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from smartmeter.cosem.data import Data
+from smartmeter.meter import mbus_m2
+from smartmeter.meter.events import EventRecorder, EventTable
+from smartmeter.meter.mbus_m2 import (
+    BusRequest, ChannelRefused, Identity, MbusM2, MbusM2Driver, NoAnswer, SubmeterRecord, SubmeterTelegram,
+    WIRED_PORT, WIRELESS_PORT, encode_record_value,
+)
+from smartmeter.meter.schedule import Passage
+
+T0 = 1773144000  # 2026-03-10 12:00:00 UTC, on the hour
+GAS_ID = Identity(0x12345678, 0x1C08, 0x42, 0x03)  # manufacturer "GWF" is not needed: any 15-bit code
+WATER_ID = Identity(0x87654321, 0x1C08, 0x01, 0x07)
+VOLUME_DIB, VOLUME_VIB = b"\x0c", b"\x13"  # 8-digit BCD, volume in 0.001 m3 (EN 13757-3 Table 10)
+DLMS_M3 = 13
+
+
+def telegram(identity: Identity, volume: int, *, status: int = 0, access: int = 1, device_time=None,
+             encrypted=False) -> SubmeterTelegram:
+    return SubmeterTelegram(identity.identification_number, identity.manufacturer_id, identity.version,
+                            identity.device_type, access, status, 0,
+                            (SubmeterRecord(VOLUME_DIB, VOLUME_VIB, volume, -3, DLMS_M3),
+                             SubmeterRecord(b"\x0c", b"\x78", 12345678)),
+                            device_time, encrypted)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = float(T0)
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class Alarms:
+    def __init__(self) -> None:
+        self.active: dict[str, bool] = {}
+        self.raised: list[str] = []
+
+    def condition(self, flag: str, active: bool) -> None:
+        self.active[flag] = active
+
+    def raise_flag(self, flag: str) -> None:
+        self.raised.append(flag)
+
+
+@pytest.fixture
+def setup(tmp_path):
+    clock, alarms = Clock(), Alarms()
+    recorder = EventRecorder(tmp_path, EventTable.load(), clock)
+
+    def make() -> MbusM2:
+        return MbusM2(recorder, clock, alarm=alarms.condition, raise_alarm=alarms.raise_flag)
+
+    yield make, clock, alarms, recorder, tmp_path
+    recorder.close()
+
+
+def codes(engine: MbusM2) -> list[int]:
+    return [code for _t, code in engine.event_rows(None, None)]
+
+
+def install_gas(engine: MbusM2, clock: Clock, channel: int = 1, address: int = 0) -> BusRequest:
+    engine.set_capture_definition(channel, [(VOLUME_DIB, VOLUME_VIB)])
+    for name in ("identification_number", "manufacturer_id", "version", "device_type"):
+        engine.set_identity_field(channel, name, getattr(GAS_ID, name))
+    engine.install(channel, address)
+    [request] = engine.requests(clock())
+    assert request.kind == "install" and request.identity == GAS_ID
+    engine.answered(request, telegram(GAS_ID, 1000), clock())
+    return request
+
+
+def test_install_assigns_the_first_free_primary_address_and_reads_the_values(setup):
+    make, clock, alarms, _, _ = setup
+    engine = make()
+    engine.set_primary_address(2, 1)  # channel 2 holds address 1 already
+    request = install_gas(engine, clock)
+    assert request.address == 2
+    channel = engine.channel(1)
+    assert channel.installed and channel.primary_address == 2
+    value = channel.values[0]
+    assert (value.value, value.scaler, value.unit, value.status) == (1000, -3, DLMS_M3, 0)
+    assert value.capture_time == T0  # no device time in the telegram: when the meter received it
+    assert channel.fabrication_number == "12345678"
+    assert codes(engine) == [mbus_m2.EVENT_INSTALLED]
+
+
+def test_reserved_and_taken_addresses_and_a_device_on_two_channels_are_refused(setup):
+    make, clock, _, _, _ = setup
+    engine = make()
+    install_gas(engine, clock, address=5)
+    for address in (251, 252, 253, 254, 255):
+        with pytest.raises(ChannelRefused):
+            engine.install(2, address)
+        with pytest.raises(ChannelRefused):
+            engine.set_primary_address(2, address)
+    with pytest.raises(ChannelRefused):
+        engine.install(2, 5)  # channel 1's address
+    engine.set_identity_field(2, "manufacturer_id", GAS_ID.manufacturer_id)
+    with pytest.raises(ChannelRefused):  # the same device as channel 1
+        engine.set_identity_field(2, "identification_number", GAS_ID.identification_number)
+    assert engine.channel(2).identification_number == 0  # a refused write changes nothing
+
+
+def test_wireless_channel_refuses_install_and_capture(setup):
+    make, _, _, _, _ = setup
+    engine = make()
+    engine.set_port(3, WIRELESS_PORT)
+    assert engine.channel(3).capture_period == 0
+    with pytest.raises(ChannelRefused):
+        engine.install(3, 0)
+    with pytest.raises(ChannelRefused):
+        engine.capture(3)
+    with pytest.raises(ChannelRefused):
+        engine.set_port(3, bytes([0, 2, 24, 6, 0, 255]))  # the consumer port is no M2 port
+
+
+def test_reads_follow_the_meter_clock_and_the_profile_captures_hourly(setup):
+    make, clock, _, _, _ = setup
+    engine = make()
+    install_gas(engine, clock)
+    engine.requests(clock())  # the installation's clock sync goes out at once
+    for request in engine.requests(clock()):
+        pass
+    volumes = []
+    for hour in range(1, 25):
+        clock.t = T0 + hour * 3600
+        engine.advance(clock.t - 3600, clock.t, Passage.RUNNING)  # the runtime's tick crosses the hour
+        reads = [r for r in engine.requests(clock()) if r.kind == "read"]
+        assert len(reads) == 1, f"hour {hour}: one read per capture period"
+        volumes.append(1000 + hour * 7)
+        engine.answered(reads[0], telegram(GAS_ID, volumes[-1]), clock())
+    rows = engine.profile_rows(1, None, None)
+    assert [t for t, _ in rows] == [T0 + h * 3600 for h in range(1, 25)]
+    # the capture at hour h holds the value read before it (hour h-1's read)
+    assert [row[1] for _, row in rows] == [1000] + volumes[:-1]
+    assert all(row[0] == 0 for _, row in rows)  # every period answered: no status bit
+
+
+def test_a_removed_submeter_raises_its_alarm_and_event_and_recovers(setup):
+    make, clock, alarms, _, _ = setup
+    engine = make()
+    install_gas(engine, clock)
+    clock.t += 3600
+    [read] = [r for r in engine.requests(clock()) if r.kind == "read"]
+    engine.failed(read, clock())
+    assert alarms.active["mbus_communication_error_1"] is True
+    engine.advance(clock.t, clock.t + 3600, Passage.RUNNING)
+    assert engine.profile_rows(1, None, None)[-1][1][0] & mbus_m2.STATUS_DNV
+    clock.t += 3600
+    [read] = [r for r in engine.requests(clock()) if r.kind == "read"]
+    engine.failed(read, clock())  # still away: no second event
+    clock.t += 3600
+    [read] = [r for r in engine.requests(clock()) if r.kind == "read"]
+    engine.answered(read, telegram(GAS_ID, 1100), clock())
+    assert alarms.active["mbus_communication_error_1"] is False
+    assert codes(engine) == [mbus_m2.EVENT_INSTALLED, mbus_m2.EVENT_COMMUNICATION_ERROR,
+                             mbus_m2.EVENT_COMMUNICATION_OK]
+
+
+def test_another_device_at_the_address_is_a_fraud_attempt(setup):
+    make, clock, alarms, _, _ = setup
+    engine = make()
+    install_gas(engine, clock)
+    clock.t += 3600
+    [read] = [r for r in engine.requests(clock()) if r.kind == "read"]
+    engine.answered(read, telegram(WATER_ID, 5), clock())
+    assert alarms.raised == ["mbus_fraud_attempt_1"]
+    assert engine.channel(1).values[0].value == 1000  # the impostor's value is not taken
+    assert codes(engine)[-1] == mbus_m2.EVENT_FRAUD_ATTEMPT
+
+
+def test_key_status_machine(setup):
+    make, clock, _, _, _ = setup
+    engine = make()
+    install_gas(engine, clock)
+    with pytest.raises(ChannelRefused):
+        engine.transfer_key(1, b"wrapped")  # no key set
+    with pytest.raises(ChannelRefused):
+        engine.set_encryption_key(1, bytes(15))
+    assert engine.channel(1).key_status == mbus_m2.NO_KEY
+    engine.set_encryption_key(1, bytes(range(16)))
+    assert engine.channel(1).key_status == mbus_m2.KEY_SET
+    engine.transfer_key(1, b"\x01" * 24)
+    [transfer] = [r for r in engine.requests(clock()) if r.kind == "key_transfer"]
+    assert transfer.payload == b"\x01" * 24
+    engine.answered(transfer, None, clock())
+    assert engine.channel(1).key_status == mbus_m2.KEY_SET_AND_TRANSFERRED
+    clock.t += 3600
+    [read] = [r for r in engine.requests(clock()) if r.kind == "read"]
+    engine.answered(read, telegram(GAS_ID, 1001, encrypted=True), clock())
+    assert engine.channel(1).key_status == mbus_m2.KEY_IN_USE
+    engine.set_encryption_key(1, b"")  # the null key: the device still has one
+    assert engine.channel(1).key_status == mbus_m2.KEY_TRANSFERRED
+    engine.set_encryption_key(1, bytes(16))
+    assert engine.channel(1).key_status == mbus_m2.KEY_SET_AND_TRANSFERRED
+
+
+def test_clock_sync_at_install_every_24_hours_and_on_meter_sync(setup):
+    make, clock, _, _, _ = setup
+    engine = make()
+    install_gas(engine, clock)
+    syncs = []
+
+    def serve():
+        for request in engine.requests(clock()):
+            if request.kind == "clock_sync":
+                syncs.append(request.time)
+            engine.answered(request, telegram(GAS_ID, 1000) if request.kind == "read" else None, clock())
+
+    serve()
+    assert syncs == [T0]
+    for minutes in range(10, 24 * 60 + 1, 10):
+        clock.t = T0 + minutes * 60
+        serve()
+    assert syncs == [T0, T0 + 86400]
+    engine.clock_synchronised()
+    serve()
+    assert syncs[-1] == clock.t and len(syncs) == 3
+
+
+def test_everything_survives_a_restart(setup):
+    make, clock, alarms, _, _ = setup
+    engine = make()
+    install_gas(engine, clock)
+    engine.set_encryption_key(1, bytes(range(16)))
+    clock.t += 3600
+    [read] = [r for r in engine.requests(clock()) if r.kind == "read"]
+    engine.failed(read, clock())
+    alarms.active.clear()
+    again = make()  # what a new process finds in the same event store
+    c = again.channel(1)
+    assert c.installed and c.primary_address == 1 and c.key == bytes(range(16))
+    assert c.key_status == mbus_m2.KEY_SET and c.communication_error
+    assert c.values[0].value == 1000 and c.values[0].unit == DLMS_M3
+    assert alarms.active == {"mbus_communication_error_1": True}  # raised again at start
+    assert codes(again) == codes(engine)
+
+
+def test_wireless_telegrams_fill_a_bound_channel_and_set_key_in_use(setup):
+    make, clock, _, _, _ = setup
+    engine = make()
+    engine.set_port(2, WIRELESS_PORT)
+    engine.set_capture_definition(2, [(VOLUME_DIB, VOLUME_VIB)])
+    engine.set_identity_field(2, "identification_number", WATER_ID.identification_number)
+    engine.set_identity_field(2, "manufacturer_id", WATER_ID.manufacturer_id)
+    engine.set_encryption_key(2, bytes(16))
+    assert engine.wireless_bindings() == [(2, Identity(WATER_ID.identification_number, WATER_ID.manufacturer_id, 0, 0),
+                                           bytes(16))]
+    engine.received(2, telegram(GAS_ID, 9), clock())  # not the bound device: ignored
+    assert not engine.channel(2).installed
+    engine.received(2, telegram(WATER_ID, 42, device_time=T0 - 30, encrypted=True), clock())
+    c = engine.channel(2)
+    assert c.installed and c.values[0].value == 42 and c.values[0].capture_time == T0 - 30
+    assert c.key_status == mbus_m2.KEY_IN_USE
+    assert engine.requests(clock()) == []  # a wireless channel never uses the wired bus
+
+
+def test_encode_record_value_codes_integers_and_bcd_as_en_13757_3():
+    assert encode_record_value(b"\x04", Data.double_long_unsigned(0x01020304)) == bytes([4, 3, 2, 1])
+    assert encode_record_value(b"\x0c", Data.double_long_unsigned(12345678)) == bytes([0x78, 0x56, 0x34, 0x12])
+    assert encode_record_value(b"\x01", Data.unsigned(1)) == b"\x01"
+    with pytest.raises(ChannelRefused):
+        encode_record_value(b"\x01", Data.long_unsigned(256))
+    with pytest.raises(ChannelRefused):
+        encode_record_value(b"\x05", Data.double_long_unsigned(1))  # real32: not sent
+
+
+class FakeBus:
+    """An in-process wired bus of slaves keyed by primary address (no device: NoAnswer)."""
+
+    def __init__(self) -> None:
+        self.devices: dict[int, SubmeterTelegram] = {}
+        self.waiting: dict[Identity, SubmeterTelegram] = {}
+        self.clock_syncs: list[tuple[int, float]] = []
+
+    async def install(self, address, identity):
+        for known, tg in list(self.waiting.items()):
+            if identity is None or (known.identification_number, known.manufacturer_id) == (
+                    identity.identification_number, identity.manufacturer_id):
+                self.devices[address] = self.waiting.pop(known)
+                return self.devices[address]
+        raise NoAnswer("no such device")
+
+    async def read(self, address):
+        if address not in self.devices:
+            raise NoAnswer("timeout")
+        return self.devices[address]
+
+    async def clock_sync(self, address, utc):
+        if address not in self.devices:
+            raise NoAnswer("timeout")
+        self.clock_syncs.append((address, utc))
+
+    async def send(self, address, records):
+        raise NoAnswer("timeout")
+
+    async def transfer_key(self, address, wrapped):
+        if address not in self.devices:
+            raise NoAnswer("timeout")
+
+    async def valve(self, address, open_):
+        if address not in self.devices:
+            raise NoAnswer("timeout")
+
+
+def test_driver_runs_the_requests_over_a_bus_and_feeds_wireless_into_a_bounded_queue(setup):
+    make, clock, alarms, _, _ = setup
+    engine = make()
+    bus = FakeBus()
+    bus.waiting[GAS_ID] = telegram(GAS_ID, 2000)
+    driver = MbusM2Driver(engine, bus, clock)
+    engine.set_capture_definition(1, [(VOLUME_DIB, VOLUME_VIB)])
+    engine.set_identity_field(1, "identification_number", GAS_ID.identification_number)
+    engine.set_identity_field(1, "manufacturer_id", GAS_ID.manufacturer_id)
+    engine.install(1, 0)
+    asyncio.run(driver.run_once())
+    assert engine.channel(1).installed and engine.channel(1).values[0].value == 2000
+    asyncio.run(driver.run_once())  # the new device's clock sync
+    assert bus.clock_syncs == [(1, T0)]
+    del bus.devices[1]  # the submeter is unplugged
+    clock.t += 3600
+    asyncio.run(driver.run_once())
+    assert alarms.active["mbus_communication_error_1"] is True
+    for i in range(MbusM2Driver.QUEUE + 5):
+        driver.deliver(2, telegram(WATER_ID, i))
+    assert len(driver.wireless) == MbusM2Driver.QUEUE and driver.dropped == 5
