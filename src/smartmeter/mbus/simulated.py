@@ -47,7 +47,7 @@ from smartmeter.mbus.application import (
     encode_datetime_f, encode_dib, encode_record, encode_rsp_ud, parse_telegram,
 )
 from smartmeter.mbus.link import (
-    ADDRESS_BROADCAST, ADDRESS_NETWORK_LAYER, ADDRESS_TEST, C_FCB, C_FCV, C_FUNCTION_MASK, Ack, BadFrame,
+    ADDRESS_BROADCAST, ADDRESS_NETWORK_LAYER, ADDRESS_TEST, C_FCV, C_FUNCTION_MASK, Ack, BadFrame,
     ControlFrame, FrameReader, LongFrame, ShortFrame,
 )
 
@@ -345,7 +345,7 @@ class WiredSlave:
 
     meter: SimulatedSubmeter
     selected: bool = False  # selected by secondary address (answers at 0xFD)
-    last_fcb: bool | None = None
+    last_c: int | None = None  # C field of the last frame with FCV
     last_reply: bytes | None = None
     next_telegram: int = 0
     applied: list[str] = field(default_factory=list)  # commands applied, for the log
@@ -358,17 +358,18 @@ class WiredSlave:
 
     def reset_link(self) -> None:
         """SND_NKE: forget the FCB and the last answer; the next telegram is the first."""
-        self.last_fcb = None
+        self.last_c = None
         self.last_reply = None
         self.next_telegram = 0
 
     def is_repeat(self, c: int) -> bool:
-        """A frame with FCV and the same FCB as the last one: the master did not get our answer."""
+        """A frame with FCV, of the same function and with the same FCB as the last one: the
+        master did not get our answer and asks again. (The function counts too, so that a
+        REQ_UD2 after a SND_UD with the same bit is not answered with that SND_UD's E5.)"""
         if not c & C_FCV:
             return False
-        fcb = bool(c & C_FCB)
-        repeat = self.last_fcb is not None and fcb == self.last_fcb and self.last_reply is not None
-        self.last_fcb = fcb
+        repeat = self.last_c == c and self.last_reply is not None
+        self.last_c = c
         return repeat
 
     def twin_answer(self, reply: bytes, now: float, address: int) -> bytes:
