@@ -445,6 +445,10 @@ class WirelessReceiver:
         self._queue.append((bytes(frame[:self.MAX_FRAME_BYTES + 1]), now))
         return True
 
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
     def drain(self) -> list[ReceivedTelegram | Refusal]:
         queued, self._queue = self._queue, []
         return [self.receive(frame, now) for frame, now in queued]
