@@ -132,12 +132,13 @@ class MbusValueError(MbusApplicationError):
 
 def manufacturer_to_text(code: int) -> str:
     """The three letters of a manufacturer code (EN 13757-3 §5.6, letters - 64 in 5 bits each)."""
-    letters = ((code >> 10) & 0x1F, (code >> 5) & 0x1F, code & 0x1F)
-    return "".join(chr(64 + n) if 1 <= n <= 26 else "?" for n in letters)
+    # 0 and 27..31 are no letters; shown as the characters 64 + n ("@", "[" ...) like
+    # libmbus does, so that every code has a text and the text gives the code back.
+    return "".join(chr(64 + n) for n in ((code >> 10) & 0x1F, (code >> 5) & 0x1F, code & 0x1F))
 
 
 def manufacturer_from_text(text: str) -> int:
-    if len(text) != 3 or not all("A" <= ch <= "Z" for ch in text.upper()):
+    if len(text) != 3 or not all("@" <= ch <= "_" for ch in text.upper()):
         raise EncodeError(f"a manufacturer code is three letters A-Z, not {text!r}")
     a, b, c = (ord(ch) - 64 for ch in text.upper())
     return (a << 10) | (b << 5) | c
@@ -219,6 +220,11 @@ class FixedHeader:
     access_number: int
     status: int
     medium: int
+
+    @property
+    def identification_text(self) -> str:
+        ident = self.identification
+        return f"{ident:08d}" if isinstance(ident, int) else ident
 
 
 @dataclass(frozen=True)
