@@ -25,7 +25,6 @@ from cryptography.hazmat.primitives.cmac import CMAC
 
 from smartmeter.errors import DecodeError, EncodeError, SmartmeterError
 from smartmeter.mbus.wireless import (
-    MAC_LENGTH_BY_AUTH_TYPE,
     CrcFormat,
     MeterAddress,
     SecurityMode,
