@@ -394,7 +394,8 @@ class WirelessReceiver:
     Only frames from a bound address, in the bound mode, that decrypt to 0x2F2F (and in
     mode 7 carry a valid MAC) and whose counter is newer than the last accepted one
     are returned as `ReceivedTelegram`; everything else is a `Refusal`, counted per kind
-    in `refusals`.
+    in `refusals`. A mode-0 binding (no key) still drops repeated access numbers: that
+    filters a repeater's duplicates, it authenticates nothing.
     """
 
     MAX_FRAME_BYTES = 290  # L=255 in format A: 256 data bytes + 17 block CRCs
