@@ -337,3 +337,74 @@ def test_driver_runs_the_requests_over_a_bus_and_feeds_wireless_into_a_bounded_q
     for i in range(MbusM2Driver.QUEUE + 5):
         driver.deliver(2, telegram(WATER_ID, i))
     assert len(driver.wireless) == MbusM2Driver.QUEUE and driver.dropped == 5
+
+
+# -- over a real TCP socket to the simulated submeters (smartmeter.mbus.simulated) ---------------------
+
+def test_engine_reads_simulated_gas_water_heat_over_tcp_and_follows_a_removed_meter(setup):
+    from zoneinfo import ZoneInfo
+
+    from smartmeter.mbus import simulated
+    from smartmeter.mbus.application import manufacturer_from_text
+
+    make, clock, alarms, _, _ = setup
+    zone = ZoneInfo("Europe/Berlin")
+    meters = {kind: simulated.SimulatedSubmeter(kind, seed=7, time_zone="Europe/Berlin")
+              for kind in ("gas", "water", "heat")}
+    meters["gas"].clock_offset = -90.0  # the gas meter's clock runs 90 s behind
+    bus = simulated.SimulatedBus(meters.values())
+    engine = make()
+    # what the HES writes before slave_install: the device's address and what to capture
+    capture = {"gas": [(b"\x0c", b"\x13")], "water": [(b"\x0c", b"\x13"), (b"\x0b", b"\x3b")],
+               "heat": [(b"\x0c", b"\x06"), (b"\x0c", b"\x13")]}
+    for number, (kind, meter) in enumerate(meters.items(), start=1):
+        engine.set_capture_definition(number, capture[kind])
+        engine.set_identity_field(number, "identification_number", int(f"{meter.identification:08d}", 16))
+        engine.set_identity_field(number, "manufacturer_id", manufacturer_from_text("SIM"))
+        engine.install(number, 0)
+
+    async def scenario():
+        port_box = []
+        server = asyncio.create_task(simulated.serve_bus(bus, "127.0.0.1", 0, clock, started=port_box.append))
+        while not port_box:
+            await asyncio.sleep(0.01)
+        link = mbus_m2.LinkBus("127.0.0.1", port_box[0], zone)
+        driver = MbusM2Driver(engine, link, clock)
+        try:
+            await driver.run_once()  # three installations
+            await driver.run_once()  # their clock syncs
+            snapshot = {n: [v.value for v in engine.channel(n).values] for n in (1, 2, 3)}
+            snapshot["gas time"] = engine.channel(1).values[0].capture_time
+            meters["gas"].faults.add("silent")  # unplugged
+            clock.t += 3600
+            await driver.run_once()
+            gas_alarm_while_away = alarms.active.get("mbus_communication_error_1")
+            meters["gas"].faults.discard("silent")
+            clock.t += 3600
+            await driver.run_once()
+            return snapshot, gas_alarm_while_away
+        finally:
+            link.close()
+            server.cancel()
+
+    snapshot, gas_alarm_while_away = asyncio.run(scenario())
+    at_install = T0
+    gas, water, heat = (meters[k].reading(at_install) for k in ("gas", "water", "heat"))
+    assert snapshot[1][0] == gas.volume_l  # 0.001 m3 = litres
+    assert snapshot[2][:2] == [water.volume_l, water.flow_l_per_h]
+    assert snapshot[3][:2] == [heat.energy_kwh, heat.volume_l]
+    for n in (1, 2, 3):
+        c = engine.channel(n)
+        assert c.installed and c.primary_address == n
+        assert c.device_type == simulated.MEDIUM[("gas", "water", "heat")[n - 1]]
+    assert (engine.channel(1).values[0].scaler, engine.channel(1).values[0].unit) == (-3, 13)  # 10^-3 m3
+    assert (engine.channel(3).values[0].scaler, engine.channel(3).values[0].unit) == (3, 30)  # kWh = 10^3 Wh
+    # the installation's reading carries the gas meter's own (late) time; the clock sync then corrects it
+    assert snapshot["gas time"] == T0 - 90
+    assert engine.channel(1).fabrication_number == str(meters["gas"].fabrication_number)
+    assert gas_alarm_while_away is True
+    assert alarms.active["mbus_communication_error_1"] is False  # back: recovered
+    assert meters["gas"].clock_offset == 0  # synchronised to the meter's (the test's) clock
+    gas_codes = [c for c in codes(engine) if c in (100, 105)]
+    assert gas_codes == [mbus_m2.EVENT_COMMUNICATION_ERROR, mbus_m2.EVENT_COMMUNICATION_OK]
+    assert engine.channel(1).values[0].value == meters["gas"].reading(T0 + 7200).volume_l

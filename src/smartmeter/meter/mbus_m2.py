@@ -946,3 +946,370 @@ def bindings(engine: MbusM2, clock) -> dict[str, Any]:
             lambda f, t, n=n: engine.control_rows(n, f, t), clock)
         out[f"mbus.{n}.control_log.last_code"] = Binding(lambda n=n: Data.unsigned(engine.last_control(n)))
     return out
+
+
+# -- from the M-Bus layers (smartmeter.mbus) to the engine's telegram ------------------------------------
+
+def submeter_records(records) -> tuple[tuple[SubmeterRecord, ...], "dt.datetime | None"]:
+    """The engine's records of application-layer records (smartmeter.mbus.application.Record),
+    and the device's own date-time (the first current-value type F record), as local time."""
+    import datetime as dt
+
+    out, device_time = [], None
+    for record in records:
+        try:
+            value = record.value
+        except SmartmeterError:
+            value = None  # a record the device marked invalid: it fills no value
+        dib = bytes([record.dif, *record.difes])
+        vib = b"" if record.vif is None else bytes([record.vif, *record.vifes])
+        if isinstance(value, dt.datetime) and device_time is None and record.storage_number == 0:
+            device_time = value
+            continue
+        scaler_unit = record.dlms_scaler_unit() if isinstance(value, (int, float)) else None
+        scaler, unit = scaler_unit if scaler_unit is not None else (0, 255)
+        out.append(SubmeterRecord(dib, vib, value if isinstance(value, (int, float)) else None, scaler, unit))
+    return tuple(out), device_time
+
+
+def _utc(local, zone) -> float | None:
+    if local is None:
+        return None
+    return local.replace(tzinfo=zone).timestamp() if local.tzinfo is None else local.timestamp()
+
+
+def _identification(ident: int | str) -> int:
+    """IC 72 attribute 6: the 8 BCD digits as hex digits (12345678 -> 0x12345678)."""
+    text = f"{ident:08d}" if isinstance(ident, int) else str(ident)
+    try:
+        return int(text, 16) & 0xFFFFFFFF
+    except ValueError:
+        return 0
+
+
+def wired_telegram(telegram, zone, encrypted: bool = False) -> SubmeterTelegram:
+    """The engine's telegram of a wired RSP_UD (smartmeter.mbus.application.Telegram, CI 0x72)."""
+    from smartmeter.mbus.application import LongHeader
+
+    header = telegram.header
+    if not isinstance(header, LongHeader):
+        raise NoAnswer("the answer has no long header (CI 0x72)")
+    records, local = submeter_records(telegram.records)
+    return SubmeterTelegram(_identification(header.identification), header.manufacturer_code, header.version,
+                            header.medium, header.access_number, header.status, header.configuration,
+                            records, _utc(local, zone), encrypted)
+
+
+def wireless_telegram(received, zone) -> SubmeterTelegram:
+    """The engine's telegram of a frame the WirelessReceiver accepted (smartmeter.mbus.security)."""
+    from smartmeter.mbus.application import LongHeader, ShortHeader, parse_telegram
+    from smartmeter.mbus.wireless import manufacturer_code
+
+    ci, data = received.user_data
+    telegram = parse_telegram(ci, data)
+    address = received.address
+    header = telegram.header
+    access = status = configuration = 0
+    if isinstance(header, (ShortHeader, LongHeader)):
+        access, status, configuration = header.access_number, header.status, header.configuration
+    records, local = submeter_records(telegram.records)
+    return SubmeterTelegram(_identification(address.identification), manufacturer_code(address.manufacturer),
+                            address.version, address.device_type, access, status, configuration, records,
+                            _utc(local, zone), encrypted=int(received.mode) != 0)
+
+
+def meter_address(identity: Identity):
+    """The wireless receiver's address of a channel's device (smartmeter.mbus.wireless.MeterAddress)."""
+    from smartmeter.mbus.wireless import MeterAddress, manufacturer_letters
+
+    return MeterAddress(manufacturer_letters(identity.manufacturer_id), f"{identity.identification_number:08X}",
+                        identity.version, identity.device_type)
+
+
+class WirelessPort:
+    """The M2 wireless receiver: UDP datagrams (one radio frame each) on HOST:PORT, checked and
+    decrypted by the WirelessReceiver for the channels' bindings (address and key; OMS mode 5
+    with a key, 0 without; a device that sends mode 7 is bound in mode 7 once the receiver saw
+    it refused for its mode), then handed to the driver's bounded queue."""
+
+    def __init__(self, engine: MbusM2, driver: MbusM2Driver, zone) -> None:
+        from smartmeter.mbus.security import WirelessReceiver
+
+        self.engine, self.driver, self.zone = engine, driver, zone
+        self.receiver = WirelessReceiver()
+        self._modes: dict[int, int] = {}
+        self._bound: dict[bytes, tuple[int, bytes | None, int]] = {}
+        self.transport = None
+
+    def rebind(self) -> None:
+        from smartmeter.errors import EncodeError
+
+        wanted = {}
+        for number, identity, key in self.engine.wireless_bindings():
+            try:
+                address = meter_address(identity)
+                slot = address.to_bytes()
+            except (EncodeError, ValueError):
+                continue
+            mode = self._modes.get(number, 5) if key is not None else 0
+            wanted[slot] = (number, key, mode, address)
+        for slot in set(self._bound) - set(wanted):
+            from smartmeter.mbus.wireless import MeterAddress  # noqa: F401 - the type unbind takes
+            self.receiver.unbind(self._bound.pop(slot)[3])
+        for slot, (number, key, mode, address) in wanted.items():
+            if self._bound.get(slot, (None,))[:3] != (number, key, mode):
+                self.receiver.bind(address, key, mode)
+                self._bound[slot] = (number, key, mode, address)
+
+    def datagram(self, frame: bytes, now: float) -> None:
+        from smartmeter.mbus.security import Refusal, RefusalKind
+
+        self.rebind()
+        result = self.receiver.receive(frame, now)
+        if isinstance(result, Refusal):
+            if result.kind is RefusalKind.WRONG_MODE and result.address is not None:
+                slot = result.address.to_bytes()
+                if slot in self._bound:  # the bound device speaks the other OMS mode: follow it
+                    number = self._bound[slot][0]
+                    self._modes[number] = 7 if self._modes.get(number, 5) == 5 else 5
+            return
+        slot = result.address.to_bytes()
+        number = self._bound[slot][0]
+        try:
+            telegram = wireless_telegram(result, self.zone)
+        except SmartmeterError as exc:
+            log.info("M-Bus channel %d: undecodable wireless telegram (%s)", number, exc)
+            return
+        self.driver.deliver(number, telegram)
+
+    async def start(self, host: str, port: int, now: Callable[[], float]) -> None:
+        loop = asyncio.get_running_loop()
+        port_ = self
+
+        class _Protocol(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr) -> None:
+                port_.datagram(data, now())
+
+        self.transport, _ = await loop.create_datagram_endpoint(_Protocol, local_addr=(host, port))
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+def _host_port(spec: str, what: str) -> tuple[str, int]:
+    host, sep, port = spec.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"{what} is HOST:PORT, not {spec!r}")
+    return host.strip("[]"), int(port)
+
+
+class M2Interface:
+    """The M2 port of a running meter (`meter run --mbus-wired BUS --mbus-wireless HOST:PORT`):
+    the driver ticking once a real second on the meter's clock, the wired bus and the wireless
+    receiver. `start` returns the lines that say what runs; `close` stops it."""
+
+    def __init__(self, meter) -> None:
+        self.meter = meter
+        self.engine: MbusM2 = meter.mbus
+        self.bus = None
+        self.driver: MbusM2Driver | None = None
+        self.wireless: WirelessPort | None = None
+        self._task: asyncio.Task | None = None
+
+    async def start(self, wired: str | None, wireless: str | None) -> list[str]:
+        lines = []
+        zone = self.meter.clock.zone
+        if wired:
+            self.bus = wired_bus(wired, zone, speed=self.meter.config.speed)
+            lines.append(f"M2 multi-utility interface: wired M-Bus master on {wired}")
+        self.driver = MbusM2Driver(self.engine, self.bus, self._now)
+        if wireless:
+            host, port = _host_port(wireless, "--mbus-wireless")
+            self.wireless = WirelessPort(self.engine, self.driver, zone)
+            await self.wireless.start(host, port, self._now)
+            lines.append(f"M2 multi-utility interface: wireless M-Bus receiver on udp://{host}:{port}")
+        self._task = asyncio.create_task(self.driver.run())
+        return lines
+
+    def _now(self) -> float:
+        return self.meter.clock.now()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        if self.wireless is not None:
+            self.wireless.close()
+        close = getattr(self.bus, "close", None)
+        if close is not None:
+            result = close()
+            if asyncio.iscoroutine(result):
+                await result
+
+
+# -- the wired bus over TCP (a serial-over-TCP M-Bus level converter) ----------------------------------
+
+SND_UD_VALVE_VIB = b"\xfd\x1a"  # EN 13757-3 VIFE FD 1A "digital output (binary)": 1 open, 0 closed
+SND_UD_KEY_VIB = b"\xfd\x19"  # VIFE FD 19 "security key"
+SET_PRIMARY_ADDRESS_VIB = b"\x7a"  # VIF 7A "bus address"
+ANSWER_TIMEOUT = 0.5  # s of real time: EN 13757-2 allows 330 bit times + 50 ms; a TCP converter adds its own
+ATTEMPTS = 3  # a request and two repetitions (EN 13757-2 §5.7: the same FCB again)
+MAX_TELEGRAMS = 8  # parts of one multi-telegram read
+
+
+class LinkBus:
+    """The wired bus, driven frame by frame over TCP with the link (smartmeter.mbus.link) and
+    application (smartmeter.mbus.application) layers: primary and secondary addressing, FCB,
+    repetitions, multi-telegram reads. One exchange at a time (a bus has one master)."""
+
+    def __init__(self, host: str, port: int, zone) -> None:
+        from smartmeter.mbus.link import FcbState
+
+        self.host, self.port, self.zone = host, port, zone
+        self._fcb = FcbState()
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._lock = asyncio.Lock()
+        self._frames = None
+
+    async def _connection(self):
+        from smartmeter.mbus.link import FrameReader
+
+        if self._writer is None or self._writer.is_closing():
+            self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+            self._frames = FrameReader()
+        return self._reader, self._writer
+
+    def _drop(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._reader = self._writer = None
+
+    async def _exchange(self, frame: bytes, answer: bool = True):
+        """Send one frame; the first frame that comes back (None: none within the timeout)."""
+        from smartmeter.mbus.link import BadFrame
+
+        reader, writer = await self._connection()
+        self._frames.reset()
+        writer.write(frame)
+        await writer.drain()
+        if not answer:
+            return None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ANSWER_TIMEOUT
+        while True:
+            for item in self._frames.take():
+                return None if isinstance(item, BadFrame) else item
+            left = deadline - loop.time()
+            if left <= 0:
+                return None
+            try:
+                data = await asyncio.wait_for(reader.read(512), left)
+            except asyncio.TimeoutError:
+                return None
+            if not data:
+                self._drop()
+                raise NoAnswer("the bus connection closed")
+            self._frames.feed(data)
+
+    async def _confirmed(self, build: Callable[[int], bytes], address: int):
+        """A request with FCB: repeated with the same bit until answered; then the bit toggles."""
+        for _ in range(ATTEMPTS):
+            reply = await self._exchange(build(address))
+            if reply is not None:
+                self._fcb.confirm(address)
+                return reply
+        raise NoAnswer(f"no answer from primary address {address}")
+
+    async def _snd_nke(self, address: int) -> None:
+        from smartmeter.mbus.link import SND_NKE, ShortFrame
+
+        await self._exchange(ShortFrame(SND_NKE, address).to_bytes())  # E5 or nothing (broadcast, collision)
+        self._fcb.reset(address)
+
+    async def _snd_ud(self, address: int, ci: int, data: bytes) -> None:
+        from smartmeter.mbus.link import SND_UD, Ack, LongFrame
+
+        reply = await self._confirmed(lambda a: LongFrame(self._fcb.c_field(SND_UD, a), a, ci, data).to_bytes(),
+                                      address)
+        if not isinstance(reply, Ack):
+            raise NoAnswer("the device did not acknowledge")
+
+    async def _read(self, address: int):
+        from smartmeter.mbus.application import parse_telegram
+        from smartmeter.mbus.link import REQ_UD2, LongFrame, ShortFrame
+
+        records, first = [], None
+        for _ in range(MAX_TELEGRAMS):
+            reply = await self._confirmed(lambda a: ShortFrame(self._fcb.c_field(REQ_UD2, a), a).to_bytes(), address)
+            if not isinstance(reply, LongFrame):
+                raise NoAnswer("the answer to REQ_UD2 is no RSP_UD")
+            telegram = parse_telegram(reply.ci, reply.data)
+            first = first or telegram
+            records.extend(telegram.records)
+            if not telegram.more_records_follow:
+                break
+        return replace(first, records=tuple(records), more_records_follow=False)
+
+    async def install(self, address: int, identity: Identity | None) -> SubmeterTelegram:
+        from smartmeter.mbus.application import CI_DATA_SEND, CI_SELECTION, SecondaryAddress, manufacturer_to_text
+        from smartmeter.mbus.link import ADDRESS_NETWORK_LAYER
+
+        async with self._lock:
+            if identity is not None:
+                selection = SecondaryAddress(f"{identity.identification_number:08X}",
+                                             manufacturer_to_text(identity.manufacturer_id),
+                                             identity.version or 0xFF, identity.device_type or 0xFF)
+                await self._snd_nke(ADDRESS_NETWORK_LAYER)
+                await self._snd_ud(ADDRESS_NETWORK_LAYER, CI_SELECTION, selection.to_bytes())
+                await self._snd_ud(ADDRESS_NETWORK_LAYER, CI_DATA_SEND, b"\x01" + SET_PRIMARY_ADDRESS_VIB
+                                   + bytes([address]))
+                await self._snd_nke(ADDRESS_NETWORK_LAYER)  # ends the selection
+            await self._snd_nke(address)
+            return wired_telegram(await self._read(address), self.zone)
+
+    async def read(self, address: int) -> SubmeterTelegram:
+        async with self._lock:
+            return wired_telegram(await self._read(address), self.zone)
+
+    async def clock_sync(self, address: int, utc: float) -> None:
+        import datetime as dt
+
+        from smartmeter.mbus.application import CI_DATA_SEND, encode_datetime_f
+
+        local = dt.datetime.fromtimestamp(utc, self.zone)
+        async with self._lock:
+            await self._snd_ud(address, CI_DATA_SEND, b"\x04\x6d" + encode_datetime_f(
+                local.replace(tzinfo=None), bool(local.dst())))
+
+    async def send(self, address: int, records: tuple[tuple[bytes, bytes, bytes], ...]) -> None:
+        from smartmeter.mbus.application import CI_DATA_SEND
+
+        async with self._lock:
+            await self._snd_ud(address, CI_DATA_SEND, b"".join(d + v + x for d, v, x in records))
+
+    async def transfer_key(self, address: int, wrapped: bytes) -> None:
+        from smartmeter.mbus.application import CI_DATA_SEND
+
+        async with self._lock:
+            await self._snd_ud(address, CI_DATA_SEND, b"\x0d" + SND_UD_KEY_VIB + bytes([len(wrapped)]) + wrapped)
+
+    async def valve(self, address: int, open_: bool) -> None:
+        from smartmeter.mbus.application import CI_DATA_SEND
+
+        async with self._lock:
+            await self._snd_ud(address, CI_DATA_SEND, b"\x01" + SND_UD_VALVE_VIB + bytes([1 if open_ else 0]))
+
+    def close(self) -> None:
+        self._drop()
+
+
+def wired_bus(spec: str, zone, speed: float = 1.0) -> LinkBus:
+    """The wired bus of `--mbus-wired`: HOST:PORT of a serial-over-TCP level converter (the
+    simulated submeters' `smartmeter sim mbus ... --wired --listen`)."""
+    host, port = _host_port(spec, "--mbus-wired")
+    return LinkBus(host, port, zone)
