@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Iterator, Union
+from typing import Hashable, Iterator, Union
 
 from smartmeter.errors import DecodeError, EncodeError, TruncatedError
 
@@ -335,29 +335,35 @@ class FcbState:
     toggles the bit after each transaction the slave answered correctly and sends the
     same bit again when it repeats a request, so that a slave whose answer was lost sends
     that answer again instead of the next one. An address never reset starts at FCB = 1
-    as well.
+    as well. A slave is named by its primary address, or by any other hashable key (the
+    master uses its secondary address for a slave reached through 0xFD).
     """
 
     def __init__(self) -> None:
-        self._next: dict[int, bool] = {}
+        self._next: dict[Hashable, bool] = {}
 
-    def reset(self, address: int) -> None:
-        """Call after SND_NKE to `address` (for broadcast 255: every slave)."""
-        if address == ADDRESS_BROADCAST:
+    def reset(self, slave: Hashable) -> None:
+        """Call after SND_NKE to `slave` (for broadcast 255: every slave)."""
+        if slave == ADDRESS_BROADCAST:
             self._next.clear()
         else:
-            self._next[address] = True
+            self._next[slave] = True
 
-    def current(self, address: int) -> bool:
-        return self._next.get(address, True)
+    def current(self, slave: Hashable) -> bool:
+        return self._next.get(slave, True)
 
-    def c_field(self, function_c: int, address: int) -> int:
-        """The C field to send for `function_c` (e.g. REQ_UD2) to `address`."""
-        return with_fcb(function_c, self.current(address))
+    def c_field(self, function_c: int, slave: Hashable) -> int:
+        """The C field to send for `function_c` (e.g. REQ_UD2) to `slave`."""
+        return with_fcb(function_c, self.current(slave))
 
-    def confirm(self, address: int) -> None:
+    def confirm(self, slave: Hashable) -> None:
         """The slave answered the frame sent with the current bit: toggle it."""
-        self._next[address] = not self.current(address)
+        self._next[slave] = not self.current(slave)
+
+    def move(self, old: Hashable, new: Hashable) -> None:
+        """The slave at `old` now answers at `new` (set primary address)."""
+        self._next[new] = self.current(old)
+        self._next.pop(old, None)
 
 
 class SlaveFcb:
