@@ -1,4 +1,4 @@
-"""The sans-io wired master against a scripted fake slave in the same process.
+"""The sans-io wired master (and its asyncio adapter over TCP and a pty) against a scripted fake slave in the same process.
 
 The fake slave is written here from EN 13757-2/-3 (it does not use the master's helpers):
 it keeps the last FCB it saw, answers a repeated REQ_UD2 with the same telegram and a new
@@ -6,10 +6,14 @@ one with the next, and can be told to stay silent, garble an answer or lose one.
 """
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import os
+import tty
 
 import pytest
 
+from smartmeter.mbus.aio import AsyncBus, MbusNoAnswer, MbusWrongIdentity, SerialLink, open_bus
 from smartmeter.mbus.application import (
     Coding,
     LongHeader,
@@ -313,3 +317,102 @@ def test_one_request_at_a_time_and_stray_bytes_are_ignored():
         master.request(ReadData(6))
     with pytest.raises(ValueError):
         Master().request(ReadData(251))
+
+
+# --- the asyncio adapter over TCP and over a serial pty ------------------------------
+
+
+
+def _split_frames(buffer: bytearray):
+    """Whole frames at the start of `buffer` (the slave side's own framing)."""
+    while buffer:
+        if buffer[0] == 0xE5:
+            size = 1
+        elif buffer[0] == 0x10:
+            size = 5
+        elif buffer[0] == 0x68 and len(buffer) >= 2:
+            size = buffer[1] + 6
+        else:
+            return
+        if len(buffer) < size:
+            return
+        frame = bytes(buffer[:size])
+        del buffer[:size]
+        yield frame
+
+
+async def _tcp_slave(slave: FakeSlave):
+    async def serve(reader, writer):
+        buffer = bytearray()
+        while data := await reader.read(512):
+            buffer += data
+            for frame in _split_frames(buffer):
+                answer = slave.handle(frame)
+                if answer:
+                    writer.write(answer)
+                    await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(serve, "127.0.0.1", 0)
+
+
+def test_async_bus_over_tcp():
+    async def scenario():
+        chain = [[encode_record(n, 0x14)] for n in (1, 2)]
+        slave = FakeSlave(chain=chain)
+        server = await _tcp_slave(slave)
+        port = server.sockets[0].getsockname()[1]
+        bus = await open_bus(f"127.0.0.1:{port}", baud_rate=38400, extra_latency=0.05)
+        try:
+            await bus.initialise(5)
+            read = await bus.read(5, expected=HEADER.secondary_address())
+            assert [r.value for r in read.merged().records] == [1, 2]
+            slave.silent = 1
+            await bus.synchronise_clock(5, dt.datetime(2024, 1, 2, 3, 4))
+            assert bus.master.repeats == 1
+            with pytest.raises(MbusWrongIdentity) as info:
+                await bus.read(5, expected=SecondaryAddress(11111111, "ELS", 0x33, 0x03))
+            assert info.value.received == HEADER
+            slave.silent = 3
+            with pytest.raises(MbusNoAnswer):
+                await bus.read(5)
+            await bus.set_primary_address(5, 9)
+            assert (await bus.read_telegram(9)).header == HEADER
+        finally:
+            await bus.close()
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(scenario())
+
+
+def test_async_bus_over_a_serial_pty():
+    async def scenario():
+        controller, device = os.openpty()
+        tty.setraw(controller)
+        slave = FakeSlave()
+        buffer = bytearray()
+        loop = asyncio.get_running_loop()
+
+        def readable():
+            buffer.extend(os.read(controller, 512))
+            for frame in _split_frames(buffer):
+                answer = slave.handle(frame)
+                if answer:
+                    os.write(controller, answer)
+
+        loop.add_reader(controller, readable)
+        link = await SerialLink.open(os.ttyname(device), 9600)
+        bus = AsyncBus(link, baud_rate=9600)
+        try:
+            await bus.initialise(5)
+            read = await bus.read(5)
+            assert read.telegrams[0].records[0].value == 2850427
+            assert read.complete
+        finally:
+            loop.remove_reader(controller)
+            await bus.close()
+            os.close(controller)
+            os.close(device)
+
+    asyncio.run(scenario())

@@ -328,6 +328,12 @@ class Master:
         self._skipped_at_start = self._reader.skipped
         return step.frame
 
+    def abandon(self) -> None:
+        """Drop the outstanding request (its link went away); FCB memories stay."""
+        self._current = None
+        self._step = None
+        self._reader.reset()
+
     # -- input -------------------------------------------------------------------------
     def receive(self, data: bytes) -> list[Event]:
         """Bytes from the bus. Bytes while no request is outstanding are dropped."""
