@@ -54,6 +54,8 @@ def expected_pymbus(meter: SimulatedSubmeter, now: float) -> list[tuple[str, Dec
     out.append(("Time point (date and time)", meter.device_time(now).replace(tzinfo=None).isoformat()[:16] + ":00"))
     out.append(("Fabrication number", Decimal(meter.fabrication_number)))
     out.append(("Error flags", Decimal(meter.error_flags)))
+    if meter.kind in ("gas", "water"):
+        out.append(("Digital output", Decimal(1 if meter.valve_open(now) else 0)))  # the valve
     return out
 
 
@@ -64,7 +66,7 @@ def pymbus_values(records: list[dict]) -> list[tuple[str, Decimal | str]]:
             continue  # the 1F "more records follow" marker
         value = record["value"]
         out.append((record["quantities"][0],
-                    Decimal(value["value"]) if value["kind"] == "decimal" else value["value"]))
+                    Decimal(value["value"]) if value["kind"] == "decimal" else value.get("value")))
     return out
 
 
@@ -263,6 +265,8 @@ def expected_meterbus(meter: SimulatedSubmeter, now: float) -> list[tuple[str, D
     out.append(("VIFUnit.DATE_TIME_GENERAL", meter.device_time(now).replace(tzinfo=None).isoformat()[:16]))
     out.append(("VIFUnit.FABRICATION_NO", Decimal(meter.fabrication_number).quantize(q)))
     out.append(("VIFUnitExt.ERROR_FLAGS", Decimal(meter.error_flags).quantize(q)))
+    if meter.kind in ("gas", "water"):
+        out.append(("VIFUnitExt.DIGITAL_OUTPUT", Decimal(1 if meter.valve_open(now) else 0).quantize(q)))
     return out
 
 
@@ -344,3 +348,21 @@ def test_pymeterbus_reads_the_heat_meters_two_telegrams(wired_bus):
         ("VIFUnit.VOLUME", (Decimal(due.volume_l) / 1000).quantize(Decimal("0.001"))),
         ("VIFUnit.DATE", "2026-11-01")]
     assert [r.interpreted["storage_number"] for r in telegrams[1].records] == [1, 1, 1]
+
+
+def test_pymbusparser_decrypts_wired_telegrams_after_a_key_transfer():
+    """DSMR 4 transfer_key (the Open Smart Grid Platform vector), then the RSP_UD are OMS mode 5."""
+    master_key = bytes.fromhex("FDD0FDD0FDD0FDD0FDD0FDD0FDD0FDD0")
+    new_key = bytes.fromhex("FAA0FEA0FEA0FEA0FEA0FEA0FEA0FEA0")
+    wrapped = bytes.fromhex("7B3383E2C3EC9360D54A05D05517738B")
+    meters = [SimulatedSubmeter(kind, seed=40, primary_address=i + 1) for i, kind in enumerate(KINDS)]
+    bus = SimulatedBus(meters)
+    for address, meter in enumerate(meters, start=1):
+        meter.master_key = master_key
+        body = bytes((0x73, address, 0x51, 0x0D, 0xFD, 0x19, 0x10)) + wrapped
+        frame = bytes((0x68, len(body), len(body), 0x68)) + body + bytes((sum(body) & 0xFF, 0x16))
+        assert bus.receive(frame, START) == b"\xE5"
+        decoded = parse(bus.receive(request(address, False), START), key=new_key)
+        assert decoded["security"]["mode_code"] == 5 and decoded["decode_state"] == "complete"
+        assert decoded["security"]["decryption_state"].startswith("decrypted")
+        assert pymbus_values(decoded["records"]) == expected_pymbus(meter, START)

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import random
 from decimal import Decimal
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from smartmeter.mbus import simulated
 from smartmeter.mbus.application import parse_telegram
@@ -437,3 +440,115 @@ def test_wireless_sender_refuses_bad_settings():
         WirelessSender(SimulatedSubmeter("gas"), mode=6, key=KEY)
     with pytest.raises(ValueError):
         WirelessSender(SimulatedSubmeter("gas"), mode=5, key=KEY[:8])
+
+
+# ---------------------------------------------------------------------------------------
+# key transfer, encrypted RSP_UD, valve
+
+VECTORS = json.loads((Path(__file__).resolve().parents[1] / "vectors" / "mbus-vectors.json").read_text())
+
+
+def vector(name: str) -> dict:
+    return next(v for v in VECTORS["vectors"] if v["id"] == name)
+
+
+def transfer_key_frame(c: int, address: int, wrapped: bytes) -> bytes:
+    # DIF 0D (LVAR), VIF FD, VIFE 19 "security key", LVAR length, the wrapped bytes
+    return long_frame(c, address, 0x51, bytes((0x0D, 0xFD, 0x19, len(wrapped))) + wrapped)
+
+
+def decrypt_wired_mode5(reply: bytes, key: bytes) -> tuple[int, bytes]:
+    """OMS mode 5 by hand: IV = M (2) || ID (4) || version || medium || 8 x access number."""
+    frame = decode_frame(reply)
+    header = frame.data[:12]
+    configuration = int.from_bytes(header[10:12], "little")
+    assert (configuration >> 8) & 0x1F == 5
+    blocks = (configuration >> 4) & 0x0F
+    iv = header[4:6] + header[0:4] + header[6:8] + bytes((header[8],)) * 8
+    decryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).decryptor()
+    plain = decryptor.update(frame.data[12:12 + 16 * blocks]) + decryptor.finalize()
+    assert plain[:2] == b"\x2F\x2F"
+    return frame.ci, header + plain
+
+
+def test_transfer_key_dsmr4_then_telegrams_are_encrypted_with_the_new_key():
+    v = vector("dsmr4-transfer-key")
+    meter = SimulatedSubmeter("gas", seed=6, primary_address=1)
+    bus = SimulatedBus([meter])
+    wrapped = bytes.fromhex(v["wrapped"])
+    # without a master key the device cannot take a key: no answer
+    assert bus.receive(transfer_key_frame(0x53, 1, wrapped), NOW) == b""
+    meter.master_key = bytes.fromhex(v["master_key"])
+    assert bus.receive(transfer_key_frame(0x73, 1, wrapped), NOW) == ACK
+    reply = bus.receive(req_ud2(1, False), NOW)
+    ci, clear = decrypt_wired_mode5(reply, bytes.fromhex(v["new_key"]))
+    telegram = parse_telegram(ci, clear)
+    assert telegram.header.identification == meter.identification
+    assert values(telegram)[(0x13, 0)] == Decimal(meter.reading(NOW).volume_l) / 1000
+    # a wrapped key of the wrong length is refused
+    assert bus.receive(transfer_key_frame(0x53, 1, wrapped[:8]), NOW) == b""
+
+
+def test_transfer_key_smr5_checks_tag_and_counter():
+    from smartmeter.mbus.keytransfer import KeyTransferStyle
+
+    master, new_key = bytes(range(16)), bytes(range(16, 32))
+    meter = SimulatedSubmeter("water", seed=6, primary_address=1)
+    meter.master_key, meter.key_style = master, KeyTransferStyle.SMR5
+    bus = SimulatedBus([meter])
+
+    def wrap(counter: int, key: bytes = master) -> bytes:
+        # SMR 5: IV = ID (LSB first) || M (LSB first) || version || medium || counter (MSB first)
+        iv = (bytes.fromhex(f"{meter.identification:08d}")[::-1] + sim_code()
+              + bytes((meter.version, 0x07)) + counter.to_bytes(4, "big"))
+        encryptor = Cipher(algorithms.AES(key), modes.GCM(iv)).encryptor()
+        body = encryptor.update(bytes((0, 16)) + new_key) + encryptor.finalize()
+        return counter.to_bytes(4, "big") + body + encryptor.tag[:8]
+
+    assert bus.receive(transfer_key_frame(0x53, 1, wrap(5, bytes(16))), NOW) == b""  # wrong master key
+    assert bus.receive(transfer_key_frame(0x73, 1, wrap(5)), NOW) == ACK
+    assert meter.key == new_key
+    assert bus.receive(transfer_key_frame(0x53, 1, wrap(5)), NOW) == b""  # a replayed counter
+    assert bus.receive(transfer_key_frame(0x73, 1, wrap(6)), NOW) == ACK
+    ci, clear = decrypt_wired_mode5(bus.receive(req_ud2(1, False), NOW), new_key)
+    assert parse_telegram(ci, clear).header.medium == 0x07
+
+
+def test_heat_meter_encrypts_both_telegrams_with_more_records_follow_inside():
+    meter = SimulatedSubmeter("heat", seed=6, primary_address=1)
+    meter.key = KEY
+    bus = SimulatedBus([meter])
+    first = parse_telegram(*decrypt_wired_mode5(bus.receive(req_ud2(1, True), NOW), KEY))
+    second = parse_telegram(*decrypt_wired_mode5(bus.receive(req_ud2(1, False), NOW), KEY))
+    assert first.more_records_follow and not second.more_records_follow
+    assert {r.storage_number for r in second.records} == {1}
+
+
+def valve_frame(c: int, address: int, open_: bool) -> bytes:
+    return long_frame(c, address, 0x51, bytes((0x01, 0xFD, 0x1A, 1 if open_ else 0)))
+
+
+@pytest.mark.parametrize("kind", ["gas", "water"])
+def test_a_closed_valve_stops_consumption(kind):
+    meter = SimulatedSubmeter(kind, seed=6, primary_address=1)
+    reference = SimulatedSubmeter(kind, seed=6)  # the same scenario, valve never touched
+    bus = SimulatedBus([meter])
+    hour = 3600
+    assert bus.receive(valve_frame(0x53, 1, False), NOW) == ACK
+    _, telegram = telegram_of(bus.receive(req_ud2(1, True), NOW + 2 * hour))
+    assert values(telegram)[(0xFD1A, 0)] == 0
+    assert values(telegram)[(0x13, 0)] == Decimal(reference.reading(NOW).volume_l) / 1000
+    if kind == "water":
+        assert values(telegram)[(0x3B, 0)] == 0
+    assert bus.receive(valve_frame(0x73, 1, True), NOW + 2 * hour) == ACK
+    _, telegram = telegram_of(bus.receive(req_ud2(1, False), NOW + 5 * hour))
+    assert values(telegram)[(0xFD1A, 0)] == 1
+    # what flows from the reopening on is added; the two closed hours are missing for good
+    held_back = reference.curve.total(NOW + 2 * hour) - reference.curve.total(NOW)
+    expected = reference.base_l + int(reference.curve.total(NOW + 5 * hour) - held_back)
+    assert abs(values(telegram)[(0x13, 0)] * 1000 - expected) <= 1
+
+
+def test_a_heat_meter_has_no_valve():
+    bus = bus_of("heat")
+    assert bus.receive(valve_frame(0x53, 1, False), NOW) == b""

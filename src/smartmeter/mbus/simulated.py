@@ -46,10 +46,13 @@ from smartmeter.mbus.application import (
     CI_APPLICATION_RESET, CI_DATA_SEND, CI_SELECTION, CI_TIME_SYNC, Coding, LongHeader, SecondaryAddress,
     encode_datetime_f, encode_dib, encode_record, encode_rsp_ud, parse_telegram,
 )
+from smartmeter.mbus.keytransfer import KeyTransferError, KeyTransferStyle, unwrap_key, unwrap_smr5
 from smartmeter.mbus.link import (
     ADDRESS_BROADCAST, ADDRESS_NETWORK_LAYER, ADDRESS_TEST, C_FCV, C_FUNCTION_MASK, Ack, BadFrame,
     ControlFrame, FrameReader, LongFrame, ShortFrame,
 )
+from smartmeter.mbus.security import encrypt_mode5, pad_plaintext
+from smartmeter.mbus.wireless import MeterAddress
 
 SIMULATED_MANUFACTURER = "SIM"
 REFERENCE_EPOCH = 1704067200.0  # 2024-01-01T00:00:00Z
@@ -190,8 +193,15 @@ class SimulatedSubmeter:
         self.message_counter = rng.randrange(1, 1 << 16)  # mode 7 AFL counter
         self.alarms = Alarms()
         self.clock_offset = 0.0  # the device clock minus true time, seconds
+        # the operational AES key (wired: RSP_UD in OMS mode 5 once set) and the master
+        # (default) key a transfer_key is wrapped under, with the wrap's style
         self.key: bytes | None = None
+        self.master_key: bytes | None = None
+        self.key_style = KeyTransferStyle.DSMR4
+        self.key_change_counter: int | None = None  # SMR 5: the last counter accepted
         self.faults: set[str] = set()
+        # the shut-off valve of gas and water meters: closed intervals [start, end or None]
+        self.valve_closures: list[list[float | None]] = []
         peak = rng.uniform(6, 20) * 3600
         if kind == "gas":
             # a G4 in a heated home: 0.1-0.35 m3/h on average, 1000-9000 m3 on the register
@@ -208,12 +218,37 @@ class SimulatedSubmeter:
 
     # --- registers
 
+    @property
+    def has_valve(self) -> bool:
+        return self.kind in ("gas", "water")
+
+    def valve_open(self, now: float) -> bool:
+        return not any(start <= now and (end is None or now < end) for start, end in self.valve_closures)
+
+    def set_valve(self, open_: bool, now: float) -> None:
+        """Open or close the shut-off valve at `now` (nothing flows while it is closed)."""
+        if open_ == self.valve_open(now):
+            return
+        if open_:
+            self.valve_closures[-1][1] = now
+        else:
+            self.valve_closures.append([now, None])
+
+    def _used(self, now: float) -> float:
+        """The curve's total up to `now` less what the closed valve held back."""
+        held = 0.0
+        for start, end in self.valve_closures:
+            if start < now:
+                held += self.curve.total(now if end is None else min(end, now)) - self.curve.total(start)
+        return self.curve.total(now) - held
+
     def reading(self, now: float) -> Reading:
+        flowing = self.valve_open(now)
         if self.kind == "gas":
-            return Reading(volume_l=self.base_l + math.floor(self.curve.total(now)))
+            return Reading(volume_l=self.base_l + math.floor(self._used(now)))
         if self.kind == "water":
-            return Reading(volume_l=self.base_l + math.floor(self.curve.total(now)),
-                           flow_l_per_h=round(self.curve.rate(now) * 3600))
+            return Reading(volume_l=self.base_l + math.floor(self._used(now)),
+                           flow_l_per_h=round(self.curve.rate(now) * 3600) if flowing else 0)
         energy_wh = self.base_wh + self.curve.total(now)
         litres_per_wh = 1 / (1.163 * self.delta_t_dk / 10)  # 1.163 Wh per litre and K
         power_w = self.curve.rate(now) * 3600
@@ -307,6 +342,8 @@ class SimulatedSubmeter:
         out.append(encode_datetime_record(local))
         out.append(encode_record(self.fabrication_number, 0x78, coding=Coding.BCD8))
         out.append(encode_record(self.error_flags, 0x7D, vifes=(0x17,), coding=Coding.INT16))
+        if self.has_valve:  # VIFE FD 1A digital output: 1 the valve is open, 0 closed
+            out.append(encode_record(1 if self.valve_open(now) else 0, 0x7D, vifes=(0x1A,), coding=Coding.INT8))
         return b"".join(out)
 
     @property
@@ -322,11 +359,34 @@ class SimulatedSubmeter:
             coding = {2: Coding.INT16, 3: Coding.INT24, 4: Coding.INT32}[size]
         return encode_record(value, vif, coding=coding, storage_number=storage_number)
 
-    def long_header(self, access_number: int, identification: int | None = None) -> LongHeader:
+    def long_header(self, access_number: int, identification: int | None = None,
+                    configuration: int = 0) -> LongHeader:
         """CI 0x72 header: ID, manufacturer, version, medium, access number, status,
-        configuration (0: no encryption on the wire)."""
+        configuration (0: no encryption)."""
         ident = self.identification if identification is None else identification
-        return LongHeader(ident, self.manufacturer, self.version, self.medium, access_number, self.status, 0)
+        return LongHeader(ident, self.manufacturer, self.version, self.medium, access_number, self.status,
+                          configuration)
+
+    @property
+    def address_bytes(self) -> bytes:
+        """M (2) || ID (4) || version || medium: the mode-5 IV's first 8 bytes."""
+        return self.long_header(0).to_bytes()[4:6] + self.long_header(0).to_bytes()[0:4] + bytes(
+            (self.version, self.medium))
+
+    def transfer_key(self, wrapped: bytes) -> bool:
+        """A transfer_key from the master: unwrap under the master key; True when taken."""
+        if self.master_key is None:
+            return False
+        address = MeterAddress(self.manufacturer, f"{self.identification:08d}", self.version, self.medium)
+        try:
+            if self.key_style is KeyTransferStyle.SMR5:
+                data = unwrap_smr5(self.master_key, wrapped, address, self.key_change_counter)
+                self.key, self.key_change_counter = data.key, data.key_change_counter
+            else:
+                self.key = unwrap_key(self.key_style, self.master_key, wrapped)
+        except (KeyTransferError, DecodeError):
+            return False
+        return True
 
 
 def encode_datetime_record(local: dt.datetime) -> bytes:
@@ -392,8 +452,16 @@ class WiredSlave:
         count = meter.telegram_count
         more = endless or index + 1 < count
         ident = (meter.identification + 1) % 100_000_000 if "wrong-identity" in meter.faults else None
-        reply = encode_rsp_ud(address, meter.long_header(meter.next_access_number(), ident),
-                              [meter.records(now, index % count)], more_records_follow=more)
+        access = meter.next_access_number()
+        records = meter.records(now, index % count) + (b"\x1F" if more else b"")
+        if meter.key is None:
+            header = meter.long_header(access, ident)
+        else:
+            # OMS mode 5 on the wired bus: the records (and the 1F) encrypted behind 2F2F
+            plain = pad_plaintext(records)
+            header = meter.long_header(access, ident, (5 << 8) | ((len(plain) // 16) << 4))
+            records = encrypt_mode5(meter.key, meter.address_bytes, access, plain)
+        reply = encode_rsp_ud(address, header, [records])
         self.next_telegram = index + 1 if more else 0
         if "bad-checksum" in meter.faults:
             reply = reply[:-2] + bytes(((reply[-2] + 1) & 0xFF,)) + reply[-1:]
@@ -505,6 +573,20 @@ class SimulatedBus:
             return True
         if record.vif is not None and record.vif & 0x7F == 0x6D and isinstance(value, dt.datetime):
             return self._set_time(slave, value, now)
+        if record.vif is not None and record.vif & 0x7F == 0x7D and record.vifes[:1] == (0x19,) \
+                and record.coding == 0x0D:
+            # transfer_key: the LVAR's bytes as the head-end wrapped them (not a text)
+            if not meter.transfer_key(record.data[1:]):
+                return False
+            slave.applied.append("key transferred")
+            self._log(f"{meter.kind} {meter.identification:08d} took a new key: telegrams now in OMS mode 5")
+            return True
+        if record.vif is not None and record.vif & 0x7F == 0x7D and record.vifes[:1] == (0x1A,) \
+                and meter.has_valve and value in (0, 1):
+            meter.set_valve(value == 1, now)
+            slave.applied.append("valve " + ("open" if value else "closed"))
+            self._log(f"{meter.kind} {meter.identification:08d} valve {'opened' if value else 'closed'}")
+            return True
         return False
 
     def _set_time(self, slave: WiredSlave, local: dt.datetime | None, now: float) -> bool:
@@ -608,7 +690,7 @@ class WirelessSender:
 
     def telegram(self, now: float) -> bytes:
         """The next radio frame (with CRCs of format A or B)."""
-        from smartmeter.mbus.wireless import MeterAddress, encode_wmbus
+        from smartmeter.mbus.wireless import encode_wmbus
 
         meter = self.meter
         address = MeterAddress(meter.manufacturer, f"{meter.identification:08d}", meter.version, meter.medium)
