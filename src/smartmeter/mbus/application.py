@@ -597,6 +597,10 @@ def encode_bcd(value: int, length: int) -> bytes:
 Value = Union[int, float, str, bytes, dt.date, dt.datetime, dt.time, None]
 
 
+# Quantities whose number has no meaning a DLMS unit could state.
+_NO_DLMS_UNIT = ("Time point", "Reserved", "Unknown", "Manufacturer specific", "Any VIF")
+
+
 @dataclass(frozen=True)
 class Record:
     """One data record. `value` is the number (raw, without its exponent), a date, a text
@@ -641,7 +645,9 @@ class Record:
     def dlms_scaler_unit(self) -> tuple[int, int] | None:
         """(scaler, unit) of the DLMS Blue Book for this value, None when DLMS has no unit
         for it (dates, texts, per-time qualified units without an equivalent)."""
-        if self.quantity.startswith("Time point") or not isinstance(self.raw_value, (int, float)):
+        if self.quantity.startswith(_NO_DLMS_UNIT) or not isinstance(self.raw_value, (int, float)):
+            return None
+        if self.plain_text_unit is not None:
             return None
         unit = DLMS_UNITS.get(self.unit)
         if unit is None or not -128 <= self.exponent <= 127:
