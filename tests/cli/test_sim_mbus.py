@@ -16,7 +16,7 @@ import pytest
 from meterproc import free_port
 from smartmeter.mbus.application import parse_telegram
 from smartmeter.mbus.link import LongFrame, decode_frame
-from smartmeter.mbus.security import decrypt_frame
+from smartmeter.mbus.security import decrypt_frame, decrypt_mode5
 from smartmeter.mbus.simulated import SimulatedSubmeter
 from smartmeter.mbus.wireless import decode_wmbus
 
@@ -158,7 +158,10 @@ def busy_port():
     (["gas", "--wireless", "--to", "127.0.0.1:9", "--key", "zz" * 16], "32 hex digits"),
     (["gas", "--wireless", "--to", "nowhere", "--key", KEY], "HOST:PORT"),
     (["gas", "--wired", "--listen", "127.0.0.1:99999"], "HOST:PORT"),
-    (["gas", "--wired", "--key", KEY], "--wireless"),
+    (["gas", "--wired", "--to", "127.0.0.1:9"], "--wireless"),
+    (["gas", "--wireless", "--to", "127.0.0.1:9", "--key", KEY, "--master-key", KEY], "--wired"),
+    (["gas", "--wired", "--master-key", "0011"], "32 hex digits"),
+    (["gas", "--wired", "--key-style", "dsmr5"], "dsmr5"),
     (["gas", "--wired", "--alarm", "gas:leak"], "leak"),
     (["gas", "--wired", "--alarm", "water:leak"], "no device"),
     (["gas", "--wired", "--fault", "gas:fire"], "KIND:NAME"),
@@ -199,3 +202,30 @@ def test_listen_on_a_chosen_port():
             assert exchange(sock, short(0x40, 0xFE)) == b"\xE5"  # test address: every slave
     finally:
         stop(process)
+
+
+def test_wired_devices_take_a_transferred_key():
+    """DSMR 4 vector (Open Smart Grid Platform): master FDD0..., new key FAA0FEA0..., wrapped 7B33...."""
+    master = "FDD0" * 8
+    new_key = bytes.fromhex("FAA0FEA0FEA0FEA0FEA0FEA0FEA0FEA0")
+    wrapped = bytes.fromhex("7B3383E2C3EC9360D54A05D05517738B")
+    process, lines = start("water", "--wired", "--listen", "127.0.0.1:0", "--address", "4", "--master-key", master)
+    try:
+        port = int(re.search(r"on 127\.0\.0\.1:(\d+)", lines[0]).group(1))
+        assert "transfer_key" in lines[0]
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            frame = decode_frame(exchange(sock, short(0x7B, 4)))
+            assert frame.data[10:12] == b"\x00\x00"  # configuration: not encrypted yet
+            command = LongFrame(0x53, 4, 0x51, bytes((0x0D, 0xFD, 0x19, 16)) + wrapped).to_bytes()
+            assert exchange(sock, command) == b"\xE5"
+            frame = decode_frame(exchange(sock, short(0x7B, 4)))
+            header = frame.data[:12]
+            assert header[11] == 0x05  # configuration field: mode 5
+            address = header[4:6] + header[0:4] + header[6:8]  # M || ID || version || medium
+            blocks = (header[10] >> 4) & 0x0F
+            plain = decrypt_mode5(new_key, address, header[8], frame.data[12:12 + 16 * blocks])
+            telegram = parse_telegram(0x72, header + plain)
+            assert telegram.header.medium == 0x07 and any(r.vif == 0x13 for r in telegram.records)
+    finally:
+        out, _ = stop(process)
+    assert "took a new key" in out

@@ -182,6 +182,18 @@ def _per_kind(values: tuple[str, ...], kinds: tuple[str, ...], option: str, name
     return chosen
 
 
+def _aes_key(text: str | None, option: str) -> bytes | None:
+    if text is None:
+        return None
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) != 16:
+        raise UsageProblem(f"{option} {text!r} is not 32 hex digits", "an AES-128 key: 16 bytes")
+    return key
+
+
 def _in_order(values: tuple[int, ...], kinds: tuple[str, ...], option: str) -> list[int | None]:
     if len(values) > len(kinds):
         raise UsageProblem(f"{len(values)} times {option} for {len(kinds)} devices",
@@ -193,8 +205,11 @@ def _install_hint(meter, channel: int, wired: bool, bus: str) -> str:
     where = (f"meter run --mbus-wired {bus}" if wired else f"meter run --mbus-wireless {bus}")
     address = (f"primary address {meter.primary_address}" if wired and meter.primary_address
                else "primary address 0: the meter's slave_install assigns one" if wired else "no primary address")
+    # IC 72 holds the identification number as the number its BCD digits read in hex
+    ident = int(f"{meter.identification:08d}", 16)
     return (f"    install: {where}; M-Bus client channel {channel} (IC 72, 0-{channel}:24.1.0.255) "
-            f"identification_number {meter.identification:08d}, manufacturer_id SIM, version {meter.version}, "
+            f"identification_number {ident} (0x{meter.identification:08d}), manufacturer_id "
+            f"{meter.long_header(0).manufacturer_code} ({meter.manufacturer}), version {meter.version}, "
             f"device_type {meter.medium}; {address}")
 
 
@@ -209,7 +224,14 @@ def _install_hint(meter, channel: int, wired: bool, bus: str) -> str:
               help="--wireless: where the radio frames go (the meter's --mbus-wireless).")
 @click.option("--mode", type=click.Choice(["5", "7"]), default="5", show_default=True,
               help="--wireless: OMS security mode (5: AES-CBC; 7: AES-CBC with CMAC and key derivation).")
-@click.option("--key", default=None, metavar="HEX", help="--wireless: the AES-128 key, 32 hex digits.")
+@click.option("--key", default=None, metavar="HEX",
+              help="The AES-128 key, 32 hex digits: --wireless always sends encrypted; --wired devices with a key "
+                   "answer in OMS mode 5.")
+@click.option("--master-key", default=None, metavar="HEX",
+              help="--wired: the devices' master (default) key, 32 hex digits: with it they take a key by "
+                   "transfer_key (SND_UD, DIF 0D VIF FD 19).")
+@click.option("--key-style", type=click.Choice(["dsmr4", "smr5"]), default="dsmr4", show_default=True,
+              help="--wired: how a transferred key is wrapped under the master key.")
 @click.option("--format", "crc_format", type=click.Choice(["A", "B"]), default="A", show_default=True,
               help="--wireless: EN 13757-4 frame format (CRC layout).")
 @click.option("--interval", type=click.FloatRange(0.05, 86400), default=30.0, show_default=True, metavar="S",
@@ -233,7 +255,7 @@ def _install_hint(meter, channel: int, wired: bool, bus: str) -> str:
 @click.option("--duration", type=click.FloatRange(0, min_open=True), default=None, metavar="S",
               help="Stop after S seconds of real time (default: run until Ctrl-C).")
 def sim_mbus(kinds: tuple[str, ...], wired: bool, wireless: bool, listen: str, target: str | None, mode: str,
-             key: str | None, crc_format: str, interval: float, seed: int, speed: float,
+             key: str | None, master_key: str | None, key_style: str, crc_format: str, interval: float, seed: int, speed: float,
              identifications: tuple[int, ...], addresses: tuple[int, ...], coding: str, energy_unit: str,
              alarms: tuple[str, ...], faults: tuple[str, ...], duration: float | None) -> None:
     """Simulated M-Bus submeters (KIND: gas, water, heat) for the meter's M2 interface.
@@ -247,27 +269,25 @@ def sim_mbus(kinds: tuple[str, ...], wired: bool, wireless: bool, listen: str, t
     import time
 
     from smartmeter.mbus import simulated
+    from smartmeter.mbus.keytransfer import KeyTransferStyle
 
     if wired == wireless:
         raise UsageProblem("say --wired or --wireless", "e.g. smartmeter sim mbus gas water --wired --listen 127.0.0.1:10001")
-    if wired and (target or key):
-        raise UsageProblem("--to and --key are for --wireless", "a wired bus listens on --listen")
+    if wired and target:
+        raise UsageProblem("--to is for --wireless", "a wired bus listens on --listen")
+    if wireless and master_key:
+        raise UsageProblem("--master-key is for --wired", "wireless devices take their key from --key")
     if wireless and addresses:
         raise UsageProblem("--address is for --wired", "wireless devices have no primary address")
     if wireless and faults:
         raise UsageProblem("--fault is for --wired", "the faults are those of a wired bus")
-    radio_key = b""
     if wireless:
         if target is None:
             raise UsageProblem("--wireless needs --to HOST:PORT", "the meter's --mbus-wireless address")
         if key is None:
             raise UsageProblem("--wireless needs --key HEX", "an AES-128 key: 32 hex digits")
-        try:
-            radio_key = bytes.fromhex(key)
-        except ValueError:
-            radio_key = b""
-        if len(radio_key) != 16:
-            raise UsageProblem(f"--key {key!r} is not 32 hex digits", "an AES-128 key: 16 bytes")
+    radio_key = _aes_key(key, "--key")
+    device_master_key = _aes_key(master_key, "--master-key")
     host, port = _host_port(listen if wired else target, "--listen" if wired else "--to")
     alarm_sets = _per_kind(alarms, kinds, "--alarm", simulated.ALARMS)
     fault_sets = _per_kind(faults, kinds, "--fault", simulated.FAULTS)
@@ -285,6 +305,10 @@ def sim_mbus(kinds: tuple[str, ...], wired: bool, wireless: bool, listen: str, t
                                             energy_unit=energy_unit)
         for name in alarm_sets[i]:
             meter.alarms.set(name)
+        if wired:
+            meter.key = radio_key
+            meter.master_key = device_master_key
+            meter.key_style = KeyTransferStyle(key_style)
         meter.faults |= fault_sets[i]
         meters.append(meter)
     taken = [m.identification for m in meters]
@@ -302,7 +326,10 @@ def sim_mbus(kinds: tuple[str, ...], wired: bool, wireless: bool, listen: str, t
             def started(bound: int) -> None:
                 where = f"{host}:{bound}"
                 say(f"wired M-Bus with {len(meters)} slave(s) on {where} (TCP, one master at a time)"
-                    + (f"; simulated time {speed:g}x real time" if speed != 1 else ""))
+                    + (f"; simulated time {speed:g}x real time" if speed != 1 else "")
+                    + ("; answers in OMS mode 5 with --key" if radio_key else "")
+                    + (f"; takes a key by transfer_key ({key_style} wrap under --master-key)" if device_master_key
+                       else ""))
                 for channel, meter in enumerate(meters, start=1):
                     say(meter.describe())
                     say(_install_hint(meter, channel, True, where))
