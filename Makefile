@@ -21,7 +21,7 @@ run: $(STAMP)
 test: $(STAMP)
 	sh scripts/install_browser.sh
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/profile_decode.py
@@ -39,7 +39,7 @@ EVIDENCE_XML := $(VENV)/evidence-junit.xml
 evidence: $(STAMP)
 	sh scripts/install_browser.sh
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -m welmec -p no:cacheprovider --junitxml=$(EVIDENCE_XML) -o junit_family=xunit1; \
+	$(BIN)/python -m pytest -n 2 --dist loadfile -m welmec -p no:cacheprovider --junitxml=$(EVIDENCE_XML) -o junit_family=xunit1; \
 	status=$$?; \
 	$(BIN)/python scripts/welmec_docs.py --junit $(EVIDENCE_XML) --command "make evidence" && exit $$status
 

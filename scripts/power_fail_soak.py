@@ -162,7 +162,7 @@ def _demand_start(raw: str) -> int:
 
 class StorePoller:
     """Polls the store while a meter runs; remembers every newly persisted state together with
-    the time of the poll before the one that saw it (the persist happened after that)."""
+    the start of the poll before the one that saw it (the persist happened after that)."""
 
     def __init__(self, data_dir: Path, baseline: Persisted) -> None:
         self.data_dir = data_dir
@@ -174,8 +174,11 @@ class StorePoller:
         self._thread.start()
 
     def _run(self) -> None:
-        last_poll = time.monotonic()
+        # a state first seen by one poll was persisted after the previous poll STARTED reading:
+        # under load a read takes long, and a persist during it is not in its snapshot
+        previous_start = time.monotonic()
         while not self._stop.is_set():
+            started = time.monotonic()
             try:
                 state = read_persisted(self.data_dir)
             except (sqlite3.Error, OSError) as exc:  # busy during recovery etc.: try again
@@ -183,9 +186,9 @@ class StorePoller:
                 state = None
             now = time.monotonic()
             if state is not None and state != self.latest:
-                self.seen.append((last_poll, now, state))
+                self.seen.append((previous_start, now, state))
                 self.latest = state
-            last_poll = now
+            previous_start = started
             self._stop.wait(POLL_INTERVAL)
 
     def stop(self) -> None:
