@@ -373,6 +373,25 @@ def _open_h1(meter_, lines: list[str]):
     return port
 
 
+async def _open_m2(meter_, lines: list[str]):
+    """The M2 submeter interface (companion §2.3, §6): the wired M-Bus master on `--mbus-wired
+    HOST:PORT` (a TCP M-Bus level converter) and the wireless receiver on `--mbus-wireless
+    HOST:PORT` (UDP radio frames); None without either."""
+    wired, wireless = meter_.config.mbus_wired, meter_.config.mbus_wireless
+    if not (wired or wireless):
+        return None
+    from smartmeter.meter.mbus_m2 import M2Interface
+
+    m2 = M2Interface(meter_)
+    try:
+        lines.extend(await m2.start(wired, wireless))
+    except (OSError, ValueError) as exc:
+        await m2.close()
+        raise UsageProblem(f"cannot open the M2 M-Bus port: {exc}",
+                           "check --mbus-wired HOST:PORT and --mbus-wireless HOST:PORT") from None
+    return m2
+
+
 async def _serve(meter_, host: str, wrapper_port: int, hdlc_port: int, serial_device: str | None, banner: bool,
                  http_port: int = 0) -> None:
     from smartmeter.meter import boot
@@ -434,6 +453,7 @@ async def _serve(meter_, host: str, wrapper_port: int, hdlc_port: int, serial_de
                                     sleep=lambda seconds: asyncio.sleep(seconds / speed))
     lines = []
     h1_port = _open_h1(meter_, lines)  # the H1 consumer port (--h1): the consumer information push
+    m2 = await _open_m2(meter_, lines)  # the M2 multi-utility interface (--mbus-wired, --mbus-wireless)
     if meter_.powered:
         await open_interfaces()
     if wrapper_port:
@@ -491,6 +511,8 @@ async def _serve(meter_, host: str, wrapper_port: int, hdlc_port: int, serial_de
         await display_server.close()
     await control.close()
     close_interfaces()
+    if m2 is not None:
+        await m2.close()
     if h1_port is not None:
         meter_.push.h1 = None
         h1_port.close()
