@@ -205,6 +205,7 @@ def test_set_primary_address():
     # an address out of range or a record the slave does not take: no answer, nothing changes
     assert bus.receive(long_frame(0x53, 43, 0x51, bytes((0x01, 0x7A, 251))), NOW) == b""
     assert bus.receive(long_frame(0x73, 43, 0x51, bytes((0x01, 0x13, 1))), NOW) == b""
+    assert bus.receive(long_frame(0x73, 43, 0x51, bytes((0x01, 0x13, 1))), NOW) == b""  # also when repeated
     assert bus.slaves[1].meter.primary_address == 43
 
 

@@ -36,8 +36,8 @@ import datetime as dt
 import math
 import random
 import socket
-from dataclasses import dataclass, field
-from decimal import Decimal
+import time
+from dataclasses import dataclass
 from typing import Callable, Iterable
 from zoneinfo import ZoneInfo
 
@@ -66,12 +66,8 @@ MEDIUM_NAME = {0x03: "gas", 0x07: "water", 0x04: "heat (outlet)"}
 VERSION = {"gas": 0x21, "water": 0x15, "heat": 0x0A}
 
 # --- EN 13757-3 status byte
-STATUS_APPLICATION_BUSY = 0x01
-STATUS_APPLICATION_ERROR = 0x02
-STATUS_ABNORMAL = 0x03
+STATUS_ABNORMAL = 0x03  # bits 0-1 = 11: abnormal situation
 STATUS_POWER_LOW = 0x04
-STATUS_PERMANENT_ERROR = 0x08
-STATUS_TEMPORARY_ERROR = 0x10
 STATUS_TAMPER = 0x20  # manufacturer-specific bit 5 (the standard leaves bits 5-7 to the maker)
 
 # --- the error flags record (DIF 02, VIF FD 17): one bit an alarm
@@ -124,23 +120,6 @@ class Reading:
     power_w: int | None = None
     flow_temperature_dc: int | None = None
     return_temperature_dc: int | None = None
-
-    def physical(self) -> dict[str, tuple[Decimal, str]]:
-        """Each quantity as a decimal in SI-style units (m3, m3/h, kWh, MJ, W, degC)."""
-        values: dict[str, tuple[Decimal, str]] = {"volume": (Decimal(self.volume_l).scaleb(-3), "m3")}
-        if self.flow_l_per_h is not None:
-            values["volume flow"] = (Decimal(self.flow_l_per_h).scaleb(-3), "m3/h")
-        if self.energy_kwh is not None:
-            values["energy kWh"] = (Decimal(self.energy_kwh), "kWh")
-        if self.energy_mj is not None:
-            values["energy MJ"] = (Decimal(self.energy_mj), "MJ")
-        if self.power_w is not None:
-            values["power"] = (Decimal(self.power_w), "W")
-        if self.flow_temperature_dc is not None:
-            values["flow temperature"] = (Decimal(self.flow_temperature_dc).scaleb(-1), "degC")
-        if self.return_temperature_dc is not None:
-            values["return temperature"] = (Decimal(self.return_temperature_dc).scaleb(-1), "degC")
-        return values
 
 
 @dataclass
@@ -408,7 +387,6 @@ class WiredSlave:
     last_c: int | None = None  # C field of the last frame with FCV
     last_reply: bytes | None = None
     next_telegram: int = 0
-    applied: list[str] = field(default_factory=list)  # commands applied, for the log
     twin: "WiredSlave | None" = None  # fault "collision": the other device on our address
 
     def addressed(self, address: int) -> bool:
@@ -525,10 +503,8 @@ class SimulatedBus:
             if frame.a == ADDRESS_NETWORK_LAYER:
                 slave.selected = False  # EN 13757-3: SND_NKE to 253 ends the selection
             return ack
-        if isinstance(frame, ShortFrame) and function in (0xA, 0xB):  # REQ_UD1 / REQ_UD2
-            if function == 0xA:
-                # no alarm protocol: class 1 data is answered like class 2 (EN 13757-3 allows either)
-                pass
+        if isinstance(frame, ShortFrame) and function in (0xA, 0xB):
+            # REQ_UD2, and REQ_UD1 alike: the devices have no class 1 (alarm) data of their own
             if slave.is_repeat(frame.c):
                 return slave.last_reply or b""
             reply_address = frame.a if frame.a == ADDRESS_NETWORK_LAYER else slave.meter.primary_address
@@ -539,6 +515,7 @@ class SimulatedBus:
                 slave.last_reply = ack
                 return ack  # applied already: only the acknowledgement was lost
             if not self._apply(slave, frame.ci, frame.data, now):
+                slave.last_reply = None  # nothing to repeat: asked again, it is refused again
                 return b""  # a command the slave does not understand: no answer
             slave.last_reply = ack
             return ack
@@ -553,7 +530,6 @@ class SimulatedBus:
             return False
         if ci == CI_APPLICATION_RESET:
             slave.next_telegram = 0
-            slave.applied.append("application reset")
             return True
         if ci == CI_TIME_SYNC:
             return self._set_time(slave, telegram.time, now)
@@ -568,7 +544,6 @@ class SimulatedBus:
             if not 0 <= value <= 250:
                 return False
             meter.primary_address = value
-            slave.applied.append(f"primary address {value}")
             self._log(f"{meter.kind} {meter.identification:08d} primary address now {value}")
             return True
         if record.vif is not None and record.vif & 0x7F == 0x6D and isinstance(value, dt.datetime):
@@ -578,13 +553,11 @@ class SimulatedBus:
             # transfer_key: the LVAR's bytes as the head-end wrapped them (not a text)
             if not meter.transfer_key(record.data[1:]):
                 return False
-            slave.applied.append("key transferred")
             self._log(f"{meter.kind} {meter.identification:08d} took a new key: telegrams now in OMS mode 5")
             return True
         if record.vif is not None and record.vif & 0x7F == 0x7D and record.vifes[:1] == (0x1A,) \
                 and meter.has_valve and value in (0, 1):
             meter.set_valve(value == 1, now)
-            slave.applied.append("valve " + ("open" if value else "closed"))
             self._log(f"{meter.kind} {meter.identification:08d} valve {'opened' if value else 'closed'}")
             return True
         return False
@@ -593,7 +566,6 @@ class SimulatedBus:
         if local is None:
             return False
         slave.meter.set_clock(local, now)
-        slave.applied.append(f"time {local.isoformat()}")
         self._log(f"{slave.meter.kind} {slave.meter.identification:08d} clock set to {local.isoformat()}")
         return True
 
@@ -630,8 +602,6 @@ class SimulatedClock:
     the monotonic clock."""
 
     def __init__(self, start: float, speed: float = 1.0, monotonic: Callable[[], float] | None = None) -> None:
-        import time
-
         self._monotonic = monotonic or time.monotonic
         self._origin = self._monotonic()
         self.start = start
