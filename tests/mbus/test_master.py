@@ -10,6 +10,7 @@ import asyncio
 import datetime as dt
 import os
 import tty
+from decimal import Decimal
 
 import pytest
 
@@ -38,6 +39,7 @@ from smartmeter.mbus.master import (
     set_primary_address,
     synchronise_clock,
 )
+from smartmeter.mbus.simulated import SimulatedBus, SimulatedSubmeter
 
 OUTCOMES = (Confirmed, DataRead, Failed, SlaveError, WrongIdentity)
 HEADER = LongHeader(12345678, "ELS", version=0x33, medium=0x03, access_number=0x2A)
@@ -416,3 +418,53 @@ def test_async_bus_over_a_serial_pty():
             os.close(device)
 
     asyncio.run(scenario())
+
+
+# --- against the simulated submeters of smartmeter sim mbus (another author's slaves) ---
+
+
+def _drive(master: Master, request, bus: SimulatedBus, now: float):
+    sent = [master.request(request)]
+    for _ in range(100):
+        answer = bus.receive(sent[-1], now)
+        events = master.receive(answer) if answer else []
+        if not events:
+            events = master.timeout()
+        for event in events:
+            if isinstance(event, Transmit):
+                sent.append(event.data)
+            else:
+                return event, sent
+    raise AssertionError("no outcome")
+
+
+def test_install_sequence_on_the_simulated_bus():
+    now = 1_750_000_000.0
+    gas = SimulatedSubmeter("gas", seed=1)
+    heat = SimulatedSubmeter("heat", seed=2, primary_address=3)
+    bus, master = SimulatedBus([gas, heat]), Master()
+    secondary = SecondaryAddress(gas.identification, "SIM", gas.version, 0x03)
+    # SND_NKE to FD, select by ID + manufacturer, set primary address through FD, read there
+    assert isinstance(_drive(master, Initialise(0xFD), bus, now)[0], Confirmed)
+    assert isinstance(_drive(master, ReadSecondary(secondary), bus, now)[0], DataRead)
+    assert isinstance(_drive(master, set_primary_address(0xFD, 9), bus, now)[0], Confirmed)
+    outcome, _ = _drive(master, ReadData(9, expected=secondary), bus, now)
+    assert isinstance(outcome, DataRead) and outcome.complete
+    volume = next(r for r in outcome.merged().records if r.unit == "m³" and r.storage_number == 0)
+    assert volume.scaled() == Decimal(gas.reading(now).volume_l).scaleb(-3)  # litres -> m³
+    # the heat meter answers in two telegrams (DIF 1F on the first)
+    outcome, sent = _drive(master, ReadData(3), bus, now)
+    assert isinstance(outcome, DataRead) and len(outcome.telegrams) == 2 and len(sent) == 2
+    assert sent[0][1] & 0x20 != sent[1][1] & 0x20  # the FCB toggled between the two
+    energy = next(r for r in outcome.telegrams[0].records if r.quantity == "Energy")
+    assert energy.scaled() == Decimal(heat.reading(now).energy_kwh).scaleb(3)  # kWh -> Wh
+    # the heat meter is not the gas meter: a read expecting the gas meter's identity at 3
+    outcome, _ = _drive(master, ReadData(3, expected=secondary), bus, now)
+    assert isinstance(outcome, WrongIdentity) and outcome.received.identification == heat.identification
+    # a wildcard selection both meters match: their E5s collide or one answers; the read that
+    # follows then gets two RSP_UDs at once, which is a corrupted answer
+    both = SecondaryAddress("FFFFFFFF", "SIM", 0xFF, 0xFF)
+    outcome, _ = _drive(Master(), ReadSecondary(both), SimulatedBus([SimulatedSubmeter("gas", seed=5),
+                                                                       SimulatedSubmeter("water", seed=6)]), now)
+    assert isinstance(outcome, Failed) and outcome.reason == "corrupted answer"
+

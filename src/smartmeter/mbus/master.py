@@ -223,7 +223,7 @@ class _Step:
     """One link-layer exchange: what is sent and what answer is awaited."""
 
     frame: bytes
-    expect: str  # "ack", "rsp_ud", "none"
+    expect: str  # "ack", "optional ack", "rsp_ud", "none"
     address: int
     fcb_key: Hashable | None  # whose FCB the frame carried; None: no FCV
     attempts: int = 0
@@ -262,7 +262,7 @@ class Master:
     @property
     def answer_timeout(self) -> float:
         """Seconds to wait after a Transmit before calling timeout()."""
-        longest = 1 if self._step is not None and self._step.expect != "rsp_ud" else MAX_FRAME_BYTES
+        longest = MAX_FRAME_BYTES if self._step is None or self._step.expect == "rsp_ud" else 1
         return response_timeout(self.baud_rate) + transmission_time(longest, self.baud_rate)
 
     @property
@@ -280,7 +280,9 @@ class Master:
             self.fcb.reset(self._fcb_key(request.address))
             if request.address == ADDRESS_NETWORK_LAYER:
                 self._selected = None
-            expect = "none" if request.address == ADDRESS_BROADCAST else "ack"
+            # SND_NKE to 0xFD deselects: only a selected slave answers, so silence is fine too.
+            expect = {ADDRESS_BROADCAST: "none", ADDRESS_NETWORK_LAYER: "optional ack"}.get(
+                request.address, "ack")
             transaction.steps.append(_Step(ShortFrame(SND_NKE, request.address).to_bytes(), expect,
                                            request.address, None))
         elif isinstance(request, ReadData):
@@ -359,7 +361,7 @@ class Master:
         if self._current is None or self._step is None:
             return []
         step = self._step
-        if step.expect == "none":
+        if step.expect == "none" or (step.expect == "optional ack" and not step.corrupted):
             return self._step_done()
         noise = self._reader.skipped > self._skipped_at_start
         reason = "corrupted answer" if step.corrupted or noise else "no answer"
@@ -372,7 +374,7 @@ class Master:
     def _answer(self, step: _Step, frame) -> list[Event]:
         if step.expect == "none":
             return []  # nobody answers a broadcast; whatever came is someone else's
-        if step.expect == "ack":
+        if step.expect in ("ack", "optional ack"):
             if isinstance(frame, Ack):
                 return self._confirm_and_next(step)
             step.corrupted = True
@@ -424,11 +426,10 @@ class Master:
             transaction.steps.append(next_step)
             return [Transmit(self._start(next_step))]
         if isinstance(request, SendUserData) and request.ci == CI_DATA_SEND \
-                and request.data[:2] == b"\x01\x7A" and len(request.data) == 3:
+                and request.data[:2] == b"\x01\x7A" and len(request.data) == 3 \
+                and transaction.steps[-1].fcb_key is not None:
             # The slave now answers at its new address: its FCB memory goes with it.
-            old, new = request.address, request.data[2]
-            if old != ADDRESS_NETWORK_LAYER:
-                self.fcb.move(old, new)
+            self.fcb.move(transaction.steps[-1].fcb_key, request.data[2])
         return self._finish(Confirmed(request))
 
     def _finish(self, outcome) -> list[Event]:
