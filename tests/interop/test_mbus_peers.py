@@ -24,7 +24,7 @@ import pytest
 import serial
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.cmac import CMAC
-from pymbusparser import parse, parse_records
+from pymbusparser import MbusParserError, parse, parse_records
 
 from smartmeter.mbus.application import parse_telegram
 from smartmeter.mbus.link import decode_frame
@@ -366,3 +366,21 @@ def test_pymbusparser_decrypts_wired_telegrams_after_a_key_transfer():
         assert decoded["security"]["mode_code"] == 5 and decoded["decode_state"] == "complete"
         assert decoded["security"]["decryption_state"].startswith("decrypted")
         assert pymbus_values(decoded["records"]) == expected_pymbus(meter, START)
+
+
+def test_pymbusparser_sees_the_faults_as_a_master_would():
+    meters = [SimulatedSubmeter(kind, seed=50, primary_address=i + 1) for i, kind in enumerate(KINDS)]
+    meters[0].faults.add("wrong-identity")
+    meters[1].faults.add("bad-checksum")
+    meters[2].faults.add("endless")
+    bus = SimulatedBus(meters)
+    decoded = parse(bus.receive(request(1, True), START))
+    assert decoded["meter"]["identity"]["id"] != f"{meters[0].identification:08d}"
+    assert pymbus_values(decoded["records"]) == expected_pymbus(meters[0], START)  # right data, wrong name
+    with pytest.raises(MbusParserError):
+        parse(bus.receive(request(2, True), START))
+    fcb = True
+    for _ in range(6):  # the chain never ends: every telegram says more records follow
+        records = parse(bus.receive(request(3, fcb), START))["records"]
+        assert records[-1]["function"] == "More records follow"
+        fcb = not fcb
