@@ -408,3 +408,41 @@ def test_engine_reads_simulated_gas_water_heat_over_tcp_and_follows_a_removed_me
     gas_codes = [c for c in codes(engine) if c in (100, 105)]
     assert gas_codes == [mbus_m2.EVENT_COMMUNICATION_ERROR, mbus_m2.EVENT_COMMUNICATION_OK]
     assert engine.channel(1).values[0].value == meters["gas"].reading(T0 + 7200).volume_l
+
+
+def test_valve_control_sends_the_command_and_logs_it(setup, tmp_path):
+    """IC 70 0-1:24.4.0.255 (control mode 2: remote disconnect b, remote reconnect a): each
+    transition is a valve command to the device (SND_UD 01 FD 1A 00/01) and a control log entry."""
+    from smartmeter.cosem.classes.base import RequestContext
+    from smartmeter.cosem.obis import Obis
+    from smartmeter.cosem.objectmodel import ObjectModel
+    from smartmeter.meter.clock import MeterClock
+    from smartmeter.meter.disconnect import ControlState
+    from smartmeter.meter.store import MeterStore
+
+    make, clock, _, _, _ = setup
+    engine = make()
+    install_gas(engine, clock)
+    engine.requests(clock())  # the installation's clock sync, in flight
+    meter_clock = MeterClock("UTC", source=clock)
+    directory = ObjectModel.load("ksmw").instantiate({
+        "settings": MeterStore(tmp_path / "settings"), "clock": meter_clock, **mbus_m2.bindings(engine, meter_clock),
+        "mbus.1.valve": lambda outcome: engine.valve(1, outcome.new_state == ControlState.CONNECTED)})
+    valve = directory.find(70, Obis.parse("0-1:24.4.0.255").to_bytes())[1]
+    ctx = RequestContext("management", 1)
+    valve.invoke(1, Data.integer(0), ctx)  # remote_disconnect
+    assert valve.get(3, ctx) == Data.enum(0)
+    [command] = [r for r in engine.requests(clock()) if r.kind == "valve"]
+    assert command.payload == b"\x00"
+    engine.answered(command, None, clock())
+    clock.t += 60
+    valve.invoke(2, Data.integer(0), ctx)  # remote_reconnect: mode 2 connects at once
+    assert valve.get(3, ctx) == Data.enum(1)
+    [command] = [r for r in engine.requests(clock()) if r.kind == "valve"]
+    assert command.payload == b"\x01"
+    log = directory.find(7, Obis.parse("0-1:24.5.0.255").to_bytes())[1]
+    assert log.get(7, ctx) == Data.double_long_unsigned(2)  # entries_in_use
+    assert engine.control_rows(1, None, None) == [(T0, mbus_m2.CONTROL_VALVE_CLOSED),
+                                                  (T0 + 60, mbus_m2.CONTROL_VALVE_OPENED)]
+    event_object = directory.find(1, Obis.parse("0-1:96.11.4.255").to_bytes())[1]
+    assert event_object.get(2, ctx) == Data.unsigned(mbus_m2.CONTROL_VALVE_OPENED)
