@@ -48,6 +48,7 @@ READ_CHUNK = 512
 MAX_PENDING_INPUT = 4096  # serial bytes kept between reads; older ones are dropped
 # What a serial-to-TCP converter adds to the answer time (buffering, network round trip).
 DEFAULT_TCP_LATENCY = 0.5
+WRITE_TIMEOUT = 10.0  # s; a frame is at most 261 bytes
 
 
 class MbusNoAnswer(SmartmeterError):
@@ -88,7 +89,8 @@ class TcpLink:
 
     async def write(self, data: bytes) -> None:
         self._writer.write(data)
-        await self._writer.drain()
+        # a gateway that stops reading must not hold the master forever
+        await asyncio.wait_for(self._writer.drain(), WRITE_TIMEOUT)
 
     async def read(self, max_wait: float) -> bytes:
         try:
@@ -124,7 +126,7 @@ class SerialLink:
 
         port = serial.Serial(device, baudrate=baud_rate, bytesize=serial.EIGHTBITS,
                              parity=serial.PARITY_EVEN, stopbits=serial.STOPBITS_ONE,
-                             timeout=0, write_timeout=5.0)
+                             timeout=0, write_timeout=WRITE_TIMEOUT)
         return cls(port)
 
     def _readable(self) -> None:
