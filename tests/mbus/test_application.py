@@ -41,6 +41,7 @@ from smartmeter.mbus.application import (
     parse_records,
     parse_telegram,
     primary_vif,
+    status_flags,
 )
 from smartmeter.mbus.link import LongFrame, decode_frame
 
@@ -269,3 +270,10 @@ def test_dlms_units_are_the_blue_book_enumeration():
             assert code == 255  # Blue Book: 255 = count, no unit
             continue
         assert int(gurux[unit]) == code, unit
+
+
+def test_status_byte():
+    assert status_flags(0) == ()
+    assert status_flags(0x01) == ("application busy",)
+    assert status_flags(0x02 | 0x04 | 0x10) == ("application error", "power low", "temporary error")
+    assert status_flags(0x03 | 0x08 | 0x80) == ("abnormal condition", "permanent error", "manufacturer bit 7")

@@ -97,6 +97,24 @@ STATUS_POWER_LOW = 0x04
 STATUS_PERMANENT_ERROR = 0x08
 STATUS_TEMPORARY_ERROR = 0x10
 
+
+
+def status_flags(status: int) -> tuple[str, ...]:
+    """The conditions the status byte reports, in the standard's words (bits 5-7 are the
+    manufacturer's and are named by number)."""
+    flags = []
+    application = status & STATUS_APPLICATION_MASK
+    if application:
+        flags.append({STATUS_APPLICATION_BUSY: "application busy", STATUS_APPLICATION_ERROR: "application error",
+                      STATUS_ABNORMAL_CONDITION: "abnormal condition"}[application])
+    for bit, name in ((STATUS_POWER_LOW, "power low"), (STATUS_PERMANENT_ERROR, "permanent error"),
+                      (STATUS_TEMPORARY_ERROR, "temporary error")):
+        if status & bit:
+            flags.append(name)
+    flags += [f"manufacturer bit {n}" for n in (5, 6, 7) if status & (1 << n)]
+    return tuple(flags)
+
+
 # Application error codes a slave sends with CI 0x70 (EN 13757-3 table 23).
 APPLICATION_ERRORS: dict[int, str] = {
     0: "Unspecified error", 1: "Unimplemented CI-Field", 2: "Buffer too long, truncated",
