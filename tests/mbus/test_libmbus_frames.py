@@ -42,6 +42,12 @@ TO_LIBMBUS_UNIT = {"Wh": ("Wh", 1), "J": ("J", 1), "m³": ("m^3", 1), "W": ("W",
                    "K": ("K", 1), "V": ("V", 1), "A": ("A", 1), "m³/h": ("m^3/h", 1),
                    "s": ("s", 1), "min": ("s", 60), "h": ("s", 3600), "d": ("s", 86400)}
 
+# libmbus's medium names -> EN 13757-3 medium codes ("Heat" is its name for 04 in a fixed structure)
+LIBMBUS_MEDIUM = {"Other": 0x00, "Oil": 0x01, "Electricity": 0x02, "Gas": 0x03, "Heat: Outlet": 0x04,
+                  "Heat": 0x04, "Warm water (30-90°C)": 0x06, "Water": 0x07, "Heat Cost Allocator": 0x08,
+                  "Heat: Inlet": 0x0C, "Heat / Cooling load meter": 0x0D, "Bus/System": 0x0E,
+                  "Cold water": 0x16, "Breaker: Electricity": 0x20}
+
 # libmbus's labels for a value without a physical unit
 NO_UNIT_LABELS = {"", "-", "Units for H.C.A.", "Reserved"}
 # libmbus's units of the fixed data structure (CI 0x73): mine as (unit, exponent)
@@ -98,6 +104,7 @@ def test_frame_decodes_like_libmbus(path):
     # libmbus prints the ID without leading zeros (and hex digits as they are)
     assert header.identification_text.lstrip("0") == info.findtext("Id").lstrip("0")
     assert int(info.findtext("AccessNumber")) == header.access_number
+    assert LIBMBUS_MEDIUM[info.findtext("Medium").replace("Â°", "°")] == header.medium
     assert int(info.findtext("Status"), 16) == header.status
     if isinstance(header, LongHeader):
         assert header.manufacturer == info.findtext("Manufacturer")
