@@ -25,6 +25,7 @@ from smartmeter.cli.display import display_command
 from smartmeter.cli.firmware import fw_group
 from smartmeter.cli.format import logical_name_paths, to_json, to_text
 from smartmeter.cli.hes import hes_group
+from smartmeter.cli.mbus import mbus_group
 from smartmeter.cli.pki import pki_group
 from smartmeter.cli.push import PUSH_COMMANDS
 from smartmeter.cli.sim import sim_group
@@ -1184,6 +1185,7 @@ def client_reconnect(ctx: click.Context, relay: bool) -> None:
 
 for _command in PUSH_COMMANDS:  # push-setup, push-schedule, push: smartmeter.cli.push
     client.add_command(_command)
+client.add_command(mbus_group)  # smartmeter.cli.mbus
 
 
 @client.group("calendar")

@@ -23,9 +23,12 @@ CURRENT_ASSOCIATION = Obis.parse("0-0:40.0.0.255")
 SCALER_UNIT_ATTRIBUTE = {3: 3, 4: 3, 5: 4}
 SCALED_ATTRIBUTES = {3: (2,), 4: (2,), 5: (2, 3)}
 
-# Unit enumeration of the Blue Book (physical units), the ones a meter of electricity shows.
-UNIT_NAMES = {5: "h", 6: "min", 7: "s", 9: "°C", 27: "W", 28: "VA", 29: "var", 30: "Wh", 31: "VAh", 32: "varh",
-              33: "A", 34: "C", 35: "V", 44: "Hz", 56: "%", 255: "count"}
+# Unit enumeration of the Blue Book (physical units), the ones a meter of electricity and its
+# gas, water and heat submeters show.
+UNIT_NAMES = {5: "h", 6: "min", 7: "s", 9: "°C", 13: "m³", 14: "m³ (corrected)", 15: "m³/h",
+              16: "m³/h (corrected)", 17: "m³/d", 19: "l", 20: "kg", 25: "J", 26: "J/h", 27: "W", 28: "VA",
+              29: "var", 30: "Wh", 31: "VAh", 32: "varh", 33: "A", 34: "C", 35: "V", 44: "Hz", 56: "%",
+              52: "K", 255: "count"}
 
 
 def unit_name(code: int) -> str:
