@@ -328,7 +328,7 @@ class Quantity:
     """What a VIF (or FB/FD entry) says: the quantity, its unit and decimal exponent.
 
     `coding` names a value type other than a number where the VIF implies one
-    ("date", "datetime", "ascii"...); None means a plain number.
+    ("date", "datetime", "binary": an unsigned bit field); None means a signed number.
     """
 
     name: str
