@@ -203,6 +203,7 @@ class AsyncBus:
         deadline = loop.time() + self.master.answer_timeout + self.extra_latency
         while True:
             left = deadline - loop.time()
+            answered = False
             if left <= 0:
                 events = self.master.timeout()
             else:
@@ -210,8 +211,11 @@ class AsyncBus:
                 if not data:
                     continue
                 events = self.master.receive(data)
+                answered = True
             for event in events:
                 if isinstance(event, Transmit):
+                    if answered:  # the next telegram of a chain: let the line go quiet first
+                        await asyncio.sleep(self.master.line_idle_time)
                     await self.link.write(event.data)
                     deadline = loop.time() + self.master.answer_timeout + self.extra_latency
                 else:

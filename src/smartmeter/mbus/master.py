@@ -100,7 +100,10 @@ class Initialise:
 
 @dataclass(frozen=True)
 class ReadData:
-    """REQ_UD2 at a primary address (or 0xFD for the selected slave); `expected` checks identity."""
+    """REQ_UD2 at a primary address (or 0xFD for the selected slave).
+
+    `expected` is checked against each answer's long header (CI 0x72); answers with a short
+    or no header carry no identity to check."""
 
     address: int
     expected: SecondaryAddress | None = None
@@ -264,6 +267,12 @@ class Master:
         """Seconds to wait after a Transmit before calling timeout()."""
         longest = MAX_FRAME_BYTES if self._step is None or self._step.expect == "rsp_ud" else 1
         return response_timeout(self.baud_rate) + transmission_time(longest, self.baud_rate)
+
+    @property
+    def line_idle_time(self) -> float:
+        """Seconds of quiet line to leave after an answer before the next request (11 bit
+        times, so the slave's UART sees the end of its own answer first)."""
+        return BITS_PER_CHARACTER / self.baud_rate
 
     @property
     def busy(self) -> bool:
