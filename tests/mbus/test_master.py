@@ -452,6 +452,10 @@ def test_install_sequence_on_the_simulated_bus():
     assert isinstance(outcome, DataRead) and outcome.complete
     volume = next(r for r in outcome.merged().records if r.unit == "m³" and r.storage_number == 0)
     assert volume.scaled() == Decimal(gas.reading(now).volume_l).scaleb(-3)  # litres -> m³
+    # clock synchronisation: CI 6C with the local time as type F
+    local = dt.datetime(2025, 6, 15, 12, 30)
+    assert isinstance(_drive(master, synchronise_clock(9, local), bus, now)[0], Confirmed)
+    assert gas.device_time(now).replace(tzinfo=None, second=0) == local
     # the heat meter answers in two telegrams (DIF 1F on the first)
     outcome, sent = _drive(master, ReadData(3), bus, now)
     assert isinstance(outcome, DataRead) and len(outcome.telegrams) == 2 and len(sent) == 2
