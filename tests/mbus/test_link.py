@@ -3,6 +3,8 @@ the stream reader and the frame count bit."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from smartmeter.errors import DecodeError, EncodeError, TruncatedError
 from smartmeter.mbus.link import (
@@ -160,3 +162,28 @@ def test_slave_sees_a_repeat_by_an_unchanged_fcb():
     assert slave.is_repeat(REQ_UD2_FCB)
     assert not slave.is_repeat(REQ_UD2)
     assert not slave.is_repeat(0x4B)  # FCV 0: never a repeat
+
+
+_NOISE = st.binary(max_size=8).map(lambda b: bytes(x for x in b if x not in (0xE5, 0x10, 0x68)))
+_FRAMES = st.one_of(
+    st.just(Ack()),
+    st.builds(ShortFrame, st.integers(0, 255), st.integers(0, 255)),
+    st.builds(ControlFrame, st.integers(0, 255), st.integers(0, 255), st.integers(0, 255)),
+    st.builds(LongFrame, st.integers(0, 255), st.integers(0, 255), st.integers(0, 255),
+              st.binary(min_size=1, max_size=252)),
+)
+
+
+@settings(max_examples=200)
+@given(st.lists(st.tuples(_NOISE, _FRAMES), max_size=6), st.data())
+def test_reader_finds_exactly_the_frames_between_noise(pieces, data):
+    stream = b"".join(noise + frame.to_bytes() for noise, frame in pieces)
+    reader, found = FrameReader(), []
+    pos = 0
+    while pos < len(stream):
+        step = data.draw(st.integers(1, 64))
+        reader.feed(stream[pos:pos + step])
+        pos += step
+        found += reader.take()
+    assert found == [frame for _, frame in pieces]
+    assert reader.skipped == sum(len(noise) for noise, _ in pieces)
