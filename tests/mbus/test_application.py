@@ -222,6 +222,12 @@ def test_headers_and_cis():
     assert parse_telegram(CI_ALARM, b"\x02").alarm == 2
     assert parse_telegram(CI_APPLICATION_RESET, b"").manufacturer_data == b""
     assert parse_telegram(CI_TIME_SYNC, bytes.fromhex("32371F15")).time == dt.datetime(2008, 5, 31, 23, 50)
+    assert parse_telegram(CI_TIME_SYNC, bytes.fromhex("050008162700")).time \
+        == dt.datetime(2016, 7, 22, 8, 0, 5)
+    with pytest.raises(MbusApplicationError):
+        parse_telegram(CI_TIME_SYNC, bytes.fromhex("32371F"))
+    with pytest.raises(MbusApplicationError):
+        parse_telegram(CI_TIME_SYNC, bytes.fromhex("B2371F15"))  # invalid bit
     selection = parse_telegram(CI_SELECTION, bytes.fromhex("78FFFF12 FFFF FF 03")).header
     assert selection == SecondaryAddress("12FFFF78", "", 0xFF, 0x03)
     assert selection.to_bytes() == bytes.fromhex("78FFFF12FFFFFF03")

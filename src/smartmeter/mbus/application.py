@@ -966,10 +966,13 @@ def parse_telegram(ci: int, data: bytes) -> Telegram:
     if ci == CI_APPLICATION_RESET:
         return Telegram(ci, None, manufacturer_data=data)  # optional subcode byte(s)
     if ci == CI_TIME_SYNC:
-        if len(data) != 4:
-            raise MbusApplicationError("M-Bus time sync", 0, f"4 bytes (type F) expected, {len(data)} present")
+        # This master sends type F (4 bytes); type I (6 bytes, with seconds) is read as well.
+        if len(data) not in (4, 6):
+            raise MbusApplicationError("M-Bus time sync", 0,
+                                       f"4 (type F) or 6 (type I) bytes expected, {len(data)} present")
         try:
-            return Telegram(ci, None, time=decode_datetime_f(data))
+            time = decode_datetime_f(data) if len(data) == 4 else decode_datetime_i(data)
+            return Telegram(ci, None, time=time)
         except MbusValueError as exc:
             raise MbusApplicationError("M-Bus time sync", 0, exc.detail) from exc
     raise MbusUnknownCiError("M-Bus CI field", None, f"CI 0x{ci:02X} not implemented")
