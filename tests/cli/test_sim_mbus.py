@@ -15,7 +15,7 @@ import pytest
 
 from meterproc import free_port
 from smartmeter.mbus.application import parse_telegram
-from smartmeter.mbus.link import LongFrame, decode_frame
+from smartmeter.mbus.link import LongFrame, MbusChecksumError, decode_frame
 from smartmeter.mbus.security import decrypt_frame, decrypt_mode5
 from smartmeter.mbus.simulated import SimulatedSubmeter
 from smartmeter.mbus.wireless import decode_wmbus
@@ -229,3 +229,42 @@ def test_wired_devices_take_a_transferred_key():
     finally:
         out, _ = stop(process)
     assert "took a new key" in out
+
+
+def test_alarms_and_faults_typed_while_running():
+    process = subprocess.Popen([sys.executable, "-m", "smartmeter", "sim", "mbus", "gas", "water", "--wired",
+                                "--listen", "127.0.0.1:0", "--address", "1", "--address", "2"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith("Ctrl-C stops"):
+            break
+    port = int(re.search(r"on 127\.0\.0\.1:(\d+)", lines[0]).group(1))
+
+    def typed(text: str, answers: int = 1) -> list[str]:
+        process.stdin.write(text + "\n")
+        process.stdin.flush()
+        return [process.stdout.readline().rstrip("\n") for _ in range(answers)]
+
+    try:
+        assert typed("alarm water:leak on") == [f"alarm leak on: water {identities(lines)[1].group(2)}"]
+        assert typed("alarm gas:leak on")[0].startswith("error: a gas meter has no leak alarm")
+        assert typed("fault gas:bad-checksum on")[0].startswith("fault bad-checksum on: gas")
+        assert typed("make coffee")[0].startswith("error:")
+        status = typed("status", 2)
+        assert status[0].startswith("gas#1 ID") and "faults bad-checksum" in status[0]
+        assert status[1].startswith("water#2 ID") and "status 0x03" in status[1] and "alarms leak" in status[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            frame = decode_frame(exchange(sock, short(0x7B, 2)))
+            assert frame.data[9] == 0x03  # the status byte of the long header: abnormal situation
+            with pytest.raises(MbusChecksumError):
+                decode_frame(exchange(sock, short(0x7B, 1)))
+        typed("fault gas:bad-checksum off")
+        typed("alarm water:leak off")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            assert decode_frame(exchange(sock, short(0x5B, 2))).data[9] == 0x00
+            assert decode_frame(exchange(sock, short(0x5B, 1))).data[9] == 0x00
+    finally:
+        stop(process)

@@ -182,6 +182,55 @@ def _per_kind(values: tuple[str, ...], kinds: tuple[str, ...], option: str, name
     return chosen
 
 
+CONSOLE_HELP = ("commands: status | alarm KIND:NAME on|off (battery-low, leak, tamper) | "
+                "fault KIND:NAME on|off (wired: silent, wrong-identity, bad-checksum, endless, collision) | help")
+
+
+def _console_command(line: str, meters: list, kinds: tuple[str, ...], wired: bool, now: float) -> str:
+    """One line typed while the submeters run; the answer is one line (or one per device)."""
+    from smartmeter.mbus import simulated
+
+    words = line.split()
+    if not words:
+        return ""
+    if words == ["help"]:
+        return CONSOLE_HELP
+    if words == ["status"]:
+        rows = []
+        for i, meter in enumerate(meters):
+            reading = meter.reading(now)
+            values = "  ".join(f"{name} {value}" for name, value in vars(reading).items() if value is not None)
+            alarms = [a for a in simulated.ALARMS if getattr(meter.alarms, a.replace("-", "_"))]
+            rows.append(f"{kinds[i]}#{i + 1} ID {meter.identification:08d}  {values}  status 0x{meter.status:02X}"
+                        + (f"  alarms {','.join(alarms)}" if alarms else "")
+                        + (f"  faults {','.join(sorted(meter.faults))}" if meter.faults else ""))
+        return "\n".join(rows)
+    if len(words) == 3 and words[0] in ("alarm", "fault") and words[2] in ("on", "off"):
+        names = simulated.ALARMS if words[0] == "alarm" else simulated.FAULTS
+        if words[0] == "fault" and not wired:
+            return "error: faults are those of a wired bus"
+        try:
+            chosen = _per_kind((words[1],), kinds, words[0], names)
+        except UsageProblem as exc:
+            return f"error: {exc} ({exc.hint})"
+        name = words[1].partition(":")[2]
+        changed = []
+        for meter, kind, names_for_it in zip(meters, kinds, chosen):
+            if not names_for_it:
+                continue
+            if name == "leak" and kind != "water":
+                return f"error: a {kind} meter has no leak alarm"
+            if words[0] == "alarm":
+                meter.alarms.set(name, words[2] == "on")
+            elif words[2] == "on":
+                meter.faults.add(name)
+            else:
+                meter.faults.discard(name)
+            changed.append(f"{kind} {meter.identification:08d}")
+        return f"{words[0]} {name} {words[2]}: " + ", ".join(changed)
+    return f"error: {line.strip()!r} is no command; {CONSOLE_HELP}"
+
+
 def _aes_key(text: str | None, option: str) -> bytes | None:
     if text is None:
         return None
@@ -319,7 +368,34 @@ def sim_mbus(kinds: tuple[str, ...], wired: bool, wireless: bool, listen: str, t
     def say(line: str) -> None:
         click.echo(line)
 
+    def console(loop) -> None:
+        # Lines typed while they run. A thread with raw os.read on fd 0: blocking reads leave
+        # the terminal's modes alone, and no buffered sys.stdin lock is held when the
+        # interpreter exits with the thread still waiting.
+        import os
+        import threading
+
+        def handle(text: str) -> None:
+            answer = _console_command(text, meters, kinds, wired, clock.now())
+            if answer:
+                say(answer)
+
+        def read() -> None:
+            pending = b""
+            try:
+                while chunk := os.read(0, 4096):
+                    pending += chunk
+                    *lines, pending = pending.split(b"\n")
+                    for line in lines:
+                        loop.call_soon_threadsafe(handle, line.decode("utf-8", "replace"))
+                    pending = pending[-4096:]  # a line longer than that is no command anyway
+            except (OSError, RuntimeError):
+                pass  # no stdin, or the loop is closed: nothing more to read
+
+        threading.Thread(target=read, daemon=True).start()
+
     async def run() -> None:
+        loop = asyncio.get_running_loop()
         if wired:
             bus = simulated.SimulatedBus(meters, log=lambda line: say(f"bus: {line}"))
 
@@ -333,7 +409,9 @@ def sim_mbus(kinds: tuple[str, ...], wired: bool, wireless: bool, listen: str, t
                 for channel, meter in enumerate(meters, start=1):
                     say(meter.describe())
                     say(_install_hint(meter, channel, True, where))
+                say("Type status, alarm KIND:NAME on|off, fault KIND:NAME on|off or help.")
                 say("Ctrl-C stops the simulated submeters.")
+                console(loop)
 
             await serve_bus_or_fail(simulated.serve_bus(bus, host, port, clock.now, started))
         else:
@@ -345,7 +423,9 @@ def sim_mbus(kinds: tuple[str, ...], wired: bool, wireless: bool, listen: str, t
                 say(meter.describe(wired=False))
                 say(_install_hint(meter, channel, False, f"{host}:{port}")
                     + "; set_encryption_key with the --key")
+            say("Type status, alarm KIND:NAME on|off or help.")
             say("Ctrl-C stops the simulated submeters.")
+            console(loop)
             await asyncio.gather(*(s.run((host, port), clock.now,
                                          sent=lambda frame, m=s.meter: say(
                                              f"sent {m.kind} {m.identification:08d} access number {m.access_number}"
@@ -355,6 +435,8 @@ def sim_mbus(kinds: tuple[str, ...], wired: bool, wireless: bool, listen: str, t
     async def serve_bus_or_fail(server) -> None:
         try:
             await server
+        except BrokenPipeError:
+            raise  # our stdout's reader went away: the command line's handling, not a port problem
         except OSError as exc:
             raise UsageProblem(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
                                "choose another --listen port (0: any free one)") from None
