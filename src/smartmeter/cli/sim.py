@@ -409,6 +409,7 @@ def sim_mbus(kinds: tuple[str, ...], wired: bool, wireless: bool, listen: str, t
                 for channel, meter in enumerate(meters, start=1):
                     say(meter.describe())
                     say(_install_hint(meter, channel, True, where))
+                say("On the meter: write the channel's attributes 5-9 and call slave_install (docs/mbus.md).")
                 say("Type status, alarm KIND:NAME on|off, fault KIND:NAME on|off or help.")
                 say("Ctrl-C stops the simulated submeters.")
                 console(loop)
@@ -423,6 +424,7 @@ def sim_mbus(kinds: tuple[str, ...], wired: bool, wireless: bool, listen: str, t
                 say(meter.describe(wired=False))
                 say(_install_hint(meter, channel, False, f"{host}:{port}")
                     + "; set_encryption_key with the --key")
+            say("On the meter: write the channel's attributes 6-9 and set_encryption_key (docs/mbus.md).")
             say("Type status, alarm KIND:NAME on|off or help.")
             say("Ctrl-C stops the simulated submeters.")
             console(loop)
