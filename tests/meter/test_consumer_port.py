@@ -354,3 +354,31 @@ def test_the_pty_line_carries_the_frames_ignores_what_arrives_and_skips_while_bu
     finally:
         os.close(consumer)
         port.close()
+
+
+def test_a_serial_device_is_opened_at_2400_bd_8e1_and_carries_the_frames():
+    """A device path goes through pyserial: here the slave side of a pty this test opened (as an
+    M-Bus level converter's tty), whose line settings the test reads back."""
+    import termios
+    import tty
+
+    master, slave = os.openpty()
+    tty.setraw(master)
+    path = os.ttyname(slave)
+    port = ConsumerPort(path)
+    try:
+        assert port.open() == path
+        iflag, oflag, cflag, lflag, ispeed, ospeed, cc = termios.tcgetattr(slave)
+        assert (ispeed, ospeed) == (termios.B2400, termios.B2400)
+        assert cflag & termios.CSIZE == termios.CS8
+        assert not cflag & termios.CSTOPB  # one stop bit
+        # a pty keeps no parity setting (Linux drops PARENB on it): even parity as pyserial was told
+        serial_port = port.line.port
+        assert (serial_port.baudrate, serial_port.bytesize, serial_port.parity, serial_port.stopbits) == (2400, 8, "E", 1)
+        frames = segment_frames(bytes(range(250)))
+        assert port.submit(frames)
+        assert read_until(master, sum(len(f) for f in frames)) == b"".join(frames)
+    finally:
+        port.close()
+        os.close(slave)
+        os.close(master)
