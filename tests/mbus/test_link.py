@@ -119,6 +119,19 @@ def test_reader_reports_a_bad_frame_and_keeps_the_next_one():
     assert items[1] == decode_frame(WIRED)
 
 
+def test_reader_keeps_the_frame_after_one_cut_short():
+    # The first answer breaks off after 20 bytes; the next frame starts inside the span the
+    # first one's header declared.
+    # A cut frame shows only once the bytes its header declared are there.
+    short = ShortFrame(SND_NKE, 3).to_bytes()
+    for followers in ([WIRED], [short, WIRED]):
+        reader = FrameReader()
+        reader.feed(WIRED[:20] + b"".join(followers))
+        items = reader.take()
+        assert isinstance(items[0], BadFrame) and items[0].raw == WIRED[:20]
+        assert items[1:] == [decode_frame(f) for f in followers]
+
+
 def test_reader_recovers_from_a_false_long_header():
     # 68 followed by inconsistent L fields: reported, and the frame right after is found.
     reader = FrameReader()

@@ -233,8 +233,11 @@ class FrameReader:
     `feed(data)` then iterate: each item is a frame or a `BadFrame`. Bytes that cannot
     start a frame are dropped and counted in `skipped`. A long frame whose header
     (68 L L 68) is consistent but whose checksum or stop byte is wrong is consumed whole
-    and reported; a defective header or short frame is reported and only its first byte
-    dropped, so that a good frame beginning inside it is still found.
+    and reported - unless a frame header begins inside it, which is then where reading goes
+    on (a frame cut short followed by the next one); a defective header or short frame is
+    reported and only its first byte dropped, so that a good frame beginning inside it is
+    still found. A cut frame is only known as cut once the bytes its header declared have
+    arrived: a caller that waits for an answer resets the reader when its time is over.
 
     At most one incomplete frame (< MAX_FRAME_BYTES) is buffered; at most
     MAX_PENDING_ITEMS decoded items wait to be taken, further ones are dropped and
@@ -303,6 +306,14 @@ class FrameReader:
                     self.skipped += 1
                     del buf[:1]
                     continue
+                if start == START_LONG:
+                    resync = _frame_start_within(buf, need)
+                    if resync:
+                        # A frame cut short, and the next one begins inside the span its
+                        # header declared: report the piece, keep the next frame.
+                        self._emit(BadFrame(exc, raw[:resync]))
+                        del buf[:resync]
+                        continue
                 self._emit(BadFrame(exc, raw))
                 del buf[:1 if start == START_SHORT else need]
                 continue
@@ -317,6 +328,19 @@ class FrameReader:
         items = list(self._items)
         self._items.clear()
         return items
+
+
+def _frame_start_within(buf: bytearray, end: int) -> int:
+    """The first offset in 1..end-1 where a long-frame header (68 L L 68, L >= 3) or a
+    whole correct short frame stands; 0 when there is none. Single E5 bytes do not count:
+    inside data they are too common to mean anything."""
+    for pos in range(1, end):
+        head = buf[pos:pos + 5]
+        if head[:1] == b"\x68" and len(head) >= 4 and head[1] == head[2] >= 3 and head[3] == START_LONG:
+            return pos
+        if head[:1] == b"\x10" and len(head) == 5 and head[4] == STOP and checksum(head[1:3]) == head[3]:
+            return pos
+    return 0
 
 
 # --------------------------------------------------------------------------------------
