@@ -283,3 +283,14 @@ def test_status_byte():
     assert status_flags(0x01) == ("application busy",)
     assert status_flags(0x02 | 0x04 | 0x10) == ("application error", "power low", "temporary error")
     assert status_flags(0x03 | 0x08 | 0x80) == ("abnormal condition", "permanent error", "manufacturer bit 7")
+
+
+def test_encoder_plain_text_vif_and_extension_tables():
+    # plain-text unit "%RH" (sent last character first) with the combinable VIFE 74 (10^-2)
+    raw = encode_record(4564, bytes([0x7C, 3]) + b"HR%", vifes=[0x74], coding=Coding.INT16)
+    assert raw == bytes.fromhex("02FC03485225 74 D411".replace(" ", ""))
+    record = one(raw)
+    assert (record.plain_text_unit, str(record.scaled())) == ("%RH", "45.64")
+    raw = encode_record(230, 0x7D, vifes=[0x49], coding=Coding.INT16)  # FD 49: volts 10^(9-9)
+    assert raw == bytes([0x02, 0xFD, 0x49, 230, 0])
+    assert one(raw).dlms_scaler_unit() == (0, 35)
