@@ -48,6 +48,10 @@ LIBMBUS_MEDIUM = {"Other": 0x00, "Oil": 0x01, "Electricity": 0x02, "Gas": 0x03, 
                   "Heat: Inlet": 0x0C, "Heat / Cooling load meter": 0x0D, "Bus/System": 0x0E,
                   "Cold water": 0x16, "Breaker: Electricity": 0x20}
 
+# libmbus's quantity names where they differ from the standard's wording used here
+LIBMBUS_QUANTITY = {"Fabrication No": "Fabrication number", "H.C.A.": "Units for H.C.A.",
+                    "(Enhanced) Identification": "Enhanced identification"}
+
 # libmbus's labels for a value without a physical unit
 NO_UNIT_LABELS = {"", "-", "Units for H.C.A.", "Reserved"}
 # libmbus's units of the fixed data structure (CI 0x73): mine as (unit, exponent)
@@ -138,6 +142,13 @@ def test_frame_decodes_like_libmbus(path):
             assert int(raw_xml.findtext("Value")) == record.value, key
             assert record.exponent == 0
             continue
+        lib_quantity = norm_xml.findtext("Quantity")
+        if lib_quantity is not None:
+            lib_quantity = LIBMBUS_QUANTITY.get(lib_quantity, lib_quantity)
+            if lib_quantity == "Reserved":
+                assert record.quantity.startswith("Reserved"), key
+            else:
+                assert record.quantity.lower() == lib_quantity.lower(), key
         mine, unit = _libmbus_value(record)
         if frame.ci == 0x73:
             # libmbus does not normalise the fixed data structure: the raw counter and its
