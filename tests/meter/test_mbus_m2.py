@@ -368,7 +368,7 @@ def test_engine_reads_simulated_gas_water_heat_over_tcp_and_follows_a_removed_me
         server = asyncio.create_task(simulated.serve_bus(bus, "127.0.0.1", 0, clock, started=port_box.append))
         while not port_box:
             await asyncio.sleep(0.01)
-        link = mbus_m2.LinkBus("127.0.0.1", port_box[0], zone)
+        link = mbus_m2.wired_bus(f"127.0.0.1:{port_box[0]}", zone)
         driver = MbusM2Driver(engine, link, clock)
         try:
             await driver.run_once()  # three installations
@@ -384,7 +384,7 @@ def test_engine_reads_simulated_gas_water_heat_over_tcp_and_follows_a_removed_me
             await driver.run_once()
             return snapshot, gas_alarm_while_away
         finally:
-            link.close()
+            await link.close()
             server.cancel()
 
     snapshot, gas_alarm_while_away = asyncio.run(scenario())
@@ -446,3 +446,37 @@ def test_valve_control_sends_the_command_and_logs_it(setup, tmp_path):
                                                   (T0 + 60, mbus_m2.CONTROL_VALVE_OPENED)]
     event_object = directory.find(1, Obis.parse("0-1:96.11.4.255").to_bytes())[1]
     assert event_object.get(2, ctx) == Data.unsigned(mbus_m2.CONTROL_VALVE_OPENED)
+
+
+def test_without_a_capture_definition_the_first_current_values_with_a_unit_are_captured(setup):
+    make, clock, _, _, _ = setup
+    engine = make()
+    for name in ("identification_number", "manufacturer_id"):
+        engine.set_identity_field(1, name, getattr(GAS_ID, name))
+    engine.install(1, 0)
+    [request] = engine.requests(clock())
+    records = (SubmeterRecord(b"\x0c", b"\x78", 5),  # fabrication number: no unit
+               SubmeterRecord(b"\x4c", b"\x13", 900, -3, DLMS_M3),  # storage number 1: a past value
+               SubmeterRecord(b"\x0c", b"\x13", 1000, -3, DLMS_M3),
+               SubmeterRecord(b"\x8c\x10", b"\x13", 400, -3, DLMS_M3),  # tariff 1
+               SubmeterRecord(b"\x0b", b"\x3b", 12, -3, 15),
+               SubmeterRecord(b"\x0a", b"\x5a", 612, -1, 9),
+               SubmeterRecord(b"\x0a", b"\x5e", 450, -1, 9),
+               SubmeterRecord(b"\x0b", b"\x2b", 2000, 0, 27))
+    engine.answered(request, SubmeterTelegram(GAS_ID.identification_number, GAS_ID.manufacturer_id, 1, 3,
+                                              records=records), clock())
+    channel = engine.channel(1)
+    assert channel.capture_definition == [(b"\x0c", b"\x13"), (b"\x0b", b"\x3b"), (b"\x0a", b"\x5a"),
+                                          (b"\x0a", b"\x5e")]
+    assert [v.value for v in channel.values] == [1000, 12, 612, 450]
+
+
+def test_no_profile_row_for_an_instant_before_the_installation(setup):
+    """On a fast clock one registration tick spans more than an hour: a boundary in the stretch
+    before the device was installed gets no row."""
+    make, clock, _, _, _ = setup
+    engine = make()
+    clock.t = T0 + 1800  # installed at half past
+    install_gas(engine, clock)
+    engine.advance(T0 - 600, T0 + 3700, Passage.RUNNING)  # the tick that covers T0 and T0 + 3600
+    assert [t for t, _ in engine.profile_rows(1, None, None)] == [T0 + 3600]

@@ -194,6 +194,7 @@ class Channel:
     next_clock_sync: float | None = None
     valve_open: bool = True
     profile_period: int = 3600
+    installed_at: float | None = None  # meter time: the profile has no row for an instant before it
     # one-shot operations the HES asked for, done at the next chance
     pending: list[dict] = field(default_factory=list)
 
@@ -510,12 +511,14 @@ class MbusM2:
             if not (channel.installed or channel.wireless and channel.has_identity()):
                 continue
             period = channel.profile_period
+            # a tick may register a stretch that began before the installation (a fast clock)
+            since = max(start, channel.installed_at or start)
             if passage is Passage.RUNNING:
-                t = _next_multiple(start, period)
+                t = _next_multiple(since, period)
                 while t <= end:
                     self._capture_profile(number, t, 0)
                     t += period
-            elif _next_multiple(start, period) <= end:
+            elif _next_multiple(since, period) <= end:
                 self._capture_profile(number, end, STATUS_CAD if passage is Passage.SHIFTED else STATUS_PDN)
 
     def resume(self, now: float) -> None:
@@ -614,6 +617,7 @@ class MbusM2:
                 self._fail(channel, now)
                 return
             channel.installing, channel.installed = False, True
+            channel.installed_at = now
             _take_header(channel, telegram)
             events.append(EVENT_INSTALLED)
             events.extend(self._take_values(channel, telegram, now))
@@ -688,7 +692,7 @@ class MbusM2:
         if telegram.encrypted and channel.key is not None and channel.key_status != KEY_IN_USE:
             channel.key_status = KEY_IN_USE
         if not channel.installed:
-            channel.installed = True
+            channel.installed, channel.installed_at = True, now
             events.append(EVENT_INSTALLED)
         _take_header(channel, telegram)
         events.extend(self._take_values(channel, telegram, now))
@@ -702,6 +706,8 @@ class MbusM2:
     def _take_values(self, channel: Channel, telegram: SubmeterTelegram, now: float) -> list[int]:
         events = []
         capture_time = telegram.device_time if telegram.device_time is not None else now
+        if not channel.capture_definition:
+            channel.capture_definition = default_capture_definition(telegram)
         by_key = {}
         for record in telegram.records:
             by_key.setdefault((bytes(record.dib), bytes(record.vib)), record)
@@ -734,6 +740,21 @@ class MbusM2:
                  "device": application_layer_address(c.identity) if c.has_identity() else None,
                  "communication_error": c.communication_error, "key_status": c.key_status}
                 for c in self.channels.values()]
+
+
+def default_capture_definition(telegram: SubmeterTelegram) -> list[tuple[bytes, bytes]]:
+    """What a channel captures when the head-end wrote no capture_definition: the first four
+    current values with a unit (no storage number, tariff or subunit: a one-octet DIB with
+    storage bit 0), in the device's order. The head-end reads attribute 3 to see which."""
+    chosen: list[tuple[bytes, bytes]] = []
+    for record in telegram.records:
+        key = (bytes(record.dib), bytes(record.vib))
+        if (len(record.dib) == 1 and not record.dib[0] & 0x40 and record.unit != 255
+                and isinstance(record.value, int) and key not in chosen):
+            chosen.append(key)
+        if len(chosen) == 4:
+            break
+    return chosen
 
 
 def _identity_of(telegram: SubmeterTelegram) -> Identity:
@@ -859,6 +880,10 @@ class MbusM2Driver:
                 await bus.valve(request.address, request.payload == b"\x01")
         except (SmartmeterError, OSError, asyncio.TimeoutError) as exc:
             log.info("M-Bus channel %d: %s got no answer (%s)", request.channel, request.kind, exc)
+            self.engine.failed(request, self.now())
+            return
+        except Exception:  # a fault of ours must not leave the request in flight for ever
+            log.exception("M-Bus channel %d: %s failed", request.channel, request.kind)
             self.engine.failed(request, self.now())
             return
         self.engine.answered(request, telegram, self.now())
@@ -1151,165 +1176,90 @@ class M2Interface:
                 await result
 
 
-# -- the wired bus over TCP (a serial-over-TCP M-Bus level converter) ----------------------------------
+# -- the wired bus: the M-Bus master of smartmeter.mbus (TCP level converter or serial device) --------
 
-SND_UD_VALVE_VIB = b"\xfd\x1a"  # EN 13757-3 VIFE FD 1A "digital output (binary)": 1 open, 0 closed
-SND_UD_KEY_VIB = b"\xfd\x19"  # VIFE FD 19 "security key"
-SET_PRIMARY_ADDRESS_VIB = b"\x7a"  # VIF 7A "bus address"
-ANSWER_TIMEOUT = 0.5  # s of real time: EN 13757-2 allows 330 bit times + 50 ms; a TCP converter adds its own
-ATTEMPTS = 3  # a request and two repetitions (EN 13757-2 §5.7: the same FCB again)
-MAX_TELEGRAMS = 8  # parts of one multi-telegram read
+VALVE_VIB = b"\xfd\x1a"  # EN 13757-3 VIFE FD 1A "digital output (binary)": 1 open, 0 closed
+KEY_VIB = b"\xfd\x19"  # VIFE FD 19 "security key"
+CI_DATA_SEND = 0x51
+ADDRESS_SELECTED = 0xFD  # the slave selected by its secondary address
 
 
-class LinkBus:
-    """The wired bus, driven frame by frame over TCP with the link (smartmeter.mbus.link) and
-    application (smartmeter.mbus.application) layers: primary and secondary addressing, FCB,
-    repetitions, multi-telegram reads. One exchange at a time (a bus has one master)."""
+def secondary_address(identity: Identity):
+    """The CI 0x52 selection of a channel's device; version and device type 0 select any."""
+    from smartmeter.mbus.application import SecondaryAddress, manufacturer_to_text
 
-    def __init__(self, host: str, port: int, zone) -> None:
-        from smartmeter.mbus.link import FcbState
+    return SecondaryAddress(f"{identity.identification_number:08X}", manufacturer_to_text(identity.manufacturer_id),
+                            identity.version or 0xFF, identity.device_type or 0xFF)
 
-        self.host, self.port, self.zone = host, port, zone
-        self._fcb = FcbState()
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._lock = asyncio.Lock()
-        self._frames = None
 
-    async def _connection(self):
-        from smartmeter.mbus.link import FrameReader
+class MasterBus:
+    """The engine's wired bus over the M-Bus master (smartmeter.mbus.aio): connected when first
+    used and again after a lost connection (a level converter that was away is no reason for the
+    meter to stop), each outcome other than success a SmartmeterError the driver counts as no
+    answer. Device commands are SND_UD CI 51 records (docs/mbus.md)."""
 
-        if self._writer is None or self._writer.is_closing():
-            self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
-            self._frames = FrameReader()
-        return self._reader, self._writer
+    def __init__(self, spec: str, zone) -> None:
+        self.spec, self.zone = spec, zone
+        self._bus = None
 
-    def _drop(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        self._reader = self._writer = None
+    async def _call(self, operation):
+        from smartmeter.mbus.aio import open_bus
 
-    async def _exchange(self, frame: bytes, answer: bool = True):
-        """Send one frame; the first frame that comes back (None: none within the timeout)."""
-        from smartmeter.mbus.link import BadFrame
-
-        reader, writer = await self._connection()
-        self._frames.reset()
-        writer.write(frame)
-        await writer.drain()
-        if not answer:
-            return None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + ANSWER_TIMEOUT
-        while True:
-            for item in self._frames.take():
-                return None if isinstance(item, BadFrame) else item
-            left = deadline - loop.time()
-            if left <= 0:
-                return None
-            try:
-                data = await asyncio.wait_for(reader.read(512), left)
-            except asyncio.TimeoutError:
-                return None
-            if not data:
-                self._drop()
-                raise NoAnswer("the bus connection closed")
-            self._frames.feed(data)
-
-    async def _confirmed(self, build: Callable[[int], bytes], address: int):
-        """A request with FCB: repeated with the same bit until answered; then the bit toggles."""
-        for _ in range(ATTEMPTS):
-            reply = await self._exchange(build(address))
-            if reply is not None:
-                self._fcb.confirm(address)
-                return reply
-        raise NoAnswer(f"no answer from primary address {address}")
-
-    async def _snd_nke(self, address: int) -> None:
-        from smartmeter.mbus.link import SND_NKE, ShortFrame
-
-        await self._exchange(ShortFrame(SND_NKE, address).to_bytes())  # E5 or nothing (broadcast, collision)
-        self._fcb.reset(address)
-
-    async def _snd_ud(self, address: int, ci: int, data: bytes) -> None:
-        from smartmeter.mbus.link import SND_UD, Ack, LongFrame
-
-        reply = await self._confirmed(lambda a: LongFrame(self._fcb.c_field(SND_UD, a), a, ci, data).to_bytes(),
-                                      address)
-        if not isinstance(reply, Ack):
-            raise NoAnswer("the device did not acknowledge")
-
-    async def _read(self, address: int):
-        from smartmeter.mbus.application import parse_telegram
-        from smartmeter.mbus.link import REQ_UD2, LongFrame, ShortFrame
-
-        records, first = [], None
-        for _ in range(MAX_TELEGRAMS):
-            reply = await self._confirmed(lambda a: ShortFrame(self._fcb.c_field(REQ_UD2, a), a).to_bytes(), address)
-            if not isinstance(reply, LongFrame):
-                raise NoAnswer("the answer to REQ_UD2 is no RSP_UD")
-            telegram = parse_telegram(reply.ci, reply.data)
-            first = first or telegram
-            records.extend(telegram.records)
-            if not telegram.more_records_follow:
-                break
-        return replace(first, records=tuple(records), more_records_follow=False)
+        try:
+            if self._bus is None:
+                self._bus = await open_bus(self.spec)
+            return await operation(self._bus)
+        except OSError as exc:
+            await self.close()
+            raise NoAnswer(f"the bus at {self.spec}: {exc}") from None
 
     async def install(self, address: int, identity: Identity | None) -> SubmeterTelegram:
-        from smartmeter.mbus.application import CI_DATA_SEND, CI_SELECTION, SecondaryAddress, manufacturer_to_text
-        from smartmeter.mbus.link import ADDRESS_NETWORK_LAYER
-
-        async with self._lock:
+        async def run(bus):
             if identity is not None:
-                selection = SecondaryAddress(f"{identity.identification_number:08X}",
-                                             manufacturer_to_text(identity.manufacturer_id),
-                                             identity.version or 0xFF, identity.device_type or 0xFF)
-                await self._snd_nke(ADDRESS_NETWORK_LAYER)
-                await self._snd_ud(ADDRESS_NETWORK_LAYER, CI_SELECTION, selection.to_bytes())
-                await self._snd_ud(ADDRESS_NETWORK_LAYER, CI_DATA_SEND, b"\x01" + SET_PRIMARY_ADDRESS_VIB
-                                   + bytes([address]))
-                await self._snd_nke(ADDRESS_NETWORK_LAYER)  # ends the selection
-            await self._snd_nke(address)
-            return wired_telegram(await self._read(address), self.zone)
+                await bus.select(secondary_address(identity))
+                await bus.set_primary_address(ADDRESS_SELECTED, address)
+                await bus.initialise(ADDRESS_SELECTED)  # SND_NKE to FD ends the selection
+            await bus.initialise(address)
+            return (await bus.read(address)).merged()
+        return wired_telegram(await self._call(run), self.zone)
 
     async def read(self, address: int) -> SubmeterTelegram:
-        async with self._lock:
-            return wired_telegram(await self._read(address), self.zone)
+        # no expected identity here: another device answering is the engine's fraud attempt, not a silence
+        return wired_telegram(await self._call(lambda bus: _merged(bus.read(address))), self.zone)
 
     async def clock_sync(self, address: int, utc: float) -> None:
         import datetime as dt
 
-        from smartmeter.mbus.application import CI_DATA_SEND, encode_datetime_f
-
-        local = dt.datetime.fromtimestamp(utc, self.zone)
-        async with self._lock:
-            await self._snd_ud(address, CI_DATA_SEND, b"\x04\x6d" + encode_datetime_f(
-                local.replace(tzinfo=None), bool(local.dst())))
+        local = dt.datetime.fromtimestamp(utc, self.zone).replace(tzinfo=None)
+        await self._call(lambda bus: bus.synchronise_clock(address, local))
 
     async def send(self, address: int, records: tuple[tuple[bytes, bytes, bytes], ...]) -> None:
-        from smartmeter.mbus.application import CI_DATA_SEND
-
-        async with self._lock:
-            await self._snd_ud(address, CI_DATA_SEND, b"".join(d + v + x for d, v, x in records))
+        await self._call(lambda bus: bus.send_user_data(address, CI_DATA_SEND, b"".join(d + v + x for d, v, x in records)))
 
     async def transfer_key(self, address: int, wrapped: bytes) -> None:
-        from smartmeter.mbus.application import CI_DATA_SEND
-
-        async with self._lock:
-            await self._snd_ud(address, CI_DATA_SEND, b"\x0d" + SND_UD_KEY_VIB + bytes([len(wrapped)]) + wrapped)
+        data = b"\x0d" + KEY_VIB + bytes([len(wrapped)]) + wrapped
+        await self._call(lambda bus: bus.send_user_data(address, CI_DATA_SEND, data))
 
     async def valve(self, address: int, open_: bool) -> None:
-        from smartmeter.mbus.application import CI_DATA_SEND
+        data = b"\x01" + VALVE_VIB + bytes([1 if open_ else 0])
+        await self._call(lambda bus: bus.send_user_data(address, CI_DATA_SEND, data))
 
-        async with self._lock:
-            await self._snd_ud(address, CI_DATA_SEND, b"\x01" + SND_UD_VALVE_VIB + bytes([1 if open_ else 0]))
+    async def close(self) -> None:
+        bus, self._bus = self._bus, None
+        if bus is not None:
+            try:
+                await bus.close()
+            except OSError:
+                pass
 
-    def close(self) -> None:
-        self._drop()
+
+async def _merged(read):
+    return (await read).merged()
 
 
-def wired_bus(spec: str, zone, speed: float = 1.0) -> LinkBus:
-    """The wired bus of `--mbus-wired`: HOST:PORT of a serial-over-TCP level converter (the
-    simulated submeters' `smartmeter sim mbus ... --wired --listen`)."""
-    host, port = _host_port(spec, "--mbus-wired")
-    return LinkBus(host, port, zone)
+def wired_bus(spec: str, zone, speed: float = 1.0) -> MasterBus:
+    """The wired bus of `--mbus-wired BUS`: HOST:PORT of a TCP level converter (the simulated
+    submeters' `smartmeter sim mbus ... --wired --listen`) or a serial device."""
+    if not spec:
+        raise ValueError("--mbus-wired names a bus: HOST:PORT or a serial device")
+    return MasterBus(spec, zone)
