@@ -376,8 +376,8 @@ def _open_h1(meter_, lines: list[str]):
 
 async def _open_m2(meter_, lines: list[str]):
     """The M2 submeter interface (companion §2.3, §6): the wired M-Bus master on `--mbus-wired
-    HOST:PORT` (a TCP M-Bus level converter) and the wireless receiver on `--mbus-wireless
-    HOST:PORT` (UDP radio frames); None without either."""
+    BUS` (HOST:PORT of a TCP level converter, or a serial device) and the wireless receiver on
+    `--mbus-wireless HOST:PORT` (UDP radio frames); None without either."""
     wired, wireless = meter_.config.mbus_wired, meter_.config.mbus_wireless
     if not (wired or wireless):
         return None
@@ -389,7 +389,7 @@ async def _open_m2(meter_, lines: list[str]):
     except (OSError, ValueError) as exc:
         await m2.close()
         raise UsageProblem(f"cannot open the M2 M-Bus port: {exc}",
-                           "check --mbus-wired HOST:PORT and --mbus-wireless HOST:PORT") from None
+                           "check --mbus-wired (HOST:PORT or a serial device) and --mbus-wireless HOST:PORT") from None
     return m2
 
 
