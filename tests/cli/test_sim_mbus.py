@@ -81,7 +81,13 @@ def test_wired_bus_holds_the_printed_devices():
         found = identities(lines)
         assert [m.group(1) for m in found] == ["gas", "water", "heat"]
         assert [m.group(5) for m in found] == ["1", "2", "0"]
-        assert sum("install:" in line and "IC 72" in line for line in lines) == 3
+        # each device's install command names its channel and the identity printed above it
+        commands = [line.split()[5:] for line in lines if " mbus install " in line]
+        assert [c[:3] for c in commands] == [["install", "1", "--id"], ["install", "2", "--id"], ["install", "3", "--id"]]
+        for command, match in zip(commands, found):
+            options = dict(zip(command[2::2], command[3::2]))
+            assert options["--id"] == match.group(2) and options["--manufacturer"] == "SIM"
+            assert options["--medium"] == match.group(1)
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
             for address, match in ((1, found[0]), (2, found[1])):
                 assert exchange(sock, short(0x40, address)) == b"\xE5"

@@ -250,16 +250,18 @@ def _in_order(values: tuple[int, ...], kinds: tuple[str, ...], option: str) -> l
     return list(values) + [None] * (len(kinds) - len(values))
 
 
-def _install_hint(meter, channel: int, wired: bool, bus: str) -> str:
-    where = (f"meter run --mbus-wired {bus}" if wired else f"meter run --mbus-wireless {bus}")
-    address = (f"primary address {meter.primary_address}" if wired and meter.primary_address
-               else "primary address 0: the meter's slave_install assigns one" if wired else "no primary address")
-    # IC 72 holds the identification number as the number its BCD digits read in hex
-    ident = int(f"{meter.identification:08d}", 16)
-    return (f"    install: {where}; M-Bus client channel {channel} (IC 72, 0-{channel}:24.1.0.255) "
-            f"identification_number {ident} (0x{meter.identification:08d}), manufacturer_id "
-            f"{meter.long_header(0).manufacturer_code} ({meter.manufacturer}), version {meter.version}, "
-            f"device_type {meter.medium}; {address}")
+def _install_hint(meter, channel: int, wired: bool, bus: str, key_hex: str | None = None) -> str:
+    """The head-end command that installs `meter` on `channel` of a meter run with this bus."""
+    from smartmeter.cli.mbus import MEDIA
+
+    medium = next((name for name, code in MEDIA.items() if code == meter.medium), str(meter.medium))
+    address = f" --primary-address {meter.primary_address}" if wired and meter.primary_address else ""
+    radio = "" if wired else f" --wireless --key {key_hex or 'HEX'}"
+    return (f"    install (a meter run with --mbus-{'wired' if wired else 'wireless'} {bus}; channel {channel} is "
+            f"IC 72 0-{channel}:24.1.0.255):\n"
+            f"      smartmeter client --credentials meter-data/credentials/management.json mbus install {channel} "
+            f"--id {meter.identification:08d} --manufacturer {meter.manufacturer} --version {meter.version} "
+            f"--medium {medium}{address}{radio}")
 
 
 @sim_group.command("mbus")
@@ -409,7 +411,6 @@ def sim_mbus(kinds: tuple[str, ...], wired: bool, wireless: bool, listen: str, t
                 for channel, meter in enumerate(meters, start=1):
                     say(meter.describe())
                     say(_install_hint(meter, channel, True, where))
-                say("On the meter: write the channel's attributes 5-9 and call slave_install (docs/mbus.md).")
                 say("Type status, alarm KIND:NAME on|off, fault KIND:NAME on|off or help.")
                 say("Ctrl-C stops the simulated submeters.")
                 console(loop)
@@ -422,9 +423,7 @@ def sim_mbus(kinds: tuple[str, ...], wired: bool, wireless: bool, listen: str, t
                        for m in meters]
             for channel, meter in enumerate(meters, start=1):
                 say(meter.describe(wired=False))
-                say(_install_hint(meter, channel, False, f"{host}:{port}")
-                    + "; set_encryption_key with the --key")
-            say("On the meter: write the channel's attributes 6-9 and set_encryption_key (docs/mbus.md).")
+                say(_install_hint(meter, channel, False, f"{host}:{port}", radio_key.hex().upper()))
             say("Type status, alarm KIND:NAME on|off or help.")
             say("Ctrl-C stops the simulated submeters.")
             console(loop)
