@@ -29,7 +29,7 @@ from typing import Iterator, Union
 
 from smartmeter.errors import DecodeError, EncodeError
 from smartmeter.mbus.link import (
-    ADDRESS_BROADCAST, SND_UD, BadFrame, FrameReader, LongFrame, MbusFrameError, decode_frame,
+    ADDRESS_BROADCAST, SND_UD, BadFrame, FrameReader, LongFrame, decode_frame,
 )
 
 SERVER_SAP = 0x01  # the management logical device (companion §4.2.1)
@@ -140,11 +140,13 @@ class ConsumerPushReader:
             if isinstance(item, BadFrame):
                 self._emit(Discarded(item.error, item.raw))
                 continue
+            if not isinstance(item, LongFrame):  # an E5, a short or a control frame: no push on H1
+                self._emit(Discarded(ConsumerSegmentError("consumer push segment", 0, f"a {type(item).__name__}"),
+                                     item.to_bytes()))
+                continue
             try:
-                segment = decode_segment(item) if isinstance(item, LongFrame) else None
-                if segment is None:
-                    raise ConsumerSegmentError("consumer push segment", 0, f"a {type(item).__name__}")
-            except (ConsumerSegmentError, MbusFrameError) as exc:
+                segment = decode_segment(item)
+            except ConsumerSegmentError as exc:
                 self._emit(Discarded(exc, item.to_bytes()))
                 continue
             self._take(segment)

@@ -55,6 +55,8 @@ FIRST_TRANSPORT_CI = 0x00  # the destination's CI TL: segments count up from 0x0
 BAUD = 2400  # §2.2: fixed
 BITS_PER_OCTET = 11  # start bit, 8 data bits, even parity, stop bit (EN 13757-2)
 INTER_FRAME_GAP_BITS = 33  # IEC 60870-5-1 FT 1.2: at least 33 bit times of idle line between frames
+STATS = ("pushes_offered", "pushes_sent", "pushes_skipped", "frames_sent", "octets_sent", "octets_received_ignored",
+         "write_failures")  # what `ConsumerPort.stats` counts, in the order the meter prints them
 # the CIP destination: logical name, LLA, CI TL; ':' or '.' between the three (catalog §7: accept both)
 _DESTINATION = re.compile(r"^(\d{1,3}-\d{1,3}:\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})[:.]([0-9A-Fa-f]{2})[:.]([0-9A-Fa-f]{2})$")
 
@@ -212,6 +214,7 @@ class ConsumerPort:
         self.path: str | None = None
         self._lock = threading.Lock()
         self._stats: Counter[str] = Counter()
+        self._last_push_octets = 0  # what the last push sent took on the line (the skip line says it)
         self._wake_r = self._wake_w = -1
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -247,35 +250,31 @@ class ConsumerPort:
         """Take a push's frames; False (counted, logged) when the last push is still on the line."""
         with self._lock:
             taken = self.pacer.offer(list(frames), self.clock())
-            self._stats["pushes_offered"] += 1
-            if not taken:
-                self._stats["pushes_skipped"] += 1
+            if taken:
+                self._stats["pushes_offered"] += 1
         if not taken:
-            self.skipped()
+            self.skip()
             return False
         self._wake()
         return True
 
-    def skipped(self) -> None:
-        """A push found the line busy (counted by whoever found it so)."""
+    def skip(self) -> None:
+        """A push that found the line busy: counted and logged, not sent."""
+        with self._lock:
+            self._stats["pushes_offered"] += 1
+            self._stats["pushes_skipped"] += 1
+            octets = self._last_push_octets
         self.say("h1.skipped", "H1: a consumer push skipped: the one before is still on the line "
                  "(%d octets take %.2f s at %d Bd; the push schedule is faster than that)",
-                 self.last_push_octets, airtime(self.last_push_octets), BAUD)
+                 octets, airtime(octets), BAUD)
 
     def count(self, key: str, n: int = 1) -> None:
         with self._lock:
             self._stats[key] += n
 
-    @property
-    def last_push_octets(self) -> int:
-        return self._stats.get("last_push_octets", 0)
-
     def stats(self) -> dict:
         with self._lock:
-            counts = dict(self._stats)
-        counts.pop("last_push_octets", None)
-        return {key: counts.get(key, 0) for key in ("pushes_offered", "pushes_sent", "pushes_skipped", "frames_sent",
-                                                     "octets_sent", "octets_received_ignored", "write_failures")}
+            return {key: self._stats[key] for key in STATS}
 
     # -- the writer thread --------------------------------------------------------------------
     def _wake(self) -> None:
@@ -310,9 +309,9 @@ class ConsumerPort:
                 push_octets += len(frame)
                 self._write(line, frame)
                 if last:
-                    self.count("pushes_sent")
                     with self._lock:
-                        self._stats["last_push_octets"] = push_octets
+                        self._stats["pushes_sent"] += 1
+                        self._last_push_octets = push_octets
                     push_octets = 0
 
     def _drain(self, line) -> None:
@@ -363,9 +362,7 @@ class ConsumerPush:
             self.say("h1.destination", "%s: the push is not sent: %s", name, exc)
             return "refused"
         if self.port.busy():  # before the counter is spent: a skipped push costs nothing
-            self.port.count("pushes_offered")
-            self.port.count("pushes_skipped")
-            self.port.skipped()
+            self.port.skip()
             return "skipped"
         context = self.server.security.context(self.client) if self.server.security else None
         if context is None:
