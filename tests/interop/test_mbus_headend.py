@@ -108,15 +108,18 @@ class SubmeterWorld:
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
         sender = simulated.WirelessSender(self.radio, mode=5, key=RADIO_KEY, interval=0.3)
-        self.tasks = [self.loop.create_task(simulated.serve_bus(self.bus, "127.0.0.1", 0, self.clock.now,
-                                                                started=self.port.append)),
-                      self.loop.create_task(sender.run(self.wireless_to, self.clock.now))]
+
+        async def devices():
+            await asyncio.gather(simulated.serve_bus(self.bus, "127.0.0.1", 0, self.clock.now, started=self.port.append),
+                                 sender.run(self.wireless_to, self.clock.now))
+
+        self.main = self.loop.create_task(devices())
         with contextlib.suppress(asyncio.CancelledError):
-            self.loop.run_until_complete(asyncio.gather(*self.tasks))
+            self.loop.run_until_complete(self.main)
+        self.loop.close()
 
     def close(self) -> None:
-        for task in self.tasks:
-            self.loop.call_soon_threadsafe(task.cancel)
+        self.loop.call_soon_threadsafe(self.main.cancel)
         self.thread.join(10)
 
 
@@ -300,3 +303,38 @@ def test_key_status_goes_through_its_states(scenario):
     assert scaler_unit[0].value == -3 and scaler_unit[1].value == 13
     # what the radio meter's register held at some moment while it sent
     assert world.radio.reading(world.clock.start).volume_l <= value <= world.radio.reading(world.clock.now()).volume_l
+
+
+def test_kill_9_loses_no_channel_key_value_or_row(scenario):
+    """A power failure of the whole meter (kill -9) keeps what the M2 interface had committed:
+    installed channels and their addresses, the key status, the values and the profile rows.
+    Read with gurux before and after (a fresh invocation counter well above anything the meter
+    may have reserved across the kill)."""
+    meter, world, _management, _ = scenario
+
+    def state(process, invocation_counter):
+        peer = gurux_lan(process, "data_readout", invocation_counter)
+        quiet(peer.associate)
+        try:
+            channels = [(gurux_read(peer, GXDLMSMBusClient(f"0.{x}.24.1.0.255"), 5),
+                         gurux_read(peer, GXDLMSMBusClient(f"0.{x}.24.1.0.255"), 14)) for x in (1, 2, 3, 4)]
+            rows = [gurux_read(peer, GXDLMSProfileGeneric(f"0.{x}.24.3.0.255"), 7) for x in (1, 2, 3)]
+            events = gurux_read(peer, GXDLMSProfileGeneric("0.0.99.98.3.255"), 7)
+            water = gurux_read(peer, GXDLMSExtendedRegister("0.2.24.2.1.255"), 2)
+            return channels, rows, events, water
+        finally:
+            quiet(peer.close)
+
+    world.meters["water"].faults.add("silent")  # what the meter shows of channel 2 now comes from its store
+    before_channels, before_rows, before_events, water_before = state(meter, 2_000_000)
+    meter.power_failure()
+    again = start_meter(meter.data_dir, "--speed", str(SPEED), "--mbus-wired", f"127.0.0.1:{world.port[0]}")
+    try:
+        channels, rows, events, water = state(again, 4_000_000)
+        assert channels == before_channels  # primary addresses 1, 2, 3 (4: wireless, 0) and key statuses
+        assert [c[1] for c in channels[:1]] == [3]  # the transferred key of channel 1 is still "set and transferred"
+        assert all(r >= b for r, b in zip(rows, before_rows)) and events >= before_events
+        assert water == water_before
+    finally:
+        again.stop()
+        world.meters["water"].faults.discard("silent")
