@@ -267,7 +267,6 @@ class MbusM2:
         self.channels = {n: Channel.from_json(n, store.saved(STATE_KEY.format(n))) for n in CHANNELS}
         self._in_flight: set[tuple[int, str]] = set()
         self.running_instant: float | None = None  # the runtime's timed-engine protocol: nothing runs scripts here
-        self.on_change: list[Callable[[int], None]] = []  # told a channel's number when it changed (the driver)
         for channel in self.channels.values():  # an alarm pending over a restart stays raised
             if channel.communication_error:
                 self.alarm(f"mbus_communication_error_{channel.number}", True)
@@ -281,8 +280,6 @@ class MbusM2:
             for code in events:
                 self._log_event(code + channel.number - 1, when)
         self.channels[channel.number] = channel
-        for listener in self.on_change:
-            listener(channel.number)
 
     def _log_event(self, code: int, when: int) -> None:
         self.store.append_row(EVENT_LOG, when, json.dumps(code), MBUS_EVENT_LOG_ENTRIES)
@@ -734,12 +731,6 @@ class MbusM2:
             channel.key_status = KEY_IN_USE
         return events
 
-    def installed_summary(self) -> list[dict[str, Any]]:
-        return [{"channel": c.number, "port": "wireless" if c.wireless else "wired",
-                 "installed": c.installed, "installing": c.installing, "primary_address": c.primary_address,
-                 "device": application_layer_address(c.identity) if c.has_identity() else None,
-                 "communication_error": c.communication_error, "key_status": c.key_status}
-                for c in self.channels.values()]
 
 
 def default_capture_definition(telegram: SubmeterTelegram) -> list[tuple[bytes, bytes]]:
@@ -1079,7 +1070,6 @@ class WirelessPort:
             mode = self._modes.get(number, 5) if key is not None else 0
             wanted[slot] = (number, key, mode, address)
         for slot in set(self._bound) - set(wanted):
-            from smartmeter.mbus.wireless import MeterAddress  # noqa: F401 - the type unbind takes
             self.receiver.unbind(self._bound.pop(slot)[3])
         for slot, (number, key, mode, address) in wanted.items():
             if self._bound.get(slot, (None,))[:3] != (number, key, mode):
@@ -1146,7 +1136,7 @@ class M2Interface:
         lines = []
         zone = self.meter.clock.zone
         if wired:
-            self.bus = wired_bus(wired, zone, speed=self.meter.config.speed)
+            self.bus = wired_bus(wired, zone)
             lines.append(f"M2 multi-utility interface: wired M-Bus master on {wired}")
         self.driver = MbusM2Driver(self.engine, self.bus, self._now)
         if wireless:
@@ -1257,7 +1247,7 @@ async def _merged(read):
     return (await read).merged()
 
 
-def wired_bus(spec: str, zone, speed: float = 1.0) -> MasterBus:
+def wired_bus(spec: str, zone) -> MasterBus:
     """The wired bus of `--mbus-wired BUS`: HOST:PORT of a TCP level converter (the simulated
     submeters' `smartmeter sim mbus ... --wired --listen`) or a serial device."""
     if not spec:
