@@ -192,7 +192,7 @@ def test_pushes_come_at_the_written_times_and_gurux_reads_what_the_registers_hol
     """Three execution times written with the head-end CLI: three pushes, each standing for its
     instant (the clock entry), none else; gurux's values equal the registers (value, scaler, unit)."""
     start = meter.now()
-    due = [start + dt.timedelta(seconds=s) for s in (8, 12, 17)]
+    due = [start + dt.timedelta(seconds=s) for s in (12, 16, 21)]  # room for the CLI's association first
     energy_before, = meter.read(("1-0:1.8.0.255", 2))
     capture = Capture(meter.pty)
     meter.cli("management", "push-schedule", "consumer", *(a for d in due for a in ("--at", local(d))))
@@ -248,7 +248,9 @@ def test_smartmeter_austria_energy_reads_the_push_from_the_pty(meter):
     of the schedule written with the CLI (every 5 s)."""
     meter.cli("management", "push-schedule", "consumer", "--every", "5s")
     capture = Capture(meter.pty)  # one push, to learn the second frame's L field as a user reads it off
+    hang_guard = time.monotonic() + 120
     while not re.search(rb"\x68\xFA\xFA\x68[\s\S]{251}\x16\x68([\s\S])\1\x68", bytes(capture.data)):
+        assert time.monotonic() < hang_guard, "no push came on the pty"
         time.sleep(0.2)
     second_l = re.search(rb"\x68\xFA\xFA\x68[\s\S]{251}\x16\x68([\s\S])\1\x68", capture.close()).group(1)[0]
     # the reader splits its stream with a regular expression built from these bytes, unescaped
