@@ -248,6 +248,8 @@ class ConsumerPort:
 
     def submit(self, frames: list[bytes]) -> bool:
         """Take a push's frames; False (counted, logged) when the last push is still on the line."""
+        if not frames:
+            return False
         with self._lock:
             taken = self.pacer.offer(list(frames), self.clock())
             if taken:
@@ -369,8 +371,8 @@ class ConsumerPush:
             self.say("h1.no_context", "%s: the %s client has no security context; the push is not sent", name,
                      self.client)
             return "failed"
-        notification = DataNotification(long_invoke_id_and_priority, self.server.clock_bytes(), body).to_bytes()
         try:
+            notification = DataNotification(long_invoke_id_and_priority, self.server.clock_bytes(), body).to_bytes()
             apdu = protect_consumer_notification(context, self.server.system_title, notification)
         except CounterExhaustedError:
             if not self._exhausted:
