@@ -480,3 +480,15 @@ def test_no_profile_row_for_an_instant_before_the_installation(setup):
     install_gas(engine, clock)
     engine.advance(T0 - 600, T0 + 3700, Passage.RUNNING)  # the tick that covers T0 and T0 + 3600
     assert [t for t, _ in engine.profile_rows(1, None, None)] == [T0 + 3600]
+
+
+def test_a_command_without_answer_waits_before_it_is_tried_again(setup):
+    make, clock, _, _, _ = setup
+    engine = make()
+    install_gas(engine, clock)
+    [sync] = [r for r in engine.requests(clock()) if r.kind == "clock_sync"]
+    engine.failed(sync, clock())
+    assert [r for r in engine.requests(clock() + 1) if r.kind == "clock_sync"] == []
+    [again] = [r for r in engine.requests(clock() + mbus_m2.RETRY_AFTER) if r.kind == "clock_sync"]
+    engine.answered(again, None, clock() + mbus_m2.RETRY_AFTER)
+    assert engine.channel(1).next_clock_sync == clock() + mbus_m2.RETRY_AFTER + mbus_m2.CLOCK_SYNC_INTERVAL

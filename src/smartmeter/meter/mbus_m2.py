@@ -195,6 +195,7 @@ class Channel:
     valve_open: bool = True
     profile_period: int = 3600
     installed_at: float | None = None  # meter time: the profile has no row for an instant before it
+    commands_after: float | None = None  # a command got no answer: the next try not before (meter time)
     # one-shot operations the HES asked for, done at the next chance
     pending: list[dict] = field(default_factory=list)
 
@@ -568,7 +569,8 @@ class MbusM2:
         if not channel.installed:
             return []
         due = []
-        for op in channel.pending:
+        holding = channel.commands_after is not None and now < channel.commands_after
+        for op in [] if holding else channel.pending:
             kind = op["kind"]
             if kind == "read":
                 due.append(BusRequest(n, "read", address, identity=channel.identity))
@@ -579,7 +581,7 @@ class MbusM2:
                     (bytes.fromhex(d), bytes.fromhex(v), bytes.fromhex(x)) for d, v, x in op["records"])))
             elif kind in ("key_transfer", "valve"):
                 due.append(BusRequest(n, kind, address, payload=bytes.fromhex(op["payload"])))
-        if channel.next_clock_sync is not None and now >= channel.next_clock_sync \
+        if channel.next_clock_sync is not None and now >= channel.next_clock_sync and not holding \
                 and not any(r.kind == "clock_sync" for r in due):
             due.append(BusRequest(n, "clock_sync", address, time=now))
         if channel.capture_period and (channel.next_read is None or now >= channel.next_read) \
@@ -636,6 +638,7 @@ class MbusM2:
             if channel.capture_period:
                 channel.next_read = _next_multiple(now, channel.capture_period)
         elif request.kind == "clock_sync":
+            channel.commands_after = None
             self._done(channel, "clock_sync")
             channel.next_clock_sync = now + CLOCK_SYNC_INTERVAL
             events.append(EVENT_CLOCK_ADJUSTED)
@@ -644,6 +647,7 @@ class MbusM2:
             channel.key_status = KEY_SET_AND_TRANSFERRED
             events.append(EVENT_KEY_TRANSFERRED)
         else:
+            channel.commands_after = None
             self._done(channel, request.kind)
         self._commit(channel, events, at=now)
 
@@ -658,7 +662,8 @@ class MbusM2:
         if request.kind in ("install", "read"):
             self._fail(channel, now)
             return
-        self._commit(channel, at=now)  # a command stays pending: tried again with the next read
+        channel.commands_after = now + RETRY_AFTER  # the command stays pending: tried again later, not at once
+        self._commit(channel, at=now)
 
     def _fail(self, channel: Channel, now: float) -> None:
         events = []
