@@ -2,7 +2,7 @@
 SND_UD long frames to the broadcast address, CI = transport segment field, wrapper SAPs 01/67.
 
 The reference is the published Austrian example of a customer interface push:
-  https://github.com/fneur/smart-meter-tirol/blob/master/doc/EXAMPLE.md
+  https://github.com/fneur/smart-meter-tirol/blob/8538b263572e93288cbd8aaee425f5cd2792bf18/doc/EXAMPLE.md
   (file doc/EXAMPLE.md of the repository fneur/smart-meter-tirol): key 10 11 .. 1F, system title
   4B464D1010000023, frame counter 00295B9A, suite 1 encryption only, general-glo-ciphering,
   two frames (CI 0x00 then 0x11). Its bytes are copied below as the page prints them.
