@@ -15,7 +15,7 @@ import random
 
 import pytest
 
-from smartmeter.cosem.data import Data, DataType
+from smartmeter.cosem.data import DataType
 from smartmeter.dlms.apdu.notification import DataNotification
 from smartmeter.dlms.security.context import ClientPolicy, SecurityContext
 from smartmeter.errors import DecodeError, EncodeError

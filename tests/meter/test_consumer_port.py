@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from meter_sessions import SUCCESS, Sessions
 from meter_site import MeterSite
 from smartmeter.cosem import axdr
-from smartmeter.cosem.data import Data, DataType
+from smartmeter.cosem.data import Data
 from smartmeter.cosem.obis import Obis
 from smartmeter.cosem.results import DataAccessResult
 from smartmeter.dlms.apdu.notification import DataNotification
