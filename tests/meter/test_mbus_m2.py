@@ -368,11 +368,16 @@ def test_engine_reads_simulated_gas_water_heat_over_tcp_and_follows_a_removed_me
         server = asyncio.create_task(simulated.serve_bus(bus, "127.0.0.1", 0, clock, started=port_box.append))
         while not port_box:
             await asyncio.sleep(0.01)
-        link = mbus_m2.wired_bus(f"127.0.0.1:{port_box[0]}", zone)
+        speed = [2400]  # the wired port setup's comm_speed, as IC 74 gives it
+        link = mbus_m2.wired_bus(f"127.0.0.1:{port_box[0]}", zone, lambda: speed[0])
         driver = MbusM2Driver(engine, link, clock)
         try:
             await driver.run_once()  # three installations
+            speeds = [link._bus.master.baud_rate]
+            speed[0] = 9600  # the head-end writes comm_speed 5: the next exchange runs at 9600 Bd
             await driver.run_once()  # their clock syncs
+            speeds.append(link._bus.master.baud_rate)
+            assert speeds == [2400, 9600]
             snapshot = {n: [v.value for v in engine.channel(n).values] for n in (1, 2, 3)}
             snapshot["gas time"] = engine.channel(1).values[0].capture_time
             meters["gas"].faults.add("silent")  # unplugged

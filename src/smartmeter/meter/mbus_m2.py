@@ -1141,7 +1141,8 @@ class M2Interface:
         lines = []
         zone = self.meter.clock.zone
         if wired:
-            self.bus = wired_bus(wired, zone)
+            port = self.meter.directory.find(74, WIRED_PORT)
+            self.bus = wired_bus(wired, zone, None if port is None else port[1].baud_rate)
             lines.append(f"M2 multi-utility interface: wired M-Bus master on {wired}")
         self.driver = MbusM2Driver(self.engine, self.bus, self._now)
         if wireless:
@@ -1193,16 +1194,22 @@ class MasterBus:
     meter to stop), each outcome other than success a SmartmeterError the driver counts as no
     answer. Device commands are SND_UD CI 51 records (docs/mbus.md)."""
 
-    def __init__(self, spec: str, zone) -> None:
+    def __init__(self, spec: str, zone, baud_rate: Callable[[], int] | None = None) -> None:
         self.spec, self.zone = spec, zone
+        self.baud_rate = baud_rate  # the wired port setup's comm_speed (IC 74): at each (re)connection
         self._bus = None
+        self._speed: int | None = None
 
     async def _call(self, operation):
         from smartmeter.mbus.aio import open_bus
 
         try:
+            speed = self.baud_rate() if self.baud_rate is not None else None
+            if self._bus is not None and speed != self._speed:
+                await self.close()  # the head-end changed the port's speed: the next exchange uses it
             if self._bus is None:
-                self._bus = await open_bus(self.spec)
+                self._bus = await (open_bus(self.spec) if speed is None else open_bus(self.spec, baud_rate=speed))
+                self._speed = speed
             return await operation(self._bus)
         except OSError as exc:
             await self.close()
@@ -1252,9 +1259,9 @@ async def _merged(read):
     return (await read).merged()
 
 
-def wired_bus(spec: str, zone) -> MasterBus:
+def wired_bus(spec: str, zone, baud_rate: Callable[[], int] | None = None) -> MasterBus:
     """The wired bus of `--mbus-wired BUS`: HOST:PORT of a TCP level converter (the simulated
     submeters' `smartmeter sim mbus ... --wired --listen`) or a serial device."""
     if not spec:
         raise ValueError("--mbus-wired names a bus: HOST:PORT or a serial device")
-    return MasterBus(spec, zone)
+    return MasterBus(spec, zone, baud_rate)
