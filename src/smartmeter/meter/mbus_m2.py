@@ -253,9 +253,8 @@ class MbusM2:
     """The M2 engine: channels 1..4, their persisted state, and what is due on the bus.
 
     store: the meter's event store (EventRecorder: save/saved/append_row/profile_rows/transaction);
-    now: the meter's clock (UTC s); alarm(flag, active): the alarm register's condition;
-    wired/wireless: whether the meter has that port (--mbus-wired / --mbus-wireless), which only
-    decides whether an installation can succeed, not what the objects accept.
+    now: the meter's clock (UTC s); alarm(flag, active): a condition of the alarm and error
+    registers (communication error); raise_alarm(flag): an occurrence (fraud attempt, latched).
     """
 
     def __init__(self, store: EventStore, now: Callable[[], float],
@@ -308,9 +307,11 @@ class MbusM2:
         channel = self._edit(number)
         if channel.installed and port != channel.port:
             raise ChannelRefused("de-install the device before moving it to another port")
-        channel.port = port
         if port == WIRELESS_PORT:
             channel.capture_period = 0  # companion: wireless is externally triggered
+        elif channel.port == WIRELESS_PORT:
+            channel.capture_period = DEFAULT_CAPTURE_PERIOD  # back on the wire: read as a wired device
+        channel.port = port
         self._commit(channel)
 
     def set_capture_definition(self, number: int, elements: list[tuple[bytes, bytes]]) -> None:
