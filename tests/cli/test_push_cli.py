@@ -55,6 +55,12 @@ def get_json(meter, target: str):
     (["push-setup", "interval1", "--to", "tcp:300.0.2.1:4060"], "is not an address"),
     (["push-setup", "interval1", "--to", "192.0.2.1:4060"], "error: --to '192.0.2.1:4060' is not a push destination"),
     (["push-setup", "interval1", "--to", "http://example.org"], "is not a push destination"),
+    # the consumer push goes to the H1 port only: 0-2:24.6.0.255, broadcast FF, first CI 00 (§10.5)
+    (["push-setup", "consumer", "--to", "mbus:0-1:24.6.0.255:FF:00"],
+     "error: --to 'mbus:0-1:24.6.0.255:FF:00' is not an address: wired M-Bus: 0-1:24.6.0.255 is not the consumer"),
+    (["push-setup", "consumer", "--to", "mbus:0-2:24.6.0.255:05:00"], "broadcast address FF, not 05"),
+    (["push-setup", "consumer", "--to", "mbus:0-2:24.6.0.255.FF.01"], "transport CI starts at 00, not 01"),
+    (["push-setup", "consumer", "--to", "mbus:0-2:24.6.0.255"], "is not an address"),
     (["push-setup", "interval1", "--retries", "256"], "256 is not in the range 0<=x<=255"),
     (["push-setup", "interval9"], "error: 'interval9' is not a push setup"),
     (["push-setup", "1-0:1.8.0.255"], "error: '1-0:1.8.0.255' is not a push setup"),
@@ -101,6 +107,13 @@ def test_written_settings_land_on_the_meter_and_none_takes_the_destination_away(
     assert text.splitlines()[0] == "wrote 0-2:25.9.0.255:3 send_destination_and_method: none"
     assert get_json(meter, "0-2:25.9.0.255:3") == [1, "", 0]
     assert get_json(meter, "0-2:25.9.0.255:6") == 5  # what was not given is left as it was
+
+
+def test_the_consumer_push_destination_may_be_written_with_dots(meter):
+    # catalog §7: the text says '.' separates the three parts, the example ':'; both are taken
+    text = ok(as_client(meter, "management", "push-setup", "consumer", "--to", "mbus:0-2:24.6.0.255.FF.00"))
+    assert text.splitlines()[0] == "wrote 0-6:25.9.0.255:3 send_destination_and_method: mbus:0-2:24.6.0.255.FF.00"
+    assert get_json(meter, "0-6:25.9.0.255:3") == [201, b"0-2:24.6.0.255.FF.00".hex(), 0]
 
 
 def test_a_client_that_may_not_write_is_refused_in_one_line_and_nothing_changes(meter):

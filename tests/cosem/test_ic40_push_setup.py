@@ -156,6 +156,40 @@ def test_bad_input_is_refused_and_changes_nothing(management, attribute, value, 
     assert read(management, obis, attribute) == before
 
 
+# The consumer push's one destination (companion §10.5; catalog §7): the H1 port's logical name
+# 0-2:24.6.0.255, the broadcast link address FF, the first transport CI 00, with ':' or '.' between.
+CONSUMER = SETUPS[8]
+
+
+@pytest.mark.parametrize("text", [b"0-2:24.6.0.255:FF:00", b"0-2:24.6.0.255.FF.00", b"0-2:24.6.0.255:ff:00",
+                                  b"0-2:24.6.0.255.FF:00"])
+def test_the_consumer_port_is_taken_with_colons_or_dots(management, text):
+    assert management.set(40, CONSUMER, 3, destination(201, text)) == SUCCESS
+    assert read(management, CONSUMER, 3) == destination(201, text)
+
+
+@pytest.mark.parametrize("text", [
+    b"0-1:24.6.0.255:FF:00",  # the wired M2 port, not the consumer port
+    b"0-2:24.6.0.254:FF:00",
+    b"0-2:25.9.0.255:FF:00",
+    b"0-2:24.6.0.255:01:00",  # an addressed slave: H1 is broadcast only
+    b"0-2:24.6.0.255:FE:00",
+    b"0-2:24.6.0.255:FF:01",  # not the first transport CI
+    b"0-2:24.6.0.255:FF:1F",
+    b"0-2:24.6.0.255:FF:00:00",
+    b"0-2:24.6.0.255;FF;00",
+    b"0-2:24.6.0.256:FF:00",
+    b"0-2:24.6.0.255:FF:00\n",
+    b" 0-2:24.6.0.255:FF:00",
+    b"0-2:24.6.0.255:FFF:00",
+    b"[2001:db8::17]:4059",
+])
+def test_a_wired_mbus_destination_other_than_the_consumer_port_is_refused_and_changes_nothing(management, text):
+    before = read(management, CONSUMER, 3)
+    assert management.set(40, CONSUMER, 3, destination(201, text)) == OTHER_REASON
+    assert read(management, CONSUMER, 3) == before
+
+
 def test_push_takes_integer_zero_only(management):
     assert management.action(40, INTERVAL_1, 1, Data.integer(1)) == OTHER_REASON
     assert management.action(40, INTERVAL_1, 1, Data.unsigned(0)) == TYPE_UNMATCHED

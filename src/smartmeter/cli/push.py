@@ -80,12 +80,13 @@ def resolve_setup(text: str) -> tuple[str, str]:
 
 
 def parse_destination_option(text: str) -> tuple[int, str]:
-    """--to tcp:IPv4:PORT | udp:[IPv6]:PORT | mbus:a-b:c.d.e.f:LL:CC -> (transport_service, destination).
+    """--to tcp:IPv4:PORT | udp:[IPv6]:PORT | mbus:0-2:24.6.0.255:FF:00 -> (transport_service, destination).
     Checked as the meter checks it (ic40 `check_destination`), so a wrong one is refused before anything is sent."""
     from smartmeter.cosem.classes.base import CosemAccessError
     from smartmeter.cosem.classes.ic40_push_setup import check_destination
 
-    hint = "write --to tcp:IPv4:PORT (WAN), udp:[IPv6]:PORT (LAN), e.g. tcp:192.0.2.10:4060, or none"
+    hint = ("write --to tcp:IPv4:PORT (WAN), udp:[IPv6]:PORT (LAN), e.g. tcp:192.0.2.10:4060, "
+            "mbus:0-2:24.6.0.255:FF:00 (the consumer push on H1), or none")
     prefix, _, address = text.partition(":")
     transport = next((number for number, name in TRANSPORT_NAMES.items() if name == prefix.lower()), None)
     if transport is None or not address:

@@ -22,7 +22,9 @@ What a write may hold (anything else is refused and changes nothing):
   object or attribute the meter does not have: other-reason; a wrong type: type-unmatched.
 - send_destination_and_method: structure{enum, octet-string, enum}. transport_service 0 (TCP)
   takes `x.x.x.x:port`, 1 (UDP) `[ipv6]:port` (companion §10.6), 201 (wired M-Bus, the consumer
-  push, §10.5) `a-b:c.d.e.f:LL:CC`; message 0 (A-XDR xDLMS APDU) only. An empty destination is
+  push, §10.5) the consumer port only: `0-2:24.6.0.255:FF:00` (its logical name, the broadcast
+  LLA, the first transport CI; '.' or ':' between the three, catalog §7); message 0 (A-XDR
+  xDLMS APDU) only. An empty destination is
   kept: the push is then not sent (the push service says so once).
 - communication_window: array of structure{octet-string(12), octet-string(12)}, at most
   MAX_WINDOWS; each end a date-time pattern (wildcards allowed) as the push sender reads it
@@ -31,7 +33,6 @@ What a write may hold (anything else is refused and changes nothing):
 """
 from __future__ import annotations
 
-import re
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,7 @@ from smartmeter.cosem.classes.base import (
 )
 from smartmeter.cosem.data import Data, DataType
 from smartmeter.cosem.obis import Obis
+from smartmeter.meter.consumer_port import consumer_destination
 from smartmeter.meter.push_sender import window_pattern
 from smartmeter.transport.wrapper_send import parse_destination
 
@@ -50,9 +52,6 @@ TRANSPORTS = (TCP, UDP, WIRED_MBUS)
 A_XDR_APDU = 0  # message_type: A-XDR encoded xDLMS APDU, the only one the meter sends
 MAX_OBJECTS = 20  # companion §10: at least 20 entries; §10.5: the consumer push takes up to 20
 MAX_WINDOWS = 8
-# H1 destination (§10.5): logical name of the M-Bus port setup, link layer address, CI field
-_H1_DESTINATION = re.compile(r"^(\d{1,3})-(\d{1,3}):(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})"
-                             r":([0-9A-Fa-f]{2}):([0-9A-Fa-f]{2})$")
 # IC 40 v0 integer attributes: name -> (type, range, default)
 INTEGER_ATTRIBUTES = {
     "randomisation_start_interval": (DataType.LONG_UNSIGNED, (0, 0xFFFF), 0),
@@ -90,9 +89,14 @@ def check_destination(transport_service: int, destination: str) -> None:
     if not destination:
         return
     if transport_service == WIRED_MBUS:
-        match = _H1_DESTINATION.match(destination)
-        if match is None or any(int(f) > 255 for f in match.groups()[:6]):
-            raise other_reason(f"a wired M-Bus destination is a-b:c.d.e.f:LL:CC, not {destination!r}")
+        # the meter sends the consumer push to this one destination only (§10.5): the same rule
+        # refuses the write here and the push at push time
+        if not destination.isprintable() or destination != destination.strip():
+            raise other_reason(f"a wired M-Bus destination is 0-2:24.6.0.255:FF:00, not {destination!r}")
+        try:
+            consumer_destination(destination)
+        except ValueError as exc:
+            raise other_reason(f"wired M-Bus: {exc}") from None
         return
     try:
         parsed = parse_destination(destination)
