@@ -45,6 +45,8 @@ KEY_STATUS_NAMES = {0: "no key", 1: "key set", 2: "key transferred", 3: "key set
 MEDIA = {"gas": 0x03, "water": 0x07, "heat": 0x04, "warm-water": 0x06, "electricity": 0x02,
          "heat-inlet": 0x0C, "cooling": 0x0A, "heat-cost-allocator": 0x08}
 MANAGEMENT_HINT = "may this client do it? give a management client's --credentials"
+ERROR_REGISTER = "0-0:97.97.0.255"
+COMMUNICATION_ERROR_BIT = 16  # + channel - 1: M-Bus communication error, channel x (alarms.toml)
 
 CHANNEL_ARGUMENT = click.argument("channel", type=click.IntRange(1, 4), metavar="CHANNEL")
 JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -141,6 +143,7 @@ class ChannelView:
     configuration: int
     key_status: str
     device_id_1: str
+    communication: str  # "ok", "no answer" (the channel's communication error bit) or "not read yet"
     values: list[ValueView]
 
     @property
@@ -161,6 +164,8 @@ class ChannelView:
                  f"  primary address {self.primary_address}, access number {self.access_number}, "
                  f"status 0x{self.status:02X}, key: {self.key_status}"
                  + (f", fabrication number {self.device_id_1}" if self.device_id_1 else "")]
+        if self.communication != "ok":
+            lines.append(f"  {self.communication}")
         lines += [v.text() for v in self.values]
         return "\n".join(lines)
 
@@ -216,13 +221,20 @@ async def read_channel(c, channel: int) -> ChannelView:
                                 scaler_unit[0] if scaler_unit else None, scaler_unit[1] if scaler_unit else None,
                                 _plain(status), None if empty or not isinstance(captured, str) else captured))
     manufacturer = numbers[MANUFACTURER]
+    errors = (await c.get(ERROR_REGISTER, 2, class_id=DATA)).value
+    if isinstance(errors, int) and errors >> (COMMUNICATION_ERROR_BIT + channel - 1) & 1:
+        communication = "no answer: the device does not answer (communication error)"
+    elif all(v.value is None for v in values) and numbers[ACCESS_NUMBER] == 0:
+        communication = "not read yet: waiting for the device's first answer"
+    else:
+        communication = "ok"
     return ChannelView(
         channel, str(Obis.from_bytes(bytes(port))) if len(bytes(port)) == 6 else bytes(port).hex(),
         numbers[PRIMARY_ADDRESS], f"{numbers[IDENTIFICATION]:08X}",
         manufacturer_to_text(manufacturer) if manufacturer else "---", numbers[VERSION], numbers[DEVICE_TYPE],
         numbers[ACCESS_NUMBER], numbers[STATUS], numbers[CONFIGURATION],
         KEY_STATUS_NAMES.get(numbers[KEY_STATUS], f"status {numbers[KEY_STATUS]}"),
-        _plain(device_id) if device_id else "", values)
+        _plain(device_id) if device_id else "", communication, values)
 
 
 async def _checked(request, what: str, hint: str = MANAGEMENT_HINT):
