@@ -77,7 +77,9 @@ def test_mode5_hand_built_frame_and_unencrypted_trailer():
     plaintext = b"\x2F\x2F" + RECORDS + b"\x2F" * 8
     frame = decode_wmbus(mode5_frame(WATER, 0x31, plaintext, 1, trailer=b"\x02\xFD\x17\x00\x00"))
     telegram = decrypt_frame(frame, KEY)
-    assert telegram.application_data == plaintext + b"\x02\xFD\x17\x00\x00"
+    # only the encrypted part is application data; the clear trailer is kept apart
+    assert telegram.application_data == plaintext
+    assert telegram.clear_tail == b"\x02\xFD\x17\x00\x00"
     assert telegram.counter == 0x31
 
 
@@ -146,6 +148,56 @@ def test_mode7_any_flipped_bit_after_the_afl_mac_is_refused():
             decrypt_frame(frame, KEY)
 
 
+@pytest.mark.parametrize("index", [14, 17])  # AFL.L, MCL (authentication type = MAC length)
+def test_mode7_any_flipped_bit_of_the_afl_length_and_mcl_is_refused(index):
+    raw = mode7_frame(5)
+    assert raw[13] == 0x90 and raw[17] == 0x25  # the AFL CI; MCL: counter present, AT 5
+    for bit in range(8):
+        broken = bytearray(raw)
+        broken[index] ^= 1 << bit
+        try:
+            frame = decode_wmbus(bytes(broken))
+        except DecodeError:  # an AFL length or type that disagrees with the fields
+            continue
+        with pytest.raises((MacError, UnsupportedSecurityError, EncryptedLengthError)):
+            decrypt_frame(frame, KEY)
+
+
+def test_mode7_flipped_fcl_bits_never_change_what_is_accepted():
+    """The FCL is outside the MAC (OMS): a flip may only be refused or change nothing."""
+    raw = mode7_frame(5)
+    genuine = decrypt_frame(decode_wmbus(raw), KEY)
+    for index in (15, 16):
+        for bit in range(8):
+            broken = bytearray(raw)
+            broken[index] ^= 1 << bit
+            try:
+                telegram = decrypt_frame(decode_wmbus(bytes(broken)), KEY)
+            except (DecodeError, MacError, UnsupportedSecurityError):
+                continue
+            assert (telegram.application_data, telegram.counter) == (genuine.application_data, 5)
+
+
+@pytest.mark.parametrize("auth_type, mac_length", [(3, 2), (4, 4)])
+def test_mode7_mac_truncated_by_rewriting_the_mcl_is_refused(auth_type, mac_length):
+    """A forger who rewrites AT 5 to a shorter type and cuts the genuine MAC to its prefix
+    (a valid truncated CMAC) must not get the frame accepted: the receiver requires AT 5."""
+    raw = mode7_frame(5)
+    afl_length, mcl_at, mac_at = 14, 17, 22
+    shortened = bytearray(raw[:mac_at + mac_length] + raw[mac_at + 8:])
+    shortened[afl_length] -= 8 - mac_length
+    shortened[mcl_at] = (raw[mcl_at] & 0xF0) | auth_type
+    shortened[0] = len(shortened) - 1
+    frame = decode_wmbus(bytes(shortened))
+    assert frame.afl.mac == raw[mac_at:mac_at + mac_length] and frame.afl.auth_type == auth_type
+    with pytest.raises(UnsupportedSecurityError):
+        decrypt_frame(frame, KEY)
+    rx = WirelessReceiver(crc=None)
+    rx.bind(WATER, KEY, 7)
+    assert rx.receive(bytes(shortened), 0.0).kind is RefusalKind.UNSUPPORTED
+    assert isinstance(rx.receive(raw, 1.0), ReceivedTelegram)  # the genuine frame still is
+
+
 def test_mode7_counter_is_authenticated():
     broken = bytearray(mode7_frame(5))
     broken[18] ^= 0x01  # AFL message counter, low byte
@@ -194,7 +246,18 @@ def test_replay_guard_access_number_wraps():
         guard.accept(b"m", 250, 256)  # 247 steps ahead is a step back
     with pytest.raises(OmsReplayError):
         guard.accept(b"m", 3, 256)
-    guard.accept(b"m", 3 + 127, 256)
+    guard.accept(b"m", 3 + 16, 256)  # the default window: 16 ahead
+
+
+def test_replay_guard_access_number_window():
+    guard = ReplayGuard(window=4)
+    guard.accept(b"m", 10, 256)
+    for far in (15, 100, 137, 9):  # 5, 90, 127 ahead and one back
+        with pytest.raises(OmsReplayError):
+            guard.accept(b"m", far, 256)
+    guard.accept(b"m", 14, 256)
+    with pytest.raises(ValueError):
+        ReplayGuard(window=128)
 
 
 def test_replay_guard_is_bounded_lru():
@@ -296,15 +359,19 @@ def test_receiver_rate_limit_and_queue_bound():
     assert rx.drain() == []
 
 
-def test_receiver_binding_limit_and_rebind_resets_counter():
+def test_receiver_binding_limit_and_rebind_with_a_new_key_resets_counter():
     rx = WirelessReceiver(crc=None, max_bindings=2)
     rx.bind(GAS, KEY, 5)
     rx.bind(WATER, KEY, 7)
     with pytest.raises(ValueError):
         rx.bind(MeterAddress("ABC", "00000001", 1, 7), KEY, 5)
     assert isinstance(rx.receive(mode7_frame(10), 0.0), ReceivedTelegram)
-    rx.bind(WATER, KEY, 7)  # a new binding (key exchange) starts a new counter sequence
-    assert isinstance(rx.receive(mode7_frame(1), 1.0), ReceivedTelegram)
+    rx.bind(WATER, KEY, 7)  # the same key again: the counter stays
+    assert rx.receive(mode7_frame(10), 0.5).kind is RefusalKind.REPLAY
+    new_key = bytes(range(0x40, 0x50))
+    rx.bind(WATER, new_key, 7)  # a key exchange starts a new counter sequence
+    assert isinstance(rx.receive(mode7_frame(1, key=new_key), 1.0), ReceivedTelegram)
+    rx.bind(WATER, KEY, 7)
     rx.unbind(WATER)
     assert rx.receive(mode7_frame(2), 2.0).kind is RefusalKind.UNBOUND
     with pytest.raises(InvalidKeyError):

@@ -3,13 +3,21 @@
 * mode 5: AES-128-CBC over the first N 16-byte blocks of the application data (N from the
   TPL configuration field), IV = M (2) || A (6) || access number x 8;
 * mode 7: keys derived per message with AES-CMAC (KDF-A), AES-128-CBC with IV 0 under
-  Kenc, the AFL MAC (AES-CMAC under Kmac, truncated to the length the AFL.MCL names) over
-  MCL || KI || MC || ML (those present) || the TPL from its CI to the end.
+  Kenc, the AFL MAC (AES-CMAC under Kmac, truncated to 8 bytes: authentication type 5,
+  OMS security profile B) over MCL || KI || MC || ML (those present) || the TPL from its
+  CI to the end. The MAC type is the receiver's requirement, never the sender's choice:
+  a frame whose AFL.MCL names another (shorter) type is refused, AES-GMAC (AT 8) as
+  unsupported.
 
 A decrypted payload must start with the 0x2F2F filler the sender puts in front of the
-records; without it the key is wrong (mode 5 has no other check). `ReplayGuard` keeps the
-last accepted counter per meter, `WirelessReceiver` ties decoding, decryption,
-authentication and replay checking into the one call the meter makes per received frame.
+records; without it the key is wrong (mode 5 has no other check). Only the encrypted
+blocks are application data: bytes after the N encrypted blocks are returned apart as
+`clear_tail` (in mode 5 nothing protects them; in mode 7 the MAC covers them but they
+were readable on air) and are not handed to the application layer.
+
+`ReplayGuard` keeps the last accepted counter per meter, `WirelessReceiver` ties
+decoding, decryption, authentication, replay checking and the per-meter back-off after
+authentication failures into the one call the meter makes per received frame.
 
 All AES and CMAC come from the `cryptography` package.
 """
@@ -18,6 +26,7 @@ from __future__ import annotations
 import enum
 import hmac
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -25,6 +34,9 @@ from cryptography.hazmat.primitives.cmac import CMAC
 
 from smartmeter.errors import DecodeError, EncodeError, SmartmeterError
 from smartmeter.mbus.wireless import (
+    AUTH_TYPE_CMAC_8,
+    AUTH_TYPE_GMAC,
+    MAC_LENGTH_BY_AUTH_TYPE,
     CrcFormat,
     MeterAddress,
     SecurityMode,
@@ -59,12 +71,21 @@ __all__ = [
     "Refusal",
     "ReceivedTelegram",
     "Binding",
+    "check_auth_type",
     "WirelessReceiver",
+    "OMS_ENCRYPTED_MODES",
+    "MODE5_WINDOW",
 ]
 
 FILLER = 0x2F
 _BLOCK = 16
 _MAX_ENCRYPTED_BLOCKS = 15  # the configuration field's 4-bit N
+# AFL authentication types a binding may require: AES-CMAC-128 truncated to 8, 12, 16 bytes.
+_CMAC_AUTH_TYPES = (5, 6, 7)
+# How far ahead of the last accepted one a mode-5 access number may be (see ReplayGuard).
+MODE5_WINDOW = 16
+# A binding that takes whichever of the two OMS encrypted modes a frame uses (see bind()).
+OMS_ENCRYPTED_MODES = frozenset({5, 7})
 
 
 class OmsSecurityError(SmartmeterError, ValueError):
@@ -194,8 +215,9 @@ class DecryptedTelegram:
 
     frame: WirelessFrame
     mode: SecurityMode
-    application_data: bytes  # decrypted blocks then the unencrypted rest, 0x2F2F included
+    application_data: bytes  # mode 5/7: the decrypted blocks only, 0x2F2F included; mode 0: all
     counter: int | None  # mode 7: AFL message counter; mode 5 and 0: TPL access number
+    clear_tail: bytes = b""  # mode 5/7: bytes after the encrypted blocks, never application data
 
     @property
     def ci(self) -> int:
@@ -221,9 +243,10 @@ def _user_data(frame: WirelessFrame, application_data: bytes) -> tuple[int, byte
 def _split_encrypted(frame: WirelessFrame, mode: int) -> tuple[bytes, bytes]:
     config = frame.tpl.configuration  # type: ignore[union-attr]
     blocks = config.encrypted_blocks  # type: ignore[union-attr]
-    if mode == 5 and blocks == 0:
-        # Accepting it would let anyone send clear data under a mode-5 binding.
-        raise UnsupportedSecurityError("TPL configuration field", None, "mode 5 with no encrypted block")
+    if blocks == 0:
+        # Accepting it would let anyone send clear data under an encrypted binding (in mode 7
+        # too: the MAC then only says who sent it, and a weak or leaked MAC would suffice).
+        raise UnsupportedSecurityError("TPL configuration field", None, f"mode {mode} with no encrypted block")
     size = blocks * _BLOCK
     if size > len(frame.payload):
         raise EncryptedLengthError("TPL configuration field", None,
@@ -236,12 +259,24 @@ def _check_filler(plain: bytes) -> None:
         raise DecryptionCheckError("the decrypted data does not start with 0x2F2F (wrong key?)")
 
 
-def decrypt_frame(frame: WirelessFrame, key: bytes | None) -> DecryptedTelegram:
+def check_auth_type(auth_type: int) -> int:
+    """`auth_type` if a binding may require it (AES-CMAC with an 8, 12 or 16-byte MAC)."""
+    if auth_type not in _CMAC_AUTH_TYPES:
+        raise ValueError(f"authentication type {auth_type} is not an AES-CMAC type a receiver requires "
+                         f"(one of {_CMAC_AUTH_TYPES})")
+    return auth_type
+
+
+def decrypt_frame(frame: WirelessFrame, key: bytes | None, *,
+                  auth_type: int = AUTH_TYPE_CMAC_8) -> DecryptedTelegram:
     """Decrypt and authenticate the TPL payload of `frame` as its configuration field says.
 
+    In mode 7 the AFL must carry exactly the authentication type `auth_type` (default 5:
+    an 8-byte AES-CMAC); any other type, shorter or longer, is refused before any crypto.
     Raises `EncryptedLengthError`, `UnsupportedSecurityError`, `MacError` (mode 7, checked
     before anything is decrypted) or `DecryptionCheckError` (no 0x2F2F after decryption).
     """
+    check_auth_type(auth_type)
     tpl = frame.tpl
     if tpl is None or tpl.configuration is None:
         if frame.afl is not None and frame.afl.mac is not None:
@@ -258,7 +293,7 @@ def decrypt_frame(frame: WirelessFrame, key: bytes | None) -> DecryptedTelegram:
         encrypted, rest = _split_encrypted(frame, 5)
         plain = decrypt_mode5(key, frame.address_bytes, tpl.access_number or 0, encrypted)
         _check_filler(plain)
-        return DecryptedTelegram(frame, SecurityMode.MODE_5, plain + rest, tpl.access_number)
+        return DecryptedTelegram(frame, SecurityMode.MODE_5, plain, tpl.access_number, rest)
     if mode == 7:
         afl = frame.afl
         if afl is None or afl.mac is None or afl.message_counter is None:
@@ -266,14 +301,20 @@ def decrypt_frame(frame: WirelessFrame, key: bytes | None) -> DecryptedTelegram:
         if tpl.configuration.kdf_selection != 1:
             raise UnsupportedSecurityError("configuration field extension", None,
                                            f"KDF {tpl.configuration.kdf_selection} (only KDF-A, 1)")
+        if afl.auth_type == AUTH_TYPE_GMAC:
+            raise UnsupportedSecurityError("AFL MCL", None, "authentication type 8 (AES-GMAC) is not supported")
+        if afl.auth_type != auth_type or len(afl.mac) != MAC_LENGTH_BY_AUTH_TYPE[auth_type]:
+            # The sender must not pick a shorter MAC than the receiver requires.
+            raise UnsupportedSecurityError("AFL MCL", None,
+                                           f"authentication type {afl.auth_type}, required {auth_type}")
+        encrypted, rest = _split_encrypted(frame, 7)
         k_enc, k_mac = derive_mode7_keys(key, afl.message_counter, frame.address.id_bytes)
-        expected = afl_mac(k_mac, afl_mac_input(frame), len(afl.mac))
+        expected = afl_mac(k_mac, afl_mac_input(frame), MAC_LENGTH_BY_AUTH_TYPE[auth_type])
         if not hmac.compare_digest(expected, afl.mac):
             raise MacError("the AFL MAC does not verify")
-        encrypted, rest = _split_encrypted(frame, 7)
         plain = decrypt_mode7(k_enc, encrypted)
         _check_filler(plain)
-        return DecryptedTelegram(frame, SecurityMode.MODE_7, plain + rest, afl.message_counter)
+        return DecryptedTelegram(frame, SecurityMode.MODE_7, plain, afl.message_counter, rest)
     raise UnsupportedSecurityError("TPL configuration field", None, f"security mode {mode}")
 
 
@@ -281,8 +322,13 @@ class ReplayGuard:
     """Last accepted counter per meter (keyed by its 8-byte M || A), bounded as an LRU table.
 
     Mode 7 message counters (32 bits) must strictly increase. Mode 5 only has the 8-bit
-    access number, which wraps: a value is newer when it is 1..127 steps ahead of the last
-    one (serial-number arithmetic), so a replay of any of the last 128 telegrams is refused.
+    access number, which wraps: a value is newer when it is 1..`window` steps ahead of the
+    last one (serial-number arithmetic; `window` is `MODE5_WINDOW`, 16, by default). A
+    replay of any of the last 256 - `window` telegrams is refused. Residual risk of the
+    8-bit number: a telegram captured 256 - k telegrams ago (k = 1..window) looks new
+    again, and a meter whose telegrams were all missed for more than `window` sends is
+    refused until its access number comes round into the window (at most 256 - window
+    telegrams later) or its binding gets a new key. Mode 7 does not have this weakness.
 
     At most `capacity` meters are remembered; the least recently accepted one is forgotten
     first. A forgotten meter's next counter is accepted as a first one, so `capacity` must
@@ -290,10 +336,13 @@ class ReplayGuard:
     meters as its guard holds, and only authenticated telegrams reach the guard.
     """
 
-    def __init__(self, capacity: int = 256) -> None:
+    def __init__(self, capacity: int = 256, window: int = MODE5_WINDOW) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
+        if not 1 <= window <= 127:
+            raise ValueError("the mode-5 window is 1..127 access numbers")
         self.capacity = capacity
+        self.window = window
         self._last: OrderedDict[tuple[bytes, int], int] = OrderedDict()
 
     def __len__(self) -> int:
@@ -310,7 +359,7 @@ class ReplayGuard:
         if modulus is None:
             newer = counter > last
         else:
-            newer = 0 < (counter - last) % modulus < modulus // 2
+            newer = 0 < (counter - last) % modulus <= min(self.window, modulus // 2 - 1)
         if not newer:
             raise OmsReplayError(counter, last)
 
@@ -342,6 +391,7 @@ class RefusalKind(enum.Enum):
     WRONG_KEY = "wrong key"  # 0x2F2F missing after decryption
     BAD_MAC = "bad MAC"
     REPLAY = "replay"
+    BACKING_OFF = "backing off"  # the meter's recent frames failed authentication
 
 
 @dataclass(frozen=True)
@@ -362,6 +412,7 @@ class ReceivedTelegram:
     counter: int | None
     received_at: float
     frame: WirelessFrame
+    clear_tail: bytes = b""  # see DecryptedTelegram: not part of application_data
 
     @property
     def user_data(self) -> tuple[int, bytes]:
@@ -371,11 +422,25 @@ class ReceivedTelegram:
 
 @dataclass(frozen=True)
 class Binding:
-    """A meter the receiver accepts: its address (manufacturer, ID, version, type), key, mode."""
+    """A meter the receiver accepts: its address (manufacturer, ID, version, type), key, the
+    security modes it may use and the AFL authentication type mode 7 must carry."""
 
     address: MeterAddress
     key: bytes | None
-    mode: SecurityMode
+    modes: frozenset[SecurityMode]
+    auth_type: int = AUTH_TYPE_CMAC_8
+
+    @property
+    def mode(self) -> SecurityMode:
+        """The strongest mode the binding accepts."""
+        return max(self.modes)
+
+
+@dataclass
+class _AuthFailures:
+    in_a_row: int = 0
+    backoffs: int = 0  # back-offs since the last accepted frame: the exponent
+    until: float = float("-inf")
 
 
 class WirelessReceiver:
@@ -389,26 +454,43 @@ class WirelessReceiver:
     * `offer` queues at most `queue_length` frames (the rest are refused as RATE_LIMITED)
       and `drain` processes them; `receive` processes one frame at once;
     * a frame longer than `MAX_FRAME_BYTES` (a format-A frame with L=255) is refused unread;
-    * at most `max_bindings` meters are bound (the replay table holds exactly them).
+    * at most `max_bindings` meters are bound (the replay table holds exactly them);
+    * after `failures_before_backoff` authentication failures in a row (BAD_MAC, or
+      WRONG_KEY: mode 5's only check, a 16-bit one) a meter's frames are refused as
+      BACKING_OFF, unread, for `backoff_initial` seconds, doubling with every further
+      back-off until a frame of that meter is accepted, at most `backoff_max` seconds. It
+      caps guessing at `failures_before_backoff` tries per back-off; the price is that a
+      forger can make the receiver miss the real meter's frames meanwhile (a jammer can
+      anyway).
 
-    Only frames from a bound address, in the bound mode, that decrypt to 0x2F2F (and in
-    mode 7 carry a valid MAC) and whose counter is newer than the last accepted one
-    are returned as `ReceivedTelegram`; everything else is a `Refusal`, counted per kind
-    in `refusals`. A mode-0 binding (no key) still drops repeated access numbers: that
-    filters a repeater's duplicates, it authenticates nothing.
+    Only frames from a bound address, in a bound mode, that decrypt to 0x2F2F (and in
+    mode 7 carry a valid MAC of the bound type) and whose counter is newer than the last
+    accepted one are returned as `ReceivedTelegram`; everything else is a `Refusal`,
+    counted per kind in `refusals`. The counter is checked before the crypto (a stale one
+    costs no AES) and stored only after it. A mode-0 binding (no key) still drops repeated
+    access numbers: that filters a repeater's duplicates, it authenticates nothing.
     """
 
     MAX_FRAME_BYTES = 290  # L=255 in format A: 256 data bytes + 17 block CRCs
 
     def __init__(self, *, crc: CrcFormat | None = "A", max_frames_per_second: float = 20.0,
-                 burst: int = 20, queue_length: int = 16, max_bindings: int = 64) -> None:
+                 burst: int = 20, queue_length: int = 16, max_bindings: int = 64,
+                 mode5_window: int = MODE5_WINDOW, failures_before_backoff: int = 3,
+                 backoff_initial: float = 10.0, backoff_max: float = 3600.0) -> None:
+        if failures_before_backoff < 1 or not 0 < backoff_initial <= backoff_max:
+            raise ValueError("failures_before_backoff >= 1 and 0 < backoff_initial <= backoff_max")
         self.crc = crc
+        self.failures_before_backoff = failures_before_backoff
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self._failures: dict[bytes, _AuthFailures] = {}
+        self._mode7_seen: set[bytes] = set()
         self.max_frames_per_second = max_frames_per_second
         self.burst = burst
         self.queue_length = queue_length
         self.max_bindings = max_bindings
         self._bindings: dict[bytes, Binding] = {}
-        self._replay = ReplayGuard(capacity=max_bindings)
+        self._replay = ReplayGuard(capacity=max_bindings, window=mode5_window)
         self._tokens = float(burst)
         self._last_refill: float | None = None
         self._queue: list[tuple[bytes, float]] = []
@@ -416,21 +498,41 @@ class WirelessReceiver:
         self.accepted = 0
 
     # -- bindings -----------------------------------------------------------------------
-    def bind(self, address: MeterAddress, key: bytes | None, mode: SecurityMode | int) -> None:
-        mode = SecurityMode(mode)
-        if mode is not SecurityMode.NONE:
+    def bind(self, address: MeterAddress, key: bytes | None,
+             mode: SecurityMode | int | Iterable[SecurityMode | int],
+             *, auth_type: int = AUTH_TYPE_CMAC_8) -> None:
+        """Accept `address`'s frames under `key` in `mode`: one mode, or several, e.g.
+        `OMS_ENCRYPTED_MODES` (5 and 7) for a meter whose mode is not known in advance.
+
+        Each frame is then checked by the crypto of the mode it names. Once a frame in mode
+        7 was accepted, that binding refuses mode 5 (no downgrade to the weaker mode) until
+        the key changes. Binding the same key again - in whatever modes - keeps the replay
+        counters and the back-off state; only a new key starts a new counter sequence.
+        """
+        modes = frozenset(SecurityMode(m) for m in ((mode,) if isinstance(mode, int) else mode))
+        if not modes or (SecurityMode.NONE in modes and len(modes) > 1):
+            raise ValueError("bind mode 0 alone (no key) or encrypted modes")
+        if SecurityMode.NONE not in modes:
             _check_key(key)  # type: ignore[arg-type]
+        check_auth_type(auth_type)
         slot = address.to_bytes()
         if slot not in self._bindings and len(self._bindings) >= self.max_bindings:
             raise ValueError(f"at most {self.max_bindings} meters can be bound")
-        if slot in self._bindings:
-            self._replay.forget(slot)  # a new key starts a new counter sequence
-        self._bindings[slot] = Binding(address, None if key is None else bytes(key), mode)
+        key = None if key is None or SecurityMode.NONE in modes else bytes(key)
+        old = self._bindings.get(slot)
+        if old is not None and old.key != key:
+            self._forget(slot)  # a new key starts a new counter sequence
+        self._bindings[slot] = Binding(address, key, modes, auth_type)
 
     def unbind(self, address: MeterAddress) -> None:
         slot = address.to_bytes()
         self._bindings.pop(slot, None)
+        self._forget(slot)
+
+    def _forget(self, slot: bytes) -> None:
         self._replay.forget(slot)
+        self._failures.pop(slot, None)
+        self._mode7_seen.discard(slot)
 
     @property
     def bindings(self) -> list[Binding]:
@@ -486,17 +588,32 @@ class WirelessReceiver:
         if binding is None:
             return self._refuse(RefusalKind.UNBOUND, "no binding for this address", address)
         mode = decoded.tpl.configuration.mode if decoded.tpl and decoded.tpl.configuration else 0
-        if mode != binding.mode:
-            return self._refuse(RefusalKind.WRONG_MODE, f"mode {mode}, bound to {int(binding.mode)}", address)
+        if mode not in binding.modes:
+            bound = "/".join(str(int(m)) for m in sorted(binding.modes))
+            return self._refuse(RefusalKind.WRONG_MODE, f"mode {mode}, bound to {bound}", address)
+        if mode == SecurityMode.MODE_5 and slot in self._mode7_seen:
+            return self._refuse(RefusalKind.WRONG_MODE, "mode 5 from a meter already authenticated in mode 7",
+                                address)
+        failures = self._failures.get(slot)
+        if failures is not None and now < failures.until:
+            return self._refuse(RefusalKind.BACKING_OFF, f"until {failures.until}", address)
+        claimed = self._claimed_counter(decoded, mode)
+        if claimed is not None:
+            try:
+                self._replay.check(slot, *claimed)
+            except OmsReplayError as exc:
+                return self._refuse(RefusalKind.REPLAY, str(exc), address)
         try:
-            telegram = decrypt_frame(decoded, binding.key)
+            telegram = decrypt_frame(decoded, binding.key, auth_type=binding.auth_type)
         except EncryptedLengthError as exc:
             return self._refuse(RefusalKind.ENCRYPTED_LENGTH, str(exc), address)
         except UnsupportedSecurityError as exc:
             return self._refuse(RefusalKind.UNSUPPORTED, str(exc), address)
         except MacError as exc:
+            self._authentication_failed(slot, now)
             return self._refuse(RefusalKind.BAD_MAC, str(exc), address)
         except DecryptionCheckError as exc:
+            self._authentication_failed(slot, now)
             return self._refuse(RefusalKind.WRONG_KEY, str(exc), address)
         if telegram.counter is not None:
             modulus = None if telegram.mode is SecurityMode.MODE_7 else 256
@@ -504,6 +621,29 @@ class WirelessReceiver:
                 self._replay.accept(slot, telegram.counter, modulus)
             except OmsReplayError as exc:
                 return self._refuse(RefusalKind.REPLAY, str(exc), address)
+        # Only a fully accepted frame ends a failure streak: a replayed genuine frame
+        # authenticates too, and must not give a forger fresh tries.
+        self._failures.pop(slot, None)
+        if telegram.mode is SecurityMode.MODE_7:
+            self._mode7_seen.add(slot)
         self.accepted += 1
         return ReceivedTelegram(address, telegram.mode, telegram.ci, telegram.application_data,
-                                telegram.counter, now, decoded)
+                                telegram.counter, now, decoded, telegram.clear_tail)
+
+    @staticmethod
+    def _claimed_counter(frame: WirelessFrame, mode: int) -> tuple[int, int | None] | None:
+        """The counter the frame claims, before any authentication (for the cheap pre-check)."""
+        if mode == SecurityMode.MODE_7:
+            counter = frame.afl.message_counter if frame.afl is not None else None
+            return None if counter is None else (counter, None)
+        access = frame.tpl.access_number if frame.tpl is not None else None
+        return None if access is None else (access, 256)
+
+    def _authentication_failed(self, slot: bytes, now: float) -> None:
+        failures = self._failures.setdefault(slot, _AuthFailures())
+        failures.in_a_row += 1
+        if failures.in_a_row >= self.failures_before_backoff:
+            failures.in_a_row = 0
+            pause = min(self.backoff_initial * 2.0 ** min(failures.backoffs, 64), self.backoff_max)
+            failures.backoffs += 1
+            failures.until = now + pause

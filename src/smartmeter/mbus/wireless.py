@@ -64,6 +64,8 @@ __all__ = [
     "CI_TPL_LONG",
     "CI_TPL_NONE",
     "MAC_LENGTH_BY_AUTH_TYPE",
+    "AUTH_TYPE_CMAC_8",
+    "AUTH_TYPE_GMAC",
 ]
 
 CrcFormat = Literal["A", "B"]
@@ -82,8 +84,13 @@ _CRC_POLY = 0x3D65
 # Format B: the first CRC sits after the first 126 bytes (blocks 1 and 2).
 _FORMAT_B_FIRST_SPAN = 126
 
-# OMS Vol. 2, AFL.MCL authentication type -> MAC length in bytes (0: no MAC).
+# OMS Vol. 2, AFL.MCL authentication type -> MAC length in bytes (0: no MAC). The decoder
+# needs it only to find the fields after the MAC: the AT comes from the (unauthenticated)
+# sender, so it must never decide how much MAC a receiver checks - the binding does
+# (`security.WirelessReceiver`, OMS security profile B: AT 5).
 MAC_LENGTH_BY_AUTH_TYPE = {0: 0, 3: 2, 4: 4, 5: 8, 6: 12, 7: 16, 8: 12}
+AUTH_TYPE_CMAC_8 = 5  # AES-CMAC-128 truncated to 8 bytes (OMS security profile B)
+AUTH_TYPE_GMAC = 8  # AES-GMAC-128, 12 bytes: not implemented by this package
 
 
 class SecurityMode(enum.IntEnum):
