@@ -885,6 +885,10 @@ class Meter:
                                              fields["index"], context)
         elif name == "keys_changed":  # the global encryption, authentication or master key
             self.events.record(48, context)
+            if "ek" in fields.get("keys", ()):  # a new encryption key starts its sending counter at 0
+                self.events.end_cause(f"frame_counter_exhausted/{fields.get('client')}")
+        elif name == "frame_counter_exhausted":  # once per key: a restart or the next push does not repeat it
+            self.events.record(247, context, cause=f"frame_counter_exhausted/{fields.get('client')}")
         elif name in ("security_policy_changed", "certificate_imported", "key_pair_generated", "hls_secret_changed",
                       "key_pair_dismissed"):
             self.events.record(245, context)
