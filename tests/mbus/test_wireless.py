@@ -243,27 +243,37 @@ def test_afl_with_every_field():
 @pytest.mark.parametrize("size", [0, 1, 13, 14, 30, 100, 200])
 def test_encode_decode_round_trip(crc, mode, size):
     records = bytes((i * 13 + 5) & 0xFF for i in range(size))
-    if mode and len(padded(records)) > 15 * 16:
-        with pytest.raises(EncodeError):
-            encode_wmbus(GAS, records, access_number=7, security=mode, key=KEY, message_counter=1, crc=crc)
-        return
-    try:
-        frame = encode_wmbus(GAS, records, access_number=7, security=mode, key=KEY, message_counter=77, crc=crc)
-    except EncodeError:
-        assert crc == "B"  # a frame close to L=255 does not fit format B's extra CRCs
-        return
+    frame = encode_wmbus(GAS, records, access_number=7, security=mode, key=KEY, message_counter=77, crc=crc)
     decoded = decode_wmbus(frame, crc=crc)
     assert decoded.address == GAS and decoded.tpl.access_number == 7
     telegram = decrypt_frame(decoded, KEY)
     assert int(telegram.mode) == mode
-    if mode == 0:
-        assert telegram.application_data == records
-    else:
-        assert telegram.application_data == padded(records)
-        assert decoded.tpl.configuration.encrypted_blocks == len(padded(records)) // 16
-        assert decoded.payload != padded(records)
-    if mode == 7:
-        assert decoded.afl.message_counter == 77 and len(decoded.afl.mac) == 8
+    expected_data = records if mode == 0 else padded(records)
+    assert telegram.application_data == expected_data and telegram.clear_tail == b""
+    assert decoded.tpl.configuration.encrypted_blocks == (0 if mode == 0 else len(expected_data) // 16)
+    assert (decoded.payload == records) == (mode == 0)  # encrypted modes change every block
+    afl = decoded.afl
+    assert (afl.message_counter, len(afl.mac)) == (77, 8) if mode == 7 else afl is None
+
+
+def test_encoder_refuses_more_than_15_encrypted_blocks():
+    # mode 5 (C, M/A, 5-byte TPL: 14 bytes) leaves room for 241 bytes: 15 blocks fit in L
+    fits = bytes(240 - 2)  # 0x2F2F + 238 bytes: exactly 15 blocks
+    frame = encode_wmbus(GAS, fits, access_number=1, security=5, key=KEY, crc=None)
+    assert decode_wmbus(frame).tpl.configuration.encrypted_blocks == 15
+    with pytest.raises(EncodeError):  # one byte more needs a 16th block, N has 4 bits
+        encode_wmbus(GAS, bytes(240 - 1), access_number=1, security=5, key=KEY, crc=None)
+
+
+def test_format_b_refuses_a_frame_its_crcs_push_past_l_255():
+    # mode 0, short TPL: C (1) + M/A (8) + TPL header (5) + records = L
+    records = bytes(255 - 14)
+    plain = encode_wmbus(GAS, records, access_number=1, crc=None)
+    assert plain[0] == 255 and add_crc_format_a(plain)  # format A's L does not count its CRCs
+    with pytest.raises(EncodeError):
+        encode_wmbus(GAS, records, access_number=1, crc="B")
+    shorter = encode_wmbus(GAS, records[:-4], access_number=1, crc="B")
+    assert shorter[0] == 255  # 251 data bytes + two CRCs
 
 
 def test_encoder_refuses_bad_arguments():
