@@ -31,6 +31,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/tariff_billing.py
 	$(BIN)/python benchmarks/push_listener.py
 	$(BIN)/python benchmarks/firmware_transfer.py
+	$(BIN)/python benchmarks/mbus_decode.py
+	$(BIN)/python benchmarks/consumer_push.py
 
 # The WELMEC 7.2 evidence: every test marked @pytest.mark.welmec(...), then docs/welmec/matrix.md
 # with each test's outcome and the software identification of this tree (an examination
