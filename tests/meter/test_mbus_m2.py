@@ -286,7 +286,7 @@ class FakeBus:
         self.waiting: dict[Identity, SubmeterTelegram] = {}
         self.clock_syncs: list[tuple[int, float]] = []
 
-    async def install(self, address, identity):
+    async def install(self, address, identity, key=None):
         for known, tg in list(self.waiting.items()):
             if identity is None or (known.identification_number, known.manufacturer_id) == (
                     identity.identification_number, identity.manufacturer_id):
@@ -294,7 +294,7 @@ class FakeBus:
                 return self.devices[address]
         raise NoAnswer("no such device")
 
-    async def read(self, address):
+    async def read(self, address, key=None):
         if address not in self.devices:
             raise NoAnswer("timeout")
         return self.devices[address]

@@ -34,8 +34,12 @@ from smartmeter.cosem.data import Data
 from smartmeter.cosem.obis import Obis
 from smartmeter.errors import SmartmeterError
 from smartmeter.meter.schedule import Passage
+from smartmeter.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
+# A bus failure repeats at every read of a channel: one line per channel and condition, then at
+# most one an hour (real time, so a fast meter clock does not multiply them) with the count held.
+LOG_INTERVAL = 3600.0
 
 CHANNELS = (1, 2, 3, 4)
 WIRED_PORT = Obis.parse("0-0:24.6.0.255").to_bytes()
@@ -52,6 +56,12 @@ KEY_LENGTH = 16
 
 # Encryption key status, Blue Book IC 72 attribute 14 (Gurux MBusEncryptionKeyStatus alike)
 NO_KEY, KEY_SET, KEY_TRANSFERRED, KEY_SET_AND_TRANSFERRED, KEY_IN_USE = 0, 1, 2, 3, 4
+
+# why an encrypted wired telegram's records were refused (SubmeterTelegram.key_failure)
+KEY_FAILURE_NO_KEY = "encrypted, the channel has no key"
+KEY_FAILURE_WRONG_KEY = "does not decrypt with the channel's key"
+KEY_FAILURE_UNSUPPORTED = "security mode not supported on the wired bus"
+KEY_FAILURE_CLEAR_TEXT = "clear text although the key is in use"
 
 # M-Bus header status byte (EN 13757-3 §6.6)
 STATUS_POWER_LOW = 0x04
@@ -126,7 +136,8 @@ class SubmeterTelegram:
     configuration: int = 0
     records: tuple[SubmeterRecord, ...] = ()
     device_time: float | None = None
-    encrypted: bool = False
+    encrypted: bool = False  # the records came encrypted and decrypted (OMS mode 5: 2F2F verified)
+    key_failure: str = ""  # the records came encrypted and did not decrypt (no key, wrong key): none taken
 
 
 # -- what the engine asks the bus ----------------------------------------------------------------
@@ -189,6 +200,7 @@ class Channel:
     values: list[Value] = field(default_factory=lambda: [Value() for _ in range(4)])
     fabrication_number: str = ""
     communication_error: bool = False
+    key_failures: int = 0  # telegrams refused for their encryption (no key, wrong key, clear text after use)
     failed_period: bool = False  # no answer since the last profile capture (status DNV)
     next_read: float | None = None
     next_clock_sync: float | None = None
@@ -259,11 +271,13 @@ class MbusM2:
 
     def __init__(self, store: EventStore, now: Callable[[], float],
                  alarm: Callable[[str, bool], None] = lambda flag, active: None,
-                 raise_alarm: Callable[[str], None] = lambda flag: None) -> None:
+                 raise_alarm: Callable[[str], None] = lambda flag: None,
+                 say: RateLimitedLog | None = None) -> None:
         self.store = store
         self.now = now
         self.alarm = alarm
         self.raise_alarm = raise_alarm
+        self.say = say if say is not None else RateLimitedLog(log, LOG_INTERVAL)
         self.channels = {n: Channel.from_json(n, store.saved(STATE_KEY.format(n))) for n in CHANNELS}
         self._in_flight: set[tuple[int, str]] = set()
         self.running_instant: float | None = None  # the runtime's timed-engine protocol: nothing runs scripts here
@@ -613,14 +627,15 @@ class MbusM2:
                 raise ValueError("an installation is answered by the device's data")
             if self._identity_taken(_identity_of(telegram), channel.number) or (
                     channel.has_identity() and not _same_device(_identity_of(telegram), channel.identity)):
-                log.warning("M-Bus channel %d: the device answering is not the one to install", channel.number)
+                self.say(f"channel {channel.number} install foreign",
+                         "M-Bus channel %d: the device answering is not the one to install", channel.number)
                 self._fail(channel, now)
                 return
             channel.installing, channel.installed = False, True
             channel.installed_at = now
             _take_header(channel, telegram)
             events.append(EVENT_INSTALLED)
-            events.extend(self._take_values(channel, telegram, now))
+            events.extend(self._take_secured_values(channel, telegram, now))
             channel.next_read = _next_multiple(now, channel.capture_period) if channel.capture_period else None
             channel.next_clock_sync = now  # a new device takes the meter's time at once
         elif request.kind == "read":
@@ -634,7 +649,7 @@ class MbusM2:
                 events.append(EVENT_FRAUD_ATTEMPT)
             else:
                 _take_header(channel, telegram)
-                events.extend(self._take_values(channel, telegram, now))
+                events.extend(self._take_secured_values(channel, telegram, now))
             self._done(channel, "read")
             if channel.capture_period:
                 channel.next_read = _next_multiple(now, channel.capture_period)
@@ -705,6 +720,24 @@ class MbusM2:
         """(channel, device address, key) of each wireless channel with an address: what the
         receiver accepts."""
         return [(c.number, c.identity, c.key) for c in self.channels.values() if c.wireless and c.has_identity()]
+
+    def _take_secured_values(self, channel: Channel, telegram: SubmeterTelegram, now: float) -> list[int]:
+        """The values of a wired telegram, unless its encryption refuses them: it did not decrypt
+        with the channel's key (none, or another one than the device's), or it came in clear text
+        although the device's key is in use (a downgrade). A refused telegram is counted, logged
+        once per condition, leaves the values and the key status as they were and marks the
+        profile period DNV: the meter holds no valid value for it."""
+        refusal = telegram.key_failure
+        if not refusal and not telegram.encrypted and channel.key_status == KEY_IN_USE:
+            refusal = KEY_FAILURE_CLEAR_TEXT
+        if not refusal:
+            return self._take_values(channel, telegram, now)
+        channel.key_failures += 1
+        channel.failed_period = True
+        self.say(f"channel {channel.number} key {refusal}",
+                 "M-Bus channel %d: telegram refused (%s), values not taken; %d refused so far",
+                 channel.number, refusal, channel.key_failures)
+        return []
 
     def _take_values(self, channel: Channel, telegram: SubmeterTelegram, now: float) -> list[int]:
         events = []
@@ -818,10 +851,12 @@ def encode_record_value(dib: bytes, value: Data) -> bytes:
 
 class WiredBus(Protocol):
     """What the driver needs of the wired master (smartmeter.mbus): each coroutine raises
-    `NoAnswer` (or any SmartmeterError) when the device does not answer after the retries."""
+    `NoAnswer` (or any SmartmeterError) when the device does not answer after the retries.
+    install and read decrypt an encrypted answer with `key` (the channel's); one that does not
+    decrypt is still the device's answer: a telegram with its header, no records and key_failure."""
 
-    async def install(self, address: int, identity: Identity | None) -> SubmeterTelegram: ...
-    async def read(self, address: int) -> SubmeterTelegram: ...
+    async def install(self, address: int, identity: Identity | None, key: bytes | None = None) -> SubmeterTelegram: ...
+    async def read(self, address: int, key: bytes | None = None) -> SubmeterTelegram: ...
     async def clock_sync(self, address: int, utc: float) -> None: ...
     async def send(self, address: int, records: tuple[tuple[bytes, bytes, bytes], ...]) -> None: ...
     async def transfer_key(self, address: int, wrapped: bytes) -> None: ...
@@ -842,6 +877,7 @@ class MbusM2Driver:
         self.engine = engine
         self.bus = bus
         self.now = now
+        self.say = engine.say
         self.wireless: deque[tuple[int, SubmeterTelegram]] = deque(maxlen=self.QUEUE)
         self.dropped = 0
 
@@ -861,12 +897,13 @@ class MbusM2Driver:
 
     async def _perform(self, request: BusRequest) -> None:
         bus = self.bus
+        key = self.engine.channel(request.channel).key  # the key of now: the HES may have set another
         try:
             telegram = None
             if request.kind == "install":
-                telegram = await bus.install(request.address, request.identity)
+                telegram = await bus.install(request.address, request.identity, key)
             elif request.kind == "read":
-                telegram = await bus.read(request.address)
+                telegram = await bus.read(request.address, key)
             elif request.kind == "clock_sync":
                 await bus.clock_sync(request.address, request.time if request.time is not None else self.now())
             elif request.kind == "data_send":
@@ -876,11 +913,14 @@ class MbusM2Driver:
             elif request.kind == "valve":
                 await bus.valve(request.address, request.payload == b"\x01")
         except (SmartmeterError, OSError, asyncio.TimeoutError) as exc:
-            log.info("M-Bus channel %d: %s got no answer (%s)", request.channel, request.kind, exc)
+            self.say(f"channel {request.channel} {request.kind} no answer",
+                     "M-Bus channel %d: %s got no answer (%s)", request.channel, request.kind, exc,
+                     level=logging.INFO)
             self.engine.failed(request, self.now())
             return
-        except Exception:  # a fault of ours must not leave the request in flight for ever
-            log.exception("M-Bus channel %d: %s failed", request.channel, request.kind)
+        except Exception as exc:  # a fault of ours must not leave the request in flight for ever
+            self.say(f"channel {request.channel} {request.kind} fault", "M-Bus channel %d: %s failed: %r",
+                     request.channel, request.kind, exc, level=logging.ERROR)
             self.engine.failed(request, self.now())
             return
         self.engine.answered(request, telegram, self.now())
@@ -889,8 +929,8 @@ class MbusM2Driver:
         while True:
             try:
                 await self.run_once()
-            except Exception:  # noqa: BLE001 - the M2 port must not take the meter down
-                log.exception("M-Bus engine step failed")
+            except Exception as exc:  # noqa: BLE001 - the M2 port must not take the meter down
+                self.say("engine step", "M-Bus engine step failed: %r", exc, level=logging.ERROR)
             await asyncio.sleep(period)
 
 
@@ -1009,17 +1049,106 @@ def _identification(ident: int | str) -> int:
         return 0
 
 
-def wired_telegram(telegram, zone, encrypted: bool = False) -> SubmeterTelegram:
+def wired_telegram(telegram, zone, encrypted: bool = False, key_failure: str = "") -> SubmeterTelegram:
     """The engine's telegram of a wired RSP_UD (smartmeter.mbus.application.Telegram, CI 0x72)."""
     from smartmeter.mbus.application import LongHeader
 
     header = telegram.header
     if not isinstance(header, LongHeader):
         raise NoAnswer("the answer has no long header (CI 0x72)")
-    records, local = submeter_records(telegram.records)
+    records, local = submeter_records(() if key_failure else telegram.records)
     return SubmeterTelegram(_identification(header.identification), header.manufacturer_code, header.version,
                             header.medium, header.access_number, header.status, header.configuration,
-                            records, _utc(local, zone), encrypted)
+                            records, _utc(local, zone), encrypted and not key_failure, key_failure)
+
+
+# -- wired OMS security: an RSP_UD whose long header's configuration field names mode 5 --------------
+
+LONG_HEADER_SIZE = 12  # CI 0x72: ID (4), manufacturer (2), version, medium, access number, status, configuration (2)
+
+
+class WiredKeyFailure(SmartmeterError):
+    """The records of an encrypted wired telegram cannot be read; `reason` is a KEY_FAILURE_*."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason} ({detail})" if detail else reason)
+        self.reason = reason
+
+
+def wired_security_mode(user_data: bytes) -> int:
+    """The security mode a CI 0x72 RSP_UD's configuration field names (0: clear text)."""
+    from smartmeter.mbus.wireless import ConfigurationField
+
+    if len(user_data) < LONG_HEADER_SIZE:
+        return 0
+    return ConfigurationField(int.from_bytes(user_data[10:12], "little")).mode
+
+
+def decrypt_wired(user_data: bytes, key: bytes | None) -> bytes:
+    """The user data (after CI 0x72) of a mode-5 RSP_UD with its encrypted blocks decrypted, the
+    header (configuration included) unchanged, so the application layer reads the records as
+    clear text; clear-text user data comes back as it is. OMS Vol. 2 mode 5 as the wireless
+    TPL does it: AES-128-CBC, IV = M || ID || version || medium || access number x 8, the
+    plaintext begins with 2F2F (the only check mode 5 has). Raises WiredKeyFailure."""
+    from smartmeter.mbus.security import OmsSecurityError, decrypt_mode5
+    from smartmeter.mbus.wireless import ConfigurationField
+
+    mode = wired_security_mode(user_data)
+    if mode == 0:
+        return bytes(user_data)
+    if mode != 5:
+        raise WiredKeyFailure(KEY_FAILURE_UNSUPPORTED, f"mode {mode}")
+    if key is None:
+        raise WiredKeyFailure(KEY_FAILURE_NO_KEY)
+    header, payload = bytes(user_data[:LONG_HEADER_SIZE]), bytes(user_data[LONG_HEADER_SIZE:])
+    size = 16 * ConfigurationField(int.from_bytes(header[10:12], "little")).encrypted_blocks
+    if size == 0 or size > len(payload):
+        raise WiredKeyFailure(KEY_FAILURE_WRONG_KEY, f"{size} encrypted bytes named, {len(payload)} present")
+    address = header[4:6] + header[0:4] + header[6:8]  # M || ID || version || medium
+    try:
+        plain = decrypt_mode5(key, address, header[8], payload[:size])
+    except OmsSecurityError as exc:
+        raise WiredKeyFailure(KEY_FAILURE_WRONG_KEY, str(exc)) from None
+    if plain[:2] != b"\x2f\x2f":
+        raise WiredKeyFailure(KEY_FAILURE_WRONG_KEY)
+    return header + plain + payload[size:]
+
+
+def _decrypting_master(**options):
+    """The M-Bus master (smartmeter.mbus.master) with wired mode-5 decryption in front of its
+    application layer: an RSP_UD is decrypted with `master.key` before it is parsed; one that does
+    not decrypt goes on as its header alone (the device did answer) and its reason is appended to
+    `master.key_failures`; `master.decrypted` counts the telegrams that decrypted."""
+    from smartmeter.mbus.application import CI_RSP_LONG
+    from smartmeter.mbus.link import LongFrame
+    from smartmeter.mbus.master import Master
+
+    class DecryptingMaster(Master):
+        key: bytes | None = None
+
+        def __init__(self, **kw) -> None:
+            super().__init__(**kw)
+            self.key_failures: list[str] = []
+            self.decrypted = 0
+
+        def _answer(self, step, frame):
+            if not (isinstance(frame, LongFrame) and frame.ci == CI_RSP_LONG and wired_security_mode(frame.data)):
+                return super()._answer(step, frame)
+            failure = ""
+            try:
+                frame = LongFrame(frame.c, frame.a, frame.ci, decrypt_wired(frame.data, self.key))
+            except WiredKeyFailure as exc:
+                failure = exc.reason
+                frame = LongFrame(frame.c, frame.a, frame.ci, frame.data[:LONG_HEADER_SIZE])
+            events = super()._answer(step, frame)
+            if not step.corrupted:  # the master took this frame as the answer (not a stranger's)
+                if failure:
+                    self.key_failures.append(failure)
+                else:
+                    self.decrypted += 1
+            return events
+
+    return DecryptingMaster(**options)
 
 
 def wireless_telegram(received, zone) -> SubmeterTelegram:
@@ -1099,7 +1228,8 @@ class WirelessPort:
         try:
             telegram = wireless_telegram(result, self.zone)
         except SmartmeterError as exc:
-            log.info("M-Bus channel %d: undecodable wireless telegram (%s)", number, exc)
+            self.engine.say(f"channel {number} wireless undecodable",
+                            "M-Bus channel %d: undecodable wireless telegram (%s)", number, exc, level=logging.INFO)
             return
         self.driver.deliver(number, telegram)
 
@@ -1209,14 +1339,32 @@ class MasterBus:
             if self._bus is not None and speed != self._speed:
                 await self.close()  # the head-end changed the port's speed: the next exchange uses it
             if self._bus is None:
-                self._bus = await (open_bus(self.spec) if speed is None else open_bus(self.spec, baud_rate=speed))
-                self._speed = speed
+                bus = await (open_bus(self.spec) if speed is None else open_bus(self.spec, baud_rate=speed))
+                plain = bus.master
+                bus.master = _decrypting_master(
+                    baud_rate=plain.baud_rate, retries=plain.retries, max_telegrams=plain.max_telegrams)
+                self._bus, self._speed = bus, speed
             return await operation(self._bus)
         except OSError as exc:
             await self.close()
             raise NoAnswer(f"the bus at {self.spec}: {exc}") from None
 
-    async def install(self, address: int, identity: Identity | None) -> SubmeterTelegram:
+    async def _secured(self, key: bytes | None, operation) -> SubmeterTelegram:
+        """Run a read with `key` for the decryption of its answer: the engine's telegram, encrypted
+        when every part decrypted, key_failure when one did not."""
+        async def run(bus):
+            master = bus.master
+            master.key, master.key_failures, master.decrypted = key, [], 0
+            try:
+                telegram = await operation(bus)
+                return telegram, list(master.key_failures), master.decrypted
+            finally:
+                master.key = None  # the key is held for one request only
+        telegram, failures, decrypted = await self._call(run)
+        return wired_telegram(telegram, self.zone, encrypted=decrypted > 0,
+                              key_failure=failures[0] if failures else "")
+
+    async def install(self, address: int, identity: Identity | None, key: bytes | None = None) -> SubmeterTelegram:
         async def run(bus):
             if identity is not None:
                 await bus.select(secondary_address(identity))
@@ -1224,11 +1372,11 @@ class MasterBus:
                 await bus.initialise(ADDRESS_SELECTED)  # SND_NKE to FD ends the selection
             await bus.initialise(address)
             return (await bus.read(address)).merged()
-        return wired_telegram(await self._call(run), self.zone)
+        return await self._secured(key, run)
 
-    async def read(self, address: int) -> SubmeterTelegram:
+    async def read(self, address: int, key: bytes | None = None) -> SubmeterTelegram:
         # no expected identity here: another device answering is the engine's fraud attempt, not a silence
-        return wired_telegram(await self._call(lambda bus: _merged(bus.read(address))), self.zone)
+        return await self._secured(key, lambda bus: _merged(bus.read(address)))
 
     async def clock_sync(self, address: int, utc: float) -> None:
         import datetime as dt

@@ -1,0 +1,234 @@
+"""Wired M-Bus encryption on the M2 port: a simulated device that took a key (transfer_key, DSMR 4
+wrap under its master key) answers RSP_UD in OMS mode 5; the meter decrypts with the channel's
+key, the key status goes 0 -> 1 -> 3 -> 4, and a telegram that does not decrypt gives no values.
+
+The devices are the real simulator (smartmeter.mbus.simulated, nothing subclassed); expected
+register values come from the scenario (seed and simulated time: `SimulatedSubmeter.reading`).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from smartmeter.meter.events import EventRecorder, EventTable
+from smartmeter.meter.schedule import Passage
+from smartmeter.meter.mbus_m2 import (
+    KEY_FAILURE_NO_KEY, KEY_FAILURE_UNSUPPORTED, KEY_FAILURE_WRONG_KEY, KEY_IN_USE, KEY_SET,
+    KEY_SET_AND_TRANSFERRED, NO_KEY, STATUS_DNV, MbusM2, MbusM2Driver, WiredKeyFailure, decrypt_wired, wired_bus,
+)
+from smartmeter.mbus.application import parse_telegram
+from smartmeter.mbus.keytransfer import wrap_dsmr4
+from smartmeter.mbus.link import FrameReader
+from smartmeter.mbus.simulated import SimulatedBus, SimulatedSubmeter, WiredSlave, serve_bus
+
+T0 = 1773144000  # meter time, 2026-03-10 12:00:00 UTC, on the hour
+SIM_START = 1780000000.0  # the submeters' simulated time
+MASTER_KEY = bytes.fromhex("00112233445566778899AABBCCDDEEFF")
+NEW_KEY = bytes.fromhex("A1A2A3A4A5A6A7A8A9AAABACADAEAFB0")
+WRONG_MASTER_KEY = bytes.fromhex("FFEEDDCCBBAA99887766554433221100")
+VOLUME = (b"\x0c", b"\x13")  # the simulated gas meter's volume: 8 BCD digits, 0.001 m3 (EN 13757-3)
+
+
+def rsp_ud_user_data(meter: SimulatedSubmeter, now: float) -> bytes:
+    """The user data (after CI) of the device's next RSP_UD, cut from the frame it puts on the bus."""
+    reader = FrameReader()
+    reader.feed(WiredSlave(meter).rsp_ud(now, 1))
+    [frame] = list(reader)
+    assert frame.ci == 0x72
+    return frame.data
+
+
+def volume_of(user_data: bytes) -> int:
+    records = parse_telegram(0x72, user_data).records
+    return next(r.value for r in records if (bytes([r.dif]), bytes([r.vif])) == VOLUME)
+
+
+# -- decrypt_wired: the sans-io decryption of a wired mode-5 RSP_UD ---------------------------------
+
+def test_decrypt_wired_gives_the_registers_the_device_encrypted():
+    meter = SimulatedSubmeter("gas", seed=7)
+    meter.key = NEW_KEY
+    data = rsp_ud_user_data(meter, SIM_START)
+    assert (int.from_bytes(data[10:12], "little") >> 8) & 0x1F == 5  # the device did encrypt
+    plain = decrypt_wired(data, NEW_KEY)
+    assert plain[:12] == data[:12] and plain[12:14] == b"\x2f\x2f"
+    assert volume_of(plain) == meter.reading(SIM_START).volume_l
+
+
+def test_decrypt_wired_refuses_wrong_or_missing_key_and_passes_clear_text():
+    meter = SimulatedSubmeter("water", seed=3)
+    clear = rsp_ud_user_data(meter, SIM_START)
+    assert decrypt_wired(clear, None) == clear  # mode 0: nothing to decrypt
+    meter.key = NEW_KEY
+    data = rsp_ud_user_data(meter, SIM_START)
+    with pytest.raises(WiredKeyFailure) as wrong:
+        decrypt_wired(data, MASTER_KEY)
+    assert wrong.value.reason == KEY_FAILURE_WRONG_KEY
+    with pytest.raises(WiredKeyFailure) as missing:
+        decrypt_wired(data, None)
+    assert missing.value.reason == KEY_FAILURE_NO_KEY
+    mode7 = data[:10] + ((7 << 8) | (int.from_bytes(data[10:12], "little") & 0xFF)).to_bytes(2, "little") + data[12:]
+    with pytest.raises(WiredKeyFailure) as unsupported:
+        decrypt_wired(mode7, NEW_KEY)
+    assert unsupported.value.reason == KEY_FAILURE_UNSUPPORTED
+
+
+def test_decrypt_wired_is_total():
+    rng = random.Random(72)
+    meter = SimulatedSubmeter("heat", seed=1)
+    meter.key = NEW_KEY
+    genuine = rsp_ud_user_data(meter, SIM_START)
+    for _ in range(3000):
+        data = bytearray(genuine[:rng.randrange(len(genuine) + 1)])
+        for _ in range(rng.randrange(4)):
+            if data:
+                data[rng.randrange(len(data))] = rng.randrange(256)
+        try:
+            out = decrypt_wired(bytes(data), rng.choice([NEW_KEY, None, MASTER_KEY]))
+        except WiredKeyFailure:
+            continue
+        assert isinstance(out, bytes) and len(out) == len(data)
+
+
+# -- the engine and its driver over the real master, against the real simulated bus --------------------
+
+class World:
+    """One simulated gas meter (made with MASTER_KEY) on a TCP bus; the engine reads it over
+    smartmeter.mbus (MasterBus) on a meter clock and a simulated clock both set by the test."""
+
+    def __init__(self, tmp_path) -> None:
+        self.meter_time = float(T0)
+        self.sim_time = SIM_START
+        self.device = SimulatedSubmeter("gas", seed=11)
+        self.device.master_key = MASTER_KEY
+        self.bus = SimulatedBus([self.device])
+        self.recorder = EventRecorder(tmp_path, EventTable.load(), lambda: self.meter_time)
+        self.engine = MbusM2(self.recorder, lambda: self.meter_time)
+
+    async def start(self):
+        bound: list[int] = []
+        self.server = asyncio.create_task(serve_bus(self.bus, "127.0.0.1", 0, lambda: self.sim_time, bound.append))
+        while not bound:
+            await asyncio.sleep(0.01)
+        self.wired = wired_bus(f"127.0.0.1:{bound[0]}", ZoneInfo("Europe/Vienna"))
+        self.driver = MbusM2Driver(self.engine, self.wired, lambda: self.meter_time)
+
+    async def stop(self):
+        await self.wired.close()
+        self.server.cancel()
+        try:
+            await self.server
+        except asyncio.CancelledError:
+            pass
+        self.recorder.close()
+
+    async def hour(self) -> None:
+        """An hour of meter and simulated time: the channel's hourly read."""
+        self.meter_time += 3600
+        self.sim_time += 3600
+        await self.driver.run_once()
+
+    def volume(self) -> int | None:
+        return self.engine.channel(1).values[0].value
+
+    def expected_volume(self) -> int:
+        return self.device.reading(self.sim_time).volume_l
+
+
+def run(tmp_path, scenario):
+    async def go():
+        world = World(tmp_path)
+        await world.start()
+        try:
+            await scenario(world)
+        finally:
+            await world.stop()
+    asyncio.run(go())
+
+
+async def install(world: World) -> None:
+    engine = world.engine
+    engine.set_capture_definition(1, [VOLUME])
+    engine.set_identity_field(1, "identification_number", int(f"{world.device.identification:08d}", 16))
+    engine.set_identity_field(1, "manufacturer_id", world.device.long_header(0).manufacturer_code)
+    engine.install(1, 0)
+    await world.driver.run_once()
+    assert engine.channel(1).installed
+    assert world.volume() == world.expected_volume()
+
+
+def test_key_transfer_then_encrypted_reads_go_on(tmp_path):
+    async def scenario(world: World) -> None:
+        engine = world.engine
+        await install(world)
+        assert engine.channel(1).key_status == NO_KEY
+        engine.set_encryption_key(1, NEW_KEY)
+        assert engine.channel(1).key_status == KEY_SET
+        engine.transfer_key(1, wrap_dsmr4(MASTER_KEY, NEW_KEY))
+        await world.driver.run_once()
+        assert world.device.key == NEW_KEY  # the device took it ...
+        assert engine.channel(1).key_status == KEY_SET_AND_TRANSFERRED  # ... and acknowledged
+        for _ in range(3):
+            await world.hour()
+            channel = engine.channel(1)
+            assert (channel.configuration >> 8) & 0x1F == 5  # the answer came encrypted
+            assert channel.key_status == KEY_IN_USE
+            assert world.volume() == world.expected_volume()
+            assert channel.values[0].status == 0 and channel.key_failures == 0
+
+    run(tmp_path, scenario)
+
+
+def test_a_wrong_master_key_gives_the_device_garbage_and_the_values_stop(tmp_path, caplog):
+    async def scenario(world: World) -> None:
+        engine = world.engine
+        await install(world)
+        engine.set_encryption_key(1, NEW_KEY)
+        # DSMR 4's wrap has no integrity: the device unwraps another key and acknowledges it
+        engine.transfer_key(1, wrap_dsmr4(WRONG_MASTER_KEY, NEW_KEY))
+        await world.driver.run_once()
+        assert world.device.key is not None and world.device.key != NEW_KEY
+        assert engine.channel(1).key_status == KEY_SET_AND_TRANSFERRED
+        before = world.volume()
+        access = engine.channel(1).access_number
+        with caplog.at_level(logging.INFO, logger="smartmeter.meter.mbus_m2"):
+            for n in (1, 2, 3):
+                await world.hour()
+                channel = engine.channel(1)
+                assert channel.access_number != access  # the device did answer ...
+                access = channel.access_number
+                assert channel.values[0].value == before != world.expected_volume()  # ... no value taken
+                assert channel.key_failures == n
+                assert channel.key_status == KEY_SET_AND_TRANSFERRED
+                assert not channel.communication_error
+        refused = [r for r in caplog.records if "telegram refused" in r.getMessage()]
+        assert len(refused) == 1 and KEY_FAILURE_WRONG_KEY in refused[0].getMessage()
+        # the hour's profile row says the meter holds no valid value for it
+        engine.advance(world.meter_time, world.meter_time + 3600, Passage.RUNNING)
+        [(_, row)] = engine.profile_rows(1, int(world.meter_time), None)
+        assert row[0] & STATUS_DNV and row[1] == before
+
+    run(tmp_path, scenario)
+
+
+def test_a_device_with_a_key_but_a_channel_without_one_gives_no_values(tmp_path):
+    async def scenario(world: World) -> None:
+        world.device.key = NEW_KEY  # made with its key (`sim mbus --wired --key`), the meter not told
+        engine = world.engine
+        engine.set_capture_definition(1, [VOLUME])
+        engine.set_identity_field(1, "identification_number", int(f"{world.device.identification:08d}", 16))
+        engine.set_identity_field(1, "manufacturer_id", world.device.long_header(0).manufacturer_code)
+        engine.install(1, 0)
+        await world.driver.run_once()
+        channel = engine.channel(1)
+        assert channel.installed and world.volume() is None and channel.key_failures == 1
+        engine.set_encryption_key(1, NEW_KEY)
+        await world.hour()
+        assert world.volume() == world.expected_volume() and engine.channel(1).key_status == KEY_IN_USE
+
+    run(tmp_path, scenario)
