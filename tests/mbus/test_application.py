@@ -154,6 +154,16 @@ def test_special_functions():
         parse_records(bytes.fromhex("3F"))
 
 
+def test_global_readout_requests_count_towards_the_record_limit():
+    limit = application.MAX_RECORDS
+    records, _, _ = parse_records(b"\x7F" * limit)
+    assert len(records) == limit
+    with pytest.raises(MbusApplicationError):
+        parse_records(b"\x7F" * (limit + 1))
+    with pytest.raises(MbusApplicationError):  # mixed with data records the limit is the same
+        parse_records(b"\x01\x13\x07" * (limit - 1) + b"\x7F\x7F")
+
+
 def test_vif_tables():
     assert (one(bytes.fromhex("0C14 27048502")).unit, one(bytes.fromhex("0C14 27048502")).exponent) == ("m³", -2)
     record = one(bytes.fromhex("02FD48 E803"))  # FD 48: volts 10^(8-9)

@@ -881,14 +881,14 @@ def parse_records(data: bytes, base: int = 0) -> tuple[tuple[Record, ...], int |
             continue
         if dif in (0x0F, 0x1F):
             return tuple(records), dif, bytes(cur.take(cur.left, "manufacturer data"))
+        if len(records) >= MAX_RECORDS:
+            raise MbusApplicationError("data records", dif_offset, f"more than {MAX_RECORDS}")
         if dif & 0x0F == 0x0F:
             if dif == 0x7F:  # global readout request: a DIF alone
                 records.append(Record(dif, (), None, (), b"", 0, 0, 0, Function.INSTANTANEOUS,
                                       "Global readout request", "", 0))
                 continue
             raise MbusApplicationError("DIF", dif_offset, f"reserved special function 0x{dif:02X}")
-        if len(records) >= MAX_RECORDS:
-            raise MbusApplicationError("data records", dif_offset, f"more than {MAX_RECORDS}")
         records.append(_decode_record(cur, dif, dif_offset))
     return tuple(records), None, b""
 
