@@ -14,7 +14,9 @@ from decimal import Decimal
 
 import pytest
 
-from smartmeter.mbus.aio import AsyncBus, MbusNoAnswer, MbusWrongIdentity, SerialLink, open_bus
+import socket
+
+from smartmeter.mbus.aio import DEFAULT_TCP_LATENCY, AsyncBus, MbusNoAnswer, MbusWrongIdentity, SerialLink, TcpLink, open_bus
 from smartmeter.mbus.application import (
     Coding,
     LongHeader,
@@ -418,6 +420,84 @@ def test_async_bus_over_a_serial_pty():
             os.close(device)
 
     asyncio.run(scenario())
+
+
+class _MemoryLink:
+    """A link whose input the test fills; reads never wait (the answer is there or not)."""
+
+    def __init__(self, written_means_sent: bool | None = None, answer: bytes = b"") -> None:
+        if written_means_sent is not None:
+            self.written_means_sent = written_means_sent
+        self.input = bytearray()
+        self.answer = answer  # put into the input after each write
+        self.writes: list[bytes] = []
+        self.waits: list[float] = []  # max_wait of each read once a request was written
+
+    async def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+        self.input += self.answer
+
+    async def read(self, max_wait: float) -> bytes:
+        if self.writes:
+            self.waits.append(max_wait)
+        data, self.input = bytes(self.input), bytearray()
+        if not data:
+            await asyncio.sleep(0)
+        return data
+
+    async def close(self) -> None:
+        pass
+
+
+def test_late_answer_left_on_the_link_does_not_confirm_the_next_request():
+    async def scenario():
+        link = _MemoryLink()  # no discard_input(): the bus drains it with reads that do not wait
+        bus = AsyncBus(link, baud_rate=38400)
+        link.input += b"\xE5"  # slave 5's ACK to an earlier request, arriving after its timeout
+        with pytest.raises(MbusNoAnswer):
+            await bus.send_user_data(7, 0x51, b"\x01\x7A\x09")  # nobody has address 7
+        assert len(link.writes) == 3  # the first try and two repeats, each unanswered
+
+    asyncio.run(scenario())
+
+
+def test_tcp_link_drops_stale_input_before_a_request():
+    async def scenario():
+        ours, gateways = socket.socketpair()
+        reader, writer = await asyncio.open_connection(sock=ours)
+        bus = AsyncBus(TcpLink(reader, writer), baud_rate=38400)
+        gateway_reader, gateway_writer = await asyncio.open_connection(sock=gateways)
+        try:
+            gateway_writer.write(b"\xE5\xE5")  # stray ACKs from requests that timed out
+            await gateway_writer.drain()
+            with pytest.raises(MbusNoAnswer):
+                await bus.initialise(7)
+            assert bus.link.discarded == 2
+            requests = await gateway_reader.readexactly(3 * 5)  # three SND_NKE to 7, unanswered
+            assert requests == bytes.fromhex("1040074716") * 3
+        finally:
+            await bus.close()
+            gateway_writer.close()
+
+    asyncio.run(scenario())
+
+
+def test_tcp_answer_deadline_includes_the_requests_own_transmission_time():
+    baud = 2400
+    data = bytes(250)  # SND_UD: 68 L L 68 C A CI, 250 bytes, CS 16 = 259 bytes x 11 bits at 2400 Bd
+    on_the_bus = 259 * 11 / baud  # 1.187 s
+    ack_time = response_timeout(baud) + 11 / baud  # EN 13757-2: 330 bit times + 50 ms, then one byte
+
+    async def first_wait(link: _MemoryLink, latency: float) -> float:
+        bus = AsyncBus(link, baud_rate=baud, extra_latency=latency)
+        await bus.send_user_data(5, 0x51, data)
+        assert len(link.writes[0]) == 259
+        return link.waits[0]
+
+    gateway = asyncio.run(first_wait(_MemoryLink(answer=b"\xE5"), DEFAULT_TCP_LATENCY))
+    assert ack_time + DEFAULT_TCP_LATENCY + on_the_bus - 0.05 < gateway <= ack_time + DEFAULT_TCP_LATENCY + on_the_bus
+    serial = asyncio.run(first_wait(_MemoryLink(written_means_sent=True, answer=b"\xE5"), 0.0))
+    assert ack_time - 0.05 < serial <= ack_time  # the port's write returned once the frame had left
 
 
 # --- against the simulated submeters of smartmeter sim mbus (another author's slaves) ---

@@ -10,8 +10,11 @@ blocks on reads.
     await bus.set_primary_address(0xFD, 7)
     await bus.close()
 
-Every wait is bounded by the master's answer time (plus `extra_latency` for a TCP
-gateway); outcomes other than success raise: `MbusNoAnswer` (no or corrupted answer
+Every wait is bounded by the master's answer time (plus `extra_latency` and the request's
+own transmission time at the baud rate for a TCP gateway, which forwards a frame only
+after it took it in). Input still pending when a request is about to be written (a late
+answer to an earlier, already failed request; line noise) is discarded first, so it can
+never be taken as the answer to the new request. Outcomes other than success raise: `MbusNoAnswer` (no or corrupted answer
 after the repeats), `MbusWrongIdentity` (another device answered), `MbusSlaveError`
 (application error). All are SmartmeterError; a lost connection raises OSError.
 """
@@ -73,14 +76,47 @@ class MbusSlaveError(SmartmeterError):
 
 
 class ByteLink(Protocol):
+    """What AsyncBus drives. Optional: `discard_input()` (async, drops what has arrived and
+    returns how many bytes; without it AsyncBus reads with no wait until nothing comes) and
+    `written_means_sent` (True when write() returns only once the frame is on the line;
+    taken as False when absent, which only makes the answer deadline longer)."""
+
     async def write(self, data: bytes) -> None: ...
     async def read(self, max_wait: float) -> bytes: ...  # b"" when nothing came in time
     async def close(self) -> None: ...
 
 
+MAX_DISCARD_READS = 64  # bounds the drain of a link without discard_input()
+
+
 class TcpLink:
+    written_means_sent = False  # the gateway sends the frame on at the bus's baud rate later
+
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._reader, self._writer = reader, writer
+        self.discarded = 0
+
+    async def discard_input(self) -> int:
+        """Drop every byte that has already arrived, without waiting for more."""
+        dropped = 0
+        await asyncio.sleep(0)  # one loop turn: the transport takes in what the socket holds
+        while not self._reader.at_eof():
+            # A read task gets one loop turn: done only if bytes were buffered already.
+            attempt = asyncio.ensure_future(self._reader.read(READ_CHUNK))
+            await asyncio.sleep(0)
+            if not attempt.done():
+                attempt.cancel()
+                try:
+                    await attempt
+                except asyncio.CancelledError:
+                    pass
+                break
+            chunk = attempt.result()
+            if not chunk:
+                break
+            dropped += len(chunk)
+        self.discarded += dropped
+        return dropped
 
     @classmethod
     async def open(cls, host: str, port: int, timeout: float = 10.0) -> "TcpLink":
@@ -112,6 +148,8 @@ class TcpLink:
 class SerialLink:
     """A pyserial port read through the event loop's file-descriptor watch."""
 
+    written_means_sent = True  # write() returns after flush(): the frame has left the UART
+
     def __init__(self, port) -> None:
         self._port = port
         self._pending = bytearray()
@@ -119,6 +157,7 @@ class SerialLink:
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(port.fileno(), self._readable)
         self.dropped = 0
+        self.discarded = 0
 
     @classmethod
     async def open(cls, device: str, baud_rate: int = DEFAULT_BAUD_RATE) -> "SerialLink":
@@ -150,6 +189,19 @@ class SerialLink:
             self._port.flush()
 
         await self._loop.run_in_executor(None, send)
+
+    async def discard_input(self) -> int:
+        """Drop what has been read and what waits in the driver's input buffer."""
+        dropped = len(self._pending)
+        self._pending.clear()
+        self._arrived.clear()
+        try:
+            waiting = self._port.in_waiting
+            self._port.reset_input_buffer()
+        except OSError:
+            waiting = 0
+        self.discarded += dropped + waiting
+        return dropped + waiting
 
     async def read(self, max_wait: float) -> bytes:
         if not self._pending:
@@ -197,10 +249,26 @@ class AsyncBus:
                 self.master.abandon()  # a lost link or a cancelled task ends the request
                 raise
 
+    async def _discard_input(self) -> None:
+        discard = getattr(self.link, "discard_input", None)
+        if discard is not None:
+            await discard()
+            return
+        for _ in range(MAX_DISCARD_READS):
+            if not await self.link.read(0.0):
+                return
+
+    async def _send(self, frame: bytes) -> float:
+        """Write `frame` on a quiet input; returns the deadline for its answer."""
+        await self._discard_input()
+        await self.link.write(frame)
+        sent = bool(getattr(self.link, "written_means_sent", False))
+        loop = asyncio.get_running_loop()
+        return loop.time() + self.master.answer_wait(len(frame), written_means_sent=sent) + self.extra_latency
+
     async def _run(self, request: Request):
         loop = asyncio.get_running_loop()
-        await self.link.write(self.master.request(request))
-        deadline = loop.time() + self.master.answer_timeout + self.extra_latency
+        deadline = await self._send(self.master.request(request))
         while True:
             left = deadline - loop.time()
             answered = False
@@ -216,8 +284,7 @@ class AsyncBus:
                 if isinstance(event, Transmit):
                     if answered:  # the next telegram of a chain: let the line go quiet first
                         await asyncio.sleep(self.master.line_idle_time)
-                    await self.link.write(event.data)
-                    deadline = loop.time() + self.master.answer_timeout + self.extra_latency
+                    deadline = await self._send(event.data)
                 else:
                     return event
 

@@ -268,6 +268,19 @@ class Master:
         longest = MAX_FRAME_BYTES if self._step is None or self._step.expect == "rsp_ud" else 1
         return response_timeout(self.baud_rate) + transmission_time(longest, self.baud_rate)
 
+    def answer_wait(self, request_bytes: int, *, written_means_sent: bool) -> float:
+        """Seconds from writing a `request_bytes` frame to calling timeout().
+
+        A serial port whose write returns once the frame has left the UART
+        (`written_means_sent`) starts the answer time at once. A TCP gateway takes the frame
+        in at network speed and only then sends it at the bus's baud rate, so the request's
+        own transmission time comes first (a 261-byte SND_UD takes 1.2 s at 2400 Bd).
+        """
+        wait = self.answer_timeout
+        if not written_means_sent:
+            wait += transmission_time(request_bytes, self.baud_rate)
+        return wait
+
     @property
     def line_idle_time(self) -> float:
         """Seconds of quiet line to leave after an answer before the next request (11 bit
