@@ -21,6 +21,7 @@ from pathlib import Path
 import click
 
 from smartmeter.cli import UsageProblem
+from smartmeter.cli.consumer import consumer_key
 from smartmeter.cli.display import display_command
 from smartmeter.cli.firmware import fw_group
 from smartmeter.cli.format import logical_name_paths, to_json, to_text
@@ -1186,6 +1187,7 @@ def client_reconnect(ctx: click.Context, relay: bool) -> None:
 for _command in PUSH_COMMANDS:  # push-setup, push-schedule, push: smartmeter.cli.push
     client.add_command(_command)
 client.add_command(mbus_group)  # smartmeter.cli.mbus
+client.add_command(consumer_key)  # smartmeter.cli.consumer
 
 
 @client.group("calendar")
