@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from meterproc import start_meter
 from smartmeter.meter.events import EventRecorder, EventTable
 from smartmeter.meter.schedule import Passage
 from smartmeter.meter.mbus_m2 import (
@@ -232,3 +233,139 @@ def test_a_device_with_a_key_but_a_channel_without_one_gives_no_values(tmp_path)
         assert world.volume() == world.expected_volume() and engine.channel(1).key_status == KEY_IN_USE
 
     run(tmp_path, scenario)
+
+
+# -- end to end: `smartmeter sim mbus` and a meter process, driven by our head-end commands -------------
+
+SEED = 5
+SIM_MASTER_KEY = "0F1E2D3C4B5A69788796A5B4C3D2E1F0"
+SIM_NEW_KEY = "112233445566778899AABBCCDDEEFF00"
+SIM_SECOND_KEY = "FFEEDDCCBBAA00998877665544332211"
+SIM_WRONG_MASTER_KEY = "00000000000000000000000000000001"
+# meter time: 10 min past the hour, so the hourly read is 50 min (real time) away and every read
+# below is one the head-end asked for (`mbus read`)
+METER_START = "2026-03-10T12:10:00+01:00"
+
+
+class SimulatedGasProcess:
+    """`smartmeter sim mbus gas --wired --master-key M` on a free port, its output drained."""
+
+    def __init__(self) -> None:
+        import subprocess
+        import sys
+        import threading
+        import time
+
+        self.started_at = time.time()  # the simulated clock's start: real time at speed 1
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "smartmeter", "sim", "mbus", "gas", "--wired", "--master-key", SIM_MASTER_KEY,
+             "--listen", "127.0.0.1:0", "--seed", str(SEED)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        self.port = None
+        for line in self.process.stdout:
+            self.lines.append(line)
+            if "wired M-Bus with" in line:
+                self.port = int(line.split(" on ")[1].split(" ")[0].rsplit(":", 1)[1].rstrip(";"))
+                break
+        assert self.port, "".join(self.lines)
+        threading.Thread(target=lambda: self.lines.extend(self.process.stdout), daemon=True).start()
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+def head_end(meter, *args: str) -> dict:
+    import json
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "smartmeter", "client", "--port", str(meter.wrapper_port),
+         "--credentials", str(meter.data_dir / "credentials" / "management.json"), "mbus", *args, "--json"],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    views = json.loads(result.stdout)
+    return views[0] if isinstance(views, list) else views
+
+
+def poll(meter, condition, what: str, attempts: int = 60) -> dict:
+    import time
+
+    for _ in range(attempts):
+        view = head_end(meter, "list", "--all")
+        if condition(view):
+            return view
+        time.sleep(0.5)
+    raise AssertionError(f"{what}: last seen {view}")
+
+
+def stored_channel(meter) -> dict:
+    import json
+    import sqlite3
+
+    db = sqlite3.connect(f"file:{meter.data_dir / 'events.sqlite3'}?mode=ro", uri=True)
+    try:
+        (text,) = db.execute("SELECT value FROM saved WHERE name = 'mbus.channel.1'").fetchone()
+    finally:
+        db.close()
+    return json.loads(text)
+
+
+def test_head_end_transfers_the_key_to_the_simulated_gas_meter_and_reads_on(tmp_path):
+    import time
+
+    gas = SimulatedSubmeter("gas", seed=SEED)  # the same device as the process's: from the seed
+
+    def volume_between(view: dict, since: float, until: float) -> int:
+        value = view["values"][0]["value"]
+        # the simulated clock runs at real speed from the process start; one second either side
+        # covers the two clocks' drift
+        assert gas.reading(since - 1).volume_l <= value <= gas.reading(until + 1).volume_l, (value, since, until)
+        return value
+
+    sim = SimulatedGasProcess()
+    meter = start_meter(tmp_path / "meter", "--mbus-wired", f"127.0.0.1:{sim.port}", "--start-time", METER_START,
+                        cli_options=("-v",))
+    try:
+        t = time.time()
+        head_end(meter, "install", "1", "--id", f"{gas.identification:08d}", "--manufacturer", gas.manufacturer,
+                 "--version", str(gas.version), "--medium", "gas")
+        view = poll(meter, lambda v: v["values"][0]["value"] is not None, "the installation's read")
+        assert view["key_status"] == "no key" and view["identification_number"] == f"{gas.identification:08d}"
+        volume_between(view, t, time.time())
+
+        assert head_end(meter, "key", "1", "--key", SIM_NEW_KEY)["key_status"] == "key set"
+        head_end(meter, "transfer-key", "1", "--key", SIM_NEW_KEY, "--master-key", SIM_MASTER_KEY)
+        poll(meter, lambda v: v["key_status"] == "key set and transferred", "the device's acknowledgement")
+
+        previous = None
+        for _ in range(2):  # the values go on after the transfer, each read a new one
+            t = time.time()
+            head_end(meter, "read", "1")
+            view = poll(meter, lambda v: v["access_number"] != (previous or {}).get("access_number")
+                        and v["key_status"] == "key in use", "an encrypted read")
+            assert (view["configuration"] >> 8) & 0x1F == 5  # it came in OMS mode 5
+            value = volume_between(view, t, time.time())
+            assert previous is None or value >= previous["values"][0]["value"]
+            previous = view
+        assert stored_channel(meter)["key_failures"] == 0
+
+        # a wrong master key: DSMR 4's wrap has no integrity, the device takes garbage and says E5
+        head_end(meter, "transfer-key", "1", "--key", SIM_SECOND_KEY, "--master-key", SIM_WRONG_MASTER_KEY)
+        poll(meter, lambda v: v["key_status"] == "key set and transferred", "the device's acknowledgement")
+        stopped = previous["values"][0]["value"]
+        for n in (1, 2, 3):
+            before = head_end(meter, "list", "--all")["access_number"]
+            head_end(meter, "read", "1")
+            view = poll(meter, lambda v: v["access_number"] != before, "the device's answer")
+            assert view["values"][0]["value"] == stopped  # no value taken
+            assert view["key_status"] == "key set and transferred"  # never "key in use"
+            assert view["communication"] == "ok"  # the device answers: no communication error
+        assert stored_channel(meter)["key_failures"] == 3
+        refused = [line for line in meter.output if "telegram refused" in line]
+        assert len(refused) == 1, refused  # one line for the condition, not one per read
+    finally:
+        meter.stop()
+        sim.stop()
