@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 
 import pytest
 
@@ -337,6 +338,24 @@ def test_driver_runs_the_requests_over_a_bus_and_feeds_wireless_into_a_bounded_q
     for i in range(MbusM2Driver.QUEUE + 5):
         driver.deliver(2, telegram(WATER_ID, i))
     assert len(driver.wireless) == MbusM2Driver.QUEUE and driver.dropped == 5
+
+
+
+def test_a_device_that_never_answers_is_logged_once_not_at_every_attempt(setup, caplog):
+    make, clock, _, _, _ = setup
+    engine = make()
+    driver = MbusM2Driver(engine, FakeBus(), clock)  # nobody on the bus
+    engine.set_capture_definition(1, [(VOLUME_DIB, VOLUME_VIB)])
+    engine.install(1, 0)
+    engine.install(2, 0)
+    with caplog.at_level(logging.INFO, logger="smartmeter.meter.mbus_m2"):
+        for _ in range(10):  # ten attempts of each installation, a retry interval apart
+            asyncio.run(driver.run_once())
+            clock.t += mbus_m2.RETRY_AFTER
+    lines = [r.getMessage() for r in caplog.records if "got no answer" in r.getMessage()]
+    # one line per channel: the condition, not each of the twenty attempts
+    assert len(lines) == 2 and {line.split(":")[0] for line in lines} == {"M-Bus channel 1", "M-Bus channel 2"}
+    assert engine.channel(1).communication_error and engine.channel(2).communication_error
 
 
 # -- over a real TCP socket to the simulated submeters (smartmeter.mbus.simulated) ---------------------
