@@ -200,3 +200,32 @@ def test_reader_finds_exactly_the_frames_between_noise(pieces, data):
         found += reader.take()
     assert found == [frame for _, frame in pieces]
     assert reader.skipped == sum(len(noise) for noise, _ in pieces)
+
+
+def test_reader_items_do_not_depend_on_how_the_stream_is_cut():
+    """The same bytes fed whole or in any pieces give the same items: a damaged long frame whose
+    last bytes could begin the next frame is judged only once the bytes after it are there."""
+    import random
+
+    rng = random.Random(5)
+    for _ in range(300):
+        stream = bytearray()
+        for _ in range(rng.randrange(1, 6)):
+            frame = bytearray(LongFrame(0x53, 0xFF, rng.randrange(0x20), rng.randbytes(rng.randrange(2, 60))).to_bytes())
+            if rng.random() < 0.5:  # damaged: cut short, or a data byte changed (checksum now wrong)
+                if rng.random() < 0.5:
+                    del frame[rng.randrange(6, len(frame)):]
+                else:
+                    frame[rng.randrange(6, len(frame) - 2)] ^= 0x5A
+            stream += frame
+            if rng.random() < 0.3:
+                stream += bytes(rng.choice((0x68, 0x10, 0x16, 0xE5, 0x00)) for _ in range(rng.randrange(1, 4)))
+        whole = FrameReader()
+        whole.feed(bytes(stream))
+        pieces = FrameReader()
+        position = 0
+        while position < len(stream):
+            step = rng.randrange(1, 40)
+            pieces.feed(bytes(stream[position:position + step]))
+            position += step
+        assert [repr(item) for item in pieces] == [repr(item) for item in whole]

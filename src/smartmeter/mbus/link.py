@@ -239,7 +239,10 @@ class FrameReader:
     still found. A cut frame is only known as cut once the bytes its header declared have
     arrived: a caller that waits for an answer resets the reader when its time is over.
 
-    At most one incomplete frame (< MAX_FRAME_BYTES) is buffered; at most
+    A bad long frame whose last bytes could begin a frame is judged once the bytes that
+    would confirm it have arrived too, so the items never depend on how the stream was cut
+    into pieces.
+    At most one frame and those few bytes (MAX_FRAME_BYTES + RESYNC_LOOKAHEAD) are buffered; at most
     MAX_PENDING_ITEMS decoded items wait to be taken, further ones are dropped and
     counted in `overflowed`.
     """
@@ -264,7 +267,7 @@ class FrameReader:
         view = memoryview(bytes(data))
         pos = 0
         while pos < len(view):
-            take = MAX_FRAME_BYTES - len(self._buf)
+            take = MAX_FRAME_BYTES + RESYNC_LOOKAHEAD - len(self._buf)
             self._buf += view[pos:pos + take]
             pos += take
             self._scan()
@@ -307,6 +310,11 @@ class FrameReader:
                     del buf[:1]
                     continue
                 if start == START_LONG:
+                    if _start_undecided(buf, need):
+                        # whether a frame begins at the end of this one is known only with
+                        # the bytes after it: wait, so that the outcome never depends on how
+                        # the stream was cut into pieces
+                        return
                     resync = _frame_start_within(buf, need)
                     if resync:
                         # A frame cut short, and the next one begins inside the span its
@@ -328,6 +336,19 @@ class FrameReader:
         items = list(self._items)
         self._items.clear()
         return items
+
+
+# bytes beyond a bad long frame that `_frame_start_within` looks at (a short frame is 5 long)
+RESYNC_LOOKAHEAD = 4
+
+
+def _start_undecided(buf: bytearray, end: int) -> bool:
+    """Whether a frame header could begin in the last bytes before `end` but the bytes that
+    would confirm it have not arrived yet."""
+    for pos in range(max(1, end - RESYNC_LOOKAHEAD), end):
+        if buf[pos] == START_LONG and pos + 4 > len(buf) or buf[pos] == START_SHORT and pos + 5 > len(buf):
+            return True
+    return False
 
 
 def _frame_start_within(buf: bytearray, end: int) -> int:
