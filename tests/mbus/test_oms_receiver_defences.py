@@ -217,3 +217,13 @@ def test_records_after_the_encrypted_blocks_are_not_application_data(build):
     assert got.application_data == _padded(VOLUME)
     assert got.clear_tail == FORGED_VOLUME
     assert volumes(got) == [2850427]
+
+
+def test_mode0_duplicates_are_filtered_with_the_wide_window():
+    rx = WirelessReceiver(crc=None)
+    rx.bind(METER, None, 0)
+    clear = [bytes((0x44,)) + METER.to_bytes() + bytes((0x7A, access, 0, 0, 0)) + VOLUME for access in (10, 110)]
+    first, far_ahead = (bytes((len(f),)) + f for f in clear)
+    assert rx.receive(first, 0.0).counter == 10
+    assert rx.receive(first, 1.0).kind is RefusalKind.REPLAY  # a repeater's copy
+    assert rx.receive(far_ahead, 2.0).counter == 110  # mode 0 proves nothing: only duplicates go

@@ -351,21 +351,23 @@ class ReplayGuard:
     def last(self, meter: bytes, modulus: int | None = None) -> int | None:
         return self._last.get((bytes(meter), modulus or 0))
 
-    def check(self, meter: bytes, counter: int, modulus: int | None = None) -> None:
-        """Raise `OmsReplayError` unless `counter` is newer than the meter's last accepted."""
+    def check(self, meter: bytes, counter: int, modulus: int | None = None, window: int | None = None) -> None:
+        """Raise `OmsReplayError` unless `counter` is newer than the meter's last accepted
+        (with a modulus: 1..`window` ahead, the guard's own window unless given)."""
         last = self._last.get((bytes(meter), modulus or 0))
         if last is None:
             return
         if modulus is None:
             newer = counter > last
         else:
-            newer = 0 < (counter - last) % modulus <= min(self.window, modulus // 2 - 1)
+            ahead = self.window if window is None else window
+            newer = 0 < (counter - last) % modulus <= min(ahead, modulus // 2 - 1)
         if not newer:
             raise OmsReplayError(counter, last)
 
-    def accept(self, meter: bytes, counter: int, modulus: int | None = None) -> None:
+    def accept(self, meter: bytes, counter: int, modulus: int | None = None, window: int | None = None) -> None:
         """Check, then record `counter` as the meter's last accepted one."""
-        self.check(meter, counter, modulus)
+        self.check(meter, counter, modulus, window)
         slot = (bytes(meter), modulus or 0)
         self._last[slot] = counter
         self._last.move_to_end(slot)
@@ -616,9 +618,8 @@ class WirelessReceiver:
             self._authentication_failed(slot, now)
             return self._refuse(RefusalKind.WRONG_KEY, str(exc), address)
         if telegram.counter is not None:
-            modulus = None if telegram.mode is SecurityMode.MODE_7 else 256
             try:
-                self._replay.accept(slot, telegram.counter, modulus)
+                self._replay.accept(slot, telegram.counter, *self._counter_rule(mode))
             except OmsReplayError as exc:
                 return self._refuse(RefusalKind.REPLAY, str(exc), address)
         # Only a fully accepted frame ends a failure streak: a replayed genuine frame
@@ -631,13 +632,21 @@ class WirelessReceiver:
                                 telegram.counter, now, decoded, telegram.clear_tail)
 
     @staticmethod
-    def _claimed_counter(frame: WirelessFrame, mode: int) -> tuple[int, int | None] | None:
+    def _counter_rule(mode: int) -> tuple[int | None, int | None]:
+        """(modulus, window) of a mode's counter. Mode 0 authenticates nothing: its access
+        number only filters a repeater's duplicates, so any of the next 127 is taken."""
+        if mode == SecurityMode.MODE_7:
+            return None, None
+        return 256, (127 if mode == SecurityMode.NONE else None)
+
+    @classmethod
+    def _claimed_counter(cls, frame: WirelessFrame, mode: int) -> tuple[int, int | None, int | None] | None:
         """The counter the frame claims, before any authentication (for the cheap pre-check)."""
         if mode == SecurityMode.MODE_7:
             counter = frame.afl.message_counter if frame.afl is not None else None
-            return None if counter is None else (counter, None)
-        access = frame.tpl.access_number if frame.tpl is not None else None
-        return None if access is None else (access, 256)
+        else:
+            counter = frame.tpl.access_number if frame.tpl is not None else None
+        return None if counter is None else (counter, *cls._counter_rule(mode))
 
     def _authentication_failed(self, slot: bytes, now: float) -> None:
         failures = self._failures.setdefault(slot, _AuthFailures())
