@@ -156,6 +156,24 @@ def test_a_client_without_master_key_is_refused_in_one_line_and_the_key_stays(me
     assert is_the_push(plaintext) and counter == 1
 
 
+def test_the_meters_refusal_is_one_line_and_the_key_stays(meter, tmp_path):
+    # a Data Readout client that was handed the master key: it can wrap, but may not transfer keys
+    readout = json.loads((meter.data_dir / "credentials" / "data_readout.json").read_text())
+    management = json.loads((meter.data_dir / "credentials" / "management.json").read_text())
+    readout["master_key"] = management["master_key"]
+    for field in [f for f in readout if f.endswith("_pem")]:  # relative to the credentials directory
+        readout[field] = str(meter.data_dir / "credentials" / readout[field])
+    forged = tmp_path / "readout-with-master-key.json"
+    forged.write_text(json.dumps(readout))
+    forged.chmod(0o600)
+    ok(as_client(meter, "management", "consumer-key", "--key", KEY.hex()))
+    line = one_error_line(smartmeter("client", "--port", str(meter.wrapper_port), "--credentials", str(forged),
+                                     "consumer-key", "--key", bytes(range(16)).hex()))
+    assert line.startswith("error: refused: 0-0:43.0.103.255 method 2 key_transfer: "), line
+    counter, plaintext = decrypt(push_from_the_pty(meter), KEY)
+    assert is_the_push(plaintext) and counter == 1
+
+
 @pytest.mark.parametrize("key, message", [
     ("00112233445566778899AABBCCDDEE", "error: --key is 15 bytes; the consumer key is 16"),
     ("00112233445566778899AABBCCDDEEFF00", "error: --key is 17 bytes"),

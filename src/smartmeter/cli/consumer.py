@@ -5,8 +5,8 @@ catalog §7 "CIP") a new key, as a head-end does:
 
 The key is the global unicast encryption key of the CIP client's security setup
 0-0:43.0.103.255 (IC 64), set with key_transfer (method 2: array of {key_id 0, key_wrapped}),
-wrapped with the master key (KEK) of the credentials: only a client that holds one (the
-Management client, §3.5) can do it. Only that key and only that setup: the other clients' keys
+wrapped with the master key (KEK) of the credentials: only a client that holds one and may
+invoke the method can do it (the Management client; the Maintenance client on the optical port). Only that key and only that setup: the other clients' keys
 are `smartmeter pki provision`'s. Without --key a random one is made (`secrets`) and printed
 once; the consumer device needs it to decrypt, and the meter never shows it again. A new key
 resets the CIP client's sending counter, so the next push carries counter 1.
@@ -27,7 +27,8 @@ __all__ = ["consumer_key"]
 CIP_SECURITY_SETUP = "0-0:43.0.103.255"  # Security setup - Consumer Information client (SAP 103)
 SECURITY_SETUP_CLASS, KEY_TRANSFER = 64, 2
 KEY_BYTES = 16  # suite 1 (the CIP client's, §3.6.9): AES-128
-MANAGEMENT_HINT = "give a Management client's --credentials (it holds the master key and may transfer keys)"
+MANAGEMENT_HINT = ("give the --credentials of a client that holds the master key and may transfer keys: "
+                   "management (or maintenance on the optical port)")
 
 
 def parse_key(text: str) -> bytes:
