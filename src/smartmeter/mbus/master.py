@@ -383,6 +383,11 @@ class Master:
         if self._current is None or self._step is None:
             return []
         step = self._step
+        if self._reader.buffered_bytes and step.expect != "none":
+            # An answer still unjudged when its time is over (cut short, or damaged with an
+            # end the reader waits to decide on) is a corrupted answer, not silence.
+            step.corrupted = True
+            self.corrupted_answers += 1
         if step.expect == "none" or (step.expect == "optional ack" and not step.corrupted):
             return self._step_done()
         noise = self._reader.skipped > self._skipped_at_start
