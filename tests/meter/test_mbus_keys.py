@@ -369,3 +369,50 @@ def test_head_end_transfers_the_key_to_the_simulated_gas_meter_and_reads_on(tmp_
     finally:
         meter.stop()
         sim.stop()
+
+
+# -- wireless: a refusal rebinds nothing ---------------------------------------------------------------
+
+def test_junk_frames_cannot_rebind_a_wireless_device_or_reset_its_replay_guard(tmp_path):
+    from smartmeter.meter.mbus_m2 import WIRELESS_PORT, WirelessPort
+    from smartmeter.mbus.simulated import WirelessSender
+
+    radio_key = bytes.fromhex("0F0E0D0C0B0A09080706050403020100")
+    meter_time = [float(T0)]
+    recorder = EventRecorder(tmp_path, EventTable.load(), lambda: meter_time[0])
+    try:
+        engine = MbusM2(recorder, lambda: meter_time[0])
+        radio = SimulatedSubmeter("water", seed=9)
+        header = radio.long_header(0)
+        engine.set_port(1, WIRELESS_PORT)
+        engine.set_capture_definition(1, [VOLUME])
+        for name, value in (("identification_number", int(f"{radio.identification:08d}", 16)),
+                            ("manufacturer_id", header.manufacturer_code), ("version", radio.version),
+                            ("device_type", radio.medium)):
+            engine.set_identity_field(1, name, value)
+        engine.set_encryption_key(1, radio_key)
+        driver = MbusM2Driver(engine, None, lambda: meter_time[0])
+        port = WirelessPort(engine, driver, ZoneInfo("Europe/Vienna"))
+        sender = WirelessSender(radio, mode=5, key=radio_key)
+
+        genuine = sender.telegram(SIM_START)
+        port.datagram(genuine, 1.0)
+        assert len(driver.wireless) == 1
+        # a stranger sends the device's address in the other OMS mode, under a key of its own
+        # (the attack on a port that follows a refusal's mode: flip to 7 and back, counters reset)
+        impostor = WirelessSender(SimulatedSubmeter("water", seed=9), mode=7, key=bytes(range(16)))
+        for n in (2, 3):
+            port.datagram(impostor.telegram(SIM_START), float(n))
+        assert len(driver.wireless) == 1
+        fresh = sender.telegram(SIM_START + 30)
+        port.datagram(fresh, 4.0)  # the device's next telegram is still taken, in its mode 5
+        assert len(driver.wireless) == 2
+        for n, replayed in enumerate((genuine, fresh, genuine), start=5):
+            port.datagram(replayed, float(n))  # the genuine frames again: replays, refused
+        assert len(driver.wireless) == 2
+        asyncio.run(driver.run_once())
+        channel = engine.channel(1)
+        assert channel.values[0].value == radio.reading(SIM_START + 30).volume_l
+        assert channel.key_status == KEY_IN_USE
+    finally:
+        recorder.close()

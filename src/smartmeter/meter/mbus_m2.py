@@ -1179,21 +1179,23 @@ def meter_address(identity: Identity):
 
 class WirelessPort:
     """The M2 wireless receiver: UDP datagrams (one radio frame each) on HOST:PORT, checked and
-    decrypted by the WirelessReceiver for the channels' bindings (address and key; OMS mode 5
-    with a key, 0 without; a device that sends mode 7 is bound in mode 7 once the receiver saw
-    it refused for its mode), then handed to the driver's bounded queue."""
+    decrypted by the WirelessReceiver for the channels' bindings (address and key; with a key
+    OMS modes 5 and 7, each frame checked by the crypto of the mode it names and no mode 5 once
+    mode 7 authenticated; without a key mode 0), then handed to the driver's bounded queue.
+    A refused frame changes no binding: what a refusal says is unauthenticated, so a stranger
+    must not be able to rebind the device (and reset its replay counter) with junk frames."""
 
     def __init__(self, engine: MbusM2, driver: MbusM2Driver, zone) -> None:
         from smartmeter.mbus.security import WirelessReceiver
 
         self.engine, self.driver, self.zone = engine, driver, zone
         self.receiver = WirelessReceiver()
-        self._modes: dict[int, int] = {}
-        self._bound: dict[bytes, tuple[int, bytes | None, int]] = {}
+        self._bound: dict[bytes, tuple] = {}
         self.transport = None
 
     def rebind(self) -> None:
         from smartmeter.errors import EncodeError
+        from smartmeter.mbus.security import OMS_ENCRYPTED_MODES
 
         wanted = {}
         for number, identity, key in self.engine.wireless_bindings():
@@ -1202,7 +1204,7 @@ class WirelessPort:
                 slot = address.to_bytes()
             except (EncodeError, ValueError):
                 continue
-            mode = self._modes.get(number, 5) if key is not None else 0
+            mode = OMS_ENCRYPTED_MODES if key is not None else 0
             wanted[slot] = (number, key, mode, address)
         for slot in set(self._bound) - set(wanted):
             self.receiver.unbind(self._bound.pop(slot)[3])
@@ -1212,16 +1214,11 @@ class WirelessPort:
                 self._bound[slot] = (number, key, mode, address)
 
     def datagram(self, frame: bytes, now: float) -> None:
-        from smartmeter.mbus.security import Refusal, RefusalKind
+        from smartmeter.mbus.security import Refusal
 
         self.rebind()
         result = self.receiver.receive(frame, now)
         if isinstance(result, Refusal):
-            if result.kind is RefusalKind.WRONG_MODE and result.address is not None:
-                slot = result.address.to_bytes()
-                if slot in self._bound:  # the bound device speaks the other OMS mode: follow it
-                    number = self._bound[slot][0]
-                    self._modes[number] = 7 if self._modes.get(number, 5) == 5 else 5
             return
         slot = result.address.to_bytes()
         number = self._bound[slot][0]
