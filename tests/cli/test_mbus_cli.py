@@ -162,3 +162,31 @@ def test_a_refused_method_names_what_was_refused(site):
     assert result.returncode != 0
     assert "refused: 0-2:24.1.0.255:2 mbus_port_reference" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_bus_on_a_pseudo_terminal_is_read_through_the_meters_serial_port(tmp_path):
+    """`sim mbus --listen pty` and `meter run --mbus-wired /dev/pts/N`: the meter's serial path
+    (pyserial, 2400 Bd 8E1) reads the device as it reads one over TCP."""
+    before = time.time()
+    bus = subprocess.Popen([sys.executable, "-m", "smartmeter", "sim", "mbus", "gas", "--wired", "--listen", "pty",
+                            "--seed", str(SEED)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True)
+    try:
+        first = bus.stdout.readline()
+        path = re.search(r"slave\(s\) on (/dev/\S+) ", first).group(1)
+        threading.Thread(target=lambda: bus.stdout.read(), daemon=True).start()
+        meter = start_meter(tmp_path / "meter-data", "--http-port", "0", "--mbus-wired", path)
+        try:
+            device = SimulatedSubmeter("gas", seed=SEED)
+            result = client(meter, "mbus", "install", "1", "--id", f"{device.identification:08d}", "--manufacturer",
+                            "SIM", "--version", str(device.version), "--medium", "gas")
+            assert result.returncode == 0, result.stderr
+            deadline = time.monotonic() + 60
+            while (value := listed(meter)[1]["values"][0])["value"] is None and time.monotonic() < deadline:
+                time.sleep(1)
+            assert device.reading(before).volume_l <= value["value"] <= device.reading(time.time()).volume_l
+        finally:
+            meter.stop()
+    finally:
+        os.killpg(bus.pid, signal.SIGINT)
+        bus.wait(20)

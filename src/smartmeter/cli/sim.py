@@ -269,8 +269,9 @@ def _install_hint(meter, channel: int, wired: bool, bus: str, key_hex: str | Non
                 type=click.Choice(["gas", "water", "heat"]))
 @click.option("--wired", is_flag=True, help="Slaves on one wired bus, served on TCP (--listen).")
 @click.option("--wireless", is_flag=True, help="Senders of periodic radio telegrams as UDP datagrams (--to).")
-@click.option("--listen", default="127.0.0.1:10001", show_default=True, metavar="HOST:PORT",
-              help="--wired: where the bus takes its master (one TCP client; port 0: any free port).")
+@click.option("--listen", default="127.0.0.1:10001", show_default=True, metavar="HOST:PORT|pty",
+              help="--wired: where the bus takes its master: one TCP client (port 0: any free port), or "
+                   "'pty': a new pseudo-terminal whose path the master opens as its serial port.")
 @click.option("--to", "target", default=None, metavar="HOST:PORT",
               help="--wireless: where the radio frames go (the meter's --mbus-wireless).")
 @click.option("--mode", type=click.Choice(["5", "7"]), default="5", show_default=True,
@@ -339,7 +340,8 @@ def sim_mbus(kinds: tuple[str, ...], wired: bool, wireless: bool, listen: str, t
             raise UsageProblem("--wireless needs --key HEX", "an AES-128 key: 32 hex digits")
     radio_key = _aes_key(key, "--key")
     device_master_key = _aes_key(master_key, "--master-key")
-    host, port = _host_port(listen if wired else target, "--listen" if wired else "--to")
+    on_pty = wired and listen == "pty"
+    host, port = ("pty", 0) if on_pty else _host_port(listen if wired else target, "--listen" if wired else "--to")
     alarm_sets = _per_kind(alarms, kinds, "--alarm", simulated.ALARMS)
     fault_sets = _per_kind(faults, kinds, "--fault", simulated.FAULTS)
     for kind, chosen in zip(kinds, alarm_sets):
@@ -401,9 +403,10 @@ def sim_mbus(kinds: tuple[str, ...], wired: bool, wireless: bool, listen: str, t
         if wired:
             bus = simulated.SimulatedBus(meters, log=lambda line: say(f"bus: {line}"))
 
-            def started(bound: int) -> None:
-                where = f"{host}:{bound}"
-                say(f"wired M-Bus with {len(meters)} slave(s) on {where} (TCP, one master at a time)"
+            def started(bound: int | str) -> None:
+                where = bound if on_pty else f"{host}:{bound}"
+                say(f"wired M-Bus with {len(meters)} slave(s) on {where} "
+                    + ("(a pseudo-terminal: the master's serial port)" if on_pty else "(TCP, one master at a time)")
                     + (f"; simulated time {speed:g}x real time" if speed != 1 else "")
                     + ("; answers in OMS mode 5 with --key" if radio_key else "")
                     + (f"; takes a key by transfer_key ({key_style} wrap under --master-key)" if device_master_key
@@ -415,7 +418,8 @@ def sim_mbus(kinds: tuple[str, ...], wired: bool, wireless: bool, listen: str, t
                 say("Ctrl-C stops the simulated submeters.")
                 console(loop)
 
-            await serve_bus_or_fail(simulated.serve_bus(bus, host, port, clock.now, started))
+            await serve_bus_or_fail(simulated.serve_bus_pty(bus, clock.now, started) if on_pty
+                                    else simulated.serve_bus(bus, host, port, clock.now, started))
         else:
             say(f"wireless M-Bus: {len(meters)} sender(s) to udp {host}:{port}, OMS mode {mode}, format {crc_format}, "
                 f"every {interval:g} s" + (f"; simulated time {speed:g}x real time" if speed != 1 else ""))

@@ -611,6 +611,40 @@ class SimulatedClock:
         return self.start + (self._monotonic() - self._origin) * self.speed
 
 
+async def serve_bus_pty(bus: SimulatedBus, clock: Callable[[], float],
+                        started: Callable[[str], None] | None = None) -> None:
+    """The bus on a new pseudo-terminal: the master opens its path as a serial port (a pty has
+    no baud rate or parity; the bytes are the bus's). Runs until cancelled."""
+    import os
+    import tty
+
+    master_fd, slave_fd = os.openpty()
+    # raw: no echo and no line discipline between the master's bytes and ours. The slave side
+    # stays open here too, so a master that closes and opens the port again finds the bus.
+    tty.setraw(slave_fd)
+    os.set_blocking(master_fd, False)
+    loop = asyncio.get_running_loop()
+
+    def readable() -> None:
+        try:
+            data = os.read(master_fd, 4096)
+        except OSError:  # nothing there after all
+            return
+        answer = bus.receive(data, clock())
+        if answer:
+            os.write(master_fd, answer)  # an answer is at most a few hundred bytes: the pty takes it
+
+    loop.add_reader(master_fd, readable)
+    try:
+        if started is not None:
+            started(os.ttyname(slave_fd))
+        await asyncio.Event().wait()
+    finally:
+        loop.remove_reader(master_fd)
+        os.close(master_fd)
+        os.close(slave_fd)
+
+
 async def serve_bus(bus: SimulatedBus, host: str, port: int, clock: Callable[[], float],
                     started: Callable[[int], None] | None = None) -> None:
     """The bus on TCP (a serial-over-TCP M-Bus level converter): one client at a time, the
