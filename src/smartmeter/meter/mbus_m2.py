@@ -1087,7 +1087,9 @@ def wired_security_mode(user_data: bytes) -> int:
 def decrypt_wired(user_data: bytes, key: bytes | None) -> bytes:
     """The user data (after CI 0x72) of a mode-5 RSP_UD with its encrypted blocks decrypted, the
     header (configuration included) unchanged, so the application layer reads the records as
-    clear text; clear-text user data comes back as it is. OMS Vol. 2 mode 5 as the wireless
+    clear text; clear-text user data comes back as it is. Bytes after the encrypted blocks are
+    dropped: nothing protects them, so they must not stand beside decrypted records (as the
+    wireless receiver does, docs/decisions.md). OMS Vol. 2 mode 5 as the wireless
     TPL does it: AES-128-CBC, IV = M || ID || version || medium || access number x 8, the
     plaintext begins with 2F2F (the only check mode 5 has). Raises WiredKeyFailure."""
     from smartmeter.mbus.security import OmsSecurityError, decrypt_mode5
@@ -1111,7 +1113,7 @@ def decrypt_wired(user_data: bytes, key: bytes | None) -> bytes:
         raise WiredKeyFailure(KEY_FAILURE_WRONG_KEY, str(exc)) from None
     if plain[:2] != b"\x2f\x2f":
         raise WiredKeyFailure(KEY_FAILURE_WRONG_KEY)
-    return header + plain + payload[size:]
+    return header + plain
 
 
 def _decrypting_master(**options):
