@@ -9,12 +9,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import socket
 import tty
 from decimal import Decimal
 
 import pytest
-
-import socket
 
 from smartmeter.mbus.aio import DEFAULT_TCP_LATENCY, AsyncBus, MbusNoAnswer, MbusWrongIdentity, SerialLink, TcpLink, open_bus
 from smartmeter.mbus.application import (

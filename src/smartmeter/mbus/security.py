@@ -102,7 +102,8 @@ class EncryptedLengthError(OmsSecurityError, DecodeError):
 
 class UnsupportedSecurityError(OmsSecurityError, DecodeError):
     """A security mode or layer combination this receiver does not accept (unknown mode,
-    mode 7 without the AFL counter and MAC, a fragmented telegram, no encrypted block)."""
+    mode 7 without the AFL counter and MAC or with another MAC type than required, AES-GMAC,
+    a fragmented telegram, no encrypted block)."""
 
 
 class DecryptionCheckError(OmsSecurityError):
