@@ -211,10 +211,13 @@ def test_twenty_push_entries_are_taken_twenty_one_refused(site):
 ])
 def test_a_destination_that_is_not_the_consumer_port_sends_nothing_and_says_why_once(site, caplog, destination,
                                                                                      reason):
-    """The destination's form is checked on SET (the push setup); what it names at push time: only
-    the consumer port with the broadcast address and the first transport CI is sent to."""
+    """Such a destination is refused on SET; one stored before the meter checked it there (an older
+    meter's settings) is checked again at push time: only the consumer port with the broadcast
+    address and the first transport CI is sent to."""
     written = Data.structure([Data.enum(201), Data.octet_string(destination), Data.enum(0)])
-    assert site.management().set(40, CIP_SETUP, 3, written) == SUCCESS
+    assert site.management().set(40, CIP_SETUP, 3, written) == DataAccessResult.OTHER_REASON
+    setup = site.meter.directory.by_ln[Obis.parse(CIP_SETUP).to_bytes()][1]
+    setup._put("send_destination_and_method", {"transport": 201, "destination": destination.decode(), "message": 0})
     with caplog.at_level(logging.WARNING, logger="smartmeter.meter.consumer_port"):
         site.push_now()
         site.push_now()
