@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import Hashable, Union
+from typing import Callable, Hashable, Union
 
 from smartmeter.errors import DecodeError, SmartmeterError
 from smartmeter.mbus.application import (
@@ -245,9 +245,14 @@ class Master:
     """The wired master of one bus. See the module docstring for the call pattern."""
 
     def __init__(self, *, baud_rate: int = DEFAULT_BAUD_RATE, retries: int = DEFAULT_RETRIES,
-                 max_telegrams: int = MAX_TELEGRAMS_PER_READ) -> None:
+                 max_telegrams: int = MAX_TELEGRAMS_PER_READ,
+                 user_data: Callable[[int, bytes], bytes] | None = None) -> None:
+        """`user_data(ci, data)`, when given, turns the user data of each RSP_UD taken as the
+        answer into what the application layer parses: a master of encrypted devices decrypts
+        there (the link layer and the addressing checks come first, the records after)."""
         if retries < 0 or max_telegrams < 1:
             raise ValueError("retries >= 0 and max_telegrams >= 1")
+        self.user_data = user_data
         self.baud_rate = baud_rate
         self.retries = retries
         self.max_telegrams = max_telegrams
@@ -421,7 +426,8 @@ class Master:
         if step.fcb_key is not None:
             self.fcb.confirm(step.fcb_key)
         try:
-            telegram = parse_telegram(frame.ci, frame.data)
+            data = frame.data if self.user_data is None else self.user_data(frame.ci, frame.data)
+            telegram = parse_telegram(frame.ci, data)
         except DecodeError as exc:
             return self._finish(SlaveError(transaction.request, f"undecodable answer: {exc}"))
         if telegram.ci == CI_APPLICATION_ERROR:

@@ -1116,41 +1116,29 @@ def decrypt_wired(user_data: bytes, key: bytes | None) -> bytes:
     return header + plain
 
 
-def _decrypting_master(**options):
-    """The M-Bus master (smartmeter.mbus.master) with wired mode-5 decryption in front of its
-    application layer: an RSP_UD is decrypted with `master.key` before it is parsed; one that does
-    not decrypt goes on as its header alone (the device did answer) and its reason is appended to
-    `master.key_failures`; `master.decrypted` counts the telegrams that decrypted."""
-    from smartmeter.mbus.application import CI_RSP_LONG
-    from smartmeter.mbus.link import LongFrame
-    from smartmeter.mbus.master import Master
+class WiredDecryption:
+    """The wired master's `user_data` hook (smartmeter.mbus.master): an RSP_UD in OMS mode 5 is
+    decrypted with `key` before it is parsed; one that does not decrypt goes on as its header
+    alone (the device did answer) and its reason is appended to `failures`; `decrypted` counts
+    the telegrams that decrypted. The key is set for one request at a time."""
 
-    class DecryptingMaster(Master):
-        key: bytes | None = None
+    def __init__(self) -> None:
+        self.key: bytes | None = None
+        self.failures: list[str] = []
+        self.decrypted = 0
 
-        def __init__(self, **kw) -> None:
-            super().__init__(**kw)
-            self.key_failures: list[str] = []
-            self.decrypted = 0
+    def __call__(self, ci: int, data: bytes) -> bytes:
+        from smartmeter.mbus.application import CI_RSP_LONG
 
-        def _answer(self, step, frame):
-            if not (isinstance(frame, LongFrame) and frame.ci == CI_RSP_LONG and wired_security_mode(frame.data)):
-                return super()._answer(step, frame)
-            failure = ""
-            try:
-                frame = LongFrame(frame.c, frame.a, frame.ci, decrypt_wired(frame.data, self.key))
-            except WiredKeyFailure as exc:
-                failure = exc.reason
-                frame = LongFrame(frame.c, frame.a, frame.ci, frame.data[:LONG_HEADER_SIZE])
-            events = super()._answer(step, frame)
-            if not step.corrupted:  # the master took this frame as the answer (not a stranger's)
-                if failure:
-                    self.key_failures.append(failure)
-                else:
-                    self.decrypted += 1
-            return events
-
-    return DecryptingMaster(**options)
+        if ci != CI_RSP_LONG or not wired_security_mode(data):
+            return data
+        try:
+            plain = decrypt_wired(data, self.key)
+        except WiredKeyFailure as exc:
+            self.failures.append(exc.reason)
+            return bytes(data[:LONG_HEADER_SIZE])
+        self.decrypted += 1
+        return plain
 
 
 def wireless_telegram(received, zone) -> SubmeterTelegram:
@@ -1339,9 +1327,7 @@ class MasterBus:
                 await self.close()  # the head-end changed the port's speed: the next exchange uses it
             if self._bus is None:
                 bus = await (open_bus(self.spec) if speed is None else open_bus(self.spec, baud_rate=speed))
-                plain = bus.master
-                bus.master = _decrypting_master(
-                    baud_rate=plain.baud_rate, retries=plain.retries, max_telegrams=plain.max_telegrams)
+                bus.master.user_data = WiredDecryption()
                 self._bus, self._speed = bus, speed
             return await operation(self._bus)
         except OSError as exc:
@@ -1352,13 +1338,13 @@ class MasterBus:
         """Run a read with `key` for the decryption of its answer: the engine's telegram, encrypted
         when every part decrypted, key_failure when one did not."""
         async def run(bus):
-            master = bus.master
-            master.key, master.key_failures, master.decrypted = key, [], 0
+            decryption = bus.master.user_data
+            decryption.key, decryption.failures, decryption.decrypted = key, [], 0
             try:
                 telegram = await operation(bus)
-                return telegram, list(master.key_failures), master.decrypted
+                return telegram, list(decryption.failures), decryption.decrypted
             finally:
-                master.key = None  # the key is held for one request only
+                decryption.key = None  # the key is held for one request only
         telegram, failures, decrypted = await self._call(run)
         return wired_telegram(telegram, self.zone, encrypted=decrypted > 0,
                               key_failure=failures[0] if failures else "")
