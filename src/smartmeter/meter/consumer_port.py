@@ -69,7 +69,7 @@ def airtime(octets: int, baud: int = BAUD) -> float:
 def consumer_destination(text: str) -> int:
     """The link address of a consumer push destination; ValueError unless it names the consumer
     port with the broadcast address and the first transport CI (the only H1 destination, §10.5)."""
-    match = _DESTINATION.match(text)
+    match = _DESTINATION.fullmatch(text)
     if match is None:
         raise ValueError(f"{text!r} is not logical-name:LLA:CI (e.g. 0-2:24.6.0.255:FF:00)")
     try:
