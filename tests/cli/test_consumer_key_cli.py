@@ -14,13 +14,12 @@ import json
 import os
 import re
 import select
-import subprocess
-import sys
 import time
 
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from client_cli import as_client, ok, one_error_line, smartmeter
 from meterproc import free_port, start_meter
 from smartmeter.mbus.consumer_port import ConsumerApdu, ConsumerPushReader
 
@@ -39,28 +38,6 @@ def meter(tmp_path_factory):
     process = start_meter(tmp_path_factory.mktemp("consumer-key") / "meter", "--h1", "pty", "--http-port", "0")
     yield process
     process.stop()
-
-
-def smartmeter(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "smartmeter", *args], capture_output=True, text=True, timeout=120)
-
-
-def as_client(meter, name: str | None, *args: str) -> subprocess.CompletedProcess:
-    credentials = () if name is None else ("--credentials", str(meter.data_dir / "credentials" / f"{name}.json"))
-    return smartmeter("client", "--port", str(meter.wrapper_port), *credentials, *args)
-
-
-def ok(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 0, (result.stdout, result.stderr)
-    return result.stdout
-
-
-def one_error_line(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "(hint: " in lines[0], result.stderr
-    assert result.stdout == ""
-    return lines[0]
 
 
 def pty_path(meter) -> str:

@@ -5,11 +5,10 @@ refused, and a push without destination says it is not sent."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
+from client_cli import as_client, ok, one_error_line, smartmeter
 from meterproc import free_port, start_meter
 from smartmeter.cosem.obis import Obis
 
@@ -19,28 +18,6 @@ def meter(tmp_path_factory):
     m = start_meter(tmp_path_factory.mktemp("push-cli") / "meter")
     yield m
     m.stop()
-
-
-def smartmeter(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "smartmeter", *args], capture_output=True, text=True, timeout=120)
-
-
-def as_client(meter, name: str | None, *args: str) -> subprocess.CompletedProcess:
-    credentials = () if name is None else ("--credentials", str(meter.data_dir / "credentials" / f"{name}.json"))
-    return smartmeter("client", "--port", str(meter.wrapper_port), *credentials, *args)
-
-
-def ok(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 0, (result.stdout, result.stderr)
-    return result.stdout
-
-
-def one_error_line(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "(hint: " in lines[0], result.stderr
-    assert result.stdout == ""
-    return lines[0]
 
 
 def get_json(meter, target: str):
