@@ -210,3 +210,18 @@ def test_what_was_written_survives_a_restart(site, management):
     again = session(site, "management")
     for attribute, value in values.items():
         assert read(again, obis, attribute) == value
+
+
+@pytest.mark.parametrize("transport, text", [(0, b"192.0.2.7:4059"), (1, b"[2001:db8::17]:4059")])
+def test_the_consumer_push_keeps_the_consumer_port(management, transport, text):
+    """§10.5: the consumer information push goes to H1 only; a HES destination is refused."""
+    before = read(management, CONSUMER, 3)
+    assert management.set(40, CONSUMER, 3, destination(transport, text)) == OTHER_REASON
+    assert read(management, CONSUMER, 3) == before
+
+
+def test_only_the_consumer_push_goes_to_the_consumer_port(management):
+    """The HES pushes run in the Data Readout client's context (catalog §7); H1 is the consumer's."""
+    before = read(management, INTERVAL_1, 3)
+    assert management.set(40, INTERVAL_1, 3, destination(201, b"0-2:24.6.0.255:FF:00")) == OTHER_REASON
+    assert read(management, INTERVAL_1, 3) == before

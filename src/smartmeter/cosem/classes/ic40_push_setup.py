@@ -196,6 +196,14 @@ class PushSetup(StoredSettings, InterfaceClass):
                                          (DataType.ENUM, DataType.OCTET_STRING, DataType.ENUM)))
         if transport not in TRANSPORTS:
             raise other_reason(f"transport_service {transport} is not 0 (TCP), 1 (UDP) or 201 (wired M-Bus)")
+        # H1 carries the consumer information push only, and that push goes nowhere else (§10.5):
+        # the setup made for the consumer port (its model default) keeps transport 201
+        consumer_push = self.config.get("send_destination_and_method", {}).get("transport") == WIRED_MBUS
+        if consumer_push and transport != WIRED_MBUS:
+            raise other_reason("the consumer information push goes to the H1 consumer port only "
+                               "(transport_service 201, 0-2:24.6.0.255:FF:00)")
+        if transport == WIRED_MBUS and not consumer_push:
+            raise other_reason("only the consumer information push (0-6:25.9.0.255) goes to the H1 consumer port")
         if message != A_XDR_APDU:
             raise other_reason("message_type 0 (A-XDR encoded xDLMS APDU) is the only one")
         try:
