@@ -516,3 +516,94 @@ def test_a_command_without_answer_waits_before_it_is_tried_again(setup):
     [again] = [r for r in engine.requests(clock() + mbus_m2.RETRY_AFTER) if r.kind == "clock_sync"]
     engine.answered(again, None, clock() + mbus_m2.RETRY_AFTER)
     assert engine.channel(1).next_clock_sync == clock() + mbus_m2.RETRY_AFTER + mbus_m2.CLOCK_SYNC_INTERVAL
+
+
+# -- review fixes ---------------------------------------------------------------------------------------
+
+def preset_identity(engine: MbusM2, channel: int, identity: Identity) -> None:
+    for name in ("identification_number", "manufacturer_id", "version", "device_type"):
+        engine.set_identity_field(channel, name, getattr(identity, name))
+
+
+def test_a_wireless_device_waiting_for_its_first_telegram_cannot_be_bound_to_a_second_channel(setup):
+    make, clock, _, _, _ = setup
+    engine = make()
+    engine.set_port(1, WIRELESS_PORT)
+    preset_identity(engine, 1, WATER_ID)  # bound, no telegram yet: not "installed"
+    assert not engine.channel(1).installed
+    engine.set_port(2, WIRELESS_PORT)
+    engine.set_identity_field(2, "manufacturer_id", WATER_ID.manufacturer_id)
+    with pytest.raises(ChannelRefused):
+        engine.set_identity_field(2, "identification_number", WATER_ID.identification_number)
+    # nor on the wire: a preset wired channel cannot name it either, nor install it
+    preset_identity(engine, 3, GAS_ID)
+    engine.set_identity_field(4, "manufacturer_id", GAS_ID.manufacturer_id)
+    with pytest.raises(ChannelRefused):
+        engine.set_identity_field(4, "identification_number", GAS_ID.identification_number)
+    assert [c.number for c in engine.channels.values()
+            if c.has_identity() and c.manufacturer_id == WATER_ID.manufacturer_id] == [1, 3]
+
+
+def test_pending_commands_keep_one_per_kind_the_latest(setup):
+    make, clock, _, _, _ = setup
+    engine = make()
+    install_gas(engine, clock)
+    engine.set_encryption_key(1, bytes(range(16)))
+    for _ in range(50):
+        engine.capture(1)
+        engine.synchronize_clock(1)
+        engine.clock_synchronised()
+    for n in range(20):
+        engine.data_send(1, [(b"\x01", b"\xfd\x1a", bytes([n]))])
+        engine.valve(1, n % 2 == 0)
+        engine.transfer_key(1, bytes([n]) * 24)
+    pending = engine.channel(1).pending
+    assert sorted(op["kind"] for op in pending) == sorted(mbus_m2.PENDING_KINDS)
+    requests = {r.kind: r for r in engine.requests(clock())}
+    assert requests["valve"].payload == b"\x00"  # n = 19: closed, the latest
+    assert requests["data_send"].records == ((b"\x01", b"\xfd\x1a", bytes([19])),)
+    assert requests["key_transfer"].payload == bytes([19]) * 24
+    stored = json.loads(engine.store.saved("mbus.channel.1"))
+    assert len(stored["pending"]) == len(mbus_m2.PENDING_KINDS)
+
+
+def test_a_valve_command_replaced_while_on_the_bus_is_still_sent(setup):
+    make, clock, _, _, _ = setup
+    engine = make()
+    install_gas(engine, clock)
+    engine.valve(1, False)
+    [close] = [r for r in engine.requests(clock()) if r.kind == "valve"]
+    engine.valve(1, True)  # the HES reconnects while the close is on the bus
+    engine.answered(close, None, clock())
+    [open_] = [r for r in engine.requests(clock()) if r.kind == "valve"]
+    assert open_.payload == b"\x01"
+
+
+def test_commands_a_channel_without_device_or_a_wireless_one_cannot_do_are_refused(setup):
+    make, clock, _, _, _ = setup
+    engine = make()
+    with pytest.raises(ChannelRefused):
+        engine.valve(1, False)  # no device
+    engine.set_port(2, WIRELESS_PORT)
+    preset_identity(engine, 2, WATER_ID)
+    engine.received(2, telegram(WATER_ID, 5), clock())
+    assert engine.channel(2).installed
+    with pytest.raises(ChannelRefused):
+        engine.valve(2, False)  # unidirectional
+    engine.synchronize_clock(2)  # no effect, as the catalog says
+    engine.data_send(2, [(b"\x01", b"\xfd\x1a", b"\x00")])
+    assert engine.channel(2).pending == [] and engine.channel(1).pending == []
+    assert engine.control_rows(1, None, None) == [] and engine.control_rows(2, None, None) == []
+
+
+def test_a_key_transfer_acknowledged_after_the_key_changed_does_not_say_transferred(setup):
+    make, clock, _, _, _ = setup
+    engine = make()
+    install_gas(engine, clock)
+    engine.set_encryption_key(1, bytes(range(16)))
+    engine.transfer_key(1, b"\x01" * 24)
+    [transfer] = [r for r in engine.requests(clock()) if r.kind == "key_transfer"]
+    engine.set_encryption_key(1, bytes(range(1, 17)))  # another key while the transfer is on the bus
+    engine.answered(transfer, None, clock())
+    assert engine.channel(1).key_status == mbus_m2.KEY_SET
+    assert mbus_m2.EVENT_KEY_TRANSFERRED in codes(engine)

@@ -165,6 +165,7 @@ class BusRequest:
     records: tuple[tuple[bytes, bytes, bytes], ...] = ()
     payload: bytes = b""
     old_address: int = 0
+    key: bytes | None = None  # key_transfer: the channel's key when the transfer was asked for
 
 
 @dataclass
@@ -240,6 +241,8 @@ class Channel:
         doc["key"] = None if doc["key"] is None else bytes.fromhex(doc["key"])
         doc["values"] = [Value(**v) for v in doc["values"]]
         doc["number"] = number
+        latest = {op.get("kind"): op for op in doc.get("pending", []) if isinstance(op, dict)}
+        doc["pending"] = [op for kind, op in latest.items() if kind in PENDING_KINDS]  # stored before the bound
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in doc.items() if k in known})
 
@@ -377,8 +380,11 @@ class MbusM2:
                    for c in self.channels.values() if c.installed or c.installing or c.primary_address)
 
     def _identity_taken(self, identity: Identity, number: int) -> bool:
+        # every channel holding an identity counts, installed or not: a wireless channel is
+        # "installed" only at its device's first telegram, and a wired one the HES preset is
+        # waiting for its installation; both already name their device
         return any(c.number != number and c.has_identity() and _same_device(c.identity, identity)
-                   for c in self.channels.values() if c.installed or c.installing)
+                   for c in self.channels.values())
 
     def _free_address(self, number: int) -> int:
         for address in PRIMARY_ADDRESSES:
@@ -422,7 +428,7 @@ class MbusM2:
             raise ChannelRefused("a wireless device sends on its own: no ad-hoc read")
         if not channel.installed:
             raise ChannelRefused("no device is installed on this channel")
-        channel.pending.append({"kind": "read"})
+        _queue(channel, {"kind": "read"})
         self._commit(channel)
 
     def synchronize_clock(self, number: int) -> None:
@@ -431,7 +437,7 @@ class MbusM2:
             return  # a unidirectional device takes no command: the method has no effect
         if not channel.installed:
             raise ChannelRefused("no device is installed on this channel")
-        channel.pending.append({"kind": "clock_sync"})
+        _queue(channel, {"kind": "clock_sync"})
         self._commit(channel)
 
     def data_send(self, number: int, records: list[tuple[bytes, bytes, bytes]]) -> None:
@@ -440,7 +446,7 @@ class MbusM2:
             return
         if not channel.installed:
             raise ChannelRefused("no device is installed on this channel")
-        channel.pending.append({"kind": "data_send", "records": [[d.hex(), v.hex(), x.hex()] for d, v, x in records]})
+        _queue(channel, {"kind": "data_send", "records": [[d.hex(), v.hex(), x.hex()] for d, v, x in records]})
         self._commit(channel)
 
     def set_encryption_key(self, number: int, key: bytes) -> None:
@@ -469,14 +475,19 @@ class MbusM2:
             raise ChannelRefused("a unidirectional device cannot take a key")
         if not channel.installed:
             raise ChannelRefused("no device is installed on this channel")
-        channel.pending.append({"kind": "key_transfer", "payload": bytes(wrapped).hex()})
+        # the key goes with the transfer: an acknowledgement confirms this key, not a later one
+        _queue(channel, {"kind": "key_transfer", "payload": bytes(wrapped).hex(), "key": channel.key.hex()})
         self._commit(channel)
 
     def valve(self, number: int, open_: bool) -> None:
         """The valve command of the channel's disconnect control (IC 70 0-x:24.4.0.255)."""
         channel = self._edit(number)
+        if channel.wireless:
+            raise ChannelRefused("a unidirectional device takes no valve command")
+        if not channel.installed:
+            raise ChannelRefused("no device is installed on this channel")
         channel.valve_open = open_
-        channel.pending.append({"kind": "valve", "payload": (b"\x01" if open_ else b"\x00").hex()})
+        _queue(channel, {"kind": "valve", "payload": (b"\x01" if open_ else b"\x00").hex()})
         when = int(self.now())
         with self.store.transaction():
             self.store.append_row(CONTROL_LOG.format(number), when,
@@ -499,7 +510,7 @@ class MbusM2:
         for channel in self.channels.values():
             if channel.installed and not channel.wireless:
                 edited = self._edit(channel.number)
-                edited.pending.append({"kind": "clock_sync"})
+                _queue(edited, {"kind": "clock_sync"})
                 self._commit(edited)
 
     def next_instant(self, start: float, end: float) -> float | None:
@@ -594,8 +605,12 @@ class MbusM2:
             elif kind == "data_send":
                 due.append(BusRequest(n, "data_send", address, records=tuple(
                     (bytes.fromhex(d), bytes.fromhex(v), bytes.fromhex(x)) for d, v, x in op["records"])))
-            elif kind in ("key_transfer", "valve"):
+            elif kind == "valve":
                 due.append(BusRequest(n, kind, address, payload=bytes.fromhex(op["payload"])))
+            elif kind == "key_transfer":
+                key = op.get("key")
+                due.append(BusRequest(n, kind, address, payload=bytes.fromhex(op["payload"]),
+                                      key=None if key is None else bytes.fromhex(key)))
         if channel.next_clock_sync is not None and now >= channel.next_clock_sync and not holding \
                 and not any(r.kind == "clock_sync" for r in due):
             due.append(BusRequest(n, "clock_sync", address, time=now))
@@ -604,10 +619,14 @@ class MbusM2:
             due.append(BusRequest(n, "read", address, identity=channel.identity))
         return due
 
-    def _done(self, channel: Channel, kind: str) -> None:
+    def _done(self, channel: Channel, kind: str, request: BusRequest | None = None) -> None:
+        """The pending operation of `kind` is done - unless the HES replaced it by another one
+        (another valve state, other records, another key) while the request was on the bus:
+        that one is still owed."""
         for i, op in enumerate(channel.pending):
             if op["kind"] == kind:
-                del channel.pending[i]
+                if request is None or _carries(op, request):
+                    del channel.pending[i]
                 return
 
     def answered(self, request: BusRequest, telegram: SubmeterTelegram | None, now: float) -> None:
@@ -659,12 +678,17 @@ class MbusM2:
             channel.next_clock_sync = now + CLOCK_SYNC_INTERVAL
             events.append(EVENT_CLOCK_ADJUSTED)
         elif request.kind == "key_transfer":
-            self._done(channel, "key_transfer")
-            channel.key_status = KEY_SET_AND_TRANSFERRED
+            self._done(channel, "key_transfer", request)
             events.append(EVENT_KEY_TRANSFERRED)
+            if request.key is not None and request.key == channel.key:
+                channel.key_status = KEY_SET_AND_TRANSFERRED
+            else:  # the channel's key changed after the transfer was queued: the device has the old one
+                self.say(f"channel {channel.number} key transfer stale",
+                         "M-Bus channel %d: the device acknowledged a key the channel no longer holds",
+                         channel.number)
         else:
             channel.commands_after = None
-            self._done(channel, request.kind)
+            self._done(channel, request.kind, request)
         self._commit(channel, events, at=now)
 
     def failed(self, request: BusRequest, now: float) -> None:
@@ -672,7 +696,7 @@ class MbusM2:
         self._in_flight.discard((request.channel, request.kind))
         channel = self._edit(request.channel)
         if request.kind == "key_transfer":
-            self._done(channel, "key_transfer")
+            self._done(channel, "key_transfer", request)
             self._commit(channel, [EVENT_KEY_TRANSFER_FAILED], at=now)
             return
         if request.kind in ("install", "read"):
@@ -785,6 +809,28 @@ def default_capture_definition(telegram: SubmeterTelegram) -> list[tuple[bytes, 
         if len(chosen) == 4:
             break
     return chosen
+
+
+PENDING_KINDS = ("read", "clock_sync", "data_send", "key_transfer", "valve")
+
+
+def _queue(channel: Channel, op: dict) -> None:
+    """Owe `op` to the device: at most one operation per kind, the latest (a second capture or
+    clock sync adds nothing; a newer valve state, data or key replaces the older), so the
+    pending list - stored with the channel at every commit - stays within PENDING_KINDS."""
+    channel.pending = [p for p in channel.pending if p.get("kind") != op["kind"]]
+    channel.pending.append(op)
+
+
+def _carries(op: dict, request: BusRequest) -> bool:
+    """Whether `request` was made of the pending `op` (not of one that replaced it since)."""
+    kind = op["kind"]
+    if kind in ("valve", "key_transfer"):
+        return bytes.fromhex(op["payload"]) == request.payload
+    if kind == "data_send":
+        return tuple((bytes.fromhex(d), bytes.fromhex(v), bytes.fromhex(x)) for d, v, x in op["records"]) \
+            == request.records
+    return True
 
 
 def _identity_of(telegram: SubmeterTelegram) -> Identity:
