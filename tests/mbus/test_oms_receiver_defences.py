@@ -227,3 +227,31 @@ def test_mode0_duplicates_are_filtered_with_the_wide_window():
     assert rx.receive(first, 0.0).counter == 10
     assert rx.receive(first, 1.0).kind is RefusalKind.REPLAY  # a repeater's copy
     assert rx.receive(far_ahead, 2.0).counter == 110  # mode 0 proves nothing: only duplicates go
+
+
+# -- the replay memory handed to the owner and back (persistence over a restart) ---------------------
+
+def test_replay_state_restored_into_a_new_receiver_refuses_what_the_old_one_took():
+    old = receiver(OMS_ENCRYPTED_MODES)
+    assert isinstance(old.receive(mode5(40), 0.0), ReceivedTelegram)
+    assert isinstance(old.receive(mode7(300), 1.0), ReceivedTelegram)
+    last, mode7_seen = old.replay_state(METER)
+    assert dict(last) == {0: 300, 256: 40} and mode7_seen
+
+    new = receiver(OMS_ENCRYPTED_MODES)
+    new.restore(METER, last, mode7_seen)
+    assert new.receive(mode7(300), 2.0).kind is RefusalKind.REPLAY
+    assert new.receive(mode5(41), 3.0).kind is RefusalKind.WRONG_MODE  # no downgrade after mode 7
+    assert isinstance(new.receive(mode7(301), 4.0), ReceivedTelegram)
+
+
+def test_restore_keeps_newer_counters_and_refuses_nonsense():
+    rx = receiver(5)
+    assert isinstance(rx.receive(mode5(50), 0.0), ReceivedTelegram)
+    rx.restore(METER, [(256, 10)], False)  # older than what this receiver took since binding
+    assert rx.replay_state(METER) == (((256, 50),), False)
+    for bad in ([(256, 256)], [(3, 1)], [(0, -1)]):
+        with pytest.raises(ValueError):
+            rx.restore(METER, bad, False)
+    with pytest.raises(ValueError):
+        WirelessReceiver(crc=None).restore(METER, [(256, 1)], False)  # not bound

@@ -418,3 +418,100 @@ def test_junk_frames_cannot_rebind_a_wireless_device_or_reset_its_replay_guard(t
         assert channel.key_status == KEY_IN_USE
     finally:
         recorder.close()
+
+
+# -- wireless: the replay memory survives a restart ------------------------------------------------------
+
+def _wireless_meter(tmp_path, radio, radio_key, meter_time, preset: bool):
+    from smartmeter.meter.mbus_m2 import WIRELESS_PORT, WirelessPort
+
+    recorder = EventRecorder(tmp_path, EventTable.load(), lambda: meter_time[0])
+    engine = MbusM2(recorder, lambda: meter_time[0])
+    if preset:
+        header = radio.long_header(0)
+        engine.set_port(1, WIRELESS_PORT)
+        engine.set_capture_definition(1, [VOLUME])
+        for name, value in (("identification_number", int(f"{radio.identification:08d}", 16)),
+                            ("manufacturer_id", header.manufacturer_code), ("version", radio.version),
+                            ("device_type", radio.medium)):
+            engine.set_identity_field(1, name, value)
+        engine.set_encryption_key(1, radio_key)
+    driver = MbusM2Driver(engine, None, lambda: meter_time[0])
+    return recorder, engine, driver, WirelessPort(engine, driver, ZoneInfo("Europe/Vienna"))
+
+
+@pytest.mark.parametrize("mode", [5, 7])
+def test_frames_taken_before_a_restart_are_replays_after_it(tmp_path, mode):
+    from smartmeter.mbus.simulated import WirelessSender
+
+    radio_key = bytes.fromhex("0F0E0D0C0B0A09080706050403020100")
+    meter_time = [float(T0)]
+    radio = SimulatedSubmeter("water", seed=9)
+    sender = WirelessSender(radio, mode=mode, key=radio_key)
+    recorder, engine, driver, port = _wireless_meter(tmp_path, radio, radio_key, meter_time, preset=True)
+    frames = [sender.telegram(SIM_START + 30 * n) for n in range(3)]
+    for n, frame in enumerate(frames):
+        port.datagram(frame, float(n))
+    asyncio.run(driver.run_once())
+    assert engine.channel(1).values[0].value == radio.reading(SIM_START + 60).volume_l
+    recorder.close()  # the meter stops (or is killed: every telegram taken was committed)
+
+    recorder, engine, driver, port = _wireless_meter(tmp_path, radio, radio_key, meter_time, preset=False)
+    try:
+        for n, frame in enumerate(frames):
+            port.datagram(frame, 10.0 + n)
+        assert len(driver.wireless) == 0
+        assert port.stats()["replay"] == 3
+        fresh = sender.telegram(SIM_START + 90)
+        port.datagram(fresh, 20.0)  # the device's next frame is taken
+        asyncio.run(driver.run_once())
+        assert engine.channel(1).values[0].value == radio.reading(SIM_START + 90).volume_l
+    finally:
+        recorder.close()
+
+
+def test_no_mode_5_after_mode_7_survives_a_restart(tmp_path):
+    from smartmeter.mbus.simulated import WirelessSender
+
+    radio_key = bytes.fromhex("0F0E0D0C0B0A09080706050403020100")
+    meter_time = [float(T0)]
+    radio = SimulatedSubmeter("water", seed=9)
+    recorder, engine, driver, port = _wireless_meter(tmp_path, radio, radio_key, meter_time, preset=True)
+    port.datagram(WirelessSender(radio, mode=7, key=radio_key).telegram(SIM_START), 1.0)
+    asyncio.run(driver.run_once())
+    assert engine.channel(1).mode7_seen
+    recorder.close()
+
+    recorder, engine, driver, port = _wireless_meter(tmp_path, radio, radio_key, meter_time, preset=False)
+    try:  # the weaker mode under the same key, with a fresh access number: a downgrade, refused
+        port.datagram(WirelessSender(radio, mode=5, key=radio_key).telegram(SIM_START + 30), 2.0)
+        assert len(driver.wireless) == 0
+        assert port.stats()["wrong security mode"] == 1
+    finally:
+        recorder.close()
+
+
+def test_refused_wireless_frames_are_logged_once_per_reason_and_counted(tmp_path, caplog):
+    from smartmeter.meter.mbus_m2 import M2Interface
+    from smartmeter.mbus.simulated import WirelessSender
+
+    radio_key = bytes.fromhex("0F0E0D0C0B0A09080706050403020100")
+    meter_time = [float(T0)]
+    radio = SimulatedSubmeter("water", seed=9)
+    recorder, engine, driver, port = _wireless_meter(tmp_path, radio, radio_key, meter_time, preset=True)
+    try:
+        stranger = WirelessSender(SimulatedSubmeter("gas", seed=4), mode=5, key=radio_key)
+        with caplog.at_level(logging.INFO, logger="smartmeter.meter.mbus_m2"):
+            for n in range(5):
+                port.datagram(stranger.telegram(SIM_START + n), float(n))  # unbound address
+                broken = bytearray(WirelessSender(radio, mode=5, key=radio_key).telegram(SIM_START + n))
+                broken[5] ^= 0xFF  # in the first block: its CRC no longer matches
+                port.datagram(bytes(broken), float(n))
+        refused = [r.getMessage() for r in caplog.records if "frame refused" in r.getMessage()]
+        assert len(refused) == 2, refused
+        assert port.stats()["unbound address"] == 5 and port.stats()["CRC error"] == 5
+        interface = M2Interface.__new__(M2Interface)
+        interface.wireless, interface.driver = port, driver
+        assert interface.stats()["CRC error"] == 5
+    finally:
+        recorder.close()

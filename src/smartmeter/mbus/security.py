@@ -541,6 +541,29 @@ class WirelessReceiver:
     def bindings(self) -> list[Binding]:
         return list(self._bindings.values())
 
+    # -- persistence: what a restart must not forget -------------------------------------
+    def replay_state(self, address: MeterAddress) -> tuple[tuple[tuple[int, int], ...], bool]:
+        """A bound meter's replay memory: ((modulus, last accepted counter), ...) - modulus 0
+        for mode 7's message counter, 256 for the access number - and whether mode 7 was
+        accepted (mode 5 refused since). The owner stores it with what the frame gave."""
+        slot = address.to_bytes()
+        last = tuple((m, c) for m in (0, 256) if (c := self._replay.last(slot, m)) is not None)
+        return last, slot in self._mode7_seen
+
+    def restore(self, address: MeterAddress, last: Iterable[tuple[int, int]], mode7_seen: bool) -> None:
+        """Give a bound meter back the replay memory `replay_state` gave before a restart. What
+        this receiver accepted since it was bound is newer and stays."""
+        slot = address.to_bytes()
+        if slot not in self._bindings:
+            raise ValueError("restore the replay memory of a bound meter only")
+        for modulus, counter in last:
+            if modulus not in (0, 256) or not 0 <= counter < (1 << 32 if modulus == 0 else 256):
+                raise ValueError(f"no counter {counter} of modulus {modulus}")
+            if self._replay.last(slot, modulus) is None:
+                self._replay.accept(slot, counter, modulus or None)
+        if mode7_seen:
+            self._mode7_seen.add(slot)
+
     # -- input --------------------------------------------------------------------------
     def offer(self, frame: bytes, now: float) -> bool:
         """Queue a frame for `drain`; False (and counted) when the queue is full."""

@@ -138,6 +138,10 @@ class SubmeterTelegram:
     device_time: float | None = None
     encrypted: bool = False  # the records came encrypted and decrypted (OMS mode 5: 2F2F verified)
     key_failure: str = ""  # the records came encrypted and did not decrypt (no key, wrong key): none taken
+    # wireless: the receiver's replay memory right after it accepted this frame (WirelessReceiver.replay_state),
+    # stored with the values the frame gives, so a restart does not take old frames again
+    replay_last: tuple[tuple[int, int], ...] = ()
+    mode7_seen: bool = False
 
 
 # -- what the engine asks the bus ----------------------------------------------------------------
@@ -209,6 +213,10 @@ class Channel:
     profile_period: int = 3600
     installed_at: float | None = None  # meter time: the profile has no row for an instant before it
     commands_after: float | None = None  # a command got no answer: the next try not before (meter time)
+    # wireless: the receiver's replay memory of this device under its key ([modulus, last counter], ...,
+    # and whether mode 7 was accepted): restored when the receiver is bound again after a restart
+    replay_last: list = field(default_factory=list)
+    mode7_seen: bool = False
     # one-shot operations the HES asked for, done at the next chance
     pending: list[dict] = field(default_factory=list)
 
@@ -328,6 +336,8 @@ class MbusM2:
             channel.capture_period = 0  # companion: wireless is externally triggered
         elif channel.port == WIRELESS_PORT:
             channel.capture_period = DEFAULT_CAPTURE_PERIOD  # back on the wire: read as a wired device
+        if port != channel.port:
+            channel.replay_last, channel.mode7_seen = [], False
         channel.port = port
         self._commit(channel)
 
@@ -363,6 +373,8 @@ class MbusM2:
         channel = self._edit(number)
         if channel.installed:
             raise ChannelRefused("the identity of an installed device is read from the device")
+        if getattr(channel, name) != value:
+            channel.replay_last, channel.mode7_seen = [], False  # another device: its own counters
         setattr(channel, name, value)
         if channel.has_identity() and self._identity_taken(channel.identity, number):
             raise ChannelRefused("this device is bound to another channel")
@@ -455,6 +467,8 @@ class MbusM2:
             raise ChannelRefused("an encryption key is 16 octets (or empty to clear it)")
         channel = self._edit(number)
         transferred = channel.key_status in (KEY_TRANSFERRED, KEY_SET_AND_TRANSFERRED, KEY_IN_USE)
+        if (bytes(key) or None) != channel.key:
+            channel.replay_last, channel.mode7_seen = [], False  # a new key starts a new counter sequence
         if key:
             channel.key = bytes(key)
             channel.key_status = KEY_SET_AND_TRANSFERRED if channel.key_status == KEY_TRANSFERRED else KEY_SET
@@ -738,12 +752,23 @@ class MbusM2:
             events.append(EVENT_INSTALLED)
         _take_header(channel, telegram)
         events.extend(self._take_values(channel, telegram, now))
+        channel.replay_last = [list(pair) for pair in telegram.replay_last]
+        channel.mode7_seen = telegram.mode7_seen
         self._commit(channel, events, at=now)
 
     def wireless_bindings(self) -> list[tuple[int, Identity, bytes | None]]:
         """(channel, device address, key) of each wireless channel with an address: what the
         receiver accepts."""
         return [(c.number, c.identity, c.key) for c in self.channels.values() if c.wireless and c.has_identity()]
+
+    def wireless_replay(self, number: int) -> tuple[list[tuple[int, int]], bool]:
+        """The stored replay memory of channel `number`'s device (see Channel.replay_last)."""
+        channel = self.channels[number]
+        pairs = []
+        for pair in channel.replay_last:
+            if isinstance(pair, (list, tuple)) and len(pair) == 2 and all(type(x) is int for x in pair):
+                pairs.append((pair[0], pair[1]))
+        return pairs, bool(channel.mode7_seen)
 
     def _take_secured_values(self, channel: Channel, telegram: SubmeterTelegram, now: float) -> list[int]:
         """The values of a wired telegram, unless its encryption refuses them: it did not decrypt
@@ -1228,6 +1253,7 @@ class WirelessPort:
         self.receiver = WirelessReceiver()
         self._bound: dict[bytes, tuple] = {}
         self.transport = None
+        self.undecodable = 0
 
     def rebind(self) -> None:
         from smartmeter.errors import EncodeError
@@ -1248,6 +1274,12 @@ class WirelessPort:
             if self._bound.get(slot, (None,))[:3] != (number, key, mode):
                 self.receiver.bind(address, key, mode)
                 self._bound[slot] = (number, key, mode, address)
+                last, mode7_seen = self.engine.wireless_replay(number)
+                try:  # what the receiver took before a restart stays taken
+                    self.receiver.restore(address, last, mode7_seen)
+                except ValueError as exc:
+                    self.engine.say(f"channel {number} replay memory", "M-Bus channel %d: stored replay memory "
+                                    "not usable (%s)", number, exc)
 
     def datagram(self, frame: bytes, now: float) -> None:
         from smartmeter.mbus.security import Refusal
@@ -1255,16 +1287,29 @@ class WirelessPort:
         self.rebind()
         result = self.receiver.receive(frame, now)
         if isinstance(result, Refusal):
+            # a frame is the radio's, anyone's: one line per kind and interval, each counted (stats)
+            self.engine.say(f"wireless refused {result.kind.name}",
+                            "M-Bus wireless: frame refused (%s: %s); %d refused so far for this reason",
+                            result.kind.value, result.detail, self.receiver.refusals[result.kind],
+                            level=logging.INFO)
             return
         slot = result.address.to_bytes()
         number = self._bound[slot][0]
         try:
             telegram = wireless_telegram(result, self.zone)
         except SmartmeterError as exc:
+            self.undecodable += 1
             self.engine.say(f"channel {number} wireless undecodable",
                             "M-Bus channel %d: undecodable wireless telegram (%s)", number, exc, level=logging.INFO)
             return
-        self.driver.deliver(number, telegram)
+        last, mode7_seen = self.receiver.replay_state(result.address)
+        self.driver.deliver(number, replace(telegram, replay_last=last, mode7_seen=mode7_seen))
+
+    def stats(self) -> dict[str, int]:
+        """Frames accepted, undecodable after acceptance, and refused per reason (non-zero ones)."""
+        counts = {"accepted": self.receiver.accepted, "undecodable": self.undecodable}
+        counts.update({kind.value: n for kind, n in self.receiver.refusals.items() if n})
+        return counts
 
     async def start(self, host: str, port: int, now: Callable[[], float]) -> None:
         loop = asyncio.get_running_loop()
@@ -1319,6 +1364,14 @@ class M2Interface:
 
     def _now(self) -> float:
         return self.meter.clock.now()
+
+    def stats(self) -> dict[str, int]:
+        """What the wireless receiver did (frames accepted, refused per reason) and the wireless
+        telegrams the driver dropped from its full queue: for the line the meter prints at stop."""
+        counts = {} if self.wireless is None else self.wireless.stats()
+        if self.driver is not None and self.driver.dropped:
+            counts["dropped (queue full)"] = self.driver.dropped
+        return counts
 
     async def close(self) -> None:
         if self._task is not None:
