@@ -28,7 +28,7 @@ import json
 import logging
 from collections import deque
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from smartmeter.cosem.data import Data
 from smartmeter.cosem.obis import Obis
@@ -292,9 +292,16 @@ class MbusM2:
         self.channels = {n: Channel.from_json(n, store.saved(STATE_KEY.format(n))) for n in CHANNELS}
         self._in_flight: set[tuple[int, str]] = set()
         self.running_instant: float | None = None  # the runtime's timed-engine protocol: nothing runs scripts here
-        for channel in self.channels.values():  # an alarm pending over a restart stays raised
-            if channel.communication_error:
-                self.alarm(f"mbus_communication_error_{channel.number}", True)
+        # the runtime's view of each channel's disconnect control (IC 70 0-x:24.4.0.255): channel ->
+        # connected (valve open). Read at resume: see reconcile_valves.
+        self.valve_states: Callable[[], Mapping[int, bool]] | None = None
+        self._align_alarms()
+
+    def _align_alarms(self) -> None:
+        """The communication error alarms say what the stored channels say (a kill between a
+        channel's commit and its alarm leaves neither a bit set for ever nor one missing)."""
+        for channel in self.channels.values():
+            self.alarm(f"mbus_communication_error_{channel.number}", channel.communication_error)
 
     # -- persistence ---------------------------------------------------------------------------
     def _commit(self, channel: Channel, events: Iterable[int] = (), at: float | None = None) -> None:
@@ -304,7 +311,10 @@ class MbusM2:
             self.store.save(STATE_KEY.format(channel.number), channel.to_json())
             for code in events:
                 self._log_event(code + channel.number - 1, when)
+        was = self.channels[channel.number].communication_error
         self.channels[channel.number] = channel
+        if channel.communication_error != was:  # only what is stored raises or clears the alarm
+            self.alarm(f"mbus_communication_error_{channel.number}", channel.communication_error)
 
     def _log_event(self, code: int, when: int) -> None:
         self.store.append_row(EVENT_LOG, when, json.dumps(code), MBUS_EVENT_LOG_ENTRIES)
@@ -431,8 +441,6 @@ class MbusM2:
         fresh = Channel(number, port=channel.port, capture_definition=channel.capture_definition,
                         capture_period=channel.capture_period, profile_period=channel.profile_period)
         self._commit(fresh, [EVENT_DEINSTALLED] if was else [])
-        if channel.communication_error:
-            self.alarm(f"mbus_communication_error_{number}", False)
 
     def capture(self, number: int) -> None:
         channel = self._edit(number)
@@ -560,7 +568,28 @@ class MbusM2:
                 self._capture_profile(number, end, STATUS_CAD if passage is Passage.SHIFTED else STATUS_PDN)
 
     def resume(self, now: float) -> None:
-        """After a start or a power return: nothing owed (a missed capture is not invented)."""
+        """After a start or a power return: no capture owed (a missed one is not invented); the
+        alarms follow the stored channels and the valves their disconnect controls."""
+        self._align_alarms()
+        if self.valve_states is not None:
+            self.reconcile_valves(self.valve_states())
+
+    def reconcile_valves(self, connected: Mapping[int, bool]) -> list[int]:
+        """The disconnect control (IC 70) stores its new state before it tells the engine; a
+        kill between the two leaves a valve command never queued nor logged. `connected` is
+        each channel's stored IC 70 state (True: connected, valve open): an installed wired
+        channel whose last valve state differs gets the missing command and control log row.
+        The channels reconciled."""
+        done = []
+        for number, open_ in connected.items():
+            channel = self.channels.get(number)
+            if channel is None or channel.wireless or not channel.installed or channel.valve_open == bool(open_):
+                continue
+            self.say(f"channel {number} valve reconciled", "M-Bus channel %d: the valve command to %s was "
+                     "not recorded before a stop; sent now", number, "open" if open_ else "close")
+            self.valve(number, bool(open_))
+            done.append(number)
+        return done
 
     def _capture_profile(self, number: int, at: float, status: int) -> None:
         channel = self._edit(number)
@@ -652,7 +681,6 @@ class MbusM2:
         if channel.communication_error:
             channel.communication_error = False
             events.append(EVENT_COMMUNICATION_OK)
-            self.alarm(f"mbus_communication_error_{channel.number}", False)
         if request.kind == "install":
             if not channel.installing:
                 return  # de-installed meanwhile
@@ -731,7 +759,6 @@ class MbusM2:
         if not channel.communication_error:
             channel.communication_error = True
             events.append(EVENT_COMMUNICATION_ERROR)
-            self.alarm(f"mbus_communication_error_{channel.number}", True)
         self._commit(channel, events, at=now)
 
     def received(self, number: int, telegram: SubmeterTelegram, now: float) -> None:
@@ -744,7 +771,6 @@ class MbusM2:
         if channel.communication_error:
             channel.communication_error = False
             events.append(EVENT_COMMUNICATION_OK)
-            self.alarm(f"mbus_communication_error_{number}", False)
         if telegram.encrypted and channel.key is not None and channel.key_status != KEY_IN_USE:
             channel.key_status = KEY_IN_USE
         if not channel.installed:
