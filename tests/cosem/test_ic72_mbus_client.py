@@ -176,3 +176,30 @@ def test_data_send_codes_the_records_and_refuses_what_it_cannot(meter):
     refused(lambda: obj.invoke(6, Data.null(), CTX), TYPE)
     bad = Data.structure([Data.octet_string(b"\x05"), Data.octet_string(b"\x13"), Data.unsigned(1)])
     refused(lambda: obj.invoke(6, Data.array([bad]), CTX), OTHER)
+
+
+def test_refused_operations_are_counted_and_logged_once_per_condition(meter, caplog):
+    import logging
+
+    directory, engine, _ = meter
+    one, two, three = client(directory, 1), client(directory, 2), client(directory, 3)
+    three.set(2, Data.octet_string(WIRELESS), CTX)
+    for obj in (one, two):
+        obj.set(7, Data.long_unsigned(0x1C08), CTX)
+    one.set(6, Data.double_long_unsigned(0x12345678), CTX)
+    attempts = {
+        "key length": lambda: one.invoke(7, Data.octet_string(bytes(15)), CTX),
+        "transfer without key": lambda: one.invoke(8, Data.octet_string(b"\x01" * 24), CTX),
+        "port": lambda: one.set(2, Data.octet_string(CONSUMER), CTX),
+        "reserved address": lambda: one.set(5, Data.unsigned(253), CTX),
+        "wireless install": lambda: three.invoke(1, Data.integer(0), CTX),
+        "same meter twice": lambda: two.set(6, Data.double_long_unsigned(0x12345678), CTX),
+    }
+    with caplog.at_level(logging.INFO, logger="smartmeter.meter.mbus_m2"):
+        for _ in range(3):
+            for attempt in attempts.values():
+                refused(attempt, OTHER)
+    lines = [r.getMessage() for r in caplog.records if "operation refused" in r.getMessage()]
+    assert len(lines) == len(attempts), lines  # one line per condition, not one per attempt
+    assert sorted(engine.refused_operations.values()) == [3] * len(attempts)
+    assert sum(engine.refused_operations.values()) == 3 * len(attempts)

@@ -511,7 +511,7 @@ def test_refused_wireless_frames_are_logged_once_per_reason_and_counted(tmp_path
         assert len(refused) == 2, refused
         assert port.stats()["unbound address"] == 5 and port.stats()["CRC error"] == 5
         interface = M2Interface.__new__(M2Interface)
-        interface.wireless, interface.driver = port, driver
+        interface.engine, interface.wireless, interface.driver = engine, port, driver
         assert interface.stats()["CRC error"] == 5
     finally:
         recorder.close()

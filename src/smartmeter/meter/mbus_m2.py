@@ -104,7 +104,12 @@ CONTROL_LOG = "mbus.control.{}"
 
 
 class ChannelRefused(SmartmeterError):
-    """An M-Bus client operation the channel cannot take (the class answers other-reason)."""
+    """An M-Bus client operation the channel cannot take (the class answers other-reason).
+    `condition`: a fixed text naming the kind of refusal (what IC 72 logs and counts by)."""
+
+    def __init__(self, message: str, condition: str | None = None) -> None:
+        super().__init__(message)
+        self.condition = condition or message
 
 
 # -- what the bus delivers -------------------------------------------------------------------------
@@ -295,7 +300,15 @@ class MbusM2:
         # the runtime's view of each channel's disconnect control (IC 70 0-x:24.4.0.255): channel ->
         # connected (valve open). Read at resume: see reconcile_valves.
         self.valve_states: Callable[[], Mapping[int, bool]] | None = None
+        self.refused_operations: dict[str, int] = {}  # IC 72 operations refused, per condition (refused())
         self._align_alarms()
+
+    def refused(self, number: int, condition: str, detail: str) -> None:
+        """An M-Bus client operation of channel `number` was refused: counted per condition, one
+        log line per condition and interval (a HES retrying a bad write must not flood the log)."""
+        self.refused_operations[condition] = self.refused_operations.get(condition, 0) + 1
+        self.say(f"ic72 refused {condition}", "M-Bus client channel %d: operation refused (%s); %d refused so "
+                 "far for this reason", number, detail, self.refused_operations[condition], level=logging.INFO)
 
     def _align_alarms(self) -> None:
         """The communication error alarms say what the stored channels say (a kill between a
@@ -375,7 +388,7 @@ class MbusM2:
         if channel.installed:
             raise ChannelRefused("the primary address of an installed device is set at installation")
         if address and self._address_taken(address, number):
-            raise ChannelRefused(f"primary address {address} is another channel's")
+            raise ChannelRefused(f"primary address {address} is another channel's", "primary address taken")
         channel.primary_address = address
         self._commit(channel)
 
@@ -429,7 +442,7 @@ class MbusM2:
             raise ChannelRefused("this device is bound to another channel")
         address = address or channel.primary_address or self._free_address(number)
         if self._address_taken(address, number):
-            raise ChannelRefused(f"primary address {address} is another channel's")
+            raise ChannelRefused(f"primary address {address} is another channel's", "primary address taken")
         channel.primary_address = address
         channel.installing = True
         channel.next_read = None
@@ -931,17 +944,17 @@ def encode_record_value(dib: bytes, value: Data) -> bytes:
         try:
             return raw.to_bytes(size, "little", signed=raw < 0)
         except OverflowError:
-            raise ChannelRefused(f"the value does not fit {size} octets") from None
+            raise ChannelRefused(f"the value does not fit {size} octets", "record value too large") from None
     if code in bcd_digits:
         if not isinstance(raw, int) or isinstance(raw, bool) or raw < 0 or raw >= 10 ** bcd_digits[code]:
-            raise ChannelRefused(f"a BCD record takes 0..{10 ** bcd_digits[code] - 1}")
+            raise ChannelRefused(f"a BCD record takes 0..{10 ** bcd_digits[code] - 1}", "BCD value out of range")
         digits = f"{raw:0{bcd_digits[code]}d}"
         return bytes(int(digits[i:i + 2], 16) for i in range(len(digits) - 2, -1, -2))
     if code == 0xD:
         if not isinstance(raw, (bytes, bytearray)) or len(raw) > 0xBF:
             raise ChannelRefused("a variable-length record takes an octet-string of at most 191 octets")
         return bytes([len(raw)]) + bytes(raw)
-    raise ChannelRefused(f"data field {code:#x} cannot be sent")
+    raise ChannelRefused(f"data field {code:#x} cannot be sent", "data field cannot be sent")
 
 
 # -- the driver: the engine's requests over the real bus ----------------------------------------------
@@ -1395,6 +1408,7 @@ class M2Interface:
         """What the wireless receiver did (frames accepted, refused per reason) and the wireless
         telegrams the driver dropped from its full queue: for the line the meter prints at stop."""
         counts = {} if self.wireless is None else self.wireless.stats()
+        counts.update({f"IC 72 refused ({c})": n for c, n in self.engine.refused_operations.items()})
         if self.driver is not None and self.driver.dropped:
             counts["dropped (queue full)"] = self.driver.dropped
         return counts

@@ -15,7 +15,9 @@ identification_number, manufacturer_id, version, device_type (the device's addre
 the HES before an installation, then read from the device), 10 access_number, 11 status, 13
 configuration (from the device's header), 14 encryption_key_status (enum: 0 no key, 1 key set,
 2 key transferred, 3 key set and transferred, 4 key in use). Attribute 12 alarm and method 4
-reset_alarm are not supported (companion: "Not supported"): object-unavailable.
+reset_alarm are not supported (companion: "Not supported"): the model grants no access to them, so
+a client gets read-write-denied; this class answers object-unavailable only where the access
+rights are not checked (a local read).
 
 Methods (data types as Gurux and the Blue Book send them): 1 slave_install (integer or unsigned:
 the primary address, 0 = attribute 5 or a free one), 2 slave_deinstall, 3 capture, 5
@@ -23,7 +25,8 @@ synchronize_clock (integer), 6 data_send (array of structure{DIB, VIB, value}), 
 set_encryption_key (octet-string of 16, or empty: no key), 8 transfer_key (octet-string: the key
 wrapped for the device). On a wireless channel install and capture answer other-reason
 (companion §4.3); clock sync and data send have no effect there. A refused operation changes
-nothing (other-reason; a value of the wrong type type-unmatched).
+nothing (other-reason; a value of the wrong type type-unmatched). Each other-reason refusal is
+counted per condition and logged once per condition and interval (MbusM2.refused).
 
 The M-Bus values (0-x:24.2.n.255, IC 4) are `MBusValue`: a class 4 object with `mbus_value = n`
 in the model. The class registry holds one class per class id, so MBusValue takes class 4; an
@@ -93,7 +96,15 @@ class MBusClient(InterfaceClass):
         try:
             operation(self.number, *args)
         except ChannelRefused as exc:
-            raise other_reason(f"{self.name}: {exc}") from None
+            raise self._refused(exc.condition, str(exc)) from None
+
+    def _refused(self, condition: str, detail: str) -> CosemAccessError:
+        """other-reason for a refused operation, counted and logged by the engine (`condition`
+        is a fixed text of this code, never the peer's data)."""
+        engine = self.bindings.get("mbus")
+        if engine is not None:
+            engine.refused(self.number, condition, detail)
+        return other_reason(f"{self.name}: {detail}")
 
     # -- attributes ---------------------------------------------------------------------------
     def get_mbus_port_reference(self, ctx: RequestContext) -> Data:
@@ -106,7 +117,8 @@ class MBusClient(InterfaceClass):
         directory = self.bindings.get("directory")
         found = directory.find(74, ln) if directory is not None else None
         if found is None or getattr(found[1], "kind", None) not in ("wired", "wireless"):
-            raise other_reason("mbus_port_reference names no M2 M-Bus master port setup of this meter")
+            raise self._refused("not an M2 port", "mbus_port_reference names no M2 M-Bus master port setup "
+                                "of this meter")
         self._do(self.engine.set_port, ln)
 
     def get_capture_definition(self, ctx: RequestContext) -> Data:
@@ -116,7 +128,7 @@ class MBusClient(InterfaceClass):
     def set_capture_definition(self, value: Data, ctx: RequestContext) -> None:
         items = expect(value, DataType.ARRAY)
         if len(items) > MAX_CAPTURE_ELEMENTS:
-            raise other_reason(f"at most {MAX_CAPTURE_ELEMENTS} capture elements")
+            raise self._refused("too many capture elements", f"at most {MAX_CAPTURE_ELEMENTS} capture elements")
         elements = []
         for item in items:
             fields = expect(item, DataType.STRUCTURE)
@@ -175,7 +187,7 @@ class MBusClient(InterfaceClass):
             raise type_unmatched("slave_install takes the primary address (unsigned or integer)")
         address = parameters.value
         if not 0 <= address <= 255:
-            raise other_reason("a primary address is 0..250")
+            raise self._refused("primary address out of range", "a primary address is 0..250")
         self._do(self.engine.install, address)
 
     def do_slave_deinstall(self, parameters: Data | None, ctx: RequestContext) -> None:
@@ -196,7 +208,7 @@ class MBusClient(InterfaceClass):
     def do_data_send(self, parameters: Data | None, ctx: RequestContext) -> None:
         items = expect(parameters or Data.null(), DataType.ARRAY)
         if not items:
-            raise other_reason("data_send sends at least one record")
+            raise self._refused("data_send without records", "data_send sends at least one record")
         records = []
         for item in items:
             fields = expect(item, DataType.STRUCTURE)
@@ -205,11 +217,11 @@ class MBusClient(InterfaceClass):
             dib = bytes(expect(fields[0], DataType.OCTET_STRING))
             vib = bytes(expect(fields[1], DataType.OCTET_STRING))
             if not 1 <= len(dib) <= 11 or not 1 <= len(vib) <= 11:
-                raise other_reason("a DIB and a VIB are 1..11 octets")
+                raise self._refused("DIB or VIB length", "a DIB and a VIB are 1..11 octets")
             try:
                 records.append((dib, vib, encode_record_value(dib, fields[2])))
             except ChannelRefused as exc:
-                raise other_reason(str(exc)) from None
+                raise self._refused(exc.condition, str(exc)) from None
         self._do(self.engine.data_send, records)
 
     def do_set_encryption_key(self, parameters: Data | None, ctx: RequestContext) -> None:
