@@ -515,3 +515,21 @@ def test_refused_wireless_frames_are_logged_once_per_reason_and_counted(tmp_path
         assert interface.stats()["CRC error"] == 5
     finally:
         recorder.close()
+
+
+def test_a_frame_taken_under_the_old_key_is_not_taken_for_the_new_one(tmp_path):
+    from smartmeter.mbus.simulated import WirelessSender
+
+    radio_key = bytes.fromhex("0F0E0D0C0B0A09080706050403020100")
+    meter_time = [float(T0)]
+    radio = SimulatedSubmeter("water", seed=9)
+    recorder, engine, driver, port = _wireless_meter(tmp_path, radio, radio_key, meter_time, preset=True)
+    try:
+        port.datagram(WirelessSender(radio, mode=7, key=radio_key).telegram(SIM_START), 1.0)
+        engine.set_encryption_key(1, NEW_KEY)  # while the frame waits in the driver's queue
+        asyncio.run(driver.run_once())
+        channel = engine.channel(1)
+        assert channel.replay_last == [] and not channel.mode7_seen
+        assert channel.key_status == KEY_SET and channel.values[0].value is None  # nothing "in use" of the new key
+    finally:
+        recorder.close()

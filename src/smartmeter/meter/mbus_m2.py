@@ -147,6 +147,7 @@ class SubmeterTelegram:
     # stored with the values the frame gives, so a restart does not take old frames again
     replay_last: tuple[tuple[int, int], ...] = ()
     mode7_seen: bool = False
+    replay_epoch: int | None = None  # the channel's replay_epoch when the receiver took the frame
 
 
 # -- what the engine asks the bus ----------------------------------------------------------------
@@ -222,6 +223,7 @@ class Channel:
     # and whether mode 7 was accepted): restored when the receiver is bound again after a restart
     replay_last: list = field(default_factory=list)
     mode7_seen: bool = False
+    replay_epoch: int = 0  # + 1 whenever the replay memory is forgotten (new key, device, port)
     # one-shot operations the HES asked for, done at the next chance
     pending: list[dict] = field(default_factory=list)
 
@@ -360,7 +362,7 @@ class MbusM2:
         elif channel.port == WIRELESS_PORT:
             channel.capture_period = DEFAULT_CAPTURE_PERIOD  # back on the wire: read as a wired device
         if port != channel.port:
-            channel.replay_last, channel.mode7_seen = [], False
+            _forget_replay(channel)
         channel.port = port
         self._commit(channel)
 
@@ -397,7 +399,7 @@ class MbusM2:
         if channel.installed:
             raise ChannelRefused("the identity of an installed device is read from the device")
         if getattr(channel, name) != value:
-            channel.replay_last, channel.mode7_seen = [], False  # another device: its own counters
+            _forget_replay(channel)  # another device: its own counters
         setattr(channel, name, value)
         if channel.has_identity() and self._identity_taken(channel.identity, number):
             raise ChannelRefused("this device is bound to another channel")
@@ -452,7 +454,8 @@ class MbusM2:
         channel = self._edit(number)
         was = channel.installed or channel.installing
         fresh = Channel(number, port=channel.port, capture_definition=channel.capture_definition,
-                        capture_period=channel.capture_period, profile_period=channel.profile_period)
+                        capture_period=channel.capture_period, profile_period=channel.profile_period,
+                        replay_epoch=channel.replay_epoch + 1)
         self._commit(fresh, [EVENT_DEINSTALLED] if was else [])
 
     def capture(self, number: int) -> None:
@@ -489,7 +492,7 @@ class MbusM2:
         channel = self._edit(number)
         transferred = channel.key_status in (KEY_TRANSFERRED, KEY_SET_AND_TRANSFERRED, KEY_IN_USE)
         if (bytes(key) or None) != channel.key:
-            channel.replay_last, channel.mode7_seen = [], False  # a new key starts a new counter sequence
+            _forget_replay(channel)  # a new key starts a new counter sequence
         if key:
             channel.key = bytes(key)
             channel.key_status = KEY_SET_AND_TRANSFERRED if channel.key_status == KEY_TRANSFERRED else KEY_SET
@@ -780,6 +783,8 @@ class MbusM2:
         channel = self._edit(number)
         if not channel.wireless or not _same_device(_identity_of(telegram), channel.identity):
             return
+        if telegram.replay_epoch is not None and telegram.replay_epoch != channel.replay_epoch:
+            return  # taken under the channel's key (device, port) of before: it says nothing of the current one
         events = []
         if channel.communication_error:
             channel.communication_error = False
@@ -884,6 +889,11 @@ def _queue(channel: Channel, op: dict) -> None:
     pending list - stored with the channel at every commit - stays within PENDING_KINDS."""
     channel.pending = [p for p in channel.pending if p.get("kind") != op["kind"]]
     channel.pending.append(op)
+
+
+def _forget_replay(channel: Channel) -> None:
+    channel.replay_last, channel.mode7_seen = [], False
+    channel.replay_epoch += 1
 
 
 def _carries(op: dict, request: BusRequest) -> bool:
@@ -1342,7 +1352,8 @@ class WirelessPort:
                             "M-Bus channel %d: undecodable wireless telegram (%s)", number, exc, level=logging.INFO)
             return
         last, mode7_seen = self.receiver.replay_state(result.address)
-        self.driver.deliver(number, replace(telegram, replay_last=last, mode7_seen=mode7_seen))
+        self.driver.deliver(number, replace(telegram, replay_last=last, mode7_seen=mode7_seen,
+                                            replay_epoch=self.engine.channel(number).replay_epoch))
 
     def stats(self) -> dict[str, int]:
         """Frames accepted, undecodable after acceptance, and refused per reason (non-zero ones)."""
