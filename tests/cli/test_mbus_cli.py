@@ -190,3 +190,15 @@ def test_a_bus_on_a_pseudo_terminal_is_read_through_the_meters_serial_port(tmp_p
     finally:
         os.killpg(bus.pid, signal.SIGINT)
         bus.wait(20)
+
+
+def test_a_valve_without_a_device_is_refused_and_the_control_stays(site):
+    """Channel 4 has no device (installed and removed above, or never): the disconnect control
+    refuses the transition and keeps its state, rather than showing a valve nobody closed."""
+    _, meter, _ = site
+    assert 4 not in listed(meter)
+    before = client(meter, "get", "0-4:24.4.0.255:3").stdout
+    result = client(meter, "mbus", "valve", "4", "close")
+    assert result.returncode != 0
+    assert "refused: 0-4:24.4.0.255 valve close: other-reason" in result.stderr
+    assert client(meter, "get", "0-4:24.4.0.255:3").stdout == before

@@ -515,6 +515,9 @@ async def _serve(meter_, host: str, wrapper_port: int, hdlc_port: int, serial_de
     close_interfaces()
     if m2 is not None:
         await m2.close()
+        counts = m2.stats()
+        if counts:
+            click.echo("M2 M-Bus: " + ", ".join(f"{name} {count}" for name, count in counts.items()))
     if h1_port is not None:
         meter_.push.h1 = None
         h1_port.close()

@@ -280,6 +280,7 @@ class Meter:
         self.mbus = mbus_m2.MbusM2(self.events, self._meter_time, alarm=self.alarms.condition,
                                    raise_alarm=self.alarms.raise_flag)
         self.directory = self.model.instantiate(self._bindings())
+        self.mbus.valve_states = self._mbus_valve_states
         self.server = DlmsServer(self.directory, system_title=self.identity.system_title,
                                  clock_bytes=self.clock.cosem_now, on_event=self.on_event,
                                  security=self.security.manager, keys=self.security)
@@ -465,9 +466,25 @@ class Meter:
                for r in REGISTERS},
             **mbus_m2.bindings(self.mbus, self.clock),
             # an M-Bus disconnect control's transition is the submeter's valve command
-            **{f"mbus.{n}.valve": (lambda outcome, n=n: self.mbus.valve(
-                n, outcome.new_state == disconnect.ControlState.CONNECTED)) for n in mbus_m2.CHANNELS},
+            **{f"mbus.{n}.valve": (lambda outcome, n=n: self._mbus_valve(n, outcome)) for n in mbus_m2.CHANNELS},
         }
+
+    def _mbus_valve(self, channel: int, outcome) -> None:
+        """An M-Bus disconnect control's transition is the submeter's valve command."""
+        try:
+            self.mbus.valve(channel, outcome.new_state == disconnect.ControlState.CONNECTED)
+        except mbus_m2.ChannelRefused as exc:
+            raise CosemAccessError(DataAccessResult.OTHER_REASON, str(exc)) from None
+
+    def _mbus_valve_states(self) -> dict[int, bool]:
+        """Whether each channel's disconnect control (0-x:24.4.0.255) stands connected, as stored:
+        the engine sends at its start a valve command a kill -9 kept from going out."""
+        states = {}
+        for n in mbus_m2.CHANNELS:
+            found = self.directory.find(70, Obis.parse(f"0-{n}:24.4.0.255").to_bytes())
+            if found is not None:
+                states[n] = found[1].state() == disconnect.ControlState.CONNECTED
+        return states
 
     # -- disconnector and limiters (companion §5.8) ------------------------------------------------
     def _disconnector(self):

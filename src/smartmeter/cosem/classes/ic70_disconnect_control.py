@@ -93,14 +93,21 @@ class DisconnectControl(InterfaceClass):
 
     def trigger(self, name: str) -> Outcome:
         """Apply trigger `name` (one of smartmeter.meter.disconnect.TRIGGERS) in the current mode.
-        A transition is stored, then told to the `on_change` binding; an ignored trigger changes
-        and tells nothing. ValueError for an unknown name."""
+        A transition is stored, then told to the `on_change` binding, which may refuse it
+        (CosemAccessError: the old state is stored again); an ignored trigger changes and tells nothing. ValueError for an unknown name."""
         outcome = disconnect.apply(self._record.mode, self._record.state, name)
         if outcome.transition is None:
             return outcome
         on_change = self._on_change()  # a missing binding refuses before anything changes
-        self._commit(replace(self._record, state=outcome.new_state), required=False)
-        on_change(outcome)
+        before = self._record
+        self._commit(replace(before, state=outcome.new_state), required=False)
+        try:
+            on_change(outcome)
+        except CosemAccessError:
+            # the binding refused the transition (an M-Bus valve on a channel without a device):
+            # the control stays where it was
+            self._commit(before, required=False)
+            raise
         return outcome
 
     # -- state ------------------------------------------------------------------------------
