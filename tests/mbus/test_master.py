@@ -15,7 +15,9 @@ from decimal import Decimal
 
 import pytest
 
-from smartmeter.mbus.aio import DEFAULT_TCP_LATENCY, AsyncBus, MbusNoAnswer, MbusWrongIdentity, SerialLink, TcpLink, open_bus
+from smartmeter.mbus.aio import (
+    DEFAULT_TCP_LATENCY, AsyncBus, MbusLineBusy, MbusNoAnswer, MbusWrongIdentity, SerialLink, TcpLink, open_bus,
+)
 from smartmeter.mbus.application import (
     Coding,
     LongHeader,
@@ -551,3 +553,30 @@ def test_install_sequence_on_the_simulated_bus():
                                                                        SimulatedSubmeter("water", seed=6)]), now)
     assert isinstance(outcome, Failed) and outcome.reason == "corrupted answer"
 
+
+
+def test_a_bus_that_never_goes_quiet_refuses_the_request_instead_of_draining_for_ever():
+    """A device or gateway flooding the line: the bus drops a bounded amount before a request,
+    then gives up with MbusLineBusy (the engine's "no answer"), and it does so promptly."""
+    async def scenario():
+        async def flood(reader, writer):
+            try:
+                while True:
+                    writer.write(b"\x00" * 4096)
+                    await writer.drain()
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+
+        server = await asyncio.start_server(flood, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        bus = await open_bus(f"127.0.0.1:{port}", baud_rate=38400, extra_latency=0.05)
+        try:
+            await asyncio.sleep(0.2)  # the flood fills the socket
+            with pytest.raises(MbusLineBusy):
+                await asyncio.wait_for(bus.read(5), 30)
+            assert bus.link.discarded > 0
+        finally:
+            await bus.close()
+            server.close()
+
+    asyncio.run(scenario())

@@ -69,6 +69,11 @@ class MbusWrongIdentity(SmartmeterError):
         self.received: LongHeader = got
 
 
+class MbusLineBusy(SmartmeterError):
+    """Bytes keep arriving when the bus should be quiet (a device or a gateway that floods it):
+    the request is not sent; to the caller the device does not answer."""
+
+
 class MbusSlaveError(SmartmeterError):
     def __init__(self, outcome: SlaveError) -> None:
         super().__init__(outcome.reason)
@@ -86,7 +91,7 @@ class ByteLink(Protocol):
     async def close(self) -> None: ...
 
 
-MAX_DISCARD_READS = 64  # bounds the drain of a link without discard_input()
+MAX_DISCARD_READS = 64  # reads of what arrived before a request; more: the line is busy
 
 
 class TcpLink:
@@ -97,10 +102,12 @@ class TcpLink:
         self.discarded = 0
 
     async def discard_input(self) -> int:
-        """Drop every byte that has already arrived, without waiting for more."""
+        """Drop what has already arrived, without waiting for more; MbusLineBusy when it keeps coming."""
         dropped = 0
         await asyncio.sleep(0)  # one loop turn: the transport takes in what the socket holds
-        while not self._reader.at_eof():
+        for _ in range(MAX_DISCARD_READS):
+            if self._reader.at_eof():
+                break
             # A read task gets one loop turn: done only if bytes were buffered already.
             attempt = asyncio.ensure_future(self._reader.read(READ_CHUNK))
             await asyncio.sleep(0)
@@ -115,6 +122,9 @@ class TcpLink:
             if not chunk:
                 break
             dropped += len(chunk)
+        else:
+            self.discarded += dropped
+            raise MbusLineBusy(f"the bus does not go quiet: {dropped} bytes arrived before a request")
         self.discarded += dropped
         return dropped
 
@@ -257,6 +267,7 @@ class AsyncBus:
         for _ in range(MAX_DISCARD_READS):
             if not await self.link.read(0.0):
                 return
+        raise MbusLineBusy("the bus does not go quiet before a request")
 
     async def _send(self, frame: bytes) -> float:
         """Write `frame` on a quiet input; returns the deadline for its answer."""
