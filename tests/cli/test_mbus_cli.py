@@ -87,6 +87,7 @@ def test_printed_install_commands_install_the_devices_and_their_registers_reach_
         channel = channels[number]
         assert channel["identification_number"] == f"{device.identification:08d}"
         assert channel["manufacturer"] == "SIM" and channel["communication"] == "ok"
+        assert channel["device_id_1"] == str(device.fabrication_number)  # from its telegram (VIF 78)
         assert 1 <= channel["primary_address"] <= 250
         low, high = device.reading(before), device.reading(after)
         values = channel["values"]
@@ -112,6 +113,7 @@ def test_a_device_that_is_not_on_the_bus_shows_as_not_answering(site):
         time.sleep(1)
     channel = listed(meter)[4]
     assert "does not answer" in channel["communication"]
+    assert channel["device_id_1"] == ""  # no telegram, no fabrication number
     assert all(v["value"] is None for v in channel["values"])
     removed = client(meter, "mbus", "remove", "4")
     assert removed.returncode == 0, removed.stderr
@@ -160,8 +162,20 @@ def test_a_refused_method_names_what_was_refused(site):
     result = run("smartmeter client --credentials meter-data/credentials/data_readout.json mbus install 2 "
                  "--id 12345678 --manufacturer SIM --version 1 --medium gas", meter)
     assert result.returncode != 0
-    assert "refused: 0-2:24.1.0.255:2 mbus_port_reference" in result.stderr
+    assert "refused: 0-2:24.1.0.255:2 mbus_port_reference 0-0:24.6.0.255: read-write-denied" in result.stderr
+    assert "give a management client's --credentials" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_installing_over_an_installed_device_says_what_to_look_at(site):
+    """The management client may install, so a refusal of the value is not about credentials."""
+    _, meter, _ = site
+    gas = SimulatedSubmeter("gas", seed=SEED)
+    result = client(meter, "mbus", "install", "1", "--id", f"{gas.identification:08d}", "--manufacturer", "SIM",
+                    "--version", str(gas.version), "--medium", "gas")
+    assert result.returncode == 2
+    assert ": other-reason (hint: `smartmeter client mbus list --all` shows the channel" in result.stderr
+    assert "credentials" not in result.stderr
 
 
 def test_a_bus_on_a_pseudo_terminal_is_read_through_the_meters_serial_port(tmp_path):

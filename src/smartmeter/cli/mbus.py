@@ -237,15 +237,22 @@ async def read_channel(c, channel: int) -> ChannelView:
         _plain(device_id) if device_id else "", communication, values)
 
 
-async def _checked(request, what: str, hint: str = MANAGEMENT_HINT):
-    """The result of a DLMS request; a refusal becomes one line naming what was refused."""
+OTHER_REASON_HINT = "`smartmeter client mbus list --all` shows the channel: is it free, or is the device on another?"
+PERMISSION_RESULTS = ("read-write-denied", "scope-of-access-violated", "object-unavailable")
+
+
+async def _checked(request, what: str, hint: str = OTHER_REASON_HINT):
+    """The result of a DLMS request; a refusal becomes one line naming what was refused: a
+    permission refusal suggests other credentials, any other `hint` (what the meter checks)."""
     from smartmeter.cli.main import _result_name
     from smartmeter.dlms.client import AccessDenied
 
     try:
         return await request
     except AccessDenied as exc:
-        raise UsageProblem(f"refused: {what}: {_result_name(exc.result)}", hint) from None
+        result = _result_name(exc.result)
+        raise UsageProblem(f"refused: {what}: {result}",
+                           MANAGEMENT_HINT if result in PERMISSION_RESULTS else hint) from None
 
 
 def _show(ctx: click.Context, as_json: bool, views: list[ChannelView]) -> None:
@@ -327,9 +334,7 @@ def mbus_install(ctx: click.Context, channel: int, identification: str, manufact
                            f"{obis} set_encryption_key")
         if not wireless:  # a wireless channel's install answers other-reason (companion §4.3): binding is enough
             await _checked(c.action(obis, SLAVE_INSTALL, Data.unsigned(primary_address), class_id=MBUS_CLIENT),
-                           f"{obis} slave_install",
-                           "is the device on the bus with this address? `smartmeter sim mbus` prints it; "
-                           "a management client's --credentials may do it")
+                           f"{obis} slave_install")
         return await read_channel(c, channel)
 
     _show(ctx, as_json, [_run_client(ctx, work)])

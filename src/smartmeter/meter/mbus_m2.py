@@ -1107,8 +1107,9 @@ def bindings(engine: MbusM2, clock) -> dict[str, Any]:
 
     def device_id_1(n: int) -> Data:
         c = engine.channel(n)
-        text = c.fabrication_number or (f"{c.identification_number:08X}" if c.has_identity() else "")
-        return Data.octet_string(text.encode("ascii"))
+        # companion §6: the fabrication number, as the device's telegram gives it (VIF 0x78);
+        # empty until one did
+        return Data.octet_string((c.fabrication_number or "").encode("ascii"))
 
     def device_id_2(n: int) -> Data:
         c = engine.channel(n)
