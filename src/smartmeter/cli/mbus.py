@@ -34,7 +34,7 @@ MBUS_CLIENT, MBUS_VALUE, DATA, DISCONNECT_CONTROL = 72, 4, 1, 70
 CHANNELS = (1, 2, 3, 4)
 WIRED_PORT, WIRELESS_PORT = "0-0:24.6.0.255", "0-1:24.6.0.255"
 # IC 72 v1 attributes and methods (Blue Book 4.8.3)
-PORT, PRIMARY_ADDRESS = 2, 5
+PORT, CAPTURE_DEFINITION, PRIMARY_ADDRESS = 2, 3, 5
 IDENTIFICATION, MANUFACTURER, VERSION, DEVICE_TYPE = 6, 7, 8, 9
 ACCESS_NUMBER, STATUS, CONFIGURATION, KEY_STATUS = 10, 11, 13, 14
 SLAVE_INSTALL, SLAVE_DEINSTALL, CAPTURE, SYNCHRONIZE_CLOCK = 1, 2, 3, 5
@@ -144,6 +144,7 @@ class ChannelView:
     key_status: str
     device_id_1: str
     communication: str  # "ok", "no answer" (the channel's communication error bit) or "not read yet"
+    captured: int  # elements of the capture definition: values 1..captured are in use
     values: list[ValueView]
 
     @property
@@ -166,7 +167,7 @@ class ChannelView:
                  + (f", fabrication number {self.device_id_1}" if self.device_id_1 else "")]
         if self.communication != "ok":
             lines.append(f"  {self.communication}")
-        lines += [v.text() for v in self.values]
+        lines += [v.text() for n, v in enumerate(self.values, start=1) if n <= self.captured or v.value is not None]
         return "\n".join(lines)
 
 
@@ -206,6 +207,7 @@ async def read_channel(c, channel: int) -> ChannelView:
                                "may this client read M-Bus clients? give --credentials of one that may")).value
 
     port = await attribute(PORT)
+    elements = len(await attribute(CAPTURE_DEFINITION))
     numbers = {n: await attribute(n) for n in (PRIMARY_ADDRESS, IDENTIFICATION, MANUFACTURER, VERSION, DEVICE_TYPE,
                                                ACCESS_NUMBER, STATUS, CONFIGURATION, KEY_STATUS)}
     device_id = (await c.get(f"0-{channel}:96.1.0.255", 2, class_id=DATA)).value
@@ -215,11 +217,11 @@ async def read_channel(c, channel: int) -> ChannelView:
         value = await c.get(value_obis, 2, class_id=MBUS_VALUE)
         scaler_unit = parse_scaler_unit(await c.get(value_obis, 3, class_id=MBUS_VALUE))
         status = (await c.get(value_obis, 4, class_id=MBUS_VALUE)).value
-        captured = _plain((await c.get(value_obis, 5, class_id=MBUS_VALUE)).value)
-        empty = value.value is None or (captured is None)
+        capture_time = _plain((await c.get(value_obis, 5, class_id=MBUS_VALUE)).value)
+        empty = value.value is None or capture_time is None
         values.append(ValueView(value_obis, None if value.value is None else _plain(value.value),
                                 scaler_unit[0] if scaler_unit else None, scaler_unit[1] if scaler_unit else None,
-                                _plain(status), None if empty or not isinstance(captured, str) else captured))
+                                _plain(status), None if empty or not isinstance(capture_time, str) else capture_time))
     manufacturer = numbers[MANUFACTURER]
     errors = (await c.get(ERROR_REGISTER, 2, class_id=DATA)).value
     if isinstance(errors, int) and errors >> (COMMUNICATION_ERROR_BIT + channel - 1) & 1:
@@ -234,7 +236,7 @@ async def read_channel(c, channel: int) -> ChannelView:
         manufacturer_to_text(manufacturer) if manufacturer else "---", numbers[VERSION], numbers[DEVICE_TYPE],
         numbers[ACCESS_NUMBER], numbers[STATUS], numbers[CONFIGURATION],
         KEY_STATUS_NAMES.get(numbers[KEY_STATUS], f"status {numbers[KEY_STATUS]}"),
-        _plain(device_id) if device_id else "", communication, values)
+        _plain(device_id) if device_id else "", communication, elements, values)
 
 
 OTHER_REASON_HINT = "`smartmeter client mbus list --all` shows the channel: is it free, or is the device on another?"
