@@ -16,7 +16,7 @@ from smartmeter.meter import mbus_m2
 from smartmeter.meter.events import EventRecorder, EventTable
 from smartmeter.meter.mbus_m2 import (
     BusRequest, ChannelRefused, Identity, MbusM2, MbusM2Driver, NoAnswer, SubmeterRecord, SubmeterTelegram,
-    WIRED_PORT, WIRELESS_PORT, encode_record_value,
+    WIRELESS_PORT, encode_record_value,
 )
 from smartmeter.meter.schedule import Passage
 

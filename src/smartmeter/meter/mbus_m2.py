@@ -24,6 +24,7 @@ control logs (0-x:24.5.0.255) are profiles of the event store (`append_row`), th
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import logging
 from collections import deque
@@ -1133,10 +1134,9 @@ def bindings(engine: MbusM2, clock) -> dict[str, Any]:
 
 # -- from the M-Bus layers (smartmeter.mbus) to the engine's telegram ------------------------------------
 
-def submeter_records(records) -> tuple[tuple[SubmeterRecord, ...], "dt.datetime | None"]:
+def submeter_records(records) -> tuple[tuple[SubmeterRecord, ...], dt.datetime | None]:
     """The engine's records of application-layer records (smartmeter.mbus.application.Record),
     and the device's own date-time (the first current-value type F record), as local time."""
-    import datetime as dt
 
     out, device_time = [], None
     for record in records:
@@ -1515,8 +1515,6 @@ class MasterBus:
         return await self._secured(key, lambda bus: _merged(bus.read(address)))
 
     async def clock_sync(self, address: int, utc: float) -> None:
-        import datetime as dt
-
         local = dt.datetime.fromtimestamp(utc, self.zone).replace(tzinfo=None)
         await self._call(lambda bus: bus.synchronise_clock(address, local))
 

@@ -35,10 +35,9 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass
-from typing import Any
 
 from smartmeter.cosem.classes.base import (
-    REGISTRY, CosemAccessError, DataAccessResult, InterfaceClass, RequestContext, expect, other_reason,
+    REGISTRY, InterfaceClass, RequestContext, expect, other_reason,
     StoredSettings, object_definition, store_integer_setting, structure_fields, type_unmatched,
 )
 from smartmeter.cosem.data import Data, DataType
