@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from smartmeter.errors import DecodeError, EncodeError
 from smartmeter.mbus.security import SecurityMode, decrypt_frame
+from smartmeter.mbus.application import manufacturer_from_text
 from smartmeter.mbus.wireless import (
     MeterAddress,
     WirelessCrcError,
@@ -20,7 +21,6 @@ from smartmeter.mbus.wireless import (
     crc16_en13757,
     decode_wmbus,
     encode_wmbus,
-    manufacturer_code,
     strip_crc_format_a,
     strip_crc_format_b,
 )
@@ -64,7 +64,7 @@ def test_crc_table_equals_bitwise(data):
 
 def test_manufacturer_code_matches_annex_bytes():
     # The annex's frames carry ELS as 93 15 (least significant byte first).
-    assert manufacturer_code("ELS") == 0x1593
+    assert manufacturer_from_text("ELS") == 0x1593
     assert GAS.to_bytes() == bytes.fromhex("9315785634123303")
     assert MeterAddress.from_bytes(bytes.fromhex("9315785634123303")) == GAS
 

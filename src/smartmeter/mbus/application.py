@@ -156,9 +156,11 @@ def manufacturer_to_text(code: int) -> str:
 
 
 def manufacturer_from_text(text: str) -> int:
-    if len(text) != 3 or not all("@" <= ch <= "_" for ch in text.upper()):
+    """The code of three capital letters (or the characters `manufacturer_to_text` shows for
+    codes that are no letters)."""
+    if len(text) != 3 or not all("@" <= ch <= "_" for ch in text):
         raise EncodeError(f"a manufacturer code is three letters A-Z, not {text!r}")
-    a, b, c = (ord(ch) - 64 for ch in text.upper())
+    a, b, c = (ord(ch) - 64 for ch in text)
     return (a << 10) | (b << 5) | c
 
 

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from smartmeter.errors import DecodeError, EncodeError, TruncatedError
+from smartmeter.mbus.application import manufacturer_from_text, manufacturer_to_text
 
 __all__ = [
     "CrcFormat",
@@ -55,8 +56,6 @@ __all__ = [
     "WirelessFrame",
     "decode_wmbus",
     "encode_wmbus",
-    "manufacturer_code",
-    "manufacturer_letters",
     "CI_ELL_SHORT",
     "CI_ELL_LONG",
     "CI_AFL",
@@ -218,17 +217,6 @@ def strip_crc_format_b(frame: bytes) -> bytes:
     return bytes(out)
 
 
-def manufacturer_letters(code: int) -> str:
-    """The three letters of an EN 13757 manufacturer code (each 5 bits, 'A' = 1)."""
-    return "".join(chr(((code >> shift) & 0x1F) + 64) for shift in (10, 5, 0))
-
-
-def manufacturer_code(letters: str) -> int:
-    if len(letters) != 3 or not all("A" <= ch <= "Z" for ch in letters):
-        raise EncodeError(f"manufacturer id must be three letters A-Z, got {letters!r}")
-    return ((ord(letters[0]) - 64) << 10) | ((ord(letters[1]) - 64) << 5) | (ord(letters[2]) - 64)
-
-
 @dataclass(frozen=True)
 class MeterAddress:
     """The 8-byte address of a meter: manufacturer, identification number, version, device type.
@@ -248,7 +236,7 @@ class MeterAddress:
             raise EncodeError(f"identification must be 8 digits, got {ident!r}")
         if not (0 <= self.version <= 0xFF and 0 <= self.device_type <= 0xFF):
             raise EncodeError("version and device type are one byte each")
-        return (manufacturer_code(self.manufacturer).to_bytes(2, "little")
+        return (manufacturer_from_text(self.manufacturer).to_bytes(2, "little")
                 + bytes.fromhex(ident)[::-1] + bytes((self.version, self.device_type)))
 
     @property
@@ -258,7 +246,7 @@ class MeterAddress:
 
     @property
     def manufacturer_bytes(self) -> bytes:
-        return manufacturer_code(self.manufacturer).to_bytes(2, "little")
+        return manufacturer_from_text(self.manufacturer).to_bytes(2, "little")
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "MeterAddress":
@@ -266,7 +254,7 @@ class MeterAddress:
         if len(data) != 8:
             raise WirelessDecodeError("meter address", len(data), "needs 8 bytes")
         code = int.from_bytes(data[0:2], "little")
-        return cls(manufacturer_letters(code), data[2:6][::-1].hex().upper(), data[6], data[7])
+        return cls(manufacturer_to_text(code), data[2:6][::-1].hex().upper(), data[6], data[7])
 
 
 @dataclass(frozen=True)

@@ -1265,7 +1265,7 @@ class WiredDecryption:
 def wireless_telegram(received, zone) -> SubmeterTelegram:
     """The engine's telegram of a frame the WirelessReceiver accepted (smartmeter.mbus.security)."""
     from smartmeter.mbus.application import LongHeader, ShortHeader, parse_telegram
-    from smartmeter.mbus.wireless import manufacturer_code
+    from smartmeter.mbus.application import manufacturer_from_text
 
     ci, data = received.user_data
     telegram = parse_telegram(ci, data)
@@ -1275,16 +1275,17 @@ def wireless_telegram(received, zone) -> SubmeterTelegram:
     if isinstance(header, (ShortHeader, LongHeader)):
         access, status, configuration = header.access_number, header.status, header.configuration
     records, local = submeter_records(telegram.records)
-    return SubmeterTelegram(_identification(address.identification), manufacturer_code(address.manufacturer),
+    return SubmeterTelegram(_identification(address.identification), manufacturer_from_text(address.manufacturer),
                             address.version, address.device_type, access, status, configuration, records,
                             _utc(local, zone), encrypted=int(received.mode) != 0)
 
 
 def meter_address(identity: Identity):
     """The wireless receiver's address of a channel's device (smartmeter.mbus.wireless.MeterAddress)."""
-    from smartmeter.mbus.wireless import MeterAddress, manufacturer_letters
+    from smartmeter.mbus.application import manufacturer_to_text
+    from smartmeter.mbus.wireless import MeterAddress
 
-    return MeterAddress(manufacturer_letters(identity.manufacturer_id), f"{identity.identification_number:08X}",
+    return MeterAddress(manufacturer_to_text(identity.manufacturer_id), f"{identity.identification_number:08X}",
                         identity.version, identity.device_type)
 
 
