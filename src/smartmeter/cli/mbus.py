@@ -45,6 +45,7 @@ KEY_STATUS_NAMES = {0: "no key", 1: "key set", 2: "key transferred", 3: "key set
 MEDIA = {"gas": 0x03, "water": 0x07, "heat": 0x04, "warm-water": 0x06, "electricity": 0x02,
          "heat-inlet": 0x0C, "cooling": 0x0A, "heat-cost-allocator": 0x08}
 MANAGEMENT_HINT = "may this client do it? give a management client's --credentials"
+OTHER_REASON_HINT = "`smartmeter client mbus list --all` shows the channel: is it free, or is the device on another?"
 ERROR_REGISTER = "0-0:97.97.0.255"
 COMMUNICATION_ERROR_BIT = 16  # + channel - 1: M-Bus communication error, channel x (alarms.toml)
 
@@ -239,22 +240,11 @@ async def read_channel(c, channel: int) -> ChannelView:
         _plain(device_id) if device_id else "", communication, elements, values)
 
 
-OTHER_REASON_HINT = "`smartmeter client mbus list --all` shows the channel: is it free, or is the device on another?"
-PERMISSION_RESULTS = ("read-write-denied", "scope-of-access-violated", "object-unavailable")
-
-
 async def _checked(request, what: str, hint: str = OTHER_REASON_HINT):
-    """The result of a DLMS request; a refusal becomes one line naming what was refused: a
-    permission refusal suggests other credentials, any other `hint` (what the meter checks)."""
-    from smartmeter.cli.main import _result_name
-    from smartmeter.dlms.client import AccessDenied
+    """A refusal of this client's rights suggests other credentials; any other, `hint`."""
+    from smartmeter.cli.push import _checked as checked
 
-    try:
-        return await request
-    except AccessDenied as exc:
-        result = _result_name(exc.result)
-        raise UsageProblem(f"refused: {what}: {result}",
-                           MANAGEMENT_HINT if result in PERMISSION_RESULTS else hint) from None
+    return await checked(request, what, hint, MANAGEMENT_HINT)
 
 
 def _show(ctx: click.Context, as_json: bool, views: list[ChannelView]) -> None:

@@ -230,15 +230,21 @@ async def read_push_setup(c, obis: str, name: str) -> PushSetupView:
                          windows, randomisation, retries, delay)
 
 
-async def _checked(request, what: str, hint: str):
-    """The result of a DLMS request; a refusal becomes one line naming what was refused."""
+PERMISSION_RESULTS = ("read-write-denied", "scope-of-access-violated", "object-unavailable")
+
+
+async def _checked(request, what: str, hint: str, permission_hint: str | None = None):
+    """The result of a DLMS request; a refusal becomes one line naming what was refused, with
+    `permission_hint` (when given) for a refusal of this client's rights, else `hint`."""
     from smartmeter.cli.main import _result_name
     from smartmeter.dlms.client import AccessDenied
 
     try:
         return await request
     except AccessDenied as exc:
-        raise UsageProblem(f"refused: {what}: {_result_name(exc.result)}", hint) from None
+        result = _result_name(exc.result)
+        chosen = permission_hint if permission_hint is not None and result in PERMISSION_RESULTS else hint
+        raise UsageProblem(f"refused: {what}: {result}", chosen) from None
 
 
 def _echo(ctx: click.Context, as_json: bool, as_dict: dict, text: str) -> None:
