@@ -24,7 +24,7 @@ from smartmeter.mbus.consumer_port import (
     reassemble, segment_frames,
 )
 from smartmeter.mbus.link import LongFrame, MbusFrameError
-from smartmeter.meter.consumer_port import protect_consumer_notification
+from smartmeter.dlms.server import protect_notification
 
 # --- doc/EXAMPLE.md, "Beispieldaten": the byte sequence S = S_1 + S_2 as the meter sent it
 EXAMPLE_STREAM = bytes.fromhex("""
@@ -129,7 +129,7 @@ def test_the_meters_encoder_reproduces_the_austrian_example_byte_for_byte():
                                notification.body).to_bytes()
     assert rebuilt == EXAMPLE_PLAINTEXT
     context = cip_context(EXAMPLE_KEY, EXAMPLE_COUNTER - 1)
-    apdu = protect_consumer_notification(context, EXAMPLE_SYSTEM_TITLE, rebuilt)
+    apdu = protect_notification(context, EXAMPLE_SYSTEM_TITLE, rebuilt)
     assert apdu == EXAMPLE_APDU
     assert apdu[0] == 0xDB and apdu[13] == 0x21  # general-glo-ciphering; suite 1, encrypted, no authentication
     assert segment_frames(apdu) == EXAMPLE_FRAMES
@@ -247,7 +247,7 @@ def test_gurux_reads_our_frames_as_wired_m_bus():
     from gurux_dlms.enums import InterfaceType, Security, TranslatorOutputType
 
     context = cip_context(EXAMPLE_KEY, EXAMPLE_COUNTER - 1)
-    frames = segment_frames(protect_consumer_notification(context, EXAMPLE_SYSTEM_TITLE, EXAMPLE_PLAINTEXT))
+    frames = segment_frames(protect_notification(context, EXAMPLE_SYSTEM_TITLE, EXAMPLE_PLAINTEXT))
     translator = GXDLMSTranslator(TranslatorOutputType.SIMPLE_XML)
     translator.blockCipherKey = bytearray(EXAMPLE_KEY)
     translator.security = Security.ENCRYPTION

@@ -247,6 +247,14 @@ async def _checked(request, what: str, hint: str = OTHER_REASON_HINT):
     return await checked(request, what, hint, MANAGEMENT_HINT)
 
 
+async def _set_key(c, obis: str, key: bytes) -> None:
+    """IC 72 method 7 set_encryption_key: the key the channel's device encrypts with (empty: none)."""
+    from smartmeter.cosem.data import Data
+
+    await _checked(c.action(obis, SET_ENCRYPTION_KEY, Data.octet_string(key), class_id=MBUS_CLIENT),
+                   f"{obis} set_encryption_key")
+
+
 def _show(ctx: click.Context, as_json: bool, views: list[ChannelView]) -> None:
     if as_json or ctx.obj["json"]:
         click.echo(json.dumps([v.to_dict() for v in views], default=str))
@@ -322,8 +330,7 @@ def mbus_install(ctx: click.Context, channel: int, identification: str, manufact
         for attribute, name, value in fields:
             await _checked(c.set(obis, attribute, value, class_id=MBUS_CLIENT), f"{obis}:{attribute} {name}")
         if key is not None:
-            await _checked(c.action(obis, SET_ENCRYPTION_KEY, Data.octet_string(key), class_id=MBUS_CLIENT),
-                           f"{obis} set_encryption_key")
+            await _set_key(c, obis, key)
         if not wireless:  # a wireless channel's install answers other-reason (companion §4.3): binding is enough
             await _checked(c.action(obis, SLAVE_INSTALL, Data.unsigned(primary_address), class_id=MBUS_CLIENT),
                            f"{obis} slave_install")
@@ -369,7 +376,6 @@ _method_command("sync-clock", SYNCHRONIZE_CLOCK, "Set CHANNEL's device clock to 
 def mbus_key(ctx: click.Context, channel: int, key_text: str | None, clear: bool, as_json: bool) -> None:
     """Tell the meter the key CHANNEL's device encrypts with (set_encryption_key, method 7)."""
     from smartmeter.cli.main import _run_client
-    from smartmeter.cosem.data import Data
 
     if clear == (key_text is not None):
         raise UsageProblem("give either --key HEX or --clear", "e.g. --key 000102030405060708090A0B0C0D0E0F")
@@ -377,8 +383,7 @@ def mbus_key(ctx: click.Context, channel: int, key_text: str | None, clear: bool
     obis = _client_obis(channel)
 
     async def work(c):
-        await _checked(c.action(obis, SET_ENCRYPTION_KEY, Data.octet_string(key), class_id=MBUS_CLIENT),
-                       f"{obis} set_encryption_key")
+        await _set_key(c, obis, key)
         return await read_channel(c, channel)
 
     _show(ctx, as_json, [_run_client(ctx, work)])
@@ -416,8 +421,7 @@ def mbus_transfer_key(ctx: click.Context, channel: int, key_text: str, master_te
             view = await read_channel(c, channel)
             address = MeterAddress(view.manufacturer, view.identification_number, view.version, view.device_type)
         wrapped = wrap_key(wrap_style, master, key, address=address, key_change_counter=counter)
-        await _checked(c.action(obis, SET_ENCRYPTION_KEY, Data.octet_string(key), class_id=MBUS_CLIENT),
-                       f"{obis} set_encryption_key")
+        await _set_key(c, obis, key)
         await _checked(c.action(obis, TRANSFER_KEY, Data.octet_string(wrapped), class_id=MBUS_CLIENT),
                        f"{obis} transfer_key")
         return await read_channel(c, channel)
@@ -439,7 +443,9 @@ def mbus_valve(ctx: click.Context, channel: int, state: str) -> None:
 
     async def work(c):
         await _checked(c.action(obis, method, Data.integer(0), class_id=DISCONNECT_CONTROL), f"{obis} valve {state}")
-        return (await c.get(obis, 2, class_id=DISCONNECT_CONTROL)).value, (await c.get(obis, 3, class_id=DISCONNECT_CONTROL)).value
+        output = await c.get(obis, 2, class_id=DISCONNECT_CONTROL)
+        control_state = await c.get(obis, 3, class_id=DISCONNECT_CONTROL)
+        return output.value, control_state.value
 
     output, control_state = _run_client(ctx, work)
     names = {0: "disconnected", 1: "connected", 2: "ready for reconnection"}

@@ -27,7 +27,9 @@ from smartmeter.dlms.apdu.ciphered import CIPHERED_TAGS, GeneralGloCiphering
 from smartmeter.dlms.apdu.notification import DataNotification
 from smartmeter.dlms.security.suites import SecurityControl
 from smartmeter.dlms.apdu.xdlms import decode_xdlms
-from smartmeter.dlms.security.context import REQUEST_BITS, SecurityManager
+from smartmeter.dlms.security.context import (
+    AUTHENTICATED_RESPONSE, ENCRYPTED_RESPONSE, REQUEST_BITS, SecurityManager,
+)
 from smartmeter.dlms.security.errors import SecurityError
 from smartmeter.dlms.server_security import AssociationSecurity, MeterKeys, SecurityRefusal, Wrapping
 from smartmeter.errors import DecodeError, SmartmeterError
@@ -108,6 +110,22 @@ class LocalAction:
     parameter: Data | None = None
 
 
+def protect_notification(context, system_title: bytes, notification: bytes) -> bytes:
+    """`notification` in general-glo-ciphering for the client of `context`, as its policy asks of
+    what the meter sends: encrypted, and authenticated when the policy says so (the Data Readout
+    client's pushes are both, the consumer push on H1 is encrypted only), with the client's
+    global keys, `system_title` and its next sending counter (durable before it is used;
+    CounterExhaustedError at the maximum). A policy that does not encrypt is refused: a push
+    is never sent in clear."""
+    policy = context.policy
+    if not policy & ENCRYPTED_RESPONSE:
+        raise SecurityRefusal("policy", f"the {context.name} client's policy 0x{policy:02X} does not encrypt: "
+                                        "a push is never sent in clear")
+    authenticated = bool(policy & AUTHENTICATED_RESPONSE)
+    return GeneralGloCiphering.protect(SecurityControl(context.suite, authenticated, True), context.ek,
+                                       context.ak if authenticated else None, system_title, context.next_tx(),
+                                       notification).to_bytes()
+
 class DlmsServer:
     """One logical device: what it holds and who may talk to it on which interface."""
 
@@ -141,15 +159,13 @@ class DlmsServer:
         return True
 
     def protected_notification(self, client: str, body: Data, long_invoke_id_and_priority: int = 0) -> bytes:
-        """A data-notification for `client`, protected as §3.3.1 says: general-glo-ciphering
-        with that client's global keys (authenticated and encrypted), the meter's system title
-        and its sending counter, and the meter's date-time inside."""
+        """A data-notification for `client`, protected as §3.3.1 says (`protect_notification`),
+        with the meter's date-time inside."""
         context = self.security.context(client) if self.security else None
         if context is None:
             raise SecurityRefusal("policy", f"client {client} has no security context for protected pushes")
         notification = DataNotification(long_invoke_id_and_priority, self.clock_bytes(), body).to_bytes()
-        return GeneralGloCiphering.protect(SecurityControl(context.suite, True, True), context.ek, context.ak,
-                                           self.system_title, context.next_tx(), notification).to_bytes()
+        return protect_notification(context, self.system_title, notification)
 
     def association(self, client_sap: int, interface: str, server_sap: int | None = None) -> "ServerAssociation":
         return ServerAssociation(self, client_sap, interface, self.server_sap if server_sap is None else server_sap)

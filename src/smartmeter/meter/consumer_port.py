@@ -37,11 +37,9 @@ from typing import Callable
 
 from smartmeter.cosem.data import Data
 from smartmeter.cosem.obis import Obis
-from smartmeter.dlms.apdu.ciphered import GeneralGloCiphering
 from smartmeter.dlms.apdu.notification import DataNotification
-from smartmeter.dlms.security.context import AUTHENTICATED_RESPONSE, ENCRYPTED_RESPONSE
 from smartmeter.dlms.security.errors import CounterExhaustedError
-from smartmeter.dlms.security.suites import SecurityControl
+from smartmeter.dlms.server import protect_notification
 from smartmeter.errors import EncodeError, SmartmeterError
 from smartmeter.mbus.consumer_port import segment_frames
 from smartmeter.mbus.link import ADDRESS_BROADCAST
@@ -84,20 +82,6 @@ def consumer_destination(text: str) -> int:
     if ci != FIRST_TRANSPORT_CI:
         raise ValueError(f"the consumer push's transport CI starts at 00, not {ci:02X}")
     return address
-
-
-def protect_consumer_notification(context, system_title: bytes, notification: bytes) -> bytes:
-    """`notification` in general-glo-ciphering for the client of `context`, as its policy asks of
-    what the meter sends (encrypted; authenticated too if the policy says so), with its key and
-    its next sending counter (durable before it is used; CounterExhaustedError at the maximum)."""
-    policy = context.policy
-    if not policy & ENCRYPTED_RESPONSE:
-        raise SmartmeterError(f"the {context.name} client's policy 0x{policy:02X} does not encrypt: "
-                              "the consumer push is never sent in clear")
-    authenticated = bool(policy & AUTHENTICATED_RESPONSE)
-    control = SecurityControl(context.suite, authenticated, True)
-    return GeneralGloCiphering.protect(control, context.ek, context.ak if authenticated else None, system_title,
-                                       context.next_tx(), notification).to_bytes()
 
 
 class AirtimePacer:
@@ -373,7 +357,7 @@ class ConsumerPush:
             return "failed"
         try:
             notification = DataNotification(long_invoke_id_and_priority, self.server.clock_bytes(), body).to_bytes()
-            apdu = protect_consumer_notification(context, self.server.system_title, notification)
+            apdu = protect_notification(context, self.server.system_title, notification)
         except CounterExhaustedError:
             if not self._exhausted:
                 self._exhausted = True
