@@ -52,10 +52,17 @@ def hes_group() -> None:
 @click.option("--tcp", "tcp_port", type=click.IntRange(0, 65535), default=None, metavar="PORT",
               help=f"TCP port of the WAN pushes (default {DEFAULT_PUSH_PORT} when neither is given).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (IPv4 or IPv6).")
-@click.option("--keys", "keys", multiple=True, required=True, type=click.Path(exists=True, path_type=Path),
+@click.option("--keys", "keys", multiple=True, type=click.Path(exists=True, path_type=Path),
               help="A credentials file or a directory of them (a meter's DATA_DIR/credentials): the Data Readout "
                    "client's file of a meter decrypts its pushes. Repeat for more meters.")
 @DB_OPTION
+@click.option("--nats", "nats_url", default=None, metavar="URL",
+              help="Publish the authentic pushes to NATS JetStream (nats://HOST:PORT) for the workers to store, "
+                   "instead of storing them in --db. Run as many such listeners as you like.")
+@click.option("--store", "store_dsn", default=None, metavar="DSN",
+              help="With --nats: take the meters' keys from the fleet store (postgresql://...) as well as --keys.")
+@click.option("--kek", "kek_file", default=Path("hes-kek.hex"), show_default=True,
+              type=click.Path(dir_okay=False, path_type=Path), help="With --store: the store's key-encryption key.")
 @click.option("--objects", "objects_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="Push object lists by setup OBIS (TOML or JSON), for meters whose lists were "
                                  "not read with `hes lists`.")
@@ -64,7 +71,8 @@ def hes_group() -> None:
 @click.option("--meter-port", type=click.IntRange(1, 65535), default=DEFAULT_METER_PORT, show_default=True,
               help="The meters' wrapper port for --ack (at the address the push came from).")
 def listen(udp_port: int | None, tcp_port: int | None, host: str, keys: tuple[Path, ...], db: Path,
-           objects_file: Path | None, ack: bool, meter_port: int) -> None:
+           nats_url: str | None, store_dsn: str | None, kek_file: Path, objects_file: Path | None, ack: bool,
+           meter_port: int) -> None:
     """Receive pushes (UDP and/or TCP, IEC 62056-47 wrapper) and store every value they carry.
 
     Refused (counted, logged once a minute per condition, never stored): unknown system titles,
@@ -73,6 +81,16 @@ def listen(udp_port: int | None, tcp_port: int | None, host: str, keys: tuple[Pa
     printed at once, one line each. Ctrl-C prints the counts and stops."""
     if udp_port is None and tcp_port is None:
         udp_port = tcp_port = DEFAULT_PUSH_PORT
+    if store_dsn is not None and nats_url is None:
+        raise UsageProblem("--store gives keys to a listener that publishes to NATS", "add --nats URL")
+    if nats_url is not None:
+        if ack or objects_file is not None:
+            raise UsageProblem("--ack and --objects work with the SQLite listener only", "leave out --nats")
+        from smartmeter.cli.hes_fleet import listen_to_nats
+        listen_to_nats(keys, nats_url, store_dsn, kek_file, host, udp_port, tcp_port)
+        return
+    if not keys:
+        raise UsageProblem("no --keys given", "give a meter's DATA_DIR/credentials (or --nats with --store)")
     keyring = Keyring.load(keys)
     if not len(keyring):
         raise UsageProblem("no Data Readout credentials (client SAP 2, naming the meter's server_system_title) "

@@ -64,7 +64,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "AlarmAcknowledger", "DATA_READOUT_SAP", "MANAGEMENT_SAP", "SETUPS", "Keyring", "Limits", "MeterKeys", "ObjectLists",
-    "PushReceiver", "load_object_list_file", "model_object_lists", "serve_tcp", "serve_udp",
+    "PushIntake", "PushReceiver", "load_object_list_file", "model_object_lists", "serve_tcp", "serve_udp",
 ]
 
 DATA_READOUT_SAP = 2  # every push to the head-end runs in the Data Readout client's context (catalog §7)
@@ -417,33 +417,33 @@ class _Reassembly:
     size: int = 0
 
 
-class PushReceiver:
-    """The listener's core (sans-io): a datagram or a wrapper frame in, a stored push or a
-    counted refusal out. `sender` identifies where blocks of one GBT push come from (a UDP
-    peer, a TCP connection)."""
+class PushIntake:
+    """What every push listener does before a push is whole (sans-io): wrapper datagrams and
+    frames in, general-block-transfer reassembled within bounds, garbage refused and counted;
+    a complete APDU goes to `notification`, which a subclass defines. `sender` identifies
+    where blocks of one GBT push come from (a UDP peer, a TCP connection)."""
 
-    def __init__(self, keyring: Keyring, store: PushStore, object_lists: ObjectLists | None = None, *,
-                 limits: Limits = Limits(), clock: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic,
-                 on_alarm: Callable[[StoredPush, dict[str, int], Any], None] | None = None,
-                 on_stored: Callable[[StoredPush], None] | None = None, say: RateLimitedLog | None = None) -> None:
+    def __init__(self, keyring: Keyring, *, limits: Limits = Limits(), monotonic: Callable[[], float] = time.monotonic,
+                 say: RateLimitedLog | None = None) -> None:
         self.keyring = keyring
-        self.store = store
-        self.object_lists = object_lists if object_lists is not None else ObjectLists(store)
         self.limits = limits
-        self.clock = clock
         self.monotonic = monotonic
-        self.on_alarm = on_alarm
-        self.on_stored = on_stored
         self.say = say if say is not None else RateLimitedLog(log)
         self.counts: Counter[str] = Counter()
-        self.counters = store.counters()  # highest accepted invocation counter by meter
-        # hash of the latest accepted pushes by meter and counter (a retry is the very same message)
-        self._recent: dict[str, OrderedDict[int, int]] = {}
         self._reassembly: OrderedDict[Any, _Reassembly] = OrderedDict()  # in the order they started
         self._reassembly_bytes = 0
         self._reassembly_by_origin: dict[Any, list[Any]] = {}  # keys, oldest first
-        self._flush_scheduled = False
+
+    def notification(self, apdu: bytes, sender: Any) -> str:
+        raise NotImplementedError
+
+    def refuse(self, condition: str, message: str, *args, level: int = logging.WARNING) -> str:
+        self.counts[condition] += 1
+        self.say(condition, message, *args, level=level)
+        return condition
+
+    def flush_soon(self) -> None:
+        """Called after each datagram or read of a connection: what was taken may be committed."""
 
     # -- entry points ------------------------------------------------------------------
 
@@ -516,26 +516,6 @@ class PushReceiver:
             self.say("gbt_timeout", "%d block transfer(s) not completed within %g s dropped", stale,
                      self.limits.gbt_timeout)
         return stale
-
-    def flush_soon(self) -> None:
-        """On the event loop: commit what this turn of the loop stored once it is over (a burst of
-        pushes shares one commit; `PushStore.deferred`)."""
-        if self.store.deferred and not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        try:
-            self.store.flush()
-        except sqlite3.Error as exc:
-            # the pushes of this turn are lost with their counters: take the counters from the
-            # store again, so that the meters' repetitions are accepted
-            self.store.rollback()
-            self.counters = self.store.counters()
-            self._recent.clear()
-            self.refuse("internal", "commit of the pushes received failed, they are lost: %s", exc,
-                        level=logging.ERROR)
 
     def forget_sender(self, sender: Any) -> None:
         """A TCP connection closed: its unfinished block transfers end with it."""
@@ -619,6 +599,47 @@ class PushReceiver:
         of_origin.remove(key)
         if not of_origin:
             del self._reassembly_by_origin[partial.origin]
+
+
+class PushReceiver(PushIntake):
+    """The SQLite listener's core (sans-io): a datagram or a wrapper frame in, a stored push or
+    a counted refusal out."""
+
+    def __init__(self, keyring: Keyring, store: PushStore, object_lists: ObjectLists | None = None, *,
+                 limits: Limits = Limits(), clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic,
+                 on_alarm: Callable[[StoredPush, dict[str, int], Any], None] | None = None,
+                 on_stored: Callable[[StoredPush], None] | None = None, say: RateLimitedLog | None = None) -> None:
+        super().__init__(keyring, limits=limits, monotonic=monotonic, say=say)
+        self.store = store
+        self.object_lists = object_lists if object_lists is not None else ObjectLists(store)
+        self.clock = clock
+        self.on_alarm = on_alarm
+        self.on_stored = on_stored
+        self.counters = store.counters()  # highest accepted invocation counter by meter
+        # hash of the latest accepted pushes by meter and counter (a retry is the very same message)
+        self._recent: dict[str, OrderedDict[int, int]] = {}
+        self._flush_scheduled = False
+
+    def flush_soon(self) -> None:
+        """On the event loop: commit what this turn of the loop stored once it is over (a burst of
+        pushes shares one commit; `PushStore.deferred`)."""
+        if self.store.deferred and not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        try:
+            self.store.flush()
+        except sqlite3.Error as exc:
+            # the pushes of this turn are lost with their counters: take the counters from the
+            # store again, so that the meters' repetitions are accepted
+            self.store.rollback()
+            self.counters = self.store.counters()
+            self._recent.clear()
+            self.refuse("internal", "commit of the pushes received failed, they are lost: %s", exc,
+                        level=logging.ERROR)
 
     # -- the protected notification -----------------------------------------------------
 
@@ -731,12 +752,6 @@ class PushReceiver:
         row = self.store.db.execute("SELECT registered FROM meter WHERE system_title = ?", (meter,)).fetchone()
         return row is not None and row[0] is not None
 
-    def refuse(self, condition: str, message: str, *args, level: int = logging.WARNING) -> str:
-        self.counts[condition] += 1
-        self.say(condition, message, *args, level=level)
-        return condition
-
-
 # ----------------------------------------------------------------- alarm clearing
 
 
@@ -797,7 +812,7 @@ class AlarmAcknowledger:
 
 
 class _UdpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, receiver: PushReceiver) -> None:
+    def __init__(self, receiver: PushIntake) -> None:
         self.receiver = receiver
 
     def datagram_received(self, data: bytes, addr) -> None:
@@ -811,7 +826,7 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 UDP_RECEIVE_BUFFER = 4 * 1024 * 1024  # bytes the kernel may queue: bursts of pushes are not dropped
 
 
-async def serve_udp(receiver: PushReceiver, host: str, port: int) -> asyncio.DatagramTransport:
+async def serve_udp(receiver: PushIntake, host: str, port: int) -> asyncio.DatagramTransport:
     """The UDP listener (LAN pushes); `transport.get_extra_info("sockname")` gives the port bound."""
     loop = asyncio.get_running_loop()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -825,7 +840,7 @@ async def serve_udp(receiver: PushReceiver, host: str, port: int) -> asyncio.Dat
     return transport
 
 
-async def serve_tcp(receiver: PushReceiver, host: str, port: int) -> asyncio.AbstractServer:
+async def serve_tcp(receiver: PushIntake, host: str, port: int) -> asyncio.AbstractServer:
     """The TCP listener (WAN pushes): wrapper messages one after another on a connection; the
     meter only sends. The returned server's `connections` is its `ConnectionTable`."""
     loop = asyncio.get_running_loop()

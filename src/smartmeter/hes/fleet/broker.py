@@ -1,0 +1,189 @@
+"""The head-end's streams on NATS JetStream.
+
+* `HES_JOBS` (work queue): one message per job, `hes.jobs.urgent` (on-demand reads) or
+  `hes.jobs.bulk` (campaigns), each consumed by one durable pull consumer that all workers
+  share. A message is removed when a worker acknowledges it (after its outcome is stored) or
+  terminates it (a permanent error: the outcome "failed" is stored first). A worker that dies
+  leaves its messages unacknowledged: JetStream delivers them again after the ack wait.
+* `HES_PUSHES`: every authenticated push as received, subject `hes.push.<system title>`,
+  with `Nats-Msg-Id` = system title and invocation counter, so a push that two listeners (or
+  one listener twice) publish is kept once.
+
+Both streams discard new messages when full, so a full broker makes publishers wait and
+retry, and nothing already accepted is dropped to make room.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import nats
+from nats.errors import Error as NatsError
+from nats.errors import NoServersError, TimeoutError as NatsTimeout
+from nats.js import api
+from nats.js.errors import APIError, NotFoundError
+
+from smartmeter.errors import SmartmeterError
+
+__all__ = ["BrokerUnavailable", "Broker", "Job", "JobFormatError", "JOBS_STREAM", "PUSHES_STREAM"]
+
+JOBS_STREAM = "HES_JOBS"
+PUSHES_STREAM = "HES_PUSHES"
+URGENT, BULK = "hes.jobs.urgent", "hes.jobs.bulk"
+LANES = {"urgent": URGENT, "bulk": BULK}
+PUSH_SUBJECT = "hes.push"
+RECEIVED_HEADER = "Smartmeter-Received"  # when the listener took the push (epoch seconds, text)
+SOURCE_HEADER = "Smartmeter-Source"  # the listener's name and the sender's address
+JOB_MAX_BYTES = 4096  # a job message is small; a bigger one is refused as malformed
+
+
+class BrokerUnavailable(SmartmeterError):
+    """NATS cannot be reached, or JetStream is not enabled there."""
+
+
+class JobFormatError(SmartmeterError):
+    """A job message that is not a job (its bytes cannot be read as one)."""
+
+
+@dataclass(frozen=True)
+class Job:
+    campaign: int
+    meter_id: int
+    kind: str = "read"
+
+    def to_bytes(self) -> bytes:
+        return json.dumps({"campaign": self.campaign, "meter": self.meter_id, "kind": self.kind},
+                          separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Job":
+        if len(data) > JOB_MAX_BYTES:
+            raise JobFormatError(f"a job message of {len(data)} bytes (at most {JOB_MAX_BYTES})")
+        try:
+            raw = json.loads(data)
+            campaign, meter, kind = raw["campaign"], raw["meter"], raw.get("kind", "read")
+        except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+            raise JobFormatError("a job message that is not a JSON object with campaign and meter") from None
+        if type(campaign) is not int or type(meter) is not int or kind != "read":
+            raise JobFormatError("a job message whose campaign, meter or kind has the wrong type or value")
+        return cls(campaign, meter, kind)
+
+    @property
+    def message_id(self) -> str:
+        return f"job:{self.campaign}:{self.meter_id}"
+
+
+@dataclass(frozen=True)
+class StreamLimits:
+    jobs_max_bytes: int = 1 << 30
+    pushes_max_bytes: int = 8 << 30
+    pushes_max_age: float = 7 * 24 * 3600.0
+    duplicate_window: float = 2 * 3600.0  # a push repeated within this is dropped by the broker
+    replicas: int = 1
+
+
+def backoff_delay(delivery: int, base: float = 1.0, cap: float = 60.0, rng: random.Random | None = None) -> float:
+    """Exponential back-off with jitter for the `delivery`-th failed attempt (1-based): about
+    base × 2^(delivery−1), capped, times a random factor in [0.5, 1.5) so retries spread out."""
+    rng = rng or random
+    return min(cap, base * 2 ** max(0, delivery - 1)) * (0.5 + rng.random())
+
+
+class Broker:
+    """A connection to NATS with the head-end's streams."""
+
+    def __init__(self, nc, url: str) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.url = url
+
+    @classmethod
+    async def connect(cls, url: str, *, name: str = "smartmeter-hes", timeout: float = 5.0,
+                      on_problem: Callable[[str], None] | None = None) -> "Broker":
+        say = on_problem or (lambda message: None)
+
+        async def disconnected() -> None:
+            say(f"lost the connection to NATS at {url}; reconnecting")
+
+        async def reconnected() -> None:
+            say(f"connected to NATS again at {url}")
+
+        async def error(exc: Exception) -> None:
+            say(f"NATS: {exc.__class__.__name__}: {exc}")
+
+        try:
+            nc = await nats.connect(url.split(","), name=name, connect_timeout=timeout, allow_reconnect=True,
+                                    max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                                    disconnected_cb=disconnected, reconnected_cb=reconnected, error_cb=error)
+        except (NoServersError, OSError, NatsError, asyncio.TimeoutError) as exc:
+            raise BrokerUnavailable(f"cannot reach NATS at {url} ({exc.__class__.__name__}: {exc}); "
+                                    "is nats-server running with JetStream (-js)?") from None
+        broker = cls(nc, url)
+        try:
+            await broker.js.account_info()
+        except (APIError, NatsTimeout, NatsError) as exc:
+            await nc.close()
+            raise BrokerUnavailable(f"NATS at {url} has no JetStream ({exc}); start nats-server with -js") from None
+        return broker
+
+    async def close(self) -> None:
+        try:
+            await self.nc.drain()
+        except (NatsError, asyncio.TimeoutError):
+            await self.nc.close()
+
+    async def ensure_streams(self, limits: StreamLimits = StreamLimits()) -> None:
+        await self._ensure(api.StreamConfig(
+            name=JOBS_STREAM, subjects=[URGENT, BULK], retention=api.RetentionPolicy.WORK_QUEUE,
+            discard=api.DiscardPolicy.NEW, max_bytes=limits.jobs_max_bytes, duplicate_window=120.0,
+            storage=api.StorageType.FILE, num_replicas=limits.replicas))
+        await self._ensure(api.StreamConfig(
+            name=PUSHES_STREAM, subjects=[PUSH_SUBJECT + ".>"], retention=api.RetentionPolicy.WORK_QUEUE,
+            discard=api.DiscardPolicy.NEW, max_bytes=limits.pushes_max_bytes, max_age=limits.pushes_max_age,
+            duplicate_window=limits.duplicate_window, storage=api.StorageType.FILE, num_replicas=limits.replicas))
+
+    async def _ensure(self, config: api.StreamConfig) -> None:
+        try:
+            await self.js.stream_info(config.name)
+        except NotFoundError:
+            await self.js.add_stream(config)
+
+    async def publish(self, subject: str, payload: bytes, message_id: str, *, patience: float = 300.0,
+                      say: Callable[[str], None] | None = None, headers: dict[str, str] | None = None) -> bool:
+        """Publish until JetStream stores it (or says it is a duplicate): a full stream or a
+        broker that is away makes this wait and retry with back-off, up to `patience` seconds,
+        then raise BrokerUnavailable. Returns False for a duplicate."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + patience
+        attempt = 0
+        while True:
+            try:
+                ack = await self.js.publish(subject, payload, timeout=5.0,
+                                            headers={**(headers or {}), "Nats-Msg-Id": message_id})
+                return not ack.duplicate
+            except (APIError, NatsTimeout, NatsError, asyncio.TimeoutError) as exc:
+                attempt += 1
+                if loop.time() >= deadline:
+                    raise BrokerUnavailable(f"NATS did not take a message for {patience:g} s: {exc}") from None
+                if say is not None and attempt == 1:
+                    say(f"NATS is not taking messages ({exc}); retrying with back-off")
+                await asyncio.sleep(min(backoff_delay(attempt, base=0.2, cap=5.0), max(0.0, deadline - loop.time())))
+
+    async def publish_push(self, title: str, counter: int, apdu: bytes, received: float, source: str) -> bool:
+        """A push as a listener received it (the ciphered APDU), kept once per meter and counter."""
+        return await self.publish(f"{PUSH_SUBJECT}.{title}", apdu, f"{title}:{counter}",
+                                  headers={RECEIVED_HEADER: f"{received:.6f}", SOURCE_HEADER: source[:200]})
+
+    async def pull(self, lane: str, durable: str, *, ack_wait: float, max_deliver: int, max_ack_pending: int):
+        """A pull subscription on a job lane's shared durable consumer."""
+        config = api.ConsumerConfig(durable_name=durable, ack_policy=api.AckPolicy.EXPLICIT, ack_wait=ack_wait,
+                                    max_deliver=max_deliver, filter_subject=LANES[lane],
+                                    max_ack_pending=max_ack_pending, max_waiting=512)
+        return await self.js.pull_subscribe(LANES[lane], durable=durable, stream=JOBS_STREAM, config=config)
+
+    async def stream_state(self, name: str) -> dict[str, Any]:
+        info = await self.js.stream_info(name)
+        return {"messages": info.state.messages, "bytes": info.state.bytes}

@@ -1,0 +1,286 @@
+"""One read session with one meter of the fleet: associate once, read a bundle, release.
+
+The bundle is the meter's clock, its registers (value and scaler_unit) and its load
+profiles read incrementally from the store's high-water mark. A profile is read by range
+(selector 1); a meter that refuses range is read by entry (selector 2) and one that refuses
+both as a whole buffer, and what worked is returned as a capability so the next session
+starts with it. Only rows after the mark are kept, so reads never overlap.
+
+Invocation counters come from a block the store reserved (and committed) before the
+session: `BlockCounters` hands them out and tops up through the caller when a block runs
+low, so a crash anywhere leaves a gap and never a reuse.
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import math
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+from smartmeter.cosem import axdr
+from smartmeter.cosem.data import Data
+from smartmeter.cosem.obis import Obis
+from smartmeter.cosem.results import DataAccessResult
+from smartmeter.dlms.client import AccessDenied, ClientError, ClientSecurity, ClientSecurityError, CounterStore
+from smartmeter.dlms.security.frame_counter import TxFrameCounter
+from smartmeter.errors import DecodeError
+from smartmeter.hes.client import MeterClient, parse_scaler_unit
+from smartmeter.hes.connection import LinkError, WrapperLink
+from smartmeter.hes.store.pg import Reading, SessionGrant, SessionResult
+
+__all__ = ["BlockCounters", "ReadPlan", "SessionTimeout", "Timeouts", "read_session"]
+
+CLOCK = "0-0:1.0.0.255"
+# Blue Book attribute indexes of IC 7 used here
+CAPTURE_PERIOD, ENTRIES_IN_USE = 4, 7
+# selections a refusal of which means "this meter cannot select that way" (not a bad request)
+SELECTION_REFUSALS = {DataAccessResult.READ_WRITE_DENIED, DataAccessResult.OBJECT_UNAVAILABLE,
+                      DataAccessResult.OTHER_REASON, DataAccessResult.TYPE_UNMATCHED,
+                      DataAccessResult.SCOPE_OF_ACCESS_VIOLATED, DataAccessResult.OBJECT_CLASS_INCONSISTENT}
+SELECTIONS = ("range", "entry", "whole")
+# counters a session keeps in hand before a profile read (each block of a long read takes one)
+PROFILE_COUNTER_MARGIN = 48
+
+
+class SessionTimeout(ClientError):
+    """A phase of the session (connect, association, request or the whole) took too long."""
+
+
+class CounterBlockExhausted(ClientSecurityError):
+    """The session used every counter of its reserved blocks."""
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float = 5.0
+    association: float = 10.0
+    request: float = 10.0
+    total: float = 60.0
+
+
+@dataclass(frozen=True)
+class ReadPlan:
+    registers: tuple[str, ...] = ("1-0:1.8.0.255", "1-0:2.8.0.255")
+    profiles: tuple[str, ...] = ("1-0:99.1.0.255",)
+    # where a profile has no mark yet, rows from this long before the meter's time (None: all)
+    first_read_span: dt.timedelta | None = None
+
+
+class BlockCounters(CounterStore):
+    """The client's counters within reserved blocks [first, last]; `refill` adds a block."""
+
+    def __init__(self, block: tuple[int, int], server_last_seen: int | None) -> None:
+        super().__init__(last_used=block[0] - 1 if block[0] > 0 else None, server_last_seen=server_last_seen)
+        self.top = block[1]
+        self.used = 0
+
+    def remaining(self) -> int:
+        last = self.last_used
+        return self.top - (0 if last is None else last + 1) + 1
+
+    def add_block(self, block: tuple[int, int]) -> None:
+        last = self.last_used
+        if last is not None and block[0] <= last:
+            raise ClientSecurityError(f"a counter block {block} below a counter already used ({last})")
+        self._tx = TxFrameCounter(block[0] - 1 if block[0] > 0 else None)
+        self.top = block[1]
+
+    def reserve(self) -> int:
+        if self.remaining() <= 0:
+            raise CounterBlockExhausted("the session used up its reserved invocation counters")
+        counter = super().reserve()
+        self.used += 1
+        return counter
+
+
+def _utc(value: bytes | Data) -> dt.datetime | None:
+    raw = value.value if isinstance(value, Data) else value
+    try:
+        t = axdr.decode_date_time(raw).to_datetime()
+    except (DecodeError, ValueError, TypeError):
+        return None
+    return t.astimezone(dt.timezone.utc) if t.tzinfo is not None else None
+
+
+def _integer(value) -> int | None:
+    v = value.value if isinstance(value, Data) else value
+    return v if type(v) is int else None
+
+
+async def _within(what: str, seconds: float, awaitable):
+    try:
+        return await asyncio.wait_for(awaitable, seconds)
+    except asyncio.TimeoutError:
+        raise SessionTimeout(f"{what} took longer than {seconds:g} s") from None
+
+
+async def read_session(grant: SessionGrant, plan: ReadPlan, timeouts: Timeouts, client_system_title: bytes,
+                       refill: Callable[[int], Awaitable[tuple[int, int]]], *,
+                       link_factory: Callable[[SessionGrant, float], object] | None = None) -> SessionResult:
+    """Read `plan` from the meter of `grant` in one association; the whole within timeouts.total."""
+    return await _within("the session", timeouts.total,
+                         _session(grant, plan, timeouts, client_system_title, refill, link_factory))
+
+
+async def _session(grant, plan, timeouts, client_system_title, refill, link_factory) -> SessionResult:
+    counters = BlockCounters(grant.counter_block, grant.rx_last)
+
+    async def ensure(n: int) -> None:
+        if counters.remaining() < n:
+            counters.add_block(await refill(max(n, grant.counter_block[1] - grant.counter_block[0] + 1)))
+
+    security = ClientSecurity(mechanism=grant.mechanism, suite=grant.suite, policy=grant.policy,
+                              client_system_title=client_system_title, server_system_title=grant.system_title,
+                              ek=grant.keys.get("ek"), ak=grant.keys.get("ak"), hls_secret=grant.keys.get("hls_secret"),
+                              invocation_counter=counters)
+    if link_factory is not None:
+        link = link_factory(grant, timeouts.connect)
+    else:
+        link = WrapperLink(grant.host, grant.port, client_sap=grant.client_sap, server_sap=grant.server_sap,
+                           timeout=timeouts.connect)
+    client = MeterClient(link, mechanism=grant.mechanism, security=security)
+    await _within("the association", timeouts.association, client.connect())
+    link.timeout = timeouts.request
+    try:
+        reader = _BundleReader(client, grant, plan, ensure)
+        result = await reader.read()
+    finally:
+        await client.close()
+    result.rx_last = counters.server_last_seen
+    result.tx_used = counters.last_used
+    return result
+
+
+@dataclass
+class _BundleReader:
+    client: MeterClient
+    grant: SessionGrant
+    plan: ReadPlan
+    ensure: Callable[[int], Awaitable[None]]
+    readings: list[Reading] = field(default_factory=list)
+    scalers: dict = field(default_factory=dict)
+    marks: dict = field(default_factory=dict)
+    capabilities: dict = field(default_factory=dict)
+
+    async def read(self) -> SessionResult:
+        await self.ensure(4)
+        now = _utc(await self.client.get(CLOCK, 2, class_id=8))
+        if now is None:
+            raise ClientError("the meter's clock is not a date-time with a deviation")
+        for obis in self.plan.registers:
+            await self.ensure(4)
+            await self._register(obis, now)
+        for obis in self.plan.profiles:
+            await self.ensure(PROFILE_COUNTER_MARGIN)
+            await self._profile(obis, now)
+        return SessionResult(self.readings, self.scalers, self.marks, rx_last=None, tx_used=None,
+                             capabilities=self.capabilities or None)
+
+    async def _register(self, obis: str, now: dt.datetime) -> None:
+        value = _integer(await self.client.get(obis, 2, class_id=3))
+        if value is None:
+            raise ClientError(f"{obis} is not an integer register")
+        scaler_unit = parse_scaler_unit(await self.client.get(obis, 3, class_id=3))
+        if scaler_unit is None:
+            raise ClientError(f"{obis}: its scaler_unit is not a scaler_unit structure")
+        self.scalers[("", obis, 2)] = scaler_unit
+        self.readings.append(Reading("", obis, 2, now, value))
+
+    async def _profile(self, obis: str, now: dt.datetime) -> None:
+        columns = await self.client.get(obis, 3, class_id=7)
+        layout = _layout(columns)
+        mark = self.grant.marks.get(obis)
+        if mark is None and self.plan.first_read_span is not None:
+            mark = now - self.plan.first_read_span
+        key = f"selection:{obis}"
+        start = self.grant.capabilities.get(key, "range")
+        order = SELECTIONS[SELECTIONS.index(start):] if start in SELECTIONS else SELECTIONS
+        for how in order:
+            try:
+                rows = await getattr(self, f"_by_{how}")(obis, mark, now)
+            except AccessDenied as exc:
+                if exc.result in SELECTION_REFUSALS and how != "whole":
+                    continue
+                raise
+            if how != start:
+                self.capabilities[key] = how
+            break
+        newest = mark
+        for row in rows:
+            t = _utc(row[layout.clock])
+            if t is None or (mark is not None and t <= mark):
+                continue
+            quality = _integer(row[layout.status]) if layout.status is not None else 0
+            for index, (value_obis, attribute) in layout.values:
+                raw = _integer(row[index])
+                if raw is not None:
+                    self.readings.append(Reading(obis, value_obis, attribute, t, raw, quality or 0))
+            newest = t if newest is None or t > newest else newest
+        if newest is not None and newest != mark:
+            self.marks[obis] = newest
+        for index, (value_obis, attribute) in layout.values:
+            if ("" , value_obis, attribute) in self.scalers:
+                self.scalers[(obis, value_obis, attribute)] = self.scalers[("", value_obis, attribute)]
+
+    async def _by_range(self, obis: str, mark: dt.datetime | None, now: dt.datetime) -> list[tuple]:
+        start = mark + dt.timedelta(seconds=1) if mark is not None else None
+        _, rows = await self.client.profile(obis, from_time=start or dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc),
+                                            to_time=now, rows=True)
+        return rows
+
+    async def _by_entry(self, obis: str, mark: dt.datetime | None, now: dt.datetime) -> list[tuple]:
+        in_use = _integer(await self.client.get(obis, ENTRIES_IN_USE, class_id=7)) or 0
+        if in_use == 0:
+            return []
+        if mark is None:
+            _, rows = await self.client.profile(obis, entries=(1, in_use), rows=True)
+            return rows
+        period = _integer(await self.client.get(obis, CAPTURE_PERIOD, class_id=7)) or 900
+        wanted = min(in_use, math.ceil((now - mark).total_seconds() / period) + 1)
+        while True:
+            await self.ensure(PROFILE_COUNTER_MARGIN)
+            _, rows = await self.client.profile(obis, entries=(in_use - wanted + 1, in_use), rows=True)
+            # the oldest row read must be at or before the mark, else rows may lie in between
+            # (a clock set back, a power failure): read further back
+            oldest = _utc(rows[0][0]) if rows else None
+            if wanted >= in_use or (oldest is not None and oldest <= mark):
+                return rows
+            wanted = min(in_use, wanted * 2)
+
+    async def _by_whole(self, obis: str, mark: dt.datetime | None, now: dt.datetime) -> list[tuple]:
+        _, rows = await self.client.profile(obis, rows=True)
+        return rows
+
+
+@dataclass(frozen=True)
+class _Layout:
+    clock: int
+    status: int | None
+    values: tuple[tuple[int, tuple[str, int]], ...]  # column index → (OBIS, attribute)
+
+
+def _layout(columns: Data) -> _Layout:
+    """Which profile column is the clock, which the status and which carry values."""
+    clock = status = None
+    values = []
+    try:
+        for index, column in enumerate(columns.value):
+            class_id, ln, attribute, _ = (f.value for f in column.value)
+            obis = str(Obis.from_bytes(ln))
+            if class_id == 8 and attribute == 2 and clock is None:
+                clock = index
+            elif class_id == 1 and obis.startswith("0-0:96.10.") and status is None:
+                status = index
+            elif class_id in (1, 3, 4):
+                values.append((index, (obis, attribute)))
+    except (TypeError, ValueError, AttributeError):
+        raise ClientError("the profile's capture_objects have an unexpected shape") from None
+    if clock is None:
+        raise ClientError("the profile captures no clock column")
+    return _Layout(clock, status, tuple(values))
+
+
+# What the worker does with an error of a session: retry later, or give up at once.
+PERMANENT = (ClientSecurityError,)
+TRANSIENT = (LinkError, SessionTimeout, CounterBlockExhausted, OSError, asyncio.TimeoutError)

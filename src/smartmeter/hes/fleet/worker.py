@@ -1,0 +1,333 @@
+"""`smartmeter hes worker`: a stateless worker that takes read jobs from JetStream and stores
+what it reads in the fleet store. Run any number of them, on any number of machines.
+
+Per job: the job's row in the store says whether it already has an outcome (a delivery
+after a crash between storing and acknowledging is acknowledged at once). Otherwise the
+worker takes a session slot of the meter's cell and a new-connection token (both shared by
+all workers through the store), claims the meter's lease and a counter block, reads, and
+stores readings, marks, counters and the outcome in one transaction, then acknowledges.
+While it works it tells JetStream so (in-progress heartbeats), so a slow meter is not
+handed to a second worker; a worker that dies stops the heartbeats, and after the ack wait
+the job goes to another one, whose lease claim waits until the dead worker's lease expired.
+
+Errors: a permanent one (authentication failed, keys wrong, the meter answered with a lower
+counter than before, an unknown meter) stores the outcome "failed" and terminates the
+message; a transient one (no connection, time-out) is retried later with exponential back-off
+and jitter, until the job's attempts reach the maximum, when it is failed. When the store
+cannot be reached the worker stops taking jobs and backs off until it is back; the jobs it
+held are handed back to JetStream.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import random
+import socket
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import asyncpg
+from nats.errors import Error as NatsError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.errors import APIError
+
+from smartmeter.dlms.client import (
+    AccessDenied, AssociationRefused, AuthenticationFailed, ClientError, DecipheringError, InvocationCounterError,
+    ProtectionError, ReplayedResponse,
+)
+from smartmeter.hes.connection import LinkError
+from smartmeter.hes.fleet.broker import Broker, Job, JobFormatError, backoff_delay
+from smartmeter.hes.fleet.session import CounterBlockExhausted, ReadPlan, SessionTimeout, Timeouts, read_session
+from smartmeter.hes.store.pg import UNAVAILABLE, FleetStore, LeaseLost, MeterBusy, StoreError, StoreUnavailable
+from smartmeter.ratelog import RateLimitedLog
+
+__all__ = ["WorkerSettings", "Worker", "DEFAULT_CLIENT_SYSTEM_TITLE"]
+
+log = logging.getLogger(__name__)
+
+# The head-end's own system title (8 bytes: "SMH" and a number): the meters see it as the
+# client's calling-AP-title. One title for all workers: the counters are the store's.
+DEFAULT_CLIENT_SYSTEM_TITLE = b"SMH\x00\x00\x00\x00\x01"
+
+PERMANENT = (AuthenticationFailed, AssociationRefused, DecipheringError, ReplayedResponse, ProtectionError,
+             AccessDenied)
+TRANSIENT = (LinkError, SessionTimeout, CounterBlockExhausted, OSError, asyncio.TimeoutError)
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    concurrency: int = 16
+    timeouts: Timeouts = Timeouts()
+    plan: ReadPlan = ReadPlan()
+    ack_wait: float = 30.0
+    max_deliver: int = 10  # JetStream's limit of deliveries of one job
+    max_attempts: int = 5  # sessions tried for a job before it is failed
+    counter_block: int = 32
+    slot_wait: float = 120.0  # how long a job waits for a session slot of its cell before it is handed back
+    backoff_base: float = 1.0
+    backoff_cap: float = 60.0
+    client_system_title: bytes = DEFAULT_CLIENT_SYSTEM_TITLE
+    urgent_tasks: int = 2  # of the concurrency, tasks that take on-demand jobs only
+
+
+@dataclass
+class WorkerStats:
+    done: int = 0
+    failed: int = 0
+    retried: int = 0
+    duplicates: int = 0
+    poison: int = 0
+    rows: int = 0
+    sessions: int = 0
+    lease_lost: int = 0
+    session_seconds: float = 0.0
+
+    def line(self) -> str:
+        return ", ".join(f"{k.replace('_', ' ')} {v if isinstance(v, int) else round(v, 1)}"
+                         for k, v in dataclasses.asdict(self).items())
+
+
+class Worker:
+    def __init__(self, store: FleetStore, broker: Broker, settings: WorkerSettings = WorkerSettings(), *,
+                 name: str | None = None, say: Callable[[str], None] | None = None,
+                 link_factory=None) -> None:
+        self.store = store
+        self.broker = broker
+        self.settings = settings
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{random.randrange(1 << 32):08x}"
+        self.stats = WorkerStats()
+        self.note = RateLimitedLog(log)
+        self.say = say or (lambda message: log.warning("%s", message))
+        self.link_factory = link_factory
+        self._store_ok = asyncio.Event()
+        self._store_ok.set()
+        self._stopping = asyncio.Event()
+        self._rng = random.Random()
+
+    @property
+    def lease_s(self) -> float:
+        # a dead holder's lease and slot expire only after any session of it would have ended
+        return self.settings.timeouts.total + 15.0
+
+    async def run(self) -> None:
+        s = self.settings
+        pending = max(s.concurrency * 2, 8)
+        bulk = await self.broker.pull("bulk", "hes-workers-bulk", ack_wait=s.ack_wait, max_deliver=s.max_deliver,
+                                      max_ack_pending=max(pending, 1000))
+        urgent = await self.broker.pull("urgent", "hes-workers-urgent", ack_wait=s.ack_wait,
+                                        max_deliver=s.max_deliver, max_ack_pending=max(pending, 100))
+        n_urgent = min(s.urgent_tasks, max(1, s.concurrency // 2))
+        tasks = [asyncio.create_task(self._loop(urgent, None, long_poll=True)) for _ in range(n_urgent)]
+        tasks += [asyncio.create_task(self._loop(bulk, urgent)) for _ in range(max(1, s.concurrency - n_urgent))]
+        try:
+            await self._stopping.wait()
+            # the sessions under way end (each within its total time-out); no new job is taken
+            await asyncio.wait(tasks, timeout=s.timeouts.total + 5.0)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> asyncio.Event:
+        return self._stopping
+
+    async def _fetch(self, sub, timeout: float):
+        try:
+            msgs = await sub.fetch(1, timeout=timeout)
+        except (NatsTimeout, asyncio.TimeoutError):
+            return None
+        return msgs[0] if msgs else None
+
+    async def _loop(self, sub, urgent_sub, long_poll: bool = False) -> None:
+        while not self._stopping.is_set():
+            await self._store_ok.wait()
+            try:
+                msg = None
+                if urgent_sub is not None:
+                    msg = await self._fetch(urgent_sub, 0.05)
+                if msg is None:
+                    msg = await self._fetch(sub, 5.0 if long_poll else 1.0)
+            except (NatsError, APIError, OSError) as exc:
+                self.note("worker.broker", "cannot fetch jobs from NATS (%s: %s); retrying", type(exc).__name__, exc)
+                await asyncio.sleep(1.0)
+                continue
+            if msg is None:
+                continue
+            try:
+                await self._handle(msg, urgent=long_poll)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a job must never take a worker task down with it
+                self.note("worker.internal", "job %s: unexpected %s: %s", msg.subject, type(exc).__name__, exc)
+                await self._answer(msg.nak(delay=self._delay(msg)))
+
+    def _delay(self, msg) -> float:
+        return backoff_delay(msg.metadata.num_delivered, self.settings.backoff_base, self.settings.backoff_cap,
+                             self._rng)
+
+    async def _answer(self, awaitable) -> None:
+        try:
+            await awaitable
+        except (NatsError, APIError, OSError, asyncio.TimeoutError) as exc:
+            # the message comes back after the ack wait; its outcome in the store decides then
+            self.note("worker.answer", "could not answer JetStream (%s); the job will come back", exc)
+
+    async def _handle(self, msg, urgent: bool) -> None:
+        try:
+            job = Job.from_bytes(msg.data)
+        except JobFormatError as exc:
+            self.stats.poison += 1
+            self.note("worker.poison", "terminated a malformed job message on %s: %s", msg.subject, exc)
+            await self._answer(msg.term())
+            return
+        heartbeat = asyncio.create_task(self._heartbeat(msg))
+        try:
+            await self._job(msg, job)
+        except StoreUnavailable as exc:
+            await self._store_down(exc)
+            await self._answer(msg.nak(delay=self._delay(msg)))
+        except UNAVAILABLE + (asyncpg.PostgresConnectionError,) as exc:
+            await self._store_down(StoreUnavailable(f"{type(exc).__name__}: {exc}"))
+            await self._answer(msg.nak(delay=self._delay(msg)))
+        finally:
+            heartbeat.cancel()
+
+    async def _heartbeat(self, msg) -> None:
+        interval = max(0.5, self.settings.ack_wait / 3)
+        while True:
+            await asyncio.sleep(interval)
+            await self._answer(msg.in_progress())
+
+    async def _job(self, msg, job: Job) -> None:
+        s = self.settings
+        state = await self._store_call(self.store.job_state(job.campaign, job.meter_id))
+        if state is None:
+            self.stats.poison += 1
+            self.note("worker.unknown_job", "terminated job %s: no such campaign and meter in the store", job.message_id)
+            await self._answer(msg.term())
+            return
+        if state != "queued":
+            self.stats.duplicates += 1
+            await self._answer(msg.ack())
+            return
+        meters = await self._store_call(self.store.pool.fetchrow("SELECT cell FROM meter WHERE id = $1", job.meter_id))
+        cell = meters["cell"]
+        slot = await self._slot(cell)
+        if slot is None:
+            await self._answer(msg.nak(delay=1.0 + self._rng.random()))
+            return
+        try:
+            wait = await self._store_call(self.store.take_connect_token(cell))
+            while wait > 0:
+                await asyncio.sleep(wait)
+                wait = await self._store_call(self.store.take_connect_token(cell))
+            try:
+                grant = await self._store_call(self.store.begin_session(job.meter_id, self.name, self.lease_s,
+                                                                        s.counter_block))
+            except MeterBusy:
+                await self._answer(msg.nak(delay=min(self.lease_s, 5.0) * (0.5 + self._rng.random())))
+                return
+            await self._read(msg, job, grant)
+        finally:
+            try:
+                await self.store.release_cell_slot(cell, slot, self.name)
+            except UNAVAILABLE + (asyncpg.PostgresError,):
+                pass  # the slot's lease expires on its own
+
+    async def _read(self, msg, job: Job, grant) -> None:
+        s = self.settings
+        started = time.monotonic()
+        self.stats.sessions += 1
+        try:
+            result = await read_session(
+                grant, s.plan, s.timeouts, s.client_system_title,
+                lambda n: self._store_call(self.store.reserve_counters(grant.meter_id, grant.key_generation, n)),
+                link_factory=self.link_factory)
+        except InvocationCounterError as exc:
+            # the meter holds a higher counter of ours than the store (a restored store):
+            # move ours above it, never down, and try again soon
+            if exc.meter_counter is not None:
+                await self._store_call(self.store.advance_counter(grant.meter_id, grant.key_generation,
+                                                                  exc.meter_counter))
+            await self._retry(msg, job, grant, f"the meter refused our invocation counter ({exc})")
+            return
+        except PERMANENT as exc:
+            await self._fail(msg, job, grant, str(exc))
+            return
+        except TRANSIENT as exc:
+            await self._retry(msg, job, grant, f"{type(exc).__name__}: {exc}")
+            return
+        except ClientError as exc:
+            await self._fail(msg, job, grant, str(exc))
+            return
+        finally:
+            self.stats.session_seconds += time.monotonic() - started
+        try:
+            stored = await self._store_call(self.store.finish_session(grant, result, (job.campaign, self.name)))
+        except LeaseLost as exc:
+            self.stats.lease_lost += 1
+            self.note("worker.lease_lost", "%s", exc)
+            await self._answer(msg.nak(delay=self._delay(msg)))
+            return
+        self.stats.done += 1
+        self.stats.rows += stored
+        await self._answer(msg.ack())
+
+    async def _retry(self, msg, job: Job, grant, reason: str) -> None:
+        s = self.settings
+        await self._store_call(self.store.release_lease(grant.meter_id, grant.lease_token))
+        attempts = await self._store_call(self.store.count_attempt(job.campaign, job.meter_id, reason))
+        if attempts >= s.max_attempts or msg.metadata.num_delivered >= s.max_deliver:
+            await self._fail(msg, job, None, f"gave up after {attempts} attempts: {reason}", counted=True)
+            return
+        self.stats.retried += 1
+        await self._answer(msg.nak(delay=self._delay(msg)))
+
+    async def _fail(self, msg, job: Job, grant, reason: str, counted: bool = False) -> None:
+        if grant is not None:
+            await self._store_call(self.store.release_lease(grant.meter_id, grant.lease_token))
+        if await self._store_call(self.store.fail_job(job.campaign, job.meter_id, reason, self.name, counted)):
+            self.stats.failed += 1
+        await self._answer(msg.term())
+
+    async def _slot(self, cell: str) -> int | None:
+        """A session slot of `cell`, waiting (with jitter) up to slot_wait seconds."""
+        deadline = time.monotonic() + self.settings.slot_wait
+        pause = 0.02
+        while True:
+            slot = await self._store_call(self.store.claim_cell_slot(cell, self.name, self.lease_s))
+            if slot is not None or time.monotonic() >= deadline:
+                return slot
+            await asyncio.sleep(pause * (0.5 + self._rng.random()))
+            pause = min(0.5, pause * 1.5)
+
+    async def _store_call(self, awaitable):
+        try:
+            return await awaitable
+        except UNAVAILABLE as exc:
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from None
+
+    async def _store_down(self, exc: StoreError) -> None:
+        """Stop taking jobs until the store answers again (one line when it goes, one when it is back)."""
+        if not self._store_ok.is_set():
+            return
+        self._store_ok.clear()
+        self.say(f"the store is unavailable ({exc}); backing off until it is back")
+        attempt = 0
+        while not self._stopping.is_set():
+            attempt += 1
+            await asyncio.sleep(backoff_delay(attempt, 0.5, 10.0, self._rng))
+            try:
+                await self.store.pool.fetchval("SELECT 1")
+                break
+            except UNAVAILABLE + (asyncpg.PostgresError,):
+                continue
+        self.say("the store is back; taking jobs again")
+        self._store_ok.set()
