@@ -463,15 +463,23 @@ class FleetStore:
         return stored
 
     async def _series(self, conn, meter_id: int, result: SessionResult) -> dict[tuple[str, str, int], int]:
-        wanted = {(r.source, r.obis, r.attribute) for r in result.readings}
-        rows = await conn.fetch(
-            """INSERT INTO series (meter_id, source, obis, attribute, scaler, unit)
-               SELECT $1, s, o, a, sc, u FROM unnest($2::text[], $3::text[], $4::smallint[], $5::smallint[],
-                                                   $6::smallint[]) AS x(s, o, a, sc, u)
-               ON CONFLICT (meter_id, source, obis, attribute) DO UPDATE SET scaler = excluded.scaler,
-                   unit = excluded.unit
-               RETURNING id, source, obis, attribute""",
-            meter_id, *map(list, zip(*[(s, o, a, *result.scalers.get((s, o, a), (0, 255))) for s, o, a in wanted])))
+        """The series ids of the readings' (source, OBIS, attribute), created as needed; a
+        scaler_unit read in this session replaces the one stored, none read leaves it."""
+        wanted = sorted({(r.source, r.obis, r.attribute) for r in result.readings})
+        await conn.execute(
+            """INSERT INTO series (meter_id, source, obis, attribute)
+               SELECT $1, s, o, a FROM unnest($2::text[], $3::text[], $4::smallint[]) AS x(s, o, a)
+               ON CONFLICT DO NOTHING""", meter_id, *map(list, zip(*wanted)))
+        known = [(s, o, a, *result.scalers[(s, o, a)]) for s, o, a in wanted if (s, o, a) in result.scalers]
+        if known:
+            await conn.execute(
+                """UPDATE series SET scaler = x.sc, unit = x.u
+                   FROM unnest($2::text[], $3::text[], $4::smallint[], $5::smallint[], $6::smallint[])
+                        AS x(s, o, a, sc, u)
+                   WHERE series.meter_id = $1 AND series.source = x.s AND series.obis = x.o
+                         AND series.attribute = x.a AND (series.scaler, series.unit) <> (x.sc, x.u)""",
+                meter_id, *map(list, zip(*known)))
+        rows = await conn.fetch("SELECT id, source, obis, attribute FROM series WHERE meter_id = $1", meter_id)
         return {(r["source"], r["obis"], r["attribute"]): r["id"] for r in rows}
 
     async def _ensure_partitions(self, months: set[dt.date]) -> None:
