@@ -460,3 +460,148 @@ def sim_mbus(kinds: tuple[str, ...], wired: bool, wireless: bool, listen: str, t
     except KeyboardInterrupt:
         pass
     say("simulated submeters stopped")
+
+
+# --------------------------------------------------------------------------------------
+# a fleet of simulated meters for load-testing a head-end (docs/fleet.md)
+
+FLEET_CLIENT_TITLE = bytes.fromhex("4845530000000001")  # "HES" + 1: the example credentials' client title
+
+
+def _fraction(option: str):
+    return click.option(option, type=click.FloatRange(0, 1), default=0.0, show_default=True, metavar="FRACTION")
+
+
+def _fleet_start(text: str | None, now: float) -> float:
+    import datetime as dt
+
+    from smartmeter.meter import fleet
+
+    if text is None:
+        return fleet.default_start(now)
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageProblem(f"--start {text!r} is not an ISO date-time", "e.g. --start 2026-03-01T00:00Z") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)  # the fleet's meters keep UTC
+    return when.timestamp()
+
+
+@sim_group.command("fleet")
+@click.option("--meters", type=click.IntRange(1, 100_000), required=True, metavar="N", help="How many meters.")
+@click.option("--cells", type=click.IntRange(1, 100_000), default=1, show_default=True, metavar="K",
+              help="Network cells: meter i is in cell-(i mod K).")
+@click.option("--base-port", type=click.IntRange(1, 65535), default=21000, show_default=True, metavar="P",
+              help="Meter i listens on 127.0.0.1:P+i.")
+@click.option("--start", "start_text", default=None, metavar="ISO",
+              help="Meter time at the fleet's start (UTC unless an offset is given) [default: now, rounded down "
+                   "to 15 minutes].")
+@click.option("--speed", type=click.FloatRange(0, 1_000_000, min_open=True), default=1.0, show_default=True,
+              help="Meter seconds per real second.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Keys, identities and faulty meters follow from it.")
+@_fraction("--slow")
+@click.option("--slow-delay", type=click.FloatRange(0, 600), default=2.0, show_default=True, metavar="S",
+              help="How long a slow meter holds back each answer.")
+@_fraction("--refusing")
+@_fraction("--silent")
+@click.option("--latency", type=click.FloatRange(0, 600), default=0.0, show_default=True, metavar="S",
+              help="Every answer of every meter is held back this long.")
+@click.option("--loss", type=click.FloatRange(0, 1), default=0.0, show_default=True, metavar="P",
+              help="Probability per request that the meter drops the connection instead of answering.")
+@_fraction("--no-range")
+@_fraction("--no-selective")
+@click.option("--processes", type=click.IntRange(1, 2), default=1, show_default=True,
+              help="2: the odd meters are served by a second OS process.")
+@click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path), default=Path("fleet-manifest.json"),
+              show_default=True, help="Where the manifest goes (mode 0600: it holds keys).")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Report file, rewritten every second and at the stop [default: none].")
+@click.option("--report-counters", is_flag=True, help="Every meter's list of received invocation counters in the report.")
+@click.option("--credentials", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Credentials file for `smartmeter client` to read the first healthy meter [default: "
+                   "<manifest>-client.json].")
+@click.option("--meter-connections", type=click.IntRange(1, 64), default=4, show_default=True,
+              help="Connections one meter holds at once.")
+@click.option("--max-connections", type=click.IntRange(1, 60_000), default=2048, show_default=True,
+              help="Connections one fleet process holds at once.")
+@click.option("--idle-timeout", type=click.FloatRange(0), default=60.0, show_default=True, metavar="S",
+              help="A connection without a request for this long is closed (0: never).")
+@click.option("--duration", type=click.FloatRange(0, min_open=True), default=None, metavar="S",
+              help="Stop after S seconds of real time (default: run until Ctrl-C or SIGTERM).")
+def sim_fleet(meters: int, cells: int, base_port: int, start_text: str | None, speed: float, seed: int, slow: float,
+              slow_delay: float, refusing: float, silent: float, latency: float, loss: float, no_range: float,
+              no_selective: float, processes: int, manifest: Path, report_path: Path | None, report_counters: bool,
+              credentials: Path | None, meter_connections: int, max_connections: int, idle_timeout: float,
+              duration: float | None) -> None:
+    """A fleet of simulated DLMS/COSEM meters for load-testing a head-end: each a real server on
+    its own TCP port (wrapper), the management client (SAP 1) with HLS 5 GMAC, suite 0, the public
+    client (SAP 16) without security. Values are a documented function of time (docs/fleet.md);
+    faults are injected into chosen fractions of the fleet. Writes a manifest (addresses, keys,
+    faults) and, with --report, what the head-end did. Ctrl-C or SIGTERM stops it."""
+    import shlex
+    import time
+
+    from smartmeter.hes.credentials import write_credentials
+    from smartmeter.meter import fleet
+    from smartmeter.meter.fleet_report import write_atomically
+    from smartmeter.meter.fleet_serve import FleetLimits, FleetProblem, run
+
+    now = time.time()
+    fractions = {"slow": slow, "refusing": refusing, "silent": silent, "no-range": no_range,
+                 "no-selective": no_selective}
+    try:
+        scenario = fleet.FleetScenario(meters=meters, start=_fleet_start(start_text, now), speed=speed, real_start=now,
+                                       seed=seed, cells=cells, base_port=base_port,
+                                       fractions={k: v for k, v in fractions.items() if v},
+                                       slow_delay=slow_delay, latency=latency, loss=loss)
+    except ValueError as exc:
+        raise UsageProblem(str(exc), "--silent, --refusing and --slow together at most 1; "
+                                     "--no-selective and --no-range likewise") from None
+    limits = FleetLimits(meter_connections=meter_connections, process_connections=max_connections,
+                         idle_timeout=idle_timeout)
+    document = scenario.manifest()
+    healthy = next((m for m in document["meters"] if not m["faults"]), None)
+    credentials = credentials or manifest.with_name(f"{manifest.stem}-client.json")
+
+    for path in (manifest, report_path, credentials):
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+    manifest.unlink(missing_ok=True)  # an old one must not pass for this fleet's
+
+    def ready() -> None:
+        # the manifest appears once every meter listens: a test may wait for it
+        write_atomically(manifest, document, mode=0o600)
+        example = ""
+        if healthy is not None:
+            write_credentials(credentials, client_sap=fleet.MANAGEMENT_SAP, authentication=fleet.MECHANISM,
+                              security_suite=fleet.SUITE, security_policy=fleet.POLICY,
+                              client_system_title=FLEET_CLIENT_TITLE,
+                              server_system_title=bytes.fromhex(healthy["system_title"]),
+                              ek=bytes.fromhex(healthy["ek"]), ak=bytes.fromhex(healthy["ak"]), name="management",
+                              interface="lan", reset_counter=True)
+            example = (f"smartmeter client --port {healthy['port']} --credentials {shlex.quote(str(credentials))} "
+                       f"get 1-0:1.8.0.255")
+        last = base_port + meters - 1
+        counted = {name: len(scenario.meters_with(name)) for name in (*fleet.FAULTS, *fleet.CAPABILITIES)}
+        click.echo(f"fleet of {meters} meter(s) on 127.0.0.1:{base_port}" + (f"..{last}" if meters > 1 else "")
+                   + f" in {cells} cell(s), {processes} process(es); meter time from {fleet.iso(scenario.start)}"
+                   + (f" at {speed:g}x real time" if speed != 1 else ""))
+        faults = ", ".join(f"{name} {count}" for name, count in counted.items() if count)
+        extras = [f"latency {latency:g} s" if latency else "", f"loss {loss:g}" if loss else ""]
+        click.echo("faults: " + (", ".join(x for x in [faults, *extras] if x) or "none"))
+        click.echo(f"manifest (keys, mode 0600): {manifest}")
+        click.echo(f"report: {report_path}" + (" (every second and at the stop)" if report_path else
+                                                " (none: give --report FILE)"))
+        if example:
+            click.echo(f"read meter {healthy['index']}: {example}")
+        click.echo("Ctrl-C or SIGTERM stops the fleet.", nl=True)
+
+    try:
+        final = run(scenario, limits, processes=processes, report_path=report_path, with_counters=report_counters,
+                    on_ready=ready, duration=duration)
+    except FleetProblem as exc:
+        raise UsageProblem(str(exc)) from None
+    totals = final["totals"]
+    click.echo(f"fleet stopped: {totals['sessions']} session(s), {totals['counters_seen']} counter(s) seen, "
+               f"{totals['refused']} refused as replays")

@@ -1,0 +1,243 @@
+"""One meter of a simulated fleet: the real sans-io DLMS server (`DlmsServer`) with the small
+object model of profile "fleet", the real interface classes and the real security
+(`SecurityManager` over an in-memory store), its values from the fleet's formula
+(`smartmeter.meter.fleet`), and hooks that tell the fleet's observation what the head-end did.
+
+A meter's server is built on its first connection, so an idle fleet of thousands costs little.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from smartmeter.cosem.classes.base import Binding, CosemAccessError, RequestContext
+from smartmeter.cosem.classes.ic7_profile_generic import ENTRY_DESCRIPTOR, ProfileGeneric
+from smartmeter.cosem.data import Data
+from smartmeter.cosem.objectmodel import ObjectDirectory, ObjectModel
+from smartmeter.cosem.obis import Obis
+from smartmeter.cosem.results import DataAccessResult
+from smartmeter.dlms.security.context import ClientPolicy, SecurityManager
+from smartmeter.dlms.security.errors import ReplayError
+from smartmeter.dlms.security.frame_counter import FrameCounterWindow, frame_counter_response
+from smartmeter.dlms.server import DlmsServer, ServerAssociation
+from smartmeter.meter import fleet
+from smartmeter.meter.clock import MeterClock
+from smartmeter.meter.fleet_report import MeterRecord
+from smartmeter.ratelog import RateLimitedLog
+
+PROFILE = "fleet"
+MANAGEMENT = "management"
+LOAD_PROFILE_1 = Obis.parse("1-0:99.1.0.255").to_bytes()
+
+_model: ObjectModel | None = None
+
+
+def fleet_model() -> ObjectModel:
+    """The object model of profile "fleet", loaded once for all meters."""
+    global _model
+    if _model is None:
+        _model = ObjectModel.load(PROFILE)
+    return _model
+
+
+def fleet_clock(scenario: fleet.FleetScenario, real_time=time.time) -> MeterClock:
+    """The clock every meter of the fleet shares: UTC, meter time from the scenario."""
+    clock = MeterClock("UTC", source=lambda: scenario.meter_time(real_time()))
+    clock.simulated = scenario.speed != 1.0
+    return clock
+
+
+class MemoryStore:
+    """The security store protocol (`smartmeter.dlms.security.context.SecurityStore`) in memory:
+    a fleet meter starts afresh with every run of the fleet."""
+
+    __slots__ = ("_values", "_counters")
+
+    def __init__(self) -> None:
+        self._values: dict[str, Any] = {}
+        self._counters: dict[str, int] = {}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._values.get(key, default)
+
+    def put(self, key: str, value: Any) -> None:
+        self._values[key] = value
+
+    def counter(self, key: str) -> int:
+        return self._counters.get(key, 0)
+
+    def set_counter(self, key: str, value: int) -> None:
+        self._counters[key] = value
+
+
+class ObservedWindow(FrameCounterWindow):
+    """The management client's receive window, telling the observation of every counter it
+    is asked about (every protected APDU under the global key) and of every replay it refuses."""
+
+    def __init__(self, record: MeterRecord) -> None:
+        super().__init__(None)
+        self.record = record
+
+    def check(self, counter: int):
+        self.record.counter_received(counter)
+        try:
+            return super().check(counter)
+        except ReplayError:
+            self.record.counter_refused(counter)
+            raise
+
+
+class FleetAssociation(ServerAssociation):
+    """A server association that also tells the observation the counter inside HLS 5 f(StoC)
+    (SC || IC || GMAC tag): it is taken below the window and never checked against it."""
+
+    record: MeterRecord
+
+    def reply_to_hls(self, f_stoc: bytes) -> bytes:
+        if self.mechanism == fleet.MECHANISM and self.client_sap == fleet.MANAGEMENT_SAP and len(f_stoc) >= 5:
+            self.record.counter_received(int.from_bytes(f_stoc[1:5], "big"))
+        return super().reply_to_hls(f_stoc)
+
+
+class FleetServer(DlmsServer):
+    record: MeterRecord
+
+    def association(self, client_sap: int, interface: str, server_sap: int | None = None) -> ServerAssociation:
+        association = FleetAssociation(self, client_sap, interface, self.server_sap if server_sap is None else server_sap)
+        association.record = self.record
+        return association
+
+
+class ProfileSource:
+    """Meter i's load profile 1 as the fleet's formula gives it: rows are computed for the
+    selection only, never the whole history."""
+
+    def __init__(self, scenario: fleet.FleetScenario, i: int, clock: MeterClock) -> None:
+        self.scenario, self.i, self.clock = scenario, i, clock
+        self.import_w, self.export_w = fleet.import_power(i), fleet.export_power(i)
+
+    def row(self, boundary: int) -> tuple:
+        start = self.scenario.start
+        return (self.clock.cosem(boundary), fleet.row_status(self.i, boundary),
+                fleet.energy_wh(self.import_w, start, boundary), fleet.energy_wh(self.export_w, start, boundary))
+
+    def _kept(self) -> range:
+        return fleet.kept_boundaries(self.scenario.start, self.clock.now())
+
+    def rows(self, from_time: int | None, to_time: int | None):
+        kept = self._kept()
+        if from_time is None and to_time is None:
+            return LazyRows(self, kept)
+        if not kept:
+            return []
+        low = kept.start if from_time is None else max(kept.start, -(-from_time // fleet.CAPTURE_PERIOD)
+                                                       * fleet.CAPTURE_PERIOD)
+        high = kept[-1] if to_time is None else min(kept[-1], to_time // fleet.CAPTURE_PERIOD * fleet.CAPTURE_PERIOD)
+        return [self.row(b) for b in range(low, high + 1, fleet.CAPTURE_PERIOD)]
+
+    def entries_in_use(self) -> int:
+        return len(self._kept())
+
+    def utc_from_cosem(self, value) -> int:
+        return self.clock.utc_from_cosem(value)
+
+    def status(self) -> Data:
+        """The profile status object: the status of the newest row (0 before the first)."""
+        kept = self._kept()
+        return Data.unsigned(fleet.row_status(self.i, kept[-1]) if kept else 0)
+
+
+class LazyRows:
+    """The kept rows as a sequence whose rows are made when taken: an entry selection
+    (a slice) costs only the rows it selects."""
+
+    def __init__(self, source: ProfileSource, boundaries: range) -> None:
+        self.source, self.boundaries = source, boundaries
+
+    def __len__(self) -> int:
+        return len(self.boundaries)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self.source.row(b) for b in self.boundaries[index]]
+        return self.source.row(self.boundaries[index])
+
+    def __iter__(self):
+        return (self.source.row(b) for b in self.boundaries)
+
+
+class ProfileWithoutRange(ProfileGeneric):
+    """Capability "no-range": selector 1 refused (scope-of-access-violated), selector 2 served."""
+
+    selective_access = {2: (ENTRY_DESCRIPTOR,)}
+
+
+class ProfileWithoutSelection(ProfileGeneric):
+    """Capability "no-selective": only the whole buffer; both selectors refused."""
+
+    selective_access = {}
+
+
+class FrameCounterReadout:
+    """The binding of the frame counter object (IC 12544, companion standard Appendix 1)."""
+
+    def __init__(self, manager: SecurityManager, server_system_title: bytes) -> None:
+        self.manager, self.server_system_title = manager, server_system_title
+
+    def frame_counter_readout(self, client: str, challenge: bytes, ctx: RequestContext) -> tuple[bytes, int]:
+        context = self.manager.context(client)
+        caller_title = getattr(ctx.association, "calling_system_title", None)
+        if context is None or caller_title is None:
+            raise CosemAccessError(DataAccessResult.OTHER_REASON, "associate with a calling-AP-title first")
+        if len(challenge) != 64:
+            raise CosemAccessError(DataAccessResult.TYPE_UNMATCHED, "the challenge is 64 bytes")
+        counter = context.last_received
+        return frame_counter_response(context.ak, self.server_system_title, caller_title, challenge, counter), counter
+
+
+def build_server(scenario: fleet.FleetScenario, i: int, clock: MeterClock, record: MeterRecord,
+                 say: RateLimitedLog) -> FleetServer:
+    """Meter i's DLMS server, as the scenario says it is."""
+    ident = fleet.identity_of(scenario.seed, i)
+    faults, capabilities = scenario.faults_of(i), scenario.capabilities_of(i)
+    ek, ak = fleet.held_keys(scenario.seed, i, "refusing" in faults)
+    store = MemoryStore()
+    store.put(f"security.{MANAGEMENT}", {"suite": fleet.SUITE, "policy": fleet.POLICY, "client_system_title": None,
+                                         "ek": ek.hex(), "ak": ak.hex(), "hls_secret": None})
+    store.put("security.master", fleet.master_key(scenario.seed, i).hex())
+    manager = SecurityManager(store, ident.system_title,
+                              [ClientPolicy(MANAGEMENT, fleet.MANAGEMENT_SAP, fleet.SUITE, fleet.POLICY, fleet.MECHANISM)])
+    manager.context(MANAGEMENT).rx = ObservedWindow(record)
+    source = ProfileSource(scenario, i, clock)
+    import_w, export_w, start = source.import_w, source.export_w, scenario.start
+    logical_device_name = Data.octet_string(ident.logical_device_name)
+    serial = Data.octet_string(ident.serial.encode("ascii"))
+    bindings = {
+        "identity.logical_device_name": Binding(lambda: logical_device_name),
+        "identity.device_id_1": Binding(lambda: serial),
+        "energy.a_plus": Binding(lambda: Data.double_long_unsigned(fleet.energy_wh(import_w, start, clock.now()))),
+        "energy.a_minus": Binding(lambda: Data.double_long_unsigned(fleet.energy_wh(export_w, start, clock.now()))),
+        "clock": clock,
+        "load_profile_1": source,
+        "load_profile_1.status": Binding(source.status),
+        "security": FrameCounterReadout(manager, ident.system_title),
+        "security_setups": {},
+    }
+    directory = ObjectDirectory(fleet_model(), bindings)
+    replacement = (ProfileWithoutSelection if "no-selective" in capabilities
+                   else ProfileWithoutRange if "no-range" in capabilities else None)
+    if replacement is not None:
+        definition, _ = directory.by_ln[LOAD_PROFILE_1]
+        directory.by_ln[LOAD_PROFILE_1] = (definition, replacement(definition.obis, definition.name, definition.config,
+                                                                   directory.bindings))
+
+    def on_event(name: str, fields: dict) -> None:
+        if name == "association_opened":
+            record.opened()
+        elif name == "association_closed":
+            record.closed()
+
+    server = FleetServer(directory, system_title=ident.system_title, clock_bytes=clock.cosem_now, on_event=on_event,
+                         security=manager, say=say)
+    server.record = record
+    return server
