@@ -274,3 +274,56 @@ def test_export_refuses_a_range_that_ends_before_it_starts(fleet_dsn, tmp_path):
                                        str(tmp_path / "x.csv"), "--from", "2026-03-11", "--to", "2026-03-10"])
     assert result.exit_code != 0
     assert "--to" in result.output and not (tmp_path / "x.csv").exists()
+
+
+def test_a_meter_with_only_the_predecessor_row_gets_no_meter_reading(fleet_dsn, tmp_path):
+    # M-0001's last row is D+1 00:00; from D+1 00:15 on it is only the first interval's start
+    start = sc.NEXT_DAY + sc.PERIOD
+    out = tmp_path / "after.xml"
+    line = _run(["export", "--db", fleet_dsn, "--from", start.isoformat(), "--to",
+                 (start + dt.timedelta(days=1)).isoformat(), "--format", "cim", "--out", str(out)])
+    assert "0 rows of 0 meters" in line
+    root = ElementTree.parse(out).getroot()
+    assert root.findall(NS + "MeterReading") == []
+    assert list(read_meter_readings(out)) == []
+
+
+@pytest.mark.parametrize("text, says", [
+    ("<MeterReadings xmlns='http://iec.ch/TC57/2011/MeterReadings#'><MeterReading>", "not well-formed"),
+    ("<Other/>", "not MeterReadings"),
+    ("<MeterReadings xmlns='http://iec.ch/TC57/2011/MeterReadings#'><MeterReading><IntervalBlocks>"
+     "<IntervalReadings><timeStamp>2026-03-10T00:00:00Z</timeStamp><value>1</value></IntervalReadings>"
+     "</IntervalBlocks></MeterReading></MeterReadings>", "without a ReadingType"),
+    ("<MeterReadings xmlns='http://iec.ch/TC57/2011/MeterReadings#'><MeterReading><Readings>"
+     "<timeStamp>2026-03-10T00:00:00Z</timeStamp><value>twelve</value><ReadingType ref='x'/></Readings>"
+     "</MeterReading></MeterReadings>", "not a number"),
+    ("<MeterReadings xmlns='http://iec.ch/TC57/2011/MeterReadings#'><MeterReading><Readings>"
+     "<timeStamp>2026-03-10T00:00:00</timeStamp><value>1</value><ReadingType ref='x'/></Readings>"
+     "</MeterReading></MeterReadings>", "no time zone"),
+    ("", "not well-formed"),
+])
+def test_parse_back_refuses_what_is_not_a_meter_readings_document(tmp_path, text, says):
+    from smartmeter.hes.cim import CimFormatError
+
+    path = tmp_path / "bad.xml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(CimFormatError, match=says):
+        list(read_meter_readings(path))
+
+
+@pytest.mark.parametrize("change, says", [
+    (('mrid = "0.0.0.1.1.1.12.0.0.0.0.0.0.0.0.0.72.0"', 'mrid = "0.0.0.1.1.1.12"'), "18 dotted numbers"),
+    (('quality = "1.4.9"', 'quality = "clock"'), "systemId.category.index"),
+    (('period_s = 900', 'period = 900'), "lacks or mistypes"),
+    (('[head_end]', '[head_end'), "not TOML"),
+])
+def test_a_broken_reading_type_table_is_refused_with_what_is_wrong(change, says):
+    from importlib import resources
+
+    from smartmeter.hes.cim import TableError, load_table
+
+    text = resources.files("smartmeter.hes").joinpath("cim_reading_types.toml").read_text(encoding="utf-8")
+    old, new = change
+    assert old in text
+    with pytest.raises(TableError, match=says):
+        load_table(text.replace(old, new, 1))

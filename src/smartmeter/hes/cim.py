@@ -157,6 +157,7 @@ class _Document:
         self.used_qualities: dict[str, QualityCode] = {}
         self.summary = ExportSummary(format="cim")
         self.meter: tuple[int, str, bytes] | None = None
+        self.meter_begun = False  # <MeterReading> written: only once the meter has something to show
         self.meter_written = False  # the Meter element (after the interval blocks, before Readings)
         self.series: _ProfileSeries | None = None
         self.series_id: int | None = None  # the profile series the rows are of (None: a register)
@@ -166,9 +167,7 @@ class _Document:
         if self.meter is None or self.meter[0] != r.meter_id:
             self._end_meter()
             self.meter = (r.meter_id, r.serial, r.system_title)
-            self.meter_written = False
-            self.out.write("<MeterReading>\n")
-            self.summary.meters += 1
+            self.meter_begun = self.meter_written = False
         if r.source:
             if self.series_id != r.series_id:
                 self._end_series()
@@ -216,9 +215,18 @@ class _Document:
         self.series = None
         self.series_id = None
 
+    def begin_meter(self) -> None:
+        """<MeterReading>, before the meter's first block or reading (a meter whose rows are all
+        predecessors of the range gets none)."""
+        if not self.meter_begun:
+            self.out.write("<MeterReading>\n")
+            self.summary.meters += 1
+            self.meter_begun = True
+
     def _write_meter(self) -> None:
         if self.meter_written or self.meter is None:
             return
+        self.begin_meter()
         _, serial, system_title = self.meter
         self.out.write(
             "<Meter>"
@@ -233,6 +241,8 @@ class _Document:
         if self.meter is None:
             return
         self._end_series()
+        if not self.meter_begun:
+            return
         self._write_meter()
         self.out.write(f"<valuesInterval><end>{iso_utc(self.selection.end)}</end>"
                        f"<start>{iso_utc(self.selection.start)}</start></valuesInterval>\n</MeterReading>\n")
@@ -290,6 +300,7 @@ class _ProfileSeries:
 
     def _interval_open(self) -> None:
         if not self.any_interval:
+            self.doc.begin_meter()
             self.doc.out.write("<IntervalBlocks>\n")
             self.any_interval = True
 
@@ -336,6 +347,7 @@ class _ProfileSeries:
         if self.any_interval:
             self.doc.out.write(f'<ReadingType ref="{self.interval.mrid}"/>\n</IntervalBlocks>\n')
         if self.any_cumulative:
+            self.doc.begin_meter()
             self.doc.out.write("<IntervalBlocks>\n")
             self.spool.seek(0)
             while chunk := self.spool.read(1 << 16):
@@ -421,13 +433,17 @@ def read_meter_readings(path: Path) -> Iterator[CimReading]:
     try:
         events = ElementTree.iterparse(str(path), events=("start", "end"))
         root = None
+        depth = 0
         for event, element in events:
-            if root is None:
-                root = element
-                if element.tag != _NS + "MeterReadings":
-                    raise CimFormatError(f"{path}: the root is {element.tag}, not MeterReadings in {NAMESPACE}")
+            if event == "start":
+                depth += 1
+                if root is None:
+                    root = element
+                    if element.tag != _NS + "MeterReadings":
+                        raise CimFormatError(f"{path}: the root is {element.tag}, not MeterReadings in {NAMESPACE}")
                 continue
-            if event != "end" or element.tag != _NS + "MeterReading":
+            depth -= 1
+            if depth != 1 or element.tag != _NS + "MeterReading":
                 continue
             serial = system_title = ""
             for name in element.findall(f"{_NS}Meter/{_NS}Names"):
