@@ -513,3 +513,21 @@ def test_the_command_writes_manifest_and_report_and_sigterm_the_final_report(tmp
     assert report["totals"]["sessions"] == 3
     assert set(report["cells"]) == {f"cell-{k}" for k in range(7)}
     assert all(c["current"] == 0 for c in report["cells"].values())
+
+
+def test_the_observation_of_a_meter_is_bounded():
+    from smartmeter.meter.fleet_report import CellRecord, MeterRecord
+
+    record = MeterRecord(0, "1SIM010000000000", CellRecord("cell-0"))
+    for counter in range(10_000):
+        record.counter_received(counter)
+    for counter in (5, 5, 9_999, 20_000):  # two counters kept, one beyond what is kept, one fresh
+        record.counter_received(counter)
+    entry = record.as_dict(with_counters=True)
+    assert len(entry["counters"]) == 2048 and entry["counters"][:3] == [0, 1, 2] and entry["counters_truncated"]
+    assert (entry["counters_seen"], entry["first_counter"], entry["last_counter"]) == (10_004, 0, 20_000)
+    assert entry["reused"] == [5, 5] and entry["reused_count"] == 2  # 9999 was received, but is no longer kept
+    for counter in range(1000):
+        record.counter_refused(counter)
+    entry = record.as_dict(with_counters=False)
+    assert len(entry["refused"]) == 256 and entry["refused_count"] == 1000 and "counters" not in entry

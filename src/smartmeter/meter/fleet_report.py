@@ -36,9 +36,10 @@ class MeterRecord:
 
     __slots__ = ("index", "serial", "cell", "sessions", "counters", "counters_seen", "first_counter", "last_counter",
                  "reused", "reused_count", "refused", "refused_count", "current", "max_concurrent", "connections",
-                 "dropped", "highest")
+                 "dropped", "highest", "changes")
 
-    def __init__(self, index: int, serial: str, cell: CellRecord) -> None:
+    def __init__(self, index: int, serial: str, cell: CellRecord, changes: list[int] | None = None) -> None:
+        self.changes = changes if changes is not None else [0]  # shared by a process's records: bumped on change
         self.index = index
         self.serial = serial
         self.cell = cell
@@ -57,7 +58,11 @@ class MeterRecord:
         self.connections = 0  # TCP connections accepted
         self.dropped = 0  # connections dropped by --loss
 
+    def changed(self) -> None:
+        self.changes[0] += 1
+
     def counter_received(self, counter: int) -> None:
+        self.changes[0] += 1
         # most counters arrive above every earlier one: only the others need the search
         if self.highest is not None and counter <= self.highest and counter in self.counters:
             self.reused_count += 1
@@ -73,11 +78,13 @@ class MeterRecord:
             self.counters.append(counter)
 
     def counter_refused(self, counter: int) -> None:
+        self.changes[0] += 1
         self.refused_count += 1
         if len(self.refused) < REFUSAL_LIST_CAP:
             self.refused.append(counter)
 
     def opened(self) -> None:
+        self.changes[0] += 1
         self.sessions += 1
         self.current += 1
         self.max_concurrent = max(self.max_concurrent, self.current)
@@ -86,6 +93,7 @@ class MeterRecord:
         cell.max_concurrent = max(cell.max_concurrent, cell.current)
 
     def closed(self) -> None:
+        self.changes[0] += 1
         if self.current > 0:
             self.current -= 1
             self.cell.current -= 1
@@ -144,14 +152,19 @@ def merge(parts: list[dict], final: bool) -> dict:
             "cells": dict(sorted(cells.items())), "totals": totals(meters)}
 
 
-def write_atomically(path: Path, document: dict, mode: int = 0o644) -> None:
-    """`document` as JSON at `path`: a temporary file in the same directory, then a rename."""
+def encode(document: dict) -> bytes:
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+def write_atomically(path: Path, document: dict | bytes, mode: int = 0o644) -> None:
+    """`document` (or its JSON bytes) at `path`: a temporary file in the same directory, then a rename."""
     path = Path(path)
+    data = document if isinstance(document, bytes) else encode(document)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, mode)
-        with os.fdopen(fd, "w") as f:
-            json.dump(document, f, separators=(",", ":"))
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.replace(tmp, path)
     except BaseException:
         try:
