@@ -148,22 +148,28 @@ class ProfileSource:
 
 
 class LazyRows:
-    """The kept rows as a sequence whose rows are made when taken: an entry selection
-    (a slice) costs only the rows it selects."""
+    """The kept rows as a sequence whose rows are made when taken: an entry selection (a slice)
+    costs only the rows it selects; the whole buffer (iterated, several times by the encoder)
+    is made once."""
 
     def __init__(self, source: ProfileSource, boundaries: range) -> None:
         self.source, self.boundaries = source, boundaries
+        self._all: list[tuple] | None = None
 
     def __len__(self) -> int:
         return len(self.boundaries)
 
     def __getitem__(self, index):
+        if self._all is not None:
+            return self._all[index]
         if isinstance(index, slice):
             return [self.source.row(b) for b in self.boundaries[index]]
         return self.source.row(self.boundaries[index])
 
     def __iter__(self):
-        return (self.source.row(b) for b in self.boundaries)
+        if self._all is None:
+            self._all = [self.source.row(b) for b in self.boundaries]
+        return iter(self._all)
 
 
 class ProfileWithoutRange(ProfileGeneric):
