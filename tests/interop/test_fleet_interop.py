@@ -10,7 +10,6 @@ import datetime as dt
 import json
 import logging
 import math
-import os
 import signal
 import socket
 import struct
