@@ -468,8 +468,9 @@ def sim_mbus(kinds: tuple[str, ...], wired: bool, wireless: bool, listen: str, t
 FLEET_CLIENT_TITLE = bytes.fromhex("4845530000000001")  # "HES" + 1: the example credentials' client title
 
 
-def _fraction(option: str):
-    return click.option(option, type=click.FloatRange(0, 1), default=0.0, show_default=True, metavar="FRACTION")
+def _fraction(option: str, help_text: str):
+    return click.option(option, type=click.FloatRange(0, 1), default=0.0, show_default=True, metavar="FRACTION",
+                        help=f"This fraction of the meters {help_text}")
 
 
 def _fleet_start(text: str | None, now: float) -> float:
@@ -500,17 +501,17 @@ def _fleet_start(text: str | None, now: float) -> float:
 @click.option("--speed", type=click.FloatRange(0, 1_000_000, min_open=True), default=1.0, show_default=True,
               help="Meter seconds per real second.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Keys, identities and faulty meters follow from it.")
-@_fraction("--slow")
+@_fraction("--slow", "holds back every answer by --slow-delay.")
 @click.option("--slow-delay", type=click.FloatRange(0, 600), default=2.0, show_default=True, metavar="S",
               help="How long a slow meter holds back each answer.")
-@_fraction("--refusing")
-@_fraction("--silent")
+@_fraction("--refusing", "holds other keys than the manifest lists: the association is refused.")
+@_fraction("--silent", "accepts TCP connections and never answers.")
 @click.option("--latency", type=click.FloatRange(0, 600), default=0.0, show_default=True, metavar="S",
               help="Every answer of every meter is held back this long.")
 @click.option("--loss", type=click.FloatRange(0, 1), default=0.0, show_default=True, metavar="P",
               help="Probability per request that the meter drops the connection instead of answering.")
-@_fraction("--no-range")
-@_fraction("--no-selective")
+@_fraction("--no-range", "refuses range access (selector 1) to the load profile; entries work.")
+@_fraction("--no-selective", "refuses both selectors of the load profile: only the whole buffer.")
 @click.option("--processes", type=click.IntRange(1, 2), default=1, show_default=True,
               help="2: the odd meters are served by a second OS process.")
 @click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path), default=Path("fleet-manifest.json"),
