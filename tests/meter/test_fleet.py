@@ -534,3 +534,29 @@ def test_the_observation_of_a_meter_is_bounded():
         record.counter_refused(counter)
     entry = record.as_dict(with_counters=False)
     assert len(entry["refused"]) == 256 and entry["refused_count"] == 1000 and "counters" not in entry
+
+
+def test_the_frame_counter_object_tells_a_head_end_where_the_meter_stands():
+    """Appendix 1 readout over the public client, checked with the management client's AK: the
+    last counter the meter accepted, from which a head-end that lost its counter continues."""
+    from types import SimpleNamespace
+
+    from smartmeter.hes.resync import read_frame_counter
+
+    sc = scenario(2)
+
+    async def go():
+        async with serving(sc):
+            counters = CounterStore()
+            async with client(sc, 1, counters) as c:
+                await c.get(A_PLUS, class_id=3)
+            m = entry(sc, 1)
+            credentials = SimpleNamespace(client_sap=1, security=ClientSecurity(
+                mechanism=5, suite=0, policy=POLICY, ek=bytes.fromhex(m["ek"]), ak=bytes.fromhex(m["ak"]),
+                client_system_title=CLIENT_TITLE))
+            held = await read_frame_counter(WrapperLink(m["host"], m["port"], client_sap=16), credentials)
+            assert held == counters.last_used
+            async with client(sc, 1, CounterStore(last_used=held)) as c:  # continuing above it works
+                await c.get(A_PLUS, class_id=3)
+
+    run(go())
