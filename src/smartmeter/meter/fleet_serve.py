@@ -289,18 +289,30 @@ async def _periodically(period: float, action) -> None:
 
 
 async def serve(process: FleetProcess, report_path: Path | None, stop: asyncio.Event, *,
-                on_ready=lambda: None, merge_with: Path | None = None, duration: float | None = None) -> None:
+                on_ready=lambda: None, merge_with: Path | None = None, duration: float | None = None,
+                only_changes: bool = False) -> None:
     """Listen, serve until `stop` (or `duration` s), write the report every second and at the end.
     With `merge_with`, the report merges this process's part with the one the other process
-    writes there."""
+    writes there. With `only_changes` (the second process's part) a report is written only
+    when it changed, so the merging process need not merge the same again."""
+    written = [None]
+
+    merged: dict = {}  # (own changes, the part's mtime) -> the merged report's bytes, while running
 
     def write(final: bool = False) -> None:
         if report_path is None:
             return
         if merge_with is not None:
-            write_atomically(report_path, merge([process.report(final), _read_part(merge_with)], final))
-        else:
-            write_atomically(report_path, process.report(final) if final else process.encoded_report())
+            key = (process.changes[0], _mtime(merge_with))
+            if final or key not in merged:
+                merged.clear()
+                merged[key] = encode(merge([process.report(final), _read_part(merge_with)], final))
+            write_atomically(report_path, merged[key])
+        elif final:
+            write_atomically(report_path, process.report(final))
+        elif not only_changes or written[0] != process.changes[0]:
+            written[0] = process.changes[0]
+            write_atomically(report_path, process.encoded_report())
 
     await process.listen()
     tasks = [asyncio.ensure_future(_periodically(SWEEP_PERIOD, process.sweep)),
@@ -321,6 +333,13 @@ async def serve(process: FleetProcess, report_path: Path | None, stop: asyncio.E
         await process.close()
         # the other process's final part, if it is still writing it, is waited for by the caller
         write(final=merge_with is None)
+
+
+def _mtime(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
 
 
 def _read_part(path: Path) -> dict:
@@ -347,7 +366,7 @@ def _child(scenario: fleet.FleetScenario, limits: FleetLimits, report_path: Path
         stop = asyncio.Event()
         _stop_on_signals(asyncio.get_running_loop(), stop)
         await serve(process, part_path(report_path, 1) if report_path else None, stop,
-                    on_ready=lambda: conn.send(("ready", "")))
+                    on_ready=lambda: conn.send(("ready", "")), only_changes=True)
 
     try:
         asyncio.run(main())
