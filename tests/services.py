@@ -231,12 +231,29 @@ def _port_is_free(port: int) -> bool:
 _handed_out_ports: set[int] = set()
 
 
+# Ports below the ephemeral range are shared out: the private servers draw from SERVICE_PORTS,
+# a simulated fleet of pytest-xdist worker k takes FLEET_PORTS_PER_WORKER from FLEET_PORTS_BASE
+# + k × that (`fleet_base_port`), and fixed ports of other tests (4059-4061, 8080, 10001) lie below.
+SERVICE_PORTS = (30200, 32700)
+FLEET_PORTS_BASE = 10100
+FLEET_PORTS_PER_WORKER = 10000
+
+
+def fleet_base_port(meters: int) -> int:
+    """The first port of a fleet of `meters` meters for this pytest-xdist worker."""
+    if meters > FLEET_PORTS_PER_WORKER:
+        raise ServiceError(f"a test fleet has at most {FLEET_PORTS_PER_WORKER} meters")
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    return FLEET_PORTS_BASE + (index % 2) * FLEET_PORTS_PER_WORKER
+
+
 def free_port() -> int:
     """A free 127.0.0.1 TCP port below the kernel's ephemeral range, so that no outgoing
     connection takes it while its server is down for a restart; never the same port twice in
     this process (pytest-xdist workers draw at random, so they rarely meet, and a bind check
     catches the rest)."""
-    low, high = 15000, 32000
+    low, high = SERVICE_PORTS
     try:
         eph_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
         high = min(high, eph_low)

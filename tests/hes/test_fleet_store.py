@@ -96,7 +96,7 @@ def test_counter_blocks_never_overlap_and_only_move_up(pg_dsn):
                 except MeterBusy:
                     await asyncio.sleep(0.001)
             extra = await store.reserve_counters(meter_id, grant.key_generation, 5)
-            await store.release_lease(meter_id, grant.lease_token)
+            await store.release(meter_id, grant.lease_token, None, None, f"w{k}")
             return [grant.counter_block, extra]
 
         blocks = [b for pair in await asyncio.gather(*(one(k) for k in range(20))) for b in pair]
@@ -132,6 +132,7 @@ def test_one_lease_per_meter_and_a_lost_lease_stores_nothing(pg_dsn):
         (meter_id, _, _), = await store.meter_ids()
         campaign = await store.create_campaign("c", "read", {}, [meter_id])
         first = await store.begin_session(meter_id, "a", 0.2, 8)
+        assert (await store.claim(meter_id, "b", 30, 8, campaign=campaign)).status == "busy"
         with pytest.raises(MeterBusy):
             await store.begin_session(meter_id, "b", 30, 8)
         await asyncio.sleep(0.3)  # a's lease runs out: b may take the meter
@@ -183,36 +184,56 @@ def test_readings_are_stored_once_and_marks_and_counters_only_move_up(pg_dsn):
 
 def test_cell_slots_bound_sessions_and_expire_with_a_dead_holder(pg_dsn):
     async def scenario():
-        store = await opened(pg_dsn, 2, cells=1)  # cell-0: at most 2 sessions
-        got = [await store.claim_cell_slot("cell-0", h, 0.3) for h in ("a", "b", "c")]
-        await store.release_cell_slot("cell-0", got[0], "a")
-        after_release = await store.claim_cell_slot("cell-0", "c", 0.3)
-        full = await store.claim_cell_slot("cell-0", "d", 0.3)
+        store = await opened(pg_dsn, 6, cells=1)  # cell-0: at most 2 sessions, 5 connections/s, burst 3
+        ids = [i for i, _, _ in await store.meter_ids()]
+        campaign = await store.create_campaign("c", "read", {}, ids)
+
+        async def claim(k: int, holder: str, lease: float = 0.3):
+            return await store.claim(ids[k], holder, lease, 8, campaign=campaign, throttle=True)
+
+        got = [await claim(k, h) for k, h in enumerate("abc")]
+        a = got[0].grant
+        await store.release(a.meter_id, a.lease_token, a.cell, a.slot, "a")
+        after_release = await claim(2, "c")
+        full = await claim(3, "d")
         await asyncio.sleep(0.4)  # b and c died holding their slots: their leases run out
-        after_expiry = [await store.claim_cell_slot("cell-0", h, 30) for h in ("e", "f", "g")]
+        after_expiry = [await claim(k, h, 30) for k, h in zip((3, 4, 5), "efg")]
         await store.set_cell_limits("cell-0", 1, 5.0)
         slots = await store.pool.fetchval("SELECT count(*) FROM cell_slot WHERE cell = 'cell-0'")
         await store.close()
         return got, after_release, full, after_expiry, slots
 
     got, after_release, full, after_expiry, slots = run(scenario())
-    assert sorted(got[:2]) == [1, 2] and got[2] is None
-    assert after_release == got[0] and full is None
-    assert sorted(s for s in after_expiry if s is not None) == [1, 2] and after_expiry.count(None) == 1
+    assert [c.status for c in got] == ["granted", "granted", "cell_full"]
+    assert sorted(c.slot for c in got[:2]) == [1, 2]
+    assert after_release.status == "granted" and after_release.slot == got[0].slot
+    assert full.status == "cell_full"
+    # the burst of 3 went to a, b and c; 0.4 s refilled 2 tokens (5/s) for e and f; g finds
+    # both slots taken again
+    assert [c.status for c in after_expiry] == ["granted", "granted", "cell_full"]
     assert slots == 1
 
 
 def test_connect_tokens_allow_a_burst_then_the_rate(pg_dsn):
     async def scenario():
-        store = await opened(pg_dsn, 1)  # 5 connections/s, burst 3
-        waits = [await store.take_connect_token("cell-0") for _ in range(4)]
+        store = await opened(pg_dsn, 5)  # one cell: 2 sessions at once, 5 connections/s, burst 3
+        await store.set_cell_limits("cell-0", 10, 5.0, 3.0)
+        ids = [i for i, _, _ in await store.meter_ids()]
+        campaign = await store.create_campaign("c", "read", {}, ids)
+        claims = [await store.claim(i, f"w{i}", 30, 8, campaign=campaign, throttle=True) for i in ids[:4]]
+        slot_kept = claims[3].slot
+        await asyncio.sleep(claims[3].wait)
+        retried = await store.claim(ids[3], "w", 30, 8, campaign=campaign, throttle=True, slot=slot_kept)
+        held = await store.pool.fetchval("SELECT count(*) FROM cell_slot WHERE holder IS NOT NULL")
         await store.close()
-        return waits
+        return claims, retried, held
 
-    waits = run(scenario())
-    assert waits[:3] == [0.0, 0.0, 0.0]
-    # the fourth has to wait for a token: about 1/5 s, less what refilled in the meantime
-    assert 0.1 < waits[3] <= 0.2
+    claims, retried, held = run(scenario())
+    assert [c.status for c in claims] == ["granted"] * 3 + ["throttled"]
+    # the fourth waits for a token: about 1/5 s, less what refilled in the meantime
+    assert 0.1 < claims[3].wait <= 0.2 and claims[3].slot is not None
+    assert retried.status == "granted" and retried.slot == claims[3].slot
+    assert held == 4  # the throttled claim kept its slot, and no slot was taken twice
 
 
 def test_a_job_has_exactly_one_outcome(pg_dsn):
@@ -222,8 +243,12 @@ def test_a_job_has_exactly_one_outcome(pg_dsn):
         campaign = await store.create_campaign("c", "read", {}, ids)
         assert await store.fail_job(campaign, ids[0], "authentication failed", "w1")
         assert not await store.fail_job(campaign, ids[0], "again", "w2")
+        closed = await store.claim(ids[0], "w3", 30, 8, campaign=campaign, throttle=True)
+        assert (closed.status, closed.job_state) == ("closed", "failed")
         g = await store.begin_session(ids[0], "w3", 30, 8)
-        await store.finish_session(g, SessionResult([], {}, {}, None, None), (campaign, "w3"))
+        rows = profile_rows(dt.datetime(2026, 12, 1, tzinfo=UTC), 2)
+        assert await store.finish_session(g, SessionResult(rows, {}, {}, None, None), (campaign, "w3")) == 0
+        assert await store.pool.fetchval("SELECT count(*) FROM reading") == 0
         attempts = await store.count_attempt(campaign, ids[1], "no answer")
         status = await store.campaign_status(campaign)
         reopened = await store.reopen_failed(campaign)

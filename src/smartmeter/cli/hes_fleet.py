@@ -216,6 +216,7 @@ async def _work(nats_url, dsn, kek_file, settings, name, patience, worker_class,
 
     store = await open_store(dsn, kek_file, max_size=settings.concurrency + 6, patience=patience)
     try:
+        await store.check_kek()
         broker = await open_broker(nats_url, patience)
     except BaseException:
         await store.close()
@@ -426,6 +427,7 @@ async def _listen_to_nats(keys, nats_url, store_dsn, kek_file, host, udp_port, t
     if store_dsn is not None:
         store = await open_store(store_dsn, kek_file, max_size=2, patience=60.0)
         try:
+            await store.check_kek()
             stored = await keyring_from_store(store)
         finally:
             await store.close()

@@ -99,14 +99,17 @@ class Broker:
         self.nc = nc
         self.js = nc.jetstream()
         self.url = url
+        self._closing: list[bool] = []
 
     @classmethod
     async def connect(cls, url: str, *, name: str = "smartmeter-hes", timeout: float = 5.0,
                       on_problem: Callable[[str], None] | None = None) -> "Broker":
         say = on_problem or (lambda message: None)
+        closing = []  # set by close(): a disconnection then is ours
 
         async def disconnected() -> None:
-            say(f"lost the connection to NATS at {url}; reconnecting")
+            if not closing:
+                say(f"lost the connection to NATS at {url}; reconnecting")
 
         async def reconnected() -> None:
             say(f"connected to NATS again at {url}")
@@ -122,6 +125,7 @@ class Broker:
             raise BrokerUnavailable(f"cannot reach NATS at {url} ({exc.__class__.__name__}: {exc}); "
                                     "is nats-server running with JetStream (-js)?") from None
         broker = cls(nc, url)
+        broker._closing = closing
         try:
             await broker.js.account_info()
         except (APIError, NatsTimeout, NatsError) as exc:
@@ -130,6 +134,7 @@ class Broker:
         return broker
 
     async def close(self) -> None:
+        self._closing.append(True)
         try:
             await self.nc.drain()
         except (NatsError, asyncio.TimeoutError):

@@ -41,7 +41,7 @@ from smartmeter.dlms.client import (
 from smartmeter.hes.connection import LinkError
 from smartmeter.hes.fleet.broker import Broker, Job, JobFormatError, backoff_delay
 from smartmeter.hes.fleet.session import CounterBlockExhausted, ReadPlan, SessionTimeout, Timeouts, read_session
-from smartmeter.hes.store.pg import UNAVAILABLE, FleetStore, LeaseLost, MeterBusy, StoreError, StoreUnavailable
+from smartmeter.hes.store.pg import UNAVAILABLE, FleetStore, LeaseLost, StoreError, StoreUnavailable
 from smartmeter.ratelog import RateLimitedLog
 
 __all__ = ["WorkerSettings", "Worker", "DEFAULT_CLIENT_SYSTEM_TITLE"]
@@ -70,7 +70,11 @@ class WorkerSettings:
     backoff_base: float = 1.0
     backoff_cap: float = 60.0
     client_system_title: bytes = DEFAULT_CLIENT_SYSTEM_TITLE
-    urgent_tasks: int = 2  # of the concurrency, tasks that take on-demand jobs only
+    urgent_tasks: int = 2  # sessions for on-demand jobs, besides the concurrency for campaigns
+
+
+class _JobFailed(Exception):
+    """The job cannot be done (the reason is its outcome)."""
 
 
 @dataclass
@@ -114,22 +118,21 @@ class Worker:
 
     async def run(self) -> None:
         s = self.settings
-        pending = max(s.concurrency * 2, 8)
         bulk = await self.broker.pull("bulk", "hes-workers-bulk", ack_wait=s.ack_wait, max_deliver=s.max_deliver,
-                                      max_ack_pending=max(pending, 1000))
+                                      max_ack_pending=max(s.concurrency * 64, 1000))
         urgent = await self.broker.pull("urgent", "hes-workers-urgent", ack_wait=s.ack_wait,
-                                        max_deliver=s.max_deliver, max_ack_pending=max(pending, 100))
-        n_urgent = min(s.urgent_tasks, max(1, s.concurrency // 2))
-        tasks = [asyncio.create_task(self._loop(urgent, None, long_poll=True)) for _ in range(n_urgent)]
-        tasks += [asyncio.create_task(self._loop(bulk, urgent)) for _ in range(max(1, s.concurrency - n_urgent))]
+                                        max_deliver=s.max_deliver, max_ack_pending=max(s.urgent_tasks * 64, 100))
+        # on-demand jobs have sessions of their own, so a campaign never holds them up
+        lanes = [asyncio.create_task(self._lane(bulk, s.concurrency, 1.0)),
+                 asyncio.create_task(self._lane(urgent, s.urgent_tasks, 5.0))]
         try:
             await self._stopping.wait()
             # the sessions under way end (each within its total time-out); no new job is taken
-            await asyncio.wait(tasks, timeout=s.timeouts.total + 5.0)
+            await asyncio.wait(lanes, timeout=s.timeouts.total + 5.0)
         finally:
-            for t in tasks:
+            for t in lanes:
                 t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*lanes, return_exceptions=True)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -138,35 +141,47 @@ class Worker:
     def stopping(self) -> asyncio.Event:
         return self._stopping
 
-    async def _fetch(self, sub, timeout: float):
+    async def _lane(self, sub, capacity: int, poll: float) -> None:
+        """Fetch as many jobs as there are free sessions of this lane, each handled at once."""
+        free = asyncio.Semaphore(capacity)
+        running: set[asyncio.Task] = set()
         try:
-            msgs = await sub.fetch(1, timeout=timeout)
-        except (NatsTimeout, asyncio.TimeoutError):
-            return None
-        return msgs[0] if msgs else None
+            while not self._stopping.is_set():
+                await self._store_ok.wait()
+                await free.acquire()
+                wanted = 1
+                while not free.locked():  # every free session takes part in one fetch
+                    await free.acquire()
+                    wanted += 1
+                try:
+                    msgs = await sub.fetch(wanted, timeout=poll)
+                except (NatsTimeout, asyncio.TimeoutError):
+                    msgs = []
+                except (NatsError, APIError, OSError) as exc:
+                    self.note("worker.broker", "cannot fetch jobs from NATS (%s: %s); retrying",
+                              type(exc).__name__, exc)
+                    msgs = []
+                    await asyncio.sleep(1.0)
+                for _ in range(wanted - len(msgs)):
+                    free.release()
+                for msg in msgs:
+                    task = asyncio.create_task(self._guarded(msg))
+                    running.add(task)
+                    task.add_done_callback(lambda t: (running.discard(t), free.release()))
+            if running:
+                await asyncio.wait(running)
+        finally:
+            for task in running:
+                task.cancel()
 
-    async def _loop(self, sub, urgent_sub, long_poll: bool = False) -> None:
-        while not self._stopping.is_set():
-            await self._store_ok.wait()
-            try:
-                msg = None
-                if urgent_sub is not None:
-                    msg = await self._fetch(urgent_sub, 0.05)
-                if msg is None:
-                    msg = await self._fetch(sub, 5.0 if long_poll else 1.0)
-            except (NatsError, APIError, OSError) as exc:
-                self.note("worker.broker", "cannot fetch jobs from NATS (%s: %s); retrying", type(exc).__name__, exc)
-                await asyncio.sleep(1.0)
-                continue
-            if msg is None:
-                continue
-            try:
-                await self._handle(msg, urgent=long_poll)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a job must never take a worker task down with it
-                self.note("worker.internal", "job %s: unexpected %s: %s", msg.subject, type(exc).__name__, exc)
-                await self._answer(msg.nak(delay=self._delay(msg)))
+    async def _guarded(self, msg) -> None:
+        try:
+            await self._handle(msg)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a job must never take the worker down with it
+            self.note("worker.internal", "job %s: unexpected %s: %s", msg.subject, type(exc).__name__, exc)
+            await self._answer(msg.nak(delay=self._delay(msg)))
 
     def _delay(self, msg) -> float:
         return backoff_delay(msg.metadata.num_delivered, self.settings.backoff_base, self.settings.backoff_cap,
@@ -179,7 +194,7 @@ class Worker:
             # the message comes back after the ack wait; its outcome in the store decides then
             self.note("worker.answer", "could not answer JetStream (%s); the job will come back", exc)
 
-    async def _handle(self, msg, urgent: bool) -> None:
+    async def _handle(self, msg) -> None:
         try:
             job = Job.from_bytes(msg.data)
         except JobFormatError as exc:
@@ -190,6 +205,8 @@ class Worker:
         heartbeat = asyncio.create_task(self._heartbeat(msg))
         try:
             await self._job(msg, job)
+        except _JobFailed as exc:
+            await self._fail(msg, job, None, str(exc))
         except StoreUnavailable as exc:
             await self._store_down(exc)
             await self._answer(msg.nak(delay=self._delay(msg)))
@@ -206,40 +223,57 @@ class Worker:
             await self._answer(msg.in_progress())
 
     async def _job(self, msg, job: Job) -> None:
-        s = self.settings
-        state = await self._store_call(self.store.job_state(job.campaign, job.meter_id))
-        if state is None:
-            self.stats.poison += 1
-            self.note("worker.unknown_job", "terminated job %s: no such campaign and meter in the store", job.message_id)
-            await self._answer(msg.term())
-            return
-        if state != "queued":
-            self.stats.duplicates += 1
-            await self._answer(msg.ack())
-            return
-        meters = await self._store_call(self.store.pool.fetchrow("SELECT cell FROM meter WHERE id = $1", job.meter_id))
-        cell = meters["cell"]
-        slot = await self._slot(cell)
-        if slot is None:
+        claim = await self._claim(job)
+        if claim is None:  # no slot of the cell came free in time: the job goes back to the queue
             await self._answer(msg.nak(delay=1.0 + self._rng.random()))
-            return
-        try:
-            wait = await self._store_call(self.store.take_connect_token(cell))
-            while wait > 0:
-                await asyncio.sleep(wait)
-                wait = await self._store_call(self.store.take_connect_token(cell))
+        elif claim.status == "closed":
+            if claim.job_state is None:
+                self.stats.poison += 1
+                self.note("worker.unknown_job", "terminated job %s: no such campaign and meter in the store",
+                          job.message_id)
+                await self._answer(msg.term())
+            else:  # a delivery after its outcome was stored (a worker died before acknowledging)
+                self.stats.duplicates += 1
+                await self._answer(msg.ack())
+        elif claim.status == "busy":
+            await self._answer(msg.nak(delay=min(self.lease_s, 5.0) * (0.5 + self._rng.random())))
+        elif claim.status == "exhausted":
+            await self._fail(msg, job, None, "the meter's invocation counters are used up; change its unicast key")
+        else:
+            grant = claim.grant
             try:
-                grant = await self._store_call(self.store.begin_session(job.meter_id, self.name, self.lease_s,
-                                                                        s.counter_block))
-            except MeterBusy:
-                await self._answer(msg.nak(delay=min(self.lease_s, 5.0) * (0.5 + self._rng.random())))
-                return
-            await self._read(msg, job, grant)
-        finally:
+                await self._read(msg, job, grant)
+            except BaseException:
+                try:  # what the session held is given back; if that fails too, the leases expire
+                    await self.store.release(grant.meter_id, grant.lease_token, grant.cell, grant.slot, self.name)
+                except UNAVAILABLE + (asyncpg.PostgresError,):
+                    pass
+                raise
+
+    async def _claim(self, job: Job):
+        """Claim the job's meter, waiting (with jitter) for a slot of its cell up to slot_wait
+        seconds and for its connection tokens; None when no slot came free."""
+        s = self.settings
+        deadline = time.monotonic() + s.slot_wait
+        pause, slot = 0.02, None
+        while True:
             try:
-                await self.store.release_cell_slot(cell, slot, self.name)
-            except UNAVAILABLE + (asyncpg.PostgresError,):
-                pass  # the slot's lease expires on its own
+                claim = await self._store_call(self.store.claim(job.meter_id, self.name, self.lease_s, s.counter_block,
+                                                                campaign=job.campaign, throttle=True, slot=slot))
+            except StoreUnavailable:
+                raise
+            except StoreError as exc:  # e.g. keys that do not unwrap
+                raise _JobFailed(str(exc)) from None
+            if claim.status == "throttled":
+                slot = claim.slot
+                await asyncio.sleep(claim.wait)
+            elif claim.status == "cell_full":
+                if time.monotonic() >= deadline:
+                    return None
+                await asyncio.sleep(pause * (0.5 + self._rng.random()))
+                pause = min(0.5, pause * 1.5)
+            else:
+                return claim
 
     async def _read(self, msg, job: Job, grant) -> None:
         s = self.settings
@@ -282,7 +316,8 @@ class Worker:
 
     async def _retry(self, msg, job: Job, grant, reason: str) -> None:
         s = self.settings
-        await self._store_call(self.store.release_lease(grant.meter_id, grant.lease_token))
+        await self._store_call(self.store.release(grant.meter_id, grant.lease_token, grant.cell, grant.slot,
+                                                     self.name))
         attempts = await self._store_call(self.store.count_attempt(job.campaign, job.meter_id, reason))
         if attempts >= s.max_attempts or msg.metadata.num_delivered >= s.max_deliver:
             await self._fail(msg, job, None, f"gave up after {attempts} attempts: {reason}", counted=True)
@@ -292,21 +327,11 @@ class Worker:
 
     async def _fail(self, msg, job: Job, grant, reason: str, counted: bool = False) -> None:
         if grant is not None:
-            await self._store_call(self.store.release_lease(grant.meter_id, grant.lease_token))
+            await self._store_call(self.store.release(grant.meter_id, grant.lease_token, grant.cell, grant.slot,
+                                                     self.name))
         if await self._store_call(self.store.fail_job(job.campaign, job.meter_id, reason, self.name, counted)):
             self.stats.failed += 1
         await self._answer(msg.term())
-
-    async def _slot(self, cell: str) -> int | None:
-        """A session slot of `cell`, waiting (with jitter) up to slot_wait seconds."""
-        deadline = time.monotonic() + self.settings.slot_wait
-        pause = 0.02
-        while True:
-            slot = await self._store_call(self.store.claim_cell_slot(cell, self.name, self.lease_s))
-            if slot is not None or time.monotonic() >= deadline:
-                return slot
-            await asyncio.sleep(pause * (0.5 + self._rng.random()))
-            pause = min(0.5, pause * 1.5)
 
     async def _store_call(self, awaitable):
         try:

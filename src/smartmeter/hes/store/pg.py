@@ -99,7 +99,7 @@ class KeyVault:
         there (owner-only) when the file does not exist."""
         if not path.exists():
             if not create:
-                raise StoreError(f"no key-encryption key at {path}; `smartmeter hes db init` creates one")
+                raise StoreError(f"no key-encryption key at {path}; `smartmeter hes db import-fleet` creates one")
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "x", opener=lambda p, f: __import__("os").open(p, f, 0o600)) as out:
                 out.write(secrets.token_hex(32) + "\n")
@@ -160,6 +160,21 @@ class SessionGrant:
     counter_block: tuple[int, int]  # first, last (inclusive), reserved for this session
     rx_last: int | None
     marks: dict[str, dt.datetime]  # profile OBIS → last capture time stored
+    slot: int | None = None  # the cell's session slot held, if any
+
+
+@dataclass
+class Claim:
+    """What `FleetStore.claim` got: status 'granted' (with grant), 'closed' (the job has its
+    outcome: job_state, None if there is no such job), 'cell_full', 'throttled' (retry after
+    wait seconds, keeping slot), 'busy' (another lease) or 'exhausted' (counters used up)."""
+
+    status: str
+    job_state: str | None
+    cell: str | None
+    slot: int | None
+    wait: float | None
+    grant: SessionGrant | None = None
 
 
 @dataclass(frozen=True)
@@ -207,7 +222,7 @@ class FleetStore:
                    migrate: bool = False, check: bool = True) -> "FleetStore":
         try:
             pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, timeout=CONNECT_TIMEOUT,
-                                             command_timeout=60, init=_init_connection)
+                                             command_timeout=60, reset=_keep_session)
         except UNAVAILABLE as exc:
             raise StoreUnavailable(f"cannot reach PostgreSQL at {describe_dsn(dsn)} ({exc.__class__.__name__}: "
                                    f"{exc}); is the server running and the address right?") from None
@@ -256,10 +271,30 @@ class FleetStore:
                              f"needs {wanted}: run `smartmeter hes db migrate --db DSN`")
 
     # -- meters and keys ---------------------------------------------------------------------
+    KEK_CHECK = b"smartmeter.kek.check.v1"[:16].ljust(16, b"\0")
+
+    async def check_kek(self) -> None:
+        """StoreError unless this process's KEK is the one the store's keys are wrapped under
+        (the first import records a check value)."""
+        vault = self._vault()
+        wrapped = await self.pool.fetchval("SELECT value FROM setting WHERE name = 'kek_check'")
+        if wrapped is None:
+            await self.pool.execute("INSERT INTO setting (name, value) VALUES ('kek_check', $1) ON CONFLICT DO NOTHING",
+                                    vault.wrap(self.KEK_CHECK))
+            wrapped = await self.pool.fetchval("SELECT value FROM setting WHERE name = 'kek_check'")
+        try:
+            ok = vault.unwrap(bytes(wrapped)) == self.KEK_CHECK
+        except StoreError:
+            ok = False
+        if not ok:
+            raise StoreError(f"the key-encryption key given is not the one the keys in {describe_dsn(self.dsn)} are "
+                             "wrapped under: give the --kek file of the first `hes db import-fleet`")
+
     async def add_meters(self, meters: Iterable[MeterRecord], cell_limits: tuple[int, float, float] | None = None) -> int:
         """Insert or update meters (by serial) and their keys as ACTIVE generation 1 when they
         have none; returns how many were added or changed."""
         vault = self._vault()
+        await self.check_kek()
         count = 0
         async with self.pool.acquire() as conn, conn.transaction():
             cells = set()
@@ -334,47 +369,65 @@ class FleetStore:
         return [tuple(r) for r in await self.pool.fetch(query + " ORDER BY id", *args)]
 
     # -- sessions ----------------------------------------------------------------------------
-    async def begin_session(self, meter_id: int, holder: str, lease_s: float, block: int) -> SessionGrant:
-        """Claim the meter and reserve `block` invocation counters; MeterBusy if another holds it."""
+    async def claim(self, meter_id: int, holder: str, lease_s: float, block: int, *, campaign: int | None = None,
+                    throttle: bool = False, slot: int | None = None) -> "Claim":
+        """Claim the meter for a session in one round trip (SQL function hes_begin): the job
+        still open, with `throttle` a session slot of its cell and a connection token, the
+        meter's lease, a block of `block` invocation counters. A `Claim` that is not granted
+        says why; a granted one carries the SessionGrant."""
+        row = await self.pool.fetchrow("SELECT * FROM hes_begin($1, $2, $3, $4, $5, $6, $7)",
+                                       campaign, meter_id, holder, lease_s, block, throttle, slot)
+        claim = Claim(row["status"], row["job_state"], row["cell"], row["slot"], row["wait"])
+        if claim.status == "granted":
+            try:
+                claim.grant = await self._grant(meter_id, row, block)
+            except BaseException:
+                await self.release(meter_id, row["token"], row["cell"], row["slot"], holder)
+                raise
+            claim.grant.slot = row["slot"]
+        return claim
+
+    async def _grant(self, meter_id: int, claimed, block: int) -> SessionGrant:
         vault = self._vault()
-        async with self.pool.acquire() as conn, conn.transaction():
-            meter = await conn.fetchrow("SELECT * FROM meter WHERE id = $1", meter_id)
-            if meter is None:
-                raise UnknownMeter(f"no meter with id {meter_id}")
-            token = await conn.fetchval(
-                """INSERT INTO meter_lease (meter_id, holder, token, expires)
-                   VALUES ($1, $2, nextval('lease_token'), clock_timestamp() + make_interval(secs => $3))
-                   ON CONFLICT (meter_id) DO UPDATE SET holder = excluded.holder, token = excluded.token,
-                       expires = excluded.expires
-                   WHERE meter_lease.expires < clock_timestamp() OR meter_lease.holder = excluded.holder
-                   RETURNING token""", meter_id, holder, lease_s)
-            if token is None:
-                raise MeterBusy(f"meter {meter['serial']} is being read by another session")
-            keys, new_keys, generation = {}, {}, 1
-            for row in await conn.fetch("SELECT kind, generation, state, wrapped FROM meter_key "
-                                        "WHERE meter_id = $1 AND state IN ('ACTIVE', 'NEW')", meter_id):
-                (keys if row["state"] == "ACTIVE" else new_keys)[row["kind"]] = vault.unwrap(row["wrapped"])
-                if row["kind"] == "ek" and row["state"] == "ACTIVE":
-                    generation = row["generation"]
-            counters = await conn.fetchrow(
-                """INSERT INTO frame_counter (meter_id, key_generation, tx_reserved) VALUES ($1, $2, $3)
-                   ON CONFLICT (meter_id, key_generation) DO UPDATE
-                   SET tx_reserved = frame_counter.tx_reserved + $3
-                   WHERE frame_counter.tx_reserved + $3 <= 4294967295
-                   RETURNING tx_reserved, rx_last""", meter_id, generation, block)
-            if counters is None:
-                raise StoreError(f"meter {meter['serial']}: its invocation counters are used up; "
-                                 "change its unicast key")
-            marks = {r["profile"]: r["last_time"] for r in
-                     await conn.fetch("SELECT profile, last_time FROM profile_mark WHERE meter_id = $1", meter_id)}
-        top = counters["tx_reserved"]
+        row = await self.pool.fetchrow(
+            """SELECT m.*, (SELECT coalesce(jsonb_object_agg(profile, last_time), '{}'::jsonb)
+                            FROM profile_mark WHERE meter_id = m.id) AS marks,
+                      ARRAY(SELECT ROW(kind, state, wrapped) FROM meter_key
+                            WHERE meter_id = m.id AND state IN ('ACTIVE', 'NEW')) AS keys
+               FROM meter m WHERE m.id = $1""", meter_id)
+        keys, new_keys = {}, {}
+        for kind, state, wrapped in row["keys"]:
+            (keys if state == "ACTIVE" else new_keys)[kind] = vault.unwrap(wrapped)
+        top = claimed["tx_top"]
         return SessionGrant(
-            meter_id=meter_id, serial=meter["serial"], system_title=bytes(meter["system_title"]), host=meter["host"],
-            port=meter["port"], cell=meter["cell"], client_sap=meter["client_sap"], server_sap=meter["server_sap"],
-            mechanism=meter["mechanism"], suite=meter["suite"], policy=meter["policy"],
-            capabilities=json.loads(meter["capabilities"]), keys=keys, new_keys=new_keys,
-            key_generation=generation, lease_token=token, counter_block=(top - block + 1, top),
-            rx_last=counters["rx_last"], marks=marks)
+            meter_id=meter_id, serial=row["serial"], system_title=bytes(row["system_title"]), host=row["host"],
+            port=row["port"], cell=row["cell"], client_sap=row["client_sap"], server_sap=row["server_sap"],
+            mechanism=row["mechanism"], suite=row["suite"], policy=row["policy"],
+            capabilities=json.loads(row["capabilities"]), keys=keys, new_keys=new_keys,
+            key_generation=claimed["key_generation"], lease_token=claimed["token"],
+            counter_block=(top - block + 1, top), rx_last=claimed["rx_last"],
+            marks={p: dt.datetime.fromisoformat(t) for p, t in json.loads(row["marks"]).items()})
+
+    async def release(self, meter_id: int, token: int | None, cell: str | None, slot: int | None, holder: str) -> None:
+        """Give back a lease and a slot without storing anything."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            if token is not None:
+                await conn.execute("DELETE FROM meter_lease WHERE meter_id = $1 AND token = $2", meter_id, token)
+            if slot is not None:
+                await conn.execute("UPDATE cell_slot SET holder = NULL, token = NULL, expires = NULL "
+                                   "WHERE cell = $1 AND slot = $2 AND holder = $3", cell, slot, holder)
+
+    async def begin_session(self, meter_id: int, holder: str, lease_s: float, block: int) -> SessionGrant:
+        """Claim the meter and reserve `block` invocation counters, outside any campaign and
+        cell limit; MeterBusy if another holds it."""
+        claim = await self.claim(meter_id, holder, lease_s, block)
+        if claim.status == "busy":
+            raise MeterBusy(f"meter {meter_id} is being read by another session")
+        if claim.status == "exhausted":
+            raise StoreError(f"meter {meter_id}: its invocation counters are used up; change its unicast key")
+        if claim.grant is None:
+            raise UnknownMeter(f"no meter with id {meter_id}")
+        return claim.grant
 
     async def reserve_counters(self, meter_id: int, generation: int, block: int) -> tuple[int, int]:
         """Another block of invocation counters for a session that used up its first."""
@@ -386,101 +439,31 @@ class FleetStore:
             raise StoreError("the meter's invocation counters are used up; change its unicast key")
         return top - block + 1, top
 
-    async def claim_cell_slot(self, cell: str, holder: str, lease_s: float) -> int | None:
-        """A session slot of `cell` (its number), or None when all are taken."""
-        return await self.pool.fetchval(
-            """UPDATE cell_slot SET holder = $2, token = nextval('lease_token'),
-                      expires = clock_timestamp() + make_interval(secs => $3)
-               WHERE (cell, slot) = (SELECT cell, slot FROM cell_slot
-                                     WHERE cell = $1 AND (holder IS NULL OR expires < clock_timestamp())
-                                     ORDER BY slot LIMIT 1 FOR UPDATE SKIP LOCKED)
-               RETURNING slot""", cell, holder, lease_s)
-
-    async def release_cell_slot(self, cell: str, slot: int, holder: str) -> None:
-        await self.pool.execute("UPDATE cell_slot SET holder = NULL, token = NULL, expires = NULL "
-                                "WHERE cell = $1 AND slot = $2 AND holder = $3", cell, slot, holder)
-
-    async def take_connect_token(self, cell: str) -> float:
-        """Take one new-connection token of `cell`: 0 when taken, else the seconds to wait first."""
-        row = await self.pool.fetchrow(
-            """WITH now_ AS (SELECT clock_timestamp() AS t),
-                    c AS (SELECT name, LEAST(burst, tokens + extract(epoch FROM (now_.t - refilled)) * connects_per_s)
-                                 AS available, connects_per_s, now_.t AS t
-                          FROM cell, now_ WHERE name = $1 FOR UPDATE)
-               UPDATE cell SET tokens = CASE WHEN c.available >= 1 THEN c.available - 1 ELSE c.available END,
-                               refilled = c.t
-               FROM c WHERE cell.name = c.name
-               RETURNING c.available, c.connects_per_s""", cell)
-        if row is None:
-            return 0.0
-        available, rate = row
-        return 0.0 if available >= 1 else (1 - available) / rate
-
-    async def release_lease(self, meter_id: int, token: int) -> None:
-        await self.pool.execute("DELETE FROM meter_lease WHERE meter_id = $1 AND token = $2", meter_id, token)
-
-    async def finish_session(self, grant: SessionGrant, result: SessionResult, job: tuple[int, str] | None) -> int:
-        """Store what the session read and the job's outcome; LeaseLost if another holder took
-        the meter meanwhile (nothing is stored then). Returns the readings newly stored."""
+    async def finish_session(self, grant: SessionGrant, result: SessionResult, job: tuple[int, str] | None,
+                             holder: str | None = None) -> int:
+        """Store what the session read and the job's outcome in one transaction (SQL function
+        hes_finish), and give back the lease and the slot; LeaseLost if another holder took
+        the meter meanwhile (nothing is stored then). Returns the readings newly stored (0
+        when the job already had its outcome)."""
         await self._ensure_partitions({_month(r.time) for r in result.readings})
-        received = dt.datetime.now(dt.timezone.utc)
-        async with self.pool.acquire() as conn, conn.transaction():
-            current = await conn.fetchval("SELECT token FROM meter_lease WHERE meter_id = $1 FOR UPDATE", grant.meter_id)
-            if current != grant.lease_token:
-                raise LeaseLost(f"meter {grant.serial}: the session's lease was taken over; its results are dropped")
-            stored = 0
-            if result.readings:
-                series = await self._series(conn, grant.meter_id, result)
-                await conn.copy_records_to_table(
-                    "reading_in", columns=("series_id", "time", "raw", "quality", "received"),
-                    records=[(series[(r.source, r.obis, r.attribute)], r.time, r.raw, r.quality, received)
-                             for r in result.readings])
-                status = await conn.execute("INSERT INTO reading SELECT series_id, time, raw, quality, received "
-                                            "FROM reading_in ON CONFLICT DO NOTHING")
-                stored = int(status.rsplit(" ", 1)[1])
-                await conn.execute("TRUNCATE reading_in")
-            for profile, last in result.marks.items():
-                await conn.execute(
-                    """INSERT INTO profile_mark (meter_id, profile, last_time) VALUES ($1, $2, $3)
-                       ON CONFLICT (meter_id, profile) DO UPDATE
-                       SET last_time = GREATEST(profile_mark.last_time, excluded.last_time)""",
-                    grant.meter_id, profile, last)
-            if result.rx_last is not None:
-                await conn.execute("UPDATE frame_counter SET rx_last = GREATEST(coalesce(rx_last, 0), $3) "
-                                   "WHERE meter_id = $1 AND key_generation = $2",
-                                   grant.meter_id, grant.key_generation, result.rx_last)
-            if result.capabilities is not None:
-                await conn.execute("UPDATE meter SET capabilities = capabilities || $2::jsonb WHERE id = $1",
-                                   grant.meter_id, json.dumps(result.capabilities))
-            if job is not None:
-                campaign_id, worker = job
-                await conn.execute(
-                    """UPDATE job SET state = 'done', rows = $3, error = NULL, worker = $4, finished = now(),
-                       attempts = attempts + 1 WHERE campaign_id = $1 AND meter_id = $2 AND state = 'queued'""",
-                    campaign_id, grant.meter_id, stored, worker)
-            await conn.execute("DELETE FROM meter_lease WHERE meter_id = $1 AND token = $2",
-                               grant.meter_id, grant.lease_token)
-        return stored
-
-    async def _series(self, conn, meter_id: int, result: SessionResult) -> dict[tuple[str, str, int], int]:
-        """The series ids of the readings' (source, OBIS, attribute), created as needed; a
-        scaler_unit read in this session replaces the one stored, none read leaves it."""
-        wanted = sorted({(r.source, r.obis, r.attribute) for r in result.readings})
-        await conn.execute(
-            """INSERT INTO series (meter_id, source, obis, attribute)
-               SELECT $1, s, o, a FROM unnest($2::text[], $3::text[], $4::smallint[]) AS x(s, o, a)
-               ON CONFLICT DO NOTHING""", meter_id, *map(list, zip(*wanted)))
-        known = [(s, o, a, *result.scalers[(s, o, a)]) for s, o, a in wanted if (s, o, a) in result.scalers]
-        if known:
-            await conn.execute(
-                """UPDATE series SET scaler = x.sc, unit = x.u
-                   FROM unnest($2::text[], $3::text[], $4::smallint[], $5::smallint[], $6::smallint[])
-                        AS x(s, o, a, sc, u)
-                   WHERE series.meter_id = $1 AND series.source = x.s AND series.obis = x.o
-                         AND series.attribute = x.a AND (series.scaler, series.unit) <> (x.sc, x.u)""",
-                meter_id, *map(list, zip(*known)))
-        rows = await conn.fetch("SELECT id, source, obis, attribute FROM series WHERE meter_id = $1", meter_id)
-        return {(r["source"], r["obis"], r["attribute"]): r["id"] for r in rows}
+        keys = sorted({(r.source, r.obis, r.attribute) for r in result.readings})
+        index = {k: i + 1 for i, k in enumerate(keys)}
+        scalers = [result.scalers.get(k) for k in keys]
+        campaign, job_holder = job if job is not None else (None, holder or "")
+        stored = await self.pool.fetchval(
+            "SELECT hes_finish($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, "
+            "$20, $21, $22)",
+            grant.meter_id, grant.lease_token, campaign, job_holder, grant.cell, grant.slot,
+            [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
+            [s[0] if s else None for s in scalers], [s[1] if s else None for s in scalers],
+            [s is not None for s in scalers],
+            [index[(r.source, r.obis, r.attribute)] for r in result.readings], [r.time for r in result.readings],
+            [r.raw for r in result.readings], [r.quality for r in result.readings], dt.datetime.now(dt.timezone.utc),
+            list(result.marks), list(result.marks.values()), result.rx_last, grant.key_generation,
+            json.dumps(result.capabilities) if result.capabilities else None)
+        if stored == -1:
+            raise LeaseLost(f"meter {grant.serial}: the session's lease was taken over; its results are dropped")
+        return max(stored, 0)
 
     async def _ensure_partitions(self, months: set[dt.date]) -> None:
         missing = months - self._partitions
@@ -510,10 +493,6 @@ class FleetStore:
             await conn.execute("INSERT INTO job (campaign_id, meter_id) SELECT $1, unnest($2::bigint[])",
                                campaign_id, list(meter_ids))
         return campaign_id
-
-    async def job_state(self, campaign_id: int, meter_id: int) -> str | None:
-        return await self.pool.fetchval("SELECT state FROM job WHERE campaign_id = $1 AND meter_id = $2",
-                                        campaign_id, meter_id)
 
     async def fail_job(self, campaign_id: int, meter_id: int, error: str, worker: str, counted: bool = False) -> bool:
         """Record a job's failure (its final outcome); False if it already had one. `counted`:
@@ -559,7 +538,6 @@ class FleetStore:
         return [r["meter_id"] for r in rows]
 
 
-async def _init_connection(conn) -> None:
-    # the staging table of finish_session: per connection, emptied after each use
-    await conn.execute("CREATE TEMP TABLE IF NOT EXISTS reading_in (series_id integer, time timestamptz, "
-                       "raw bigint, quality smallint, received timestamptz)")
+async def _keep_session(conn) -> None:
+    """A connection goes back to the pool as it is: the store keeps no session state (its locks
+    are transaction-scoped), so the reset query asyncpg would send is a round trip saved."""

@@ -1,6 +1,14 @@
 -- The head-end's fleet store (PostgreSQL). One migration per file, applied in order, each
 -- in its own transaction; schema_migration records what is applied.
 
+-- Settings of the store as a whole. kek_check: a known value wrapped under the
+-- key-encryption key of the first import, so a process with another KEK is refused at start
+-- instead of failing every meter.
+CREATE TABLE setting (
+    name   text PRIMARY KEY,
+    value  bytea NOT NULL
+);
+
 -- Meters and what the head-end learnt of them.
 CREATE TABLE meter (
     id            bigserial PRIMARY KEY,
