@@ -546,14 +546,18 @@ def sim_fleet(meters: int, cells: int, base_port: int, start_text: str | None, s
     from smartmeter.hes.credentials import write_credentials
     from smartmeter.meter import fleet
     from smartmeter.meter.fleet_report import write_atomically
-    from smartmeter.meter.fleet_serve import FleetLimits, FleetProblem, run
+    from smartmeter.meter.fleet_serve import FleetLimits, FleetProblem, allocate_ports, run
 
     now = time.time()
     fractions = {"slow": slow, "refusing": refusing, "silent": silent, "no-range": no_range,
                  "no-selective": no_selective}
     try:
+        ports = allocate_ports("127.0.0.1", base_port, meters)
+    except FleetProblem as exc:
+        raise UsageProblem(str(exc)) from None
+    try:
         scenario = fleet.FleetScenario(meters=meters, start=_fleet_start(start_text, now), speed=speed, real_start=now,
-                                       seed=seed, cells=cells, base_port=base_port,
+                                       seed=seed, cells=cells, base_port=base_port, ports=ports,
                                        fractions={k: v for k, v in fractions.items() if v},
                                        slow_delay=slow_delay, latency=latency, loss=loss)
     except ValueError as exc:
@@ -583,17 +587,19 @@ def sim_fleet(meters: int, cells: int, base_port: int, start_text: str | None, s
                               interface="lan", reset_counter=True)
             example = (f"smartmeter client --port {healthy['port']} --credentials {shlex.quote(str(credentials))} "
                        f"get 1-0:1.8.0.255")
-        last = base_port + meters - 1
+        last = ports[-1]
+        skipped = last - base_port + 1 - meters
         counted = {name: len(scenario.meters_with(name)) for name in (*fleet.FAULTS, *fleet.CAPABILITIES)}
         click.echo(f"fleet of {meters} meter(s) on 127.0.0.1:{base_port}" + (f"..{last}" if meters > 1 else "")
+                   + (f" ({skipped} port(s) in use by others skipped)" if skipped else "")
                    + f" in {cells} cell(s), {processes} process(es); meter time from {fleet.iso(scenario.start)}"
                    + (f" at {speed:g}x real time" if speed != 1 else ""))
         faults = ", ".join(f"{name} {count}" for name, count in counted.items() if count)
         extras = [f"latency {latency:g} s" if latency else "", f"loss {loss:g}" if loss else ""]
         click.echo("faults: " + (", ".join(x for x in [faults, *extras] if x) or "none"))
         click.echo(f"manifest (keys, mode 0600): {manifest}")
-        click.echo(f"report: {report_path}" + (" (every second and at the stop)" if report_path else
-                                                " (none: give --report FILE)"))
+        click.echo(f"report: {report_path} (every second and at the stop)" if report_path else
+                   "report: none (give --report FILE for one)")
         if example:
             click.echo(f"read meter {healthy['index']}: {example}")
         click.echo("Ctrl-C or SIGTERM stops the fleet.", nl=True)

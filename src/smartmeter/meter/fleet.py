@@ -186,6 +186,8 @@ class FleetScenario:
     slow_delay: float = 2.0  # s, every answer of a slow meter
     latency: float = 0.0  # s, every answer of every meter
     loss: float = 0.0  # probability per request of a dropped connection
+    # meter i's port when some ports from base_port on were taken by others (fleet_serve.allocate_ports)
+    ports: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         faults, capabilities = assign(self.meters, self.seed, self.fractions)
@@ -208,7 +210,7 @@ class FleetScenario:
         return f"cell-{i % self.cells}"
 
     def port_of(self, i: int) -> int:
-        return self.base_port + i
+        return self.ports[i] if self.ports else self.base_port + i
 
     def manifest(self) -> dict:
         """The manifest (see docs/fleet.md): every meter with its address, keys, faults."""

@@ -18,6 +18,7 @@ import os
 import random
 import resource
 import signal
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,29 @@ class FleetLimits:
     meter_connections: int = 4  # per meter
     process_connections: int = 2048  # per OS process of the fleet
     idle_timeout: float = 60.0  # s without a request, then the connection is closed
+
+
+def allocate_ports(host: str, base_port: int, meters: int) -> tuple[int, ...]:
+    """`meters` ports from `base_port` upward that can be bound now, skipping those another
+    program listens on (a broker's, a database's), so that a fleet's block of ports need not
+    be free as a whole. FleetProblem when they run past 65535."""
+    ports: list[int] = []
+    port = base_port
+    while len(ports) < meters:
+        if port > 65535:
+            raise FleetProblem(f"{meters} meters from port {base_port} go past port 65535 ({len(ports)} free ports "
+                               "found): choose a lower --base-port")
+        probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+            ports.append(port)
+        except OSError:
+            pass
+        finally:
+            probe.close()
+        port += 1
+    return tuple(ports)
 
 
 def raise_file_limit(needed: int) -> int:
@@ -384,7 +408,7 @@ def run(scenario: fleet.FleetScenario, limits: FleetLimits, *, processes: int = 
     FleetProblem when it cannot start."""
     per_process = -(-scenario.meters // processes)
     raise_file_limit(files_needed(per_process, limits))
-    if scenario.base_port + scenario.meters - 1 > 65535:
+    if scenario.port_of(scenario.meters - 1) > 65535:
         raise FleetProblem(f"meters {scenario.meters} from port {scenario.base_port} go past port 65535: "
                            "choose a lower --base-port")
     child = None
