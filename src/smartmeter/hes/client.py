@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Awaitable, Callable
 
 from smartmeter.cosem import axdr
 from smartmeter.cosem.data import CosemDateTime, Data, DataType
@@ -107,6 +108,9 @@ class MeterClient:
         self.link = link
         self.association = ClientAssociation(mechanism=mechanism, security=security)
         self._objects: list[ObjectInfo] | None = None
+        # awaited before each request is built (each may take an invocation counter): a
+        # head-end whose counters come from a store tops them up here
+        self.before_request: Callable[[], Awaitable[None]] | None = None
 
     async def __aenter__(self) -> "MeterClient":
         await self.connect()
@@ -118,6 +122,8 @@ class MeterClient:
     async def connect(self) -> None:
         await self.link.open()
         try:
+            if self.before_request is not None:
+                await self.before_request()
             self.association.on_aare(await self.link.exchange(self.association.aarq()))
             if self.association.needs_hls:
                 await self._drive(self.association.hls_exchange())
@@ -135,9 +141,15 @@ class MeterClient:
             await self.link.close()
 
     async def _drive(self, exchange: Exchange):
+        hook = self.before_request
+        if hook is not None:
+            await hook()
         request = exchange.first()
         while request is not None:
-            request = exchange.feed(await self.link.exchange(request))
+            response = await self.link.exchange(request)
+            if hook is not None:
+                await hook()
+            request = exchange.feed(response)
         return exchange.result
 
     async def run(self, exchange: Exchange):

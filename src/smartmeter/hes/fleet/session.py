@@ -39,8 +39,6 @@ SELECTION_REFUSALS = {DataAccessResult.READ_WRITE_DENIED, DataAccessResult.OBJEC
                       DataAccessResult.OTHER_REASON, DataAccessResult.TYPE_UNMATCHED,
                       DataAccessResult.SCOPE_OF_ACCESS_VIOLATED, DataAccessResult.OBJECT_CLASS_INCONSISTENT}
 SELECTIONS = ("range", "entry", "whole")
-# counters a session keeps in hand before a profile read (each block of a long read takes one)
-PROFILE_COUNTER_MARGIN = 48
 
 
 class SessionTimeout(ClientError):
@@ -127,6 +125,8 @@ async def _session(grant, plan, timeouts, client_system_title, refill, link_fact
     counters = BlockCounters(grant.counter_block, grant.rx_last)
 
     async def ensure(n: int) -> None:
+        # before each request: a request takes one counter; a long profile read may need more
+        # blocks than the one reserved with the claim
         if counters.remaining() < n:
             counters.add_block(await refill(max(n, grant.counter_block[1] - grant.counter_block[0] + 1)))
 
@@ -140,10 +140,11 @@ async def _session(grant, plan, timeouts, client_system_title, refill, link_fact
         link = WrapperLink(grant.host, grant.port, client_sap=grant.client_sap, server_sap=grant.server_sap,
                            timeout=timeouts.connect)
     client = MeterClient(link, mechanism=grant.mechanism, security=security)
+    client.before_request = lambda: ensure(1)
     await _within("the association", timeouts.association, client.connect())
     link.timeout = timeouts.request
     try:
-        reader = _BundleReader(client, grant, plan, ensure)
+        reader = _BundleReader(client, grant, plan)
         result = await reader.read()
     finally:
         await client.close()
@@ -157,22 +158,18 @@ class _BundleReader:
     client: MeterClient
     grant: SessionGrant
     plan: ReadPlan
-    ensure: Callable[[int], Awaitable[None]]
     readings: list[Reading] = field(default_factory=list)
     scalers: dict = field(default_factory=dict)
     marks: dict = field(default_factory=dict)
     capabilities: dict = field(default_factory=dict)
 
     async def read(self) -> SessionResult:
-        await self.ensure(4)
         now = _utc(await self.client.get(CLOCK, 2, class_id=8))
         if now is None:
             raise ClientError("the meter's clock is not a date-time with a deviation")
         for obis in self.plan.registers:
-            await self.ensure(4)
             await self._register(obis, now)
         for obis in self.plan.profiles:
-            await self.ensure(PROFILE_COUNTER_MARGIN)
             await self._profile(obis, now)
         return SessionResult(self.readings, self.scalers, self.marks, rx_last=None, tx_used=None,
                              capabilities=self.capabilities or None)
@@ -239,7 +236,6 @@ class _BundleReader:
         period = _integer(await self.client.get(obis, CAPTURE_PERIOD, class_id=7)) or 900
         wanted = min(in_use, math.ceil((now - mark).total_seconds() / period) + 1)
         while True:
-            await self.ensure(PROFILE_COUNTER_MARGIN)
             _, rows = await self.client.profile(obis, entries=(in_use - wanted + 1, in_use), rows=True)
             # the oldest row read must be at or before the mark, else rows may lie in between
             # (a clock set back, a power failure): read further back

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import os
 import random
@@ -32,14 +33,14 @@ from typing import Callable
 import asyncpg
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
-from nats.js.errors import APIError
+from nats.js.errors import APIError, NotFoundError
 
 from smartmeter.dlms.client import (
     AccessDenied, AssociationRefused, AuthenticationFailed, ClientError, DecipheringError, InvocationCounterError,
     ProtectionError, ReplayedResponse,
 )
 from smartmeter.hes.connection import LinkError
-from smartmeter.hes.fleet.broker import Broker, Job, JobFormatError, backoff_delay
+from smartmeter.hes.fleet.broker import JOBS_STREAM, Broker, Job, JobFormatError, backoff_delay
 from smartmeter.hes.fleet.session import CounterBlockExhausted, ReadPlan, SessionTimeout, Timeouts, read_session
 from smartmeter.hes.store.pg import UNAVAILABLE, FleetStore, LeaseLost, StoreError, StoreUnavailable
 from smartmeter.ratelog import RateLimitedLog
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 # client's calling-AP-title. One title for all workers: the counters are the store's.
 DEFAULT_CLIENT_SYSTEM_TITLE = b"SMH\x00\x00\x00\x00\x01"
 
+MAX_DELIVERIES_ADVISORY = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{JOBS_STREAM}.*"
 PERMANENT = (AuthenticationFailed, AssociationRefused, DecipheringError, ReplayedResponse, ProtectionError,
              AccessDenied)
 TRANSIENT = (LinkError, SessionTimeout, CounterBlockExhausted, OSError, asyncio.TimeoutError)
@@ -65,7 +67,7 @@ class WorkerSettings:
     ack_wait: float = 30.0
     max_deliver: int = 10  # JetStream's limit of deliveries of one job
     max_attempts: int = 5  # sessions tried for a job before it is failed
-    counter_block: int = 32
+    counter_block: int = 16  # a session of the default plan takes about 12; more are reserved as needed
     slot_wait: float = 120.0  # how long a job waits for a session slot of its cell before it is handed back
     backoff_base: float = 1.0
     backoff_cap: float = 60.0
@@ -122,6 +124,9 @@ class Worker:
                                       max_ack_pending=max(s.concurrency * 64, 1000))
         urgent = await self.broker.pull("urgent", "hes-workers-urgent", ack_wait=s.ack_wait,
                                         max_deliver=s.max_deliver, max_ack_pending=max(s.urgent_tasks * 64, 100))
+        # a job JetStream gave up on (every delivery ended without an outcome: workers that
+        # died with it, again and again) gets the outcome "failed" from whichever worker hears
+        advisories = await self.broker.nc.subscribe(MAX_DELIVERIES_ADVISORY, cb=self._exhausted)
         # on-demand jobs have sessions of their own, so a campaign never holds them up
         lanes = [asyncio.create_task(self._lane(bulk, s.concurrency, 1.0)),
                  asyncio.create_task(self._lane(urgent, s.urgent_tasks, 5.0))]
@@ -133,6 +138,35 @@ class Worker:
             for t in lanes:
                 t.cancel()
             await asyncio.gather(*lanes, return_exceptions=True)
+            try:
+                await advisories.unsubscribe()
+            except NatsError:
+                pass
+
+    async def _exhausted(self, advisory) -> None:
+        try:
+            seq = int(json.loads(advisory.data)["stream_seq"])
+            deliveries = json.loads(advisory.data).get("deliveries", "?")
+            stored = await self.broker.js.get_msg(JOBS_STREAM, seq)
+        except (ValueError, KeyError, TypeError, NotFoundError, NatsError, APIError, asyncio.TimeoutError):
+            return  # not ours to read, or another worker took care of it already
+        try:
+            job = Job.from_bytes(stored.data or b"")
+            failed = await self._store_call(self.store.fail_job(
+                job.campaign, job.meter_id, f"delivered {deliveries} times without an outcome (a poison job?)",
+                self.name, counted=True))
+            if failed:
+                self.stats.failed += 1
+                self.note("worker.exhausted", "job %s failed: JetStream delivered it %s times without an outcome",
+                          job.message_id, deliveries)
+        except JobFormatError:
+            pass
+        except (StoreError, asyncpg.PostgresError):
+            return  # the store is down: the job stays queued, its message in the stream for the next advisory
+        try:
+            await self.broker.js.delete_msg(JOBS_STREAM, seq)
+        except (NotFoundError, NatsError, APIError, asyncio.TimeoutError):
+            pass
 
     def stop(self) -> None:
         self._stopping.set()
@@ -252,9 +286,13 @@ class Worker:
 
     async def _claim(self, job: Job):
         """Claim the job's meter, waiting (with jitter) for a slot of its cell up to slot_wait
-        seconds and for its connection tokens; None when no slot came free."""
+        seconds, for its connection tokens, and for another holder's lease of the meter to
+        end (a worker that died: its lease runs out within lease_s). The job's message is kept
+        meanwhile (heartbeats), since every hand-back would use up one of its deliveries.
+        None when no slot came free."""
         s = self.settings
         deadline = time.monotonic() + s.slot_wait
+        busy_until = time.monotonic() + self.lease_s + 1.0
         pause, slot = 0.02, None
         while True:
             try:
@@ -272,6 +310,8 @@ class Worker:
                     return None
                 await asyncio.sleep(pause * (0.5 + self._rng.random()))
                 pause = min(0.5, pause * 1.5)
+            elif claim.status == "busy" and time.monotonic() < busy_until:
+                await asyncio.sleep(0.5 + self._rng.random())
             else:
                 return claim
 
