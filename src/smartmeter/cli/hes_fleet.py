@@ -262,9 +262,11 @@ def campaign_group() -> None:
 @click.option("--cell", default=None, help="Only the meters of this network cell.")
 @click.option("--meter", "serials", multiple=True, metavar="SERIAL", help="Only these meters (repeat).")
 @click.option("--wait", is_flag=True, help="Wait until every job has its outcome, then print the status.")
+@click.option("--publish-patience", type=click.FloatRange(0), default=300.0, show_default=True, metavar="S",
+              help="How long to keep retrying when NATS refuses jobs (its store full, a broker away).")
 @WAIT_OPTION
 def campaign_start(nats_url: str, dsn: str, name: str | None, cell: str | None, serials: tuple[str, ...],
-                   wait: bool, patience: float) -> None:
+                   wait: bool, publish_patience: float, patience: float) -> None:
     """Start a read campaign: the meters' registers and the new rows of their load profiles."""
     from smartmeter.hes.fleet.campaign import start_campaign
 
@@ -273,7 +275,8 @@ def campaign_start(nats_url: str, dsn: str, name: str | None, cell: str | None, 
     async def run() -> dict | None:
         store, broker = await _both(nats_url, dsn, patience)
         try:
-            campaign, jobs = await start_campaign(store, broker, name=name, cell=cell, serials=serials, say=_say)
+            campaign, jobs = await start_campaign(store, broker, name=name, cell=cell, serials=serials, say=_say,
+                                                  patience=publish_patience)
             _say(f"campaign {campaign} ({name}): {jobs} jobs queued")
             return await _wait(store, campaign) if wait else None
         finally:

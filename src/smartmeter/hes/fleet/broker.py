@@ -78,8 +78,10 @@ class Job:
 
 @dataclass(frozen=True)
 class StreamLimits:
-    jobs_max_bytes: int = 1 << 30
-    pushes_max_bytes: int = 8 << 30
+    # -1: the server's own store limit (max_file_store) bounds a stream; with discard "new" a
+    # full store refuses publications, which then wait and retry (Broker.publish)
+    jobs_max_bytes: int = -1
+    pushes_max_bytes: int = -1
     pushes_max_age: float = 7 * 24 * 3600.0
     duplicate_window: float = 2 * 3600.0  # a push repeated within this is dropped by the broker
     replicas: int = 1
@@ -100,6 +102,7 @@ class Broker:
         self.js = nc.jetstream()
         self.url = url
         self._closing: list[bool] = []
+        self._refusing = False  # publications are being refused (a line was said)
 
     @classmethod
     async def connect(cls, url: str, *, name: str = "smartmeter-hes", timeout: float = 5.0,
@@ -114,16 +117,23 @@ class Broker:
         async def reconnected() -> None:
             say(f"connected to NATS again at {url}")
 
+        connected = []  # until the first connection, failures are the caller's (one error), not lines
+
         async def error(exc: Exception) -> None:
-            say(f"NATS: {exc.__class__.__name__}: {exc}")
+            if connected and not closing:
+                say(f"NATS: {exc.__class__.__name__}: {exc}")
 
         try:
-            nc = await nats.connect(url.split(","), name=name, connect_timeout=timeout, allow_reconnect=True,
-                                    max_reconnect_attempts=-1, reconnect_time_wait=0.5,
-                                    disconnected_cb=disconnected, reconnected_cb=reconnected, error_cb=error)
+            # nats-py keeps retrying a first connection that fails: the time-out ends that
+            nc = await asyncio.wait_for(nats.connect(
+                url.split(","), name=name, connect_timeout=timeout, allow_reconnect=True, max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5, disconnected_cb=disconnected, reconnected_cb=reconnected,
+                error_cb=error), timeout * 2)
         except (NoServersError, OSError, NatsError, asyncio.TimeoutError) as exc:
-            raise BrokerUnavailable(f"cannot reach NATS at {url} ({exc.__class__.__name__}: {exc}); "
+            detail = f"{exc.__class__.__name__}: {exc}" if str(exc) else f"no connection within {timeout * 2:g} s"
+            raise BrokerUnavailable(f"cannot reach NATS at {url} ({detail}); "
                                     "is nats-server running with JetStream (-js)?") from None
+        connected.append(True)
         broker = cls(nc, url)
         broker._closing = closing
         try:
@@ -168,13 +178,17 @@ class Broker:
             try:
                 ack = await self.js.publish(subject, payload, timeout=5.0,
                                             headers={**(headers or {}), "Nats-Msg-Id": message_id})
+                if self._refusing and say is not None:
+                    say("NATS takes messages again")
+                self._refusing = False
                 return not ack.duplicate
             except (APIError, NatsTimeout, NatsError, asyncio.TimeoutError) as exc:
                 attempt += 1
                 if loop.time() >= deadline:
                     raise BrokerUnavailable(f"NATS did not take a message for {patience:g} s: {exc}") from None
-                if say is not None and attempt == 1:
+                if say is not None and attempt == 1 and not self._refusing:
                     say(f"NATS is not taking messages ({exc}); retrying with back-off")
+                self._refusing = True  # one line for all the publications it refuses
                 await asyncio.sleep(min(backoff_delay(attempt, base=0.2, cap=5.0), max(0.0, deadline - loop.time())))
 
     async def publish_push(self, title: str, counter: int, apdu: bytes, received: float, source: str) -> bool:

@@ -8,28 +8,48 @@ taken is only ever done once because its outcome is written once (state 'queued'
 """
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Callable, Sequence
 
-from smartmeter.hes.fleet.broker import LANES, Broker, Job
+from smartmeter.errors import SmartmeterError
+from smartmeter.hes.fleet.broker import LANES, Broker, BrokerUnavailable, Job
 from smartmeter.hes.store.pg import FleetStore, StoreError
 
-__all__ = ["start_campaign", "retry_failed", "resume_campaign"]
+__all__ = ["PublishCutShort", "start_campaign", "retry_failed", "resume_campaign"]
+
+
+class PublishCutShort(SmartmeterError):
+    """NATS stopped taking the jobs of a campaign (a full store, a broker away too long)."""
+
+
+PUBLISH_AT_ONCE = 100  # publications awaiting their acknowledgement at a time
 
 
 async def _publish(broker: Broker, campaign: int, meter_ids: Sequence[int], lane: str, suffix: str,
-                   say: Callable[[str], None] | None) -> int:
-    published = 0
-    for meter_id in meter_ids:
-        job = Job(campaign, meter_id)
-        if await broker.publish(LANES[lane], job.to_bytes(), job.message_id + suffix, say=say):
-            published += 1
-    return published
+                   say: Callable[[str], None] | None, patience: float = 300.0) -> int:
+    """Publish the jobs; PublishCutShort (after `patience` s of refusals) says how many NATS
+    took: the others stay queued in the store for `campaign resume`."""
+    taken = 0
+    for at in range(0, len(meter_ids), PUBLISH_AT_ONCE):
+        jobs = [Job(campaign, meter_id) for meter_id in meter_ids[at:at + PUBLISH_AT_ONCE]]
+        results = await asyncio.gather(*(broker.publish(LANES[lane], job.to_bytes(), job.message_id + suffix, say=say,
+                                                        patience=patience) for job in jobs), return_exceptions=True)
+        refused = next((r for r in results if isinstance(r, BrokerUnavailable)), None)
+        other = next((r for r in results if isinstance(r, BaseException) and not isinstance(r, BrokerUnavailable)),
+                     None)
+        taken += sum(1 for r in results if not isinstance(r, BaseException))
+        if other is not None:
+            raise other
+        if refused is not None:
+            raise PublishCutShort(f"campaign {campaign}: NATS took {taken} of {len(meter_ids)} jobs ({refused}); "
+                                  f"`smartmeter hes campaign resume {campaign}` publishes the rest when it has room")
+    return taken
 
 
 async def start_campaign(store: FleetStore, broker: Broker, *, name: str, cell: str | None = None,
                          serials: Sequence[str] | None = None, lane: str = "bulk",
-                         say: Callable[[str], None] | None = None) -> tuple[int, int]:
+                         say: Callable[[str], None] | None = None, patience: float = 300.0) -> tuple[int, int]:
     """A read campaign over the meters selected (all when neither cell nor serials): (id, jobs)."""
     meters = await store.meter_ids(cell=cell, serials=serials)
     if serials:
@@ -42,7 +62,7 @@ async def start_campaign(store: FleetStore, broker: Broker, *, name: str, cell: 
     ids = [meter_id for meter_id, _, _ in meters]
     campaign = await store.create_campaign(name, "read", {"cell": cell, "serials": list(serials or []),
                                                           "lane": lane}, ids)
-    await _publish(broker, campaign, ids, lane, "", say)
+    await _publish(broker, campaign, ids, lane, "", say, patience)
     return campaign, len(ids)
 
 

@@ -124,9 +124,7 @@ class Worker:
                                       max_ack_pending=max(s.concurrency * 64, 1000))
         urgent = await self.broker.pull("urgent", "hes-workers-urgent", ack_wait=s.ack_wait,
                                         max_deliver=s.max_deliver, max_ack_pending=max(s.urgent_tasks * 64, 100))
-        # a job JetStream gave up on (every delivery ended without an outcome: workers that
-        # died with it, again and again) gets the outcome "failed" from whichever worker hears
-        advisories = await self.broker.nc.subscribe(MAX_DELIVERIES_ADVISORY, cb=self._exhausted)
+        advisories = await self.watch_exhausted()
         # on-demand jobs have sessions of their own, so a campaign never holds them up
         lanes = [asyncio.create_task(self._lane(bulk, s.concurrency, 1.0)),
                  asyncio.create_task(self._lane(urgent, s.urgent_tasks, 5.0))]
@@ -142,6 +140,12 @@ class Worker:
                 await advisories.unsubscribe()
             except NatsError:
                 pass
+
+    async def watch_exhausted(self):
+        """A job JetStream gave up on (every delivery ended without an outcome: workers that
+        died with it, again and again) gets the outcome "failed" from whichever worker hears
+        of it. Returns the subscription."""
+        return await self.broker.nc.subscribe(MAX_DELIVERIES_ADVISORY, cb=self._exhausted)
 
     async def _exhausted(self, advisory) -> None:
         try:

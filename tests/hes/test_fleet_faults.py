@@ -1,0 +1,202 @@
+"""Bad input and bad days for the head-end at scale: meters that refuse, stay silent, cannot
+select, or answer with a lower counter than before; PostgreSQL restarted mid-campaign; poison
+jobs; a database or broker down at start; a full broker store."""
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import threading
+import time
+
+import pytest
+
+from fleet_support import HeadEnd, energy, fleet_power
+
+PROFILE = "1-0:99.1.0.255"
+
+
+@pytest.fixture
+def head_end(tmp_path, pg_dsn, nats_url):
+    h = HeadEnd(tmp_path, pg_dsn, nats_url)
+    yield h
+    h.close()
+
+
+def outcomes(h: HeadEnd, campaign: int) -> dict[str, dict]:
+    return {r["serial"]: dict(r) for r in h.query(
+        "SELECT m.serial, j.state, j.attempts, j.error, m.capabilities FROM job j JOIN meter m ON m.id = j.meter_id "
+        "WHERE j.campaign_id = $1", campaign)}
+
+
+@pytest.mark.timeout(240)
+def test_refusing_silent_and_limited_meters_each_get_the_outcome_they_deserve(head_end):
+    h = head_end
+    manifest = h.start_fleet(40, "--refusing", "0.1", "--silent", "0.1", "--no-range", "0.2",
+                             "--no-selective", "0.1", "--seed", "3")
+    h.import_fleet()
+    # one meter answered the head-end before with a counter far above what it will send now
+    lowered = next(m for m in manifest["meters"] if not m["faults"] and not m["capabilities"])
+    h.query("UPDATE frame_counter SET rx_last = 1000000 FROM meter WHERE meter.id = frame_counter.meter_id "
+            "AND meter.serial = $1", lowered["serial"])
+    h.start_worker("--max-attempts", "2", "--session-timeout", "4", "--request-timeout", "1",
+                   "--association-timeout", "2", "--connect-timeout", "1")
+    campaign = h.start_campaign()
+    h.wait_campaign(campaign, timeout=120)
+    got = outcomes(h, campaign)
+    for m in manifest["meters"]:
+        o = got[m["serial"]]
+        if "refusing" in m["faults"]:  # other keys: a permanent failure, tried once
+            assert (o["state"], o["attempts"]) == ("failed", 1) and "refused the association" in o["error"], o
+        elif "silent" in m["faults"]:  # no answer: tried again after a back-off, then given up
+            assert (o["state"], o["attempts"]) == ("failed", 2) and "gave up after 2 attempts" in o["error"], o
+        elif m is lowered:  # a replayed or rolled-back answer: permanent, never taken as new
+            assert (o["state"], o["attempts"]) == ("failed", 1) and "invocation counter" in o["error"], o
+        else:
+            assert o["state"] == "done", o
+            selection = json.loads(o["capabilities"]).get(f"selection:{PROFILE}")
+            expected = {"no-range": "entry", "no-selective": "whole"}.get(next(iter(m["capabilities"]), ""))
+            assert selection == expected, (m["capabilities"], selection)
+    # the meters that cannot select by range gave the same rows as the others
+    start = manifest["start_epoch"]
+    for m in manifest["meters"]:
+        if m["capabilities"] and not m["faults"]:
+            rows = h.query(f"""SELECT extract(epoch FROM r.time)::float8 AS t, r.raw FROM reading r
+                               JOIN series s ON s.id = r.series_id JOIN meter x ON x.id = s.meter_id
+                               WHERE x.serial = $1 AND s.source = '{PROFILE}' AND s.obis = '1-0:1.8.0.255'""",
+                           m["serial"])
+            assert rows and all(r["raw"] == energy(fleet_power(m["index"])[0], start, r["t"]) for r in rows)
+    rx = h.query("SELECT f.rx_last FROM frame_counter f JOIN meter m ON m.id = f.meter_id WHERE m.serial = $1",
+                 lowered["serial"])
+    assert rx[0]["rx_last"] == 1000000  # a counter only moves up
+
+
+@pytest.mark.timeout(240)
+def test_postgresql_restarted_mid_campaign_loses_nothing(head_end, postgres_server):
+    h = head_end
+    h.start_fleet(1500, "--cells", "2")
+    h.import_fleet("--max-sessions", "8", "--connects-per-s", "2000")
+    for _ in range(2):
+        h.start_worker("--concurrency", "8")
+    campaign = h.start_campaign()
+    restarted = []
+
+    def restart_once(status):
+        if not restarted and status.get("done", 0) > 100:
+            postgres_server.restart("immediate")
+            restarted.append(dict(status))
+
+    status = h.wait_campaign(campaign, timeout=180, during=restart_once)
+    assert restarted and restarted[0]["queued"] > 0
+    assert status == {"done": 1500}
+    # one register row per OBIS and meter: no session stored twice, none lost
+    per_meter = h.query("SELECT s.meter_id, count(*) AS n FROM reading r JOIN series s ON s.id = r.series_id "
+                        "WHERE s.source = '' GROUP BY s.meter_id")
+    assert len(per_meter) == 1500 and {r["n"] for r in per_meter} == {2}
+    logs = h.log("worker")
+    assert "the store is unavailable" in logs and "the store is back" in logs
+    assert logs.count("the store is unavailable") <= 2 * 2  # one line per worker and outage, not a flood
+    report = h.stop_fleet()
+    assert report["totals"]["reused"] == 0 and report["totals"]["refused"] == 0
+
+
+def test_poison_jobs_are_terminated_and_listed_as_failed(head_end, nats_url, pg_dsn, tmp_path):
+    from smartmeter.hes.fleet.broker import BULK, Broker, Job
+    from smartmeter.hes.fleet.worker import Worker, WorkerSettings
+    from smartmeter.hes.store.pg import FleetStore, KeyVault, MeterRecord
+
+    async def scenario():
+        store = await FleetStore.open(pg_dsn, KeyVault(bytes(32)), migrate=True)
+        await store.add_meters([MeterRecord("P1", b"SIMPOIS1", "127.0.0.1", 1, keys={"ek": bytes(16), "ak": bytes(16)})])
+        (meter_id, _, _), = await store.meter_ids()
+        campaign = await store.create_campaign("poison", "read", {}, [meter_id])
+        broker = await Broker.connect(nats_url)
+        await broker.ensure_streams()
+        worker = Worker(store, broker, WorkerSettings(ack_wait=1.0, max_deliver=2))
+        await worker.watch_exhausted()
+        # a consumer like the workers' that takes the job and dies with it, twice
+        sub = await broker.pull("bulk", "hes-workers-bulk", ack_wait=1.0, max_deliver=2, max_ack_pending=10)
+        await broker.publish(BULK, Job(campaign, meter_id).to_bytes(), "poisoned")
+        for _ in range(2):
+            (await sub.fetch(1, timeout=5))[0]  # never answered
+            await asyncio.sleep(1.2)
+        # the next pull finds the job's deliveries used up: JetStream says so (the advisory)
+        with pytest.raises(Exception):
+            await sub.fetch(1, timeout=2)
+        deadline = time.monotonic() + 15
+        while await store.pool.fetchval("SELECT state FROM job") == "queued" and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        job = dict(await store.pool.fetchrow("SELECT state, error FROM job"))
+        left = (await broker.stream_state("HES_JOBS"))["messages"]
+        # malformed messages and jobs of no campaign are terminated at once
+        for data in (b"\xff not json", json.dumps({"campaign": "x", "meter": 1}).encode(), b"{" * 5000,
+                     Job(999, meter_id).to_bytes()):
+            await broker.publish(BULK, data, secrets.token_hex(8))
+        run = asyncio.create_task(worker.run())
+        deadline = time.monotonic() + 15
+        while worker.stats.poison < 4 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        worker.stop()
+        await run
+        remaining = (await broker.stream_state("HES_JOBS"))["messages"]
+        await broker.close()
+        await store.close()
+        return job, left, worker.stats.poison, remaining
+
+    job, left, poison, remaining = asyncio.run(scenario())
+    assert job["state"] == "failed" and "delivered 2 times without an outcome" in job["error"], job
+    assert left == 0
+    assert poison == 4 and remaining == 0
+
+
+def test_a_database_or_broker_down_at_start_is_one_clear_line_and_a_retry(head_end, postgres_server, tmp_path):
+    h = head_end
+    (tmp_path / "kek.hex").write_text(secrets.token_hex(32))
+    down = h.run("hes", "worker", "--db", "postgresql://hes@127.0.0.1:1/none", "--wait-for-services", "1")
+    assert down.returncode != 0 and "Traceback" not in down.stderr + down.stdout
+    assert "cannot reach PostgreSQL at postgresql://hes@127.0.0.1:1/none" in down.stdout + down.stderr
+    assert (down.stdout + down.stderr).count("cannot reach PostgreSQL") == 2  # the first try, and the last word
+    h.ok("hes", "db", "migrate")
+    no_broker = h.run("hes", "campaign", "start", "--nats", "nats://127.0.0.1:1", "--wait-for-services", "1")
+    assert no_broker.returncode != 0 and "Traceback" not in no_broker.stderr + no_broker.stdout
+    assert "cannot reach NATS at nats://127.0.0.1:1" in no_broker.stderr
+    # the database comes up while the command waits for it
+    postgres_server.stop()
+    threading.Timer(2.0, postgres_server.start).start()
+    began = time.monotonic()
+    waited = h.run("hes", "db", "migrate", "--wait-for-services", "60")
+    assert waited.returncode == 0, waited.stdout + waited.stderr
+    assert "retrying for up to 60 s" in waited.stdout and "the schema is up to date" in waited.stdout
+    assert time.monotonic() - began >= 1.5
+
+
+@pytest.mark.timeout(120)
+def test_a_full_broker_store_slows_the_campaign_and_loses_nothing_silently(tmp_path, pg_dsn, nats_server_factory):
+    small = nats_server_factory(max_file_store=96 * 1024)
+    h = HeadEnd(tmp_path, pg_dsn, small.url)
+    meters = [{"serial": f"FULL{i:05d}", "system_title": f"{0x46554C4C000000 + i:016X}", "host": "127.0.0.1",
+               "port": 9, "ek": "00" * 16, "ak": "11" * 16} for i in range(3000)]
+    (tmp_path / "fleet.json").write_text(json.dumps({"meters": meters}))
+    h.import_fleet()
+    began = time.monotonic()
+    full = h.run("hes", "campaign", "start", "--publish-patience", "3")
+    out = full.stdout + full.stderr
+    assert full.returncode != 0 and "Traceback" not in out, out
+    assert time.monotonic() - began >= 3.0  # it waited and retried before it gave up
+    assert out.count("NATS is not taking messages") >= 1
+    assert "NATS took " in out, out
+    taken = int(out.split("NATS took ")[1].split(" of 3000")[0])
+    assert "`smartmeter hes campaign resume 1` publishes the rest" in out
+    stream = asyncio.run(_stream_messages(small.url))
+    assert 0 < taken == stream < 3000  # what NATS acknowledged is there, and nothing else
+    assert h.status(1) == {"queued": 3000}  # every job still waits for its outcome in the store
+
+
+async def _stream_messages(url: str) -> int:
+    from smartmeter.hes.fleet.broker import Broker
+
+    broker = await Broker.connect(url)
+    try:
+        return (await broker.stream_state("HES_JOBS"))["messages"]
+    finally:
+        await broker.close()
