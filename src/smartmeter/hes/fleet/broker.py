@@ -15,6 +15,7 @@ retry, and nothing already accepted is dropped to make room.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 from dataclasses import dataclass
@@ -84,7 +85,7 @@ class StreamLimits:
     pushes_max_bytes: int = -1
     pushes_max_age: float = 7 * 24 * 3600.0
     duplicate_window: float = 2 * 3600.0  # a push repeated within this is dropped by the broker
-    replicas: int = 1
+    replicas: int | None = None  # None: 3 on a JetStream cluster, 1 on a single server
 
 
 def backoff_delay(delivery: int, base: float = 1.0, cap: float = 60.0, rng: random.Random | None = None) -> float:
@@ -150,7 +151,15 @@ class Broker:
         except (NatsError, asyncio.TimeoutError):
             await self.nc.close()
 
+    @property
+    def clustered(self) -> bool:
+        return bool(self.nc._server_info.get("cluster"))
+
     async def ensure_streams(self, limits: StreamLimits = StreamLimits()) -> None:
+        """The streams, created if missing: on a cluster with three replicas, so that they live
+        through the loss of a server (a stream already there is left as it is)."""
+        if limits.replicas is None:
+            limits = dataclasses.replace(limits, replicas=3 if self.clustered else 1)
         await self._ensure(api.StreamConfig(
             name=JOBS_STREAM, subjects=[URGENT, BULK], retention=api.RetentionPolicy.WORK_QUEUE,
             discard=api.DiscardPolicy.NEW, max_bytes=limits.jobs_max_bytes, duplicate_window=120.0,
@@ -160,11 +169,19 @@ class Broker:
             discard=api.DiscardPolicy.NEW, max_bytes=limits.pushes_max_bytes, max_age=limits.pushes_max_age,
             duplicate_window=limits.duplicate_window, storage=api.StorageType.FILE, num_replicas=limits.replicas))
 
-    async def _ensure(self, config: api.StreamConfig) -> None:
-        try:
-            await self.js.stream_info(config.name)
-        except NotFoundError:
-            await self.js.add_stream(config)
+    async def _ensure(self, config: api.StreamConfig, attempts: int = 20) -> None:
+        for attempt in range(1, attempts + 1):
+            try:
+                try:
+                    await self.js.stream_info(config.name)
+                except NotFoundError:
+                    await self.js.add_stream(config)
+                return
+            except (NatsTimeout, asyncio.TimeoutError, APIError) as exc:
+                # a cluster electing its leaders answers late or "unavailable" for a moment
+                if isinstance(exc, NotFoundError) or attempt == attempts:
+                    raise BrokerUnavailable(f"NATS could not create the stream {config.name}: {exc}") from None
+                await asyncio.sleep(0.5)
 
     async def publish(self, subject: str, payload: bytes, message_id: str, *, patience: float = 300.0,
                       say: Callable[[str], None] | None = None, headers: dict[str, str] | None = None) -> bool:
