@@ -120,6 +120,8 @@ class HeadEnd:
                 return status
             assert time.monotonic() < deadline, f"campaign {campaign} not done in {timeout} s: {status}\n" \
                                                 f"{self.log('worker')[-4000:]}"
+            workers = [w for w in self.workers if w.args[3:5] == ["hes", "worker"]]
+            assert not workers or any(w.poll() is None for w in workers), f"every worker ended:\n{self.log('worker')}"
             if during is not None:
                 during(status)
             time.sleep(0.25)

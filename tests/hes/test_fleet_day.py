@@ -62,6 +62,7 @@ def test_three_incremental_campaigns_over_a_fast_day(head_end, tmp_path):
             time.sleep(0.5)
             assert h.status(campaigns[-1]).get("queued"), "the campaign ended before the on-demand read"
             began = time.monotonic()
+            # a meter the campaign has not reached yet, and one it may be reading right now
             out = h.ok("hes", "read", manifest["meters"][7]["serial"], "--timeout", "30")
             on_demand = time.monotonic() - began
             assert "read in" in out
@@ -124,4 +125,6 @@ def test_three_incremental_campaigns_over_a_fast_day(head_end, tmp_path):
 
     report = h.stop_fleet()
     assert max(c["max_concurrent"] for c in report["cells"].values()) <= CELL_LIMIT, report["cells"]
+    # the on-demand read and the campaign never had one meter in two sessions
+    assert max(m["max_concurrent"] for m in report["meters"]) == 1
     assert report["totals"]["reused"] == 0 and report["totals"]["refused"] == 0

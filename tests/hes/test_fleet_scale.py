@@ -62,9 +62,9 @@ def test_three_workers_read_ten_thousand_meters_while_one_is_killed_again_and_ag
     assert all(0 < k.get("done", 0) < METERS for k in kills)
     # exactly one outcome per meter, all of them done
     assert status == {"done": METERS}, status
-    jobs = h.query("SELECT m.serial, j.state, j.rows FROM job j JOIN meter m ON m.id = j.meter_id "
-                   "WHERE j.campaign_id = $1", campaign)
-    assert len(jobs) == METERS and len({j["serial"] for j in jobs}) == METERS
+    claims = h.query("SELECT claims, attempts FROM job WHERE campaign_id = $1", campaign)
+    # a job whose session died with its worker was begun again; each ended once
+    assert all(j["attempts"] == 1 for j in claims) and sum(j["claims"] for j in claims) >= METERS
 
     # every reading once, each what the fleet's formula gives at the meter's time
     start = manifest["start_epoch"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 
-import asyncpg
 import pytest
 
 from smartmeter.hes.store.pg import (
@@ -96,7 +95,7 @@ def test_counter_blocks_never_overlap_and_only_move_up(pg_dsn):
                 except MeterBusy:
                     await asyncio.sleep(0.001)
             extra = await store.reserve_counters(meter_id, grant.key_generation, 5)
-            await store.release(meter_id, grant.lease_token, None, None, f"w{k}")
+            await store.release(grant)
             return [grant.counter_block, extra]
 
         blocks = [b for pair in await asyncio.gather(*(one(k) for k in range(20))) for b in pair]
@@ -193,7 +192,7 @@ def test_cell_slots_bound_sessions_and_expire_with_a_dead_holder(pg_dsn):
 
         got = [await claim(k, h) for k, h in enumerate("abc")]
         a = got[0].grant
-        await store.release(a.meter_id, a.lease_token, a.cell, a.slot, "a")
+        await store.release(a)
         after_release = await claim(2, "c")
         full = await claim(3, "d")
         await asyncio.sleep(0.4)  # b and c died holding their slots: their leases run out
@@ -205,8 +204,8 @@ def test_cell_slots_bound_sessions_and_expire_with_a_dead_holder(pg_dsn):
 
     got, after_release, full, after_expiry, slots = run(scenario())
     assert [c.status for c in got] == ["granted", "granted", "cell_full"]
-    assert sorted(c.slot for c in got[:2]) == [1, 2]
-    assert after_release.status == "granted" and after_release.slot == got[0].slot
+    assert sorted(c.slot[0] for c in got[:2]) == [1, 2]
+    assert after_release.status == "granted" and after_release.slot[0] == got[0].slot[0]
     assert full.status == "cell_full"
     # the burst of 3 went to a, b and c; 0.4 s refilled 2 tokens (5/s) for e and f; g finds
     # both slots taken again
@@ -236,6 +235,62 @@ def test_connect_tokens_allow_a_burst_then_the_rate(pg_dsn):
     assert held == 4  # the throttled claim kept its slot, and no slot was taken twice
 
 
+def test_a_throttled_claim_whose_slot_expired_takes_a_free_one_or_none(pg_dsn):
+    async def scenario():
+        store = await opened(pg_dsn, 3)
+        await store.set_cell_limits("cell-0", 1, 0.5, 1.0)  # one session; a connection every 2 s
+        ids = [i for i, _, _ in await store.meter_ids()]
+        campaign = await store.create_campaign("c", "read", {}, ids)
+        first = await store.claim(ids[0], "w1", 30, 8, campaign=campaign, throttle=True)
+        await store.release(first.grant)
+        throttled = await store.claim(ids[1], "w1", 0.2, 8, campaign=campaign, throttle=True)
+        await asyncio.sleep(0.3)  # its slot's lease ran out: another takes the slot
+        other = await store.claim(ids[2], "w2", 30, 8, campaign=campaign, throttle=True)
+        again = await store.claim(ids[1], "w1", 30, 8, campaign=campaign, throttle=True, slot=throttled.slot)
+        await store.close()
+        return throttled, other, again
+
+    throttled, other, again = run(scenario())
+    assert throttled.status == "throttled" and throttled.slot is not None
+    assert other.status in ("throttled", "granted") and other.slot[0] == throttled.slot[0]
+    assert again.status == "cell_full"  # the slot it kept is no longer its own: one session in the cell
+
+
+def test_a_holder_never_takes_over_its_own_valid_lease(pg_dsn):
+    async def scenario():
+        store = await opened(pg_dsn, 1)
+        (meter_id, _, _), = await store.meter_ids()
+        campaign = await store.create_campaign("c", "read", {}, [meter_id])
+        first = await store.begin_session(meter_id, "w", 30, 8)
+        second = await store.claim(meter_id, "w", 30, 8, campaign=campaign)  # e.g. the urgent lane of one worker
+        tokens = await store.pool.fetchval("SELECT count(*) FROM cell WHERE tokens < burst")
+        await store.close()
+        return first, second, tokens
+
+    first, second, tokens = run(scenario())
+    assert second.status == "busy" and first.lease_token is not None
+    assert tokens == 0  # a claim that could not have the meter took no connection token
+
+
+def test_a_job_begun_too_often_and_never_ended_is_failed(pg_dsn):
+    async def scenario():
+        store = await opened(pg_dsn, 1)
+        (meter_id, _, _), = await store.meter_ids()
+        campaign = await store.create_campaign("c", "read", {}, [meter_id])
+        statuses = []
+        for _ in range(4):
+            claim = await store.claim(meter_id, "w", 0.01, 8, campaign=campaign, max_claims=3)
+            statuses.append(claim.status)
+            await asyncio.sleep(0.02)  # the session's worker died: its lease runs out
+        job = dict(await store.pool.fetchrow("SELECT state, claims, error FROM job"))
+        await store.close()
+        return statuses, job
+
+    statuses, job = run(scenario())
+    assert statuses == ["granted"] * 3 + ["poison"]
+    assert job["state"] == "failed" and job["claims"] == 3 and "never ended" in job["error"]
+
+
 def test_a_job_has_exactly_one_outcome(pg_dsn):
     async def scenario():
         store = await opened(pg_dsn, 2)
@@ -248,7 +303,9 @@ def test_a_job_has_exactly_one_outcome(pg_dsn):
         g = await store.begin_session(ids[0], "w3", 30, 8)
         rows = profile_rows(dt.datetime(2026, 12, 1, tzinfo=UTC), 2)
         assert await store.finish_session(g, SessionResult(rows, {}, {}, None, None), (campaign, "w3")) == 0
+        # nothing of the late session is stored, and its lease is given back
         assert await store.pool.fetchval("SELECT count(*) FROM reading") == 0
+        assert await store.pool.fetchval("SELECT count(*) FROM meter_lease") == 0
         attempts = await store.count_attempt(campaign, ids[1], "no answer")
         status = await store.campaign_status(campaign)
         reopened = await store.reopen_failed(campaign)
@@ -270,4 +327,3 @@ def test_an_unreachable_database_is_one_clear_error():
             await FleetStore.open("postgresql://u@127.0.0.1:1/x", None)
 
     run(scenario())
-    assert asyncpg  # the driver is the product's dependency

@@ -206,7 +206,6 @@ def worker(nats_url: str, dsn: str, kek_file: Path, concurrency: int, connect_ti
     from smartmeter.hes.fleet.worker import Worker, WorkerSettings
 
     settings = WorkerSettings(concurrency=concurrency, ack_wait=ack_wait, max_attempts=max_attempts,
-                              max_deliver=max_attempts * 2,
                               timeouts=Timeouts(connect_timeout, association_timeout, request_timeout, session_timeout))
     asyncio.run(_work(nats_url, dsn, kek_file, settings, name, patience, Worker, pushes))
 
@@ -227,6 +226,12 @@ async def _work(nats_url, dsn, kek_file, settings, name, patience, worker_class,
         loop.add_signal_handler(sig, w.stop)
     ingester = PushIngester(store, broker, say=_say) if pushes else None
     ingesting = asyncio.create_task(ingester.run(w.stopping)) if ingester else None
+    if ingesting is not None:
+        def ended(task: asyncio.Task) -> None:
+            if not task.cancelled() and task.exception() is not None:
+                _say(f"the push ingester stopped: {type(task.exception()).__name__}: {task.exception()}; "
+                     "pushes wait in NATS for another worker")
+        ingesting.add_done_callback(ended)
     _say(f"worker {w.name}: {settings.concurrency} sessions at once; jobs{' and pushes' if pushes else ''} from "
          f"{nats_url}; store {_dsn(dsn)}")
     try:
@@ -297,7 +302,7 @@ async def _both(nats_url: str, dsn: str, patience: float):
         raise
 
 
-async def _wait(store, campaign: int, timeout: float | None = None) -> dict:
+async def _wait(store, campaign: int, timeout: float | None = None, poll: float = 0.5) -> dict:
     started = time.monotonic()
     shown = None
     while True:
@@ -308,7 +313,7 @@ async def _wait(store, campaign: int, timeout: float | None = None) -> dict:
         shown = progress
         if status["queued"] == 0 or (timeout is not None and time.monotonic() - started > timeout):
             return status
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(poll)
 
 
 def _print_status(status: dict, as_json: bool) -> None:
@@ -394,7 +399,7 @@ def read_now(serial: str, nats_url: str, dsn: str, timeout: float, patience: flo
         try:
             campaign, _ = await start_campaign(store, broker, name=f"on demand {serial}", serials=[serial],
                                                lane="urgent", say=_say)
-            return await _wait(store, campaign, timeout)
+            return await _wait(store, campaign, timeout, poll=0.05)
         finally:
             await broker.close()
             await store.close()

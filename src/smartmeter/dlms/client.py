@@ -59,7 +59,11 @@ class ClientError(SmartmeterError):
 
 
 class AssociationRefused(ClientError):
-    pass
+    """The AARE's result is not accepted: 1 rejected-permanent, 2 rejected-transient."""
+
+    def __init__(self, message: str, result: int | None = None) -> None:
+        self.result = result
+        super().__init__(message)
 
 
 class AccessDenied(ClientError):
@@ -588,8 +592,8 @@ class ClientAssociation:
         if aare.result != 0:
             detail = self._refusal_detail(aare.user_information)
             raise AssociationRefused(
-                f"the meter refused the association: result {aare.result}, diagnostic {aare.diagnostic}{detail}"
-            )
+                f"the meter refused the association: result {aare.result}, diagnostic {aare.diagnostic}{detail}",
+                aare.result)
         if not aare.user_information:
             raise ClientError("association: the AARE carries no InitiateResponse")
         sec = self.security

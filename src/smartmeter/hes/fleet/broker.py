@@ -214,11 +214,21 @@ class Broker:
                                   headers={RECEIVED_HEADER: f"{received:.6f}", SOURCE_HEADER: source[:200]})
 
     async def pull(self, lane: str, durable: str, *, ack_wait: float, max_deliver: int, max_ack_pending: int):
-        """A pull subscription on a job lane's shared durable consumer."""
+        """A pull subscription on a job lane's shared durable consumer. A consumer made earlier
+        with another ack wait or delivery limit is brought to these (the workers' heartbeats
+        follow the ack wait), or BrokerUnavailable says why it cannot be."""
         config = api.ConsumerConfig(durable_name=durable, ack_policy=api.AckPolicy.EXPLICIT, ack_wait=ack_wait,
                                     max_deliver=max_deliver, filter_subject=LANES[lane],
                                     max_ack_pending=max_ack_pending, max_waiting=512)
-        return await self.js.pull_subscribe(LANES[lane], durable=durable, stream=JOBS_STREAM, config=config)
+        sub = await self.js.pull_subscribe(LANES[lane], durable=durable, stream=JOBS_STREAM, config=config)
+        found = (await sub.consumer_info()).config
+        if abs((found.ack_wait or 0) - ack_wait) > 0.001 or (found.max_deliver or -1) != max_deliver:
+            try:
+                await self.js.add_consumer(JOBS_STREAM, config)  # an update of the durable consumer
+            except APIError as exc:
+                raise BrokerUnavailable(f"the job consumer {durable} has ack wait {found.ack_wait:g} s and "
+                                        f"max deliver {found.max_deliver}, and NATS would not change them: {exc}") from None
+        return sub
 
     async def stream_state(self, name: str) -> dict[str, Any]:
         info = await self.js.stream_info(name)

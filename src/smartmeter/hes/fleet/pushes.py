@@ -23,6 +23,7 @@ from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Any, Callable
 
+import asyncpg
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
@@ -32,7 +33,7 @@ from smartmeter.dlms.apdu.ciphered import GeneralGloCiphering
 from smartmeter.dlms.security.errors import AuthenticationError, SecurityError
 from smartmeter.errors import DecodeError, TruncatedError
 from smartmeter.hes.fleet.broker import (
-    PUSH_SUBJECT, PUSHES_STREAM, RECEIVED_HEADER, SOURCE_HEADER, Broker, BrokerUnavailable,
+    PUSH_SUBJECT, PUSHES_STREAM, RECEIVED_HEADER, SOURCE_HEADER, Broker, BrokerUnavailable, backoff_delay,
 )
 from smartmeter.hes.push_listener import DATA_NOTIFICATION_TAG, Keyring, Limits, MeterKeys, PushIntake
 from smartmeter.hes.store.pg import UNAVAILABLE, FleetStore, StoreUnavailable
@@ -42,7 +43,8 @@ __all__ = ["NatsPushGate", "PushIngester", "keyring_from_store"]
 
 log = logging.getLogger(__name__)
 
-RECENT_PER_METER = 64  # counters of each meter the gate remembers, to drop retries before the broker
+RECENT_PUSHES = 100_000  # (meter, counter) the gate remembers, to drop retries before the broker
+MESSAGE_ID_HEADER = "Nats-Msg-Id"
 
 
 async def keyring_from_store(store: FleetStore) -> Keyring:
@@ -67,7 +69,7 @@ class NatsPushGate(PushIntake):
         # bounded: when the broker is slower than the meters for long, pushes are refused and
         # counted ("overload"), and a meter's repetition is taken when there is room again
         self.queue: asyncio.Queue[tuple[str, int, bytes, float, str]] = asyncio.Queue(queue_size)
-        self._recent: dict[bytes, OrderedDict[int, None]] = {}
+        self._recent: OrderedDict[tuple[bytes, int], None] = OrderedDict()  # newest last, bounded
 
     def notification(self, apdu: bytes, sender: Any) -> str:
         if apdu[:1] == bytes([DATA_NOTIFICATION_TAG]):
@@ -86,8 +88,7 @@ class NatsPushGate(PushIntake):
             return self.refuse("unknown_sender", "push from %s with unknown system title %s", sender,
                                title.hex().upper()[:32])
         counter = ciphered.invocation_counter
-        recent = self._recent.setdefault(title, OrderedDict())
-        if counter in recent:
+        if (title, counter) in self._recent:
             self.counts["retry"] += 1
             return "retry"
         try:
@@ -102,9 +103,9 @@ class NatsPushGate(PushIntake):
         except asyncio.QueueFull:
             return self.refuse("overload", "%d pushes wait for NATS: push of meter %s (counter %d) refused",
                                self.queue.qsize(), title.hex().upper(), counter)
-        recent[counter] = None
-        if len(recent) > RECENT_PER_METER:
-            recent.popitem(last=False)
+        self._recent[(title, counter)] = None
+        if len(self._recent) > RECENT_PUSHES:
+            self._recent.popitem(last=False)
         self.counts["queued"] += 1
         return "queued"
 
@@ -119,7 +120,7 @@ class NatsPushGate(PushIntake):
                 except BrokerUnavailable as exc:
                     self.refuse("lost", "push of meter %s (counter %d) not published: %s", title, counter, exc,
                                 level=logging.ERROR)
-                    self._recent.get(bytes.fromhex(title), {}).pop(counter, None)
+                    self._recent.pop((bytes.fromhex(title), counter), None)
                 finally:
                     self.queue.task_done()
 
@@ -130,21 +131,20 @@ class PushIngester:
     """Stores the pushes of the stream, once each, in batches."""
 
     def __init__(self, store: FleetStore, broker: Broker, *, batch: int = 500, ack_wait: float = 30.0,
-                 max_deliver: int = 20, say: Callable[[str], None] | None = None) -> None:
+                 say: Callable[[str], None] | None = None) -> None:
         self.store = store
         self.broker = broker
         self.batch = batch
         self.ack_wait = ack_wait
-        self.max_deliver = max_deliver
         self.counts: Counter[str] = Counter()
         self.note = RateLimitedLog(log)
         self.say = say or (lambda message: log.warning("%s", message))
-        self.latencies: list[float] = []  # seconds from a listener taking a push to its row stored (bounded)
 
     async def run(self, stop: asyncio.Event) -> None:
+        # no delivery limit: a push waits in the stream for as long as the store is away
         config = api.ConsumerConfig(durable_name="hes-push-ingest", ack_policy=api.AckPolicy.EXPLICIT,
-                                    ack_wait=self.ack_wait, max_deliver=self.max_deliver,
-                                    max_ack_pending=self.batch * 8, filter_subject=PUSH_SUBJECT + ".>")
+                                    ack_wait=self.ack_wait, max_deliver=-1, max_ack_pending=self.batch * 8,
+                                    filter_subject=PUSH_SUBJECT + ".>")
         sub = await self.broker.js.pull_subscribe(PUSH_SUBJECT + ".>", durable="hes-push-ingest",
                                                   stream=PUSHES_STREAM, config=config)
         while not stop.is_set():
@@ -159,48 +159,81 @@ class PushIngester:
             try:
                 await self._store(msgs)
             except StoreUnavailable as exc:
-                self.note("ingest.store", "cannot store pushes (%s); they stay in NATS", exc)
-                for m in msgs:
-                    await _quietly(m.nak(delay=2.0))
-                await asyncio.sleep(2.0)
+                # the batch is left unanswered (it comes back after the ack wait, without using
+                # anything up) and no more is taken until the store answers again
+                self.say(f"cannot store pushes ({exc}); they wait in NATS until the store is back")
+                await self._store_back(stop)
+
+    async def _store_back(self, stop: asyncio.Event) -> None:
+        attempt = 0
+        while not stop.is_set():
+            attempt += 1
+            await asyncio.sleep(backoff_delay(attempt, 0.5, 10.0))
+            try:
+                await self.store.pool.fetchval("SELECT 1")
+                self.say("the store is back; storing pushes again")
+                return
+            except UNAVAILABLE + (asyncpg.PostgresError,):
                 continue
-            for m in msgs:
-                await _quietly(m.ack())
+
+    def _parse(self, m) -> tuple | None:
+        """(title, counter, received, source, apdu) of a listener's message, or None."""
+        try:
+            title = bytes.fromhex(m.subject.rsplit(".", 1)[1])
+            counter = int(m.header[MESSAGE_ID_HEADER].rsplit(":", 1)[1])
+            when = float(m.header[RECEIVED_HEADER])
+            received = dt.datetime.fromtimestamp(when, dt.timezone.utc)
+            source = m.header.get(SOURCE_HEADER, "").replace("\x00", "")[:200]
+        except (AttributeError, TypeError, ValueError, IndexError, KeyError, OverflowError, OSError):
+            return None
+        if len(title) != 8 or not 0 <= counter <= 0xFFFFFFFF or not m.data:
+            return None
+        return title, counter, received, source, m.data
 
     async def _store(self, msgs) -> None:
-        titles, counters, received, sources, apdus = [], [], [], [], []
+        good = []
         for m in msgs:
-            try:
-                title, counter = m.subject.rsplit(".", 1)[1], int(m.header.get("Nats-Msg-Id").rsplit(":", 1)[1])
-                when = float(m.header.get(RECEIVED_HEADER))
-                raw_title = bytes.fromhex(title)
-                if len(raw_title) != 8:
-                    raise ValueError("system title")
-            except (AttributeError, TypeError, ValueError, IndexError):
+            parsed = self._parse(m)
+            if parsed is None:
                 self.counts["malformed"] += 1
                 self.note("ingest.malformed", "a message on %s is no push of a listener: terminated", m.subject)
                 await _quietly(m.term())
-                continue
-            titles.append(raw_title)
-            counters.append(counter)
-            received.append(dt.datetime.fromtimestamp(when, dt.timezone.utc))
-            sources.append(m.header.get(SOURCE_HEADER, ""))
-            apdus.append(m.data)
-        if not titles:
+            else:
+                good.append((m, parsed))
+        if not good:
             return
         try:
-            status = await self.store.pool.execute(
-                """INSERT INTO raw_push (system_title, invocation_counter, received, source, apdu)
-                   SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::timestamptz[], $4::text[], $5::bytea[])
-                   ON CONFLICT DO NOTHING""", titles, counters, received, sources, apdus)
+            stored = await self._insert([p for _, p in good])
         except UNAVAILABLE as exc:
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from None
-        stored = int(status.rsplit(" ", 1)[1])
+        except asyncpg.PostgresError as exc:
+            # one bad row must not hold up the others: row by row, the refused ones terminated
+            self.note("ingest.batch", "a batch of pushes was refused (%s): stored one by one", exc)
+            stored = 0
+            for m, parsed in good:
+                try:
+                    stored += await self._insert([parsed])
+                except UNAVAILABLE as exc:
+                    raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from None
+                except asyncpg.PostgresError as exc:
+                    self.counts["refused"] += 1
+                    self.note("ingest.refused", "the store refused a push of %s: %s", m.subject, exc)
+                    await _quietly(m.term())
+                else:
+                    await _quietly(m.ack())
+            self.counts["stored"] += stored
+            return
         self.counts["stored"] += stored
-        self.counts["duplicate"] += len(titles) - stored
-        now = time.time()
-        if len(self.latencies) < 1_000_000:
-            self.latencies.extend(now - r.timestamp() for r in received)
+        self.counts["duplicate"] += len(good) - stored
+        for m, _ in good:
+            await _quietly(m.ack())
+
+    async def _insert(self, rows: list[tuple]) -> int:
+        status = await self.store.pool.execute(
+            """INSERT INTO raw_push (system_title, invocation_counter, received, source, apdu)
+               SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::timestamptz[], $4::text[], $5::bytea[])
+               ON CONFLICT DO NOTHING""", *map(list, zip(*rows)))
+        return int(status.rsplit(" ", 1)[1])
 
 
 async def _quietly(awaitable) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
@@ -26,10 +27,14 @@ from smartmeter.dlms.client import AccessDenied, ClientError, ClientSecurity, Cl
 from smartmeter.dlms.security.frame_counter import TxFrameCounter
 from smartmeter.errors import DecodeError
 from smartmeter.hes.client import MeterClient, parse_scaler_unit
-from smartmeter.hes.connection import LinkError, WrapperLink
+from smartmeter.hes.connection import WrapperLink
 from smartmeter.hes.store.pg import Reading, SessionGrant, SessionResult
+from smartmeter.ratelog import RateLimitedLog
 
 __all__ = ["BlockCounters", "ReadPlan", "SessionTimeout", "Timeouts", "read_session"]
+
+log = logging.getLogger(__name__)
+say = RateLimitedLog(log)  # one line per condition a minute, however many meters have it
 
 CLOCK = "0-0:1.0.0.255"
 # Blue Book attribute indexes of IC 7 used here
@@ -101,6 +106,25 @@ def _utc(value: bytes | Data) -> dt.datetime | None:
     return t.astimezone(dt.timezone.utc) if t.tzinfo is not None else None
 
 
+# The times a reading may have: a meter clock far off (a reset to 2000, a battery gone) would
+# otherwise make the store create a partition for every month it names.
+PLAUSIBLE_PAST = dt.timedelta(days=3660)
+PLAUSIBLE_FUTURE = dt.timedelta(days=366)
+INT64 = (-(1 << 63), (1 << 63) - 1)
+
+
+def _plausible(t: dt.datetime) -> bool:
+    now = dt.datetime.now(dt.timezone.utc)
+    return now - PLAUSIBLE_PAST <= t <= now + PLAUSIBLE_FUTURE
+
+
+def _stored(raw: int, obis: str) -> int:
+    """`raw` if the store can hold it (a 64-bit integer), else ClientError."""
+    if not INT64[0] <= raw <= INT64[1]:
+        raise ClientError(f"{obis}: the value {raw} does not fit a 64-bit integer")
+    return raw
+
+
 def _integer(value) -> int | None:
     v = value.value if isinstance(value, Data) else value
     return v if type(v) is int else None
@@ -167,6 +191,9 @@ class _BundleReader:
         now = _utc(await self.client.get(CLOCK, 2, class_id=8))
         if now is None:
             raise ClientError("the meter's clock is not a date-time with a deviation")
+        if not _plausible(now):
+            raise ClientError(f"the meter's clock says {now.isoformat()}, years from the head-end's time: its "
+                              "readings are not stored (set its clock)")
         for obis in self.plan.registers:
             await self._register(obis, now)
         for obis in self.plan.profiles:
@@ -182,11 +209,11 @@ class _BundleReader:
         if scaler_unit is None:
             raise ClientError(f"{obis}: its scaler_unit is not a scaler_unit structure")
         self.scalers[("", obis, 2)] = scaler_unit
-        self.readings.append(Reading("", obis, 2, now, value))
+        self.readings.append(Reading("", obis, 2, now, _stored(value, obis)))
 
     async def _profile(self, obis: str, now: dt.datetime) -> None:
         columns = await self.client.get(obis, 3, class_id=7)
-        layout = _layout(columns)
+        layout = self._layout = _layout(columns)
         mark = self.grant.marks.get(obis)
         if mark is None and self.plan.first_read_span is not None:
             mark = now - self.plan.first_read_span
@@ -204,16 +231,24 @@ class _BundleReader:
                 self.capabilities[key] = how
             break
         newest = mark
+        unusable = 0
         for row in rows:
             t = _utc(row[layout.clock])
-            if t is None or (mark is not None and t <= mark):
+            if t is None or not _plausible(t):
+                unusable += 1  # no deviation, unspecified fields, or a clock years off: no place in time
+                continue
+            if mark is not None and t <= mark:
                 continue
             quality = _integer(row[layout.status]) if layout.status is not None else 0
             for index, (value_obis, attribute) in layout.values:
                 raw = _integer(row[index])
                 if raw is not None:
-                    self.readings.append(Reading(obis, value_obis, attribute, t, raw, quality or 0))
+                    self.readings.append(Reading(obis, value_obis, attribute, t, _stored(raw, obis),
+                                                 (quality or 0) & 0xFF))
             newest = t if newest is None or t > newest else newest
+        if unusable:
+            say("session.unusable_rows", "meter %s: %d row(s) of %s without a usable capture time were not stored",
+                self.grant.serial, unusable, obis)
         if newest is not None and newest != mark:
             self.marks[obis] = newest
         for index, (value_obis, attribute) in layout.values:
@@ -239,7 +274,7 @@ class _BundleReader:
             _, rows = await self.client.profile(obis, entries=(in_use - wanted + 1, in_use), rows=True)
             # the oldest row read must be at or before the mark, else rows may lie in between
             # (a clock set back, a power failure): read further back
-            oldest = _utc(rows[0][0]) if rows else None
+            oldest = _utc(rows[0][self._layout.clock]) if rows else None
             if wanted >= in_use or (oldest is not None and oldest <= mark):
                 return rows
             wanted = min(in_use, wanted * 2)
@@ -276,7 +311,3 @@ def _layout(columns: Data) -> _Layout:
         raise ClientError("the profile captures no clock column")
     return _Layout(clock, status, tuple(values))
 
-
-# What the worker does with an error of a session: retry later, or give up at once.
-PERMANENT = (ClientSecurityError,)
-TRANSIENT = (LinkError, SessionTimeout, CounterBlockExhausted, OSError, asyncio.TimeoutError)

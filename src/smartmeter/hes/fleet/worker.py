@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import os
 import random
@@ -33,14 +32,12 @@ from typing import Callable
 import asyncpg
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import APIError
 
-from smartmeter.dlms.client import (
-    AccessDenied, AssociationRefused, AuthenticationFailed, ClientError, DecipheringError, InvocationCounterError,
-    ProtectionError, ReplayedResponse,
-)
+from smartmeter.cosem.results import DataAccessResult
+from smartmeter.dlms.client import AccessDenied, AssociationRefused, ClientError, InvocationCounterError, ProtectionError
 from smartmeter.hes.connection import LinkError
-from smartmeter.hes.fleet.broker import JOBS_STREAM, Broker, Job, JobFormatError, backoff_delay
+from smartmeter.hes.fleet.broker import Broker, Job, JobFormatError, backoff_delay
 from smartmeter.hes.fleet.session import CounterBlockExhausted, ReadPlan, SessionTimeout, Timeouts, read_session
 from smartmeter.hes.store.pg import UNAVAILABLE, FleetStore, LeaseLost, StoreError, StoreUnavailable
 from smartmeter.ratelog import RateLimitedLog
@@ -53,10 +50,18 @@ log = logging.getLogger(__name__)
 # client's calling-AP-title. One title for all workers: the counters are the store's.
 DEFAULT_CLIENT_SYSTEM_TITLE = b"SMH\x00\x00\x00\x00\x01"
 
-MAX_DELIVERIES_ADVISORY = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{JOBS_STREAM}.*"
-PERMANENT = (AuthenticationFailed, AssociationRefused, DecipheringError, ReplayedResponse, ProtectionError,
-             AccessDenied)
-TRANSIENT = (LinkError, SessionTimeout, CounterBlockExhausted, OSError, asyncio.TimeoutError)
+TRANSIENT = (LinkError, SessionTimeout, CounterBlockExhausted, ProtectionError, OSError, asyncio.TimeoutError)
+
+
+def permanent(exc: ClientError) -> bool:
+    """Whether a session's error means that trying again cannot help: authentication failed,
+    other keys, a refusal for good, a replayed or rolled-back answer. A meter that is busy for
+    the moment (rejected-transient, temporary-failure) and a damaged answer are tried again."""
+    if isinstance(exc, AssociationRefused):
+        return exc.result != 2
+    if isinstance(exc, AccessDenied):
+        return exc.result != DataAccessResult.TEMPORARY_FAILURE
+    return not isinstance(exc, TRANSIENT)
 
 
 @dataclass(frozen=True)
@@ -65,8 +70,10 @@ class WorkerSettings:
     timeouts: Timeouts = Timeouts()
     plan: ReadPlan = ReadPlan()
     ack_wait: float = 30.0
-    max_deliver: int = 10  # JetStream's limit of deliveries of one job
-    max_attempts: int = 5  # sessions tried for a job before it is failed
+    # JetStream never gives a job up (max_deliver -1): the store counts what happened to it,
+    # since JetStream's own limit would leave the job without an outcome
+    max_attempts: int = 5  # sessions that ended without the outcome before the job is failed
+    max_claims: int = 10  # sessions begun (those of workers that died count here only) before it is failed
     counter_block: int = 16  # a session of the default plan takes about 12; more are reserved as needed
     slot_wait: float = 120.0  # how long a job waits for a session slot of its cell before it is handed back
     backoff_base: float = 1.0
@@ -120,14 +127,13 @@ class Worker:
 
     async def run(self) -> None:
         s = self.settings
-        bulk = await self.broker.pull("bulk", "hes-workers-bulk", ack_wait=s.ack_wait, max_deliver=s.max_deliver,
+        bulk = await self.broker.pull("bulk", "hes-workers-bulk", ack_wait=s.ack_wait, max_deliver=-1,
                                       max_ack_pending=max(s.concurrency * 64, 1000))
         urgent = await self.broker.pull("urgent", "hes-workers-urgent", ack_wait=s.ack_wait,
-                                        max_deliver=s.max_deliver, max_ack_pending=max(s.urgent_tasks * 64, 100))
-        advisories = await self.watch_exhausted()
+                                        max_deliver=-1, max_ack_pending=max(s.urgent_tasks * 64, 100))
         # on-demand jobs have sessions of their own, so a campaign never holds them up
-        lanes = [asyncio.create_task(self._lane(bulk, s.concurrency, 1.0)),
-                 asyncio.create_task(self._lane(urgent, s.urgent_tasks, 5.0))]
+        lanes = [asyncio.create_task(self._lane(bulk, s.concurrency, 1.0, urgent=False)),
+                 asyncio.create_task(self._lane(urgent, s.urgent_tasks, 5.0, urgent=True))]
         try:
             await self._stopping.wait()
             # the sessions under way end (each within its total time-out); no new job is taken
@@ -136,41 +142,6 @@ class Worker:
             for t in lanes:
                 t.cancel()
             await asyncio.gather(*lanes, return_exceptions=True)
-            try:
-                await advisories.unsubscribe()
-            except NatsError:
-                pass
-
-    async def watch_exhausted(self):
-        """A job JetStream gave up on (every delivery ended without an outcome: workers that
-        died with it, again and again) gets the outcome "failed" from whichever worker hears
-        of it. Returns the subscription."""
-        return await self.broker.nc.subscribe(MAX_DELIVERIES_ADVISORY, cb=self._exhausted)
-
-    async def _exhausted(self, advisory) -> None:
-        try:
-            seq = int(json.loads(advisory.data)["stream_seq"])
-            deliveries = json.loads(advisory.data).get("deliveries", "?")
-            stored = await self.broker.js.get_msg(JOBS_STREAM, seq)
-        except (ValueError, KeyError, TypeError, NotFoundError, NatsError, APIError, asyncio.TimeoutError):
-            return  # not ours to read, or another worker took care of it already
-        try:
-            job = Job.from_bytes(stored.data or b"")
-            failed = await self._store_call(self.store.fail_job(
-                job.campaign, job.meter_id, f"delivered {deliveries} times without an outcome (a poison job?)",
-                self.name, counted=True))
-            if failed:
-                self.stats.failed += 1
-                self.note("worker.exhausted", "job %s failed: JetStream delivered it %s times without an outcome",
-                          job.message_id, deliveries)
-        except JobFormatError:
-            pass
-        except (StoreError, asyncpg.PostgresError):
-            return  # the store is down: the job stays queued, its message in the stream for the next advisory
-        try:
-            await self.broker.js.delete_msg(JOBS_STREAM, seq)
-        except (NotFoundError, NatsError, APIError, asyncio.TimeoutError):
-            pass
 
     def stop(self) -> None:
         self._stopping.set()
@@ -179,7 +150,7 @@ class Worker:
     def stopping(self) -> asyncio.Event:
         return self._stopping
 
-    async def _lane(self, sub, capacity: int, poll: float) -> None:
+    async def _lane(self, sub, capacity: int, poll: float, urgent: bool) -> None:
         """Fetch as many jobs as there are free sessions of this lane, each handled at once."""
         free = asyncio.Semaphore(capacity)
         running: set[asyncio.Task] = set()
@@ -203,7 +174,7 @@ class Worker:
                 for _ in range(wanted - len(msgs)):
                     free.release()
                 for msg in msgs:
-                    task = asyncio.create_task(self._guarded(msg))
+                    task = asyncio.create_task(self._guarded(msg, urgent))
                     running.add(task)
                     task.add_done_callback(lambda t: (running.discard(t), free.release()))
             if running:
@@ -212,9 +183,9 @@ class Worker:
             for task in running:
                 task.cancel()
 
-    async def _guarded(self, msg) -> None:
+    async def _guarded(self, msg, urgent: bool) -> None:
         try:
-            await self._handle(msg)
+            await self._handle(msg, urgent)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a job must never take the worker down with it
@@ -232,7 +203,7 @@ class Worker:
             # the message comes back after the ack wait; its outcome in the store decides then
             self.note("worker.answer", "could not answer JetStream (%s); the job will come back", exc)
 
-    async def _handle(self, msg) -> None:
+    async def _handle(self, msg, urgent: bool = False) -> None:
         try:
             job = Job.from_bytes(msg.data)
         except JobFormatError as exc:
@@ -242,7 +213,7 @@ class Worker:
             return
         heartbeat = asyncio.create_task(self._heartbeat(msg))
         try:
-            await self._job(msg, job)
+            await self._job(msg, job, urgent)
         except _JobFailed as exc:
             await self._fail(msg, job, None, str(exc))
         except StoreUnavailable as exc:
@@ -260,8 +231,8 @@ class Worker:
             await asyncio.sleep(interval)
             await self._answer(msg.in_progress())
 
-    async def _job(self, msg, job: Job) -> None:
-        claim = await self._claim(job)
+    async def _job(self, msg, job: Job, urgent: bool = False) -> None:
+        claim = await self._claim(job, urgent)
         if claim is None:  # no slot of the cell came free in time: the job goes back to the queue
             await self._answer(msg.nak(delay=1.0 + self._rng.random()))
         elif claim.status == "closed":
@@ -277,18 +248,23 @@ class Worker:
             await self._answer(msg.nak(delay=min(self.lease_s, 5.0) * (0.5 + self._rng.random())))
         elif claim.status == "exhausted":
             await self._fail(msg, job, None, "the meter's invocation counters are used up; change its unicast key")
+        elif claim.status == "poison":  # failed by the claim itself
+            self.stats.failed += 1
+            self.note("worker.poison_job", "job %s failed: begun %d times and never ended", job.message_id,
+                      self.settings.max_claims)
+            await self._answer(msg.term())
         else:
             grant = claim.grant
             try:
                 await self._read(msg, job, grant)
             except BaseException:
                 try:  # what the session held is given back; if that fails too, the leases expire
-                    await self.store.release(grant.meter_id, grant.lease_token, grant.cell, grant.slot, self.name)
+                    await self.store.release(grant)
                 except UNAVAILABLE + (asyncpg.PostgresError,):
                     pass
                 raise
 
-    async def _claim(self, job: Job):
+    async def _claim(self, job: Job, urgent: bool = False):
         """Claim the job's meter, waiting (with jitter) for a slot of its cell up to slot_wait
         seconds, for its connection tokens, and for another holder's lease of the meter to
         end (a worker that died: its lease runs out within lease_s). The job's message is kept
@@ -301,7 +277,8 @@ class Worker:
         while True:
             try:
                 claim = await self._store_call(self.store.claim(job.meter_id, self.name, self.lease_s, s.counter_block,
-                                                                campaign=job.campaign, throttle=True, slot=slot))
+                                                                campaign=job.campaign, throttle=True, slot=slot,
+                                                                max_claims=s.max_claims))
             except StoreUnavailable:
                 raise
             except StoreError as exc:  # e.g. keys that do not unwrap
@@ -313,9 +290,11 @@ class Worker:
                 if time.monotonic() >= deadline:
                     return None
                 await asyncio.sleep(pause * (0.5 + self._rng.random()))
-                pause = min(0.5, pause * 1.5)
+                # campaign jobs wait longer and longer; an on-demand job keeps asking often, so
+                # that it takes the cell's next free slot ahead of them
+                pause = pause if urgent else min(0.5, pause * 1.5)
             elif claim.status == "busy" and time.monotonic() < busy_until:
-                await asyncio.sleep(0.5 + self._rng.random())
+                await asyncio.sleep((0.05 if urgent else 0.5) + self._rng.random() * (0.1 if urgent else 1.0))
             else:
                 return claim
 
@@ -336,19 +315,23 @@ class Worker:
                                                                   exc.meter_counter))
             await self._retry(msg, job, grant, f"the meter refused our invocation counter ({exc})")
             return
-        except PERMANENT as exc:
-            await self._fail(msg, job, grant, str(exc))
-            return
         except TRANSIENT as exc:
             await self._retry(msg, job, grant, f"{type(exc).__name__}: {exc}")
             return
         except ClientError as exc:
-            await self._fail(msg, job, grant, str(exc))
+            if permanent(exc):
+                await self._fail(msg, job, grant, str(exc))
+            else:
+                await self._retry(msg, job, grant, str(exc))
             return
         finally:
             self.stats.session_seconds += time.monotonic() - started
         try:
             stored = await self._store_call(self.store.finish_session(grant, result, (job.campaign, self.name)))
+        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, ValueError, OverflowError) as exc:
+            # what the meter sent does not fit the store: the same again would not either
+            await self._fail(msg, job, grant, f"the meter's answer cannot be stored: {type(exc).__name__}: {exc}")
+            return
         except LeaseLost as exc:
             self.stats.lease_lost += 1
             self.note("worker.lease_lost", "%s", exc)
@@ -360,10 +343,9 @@ class Worker:
 
     async def _retry(self, msg, job: Job, grant, reason: str) -> None:
         s = self.settings
-        await self._store_call(self.store.release(grant.meter_id, grant.lease_token, grant.cell, grant.slot,
-                                                     self.name))
+        await self._store_call(self.store.release(grant))
         attempts = await self._store_call(self.store.count_attempt(job.campaign, job.meter_id, reason))
-        if attempts >= s.max_attempts or msg.metadata.num_delivered >= s.max_deliver:
+        if attempts >= s.max_attempts:
             await self._fail(msg, job, None, f"gave up after {attempts} attempts: {reason}", counted=True)
             return
         self.stats.retried += 1
@@ -371,8 +353,7 @@ class Worker:
 
     async def _fail(self, msg, job: Job, grant, reason: str, counted: bool = False) -> None:
         if grant is not None:
-            await self._store_call(self.store.release(grant.meter_id, grant.lease_token, grant.cell, grant.slot,
-                                                     self.name))
+            await self._store_call(self.store.release(grant))
         if await self._store_call(self.store.fail_job(job.campaign, job.meter_id, reason, self.name, counted)):
             self.stats.failed += 1
         await self._answer(msg.term())

@@ -160,19 +160,20 @@ class SessionGrant:
     counter_block: tuple[int, int]  # first, last (inclusive), reserved for this session
     rx_last: int | None
     marks: dict[str, dt.datetime]  # profile OBIS → last capture time stored
-    slot: int | None = None  # the cell's session slot held, if any
+    slot: tuple[int, int] | None = None  # the cell's session slot held and its token, if any
 
 
 @dataclass
 class Claim:
     """What `FleetStore.claim` got: status 'granted' (with grant), 'closed' (the job has its
-    outcome: job_state, None if there is no such job), 'cell_full', 'throttled' (retry after
-    wait seconds, keeping slot), 'busy' (another lease) or 'exhausted' (counters used up)."""
+    outcome: job_state, None if there is no such job), 'busy' (another lease), 'cell_full',
+    'throttled' (retry after wait seconds, passing slot back), 'exhausted' (counters used up)
+    or 'poison' (begun too often, never ended: failed now)."""
 
     status: str
     job_state: str | None
     cell: str | None
-    slot: int | None
+    slot: tuple[int, int] | None  # (slot, its token)
     wait: float | None
     grant: SessionGrant | None = None
 
@@ -370,21 +371,25 @@ class FleetStore:
 
     # -- sessions ----------------------------------------------------------------------------
     async def claim(self, meter_id: int, holder: str, lease_s: float, block: int, *, campaign: int | None = None,
-                    throttle: bool = False, slot: int | None = None) -> "Claim":
+                    throttle: bool = False, slot: tuple[int, int] | None = None,
+                    max_claims: int | None = None) -> "Claim":
         """Claim the meter for a session in one round trip (SQL function hes_begin): the job
         still open, with `throttle` a session slot of its cell and a connection token, the
         meter's lease, a block of `block` invocation counters. A `Claim` that is not granted
         says why; a granted one carries the SessionGrant."""
-        row = await self.pool.fetchrow("SELECT * FROM hes_begin($1, $2, $3, $4, $5, $6, $7)",
-                                       campaign, meter_id, holder, lease_s, block, throttle, slot)
-        claim = Claim(row["status"], row["job_state"], row["cell"], row["slot"], row["wait"])
+        row = await self.pool.fetchrow("SELECT * FROM hes_begin($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                                       campaign, meter_id, holder, lease_s, block, throttle,
+                                       *(slot if slot is not None else (None, None)), max_claims)
+        held = (row["slot"], row["slot_token"]) if row["slot"] is not None else None
+        claim = Claim(row["status"], row["job_state"], row["cell"], held, row["wait"])
         if claim.status == "granted":
             try:
                 claim.grant = await self._grant(meter_id, row, block)
             except BaseException:
-                await self.release(meter_id, row["token"], row["cell"], row["slot"], holder)
+                await self.pool.execute("SELECT hes_release($1, $2, $3, $4, $5)", meter_id, row["token"],
+                                        row["cell"], row["slot"], row["slot_token"])
                 raise
-            claim.grant.slot = row["slot"]
+            claim.grant.slot = held
         return claim
 
     async def _grant(self, meter_id: int, claimed, block: int) -> SessionGrant:
@@ -393,11 +398,14 @@ class FleetStore:
             """SELECT m.*, (SELECT coalesce(jsonb_object_agg(profile, last_time), '{}'::jsonb)
                             FROM profile_mark WHERE meter_id = m.id) AS marks,
                       ARRAY(SELECT ROW(kind, state, wrapped) FROM meter_key
-                            WHERE meter_id = m.id AND state IN ('ACTIVE', 'NEW')) AS keys
-               FROM meter m WHERE m.id = $1""", meter_id)
+                            WHERE meter_id = m.id AND (state = 'NEW' OR (kind = 'ek' AND generation = $2)
+                                                       OR (kind <> 'ek' AND state = 'ACTIVE'))) AS keys
+               FROM meter m WHERE m.id = $1""", meter_id, claimed["key_generation"])
         keys, new_keys = {}, {}
         for kind, state, wrapped in row["keys"]:
-            (keys if state == "ACTIVE" else new_keys)[kind] = vault.unwrap(wrapped)
+            # the unicast key is the one of the generation whose counters were reserved, even
+            # if a key change made another one ACTIVE in between
+            (new_keys if state == "NEW" else keys)[kind] = vault.unwrap(wrapped)
         top = claimed["tx_top"]
         return SessionGrant(
             meter_id=meter_id, serial=row["serial"], system_title=bytes(row["system_title"]), host=row["host"],
@@ -408,14 +416,11 @@ class FleetStore:
             counter_block=(top - block + 1, top), rx_last=claimed["rx_last"],
             marks={p: dt.datetime.fromisoformat(t) for p, t in json.loads(row["marks"]).items()})
 
-    async def release(self, meter_id: int, token: int | None, cell: str | None, slot: int | None, holder: str) -> None:
-        """Give back a lease and a slot without storing anything."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            if token is not None:
-                await conn.execute("DELETE FROM meter_lease WHERE meter_id = $1 AND token = $2", meter_id, token)
-            if slot is not None:
-                await conn.execute("UPDATE cell_slot SET holder = NULL, token = NULL, expires = NULL "
-                                   "WHERE cell = $1 AND slot = $2 AND holder = $3", cell, slot, holder)
+    async def release(self, grant: "SessionGrant") -> None:
+        """Give back a session's lease and slot without storing anything."""
+        slot, slot_token = grant.slot or (None, None)
+        await self.pool.execute("SELECT hes_release($1, $2, $3, $4, $5)", grant.meter_id, grant.lease_token,
+                                grant.cell, slot, slot_token)
 
     async def begin_session(self, meter_id: int, holder: str, lease_s: float, block: int) -> SessionGrant:
         """Claim the meter and reserve `block` invocation counters, outside any campaign and
@@ -450,10 +455,11 @@ class FleetStore:
         index = {k: i + 1 for i, k in enumerate(keys)}
         scalers = [result.scalers.get(k) for k in keys]
         campaign, job_holder = job if job is not None else (None, holder or "")
+        slot, slot_token = grant.slot or (None, None)
         stored = await self.pool.fetchval(
             "SELECT hes_finish($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, "
-            "$20, $21, $22)",
-            grant.meter_id, grant.lease_token, campaign, job_holder, grant.cell, grant.slot,
+            "$20, $21, $22, $23)",
+            grant.meter_id, grant.lease_token, campaign, job_holder, grant.cell, slot, slot_token,
             [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
             [s[0] if s else None for s in scalers], [s[1] if s else None for s in scalers],
             [s is not None for s in scalers],

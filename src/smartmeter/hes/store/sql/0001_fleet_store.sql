@@ -135,7 +135,8 @@ CREATE TABLE event (
 CREATE TABLE raw_push (
     system_title        bytea NOT NULL,
     invocation_counter  bigint NOT NULL,
-    received            timestamptz NOT NULL,
+    received            timestamptz NOT NULL,  -- when a listener took it
+    stored              timestamptz NOT NULL DEFAULT clock_timestamp(),  -- when it was written here
     source              text NOT NULL,
     apdu                bytea NOT NULL,
     PRIMARY KEY (system_title, invocation_counter)
@@ -154,7 +155,8 @@ CREATE TABLE job (
     campaign_id  bigint NOT NULL REFERENCES campaign(id) ON DELETE CASCADE,
     meter_id     bigint NOT NULL REFERENCES meter(id) ON DELETE CASCADE,
     state        text NOT NULL DEFAULT 'queued' CHECK (state IN ('queued', 'done', 'failed')),
-    attempts     integer NOT NULL DEFAULT 0,
+    attempts     integer NOT NULL DEFAULT 0,  -- sessions that ended without the outcome
+    claims       integer NOT NULL DEFAULT 0,  -- sessions begun (a session that never ends counts here only)
     rows         integer,
     error        text,
     worker       text,

@@ -1,21 +1,24 @@
 -- A worker's session in two round trips: hes_begin claims, hes_finish stores. Each runs in
 -- the caller's one statement, so it is one transaction.
 
--- Claim for one job: the job must still be open, a session slot of the meter's cell free,
--- a new-connection token of the cell available, the meter's lease free (or expired, or
--- ours); then a block of invocation counters is reserved. status is one of
---   'granted'   everything taken: slot, lease token, counter block (tx_top − block + 1 .. tx_top)
---   'closed'    the job already has its outcome (or does not exist: state is then null)
+-- Claim for one job: the job must still be open, the meter's lease free (or expired), then
+-- with p_throttle a session slot of the meter's cell and a new-connection token of the cell;
+-- then a block of invocation counters is reserved. status is one of
+--   'granted'   everything taken: lease token, slot and its token, counter block
+--               (tx_top − block + 1 .. tx_top) of unicast key generation key_generation
+--   'closed'    the job already has its outcome (job_state; null when there is no such job)
+--   'busy'      another session's lease is valid
 --   'cell_full' no session slot free in the cell
---   'throttled' no connection token yet: try again after wait seconds (the slot is kept)
---   'busy'      another holder's lease is valid
+--   'throttled' no connection token yet: try again after wait seconds, passing the slot and
+--               its token back (p_slot, p_slot_token): the slot is kept meanwhile
 --   'exhausted' the counters would pass 2^32 − 1
--- A slot taken is given back when the claim goes no further.
--- Without a campaign (p_campaign null) there is no job to check; without p_throttle no slot
--- and no token are taken.
+--   'poison'    the job was claimed p_max_claims times and never ended: it is failed here
+-- What a claim took is given back when it goes no further. Without a campaign (p_campaign
+-- null) there is no job; without p_throttle no slot and no token are taken.
 CREATE FUNCTION hes_begin(p_campaign bigint, p_meter bigint, p_holder text, p_lease double precision,
-                          p_block integer, p_throttle boolean, p_slot integer)
-RETURNS TABLE (status text, job_state text, cell text, slot integer, wait double precision,
+                          p_block integer, p_throttle boolean, p_slot integer, p_slot_token bigint,
+                          p_max_claims integer)
+RETURNS TABLE (status text, job_state text, cell text, slot integer, slot_token bigint, wait double precision,
                token bigint, key_generation integer, tx_top bigint, rx_last bigint)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
@@ -23,7 +26,9 @@ DECLARE
     v_now timestamptz := clock_timestamp();
     v_cell text;
     v_state text;
-    v_slot integer := p_slot;
+    v_claims integer;
+    v_slot integer;
+    v_slot_token bigint;
     v_available double precision;
     v_rate double precision;
     v_token bigint;
@@ -32,31 +37,57 @@ DECLARE
     v_rx bigint;
 BEGIN
     IF p_campaign IS NULL THEN
-        SELECT 'queued', m.cell INTO v_state, v_cell FROM meter m WHERE m.id = p_meter;
+        SELECT 'queued', m.cell, 0 INTO v_state, v_cell, v_claims FROM meter m WHERE m.id = p_meter;
     ELSE
-        SELECT j.state, m.cell INTO v_state, v_cell
+        SELECT j.state, m.cell, j.claims INTO v_state, v_cell, v_claims
           FROM job j JOIN meter m ON m.id = j.meter_id
-         WHERE j.campaign_id = p_campaign AND j.meter_id = p_meter;
+         WHERE j.campaign_id = p_campaign AND j.meter_id = p_meter FOR UPDATE OF j;
     END IF;
     IF v_state IS DISTINCT FROM 'queued' THEN
-        RETURN QUERY SELECT 'closed', v_state, v_cell, NULL::integer, NULL::double precision, NULL::bigint,
-                            NULL::integer, NULL::bigint, NULL::bigint;
+        RETURN QUERY SELECT 'closed', v_state, v_cell, NULL::integer, NULL::bigint, NULL::double precision,
+                            NULL::bigint, NULL::integer, NULL::bigint, NULL::bigint;
         RETURN;
     END IF;
-    IF p_throttle AND v_slot IS NULL THEN
-        UPDATE cell_slot s SET holder = p_holder, token = nextval('lease_token'),
-                               expires = v_now + make_interval(secs => p_lease)
-         WHERE (s.cell, s.slot) = (SELECT c.cell, c.slot FROM cell_slot c
-                                    WHERE c.cell = v_cell AND (c.holder IS NULL OR c.expires < v_now)
-                                    ORDER BY c.slot LIMIT 1 FOR UPDATE SKIP LOCKED)
-        RETURNING s.slot INTO v_slot;
+    IF p_campaign IS NOT NULL AND p_max_claims IS NOT NULL AND v_claims >= p_max_claims THEN
+        UPDATE job j SET state = 'failed', finished = now(), worker = p_holder,
+                         error = format('begun %s times, never ended (a worker died with it each time: a poison job?)',
+                                        v_claims)
+         WHERE j.campaign_id = p_campaign AND j.meter_id = p_meter;
+        RETURN QUERY SELECT 'poison', 'failed', v_cell, NULL::integer, NULL::bigint, NULL::double precision,
+                            NULL::bigint, NULL::integer, NULL::bigint, NULL::bigint;
+        RETURN;
+    END IF;
+    -- the lease first: a claim that cannot have the meter takes no slot and no token
+    INSERT INTO meter_lease AS l (meter_id, holder, token, expires)
+    VALUES (p_meter, p_holder, nextval('lease_token'), v_now + make_interval(secs => p_lease))
+    ON CONFLICT (meter_id) DO UPDATE SET holder = excluded.holder, token = excluded.token, expires = excluded.expires
+     WHERE l.expires < v_now
+    RETURNING l.token INTO v_token;
+    IF v_token IS NULL THEN
+        RETURN QUERY SELECT 'busy', v_state, v_cell, NULL::integer, NULL::bigint, NULL::double precision,
+                            NULL::bigint, NULL::integer, NULL::bigint, NULL::bigint;
+        RETURN;
+    END IF;
+    IF p_throttle THEN
+        IF p_slot IS NOT NULL THEN  -- the slot kept while throttled, if it is still ours
+            UPDATE cell_slot s SET expires = v_now + make_interval(secs => p_lease)
+             WHERE s.cell = v_cell AND s.slot = p_slot AND s.token = p_slot_token AND s.expires >= v_now
+            RETURNING s.slot, s.token INTO v_slot, v_slot_token;
+        END IF;
         IF v_slot IS NULL THEN
-            RETURN QUERY SELECT 'cell_full', v_state, v_cell, NULL::integer, NULL::double precision,
+            UPDATE cell_slot s SET holder = p_holder, token = nextval('lease_token'),
+                                   expires = v_now + make_interval(secs => p_lease)
+             WHERE (s.cell, s.slot) = (SELECT c.cell, c.slot FROM cell_slot c
+                                        WHERE c.cell = v_cell AND (c.holder IS NULL OR c.expires < v_now)
+                                        ORDER BY c.slot LIMIT 1 FOR UPDATE SKIP LOCKED)
+            RETURNING s.slot, s.token INTO v_slot, v_slot_token;
+        END IF;
+        IF v_slot IS NULL THEN
+            DELETE FROM meter_lease l WHERE l.meter_id = p_meter AND l.token = v_token;
+            RETURN QUERY SELECT 'cell_full', v_state, v_cell, NULL::integer, NULL::bigint, NULL::double precision,
                                 NULL::bigint, NULL::integer, NULL::bigint, NULL::bigint;
             RETURN;
         END IF;
-    END IF;
-    IF p_throttle THEN
         SELECT LEAST(c.burst, c.tokens + extract(epoch FROM (v_now - c.refilled)) * c.connects_per_s),
                c.connects_per_s
           INTO v_available, v_rate FROM cell c WHERE c.name = v_cell FOR UPDATE;
@@ -65,23 +96,12 @@ BEGIN
                               refilled = v_now
              WHERE c.name = v_cell;
             IF v_available < 1 THEN
-                RETURN QUERY SELECT 'throttled', v_state, v_cell, v_slot, (1 - v_available) / v_rate,
+                DELETE FROM meter_lease l WHERE l.meter_id = p_meter AND l.token = v_token;
+                RETURN QUERY SELECT 'throttled', v_state, v_cell, v_slot, v_slot_token, (1 - v_available) / v_rate,
                                     NULL::bigint, NULL::integer, NULL::bigint, NULL::bigint;
                 RETURN;
             END IF;
         END IF;
-    END IF;
-    INSERT INTO meter_lease AS l (meter_id, holder, token, expires)
-    VALUES (p_meter, p_holder, nextval('lease_token'), v_now + make_interval(secs => p_lease))
-    ON CONFLICT (meter_id) DO UPDATE SET holder = excluded.holder, token = excluded.token, expires = excluded.expires
-     WHERE l.expires < v_now OR l.holder = excluded.holder
-    RETURNING l.token INTO v_token;
-    IF v_token IS NULL THEN
-        UPDATE cell_slot s SET holder = NULL, token = NULL, expires = NULL
-         WHERE s.cell = v_cell AND s.slot = v_slot AND s.holder = p_holder;
-        RETURN QUERY SELECT 'busy', v_state, v_cell, NULL::integer, NULL::double precision, NULL::bigint,
-                            NULL::integer, NULL::bigint, NULL::bigint;
-        RETURN;
     END IF;
     SELECT k.generation INTO v_generation FROM meter_key k
      WHERE k.meter_id = p_meter AND k.kind = 'ek' AND k.state = 'ACTIVE';
@@ -93,19 +113,32 @@ BEGIN
     IF v_top IS NULL THEN
         DELETE FROM meter_lease l WHERE l.meter_id = p_meter AND l.token = v_token;
         UPDATE cell_slot s SET holder = NULL, token = NULL, expires = NULL
-         WHERE s.cell = v_cell AND s.slot = v_slot AND s.holder = p_holder;
-        RETURN QUERY SELECT 'exhausted', v_state, v_cell, NULL::integer, NULL::double precision, NULL::bigint,
-                            NULL::integer, NULL::bigint, NULL::bigint;
+         WHERE s.cell = v_cell AND s.slot = v_slot AND s.token = v_slot_token;
+        RETURN QUERY SELECT 'exhausted', v_state, v_cell, NULL::integer, NULL::bigint, NULL::double precision,
+                            NULL::bigint, NULL::integer, NULL::bigint, NULL::bigint;
         RETURN;
     END IF;
-    RETURN QUERY SELECT 'granted', v_state, v_cell, v_slot, 0::double precision, v_token, v_generation, v_top, v_rx;
+    IF p_campaign IS NOT NULL THEN
+        UPDATE job j SET claims = j.claims + 1 WHERE j.campaign_id = p_campaign AND j.meter_id = p_meter;
+    END IF;
+    RETURN QUERY SELECT 'granted', v_state, v_cell, v_slot, v_slot_token, 0::double precision, v_token, v_generation,
+                        v_top, v_rx;
 END $$;
 
--- Store a session's readings, marks, counter and outcome, release its lease and slot.
+-- Give back a lease and a slot (each only if the token is still the one given).
+CREATE FUNCTION hes_release(p_meter bigint, p_token bigint, p_cell text, p_slot integer, p_slot_token bigint)
+RETURNS void
+LANGUAGE sql AS $$
+    DELETE FROM meter_lease WHERE meter_id = p_meter AND token = p_token;
+    UPDATE cell_slot SET holder = NULL, token = NULL, expires = NULL
+     WHERE cell = p_cell AND slot = p_slot AND token = p_slot_token;
+$$;
+
+-- Store a session's readings, marks, counter and outcome, give back its lease and slot.
 -- Returns the readings newly stored, −1 if the lease was lost (nothing is stored then), −2
--- if the job already had its outcome (nothing is stored, the lease is released).
+-- if the job already had its outcome (nothing is stored, the lease is given back).
 CREATE FUNCTION hes_finish(p_meter bigint, p_token bigint, p_campaign bigint, p_holder text,
-                           p_cell text, p_slot integer,
+                           p_cell text, p_slot integer, p_slot_token bigint,
                            p_source text[], p_obis text[], p_attribute smallint[], p_scaler smallint[],
                            p_unit smallint[], p_scaled boolean[],
                            p_series integer[], p_time timestamptz[], p_raw bigint[], p_quality smallint[],
@@ -120,10 +153,8 @@ DECLARE
     v_state text;
     v_stored integer := 0;
 BEGIN
-    IF p_slot IS NOT NULL THEN
-        UPDATE cell_slot SET holder = NULL, token = NULL, expires = NULL
-         WHERE cell = p_cell AND slot = p_slot AND holder = p_holder;
-    END IF;
+    UPDATE cell_slot SET holder = NULL, token = NULL, expires = NULL
+     WHERE cell = p_cell AND slot = p_slot AND token = p_slot_token;
     SELECT token INTO v_token FROM meter_lease WHERE meter_id = p_meter FOR UPDATE;
     IF v_token IS DISTINCT FROM p_token THEN
         RETURN -1;

@@ -1,0 +1,419 @@
+"""The head-end at scale: what the JetStream workers, the PostgreSQL store and the push path
+do, side by side with a bare asyncio loop doing the same sessions, in one run.
+
+Private PostgreSQL and NATS servers are started for the run (tests/services.py: the wheels of
+the test extra), and `smartmeter sim fleet` serves the meters. Figures:
+
+1. sessions per HES core. The same complete read sessions (AARQ + HLS 5 GMAC, the clock, +A
+   and −A with their scaler_unit, the load profile's new rows by range, release) of the same
+   meters, once by a bare asyncio loop (MeterClient, counters in memory, results dropped:
+   what any client must do) and once by one `hes worker` process (job from JetStream, claim,
+   counter block and lease in PostgreSQL, readings stored). Each is sessions per CPU second
+   of the head-end process (user + system, from /proc); the engine's overhead is how much
+   more CPU a session costs in the worker. PostgreSQL's and NATS's own CPU is reported
+   apart.
+2. 10,000 meters through three workers: the wall time of a campaign, start to last outcome.
+3. pushes end to end: authentic pushes sent over UDP to two listeners (`hes listen --nats`)
+   at a given rate, stored once by a worker's ingester; pushes per second stored and the
+   99th percentile of stored − received (listener) time, from the store.
+4. rows per second into the partitioned readings table by COPY (asyncpg
+   copy_records_to_table, one month, 1,000 series).
+5. a 30-day range query for one series (one meter, one OBIS) on a table of at least 50
+   million rows (1,440 series × one year of 15-minute rows), p50 and p95 of 200 queries.
+
+    .venv/bin/python benchmarks/hes_scale.py [--quick] [--json FILE]
+
+--quick makes every part smaller (for a try; the figures of record are without it).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import random
+import re
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+import asyncpg  # noqa: E402
+
+import services  # noqa: E402  (private PostgreSQL and NATS)
+
+SMARTMETER = [sys.executable, "-m", "smartmeter"]
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its children that ended, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(fields[i]) for i in (11, 12, 13, 14)) / TICK
+
+
+def tree_cpu(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            total += cpu_seconds(pid)
+        except OSError:
+            pass
+    return total
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in out]
+
+
+class Run:
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.pg = services.start_postgres()
+        self.nats = services.start_nats()
+        self.procs: list[subprocess.Popen] = []
+
+    def database(self) -> str:
+        return services.create_database(self.pg)
+
+    def env(self, dsn: str, nats_url: str | None = None) -> dict:
+        return dict(os.environ, SMARTMETER_HES_DB=dsn, SMARTMETER_NATS=nats_url or self.nats.url,
+                    SMARTMETER_HES_KEK=str(self.work / "kek.hex"), PYTHONUNBUFFERED="1")
+
+    def spawn(self, args: list[str], env: dict, log: str) -> subprocess.Popen:
+        proc = subprocess.Popen([*SMARTMETER, *args], env=env, stdout=open(self.work / log, "w"),
+                                stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        return proc
+
+    def ok(self, args: list[str], env: dict) -> str:
+        done = subprocess.run([*SMARTMETER, *args], env=env, capture_output=True, text=True, timeout=600)
+        if done.returncode:
+            raise SystemExit(f"smartmeter {' '.join(args)} failed: {done.stdout}{done.stderr}")
+        return done.stdout
+
+    def fleet(self, meters: int, env: dict, *extra: str) -> dict:
+        manifest = self.work / "fleet.json"
+        manifest.unlink(missing_ok=True)
+        proc = self.spawn(["sim", "fleet", "--meters", str(meters), "--base-port", "10100", "--manifest",
+                           str(manifest), *extra], env, "fleet.log")
+        while not manifest.exists():
+            if proc.poll() is not None:
+                raise SystemExit((self.work / "fleet.log").read_text())
+            time.sleep(0.2)
+        return json.loads(manifest.read_text()) | {"pid": proc.pid}
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.procs = []
+
+    def close(self) -> None:
+        self.stop()
+        self.pg.close()
+        self.nats.close()
+
+
+async def _wait_campaign(dsn: str, campaign: int) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        while await conn.fetchval("SELECT count(*) FROM job WHERE campaign_id = $1 AND state = 'queued'", campaign):
+            await asyncio.sleep(0.1)
+    finally:
+        await conn.close()
+
+
+def campaign(run: Run, env: dict, dsn: str) -> tuple[float, int]:
+    out = run.ok(["hes", "campaign", "start"], env)
+    number = int(re.search(r"campaign (\d+)", out).group(1))
+    began = time.monotonic()
+    asyncio.run(_wait_campaign(dsn, number))
+    return time.monotonic() - began, number
+
+
+# ------------------------------------------------------------------------------------- 1
+
+
+async def bare_sessions(manifest: dict, concurrency: int) -> int:
+    """The same sessions as the worker's, by a bare asyncio loop; returns how many succeeded."""
+    from smartmeter.dlms.client import ClientSecurity, CounterStore
+    from smartmeter.hes.client import MeterClient
+    from smartmeter.hes.connection import WrapperLink
+
+    queue: asyncio.Queue = asyncio.Queue()
+    for m in manifest["meters"]:
+        queue.put_nowait(m)
+    done = 0
+    since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)
+
+    async def one() -> None:
+        nonlocal done
+        while not queue.empty():
+            m = queue.get_nowait()
+            security = ClientSecurity(mechanism=5, suite=0, policy=m["policy"], client_system_title=b"SMH\0\0\0\0\2",
+                                      server_system_title=bytes.fromhex(m["system_title"]), ek=bytes.fromhex(m["ek"]),
+                                      ak=bytes.fromhex(m["ak"]), invocation_counter=CounterStore())
+            async with MeterClient(WrapperLink(m["host"], m["port"], 1, 1), mechanism=5, security=security) as c:
+                await c.get("0-0:1.0.0.255", 2, class_id=8)
+                for obis in ("1-0:1.8.0.255", "1-0:2.8.0.255"):
+                    await c.get(obis, 2, class_id=3)
+                    await c.get(obis, 3, class_id=3)
+                await c.get("1-0:99.1.0.255", 3, class_id=7)
+                await c.profile("1-0:99.1.0.255", from_time=since, rows=True)
+            done += 1
+
+    await asyncio.gather(*(one() for _ in range(concurrency)))
+    return done
+
+
+def _bare_process(manifest_path: str, concurrency: int) -> None:
+    manifest = json.loads(Path(manifest_path).read_text())
+    print(asyncio.run(bare_sessions(manifest, concurrency)))
+
+
+def per_core(run: Run, meters: int, concurrency: int) -> dict:
+    dsn = run.database()
+    env = run.env(dsn)
+    manifest = run.fleet(meters, env)
+    run.ok(["hes", "db", "import-fleet", str(run.work / "fleet.json"), "--max-sessions", "1000",
+            "--connects-per-s", "100000"], env)
+    # bare: a process of its own, so that its CPU is counted like the worker's
+    bare = subprocess.Popen([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(HERE)!r}); "
+                             f"import hes_scale; hes_scale._bare_process({str(run.work / 'fleet.json')!r}, "
+                             f"{concurrency})"], stdout=subprocess.PIPE, text=True)
+    began = time.monotonic()
+    cpu = 0.0
+    while bare.poll() is None:
+        cpu = max(cpu, tree_cpu([bare.pid]))
+        time.sleep(0.05)
+    bare_wall = time.monotonic() - began
+    bare_done = int(bare.stdout.read().strip() or 0)
+    # engine: one worker with the same concurrency
+    worker = run.spawn(["hes", "worker", "--concurrency", str(concurrency), "--no-pushes"], env, "worker1.log")
+    time.sleep(2.0)
+    base_worker = tree_cpu([worker.pid])
+    base_infra = tree_cpu(services_pids(run))
+    wall, number = campaign(run, env, dsn)
+    worker_cpu = tree_cpu([worker.pid]) - base_worker
+    infra_cpu = tree_cpu(services_pids(run)) - base_infra
+    run.stop()
+    bare_rate = bare_done / cpu
+    engine_rate = meters / worker_cpu
+    return {
+        "meters": meters, "concurrency": concurrency,
+        "bare_loop": {"sessions": bare_done, "cpu_s": round(cpu, 2), "wall_s": round(bare_wall, 2),
+                      "sessions_per_cpu_s": round(bare_rate, 1)},
+        "worker": {"sessions": meters, "cpu_s": round(worker_cpu, 2), "wall_s": round(wall, 2),
+                   "sessions_per_cpu_s": round(engine_rate, 1)},
+        "postgresql_and_nats_cpu_s": round(infra_cpu, 2),
+        "engine_overhead": round(bare_rate / engine_rate - 1, 3),
+        "what": "complete HLS 5 read sessions per CPU second of the head-end process: one hes worker (job, "
+                "claim, counters, lease, readings stored) against a bare asyncio loop doing the same requests",
+    }
+
+
+def services_pids(run: Run) -> list[int]:
+    pids = [run.nats.proc.pid]
+    postmaster = run.pg.proc.pid if getattr(run.pg, "proc", None) else None
+    if postmaster:
+        pids += [postmaster, *children(postmaster)]
+    return pids
+
+
+# ------------------------------------------------------------------------------------- 2
+
+
+def ten_thousand(run: Run, meters: int) -> dict:
+    dsn = run.database()
+    env = run.env(dsn)
+    run.fleet(meters, env, "--cells", "4")
+    run.ok(["hes", "db", "import-fleet", str(run.work / "fleet.json"), "--max-sessions", "64",
+            "--connects-per-s", "5000"], env)
+    for k in range(3):
+        run.spawn(["hes", "worker", "--concurrency", "24", "--no-pushes"], env, f"worker{k}.log")
+    time.sleep(2.0)
+    wall, number = campaign(run, env, dsn)
+    run.stop()
+    return {"meters": meters, "workers": 3, "wall_s": round(wall, 2), "sessions_per_s": round(meters / wall, 1),
+            "what": "one campaign's wall time, start to the last outcome, three hes worker processes, the fleet in "
+                    "one process, all on this machine"}
+
+
+# ------------------------------------------------------------------------------------- 3
+
+
+def pushes(run: Run, meters: int, per_meter: int, rate: float) -> dict:
+    from smartmeter.cosem.data import Data
+    from smartmeter.dlms.apdu.ciphered import GeneralGloCiphering
+    from smartmeter.dlms.apdu.notification import DataNotification
+    from smartmeter.dlms.security.suites import SecurityControl
+    from smartmeter.transport.wrapper import WrapperFrame
+
+    dsn = run.database()
+    env = run.env(dsn)
+    fleet = [{"serial": f"P{i:05d}", "system_title": f"{0x5055534800000000 + i:016X}", "host": "127.0.0.1",
+              "port": 9, "ek": secrets.token_hex(16), "ak": secrets.token_hex(16)} for i in range(meters)]
+    (run.work / "fleet.json").write_text(json.dumps({"meters": fleet}))
+    run.ok(["hes", "db", "import-fleet", str(run.work / "fleet.json")], env)
+    run.spawn(["hes", "worker", "--concurrency", "1"], env, "ingest.log")
+    for k in range(2):
+        run.spawn(["hes", "listen", "--udp", "0", "--nats", run.nats.url, "--store", dsn, "--kek",
+                   str(run.work / "kek.hex")], env, f"listener{k}.log")
+    ports = []
+    while len(ports) < 2:
+        ports = [int(p) for k in range(2) for p in
+                 re.findall(r"UDP 127\.0\.0\.1:(\d+)", (run.work / f"listener{k}.log").read_text())]
+        time.sleep(0.2)
+    frames = []
+    for counter in range(1, per_meter + 1):
+        for m in fleet:
+            title, ek, ak = bytes.fromhex(m["system_title"]), bytes.fromhex(m["ek"]), bytes.fromhex(m["ak"])
+            body = Data.structure([Data.double_long_unsigned(counter), Data.octet_string(title)])
+            plain = DataNotification(counter, b"", body).to_bytes()
+            apdu = GeneralGloCiphering.protect(SecurityControl(0, True, True), ek, ak, title, counter, plain).to_bytes()
+            frames.append(WrapperFrame(1, 0x66, apdu).to_bytes())
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    began = time.monotonic()
+    for n, frame in enumerate(frames):
+        sock.sendto(frame, ("127.0.0.1", ports[n % 2]))
+        ahead = began + (n + 1) / rate - time.monotonic()
+        if ahead > 0:
+            time.sleep(ahead)
+    sent = time.monotonic() - began
+
+    async def outcome():
+        conn = await asyncpg.connect(dsn)
+        try:
+            deadline = time.monotonic() + 120
+            while await conn.fetchval("SELECT count(*) FROM raw_push") < len(frames) and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            return await conn.fetchrow(
+                """SELECT count(*) AS n, count(DISTINCT (system_title, invocation_counter)) AS distinct_n,
+                          extract(epoch FROM max(stored) - min(received)) AS span,
+                          percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM stored - received)) AS p50,
+                          percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM stored - received)) AS p99
+                   FROM raw_push""")
+        finally:
+            await conn.close()
+
+    row = asyncio.run(outcome())
+    run.stop()
+    return {"pushes": len(frames), "offered_per_s": rate, "sent_in_s": round(sent, 2), "stored": row["n"],
+            "stored_once": row["n"] == row["distinct_n"], "stored_per_s": round(row["n"] / float(row["span"]), 1),
+            "latency_p50_s": round(float(row["p50"]), 3), "latency_p99_s": round(float(row["p99"]), 3),
+            "what": "authentic pushes over UDP to two hes listen --nats, one NATS server, stored by one worker's "
+                    "ingester; latency is stored minus the listener's receive time"}
+
+
+# ---------------------------------------------------------------------------------- 4, 5
+
+
+async def copy_rows(dsn: str, rows: int) -> dict:
+    from smartmeter.hes.store.pg import FleetStore, KeyVault
+
+    store = await FleetStore.open(dsn, KeyVault(bytes(32)), migrate=True)
+    month = dt.date(2026, 3, 1)
+    async with store.pool.acquire() as conn:
+        await FleetStore.ensure_partition(conn, month)
+        base = dt.datetime(2026, 3, 1, tzinfo=dt.timezone.utc)
+        series = 1000
+        per = rows // series
+        records = [(s, base + dt.timedelta(minutes=15 * k), k * 10 + s, 0, base)
+                   for s in range(1, series + 1) for k in range(per)]
+        began = time.perf_counter()
+        await conn.copy_records_to_table("reading", records=records,
+                                         columns=("series_id", "time", "raw", "quality", "received"))
+        took = time.perf_counter() - began
+    await store.close()
+    return {"rows": len(records), "s": round(took, 2), "rows_per_s": round(len(records) / took),
+            "what": "asyncpg copy_records_to_table into the partitioned readings table (primary key and BRIN "
+                    "index in place), one monthly partition"}
+
+
+async def range_query(dsn: str, series: int, days: int, queries: int) -> dict:
+    from smartmeter.hes.store.pg import FleetStore, KeyVault
+
+    store = await FleetStore.open(dsn, KeyVault(bytes(32)), migrate=True)
+    first = dt.date(2025, 1, 1)
+    month = first
+    async with store.pool.acquire() as conn:
+        for _ in range(days // 28 + 2):
+            await FleetStore.ensure_partition(conn, month)
+            month = dt.date(month.year + (month.month == 12), month.month % 12 + 1, 1)
+        began = time.perf_counter()
+        # the server fills it (generate_series): what is measured is the query, not the loading
+        for s in range(1, series + 1, 60):
+            await conn.execute(
+                """INSERT INTO reading (series_id, time, raw, quality, received)
+                   SELECT s, '2025-01-01 00:00+00'::timestamptz + make_interval(mins => 15 * k), k, 0, now()
+                   FROM generate_series($1::int, $2::int) s, generate_series(0, $3::int - 1) k""",
+                s, min(series, s + 59), days * 96)
+        await conn.execute("ANALYZE reading")
+        loaded = time.perf_counter() - began
+        total = await conn.fetchval("SELECT count(*) FROM reading")
+        rng = random.Random(1)
+        times = []
+        for _ in range(queries):
+            s = rng.randrange(1, series + 1)
+            start = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(days=rng.randrange(days - 30))
+            t0 = time.perf_counter()
+            rows = await conn.fetch("SELECT time, raw, quality FROM reading WHERE series_id = $1 AND time >= $2 "
+                                    "AND time < $3 ORDER BY time", s, start, start + dt.timedelta(days=30))
+            times.append(time.perf_counter() - t0)
+            assert len(rows) == 30 * 96
+    await store.close()
+    times.sort()
+    return {"table_rows": total, "load_s": round(loaded, 1), "queries": queries, "rows_per_query": 30 * 96,
+            "p50_ms": round(1000 * statistics.median(times), 2), "p95_ms": round(1000 * times[int(0.95 * queries)], 2),
+            "what": "SELECT of one series' 30 days (2,880 rows) by primary key (series, time), asyncpg, "
+                    "the table's monthly partitions"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", dest="json_file", default=None)
+    args = parser.parse_args()
+    q = args.quick
+    results: dict = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count()}}
+    with tempfile.TemporaryDirectory(prefix="hes-scale-") as tmp:
+        run = Run(Path(tmp))
+        try:
+            results["sessions_per_core"] = per_core(run, 600 if q else 3000, 32)
+            print(json.dumps({"sessions_per_core": results["sessions_per_core"]}), flush=True)
+            results["ten_thousand_meters"] = ten_thousand(run, 2000 if q else 10_000)
+            print(json.dumps({"ten_thousand_meters": results["ten_thousand_meters"]}), flush=True)
+            results["pushes"] = pushes(run, 100, 20 if q else 100, 2500.0)
+            print(json.dumps({"pushes": results["pushes"]}), flush=True)
+            results["copy"] = asyncio.run(copy_rows(run.database(), 200_000 if q else 1_000_000))
+            print(json.dumps({"copy": results["copy"]}), flush=True)
+            results["range_query"] = asyncio.run(range_query(run.database(), 60 if q else 1440,
+                                                             60 if q else 365, 200))
+            print(json.dumps({"range_query": results["range_query"]}), flush=True)
+        finally:
+            run.close()
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.json_file:
+        Path(args.json_file).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
