@@ -136,6 +136,10 @@ async def _wait_campaign(dsn: str, campaign: int) -> None:
     try:
         while await conn.fetchval("SELECT count(*) FROM job WHERE campaign_id = $1 AND state = 'queued'", campaign):
             await asyncio.sleep(0.1)
+        failed = await conn.fetch("SELECT error FROM job WHERE campaign_id = $1 AND state = 'failed' LIMIT 3", campaign)
+        if failed:
+            raise SystemExit(f"campaign {campaign}: jobs failed, the figures would mean nothing: "
+                             f"{[r['error'] for r in failed]}")
     finally:
         await conn.close()
 
@@ -167,9 +171,10 @@ async def bare_sessions(manifest: dict, concurrency: int) -> int:
         nonlocal done
         while not queue.empty():
             m = queue.get_nowait()
+            # the worker's sessions came first: continue far above its counters
             security = ClientSecurity(mechanism=5, suite=0, policy=m["policy"], client_system_title=b"SMH\0\0\0\0\2",
                                       server_system_title=bytes.fromhex(m["system_title"]), ek=bytes.fromhex(m["ek"]),
-                                      ak=bytes.fromhex(m["ak"]), invocation_counter=CounterStore())
+                                      ak=bytes.fromhex(m["ak"]), invocation_counter=CounterStore(1_000_000))
             async with MeterClient(WrapperLink(m["host"], m["port"], 1, 1), mechanism=5, security=security) as c:
                 await c.get("0-0:1.0.0.255", 2, class_id=8)
                 for obis in ("1-0:1.8.0.255", "1-0:2.8.0.255"):
@@ -191,20 +196,9 @@ def _bare_process(manifest_path: str, concurrency: int) -> None:
 def per_core(run: Run, meters: int, concurrency: int) -> dict:
     dsn = run.database()
     env = run.env(dsn)
-    manifest = run.fleet(meters, env)
+    run.fleet(meters, env)
     run.ok(["hes", "db", "import-fleet", str(run.work / "fleet.json"), "--max-sessions", "1000",
             "--connects-per-s", "100000"], env)
-    # bare: a process of its own, so that its CPU is counted like the worker's
-    bare = subprocess.Popen([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(HERE)!r}); "
-                             f"import hes_scale; hes_scale._bare_process({str(run.work / 'fleet.json')!r}, "
-                             f"{concurrency})"], stdout=subprocess.PIPE, text=True)
-    began = time.monotonic()
-    cpu = 0.0
-    while bare.poll() is None:
-        cpu = max(cpu, tree_cpu([bare.pid]))
-        time.sleep(0.05)
-    bare_wall = time.monotonic() - began
-    bare_done = int(bare.stdout.read().strip() or 0)
     # engine: one worker with the same concurrency
     worker = run.spawn(["hes", "worker", "--concurrency", str(concurrency), "--no-pushes"], env, "worker1.log")
     time.sleep(2.0)
@@ -213,6 +207,19 @@ def per_core(run: Run, meters: int, concurrency: int) -> dict:
     wall, number = campaign(run, env, dsn)
     worker_cpu = tree_cpu([worker.pid]) - base_worker
     infra_cpu = tree_cpu(services_pids(run)) - base_infra
+    worker.send_signal(signal.SIGTERM)
+    worker.wait(30)
+    # bare: a process of its own, so that its CPU is counted like the worker's
+    bare = subprocess.Popen([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(HERE)!r}); "
+                             f"import hes_scale; hes_scale._bare_process({str(run.work / 'fleet.json')!r}, "
+                             f"{concurrency})"], stdout=subprocess.PIPE, text=True)
+    began = time.monotonic()
+    _, _, usage = os.wait4(bare.pid, 0)  # the child's own CPU, to its last instruction
+    bare_wall = time.monotonic() - began
+    cpu = usage.ru_utime + usage.ru_stime
+    bare_done = int(bare.stdout.read().strip() or 0)
+    if bare_done != meters:
+        raise SystemExit(f"the bare loop read {bare_done} of {meters} meters")
     run.stop()
     bare_rate = bare_done / cpu
     engine_rate = meters / worker_cpu

@@ -6,6 +6,8 @@ no cell has more sessions than its limit."""
 from __future__ import annotations
 
 import datetime as dt
+import re
+import signal
 import time
 import xml.etree.ElementTree as ET
 from collections import defaultdict
@@ -122,6 +124,12 @@ def test_three_incremental_campaigns_over_a_fast_day(head_end, tmp_path):
                             AND s.obis = '1-0:1.8.0.255' AND r.time IN ($2, $3) ORDER BY r.time""",
                         serial, DAY, DAY + dt.timedelta(days=1) - dt.timedelta(minutes=15))
         assert total_wh == first[1]["raw"] - first[0]["raw"], serial
+
+    # Ctrl-C / SIGTERM: the worker ends its sessions and stops, saying what it did
+    stopping = h.workers[0]
+    stopping.send_signal(signal.SIGTERM)
+    assert stopping.wait(15) == 0
+    assert re.search(r"worker \S+ stopped: done \d+", h.log("worker"))
 
     report = h.stop_fleet()
     assert max(c["max_concurrent"] for c in report["cells"].values()) <= CELL_LIMIT, report["cells"]

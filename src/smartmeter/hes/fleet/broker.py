@@ -147,9 +147,11 @@ class Broker:
     async def close(self) -> None:
         self._closing.append(True)
         try:
-            await self.nc.drain()
+            await self.nc.flush(timeout=2)  # what was published (answers to jobs, pushes) goes out first
         except (NatsError, asyncio.TimeoutError):
-            await self.nc.close()
+            pass
+        # not drain: a fetched job left unanswered is delivered again, as after any stop
+        await self.nc.close()
 
     @property
     def clustered(self) -> bool:

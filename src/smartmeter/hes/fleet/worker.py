@@ -133,7 +133,7 @@ class Worker:
                                         max_deliver=-1, max_ack_pending=max(s.urgent_tasks * 64, 100))
         # on-demand jobs have sessions of their own, so a campaign never holds them up
         lanes = [asyncio.create_task(self._lane(bulk, s.concurrency, 1.0, urgent=False)),
-                 asyncio.create_task(self._lane(urgent, s.urgent_tasks, 5.0, urgent=True))]
+                 asyncio.create_task(self._lane(urgent, s.urgent_tasks, 1.0, urgent=True))]
         try:
             await self._stopping.wait()
             # the sessions under way end (each within its total time-out); no new job is taken
