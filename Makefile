@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/firmware_transfer.py
 	$(BIN)/python benchmarks/mbus_decode.py
 	$(BIN)/python benchmarks/consumer_push.py
+	$(BIN)/python benchmarks/hes_scale.py
 
 # The WELMEC 7.2 evidence: every test marked @pytest.mark.welmec(...), then docs/welmec/matrix.md
 # with each test's outcome and the software identification of this tree (an examination

@@ -191,3 +191,32 @@ async def _stream_messages(url: str) -> int:
         return (await broker.stream_state("HES_JOBS"))["messages"]
     finally:
         await broker.close()
+
+
+def test_a_second_store_on_the_same_broker_has_its_jobs_published(pg_dsn, postgres_server, nats_url):
+    """Two stores (or one restored from a backup) number campaigns and meters alike: their jobs
+    must not be taken by the broker for duplicates of each other's."""
+    import services
+    from smartmeter.hes.fleet.broker import Broker
+    from smartmeter.hes.fleet.campaign import start_campaign
+    from smartmeter.hes.store.pg import FleetStore, KeyVault, MeterRecord
+
+    other_dsn = services.create_database(postgres_server)
+
+    async def scenario():
+        broker = await Broker.connect(nats_url)
+        await broker.ensure_streams()
+        counts = []
+        for dsn in (pg_dsn, other_dsn):
+            store = await FleetStore.open(dsn, KeyVault(bytes(32)), migrate=True)
+            await store.add_meters([MeterRecord(f"S{i}", bytes([i]) * 8, "127.0.0.1", 1) for i in range(1, 4)])
+            await start_campaign(store, broker, name="same numbers")
+            counts.append((await broker.stream_state("HES_JOBS"))["messages"])
+            await store.close()
+        await broker.close()
+        return counts
+
+    try:
+        assert asyncio.run(scenario()) == [3, 6]
+    finally:
+        services.drop_database(postgres_server, other_dsn.rsplit("/", 1)[1])

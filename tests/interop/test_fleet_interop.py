@@ -37,7 +37,10 @@ CLIENT_TITLE = "4755520000000001"
 
 def free_ports(count: int) -> int:
     """The first of `count` consecutive free ports on 127.0.0.1 (other tests listen too)."""
-    for base in range(26000, 31000, count + 7):
+    import services  # the block of ports this pytest-xdist worker's fleets use
+
+    low = services.fleet_base_port(count)
+    for base in range(low, low + services.FLEET_PORTS_PER_WORKER - count, count + 7):
         sockets = []
         try:
             for port in range(base, base + count):

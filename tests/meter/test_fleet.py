@@ -85,9 +85,12 @@ START_INT = int(START)
 # -- running fleet meters in the test's event loop --------------------------------------------
 def free_ports(count: int) -> int:
     """The first of `count` consecutive ports on 127.0.0.1 that are free now (others run tests too)."""
+    import services  # the block of ports this pytest-xdist worker's fleets use
+
+    low = services.fleet_base_port(count)
     rng = random.Random()
     for _ in range(200):
-        base = rng.randrange(20000, 32000 - count)
+        base = rng.randrange(low, low + services.FLEET_PORTS_PER_WORKER - count)
         taken = []
         try:
             for port in range(base, base + count):

@@ -26,14 +26,15 @@ class PublishCutShort(SmartmeterError):
 PUBLISH_AT_ONCE = 100  # publications awaiting their acknowledgement at a time
 
 
-async def _publish(broker: Broker, campaign: int, meter_ids: Sequence[int], lane: str, suffix: str,
+async def _publish(broker: Broker, store_id: str, campaign: int, meter_ids: Sequence[int], lane: str, suffix: str,
                    say: Callable[[str], None] | None, patience: float = 300.0) -> int:
     """Publish the jobs; PublishCutShort (after `patience` s of refusals) says how many NATS
     took: the others stay queued in the store for `campaign resume`."""
     taken = 0
     for at in range(0, len(meter_ids), PUBLISH_AT_ONCE):
         jobs = [Job(campaign, meter_id) for meter_id in meter_ids[at:at + PUBLISH_AT_ONCE]]
-        results = await asyncio.gather(*(broker.publish(LANES[lane], job.to_bytes(), job.message_id + suffix, say=say,
+        results = await asyncio.gather(*(broker.publish(LANES[lane], job.to_bytes(),
+                                                        f"{store_id}:{job.message_id}{suffix}", say=say,
                                                         patience=patience) for job in jobs), return_exceptions=True)
         refused = next((r for r in results if isinstance(r, BrokerUnavailable)), None)
         other = next((r for r in results if isinstance(r, BaseException) and not isinstance(r, BrokerUnavailable)),
@@ -62,7 +63,7 @@ async def start_campaign(store: FleetStore, broker: Broker, *, name: str, cell: 
     ids = [meter_id for meter_id, _, _ in meters]
     campaign = await store.create_campaign(name, "read", {"cell": cell, "serials": list(serials or []),
                                                           "lane": lane}, ids)
-    await _publish(broker, campaign, ids, lane, "", say, patience)
+    await _publish(broker, await store.store_id(), campaign, ids, lane, "", say, patience)
     return campaign, len(ids)
 
 
@@ -72,7 +73,8 @@ async def resume_campaign(store: FleetStore, broker: Broker, campaign: int, say=
     status = await store.campaign_status(campaign)
     ids = [r["meter_id"] for r in await store.pool.fetch(
         "SELECT meter_id FROM job WHERE campaign_id = $1 AND state = 'queued' ORDER BY meter_id", campaign)]
-    return await _publish(broker, campaign, ids, status["params"].get("lane", "bulk"), "", say)
+    return await _publish(broker, await store.store_id(), campaign, ids, status["params"].get("lane", "bulk"), "",
+                          say)
 
 
 async def retry_failed(store: FleetStore, broker: Broker, campaign: int, say=None) -> int:
@@ -80,5 +82,5 @@ async def retry_failed(store: FleetStore, broker: Broker, campaign: int, say=Non
     status = await store.campaign_status(campaign)
     ids = await store.reopen_failed(campaign)
     # a new message id: the failed job's own may still be in the duplicate window
-    return await _publish(broker, campaign, ids, status["params"].get("lane", "bulk"), f":retry:{time.time_ns():x}",
-                          say)
+    return await _publish(broker, await store.store_id(), campaign, ids, status["params"].get("lane", "bulk"),
+                          f":retry:{time.time_ns():x}", say)

@@ -131,9 +131,11 @@ def _integer(value) -> int | None:
 
 
 async def _within(what: str, seconds: float, awaitable):
+    # asyncio.timeout, not wait_for: no task of its own for every session
     try:
-        return await asyncio.wait_for(awaitable, seconds)
-    except asyncio.TimeoutError:
+        async with asyncio.timeout(seconds):
+            return await awaitable
+    except TimeoutError:
         raise SessionTimeout(f"{what} took longer than {seconds:g} s") from None
 
 

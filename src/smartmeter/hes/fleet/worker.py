@@ -119,6 +119,7 @@ class Worker:
         self._store_ok.set()
         self._stopping = asyncio.Event()
         self._rng = random.Random()
+        self._in_hand: dict[int, list] = {}  # id(job message) → [message, when JetStream last heard of it]
 
     @property
     def lease_s(self) -> float:
@@ -134,14 +135,15 @@ class Worker:
         # on-demand jobs have sessions of their own, so a campaign never holds them up
         lanes = [asyncio.create_task(self._lane(bulk, s.concurrency, 1.0, urgent=False)),
                  asyncio.create_task(self._lane(urgent, s.urgent_tasks, 1.0, urgent=True))]
+        heartbeats = asyncio.create_task(self._heartbeats())
         try:
             await self._stopping.wait()
             # the sessions under way end (each within its total time-out); no new job is taken
             await asyncio.wait(lanes, timeout=s.timeouts.total + 5.0)
         finally:
-            for t in lanes:
+            for t in (*lanes, heartbeats):
                 t.cancel()
-            await asyncio.gather(*lanes, return_exceptions=True)
+            await asyncio.gather(*lanes, heartbeats, return_exceptions=True)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -211,7 +213,7 @@ class Worker:
             self.note("worker.poison", "terminated a malformed job message on %s: %s", msg.subject, exc)
             await self._answer(msg.term())
             return
-        heartbeat = asyncio.create_task(self._heartbeat(msg))
+        self._in_hand[id(msg)] = [msg, time.monotonic()]
         try:
             await self._job(msg, job, urgent)
         except _JobFailed as exc:
@@ -223,13 +225,20 @@ class Worker:
             await self._store_down(StoreUnavailable(f"{type(exc).__name__}: {exc}"))
             await self._answer(msg.nak(delay=self._delay(msg)))
         finally:
-            heartbeat.cancel()
+            self._in_hand.pop(id(msg), None)
 
-    async def _heartbeat(self, msg) -> None:
+    async def _heartbeats(self) -> None:
+        """One task for every job in hand: each tells JetStream it is still being worked on
+        every third of the ack wait."""
         interval = max(0.5, self.settings.ack_wait / 3)
         while True:
-            await asyncio.sleep(interval)
-            await self._answer(msg.in_progress())
+            await asyncio.sleep(interval / 2)
+            now = time.monotonic()
+            due = [entry for entry in self._in_hand.values() if now - entry[1] >= interval]
+            for entry in due:
+                entry[1] = now
+            if due:
+                await asyncio.gather(*(self._answer(msg.in_progress()) for msg, _ in due))
 
     async def _job(self, msg, job: Job, urgent: bool = False) -> None:
         claim = await self._claim(job, urgent)

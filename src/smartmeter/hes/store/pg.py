@@ -217,6 +217,7 @@ class FleetStore:
         self.vault = vault
         self.dsn = dsn
         self._partitions: set[dt.date] = set()
+        self._store_id: str | None = None
 
     @classmethod
     async def open(cls, dsn: str, vault: KeyVault | None = None, *, min_size: int = 1, max_size: int = 10,
@@ -260,6 +261,13 @@ class FleetStore:
                     await conn.execute("INSERT INTO schema_migration (version, name) VALUES ($1, $2)", version, name)
                     applied.append(name)
         return applied
+
+    async def store_id(self) -> str:
+        """This store's own name (made by its first migration)."""
+        if self._store_id is None:
+            raw = await self.pool.fetchval("SELECT value FROM setting WHERE name = 'store_id'")
+            self._store_id = bytes(raw).decode()
+        return self._store_id
 
     async def check_schema(self) -> None:
         wanted = max(v for v, _, _ in migrations())

@@ -8,6 +8,9 @@ CREATE TABLE setting (
     name   text PRIMARY KEY,
     value  bytea NOT NULL
 );
+-- store_id: this store's own name in the message ids it publishes, so that the jobs of another
+-- store (or of this one restored from a backup) are never taken for duplicates of its own
+INSERT INTO setting (name, value) VALUES ('store_id', convert_to(gen_random_uuid()::text, 'UTF8'));
 
 -- Meters and what the head-end learnt of them.
 CREATE TABLE meter (
