@@ -248,6 +248,28 @@ def fleet_base_port(meters: int) -> int:
     return FLEET_PORTS_BASE + (index % 2) * FLEET_PORTS_PER_WORKER
 
 
+def free_port_block(count: int) -> int:
+    """The first of `count` consecutive ports, free now, in this pytest-xdist worker's block of
+    fleet ports (a fleet started in the test's own process needs consecutive ports)."""
+    low = fleet_base_port(count)
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(low, low + FLEET_PORTS_PER_WORKER - count)
+        taken = []
+        try:
+            for port in range(base, base + count):
+                s = socket.socket()
+                taken.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in taken:
+                s.close()
+    raise ServiceError(f"no {count} consecutive free ports from {low}")
+
+
 def free_port() -> int:
     """A free 127.0.0.1 TCP port below the kernel's ephemeral range, so that no outgoing
     connection takes it while its server is down for a restart; never the same port twice in

@@ -15,7 +15,7 @@ from decimal import Decimal
 
 import pytest
 
-from fleet_support import HeadEnd, energy, fleet_power
+from fleet_support import energy, fleet_power
 
 METERS = 120
 CELLS = 2
@@ -25,13 +25,6 @@ DAY = dt.datetime(2026, 6, 1, tzinfo=dt.timezone.utc)
 PROFILE = "1-0:99.1.0.255"
 NS = {"m": "http://iec.ch/TC57/2011/MeterReadings#"}
 INTERVAL_IMPORT = "0.0.2.4.1.1.12.0.0.0.0.0.0.0.0.0.72.0"  # +A, 15-minute delta, Wh (docs/hes-export.md)
-
-
-@pytest.fixture
-def head_end(tmp_path, pg_dsn, nats_url):
-    h = HeadEnd(tmp_path, pg_dsn, nats_url)
-    yield h
-    h.close()
 
 
 def meter_time(manifest: dict) -> float:

@@ -16,13 +16,6 @@ from fleet_support import HeadEnd, energy, fleet_power
 PROFILE = "1-0:99.1.0.255"
 
 
-@pytest.fixture
-def head_end(tmp_path, pg_dsn, nats_url):
-    h = HeadEnd(tmp_path, pg_dsn, nats_url)
-    yield h
-    h.close()
-
-
 def outcomes(h: HeadEnd, campaign: int) -> dict[str, dict]:
     return {r["serial"]: dict(r) for r in h.query(
         "SELECT m.serial, j.state, j.attempts, j.error, m.capabilities FROM job j JOIN meter m ON m.id = j.meter_id "

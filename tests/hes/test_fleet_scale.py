@@ -12,7 +12,7 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from fleet_support import HeadEnd, energy, fleet_power
+from fleet_support import energy, fleet_power
 
 METERS = 10_000
 CELLS = 4
@@ -20,13 +20,6 @@ CELL_LIMIT = 16  # sessions at once per cell: 64 in all for 3 workers × 24
 WORKER = ("--concurrency", "24", "--ack-wait", "3", "--session-timeout", "5", "--request-timeout", "3",
           "--connect-timeout", "2", "--association-timeout", "3")
 PROFILE = "1-0:99.1.0.255"
-
-
-@pytest.fixture
-def head_end(tmp_path, pg_dsn, nats_url):
-    h = HeadEnd(tmp_path, pg_dsn, nats_url)
-    yield h
-    h.close()
 
 
 @pytest.mark.timeout(600)

@@ -11,7 +11,6 @@ import json
 import logging
 import math
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -36,24 +35,9 @@ CLIENT_TITLE = "4755520000000001"
 
 
 def free_ports(count: int) -> int:
-    """The first of `count` consecutive free ports on 127.0.0.1 (other tests listen too)."""
-    import services  # the block of ports this pytest-xdist worker's fleets use
+    import services
 
-    low = services.fleet_base_port(count)
-    for base in range(low, low + services.FLEET_PORTS_PER_WORKER - count, count + 7):
-        sockets = []
-        try:
-            for port in range(base, base + count):
-                s = socket.socket()
-                sockets.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-    raise AssertionError("no free ports")
+    return services.free_port_block(count)
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,7 @@ import datetime as dt
 import json
 import math
 import os
-import random
 import signal
-import socket
 import stat
 import struct
 import subprocess
@@ -84,26 +82,9 @@ START_INT = int(START)
 
 # -- running fleet meters in the test's event loop --------------------------------------------
 def free_ports(count: int) -> int:
-    """The first of `count` consecutive ports on 127.0.0.1 that are free now (others run tests too)."""
-    import services  # the block of ports this pytest-xdist worker's fleets use
+    import services
 
-    low = services.fleet_base_port(count)
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(low, low + services.FLEET_PORTS_PER_WORKER - count)
-        taken = []
-        try:
-            for port in range(base, base + count):
-                s = socket.socket()
-                taken.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in taken:
-                s.close()
-    raise AssertionError(f"no {count} consecutive free ports")
+    return services.free_port_block(count)
 
 
 def scenario(meters: int = 4, *, elapsed: float = 20.0, speed: float = 900.0, **kwargs) -> FleetScenario:

@@ -114,16 +114,7 @@ async def _listen(keyring: Keyring, db: Path, host: str, udp_port: int | None, t
 
     receiver = PushReceiver(keyring, store, ObjectLists(store, configured, model_object_lists()),
                             limits=Limits(), on_alarm=on_alarm)
-    closers = []
-    lines = []
-    if udp_port is not None:
-        transport = await serve_udp(receiver, host, udp_port)
-        closers.append(transport.close)
-        lines.append(f"UDP {_where(transport.get_extra_info('sockname'))}")
-    if tcp_port is not None:
-        server = await serve_tcp(receiver, host, tcp_port)
-        closers.append(server.close)
-        lines.append(f"TCP {_where(server.sockets[0].getsockname())}")
+    closers, lines = await serve_pushes(receiver, host, udp_port, tcp_port)
     click.echo(f"listening for pushes on {', '.join(lines)}; keys of {len(keyring)} meter(s); storing in {db}")
     sys.stdout.flush()
     stop = asyncio.Event()
@@ -138,6 +129,20 @@ async def _listen(keyring: Keyring, db: Path, host: str, udp_port: int | None, t
     store.close()
     counts = ", ".join(f"{k} {v}" for k, v in sorted(receiver.counts.items())) or "nothing received"
     click.echo(f"stopped: {counts}")
+
+
+async def serve_pushes(intake, host: str, udp_port: int | None, tcp_port: int | None):
+    """The UDP and TCP listeners of a push intake: (their close functions, "UDP host:port" lines)."""
+    closers, lines = [], []
+    if udp_port is not None:
+        transport = await serve_udp(intake, host, udp_port)
+        closers.append(transport.close)
+        lines.append(f"UDP {_where(transport.get_extra_info('sockname'))}")
+    if tcp_port is not None:
+        server = await serve_tcp(intake, host, tcp_port)
+        closers.append(server.close)
+        lines.append(f"TCP {_where(server.sockets[0].getsockname())}")
+    return closers, lines
 
 
 def _say(line: str) -> None:

@@ -429,7 +429,8 @@ async def _listen_to_nats(keys, nats_url, store_dsn, kek_file, host, udp_port, t
     import socket
 
     from smartmeter.hes.fleet.pushes import NatsPushGate, keyring_from_store
-    from smartmeter.hes.push_listener import Keyring, serve_tcp, serve_udp
+    from smartmeter.cli.hes import serve_pushes
+    from smartmeter.hes.push_listener import Keyring
 
     keyring = Keyring.load(keys) if keys else Keyring()
     if store_dsn is not None:
@@ -446,15 +447,7 @@ async def _listen_to_nats(keys, nats_url, store_dsn, kek_file, host, udp_port, t
     broker = await open_broker(nats_url, 60.0)
     gate = NatsPushGate(keyring, name=f"{socket.gethostname()}:{os.getpid()}")
     publishing = asyncio.create_task(gate.publish_forever(broker))
-    closers, lines = [], []
-    if udp_port is not None:
-        transport = await serve_udp(gate, host, udp_port)
-        closers.append(transport.close)
-        lines.append(f"UDP {_address(transport.get_extra_info('sockname'))}")
-    if tcp_port is not None:
-        server = await serve_tcp(gate, host, tcp_port)
-        closers.append(server.close)
-        lines.append(f"TCP {_address(server.sockets[0].getsockname())}")
+    closers, lines = await serve_pushes(gate, host, udp_port, tcp_port)
     _say(f"listening for pushes on {', '.join(lines)}; keys of {len(keyring)} meter(s); publishing to {nats_url}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -472,7 +465,3 @@ async def _listen_to_nats(keys, nats_url, store_dsn, kek_file, host, udp_port, t
     counts = ", ".join(f"{k} {v}" for k, v in sorted(gate.counts.items())) or "nothing received"
     _say(f"stopped: {counts}")
 
-
-def _address(sockname) -> str:
-    host, port = sockname[:2]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -437,6 +437,25 @@ class PushIntake:
     def notification(self, apdu: bytes, sender: Any) -> str:
         raise NotImplementedError
 
+    def ciphered_push(self, apdu: bytes, sender: Any) -> "tuple[GeneralGloCiphering, MeterKeys] | str":
+        """The push's ciphered APDU and its meter's keys, or the refusal (counted and said):
+        unprotected, no push, truncated, garbage, or an unknown system title."""
+        if apdu[:1] == bytes([DATA_NOTIFICATION_TAG]):
+            return self.refuse("unprotected", "unprotected data-notification from %s refused", sender)
+        if apdu[:1] != bytes([GeneralGloCiphering.TAG]):
+            return self.refuse("garbage", "message from %s is no push (tag 0x%s)", sender, apdu[:1].hex())
+        try:
+            ciphered = GeneralGloCiphering.from_bytes(apdu)
+        except TruncatedError as exc:
+            return self.refuse("truncated", "push from %s: %s", sender, exc)
+        except DecodeError as exc:
+            return self.refuse("garbage", "push from %s: %s", sender, exc)
+        keys = self.keyring.get(ciphered.system_title)
+        if keys is None:
+            return self.refuse("unknown_sender", "push from %s with unknown system title %s", sender,
+                               ciphered.system_title.hex().upper()[:32])
+        return ciphered, keys
+
     def refuse(self, condition: str, message: str, *args, level: int = logging.WARNING) -> str:
         self.counts[condition] += 1
         self.say(condition, message, *args, level=level)
@@ -645,20 +664,11 @@ class PushReceiver(PushIntake):
 
     def notification(self, apdu: bytes, sender: Any) -> str:
         """One complete push APDU (general-glo-ciphering of a data-notification)."""
-        if apdu[:1] == bytes([DATA_NOTIFICATION_TAG]):
-            return self.refuse("unprotected", "unprotected data-notification from %s refused", sender)
-        if apdu[:1] != bytes([GeneralGloCiphering.TAG]):
-            return self.refuse("garbage", "message from %s is no push (tag 0x%s)", sender, apdu[:1].hex())
-        try:
-            ciphered = GeneralGloCiphering.from_bytes(apdu)
-        except TruncatedError as exc:
-            return self.refuse("truncated", "push from %s: %s", sender, exc)
-        except DecodeError as exc:
-            return self.refuse("garbage", "push from %s: %s", sender, exc)
-        keys = self.keyring.get(ciphered.system_title)
+        found = self.ciphered_push(apdu, sender)
+        if isinstance(found, str):
+            return found
+        ciphered, keys = found
         meter = ciphered.system_title.hex().upper()
-        if keys is None:
-            return self.refuse("unknown_sender", "push from %s with unknown system title %s", sender, meter[:32])
         counter = ciphered.invocation_counter
         last = self.counters.get(meter)
         if last is not None and counter <= last:

@@ -29,13 +29,12 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
 from nats.js.errors import APIError
 
-from smartmeter.dlms.apdu.ciphered import GeneralGloCiphering
 from smartmeter.dlms.security.errors import AuthenticationError, SecurityError
-from smartmeter.errors import DecodeError, TruncatedError
+from smartmeter.errors import DecodeError
 from smartmeter.hes.fleet.broker import (
     PUSH_SUBJECT, PUSHES_STREAM, RECEIVED_HEADER, SOURCE_HEADER, Broker, BrokerUnavailable, backoff_delay,
 )
-from smartmeter.hes.push_listener import DATA_NOTIFICATION_TAG, Keyring, Limits, MeterKeys, PushIntake
+from smartmeter.hes.push_listener import Keyring, Limits, MeterKeys, PushIntake
 from smartmeter.hes.store.pg import UNAVAILABLE, FleetStore, StoreUnavailable
 from smartmeter.ratelog import RateLimitedLog
 
@@ -72,21 +71,11 @@ class NatsPushGate(PushIntake):
         self._recent: OrderedDict[tuple[bytes, int], None] = OrderedDict()  # newest last, bounded
 
     def notification(self, apdu: bytes, sender: Any) -> str:
-        if apdu[:1] == bytes([DATA_NOTIFICATION_TAG]):
-            return self.refuse("unprotected", "unprotected data-notification from %s refused", sender)
-        if apdu[:1] != bytes([GeneralGloCiphering.TAG]):
-            return self.refuse("garbage", "message from %s is no push (tag 0x%s)", sender, apdu[:1].hex())
-        try:
-            ciphered = GeneralGloCiphering.from_bytes(apdu)
-        except TruncatedError as exc:
-            return self.refuse("truncated", "push from %s: %s", sender, exc)
-        except DecodeError as exc:
-            return self.refuse("garbage", "push from %s: %s", sender, exc)
+        found = self.ciphered_push(apdu, sender)
+        if isinstance(found, str):
+            return found
+        ciphered, keys = found
         title = ciphered.system_title
-        keys = self.keyring.get(title)
-        if keys is None:
-            return self.refuse("unknown_sender", "push from %s with unknown system title %s", sender,
-                               title.hex().upper()[:32])
         counter = ciphered.invocation_counter
         if (title, counter) in self._recent:
             self.counts["retry"] += 1
