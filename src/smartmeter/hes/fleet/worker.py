@@ -1,21 +1,22 @@
 """`smartmeter hes worker`: a stateless worker that takes read jobs from JetStream and stores
 what it reads in the fleet store. Run any number of them, on any number of machines.
 
-Per job: the job's row in the store says whether it already has an outcome (a delivery
-after a crash between storing and acknowledging is acknowledged at once). Otherwise the
-worker takes a session slot of the meter's cell and a new-connection token (both shared by
-all workers through the store), claims the meter's lease and a counter block, reads, and
-stores readings, marks, counters and the outcome in one transaction, then acknowledges.
-While it works it tells JetStream so (in-progress heartbeats), so a slow meter is not
-handed to a second worker; a worker that dies stops the heartbeats, and after the ack wait
-the job goes to another one, whose lease claim waits until the dead worker's lease expired.
+Per job, one claim in the store (`FleetStore.claim`): the job must still be open (a delivery
+after a crash between storing and acknowledging is acknowledged at once), the meter's lease
+free, then a session slot of the meter's cell and a new-connection token (both shared by all
+workers), and a block of invocation counters. The session's readings, marks, counters and the
+outcome are stored in one transaction, then the message is acknowledged. While it works the
+worker tells JetStream so (in-progress heartbeats), so a slow meter is not handed to a second
+worker; a worker that dies stops the heartbeats, and after the ack wait the job goes to another
+one, whose claim waits until the dead worker's lease ran out.
 
-Errors: a permanent one (authentication failed, keys wrong, the meter answered with a lower
-counter than before, an unknown meter) stores the outcome "failed" and terminates the
-message; a transient one (no connection, time-out) is retried later with exponential back-off
-and jitter, until the job's attempts reach the maximum, when it is failed. When the store
-cannot be reached the worker stops taking jobs and backs off until it is back; the jobs it
-held are handed back to JetStream.
+Errors: a permanent one (authentication failed, other keys, a refusal for good, a replayed or
+rolled-back answer, a value the store cannot hold) stores the outcome "failed" and terminates
+the message; a transient one (no connection, a time-out, rejected-transient, temporary-failure)
+is tried again after an exponential back-off with jitter, until the job's attempts reach the
+maximum. A job begun `max_claims` times whose sessions never ended (its workers died with it)
+is failed by the next claim. When the store cannot be reached the worker stops taking jobs and
+backs off until it is back; the jobs it held go back to JetStream.
 """
 from __future__ import annotations
 
