@@ -1,16 +1,18 @@
 """The fleet store on PostgreSQL (schema: `sql/*.sql`, applied by `migrate`).
 
-What a worker's read session needs of it, each a single round trip where it matters:
+A worker's read session costs two round trips, each one statement and one transaction:
 
-* `begin_session` claims the meter (a lease with a fencing token, so two workers never read
-  one meter at once), reserves a block of invocation counters (committed before the first
-  is used: a crash leaves a gap, never a reuse) and returns the meter's keys, counters,
-  capabilities and profile high-water marks.
-* `claim_cell_slot` / `take_connect_token` throttle a network cell across all workers.
-* `finish_session` stores the readings (COPY into a staging table, then into the
-  partitioned table without duplicates), moves the high-water marks and the meter's counter
-  up, records the job's outcome and releases the lease, all in one transaction that is
-  refused if the lease was lost meanwhile.
+* `claim` (SQL function hes_begin): the job still open, the meter's lease (with a fencing
+  token, so two sessions never read one meter at once), a session slot of the meter's cell
+  and a new-connection token (the cell's limits, across all workers), and a block of
+  invocation counters committed before the first is used (a crash leaves a gap, never a
+  reuse); then the meter's keys, counters, capabilities and profile marks are read.
+* `finish_session` (SQL function hes_finish): the readings into the partitioned table without
+  duplicates, the marks and the meter's counter moved up, the capabilities learnt, the job's
+  one outcome, lease and slot given back; refused as a whole if the lease was lost meanwhile.
+
+`migrate` applies the migrations not yet applied, one process at a time; `KeyVault` wraps the
+meters' keys at rest under the key-encryption key.
 """
 from __future__ import annotations
 
