@@ -117,11 +117,7 @@ async def _listen(keyring: Keyring, db: Path, host: str, udp_port: int | None, t
     closers, lines = await serve_pushes(receiver, host, udp_port, tcp_port)
     click.echo(f"listening for pushes on {', '.join(lines)}; keys of {len(keyring)} meter(s); storing in {db}")
     sys.stdout.flush()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_stopped()
     for close in closers:
         close()
     if acks is not None:
@@ -129,6 +125,15 @@ async def _listen(keyring: Keyring, db: Path, host: str, udp_port: int | None, t
     store.close()
     counts = ", ".join(f"{k} {v}" for k, v in sorted(receiver.counts.items())) or "nothing received"
     click.echo(f"stopped: {counts}")
+
+
+async def until_stopped() -> None:
+    """Return on Ctrl-C or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
 
 
 async def serve_pushes(intake, host: str, udp_port: int | None, tcp_port: int | None):

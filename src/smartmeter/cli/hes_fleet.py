@@ -429,7 +429,7 @@ async def _listen_to_nats(keys, nats_url, store_dsn, kek_file, host, udp_port, t
     import socket
 
     from smartmeter.hes.fleet.pushes import NatsPushGate, keyring_from_store
-    from smartmeter.cli.hes import serve_pushes
+    from smartmeter.cli.hes import serve_pushes, until_stopped
     from smartmeter.hes.push_listener import Keyring
 
     keyring = Keyring.load(keys) if keys else Keyring()
@@ -449,11 +449,7 @@ async def _listen_to_nats(keys, nats_url, store_dsn, kek_file, host, udp_port, t
     publishing = asyncio.create_task(gate.publish_forever(broker))
     closers, lines = await serve_pushes(gate, host, udp_port, tcp_port)
     _say(f"listening for pushes on {', '.join(lines)}; keys of {len(keyring)} meter(s); publishing to {nats_url}")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_stopped()
     for close in closers:
         close()
     try:
