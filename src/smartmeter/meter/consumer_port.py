@@ -98,6 +98,7 @@ class AirtimePacer:
         self.gap = gap_bits / baud
         self._frames: deque[bytes] = deque()
         self._next_at = float("-inf")  # when the line is free for the next frame
+        self.push_octets = 0  # the size of the push on the line (or the last one)
 
     def busy(self, now: float) -> bool:
         return bool(self._frames) or now < self._next_at
@@ -107,6 +108,7 @@ class AirtimePacer:
             return False
         self._frames.extend(frames)
         self._next_at = now
+        self.push_octets = sum(len(frame) for frame in frames)
         return True
 
     def due(self, now: float) -> bytes | None:
@@ -198,7 +200,6 @@ class ConsumerPort:
         self.path: str | None = None
         self._lock = threading.Lock()
         self._stats: Counter[str] = Counter()
-        self._last_push_octets = 0  # what the last push sent took on the line (the skip line says it)
         self._wake_r = self._wake_w = -1
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -249,7 +250,7 @@ class ConsumerPort:
         with self._lock:
             self._stats["pushes_offered"] += 1
             self._stats["pushes_skipped"] += 1
-            octets = self._last_push_octets
+            octets = self.pacer.push_octets
         self.say("h1.skipped", "H1: a consumer push skipped: the one before is still on the line "
                  "(%d octets take %.2f s at %d Bd; the push schedule is faster than that)",
                  octets, airtime(octets), BAUD)
@@ -272,7 +273,7 @@ class ConsumerPort:
 
     def _run(self) -> None:
         line = self.line
-        push_octets = 0
+        mid_push = False
         while not self._stop.is_set():
             with self._lock:
                 wait = self.pacer.wait(self.clock())
@@ -290,15 +291,12 @@ class ConsumerPort:
                     last = self.pacer.last_frame_of_push
                 if frame is None:
                     break
-                if push_octets == 0:
+                if not mid_push:
                     line.forget_unread()
-                push_octets += len(frame)
+                mid_push = not last
                 self._write(line, frame)
                 if last:
-                    with self._lock:
-                        self._stats["pushes_sent"] += 1
-                        self._last_push_octets = push_octets
-                    push_octets = 0
+                    self.count("pushes_sent")
 
     def _drain(self, line) -> None:
         try:
