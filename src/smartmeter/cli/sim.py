@@ -496,8 +496,8 @@ def _fleet_start(text: str | None, now: float) -> float:
 @click.option("--base-port", type=click.IntRange(1, 65535), default=21000, show_default=True, metavar="P",
               help="Meter i listens on 127.0.0.1:P+i.")
 @click.option("--start", "start_text", default=None, metavar="ISO",
-              help="Meter time at the fleet's start (UTC unless an offset is given) [default: now, rounded down "
-                   "to 15 minutes].")
+              help="Meter time at the fleet's start (UTC unless an offset is given) [default: now: at speed 1 "
+                   "the meters' clocks show real time].")
 @click.option("--speed", type=click.FloatRange(0, 1_000_000, min_open=True), default=1.0, show_default=True,
               help="Meter seconds per real second.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Keys, identities and faulty meters follow from it.")

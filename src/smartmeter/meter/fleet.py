@@ -7,7 +7,8 @@ server `smartmeter.meter.fleet_meter`.
 
 Time
     meter time t = start + speed × (real time − real_start), in UTC seconds; real time is the
-    wall clock (time.time()). `start` defaults to now rounded down to 15 minutes, `speed` to 1.
+    wall clock (time.time()). `start` defaults to now (whole seconds), so that at `speed` 1
+    (the default) meter time is the real time.
     Every meter of a fleet has the same time. The meters keep UTC: time zone deviation 0,
     no daylight saving; a fleet with speed ≠ 1 sets the clock status bit "different clock
     base" (0x04) in every time stamp, as a meter run faster than real time does.
@@ -145,7 +146,9 @@ def master_key(seed: int, i: int) -> bytes:
 
 
 def default_start(now: float) -> float:
-    return math.floor(now / CAPTURE_PERIOD) * CAPTURE_PERIOD
+    # not rounded to a capture boundary: a fleet at speed 1 would then run up to 15 minutes
+    # behind real time, and a head-end would rightly see every meter's clock as drifted
+    return float(math.floor(now))
 
 
 def _slices(order: list[int], names: tuple[str, ...], fractions: dict[str, float]) -> dict[str, frozenset[int]]:
