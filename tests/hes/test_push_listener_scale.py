@@ -149,13 +149,17 @@ def test_a_thousand_meters_push_over_udp_and_tcp_into_one_listener(tmp_path):
     per_meter = dict(connection.execute("SELECT meter, count(*) FROM push GROUP BY meter"))
     assert per_meter == {m.system_title.hex().upper(): PUSHES for m in meters}
     stored = {(meter, obis, captured, value) for meter, obis, captured, value in connection.execute(
-        "SELECT meter, obis, capture_time, value_json FROM reading WHERE obis IN ('1-0:1.8.0.255', '1-0:2.8.0.255')")}
+        "SELECT m.system_title, s.obis, r.time, r.raw FROM reading r JOIN series s ON s.id = r.series_id "
+        "JOIN meter m ON m.id = s.meter_id WHERE s.obis IN ('1-0:1.8.0.255', '1-0:2.8.0.255')")}
     expected = set()
     for m in meters:
         for k in range(1, PUSHES + 1):
             t, plus, minus = m.values(k)
             captured = dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
             title = m.system_title.hex().upper()
-            expected |= {(title, "1-0:1.8.0.255", captured, str(plus)), (title, "1-0:2.8.0.255", captured, str(minus))}
+            expected |= {(title, "1-0:1.8.0.255", captured, plus), (title, "1-0:2.8.0.255", captured, minus)}
     assert stored == expected
-    assert connection.execute("SELECT count(*) FROM reading").fetchone()[0] == METERS * PUSHES * len(OBJECTS[INTERVAL])
+    # every value: the integers in reading, the rest (the clock) in reading_data
+    assert connection.execute("SELECT (SELECT count(*) FROM reading) + (SELECT count(*) FROM reading_data)"
+                              ).fetchone()[0] == METERS * PUSHES * len(OBJECTS[INTERVAL])
+    assert connection.execute("SELECT count(*) FROM raw_push").fetchone()[0] == METERS * PUSHES

@@ -40,7 +40,7 @@ import time
 import traceback
 import tomllib
 from collections import Counter, OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -64,7 +64,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "AlarmAcknowledger", "DATA_READOUT_SAP", "MANAGEMENT_SAP", "SETUPS", "Keyring", "Limits", "MeterKeys", "ObjectLists",
-    "PushIntake", "PushReceiver", "load_object_list_file", "model_object_lists", "serve_tcp", "serve_udp",
+    "PushIntake", "PushReceiver", "decode_push", "load_object_list_file", "model_object_lists", "serve_tcp", "serve_udp",
 ]
 
 DATA_READOUT_SAP = 2  # every push to the head-end runs in the Data Readout client's context (catalog §7)
@@ -691,12 +691,14 @@ class PushReceiver(PushIntake):
         try:
             notification = DataNotification.from_bytes(plain)
         except DecodeError as exc:
-            self._unstored(meter, counter, apdu, receive_time, "malformed")
+            self._unstored(meter, counter, apdu, receive_time, "malformed", sender)
             return self.refuse("malformed", "push of meter %s (counter %d) is no data-notification: %s",
                                 meter, counter, exc)
         push = self._decode(meter, counter, notification, receive_time)
+        if push is not None:
+            push = replace(push, apdu=apdu, source=str(sender))
         if push is None:
-            self._unstored(meter, counter, apdu, receive_time, "unmapped")
+            self._unstored(meter, counter, apdu, receive_time, "unmapped", sender)
             return self.refuse("unmapped", "push of meter %s (counter %d, %d values) fits no known push object "
                                "list: not stored", meter, counter, len(_values(notification)))
         self.store.add(push)
@@ -710,9 +712,10 @@ class PushReceiver(PushIntake):
             self.on_alarm(push, alarms, sender)
         return "stored"
 
-    def _unstored(self, meter: str, counter: int, apdu: bytes, receive_time: str, reason: str) -> None:
+    def _unstored(self, meter: str, counter: int, apdu: bytes, receive_time: str, reason: str, sender: Any) -> None:
         highest = max(counter, self.counters.get(meter, counter))
-        self.store.record_unstored(meter, counter, receive_time, reason, forget_below=highest - REPLAY_WINDOW)
+        self.store.record_unstored(meter, counter, receive_time, reason, forget_below=highest - REPLAY_WINDOW,
+                                   apdu=apdu, source=str(sender))
         self._accepted(meter, counter, apdu)
 
     def _accepted(self, meter: str, counter: int, apdu: bytes) -> None:
@@ -725,42 +728,51 @@ class PushReceiver(PushIntake):
 
     def _decode(self, meter: str, counter: int, notification: DataNotification, receive_time: str
                 ) -> StoredPush | None:
-        values = _values(notification)
-        fitting = self.object_lists.match(meter, values)
-        if not fitting:
-            return None
-        setup, entries = fitting[0]
-        setups = {s for s, _ in fitting}
-        if {INSTALLATION, CONNECTIVITY} <= setups:
-            # the same contents by default: a meter's first is its installation push, later ones
-            # follow its reconnections
-            setup = CONNECTIVITY if self._registered(meter) else INSTALLATION
-            entries = dict(fitting)[setup]
-        serial = address = None
-        # the time the values stand for: the clock in the body (the instant of the schedule or
-        # monitor that triggered the push, which a meter running behind sends a little later),
-        # else the notification's date-time, else when it arrived
-        captured = None
-        readings = []
-        for class_id, obis, attribute, value in _attributes(entries, values):
-            if value.type == DataType.NULL_DATA:
-                continue  # not read by the meter: no reading
-            if (class_id, obis, attribute) == CLOCK and captured is None and value.type == DataType.OCTET_STRING:
-                captured = _capture_time(value.value)
-            if obis == DEVICE_ID_1 and attribute == 2:
-                serial = _ascii(value)
-            address = _address(class_id, attribute, value) or address
-            readings.append(Reading(obis, attribute, class_id, to_json(value)))
-        kind = SETUPS.get(setup, "unknown")
-        captured = captured or _capture_time(notification.date_time)
-        capture_time = format_time(captured) if captured is not None else receive_time
-        registers = kind == "installation" or (serial is not None and not self._registered(meter))
-        return StoredPush(meter, counter, receive_time, capture_time, kind, setup, tuple(readings), serial, address,
-                          registers)
+        return decode_push(meter, counter, notification, receive_time, self.object_lists, self._registered)
 
     def _registered(self, meter: str) -> bool:
         row = self.store.db.execute("SELECT registered FROM meter WHERE system_title = ?", (meter,)).fetchone()
         return row is not None and row[0] is not None
+
+def decode_push(meter: str, counter: int, notification: DataNotification, receive_time: str,
+                object_lists: ObjectLists, registered: Callable[[str], bool]) -> StoredPush | None:
+    """What a push says (`StoredPush`, without its APDU), None when it fits no push object list.
+
+    The capture time is the clock in the body (the instant of the schedule or monitor that
+    triggered the push, which a meter running behind sends a little later), else the
+    notification's date-time, else `receive_time`. `registered(meter)` tells an installation
+    push from a connectivity push (the same contents by default). Used by the SQLite listener
+    and by the fleet store's push ingester alike."""
+    values = _values(notification)
+    fitting = object_lists.match(meter, values)
+    if not fitting:
+        return None
+    setup, entries = fitting[0]
+    setups = {s for s, _ in fitting}
+    if {INSTALLATION, CONNECTIVITY} <= setups:
+        # the same contents by default: a meter's first is its installation push, later ones
+        # follow its reconnections
+        setup = CONNECTIVITY if registered(meter) else INSTALLATION
+        entries = dict(fitting)[setup]
+    serial = address = None
+    captured = None
+    readings = []
+    for class_id, obis, attribute, value in _attributes(entries, values):
+        if value.type == DataType.NULL_DATA:
+            continue  # not read by the meter: no reading
+        if (class_id, obis, attribute) == CLOCK and captured is None and value.type == DataType.OCTET_STRING:
+            captured = _capture_time(value.value)
+        if obis == DEVICE_ID_1 and attribute == 2:
+            serial = _ascii(value)
+        address = _address(class_id, attribute, value) or address
+        readings.append(Reading(obis, attribute, class_id, to_json(value)))
+    kind = SETUPS.get(setup, "unknown")
+    captured = captured or _capture_time(notification.date_time)
+    capture_time = format_time(captured) if captured is not None else receive_time
+    registers = kind == "installation" or (serial is not None and not registered(meter))
+    return StoredPush(meter, counter, receive_time, capture_time, kind, setup, tuple(readings), serial, address,
+                      registers)
+
 
 # ----------------------------------------------------------------- alarm clearing
 

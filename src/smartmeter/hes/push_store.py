@@ -1,11 +1,28 @@
-"""The head-end's store of pushed readings: one SQLite file (WAL), a time-series layout.
+"""The head-end's store of pushed readings: one SQLite file (WAL), the fleet store's layout.
 
-    meter(system_title PK, serial, address, first_seen, last_seen, registered,
+The tables the fleet store (PostgreSQL, `sql/0001_fleet_store.sql`) has, with the same names,
+keys and meaning, so that the same questions are asked the same way of either:
+
+    meter(id PK, system_title UNIQUE, serial, address, first_seen, last_seen, registered,
           last_invocation_counter)              -- one row per meter that ever pushed
+    series(id PK, meter_id, source, obis, attribute, scaler, unit, class_id)
+                                                 -- one per meter × source × OBIS × attribute;
+                                                    source is '' (a value as the meter sent it)
+    reading(series_id, time PK, raw, quality, received)
+                                                 -- the integer the meter sent (value = raw ×
+                                                    10^scaler), never text; quality 0
+    reading_data(series_id, time PK, data, received)
+                                                 -- a value that is no integer (an octet string,
+                                                    a structure, a float): its JSON form
+    raw_push(system_title, invocation_counter PK, received, stored, source, apdu)
+                                                 -- every authentic push as it came (ciphered)
+    event(meter_id, log, time, code PK, received)
+                                                 -- the fleet store's event table (pushes carry
+                                                    no event log entries: empty here)
+
+and the listener's own bookkeeping:
+
     push(meter, invocation_counter PK, receive_time, capture_time, kind, setup, value_count)
-    reading(meter, obis, attribute, capture_time PK, receive_time, class_id, value_json)
-                                                 -- the primary key is the "meter × OBIS × time"
-                                                    index; reading_by_time serves "meter × time"
     push_object_list(meter, setup PK, entries_json, source, updated)
                                                  -- what each push setup of a meter sends
     unstored_push(meter, invocation_counter PK, receive_time, reason)
@@ -13,9 +30,16 @@
                                                     stored (unmapped, malformed): their counters
                                                     are used up all the same
 
-Times are UTC text of one fixed width, `2026-03-10T12:00:00.000Z`, so text order is time
-order and SQLite's date functions read them. A system title is 16 upper-case hex digits, an
-OBIS code its dotted text `1-0:1.8.0.255`.
+A reading's time is the push's capture time, `received` when the listener took it. Times are
+UTC text of one fixed width, `2026-03-10T12:00:00.000Z`, so text order is time order and
+SQLite's date functions read them. A system title is 16 upper-case hex digits, an OBIS code its
+dotted text `1-0:1.8.0.255`. A series' scaler and unit are known when a push carries the
+object's scaler_unit (class 3 or 4 attribute 3, class 5 attribute 4); until then 0 and 255.
+
+The file's layout has a version (`PRAGMA user_version`, `SCHEMA_VERSION`); a file of an earlier
+layout is brought to this one when it is opened, in one transaction, nothing left out (version 1,
+the first layout: readings as JSON text in `reading.value_json`, now split into `reading` and
+`reading_data`).
 
 The meter's highest accepted invocation counter is kept with its row and every accepted counter
 with its push (`push`, `unstored_push`), written in the same transaction as the push's
@@ -39,11 +63,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-__all__ = ["PushStore", "Reading", "StoredPush", "format_time", "parse_time"]
+__all__ = ["PushStore", "Reading", "SCHEMA_VERSION", "SchemaError", "StoredPush", "format_time", "integer_raw",
+           "parse_time", "scaler_units"]
 
+SCHEMA_VERSION = 2
+
+# The layout of version SCHEMA_VERSION, for a new file.
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS meter (
-    system_title TEXT PRIMARY KEY,
+CREATE TABLE meter (
+    id INTEGER PRIMARY KEY,
+    system_title TEXT NOT NULL UNIQUE,
     serial TEXT,
     address TEXT,
     first_seen TEXT NOT NULL,
@@ -51,7 +80,7 @@ CREATE TABLE IF NOT EXISTS meter (
     registered TEXT,
     last_invocation_counter INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS push (
+CREATE TABLE push (
     meter TEXT NOT NULL REFERENCES meter(system_title),
     invocation_counter INTEGER NOT NULL,
     receive_time TEXT NOT NULL,
@@ -61,18 +90,7 @@ CREATE TABLE IF NOT EXISTS push (
     value_count INTEGER NOT NULL,
     PRIMARY KEY (meter, invocation_counter)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS reading (
-    meter TEXT NOT NULL REFERENCES meter(system_title),
-    obis TEXT NOT NULL,
-    attribute INTEGER NOT NULL,
-    capture_time TEXT NOT NULL,
-    receive_time TEXT NOT NULL,
-    class_id INTEGER,
-    value_json TEXT NOT NULL,
-    PRIMARY KEY (meter, obis, attribute, capture_time)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS reading_by_time ON reading (meter, capture_time);
-CREATE TABLE IF NOT EXISTS push_object_list (
+CREATE TABLE push_object_list (
     meter TEXT NOT NULL,
     setup TEXT NOT NULL,
     entries_json TEXT NOT NULL,
@@ -80,14 +98,146 @@ CREATE TABLE IF NOT EXISTS push_object_list (
     updated TEXT NOT NULL,
     PRIMARY KEY (meter, setup)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS unstored_push (
+CREATE TABLE unstored_push (
     meter TEXT NOT NULL REFERENCES meter(system_title),
     invocation_counter INTEGER NOT NULL,
     receive_time TEXT NOT NULL,
     reason TEXT NOT NULL,
     PRIMARY KEY (meter, invocation_counter)
 ) WITHOUT ROWID;
+CREATE TABLE series (
+    id INTEGER PRIMARY KEY,
+    meter_id INTEGER NOT NULL REFERENCES meter(id),
+    source TEXT NOT NULL DEFAULT '',
+    obis TEXT NOT NULL,
+    attribute INTEGER NOT NULL,
+    scaler INTEGER NOT NULL DEFAULT 0,
+    unit INTEGER NOT NULL DEFAULT 255,
+    class_id INTEGER,
+    UNIQUE (meter_id, source, obis, attribute)
+);
+CREATE TABLE reading (
+    series_id INTEGER NOT NULL REFERENCES series(id),
+    time TEXT NOT NULL,
+    raw INTEGER NOT NULL CHECK (typeof(raw) = 'integer'),
+    quality INTEGER NOT NULL DEFAULT 0,
+    received TEXT NOT NULL,
+    PRIMARY KEY (series_id, time)
+) WITHOUT ROWID;
+CREATE INDEX reading_by_time ON reading (time);
+CREATE TABLE reading_data (
+    series_id INTEGER NOT NULL REFERENCES series(id),
+    time TEXT NOT NULL,
+    data TEXT NOT NULL,
+    received TEXT NOT NULL,
+    PRIMARY KEY (series_id, time)
+) WITHOUT ROWID;
+CREATE TABLE event (
+    meter_id INTEGER NOT NULL REFERENCES meter(id),
+    log TEXT NOT NULL,
+    time TEXT NOT NULL,
+    code INTEGER NOT NULL,
+    received TEXT NOT NULL,
+    PRIMARY KEY (meter_id, log, time, code)
+) WITHOUT ROWID;
+CREATE TABLE raw_push (
+    system_title TEXT NOT NULL,
+    invocation_counter INTEGER NOT NULL,
+    received TEXT NOT NULL,
+    stored TEXT NOT NULL,
+    source TEXT NOT NULL,
+    apdu BLOB NOT NULL,
+    PRIMARY KEY (system_title, invocation_counter)
+) WITHOUT ROWID;
 """
+
+# The tables version 2 added.
+_V2_TABLES = SCHEMA[SCHEMA.index("CREATE TABLE series"):]
+
+# Version 1 -> 2: meter gets an integer id (rebuilt, rows in first-seen order); the new tables;
+# each reading's JSON value becomes a row of `reading` (a JSON integer that fits 64 bits) or
+# of `reading_data` (anything else), its series made from its meter, OBIS, attribute and class.
+# "@name" steps are PushStore._upgrade's checks and scripts.
+_UPGRADE_1_TO_2_STEPS = (
+    """CREATE TABLE meter_v2 (
+        id INTEGER PRIMARY KEY,
+        system_title TEXT NOT NULL UNIQUE,
+        serial TEXT,
+        address TEXT,
+        first_seen TEXT NOT NULL,
+        last_seen TEXT NOT NULL,
+        registered TEXT,
+        last_invocation_counter INTEGER NOT NULL
+    )""",
+    """INSERT INTO meter_v2 (system_title, serial, address, first_seen, last_seen, registered,
+                             last_invocation_counter)
+       SELECT system_title, serial, address, first_seen, last_seen, registered, last_invocation_counter
+       FROM meter ORDER BY first_seen, system_title""",
+    "DROP TABLE meter",
+    "ALTER TABLE meter_v2 RENAME TO meter",
+    "ALTER TABLE reading RENAME TO reading_v1",
+    "DROP INDEX IF EXISTS reading_by_time",
+    "@v2_tables",
+    # meters that have readings but no row (not written by the listener; kept all the same)
+    """INSERT INTO meter (system_title, first_seen, last_seen, last_invocation_counter)
+       SELECT meter, min(receive_time), max(receive_time), 0 FROM reading_v1
+       WHERE meter NOT IN (SELECT system_title FROM meter) GROUP BY meter""",
+    """INSERT INTO series (meter_id, source, obis, attribute, class_id)
+       SELECT m.id, '', r.obis, r.attribute, max(r.class_id)
+       FROM reading_v1 r JOIN meter m ON m.system_title = r.meter
+       GROUP BY m.id, r.obis, r.attribute ORDER BY m.id, r.obis, r.attribute""",
+    """INSERT INTO reading (series_id, time, raw, quality, received)
+       SELECT s.id, r.capture_time, json_extract(r.value_json, '$'), 0, r.receive_time
+       FROM reading_v1 r JOIN meter m ON m.system_title = r.meter
+            JOIN series s ON s.meter_id = m.id AND s.source = '' AND s.obis = r.obis AND s.attribute = r.attribute
+       WHERE json_valid(r.value_json) AND typeof(json_extract(r.value_json, '$')) = 'integer'""",
+    """INSERT INTO reading_data (series_id, time, data, received)
+       SELECT s.id, r.capture_time, r.value_json, r.receive_time
+       FROM reading_v1 r JOIN meter m ON m.system_title = r.meter
+            JOIN series s ON s.meter_id = m.id AND s.source = '' AND s.obis = r.obis AND s.attribute = r.attribute
+       WHERE NOT (json_valid(r.value_json) AND typeof(json_extract(r.value_json, '$')) = 'integer')""",
+    "@check_counts",
+    "DROP TABLE reading_v1",
+)
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of a script of CREATE statements (no semicolon inside one)."""
+    return [part.strip() for part in script.split(";") if part.strip()]
+
+
+class SchemaError(Exception):
+    """The file is not a push store this version can open (a newer layout, or another file)."""
+
+
+def integer_raw(value: Any) -> int | None:
+    """The value as a reading's raw integer: a JSON integer (not a boolean) within 64 bits
+    (what `reading.raw` holds in either store); None for anything else."""
+    if type(value) is int and -(1 << 63) <= value < (1 << 63):
+        return value
+    return None
+
+
+# class -> (the attribute holding scaler_unit, the attributes it scales) (Blue Book: register,
+# extended register, demand register)
+_SCALED_BY = {3: (3, (2,)), 4: (3, (2,)), 5: (4, (2, 3))}
+
+
+def scaler_units(readings: Iterable["Reading"]) -> dict[tuple[str, int], tuple[int, int]]:
+    """(OBIS, attribute) -> (scaler, unit) that the values themselves say: a register's
+    scaler_unit pushed along with its value."""
+    found = {}
+    for r in readings:
+        scaled = _SCALED_BY.get(r.class_id)
+        if scaled is None or r.attribute != scaled[0]:
+            continue
+        pair = r.value
+        if (isinstance(pair, list) and len(pair) == 2 and all(type(v) is int for v in pair)
+                and -128 <= pair[0] <= 127 and 0 <= pair[1] <= 255):
+            for attribute in scaled[1]:
+                found[(r.obis, attribute)] = (pair[0], pair[1])
+    return found
+
 
 def format_time(when: dt.datetime) -> str:
     """UTC text of fixed width (four-digit year, milliseconds, `Z`); a naive datetime is taken as
@@ -132,6 +282,11 @@ class StoredPush:
     serial: str | None = None  # Device ID 1, when the push carries it
     address: str | None = None  # the meter's IP address, when the push carries it
     registers: bool = False  # an installation push: (re)register the meter
+    apdu: bytes | None = None  # the push as it came (ciphered), kept in raw_push
+    source: str = ""  # where it came from (the sender's address)
+
+
+SERIES_CACHE = 100_000  # series ids a store remembers (beyond, it starts again)
 
 
 class PushStore:
@@ -147,7 +302,10 @@ class PushStore:
         if read_only:
             if not self.path.exists():
                 raise FileNotFoundError(f"{self.path}: no such database")
+            if self._version_of(self.path) < SCHEMA_VERSION:
+                PushStore(self.path).close()  # brought to this layout once, by a writer
             self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            self._check_version(self.db.execute("PRAGMA user_version").fetchone()[0])
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(self.path, isolation_level=None)
@@ -155,8 +313,64 @@ class PushStore:
             # WAL + NORMAL: a commit survives the process dying; only a power loss may lose the
             # last transactions (and with them their counters: nothing half stored either way)
             self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.executescript(SCHEMA)
+            self.db.execute("PRAGMA busy_timeout=5000")
+            self._open_layout()
         self.db.execute("PRAGMA busy_timeout=5000")
+        self._series: dict[tuple[int, str, int], int] = {}  # (meter id, OBIS, attribute) -> series id
+
+    @staticmethod
+    def _version_of(path: Path) -> int:
+        """The layout version of the file at `path` (1 for the first layout, which had none)."""
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0 and db.execute("SELECT 1 FROM sqlite_master WHERE name = 'reading'").fetchone():
+                return 1
+            return version if version else SCHEMA_VERSION  # an empty file: made at this layout
+        finally:
+            db.close()
+
+    @staticmethod
+    def _check_version(version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise SchemaError(f"the push store has layout version {version}; this smartmeter knows up to "
+                              f"{SCHEMA_VERSION}: use the newer smartmeter that wrote it")
+
+    def _open_layout(self) -> None:
+        """Make the tables of a new file, or bring an older file's to this layout (one transaction)."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            tables = {row[0] for row in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if version == 0 and "reading" not in tables:
+                for statement in _statements(SCHEMA):
+                    self.db.execute(statement)
+            else:
+                if version == 0:
+                    version = 1  # the first layout: no version written
+                self._check_version(version)
+                if version == 1:
+                    self._upgrade_1_to_2()
+            self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def _upgrade_1_to_2(self) -> None:
+        before = self.db.execute("SELECT count(*) FROM reading").fetchone()[0]
+        for step in _UPGRADE_1_TO_2_STEPS:
+            if step == "@v2_tables":
+                for statement in _statements(_V2_TABLES):
+                    self.db.execute(statement)
+            elif step == "@check_counts":
+                after = self.db.execute("SELECT (SELECT count(*) FROM reading) + "
+                                        "(SELECT count(*) FROM reading_data)").fetchone()[0]
+                if after != before:  # the old key is the new one: every row has its place
+                    raise SchemaError(f"{self.path}: {before} readings before the upgrade, {after} after; "
+                                      "the file is left as it was")
+            else:
+                self.db.execute(step)
 
     def close(self) -> None:
         if self.db is None:
@@ -177,6 +391,7 @@ class PushStore:
         if self.db.in_transaction:
             self.db.execute("ROLLBACK")
         self._pending = 0
+        self._series.clear()  # series made since the last commit are gone
 
     # ------------------------------------------------------------------ replay protection
 
@@ -192,16 +407,19 @@ class PushStore:
             "UNION ALL SELECT 1 FROM unstored_push WHERE meter = ?1 AND invocation_counter = ?2",
             (meter, counter)).fetchone() is not None
 
-    def record_unstored(self, meter: str, counter: int, receive_time: str, reason: str, forget_below: int) -> None:
-        """An authenticated push that could not be stored as readings still uses up its counter.
-        Records of counters below `forget_below` (the replay window's floor: refused whatever
-        was recorded) are dropped, so a meter whose pushes fit no list does not grow the table."""
+    def record_unstored(self, meter: str, counter: int, receive_time: str, reason: str, forget_below: int,
+                        apdu: bytes | None = None, source: str = "") -> None:
+        """An authenticated push that could not be stored as readings still uses up its counter,
+        and is kept as it came (`apdu`, in raw_push). Records of counters below `forget_below`
+        (the replay window's floor: refused whatever was recorded) are dropped, so a meter whose
+        pushes fit no list does not grow the table."""
         with self._transaction():
             self._touch_meter(meter, counter, receive_time)
             self.db.execute("INSERT OR IGNORE INTO unstored_push (meter, invocation_counter, receive_time, reason) "
                             "VALUES (?, ?, ?, ?)", (meter, counter, receive_time, reason))
             self.db.execute("DELETE FROM unstored_push WHERE meter = ? AND invocation_counter < ?",
                             (meter, forget_below))
+            self._raw_push(meter, counter, receive_time, source, apdu)
 
     # ------------------------------------------------------------------------ writing
 
@@ -209,7 +427,7 @@ class PushStore:
         """Store a push and its readings in one transaction; returns how many readings were new
         (a reading already stored for the same meter, object, attribute and time is kept)."""
         with self._transaction():
-            self._touch_meter(push.meter, push.invocation_counter, push.receive_time)
+            meter_id = self._touch_meter(push.meter, push.invocation_counter, push.receive_time)
             if push.serial is not None or push.address is not None or push.registers:
                 self.db.execute(
                     "UPDATE meter SET serial = coalesce(?, serial), address = coalesce(?, address), "
@@ -220,20 +438,55 @@ class PushStore:
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (push.meter, push.invocation_counter, push.receive_time, push.capture_time, push.kind, push.setup,
                  len(push.readings)))
+            self._raw_push(push.meter, push.invocation_counter, push.receive_time, push.source, push.apdu)
+            scaled = scaler_units(push.readings)
+            integers, others = [], []
+            for r in push.readings:
+                series = self._series_id(meter_id, r, scaled.get((r.obis, r.attribute)))
+                raw = integer_raw(r.value)
+                if raw is not None:
+                    integers.append((series, push.capture_time, raw, push.receive_time))
+                else:
+                    others.append((series, push.capture_time, json.dumps(r.value, separators=(",", ":")),
+                                   push.receive_time))
             before = self.db.total_changes
-            self.db.executemany(
-                "INSERT OR IGNORE INTO reading (meter, obis, attribute, capture_time, receive_time, class_id, "
-                "value_json) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(push.meter, r.obis, r.attribute, push.capture_time, push.receive_time, r.class_id,
-                  json.dumps(r.value, separators=(",", ":"))) for r in push.readings])
+            # quality: pushes carry no status of their values
+            self.db.executemany("INSERT OR IGNORE INTO reading (series_id, time, raw, quality, received) "
+                                "VALUES (?, ?, ?, 0, ?)", integers)
+            self.db.executemany("INSERT OR IGNORE INTO reading_data (series_id, time, data, received) "
+                                "VALUES (?, ?, ?, ?)", others)
             return self.db.total_changes - before
 
-    def _touch_meter(self, meter: str, counter: int, receive_time: str) -> None:
-        self.db.execute(
+    def _series_id(self, meter_id: int, r: Reading, scaler_unit: tuple[int, int] | None) -> int:
+        key = (meter_id, r.obis, r.attribute)
+        series = self._series.get(key)
+        if series is None:
+            self.db.execute("INSERT OR IGNORE INTO series (meter_id, source, obis, attribute, class_id) "
+                            "VALUES (?, '', ?, ?, ?)", (meter_id, r.obis, r.attribute, r.class_id))
+            series = self.db.execute("SELECT id FROM series WHERE meter_id = ? AND source = '' AND obis = ? "
+                                     "AND attribute = ?", key).fetchone()[0]
+            if len(self._series) >= SERIES_CACHE:
+                self._series.clear()
+            self._series[key] = series
+        if scaler_unit is not None:
+            self.db.execute("UPDATE series SET scaler = ?, unit = ? WHERE id = ? AND (scaler, unit) <> (?, ?)",
+                            (*scaler_unit, series, *scaler_unit))
+        return series
+
+    def _raw_push(self, meter: str, counter: int, received: str, source: str, apdu: bytes | None) -> None:
+        if apdu is not None:
+            self.db.execute("INSERT OR IGNORE INTO raw_push (system_title, invocation_counter, received, stored, "
+                            "source, apdu) VALUES (?, ?, ?, ?, ?, ?)",
+                            (meter, counter, received, format_time(dt.datetime.now(dt.timezone.utc)), source[:200],
+                             apdu))
+
+    def _touch_meter(self, meter: str, counter: int, receive_time: str) -> int:
+        """The meter's row made or brought up to date; its id."""
+        return self.db.execute(
             "INSERT INTO meter (system_title, first_seen, last_seen, last_invocation_counter) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (system_title) DO UPDATE SET last_seen = excluded.last_seen, "
-            "last_invocation_counter = max(last_invocation_counter, excluded.last_invocation_counter)",
-            (meter, receive_time, receive_time, counter))
+            "last_invocation_counter = max(last_invocation_counter, excluded.last_invocation_counter) "
+            "RETURNING id", (meter, receive_time, receive_time, counter)).fetchone()[0]
 
     @contextlib.contextmanager
     def _transaction(self):
@@ -246,6 +499,7 @@ class PushStore:
         except BaseException:
             self.db.execute("ROLLBACK TO one_push")
             self.db.execute("RELEASE one_push")
+            self._series.clear()  # series made in the savepoint are gone
             raise
         self.db.execute("RELEASE one_push")
         self._pending += 1
@@ -277,23 +531,26 @@ class PushStore:
         attribute and time order; `start` inclusive, `end` exclusive."""
         where, args = [], []
         if meter is not None:
-            where.append("meter = ?")
+            where.append("m.system_title = ?")
             args.append(meter)
         obis = list(obis)
         if obis:
-            where.append(f"obis IN ({', '.join('?' * len(obis))})")
+            where.append(f"s.obis IN ({', '.join('?' * len(obis))})")
             args.extend(obis)
         if start is not None:
-            where.append("capture_time >= ?")
+            where.append("r.time >= ?")
             args.append(start)
         if end is not None:
-            where.append("capture_time < ?")
+            where.append("r.time < ?")
             args.append(end)
-        sql = ("SELECT meter, obis, attribute, class_id, capture_time, receive_time, value_json FROM reading"
-               + (" WHERE " + " AND ".join(where) if where else "")
-               + " ORDER BY meter, obis, attribute, capture_time")
-        for row in self.db.execute(sql, args):
-            yield (*row[:6], json.loads(row[6]))
+        condition = (" WHERE " + " AND ".join(where)) if where else ""
+        series = "JOIN series s ON s.id = r.series_id JOIN meter m ON m.id = s.meter_id"
+        sql = (f"SELECT m.system_title, s.obis, s.attribute, s.class_id, r.time, r.received, r.raw, NULL "
+               f"FROM reading r {series}{condition} UNION ALL "
+               f"SELECT m.system_title, s.obis, s.attribute, s.class_id, r.time, r.received, NULL, r.data "
+               f"FROM reading_data r {series}{condition} ORDER BY 1, 2, 3, 5")
+        for row in self.db.execute(sql, args + args):
+            yield (*row[:6], row[6] if row[7] is None else json.loads(row[7]))
 
     def meters(self) -> list[tuple]:
         """(system_title, serial, address, first_seen, last_seen, registered, pushes) of every meter."""
