@@ -28,6 +28,7 @@ from smartmeter.cli.format import logical_name_paths, to_json, to_text
 from smartmeter.cli.hes import hes_group
 from smartmeter.cli import hes_fleet  # noqa: F401  (registers the fleet commands under `hes`)
 from smartmeter.cli import hes_export  # noqa: F401  (registers `hes export` and `hes gaps`)
+from smartmeter.cli import hes_events  # noqa: F401  (registers `hes events`)
 from smartmeter.cli.mbus import mbus_group
 from smartmeter.cli.pki import pki_group
 from smartmeter.cli.push import PUSH_COMMANDS

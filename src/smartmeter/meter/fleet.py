@@ -30,6 +30,16 @@ Load profile 1 (1-0:99.1.0.255, capture period 900 s)
     times for different meters. Range selection (selector 1) takes the rows with
     from ≤ b ≤ to (both inclusive); entry selection (selector 2) counts from the oldest kept row.
 
+Standard event log (0-0:99.98.0.255, event object 0-0:96.11.0.255: the IDIS codes)
+    meter time is cut into slots of 21600 s (k = t div 21600, four a day); slot k of meter i
+    has one incident at e = 21600 k + (7919 i + 3037 k) mod 21000, of kind (i + k) mod 3:
+      0  power down (code 1) at e and power up (code 2) at e + 120 + 60 × (i mod 7)
+      1  clock adjusted: old time (code 4) and new time (code 5), both at e
+      2  error register cleared (code 10) at e
+    An entry exists when start ≤ its time ≤ t; only the newest 100 are kept (FIFO). Entries
+    are ordered by time, then as listed (4 before 5). Range selection gives the entries with
+    from ≤ time ≤ to; entry selection counts from the oldest kept entry.
+
 Identity and keys of meter i
     serial 1SIM01<seed mod 100000, 5 digits><i, 5 digits> (DIN 43863-5 form, FLAG code SIM),
     system title b"SIM" + the serial's last 10 digits as 5 bytes (as `MeterIdentity`), so
@@ -99,6 +109,35 @@ def energy_wh(power_w: int, start: float, t: float) -> int:
 def row_status(i: int, boundary: int) -> int:
     """The status byte of meter i's profile row at `boundary`."""
     return STATUS_CLOCK_ADJUSTED if (boundary // CAPTURE_PERIOD + i) % STATUS_PERIOD == 0 else 0
+
+
+EVENT_SLOT = 21600  # s: one incident per slot, four a day
+EVENT_SPREAD = 21000  # s: an incident's offset in its slot, leaving room for the power-up after it
+EVENT_LOG_ENTRIES = 100  # entries the standard event log keeps (as the full meter's)
+POWER_DOWN, POWER_UP, CLOCK_OLD, CLOCK_NEW, ERROR_REGISTER_CLEARED = 1, 2, 4, 5, 10
+
+
+def slot_events(i: int, k: int) -> list[tuple[int, int]]:
+    """(time, code) of meter i's incident in event slot k, in log order."""
+    e = k * EVENT_SLOT + (7919 * i + 3037 * k) % EVENT_SPREAD
+    kind = (i + k) % 3
+    if kind == 0:
+        return [(e, POWER_DOWN), (e + 120 + 60 * (i % 7), POWER_UP)]
+    if kind == 1:
+        return [(e, CLOCK_OLD), (e, CLOCK_NEW)]
+    return [(e, ERROR_REGISTER_CLEARED)]
+
+
+def event_entries(i: int, start: float, t: float) -> list[tuple[int, int]]:
+    """(time, code) of the entries meter i's standard event log keeps at meter time t, oldest
+    first: those with start ≤ time ≤ t, the newest EVENT_LOG_ENTRIES of them."""
+    newest_first: list[tuple[int, int]] = []
+    first_slot = math.floor(start / EVENT_SLOT)
+    k = math.floor(t / EVENT_SLOT)
+    while k >= first_slot and len(newest_first) < EVENT_LOG_ENTRIES:
+        newest_first.extend(e for e in reversed(slot_events(i, k)) if start <= e[0] <= t)
+        k -= 1
+    return newest_first[:EVENT_LOG_ENTRIES][::-1]
 
 
 def first_boundary(start: float) -> int:
@@ -225,7 +264,8 @@ class FleetScenario:
                 "index": i, "serial": ident.serial, "system_title": ident.system_title.hex().upper(),
                 "host": self.host, "port": self.port_of(i), "cell": self.cell_of(i), "client_sap": MANAGEMENT_SAP,
                 "public_sap": PUBLIC_SAP, "mechanism": MECHANISM, "suite": SUITE, "policy": POLICY,
-                "ek": ek.hex().upper(), "ak": ak.hex().upper(), "faults": self.faults_of(i),
+                "ek": ek.hex().upper(), "ak": ak.hex().upper(), "master": master_key(self.seed, i).hex().upper(),
+                "faults": self.faults_of(i),
                 "capabilities": self.capabilities_of(i), "import_power_w": import_power(i),
                 "export_power_w": export_power(i),
             })

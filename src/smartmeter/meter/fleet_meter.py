@@ -17,9 +17,11 @@ from smartmeter.cosem.objectmodel import ObjectDirectory, ObjectModel
 from smartmeter.cosem.obis import Obis
 from smartmeter.cosem.results import DataAccessResult
 from smartmeter.dlms.security.context import ClientPolicy, SecurityManager
-from smartmeter.dlms.security.errors import ReplayError
+from smartmeter.dlms.security.errors import ReplayError, SecurityError
+from smartmeter.dlms.security.keys import KeyId, decode_key_transfer, unwrap_key
 from smartmeter.dlms.security.frame_counter import FrameCounterWindow, frame_counter_response
 from smartmeter.dlms.server import DlmsServer, ServerAssociation
+from smartmeter.errors import DecodeError
 from smartmeter.meter import fleet
 from smartmeter.meter.clock import MeterClock
 from smartmeter.meter.fleet_report import MeterRecord
@@ -28,6 +30,7 @@ from smartmeter.ratelog import RateLimitedLog
 PROFILE = "fleet"
 MANAGEMENT = "management"
 LOAD_PROFILE_1 = Obis.parse("1-0:99.1.0.255").to_bytes()
+STANDARD_EVENT_LOG = Obis.parse("0-0:99.98.0.255").to_bytes()
 
 _model: ObjectModel | None = None
 
@@ -71,20 +74,25 @@ class MemoryStore:
 
 
 class ObservedWindow(FrameCounterWindow):
-    """The management client's receive window, telling the observation of every counter it
-    is asked about (every protected APDU under the global key) and of every replay it refuses."""
+    """The management client's receive window, telling the observation of every counter
+    accepted under the global key (each protected APDU that authenticated: a counter sent
+    under another key was not sent under this one) and of every replay it refuses."""
 
     def __init__(self, record: MeterRecord) -> None:
         super().__init__(None)
         self.record = record
 
     def check(self, counter: int):
-        self.record.counter_received(counter)
         try:
             return super().check(counter)
         except ReplayError:
+            self.record.counter_received(counter)
             self.record.counter_refused(counter)
             raise
+
+    def commit(self, pending) -> None:
+        super().commit(pending)
+        self.record.counter_received(pending.value)
 
 
 class FleetAssociation(ServerAssociation):
@@ -147,6 +155,32 @@ class ProfileSource:
         return Data.unsigned(fleet.row_status(self.i, kept[-1]) if kept else 0)
 
 
+class EventLogSource:
+    """Meter i's standard event log as the fleet's formula gives it (at most 100 entries,
+    computed for each request)."""
+
+    def __init__(self, scenario: fleet.FleetScenario, i: int, clock: MeterClock) -> None:
+        self.scenario, self.i, self.clock = scenario, i, clock
+
+    def _kept(self) -> list[tuple[int, int]]:
+        return fleet.event_entries(self.i, self.scenario.start, self.clock.now())
+
+    def rows(self, from_time: int | None, to_time: int | None) -> list[tuple]:
+        return [(self.clock.cosem(t), code) for t, code in self._kept()
+                if (from_time is None or t >= from_time) and (to_time is None or t <= to_time)]
+
+    def entries_in_use(self) -> int:
+        return len(self._kept())
+
+    def utc_from_cosem(self, value) -> int:
+        return self.clock.utc_from_cosem(value)
+
+    def last_code(self) -> Data:
+        """The event object: the code of the newest entry (0 before the first)."""
+        kept = self._kept()
+        return Data.unsigned(kept[-1][1] if kept else 0)
+
+
 class LazyRows:
     """The kept rows as a sequence whose rows are made when taken: an entry selection (a slice)
     costs only the rows it selects; the whole buffer (iterated, several times by the encoder)
@@ -201,6 +235,64 @@ class FrameCounterReadout:
         return frame_counter_response(context.ak, self.server_system_title, caller_title, challenge, counter), counter
 
 
+class FleetSecurity(FrameCounterReadout):
+    """The security service of a fleet meter (`bindings["security"]`): the frame counter
+    readout and what the management client's security setup (IC 64) shows and does.
+    key_transfer follows the full meter's (`smartmeter.meter.security.MeterSecurity`): the
+    keys unwrap with the master key (AES key wrap), SUCCESS goes out protected with the
+    current keys, then the new ones apply; a new EK resets both counters of the key
+    (`SecurityContext.set_key`). The store is in memory: a restarted fleet holds its derived
+    keys again."""
+
+    def __init__(self, manager: SecurityManager, server_system_title: bytes, record: MeterRecord) -> None:
+        super().__init__(manager, server_system_title)
+        self.record = record
+
+    def _context(self, client: str):
+        context = self.manager.context(client)
+        if context is None:
+            raise CosemAccessError(DataAccessResult.OBJECT_UNAVAILABLE, f"client {client} has no security context")
+        return context
+
+    def policy(self, client: str) -> int:
+        return self._context(client).policy
+
+    def suite(self, client: str) -> int:
+        return self._context(client).suite
+
+    def client_system_title(self, client: str) -> bytes | None:
+        return self._context(client).client_system_title
+
+    def certificates_data(self, client: str) -> Data:
+        return Data.array([])  # a fleet meter has no certificates
+
+    def key_transfer(self, client: str, parameters: Data, ctx: RequestContext) -> None:
+        context = self._context(client)
+        try:
+            transfers = decode_key_transfer(parameters)
+        except (DecodeError, SecurityError, ValueError, TypeError):
+            raise CosemAccessError(DataAccessResult.TYPE_UNMATCHED,
+                                   "key_transfer takes array of {key_id, key_wrapped}") from None
+        changes = []
+        for transfer in transfers:
+            kind = {KeyId.GLOBAL_UNICAST_ENCRYPTION: "ek", KeyId.AUTHENTICATION: "ak"}.get(transfer.key_id)
+            if kind is None:  # the fleet's master key is derived; broadcast keys are not used
+                raise CosemAccessError(DataAccessResult.OTHER_REASON, "only the EK and the AK are transferred")
+            try:
+                changes.append((kind, unwrap_key(self.manager.kek(context.suite), transfer.wrapped_key)))
+            except SecurityError:
+                raise CosemAccessError(DataAccessResult.OTHER_REASON,
+                                       "the key does not unwrap with the master key") from None
+
+        def apply() -> None:
+            for kind, key in changes:
+                context.set_key(kind, key)
+            if any(kind == "ek" for kind, _ in changes):
+                self.record.key_changed()
+
+        ctx.association.after_response(apply)
+
+
 def build_server(scenario: fleet.FleetScenario, i: int, clock: MeterClock, record: MeterRecord,
                  say: RateLimitedLog) -> FleetServer:
     """Meter i's DLMS server, as the scenario says it is."""
@@ -226,16 +318,20 @@ def build_server(scenario: fleet.FleetScenario, i: int, clock: MeterClock, recor
         "clock": clock,
         "load_profile_1": source,
         "load_profile_1.status": Binding(source.status),
-        "security": FrameCounterReadout(manager, ident.system_title),
-        "security_setups": {},
+        "events.standard": (events := EventLogSource(scenario, i, clock)),
+        "events.standard.last_code": Binding(events.last_code),
+        "security": FleetSecurity(manager, ident.system_title, record),
+        "security_setups": {o.config["client"]: o.obis for o in fleet_model().objects if o.class_id == 64},
     }
     directory = ObjectDirectory(fleet_model(), bindings)
     replacement = (ProfileWithoutSelection if "no-selective" in capabilities
                    else ProfileWithoutRange if "no-range" in capabilities else None)
     if replacement is not None:
-        definition, _ = directory.by_ln[LOAD_PROFILE_1]
-        directory.by_ln[LOAD_PROFILE_1] = (definition, replacement(definition.obis, definition.name, definition.config,
-                                                                   directory.bindings))
+        # the capability is the meter's: its load profile and its event log select alike
+        for ln in (LOAD_PROFILE_1, STANDARD_EVENT_LOG):
+            definition, _ = directory.by_ln[ln]
+            directory.by_ln[ln] = (definition, replacement(definition.obis, definition.name, definition.config,
+                                                           directory.bindings))
 
     def on_event(name: str, fields: dict) -> None:
         if name == "association_opened":

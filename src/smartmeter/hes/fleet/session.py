@@ -6,6 +6,13 @@ profiles read incrementally from the store's high-water mark. A profile is read 
 both as a whole buffer, and what worked is returned as a capability so the next session
 starts with it. Only rows after the mark are kept, so reads never overlap.
 
+Event logs (IC 7 with a clock and an event code column, e.g. the standard event log
+0-0:99.98.0.255) are read the same way from their own mark, but from the mark itself on: two
+events may share one second, and a log may have taken the second one after the last read.
+The store keeps an event once by (meter, log, time, code), so the entries at the mark read
+again are not stored twice. A meter without the log is remembered as such (capability
+"events:<OBIS>" = "absent") and not asked again.
+
 Invocation counters come from a block the store reserved (and committed) before the
 session: `BlockCounters` hands them out and tops up through the caller when a block runs
 low, so a crash anywhere leaves a gap and never a reuse.
@@ -28,7 +35,7 @@ from smartmeter.dlms.security.frame_counter import TxFrameCounter
 from smartmeter.errors import DecodeError
 from smartmeter.hes.client import MeterClient, parse_scaler_unit
 from smartmeter.hes.connection import WrapperLink
-from smartmeter.hes.store.pg import Reading, SessionGrant, SessionResult
+from smartmeter.hes.store.pg import Event, Reading, SessionGrant, SessionResult
 from smartmeter.ratelog import RateLimitedLog
 
 __all__ = ["BlockCounters", "ReadPlan", "SessionTimeout", "Timeouts", "read_session"]
@@ -44,6 +51,11 @@ SELECTION_REFUSALS = {DataAccessResult.READ_WRITE_DENIED, DataAccessResult.OBJEC
                       DataAccessResult.OTHER_REASON, DataAccessResult.TYPE_UNMATCHED,
                       DataAccessResult.SCOPE_OF_ACCESS_VIOLATED, DataAccessResult.OBJECT_CLASS_INCONSISTENT}
 SELECTIONS = ("range", "entry", "whole")
+STANDARD_EVENT_LOG = "0-0:99.98.0.255"
+# what a meter answers for an object it does not have
+ABSENT = {DataAccessResult.OBJECT_UNDEFINED, DataAccessResult.OBJECT_UNAVAILABLE}
+# entries of an event log read first by entry selection (doubled while the mark is not reached)
+EVENT_ENTRIES_FIRST = 16
 
 
 class SessionTimeout(ClientError):
@@ -66,6 +78,7 @@ class Timeouts:
 class ReadPlan:
     registers: tuple[str, ...] = ("1-0:1.8.0.255", "1-0:2.8.0.255")
     profiles: tuple[str, ...] = ("1-0:99.1.0.255",)
+    events: tuple[str, ...] = (STANDARD_EVENT_LOG,)  # event logs, read whole on their first read
     # where a profile has no mark yet, rows from this long before the meter's time (None: all)
     first_read_span: dt.timedelta | None = None
 
@@ -188,6 +201,7 @@ class _BundleReader:
     scalers: dict = field(default_factory=dict)
     marks: dict = field(default_factory=dict)
     capabilities: dict = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
 
     async def read(self) -> SessionResult:
         now = _utc(await self.client.get(CLOCK, 2, class_id=8))
@@ -200,8 +214,10 @@ class _BundleReader:
             await self._register(obis, now)
         for obis in self.plan.profiles:
             await self._profile(obis, now)
+        for obis in self.plan.events:
+            await self._event_log(obis, now)
         return SessionResult(self.readings, self.scalers, self.marks, rx_last=None, tx_used=None,
-                             capabilities=self.capabilities or None)
+                             capabilities=self.capabilities or None, events=self.events)
 
     async def _register(self, obis: str, now: dt.datetime) -> None:
         value = _integer(await self.client.get(obis, 2, class_id=3))
@@ -215,23 +231,11 @@ class _BundleReader:
 
     async def _profile(self, obis: str, now: dt.datetime) -> None:
         columns = await self.client.get(obis, 3, class_id=7)
-        layout = self._layout = _layout(columns)
+        layout = _layout(columns)
         mark = self.grant.marks.get(obis)
         if mark is None and self.plan.first_read_span is not None:
             mark = now - self.plan.first_read_span
-        key = f"selection:{obis}"
-        start = self.grant.capabilities.get(key, "range")
-        order = SELECTIONS[SELECTIONS.index(start):] if start in SELECTIONS else SELECTIONS
-        for how in order:
-            try:
-                rows = await getattr(self, f"_by_{how}")(obis, mark, now)
-            except AccessDenied as exc:
-                if exc.result in SELECTION_REFUSALS and how != "whole":
-                    continue
-                raise
-            if how != start:
-                self.capabilities[key] = how
-            break
+        rows = await self._select(obis, mark, now, layout.clock)
         newest = mark
         unusable = 0
         for row in rows:
@@ -257,33 +261,113 @@ class _BundleReader:
             if ("" , value_obis, attribute) in self.scalers:
                 self.scalers[(obis, value_obis, attribute)] = self.scalers[("", value_obis, attribute)]
 
-    async def _by_range(self, obis: str, mark: dt.datetime | None, now: dt.datetime) -> list[tuple]:
-        start = mark + dt.timedelta(seconds=1) if mark is not None else None
+    async def _event_log(self, obis: str, now: dt.datetime) -> None:
+        absent = f"events:{obis}"
+        if self.grant.capabilities.get(absent) == "absent":
+            return
+        try:
+            columns = await self.client.get(obis, 3, class_id=7)
+        except AccessDenied as exc:
+            if exc.result not in ABSENT:
+                raise
+            say("session.no_event_log", "meter %s has no event log %s (%s): not asked again",
+                self.grant.serial, obis, exc)
+            self.capabilities[absent] = "absent"
+            return
+        clock, code = _event_layout(columns)
+        mark = self.grant.marks.get(obis)
+        rows = await self._select(obis, mark, now, clock, from_mark=True)
+        newest = mark
+        unusable = 0
+        for row in rows:
+            t, value = (_utc(row[clock]), _integer(row[code])) if len(row) > max(clock, code) else (None, None)
+            if t is None or not _plausible(t) or value is None or not 0 <= value <= 0x7FFFFFFF:
+                unusable += 1
+                continue
+            if mark is not None and t < mark:
+                continue
+            self.events.append(Event(obis, t, value))
+            newest = t if newest is None or t > newest else newest
+        if unusable:
+            say("session.unusable_events", "meter %s: %d entry(ies) of %s without a usable time or code were "
+                "not stored", self.grant.serial, unusable, obis)
+        if newest is not None and newest != mark:
+            self.marks[obis] = newest
+
+    async def _select(self, obis: str, mark: dt.datetime | None, now: dt.datetime, clock: int, *,
+                      from_mark: bool = False) -> list[tuple]:
+        """The rows of profile `obis` from its mark on (after it, or with `from_mark` at it too),
+        by the first selection the meter serves, starting with the one it served last."""
+        key = f"selection:{obis}"
+        start = self.grant.capabilities.get(key, "range")
+        order = SELECTIONS[SELECTIONS.index(start):] if start in SELECTIONS else SELECTIONS
+        for how in order:
+            try:
+                if how == "range":
+                    rows = await self._by_range(obis, mark, now, from_mark)
+                elif how == "entry":
+                    rows = await self._by_entry(obis, mark, now, clock, from_mark)
+                else:
+                    rows = await self._by_whole(obis)
+            except AccessDenied as exc:
+                if exc.result in SELECTION_REFUSALS and how != "whole":
+                    continue
+                raise
+            if how != start:
+                self.capabilities[key] = how
+            return rows
+        return []
+
+    async def _by_range(self, obis: str, mark: dt.datetime | None, now: dt.datetime, from_mark: bool) -> list[tuple]:
+        start = mark + dt.timedelta(seconds=0 if from_mark else 1) if mark is not None else None
         _, rows = await self.client.profile(obis, from_time=start or dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc),
                                             to_time=now, rows=True)
         return rows
 
-    async def _by_entry(self, obis: str, mark: dt.datetime | None, now: dt.datetime) -> list[tuple]:
+    async def _by_entry(self, obis: str, mark: dt.datetime | None, now: dt.datetime, clock: int,
+                        from_mark: bool) -> list[tuple]:
         in_use = _integer(await self.client.get(obis, ENTRIES_IN_USE, class_id=7)) or 0
         if in_use == 0:
             return []
         if mark is None:
             _, rows = await self.client.profile(obis, entries=(1, in_use), rows=True)
             return rows
-        period = _integer(await self.client.get(obis, CAPTURE_PERIOD, class_id=7)) or 900
-        wanted = min(in_use, math.ceil((now - mark).total_seconds() / period) + 1)
+        if from_mark:  # an event log: no period to estimate from
+            wanted = min(in_use, EVENT_ENTRIES_FIRST)
+        else:
+            period = _integer(await self.client.get(obis, CAPTURE_PERIOD, class_id=7)) or 900
+            wanted = min(in_use, math.ceil((now - mark).total_seconds() / period) + 1)
         while True:
             _, rows = await self.client.profile(obis, entries=(in_use - wanted + 1, in_use), rows=True)
             # the oldest row read must be at or before the mark, else rows may lie in between
             # (a clock set back, a power failure): read further back
-            oldest = _utc(rows[0][self._layout.clock]) if rows else None
+            oldest = _utc(rows[0][clock]) if rows and len(rows[0]) > clock else None
             if wanted >= in_use or (oldest is not None and oldest <= mark):
                 return rows
             wanted = min(in_use, wanted * 2)
 
-    async def _by_whole(self, obis: str, mark: dt.datetime | None, now: dt.datetime) -> list[tuple]:
+    async def _by_whole(self, obis: str) -> list[tuple]:
         _, rows = await self.client.profile(obis, rows=True)
         return rows
+
+
+def _event_layout(columns: Data) -> tuple[int, int]:
+    """(clock column, event code column) of an event log: the code is the event object's value
+    (IC 1, 0-0:96.11.x.255, attribute 2)."""
+    clock = code = None
+    try:
+        for index, column in enumerate(columns.value):
+            class_id, ln, attribute, _ = (f.value for f in column.value)
+            obis = str(Obis.from_bytes(ln))
+            if class_id == 8 and attribute == 2 and clock is None:
+                clock = index
+            elif class_id == 1 and attribute == 2 and obis.startswith("0-0:96.11.") and code is None:
+                code = index
+    except (TypeError, ValueError, AttributeError):
+        raise ClientError("the event log's capture_objects have an unexpected shape") from None
+    if clock is None or code is None:
+        raise ClientError("the event log captures no clock or no event code column")
+    return clock, code
 
 
 @dataclass(frozen=True)

@@ -23,14 +23,14 @@ import secrets
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, AsyncIterator, Iterable, Sequence
 
 import asyncpg
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
 from smartmeter.errors import SmartmeterError
 
-__all__ = ["FleetStore", "KeyVault", "LeaseLost", "MeterBusy", "MeterRecord", "SessionGrant", "StoreError",
+__all__ = ["Event", "FleetStore", "KeyVault", "LeaseLost", "MeterBusy", "MeterRecord", "SessionGrant", "StoreError",
            "StoreUnavailable", "UnknownMeter", "migrations"]
 
 COUNTER_MAX = 0xFFFFFFFF
@@ -163,6 +163,7 @@ class SessionGrant:
     rx_last: int | None
     marks: dict[str, dt.datetime]  # profile OBIS → last capture time stored
     slot: tuple[int, int] | None = None  # the cell's session slot held and its token, if any
+    new_generation: int | None = None  # the generation of new_keys
 
 
 @dataclass
@@ -190,16 +191,26 @@ class Reading:
     quality: int = 0
 
 
+@dataclass(frozen=True)
+class Event:
+    """One entry of a meter's event log: the log's OBIS, the entry's time and event code."""
+
+    log: str
+    time: dt.datetime
+    code: int
+
+
 @dataclass
 class SessionResult:
     """What a finished session stores, in `finish_session`'s one transaction."""
 
     readings: list[Reading]
     scalers: dict[tuple[str, str, int], tuple[int, int]]  # (source, obis, attribute) → (scaler, unit)
-    marks: dict[str, dt.datetime]  # profile → last capture time now stored
+    marks: dict[str, dt.datetime]  # profile or event log → last capture time now stored
     rx_last: int | None
     tx_used: int | None
     capabilities: dict[str, Any] | None = None
+    events: list[Event] = field(default_factory=list)  # stored once: (meter, log, time, code) is the key
 
 
 def _month(t: dt.datetime) -> dt.date:
@@ -407,21 +418,24 @@ class FleetStore:
         row = await self.pool.fetchrow(
             """SELECT m.*, (SELECT coalesce(jsonb_object_agg(profile, last_time), '{}'::jsonb)
                             FROM profile_mark WHERE meter_id = m.id) AS marks,
-                      ARRAY(SELECT ROW(kind, state, wrapped) FROM meter_key
-                            WHERE meter_id = m.id AND (state = 'NEW' OR (kind = 'ek' AND generation = $2)
-                                                       OR (kind <> 'ek' AND state = 'ACTIVE'))) AS keys
+                      ARRAY(SELECT ROW(kind, state, wrapped, generation) FROM meter_key
+                            WHERE meter_id = m.id AND (state = 'NEW' OR (kind IN ('ek', 'ak') AND generation = $2)
+                                                       OR (kind NOT IN ('ek', 'ak') AND state = 'ACTIVE'))) AS keys
                FROM meter m WHERE m.id = $1""", meter_id, claimed["key_generation"])
         keys, new_keys = {}, {}
-        for kind, state, wrapped in row["keys"]:
-            # the unicast key is the one of the generation whose counters were reserved, even
+        new_generation = None
+        for kind, state, wrapped, generation in row["keys"]:
+            # the unicast keys are those of the generation whose counters were reserved, even
             # if a key change made another one ACTIVE in between
             (new_keys if state == "NEW" else keys)[kind] = vault.unwrap(wrapped)
+            if state == "NEW":
+                new_generation = generation
         top = claimed["tx_top"]
         return SessionGrant(
             meter_id=meter_id, serial=row["serial"], system_title=bytes(row["system_title"]), host=row["host"],
             port=row["port"], cell=row["cell"], client_sap=row["client_sap"], server_sap=row["server_sap"],
             mechanism=row["mechanism"], suite=row["suite"], policy=row["policy"],
-            capabilities=json.loads(row["capabilities"]), keys=keys, new_keys=new_keys,
+            capabilities=json.loads(row["capabilities"]), keys=keys, new_keys=new_keys, new_generation=new_generation,
             key_generation=claimed["key_generation"], lease_token=claimed["token"],
             counter_block=(top - block + 1, top), rx_last=claimed["rx_last"],
             marks={p: dt.datetime.fromisoformat(t) for p, t in json.loads(row["marks"]).items()})
@@ -467,8 +481,8 @@ class FleetStore:
         campaign, job_holder = job if job is not None else (None, holder or "")
         slot, slot_token = grant.slot or (None, None)
         stored = await self.pool.fetchval(
-            "SELECT hes_finish($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, "
-            "$20, $21, $22, $23)",
+            _with_events("SELECT hes_finish($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, "
+                         "$18, $19, $20, $21, $22, $23)", result.events, first=24),
             grant.meter_id, grant.lease_token, campaign, job_holder, grant.cell, slot, slot_token,
             [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
             [s[0] if s else None for s in scalers], [s[1] if s else None for s in scalers],
@@ -476,10 +490,57 @@ class FleetStore:
             [index[(r.source, r.obis, r.attribute)] for r in result.readings], [r.time for r in result.readings],
             [r.raw for r in result.readings], [r.quality for r in result.readings], dt.datetime.now(dt.timezone.utc),
             list(result.marks), list(result.marks.values()), result.rx_last, grant.key_generation,
-            json.dumps(result.capabilities) if result.capabilities else None)
+            json.dumps(result.capabilities) if result.capabilities else None, *_event_arguments(result.events))
         if stored == -1:
             raise LeaseLost(f"meter {grant.serial}: the session's lease was taken over; its results are dropped")
         return max(stored, 0)
+
+    # -- key changes (SQL functions hes_key_*, sql/0003_key_change.sql) ----------------------
+    async def new_keys(self, grant: SessionGrant, keys: dict[str, bytes], block: int) -> tuple[int, tuple[int, int]]:
+        """Write `keys` (kind → key) wrapped as the meter's next generation, state NEW, with
+        its first `block` invocation counters reserved, in one transaction, under the session's
+        lease: (generation, counter block). LeaseLost if the lease was taken over; StoreError
+        if a NEW generation is there already (settle that one first)."""
+        vault = self._vault()
+        kinds = sorted(keys)
+        row = await self.pool.fetchrow("SELECT * FROM hes_key_new($1, $2, $3, $4, $5)", grant.meter_id,
+                                       grant.lease_token, kinds, [vault.wrap(keys[k]) for k in kinds], block)
+        if row is None:
+            if not await self._holds_lease(grant):
+                raise LeaseLost(f"meter {grant.serial}: the session's lease was taken over; no new keys written")
+            raise StoreError(f"meter {grant.serial}: new keys are waiting for confirmation already")
+        return row["generation"], (row["tx_top"] - block + 1, row["tx_top"])
+
+    async def promote_keys(self, grant: SessionGrant, generation: int, rx_last: int | None,
+                           job: tuple[int, str] | None = None) -> bool:
+        """The meter uses generation `generation`: NEW → ACTIVE and the keys it replaces →
+        EXPIRED in one transaction; with `job` (campaign, holder), the job's outcome 'done' and
+        the lease and slot given back in that same transaction. False when the generation was
+        discarded meanwhile; LeaseLost when the lease was taken over (nothing changes)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            promoted = await conn.fetchval("SELECT hes_key_promote($1, $2, $3, $4)", grant.meter_id,
+                                           grant.lease_token, generation, rx_last)
+            if promoted == -1:
+                raise LeaseLost(f"meter {grant.serial}: the session's lease was taken over; keys not promoted")
+            if promoted == -3:
+                return False
+            if job is not None:
+                slot, slot_token = grant.slot or (None, None)
+                await conn.fetchval(
+                    "SELECT hes_finish($1, $2, $3, $4, $5, $6, $7, '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', "
+                    "'{}', '{}', $8, '{}', '{}', NULL, $9, NULL)",
+                    grant.meter_id, grant.lease_token, job[0], job[1], grant.cell, slot, slot_token,
+                    dt.datetime.now(dt.timezone.utc), generation)
+        return True
+
+    async def discard_new_keys(self, grant: SessionGrant, generation: int) -> bool:
+        """The meter holds the ACTIVE keys: generation `generation` NEW → EXPIRED (never used)."""
+        return await self.pool.fetchval("SELECT hes_key_discard($1, $2, $3)", grant.meter_id, grant.lease_token,
+                                        generation)
+
+    async def _holds_lease(self, grant: SessionGrant) -> bool:
+        return await self.pool.fetchval("SELECT EXISTS (SELECT 1 FROM meter_lease WHERE meter_id = $1 AND token = $2)",
+                                        grant.meter_id, grant.lease_token)
 
     async def _ensure_partitions(self, months: set[dt.date]) -> None:
         missing = months - self._partitions
@@ -552,6 +613,50 @@ class FleetStore:
         rows = await self.pool.fetch("UPDATE job SET state = 'queued', finished = NULL, attempts = 0 "
                                      "WHERE campaign_id = $1 AND state = 'failed' RETURNING meter_id", campaign_id)
         return [r["meter_id"] for r in rows]
+
+
+def _with_events(finish: str, events: Sequence[Event], first: int) -> str:
+    """The statement of `finish_session`: `finish` alone, or with the session's events written
+    in the same statement (so the same transaction) and only when `finish` stored the session
+    (a lost lease or a job that already had its outcome stores no event either). `first` is
+    the number of the first parameter for the events ($1 is the meter, $18 the time received)."""
+    if not events:
+        return finish
+    log, time, code = first, first + 1, first + 2
+    return (f"WITH finish AS MATERIALIZED ({finish} AS stored), "
+            f"events AS (INSERT INTO event (meter_id, log, time, code, received) "
+            f"SELECT $1, x.log, x.time, x.code, $18 FROM finish, "
+            f"unnest(${log}::text[], ${time}::timestamptz[], ${code}::integer[]) AS x(log, time, code) "
+            f"WHERE finish.stored >= 0 ON CONFLICT DO NOTHING) "
+            f"SELECT stored FROM finish")
+
+
+def _event_arguments(events: Sequence[Event]) -> tuple:
+    if not events:
+        return ()
+    return [e.log for e in events], [e.time for e in events], [e.code for e in events]
+
+
+async def events_of(pool, *, serials: Sequence[str] = (), cell: str | None = None, logs: Sequence[str] = (),
+                    start: dt.datetime | None = None, end: dt.datetime | None = None,
+                    batch: int = 10_000) -> AsyncIterator[dict[str, Any]]:
+    """The stored events of the meters selected (all without serials or cell), start ≤ time <
+    end, oldest first (then by meter, log and code), streamed from a cursor `batch` at a time."""
+    query = ["SELECT m.serial, e.log, e.time, e.code, e.received FROM event e JOIN meter m ON m.id = e.meter_id"]
+    args: list[Any] = []
+    where = []
+    for column, value, test in (("m.serial", list(serials), "= ANY({})"), ("m.cell", cell, "= {}"),
+                                ("e.log", list(logs), "= ANY({})"), ("e.time", start, ">= {}"),
+                                ("e.time", end, "< {}")):
+        if value:
+            args.append(value)
+            where.append(f"{column} {test.format(f'${len(args)}')}")
+    if where:
+        query.append("WHERE " + " AND ".join(where))
+    query.append("ORDER BY e.time, m.serial, e.log, e.code")
+    async with pool.acquire() as conn, conn.transaction():
+        async for row in conn.cursor(" ".join(query), *args, prefetch=batch):
+            yield dict(row)
 
 
 async def _keep_session(conn) -> None:
