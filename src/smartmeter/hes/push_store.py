@@ -155,7 +155,8 @@ CREATE TABLE raw_push (
 _V2_TABLES = SCHEMA[SCHEMA.index("CREATE TABLE series"):]
 
 # Version 1 -> 2: meter gets an integer id (rebuilt, rows in first-seen order); the new tables;
-# each reading's JSON value becomes a row of `reading` (a JSON integer that fits 64 bits) or
+# each reading's JSON value becomes a row of `reading` (a JSON integer that fits 64 bits: not
+# true/false, which json_extract gives as 1/0, nor past 2^63, which it gives as a real) or
 # of `reading_data` (anything else), its series made from its meter, OBIS, attribute and class.
 # "@name" steps are PushStore._upgrade's checks and scripts.
 _UPGRADE_1_TO_2_STEPS = (
@@ -190,12 +191,14 @@ _UPGRADE_1_TO_2_STEPS = (
        SELECT s.id, r.capture_time, json_extract(r.value_json, '$'), 0, r.receive_time
        FROM reading_v1 r JOIN meter m ON m.system_title = r.meter
             JOIN series s ON s.meter_id = m.id AND s.source = '' AND s.obis = r.obis AND s.attribute = r.attribute
-       WHERE json_valid(r.value_json) AND typeof(json_extract(r.value_json, '$')) = 'integer'""",
+       WHERE json_valid(r.value_json) AND json_type(r.value_json) = 'integer'
+         AND typeof(json_extract(r.value_json, '$')) = 'integer'""",
     """INSERT INTO reading_data (series_id, time, data, received)
        SELECT s.id, r.capture_time, r.value_json, r.receive_time
        FROM reading_v1 r JOIN meter m ON m.system_title = r.meter
             JOIN series s ON s.meter_id = m.id AND s.source = '' AND s.obis = r.obis AND s.attribute = r.attribute
-       WHERE NOT (json_valid(r.value_json) AND typeof(json_extract(r.value_json, '$')) = 'integer')""",
+       WHERE NOT (json_valid(r.value_json) AND json_type(r.value_json) = 'integer'
+         AND typeof(json_extract(r.value_json, '$')) = 'integer')""",
     "@check_counts",
     "DROP TABLE reading_v1",
 )
