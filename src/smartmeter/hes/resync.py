@@ -32,18 +32,26 @@ def frame_counter_obis(client_sap: int) -> str:
 async def read_frame_counter(public_link, credentials: Credentials) -> int:
     """The last counter the meter holds as accepted from `credentials`' client, read over
     `public_link` (a link for the public client, SAP 16) and checked with the client's AK."""
-    title = credentials.security.client_system_title
-    if title is None or credentials.security.ak is None:
+    return await read_client_counter(public_link, credentials.client_sap, credentials.security.client_system_title,
+                                     credentials.security.ak)
+
+
+async def read_client_counter(public_link, client_sap: int, client_system_title: bytes | None,
+                              ak: bytes | None) -> int:
+    """The last counter the meter holds as accepted from client `client_sap` (system title
+    `client_system_title`), read over `public_link` and checked with that client's `ak`;
+    ClientError if it cannot be read or does not verify."""
+    title = client_system_title
+    if title is None or ak is None:
         raise ClientError("the frame counter readout needs the client's system title and authentication key")
     challenge = secrets.token_bytes(FRAME_COUNTER_CHALLENGE_LENGTH)
     async with MeterClient(public_link, security=ClientSecurity(client_system_title=title)) as client:
-        answer = await client.action(frame_counter_obis(credentials.client_sap), GET_FRAME_COUNTER,
+        answer = await client.action(frame_counter_obis(client_sap), GET_FRAME_COUNTER,
                                      Data.octet_string(challenge), class_id=FRAME_COUNTER_CLASS)
         server_title = client.association.server_system_title
     try:
         response, counter = (item.value for item in answer.value)
-        return verify_frame_counter_response(credentials.security.ak, server_title, title, challenge, counter,
-                                             response)
+        return verify_frame_counter_response(ak, server_title, title, challenge, counter, response)
     except (SecurityError, TypeError, ValueError, AttributeError):
         raise ClientError("the meter's frame counter answer does not verify with this client's key") from None
 

@@ -30,11 +30,12 @@ from smartmeter.cosem import axdr
 from smartmeter.cosem.data import Data
 from smartmeter.cosem.obis import Obis
 from smartmeter.cosem.results import DataAccessResult
-from smartmeter.dlms.client import AccessDenied, ClientError, ClientSecurity, ClientSecurityError, CounterStore
+from smartmeter.dlms.client import AccessDenied, AssociationRefused, ClientError, ClientSecurity, ClientSecurityError, CounterStore
 from smartmeter.dlms.security.frame_counter import TxFrameCounter
 from smartmeter.errors import DecodeError
 from smartmeter.hes.client import MeterClient, parse_scaler_unit
 from smartmeter.hes.connection import WrapperLink
+from smartmeter.hes.fleet.resync import CounterBehindMeter, meter_counter
 from smartmeter.hes.store.pg import Event, Reading, SessionGrant, SessionResult
 from smartmeter.ratelog import RateLimitedLog
 
@@ -180,7 +181,11 @@ async def _session(grant, plan, timeouts, client_system_title, refill, link_fact
                            timeout=timeouts.connect)
     client = MeterClient(link, mechanism=grant.mechanism, security=security)
     client.before_request = lambda: ensure(1)
-    await _within("the association", timeouts.association, client.connect())
+    try:
+        await _within("the association", timeouts.association, client.connect())
+    except AssociationRefused as exc:
+        await _refused_counter(exc, grant, counters.last_used, client_system_title, timeouts)
+        raise
     link.timeout = timeouts.request
     try:
         reader = _BundleReader(client, grant, plan)
@@ -190,6 +195,22 @@ async def _session(grant, plan, timeouts, client_system_title, refill, link_fact
     result.rx_last = counters.server_last_seen
     result.tx_used = counters.last_used
     return result
+
+
+async def _refused_counter(refusal: AssociationRefused, grant: SessionGrant, sent: int | None,
+                           client_system_title: bytes, timeouts: Timeouts) -> None:
+    """A meter refuses a ciphered AARQ under a counter it has seen as it refuses one under
+    other keys: CounterBehindMeter when its frame counter object, verified with our AK, holds
+    our AARQ's counter `sent` or a higher one; else the refusal stands as it is."""
+    if refusal.result == 2 or sent is None or grant.keys.get("ak") is None:
+        return  # busy for the moment, or no counter of ours was sent
+    try:
+        counter = await meter_counter(grant, client_system_title, timeouts.connect + timeouts.request)
+    except ClientError:
+        return  # unreadable or not verifiable under our keys: not a counter of ours it knows
+    if counter >= sent:
+        raise CounterBehindMeter(f"the meter refused the association under our invocation counter {sent}; its "
+                                 f"frame counter object (verified) holds {counter}", counter) from refusal
 
 
 @dataclass

@@ -318,11 +318,13 @@ class Worker:
                 lambda n: self._store_call(self.store.reserve_counters(grant.meter_id, grant.key_generation, n)),
                 link_factory=self.link_factory)
         except InvocationCounterError as exc:
-            # the meter holds a higher counter of ours than the store (a restored store):
-            # move ours above it, never down, and try again soon
-            if exc.meter_counter is not None:
-                await self._store_call(self.store.advance_counter(grant.meter_id, grant.key_generation,
-                                                                  exc.meter_counter))
+            # the meter holds a higher counter of ours than the store (a restored store): move
+            # ours above the one its frame counter object shows (verified with our AK; the
+            # exception-response's own counter is unprotected), never down, and try again soon
+            from smartmeter.hes.fleet.resync import resync_counter
+
+            await resync_counter(self.store, grant, exc, s.client_system_title, s.timeouts.connect + s.timeouts.request,
+                                 self._store_call)
             await self._retry(msg, job, grant, f"the meter refused our invocation counter ({exc})")
             return
         except TRANSIENT as exc:

@@ -1,0 +1,76 @@
+"""Continuing above a meter's frame counter when it refuses ours (a store restored from a
+backup, a counter row lost): the head-end at scale's side of `smartmeter.hes.resync`.
+
+The meter's frame counter object of our client (IC 12544, 0-0:43.1.<client SAP>.255) is read
+over the public client (SAP 16, no security) of the same host, port and server SAP: the answer
+is an HMAC-SHA256 under our client's authentication key over both system titles, a fresh
+challenge and the counter, so only a value that verifies moves the store's counter, and only
+upward. A meter refuses an old counter in two ways: in a request (exception-response
+invocation-counter-error, whose counter is unprotected and therefore not used), or by refusing
+the ciphered AARQ carrying it, which a refusal for other keys looks the same as; the readout
+tells the two apart, since it verifies only under the keys the meter holds.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Awaitable, Callable
+
+from smartmeter.dlms.client import ClientError, InvocationCounterError
+from smartmeter.errors import SmartmeterError
+from smartmeter.hes.connection import WrapperLink
+from smartmeter.hes.resync import read_client_counter
+from smartmeter.ratelog import RateLimitedLog
+
+__all__ = ["CounterBehindMeter", "PUBLIC_SAP", "meter_counter", "resync_counter"]
+
+log = logging.getLogger(__name__)
+say = RateLimitedLog(log)
+
+PUBLIC_SAP = 16
+
+
+class CounterBehindMeter(InvocationCounterError):
+    """The meter refused our association, and its frame counter object (verified with our
+    authentication key) holds a counter at or above the one we sent: `meter_counter` is that
+    verified counter."""
+
+
+async def meter_counter(grant, client_system_title: bytes, timeout: float) -> int:
+    """The last counter of ours the meter of `grant` accepted, read from its frame counter
+    object over the public client and verified with the grant's AK; ClientError if it cannot
+    be read in `timeout` seconds or does not verify."""
+    link = WrapperLink(grant.host, grant.port, client_sap=PUBLIC_SAP, server_sap=grant.server_sap, timeout=timeout)
+    try:
+        async with asyncio.timeout(timeout):
+            return await read_client_counter(link, grant.client_sap, client_system_title, grant.keys.get("ak"))
+    except TimeoutError:
+        raise ClientError(f"the frame counter readout took longer than {timeout:g} s") from None
+    except ClientError:
+        raise
+    except (SmartmeterError, OSError) as exc:
+        raise ClientError(f"the frame counter readout failed: {exc}") from None
+    finally:
+        try:
+            await link.close()
+        except (SmartmeterError, OSError, AttributeError):
+            pass  # never opened, or already closed by the client
+
+
+async def resync_counter(store, grant, refusal: InvocationCounterError, client_system_title: bytes, timeout: float,
+                         call: Callable[[Awaitable], Awaitable] | None = None) -> int | None:
+    """After the meter of `grant` refused our counter: its verified counter (the refusal's
+    own when `CounterBehindMeter` carries one, else read now), and the store's counter moved
+    up to it (never down). None when it cannot be read or does not verify: nothing moves."""
+    if isinstance(refusal, CounterBehindMeter):
+        counter = refusal.meter_counter
+    else:
+        try:
+            counter = await meter_counter(grant, client_system_title, timeout)
+        except ClientError as exc:
+            say("resync.unverified", "meter %s refused our invocation counter and its frame counter could not be "
+                "read or verified (%s): the store's counter is left as it is", grant.serial, exc)
+            return None
+    advance = store.advance_counter(grant.meter_id, grant.key_generation, counter)
+    await (call(advance) if call is not None else advance)
+    return counter
