@@ -9,9 +9,16 @@ JetStream keeps one message per id within its duplicate window (a UDP retry, a p
 two listeners); the store keeps one row per (system title, invocation counter) for ever, so a
 replay after the window is dropped there.
 
-`PushIngester` (run by every `hes worker`) takes them off the stream in batches and writes
-them with one statement per batch, then acknowledges: a worker that dies before the
-acknowledgement leaves them to be delivered again, and the row's key makes that a no-op.
+`PushIngester` (run by every `hes worker`) takes them off the stream in batches, decodes each
+one as the SQLite listener does (`decode_push`: the meter's keys from the store, the push
+object list of the setup that sent it, the capture time) and writes the batch in one
+transaction (`FleetStore.store_pushes`): the raw_push rows, and for each push whose row is new
+its values, integers into reading (raw, with the scaler and unit the push carried where it
+carried them, quality 0, the listener's receive time) and other values into reading_data.
+Then it acknowledges: a worker that dies before the commit or the acknowledgement leaves them
+to be delivered again, and the raw_push key makes that a no-op, readings included. A push
+that does not decode (no keys for it in the store, fits no push object list, malformed) is
+kept in raw_push with the reason in `undecoded`, counted, and said once a minute.
 """
 from __future__ import annotations
 
@@ -20,6 +27,7 @@ import datetime as dt
 import logging
 import time
 from collections import Counter, OrderedDict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,13 +37,16 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
 from nats.js.errors import APIError
 
+from smartmeter.dlms.apdu.ciphered import GeneralGloCiphering
+from smartmeter.dlms.apdu.notification import DataNotification
 from smartmeter.dlms.security.errors import AuthenticationError, SecurityError
 from smartmeter.errors import DecodeError
 from smartmeter.hes.fleet.broker import (
     PUSH_SUBJECT, PUSHES_STREAM, RECEIVED_HEADER, SOURCE_HEADER, Broker, BrokerUnavailable, backoff_delay,
 )
-from smartmeter.hes.push_listener import Keyring, Limits, MeterKeys, PushIntake
-from smartmeter.hes.store.pg import UNAVAILABLE, FleetStore, StoreUnavailable
+from smartmeter.hes.push_listener import Keyring, Limits, MeterKeys, ObjectLists, PushIntake, decode_push
+from smartmeter.hes.push_store import format_time, integer_raw, scaler_units
+from smartmeter.hes.store.pg import UNAVAILABLE, FleetStore, IngestedPush, PushValue, StoreUnavailable
 from smartmeter.ratelog import RateLimitedLog
 
 __all__ = ["NatsPushGate", "PushIngester", "keyring_from_store"]
@@ -43,6 +54,11 @@ __all__ = ["NatsPushGate", "PushIngester", "keyring_from_store"]
 log = logging.getLogger(__name__)
 
 RECENT_PUSHES = 100_000  # (meter, counter) the gate remembers, to drop retries before the broker
+KEYS_RELOAD = 30.0  # s between readings of the store's keys when a push's meter has none that fit
+KEY_GENERATIONS = 3  # the newest unicast key generations of a meter a push is tried with
+# how far a push's capture time may be from its receive time for its values to be readings (a
+# meter whose clock is far off would otherwise make a partition of `reading` per month it names)
+PLAUSIBLE_CAPTURE = dt.timedelta(days=400)
 MESSAGE_ID_HEADER = "Nats-Msg-Id"
 
 
@@ -117,10 +133,11 @@ class NatsPushGate(PushIntake):
 
 
 class PushIngester:
-    """Stores the pushes of the stream, once each, in batches."""
+    """Stores the pushes of the stream, once each, in batches, decoded into readings."""
 
     def __init__(self, store: FleetStore, broker: Broker, *, batch: int = 500, ack_wait: float = 30.0,
-                 say: Callable[[str], None] | None = None) -> None:
+                 say: Callable[[str], None] | None = None, object_lists: ObjectLists | None = None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.broker = broker
         self.batch = batch
@@ -128,6 +145,13 @@ class PushIngester:
         self.counts: Counter[str] = Counter()
         self.note = RateLimitedLog(log)
         self.say = say or (lambda message: log.warning("%s", message))
+        if object_lists is None:
+            from smartmeter.hes.push_listener import model_object_lists
+            object_lists = ObjectLists(None, None, model_object_lists())
+        self.object_lists = object_lists
+        self.monotonic = monotonic
+        self._keys: dict[bytes, list[tuple[int, bytes, bytes]]] | None = None  # title → (suite, ek, ak), newest first
+        self._keys_read = float("-inf")
 
     async def run(self, stop: asyncio.Event) -> None:
         # no delivery limit: a push waits in the stream for as long as the store is away
@@ -192,16 +216,17 @@ class PushIngester:
         if not good:
             return
         try:
-            stored = await self._insert([p for _, p in good])
+            pushes = [await self.decode(*parsed) for _, parsed in good]
+            fresh, values = await self.store.store_pushes(pushes)
         except UNAVAILABLE as exc:
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from None
         except asyncpg.PostgresError as exc:
-            # one bad row must not hold up the others: row by row, the refused ones terminated
+            # one bad row must not hold up the others: push by push, a push whose values are
+            # refused kept raw, one refused as a whole terminated
             self.note("ingest.batch", "a batch of pushes was refused (%s): stored one by one", exc)
-            stored = 0
-            for m, parsed in good:
+            for (m, _), push in zip(good, pushes):
                 try:
-                    stored += await self._insert([parsed])
+                    fresh, values = await self._store_one(push)
                 except UNAVAILABLE as exc:
                     raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from None
                 except asyncpg.PostgresError as exc:
@@ -209,20 +234,123 @@ class PushIngester:
                     self.note("ingest.refused", "the store refused a push of %s: %s", m.subject, exc)
                     await _quietly(m.term())
                 else:
+                    self._count(fresh, [push], values)
                     await _quietly(m.ack())
-            self.counts["stored"] += stored
             return
-        self.counts["stored"] += stored
-        self.counts["duplicate"] += len(good) - stored
+        self._count(fresh, pushes, values)
         for m, _ in good:
             await _quietly(m.ack())
 
-    async def _insert(self, rows: list[tuple]) -> int:
-        status = await self.store.pool.execute(
-            """INSERT INTO raw_push (system_title, invocation_counter, received, source, apdu)
-               SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::timestamptz[], $4::text[], $5::bytea[])
-               ON CONFLICT DO NOTHING""", *map(list, zip(*rows)))
-        return int(status.rsplit(" ", 1)[1])
+    async def _store_one(self, push: IngestedPush) -> tuple[set, int]:
+        try:
+            return await self.store.store_pushes([push])
+        except UNAVAILABLE:
+            raise
+        except asyncpg.PostgresError as exc:
+            if not push.values:
+                raise
+            return await self.store.store_pushes([replace(push, values=(), scalers={},
+                                                          undecoded=f"the store refused its values: {exc}"[:500])])
+
+    def _count(self, fresh: set, pushes: list[IngestedPush], values: int) -> None:
+        self.counts["stored"] += len(fresh)
+        self.counts["duplicate"] += len(pushes) - len(fresh)
+        self.counts["values"] += values
+        for p in pushes:
+            if p.undecoded is not None and (p.system_title, p.invocation_counter) in fresh:
+                self.counts["undecoded"] += 1
+                self.note("ingest.undecoded", "push of meter %s (counter %d) kept raw, not decoded: %s",
+                          p.system_title.hex().upper(), p.invocation_counter, p.undecoded)
+
+    # -- decoding --------------------------------------------------------------------------
+
+    async def decode(self, title: bytes, counter: int, received: dt.datetime, source: str, apdu: bytes
+                     ) -> IngestedPush:
+        """The push with its values, or with why it has none. Never raises but for the store
+        being away (reading the keys)."""
+        raw = IngestedPush(title, counter, received, source, apdu)
+        try:
+            found = await self._decode(title, counter, received, apdu)
+        except UNAVAILABLE + (asyncpg.PostgresError,):
+            raise
+        except Exception as exc:  # a decoder is total: whatever a push holds, it is kept raw
+            log.debug("push of %s (counter %d) could not be decoded", title.hex(), counter, exc_info=True)
+            found = f"internal error decoding it: {type(exc).__name__}: {exc}"
+        if isinstance(found, str):
+            return replace(raw, undecoded=found[:500])
+        return replace(found, source=source)
+
+    async def _decode(self, title: bytes, counter: int, received: dt.datetime, apdu: bytes) -> IngestedPush | str:
+        try:
+            ciphered = GeneralGloCiphering.from_bytes(apdu)
+        except DecodeError as exc:
+            return f"no general-glo-ciphering APDU: {exc}"
+        if (ciphered.system_title, ciphered.invocation_counter) != (title, counter):
+            return (f"the APDU is of meter {ciphered.system_title.hex().upper()} counter "
+                    f"{ciphered.invocation_counter}, not the one of its message")
+        plain = await self._unprotect(ciphered)
+        if isinstance(plain, str):
+            return plain
+        try:
+            notification = DataNotification.from_bytes(plain)
+        except DecodeError as exc:
+            return f"no data-notification: {exc}"
+        meter = title.hex().upper()
+        push = decode_push(meter, counter, notification, format_time(received), self.object_lists,
+                           lambda _: True)  # installation and connectivity pushes give the same readings
+        if push is None:
+            return f"its {len(_body(notification))} values fit no known push object list"
+        captured = dt.datetime.fromisoformat(push.capture_time)
+        if abs(captured - received) > PLAUSIBLE_CAPTURE:
+            return f"its capture time {push.capture_time} is far from when it was received"
+        values = tuple(PushValue(r.obis, r.attribute, r.class_id, integer_raw(r.value),
+                                 None if integer_raw(r.value) is not None else r.value) for r in push.readings)
+        return IngestedPush(title, counter, received, "", apdu, captured, values, scaler_units(push.readings))
+
+    async def _unprotect(self, ciphered: GeneralGloCiphering) -> bytes | str:
+        """The plaintext, tried with the meter's newest key generations (a push made before a
+        key change arrives after it); the keys are read again when none fits, at most every
+        KEYS_RELOAD s (a meter imported, or its keys changed, since they were read)."""
+        plain = self._try_keys(ciphered, (await self._meter_keys()).get(ciphered.system_title))
+        if isinstance(plain, str) and self.monotonic() - self._keys_read >= KEYS_RELOAD:
+            plain = self._try_keys(ciphered, (await self._meter_keys(reload=True)).get(ciphered.system_title))
+        return plain
+
+    @staticmethod
+    def _try_keys(ciphered: GeneralGloCiphering, keys: list[tuple[int, bytes, bytes]] | None) -> bytes | str:
+        if not keys:
+            return "no keys of its meter in the store"
+        for suite, ek, ak in keys:
+            try:
+                return ciphered.unprotect(ek, ak, expected_suite=suite)
+            except AuthenticationError:
+                continue
+            except (SecurityError, DecodeError) as exc:
+                return f"cannot be unprotected: {exc}"
+        return "its authentication tag fits none of its meter's keys in the store"
+
+    async def _meter_keys(self, reload: bool = False) -> dict[bytes, list[tuple[int, bytes, bytes]]]:
+        if self._keys is None or reload and self.monotonic() - self._keys_read >= KEYS_RELOAD:
+            vault = self.store._vault()
+            rows = await self.store.pool.fetch(
+                """SELECT m.system_title, m.suite, e.wrapped AS ek, a.wrapped AS ak
+                   FROM meter m JOIN meter_key e ON e.meter_id = m.id AND e.kind = 'ek'
+                                JOIN meter_key a ON a.meter_id = m.id AND a.kind = 'ak' AND a.generation = e.generation
+                   ORDER BY m.id, e.state = 'ACTIVE' DESC, e.generation DESC""")
+            keys: dict[bytes, list[tuple[int, bytes, bytes]]] = {}
+            for r in rows:
+                generations = keys.setdefault(bytes(r["system_title"]), [])
+                if len(generations) < KEY_GENERATIONS:
+                    generations.append((r["suite"], vault.unwrap(r["ek"]), vault.unwrap(r["ak"])))
+            self._keys, self._keys_read = keys, self.monotonic()
+        return self._keys
+
+
+def _body(notification: DataNotification) -> list:
+    from smartmeter.cosem.data import DataType
+
+    body = notification.body
+    return list(body.value) if body.type == DataType.STRUCTURE else [body]
 
 
 async def _quietly(awaitable) -> None:

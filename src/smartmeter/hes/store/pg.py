@@ -614,6 +614,83 @@ class FleetStore:
                                      "WHERE campaign_id = $1 AND state = 'failed' RETURNING meter_id", campaign_id)
         return [r["meter_id"] for r in rows]
 
+    # -- pushes ------------------------------------------------------------------------------
+    async def store_pushes(self, pushes: Sequence["IngestedPush"]) -> tuple[set[tuple[bytes, int]], int]:
+        """Store pushes in one transaction: each one's raw_push row and, for a push whose row is
+        new, its values (series made as needed, integers into reading, other values into
+        reading_data). A push already stored (delivered again) changes nothing, so a batch may
+        come as often as it likes. Returns the (system title, invocation counter) newly stored
+        and how many values were."""
+        if not pushes:
+            return set(), 0
+        await self._ensure_partitions({_month(p.time) for p in pushes
+                                       if p.time is not None and any(v.raw is not None for v in p.values)})
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                """INSERT INTO raw_push (system_title, invocation_counter, received, source, apdu, undecoded)
+                   SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::timestamptz[], $4::text[], $5::bytea[],
+                                        $6::text[])
+                   ON CONFLICT DO NOTHING RETURNING system_title, invocation_counter""",
+                [p.system_title for p in pushes], [p.invocation_counter for p in pushes],
+                [p.received for p in pushes], [p.source for p in pushes], [p.apdu for p in pushes],
+                [p.undecoded for p in pushes])
+            fresh = {(bytes(r["system_title"]), r["invocation_counter"]) for r in rows}
+            new = [p for p in pushes if (p.system_title, p.invocation_counter) in fresh and p.values]
+            if not new:
+                return fresh, 0
+            # one row per series (ON CONFLICT DO UPDATE may touch a row once a statement); a
+            # later push's scaler_unit wins
+            series: dict[tuple[bytes, str, int], tuple[int | None, tuple[int, int] | None]] = {}
+            for p in sorted(new, key=lambda p: (p.time, p.invocation_counter)):
+                for v in p.values:
+                    key = (p.system_title, v.obis, v.attribute)
+                    known = series.get(key, (None, None))
+                    series[key] = (v.class_id if v.class_id is not None else known[0],
+                                   p.scalers.get((v.obis, v.attribute), known[1]))
+            keys = list(series)
+            await conn.execute(
+                """INSERT INTO series (meter_id, source, obis, attribute, class_id)
+                   SELECT m.id, '', x.o, x.a, x.c
+                     FROM unnest($1::bytea[], $2::text[], $3::smallint[], $4::smallint[]) AS x(t, o, a, c)
+                     JOIN meter m ON m.system_title = x.t
+                   ON CONFLICT (meter_id, source, obis, attribute) DO UPDATE SET class_id = excluded.class_id
+                    WHERE series.class_id IS NULL AND excluded.class_id IS NOT NULL""",
+                [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], [series[k][0] for k in keys])
+            scaled = [k for k in keys if series[k][1] is not None]
+            if scaled:
+                await conn.execute(
+                    """UPDATE series s SET scaler = x.sc, unit = x.u
+                         FROM unnest($1::bytea[], $2::text[], $3::smallint[], $4::smallint[], $5::smallint[])
+                              AS x(t, o, a, sc, u), meter m
+                        WHERE m.system_title = x.t AND s.meter_id = m.id AND s.source = '' AND s.obis = x.o
+                          AND s.attribute = x.a AND (s.scaler, s.unit) <> (x.sc, x.u)""",
+                    [k[0] for k in scaled], [k[1] for k in scaled], [k[2] for k in scaled],
+                    [series[k][1][0] for k in scaled], [series[k][1][1] for k in scaled])
+            integers = [(p, v) for p in new for v in p.values if v.raw is not None]
+            others = [(p, v) for p in new for v in p.values if v.raw is None]
+            stored = 0
+            for table, column, cast, chosen, value in (
+                    ("reading", "raw, quality", "bigint", integers, lambda v: v.raw),
+                    ("reading_data", "data", "jsonb", others, lambda v: json.dumps(v.data, separators=(",", ":")))):
+                if not chosen:
+                    continue
+                # quality: a push carries no status of its values, 0
+                status = await conn.execute(
+                    f"""INSERT INTO {table} (series_id, time, {column}, received)
+                        SELECT s.id, x.tm, x.v{"::jsonb" if cast == "jsonb" else ", 0"}, x.rc
+                          FROM unnest($1::bytea[], $2::text[], $3::smallint[], $4::timestamptz[],
+                                      $5::{"text" if cast == "jsonb" else cast}[], $6::timestamptz[])
+                               AS x(t, o, a, tm, v, rc)
+                          JOIN meter m ON m.system_title = x.t
+                          JOIN series s ON s.meter_id = m.id AND s.source = '' AND s.obis = x.o AND s.attribute = x.a
+                        ON CONFLICT DO NOTHING""",
+                    [p.system_title for p, _ in chosen], [v.obis for _, v in chosen],
+                    [v.attribute for _, v in chosen], [p.time for p, _ in chosen], [value(v) for _, v in chosen],
+                    [p.received for p, _ in chosen])
+                stored += int(status.rsplit(" ", 1)[1])
+            return fresh, stored
+
+
 
 def _with_events(finish: str, events: Sequence[Event], first: int) -> str:
     """The statement of `finish_session`: `finish` alone, or with the session's events written
@@ -662,3 +739,30 @@ async def events_of(pool, *, serials: Sequence[str] = (), cell: str | None = Non
 async def _keep_session(conn) -> None:
     """A connection goes back to the pool as it is: the store keeps no session state (its locks
     are transaction-scoped), so the reset query asyncpg would send is a round trip saved."""
+
+@dataclass(frozen=True)
+class PushValue:
+    """One value of a decoded push: `raw` when it is an integer of 64 bits (into reading), else
+    `data`, its JSON form (into reading_data)."""
+
+    obis: str
+    attribute: int
+    class_id: int | None
+    raw: int | None
+    data: Any = None
+
+
+@dataclass(frozen=True)
+class IngestedPush:
+    """A push as the store keeps it: the ciphered APDU with its key, and what it decoded to
+    (`values` at capture time `time`, the scaler_units it carried), or why it did not."""
+
+    system_title: bytes
+    invocation_counter: int
+    received: dt.datetime
+    source: str
+    apdu: bytes
+    time: dt.datetime | None = None
+    values: tuple[PushValue, ...] = ()
+    scalers: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)  # (obis, attribute) → (scaler, unit)
+    undecoded: str | None = None  # why there are no values; None when decoded

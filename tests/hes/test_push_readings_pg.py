@@ -1,0 +1,230 @@
+"""Pushes into readings in the fleet store: an in-process meter's pushes, published to JetStream
+as `hes listen --nats` publishes them, are decoded by the worker's ingester and stored once as
+series and integer readings (scaler and unit where the push carries them, quality 0, the
+listener's receive time) in the same transaction as their raw_push row; values that are no
+integer go to reading_data; a push that does not decode is kept raw with its reason and
+counted; a push delivered twice, and a worker that dies inside the transaction, store nothing
+twice and lose nothing."""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import secrets
+
+import asyncpg
+import pytest
+
+from smartmeter.cosem import axdr
+from smartmeter.cosem.data import CosemDateTime, Data
+from smartmeter.cosem.obis import Obis
+from smartmeter.dlms.apdu.ciphered import GeneralGloCiphering
+from smartmeter.dlms.apdu.notification import DataNotification
+from smartmeter.dlms.security.suites import SecurityControl
+from smartmeter.hes.fleet.broker import PUSH_SUBJECT, RECEIVED_HEADER, SOURCE_HEADER, Broker
+from smartmeter.hes.fleet.pushes import PushIngester
+from smartmeter.hes.push_listener import Keyring, ObjectLists, model_object_lists
+from smartmeter.hes.store.pg import FleetStore, KeyVault, MeterRecord
+from smartmeter.meter.clock import MeterClock
+from smartmeter.meter.runtime import Meter, MeterConfig
+
+START = 1773144000.0  # 2026-03-10T12:00:00Z
+KEK = bytes(range(32))
+INTERVAL = "0-1:25.9.0.255"
+CLOCK = "0-0:1.0.0.255"
+# the interval push with the reactive register as a whole object (value and scaler_unit)
+LISTS = {INTERVAL: [(40, INTERVAL, 1, 0), (8, CLOCK, 2, 0), (3, "1-0:1.8.0.255", 2, 0), (3, "1-0:3.8.0.255", 0, 0),
+                    (1, "0-0:96.1.0.255", 2, 0)]}
+
+
+@pytest.fixture(scope="module")
+def meter(tmp_path_factory):
+    now = [START]
+    m = Meter(MeterConfig(data_dir=tmp_path_factory.mktemp("meter"), backfill_days=0),
+              clock=MeterClock(source=lambda: now[0]))
+    m.now = now
+    yield m
+    m.close()
+
+
+def ln(obis: str) -> Data:
+    return Data.octet_string(Obis.parse(obis).to_bytes())
+
+
+def utc(t: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc)
+
+
+def interval_push(meter, t: float, import_wh: int, reactive: int, scaler: int, unit: int) -> bytes:
+    when = axdr.encode_date_time(CosemDateTime.from_datetime(utc(t)))
+    body = Data.structure([ln(INTERVAL), Data.octet_string(when), Data.double_long_unsigned(import_wh),
+                           Data.structure([ln("1-0:3.8.0.255"), Data.double_long_unsigned(reactive),
+                                           Data.structure([Data.integer(scaler), Data.enum(unit)])]),
+                           Data.octet_string(b"KFM1")])
+    meter.now[0] = t
+    return meter.server.protected_notification("data_readout", body)
+
+
+async def open_store(dsn: str, meter) -> FleetStore:
+    store = await FleetStore.open(dsn, KeyVault(KEK), migrate=True)
+    keys = Keyring.load([meter.config.data_dir / "credentials"]).get(meter.identity.system_title)
+    await store.add_meters([MeterRecord("KFM1", meter.identity.system_title, "127.0.0.1", 4059, suite=keys.suite,
+                                        keys={"ek": keys.ek, "ak": keys.ak})])
+    return store
+
+
+async def publish(broker: Broker, apdu: bytes, received: float, message_id: str | None = None) -> None:
+    """As a listener publishes an authentic push (NatsPushGate); `message_id` other than the
+    listener's makes JetStream keep a second copy (a replay after its duplicate window)."""
+    ciphered = GeneralGloCiphering.from_bytes(apdu)
+    title = ciphered.system_title.hex().upper()
+    await broker.publish(f"{PUSH_SUBJECT}.{title}", apdu, message_id or f"{title}:{ciphered.invocation_counter}",
+                         headers={RECEIVED_HEADER: f"{received:.6f}", SOURCE_HEADER: "test 10.1.1.1:4059"})
+
+
+async def ingest_until(ingester: PushIngester, done, timeout: float = 60.0) -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(ingester.run(stop))
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not done():
+            assert loop.time() < deadline, dict(ingester.counts)
+            assert not task.done(), task
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+READINGS = """SELECT s.obis, s.attribute, s.scaler, s.unit, s.class_id, r.time, r.raw, r.quality, r.received
+              FROM reading r JOIN series s ON s.id = r.series_id JOIN meter m ON m.id = s.meter_id
+              WHERE m.serial = 'KFM1' ORDER BY s.obis, s.attribute, r.time"""
+DATA = """SELECT s.obis, s.attribute, r.time, r.data, r.received FROM reading_data r JOIN series s ON s.id = r.series_id
+          ORDER BY s.obis, s.attribute, r.time"""
+
+
+def expected_readings(pushes: list[tuple[float, int, int, int, int, float]]) -> list[tuple]:
+    """The reading rows of interval pushes (t, import, reactive, scaler, unit, received): the
+    reactive register's series has the last scaler_unit pushed; the energy register's is not
+    known (0, 255)."""
+    last = max(pushes)
+    rows = [("1-0:1.8.0.255", 2, 0, 255, 3, utc(t), wh, 0, utc(rx)) for t, wh, _, _, _, rx in pushes]
+    rows += [("1-0:3.8.0.255", 2, last[3], last[4], 3, utc(t), var, 0, utc(rx)) for t, _, var, _, _, rx in pushes]
+    return sorted(rows, key=lambda r: (r[0], r[1], r[5]))
+
+
+def test_pushes_become_readings_once_and_undecodable_ones_are_kept_raw(meter, pg_dsn, nats_url):
+    async def scenario():
+        store = await open_store(pg_dsn, meter)
+        broker = await Broker.connect(nats_url)
+        await broker.ensure_streams()
+        try:
+            pushes, apdus = [], []
+            for k in range(1, 4):
+                t = START + 900 * k
+                pushes.append((t, 1000 + 11 * k, 40 * k, -k, 29 + k, t + 1.5))
+                apdus.append(interval_push(meter, t, *pushes[-1][1:5]))
+                await publish(broker, apdus[-1], t + 1.5)
+            # the second push again, after JetStream's duplicate window: the store has it already
+            await publish(broker, apdus[1], START + 9999, message_id="replay:" + apdus[1][2:10].hex().upper() + ":"
+                          + str(GeneralGloCiphering.from_bytes(apdus[1]).invocation_counter))
+            unmapped = meter.server.protected_notification("data_readout", Data.structure([Data.unsigned(7)]))
+            await publish(broker, unmapped, START + 5000)
+            forged = bytearray(interval_push(meter, START + 5400, 1, 2, 0, 30))
+            forged[-1] ^= 1
+            await publish(broker, bytes(forged), START + 5401)
+            stranger = GeneralGloCiphering.protect(
+                SecurityControl(0, True, True), secrets.token_bytes(16), secrets.token_bytes(16), b"XYZ\x00\x00\x00\x00\x09",
+                77, DataNotification(77, b"", Data.structure([Data.unsigned(1)])).to_bytes()).to_bytes()
+            await publish(broker, stranger, START + 5500)
+
+            ingester = PushIngester(store, broker, batch=3, object_lists=ObjectLists(None, LISTS, model_object_lists()))
+            await ingest_until(ingester, lambda: ingester.counts["stored"] + ingester.counts["duplicate"] >= 7)
+            assert dict(ingester.counts) == {"stored": 6, "duplicate": 1, "undecoded": 3,
+                                             "values": 3 * 2 + 3 * 3}  # per push 2 integers, 3 other values
+
+            async with store.pool.acquire() as conn:
+                rows = [tuple(r) for r in await conn.fetch(READINGS)]
+                assert rows == expected_readings(pushes)
+                data = [(r["obis"], r["attribute"], r["time"], json.loads(r["data"]), r["received"])
+                        for r in await conn.fetch(DATA)]
+                expected = [(CLOCK, 2, utc(t), utc(t).isoformat(), utc(rx)) for t, *_, rx in pushes]
+                expected += [("0-0:96.1.0.255", 2, utc(t), b"KFM1".hex(), utc(rx)) for t, *_, rx in pushes]
+                expected += [("1-0:3.8.0.255", 3, utc(t), [sc, u], utc(rx)) for t, _, _, sc, u, rx in pushes]
+                assert data == expected
+                raw = {(r["invocation_counter"], r["undecoded"] is None): (bytes(r["apdu"]), r["received"])
+                       for r in await conn.fetch("SELECT * FROM raw_push")}
+                counters = [GeneralGloCiphering.from_bytes(a).invocation_counter for a in apdus]
+                assert {c: v for (c, ok), v in raw.items() if ok} == {
+                    c: (a, utc(p[5])) for c, a, p in zip(counters, apdus, pushes)}
+                reasons = {r["invocation_counter"]: r["undecoded"] for r in await conn.fetch(
+                    "SELECT invocation_counter, undecoded FROM raw_push WHERE undecoded IS NOT NULL")}
+                assert len(reasons) == 3
+                assert "fit no known push object list" in reasons[GeneralGloCiphering.from_bytes(unmapped).invocation_counter]
+                assert "authentication tag" in reasons[GeneralGloCiphering.from_bytes(bytes(forged)).invocation_counter]
+                assert "no keys" in reasons[77]
+        finally:
+            await broker.close()
+            await store.close()
+
+    asyncio.run(scenario())
+
+
+STALL = """
+CREATE TABLE test_stall (on_ boolean);
+CREATE FUNCTION test_stall() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM test_stall) THEN PERFORM pg_sleep(60); END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER test_stall BEFORE INSERT ON reading_data FOR EACH STATEMENT EXECUTE FUNCTION test_stall();
+INSERT INTO test_stall VALUES (true);
+"""
+
+
+def test_a_worker_that_dies_inside_the_transaction_stores_nothing_then_everything_once(meter, pg_dsn, nats_url):
+    async def scenario():
+        store = await open_store(pg_dsn, meter)
+        broker = await Broker.connect(nats_url)
+        await broker.ensure_streams()
+        # the test's own hold on the store: the last statement of the push transaction waits
+        # while this table has a row, so the worker can be killed inside it
+        await store.pool.execute(STALL)
+        try:
+            pushes = []
+            for k in range(1, 6):
+                t = START + 86400 + 900 * k
+                pushes.append((t, 5000 + k, 7 * k, -2, 32, t + 0.25))
+                await publish(broker, interval_push(meter, t, *pushes[-1][1:5]), t + 0.25)
+            lists = ObjectLists(None, LISTS, model_object_lists())
+            doomed = PushIngester(store, broker, batch=100, ack_wait=2.0, object_lists=lists)
+            stop = asyncio.Event()
+            task = asyncio.create_task(doomed.run(stop))
+            while not await store.pool.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND datname = current_database()"):
+                assert not task.done(), task
+                await asyncio.sleep(0.05)
+            # the worker dies: its task ends where it is, its connections are cut
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await store.pool.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                     "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            await store.close()
+            store = await FleetStore.open(pg_dsn, KeyVault(KEK))
+            assert await store.pool.fetchval("SELECT count(*) FROM raw_push") == 0
+            assert await store.pool.fetchval("SELECT count(*) FROM reading") == 0
+            await store.pool.execute("DELETE FROM test_stall")
+
+            survivor = PushIngester(store, broker, batch=100, ack_wait=2.0, object_lists=lists)
+            await ingest_until(survivor, lambda: survivor.counts["stored"] >= len(pushes))
+            assert survivor.counts["stored"] == len(pushes) and not survivor.counts["undecoded"]
+            rows = [tuple(r) for r in await store.pool.fetch(READINGS)]
+            assert rows == expected_readings(pushes)
+            assert await store.pool.fetchval("SELECT count(*) FROM reading_data") == 3 * len(pushes)
+            assert await store.pool.fetchval("SELECT count(*) FROM raw_push WHERE undecoded IS NULL") == len(pushes)
+        finally:
+            await broker.close()
+            await store.close()
+
+    asyncio.run(scenario())
