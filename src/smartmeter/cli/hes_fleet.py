@@ -6,6 +6,7 @@
     smartmeter hes worker --nats URL --db DSN [--concurrency N]
     smartmeter hes campaign start|status|retry-failed|resume --nats URL --db DSN ...
     smartmeter hes read SERIAL --nats URL --db DSN        (on demand, ahead of campaigns)
+    smartmeter hes keys change (--serial S ... | --all | --cell C) --nats URL --db DSN [--wait]
 """
 from __future__ import annotations
 
@@ -381,6 +382,54 @@ def campaign_resume(campaign: int, nats_url: str, dsn: str, patience: float) -> 
             await store.close()
 
     click.echo(f"campaign {campaign}: {asyncio.run(run())} jobs published again")
+
+
+# ------------------------------------------------------------------------------- keys
+
+
+@hes_group.group("keys")
+def keys_group() -> None:
+    """The meters' keys: change them (a campaign of kind key_change, run by the workers)."""
+
+
+@keys_group.command("change")
+@NATS_OPTION
+@DSN_OPTION
+@click.option("--serial", "serials", multiple=True, metavar="SERIAL", help="This meter (repeat for more).")
+@click.option("--all", "every", is_flag=True, help="Every meter in the store.")
+@click.option("--cell", default=None, help="The meters of this network cell.")
+@click.option("--name", default=None, help="A name for the campaign (default: key change <time>).")
+@click.option("--wait", is_flag=True, help="Wait until every meter has its outcome, then print the status.")
+@WAIT_OPTION
+def keys_change(nats_url: str, dsn: str, serials: tuple[str, ...], every: bool, cell: str | None,
+                name: str | None, wait: bool, patience: float) -> None:
+    """Give the meters new global unicast keys (EK and AK). Per meter, a worker writes fresh
+    keys to the store (state NEW, wrapped) before it transfers them to the meter under the
+    current keys (key_transfer, wrapped with the meter's master key), then makes them ACTIVE
+    and the old ones EXPIRED in one transaction. A change cut short by a crash is settled by
+    the meter's next session: it finds out which keys the meter holds."""
+    from smartmeter.hes.fleet.campaign import start_campaign
+
+    if sum((bool(serials), every, cell is not None)) != 1:
+        raise UsageProblem("say which meters: --serial S (repeatable), --all or --cell C (one of them)")
+    name = name or time.strftime("key change %Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+    async def run() -> dict | None:
+        store, broker = await _both(nats_url, dsn, patience)
+        try:
+            campaign, jobs = await start_campaign(store, broker, name=name, cell=cell, serials=serials, say=_say,
+                                                  kind="key_change")
+            _say(f"campaign {campaign} ({name}): {jobs} key changes queued")
+            return await _wait(store, campaign) if wait else None
+        finally:
+            await broker.close()
+            await store.close()
+
+    status = asyncio.run(run())
+    if status is not None:
+        _print_status(status, False)
+        if status["failed"]:
+            raise SystemExit(1)
 
 
 @hes_group.command("read")

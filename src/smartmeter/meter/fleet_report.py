@@ -2,9 +2,10 @@
 
 Per meter: the sessions (associations opened), every invocation counter the management
 client sent under the global unicast key (the ciphered requests and the AARQ/RLRQ
-initiate requests, as the meter's receive window is asked about them, and the counter
-inside an HLS 5 f(StoC)), the counters received more than once ("reused") and those the
-meter refused as replays ("refused"), the associations open now and the most ever at once.
+initiate requests that authenticated under it, as the meter's receive window accepts them,
+and the counter inside an HLS 5 f(StoC)), the counters received more than once under one
+key ("reused") and those the meter refused as replays ("refused"), the key changes and the
+counters seen under the current key, the associations open now and the most ever at once.
 Per cell: associations open now and the most ever at once. Memory is bounded: a meter keeps
 at most COUNTER_LIST_CAP counters (and REFUSAL_LIST_CAP reused/refused ones); beyond that they
 are counted only, and reuse is recognised among the kept counters.
@@ -36,7 +37,7 @@ class MeterRecord:
 
     __slots__ = ("index", "serial", "cell", "sessions", "counters", "counters_seen", "first_counter", "last_counter",
                  "reused", "reused_count", "refused", "refused_count", "current", "max_concurrent", "connections",
-                 "dropped", "highest", "changes")
+                 "dropped", "highest", "changes", "key_changes", "key_counters_seen")
 
     def __init__(self, index: int, serial: str, cell: CellRecord, changes: list[int] | None = None) -> None:
         self.changes = changes if changes is not None else [0]  # shared by a process's records: bumped on change
@@ -57,6 +58,8 @@ class MeterRecord:
         self.max_concurrent = 0
         self.connections = 0  # TCP connections accepted
         self.dropped = 0  # connections dropped by --loss
+        self.key_changes = 0  # new global unicast keys the head-end transferred
+        self.key_counters_seen = 0  # counters received under the current key
 
     def changed(self) -> None:
         self.changes[0] += 1
@@ -69,6 +72,7 @@ class MeterRecord:
             if len(self.reused) < REFUSAL_LIST_CAP:
                 self.reused.append(counter)
         self.counters_seen += 1
+        self.key_counters_seen += 1
         if self.first_counter is None:
             self.first_counter = counter
         self.last_counter = counter
@@ -76,6 +80,15 @@ class MeterRecord:
             self.highest = counter
         if len(self.counters) < COUNTER_LIST_CAP:
             self.counters.append(counter)
+
+    def key_changed(self) -> None:
+        """A new global unicast key is in use: its counters start afresh, so reuse is
+        recognised among the counters of the current key only (`counters` holds those)."""
+        self.changes[0] += 1
+        self.key_changes += 1
+        self.key_counters_seen = 0
+        self.counters = array("L")
+        self.highest = None
 
     def counter_refused(self, counter: int) -> None:
         self.changes[0] += 1
@@ -105,6 +118,7 @@ class MeterRecord:
             "last_counter": self.last_counter, "reused": list(self.reused), "reused_count": self.reused_count,
             "refused": list(self.refused), "refused_count": self.refused_count, "current": self.current,
             "max_concurrent": self.max_concurrent, "connections": self.connections, "dropped": self.dropped,
+            "key_changes": self.key_changes, "key_counters_seen": self.key_counters_seen,
         }
         if with_counters:
             entry["counters"] = list(self.counters)

@@ -39,6 +39,7 @@ PUSH_SUBJECT = "hes.push"
 RECEIVED_HEADER = "Smartmeter-Received"  # when the listener took the push (epoch seconds, text)
 SOURCE_HEADER = "Smartmeter-Source"  # the listener's name and the sender's address
 JOB_MAX_BYTES = 4096  # a job message is small; a bigger one is refused as malformed
+JOB_KINDS = ("read", "key_change")  # a campaign's kind: what its worker does with each meter
 
 
 class BrokerUnavailable(SmartmeterError):
@@ -68,7 +69,7 @@ class Job:
             campaign, meter, kind = raw["campaign"], raw["meter"], raw.get("kind", "read")
         except (ValueError, TypeError, KeyError, UnicodeDecodeError):
             raise JobFormatError("a job message that is not a JSON object with campaign and meter") from None
-        if type(campaign) is not int or type(meter) is not int or kind != "read":
+        if type(campaign) is not int or type(meter) is not int or kind not in JOB_KINDS:
             raise JobFormatError("a job message whose campaign, meter or kind has the wrong type or value")
         return cls(campaign, meter, kind)
 

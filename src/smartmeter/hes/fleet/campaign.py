@@ -1,4 +1,4 @@
-"""Campaigns: a set of meters to read, one job each, tracked in the store to one outcome each.
+"""Campaigns: a set of meters to read (or to give new keys), one job each, tracked in the store to one outcome each.
 
 `start` writes the campaign and its jobs in one transaction, then publishes one message per
 job. The message id is the job's, so publishing again (after a crash of `start`, or by
@@ -27,12 +27,12 @@ PUBLISH_AT_ONCE = 100  # publications awaiting their acknowledgement at a time
 
 
 async def _publish(broker: Broker, store_id: str, campaign: int, meter_ids: Sequence[int], lane: str, suffix: str,
-                   say: Callable[[str], None] | None, patience: float = 300.0) -> int:
+                   say: Callable[[str], None] | None, patience: float = 300.0, kind: str = "read") -> int:
     """Publish the jobs; PublishCutShort (after `patience` s of refusals) says how many NATS
     took: the others stay queued in the store for `campaign resume`."""
     taken = 0
     for at in range(0, len(meter_ids), PUBLISH_AT_ONCE):
-        jobs = [Job(campaign, meter_id) for meter_id in meter_ids[at:at + PUBLISH_AT_ONCE]]
+        jobs = [Job(campaign, meter_id, kind) for meter_id in meter_ids[at:at + PUBLISH_AT_ONCE]]
         results = await asyncio.gather(*(broker.publish(LANES[lane], job.to_bytes(),
                                                         f"{store_id}:{job.message_id}{suffix}", say=say,
                                                         patience=patience) for job in jobs), return_exceptions=True)
@@ -50,8 +50,10 @@ async def _publish(broker: Broker, store_id: str, campaign: int, meter_ids: Sequ
 
 async def start_campaign(store: FleetStore, broker: Broker, *, name: str, cell: str | None = None,
                          serials: Sequence[str] | None = None, lane: str = "bulk",
-                         say: Callable[[str], None] | None = None, patience: float = 300.0) -> tuple[int, int]:
-    """A read campaign over the meters selected (all when neither cell nor serials): (id, jobs)."""
+                         say: Callable[[str], None] | None = None, patience: float = 300.0,
+                         kind: str = "read") -> tuple[int, int]:
+    """A campaign of `kind` ("read", or "key_change": new unicast keys for each meter) over
+    the meters selected (all when neither cell nor serials): (id, jobs)."""
     meters = await store.meter_ids(cell=cell, serials=serials)
     if serials:
         missing = sorted(set(serials) - {serial for _, serial, _ in meters})
@@ -61,9 +63,9 @@ async def start_campaign(store: FleetStore, broker: Broker, *, name: str, cell: 
     if not meters:
         raise StoreError("no meters selected: the store has none" + (f" in cell {cell}" if cell else ""))
     ids = [meter_id for meter_id, _, _ in meters]
-    campaign = await store.create_campaign(name, "read", {"cell": cell, "serials": list(serials or []),
-                                                          "lane": lane}, ids)
-    await _publish(broker, await store.store_id(), campaign, ids, lane, "", say, patience)
+    campaign = await store.create_campaign(name, kind, {"cell": cell, "serials": list(serials or []),
+                                                        "lane": lane}, ids)
+    await _publish(broker, await store.store_id(), campaign, ids, lane, "", say, patience, kind)
     return campaign, len(ids)
 
 
@@ -74,7 +76,7 @@ async def resume_campaign(store: FleetStore, broker: Broker, campaign: int, say=
     ids = [r["meter_id"] for r in await store.pool.fetch(
         "SELECT meter_id FROM job WHERE campaign_id = $1 AND state = 'queued' ORDER BY meter_id", campaign)]
     return await _publish(broker, await store.store_id(), campaign, ids, status["params"].get("lane", "bulk"), "",
-                          say)
+                          say, kind=status["kind"])
 
 
 async def retry_failed(store: FleetStore, broker: Broker, campaign: int, say=None) -> int:
@@ -83,4 +85,4 @@ async def retry_failed(store: FleetStore, broker: Broker, campaign: int, say=Non
     ids = await store.reopen_failed(campaign)
     # a new message id: the failed job's own may still be in the duplicate window
     return await _publish(broker, await store.store_id(), campaign, ids, status["params"].get("lane", "bulk"),
-                          f":retry:{time.time_ns():x}", say)
+                          f":retry:{time.time_ns():x}", say, kind=status["kind"])

@@ -39,7 +39,12 @@ from smartmeter.cosem.results import DataAccessResult
 from smartmeter.dlms.client import AccessDenied, AssociationRefused, ClientError, InvocationCounterError, ProtectionError
 from smartmeter.hes.connection import LinkError
 from smartmeter.hes.fleet.broker import Broker, Job, JobFormatError, backoff_delay
-from smartmeter.hes.fleet.session import CounterBlockExhausted, ReadPlan, SessionTimeout, Timeouts, read_session
+from smartmeter.hes.fleet.keychange import (
+    KeyTransferRefused, KeyTransferUncertain, new_key_pair, probe, refuses_keys, transfer_keys,
+)
+from smartmeter.hes.fleet.session import (
+    CounterBlockExhausted, ReadPlan, SessionTimeout, Timeouts, _within, read_session,
+)
 from smartmeter.hes.store.pg import UNAVAILABLE, FleetStore, LeaseLost, StoreError, StoreUnavailable
 from smartmeter.ratelog import RateLimitedLog
 
@@ -97,6 +102,8 @@ class WorkerStats:
     rows: int = 0
     sessions: int = 0
     lease_lost: int = 0
+    keys_changed: int = 0
+    keys_settled: int = 0  # key changes cut short, completed by a later session
     session_seconds: float = 0.0
 
     def line(self) -> str:
@@ -266,7 +273,10 @@ class Worker:
         else:
             grant = claim.grant
             try:
-                await self._read(msg, job, grant)
+                if job.kind == "key_change":
+                    await self._change_keys(msg, job, grant)
+                else:
+                    await self._read(msg, job, grant)
             except BaseException:
                 try:  # what the session held is given back; if that fails too, the leases expire
                     await self.store.release(grant)
@@ -331,7 +341,20 @@ class Worker:
             await self._retry(msg, job, grant, f"{type(exc).__name__}: {exc}")
             return
         except ClientError as exc:
-            if permanent(exc):
+            if grant.new_keys and refuses_keys(exc):
+                try:
+                    settled = await self._settled_on_new_keys(grant)
+                except ClientError as again:
+                    await self._retry(msg, job, grant, f"{exc}; under the NEW keys: {again}")
+                    return
+            else:
+                settled = False
+            if settled:
+                # a key change was cut short after the meter took the new keys: they are
+                # ACTIVE now, and the read goes again under them
+                await self._store_call(self.store.release(grant))
+                await self._answer(msg.nak(delay=0.1))
+            elif permanent(exc):
                 await self._fail(msg, job, grant, str(exc))
             else:
                 await self._retry(msg, job, grant, str(exc))
@@ -351,6 +374,101 @@ class Worker:
             return
         self.stats.done += 1
         self.stats.rows += stored
+        await self._answer(msg.ack())
+
+    # -- key changes (smartmeter.hes.fleet.keychange) ------------------------------------------
+    def _refill(self, grant, generation: int):
+        return lambda n: self._store_call(self.store.reserve_counters(grant.meter_id, generation, n))
+
+    async def _settled_on_new_keys(self, grant, job: Job | None = None) -> bool:
+        """The meter refused the ACTIVE keys and the store has NEW ones: whether it takes
+        those (a fresh block of their counters), in which case they are promoted (with `job`,
+        its outcome 'done' in the same transaction)."""
+        s = self.settings
+        t = s.timeouts
+        generation = grant.new_generation
+        try:
+            block = await self._store_call(self.store.reserve_counters(grant.meter_id, generation, s.counter_block))
+            # after a refused association, within the lease: one association and a request
+            rx_last = await _within("the association under the new keys", t.connect + t.association + 2 * t.request,
+                                    probe(grant, grant.new_keys, block, None, self._refill(grant, generation),
+                                          s.timeouts, s.client_system_title, self.link_factory))
+        except ClientError as exc:
+            if not refuses_keys(exc):
+                raise  # no answer either way: the next session asks again
+            self.note("worker.settle", "meter %s refuses its NEW keys too (%s); both are kept", grant.serial, exc)
+            return False
+        promoted = await self._store_call(self.store.promote_keys(
+            grant, generation, rx_last, (job.campaign, self.name) if job is not None else None))
+        if promoted:
+            self.stats.keys_settled += 1
+            self.note("worker.settled", "meter %s: a key change cut short is completed (it holds generation %d)",
+                      grant.serial, generation)
+        return promoted
+
+    async def _change_keys(self, msg, job: Job, grant) -> None:
+        s = self.settings
+        started = time.monotonic()
+        self.stats.sessions += 1
+        try:
+            # one lease covers the whole change: every association of it ends within the total
+            await _within("the key change", s.timeouts.total, self._key_change(msg, job, grant))
+        except LeaseLost as exc:
+            self.stats.lease_lost += 1
+            self.note("worker.lease_lost", "%s", exc)
+            await self._answer(msg.nak(delay=self._delay(msg)))
+        except (KeyTransferRefused, _JobFailed) as exc:
+            await self._fail(msg, job, grant, str(exc))
+        except TRANSIENT + (KeyTransferUncertain,) as exc:
+            await self._retry(msg, job, grant, f"{type(exc).__name__}: {exc}")
+        except ClientError as exc:
+            if permanent(exc):
+                await self._fail(msg, job, grant, str(exc))
+            else:
+                await self._retry(msg, job, grant, str(exc))
+        finally:
+            self.stats.session_seconds += time.monotonic() - started
+
+    async def _key_change(self, msg, job: Job, grant) -> None:
+        s = self.settings
+        if grant.new_keys:
+            # an earlier change of this meter was cut short: which keys does the meter hold?
+            try:
+                await probe(grant, grant.keys, grant.counter_block, grant.rx_last,
+                            self._refill(grant, grant.key_generation), s.timeouts, s.client_system_title,
+                            self.link_factory)
+            except ClientError as exc:
+                if not refuses_keys(exc):
+                    raise
+                if not await self._settled_on_new_keys(grant, job):
+                    raise _JobFailed(f"the meter refuses both its ACTIVE keys and the NEW ones ({exc}); "
+                                     "both are kept") from None
+                self.stats.done += 1
+                await self._answer(msg.ack())
+                return
+            # it holds the ACTIVE keys: the NEW ones never reached it
+            await self._store_call(self.store.discard_new_keys(grant, grant.new_generation))
+            grant.counter_block = await self._store_call(
+                self.store.reserve_counters(grant.meter_id, grant.key_generation, s.counter_block))
+            grant.rx_last = None
+        keys = new_key_pair(grant.suite)
+        generation, block = await self._store_call(self.store.new_keys(grant, keys, s.counter_block))
+        try:
+            rx_last = await transfer_keys(grant, keys, block, self._refill(grant, grant.key_generation),
+                                          self._refill(grant, generation), s.timeouts, s.client_system_title,
+                                          self.link_factory)
+        except KeyTransferUncertain:
+            raise  # the NEW keys stay: the next session settles which the meter holds
+        except ClientError as exc:
+            if isinstance(exc, KeyTransferRefused) or refuses_keys(exc):
+                # the meter refused the transfer, or the association before it: it keeps its keys
+                await self._store_call(self.store.discard_new_keys(grant, generation))
+            raise
+        if not await self._store_call(self.store.promote_keys(grant, generation, rx_last,
+                                                              (job.campaign, self.name))):
+            raise _JobFailed(f"generation {generation} was discarded while the meter took it")
+        self.stats.done += 1
+        self.stats.keys_changed += 1
         await self._answer(msg.ack())
 
     async def _retry(self, msg, job: Job, grant, reason: str) -> None:
