@@ -228,3 +228,62 @@ def test_a_worker_that_dies_inside_the_transaction_stores_nothing_then_everythin
             await store.close()
 
     asyncio.run(scenario())
+
+
+def test_hes_export_writes_the_same_csv_from_the_sqlite_file_as_from_the_fleet_store(meter, pg_dsn, nats_url, tmp_path):
+    import csv
+    from decimal import Decimal
+
+    from click.testing import CliRunner
+
+    from smartmeter.cli.main import main
+    from smartmeter.hes.push_listener import PushReceiver
+    from smartmeter.hes.push_store import PushStore
+    from smartmeter.transport.wrapper import WrapperFrame
+
+    pushes, apdus = [], []
+    for k in range(1, 5):
+        t = START + 2 * 86400 + 900 * k
+        pushes.append((t, 900 + 13 * k, 3 * k + 1, -k, 29 + k, t + 0.5))
+        apdus.append(interval_push(meter, t, *pushes[-1][1:5]))
+    # the SQLite listener takes them
+    sqlite_path = tmp_path / "pushes.sqlite"
+    store = PushStore(sqlite_path)
+    received = [0.0]
+    receiver = PushReceiver(Keyring.load([meter.config.data_dir / "credentials"]), store, ObjectLists(store, LISTS),
+                            clock=lambda: received[0])
+    for p, apdu in zip(pushes, apdus):
+        received[0] = p[5]
+        assert receiver.datagram(WrapperFrame(1, 2, apdu).to_bytes(), ("10.1.1.1", 4059)) == "stored"
+    store.close()
+
+    async def to_the_fleet_store():  # and the listeners on NATS with the workers
+        fleet = await open_store(pg_dsn, meter)
+        broker = await Broker.connect(nats_url)
+        await broker.ensure_streams()
+        try:
+            for p, apdu in zip(pushes, apdus):
+                await publish(broker, apdu, p[5])
+            ingester = PushIngester(fleet, broker, object_lists=ObjectLists(None, LISTS))
+            await ingest_until(ingester, lambda: ingester.counts["stored"] >= len(pushes))
+        finally:
+            await broker.close()
+            await fleet.close()
+
+    asyncio.run(to_the_fleet_store())
+    span = ["--from", utc(pushes[0][0]).isoformat(), "--to", utc(pushes[-1][0]).isoformat()]  # the last left out
+    outputs = []
+    for db in (str(sqlite_path), pg_dsn):
+        out = tmp_path / f"export-{len(outputs)}.csv"
+        result = CliRunner().invoke(main, ["hes", "export", "--db", db, "--format", "csv", "--out", str(out), *span],
+                                    catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        assert result.output.startswith(f"{2 * (len(pushes) - 1)} rows of 1 meters"), result.output
+        outputs.append(out.read_text())
+    assert outputs[0] == outputs[1]
+    rows = list(csv.DictReader(outputs[0].splitlines()))
+    last_scaler = pushes[-1][3]  # the series' scaler_unit is the last one pushed (the fourth, outside the span)
+    assert {(r["meter"], r["obis"], r["time"], r["value"]) for r in rows} == (
+        {("KFM1", "1-0:1.8.0.255", utc(t).strftime("%Y-%m-%dT%H:%M:%SZ"), str(wh)) for t, wh, *_ in pushes[:-1]}
+        | {("KFM1", "1-0:3.8.0.255", utc(t).strftime("%Y-%m-%dT%H:%M:%SZ"), format(Decimal(var).scaleb(last_scaler), "f"))
+           for t, _, var, *_ in pushes[:-1]})

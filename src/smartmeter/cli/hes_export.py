@@ -1,6 +1,6 @@
 """`smartmeter hes` commands that take readings out of the fleet store:
 
-    smartmeter hes export --db DSN --format parquet|csv|cim --out FILE --from T --to T
+    smartmeter hes export --db DSN|FILE --format parquet|csv|cim --out FILE --from T --to T
                           [--meter SERIAL]... [--cell C] [--obis OBIS]... [--source register|profile|all]
     smartmeter hes gaps --db DSN --from T --to T [--meter SERIAL]... [--cell C] [--period S]
                         [--profile OBIS] [--max-drift S] [--json]
@@ -84,6 +84,9 @@ def export_command(dsn: str, fmt: str, out: Path, serials: tuple[str, ...], cell
     selection = Selection(begin, finish, serials, cell, _obis_list(obis), source)
 
     async def run():
+        if _sqlite_file(dsn):  # `hes listen`'s file: the same tables, the same rows
+            from smartmeter.hes.export import SqliteReadings
+            return await export(SqliteReadings(Path(dsn)), selection, fmt, out)
         store = await open_store(dsn, max_size=2)
         try:
             return await export(store.pool, selection, fmt, out)
@@ -95,6 +98,11 @@ def export_command(dsn: str, fmt: str, out: Path, serials: tuple[str, ...], cell
     except (ExportError, TableError) as exc:
         raise UsageProblem(str(exc)) from None
     click.echo(summary.line())
+
+
+def _sqlite_file(db: str) -> bool:
+    """Whether --db names a file (`hes listen --db`) rather than a PostgreSQL DSN."""
+    return "://" not in db and "=" not in db and Path(db).is_file()
 
 
 @hes_group.command("gaps")

@@ -21,8 +21,8 @@ from typing import Any, AsyncIterator, Iterable, Sequence
 from smartmeter.errors import SmartmeterError
 from smartmeter.hes.client import unit_name
 
-__all__ = ["BATCH_ROWS", "ExportError", "ExportRow", "ExportSummary", "Selection", "decimal_value", "export",
-           "iso_utc", "stream_rows"]
+__all__ = ["BATCH_ROWS", "ExportError", "ExportRow", "ExportSummary", "Selection", "SqliteReadings", "decimal_value",
+           "export", "iso_utc", "stream_rows"]
 
 # Rows fetched from the cursor at a time, and rows per parquet row group.
 BATCH_ROWS = 50_000
@@ -141,9 +141,66 @@ def _query(selection: Selection) -> tuple[str, list[Any]]:
     return query, args
 
 
+class SqliteReadings:
+    """`hes listen`'s SQLite file as the source of an export, in place of the fleet store's
+    pool: the same tables (meter, series, reading; `smartmeter.hes.push_store`), so the same
+    rows in the same order. Its meters have no cell: they are all in cell 'default'; a meter
+    that never sent its serial number (Device ID 1) is named by its system title."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+
+def _sqlite_time(when: dt.datetime) -> str:
+    """The file's time text of the first millisecond at or after `when` (its times have
+    milliseconds), so `start <= time < end` selects what it selects at full precision."""
+    from smartmeter.hes.push_store import format_time
+
+    if when.microsecond % 1000:
+        when += dt.timedelta(microseconds=1000 - when.microsecond % 1000)
+    return format_time(when)
+
+
+def _sqlite_rows(source: SqliteReadings, selection: Selection, batch_rows: int) -> Iterable[list[ExportRow]]:
+    from smartmeter.hes.push_store import PushStore
+
+    if selection.cell not in (None, "default"):
+        return
+    args: list[Any] = [_sqlite_time(selection.start), _sqlite_time(selection.end)]
+    where = []
+    if selection.serials:
+        where.append(f"coalesce(m.serial, m.system_title) IN ({', '.join('?' * len(selection.serials))})")
+        args.extend(selection.serials)
+    if selection.obis:
+        where.append(f"s.obis IN ({', '.join('?' * len(selection.obis))})")
+        args.extend(selection.obis)
+    if selection.source == "register":
+        where.append("s.source = ''")
+    elif selection.source == "profile":
+        where.append("s.source <> ''")
+    query = f"""
+        SELECT m.id, coalesce(m.serial, m.system_title), m.system_title, s.id, s.source, s.obis, s.attribute,
+               r.time, r.raw, s.scaler, s.unit, r.quality, r.received
+        FROM series s JOIN meter m ON m.id = s.meter_id JOIN reading r ON r.series_id = s.id
+        WHERE r.time >= ? AND r.time < ? {"AND " + " AND ".join(where) if where else ""}
+        ORDER BY m.id, s.source = '', s.source, s.obis, s.attribute, s.id, r.time"""
+    store = PushStore(source.path, read_only=True)
+    try:
+        cursor = store.db.execute(query, args)
+        while records := cursor.fetchmany(batch_rows):
+            yield [ExportRow(r[0], r[1], bytes.fromhex(r[2]), r[3], r[4], r[5], r[6], dt.datetime.fromisoformat(r[7]),
+                             r[8], r[9], r[10], r[11], dt.datetime.fromisoformat(r[12])) for r in records]
+    finally:
+        store.close()
+
+
 async def stream_rows(pool, selection: Selection, batch_rows: int = BATCH_ROWS) -> AsyncIterator[list[ExportRow]]:
     """The selected readings in batches of at most `batch_rows`, ordered by meter, series
-    (profile series first) and time, from a server-side cursor."""
+    (profile series first) and time, from a server-side cursor (or from `SqliteReadings`)."""
+    if isinstance(pool, SqliteReadings):
+        for rows in _sqlite_rows(pool, selection, batch_rows):
+            yield rows
+        return
     query, args = _query(selection)
     async with pool.acquire() as conn:
         async with conn.transaction(readonly=True):
