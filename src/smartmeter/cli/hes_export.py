@@ -76,7 +76,8 @@ def export_command(dsn: str, fmt: str, out: Path, serials: tuple[str, ...], cell
                    obis: tuple[str, ...], source: str, start: str, end: str) -> None:
     """Write the stored readings of from ≤ time < to as parquet, CSV or CIM, streamed in batches.
     The values are what the meters sent, with their status byte: nothing is validated,
-    estimated or edited (that is the MDM's work)."""
+    estimated or edited (that is the MDM's work). --db may also name the SQLite file of
+    `hes listen` (the same tables): the same rows come out."""
     from smartmeter.hes.cim import TableError
     from smartmeter.hes.export import ExportError, Selection, export
 
