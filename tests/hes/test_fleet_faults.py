@@ -4,6 +4,7 @@ jobs; a database or broker down at start; a full broker store."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import secrets
 import threading
@@ -25,8 +26,10 @@ def outcomes(h: HeadEnd, campaign: int) -> dict[str, dict]:
 @pytest.mark.timeout(240)
 def test_refusing_silent_and_limited_meters_each_get_the_outcome_they_deserve(head_end):
     h = head_end
+    # a start an hour back: the load profiles have rows to select (the default start is now)
+    began = dt.datetime.fromtimestamp(time.time() // 900 * 900 - 3600, dt.timezone.utc)
     manifest = h.start_fleet(40, "--refusing", "0.1", "--silent", "0.1", "--no-range", "0.2",
-                             "--no-selective", "0.1", "--seed", "3")
+                             "--no-selective", "0.1", "--seed", "3", "--start", began.isoformat())
     h.import_fleet()
     # one meter answered the head-end before with a counter far above what it will send now
     lowered = next(m for m in manifest["meters"] if not m["faults"] and not m["capabilities"])

@@ -334,6 +334,8 @@ class _BundleReader:
                 if exc.result in SELECTION_REFUSALS and how != "whole":
                     continue
                 raise
+            if rows is None:
+                return []  # nothing was selected (an empty buffer): nothing learnt about selecting
             if how != start:
                 self.capabilities[key] = how
             return rows
@@ -346,10 +348,10 @@ class _BundleReader:
         return rows
 
     async def _by_entry(self, obis: str, mark: dt.datetime | None, now: dt.datetime, clock: int,
-                        from_mark: bool) -> list[tuple]:
+                        from_mark: bool) -> list[tuple] | None:
         in_use = _integer(await self.client.get(obis, ENTRIES_IN_USE, class_id=7)) or 0
         if in_use == 0:
-            return []
+            return None
         if mark is None:
             _, rows = await self.client.profile(obis, entries=(1, in_use), rows=True)
             return rows
