@@ -6,19 +6,22 @@ the old keys are refused by the meters; the store holds every key wrapped only."
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import secrets
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.keywrap import aes_key_unwrap
+from cryptography.hazmat.primitives.keywrap import aes_key_unwrap, aes_key_wrap
 
 from fleet_support import SMARTMETER, HeadEnd, energy, fleet_power
 from smartmeter.dlms.client import AssociationRefused, ClientSecurity, CounterStore
 from smartmeter.hes.client import MeterClient
 from smartmeter.hes.connection import WrapperLink
+from smartmeter.hes.store.pg import FleetStore, KeyVault, LeaseLost, MeterRecord, StoreError
 
 WORKER = ("--concurrency", "4", "--ack-wait", "3", "--session-timeout", "5", "--request-timeout", "2",
           "--connect-timeout", "2", "--association-timeout", "3")
@@ -241,4 +244,81 @@ def test_a_read_settles_a_key_change_cut_short_and_goes_on_under_the_new_keys(he
     report = h.stop_fleet()
     for entry in report["meters"]:
         assert entry["key_changes"] == (1 if entry["serial"] == left["serial"] else 0), entry
+    assert report["totals"]["reused"] == 0 and report["totals"]["refused"] == 0, report["totals"]
+
+
+def test_key_generations_are_fenced_by_the_lease_and_never_given_twice(pg_dsn):
+    kek = secrets.token_bytes(32)
+    old = {"ek": b"\x01" * 16, "ak": b"\x02" * 16, "master": b"\x03" * 32}
+    first, second = ({"ek": secrets.token_bytes(16), "ak": secrets.token_bytes(16)} for _ in range(2))
+
+    async def scenario():
+        store = await FleetStore.open(pg_dsn, KeyVault(kek), migrate=True)
+        try:
+            await store.add_meters([MeterRecord("KEY00001", b"KSM\x00\x00\x00\x00\x01", "127.0.0.1", 21000,
+                                                keys=old)])
+            (meter_id, _, _), = await store.meter_ids()
+            grant = await store.begin_session(meter_id, "a", 30.0, 16)
+            assert (grant.key_generation, grant.counter_block, grant.keys) == (1, (1, 16), old)
+            # generation 2 written NEW with its own counters from 1, before any meter hears of it
+            assert await store.new_keys(grant, first, 16) == (2, (1, 16))
+            with pytest.raises(StoreError, match="waiting"):  # one NEW generation at a time
+                await store.new_keys(grant, second, 16)
+            stranger = dataclasses.replace(grant, lease_token=grant.lease_token + 1000)
+            with pytest.raises(LeaseLost):
+                await store.promote_keys(stranger, 2, None)
+            with pytest.raises(LeaseLost):
+                await store.new_keys(stranger, second, 16)
+            assert not await store.discard_new_keys(stranger, 2)
+            # discarded: EXPIRED, never ACTIVE; the next generation is 3, not 2 again
+            assert await store.discard_new_keys(grant, 2)
+            assert await store.new_keys(grant, second, 16) == (3, (1, 16))
+            assert await store.promote_keys(grant, 3, 5)
+            assert await store.promote_keys(grant, 3, 5)  # a repeated promotion changes nothing
+            assert not await store.promote_keys(grant, 2, 5)  # a discarded generation stays so
+            states = {(r["kind"], r["generation"]): r["state"] for r in await store.pool.fetch(
+                "SELECT kind, generation, state FROM meter_key")}
+            rows = await store.pool.fetch("SELECT wrapped FROM meter_key")
+            await store.release(grant)
+            later = await store.begin_session(meter_id, "b", 30.0, 16)
+            counters = {r["key_generation"]: (r["tx_reserved"], r["rx_last"]) for r in await store.pool.fetch(
+                "SELECT key_generation, tx_reserved, rx_last FROM frame_counter")}
+            return states, rows, later, counters
+        finally:
+            await store.close()
+
+    states, rows, later, counters = asyncio.run(scenario())
+    assert states == {("ek", 1): "EXPIRED", ("ak", 1): "EXPIRED", ("master", 1): "ACTIVE",
+                      ("ek", 2): "EXPIRED", ("ak", 2): "EXPIRED", ("ek", 3): "ACTIVE", ("ak", 3): "ACTIVE"}
+    # the next session: generation 3's keys, its counters above the block reserved with them
+    assert (later.key_generation, later.counter_block, later.rx_last) == (3, (17, 32), 5)
+    assert {k: later.keys[k] for k in ("ek", "ak")} == second and later.keys["master"] == old["master"]
+    assert counters == {1: (16, None), 2: (16, None), 3: (32, 5)}
+    # at rest, every key wrapped: unwrapping needs the KEK, and no raw key is among the rows
+    raw = [*old.values(), *first.values(), *second.values()]
+    assert all(bytes(r["wrapped"]) not in raw and aes_key_unwrap(kek, bytes(r["wrapped"])) in raw for r in rows)
+
+
+@pytest.mark.timeout(240)
+def test_a_meter_that_refuses_key_transfer_keeps_its_keys_and_is_read_as_before(head_end):
+    h = head_end
+    manifest = h.start_fleet(2, "--seed", "14", "--report-counters")
+    h.import_fleet()
+    wrong, right = manifest["meters"]
+    # the store holds another master key for one meter than the meter has
+    kek = bytes.fromhex((h.tmp / "kek.hex").read_text().strip())
+    h.query("UPDATE meter_key SET wrapped = $1 FROM meter WHERE meter.id = meter_key.meter_id AND meter.serial = $2 "
+            "AND kind = 'master'", aes_key_wrap(kek, secrets.token_bytes(32)), wrong["serial"])
+    h.start_worker(*WORKER)
+    code, out = change_keys(h, "--all")
+    assert code == 1 and "1 done, 1 failed" in out and "key_transfer refused" in out, out
+    keys = stored_keys(h)
+    states = {k: state for k, (state, _) in keys[wrong["serial"]].items() if k[0] != "master"}
+    assert states == {("ek", 1): "ACTIVE", ("ak", 1): "ACTIVE", ("ek", 2): "EXPIRED", ("ak", 2): "EXPIRED"}
+    assert active(keys[wrong["serial"]])["ek"][1] == bytes.fromhex(wrong["ek"])
+    assert active(keys[right["serial"]])["ek"][0] == 2
+    read = h.start_campaign("--name", "after")
+    assert h.wait_campaign(read, timeout=120) == {"done": 2}
+    report = h.stop_fleet()
+    assert [m["key_changes"] for m in report["meters"]] == [0, 1]
     assert report["totals"]["reused"] == 0 and report["totals"]["refused"] == 0, report["totals"]
