@@ -638,55 +638,65 @@ class FleetStore:
             new = [p for p in pushes if (p.system_title, p.invocation_counter) in fresh and p.values]
             if not new:
                 return fresh, 0
+            # the meters' ids first: joined by system title in the statements below, the planner
+            # matched the values on OBIS before the meter (hundreds of times the rows)
+            meter_ids = {bytes(r["system_title"]): r["id"] for r in await conn.fetch(
+                "SELECT id, system_title FROM meter WHERE system_title = ANY($1::bytea[])",
+                list({p.system_title for p in new}))}
+            new = [p for p in new if p.system_title in meter_ids]  # (a meter deleted meanwhile: kept raw)
             # one row per series (ON CONFLICT DO UPDATE may touch a row once a statement); a
             # later push's scaler_unit wins
-            series: dict[tuple[bytes, str, int], tuple[int | None, tuple[int, int] | None]] = {}
+            series: dict[tuple[int, str, int], tuple[int | None, tuple[int, int] | None]] = {}
             for p in sorted(new, key=lambda p: (p.time, p.invocation_counter)):
                 for v in p.values:
-                    key = (p.system_title, v.obis, v.attribute)
+                    key = (meter_ids[p.system_title], v.obis, v.attribute)
                     known = series.get(key, (None, None))
                     series[key] = (v.class_id if v.class_id is not None else known[0],
                                    p.scalers.get((v.obis, v.attribute), known[1]))
             keys = list(series)
+            columns = [[k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]]
             await conn.execute(
                 """INSERT INTO series (meter_id, source, obis, attribute, class_id)
-                   SELECT m.id, '', x.o, x.a, x.c
-                     FROM unnest($1::bytea[], $2::text[], $3::smallint[], $4::smallint[]) AS x(t, o, a, c)
-                     JOIN meter m ON m.system_title = x.t
+                   SELECT x.m, '', x.o, x.a, x.c FROM unnest($1::bigint[], $2::text[], $3::smallint[], $4::smallint[])
+                                                      AS x(m, o, a, c)
                    ON CONFLICT (meter_id, source, obis, attribute) DO UPDATE SET class_id = excluded.class_id
                     WHERE series.class_id IS NULL AND excluded.class_id IS NOT NULL""",
-                [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], [series[k][0] for k in keys])
+                *columns, [series[k][0] for k in keys])
             scaled = [k for k in keys if series[k][1] is not None]
             if scaled:
                 await conn.execute(
                     """UPDATE series s SET scaler = x.sc, unit = x.u
-                         FROM unnest($1::bytea[], $2::text[], $3::smallint[], $4::smallint[], $5::smallint[])
-                              AS x(t, o, a, sc, u), meter m
-                        WHERE m.system_title = x.t AND s.meter_id = m.id AND s.source = '' AND s.obis = x.o
-                          AND s.attribute = x.a AND (s.scaler, s.unit) <> (x.sc, x.u)""",
+                         FROM unnest($1::bigint[], $2::text[], $3::smallint[], $4::smallint[], $5::smallint[])
+                              AS x(m, o, a, sc, u)
+                        WHERE s.meter_id = x.m AND s.source = '' AND s.obis = x.o AND s.attribute = x.a
+                          AND (s.scaler, s.unit) <> (x.sc, x.u)""",
                     [k[0] for k in scaled], [k[1] for k in scaled], [k[2] for k in scaled],
                     [series[k][1][0] for k in scaled], [series[k][1][1] for k in scaled])
+            # the series' ids once per key, then the values by id (no join per value)
+            ids = {(r["m"], r["o"], r["a"]): r["id"] for r in await conn.fetch(
+                """SELECT x.m, x.o, x.a, s.id FROM unnest($1::bigint[], $2::text[], $3::smallint[]) AS x(m, o, a)
+                   JOIN series s ON s.meter_id = x.m AND s.source = '' AND s.obis = x.o AND s.attribute = x.a""",
+                *columns)}
             integers = [(p, v) for p in new for v in p.values if v.raw is not None]
             others = [(p, v) for p in new for v in p.values if v.raw is None]
             stored = 0
-            for table, column, cast, chosen, value in (
-                    ("reading", "raw, quality", "bigint", integers, lambda v: v.raw),
-                    ("reading_data", "data", "jsonb", others, lambda v: json.dumps(v.data, separators=(",", ":")))):
+            for table, column, chosen, value in (
+                    ("reading", "raw, quality", integers, lambda v: v.raw),
+                    ("reading_data", "data", others, lambda v: json.dumps(v.data, separators=(",", ":")))):
                 if not chosen:
                     continue
                 # quality: a push carries no status of its values, 0
+                values = "x.v, 0" if table == "reading" else "x.v::jsonb"
                 status = await conn.execute(
                     f"""INSERT INTO {table} (series_id, time, {column}, received)
-                        SELECT s.id, x.tm, x.v{"::jsonb" if cast == "jsonb" else ", 0"}, x.rc
-                          FROM unnest($1::bytea[], $2::text[], $3::smallint[], $4::timestamptz[],
-                                      $5::{"text" if cast == "jsonb" else cast}[], $6::timestamptz[])
-                               AS x(t, o, a, tm, v, rc)
-                          JOIN meter m ON m.system_title = x.t
-                          JOIN series s ON s.meter_id = m.id AND s.source = '' AND s.obis = x.o AND s.attribute = x.a
+                        SELECT x.s, x.tm, {values}, x.rc
+                          FROM unnest($1::integer[], $2::timestamptz[],
+                                      $3::{"bigint" if table == "reading" else "text"}[], $4::timestamptz[])
+                               AS x(s, tm, v, rc)
                         ON CONFLICT DO NOTHING""",
-                    [p.system_title for p, _ in chosen], [v.obis for _, v in chosen],
-                    [v.attribute for _, v in chosen], [p.time for p, _ in chosen], [value(v) for _, v in chosen],
-                    [p.received for p, _ in chosen])
+                    [ids[(meter_ids[p.system_title], v.obis, v.attribute)] for p, v in chosen],
+                    [p.time for p, _ in chosen],
+                    [value(v) for _, v in chosen], [p.received for p, _ in chosen])
                 stored += int(status.rsplit(" ", 1)[1])
             return fresh, stored
 
