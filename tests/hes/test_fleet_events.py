@@ -4,6 +4,7 @@ each entry once, whether the meter selects by range, by entry only or not at all
 lists them with their IDIS names."""
 from __future__ import annotations
 
+import asyncio
 import csv
 import datetime as dt
 import io
@@ -108,3 +109,75 @@ def test_event_logs_are_read_incrementally_and_stored_once(head_end):
 
     report = h.stop_fleet()
     assert report["totals"]["reused"] == 0 and report["totals"]["refused"] == 0
+
+
+def test_events_are_stored_once_with_their_session_and_never_with_a_lost_lease(pg_dsn):
+    from smartmeter.hes.store.pg import Event, FleetStore, KeyVault, LeaseLost, MeterRecord, SessionResult
+
+    at = [DAY + dt.timedelta(hours=h) for h in range(4)]
+    first = [Event(LOG, at[0], 1), Event(LOG, at[1], 4), Event(LOG, at[1], 5)]
+    second = [Event(LOG, at[1], 4), Event(LOG, at[1], 5), Event(LOG, at[2], 10)]  # read again from the mark
+
+    async def scenario():
+        store = await FleetStore.open(pg_dsn, KeyVault(bytes(range(32))), migrate=True)
+        await store.add_meters([MeterRecord("EVT00001", b"EVT\0\0\0\0\1", "127.0.0.1", 1, keys={"ek": bytes(16)})])
+        (meter_id, _, _), = await store.meter_ids()
+        # a session whose lease runs out and is taken over stores none of its events
+        stale = await store.begin_session(meter_id, "a", 0.05, 4)
+        await asyncio.sleep(0.2)
+        taker = await store.begin_session(meter_id, "b", 30, 4)
+        with pytest.raises(LeaseLost):
+            await store.finish_session(stale, SessionResult([], {}, {LOG: at[3]}, None, None,
+                                                            events=[Event(LOG, at[3], 2)]), None)
+        await store.finish_session(taker, SessionResult([], {}, {LOG: at[1]}, None, None, events=first), None)
+        received = await store.pool.fetch("SELECT time, code, received FROM event ORDER BY time, code")
+        g = await store.begin_session(meter_id, "b", 30, 4)
+        await store.finish_session(g, SessionResult([], {}, {LOG: at[2]}, None, None, events=second), None)
+        rows = await store.pool.fetch("SELECT log, time, code, received FROM event ORDER BY time, code")
+        g = await store.begin_session(meter_id, "b", 30, 4)
+        await store.release(g)
+        await store.close()
+        return received, rows, g.marks
+
+    received, rows, marks = asyncio.run(scenario())
+    assert [(r["time"], r["code"]) for r in rows] == [(at[0], 1), (at[1], 4), (at[1], 5), (at[2], 10)]
+    # an entry read again keeps the time it was first stored
+    assert [r["received"] for r in rows[:3]] == [r["received"] for r in received]
+    assert marks[LOG] == at[2]
+
+
+def test_a_log_the_meter_lacks_is_remembered_and_not_asked_again(head_end):
+    from smartmeter.hes.fleet.session import ReadPlan, Timeouts, read_session
+    from smartmeter.hes.fleet.worker import DEFAULT_CLIENT_SYSTEM_TITLE
+    from smartmeter.hes.store.pg import FleetStore, KeyVault
+
+    h = head_end
+    manifest = h.start_fleet(1, "--start", DAY.isoformat(), "--speed", "3600")
+    h.import_fleet()
+    security_log = "0-0:99.98.9.255"  # the full meter's security event log: a fleet meter has none
+    plan = ReadPlan(profiles=(), events=(LOG, security_log))
+
+    async def scenario():
+        store = await FleetStore.open(h.dsn, KeyVault.from_file(h.tmp / "kek.hex"))
+        (meter_id, _, _), = await store.meter_ids()
+        results = []
+        for _ in range(2):
+            grant = await store.begin_session(meter_id, "t", 30, 16)
+            refill = lambda n: store.reserve_counters(meter_id, grant.key_generation, n)  # noqa: E731
+            result = await read_session(grant, plan, Timeouts(), DEFAULT_CLIENT_SYSTEM_TITLE, refill)
+            await store.finish_session(grant, result, None, "t")
+            results.append(result)
+        await store.close()
+        return results
+
+    while meter_time(manifest) < manifest["start_epoch"] + 86400:  # a day of events first
+        time.sleep(0.1)
+    first, second = asyncio.run(scenario())
+    assert first.capabilities == {f"events:{security_log}": "absent"}
+    assert second.capabilities is None  # not asked, nothing new learnt
+    assert {e.log for e in first.events} == {LOG} and len(first.events) >= 6
+    stored = h.query("SELECT extract(epoch FROM time)::bigint AS t, code FROM event ORDER BY time, code")
+    expected = formula_events(0, manifest["start_epoch"], meter_time(manifest))
+    got = [(r["t"], r["code"]) for r in stored]
+    assert got == expected[:len(got)] and len(got) >= len(formula_events(0, manifest["start_epoch"],
+                                                                         manifest["start_epoch"] + 86400))
