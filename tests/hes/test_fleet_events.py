@@ -8,6 +8,7 @@ import asyncio
 import csv
 import datetime as dt
 import io
+import json
 import time
 from collections import defaultdict
 
@@ -181,3 +182,9 @@ def test_a_log_the_meter_lacks_is_remembered_and_not_asked_again(head_end):
     got = [(r["t"], r["code"]) for r in stored]
     assert got == expected[:len(got)] and len(got) >= len(formula_events(0, manifest["start_epoch"],
                                                                          manifest["start_epoch"] + 86400))
+    # the same as JSON lines, and as text lines, for all meters (no serial given)
+    lines = [json.loads(line) for line in h.ok("hes", "events", "--format", "json").splitlines()]
+    assert [(dt.datetime.fromisoformat(e["time"]).timestamp(), e["code"], e["event"]) for e in lines] == \
+        [(float(t), code, NAMES[code]) for t, code in got]
+    text = h.ok("hes", "events", "--log", LOG).splitlines()
+    assert len(text) == len(got) and all(NAMES[code] in line for line, (_, code) in zip(text, got))
