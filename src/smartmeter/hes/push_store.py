@@ -341,6 +341,10 @@ class PushStore:
 
     def _open_layout(self) -> None:
         """Make the tables of a new file, or bring an older file's to this layout (one transaction)."""
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version == SCHEMA_VERSION:
+            return  # nothing to write: no write lock taken
+        self._check_version(version)
         self.db.execute("BEGIN IMMEDIATE")
         try:
             version = self.db.execute("PRAGMA user_version").fetchone()[0]
