@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.keywrap import aes_key_unwrap, aes_key_wrap
 
-from fleet_support import SMARTMETER, HeadEnd, energy, fleet_power
+from fleet_support import HeadEnd, energy, fleet_power
 from smartmeter.dlms.client import AssociationRefused, ClientSecurity, CounterStore
 from smartmeter.hes.client import MeterClient
 from smartmeter.hes.connection import WrapperLink
