@@ -51,6 +51,10 @@ def ln(obis: str) -> Data:
     return Data.octet_string(Obis.parse(obis).to_bytes())
 
 
+def counter_of(apdu: bytes) -> int:
+    return GeneralGloCiphering.from_bytes(apdu).invocation_counter
+
+
 def utc(t: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(t, dt.timezone.utc)
 
@@ -135,13 +139,18 @@ def test_pushes_become_readings_once_and_undecodable_ones_are_kept_raw(meter, pg
             forged[-1] ^= 1
             await publish(broker, bytes(forged), START + 5401)
             stranger = GeneralGloCiphering.protect(
-                SecurityControl(0, True, True), secrets.token_bytes(16), secrets.token_bytes(16), b"XYZ\x00\x00\x00\x00\x09",
-                77, DataNotification(77, b"", Data.structure([Data.unsigned(1)])).to_bytes()).to_bytes()
+                SecurityControl(0, True, True), secrets.token_bytes(16), secrets.token_bytes(16),
+                b"XYZ\x00\x00\x00\x00\x09", 77,
+                DataNotification(77, b"", Data.structure([Data.unsigned(1)])).to_bytes()).to_bytes()
             await publish(broker, stranger, START + 5500)
+            # a meter clock twenty years behind: the push is kept raw, its values make no partition
+            stale_t = START - 20 * 365.25 * 86400
+            stale = interval_push(meter, stale_t, 5, 6, 0, 30)
+            await publish(broker, stale, START + 6000)
 
             ingester = PushIngester(store, broker, batch=3, object_lists=ObjectLists(None, LISTS, model_object_lists()))
-            await ingest_until(ingester, lambda: ingester.counts["stored"] + ingester.counts["duplicate"] >= 7)
-            assert dict(ingester.counts) == {"stored": 6, "duplicate": 1, "undecoded": 3,
+            await ingest_until(ingester, lambda: ingester.counts["stored"] + ingester.counts["duplicate"] >= 8)
+            assert dict(ingester.counts) == {"stored": 7, "duplicate": 1, "undecoded": 4,
                                              "values": 3 * 2 + 3 * 3}  # per push 2 integers, 3 other values
 
             async with store.pool.acquire() as conn:
@@ -160,9 +169,13 @@ def test_pushes_become_readings_once_and_undecodable_ones_are_kept_raw(meter, pg
                     c: (a, utc(p[5])) for c, a, p in zip(counters, apdus, pushes)}
                 reasons = {r["invocation_counter"]: r["undecoded"] for r in await conn.fetch(
                     "SELECT invocation_counter, undecoded FROM raw_push WHERE undecoded IS NOT NULL")}
-                assert len(reasons) == 3
-                assert "fit no known push object list" in reasons[GeneralGloCiphering.from_bytes(unmapped).invocation_counter]
-                assert "authentication tag" in reasons[GeneralGloCiphering.from_bytes(bytes(forged)).invocation_counter]
+                assert len(reasons) == 4
+                assert "years from when it was received" in reasons[counter_of(stale)]
+                months = await conn.fetchval(
+                    "SELECT count(*) FROM pg_class WHERE relname LIKE 'reading_y%' AND relkind = 'r'")
+                assert months == 1  # March 2026 only
+                assert "fit no known push object list" in reasons[counter_of(unmapped)]
+                assert "authentication tag" in reasons[counter_of(bytes(forged))]
                 assert "no keys" in reasons[77]
         finally:
             await broker.close()
@@ -201,8 +214,8 @@ def test_a_worker_that_dies_inside_the_transaction_stores_nothing_then_everythin
             doomed = PushIngester(store, broker, batch=100, ack_wait=2.0, object_lists=lists)
             stop = asyncio.Event()
             task = asyncio.create_task(doomed.run(stop))
-            while not await store.pool.fetchval(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND datname = current_database()"):
+            while not await store.pool.fetchval("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' "
+                                                "AND datname = current_database()"):
                 assert not task.done(), task
                 await asyncio.sleep(0.05)
             # the worker dies: its task ends where it is, its connections are cut
@@ -285,5 +298,5 @@ def test_hes_export_writes_the_same_csv_from_the_sqlite_file_as_from_the_fleet_s
     last_scaler = pushes[-1][3]  # the series' scaler_unit is the last one pushed (the fourth, outside the span)
     assert {(r["meter"], r["obis"], r["time"], r["value"]) for r in rows} == (
         {("KFM1", "1-0:1.8.0.255", utc(t).strftime("%Y-%m-%dT%H:%M:%SZ"), str(wh)) for t, wh, *_ in pushes[:-1]}
-        | {("KFM1", "1-0:3.8.0.255", utc(t).strftime("%Y-%m-%dT%H:%M:%SZ"), format(Decimal(var).scaleb(last_scaler), "f"))
-           for t, _, var, *_ in pushes[:-1]})
+        | {("KFM1", "1-0:3.8.0.255", utc(t).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            format(Decimal(var).scaleb(last_scaler), "f")) for t, _, var, *_ in pushes[:-1]})

@@ -64,7 +64,8 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "AlarmAcknowledger", "DATA_READOUT_SAP", "MANAGEMENT_SAP", "SETUPS", "Keyring", "Limits", "MeterKeys", "ObjectLists",
-    "PushIntake", "PushReceiver", "decode_push", "load_object_list_file", "model_object_lists", "serve_tcp", "serve_udp",
+    "PushIntake", "PushReceiver", "decode_push", "load_object_list_file", "model_object_lists", "serve_tcp",
+    "serve_udp",
 ]
 
 DATA_READOUT_SAP = 2  # every push to the head-end runs in the Data Readout client's context (catalog §7)

@@ -44,6 +44,7 @@ from smartmeter.errors import DecodeError
 from smartmeter.hes.fleet.broker import (
     PUSH_SUBJECT, PUSHES_STREAM, RECEIVED_HEADER, SOURCE_HEADER, Broker, BrokerUnavailable, backoff_delay,
 )
+from smartmeter.hes.fleet.session import PLAUSIBLE_FUTURE, PLAUSIBLE_PAST
 from smartmeter.hes.push_listener import Keyring, Limits, MeterKeys, ObjectLists, PushIntake, decode_push
 from smartmeter.hes.push_store import format_time, integer_raw, scaler_units
 from smartmeter.hes.store.pg import UNAVAILABLE, FleetStore, IngestedPush, PushValue, StoreUnavailable
@@ -56,9 +57,6 @@ log = logging.getLogger(__name__)
 RECENT_PUSHES = 100_000  # (meter, counter) the gate remembers, to drop retries before the broker
 KEYS_RELOAD = 30.0  # s between readings of the store's keys when a push's meter has none that fit
 KEY_GENERATIONS = 3  # the newest unicast key generations of a meter a push is tried with
-# how far a push's capture time may be from its receive time for its values to be readings (a
-# meter whose clock is far off would otherwise make a partition of `reading` per month it names)
-PLAUSIBLE_CAPTURE = dt.timedelta(days=400)
 MESSAGE_ID_HEADER = "Nats-Msg-Id"
 
 
@@ -301,8 +299,10 @@ class PushIngester:
         if push is None:
             return f"its {len(_body(notification))} values fit no known push object list"
         captured = dt.datetime.fromisoformat(push.capture_time)
-        if abs(captured - received) > PLAUSIBLE_CAPTURE:
-            return f"its capture time {push.capture_time} is far from when it was received"
+        # the bounds of the workers' reads, around the receive time: a meter whose clock is far
+        # off would otherwise make a partition of `reading` for every month it names
+        if not received - PLAUSIBLE_PAST <= captured <= received + PLAUSIBLE_FUTURE:
+            return f"its capture time {push.capture_time} is years from when it was received"
         values = tuple(PushValue(r.obis, r.attribute, r.class_id, integer_raw(r.value),
                                  None if integer_raw(r.value) is not None else r.value) for r in push.readings)
         return IngestedPush(title, counter, received, "", apdu, captured, values, scaler_units(push.readings))
