@@ -143,10 +143,7 @@ class PushIngester:
         self.counts: Counter[str] = Counter()
         self.note = RateLimitedLog(log)
         self.say = say or (lambda message: log.warning("%s", message))
-        if object_lists is None:
-            from smartmeter.hes.push_listener import model_object_lists
-            object_lists = ObjectLists(None, None, model_object_lists())
-        self.object_lists = object_lists
+        self._object_lists = object_lists  # the model's, loaded with the first push, when None
         self.monotonic = monotonic
         self._keys: dict[bytes, list[tuple[int, bytes, bytes]]] | None = None  # title → (suite, ek, ak), newest first
         self._keys_read = float("-inf")
@@ -261,6 +258,13 @@ class PushIngester:
                           p.system_title.hex().upper(), p.invocation_counter, p.undecoded)
 
     # -- decoding --------------------------------------------------------------------------
+
+    @property
+    def object_lists(self) -> ObjectLists:
+        if self._object_lists is None:  # loading the object model takes most of a second: not at start
+            from smartmeter.hes.push_listener import model_object_lists
+            self._object_lists = ObjectLists(None, None, model_object_lists())
+        return self._object_lists
 
     async def decode(self, title: bytes, counter: int, received: dt.datetime, source: str, apdu: bytes
                      ) -> IngestedPush:
