@@ -300,3 +300,55 @@ def test_hes_export_writes_the_same_csv_from_the_sqlite_file_as_from_the_fleet_s
         {("KFM1", "1-0:1.8.0.255", utc(t).strftime("%Y-%m-%dT%H:%M:%SZ"), str(wh)) for t, wh, *_ in pushes[:-1]}
         | {("KFM1", "1-0:3.8.0.255", utc(t).strftime("%Y-%m-%dT%H:%M:%SZ"),
             format(Decimal(var).scaleb(last_scaler), "f")) for t, _, var, *_ in pushes[:-1]})
+
+
+def test_hes_worker_decodes_pushes_with_the_lists_of_its_objects_file(tmp_path, pg_dsn, nats_url):
+    """Pushes of meters whose push setup is not the model's: `hes worker --objects FILE` decodes
+    them into readings (the model's lists alone would keep them raw)."""
+    import time
+
+    from fleet_support import HeadEnd
+
+    h = HeadEnd(tmp_path, pg_dsn, nats_url)
+    try:
+        meters = [{"serial": f"OBJ{i}", "system_title": f"{0x4F424A0000000000 + i:016X}", "host": "127.0.0.1",
+                   "port": 9, "ek": secrets.token_hex(16), "ak": secrets.token_hex(16)} for i in range(3)]
+        (tmp_path / "fleet.json").write_text(json.dumps({"meters": meters}))
+        h.import_fleet()
+        objects = tmp_path / "objects.toml"
+        objects.write_text(f'"{INTERVAL}" = [[8, "{CLOCK}", 2, 0], [3, "1-0:1.8.0.255", 2, 0]]\n')
+        h.start_worker("--objects", str(objects), "--concurrency", "1")
+        expected = set()
+
+        async def send() -> None:
+            broker = await Broker.connect(nats_url)
+            try:
+                await broker.ensure_streams()
+                for i, m in enumerate(meters):
+                    title, ek, ak = bytes.fromhex(m["system_title"]), bytes.fromhex(m["ek"]), bytes.fromhex(m["ak"])
+                    for k in range(1, 4):
+                        t = START + 900 * k
+                        wh = 100 * i + k
+                        when = axdr.encode_date_time(CosemDateTime.from_datetime(utc(t)))
+                        body = Data.structure([Data.octet_string(when), Data.double_long_unsigned(wh)])
+                        plain = DataNotification(k, b"", body).to_bytes()
+                        # suite 0: the fleet file's meters have the default suite
+                        apdu = GeneralGloCiphering.protect(SecurityControl(0, True, True), ek, ak, title, k,
+                                                           plain).to_bytes()
+                        await publish(broker, apdu, t + 1)
+                        expected.add((m["serial"], utc(t), wh))
+            finally:
+                await broker.close()
+
+        asyncio.run(send())
+        query = """SELECT m.serial, r.time, r.raw FROM reading r JOIN series s ON s.id = r.series_id
+                   JOIN meter m ON m.id = s.meter_id WHERE s.obis = '1-0:1.8.0.255' AND s.attribute = 2"""
+        deadline = time.monotonic() + 60
+        while len(h.query(query)) < len(expected):
+            assert time.monotonic() < deadline, h.log("worker")
+            assert h.workers[0].poll() is None, h.log("worker")
+            time.sleep(0.2)
+        assert {(r["serial"], r["time"], r["raw"]) for r in h.query(query)} == expected
+        assert h.query("SELECT count(*) AS n FROM raw_push WHERE undecoded IS NOT NULL")[0]["n"] == 0
+    finally:
+        h.close()

@@ -197,10 +197,13 @@ def db_cell(name: str, max_sessions: int, connects_per_s: float, burst: float | 
 @click.option("--name", default=None, help="This worker's name in leases and outcomes (default host:pid:random).")
 @click.option("--pushes/--no-pushes", default=True, show_default=True,
               help="Also store the pushes the listeners publish (`hes listen --nats`).")
+@click.option("--objects", "objects_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Push object lists by setup OBIS (TOML or JSON, as `hes listen --objects`), tried "
+                                 "before the model's when decoding the pushes.")
 @WAIT_OPTION
 def worker(nats_url: str, dsn: str, kek_file: Path, concurrency: int, connect_timeout: float,
            association_timeout: float, request_timeout: float, session_timeout: float, ack_wait: float,
-           max_attempts: int, name: str | None, pushes: bool, patience: float) -> None:
+           max_attempts: int, name: str | None, pushes: bool, objects_file: Path | None, patience: float) -> None:
     """Take read jobs from JetStream and store what the meters answer. Run as many as you like;
     Ctrl-C or SIGTERM finishes the sessions under way and stops."""
     from smartmeter.hes.fleet.session import Timeouts
@@ -208,10 +211,15 @@ def worker(nats_url: str, dsn: str, kek_file: Path, concurrency: int, connect_ti
 
     settings = WorkerSettings(concurrency=concurrency, ack_wait=ack_wait, max_attempts=max_attempts,
                               timeouts=Timeouts(connect_timeout, association_timeout, request_timeout, session_timeout))
-    asyncio.run(_work(nats_url, dsn, kek_file, settings, name, patience, Worker, pushes))
+    object_lists = None
+    if objects_file is not None:
+        from smartmeter.hes.push_listener import ObjectLists, load_object_list_file, model_object_lists
+        object_lists = ObjectLists(None, load_object_list_file(objects_file), model_object_lists())
+    asyncio.run(_work(nats_url, dsn, kek_file, settings, name, patience, Worker, pushes, object_lists))
 
 
-async def _work(nats_url, dsn, kek_file, settings, name, patience, worker_class, pushes: bool) -> None:
+async def _work(nats_url, dsn, kek_file, settings, name, patience, worker_class, pushes: bool,
+                object_lists=None) -> None:
     from smartmeter.hes.fleet.pushes import PushIngester
 
     store = await open_store(dsn, kek_file, max_size=settings.concurrency + 6, patience=patience)
@@ -225,7 +233,7 @@ async def _work(nats_url, dsn, kek_file, settings, name, patience, worker_class,
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, w.stop)
-    ingester = PushIngester(store, broker, say=_say) if pushes else None
+    ingester = PushIngester(store, broker, say=_say, object_lists=object_lists) if pushes else None
     ingesting = asyncio.create_task(ingester.run(w.stopping)) if ingester else None
     if ingesting is not None:
         def ended(task: asyncio.Task) -> None:
