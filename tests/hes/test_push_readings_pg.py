@@ -352,3 +352,66 @@ def test_hes_worker_decodes_pushes_with_the_lists_of_its_objects_file(tmp_path, 
         assert h.query("SELECT count(*) AS n FROM raw_push WHERE undecoded IS NOT NULL")[0]["n"] == 0
     finally:
         h.close()
+
+
+def test_pushes_of_a_meter_imported_later_and_across_a_key_change_are_decoded(pg_dsn, nats_url):
+    """The ingester reads a meter's keys again when none it knows fits: a meter imported after
+    it started, and a change of the EK alone (the push made before the change, arriving after
+    it, still decodes with the EXPIRED generation; the one after with the new EK and the AK kept)."""
+    lists = ObjectLists(None, {INTERVAL: [(8, CLOCK, 2, 0), (3, "1-0:1.8.0.255", 2, 0)]})
+    keys = {name: (secrets.token_bytes(16), secrets.token_bytes(16)) for name in ("A", "B")}
+    titles = {"A": bytes.fromhex("4B45590000000001"), "B": bytes.fromhex("4B45590000000002")}
+    new_ek = secrets.token_bytes(16)
+
+    def push(name: str, counter: int, ek: bytes, ak: bytes, wh: int) -> bytes:
+        when = axdr.encode_date_time(CosemDateTime.from_datetime(utc(START + 900 * counter)))
+        plain = DataNotification(counter, b"", Data.structure([Data.octet_string(when),
+                                                               Data.double_long_unsigned(wh)])).to_bytes()
+        return GeneralGloCiphering.protect(SecurityControl(0, True, True), ek, ak, titles[name], counter,
+                                           plain).to_bytes()
+
+    async def scenario():
+        store = await FleetStore.open(pg_dsn, KeyVault(KEK), migrate=True)
+        broker = await Broker.connect(nats_url)
+        await broker.ensure_streams()
+
+        async def add(name: str) -> None:
+            await store.add_meters([MeterRecord(name, titles[name], "127.0.0.1", 9,
+                                                keys={"ek": keys[name][0], "ak": keys[name][1]})])
+
+        ingester = PushIngester(store, broker, batch=10, object_lists=lists)
+        stop = asyncio.Event()
+        task = asyncio.create_task(ingester.run(stop))
+
+        async def stored(n: int) -> None:
+            deadline = asyncio.get_running_loop().time() + 60
+            while ingester.counts["stored"] < n:
+                assert asyncio.get_running_loop().time() < deadline and not task.done(), dict(ingester.counts)
+                await asyncio.sleep(0.05)
+
+        try:
+            await add("A")
+            await publish(broker, push("A", 1, *keys["A"], 101), START + 1)
+            await stored(1)  # the ingester has read the keys: A's only
+            await add("B")
+            await publish(broker, push("B", 1, *keys["B"], 201), START + 2)
+            await stored(2)
+            meter_a = (await store.meter_ids(serials=["A"]))[0][0]
+            grant = await store.begin_session(meter_a, "test", 30.0, 10)
+            generation, _ = await store.new_keys(grant, {"ek": new_ek}, 10)
+            assert await store.promote_keys(grant, generation, None)
+            await store.release(grant)
+            await publish(broker, push("A", 3, new_ek, keys["A"][1], 103), START + 3)
+            await publish(broker, push("A", 2, *keys["A"], 102), START + 4)  # made before the change
+            await stored(4)
+            assert not ingester.counts["undecoded"]
+            rows = await store.pool.fetch("""SELECT m.serial, r.raw FROM reading r JOIN series s ON s.id = r.series_id
+                                             JOIN meter m ON m.id = s.meter_id ORDER BY m.serial, r.time""")
+            assert [(r["serial"], r["raw"]) for r in rows] == [("A", 101), ("A", 102), ("A", 103), ("B", 201)]
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+            await broker.close()
+            await store.close()
+
+    asyncio.run(scenario())

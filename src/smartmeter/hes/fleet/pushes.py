@@ -55,7 +55,7 @@ __all__ = ["NatsPushGate", "PushIngester", "keyring_from_store"]
 log = logging.getLogger(__name__)
 
 RECENT_PUSHES = 100_000  # (meter, counter) the gate remembers, to drop retries before the broker
-KEYS_RELOAD = 30.0  # s between readings of the store's keys when a push's meter has none that fit
+KEYS_RELOAD = 30.0  # s between readings of a meter's keys from the store when none of those known fit
 KEY_GENERATIONS = 3  # the newest unicast key generations of a meter a push is tried with
 MESSAGE_ID_HEADER = "Nats-Msg-Id"
 
@@ -146,7 +146,7 @@ class PushIngester:
         self._object_lists = object_lists  # the model's, loaded with the first push, when None
         self.monotonic = monotonic
         self._keys: dict[bytes, list[tuple[int, bytes, bytes]]] | None = None  # title → (suite, ek, ak), newest first
-        self._keys_read = float("-inf")
+        self._keys_checked: dict[bytes, float] = {}  # title → when its keys were last read again
 
     async def run(self, stop: asyncio.Event) -> None:
         # no delivery limit: a push waits in the stream for as long as the store is away
@@ -313,11 +313,23 @@ class PushIngester:
 
     async def _unprotect(self, ciphered: GeneralGloCiphering) -> bytes | str:
         """The plaintext, tried with the meter's newest key generations (a push made before a
-        key change arrives after it); the keys are read again when none fits, at most every
-        KEYS_RELOAD s (a meter imported, or its keys changed, since they were read)."""
-        plain = self._try_keys(ciphered, (await self._meter_keys()).get(ciphered.system_title))
-        if isinstance(plain, str) and self.monotonic() - self._keys_read >= KEYS_RELOAD:
-            plain = self._try_keys(ciphered, (await self._meter_keys(reload=True)).get(ciphered.system_title))
+        key change arrives after it). When none fits, the meter's keys are read again (a meter
+        imported, or its keys changed, since they were read), at most every KEYS_RELOAD s a meter."""
+        title = ciphered.system_title
+        if self._keys is None:
+            self._keys = await self._read_keys(None)
+        plain = self._try_keys(ciphered, self._keys.get(title))
+        now = self.monotonic()
+        if isinstance(plain, str) and now - self._keys_checked.get(title, float("-inf")) >= KEYS_RELOAD:
+            if len(self._keys_checked) >= RECENT_PUSHES:
+                self._keys_checked.clear()
+            self._keys_checked[title] = now
+            found = (await self._read_keys(title)).get(title)
+            if found:
+                self._keys[title] = found
+            else:
+                self._keys.pop(title, None)
+            plain = self._try_keys(ciphered, found)
         return plain
 
     @staticmethod
@@ -333,21 +345,31 @@ class PushIngester:
                 return f"cannot be unprotected: {exc}"
         return "its authentication tag fits none of its meter's keys in the store"
 
-    async def _meter_keys(self, reload: bool = False) -> dict[bytes, list[tuple[int, bytes, bytes]]]:
-        if self._keys is None or reload and self.monotonic() - self._keys_read >= KEYS_RELOAD:
-            vault = self.store._vault()
-            rows = await self.store.pool.fetch(
-                """SELECT m.system_title, m.suite, e.wrapped AS ek, a.wrapped AS ak
-                   FROM meter m JOIN meter_key e ON e.meter_id = m.id AND e.kind = 'ek'
-                                JOIN meter_key a ON a.meter_id = m.id AND a.kind = 'ak' AND a.generation = e.generation
-                   ORDER BY m.id, e.state = 'ACTIVE' DESC, e.generation DESC""")
-            keys: dict[bytes, list[tuple[int, bytes, bytes]]] = {}
-            for r in rows:
-                generations = keys.setdefault(bytes(r["system_title"]), [])
-                if len(generations) < KEY_GENERATIONS:
-                    generations.append((r["suite"], vault.unwrap(r["ek"]), vault.unwrap(r["ak"])))
-            self._keys, self._keys_read = keys, self.monotonic()
-        return self._keys
+    async def _read_keys(self, title: bytes | None) -> dict[bytes, list[tuple[int, bytes, bytes]]]:
+        """(suite, EK, AK) of the KEY_GENERATIONS newest unicast key generations of every meter
+        (or of the meter `title`), the ACTIVE one first; an EK goes with the AK of its
+        generation, else with the ACTIVE AK (a change of the EK alone)."""
+        vault = self.store._vault()
+        rows = await self.store.pool.fetch(
+            """SELECT m.system_title, m.suite, k.kind, k.generation, k.state, k.wrapped
+               FROM meter m JOIN meter_key k ON k.meter_id = m.id AND k.kind IN ('ek', 'ak')
+               WHERE $1::bytea IS NULL OR m.system_title = $1
+               ORDER BY m.id, k.state = 'ACTIVE' DESC, k.generation DESC""", title)
+        by_meter: dict[bytes, list] = {}
+        for r in rows:
+            by_meter.setdefault(bytes(r["system_title"]), []).append(r)
+        keys = {}
+        for meter, found in by_meter.items():
+            aks = {r["generation"]: r for r in found if r["kind"] == "ak"}
+            active_ak = next((r for r in found if r["kind"] == "ak" and r["state"] == "ACTIVE"), None)
+            generations = []
+            for ek in (r for r in found if r["kind"] == "ek"):
+                ak = aks.get(ek["generation"], active_ak)
+                if ak is not None and len(generations) < KEY_GENERATIONS:
+                    generations.append((ek["suite"], vault.unwrap(ek["wrapped"]), vault.unwrap(ak["wrapped"])))
+            if generations:
+                keys[meter] = generations
+        return keys
 
 
 def _body(notification: DataNotification) -> list:
