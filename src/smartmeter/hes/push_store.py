@@ -63,6 +63,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from smartmeter.errors import SmartmeterError
+
 __all__ = ["PushStore", "Reading", "SCHEMA_VERSION", "SchemaError", "StoredPush", "format_time", "integer_raw",
            "parse_time", "scaler_units"]
 
@@ -209,7 +211,7 @@ def _statements(script: str) -> list[str]:
     return [part.strip() for part in script.split(";") if part.strip()]
 
 
-class SchemaError(Exception):
+class SchemaError(SmartmeterError):
     """The file is not a push store this version can open (a newer layout, or another file)."""
 
 
@@ -333,10 +335,9 @@ class PushStore:
         finally:
             db.close()
 
-    @staticmethod
-    def _check_version(version: int) -> None:
+    def _check_version(self, version: int) -> None:
         if version > SCHEMA_VERSION:
-            raise SchemaError(f"the push store has layout version {version}; this smartmeter knows up to "
+            raise SchemaError(f"{self.path}: layout version {version}; this smartmeter knows up to "
                               f"{SCHEMA_VERSION}: use the newer smartmeter that wrote it")
 
     def _open_layout(self) -> None:
