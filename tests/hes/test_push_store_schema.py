@@ -171,6 +171,9 @@ def test_a_file_of_a_newer_layout_is_refused(tmp_path):
         PushStore(path)
     with pytest.raises(SchemaError):
         PushStore(path, read_only=True)
+    result = CliRunner().invoke(main, ["hes", "show", "--db", str(path)])
+    assert result.exit_code != 0 and f"layout version {SCHEMA_VERSION + 1}" in result.output
+    assert "Traceback" not in result.output
 
 
 # ------------------------------------------------------------------- pushes into the layout
