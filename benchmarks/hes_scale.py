@@ -5,7 +5,8 @@ Private PostgreSQL and NATS servers are started for the run (tests/services.py: 
 the test extra), and `smartmeter sim fleet` serves the meters. Figures:
 
 1. sessions per HES core. The same complete read sessions (AARQ + HLS 5 GMAC, the clock, +A
-   and −A with their scaler_unit, the load profile's new rows by range, release) of the same
+   and −A with their scaler_unit, the new rows of the load profile and of the standard event
+   log by range, release) of the same
    meters, once by a bare asyncio loop (MeterClient, counters in memory, results dropped:
    what any client must do) and once by one `hes worker` process (job from JetStream, claim,
    counter block and lease in PostgreSQL, readings stored). Each is sessions per CPU second
@@ -180,8 +181,9 @@ async def bare_sessions(manifest: dict, concurrency: int) -> int:
                 for obis in ("1-0:1.8.0.255", "1-0:2.8.0.255"):
                     await c.get(obis, 2, class_id=3)
                     await c.get(obis, 3, class_id=3)
-                await c.get("1-0:99.1.0.255", 3, class_id=7)
-                await c.profile("1-0:99.1.0.255", from_time=since, rows=True)
+                for log in ("1-0:99.1.0.255", "0-0:99.98.0.255"):  # the load profile, the standard event log
+                    await c.get(log, 3, class_id=7)
+                    await c.profile(log, from_time=since, rows=True)
             done += 1
 
     await asyncio.gather(*(one() for _ in range(concurrency)))

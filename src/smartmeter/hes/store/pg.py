@@ -29,6 +29,7 @@ import asyncpg
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
 from smartmeter.errors import SmartmeterError
+from smartmeter.hes.store.batching import Coalescer
 
 __all__ = ["Event", "FleetStore", "KeyVault", "LeaseLost", "MeterBusy", "MeterRecord", "SessionGrant", "StoreError",
            "StoreUnavailable", "UnknownMeter", "migrations"]
@@ -231,6 +232,8 @@ class FleetStore:
         self.dsn = dsn
         self._partitions: set[dt.date] = set()
         self._store_id: str | None = None
+        self._begins = Coalescer(self._begin_batch, orphaned=self._begun_orphan)
+        self._grants = Coalescer(self._grant_batch, orphaned=self._granted_orphan)
 
     @classmethod
     async def open(cls, dsn: str, vault: KeyVault | None = None, *, min_size: int = 1, max_size: int = 10,
@@ -255,6 +258,8 @@ class FleetStore:
         return store
 
     async def close(self) -> None:
+        await self._begins.close()
+        await self._grants.close()
         await self.pool.close()
 
     # -- schema ------------------------------------------------------------------------------
@@ -394,51 +399,67 @@ class FleetStore:
     async def claim(self, meter_id: int, holder: str, lease_s: float, block: int, *, campaign: int | None = None,
                     throttle: bool = False, slot: tuple[int, int] | None = None,
                     max_claims: int | None = None) -> "Claim":
-        """Claim the meter for a session in one round trip (SQL function hes_begin): the job
-        still open, with `throttle` a session slot of its cell and a connection token, the
-        meter's lease, a block of `block` invocation counters. A `Claim` that is not granted
-        says why; a granted one carries the SessionGrant."""
-        row = await self.pool.fetchrow("SELECT * FROM hes_begin($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                                       campaign, meter_id, holder, lease_s, block, throttle,
-                                       *(slot if slot is not None else (None, None)), max_claims)
+        """Claim the meter for a session (SQL function hes_begin): the job still open, with
+        `throttle` a session slot of its cell and a connection token, the meter's lease, a
+        block of `block` invocation counters. A `Claim` that is not granted says why; a granted
+        one carries the SessionGrant. Claims made at about the same time share their round
+        trips (`batching.Coalescer`): one for hes_begin, one for the grants' meter data."""
+        row = await self._begins.submit((campaign, meter_id, holder, lease_s, block, throttle,
+                                         *(slot if slot is not None else (None, None)), max_claims))
         held = (row["slot"], row["slot_token"]) if row["slot"] is not None else None
         claim = Claim(row["status"], row["job_state"], row["cell"], held, row["wait"])
         if claim.status == "granted":
             try:
-                claim.grant = await self._grant(meter_id, row, block)
+                claim.grant = await self._grants.submit((meter_id, row, block))
             except BaseException:
-                await self.pool.execute("SELECT hes_release($1, $2, $3, $4, $5)", meter_id, row["token"],
-                                        row["cell"], row["slot"], row["slot_token"])
+                await self._release_claimed(meter_id, row)
                 raise
             claim.grant.slot = held
         return claim
 
-    async def _grant(self, meter_id: int, claimed, block: int) -> SessionGrant:
+    async def _begin_batch(self, items: Sequence[tuple]) -> list:
+        columns = list(zip(*items))
+        return await self.pool.fetch(
+            """SELECT b.* FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::double precision[], $5::integer[],
+                                      $6::boolean[], $7::integer[], $8::bigint[], $9::integer[])
+                               WITH ORDINALITY AS u(campaign, meter, holder, lease, block, throttle, slot, slot_token,
+                                                    max_claims, n)
+               CROSS JOIN LATERAL hes_begin(u.campaign, u.meter, u.holder, u.lease, u.block, u.throttle, u.slot,
+                                            u.slot_token, u.max_claims) AS b
+               ORDER BY u.n""", *columns)
+
+    async def _begun_orphan(self, item: tuple, row) -> None:
+        # a claim whose caller was cancelled during the batch: what it took goes back now
+        if row["status"] == "granted" or row["slot"] is not None:
+            await self._release_claimed(item[1], row)
+
+    async def _release_claimed(self, meter_id: int, row) -> None:
+        await self.pool.execute("SELECT hes_release($1, $2, $3, $4, $5)", meter_id, row["token"], row["cell"],
+                                row["slot"], row["slot_token"])
+
+    async def _grant_batch(self, items: Sequence[tuple]) -> list["SessionGrant"]:
         vault = self._vault()
-        row = await self.pool.fetchrow(
+        rows = await self.pool.fetch(
             """SELECT m.*, (SELECT coalesce(jsonb_object_agg(profile, last_time), '{}'::jsonb)
                             FROM profile_mark WHERE meter_id = m.id) AS marks,
                       ARRAY(SELECT ROW(kind, state, wrapped, generation) FROM meter_key
-                            WHERE meter_id = m.id AND (state = 'NEW' OR (kind IN ('ek', 'ak') AND generation = $2)
+                            WHERE meter_id = m.id AND (state = 'NEW' OR (kind IN ('ek', 'ak') AND generation = u.generation)
                                                        OR (kind NOT IN ('ek', 'ak') AND state = 'ACTIVE'))) AS keys
-               FROM meter m WHERE m.id = $1""", meter_id, claimed["key_generation"])
-        keys, new_keys = {}, {}
-        new_generation = None
-        for kind, state, wrapped, generation in row["keys"]:
-            # the unicast keys are those of the generation whose counters were reserved, even
-            # if a key change made another one ACTIVE in between
-            (new_keys if state == "NEW" else keys)[kind] = vault.unwrap(wrapped)
-            if state == "NEW":
-                new_generation = generation
-        top = claimed["tx_top"]
-        return SessionGrant(
-            meter_id=meter_id, serial=row["serial"], system_title=bytes(row["system_title"]), host=row["host"],
-            port=row["port"], cell=row["cell"], client_sap=row["client_sap"], server_sap=row["server_sap"],
-            mechanism=row["mechanism"], suite=row["suite"], policy=row["policy"],
-            capabilities=json.loads(row["capabilities"]), keys=keys, new_keys=new_keys, new_generation=new_generation,
-            key_generation=claimed["key_generation"], lease_token=claimed["token"],
-            counter_block=(top - block + 1, top), rx_last=claimed["rx_last"],
-            marks={p: dt.datetime.fromisoformat(t) for p, t in json.loads(row["marks"]).items()})
+               FROM unnest($1::bigint[], $2::integer[]) WITH ORDINALITY AS u(meter, generation, n)
+               JOIN meter m ON m.id = u.meter ORDER BY u.n""",
+            [meter_id for meter_id, _, _ in items], [claimed["key_generation"] for _, claimed, _ in items])
+        by_meter = {row["id"]: row for row in rows}
+        grants: list = []
+        for meter_id, claimed, block in items:
+            try:
+                grants.append(_grant(vault, by_meter[meter_id], claimed, block))
+            except (KeyError, StoreError) as exc:  # a meter deleted meanwhile; keys that do not unwrap
+                grants.append(exc if isinstance(exc, StoreError) else UnknownMeter(f"meter {meter_id} is gone"))
+        return grants
+
+    async def _granted_orphan(self, item: tuple, grant) -> None:
+        if isinstance(grant, SessionGrant):
+            await self._release_claimed(item[0], item[1])
 
     async def release(self, grant: "SessionGrant") -> None:
         """Give back a session's lease and slot without storing anything."""
@@ -701,7 +722,6 @@ class FleetStore:
             return fresh, stored
 
 
-
 def _with_events(finish: str, events: Sequence[Event], first: int) -> str:
     """The statement of `finish_session`: `finish` alone, or with the session's events written
     in the same statement (so the same transaction) and only when `finish` stored the session
@@ -746,9 +766,30 @@ async def events_of(pool, *, serials: Sequence[str] = (), cell: str | None = Non
             yield dict(row)
 
 
+def _grant(vault: KeyVault, row, claimed, block: int) -> SessionGrant:
+    keys, new_keys = {}, {}
+    new_generation = None
+    for kind, state, wrapped, generation in row["keys"]:
+        # the unicast keys are those of the generation whose counters were reserved, even
+        # if a key change made another one ACTIVE in between
+        (new_keys if state == "NEW" else keys)[kind] = vault.unwrap(wrapped)
+        if state == "NEW":
+            new_generation = generation
+    top = claimed["tx_top"]
+    return SessionGrant(
+        meter_id=row["id"], serial=row["serial"], system_title=bytes(row["system_title"]), host=row["host"],
+        port=row["port"], cell=row["cell"], client_sap=row["client_sap"], server_sap=row["server_sap"],
+        mechanism=row["mechanism"], suite=row["suite"], policy=row["policy"],
+        capabilities=json.loads(row["capabilities"]), keys=keys, new_keys=new_keys, new_generation=new_generation,
+        key_generation=claimed["key_generation"], lease_token=claimed["token"],
+        counter_block=(top - block + 1, top), rx_last=claimed["rx_last"],
+        marks={p: dt.datetime.fromisoformat(t) for p, t in json.loads(row["marks"]).items()})
+
+
 async def _keep_session(conn) -> None:
     """A connection goes back to the pool as it is: the store keeps no session state (its locks
     are transaction-scoped), so the reset query asyncpg would send is a round trip saved."""
+
 
 @dataclass(frozen=True)
 class PushValue:
