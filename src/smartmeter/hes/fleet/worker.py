@@ -80,7 +80,7 @@ class WorkerSettings:
     # since JetStream's own limit would leave the job without an outcome
     max_attempts: int = 5  # sessions that ended without the outcome before the job is failed
     max_claims: int = 10  # sessions begun (those of workers that died count here only) before it is failed
-    counter_block: int = 16  # a session of the default plan takes about 12; more are reserved as needed
+    counter_block: int = 32  # a session of the default plan takes about 15; more are reserved as needed
     slot_wait: float = 120.0  # how long a job waits for a session slot of its cell before it is handed back
     backoff_base: float = 1.0
     backoff_cap: float = 60.0
