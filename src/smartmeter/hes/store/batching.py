@@ -1,18 +1,23 @@
 """Calls of one kind that tasks make at about the same time, sent to PostgreSQL as one batch.
 
 A worker runs dozens of sessions at once, and each begins with a claim: one round trip each
-costs the worker a send, a receive and several turns of its event loop, more than the claim's
+costs the worker a send, a receive and several turns of its event loop, more than the call's
 own work. A `Coalescer` collects the calls made within a short window (or until `max_batch`)
 and runs them as one statement; each caller gets its own result. The window is short against
 a session (milliseconds against a second), so a call waits little.
 
-A batch that fails with a database error is run again one call at a time, so that one bad
-call does not fail the others; a lost connection fails them all (each caller decides).
+Only statements that take no locks belong here: one statement is one transaction, and a batch
+of locking calls would hold every call's locks until its end (and deadlock with another
+process's batch taking them in another order).
+
+A batch that one call's data breaks is run again one call at a time, so the others go
+through; a lost connection or a server shutting down reaches every caller of the batch.
 """
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable, Generic, Sequence, TypeVar
+import copy
+from typing import Awaitable, Callable, Generic, Sequence, TypeVar
 
 import asyncpg
 
@@ -21,14 +26,20 @@ __all__ = ["Coalescer"]
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
+# errors of the connection or the server, not of one call's data: running the calls again one
+# by one would only repeat them
+_NOT_THE_DATA = (asyncpg.exceptions.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError)
+
 
 class Coalescer(Generic[Item, Result]):
-    """`await submit(item)` → its result, from `run_batch(items)` over the items of a window.
+    """`await submit(item)` → its result, from `run_batch(items)` over the items of a window;
+    `run_batch` returns one result (or exception) per item, in order.
 
-    `orphaned(item, result)` is called for a result whose caller was cancelled meanwhile (a
-    claim nobody will use is given back there)."""
+    `orphaned(item, result)` is called for a result whose caller was cancelled after the
+    batch had answered it (to give back what the result holds); a caller cancelled before its
+    batch was sent is left out of the batch."""
 
-    def __init__(self, run_batch: Callable[[Sequence[Item]], Awaitable[Sequence[Result]]], *,
+    def __init__(self, run_batch: Callable[[Sequence[Item]], Awaitable[Sequence]], *,
                  window: float = 0.005, max_batch: int = 64,
                  orphaned: Callable[[Item, Result], Awaitable[None]] | None = None) -> None:
         self.run_batch = run_batch
@@ -49,55 +60,86 @@ class Coalescer(Generic[Item, Result]):
             self._flush()
         elif self._timer is None:
             self._timer = loop.call_later(self.window, self._flush)
-        return await future
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # cancelled after the batch had answered: the result was set but not taken
+            if future.done() and not future.cancelled() and future.exception() is None:
+                self._orphan(item, future.result())
+            raise
 
     def _flush(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        batch, self._pending = self._pending, []
+        batch = [(item, future) for item, future in self._pending if not future.done()]
+        self._pending = []
         if batch:
-            task = asyncio.get_running_loop().create_task(self._run(batch))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            self._spawn(self._run(batch))
+
+    def _spawn(self, coroutine) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    def _orphan(self, item: Item, result) -> None:
+        if self.orphaned is not None:
+            self._spawn(self._give_back(item, result))
+
+    async def _give_back(self, item: Item, result) -> None:
+        try:
+            await self.orphaned(item, result)
+        except Exception:  # what it held expires on its own (a lease, a slot)
+            pass
 
     async def _run(self, batch: list[tuple[Item, asyncio.Future]]) -> None:
         self.batches += 1
         self.items += len(batch)
         items = [item for item, _ in batch]
         try:
-            results: Sequence[Any] = await self.run_batch(items)
+            results = list(await self.run_batch(items))
+            if len(results) != len(items):
+                raise RuntimeError(f"a batch of {len(items)} calls gave {len(results)} results")
         except asyncpg.PostgresError as exc:
-            if len(batch) == 1:
-                results = [exc]
+            if len(batch) == 1 or isinstance(exc, _NOT_THE_DATA):
+                results = [exc] * len(batch)
             else:  # one call's data broke the statement: each alone, so the others go through
-                results = []
-                for item in items:
-                    try:
-                        results.append((await self.run_batch([item]))[0])
-                    except Exception as single:
-                        results.append(single)
-        except BaseException as exc:  # the connection, a cancellation: every caller hears it
+                results = [await self._alone(item) for item in items]
+        except Exception as exc:
+            results = [exc] * len(batch)
+        except BaseException:  # the loop is shutting down: the callers are cancelled with it
             for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc if isinstance(exc, Exception) else asyncio.CancelledError())
-            if not isinstance(exc, Exception):
-                raise
-            return
+                future.cancel()
+            raise
         for (item, future), result in zip(batch, results):
-            if future.done():  # its caller gave up (cancelled) while the batch ran
-                if self.orphaned is not None and not isinstance(result, BaseException):
-                    try:
-                        await self.orphaned(item, result)
-                    except Exception:  # what it held expires on its own (a lease, a slot)
-                        pass
+            if future.done():  # its caller gave up while the batch ran
+                if not isinstance(result, BaseException):
+                    self._orphan(item, result)
             elif isinstance(result, BaseException):
-                future.set_exception(result)
+                future.set_exception(_own_copy(result))
             else:
                 future.set_result(result)
+
+    async def _alone(self, item: Item):
+        try:
+            return (await self.run_batch([item]))[0]
+        except Exception as exc:
+            return exc
 
     async def close(self) -> None:
         """Run what is pending and wait for the batches under way."""
         self._flush()
-        if self._running:
+        while self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
+
+
+def _own_copy(exc: BaseException) -> BaseException:
+    """An exception of its own for each caller, so that the tracebacks of the tasks raising
+    it do not pile up on one object."""
+    try:
+        own = copy.copy(exc)
+    except Exception:
+        return exc
+    own.__cause__ = exc.__cause__
+    own.__traceback__ = None
+    return own

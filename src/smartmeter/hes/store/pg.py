@@ -232,8 +232,7 @@ class FleetStore:
         self.dsn = dsn
         self._partitions: set[dt.date] = set()
         self._store_id: str | None = None
-        self._begins = Coalescer(self._begin_batch, orphaned=self._begun_orphan)
-        self._grants = Coalescer(self._grant_batch, orphaned=self._granted_orphan)
+        self._grants = Coalescer(self._grant_batch)
 
     @classmethod
     async def open(cls, dsn: str, vault: KeyVault | None = None, *, min_size: int = 1, max_size: int = 10,
@@ -258,7 +257,6 @@ class FleetStore:
         return store
 
     async def close(self) -> None:
-        await self._begins.close()
         await self._grants.close()
         await self.pool.close()
 
@@ -402,64 +400,45 @@ class FleetStore:
         """Claim the meter for a session (SQL function hes_begin): the job still open, with
         `throttle` a session slot of its cell and a connection token, the meter's lease, a
         block of `block` invocation counters. A `Claim` that is not granted says why; a granted
-        one carries the SessionGrant. Claims made at about the same time share their round
-        trips (`batching.Coalescer`): one for hes_begin, one for the grants' meter data."""
-        row = await self._begins.submit((campaign, meter_id, holder, lease_s, block, throttle,
-                                         *(slot if slot is not None else (None, None)), max_claims))
+        one carries the SessionGrant, whose meter data (address, marks, keys) the grants made
+        at about the same time fetch in one query (`batching.Coalescer`). hes_begin itself is
+        one transaction per claim: a batch of them would hold every claim's locks until its end
+        and deadlock with other workers' batches."""
+        row = await self.pool.fetchrow("SELECT * FROM hes_begin($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                                       campaign, meter_id, holder, lease_s, block, throttle,
+                                       *(slot if slot is not None else (None, None)), max_claims)
         held = (row["slot"], row["slot_token"]) if row["slot"] is not None else None
         claim = Claim(row["status"], row["job_state"], row["cell"], held, row["wait"])
         if claim.status == "granted":
             try:
                 claim.grant = await self._grants.submit((meter_id, row, block))
-            except BaseException:
-                await self._release_claimed(meter_id, row)
+            except BaseException:  # a cancellation too: what the claim took goes back now
+                await self.pool.execute("SELECT hes_release($1, $2, $3, $4, $5)", meter_id, row["token"],
+                                        row["cell"], row["slot"], row["slot_token"])
                 raise
             claim.grant.slot = held
         return claim
 
-    async def _begin_batch(self, items: Sequence[tuple]) -> list:
-        columns = list(zip(*items))
-        return await self.pool.fetch(
-            """SELECT b.* FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::double precision[], $5::integer[],
-                                      $6::boolean[], $7::integer[], $8::bigint[], $9::integer[])
-                               WITH ORDINALITY AS u(campaign, meter, holder, lease, block, throttle, slot, slot_token,
-                                                    max_claims, n)
-               CROSS JOIN LATERAL hes_begin(u.campaign, u.meter, u.holder, u.lease, u.block, u.throttle, u.slot,
-                                            u.slot_token, u.max_claims) AS b
-               ORDER BY u.n""", *columns)
-
-    async def _begun_orphan(self, item: tuple, row) -> None:
-        # a claim whose caller was cancelled during the batch: what it took goes back now
-        if row["status"] == "granted" or row["slot"] is not None:
-            await self._release_claimed(item[1], row)
-
-    async def _release_claimed(self, meter_id: int, row) -> None:
-        await self.pool.execute("SELECT hes_release($1, $2, $3, $4, $5)", meter_id, row["token"], row["cell"],
-                                row["slot"], row["slot_token"])
-
     async def _grant_batch(self, items: Sequence[tuple]) -> list["SessionGrant"]:
         vault = self._vault()
         rows = await self.pool.fetch(
-            """SELECT m.*, (SELECT coalesce(jsonb_object_agg(profile, last_time), '{}'::jsonb)
-                            FROM profile_mark WHERE meter_id = m.id) AS marks,
+            """SELECT u.n AS batch_index, m.*,
+                      (SELECT coalesce(jsonb_object_agg(profile, last_time), '{}'::jsonb)
+                       FROM profile_mark WHERE meter_id = m.id) AS marks,
                       ARRAY(SELECT ROW(kind, state, wrapped, generation) FROM meter_key
                             WHERE meter_id = m.id AND (state = 'NEW' OR (kind IN ('ek', 'ak') AND generation = u.generation)
                                                        OR (kind NOT IN ('ek', 'ak') AND state = 'ACTIVE'))) AS keys
                FROM unnest($1::bigint[], $2::integer[]) WITH ORDINALITY AS u(meter, generation, n)
-               JOIN meter m ON m.id = u.meter ORDER BY u.n""",
+               JOIN meter m ON m.id = u.meter""",
             [meter_id for meter_id, _, _ in items], [claimed["key_generation"] for _, claimed, _ in items])
-        by_meter = {row["id"]: row for row in rows}
+        by_index = {row["batch_index"]: row for row in rows}
         grants: list = []
-        for meter_id, claimed, block in items:
+        for n, (meter_id, claimed, block) in enumerate(items, start=1):
             try:
-                grants.append(_grant(vault, by_meter[meter_id], claimed, block))
+                grants.append(_grant(vault, by_index[n], claimed, block))
             except (KeyError, StoreError) as exc:  # a meter deleted meanwhile; keys that do not unwrap
                 grants.append(exc if isinstance(exc, StoreError) else UnknownMeter(f"meter {meter_id} is gone"))
         return grants
-
-    async def _granted_orphan(self, item: tuple, grant) -> None:
-        if isinstance(grant, SessionGrant):
-            await self._release_claimed(item[0], item[1])
 
     async def release(self, grant: "SessionGrant") -> None:
         """Give back a session's lease and slot without storing anything."""
