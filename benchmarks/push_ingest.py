@@ -43,13 +43,13 @@ from smartmeter.hes.store.pg import FleetStore, KeyVault, MeterRecord  # noqa: E
 START = dt.datetime(2026, 3, 10, tzinfo=dt.timezone.utc)
 
 
-def interval_push(title: bytes, ek: bytes, ak: bytes, counter: int, k: int) -> bytes:
+def interval_push(title: bytes, ek: bytes, ak: bytes, counter: int, k: int, suite: int = 1) -> bytes:
     when = START + dt.timedelta(minutes=15 * k)
     values = [Data.octet_string(axdr.encode_date_time(CosemDateTime.from_datetime(when)))]
     values += [Data.double_long_unsigned(1000 * k + i) for i in range(12)]
     values.append(Data.unsigned(0))
     plain = DataNotification(counter, b"", Data.structure(values)).to_bytes()
-    return GeneralGloCiphering.protect(SecurityControl(1, True, True), ek, ak, title, counter, plain).to_bytes()
+    return GeneralGloCiphering.protect(SecurityControl(suite, True, True), ek, ak, title, counter, plain).to_bytes()
 
 
 async def one_run(pg, nats, meters: int, per_meter: int, decode: bool) -> dict:
