@@ -5,7 +5,9 @@ lists them with their IDIS names."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
+import dataclasses
 import datetime as dt
 import io
 import json
@@ -174,7 +176,10 @@ def test_a_log_the_meter_lacks_is_remembered_and_not_asked_again(head_end):
     while meter_time(manifest) < manifest["start_epoch"] + 86400:  # a day of events first
         time.sleep(0.1)
     first, second = asyncio.run(scenario())
-    assert first.capabilities == {f"events:{security_log}": "absent"}
+    # remembered with the head-end's time, so that it is asked again after a day (a firmware
+    # change may add it)
+    assert set(first.capabilities) == {f"events:{security_log}", f"events:{security_log}:since"}
+    assert first.capabilities[f"events:{security_log}"] == "absent"
     assert second.capabilities is None  # not asked, nothing new learnt
     assert {e.log for e in first.events} == {LOG} and len(first.events) >= 6
     stored = h.query("SELECT extract(epoch FROM time)::bigint AS t, code FROM event ORDER BY time, code")
@@ -188,3 +193,229 @@ def test_a_log_the_meter_lacks_is_remembered_and_not_asked_again(head_end):
         [(float(t), code, NAMES[code]) for t, code in got]
     text = h.ok("hes", "events", "--log", LOG).splitlines()
     assert len(text) == len(got) and all(NAMES[code] in line for line, (_, code) in zip(text, got))
+
+
+# -- one fleet meter in the test's own event loop, its standard event log as the test logs it --
+
+class ListedEventLog:
+    """An event log source: the entries the test logs, (meter time, code), in the order logged
+    (after a clock set back that is not time order)."""
+
+    def __init__(self, clock) -> None:
+        self.clock = clock
+        self.entries: list[tuple[int, int]] = []
+
+    def rows(self, from_time, to_time) -> list[tuple]:
+        return [(self.clock.cosem(t), code) for t, code in self.entries
+                if (from_time is None or t >= from_time) and (to_time is None or t <= to_time)]
+
+    def entries_in_use(self) -> int:
+        return len(self.entries)
+
+    def utc_from_cosem(self, value) -> int:
+        return self.clock.utc_from_cosem(value)
+
+
+def controlled_log_class(selection: str = "range"):
+    """The standard event log's interface class, serving the selections `selection` says
+    ("range": both, "entry": entry only, "whole": none), counting the GETs it is asked and
+    refusing them while `refusal` is set."""
+    from smartmeter.cosem.classes.base import CosemAccessError
+    from smartmeter.cosem.classes.ic7_profile_generic import ENTRY_DESCRIPTOR, RANGE_DESCRIPTOR, ProfileGeneric
+
+    class ControlledEventLog(ProfileGeneric):
+        selective_access = {"range": {2: (RANGE_DESCRIPTOR, ENTRY_DESCRIPTOR)}, "entry": {2: (ENTRY_DESCRIPTOR,)},
+                            "whole": {}}[selection]
+        refusal = None
+        asked = 0
+
+        def get(self, index, ctx, selection=None):
+            self.asked += 1
+            if self.refusal is not None:
+                raise CosemAccessError(self.refusal, "as the test says")
+            return super().get(index, ctx, selection)
+
+    return ControlledEventLog
+
+
+@dataclasses.dataclass
+class OneMeter:
+    process: object
+    log: ListedEventLog
+    log_object: object
+    store: object
+    meter_id: int
+
+    @property
+    def clock(self):
+        return self.process.clock
+
+    def now(self) -> int:
+        return int(self.clock.now())
+
+    async def session(self, plan=None):
+        """One session as a worker runs it: claim, read, store."""
+        from smartmeter.hes.fleet.session import ReadPlan, Timeouts, read_session
+        from smartmeter.hes.fleet.worker import DEFAULT_CLIENT_SYSTEM_TITLE
+
+        grant = await self.store.begin_session(self.meter_id, "t", 30, 16)
+        refill = lambda n: self.store.reserve_counters(self.meter_id, grant.key_generation, n)  # noqa: E731
+        try:
+            result = await read_session(grant, plan or ReadPlan(profiles=()), Timeouts(),
+                                        DEFAULT_CLIENT_SYSTEM_TITLE, refill)
+        except BaseException:
+            await self.store.release(grant)
+            raise
+        await self.store.finish_session(grant, result, None, "t")
+        return result
+
+    async def stored_events(self) -> list[tuple[int, int]]:
+        rows = await self.store.pool.fetch("SELECT extract(epoch FROM time)::bigint AS t, code FROM event "
+                                           "WHERE log = $1 ORDER BY time, code", LOG)
+        return [(r["t"], r["code"]) for r in rows]
+
+    async def capabilities(self) -> dict:
+        return json.loads(await self.store.pool.fetchval("SELECT capabilities FROM meter WHERE id = $1",
+                                                         self.meter_id))
+
+
+@contextlib.asynccontextmanager
+async def one_meter(pg_dsn: str, tmp_path, selection: str = "range", columns=None):
+    """Fleet meter 0 served here (meter time = real time), its standard event log replaced by a
+    ListedEventLog (with `columns`, other capture objects), and a fleet store that knows it."""
+    import services
+    from smartmeter.cli.hes_fleet import read_manifest
+    from smartmeter.cosem.obis import Obis
+    from smartmeter.hes.store.pg import FleetStore, KeyVault
+    from smartmeter.meter.fleet import FleetScenario
+    from smartmeter.meter.fleet_serve import FleetLimits, FleetProcess
+
+    now = time.time()
+    scenario = FleetScenario(meters=1, start=float(int(now)), speed=1.0, real_start=now,
+                             base_port=services.free_port_block(1))
+    process = FleetProcess(scenario, [0], FleetLimits())
+    directory = process.server(0).directory
+    ln = Obis.parse(LOG).to_bytes()
+    definition, _ = directory.by_ln[ln]
+    log = directory.bindings["events.standard"] = ListedEventLog(process.clock)
+    config = dict(definition.config, **({"capture_objects": columns} if columns else {}))
+    log_object = controlled_log_class(selection)(definition.obis, definition.name, config, directory.bindings)
+    directory.by_ln[ln] = (definition, log_object)
+    await process.listen()
+    manifest = tmp_path / "fleet.json"
+    manifest.write_text(json.dumps(scenario.manifest()))
+    store = await FleetStore.open(pg_dsn, KeyVault(bytes(range(32))), migrate=True)
+    try:
+        await store.add_meters(read_manifest(manifest))
+        (meter_id, _, _), = await store.meter_ids()
+        yield OneMeter(process, log, log_object, store, meter_id)
+    finally:
+        await store.close()
+        await process.close()
+
+
+HOUR = 3600
+
+
+@pytest.mark.parametrize("selection", ["range", "entry", "whole"])
+@pytest.mark.parametrize("clock", ["set back 2 h", "ran 3 days ahead, corrected"])
+def test_entries_logged_after_a_clock_set_back_are_stored(pg_dsn, tmp_path, selection, clock):
+    """An event log is in the order the meter logged: after its clock went back, new entries
+    carry times before the newest one stored. Every entry is stored, once."""
+    async def scenario():
+        async with one_meter(pg_dsn, tmp_path, selection) as m:
+            if clock.startswith("ran"):  # the meter's clock runs ahead: what it logs carries its time
+                m.clock.offset = 3 * 86400
+            t = m.now()
+            logged = [(t - 3 * HOUR, 1), (t - 3 * HOUR + 300, 2), (t - HOUR, 10)]
+            m.log.entries.extend(logged)
+            await m.session()
+            first = await m.stored_events()
+            # the clock is set back (2 h, or to the true time): the adjustment's two entries,
+            # old time and new time, then what the meter logs in the 10 minutes after
+            back = 2 * HOUR if clock.startswith("set") else 3 * 86400
+            t = m.now()
+            later = [(t, 4), (t - back, 5), (t - back + 300, 1), (t - back + 420, 2)]
+            m.log.entries.extend(later)
+            m.clock.offset -= back - 600
+            logged += later
+            second_result = await m.session()
+            second = await m.stored_events()
+            # and on: one more entry, and a session that finds nothing new
+            m.log.entries.append((m.now() - 60, 10))
+            logged.append(m.log.entries[-1])
+            await m.session()
+            await m.session()
+            return first, second_result, second, await m.stored_events(), logged
+
+    first, second_result, second, last, logged = asyncio.run(scenario())
+    assert first == sorted(logged[:3])
+    assert second == sorted(logged[:7]), (second, logged)
+    assert {(int(e.time.timestamp()), e.code) for e in second_result.events} >= set(logged[3:7])
+    assert last == sorted(logged)  # each once (the store's key drops what a window read again)
+
+
+def test_an_event_log_the_client_may_not_read_costs_no_readings(pg_dsn, tmp_path):
+    from smartmeter.cosem.results import DataAccessResult
+    from smartmeter.hes.fleet.session import ReadPlan
+
+    async def scenario():
+        async with one_meter(pg_dsn, tmp_path) as m:
+            t = m.now()
+            m.log.entries.extend([(t - 2 * HOUR, 1), (t - 2 * HOUR + 120, 2)])
+            m.log_object.refusal = DataAccessResult.READ_WRITE_DENIED  # a client without event-log access
+            results = [await m.session()]
+            asked = m.log_object.asked
+            results.append(await m.session())  # within the day: not asked
+            asked_again = m.log_object.asked - asked
+            learnt = await m.capabilities()
+            readings = await m.store.pool.fetchval("SELECT count(*) FROM reading")
+            m.log_object.refusal = None  # access granted; a day later it is asked again
+            results.append(await m.session(ReadPlan(profiles=(), event_log_retry=dt.timedelta(0))))
+            return results, asked, asked_again, learnt, readings, await m.capabilities(), await m.stored_events()
+
+    results, asked, asked_again, learnt, readings, after, events = asyncio.run(scenario())
+    # each session stored its two registers; the refused log cost nothing else
+    assert [len(r.readings) for r in results] == [2, 2, 2] and readings == 4
+    assert asked == 1 and asked_again == 0
+    assert learnt[f"events:{LOG}"] == "denied"
+    since = dt.datetime.fromisoformat(learnt[f"events:{LOG}:since"])
+    assert abs((dt.datetime.now(dt.timezone.utc) - since).total_seconds()) < 60
+    # read again once access is there: the entries stored, the skip forgotten
+    assert len(events) == 2 and after[f"events:{LOG}"] is None and after[f"events:{LOG}:since"] is None
+
+
+def test_an_event_log_without_an_event_code_column_costs_no_readings(pg_dsn, tmp_path):
+    columns = [[8, "0-0:1.0.0.255", 2, 0], [1, "0-0:96.10.1.255", 2, 0]]  # a status, not an event code
+
+    async def scenario():
+        async with one_meter(pg_dsn, tmp_path, columns=columns) as m:
+            t = m.now()
+            m.log.entries.append((t - HOUR, 10))
+            first = await m.session()
+            asked = m.log_object.asked
+            second = await m.session()
+            return first, second, m.log_object.asked - asked, await m.capabilities(), await m.stored_events()
+
+    first, second, asked_again, learnt, events = asyncio.run(scenario())
+    assert len(first.readings) == 2 and len(second.readings) == 2 and events == []
+    assert learnt[f"events:{LOG}"] == "unusable" and asked_again == 0
+
+
+def test_an_event_log_unavailable_for_the_moment_is_asked_again_next_session(pg_dsn, tmp_path):
+    from smartmeter.cosem.results import DataAccessResult
+
+    async def scenario():
+        async with one_meter(pg_dsn, tmp_path) as m:
+            t = m.now()
+            m.log.entries.extend([(t - HOUR, 4), (t - HOUR, 5)])
+            m.log_object.refusal = DataAccessResult.OBJECT_UNAVAILABLE
+            first = await m.session()
+            m.log_object.refusal = None
+            await m.session()
+            return t, first, await m.capabilities(), await m.stored_events()
+
+    t, first, learnt, events = asyncio.run(scenario())
+    assert len(first.readings) == 2 and first.events == [] and first.capabilities is None
+    assert f"events:{LOG}" not in learnt
+    assert events == [(t - HOUR, 4), (t - HOUR, 5)]

@@ -7,11 +7,21 @@ both as a whole buffer, and what worked is returned as a capability so the next 
 starts with it. Only rows after the mark are kept, so reads never overlap.
 
 Event logs (IC 7 with a clock and an event code column, e.g. the standard event log
-0-0:99.98.0.255) are read the same way from their own mark, but from the mark itself on: two
-events may share one second, and a log may have taken the second one after the last read.
-The store keeps an event once by (meter, log, time, code), so the entries at the mark read
-again are not stored twice. A meter without the log is remembered as such (capability
-"events:<OBIS>" = "absent") and not asked again.
+0-0:99.98.0.255) are read the same way, but over a window that overlaps what was read
+before: from a day (`ReadPlan.event_overlap`) before the log's mark or the meter's time,
+whichever is earlier. An event log is in the order the meter logged, not in time order: after
+a clock set back (the "clock adjusted, new time" entry carries the earlier time) or a clock
+that ran ahead and was corrected, new entries carry times before the mark. The store keeps an
+event once by (meter, log, time, code), so the entries read again are not stored twice.
+
+An event log is an extra: a problem with it never costs the session's readings. A log the
+meter does not have (object-undefined), refuses to this client (e.g. read-write-denied) or
+whose entries cannot be used (no event code column) is skipped, said once, and remembered as
+the capability "events:<OBIS>" = "absent" / "denied" / "unusable" with "events:<OBIS>:since"
+(the head-end's UTC time): it is asked again after `ReadPlan.event_log_retry` (a day), since
+a configuration or firmware change may give access, and both are cleared (null) once it reads
+again. An answer that may be temporary (object-unavailable, temporary-failure) skips the log
+for this session only.
 
 Invocation counters come from a block the store reserved (and committed) before the
 session: `BlockCounters` hands them out and tops up through the caller when a block runs
@@ -53,8 +63,10 @@ SELECTION_REFUSALS = {DataAccessResult.READ_WRITE_DENIED, DataAccessResult.OBJEC
                       DataAccessResult.SCOPE_OF_ACCESS_VIOLATED, DataAccessResult.OBJECT_CLASS_INCONSISTENT}
 SELECTIONS = ("range", "entry", "whole")
 STANDARD_EVENT_LOG = "0-0:99.98.0.255"
-# what a meter answers for an object it does not have
-ABSENT = {DataAccessResult.OBJECT_UNDEFINED, DataAccessResult.OBJECT_UNAVAILABLE}
+# what a meter may answer for the moment only: the log is asked again next session
+EVENT_LOG_FOR_NOW = {DataAccessResult.OBJECT_UNAVAILABLE, DataAccessResult.TEMPORARY_FAILURE}
+# capability values of an event log that is skipped until event_log_retry has passed
+EVENT_LOG_SKIPPED = ("absent", "denied", "unusable")
 # entries of an event log read first by entry selection (doubled while the mark is not reached)
 EVENT_ENTRIES_FIRST = 16
 
@@ -65,6 +77,10 @@ class SessionTimeout(ClientError):
 
 class CounterBlockExhausted(ClientSecurityError):
     """The session used every counter of its reserved blocks."""
+
+
+class UnusableEventLog(ClientError):
+    """An event log whose capture objects give no clock or no event code column."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +96,11 @@ class ReadPlan:
     registers: tuple[str, ...] = ("1-0:1.8.0.255", "1-0:2.8.0.255")
     profiles: tuple[str, ...] = ("1-0:99.1.0.255",)
     events: tuple[str, ...] = (STANDARD_EVENT_LOG,)  # event logs, read whole on their first read
+    # an event log is read again from this long before its mark (or the meter's time, if
+    # earlier): entries logged after a clock set back carry earlier times
+    event_overlap: dt.timedelta = dt.timedelta(days=1)
+    # a log found absent, denied or unusable is asked again after this long
+    event_log_retry: dt.timedelta = dt.timedelta(days=1)
     # where a profile has no mark yet, rows from this long before the meter's time (None: all)
     first_read_span: dt.timedelta | None = None
 
@@ -184,7 +205,7 @@ async def _session(grant, plan, timeouts, client_system_title, refill, link_fact
     try:
         await _within("the association", timeouts.association, client.connect())
     except AssociationRefused as exc:
-        await _refused_counter(exc, grant, counters.last_used, client_system_title, timeouts)
+        await _refused_counter(exc, grant, counters.last_used, client_system_title, timeouts, link_factory)
         raise
     link.timeout = timeouts.request
     try:
@@ -198,14 +219,15 @@ async def _session(grant, plan, timeouts, client_system_title, refill, link_fact
 
 
 async def _refused_counter(refusal: AssociationRefused, grant: SessionGrant, sent: int | None,
-                           client_system_title: bytes, timeouts: Timeouts) -> None:
+                           client_system_title: bytes, timeouts: Timeouts, link_factory=None) -> None:
     """A meter refuses a ciphered AARQ under a counter it has seen as it refuses one under
     other keys: CounterBehindMeter when its frame counter object, verified with our AK, holds
     our AARQ's counter `sent` or a higher one; else the refusal stands as it is."""
     if refusal.result == 2 or sent is None or grant.keys.get("ak") is None:
         return  # busy for the moment, or no counter of ours was sent
     try:
-        counter = await meter_counter(grant, client_system_title, timeouts.connect + timeouts.request)
+        counter = await meter_counter(grant, client_system_title, timeouts.connect + timeouts.request,
+                                      link_factory=link_factory)
     except ClientError:
         return  # unreadable or not verifiable under our keys: not a counter of ours it knows
     if counter >= sent:
@@ -283,21 +305,48 @@ class _BundleReader:
                 self.scalers[(obis, value_obis, attribute)] = self.scalers[("", value_obis, attribute)]
 
     async def _event_log(self, obis: str, now: dt.datetime) -> None:
-        absent = f"events:{obis}"
-        if self.grant.capabilities.get(absent) == "absent":
-            return
+        """Read event log `obis` into self.events; a problem with the log skips it (see the
+        module docstring) and never the session."""
+        key, since_key = f"events:{obis}", f"events:{obis}:since"
+        state = self.grant.capabilities.get(key)
+        if state in EVENT_LOG_SKIPPED:
+            since = _iso_utc(self.grant.capabilities.get(since_key))
+            if since is not None and dt.datetime.now(dt.timezone.utc) - since < self.plan.event_log_retry:
+                return
         try:
-            columns = await self.client.get(obis, 3, class_id=7)
+            events, mark = await self._read_event_log(obis, now)
         except AccessDenied as exc:
-            if exc.result not in ABSENT:
-                raise
-            say("session.no_event_log", "meter %s has no event log %s (%s): not asked again",
-                self.grant.serial, obis, exc)
-            self.capabilities[absent] = "absent"
+            if exc.result in EVENT_LOG_FOR_NOW:
+                say("session.event_log_for_now", "meter %s: event log %s not read this session (%s)",
+                    self.grant.serial, obis, exc)
+                return
+            self._skip_event_log(obis, "absent" if exc.result == DataAccessResult.OBJECT_UNDEFINED else "denied", exc)
             return
+        except (UnusableEventLog, DecodeError) as exc:
+            self._skip_event_log(obis, "unusable", exc)
+            return
+        self.events.extend(events)
+        if mark is not None:
+            self.marks[obis] = mark
+        if state is not None:  # readable again: the skip is forgotten
+            self.capabilities[key] = self.capabilities[since_key] = None
+
+    def _skip_event_log(self, obis: str, state: str, reason: Exception) -> None:
+        say(f"session.event_log_{state}", "meter %s: event log %s %s (%s); the session's other readings are "
+            "stored, the log is asked again in %s", self.grant.serial, obis,
+            {"absent": "is not there", "denied": "is refused", "unusable": "cannot be used"}[state], reason,
+            self.plan.event_log_retry)
+        self.capabilities[f"events:{obis}"] = state
+        self.capabilities[f"events:{obis}:since"] = dt.datetime.now(dt.timezone.utc).isoformat()
+
+    async def _read_event_log(self, obis: str, now: dt.datetime) -> tuple[list[Event], dt.datetime | None]:
+        """(the entries of event log `obis` from the overlap window on, its new mark or None)."""
+        columns = await self.client.get(obis, 3, class_id=7)
         clock, code = _event_layout(columns)
         mark = self.grant.marks.get(obis)
-        rows = await self._select(obis, mark, now, clock, from_mark=True)
+        since = min(mark, now) - self.plan.event_overlap if mark is not None else None
+        rows = await self._select(obis, since, now, clock, from_mark=True)
+        events = []
         newest = mark
         unusable = 0
         for row in rows:
@@ -305,20 +354,20 @@ class _BundleReader:
             if t is None or not _plausible(t) or value is None or not 0 <= value <= 0x7FFFFFFF:
                 unusable += 1
                 continue
-            if mark is not None and t < mark:
-                continue
-            self.events.append(Event(obis, t, value))
+            if since is not None and t < since:
+                continue  # read before (an entry selection or the whole buffer reaches further back)
+            events.append(Event(obis, t, value))
             newest = t if newest is None or t > newest else newest
         if unusable:
             say("session.unusable_events", "meter %s: %d entry(ies) of %s without a usable time or code were "
                 "not stored", self.grant.serial, unusable, obis)
-        if newest is not None and newest != mark:
-            self.marks[obis] = newest
+        return events, newest if newest is not None and newest != mark else None
 
     async def _select(self, obis: str, mark: dt.datetime | None, now: dt.datetime, clock: int, *,
                       from_mark: bool = False) -> list[tuple]:
-        """The rows of profile `obis` from its mark on (after it, or with `from_mark` at it too),
-        by the first selection the meter serves, starting with the one it served last."""
+        """The rows of profile `obis` from its mark on (after it; with `from_mark`, an event
+        log's, at it too and with no upper bound), by the first selection the meter serves,
+        starting with the one it served last."""
         key = f"selection:{obis}"
         start = self.grant.capabilities.get(key, "range")
         order = SELECTIONS[SELECTIONS.index(start):] if start in SELECTIONS else SELECTIONS
@@ -343,8 +392,10 @@ class _BundleReader:
 
     async def _by_range(self, obis: str, mark: dt.datetime | None, now: dt.datetime, from_mark: bool) -> list[tuple]:
         start = mark + dt.timedelta(seconds=0 if from_mark else 1) if mark is not None else None
+        # an event log has no upper bound: entries logged before a clock set back carry times
+        # after the meter's time now
         _, rows = await self.client.profile(obis, from_time=start or dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc),
-                                            to_time=now, rows=True)
+                                            to_time=None if from_mark else now, rows=True)
         return rows
 
     async def _by_entry(self, obis: str, mark: dt.datetime | None, now: dt.datetime, clock: int,
@@ -374,6 +425,15 @@ class _BundleReader:
         return rows
 
 
+def _iso_utc(value) -> dt.datetime | None:
+    """An ISO 8601 time with a zone (a capability's "since"), else None."""
+    try:
+        t = dt.datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        return None
+    return t if t.tzinfo is not None else None
+
+
 def _event_layout(columns: Data) -> tuple[int, int]:
     """(clock column, event code column) of an event log: the code is the event object's value
     (IC 1, 0-0:96.11.x.255, attribute 2)."""
@@ -387,9 +447,9 @@ def _event_layout(columns: Data) -> tuple[int, int]:
             elif class_id == 1 and attribute == 2 and obis.startswith("0-0:96.11.") and code is None:
                 code = index
     except (TypeError, ValueError, AttributeError):
-        raise ClientError("the event log's capture_objects have an unexpected shape") from None
+        raise UnusableEventLog("the event log's capture_objects have an unexpected shape") from None
     if clock is None or code is None:
-        raise ClientError("the event log captures no clock or no event code column")
+        raise UnusableEventLog("the event log captures no clock or no event code column (0-0:96.11.x.255)")
     return clock, code
 
 
