@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -96,3 +97,59 @@ def test_a_store_restored_from_a_backup_resyncs_from_the_meters_frame_counters(h
         later = m["counters"][m["counters"].index(refused, m["counters"].index(refused) + 1) + 1:]
         earlier = set(m["counters"][:m["counters"].index(refused, m["counters"].index(refused) + 1)])
         assert later and min(later) > max(earlier), (later[:3], max(earlier))
+
+
+def test_the_readout_verifies_against_the_meter_meant_and_goes_through_the_link_factory(tmp_path):
+    """Two fleet meters that share one AK (meter 1 holds meter 0's): an answer from meter 1
+    does not verify as meter 0's counter (a relay, a wrong address), though it verifies as
+    meter 1's; and a worker whose links come from a factory (a gateway) reads the frame counter
+    through it, as the public client."""
+    import services
+    from smartmeter.dlms.client import ClientError
+    from smartmeter.hes.connection import WrapperLink
+    from smartmeter.hes.fleet.resync import PUBLIC_SAP, meter_counter
+    from smartmeter.hes.store.pg import SessionGrant
+    from smartmeter.meter.fleet import FleetScenario
+    from smartmeter.meter.fleet_serve import FleetLimits, FleetProcess
+
+    now = time.time()
+    scenario = FleetScenario(meters=2, start=float(int(now)), speed=1.0, real_start=now,
+                             base_port=services.free_port_block(2))
+    meters = scenario.manifest()["meters"]
+    ak0 = bytes.fromhex(meters[0]["ak"])
+    asked = []
+
+    def grant(i: int, port: int) -> SessionGrant:
+        m = meters[i]
+        return SessionGrant(
+            meter_id=i + 1, serial=m["serial"], system_title=bytes.fromhex(m["system_title"]), host=m["host"],
+            port=port, cell=m["cell"], client_sap=m["client_sap"], server_sap=1, mechanism=m["mechanism"],
+            suite=m["suite"], policy=m["policy"], capabilities={}, keys={"ak": ak0}, new_keys={}, key_generation=1,
+            lease_token=1, counter_block=(1, 16), rx_last=None, marks={})
+
+    def gateway(g: SessionGrant, timeout: float) -> WrapperLink:
+        # the meters sit behind a gateway: the grant's own address leads nowhere
+        asked.append((g.serial, g.client_sap))
+        return WrapperLink(g.host, meters[0]["port"], client_sap=g.client_sap, server_sap=g.server_sap,
+                           timeout=timeout)
+
+    async def scenario_():
+        process = FleetProcess(scenario, [0, 1], FleetLimits())
+        process.server(1).security.context("management").set_key("ak", ak0)
+        await process.listen()
+        try:
+            as_meter_1 = await meter_counter(grant(1, meters[1]["port"]), DEFAULT_CLIENT_SYSTEM_TITLE, 5.0)
+            try:
+                relayed = await meter_counter(grant(0, meters[1]["port"]), DEFAULT_CLIENT_SYSTEM_TITLE, 5.0)
+            except ClientError as exc:
+                relayed = exc
+            behind_gateway = await meter_counter(grant(0, services.free_port_block(1)), DEFAULT_CLIENT_SYSTEM_TITLE,
+                                                 5.0, link_factory=gateway)
+        finally:
+            await process.close()
+        return as_meter_1, relayed, behind_gateway
+
+    as_meter_1, relayed, behind_gateway = asyncio.run(scenario_())
+    assert as_meter_1 == 0  # meter 1 has accepted no counter of ours yet
+    assert isinstance(relayed, ClientError) and "does not verify" in str(relayed), relayed
+    assert behind_gateway == 0 and asked == [(meters[0]["serial"], PUBLIC_SAP)]

@@ -37,10 +37,13 @@ async def read_frame_counter(public_link, credentials: Credentials) -> int:
 
 
 async def read_client_counter(public_link, client_sap: int, client_system_title: bytes | None,
-                              ak: bytes | None) -> int:
+                              ak: bytes | None, server_system_title: bytes | None = None) -> int:
     """The last counter the meter holds as accepted from client `client_sap` (system title
     `client_system_title`), read over `public_link` and checked with that client's `ak`;
-    ClientError if it cannot be read or does not verify."""
+    ClientError if it cannot be read or does not verify. With `server_system_title` (the
+    meter meant) the answer must be that meter's: the HMAC covers the server's system title,
+    so an answer relayed from another meter holding the same AK does not verify. Without it,
+    the title the unauthenticated AARE names is taken."""
     title = client_system_title
     if title is None or ak is None:
         raise ClientError("the frame counter readout needs the client's system title and authentication key")
@@ -48,7 +51,7 @@ async def read_client_counter(public_link, client_sap: int, client_system_title:
     async with MeterClient(public_link, security=ClientSecurity(client_system_title=title)) as client:
         answer = await client.action(frame_counter_obis(client_sap), GET_FRAME_COUNTER,
                                      Data.octet_string(challenge), class_id=FRAME_COUNTER_CLASS)
-        server_title = client.association.server_system_title
+        server_title = server_system_title or client.association.server_system_title
     try:
         response, counter = (item.value for item in answer.value)
         return verify_frame_counter_response(ak, server_title, title, challenge, counter, response)

@@ -8,11 +8,16 @@ challenge and the counter, so only a value that verifies moves the store's count
 upward. A meter refuses an old counter in two ways: in a request (exception-response
 invocation-counter-error, whose counter is unprotected and therefore not used), or by refusing
 the ciphered AARQ carrying it, which a refusal for other keys looks the same as; the readout
-tells the two apart, since it verifies only under the keys the meter holds.
+tells the two apart, since it verifies only under the keys the meter holds. The answer is
+checked against the system title of the meter meant (the grant's), not the one the public
+client's unauthenticated AARE names, so an answer from another meter sharing the AK (a relay,
+a wrong address) moves nothing. The readout's link comes from the worker's `link_factory`
+when it has one (asked for the public client: the grant with client_sap 16).
 """
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from typing import Awaitable, Callable
 
@@ -36,14 +41,21 @@ class CounterBehindMeter(InvocationCounterError):
     verified counter."""
 
 
-async def meter_counter(grant, client_system_title: bytes, timeout: float) -> int:
+async def meter_counter(grant, client_system_title: bytes, timeout: float, *, link_factory=None) -> int:
     """The last counter of ours the meter of `grant` accepted, read from its frame counter
-    object over the public client and verified with the grant's AK; ClientError if it cannot
-    be read in `timeout` seconds or does not verify."""
-    link = WrapperLink(grant.host, grant.port, client_sap=PUBLIC_SAP, server_sap=grant.server_sap, timeout=timeout)
+    object over the public client and verified with the grant's AK and system title;
+    ClientError if it cannot be read in `timeout` seconds or does not verify. `link_factory`
+    (grant, timeout) → link, as the worker's, is given the grant with the public client's SAP."""
+    link = None
     try:
+        if link_factory is not None:
+            link = link_factory(dataclasses.replace(grant, client_sap=PUBLIC_SAP), timeout)
+        else:
+            link = WrapperLink(grant.host, grant.port, client_sap=PUBLIC_SAP, server_sap=grant.server_sap,
+                               timeout=timeout)
         async with asyncio.timeout(timeout):
-            return await read_client_counter(link, grant.client_sap, client_system_title, grant.keys.get("ak"))
+            return await read_client_counter(link, grant.client_sap, client_system_title, grant.keys.get("ak"),
+                                             grant.system_title)
     except TimeoutError:
         raise ClientError(f"the frame counter readout took longer than {timeout:g} s") from None
     except ClientError:
@@ -52,21 +64,23 @@ async def meter_counter(grant, client_system_title: bytes, timeout: float) -> in
         raise ClientError(f"the frame counter readout failed: {exc}") from None
     finally:
         try:
-            await link.close()
+            if link is not None:
+                await link.close()
         except (SmartmeterError, OSError, AttributeError):
             pass  # never opened, or already closed by the client
 
 
 async def resync_counter(store, grant, refusal: InvocationCounterError, client_system_title: bytes, timeout: float,
-                         call: Callable[[Awaitable], Awaitable] | None = None) -> int | None:
+                         call: Callable[[Awaitable], Awaitable] | None = None, *, link_factory=None) -> int | None:
     """After the meter of `grant` refused our counter: its verified counter (the refusal's
-    own when `CounterBehindMeter` carries one, else read now), and the store's counter moved
-    up to it (never down). None when it cannot be read or does not verify: nothing moves."""
+    own when `CounterBehindMeter` carries one, else read now, through `link_factory` if
+    given), and the store's counter moved up to it (never down). None when it cannot be read
+    or does not verify: nothing moves."""
     if isinstance(refusal, CounterBehindMeter):
         counter = refusal.meter_counter
     else:
         try:
-            counter = await meter_counter(grant, client_system_title, timeout)
+            counter = await meter_counter(grant, client_system_title, timeout, link_factory=link_factory)
         except ClientError as exc:
             say("resync.unverified", "meter %s refused our invocation counter and its frame counter could not be "
                 "read or verified (%s): the store's counter is left as it is", grant.serial, exc)

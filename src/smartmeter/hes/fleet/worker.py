@@ -334,7 +334,7 @@ class Worker:
             from smartmeter.hes.fleet.resync import resync_counter
 
             await resync_counter(self.store, grant, exc, s.client_system_title, s.timeouts.connect + s.timeouts.request,
-                                 self._store_call)
+                                 self._store_call, link_factory=self.link_factory)
             await self._retry(msg, job, grant, f"the meter refused our invocation counter ({exc})")
             return
         except TRANSIENT as exc:
