@@ -419,3 +419,34 @@ def test_an_event_log_unavailable_for_the_moment_is_asked_again_next_session(pg_
     assert len(first.readings) == 2 and first.events == [] and first.capabilities is None
     assert f"events:{LOG}" not in learnt
     assert events == [(t - HOUR, 4), (t - HOUR, 5)]
+
+
+def test_hes_events_out_replaces_the_file_only_with_a_complete_listing(pg_dsn, tmp_path):
+    from click.testing import CliRunner
+
+    from smartmeter.cli.main import main
+    from smartmeter.hes.store.pg import Event, FleetStore, KeyVault, MeterRecord, SessionResult
+
+    logged = [Event(LOG, DAY, 1), Event(LOG, DAY + dt.timedelta(minutes=3), 2)]
+
+    async def fill():
+        store = await FleetStore.open(pg_dsn, KeyVault(bytes(range(32))), migrate=True)
+        await store.add_meters([MeterRecord("EVT00001", b"EVT\0\0\0\0\1", "127.0.0.1", 1, keys={"ek": bytes(16)})])
+        (meter_id, _, _), = await store.meter_ids()
+        grant = await store.begin_session(meter_id, "t", 30, 4)
+        await store.finish_session(grant, SessionResult([], {}, {LOG: logged[-1].time}, None, None, events=logged),
+                                   None)
+        await store.close()
+
+    asyncio.run(fill())
+    out = tmp_path / "events.csv"
+    out.write_text("last week's listing\n")
+    runner = CliRunner()
+    unknown = runner.invoke(main, ["hes", "events", "EVT99999", "--db", pg_dsn, "--format", "csv", "--out", str(out)])
+    assert unknown.exit_code != 0 and "no meter EVT99999" in unknown.output
+    assert out.read_text() == "last week's listing\n"  # an unknown serial leaves the file as it was
+    listed = runner.invoke(main, ["hes", "events", "EVT00001", "--db", pg_dsn, "--format", "csv", "--out", str(out)])
+    assert listed.exit_code == 0, listed.output
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert [(dt.datetime.fromisoformat(r["time"]), int(r["code"])) for r in rows] == [(e.time, e.code) for e in logged]
+    assert [p.name for p in tmp_path.iterdir()] == ["events.csv"]  # nothing left beside it

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -81,7 +82,11 @@ def events_command(serials: tuple[str, ...], dsn: str, start: str | None, end: s
             await store.close()
         return count
 
-    stream = open(out, "w", newline="", encoding="utf-8") if out is not None else sys.stdout
+    # a file is written beside `out` and takes its place only when complete: an unknown serial,
+    # a store that cannot be reached or an interruption leaves what `out` held before
+    partial = out.with_name(f".{out.name}.{os.getpid()}.part") if out is not None else None
+    stream = open(partial, "w", newline="", encoding="utf-8") if partial is not None else sys.stdout
+    complete = False
     try:
         if fmt == "csv":
             writer = csv.DictWriter(stream, CSV_COLUMNS, lineterminator="\n")
@@ -94,9 +99,14 @@ def events_command(serials: tuple[str, ...], dsn: str, start: str | None, end: s
             def write(row: dict) -> None:
                 stream.write(f"{row['time']}  {row['meter']}  {row['log']}  {row['code']:>3}  {row['event']}\n")
         count = asyncio.run(run(write))
+        complete = True
     finally:
-        if out is not None:
+        if partial is not None:
             stream.close()
+            if complete:
+                os.replace(partial, out)
+            else:
+                partial.unlink(missing_ok=True)
     if out is not None:
         click.echo(f"{count} event(s) written to {out}")
     elif count == 0 and fmt == "text":
