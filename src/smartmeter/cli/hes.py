@@ -61,8 +61,9 @@ def hes_group() -> None:
                    "instead of storing them in --db. Run as many such listeners as you like.")
 @click.option("--store", "store_dsn", default=None, metavar="DSN",
               help="With --nats: take the meters' keys from the fleet store (postgresql://...) as well as --keys.")
-@click.option("--kek", "kek_file", default=Path("hes-kek.hex"), show_default=True,
-              type=click.Path(dir_okay=False, path_type=Path), help="With --store: the store's key-encryption key.")
+@click.option("--kek", "kek_file", envvar="SMARTMETER_HES_KEK", default=Path("hes-kek.hex"), show_default=True,
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="With --store: the store's key-encryption key (or $SMARTMETER_HES_KEK).")
 @click.option("--objects", "objects_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="Push object lists by setup OBIS (TOML or JSON), for meters whose lists were "
                                  "not read with `hes lists`.")

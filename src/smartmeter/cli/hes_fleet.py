@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import signal
 import sys
@@ -481,40 +482,51 @@ def listen_to_nats(keys, nats_url: str, store_dsn: str | None, kek_file: Path, h
     asyncio.run(_listen_to_nats(keys, nats_url, store_dsn, kek_file, host, udp_port, tcp_port))
 
 
+async def _push_keys_of(store, read_push_keys, title: bytes) -> list:
+    return (await read_push_keys(store, title)).get(title, [])
+
+
 async def _listen_to_nats(keys, nats_url, store_dsn, kek_file, host, udp_port, tcp_port) -> None:
     import os
     import socket
 
-    from smartmeter.hes.fleet.pushes import NatsPushGate, keyring_from_store
+    from smartmeter.hes.fleet.pushes import NatsPushGate, keyring_from_store, read_push_keys
     from smartmeter.cli.hes import serve_pushes, until_stopped
     from smartmeter.hes.push_listener import Keyring
 
     keyring = Keyring.load(keys) if keys else Keyring()
+    store = key_source = None
     if store_dsn is not None:
+        # kept open: a meter imported, or whose keys changed, after the start is looked up there
         store = await open_store(store_dsn, kek_file, max_size=2, patience=60.0)
         try:
             await store.check_kek()
             stored = await keyring_from_store(store)
-        finally:
+        except BaseException:
             await store.close()
+            raise
         keyring = Keyring([*stored.meters.values(), *keyring.meters.values()])
-    if not len(keyring):
+        key_source = functools.partial(_push_keys_of, store, read_push_keys)
+    if not len(keyring) and store is None:
         raise UsageProblem("no meter keys: neither --keys nor the --store gave any",
                            "import meters with `smartmeter hes db import-fleet`, or give --keys")
     broker = await open_broker(nats_url, 60.0)
-    gate = NatsPushGate(keyring, name=f"{socket.gethostname()}:{os.getpid()}")
+    gate = NatsPushGate(keyring, name=f"{socket.gethostname()}:{os.getpid()}", key_source=key_source)
     publishing = asyncio.create_task(gate.publish_forever(broker))
     closers, lines = await serve_pushes(gate, host, udp_port, tcp_port)
     _say(f"listening for pushes on {', '.join(lines)}; keys of {len(keyring)} meter(s); publishing to {nats_url}")
     await until_stopped()
     for close in closers:
         close()
+    await gate.close()  # pushes held for a key look-up are checked first
     try:
         await asyncio.wait_for(gate.queue.join(), 10.0)  # what was taken goes out before the listener does
     except asyncio.TimeoutError:
         _say(f"{gate.queue.qsize()} pushes not published: NATS did not take them within 10 s")
     publishing.cancel()
     await broker.close()
+    if store is not None:
+        await store.close()
     counts = ", ".join(f"{k} {v}" for k, v in sorted(gate.counts.items())) or "nothing received"
     _say(f"stopped: {counts}")
 

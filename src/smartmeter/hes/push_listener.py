@@ -453,9 +453,14 @@ class PushIntake:
             return self.refuse("garbage", "push from %s: %s", sender, exc)
         keys = self.keyring.get(ciphered.system_title)
         if keys is None:
-            return self.refuse("unknown_sender", "push from %s with unknown system title %s", sender,
-                               ciphered.system_title.hex().upper()[:32])
+            return self.unknown_sender(ciphered, apdu, sender)
         return ciphered, keys
+
+    def unknown_sender(self, ciphered: GeneralGloCiphering, apdu: bytes, sender: Any) -> str:
+        """A push whose system title has no keys here: refused (a listener that can look keys up
+        elsewhere does that instead)."""
+        return self.refuse("unknown_sender", "push from %s with unknown system title %s", sender,
+                           ciphered.system_title.hex().upper()[:32])
 
     def refuse(self, condition: str, message: str, *args, level: int = logging.WARNING) -> str:
         self.counts[condition] += 1

@@ -29,7 +29,7 @@ import time
 from collections import Counter, OrderedDict
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import asyncpg
 from nats.errors import Error as NatsError
@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 
 RECENT_PUSHES = 100_000  # (meter, counter) the gate remembers, to drop retries before the broker
 KEYS_RELOAD = 30.0  # s between readings of a meter's keys from the store when none of those known fit
+HELD_PUSHES = 2000  # pushes a listener holds while their meters' keys are read again
 KEY_GENERATIONS = 3  # the newest unicast key generations of a meter a push is tried with
 MESSAGE_ID_HEADER = "Nats-Msg-Id"
 
@@ -71,20 +72,73 @@ async def keyring_from_store(store: FleetStore) -> Keyring:
                              Path("store")) for r in rows)
 
 
+async def read_push_keys(store: FleetStore, title: bytes | None) -> dict[bytes, list[tuple[int, bytes, bytes]]]:
+    """(suite, EK, AK) of the KEY_GENERATIONS newest unicast key generations of every meter (or
+    of the meter `title`), the ACTIVE one first; an EK goes with the AK of its generation, else
+    with the ACTIVE AK (a change of the EK alone)."""
+    vault = store._vault()
+    rows = await store.pool.fetch(
+        """SELECT m.system_title, m.suite, k.kind, k.generation, k.state, k.wrapped
+           FROM meter m JOIN meter_key k ON k.meter_id = m.id AND k.kind IN ('ek', 'ak')
+           WHERE $1::bytea IS NULL OR m.system_title = $1
+           ORDER BY m.id, k.state = 'ACTIVE' DESC, k.generation DESC""", title)
+    by_meter: dict[bytes, list] = {}
+    for r in rows:
+        by_meter.setdefault(bytes(r["system_title"]), []).append(r)
+    keys = {}
+    for meter, found in by_meter.items():
+        aks = {r["generation"]: r for r in found if r["kind"] == "ak"}
+        active_ak = next((r for r in found if r["kind"] == "ak" and r["state"] == "ACTIVE"), None)
+        generations = []
+        for ek in (r for r in found if r["kind"] == "ek"):
+            ak = aks.get(ek["generation"], active_ak)
+            if ak is not None and len(generations) < KEY_GENERATIONS:
+                generations.append((ek["suite"], vault.unwrap(ek["wrapped"]), vault.unwrap(ak["wrapped"])))
+        if generations:
+            keys[meter] = generations
+    return keys
+
+
 class NatsPushGate(PushIntake):
-    """A listener's core for JetStream: authentic pushes are queued for publication."""
+    """A listener's core for JetStream: authentic pushes are queued for publication.
+
+    With a `key_source` (the store), a push whose meter has no keys here or whose tag fits none
+    of them is held while that meter's keys are read again (a meter imported, or its keys
+    changed, since the listener started), then checked once more: at most every KEYS_RELOAD
+    seconds a meter, and at most HELD_PUSHES pushes held at once (beyond that they are refused
+    as before)."""
 
     def __init__(self, keyring: Keyring, *, name: str, limits: Limits = Limits(), queue_size: int = 20000,
-                 clock: Callable[[], float] = time.time, say: RateLimitedLog | None = None) -> None:
+                 clock: Callable[[], float] = time.time, say: RateLimitedLog | None = None,
+                 key_source: Callable[[bytes], Awaitable[list[tuple[int, bytes, bytes]]]] | None = None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         super().__init__(keyring, limits=limits, say=say)
         self.name = name
         self.clock = clock
+        self.monotonic = monotonic
         # bounded: when the broker is slower than the meters for long, pushes are refused and
         # counted ("overload"), and a meter's repetition is taken when there is room again
         self.queue: asyncio.Queue[tuple[str, int, bytes, float, str]] = asyncio.Queue(queue_size)
         self._recent: OrderedDict[tuple[bytes, int], None] = OrderedDict()  # newest last, bounded
+        self.key_source = key_source
+        self._older_keys: dict[bytes, list[tuple[int, bytes, bytes]]] = {}  # beyond the keyring's, newest first
+        self._keys_checked: dict[bytes, float] = {}  # title → when its keys were last read again
+        self._held: dict[bytes, list[tuple[bytes, Any, float]]] = {}  # title → (apdu, sender, received)
+        self._held_count = 0
+        self._lookups: set[asyncio.Task] = set()
+        # the push being checked, for unknown_sender (called from within ciphered_push)
+        self._received, self._may_hold = 0.0, False
 
     def notification(self, apdu: bytes, sender: Any) -> str:
+        return self._check(apdu, sender, self.clock(), may_hold=True)
+
+    def unknown_sender(self, ciphered: GeneralGloCiphering, apdu: bytes, sender: Any) -> str:
+        if self._hold(ciphered.system_title, apdu, sender, self._received):
+            return "held"
+        return super().unknown_sender(ciphered, apdu, sender)
+
+    def _check(self, apdu: bytes, sender: Any, received: float, may_hold: bool) -> str:
+        self._received, self._may_hold = received, may_hold
         found = self.ciphered_push(apdu, sender)
         if isinstance(found, str):
             return found
@@ -94,15 +148,23 @@ class NatsPushGate(PushIntake):
         if (title, counter) in self._recent:
             self.counts["retry"] += 1
             return "retry"
-        try:
-            ciphered.unprotect(keys.ek, keys.ak, expected_suite=keys.suite)
-        except AuthenticationError:
+        fits = None
+        for suite, ek, ak in [(keys.suite, keys.ek, keys.ak), *self._older_keys.get(title, ())]:
+            try:
+                ciphered.unprotect(ek, ak, expected_suite=suite)
+            except AuthenticationError:
+                continue
+            except (SecurityError, DecodeError) as exc:
+                return self.refuse("unprotected", "push from %s for meter %s: %s", sender, title.hex().upper(), exc)
+            fits = True
+            break
+        if not fits:
+            if self._hold(title, apdu, sender, received):
+                return "held"
             return self.refuse("forged", "push from %s claiming meter %s fails its authentication tag",
                                sender, title.hex().upper())
-        except (SecurityError, DecodeError) as exc:
-            return self.refuse("unprotected", "push from %s for meter %s: %s", sender, title.hex().upper(), exc)
         try:
-            self.queue.put_nowait((title.hex().upper(), counter, apdu, self.clock(), f"{self.name} {sender}"))
+            self.queue.put_nowait((title.hex().upper(), counter, apdu, received, f"{self.name} {sender}"))
         except asyncio.QueueFull:
             return self.refuse("overload", "%d pushes wait for NATS: push of meter %s (counter %d) refused",
                                self.queue.qsize(), title.hex().upper(), counter)
@@ -111,6 +173,51 @@ class NatsPushGate(PushIntake):
             self._recent.popitem(last=False)
         self.counts["queued"] += 1
         return "queued"
+
+    def _hold(self, title: bytes, apdu: bytes, sender: Any, received: float) -> bool:
+        """Hold the push while its meter's keys are read again, if that may be done now."""
+        if self.key_source is None or not self._may_hold or self._held_count >= HELD_PUSHES:
+            return False
+        if title not in self._held:
+            now = self.monotonic()
+            if now - self._keys_checked.get(title, float("-inf")) < KEYS_RELOAD:
+                return False
+            if len(self._keys_checked) >= RECENT_PUSHES:
+                self._keys_checked.clear()
+            self._keys_checked[title] = now
+            self._held[title] = []
+            task = asyncio.get_running_loop().create_task(self._look_up(title))
+            self._lookups.add(task)
+            task.add_done_callback(self._lookups.discard)
+        self._held[title].append((apdu, sender, received))
+        self._held_count += 1
+        self.counts["held"] += 1
+        return True
+
+    async def _look_up(self, title: bytes) -> None:
+        try:
+            found = await self.key_source(title)
+        except Exception as exc:  # the store is down: the held pushes are checked with the keys there are
+            found = None
+            self.say("keys_lookup_failed", "could not read the keys of meter %s from the store: %s",
+                     title.hex().upper(), exc)
+        if found is not None:
+            if found:
+                suite, ek, ak = found[0]
+                self.keyring.meters[title] = MeterKeys(title, suite, ek, ak, Path("store"))
+                self._older_keys[title] = list(found[1:])
+            else:
+                self.keyring.meters.pop(title, None)
+                self._older_keys.pop(title, None)
+        held = self._held.pop(title, [])
+        self._held_count -= len(held)
+        for apdu, sender, received in held:
+            self._check(apdu, sender, received, may_hold=False)
+
+    async def close(self) -> None:
+        """Finish the key look-ups under way (their pushes are checked and queued or refused)."""
+        while self._lookups:
+            await asyncio.gather(*self._lookups, return_exceptions=True)
 
     async def publish_forever(self, broker: Broker, tasks: int = 32) -> None:
         """Drain the queue into JetStream with `tasks` publications in flight."""
@@ -346,30 +453,7 @@ class PushIngester:
         return "its authentication tag fits none of its meter's keys in the store"
 
     async def _read_keys(self, title: bytes | None) -> dict[bytes, list[tuple[int, bytes, bytes]]]:
-        """(suite, EK, AK) of the KEY_GENERATIONS newest unicast key generations of every meter
-        (or of the meter `title`), the ACTIVE one first; an EK goes with the AK of its
-        generation, else with the ACTIVE AK (a change of the EK alone)."""
-        vault = self.store._vault()
-        rows = await self.store.pool.fetch(
-            """SELECT m.system_title, m.suite, k.kind, k.generation, k.state, k.wrapped
-               FROM meter m JOIN meter_key k ON k.meter_id = m.id AND k.kind IN ('ek', 'ak')
-               WHERE $1::bytea IS NULL OR m.system_title = $1
-               ORDER BY m.id, k.state = 'ACTIVE' DESC, k.generation DESC""", title)
-        by_meter: dict[bytes, list] = {}
-        for r in rows:
-            by_meter.setdefault(bytes(r["system_title"]), []).append(r)
-        keys = {}
-        for meter, found in by_meter.items():
-            aks = {r["generation"]: r for r in found if r["kind"] == "ak"}
-            active_ak = next((r for r in found if r["kind"] == "ak" and r["state"] == "ACTIVE"), None)
-            generations = []
-            for ek in (r for r in found if r["kind"] == "ek"):
-                ak = aks.get(ek["generation"], active_ak)
-                if ak is not None and len(generations) < KEY_GENERATIONS:
-                    generations.append((ek["suite"], vault.unwrap(ek["wrapped"]), vault.unwrap(ak["wrapped"])))
-            if generations:
-                keys[meter] = generations
-        return keys
+        return await read_push_keys(self.store, title)
 
 
 def _body(notification: DataNotification) -> list:
