@@ -40,7 +40,9 @@ from smartmeter.cosem import axdr
 from smartmeter.cosem.data import Data
 from smartmeter.cosem.obis import Obis
 from smartmeter.cosem.results import DataAccessResult
-from smartmeter.dlms.client import AccessDenied, AssociationRefused, ClientError, ClientSecurity, ClientSecurityError, CounterStore
+from smartmeter.dlms.client import (
+    AccessDenied, AssociationRefused, ClientError, ClientSecurity, ClientSecurityError, CounterStore,
+)
 from smartmeter.dlms.security.frame_counter import TxFrameCounter
 from smartmeter.errors import DecodeError
 from smartmeter.hes.client import MeterClient, parse_scaler_unit
