@@ -216,3 +216,44 @@ def test_a_second_store_on_the_same_broker_has_its_jobs_published(pg_dsn, postgr
         assert asyncio.run(scenario()) == [3, 6]
     finally:
         services.drop_database(postgres_server, other_dsn.rsplit("/", 1)[1])
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_leaves_the_jobs_of_another_store_on_a_shared_broker_alone(tmp_path, pg_dsn, postgres_server,
+                                                                             nats_url):
+    """Two installations on one NATS: a worker of the one does not fail (terminate) the jobs of
+    the other's campaign; it hands them back and says once what is wrong."""
+    import services
+    from smartmeter.hes.fleet.broker import Broker
+    from smartmeter.hes.fleet.campaign import start_campaign
+    from smartmeter.hes.store.pg import FleetStore, KeyVault, MeterRecord
+
+    other_dsn = services.create_database(postgres_server)
+    h = HeadEnd(tmp_path, pg_dsn, nats_url)
+
+    async def publish_the_others() -> None:
+        broker = await Broker.connect(nats_url)
+        await broker.ensure_streams()
+        store = await FleetStore.open(other_dsn, KeyVault(bytes(32)), migrate=True)
+        await store.add_meters([MeterRecord(f"O{i}", bytes([i]) * 8, "127.0.0.1", 1) for i in range(1, 4)])
+        await start_campaign(store, broker, name="the other installation's")
+        await store.close()
+        await broker.close()
+
+    try:
+        h.ok("hes", "db", "migrate")
+        (tmp_path / "kek.hex").write_text("00" * 32)
+        asyncio.run(publish_the_others())
+        h.start_worker("--concurrency", "2", "--no-pushes")
+        deadline = time.monotonic() + 60
+        while "belongs to another store" not in h.log("worker"):
+            assert time.monotonic() < deadline, h.log("worker")
+            time.sleep(0.3)
+        time.sleep(2.0)
+        assert asyncio.run(_stream_messages(nats_url)) == 3  # all three still there for their own workers
+        assert h.log("worker").count("belongs to another store") == 1  # one line, not one per delivery
+        other = HeadEnd(tmp_path / "other", other_dsn, nats_url)
+        assert other.status(1) == {"queued": 3}
+    finally:
+        h.close()
+        services.drop_database(postgres_server, other_dsn.rsplit("/", 1)[1])

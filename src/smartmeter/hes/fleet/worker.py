@@ -128,6 +128,7 @@ class Worker:
         self._stopping = asyncio.Event()
         self._rng = random.Random()
         self._in_hand: dict[int, list] = {}  # id(job message) → [message, when JetStream last heard of it]
+        self._store_id: str | None = None  # the store's own id, which its campaigns' job ids begin with
 
     @property
     def lease_s(self) -> float:
@@ -136,6 +137,7 @@ class Worker:
 
     async def run(self) -> None:
         s = self.settings
+        self._store_id = await self._store_call(self.store.store_id())
         bulk = await self.broker.pull("bulk", "hes-workers-bulk", ack_wait=s.ack_wait, max_deliver=-1,
                                       max_ack_pending=max(s.concurrency * 64, 1000))
         urgent = await self.broker.pull("urgent", "hes-workers-urgent", ack_wait=s.ack_wait,
@@ -220,6 +222,15 @@ class Worker:
             self.stats.poison += 1
             self.note("worker.poison", "terminated a malformed job message on %s: %s", msg.subject, exc)
             await self._answer(msg.term())
+            return
+        owner = _job_owner(msg)
+        if owner is not None and self._store_id is not None and owner != self._store_id:
+            # another installation's job (its campaign published it with its store's id): it is
+            # not ours to fail; it goes back for that installation's workers
+            self.note("worker.foreign_job", "job %s belongs to another store (%s): this NATS is shared with "
+                      "another head-end installation; give each installation a NATS account of its own",
+                      job.message_id, owner)
+            await self._answer(msg.nak(delay=30.0))
             return
         self._in_hand[id(msg)] = [msg, time.monotonic()]
         try:
@@ -511,3 +522,11 @@ class Worker:
                 continue
         self.say("the store is back; taking jobs again")
         self._store_ok.set()
+
+
+def _job_owner(msg) -> str | None:
+    """The store id a campaign put in its job's message id (`<store id>:job:<campaign>:<meter>`),
+    None when the id is not of that form."""
+    message_id = (getattr(msg, "headers", None) or {}).get("Nats-Msg-Id", "")
+    owner, _, rest = message_id.partition(":")
+    return owner if owner and rest.startswith("job:") else None
