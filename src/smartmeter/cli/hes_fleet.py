@@ -283,16 +283,23 @@ def campaign_group() -> None:
 def campaign_start(nats_url: str, dsn: str, name: str | None, cell: str | None, serials: tuple[str, ...],
                    wait: bool, publish_patience: float, patience: float) -> None:
     """Start a read campaign: the meters' registers and the new rows of their load profiles."""
-    from smartmeter.hes.fleet.campaign import start_campaign
-
     name = name or time.strftime("read %Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    _start_campaign(nats_url, dsn, patience, name=name, cell=cell, serials=serials, wait=wait, kind="read",
+                    publish_patience=publish_patience, jobs_are="jobs")
+
+
+def _start_campaign(nats_url: str, dsn: str, patience: float, *, name: str, cell: str | None,
+                    serials: tuple[str, ...], wait: bool, kind: str, jobs_are: str,
+                    publish_patience: float = 300.0) -> dict | None:
+    """Publish a campaign of `kind`; with `wait`, print its status once every job has its outcome."""
+    from smartmeter.hes.fleet.campaign import start_campaign
 
     async def run() -> dict | None:
         store, broker = await _both(nats_url, dsn, patience)
         try:
             campaign, jobs = await start_campaign(store, broker, name=name, cell=cell, serials=serials, say=_say,
-                                                  patience=publish_patience)
-            _say(f"campaign {campaign} ({name}): {jobs} jobs queued")
+                                                  patience=publish_patience, kind=kind)
+            _say(f"campaign {campaign} ({name}): {jobs} {jobs_are} queued")
             return await _wait(store, campaign) if wait else None
         finally:
             await broker.close()
@@ -301,6 +308,7 @@ def campaign_start(nats_url: str, dsn: str, name: str | None, cell: str | None, 
     status = asyncio.run(run())
     if status is not None:
         _print_status(status, False)
+    return status
 
 
 async def _both(nats_url: str, dsn: str, patience: float):
@@ -417,28 +425,13 @@ def keys_change(nats_url: str, dsn: str, serials: tuple[str, ...], every: bool, 
     current keys (key_transfer, wrapped with the meter's master key), then makes them ACTIVE
     and the old ones EXPIRED in one transaction. A change cut short by a crash is settled by
     the meter's next session: it finds out which keys the meter holds."""
-    from smartmeter.hes.fleet.campaign import start_campaign
-
     if sum((bool(serials), every, cell is not None)) != 1:
         raise UsageProblem("say which meters: --serial S (repeatable), --all or --cell C (one of them)")
     name = name or time.strftime("key change %Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-    async def run() -> dict | None:
-        store, broker = await _both(nats_url, dsn, patience)
-        try:
-            campaign, jobs = await start_campaign(store, broker, name=name, cell=cell, serials=serials, say=_say,
-                                                  kind="key_change")
-            _say(f"campaign {campaign} ({name}): {jobs} key changes queued")
-            return await _wait(store, campaign) if wait else None
-        finally:
-            await broker.close()
-            await store.close()
-
-    status = asyncio.run(run())
-    if status is not None:
-        _print_status(status, False)
-        if status["failed"]:
-            raise SystemExit(1)
+    status = _start_campaign(nats_url, dsn, patience, name=name, cell=cell, serials=serials, wait=wait,
+                             kind="key_change", jobs_are="key changes")
+    if status is not None and status["failed"]:
+        raise SystemExit(1)
 
 
 @hes_group.command("read")

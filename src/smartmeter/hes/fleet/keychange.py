@@ -29,14 +29,10 @@ import secrets
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
-from smartmeter.dlms.client import (
-    AccessDenied, AssociationRefused, AuthenticationFailed, ClientError, ClientSecurity, DecipheringError,
-)
+from smartmeter.dlms.client import AccessDenied, AssociationRefused, AuthenticationFailed, ClientError, DecipheringError
 from smartmeter.dlms.security.keys import KeyId, KeyTransfer, encode_key_transfer
 from smartmeter.dlms.security.suites import suite_parameters
-from smartmeter.hes.client import MeterClient
-from smartmeter.hes.connection import WrapperLink
-from smartmeter.hes.fleet.session import BlockCounters, Timeouts, _within
+from smartmeter.hes.fleet.session import BlockCounters, Timeouts, _within, meter_client
 from smartmeter.hes.store.pg import SessionGrant
 
 __all__ = ["KeyTransferRefused", "KeyTransferUncertain", "refuses_keys", "new_key_pair", "probe", "transfer_keys"]
@@ -89,27 +85,13 @@ class _Counters:
             self.counters.add_block(await self.refill(max(n, self.block)))
 
 
-def _client(grant: SessionGrant, keys: dict[str, bytes], counters: BlockCounters, client_system_title: bytes,
-            timeouts: Timeouts, link_factory) -> MeterClient:
-    security = ClientSecurity(mechanism=grant.mechanism, suite=grant.suite, policy=grant.policy,
-                              client_system_title=client_system_title, server_system_title=grant.system_title,
-                              ek=keys.get("ek"), ak=keys.get("ak"), hls_secret=keys.get("hls_secret"),
-                              invocation_counter=counters)
-    if link_factory is not None:
-        link = link_factory(grant, timeouts.connect)
-    else:
-        link = WrapperLink(grant.host, grant.port, client_sap=grant.client_sap, server_sap=grant.server_sap,
-                           timeout=timeouts.connect)
-    return MeterClient(link, mechanism=grant.mechanism, security=security)
-
-
 async def probe(grant: SessionGrant, keys: dict[str, bytes], block: tuple[int, int], rx_last: int | None,
                 refill: Refill, timeouts: Timeouts, client_system_title: bytes, link_factory=None) -> int | None:
     """Associate under `keys` with counters from `block`, read the clock, release: the
     highest counter the meter sent (its answers verified under `keys`). Raises what the
     association raised: `refuses_keys` tells a meter that holds other keys."""
     pool = _Counters(BlockCounters(block, rx_last), refill, block[1] - block[0] + 1)
-    client = _client(grant, keys, pool.counters, client_system_title, timeouts, link_factory)
+    client = meter_client(grant, keys, pool.counters, client_system_title, timeouts, link_factory)
     client.before_request = pool.ensure
     await _within("the association", timeouts.association, client.connect())
     client.link.timeout = timeouts.request
@@ -137,7 +119,7 @@ async def transfer_keys(grant: SessionGrant, new_keys: dict[str, bytes], new_blo
                                     KeyTransfer.wrap(kek, KeyId.AUTHENTICATION, new_keys["ak"])])
     active = _Counters(BlockCounters(grant.counter_block, grant.rx_last), refill_active,
                        grant.counter_block[1] - grant.counter_block[0] + 1)
-    client = _client(grant, grant.keys, active.counters, client_system_title, timeouts, link_factory)
+    client = meter_client(grant, grant.keys, active.counters, client_system_title, timeouts, link_factory)
     client.before_request = active.ensure
     await _within("the association", timeouts.association, client.connect())
     client.link.timeout = timeouts.request

@@ -176,6 +176,22 @@ async def _within(what: str, seconds: float, awaitable):
         raise SessionTimeout(f"{what} took longer than {seconds:g} s") from None
 
 
+def meter_client(grant: SessionGrant, keys: dict[str, bytes], counters: CounterStore, client_system_title: bytes,
+                 timeouts: Timeouts, link_factory=None) -> MeterClient:
+    """A client of the grant's meter under `keys`, its counters from `counters`, its link from
+    `link_factory(grant, connect time-out)` (default: the wrapper over TCP to the grant's address)."""
+    security = ClientSecurity(mechanism=grant.mechanism, suite=grant.suite, policy=grant.policy,
+                              client_system_title=client_system_title, server_system_title=grant.system_title,
+                              ek=keys.get("ek"), ak=keys.get("ak"), hls_secret=keys.get("hls_secret"),
+                              invocation_counter=counters)
+    if link_factory is not None:
+        link = link_factory(grant, timeouts.connect)
+    else:
+        link = WrapperLink(grant.host, grant.port, client_sap=grant.client_sap, server_sap=grant.server_sap,
+                           timeout=timeouts.connect)
+    return MeterClient(link, mechanism=grant.mechanism, security=security)
+
+
 async def read_session(grant: SessionGrant, plan: ReadPlan, timeouts: Timeouts, client_system_title: bytes,
                        refill: Callable[[int], Awaitable[tuple[int, int]]], *,
                        link_factory: Callable[[SessionGrant, float], object] | None = None) -> SessionResult:
@@ -193,23 +209,14 @@ async def _session(grant, plan, timeouts, client_system_title, refill, link_fact
         if counters.remaining() < n:
             counters.add_block(await refill(max(n, grant.counter_block[1] - grant.counter_block[0] + 1)))
 
-    security = ClientSecurity(mechanism=grant.mechanism, suite=grant.suite, policy=grant.policy,
-                              client_system_title=client_system_title, server_system_title=grant.system_title,
-                              ek=grant.keys.get("ek"), ak=grant.keys.get("ak"), hls_secret=grant.keys.get("hls_secret"),
-                              invocation_counter=counters)
-    if link_factory is not None:
-        link = link_factory(grant, timeouts.connect)
-    else:
-        link = WrapperLink(grant.host, grant.port, client_sap=grant.client_sap, server_sap=grant.server_sap,
-                           timeout=timeouts.connect)
-    client = MeterClient(link, mechanism=grant.mechanism, security=security)
+    client = meter_client(grant, grant.keys, counters, client_system_title, timeouts, link_factory)
     client.before_request = lambda: ensure(1)
     try:
         await _within("the association", timeouts.association, client.connect())
     except AssociationRefused as exc:
         await _refused_counter(exc, grant, counters.last_used, client_system_title, timeouts, link_factory)
         raise
-    link.timeout = timeouts.request
+    client.link.timeout = timeouts.request
     try:
         reader = _BundleReader(client, grant, plan)
         result = await reader.read()
