@@ -41,7 +41,7 @@ class Store:
 def queued(gate: NatsPushGate) -> list[tuple[str, int]]:
     out = []
     while not gate.queue.empty():
-        title, counter, _, _, _ = gate.queue.get_nowait()
+        title, counter, _, _, _, _ = gate.queue.get_nowait()
         out.append((title, counter))
     return out
 
@@ -78,6 +78,38 @@ def test_a_push_under_keys_changed_since_the_start_is_published_and_the_old_keys
     results, out = asyncio.run(scenario())
     assert results == ["held", "queued"]
     assert [c for _, c in out] == [10, 9]
+
+
+def test_a_push_under_a_new_key_with_a_counter_already_seen_under_the_old_one_is_published():
+    """A meter starts its invocation counter again under a new key: (meter, counter) names a
+    new push then, not a retry of the old one."""
+    old, new = keys(), keys()
+    store = Store({TITLE: [(0, *new), (0, *old)]})
+
+    async def scenario():
+        gate = NatsPushGate(Keyring([MeterKeys(TITLE, 0, *old, source=None)]), name="t", key_source=store)
+        first = gate.notification(apdu(*old, 1), "meter")
+        again = gate.notification(apdu(*old, 1), "meter")  # a UDP retry: the same push
+        after_change = gate.notification(apdu(*new, 1), "meter")
+        await gate.close()
+        return first, again, after_change, gate.queue.qsize()
+
+    first, again, after_change, queued_count = asyncio.run(scenario())
+    assert (first, again, after_change) == ("queued", "retry", "held") and queued_count == 2
+
+
+def test_a_forged_push_leaves_the_keys_of_a_keys_file_in_place():
+    real, forged = keys(), keys()
+    store = Store({})  # the store knows nothing of this meter: its keys came from a --keys file
+
+    async def scenario():
+        gate = NatsPushGate(Keyring([MeterKeys(TITLE, 0, *real, source=None)]), name="t", key_source=store)
+        refused = gate.notification(apdu(*forged, 5), "forger")
+        await gate.close()
+        genuine = gate.notification(apdu(*real, 6), "meter")
+        return refused, genuine
+
+    assert asyncio.run(scenario()) == ("held", "queued")
 
 
 def test_a_forged_push_is_refused_after_one_look_up_and_the_next_without_one():

@@ -22,7 +22,7 @@ from smartmeter.dlms.apdu.ciphered import GeneralGloCiphering
 from smartmeter.dlms.apdu.notification import DataNotification
 from smartmeter.dlms.security.suites import SecurityControl
 from smartmeter.hes.fleet.broker import PUSH_SUBJECT, RECEIVED_HEADER, SOURCE_HEADER, Broker
-from smartmeter.hes.fleet.pushes import PushIngester
+from smartmeter.hes.fleet.pushes import PushIngester, push_key_id
 from smartmeter.hes.push_listener import Keyring, ObjectLists, model_object_lists
 from smartmeter.hes.store.pg import FleetStore, KeyVault, MeterRecord
 from smartmeter.meter.clock import MeterClock
@@ -357,14 +357,15 @@ def test_hes_worker_decodes_pushes_with_the_lists_of_its_objects_file(tmp_path, 
 def test_pushes_of_a_meter_imported_later_and_across_a_key_change_are_decoded(pg_dsn, nats_url):
     """The ingester reads a meter's keys again when none it knows fits: a meter imported after
     it started, and a change of the EK alone (the push made before the change, arriving after
-    it, still decodes with the EXPIRED generation; the one after with the new EK and the AK kept)."""
+    it, still decodes with the EXPIRED generation; the one after with the new EK and the AK kept,
+    its counter started again at 1 and stored beside the old key's counter 1)."""
     lists = ObjectLists(None, {INTERVAL: [(8, CLOCK, 2, 0), (3, "1-0:1.8.0.255", 2, 0)]})
     keys = {name: (secrets.token_bytes(16), secrets.token_bytes(16)) for name in ("A", "B")}
     titles = {"A": bytes.fromhex("4B45590000000001"), "B": bytes.fromhex("4B45590000000002")}
     new_ek = secrets.token_bytes(16)
 
-    def push(name: str, counter: int, ek: bytes, ak: bytes, wh: int) -> bytes:
-        when = axdr.encode_date_time(CosemDateTime.from_datetime(utc(START + 900 * counter)))
+    def push(name: str, counter: int, ek: bytes, ak: bytes, wh: int, slot: int | None = None) -> bytes:
+        when = axdr.encode_date_time(CosemDateTime.from_datetime(utc(START + 900 * (slot or counter))))
         plain = DataNotification(counter, b"", Data.structure([Data.octet_string(when),
                                                                Data.double_long_unsigned(wh)])).to_bytes()
         return GeneralGloCiphering.protect(SecurityControl(0, True, True), ek, ak, titles[name], counter,
@@ -401,9 +402,16 @@ def test_pushes_of_a_meter_imported_later_and_across_a_key_change_are_decoded(pg
             generation, _ = await store.new_keys(grant, {"ek": new_ek}, 10)
             assert await store.promote_keys(grant, generation, None)
             await store.release(grant)
-            await publish(broker, push("A", 3, new_ek, keys["A"][1], 103), START + 3)
+            # the meter starts its counter again under the new key: counter 1 is a new push
+            title_a = titles["A"].hex().upper()
+            await publish(broker, push("A", 1, new_ek, keys["A"][1], 103, slot=3), START + 3,
+                          f"{title_a}:{push_key_id(new_ek)}:1")
             await publish(broker, push("A", 2, *keys["A"], 102), START + 4)  # made before the change
             await stored(4)
+            assert ingester.counts["duplicate"] == 0
+            ids = {(r["invocation_counter"], r["key_id"]) for r in await store.pool.fetch(
+                "SELECT invocation_counter, key_id FROM raw_push WHERE system_title = $1", titles["A"])}
+            assert ids == {(1, push_key_id(keys["A"][0])), (2, push_key_id(keys["A"][0])), (1, push_key_id(new_ek))}
             assert not ingester.counts["undecoded"]
             rows = await store.pool.fetch("""SELECT m.serial, r.raw FROM reading r JOIN series s ON s.id = r.series_id
                                              JOIN meter m ON m.id = s.meter_id ORDER BY m.serial, r.time""")

@@ -6,8 +6,8 @@
   terminates it (a permanent error: the outcome "failed" is stored first). A worker that dies
   leaves its messages unacknowledged: JetStream delivers them again after the ack wait.
 * `HES_PUSHES`: every authenticated push as received, subject `hes.push.<system title>`,
-  with `Nats-Msg-Id` = system title and invocation counter, so a push that two listeners (or
-  one listener twice) publish is kept once.
+  with `Nats-Msg-Id` = system title, key id and invocation counter, so a push that two
+  listeners (or one listener twice) publish is kept once.
 
 Both streams discard new messages when full, so a full broker makes publishers wait and
 retry, and nothing already accepted is dropped to make room.
@@ -211,9 +211,11 @@ class Broker:
                 self._refusing = True  # one line for all the publications it refuses
                 await asyncio.sleep(min(backoff_delay(attempt, base=0.2, cap=5.0), max(0.0, deadline - loop.time())))
 
-    async def publish_push(self, title: str, counter: int, apdu: bytes, received: float, source: str) -> bool:
-        """A push as a listener received it (the ciphered APDU), kept once per meter and counter."""
-        return await self.publish(f"{PUSH_SUBJECT}.{title}", apdu, f"{title}:{counter}",
+    async def publish_push(self, title: str, counter: int, apdu: bytes, received: float, source: str,
+                           key_id: str = "") -> bool:
+        """A push as a listener received it (the ciphered APDU), kept once per meter, key and
+        counter (a meter starts its counter again under a new key)."""
+        return await self.publish(f"{PUSH_SUBJECT}.{title}", apdu, f"{title}:{key_id}:{counter}",
                                   headers={RECEIVED_HEADER: f"{received:.6f}", SOURCE_HEADER: source[:200]})
 
     async def pull(self, lane: str, durable: str, *, ack_wait: float, max_deliver: int, max_ack_pending: int):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import logging
 import time
 from collections import Counter, OrderedDict
@@ -50,15 +51,25 @@ from smartmeter.hes.push_store import format_time, integer_raw, scaler_units
 from smartmeter.hes.store.pg import UNAVAILABLE, FleetStore, IngestedPush, PushValue, StoreUnavailable
 from smartmeter.ratelog import RateLimitedLog
 
-__all__ = ["NatsPushGate", "PushIngester", "keyring_from_store"]
+__all__ = ["NatsPushGate", "PushIngester", "keyring_from_store", "push_key_id", "read_push_keys"]
 
 log = logging.getLogger(__name__)
 
 RECENT_PUSHES = 100_000  # (meter, counter) the gate remembers, to drop retries before the broker
 KEYS_RELOAD = 30.0  # s between readings of a meter's keys from the store when none of those known fit
 HELD_PUSHES = 2000  # pushes a listener holds while their meters' keys are read again
+HELD_BYTES = 16 * 1024 * 1024  # and their bytes
+KEY_LOOKUPS_PER_S = 20.0  # meters' keys read again, across all meters (random titles cost a query each)
+KEY_LOOKUP_TIMEOUT = 5.0  # s for one look-up; a store that does not answer in time leaves the pushes refused
 KEY_GENERATIONS = 3  # the newest unicast key generations of a meter a push is tried with
 MESSAGE_ID_HEADER = "Nats-Msg-Id"
+
+
+def push_key_id(ek: bytes) -> str:
+    """A push's key, as a short fingerprint of the encryption key its tag verified with: a meter
+    starts its invocation counter again under a new key, so a push is (meter, key, counter).
+    The same on every listener and worker; the key cannot be had from it."""
+    return hashlib.sha256(b"smartmeter push key\0" + ek).hexdigest()[:16]
 
 
 async def keyring_from_store(store: FleetStore) -> Keyring:
@@ -105,8 +116,9 @@ class NatsPushGate(PushIntake):
     With a `key_source` (the store), a push whose meter has no keys here or whose tag fits none
     of them is held while that meter's keys are read again (a meter imported, or its keys
     changed, since the listener started), then checked once more: at most every KEYS_RELOAD
-    seconds a meter, and at most HELD_PUSHES pushes held at once (beyond that they are refused
-    as before)."""
+    seconds a meter, KEY_LOOKUPS_PER_S look-ups a second in all, each within KEY_LOOKUP_TIMEOUT,
+    and at most HELD_PUSHES pushes (HELD_BYTES) held at once; beyond that pushes are refused as
+    before."""
 
     def __init__(self, keyring: Keyring, *, name: str, limits: Limits = Limits(), queue_size: int = 20000,
                  clock: Callable[[], float] = time.time, say: RateLimitedLog | None = None,
@@ -118,13 +130,14 @@ class NatsPushGate(PushIntake):
         self.monotonic = monotonic
         # bounded: when the broker is slower than the meters for long, pushes are refused and
         # counted ("overload"), and a meter's repetition is taken when there is room again
-        self.queue: asyncio.Queue[tuple[str, int, bytes, float, str]] = asyncio.Queue(queue_size)
-        self._recent: OrderedDict[tuple[bytes, int], None] = OrderedDict()  # newest last, bounded
+        self.queue: asyncio.Queue[tuple[str, int, bytes, float, str, str]] = asyncio.Queue(queue_size)
+        self._recent: OrderedDict[tuple[bytes, str, int], None] = OrderedDict()  # newest last, bounded
         self.key_source = key_source
         self._older_keys: dict[bytes, list[tuple[int, bytes, bytes]]] = {}  # beyond the keyring's, newest first
         self._keys_checked: dict[bytes, float] = {}  # title → when its keys were last read again
         self._held: dict[bytes, list[tuple[bytes, Any, float]]] = {}  # title → (apdu, sender, received)
-        self._held_count = 0
+        self._held_count = self._held_bytes = 0
+        self._lookup_tokens, self._tokens_at = KEY_LOOKUPS_PER_S, monotonic()
         self._lookups: set[asyncio.Task] = set()
         # the push being checked, for unknown_sender (called from within ciphered_push)
         self._received, self._may_hold = 0.0, False
@@ -145,9 +158,6 @@ class NatsPushGate(PushIntake):
         ciphered, keys = found
         title = ciphered.system_title
         counter = ciphered.invocation_counter
-        if (title, counter) in self._recent:
-            self.counts["retry"] += 1
-            return "retry"
         fits = None
         for suite, ek, ak in [(keys.suite, keys.ek, keys.ak), *self._older_keys.get(title, ())]:
             try:
@@ -156,19 +166,22 @@ class NatsPushGate(PushIntake):
                 continue
             except (SecurityError, DecodeError) as exc:
                 return self.refuse("unprotected", "push from %s for meter %s: %s", sender, title.hex().upper(), exc)
-            fits = True
+            fits = push_key_id(ek)
             break
         if not fits:
             if self._hold(title, apdu, sender, received):
                 return "held"
             return self.refuse("forged", "push from %s claiming meter %s fails its authentication tag",
                                sender, title.hex().upper())
+        if (title, fits, counter) in self._recent:
+            self.counts["retry"] += 1
+            return "retry"
         try:
-            self.queue.put_nowait((title.hex().upper(), counter, apdu, received, f"{self.name} {sender}"))
+            self.queue.put_nowait((title.hex().upper(), counter, apdu, received, f"{self.name} {sender}", fits))
         except asyncio.QueueFull:
             return self.refuse("overload", "%d pushes wait for NATS: push of meter %s (counter %d) refused",
                                self.queue.qsize(), title.hex().upper(), counter)
-        self._recent[(title, counter)] = None
+        self._recent[(title, fits, counter)] = None
         if len(self._recent) > RECENT_PUSHES:
             self._recent.popitem(last=False)
         self.counts["queued"] += 1
@@ -176,12 +189,19 @@ class NatsPushGate(PushIntake):
 
     def _hold(self, title: bytes, apdu: bytes, sender: Any, received: float) -> bool:
         """Hold the push while its meter's keys are read again, if that may be done now."""
-        if self.key_source is None or not self._may_hold or self._held_count >= HELD_PUSHES:
+        if (self.key_source is None or not self._may_hold or self._held_count >= HELD_PUSHES
+                or self._held_bytes + len(apdu) > HELD_BYTES):
             return False
         if title not in self._held:
             now = self.monotonic()
             if now - self._keys_checked.get(title, float("-inf")) < KEYS_RELOAD:
                 return False
+            self._lookup_tokens = min(KEY_LOOKUPS_PER_S,
+                                      self._lookup_tokens + (now - self._tokens_at) * KEY_LOOKUPS_PER_S)
+            self._tokens_at = now
+            if self._lookup_tokens < 1.0:
+                return False
+            self._lookup_tokens -= 1.0
             if len(self._keys_checked) >= RECENT_PUSHES:
                 self._keys_checked.clear()
             self._keys_checked[title] = now
@@ -191,26 +211,24 @@ class NatsPushGate(PushIntake):
             task.add_done_callback(self._lookups.discard)
         self._held[title].append((apdu, sender, received))
         self._held_count += 1
+        self._held_bytes += len(apdu)
         self.counts["held"] += 1
         return True
 
     async def _look_up(self, title: bytes) -> None:
         try:
-            found = await self.key_source(title)
-        except Exception as exc:  # the store is down: the held pushes are checked with the keys there are
+            found = await asyncio.wait_for(self.key_source(title), KEY_LOOKUP_TIMEOUT)
+        except Exception as exc:  # the store is down or slow: the held pushes are checked with the keys there are
             found = None
             self.say("keys_lookup_failed", "could not read the keys of meter %s from the store: %s",
                      title.hex().upper(), exc)
-        if found is not None:
-            if found:
-                suite, ek, ak = found[0]
-                self.keyring.meters[title] = MeterKeys(title, suite, ek, ak, Path("store"))
-                self._older_keys[title] = list(found[1:])
-            else:
-                self.keyring.meters.pop(title, None)
-                self._older_keys.pop(title, None)
+        if found:  # nothing found changes nothing: keys from --keys files stay
+            suite, ek, ak = found[0]
+            self.keyring.meters[title] = MeterKeys(title, suite, ek, ak, Path("store"))
+            self._older_keys[title] = list(found[1:])
         held = self._held.pop(title, [])
         self._held_count -= len(held)
+        self._held_bytes -= sum(len(apdu) for apdu, _, _ in held)
         for apdu, sender, received in held:
             self._check(apdu, sender, received, may_hold=False)
 
@@ -223,14 +241,14 @@ class NatsPushGate(PushIntake):
         """Drain the queue into JetStream with `tasks` publications in flight."""
         async def publisher() -> None:
             while True:
-                title, counter, apdu, received, source = await self.queue.get()
+                title, counter, apdu, received, source, key_id = await self.queue.get()
                 try:
-                    stored = await broker.publish_push(title, counter, apdu, received, source)
+                    stored = await broker.publish_push(title, counter, apdu, received, source, key_id)
                     self.counts["published" if stored else "duplicate"] += 1
                 except BrokerUnavailable as exc:
                     self.refuse("lost", "push of meter %s (counter %d) not published: %s", title, counter, exc,
                                 level=logging.ERROR)
-                    self._recent.pop((bytes.fromhex(title), counter), None)
+                    self._recent.pop((bytes.fromhex(title), key_id, counter), None)
                 finally:
                     self.queue.task_done()
 
@@ -319,10 +337,15 @@ class PushIngester:
             return
         try:
             pushes = [await self.decode(*parsed) for _, parsed in good]
+        except UNAVAILABLE + (asyncpg.PostgresError,) as exc:  # reading the keys: the batch comes back
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from None
+        try:
             fresh, values = await self.store.store_pushes(pushes)
         except UNAVAILABLE as exc:
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from None
         except asyncpg.PostgresError as exc:
+            if not _the_datas_fault(exc):  # a full disk, a deadlock, a cancelled statement: not the pushes'
+                raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from None
             # one bad row must not hold up the others: push by push, a push whose values are
             # refused kept raw, one refused as a whole terminated
             self.note("ingest.batch", "a batch of pushes was refused (%s): stored one by one", exc)
@@ -332,6 +355,8 @@ class PushIngester:
                 except UNAVAILABLE as exc:
                     raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from None
                 except asyncpg.PostgresError as exc:
+                    if not _the_datas_fault(exc):
+                        raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from None
                     self.counts["refused"] += 1
                     self.note("ingest.refused", "the store refused a push of %s: %s", m.subject, exc)
                     await _quietly(m.term())
@@ -349,7 +374,7 @@ class PushIngester:
         except UNAVAILABLE:
             raise
         except asyncpg.PostgresError as exc:
-            if not push.values:
+            if not push.values or not _the_datas_fault(exc):
                 raise
             return await self.store.store_pushes([replace(push, values=(), scalers={},
                                                           undecoded=f"the store refused its values: {exc}"[:500])])
@@ -359,7 +384,7 @@ class PushIngester:
         self.counts["duplicate"] += len(pushes) - len(fresh)
         self.counts["values"] += values
         for p in pushes:
-            if p.undecoded is not None and (p.system_title, p.invocation_counter) in fresh:
+            if p.undecoded is not None and (p.system_title, p.key_id, p.invocation_counter) in fresh:
                 self.counts["undecoded"] += 1
                 self.note("ingest.undecoded", "push of meter %s (counter %d) kept raw, not decoded: %s",
                           p.system_title.hex().upper(), p.invocation_counter, p.undecoded)
@@ -397,9 +422,10 @@ class PushIngester:
         if (ciphered.system_title, ciphered.invocation_counter) != (title, counter):
             return (f"the APDU is of meter {ciphered.system_title.hex().upper()} counter "
                     f"{ciphered.invocation_counter}, not the one of its message")
-        plain = await self._unprotect(ciphered)
-        if isinstance(plain, str):
-            return plain
+        found = await self._unprotect(ciphered)
+        if isinstance(found, str):
+            return found
+        plain, key_id = found
         try:
             notification = DataNotification.from_bytes(plain)
         except DecodeError as exc:
@@ -416,10 +442,11 @@ class PushIngester:
             return f"its capture time {push.capture_time} is years from when it was received"
         values = tuple(PushValue(r.obis, r.attribute, r.class_id, integer_raw(r.value),
                                  None if integer_raw(r.value) is not None else r.value) for r in push.readings)
-        return IngestedPush(title, counter, received, "", apdu, captured, values, scaler_units(push.readings))
+        return IngestedPush(title, counter, received, "", apdu, captured, values, scaler_units(push.readings),
+                            key_id=key_id)
 
-    async def _unprotect(self, ciphered: GeneralGloCiphering) -> bytes | str:
-        """The plaintext, tried with the meter's newest key generations (a push made before a
+    async def _unprotect(self, ciphered: GeneralGloCiphering) -> tuple[bytes, str] | str:
+        """The plaintext and the key id of the key that fits, tried with the meter's newest key generations (a push made before a
         key change arrives after it). When none fits, the meter's keys are read again (a meter
         imported, or its keys changed, since they were read), at most every KEYS_RELOAD s a meter."""
         title = ciphered.system_title
@@ -428,10 +455,10 @@ class PushIngester:
         plain = self._try_keys(ciphered, self._keys.get(title))
         now = self.monotonic()
         if isinstance(plain, str) and now - self._keys_checked.get(title, float("-inf")) >= KEYS_RELOAD:
+            found = (await self._read_keys(title)).get(title)  # a store error: the batch comes back
             if len(self._keys_checked) >= RECENT_PUSHES:
                 self._keys_checked.clear()
             self._keys_checked[title] = now
-            found = (await self._read_keys(title)).get(title)
             if found:
                 self._keys[title] = found
             else:
@@ -440,12 +467,13 @@ class PushIngester:
         return plain
 
     @staticmethod
-    def _try_keys(ciphered: GeneralGloCiphering, keys: list[tuple[int, bytes, bytes]] | None) -> bytes | str:
+    def _try_keys(ciphered: GeneralGloCiphering, keys: list[tuple[int, bytes, bytes]] | None
+                  ) -> tuple[bytes, str] | str:
         if not keys:
             return "no keys of its meter in the store"
         for suite, ek, ak in keys:
             try:
-                return ciphered.unprotect(ek, ak, expected_suite=suite)
+                return ciphered.unprotect(ek, ak, expected_suite=suite), push_key_id(ek)
             except AuthenticationError:
                 continue
             except (SecurityError, DecodeError) as exc:
@@ -454,6 +482,12 @@ class PushIngester:
 
     async def _read_keys(self, title: bytes | None) -> dict[bytes, list[tuple[int, bytes, bytes]]]:
         return await read_push_keys(self.store, title)
+
+
+def _the_datas_fault(exc: asyncpg.PostgresError) -> bool:
+    """An error the rows themselves cause (SQLSTATE class 22 data exception, 23 integrity
+    constraint violation): the same rows would fail again. Anything else passes."""
+    return str(getattr(exc, "sqlstate", "") or "")[:2] in ("22", "23")
 
 
 def _body(notification: DataNotification) -> list:

@@ -615,27 +615,27 @@ class FleetStore:
         return [r["meter_id"] for r in rows]
 
     # -- pushes ------------------------------------------------------------------------------
-    async def store_pushes(self, pushes: Sequence["IngestedPush"]) -> tuple[set[tuple[bytes, int]], int]:
+    async def store_pushes(self, pushes: Sequence["IngestedPush"]) -> tuple[set[tuple[bytes, str, int]], int]:
         """Store pushes in one transaction: each one's raw_push row and, for a push whose row is
         new, its values (series made as needed, integers into reading, other values into
         reading_data). A push already stored (delivered again) changes nothing, so a batch may
-        come as often as it likes. Returns the (system title, invocation counter) newly stored
-        and how many values were."""
+        come as often as it likes. Returns the (system title, key id, invocation counter) newly
+        stored and how many values were."""
         if not pushes:
             return set(), 0
         await self._ensure_partitions({_month(p.time) for p in pushes
                                        if p.time is not None and any(v.raw is not None for v in p.values)})
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
-                """INSERT INTO raw_push (system_title, invocation_counter, received, source, apdu, undecoded)
+                """INSERT INTO raw_push (system_title, invocation_counter, received, source, apdu, undecoded, key_id)
                    SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::timestamptz[], $4::text[], $5::bytea[],
-                                        $6::text[])
-                   ON CONFLICT DO NOTHING RETURNING system_title, invocation_counter""",
+                                        $6::text[], $7::text[])
+                   ON CONFLICT DO NOTHING RETURNING system_title, key_id, invocation_counter""",
                 [p.system_title for p in pushes], [p.invocation_counter for p in pushes],
                 [p.received for p in pushes], [p.source for p in pushes], [p.apdu for p in pushes],
-                [p.undecoded for p in pushes])
-            fresh = {(bytes(r["system_title"]), r["invocation_counter"]) for r in rows}
-            new = [p for p in pushes if (p.system_title, p.invocation_counter) in fresh and p.values]
+                [p.undecoded for p in pushes], [p.key_id for p in pushes])
+            fresh = {(bytes(r["system_title"]), r["key_id"], r["invocation_counter"]) for r in rows}
+            new = [p for p in pushes if (p.system_title, p.key_id, p.invocation_counter) in fresh and p.values]
             if not new:
                 return fresh, 0
             # the meters' ids first: joined by system title in the statements below, the planner
@@ -796,3 +796,4 @@ class IngestedPush:
     values: tuple[PushValue, ...] = ()
     scalers: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)  # (obis, attribute) → (scaler, unit)
     undecoded: str | None = None  # why there are no values; None when decoded
+    key_id: str = ""  # the fingerprint of the key its tag verified with (a new key starts counters again)
