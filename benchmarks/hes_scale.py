@@ -6,13 +6,15 @@ the test extra), and `smartmeter sim fleet` serves the meters. Figures:
 
 1. sessions per HES core. The same complete read sessions (AARQ + HLS 5 GMAC, the clock, +A
    and −A with their scaler_unit, the new rows of the load profile and of the standard event
-   log by range, release) of the same
-   meters, once by a bare asyncio loop (MeterClient, counters in memory, results dropped:
-   what any client must do) and once by one `hes worker` process (job from JetStream, claim,
-   counter block and lease in PostgreSQL, readings stored). Each is sessions per CPU second
-   of the head-end process (user + system, from /proc); the engine's overhead is how much
-   more CPU a session costs in the worker. PostgreSQL's and NATS's own CPU is reported
-   apart.
+   log by range, release) of the same meters, by one `hes worker` process (job from
+   JetStream, claim, counter block and lease in PostgreSQL, readings and events stored) and
+   by two bare asyncio loops with counters in memory and results dropped: one of MeterClient
+   calls (what any client must do) and one of the worker's own session code (`read_session`:
+   the same requests, the same readings and events made). Each is sessions per CPU second of
+   its process (the worker's from /proc, a loop's from its own process time after its
+   imports); the engine's overhead (JetStream, the store, leases, counters) is how much more
+   CPU a session costs in the worker than in the session loop. PostgreSQL's and NATS's own
+   CPU is reported apart.
 2. 10,000 meters through three workers: the wall time of a campaign, start to last outcome.
 3. pushes end to end: authentic Interval 1 pushes (the model's 14 values) sent over UDP to
    two listeners (`hes listen --nats`) at a given rate, stored once by a worker's ingester,
@@ -191,9 +193,60 @@ async def bare_sessions(manifest: dict, concurrency: int) -> int:
     return done
 
 
-def _bare_process(manifest_path: str, concurrency: int) -> None:
+async def bare_read_sessions(manifest: dict, concurrency: int) -> int:
+    """The worker's own session code (`read_session`: the same requests, the readings and
+    events as the worker stores them) in a bare loop: counters in memory, results dropped."""
+    from smartmeter.hes.fleet.session import ReadPlan, Timeouts, read_session
+    from smartmeter.hes.store.pg import SessionGrant
+
+    queue: asyncio.Queue = asyncio.Queue()
+    for m in manifest["meters"]:
+        queue.put_nowait(m)
+    done = 0
+
+    async def refill(n: int):
+        raise RuntimeError("a block of a million counters ran out")
+
+    async def one() -> None:
+        nonlocal done
+        while not queue.empty():
+            m = queue.get_nowait()
+            grant = SessionGrant(
+                meter_id=m["index"], serial=m["serial"], system_title=bytes.fromhex(m["system_title"]),
+                host=m["host"], port=m["port"], cell=m["cell"], client_sap=1, server_sap=1, mechanism=5, suite=0,
+                policy=m["policy"], capabilities={}, keys={"ek": bytes.fromhex(m["ek"]), "ak": bytes.fromhex(m["ak"])},
+                new_keys={}, key_generation=1, lease_token=0, counter_block=(2_000_000, 3_000_000), rx_last=None,
+                marks={})
+            await read_session(grant, ReadPlan(), Timeouts(), b"SMH\0\0\0\0\3", refill)
+            done += 1
+
+    await asyncio.gather(*(one() for _ in range(concurrency)))
+    return done
+
+
+def _bare_process(manifest_path: str, concurrency: int, kind: str = "client") -> None:
     manifest = json.loads(Path(manifest_path).read_text())
-    print(asyncio.run(bare_sessions(manifest, concurrency)))
+    loop = bare_sessions if kind == "client" else bare_read_sessions
+    began = time.process_time()  # after the imports and the manifest: the sessions' CPU only
+    done = asyncio.run(loop(manifest, concurrency))
+    print(json.dumps({"done": done, "cpu_s": time.process_time() - began}))
+
+
+def _bare(run: Run, concurrency: int, kind: str, meters: int) -> dict:
+    """One bare loop in a process of its own, as the worker has one."""
+    began = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(HERE)!r}); "
+                          f"import hes_scale; hes_scale._bare_process({str(run.work / 'fleet.json')!r}, "
+                          f"{concurrency}, {kind!r})"], capture_output=True, text=True, timeout=600)
+    wall = time.monotonic() - began
+    try:
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise SystemExit(f"the bare {kind} loop failed: {out.stderr[-2000:]}") from None
+    if result["done"] != meters:
+        raise SystemExit(f"the bare {kind} loop read {result['done']} of {meters} meters")
+    return {"sessions": meters, "cpu_s": round(result["cpu_s"], 2), "wall_s": round(wall, 2),
+            "sessions_per_cpu_s": round(meters / result["cpu_s"], 1)}
 
 
 def per_core(run: Run, meters: int, concurrency: int) -> dict:
@@ -212,30 +265,23 @@ def per_core(run: Run, meters: int, concurrency: int) -> dict:
     infra_cpu = tree_cpu(services_pids(run)) - base_infra
     worker.send_signal(signal.SIGTERM)
     worker.wait(30)
-    # bare: a process of its own, so that its CPU is counted like the worker's
-    bare = subprocess.Popen([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(HERE)!r}); "
-                             f"import hes_scale; hes_scale._bare_process({str(run.work / 'fleet.json')!r}, "
-                             f"{concurrency})"], stdout=subprocess.PIPE, text=True)
-    began = time.monotonic()
-    _, _, usage = os.wait4(bare.pid, 0)  # the child's own CPU, to its last instruction
-    bare_wall = time.monotonic() - began
-    cpu = usage.ru_utime + usage.ru_stime
-    bare_done = int(bare.stdout.read().strip() or 0)
-    if bare_done != meters:
-        raise SystemExit(f"the bare loop read {bare_done} of {meters} meters")
+    client_loop = _bare(run, concurrency, "client", meters)
+    session_loop = _bare(run, concurrency, "session", meters)
     run.stop()
-    bare_rate = bare_done / cpu
     engine_rate = meters / worker_cpu
     return {
         "meters": meters, "concurrency": concurrency,
-        "bare_loop": {"sessions": bare_done, "cpu_s": round(cpu, 2), "wall_s": round(bare_wall, 2),
-                      "sessions_per_cpu_s": round(bare_rate, 1)},
+        "bare_client_loop": client_loop,
+        "bare_session_loop": session_loop,
         "worker": {"sessions": meters, "cpu_s": round(worker_cpu, 2), "wall_s": round(wall, 2),
                    "sessions_per_cpu_s": round(engine_rate, 1)},
         "postgresql_and_nats_cpu_s": round(infra_cpu, 2),
-        "engine_overhead": round(bare_rate / engine_rate - 1, 3),
+        "engine_overhead": round(session_loop["sessions_per_cpu_s"] / engine_rate - 1, 3),
+        "overhead_against_the_client_loop": round(client_loop["sessions_per_cpu_s"] / engine_rate - 1, 3),
         "what": "complete HLS 5 read sessions per CPU second of the head-end process: one hes worker (job, "
-                "claim, counters, lease, readings stored) against a bare asyncio loop doing the same requests",
+                "claim, counters, lease, readings and events stored) against bare asyncio loops doing the same "
+                "requests: with MeterClient calls (client loop) and with the worker's own session code, "
+                "read_session (session loop); the engine's overhead is against the session loop",
     }
 
 
