@@ -330,3 +330,24 @@ def test_an_unreachable_database_is_one_clear_error():
             await FleetStore.open("postgresql://u@127.0.0.1:1/x", None)
 
     run(scenario())
+
+
+def test_a_session_whose_lease_ran_out_gets_no_more_counters(pg_dsn):
+    async def scenario():
+        store = await opened(pg_dsn, 1)
+        (meter_id, _, _), = await store.meter_ids()
+        grant = await store.begin_session(meter_id, "paused", 0.3, 8)
+        more = await store.reserve_counters(meter_id, grant.key_generation, 8, grant.lease_token)
+        await asyncio.sleep(0.5)  # the worker paused past its lease
+        with pytest.raises(LeaseLost):
+            await store.reserve_counters(meter_id, grant.key_generation, 8, grant.lease_token)
+        other = await store.begin_session(meter_id, "next", 30.0, 8)
+        with pytest.raises(LeaseLost):  # nor once another session holds the meter
+            await store.reserve_counters(meter_id, grant.key_generation, 8, grant.lease_token)
+        mine = await store.reserve_counters(meter_id, other.key_generation, 8, other.lease_token)
+        await store.close()
+        return grant.counter_block, more, other.counter_block, mine
+
+    first, more, other, mine = run(scenario())
+    # blocks follow each other; the refused top-ups took none
+    assert (first, more, other, mine) == ((1, 8), (9, 16), (17, 24), (25, 32))

@@ -46,7 +46,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from smartmeter.dlms.client import ClientError, ClientSecurity, CounterStore
-from smartmeter.dlms.security.frame_counter import FrameCounterWindow, TxFrameCounter
+from smartmeter.dlms.security.frame_counter import TxFrameCounter
 from smartmeter.dlms.security.suites import INVOCATION_COUNTER_MAX, suite_parameters
 from smartmeter.errors import SmartmeterError
 

@@ -336,8 +336,14 @@ class Worker:
         try:
             result = await read_session(
                 grant, s.plan, s.timeouts, s.client_system_title,
-                lambda n: self._store_call(self.store.reserve_counters(grant.meter_id, grant.key_generation, n)),
+                lambda n: self._store_call(self.store.reserve_counters(grant.meter_id, grant.key_generation, n,
+                                                                       grant.lease_token)),
                 link_factory=self.link_factory)
+        except LeaseLost as exc:  # no more counters: the lease ran out during the session
+            self.stats.lease_lost += 1
+            self.note("worker.lease_lost", "%s", exc)
+            await self._answer(msg.nak(delay=self._delay(msg)))
+            return
         except InvocationCounterError as exc:
             # the meter holds a higher counter of ours than the store (a restored store): move
             # ours above the one its frame counter object shows (verified with our AK; the
@@ -389,7 +395,7 @@ class Worker:
 
     # -- key changes (smartmeter.hes.fleet.keychange) ------------------------------------------
     def _refill(self, grant, generation: int):
-        return lambda n: self._store_call(self.store.reserve_counters(grant.meter_id, generation, n))
+        return lambda n: self._store_call(self.store.reserve_counters(grant.meter_id, generation, n, grant.lease_token))
 
     async def _settled_on_new_keys(self, grant, job: Job | None = None) -> bool:
         """The meter refused the ACTIVE keys and the store has NEW ones: whether it takes
@@ -399,7 +405,8 @@ class Worker:
         t = s.timeouts
         generation = grant.new_generation
         try:
-            block = await self._store_call(self.store.reserve_counters(grant.meter_id, generation, s.counter_block))
+            block = await self._store_call(self.store.reserve_counters(grant.meter_id, generation, s.counter_block,
+                                                                       grant.lease_token))
             # after a refused association, within the lease: one association and a request
             rx_last = await _within("the association under the new keys", t.connect + t.association + 2 * t.request,
                                     probe(grant, grant.new_keys, block, None, self._refill(grant, generation),
@@ -460,7 +467,7 @@ class Worker:
             # it holds the ACTIVE keys: the NEW ones never reached it
             await self._store_call(self.store.discard_new_keys(grant, grant.new_generation))
             grant.counter_block = await self._store_call(
-                self.store.reserve_counters(grant.meter_id, grant.key_generation, s.counter_block))
+                self.store.reserve_counters(grant.meter_id, grant.key_generation, s.counter_block, grant.lease_token))
             grant.rx_last = None
         keys = new_key_pair(grant.suite)
         generation, block = await self._store_call(self.store.new_keys(grant, keys, s.counter_block))

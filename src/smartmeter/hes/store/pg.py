@@ -458,13 +458,22 @@ class FleetStore:
             raise UnknownMeter(f"no meter with id {meter_id}")
         return claim.grant
 
-    async def reserve_counters(self, meter_id: int, generation: int, block: int) -> tuple[int, int]:
-        """Another block of invocation counters for a session that used up its first."""
+    async def reserve_counters(self, meter_id: int, generation: int, block: int,
+                               lease_token: int | None = None) -> tuple[int, int]:
+        """Another block of invocation counters for a session that used up its first. With
+        `lease_token`, only while that lease of the meter is valid (LeaseLost else): a session
+        whose lease ran out (a worker paused) gets no more counters to talk to the meter with."""
         top = await self.pool.fetchval(
             """UPDATE frame_counter SET tx_reserved = tx_reserved + $3
                WHERE meter_id = $1 AND key_generation = $2 AND tx_reserved + $3 <= 4294967295
-               RETURNING tx_reserved""", meter_id, generation, block)
+                 AND ($4::bigint IS NULL OR EXISTS (SELECT 1 FROM meter_lease l WHERE l.meter_id = $1
+                                                    AND l.token = $4 AND l.expires > clock_timestamp()))
+               RETURNING tx_reserved""", meter_id, generation, block, lease_token)
         if top is None:
+            if lease_token is not None and not await self.pool.fetchval(
+                    "SELECT EXISTS (SELECT 1 FROM meter_lease WHERE meter_id = $1 AND token = $2 "
+                    "AND expires > clock_timestamp())", meter_id, lease_token):
+                raise LeaseLost(f"meter {meter_id}: the session's lease ran out; no more counters for it")
             raise StoreError("the meter's invocation counters are used up; change its unicast key")
         return top - block + 1, top
 
