@@ -12,12 +12,10 @@ import datetime as dt
 import json
 import secrets
 
-import asyncpg
-import pytest
 
+from interval_pushes import CLOCK, INTERVAL, LISTS, START, interval_push, meter  # noqa: F401 (meter: the fixture)
 from smartmeter.cosem import axdr
 from smartmeter.cosem.data import CosemDateTime, Data
-from smartmeter.cosem.obis import Obis
 from smartmeter.dlms.apdu.ciphered import GeneralGloCiphering
 from smartmeter.dlms.apdu.notification import DataNotification
 from smartmeter.dlms.security.suites import SecurityControl
@@ -25,30 +23,10 @@ from smartmeter.hes.fleet.broker import PUSH_SUBJECT, RECEIVED_HEADER, SOURCE_HE
 from smartmeter.hes.fleet.pushes import PushIngester, push_key_id
 from smartmeter.hes.push_listener import Keyring, ObjectLists, model_object_lists
 from smartmeter.hes.store.pg import FleetStore, KeyVault, MeterRecord
-from smartmeter.meter.clock import MeterClock
-from smartmeter.meter.runtime import Meter, MeterConfig
 
-START = 1773144000.0  # 2026-03-10T12:00:00Z
 KEK = bytes(range(32))
-INTERVAL = "0-1:25.9.0.255"
-CLOCK = "0-0:1.0.0.255"
-# the interval push with the reactive register as a whole object (value and scaler_unit)
-LISTS = {INTERVAL: [(40, INTERVAL, 1, 0), (8, CLOCK, 2, 0), (3, "1-0:1.8.0.255", 2, 0), (3, "1-0:3.8.0.255", 0, 0),
-                    (1, "0-0:96.1.0.255", 2, 0)]}
 
 
-@pytest.fixture(scope="module")
-def meter(tmp_path_factory):
-    now = [START]
-    m = Meter(MeterConfig(data_dir=tmp_path_factory.mktemp("meter"), backfill_days=0),
-              clock=MeterClock(source=lambda: now[0]))
-    m.now = now
-    yield m
-    m.close()
-
-
-def ln(obis: str) -> Data:
-    return Data.octet_string(Obis.parse(obis).to_bytes())
 
 
 def counter_of(apdu: bytes) -> int:
@@ -58,15 +36,6 @@ def counter_of(apdu: bytes) -> int:
 def utc(t: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(t, dt.timezone.utc)
 
-
-def interval_push(meter, t: float, import_wh: int, reactive: int, scaler: int, unit: int) -> bytes:
-    when = axdr.encode_date_time(CosemDateTime.from_datetime(utc(t)))
-    body = Data.structure([ln(INTERVAL), Data.octet_string(when), Data.double_long_unsigned(import_wh),
-                           Data.structure([ln("1-0:3.8.0.255"), Data.double_long_unsigned(reactive),
-                                           Data.structure([Data.integer(scaler), Data.enum(unit)])]),
-                           Data.octet_string(b"KFM1")])
-    meter.now[0] = t
-    return meter.server.protected_notification("data_readout", body)
 
 
 async def open_store(dsn: str, meter) -> FleetStore:

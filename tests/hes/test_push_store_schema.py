@@ -12,18 +12,14 @@ import sqlite3
 import pytest
 from click.testing import CliRunner
 
+from interval_pushes import LISTS, START, interval_push, meter  # noqa: F401 (meter: the fixture)
 from smartmeter.cli.main import main
-from smartmeter.cosem import axdr
-from smartmeter.cosem.data import CosemDateTime, Data
-from smartmeter.cosem.obis import Obis
+from smartmeter.cosem.data import Data
 from smartmeter.dlms.apdu.ciphered import GeneralGloCiphering
 from smartmeter.hes.push_listener import Keyring, ObjectLists, PushReceiver
 from smartmeter.hes.push_store import SCHEMA_VERSION, PushStore, SchemaError
-from smartmeter.meter.clock import MeterClock
-from smartmeter.meter.runtime import Meter, MeterConfig
 from smartmeter.transport.wrapper import WrapperFrame
 
-START = 1773144000.0  # 2026-03-10T12:00:00Z
 
 # The first layout, as `hes listen` wrote it before layout versions (user_version 0).
 FIRST_LAYOUT = """
@@ -178,35 +174,9 @@ def test_a_file_of_a_newer_layout_is_refused(tmp_path):
 
 # ------------------------------------------------------------------- pushes into the layout
 
-INTERVAL = "0-1:25.9.0.255"
-CLOCK = "0-0:1.0.0.255"
-# the interval push with the third register as a whole object (value and scaler_unit)
-LISTS = {INTERVAL: [(40, INTERVAL, 1, 0), (8, CLOCK, 2, 0), (3, "1-0:1.8.0.255", 2, 0), (3, "1-0:3.8.0.255", 0, 0),
-                    (1, "0-0:96.1.0.255", 2, 0)]}
 
 
-@pytest.fixture(scope="module")
-def meter(tmp_path_factory):
-    now = [START]
-    m = Meter(MeterConfig(data_dir=tmp_path_factory.mktemp("meter"), backfill_days=0),
-              clock=MeterClock(source=lambda: now[0]))
-    m.now = now
-    yield m
-    m.close()
 
-
-def ln(obis: str) -> Data:
-    return Data.octet_string(Obis.parse(obis).to_bytes())
-
-
-def interval_push(meter, t: float, import_wh: int, reactive: int, scaler: int, unit: int) -> bytes:
-    when = axdr.encode_date_time(CosemDateTime.from_datetime(dt.datetime.fromtimestamp(t, dt.timezone.utc)))
-    body = Data.structure([ln(INTERVAL), Data.octet_string(when), Data.double_long_unsigned(import_wh),
-                           Data.structure([ln("1-0:3.8.0.255"), Data.double_long_unsigned(reactive),
-                                           Data.structure([Data.integer(scaler), Data.enum(unit)])]),
-                           Data.octet_string(b"KFM1")])
-    meter.now[0] = t
-    return meter.server.protected_notification("data_readout", body)
 
 
 def test_pushes_land_as_series_and_integer_readings_and_are_kept_raw(meter, tmp_path):
