@@ -443,20 +443,29 @@ def _iso_utc(value) -> dt.datetime | None:
     return t if t.tzinfo is not None else None
 
 
+def _capture_columns(columns: Data) -> list[tuple[int, str, int]]:
+    """(class id, OBIS, attribute) of each capture object of a profile; ValueError if the
+    capture_objects are not the Blue Book's array of structures."""
+    try:
+        return [(class_id, str(Obis.from_bytes(ln)), attribute)
+                for class_id, ln, attribute, _ in ((f.value for f in column.value) for column in columns.value)]
+    except (TypeError, ValueError, AttributeError):
+        raise ValueError("unexpected shape") from None
+
+
 def _event_layout(columns: Data) -> tuple[int, int]:
     """(clock column, event code column) of an event log: the code is the event object's value
     (IC 1, 0-0:96.11.x.255, attribute 2)."""
     clock = code = None
     try:
-        for index, column in enumerate(columns.value):
-            class_id, ln, attribute, _ = (f.value for f in column.value)
-            obis = str(Obis.from_bytes(ln))
-            if class_id == 8 and attribute == 2 and clock is None:
-                clock = index
-            elif class_id == 1 and attribute == 2 and obis.startswith("0-0:96.11.") and code is None:
-                code = index
-    except (TypeError, ValueError, AttributeError):
+        captured = _capture_columns(columns)
+    except ValueError:
         raise UnusableEventLog("the event log's capture_objects have an unexpected shape") from None
+    for index, (class_id, obis, attribute) in enumerate(captured):
+        if class_id == 8 and attribute == 2 and clock is None:
+            clock = index
+        elif class_id == 1 and attribute == 2 and obis.startswith("0-0:96.11.") and code is None:
+            code = index
     if clock is None or code is None:
         raise UnusableEventLog("the event log captures no clock or no event code column (0-0:96.11.x.255)")
     return clock, code
@@ -474,17 +483,16 @@ def _layout(columns: Data) -> _Layout:
     clock = status = None
     values = []
     try:
-        for index, column in enumerate(columns.value):
-            class_id, ln, attribute, _ = (f.value for f in column.value)
-            obis = str(Obis.from_bytes(ln))
-            if class_id == 8 and attribute == 2 and clock is None:
-                clock = index
-            elif class_id == 1 and obis.startswith("0-0:96.10.") and status is None:
-                status = index
-            elif class_id in (1, 3, 4):
-                values.append((index, (obis, attribute)))
-    except (TypeError, ValueError, AttributeError):
+        captured = _capture_columns(columns)
+    except ValueError:
         raise ClientError("the profile's capture_objects have an unexpected shape") from None
+    for index, (class_id, obis, attribute) in enumerate(captured):
+        if class_id == 8 and attribute == 2 and clock is None:
+            clock = index
+        elif class_id == 1 and obis.startswith("0-0:96.10.") and status is None:
+            status = index
+        elif class_id in (1, 3, 4):
+            values.append((index, (obis, attribute)))
     if clock is None:
         raise ClientError("the profile captures no clock column")
     return _Layout(clock, status, tuple(values))
