@@ -1,7 +1,7 @@
-"""Grants made at about the same time share one round trip (hes.store.batching.Coalescer):
-each caller still gets its own answer, one bad call does not fail the others, a result whose
-caller gave up is given back, and a claim cancelled while its grant is fetched leaves the
-meter free."""
+"""Claims, grants and finished sessions made at about the same time share one round trip
+(hes.store.batching.Coalescer): each caller still gets its own answer, one bad call does not
+fail the others, a result whose caller gave up is given back, and a claim cancelled while its
+grant is fetched leaves the meter free."""
 from __future__ import annotations
 
 import asyncio
@@ -211,3 +211,97 @@ def test_claims_coalesced_or_not_reserve_disjoint_counter_blocks(pg_dsn, window)
 
     blocks = run(scenario())
     assert blocks == [(1 + 7 * k, 7 * (k + 1)) for k in range(5)]
+
+
+def test_without_a_window_a_call_goes_at_once_and_calls_made_meanwhile_go_together():
+    batches, release = [], asyncio.Event()
+
+    async def slow(items):
+        batches.append(list(items))
+        await release.wait()
+        return list(items)
+
+    async def scenario():
+        coalescer = Coalescer(slow, window=None)
+        first = asyncio.ensure_future(coalescer.submit(0))
+        await asyncio.sleep(0.01)
+        assert batches == [[0]]  # sent at once: nothing else was under way
+        later = [asyncio.ensure_future(coalescer.submit(i)) for i in (1, 2, 3)]
+        await asyncio.sleep(0.01)
+        assert batches == [[0]]  # they wait for the batch under way
+        release.set()
+        results = await asyncio.gather(first, *later)
+        await coalescer.close()
+        return results
+
+    assert run(scenario()) == [0, 1, 2, 3]
+    assert batches == [[0], [1, 2, 3]]
+
+
+def test_claims_made_together_take_one_round_trip_and_one_that_raises_fails_alone(pg_dsn):
+    async def scenario():
+        store = await opened(pg_dsn, n=4)
+        ids = [m[0] for m in await store.meter_ids()]
+        # a lease of infinite seconds is an interval PostgreSQL cannot hold: that claim raises
+        claims = await asyncio.gather(*(store.claim(m, "w", float("inf") if m == ids[2] else 30.0, 10) for m in ids),
+                                      return_exceptions=True)
+        batches = store._claims.batches
+        again = await store.claim(ids[2], "w", 30.0, 10)  # the failed claim took nothing
+        await store.close()
+        return claims, batches, again.status
+
+    claims, batches, again = run(scenario())
+    assert isinstance(claims[2], asyncpg.DataError), claims[2]
+    assert [c.status for k, c in enumerate(claims) if k != 2] == ["granted"] * 3
+    assert batches == 1 and again == "granted"
+
+
+def test_sessions_finished_together_share_a_transaction_but_one_bad_session_fails_alone(pg_dsn):
+    import datetime as dt
+
+    from smartmeter.hes.store.pg import Event, Reading, SessionResult
+
+    at = dt.datetime(2026, 3, 1, 12, tzinfo=dt.timezone.utc)
+    log = "0-0:99.98.0.255"
+
+    def result(quality: int) -> SessionResult:
+        return SessionResult([Reading("", "1-0:1.8.0.255", 2, at, 1000, quality)], {("", "1-0:1.8.0.255", 2): (0, 30)},
+                             {log: at}, 5, None, events=[Event(log, at, 7)])
+
+    async def scenario():
+        store = await opened(pg_dsn, n=3)
+        ids = [m[0] for m in await store.meter_ids()]
+        grants = [(await store.claim(m, "w", 30.0, 10)).grant for m in ids]
+        await store._ensure_partitions({dt.date(2026, 3, 1)})  # so the three finish in the same turn
+        # a quality of 70000 does not fit the smallint column: that session's data breaks the batch
+        stored = await asyncio.gather(*(store.finish_session(g, result(70000 if k == 1 else 0), None, "w")
+                                        for k, g in enumerate(grants)), return_exceptions=True)
+        rows = await store.pool.fetch("SELECT s.meter_id, r.raw, r.quality FROM reading r JOIN series s ON s.id = r.series_id")
+        events = await store.pool.fetch("SELECT meter_id, code FROM event")
+        leases = await store.pool.fetch("SELECT meter_id FROM meter_lease")
+        batches = store._finishes.batches, store._finishes.items
+        await store.close()
+        return ids, stored, rows, events, leases, batches
+
+    ids, stored, rows, events, leases, batches = run(scenario())
+    assert stored[0] == 1 and stored[2] == 1 and isinstance(stored[1], asyncpg.DataError), stored
+    assert sorted((r["meter_id"], r["raw"]) for r in rows) == [(ids[0], 1000), (ids[2], 1000)]
+    assert sorted((e["meter_id"], e["code"]) for e in events) == [(ids[0], 7), (ids[2], 7)]
+    assert [r["meter_id"] for r in leases] == [ids[1]]  # the failed session keeps its lease until released
+    assert batches == (1, 3)  # the three went together (then each alone, after the batch failed)
+
+
+def test_an_urgent_claim_takes_the_cells_last_slot_ahead_of_the_campaign_claims_in_its_batch(pg_dsn):
+    async def scenario():
+        store = await opened(pg_dsn, n=4)  # one cell of 2 sessions
+        ids = [m[0] for m in await store.meter_ids()]
+        held = (await store.claim(ids[0], "w", 30.0, 10, throttle=True)).grant  # one slot left
+        claims = await asyncio.gather(*(store.claim(m, "w", 30.0, 10, throttle=True, urgent=m == ids[3])
+                                        for m in ids[1:]))
+        batches = store._claims.batches
+        await store.release(held)
+        await store.close()
+        return [c.status for c in claims], batches
+
+    statuses, batches = run(scenario())
+    assert statuses == ["cell_full", "cell_full", "granted"] and batches == 2

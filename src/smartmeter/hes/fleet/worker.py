@@ -309,7 +309,7 @@ class Worker:
             try:
                 claim = await self._store_call(self.store.claim(job.meter_id, self.name, self.lease_s, s.counter_block,
                                                                 campaign=job.campaign, throttle=True, slot=slot,
-                                                                max_claims=s.max_claims))
+                                                                max_claims=s.max_claims, urgent=urgent))
             except StoreUnavailable:
                 raise
             except StoreError as exc:  # e.g. keys that do not unwrap

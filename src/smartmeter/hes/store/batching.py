@@ -1,14 +1,16 @@
 """Calls of one kind that tasks make at about the same time, sent to PostgreSQL as one batch.
 
-A worker runs dozens of sessions at once, and each begins with a claim: one round trip each
-costs the worker a send, a receive and several turns of its event loop, more than the call's
-own work. A `Coalescer` collects the calls made within a short window (or until `max_batch`)
-and runs them as one statement; each caller gets its own result. The window is short against
-a session (milliseconds against a second), so a call waits little.
+A worker runs dozens of sessions at once, and each begins with a claim and ends with its
+results: one round trip each costs the worker a send, a receive and several turns of its
+event loop, more than the call's own work. A `Coalescer` runs the calls made meanwhile as one
+statement; each caller gets its own result. It sends either after a short window, or (with
+`window=None`) at once when no batch of it is under way and otherwise as soon as the one under
+way has its answer: calls made while a batch is out wait for it and then go together, so a
+batch grows with the load and a call made alone waits for nothing.
 
-Only statements that take no locks belong here: one statement is one transaction, and a batch
-of locking calls would hold every call's locks until its end (and deadlock with another
-process's batch taking them in another order).
+A statement that takes locks belongs here only when its batch cannot hold one call's locks
+while waiting for another's (see the SQL of each batch: claims run each in a transaction of
+its own; finishes are of different meters under their own leases).
 
 A batch that one call's data breaks is run again one call at a time, so the others go
 through; a lost connection or a server shutting down reaches every caller of the batch.
@@ -29,6 +31,8 @@ Result = TypeVar("Result")
 # errors of the connection or the server, not of one call's data: running the calls again one
 # by one would only repeat them
 _NOT_THE_DATA = (asyncpg.exceptions.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError)
+# what one call's data can raise: from the server, or while its arguments are encoded
+_THE_DATA = (asyncpg.PostgresError, ValueError, OverflowError, TypeError)
 
 
 class Coalescer(Generic[Item, Result]):
@@ -40,15 +44,16 @@ class Coalescer(Generic[Item, Result]):
     batch was sent is left out of the batch."""
 
     def __init__(self, run_batch: Callable[[Sequence[Item]], Awaitable[Sequence]], *,
-                 window: float = 0.005, max_batch: int = 64,
+                 window: float | None = 0.005, max_batch: int = 64,
                  orphaned: Callable[[Item, Result], Awaitable[None]] | None = None) -> None:
         self.run_batch = run_batch
         self.window = window
         self.max_batch = max_batch
         self.orphaned = orphaned
         self._pending: list[tuple[Item, asyncio.Future]] = []
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
         self._running: set[asyncio.Task] = set()
+        self._out = 0  # batches sent and not yet answered
         self.batches = 0
         self.items = 0
 
@@ -59,7 +64,11 @@ class Coalescer(Generic[Item, Result]):
         if len(self._pending) >= self.max_batch:
             self._flush()
         elif self._timer is None:
-            self._timer = loop.call_later(self.window, self._flush)
+            if self.window is not None:
+                self._timer = loop.call_later(self.window, self._flush)
+            elif not self._out:
+                # at the end of this turn of the loop: the calls its other tasks make go too
+                self._timer = loop.call_soon(self._flush)
         try:
             return await future
         except asyncio.CancelledError:
@@ -93,6 +102,15 @@ class Coalescer(Generic[Item, Result]):
             pass
 
     async def _run(self, batch: list[tuple[Item, asyncio.Future]]) -> None:
+        self._out += 1
+        try:
+            await self._answer(batch)
+        finally:
+            self._out -= 1
+            if self.window is None and self._pending and self._timer is None:
+                self._timer = asyncio.get_running_loop().call_soon(self._flush)
+
+    async def _answer(self, batch: list[tuple[Item, asyncio.Future]]) -> None:
         self.batches += 1
         self.items += len(batch)
         items = [item for item, _ in batch]
@@ -100,7 +118,7 @@ class Coalescer(Generic[Item, Result]):
             results = list(await self.run_batch(items))
             if len(results) != len(items):
                 raise RuntimeError(f"a batch of {len(items)} calls gave {len(results)} results")
-        except asyncpg.PostgresError as exc:
+        except _THE_DATA as exc:
             if len(batch) == 1 or isinstance(exc, _NOT_THE_DATA):
                 results = [exc] * len(batch)
             else:  # one call's data broke the statement: each alone, so the others go through

@@ -1,6 +1,7 @@
 """The fleet store on PostgreSQL (schema: `sql/*.sql`, applied by `migrate`).
 
-A worker's read session costs two round trips, each one statement and one transaction:
+A worker's read session is two calls, each sent with those of the worker's other sessions
+made meanwhile (`batching.Coalescer`: one round trip for many sessions):
 
 * `claim` (SQL function hes_begin): the job still open, the meter's lease (with a fencing
   token, so two sessions never read one meter at once), a session slot of the meter's cell
@@ -232,7 +233,10 @@ class FleetStore:
         self.dsn = dsn
         self._partitions: set[dt.date] = set()
         self._store_id: str | None = None
-        self._grants = Coalescer(self._grant_batch)
+        # a call goes at once, or with the others made while the previous batch was out
+        self._claims = Coalescer(self._claim_batch, window=None, orphaned=self._release_claimed)
+        self._grants = Coalescer(self._grant_batch, window=None)
+        self._finishes = Coalescer(self._finish_batch, window=None)
 
     @classmethod
     async def open(cls, dsn: str, vault: KeyVault | None = None, *, min_size: int = 1, max_size: int = 10,
@@ -396,28 +400,51 @@ class FleetStore:
     # -- sessions ----------------------------------------------------------------------------
     async def claim(self, meter_id: int, holder: str, lease_s: float, block: int, *, campaign: int | None = None,
                     throttle: bool = False, slot: tuple[int, int] | None = None,
-                    max_claims: int | None = None) -> "Claim":
+                    max_claims: int | None = None, urgent: bool = False) -> "Claim":
         """Claim the meter for a session (SQL function hes_begin): the job still open, with
         `throttle` a session slot of its cell and a connection token, the meter's lease, a
         block of `block` invocation counters. A `Claim` that is not granted says why; a granted
-        one carries the SessionGrant, whose meter data (address, marks, keys) the grants made
-        at about the same time fetch in one query (`batching.Coalescer`). hes_begin itself is
-        one transaction per claim: a batch of them would hold every claim's locks until its end
-        and deadlock with other workers' batches."""
-        row = await self.pool.fetchrow("SELECT * FROM hes_begin($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                                       campaign, meter_id, holder, lease_s, block, throttle,
-                                       *(slot if slot is not None else (None, None)), max_claims)
+        one carries the SessionGrant with the meter's data (address, marks, keys). The claims
+        made at about the same time go in one round trip (hes_begin_batch, each claim still a
+        transaction of its own: claims held together would wait on each other's cells across
+        workers), and so do their grants' meter data; an `urgent` claim goes first in its batch,
+        so an on-demand read takes a cell's free slot ahead of a campaign."""
+        item = (campaign, meter_id, holder, lease_s, block, throttle, *(slot if slot is not None else (None, None)),
+                max_claims, urgent)
+        row = await self._claims.submit(item)
         held = (row["slot"], row["slot_token"]) if row["slot"] is not None else None
         claim = Claim(row["status"], row["job_state"], row["cell"], held, row["wait"])
         if claim.status == "granted":
             try:
                 claim.grant = await self._grants.submit((meter_id, row, block))
             except BaseException:  # a cancellation too: what the claim took goes back now
-                await self.pool.execute("SELECT hes_release($1, $2, $3, $4, $5)", meter_id, row["token"],
-                                        row["cell"], row["slot"], row["slot_token"])
+                await self._release_claimed(item, row)
                 raise
             claim.grant.slot = held
         return claim
+
+    async def _claim_batch(self, items: Sequence[tuple]) -> list[dict[str, Any] | Exception]:
+        """hes_begin for each of `items` (its arguments and whether it is urgent), each in its
+        own transaction, the urgent ones first."""
+        order = sorted(range(len(items)), key=lambda n: not items[n][9])
+        out = await self.pool.fetchrow(
+            "CALL hes_begin_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, NULL, NULL, NULL, NULL, NULL, NULL, "
+            "NULL, NULL, NULL, NULL)", *([items[n][k] for n in order] for k in range(9)))
+        answers = zip(*(out["o_" + c] for c in _CLAIM_COLUMNS), out["o_error"])
+        rows: list[dict[str, Any] | Exception] = [None] * len(items)  # type: ignore[list-item]
+        for n, (*values, error) in zip(order, answers):
+            if error is None:
+                rows[n] = dict(zip(_CLAIM_COLUMNS, values))
+            else:  # the claim raised in the server: the exception asyncpg would have raised
+                sqlstate, _, message = error.partition(" ")
+                rows[n] = _postgres_error(sqlstate, message)
+        return rows
+
+    async def _release_claimed(self, item: tuple, row: dict[str, Any]) -> None:
+        """Give back what a granted claim of `item` took, when its caller cannot use it."""
+        if row["status"] == "granted":
+            await self.pool.execute("SELECT hes_release($1, $2, $3, $4, $5)", item[1], row["token"], row["cell"],
+                                    row["slot"], row["slot_token"])
 
     async def _grant_batch(self, items: Sequence[tuple]) -> list["SessionGrant"]:
         vault = self._vault()
@@ -482,27 +509,34 @@ class FleetStore:
         """Store what the session read and the job's outcome in one transaction (SQL function
         hes_finish), and give back the lease and the slot; LeaseLost if another holder took
         the meter meanwhile (nothing is stored then). Returns the readings newly stored (0
-        when the job already had its outcome)."""
+        when the job already had its outcome). The sessions finished at about the same time
+        go in one round trip and one transaction (hes_finish_batch); a batch that one
+        session's data breaks is run again one session at a time."""
         await self._ensure_partitions({_month(r.time) for r in result.readings})
-        keys = sorted({(r.source, r.obis, r.attribute) for r in result.readings})
-        index = {k: i + 1 for i, k in enumerate(keys)}
-        scalers = [result.scalers.get(k) for k in keys]
         campaign, job_holder = job if job is not None else (None, holder or "")
-        slot, slot_token = grant.slot or (None, None)
-        stored = await self.pool.fetchval(
-            _with_events("SELECT hes_finish($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, "
-                         "$18, $19, $20, $21, $22, $23)", result.events, first=24),
-            grant.meter_id, grant.lease_token, campaign, job_holder, grant.cell, slot, slot_token,
-            [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
-            [s[0] if s else None for s in scalers], [s[1] if s else None for s in scalers],
-            [s is not None for s in scalers],
-            [index[(r.source, r.obis, r.attribute)] for r in result.readings], [r.time for r in result.readings],
-            [r.raw for r in result.readings], [r.quality for r in result.readings], dt.datetime.now(dt.timezone.utc),
-            list(result.marks), list(result.marks.values()), result.rx_last, grant.key_generation,
-            json.dumps(result.capabilities) if result.capabilities else None, *_event_arguments(result.events))
+        stored = await self._finishes.submit((grant, result, campaign, job_holder, dt.datetime.now(dt.timezone.utc)))
         if stored == -1:
             raise LeaseLost(f"meter {grant.serial}: the session's lease was taken over; its results are dropped")
         return max(stored, 0)
+
+    async def _finish_batch(self, items: Sequence[tuple]) -> list[int]:
+        sessions = []
+        for grant, result, campaign, holder, received in items:
+            keys = sorted({(r.source, r.obis, r.attribute) for r in result.readings})
+            index = {k: i + 1 for i, k in enumerate(keys)}
+            scalers = [result.scalers.get(k) for k in keys]
+            slot, slot_token = grant.slot or (None, None)
+            sessions.append({
+                "meter": grant.meter_id, "token": grant.lease_token, "campaign": campaign, "holder": holder,
+                "cell": grant.cell, "slot": slot, "slot_token": slot_token, "received": _epoch_us(received),
+                "rx_last": result.rx_last, "key_generation": grant.key_generation,
+                "capabilities": result.capabilities or None,
+                "series": [[*k, *(s if s else (None, None)), s is not None] for k, s in zip(keys, scalers)],
+                "readings": [[index[(r.source, r.obis, r.attribute)], _epoch_us(r.time), r.raw, r.quality]
+                             for r in result.readings],
+                "marks": [[profile, _epoch_us(t)] for profile, t in result.marks.items()],
+                "events": [[e.log, _epoch_us(e.time), e.code] for e in result.events]})
+        return await self.pool.fetchval("SELECT hes_finish_batch($1::text::jsonb)", json.dumps(sessions))
 
     # -- key changes (SQL functions hes_key_*, sql/0003_key_change.sql) ----------------------
     async def new_keys(self, grant: SessionGrant, keys: dict[str, bytes], block: int) -> tuple[int, tuple[int, int]]:
@@ -710,26 +744,27 @@ class FleetStore:
             return fresh, stored
 
 
-def _with_events(finish: str, events: Sequence[Event], first: int) -> str:
-    """The statement of `finish_session`: `finish` alone, or with the session's events written
-    in the same statement (so the same transaction) and only when `finish` stored the session
-    (a lost lease or a job that already had its outcome stores no event either). `first` is
-    the number of the first parameter for the events ($1 is the meter, $18 the time received)."""
-    if not events:
-        return finish
-    log, time, code = first, first + 1, first + 2
-    return (f"WITH finish AS MATERIALIZED ({finish} AS stored), "
-            f"events AS (INSERT INTO event (meter_id, log, time, code, received) "
-            f"SELECT $1, x.log, x.time, x.code, $18 FROM finish, "
-            f"unnest(${log}::text[], ${time}::timestamptz[], ${code}::integer[]) AS x(log, time, code) "
-            f"WHERE finish.stored >= 0 ON CONFLICT DO NOTHING) "
-            f"SELECT stored FROM finish")
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_MICROSECOND = dt.timedelta(microseconds=1)
 
 
-def _event_arguments(events: Sequence[Event]) -> tuple:
-    if not events:
-        return ()
-    return [e.log for e in events], [e.time for e in events], [e.code for e in events]
+def _epoch_us(t: dt.datetime) -> int:
+    """Microseconds since the Unix epoch, exactly (hes_finish_batch's time)."""
+    return (t - _EPOCH) // _MICROSECOND
+
+
+# what hes_begin answers for a claim, as hes_begin_batch's o_<column> arrays
+_CLAIM_COLUMNS = ("status", "job_state", "cell", "slot", "slot_token", "wait", "token", "key_generation", "tx_top",
+                  "rx_last")
+
+
+def _postgres_error(sqlstate: str, message: str) -> asyncpg.PostgresError:
+    """The exception asyncpg raises for an error of `sqlstate`, for an error a batch caught in the server."""
+    try:
+        cls = asyncpg.exceptions._base.PostgresMessage.get_message_class_for_sqlstate(sqlstate)
+    except (AttributeError, LookupError):
+        cls = asyncpg.PostgresError
+    return cls(message)
 
 
 async def events_of(pool, *, serials: Sequence[str] = (), cell: str | None = None, logs: Sequence[str] = (),
