@@ -61,14 +61,14 @@ class Coalescer(Generic[Item, Result]):
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._pending.append((item, future))
-        if len(self._pending) >= self.max_batch:
-            self._flush()
-        elif self._timer is None:
-            if self.window is not None:
-                self._timer = loop.call_later(self.window, self._flush)
-            elif not self._out:
+        if self.window is None:
+            if not self._out and self._timer is None:
                 # at the end of this turn of the loop: the calls its other tasks make go too
                 self._timer = loop.call_soon(self._flush)
+        elif len(self._pending) >= self.max_batch:
+            self._flush()
+        elif self._timer is None:
+            self._timer = loop.call_later(self.window, self._flush)
         try:
             return await future
         except asyncio.CancelledError:
@@ -81,9 +81,12 @@ class Coalescer(Generic[Item, Result]):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        batch = [(item, future) for item, future in self._pending if not future.done()]
-        self._pending = []
+        live = [(item, future) for item, future in self._pending if not future.done()]
+        # without a window one batch is out at a time (its statement may keep a connection of
+        # its own): what does not fit goes when it has its answer
+        batch, self._pending = (live[:self.max_batch], live[self.max_batch:]) if self.window is None else (live, [])
         if batch:
+            self._out += 1  # now, not when the task starts: a call made meanwhile must wait for it
             self._spawn(self._run(batch))
 
     def _spawn(self, coroutine) -> None:
@@ -102,7 +105,6 @@ class Coalescer(Generic[Item, Result]):
             pass
 
     async def _run(self, batch: list[tuple[Item, asyncio.Future]]) -> None:
-        self._out += 1
         try:
             await self._answer(batch)
         finally:
@@ -146,9 +148,11 @@ class Coalescer(Generic[Item, Result]):
 
     async def close(self) -> None:
         """Run what is pending and wait for the batches under way."""
-        self._flush()
-        while self._running:
-            await asyncio.gather(*self._running, return_exceptions=True)
+        while self._pending or self._running:
+            if self._pending and (self.window is not None or not self._out or not self._running):
+                self._flush()
+            if self._running:
+                await asyncio.gather(*self._running, return_exceptions=True)
 
 
 def _own_copy(exc: BaseException) -> BaseException:

@@ -237,6 +237,7 @@ class FleetStore:
         self._claims = Coalescer(self._claim_batch, window=None, orphaned=self._release_claimed)
         self._grants = Coalescer(self._grant_batch, window=None)
         self._finishes = Coalescer(self._finish_batch, window=None)
+        self._held: dict[str, asyncpg.Connection] = {}  # a connection for each kind of batch
 
     @classmethod
     async def open(cls, dsn: str, vault: KeyVault | None = None, *, min_size: int = 1, max_size: int = 10,
@@ -261,8 +262,35 @@ class FleetStore:
         return store
 
     async def close(self) -> None:
-        await self._grants.close()
+        for coalescer in (self._claims, self._grants, self._finishes):
+            await coalescer.close()
+        for purpose in list(self._held):
+            await self.pool.release(self._held.pop(purpose))
         await self.pool.close()
+
+    async def _batch_call(self, purpose: str, method: str, query: str, *args):
+        """A batch's statement on the connection kept for that kind of batch (its coalescer has
+        one batch out at a time): a round trip without the pool's acquire and release, which
+        cost the worker as much CPU as the round trip itself. A connection that failed goes
+        back to the pool, which replaces it."""
+        conn = self._held.get(purpose)
+        if conn is None:
+            conn = self._held[purpose] = await self.pool.acquire()
+        try:
+            return await getattr(conn, method)(query, *args)
+        except asyncpg.PostgresError as exc:
+            if isinstance(exc, _CONNECTION_LOST):
+                await self._drop_held(purpose, conn)
+            raise
+        except BaseException:  # a lost connection, a time-out or a cancellation mid-statement
+            await self._drop_held(purpose, conn)
+            raise
+
+    async def _drop_held(self, purpose: str, conn) -> None:
+        if self._held.get(purpose) is conn:
+            del self._held[purpose]
+        conn.terminate()
+        await self.pool.release(conn)
 
     # -- schema ------------------------------------------------------------------------------
     async def migrate(self) -> list[str]:
@@ -427,8 +455,8 @@ class FleetStore:
         """hes_begin for each of `items` (its arguments and whether it is urgent), each in its
         own transaction, the urgent ones first."""
         order = sorted(range(len(items)), key=lambda n: not items[n][9])
-        out = await self.pool.fetchrow(
-            "CALL hes_begin_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, NULL, NULL, NULL, NULL, NULL, NULL, "
+        out = await self._batch_call(
+            "claims", "fetchrow", "CALL hes_begin_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, NULL, NULL, NULL, NULL, NULL, NULL, "
             "NULL, NULL, NULL, NULL)", *([items[n][k] for n in order] for k in range(9)))
         answers = zip(*(out["o_" + c] for c in _CLAIM_COLUMNS), out["o_error"])
         rows: list[dict[str, Any] | Exception] = [None] * len(items)  # type: ignore[list-item]
@@ -448,7 +476,8 @@ class FleetStore:
 
     async def _grant_batch(self, items: Sequence[tuple]) -> list["SessionGrant"]:
         vault = self._vault()
-        rows = await self.pool.fetch(
+        rows = await self._batch_call(
+            "grants", "fetch",
             """SELECT u.n AS batch_index, m.*,
                       (SELECT coalesce(jsonb_object_agg(profile, last_time), '{}'::jsonb)
                        FROM profile_mark WHERE meter_id = m.id) AS marks,
@@ -536,7 +565,8 @@ class FleetStore:
                              for r in result.readings],
                 "marks": [[profile, _epoch_us(t)] for profile, t in result.marks.items()],
                 "events": [[e.log, _epoch_us(e.time), e.code] for e in result.events]})
-        return await self.pool.fetchval("SELECT hes_finish_batch($1::text::jsonb)", json.dumps(sessions))
+        return await self._batch_call("finishes", "fetchval", "SELECT hes_finish_batch($1::text::jsonb)",
+                                      json.dumps(sessions))
 
     # -- key changes (SQL functions hes_key_*, sql/0003_key_change.sql) ----------------------
     async def new_keys(self, grant: SessionGrant, keys: dict[str, bytes], block: int) -> tuple[int, tuple[int, int]]:
@@ -743,6 +773,9 @@ class FleetStore:
                 stored += int(status.rsplit(" ", 1)[1])
             return fresh, stored
 
+
+# a batch's connection is lost or the server is going away: it is not reused
+_CONNECTION_LOST = (asyncpg.exceptions.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError)
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 _MICROSECOND = dt.timedelta(microseconds=1)
