@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
 import logging
 import time
 from collections import Counter, OrderedDict
@@ -46,7 +45,9 @@ from smartmeter.hes.fleet.broker import (
     PUSH_SUBJECT, PUSHES_STREAM, RECEIVED_HEADER, SOURCE_HEADER, Broker, BrokerUnavailable, backoff_delay,
 )
 from smartmeter.hes.fleet.session import PLAUSIBLE_FUTURE, PLAUSIBLE_PAST
-from smartmeter.hes.push_listener import Keyring, Limits, MeterKeys, ObjectLists, PushIntake, decode_push
+from smartmeter.hes.push_listener import (
+    Keyring, Limits, MeterKeys, ObjectLists, PushIntake, decode_push, push_key_id,
+)
 from smartmeter.hes.push_store import format_time, integer_raw, scaler_units
 from smartmeter.hes.store.pg import UNAVAILABLE, FleetStore, IngestedPush, PushValue, StoreUnavailable
 from smartmeter.ratelog import RateLimitedLog
@@ -63,13 +64,6 @@ KEY_LOOKUPS_PER_S = 20.0  # meters' keys read again, across all meters (random t
 KEY_LOOKUP_TIMEOUT = 5.0  # s for one look-up; a store that does not answer in time leaves the pushes refused
 KEY_GENERATIONS = 3  # the newest unicast key generations of a meter a push is tried with
 MESSAGE_ID_HEADER = "Nats-Msg-Id"
-
-
-def push_key_id(ek: bytes) -> str:
-    """A push's key, as a short fingerprint of the encryption key its tag verified with: a meter
-    starts its invocation counter again under a new key, so a push is (meter, key, counter).
-    The same on every listener and worker; the key cannot be had from it."""
-    return hashlib.sha256(b"smartmeter push key\0" + ek).hexdigest()[:16]
 
 
 async def keyring_from_store(store: FleetStore) -> Keyring:
