@@ -1,7 +1,8 @@
 """The push ingester reads the keys of the meters whose pushes it takes, not the fleet's: a
 worker's first batch unwraps the keys of that batch's meters only (reading and unwrapping every
 meter's keys at once stopped the event loop for seconds on a large fleet), and it holds the keys
-of at most KEY_CACHE meters, reading a forgotten meter's keys again when it pushes."""
+of at most KEY_CACHE meters, reading a forgotten meter's keys again when it pushes. The keys
+are the store's push keys: an EXPIRED one only for its grace."""
 from __future__ import annotations
 
 import asyncio
@@ -99,3 +100,35 @@ def test_the_ingester_reads_the_keys_of_its_pushes_meters_only_and_holds_a_bound
             await store.close()
 
     asyncio.run(scenario())
+
+
+def test_pushes_under_keys_expired_longer_ago_than_the_grace_are_kept_undecoded(pg_dsn):
+    """A push made before a key change and still on its way decodes under the EXPIRED key; past
+    the store's grace for pushes (a day) that key is no longer tried."""
+    old, new = (secrets.token_bytes(16), secrets.token_bytes(16)), (secrets.token_bytes(16), secrets.token_bytes(16))
+
+    async def scenario():
+        store = await FleetStore.open(pg_dsn, KeyVault(KEK), migrate=True)
+        try:
+            await store.add_meters([MeterRecord("K0", title(0), "127.0.0.1", 9, keys={"ek": old[0], "ak": old[1]})])
+            (meter_id, _, _), = await store.meter_ids()
+            grant = await store.begin_session(meter_id, "test", 30.0, 8)
+            generation, _ = await store.new_keys(grant, {"ek": new[0], "ak": new[1]}, 8)
+            assert await store.promote_keys(grant, generation, None)
+            await store.release(grant)
+            received = dt.datetime.fromtimestamp(START + 900 * 3, dt.timezone.utc)
+            on_its_way = await PushIngester(store, None, object_lists=LISTS).decode(
+                title(0), 2, received, "test", push(old, 0, 2))
+            await store.pool.execute("UPDATE meter_key SET changed = now() - interval '25 hours' "
+                                     "WHERE state = 'EXPIRED'")
+            ingester = PushIngester(store, None, object_lists=LISTS)
+            late = await ingester.decode(title(0), 3, received, "test", push(old, 0, 3))
+            current = await ingester.decode(title(0), 1, received, "test", push(new, 0, 1))
+            return on_its_way, late, current
+        finally:
+            await store.close()
+
+    on_its_way, late, current = asyncio.run(scenario())
+    assert on_its_way.undecoded is None and on_its_way.key_id == push_key_id(old[0])
+    assert late.undecoded == "its authentication tag fits none of its meter's keys in the store" and not late.key_id
+    assert current.undecoded is None and current.key_id == push_key_id(new[0])

@@ -87,16 +87,12 @@ async def keyring_from_store(store: FleetStore) -> Keyring:
 async def read_push_keys(store: FleetStore, titles: bytes | Sequence[bytes]
                          ) -> dict[bytes, list[tuple[int, bytes, bytes]]]:
     """(suite, EK, AK) of the KEY_GENERATIONS newest unicast key generations of the meter
-    `titles` (a system title, or several), the ACTIVE one first; an EK goes with the AK of its
+    `titles` (a system title, or several) that pushes may be made under (`push_key_rows`: an
+    EXPIRED one for a grace only), the ACTIVE one first; an EK goes with the AK of its
     generation, else with the ACTIVE AK (a change of the EK alone). Meters without keys are left
     out."""
     vault = store._vault()
-    rows = await store.pool.fetch(
-        """SELECT m.system_title, m.suite, k.kind, k.generation, k.state, k.wrapped
-           FROM meter m JOIN meter_key k ON k.meter_id = m.id AND k.kind IN ('ek', 'ak')
-           WHERE m.system_title = ANY($1::bytea[])
-           ORDER BY m.id, k.state = 'ACTIVE' DESC, k.generation DESC""",
-        [titles] if isinstance(titles, bytes) else list(titles))
+    rows = await store.push_key_rows([titles] if isinstance(titles, bytes) else titles)
     by_meter: dict[bytes, list] = {}
     for r in rows:
         by_meter.setdefault(bytes(r["system_title"]), []).append(r)
