@@ -114,7 +114,8 @@ CREATE INDEX reading_by_time ON reading (time);
 CREATE TABLE reading_data (series_id INTEGER NOT NULL REFERENCES series(id), time TEXT NOT NULL,
                            data TEXT NOT NULL, received TEXT NOT NULL, PRIMARY KEY (series_id, time)) WITHOUT ROWID;
 CREATE TABLE event (meter_id INTEGER NOT NULL REFERENCES meter(id), log TEXT NOT NULL, time TEXT NOT NULL,
-                    code INTEGER NOT NULL, received TEXT NOT NULL, PRIMARY KEY (meter_id, log, time, code)) WITHOUT ROWID;
+                    code INTEGER NOT NULL, received TEXT NOT NULL,
+                    PRIMARY KEY (meter_id, log, time, code)) WITHOUT ROWID;
 CREATE TABLE raw_push (system_title TEXT NOT NULL, invocation_counter INTEGER NOT NULL, received TEXT NOT NULL,
                        stored TEXT NOT NULL, source TEXT NOT NULL, apdu BLOB NOT NULL,
                        PRIMARY KEY (system_title, invocation_counter)) WITHOUT ROWID;
@@ -155,6 +156,13 @@ def test_commands_that_only_read_read_a_second_layout_file_as_it_is(tmp_path):
         (iso(START + 900 * slot), 100 + slot) for slot in range(1, 5)]
     result = CliRunner().invoke(main, ["hes", "meters", "--db", str(path), "--json"])
     assert [(m["serial"], m["pushes"]) for m in map(json.loads, result.output.splitlines())] == [("KEY1", 4)]
+    out = tmp_path.parent / f"{tmp_path.name}.csv"
+    result = CliRunner().invoke(main, ["hes", "export", "--db", str(path), "--format", "csv", "--out", str(out),
+                                       "--from", iso(START), "--to", iso(START + 86400)])
+    assert result.exit_code == 0, result.output
+    rows = [line.split(",") for line in out.read_text().splitlines()[1:]]
+    assert [(row[0], row[3], row[5], row[6]) for row in rows] == [
+        ("KEY1", "1-0:1.8.0.255", iso(START + 900 * slot)[:19] + "Z", str(100 + slot)) for slot in range(1, 5)]
     # not a byte changed (a reader of a WAL file makes its -wal and -shm, and writes nothing to the -wal)
     assert path.read_bytes() == content and path.with_name(path.name + "-wal").stat().st_size == 0
     db = sqlite3.connect(path)
