@@ -270,3 +270,18 @@ def test_pushes_land_as_series_and_integer_readings_and_are_kept_raw(meter, tmp_
         assert store.db.execute("SELECT source FROM raw_push LIMIT 1").fetchone()[0] == "('10.1.1.1', 4059)"
     finally:
         store.close()
+
+
+def test_a_file_that_is_no_listeners_file_is_refused_in_one_line_and_left_as_it_is(tmp_path):
+    cases = {b"": "no pushes in it (not a file of `smartmeter hes listen`)",
+             b"not a database " * 300: "not an SQLite file (not a file of `smartmeter hes listen`)"}
+    for content, why in cases.items():
+        path = tmp_path / "other.sqlite"
+        path.write_bytes(content)
+        # (a writer, `hes upgrade`, makes an empty file a new store: nothing to refuse there)
+        for command in (["show"], ["meters"]) + ((["upgrade"],) if content else ()):
+            result = CliRunner().invoke(main, ["hes", *command, "--db", str(path)])
+            assert result.exit_code != 0 and "Traceback" not in result.output, result.output
+            lines = result.output.strip().splitlines()
+            assert len(lines) == 1 and f"{path}: {why}" in lines[0], (command, result.output)
+            assert path.read_bytes() == content

@@ -356,21 +356,24 @@ class PushStore:
             if not self.path.exists():
                 raise FileNotFoundError(f"{self.path}: no such database")
             self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
-            self.db.execute("PRAGMA busy_timeout=5000")
-            try:
-                self._check_readable(self._layout_version())
-            except BaseException:
-                self.db.close()
-                raise
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(self.path, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            # WAL + NORMAL: a commit survives the process dying; only a power loss may lose the
-            # last transactions (and with them their counters: nothing half stored either way)
-            self.db.execute("PRAGMA synchronous=NORMAL")
+        try:
             self.db.execute("PRAGMA busy_timeout=5000")
-            self._open_layout()
+            if read_only:
+                self._check_readable(self._layout_version())
+            else:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                # WAL + NORMAL: a commit survives the process dying; only a power loss may lose the
+                # last transactions (and with them their counters: nothing half stored either way)
+                self.db.execute("PRAGMA synchronous=NORMAL")
+                self._open_layout()
+        except BaseException as exc:
+            self.db.close()
+            if isinstance(exc, sqlite3.DatabaseError) and exc.sqlite_errorname == "SQLITE_NOTADB":
+                raise SchemaError(f"{self.path}: not an SQLite file (not a file of `smartmeter hes listen`)") from None
+            raise
         self._series: dict[tuple[int, str, int], int] = {}  # (meter id, OBIS, attribute) -> series id
 
     def _layout_version(self) -> int:
