@@ -1,8 +1,9 @@
 """Key changes cut short and their edges, with fleet meters, the store and a worker in this
-process: a meter that hangs up on the ACTIVE keys while it holds the NEW ones, a meter that
-has seen more of the NEW keys' counters than the store reserved, key_transfer answered with
-temporary-failure, a meter without a usable master key, a job message whose kind is not its
-campaign's, a store whose id changed, and a settlement bounded by the lease."""
+process: a meter that hangs up on the ACTIVE keys while it holds the NEW ones (and one silent
+under both, which settles nothing), a meter that has seen more of the NEW keys' counters than
+the store reserved, key_transfer answered with temporary-failure, a meter without a usable
+master key, a job message whose kind is not its campaign's, a store whose id changed, a
+settlement bounded by the lease, and expired keys' grace for pushes."""
 from __future__ import annotations
 
 import asyncio
@@ -175,6 +176,25 @@ def test_a_meter_that_hangs_up_on_the_active_keys_is_settled_on_the_new_ones(tmp
         assert active[i] == took[i]
     assert states[2] == {("ek", 1): "ACTIVE", ("ak", 1): "ACTIVE", ("master", 1): "ACTIVE"}
     assert stats.keys_settled == 2
+
+
+@pytest.mark.timeout(120)
+def test_a_meter_silent_under_both_keys_settles_nothing(tmp_path, pg_dsn, nats_url):
+    """Silence is no answer: a meter that answers neither the ACTIVE nor the NEW keys leaves
+    both generations as they were, through a read and a key change that give up."""
+    async def scenario():
+        async with rig(tmp_path, pg_dsn, nats_url, 1, silent=1.0) as r:
+            await r.cut_short(0, meter_took_them=False)
+            r.start_worker(dataclasses.replace(SETTINGS, max_attempts=2,
+                                               timeouts=Timeouts(1.0, 1.0, 1.0, 6.0)))
+            outcomes = [await r.outcome(await r.campaign(kind, 0)) for kind in ("read", "key_change")]
+            return r.meter(0)["serial"], outcomes, await r.key_states(0)
+
+    serial, outcomes, states = asyncio.run(scenario())
+    for outcome in outcomes:
+        assert outcome[serial]["state"] == "failed" and "gave up after 2 attempts" in outcome[serial]["error"], outcome
+    assert states == {("ek", 1): "ACTIVE", ("ak", 1): "ACTIVE", ("master", 1): "ACTIVE",
+                      ("ek", 2): "NEW", ("ak", 2): "NEW"}
 
 
 @pytest.mark.timeout(120)
