@@ -1,5 +1,6 @@
 """The SQLite push store in the fleet store's layout: a file of the first layout (readings as
-JSON text) is upgraded in place when it is opened, nothing lost, in one transaction; pushes
+JSON text) is upgraded in place when a writer opens it, nothing lost, in one transaction, then
+compacted; a command that only reads leaves it as it is and says how to upgrade it; pushes
 from an in-process meter land as series and integer readings (scaler and unit where the push
 says them), other values in reading_data, the push itself in raw_push; the queries written for
 the fleet store's tables read the file."""
@@ -96,7 +97,8 @@ def test_a_first_layout_file_is_upgraded_in_place_losing_nothing(tmp_path):
     expected = build_first_layout(path)
     store = PushStore(path)
     try:
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert store.upgraded_from == 1
         assert list(store.readings()) == expected
         assert list(store.readings(meter=METERS[1], obis=["1-0:1.8.0.255"], start=iso(START + 1800),
                                    end=iso(START + 3600))) == [
@@ -116,29 +118,77 @@ def test_a_first_layout_file_is_upgraded_in_place_losing_nothing(tmp_path):
                                    iso(START + 900 * PUSHES + 3 + m), iso(START + 903 + m), PUSHES)
                                   for m, meter in sorted(enumerate(METERS), key=lambda x: x[1])]
         assert [row[0] for row in store.db.execute("SELECT system_title FROM meter ORDER BY id")] == list(METERS)
-        assert store.counters() == {meter: 100 + PUSHES + 1 for meter in METERS}
-        assert store.counter_used(METERS[0], 100 + PUSHES + 1) and store.counter_used(METERS[0], 101)
-        assert not store.counter_used(METERS[0], 100)
+        # the keys the pushes were made under are not in the file: '' until a listener says
+        assert store.counters() == {(meter, ""): 100 + PUSHES + 1 for meter in METERS}
+        assert store.counter_used(METERS[0], "", 100 + PUSHES + 1) and store.counter_used(METERS[0], "", 101)
+        assert not store.counter_used(METERS[0], "", 100)
         assert store.object_lists(METERS[2]) == {"0-1:25.9.0.255": LIST}
         assert not store.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'reading_v1'").fetchone()
+        # the old readings' pages are given back: no free page in the file, nothing left in the WAL
+        assert store.db.execute("PRAGMA freelist_count").fetchone()[0] == 0
+        assert path.with_name(path.name + "-wal").stat().st_size == 0
     finally:
         store.close()
     again = PushStore(path)  # opening an upgraded file changes nothing
     try:
+        assert again.upgraded_from is None
         assert list(again.readings()) == expected
     finally:
         again.close()
 
 
-def test_hes_show_on_a_first_layout_file_upgrades_it_and_shows_every_value(tmp_path):
+def test_an_upgraded_file_is_smaller_than_one_upgraded_without_compaction(tmp_path):
+    """The first layout's readings (JSON text, keyed by meter and OBIS text) take more room than
+    the new layout's: once its pages are given back the file shrinks."""
+    path = tmp_path / "old.sqlite"
+    build_first_layout(path)
+    db = sqlite3.connect(path)
+    with db:  # more readings, so that pages matter
+        db.execute("""INSERT INTO reading SELECT meter, obis, attribute, capture_time || '#' || k, receive_time,
+                      class_id, value_json FROM reading, (WITH RECURSIVE n(k) AS (SELECT 1 UNION ALL SELECT k + 1
+                      FROM n WHERE k < 200) SELECT k FROM n)""")
+    db.close()
+    before = path.stat().st_size
+    PushStore(path).close()
+    assert path.stat().st_size < before
+
+
+def test_commands_that_only_read_leave_a_first_layout_file_as_it_is_and_say_how_to_upgrade(tmp_path):
+    """An older listener may still be writing the file: `hes show`, `hes meters` and `hes export`
+    change nothing of it, and say in one line what brings it to the new layout; `hes upgrade`
+    does, and then they show every value, the one the older listener wrote meanwhile too."""
     path = tmp_path / "old.sqlite"
     expected = build_first_layout(path)
+    content = path.read_bytes()
+    for command in (["show"], ["meters"], ["export", "--format", "csv", "--out", str(tmp_path / "out.csv"),
+                                           "--from", "2026-03-10", "--to", "2026-03-11"]):
+        result = CliRunner().invoke(main, ["hes", *command, "--db", str(path)])
+        assert result.exit_code != 0, (command, result.output)
+        assert "Traceback" not in result.output and f"smartmeter hes upgrade --db {path}" in result.output, (
+            command, result.output)
+        assert len(result.output.strip().splitlines()) == 1, (command, result.output)
+        assert path.read_bytes() == content, command
+    # the older listener writes on, as it did
+    db = sqlite3.connect(path)
+    with db:
+        db.execute("INSERT INTO reading VALUES (?, '1-0:1.8.0.255', 2, ?, ?, 3, '99')",
+                   (METERS[0], iso(START + 900 * (PUSHES + 1)), iso(START + 900 * (PUSHES + 1) + 3)))
+    db.close()
+    expected.append((METERS[0], "1-0:1.8.0.255", 2, 3, iso(START + 900 * (PUSHES + 1)),
+                     iso(START + 900 * (PUSHES + 1) + 3), 99))
+    expected.sort(key=lambda r: (r[0], r[1], r[2], r[4]))
+    result = CliRunner().invoke(main, ["hes", "upgrade", "--db", str(path)])
+    assert result.exit_code == 0, result.output
+    assert result.output == (f"{path}: upgraded from layout version 1 to {SCHEMA_VERSION} "
+                             f"({len(METERS) * PUSHES} pushes kept)\n")
     result = CliRunner().invoke(main, ["hes", "show", "--db", str(path), "--json"])
     assert result.exit_code == 0, result.output
     columns = ("meter", "obis", "attribute", "class_id", "capture_time", "receive_time", "value")
     assert [json.loads(line) for line in result.output.splitlines()] == [dict(zip(columns, r)) for r in expected]
     result = CliRunner().invoke(main, ["hes", "meters", "--db", str(path), "--json"])
     assert [json.loads(line)["pushes"] for line in result.output.splitlines()] == [PUSHES] * len(METERS)
+    result = CliRunner().invoke(main, ["hes", "upgrade", "--db", str(path)])
+    assert result.output == f"{path}: layout version {SCHEMA_VERSION} already; nothing to do\n"
 
 
 def test_an_upgrade_that_fails_leaves_the_file_as_it_was(tmp_path):
@@ -220,3 +270,18 @@ def test_pushes_land_as_series_and_integer_readings_and_are_kept_raw(meter, tmp_
         assert store.db.execute("SELECT source FROM raw_push LIMIT 1").fetchone()[0] == "('10.1.1.1', 4059)"
     finally:
         store.close()
+
+
+def test_a_file_that_is_no_listeners_file_is_refused_in_one_line_and_left_as_it_is(tmp_path):
+    cases = {b"": "no pushes in it (not a file of `smartmeter hes listen`)",
+             b"not a database " * 300: "not an SQLite file (not a file of `smartmeter hes listen`)"}
+    for content, why in cases.items():
+        path = tmp_path / "other.sqlite"
+        path.write_bytes(content)
+        # (a writer, `hes upgrade`, makes an empty file a new store: nothing to refuse there)
+        for command in (["show"], ["meters"]) + ((["upgrade"],) if content else ()):
+            result = CliRunner().invoke(main, ["hes", *command, "--db", str(path)])
+            assert result.exit_code != 0 and "Traceback" not in result.output, result.output
+            lines = result.output.strip().splitlines()
+            assert len(lines) == 1 and f"{path}: {why}" in lines[0], (command, result.output)
+            assert path.read_bytes() == content

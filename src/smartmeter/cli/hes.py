@@ -6,6 +6,7 @@
                         [--json | --csv FILE]
     smartmeter hes meters [--db FILE] [--json]
     smartmeter hes lists --meter HOST[:PORT] --credentials FILE [--db FILE]
+    smartmeter hes upgrade [--db FILE]
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from smartmeter.hes.push_listener import (
     ALARM_DESCRIPTORS, SETUPS, AlarmAcknowledger, Keyring, Limits, ObjectLists, PushReceiver, load_object_list_file,
     model_object_lists, serve_tcp, serve_udp,
 )
-from smartmeter.hes.push_store import PushStore, StoredPush, format_time, parse_time
+from smartmeter.hes.push_store import SCHEMA_VERSION, PushStore, StoredPush, format_time, parse_time
 
 __all__ = ["hes_group"]
 
@@ -77,9 +78,10 @@ def listen(udp_port: int | None, tcp_port: int | None, host: str, keys: tuple[Pa
     """Receive pushes (UDP and/or TCP, IEC 62056-47 wrapper) and store every value they carry.
 
     Refused (counted, logged once a minute per condition, never stored): unknown system titles,
-    replays (invocation counter not above the last accepted, kept across restarts), forged
-    pushes (GCM tag), unprotected, garbage, truncated and oversized messages. Alarm pushes are
-    printed at once, one line each. Ctrl-C prints the counts and stops."""
+    replays (an invocation counter already used under the meter's key, kept across restarts;
+    a new key starts the counter again), forged pushes (GCM tag), unprotected, garbage,
+    truncated and oversized messages. Alarm pushes are printed at once, one line each. Ctrl-C
+    prints the counts and stops. A file of an older layout is upgraded first (`hes upgrade`)."""
     if udp_port is None and tcp_port is None:
         udp_port = tcp_port = DEFAULT_PUSH_PORT
     if store_dsn is not None and nats_url is None:
@@ -103,6 +105,8 @@ def listen(udp_port: int | None, tcp_port: int | None, host: str, keys: tuple[Pa
 async def _listen(keyring: Keyring, db: Path, host: str, udp_port: int | None, tcp_port: int | None,
                   configured, ack: bool, meter_port: int) -> None:
     store = PushStore(db, deferred=True)
+    if store.upgraded_from is not None:
+        click.echo(_upgraded(store))
     acks = AlarmAcknowledger(keyring, meter_port, _say) if ack else None
 
     def on_alarm(push: StoredPush, descriptors: dict[str, int], sender) -> None:
@@ -284,6 +288,27 @@ def lists(address: str, credentials: Path, db: Path) -> None:
             click.echo(f"{meter}: no push setup readable with {credentials}")
     finally:
         store.close()
+
+
+@hes_group.command("upgrade")
+@DB_OPTION
+def upgrade(db: Path) -> None:
+    """Bring the file of an older smartmeter's listener to this one's layout, in place (one
+    transaction; then compacted). Stop the older listener first: it cannot write the new layout.
+    `hes listen` does the same when it starts; `hes show` and `hes meters` never change the file."""
+    if not db.exists():
+        raise UsageProblem(f"{db}: no such database", "give the --db of `smartmeter hes listen`")
+    store = PushStore(db)
+    try:
+        click.echo(_upgraded(store) if store.upgraded_from is not None
+                   else f"{db}: layout version {SCHEMA_VERSION} already; nothing to do")
+    finally:
+        store.close()
+
+
+def _upgraded(store: PushStore) -> str:
+    return (f"{store.path}: upgraded from layout version {store.upgraded_from} to {SCHEMA_VERSION} "
+            f"({store.push_count()} pushes kept)")
 
 
 def _host_port(address: str) -> tuple[str, int]:

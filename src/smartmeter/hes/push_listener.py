@@ -15,9 +15,10 @@ wrapper message of its own (a UDP datagram, or consecutive messages on one TCP c
    A first block must begin a push of a known meter (general-glo-ciphering, its system title),
    so that blocks of strangers hold nothing;
 3. replay protection: a window of `REPLAY_WINDOW` counters below the highest one accepted from
-   that meter, in which each counter is accepted once (kept in the store, so a restarted
-   listener refuses the same replays); the very same message again is a retry (UDP pushes send
-   every retry) and is counted as such;
+   that meter under its key, in which each counter is accepted once (kept in the store, so a
+   restarted listener refuses the same replays; a meter starts its counter again under a new
+   key, so the window is per meter and key, `push_key_id`); the very same message again is a
+   retry (UDP pushes send every retry) and is counted as such;
 4. the GCM tag (a forged or damaged push fails here) and the data-notification;
 5. the values mapped to objects with the push object list of the setup that sent them
    (`ObjectLists`), and stored with the meter, OBIS, attribute, class, capture time and receive
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import ipaddress
 import json
 import logging
@@ -64,8 +66,8 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "AlarmAcknowledger", "DATA_READOUT_SAP", "MANAGEMENT_SAP", "SETUPS", "Keyring", "Limits", "MeterKeys", "ObjectLists",
-    "PushIntake", "PushReceiver", "decode_push", "load_object_list_file", "model_object_lists", "serve_tcp",
-    "serve_udp",
+    "PushIntake", "PushReceiver", "decode_push", "load_object_list_file", "model_object_lists", "push_key_id",
+    "serve_tcp", "serve_udp",
 ]
 
 DATA_READOUT_SAP = 2  # every push to the head-end runs in the Data Readout client's context (catalog §7)
@@ -133,6 +135,13 @@ class MeterKeys:
     ak: bytes
     source: Path
     management: Path | None = None
+
+
+def push_key_id(ek: bytes) -> str:
+    """A push's key, as a short fingerprint of the encryption key its tag verified with: a meter
+    starts its invocation counter again under a new key, so a push is (meter, key, counter).
+    The same on every listener and worker, SQLite or fleet store; the key cannot be had from it."""
+    return hashlib.sha256(b"smartmeter push key\0" + ek).hexdigest()[:16]
 
 
 class Keyring:
@@ -641,9 +650,10 @@ class PushReceiver(PushIntake):
         self.clock = clock
         self.on_alarm = on_alarm
         self.on_stored = on_stored
-        self.counters = store.counters()  # highest accepted invocation counter by meter
-        # hash of the latest accepted pushes by meter and counter (a retry is the very same message)
-        self._recent: dict[str, OrderedDict[int, int]] = {}
+        store.adopt_unkeyed({title.hex().upper(): push_key_id(keys.ek) for title, keys in keyring.meters.items()})
+        self.counters = store.counters()  # highest accepted invocation counter by (meter, key id)
+        # hash of the latest accepted pushes by (meter, key id) and counter (a retry is the very same message)
+        self._recent: dict[tuple[str, str], OrderedDict[int, int]] = {}
         self._flush_scheduled = False
 
     def flush_soon(self) -> None:
@@ -675,15 +685,16 @@ class PushReceiver(PushIntake):
             return found
         ciphered, keys = found
         meter = ciphered.system_title.hex().upper()
+        key = (meter, push_key_id(keys.ek))
         counter = ciphered.invocation_counter
-        last = self.counters.get(meter)
+        last = self.counters.get(key)
         if last is not None and counter <= last:
-            if self._recent.get(meter, {}).get(counter) == hash(apdu):
+            if self._recent.get(key, {}).get(counter) == hash(apdu):
                 self.counts["retry"] += 1  # a UDP push sends every retry: already stored
                 return "retry"
-            if counter <= last - REPLAY_WINDOW or self.store.counter_used(meter, counter):
-                return self.refuse("replay", "push from meter %s with invocation counter %d (highest accepted %d) "
-                                   "refused as a replay", meter, counter, last)
+            if counter <= last - REPLAY_WINDOW or self.store.counter_used(*key, counter):
+                return self.refuse("replay", "push from meter %s with invocation counter %d (highest accepted %d "
+                                   "under its key) refused as a replay", meter, counter, last)
         try:
             plain = ciphered.unprotect(keys.ek, keys.ak, expected_suite=keys.suite)
         except AuthenticationError:
@@ -697,18 +708,18 @@ class PushReceiver(PushIntake):
         try:
             notification = DataNotification.from_bytes(plain)
         except DecodeError as exc:
-            self._unstored(meter, counter, apdu, receive_time, "malformed", sender)
+            self._unstored(key, counter, apdu, receive_time, "malformed", sender)
             return self.refuse("malformed", "push of meter %s (counter %d) is no data-notification: %s",
                                 meter, counter, exc)
         push = self._decode(meter, counter, notification, receive_time)
         if push is not None:
-            push = replace(push, apdu=apdu, source=str(sender))
+            push = replace(push, apdu=apdu, source=str(sender), key_id=key[1])
         if push is None:
-            self._unstored(meter, counter, apdu, receive_time, "unmapped", sender)
+            self._unstored(key, counter, apdu, receive_time, "unmapped", sender)
             return self.refuse("unmapped", "push of meter %s (counter %d, %d values) fits no known push object "
                                "list: not stored", meter, counter, len(_values(notification)))
         self.store.add(push)
-        self._accepted(meter, counter, apdu)
+        self._accepted(key, counter, apdu)
         self.counts["stored"] += 1
         if self.on_stored is not None:
             self.on_stored(push)
@@ -718,16 +729,18 @@ class PushReceiver(PushIntake):
             self.on_alarm(push, alarms, sender)
         return "stored"
 
-    def _unstored(self, meter: str, counter: int, apdu: bytes, receive_time: str, reason: str, sender: Any) -> None:
-        highest = max(counter, self.counters.get(meter, counter))
-        self.store.record_unstored(meter, counter, receive_time, reason, forget_below=highest - REPLAY_WINDOW,
+    def _unstored(self, key: tuple[str, str], counter: int, apdu: bytes, receive_time: str, reason: str,
+                  sender: Any) -> None:
+        highest = max(counter, self.counters.get(key, counter))
+        self.store.record_unstored(*key, counter, receive_time, reason, forget_below=highest - REPLAY_WINDOW,
                                    apdu=apdu, source=str(sender))
-        self._accepted(meter, counter, apdu)
+        self._accepted(key, counter, apdu)
 
-    def _accepted(self, meter: str, counter: int, apdu: bytes) -> None:
-        """The store holds the push (or its counter): the counter is used up, the window moves."""
-        self.counters[meter] = max(counter, self.counters.get(meter, counter))
-        recent = self._recent.setdefault(meter, OrderedDict())
+    def _accepted(self, key: tuple[str, str], counter: int, apdu: bytes) -> None:
+        """The store holds the push (or its counter) of (meter, key id) `key`: the counter is
+        used up, the window moves."""
+        self.counters[key] = max(counter, self.counters.get(key, counter))
+        recent = self._recent.setdefault(key, OrderedDict())
         recent[counter] = hash(apdu)
         while len(recent) > RECENT_MESSAGES:
             recent.popitem(last=False)

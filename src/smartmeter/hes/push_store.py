@@ -3,8 +3,8 @@
 The tables the fleet store (PostgreSQL, `sql/0001_fleet_store.sql`) has, with the same names,
 keys and meaning, so that the same questions are asked the same way of either:
 
-    meter(id PK, system_title UNIQUE, serial, address, first_seen, last_seen, registered,
-          last_invocation_counter)              -- one row per meter that ever pushed
+    meter(id PK, system_title UNIQUE, serial, address, first_seen, last_seen, registered)
+                                                 -- one row per meter that ever pushed
     series(id PK, meter_id, source, obis, attribute, scaler, unit, class_id)
                                                  -- one per meter × source × OBIS × attribute;
                                                     source is '' (a value as the meter sent it)
@@ -14,7 +14,7 @@ keys and meaning, so that the same questions are asked the same way of either:
     reading_data(series_id, time PK, data, received)
                                                  -- a value that is no integer (an octet string,
                                                     a structure, a float): its JSON form
-    raw_push(system_title, invocation_counter PK, received, stored, source, apdu)
+    raw_push(system_title, key_id, invocation_counter PK, received, stored, source, apdu)
                                                  -- every authentic push as it came (ciphered)
     event(meter_id, log, time, code PK, received)
                                                  -- the fleet store's event table (pushes carry
@@ -22,13 +22,21 @@ keys and meaning, so that the same questions are asked the same way of either:
 
 and the listener's own bookkeeping:
 
-    push(meter, invocation_counter PK, receive_time, capture_time, kind, setup, value_count)
+    push(meter, key_id, invocation_counter PK, receive_time, capture_time, kind, setup, value_count)
     push_object_list(meter, setup PK, entries_json, source, updated)
                                                  -- what each push setup of a meter sends
-    unstored_push(meter, invocation_counter PK, receive_time, reason)
+    unstored_push(meter, key_id, invocation_counter PK, receive_time, reason)
                                                  -- authenticated pushes whose values were not
                                                     stored (unmapped, malformed): their counters
                                                     are used up all the same
+    push_counter(meter, key_id PK, last_invocation_counter)
+                                                 -- the highest counter accepted from a meter
+                                                    under each of its keys
+
+A meter starts its invocation counter again under a new key, so a push is (meter, key,
+counter), as in the fleet store: `key_id` is the fingerprint of the encryption key its tag
+verified with (`push_listener.push_key_id`); '' in the rows kept from before layout 3, until
+the listener gives them the key it holds for their meter (`adopt_unkeyed`).
 
 A reading's time is the push's capture time, `received` when the listener took it. Times are
 UTC text of one fixed width, `2026-03-10T12:00:00.000Z`, so text order is time order and
@@ -37,13 +45,16 @@ dotted text `1-0:1.8.0.255`. A series' scaler and unit are known when a push car
 object's scaler_unit (class 3 or 4 attribute 3, class 5 attribute 4); until then 0 and 255.
 
 The file's layout has a version (`PRAGMA user_version`, `SCHEMA_VERSION`); a file of an earlier
-layout is brought to this one when it is opened, in one transaction, nothing left out (version 1,
-the first layout: readings as JSON text in `reading.value_json`, now split into `reading` and
-`reading_data`).
+layout is brought to this one when a writer opens it, in one transaction, nothing left out, and
+then compacted (VACUUM) (version 1, the first layout: readings as JSON text in
+`reading.value_json`, now split into `reading` and `reading_data`; version 2: the pushes and
+counters by meter alone, without their key). A reader (`read_only`) never changes the file: it
+reads a layout whose readings are as now (`READABLE_LAYOUT` and later) as it is, and refuses an
+older one with one line saying how to upgrade it (an older listener may still be writing it).
 
-The meter's highest accepted invocation counter is kept with its row and every accepted counter
-with its push (`push`, `unstored_push`), written in the same transaction as the push's
-readings: after a restart a replayed push is refused exactly as before, and a push is never
+The highest invocation counter accepted from a meter under a key is kept in `push_counter` and
+every accepted counter with its push (`push`, `unstored_push`), written in the same transaction
+as the push's readings: after a restart a replayed push is refused exactly as before, and a push is never
 half stored. With `deferred` (the listener) the pushes that arrive in one turn of the event
 loop share a commit, made as soon as that turn is over (at most `max_pending` a commit; each
 push in its own savepoint). A process that dies before it loses those pushes and their counters
@@ -58,6 +69,8 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import logging
+import re
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,10 +78,13 @@ from typing import Any, Iterable, Iterator
 
 from smartmeter.errors import SmartmeterError
 
-__all__ = ["PushStore", "Reading", "SCHEMA_VERSION", "SchemaError", "StoredPush", "format_time", "integer_raw",
-           "parse_time", "scaler_units"]
+log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+__all__ = ["PushStore", "READABLE_LAYOUT", "Reading", "SCHEMA_VERSION", "SchemaError", "StoredPush", "format_time",
+           "integer_raw", "parse_time", "scaler_units"]
+
+SCHEMA_VERSION = 3
+READABLE_LAYOUT = 2  # the oldest layout a reader takes as it is: its meter, push and readings tables are as now
 
 # The layout of version SCHEMA_VERSION, for a new file.
 SCHEMA = """
@@ -79,18 +95,18 @@ CREATE TABLE meter (
     address TEXT,
     first_seen TEXT NOT NULL,
     last_seen TEXT NOT NULL,
-    registered TEXT,
-    last_invocation_counter INTEGER NOT NULL
+    registered TEXT
 );
 CREATE TABLE push (
     meter TEXT NOT NULL REFERENCES meter(system_title),
+    key_id TEXT NOT NULL,
     invocation_counter INTEGER NOT NULL,
     receive_time TEXT NOT NULL,
     capture_time TEXT NOT NULL,
     kind TEXT NOT NULL,
     setup TEXT,
     value_count INTEGER NOT NULL,
-    PRIMARY KEY (meter, invocation_counter)
+    PRIMARY KEY (meter, key_id, invocation_counter)
 ) WITHOUT ROWID;
 CREATE TABLE push_object_list (
     meter TEXT NOT NULL,
@@ -102,10 +118,17 @@ CREATE TABLE push_object_list (
 ) WITHOUT ROWID;
 CREATE TABLE unstored_push (
     meter TEXT NOT NULL REFERENCES meter(system_title),
+    key_id TEXT NOT NULL,
     invocation_counter INTEGER NOT NULL,
     receive_time TEXT NOT NULL,
     reason TEXT NOT NULL,
-    PRIMARY KEY (meter, invocation_counter)
+    PRIMARY KEY (meter, key_id, invocation_counter)
+) WITHOUT ROWID;
+CREATE TABLE push_counter (
+    meter TEXT NOT NULL REFERENCES meter(system_title),
+    key_id TEXT NOT NULL,
+    last_invocation_counter INTEGER NOT NULL,
+    PRIMARY KEY (meter, key_id)
 ) WITHOUT ROWID;
 CREATE TABLE series (
     id INTEGER PRIMARY KEY,
@@ -144,17 +167,42 @@ CREATE TABLE event (
 ) WITHOUT ROWID;
 CREATE TABLE raw_push (
     system_title TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    invocation_counter INTEGER NOT NULL,
+    received TEXT NOT NULL,
+    stored TEXT NOT NULL,
+    source TEXT NOT NULL,
+    apdu BLOB NOT NULL,
+    PRIMARY KEY (system_title, key_id, invocation_counter)
+) WITHOUT ROWID;
+"""
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of a script of CREATE statements (no semicolon inside one)."""
+    return [part.strip() for part in script.split(";") if part.strip()]
+
+
+def _creating(*names: str) -> list[str]:
+    """SCHEMA's statements that create the tables and indexes `names`."""
+    return [s for s in _statements(SCHEMA) if re.match(r"CREATE (?:TABLE|INDEX) (\w+)", s)[1] in names]
+
+
+# The tables version 2 added; its raw_push as it was (version 3 keys it by key_id too).
+_V2_TABLES = _creating("series", "reading", "reading_by_time", "reading_data", "event") + ["""CREATE TABLE raw_push (
+    system_title TEXT NOT NULL,
     invocation_counter INTEGER NOT NULL,
     received TEXT NOT NULL,
     stored TEXT NOT NULL,
     source TEXT NOT NULL,
     apdu BLOB NOT NULL,
     PRIMARY KEY (system_title, invocation_counter)
-) WITHOUT ROWID;
-"""
+) WITHOUT ROWID"""]
 
-# The tables version 2 added.
-_V2_TABLES = SCHEMA[SCHEMA.index("CREATE TABLE series"):]
+# Version 2 -> 3: the tables keyed by (meter, counter) are keyed by (meter, key, counter), their
+# rows with key_id '' (the key is not known to the file: `PushStore.adopt_unkeyed`); the meter's
+# highest counter moves from meter.last_invocation_counter to push_counter.
+_KEYED_TABLES = ("push", "unstored_push", "raw_push")
 
 # Version 1 -> 2: meter gets an integer id (rebuilt, rows in first-seen order); the new tables;
 # each reading's JSON value becomes a row of `reading` (a JSON integer that fits 64 bits: not
@@ -204,11 +252,6 @@ _UPGRADE_1_TO_2_STEPS = (
     "@check_counts",
     "DROP TABLE reading_v1",
 )
-
-
-def _statements(script: str) -> list[str]:
-    """The statements of a script of CREATE statements (no semicolon inside one)."""
-    return [part.strip() for part in script.split(";") if part.strip()]
 
 
 class SchemaError(SmartmeterError):
@@ -289,13 +332,17 @@ class StoredPush:
     registers: bool = False  # an installation push: (re)register the meter
     apdu: bytes | None = None  # the push as it came (ciphered), kept in raw_push
     source: str = ""  # where it came from (the sender's address)
+    key_id: str = ""  # the fingerprint of the key its tag verified with (push_listener.push_key_id)
 
 
 SERIES_CACHE = 100_000  # series ids a store remembers (beyond, it starts again)
 
 
 class PushStore:
-    """The SQLite file; one writer (the listener), any number of readers (`hes show`)."""
+    """The SQLite file; one writer (the listener), any number of readers (`hes show`).
+
+    `upgraded_from`: the layout version the file had when this writer brought it to
+    SCHEMA_VERSION (None when it had that already or was new)."""
 
     def __init__(self, path: str | Path, *, read_only: bool = False, deferred: bool = False,
                  max_pending: int = 256) -> None:
@@ -304,81 +351,128 @@ class PushStore:
         self.max_pending = max_pending
         self._pending = 0
         self.read_only = read_only
+        self.upgraded_from: int | None = None
         if read_only:
             if not self.path.exists():
                 raise FileNotFoundError(f"{self.path}: no such database")
-            if self._version_of(self.path) < SCHEMA_VERSION:
-                PushStore(self.path).close()  # brought to this layout once, by a writer
             self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
-            self._check_version(self.db.execute("PRAGMA user_version").fetchone()[0])
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(self.path, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            # WAL + NORMAL: a commit survives the process dying; only a power loss may lose the
-            # last transactions (and with them their counters: nothing half stored either way)
-            self.db.execute("PRAGMA synchronous=NORMAL")
+        try:
             self.db.execute("PRAGMA busy_timeout=5000")
-            self._open_layout()
-        self.db.execute("PRAGMA busy_timeout=5000")
+            if read_only:
+                self._check_readable(self._layout_version())
+            else:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                # WAL + NORMAL: a commit survives the process dying; only a power loss may lose the
+                # last transactions (and with them their counters: nothing half stored either way)
+                self.db.execute("PRAGMA synchronous=NORMAL")
+                self._open_layout()
+        except BaseException as exc:
+            self.db.close()
+            if isinstance(exc, sqlite3.DatabaseError) and exc.sqlite_errorname == "SQLITE_NOTADB":
+                raise SchemaError(f"{self.path}: not an SQLite file (not a file of `smartmeter hes listen`)") from None
+            raise
         self._series: dict[tuple[int, str, int], int] = {}  # (meter id, OBIS, attribute) -> series id
 
-    @staticmethod
-    def _version_of(path: Path) -> int:
-        """The layout version of the file at `path` (1 for the first layout, which had none)."""
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0 and db.execute("SELECT 1 FROM sqlite_master WHERE name = 'reading'").fetchone():
-                return 1
-            return version if version else SCHEMA_VERSION  # an empty file: made at this layout
-        finally:
-            db.close()
+    def _layout_version(self) -> int:
+        """The file's layout version: 1 for the first layout (which wrote none), 0 for a file
+        without tables (a new one)."""
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0 and self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'reading'").fetchone():
+            return 1
+        return version
 
     def _check_version(self, version: int) -> None:
         if version > SCHEMA_VERSION:
             raise SchemaError(f"{self.path}: layout version {version}; this smartmeter knows up to "
                               f"{SCHEMA_VERSION}: use the newer smartmeter that wrote it")
 
+    def _check_readable(self, version: int) -> None:
+        """A reader takes the file as it is, or refuses it: it never writes (an older listener
+        may still be writing the file, and would fail on a layout it does not know)."""
+        self._check_version(version)
+        if version == 0:
+            raise SchemaError(f"{self.path}: no pushes in it (not a file of `smartmeter hes listen`)")
+        if version < READABLE_LAYOUT:
+            raise SchemaError(f"{self.path}: layout version {version}, of an older smartmeter, left as it is; "
+                              f"stop the listener writing it, then `smartmeter hes upgrade --db {self.path}` "
+                              f"brings it to version {SCHEMA_VERSION}")
+
     def _open_layout(self) -> None:
-        """Make the tables of a new file, or bring an older file's to this layout (one transaction)."""
+        """Make the tables of a new file, or bring an older file's to this layout (one
+        transaction, then the space the old tables held given back)."""
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
         if version == SCHEMA_VERSION:
             return  # nothing to write: no write lock taken
         self._check_version(version)
         self.db.execute("BEGIN IMMEDIATE")
         try:
-            version = self.db.execute("PRAGMA user_version").fetchone()[0]
-            tables = {row[0] for row in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            if version == 0 and "reading" not in tables:
+            version = self._layout_version()  # another writer may have upgraded it meanwhile
+            self._check_version(version)
+            if version == 0:
                 for statement in _statements(SCHEMA):
                     self.db.execute(statement)
-            else:
-                if version == 0:
-                    version = 1  # the first layout: no version written
-                self._check_version(version)
-                if version == 1:
-                    self._upgrade_1_to_2()
+            if version == 1:
+                self._upgrade_1_to_2()
+            if 1 <= version <= 2:
+                self._upgrade_2_to_3()
             self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
+        if 1 <= version < SCHEMA_VERSION:
+            self.upgraded_from = version
+            self._compact()
+
+    def _compact(self) -> None:
+        """Give back the pages the old layout's tables held (VACUUM: the file rewritten, in a
+        transaction of its own; the WAL it grew truncated). A file that cannot be compacted now
+        (the disk too full for the copy, a reader holding the file) stays as upgraded, larger."""
+        try:
+            self.db.execute("VACUUM")
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            log.warning("%s: upgraded, but not compacted (%s): its free pages are used by the next pushes",
+                        self.path, exc)
+
+    def _count(self, table: str) -> int:
+        return self.db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+    def _counts_kept(self, what: str, before: int, after: int) -> None:
+        if after != before:  # the old key is part of the new one: every row has its place
+            raise SchemaError(f"{self.path}: {before} {what} before the upgrade, {after} after; "
+                              "the file is left as it was")
 
     def _upgrade_1_to_2(self) -> None:
-        before = self.db.execute("SELECT count(*) FROM reading").fetchone()[0]
+        before = self._count("reading")
         for step in _UPGRADE_1_TO_2_STEPS:
             if step == "@v2_tables":
-                for statement in _statements(_V2_TABLES):
+                for statement in _V2_TABLES:
                     self.db.execute(statement)
             elif step == "@check_counts":
-                after = self.db.execute("SELECT (SELECT count(*) FROM reading) + "
-                                        "(SELECT count(*) FROM reading_data)").fetchone()[0]
-                if after != before:  # the old key is the new one: every row has its place
-                    raise SchemaError(f"{self.path}: {before} readings before the upgrade, {after} after; "
-                                      "the file is left as it was")
+                self._counts_kept("readings", before, self._count("reading") + self._count("reading_data"))
             else:
                 self.db.execute(step)
+
+    def _upgrade_2_to_3(self) -> None:
+        before = {table: self._count(table) for table in _KEYED_TABLES}
+        meters = self._count("meter")
+        for table in _KEYED_TABLES:
+            self.db.execute(f"ALTER TABLE {table} RENAME TO {table}_v2")
+        for statement in _creating(*_KEYED_TABLES, "push_counter"):
+            self.db.execute(statement)
+        for table in _KEYED_TABLES:
+            columns = ", ".join(row[1] for row in self.db.execute(f"PRAGMA table_info({table}_v2)"))
+            self.db.execute(f"INSERT INTO {table} ({columns}, key_id) SELECT {columns}, '' FROM {table}_v2")
+            self.db.execute(f"DROP TABLE {table}_v2")
+            self._counts_kept(f"rows of {table}", before[table], self._count(table))
+        self.db.execute("INSERT INTO push_counter (meter, key_id, last_invocation_counter) "
+                        "SELECT system_title, '', last_invocation_counter FROM meter")
+        self._counts_kept("meters' counters", meters, self._count("push_counter"))
+        self.db.execute("ALTER TABLE meter DROP COLUMN last_invocation_counter")
 
     def close(self) -> None:
         if self.db is None:
@@ -403,31 +497,51 @@ class PushStore:
 
     # ------------------------------------------------------------------ replay protection
 
-    def counters(self) -> dict[str, int]:
-        """The highest accepted invocation counter of every meter."""
-        return dict(self.db.execute("SELECT system_title, last_invocation_counter FROM meter"))
+    def counters(self) -> dict[tuple[str, str], int]:
+        """The highest accepted invocation counter of every meter under each of its keys, by
+        (meter, key id)."""
+        return {(meter, key_id): counter for meter, key_id, counter in self.db.execute(
+            "SELECT meter, key_id, last_invocation_counter FROM push_counter")}
 
-    def counter_used(self, meter: str, counter: int) -> bool:
-        """Whether a push of `meter` with invocation counter `counter` was accepted (stored, or
-        authenticated and recorded unstored)."""
+    def counter_used(self, meter: str, key_id: str, counter: int) -> bool:
+        """Whether a push of `meter` under the key `key_id` with invocation counter `counter` was
+        accepted (stored, or authenticated and recorded unstored)."""
         return self.db.execute(
-            "SELECT 1 FROM push WHERE meter = ?1 AND invocation_counter = ?2 "
-            "UNION ALL SELECT 1 FROM unstored_push WHERE meter = ?1 AND invocation_counter = ?2",
-            (meter, counter)).fetchone() is not None
+            "SELECT 1 FROM push WHERE meter = ?1 AND key_id = ?2 AND invocation_counter = ?3 "
+            "UNION ALL SELECT 1 FROM unstored_push WHERE meter = ?1 AND key_id = ?2 AND invocation_counter = ?3",
+            (meter, key_id, counter)).fetchone() is not None
 
-    def record_unstored(self, meter: str, counter: int, receive_time: str, reason: str, forget_below: int,
-                        apdu: bytes | None = None, source: str = "") -> None:
-        """An authenticated push that could not be stored as readings still uses up its counter,
-        and is kept as it came (`apdu`, in raw_push). Records of counters below `forget_below`
-        (the replay window's floor: refused whatever was recorded) are dropped, so a meter whose
-        pushes fit no list does not grow the table."""
+    def adopt_unkeyed(self, key_ids: dict[str, str]) -> int:
+        """Give the rows kept from before layout 3 (key_id '': the file did not say under which
+        key) of each meter of `key_ids` (system title -> key id) that key: the listener's key
+        for the meter is the one they were made under, unless the meter's key changed while no
+        listener of layout 3 ran (then its new key's pushes are refused until their counter
+        passes the old one's, as before layout 3). One transaction; how many meters."""
+        meters = [meter for (meter,) in self.db.execute("SELECT meter FROM push_counter WHERE key_id = ''")
+                  if meter in key_ids]
+        if meters:
+            with self._transaction():
+                for meter in meters:
+                    for table, column in (*((t, "meter") for t in ("push", "unstored_push", "push_counter")),
+                                          ("raw_push", "system_title")):
+                        self.db.execute(f"UPDATE {table} SET key_id = ? WHERE {column} = ? AND key_id = ''",
+                                        (key_ids[meter], meter))
+            self.flush()
+        return len(meters)
+
+    def record_unstored(self, meter: str, key_id: str, counter: int, receive_time: str, reason: str,
+                        forget_below: int, apdu: bytes | None = None, source: str = "") -> None:
+        """An authenticated push that could not be stored as readings still uses up its counter
+        (under its key `key_id`), and is kept as it came (`apdu`, in raw_push). Records of
+        counters below `forget_below` (the replay window's floor: refused whatever was recorded)
+        are dropped, so a meter whose pushes fit no list does not grow the table."""
         with self._transaction():
-            self._touch_meter(meter, counter, receive_time)
-            self.db.execute("INSERT OR IGNORE INTO unstored_push (meter, invocation_counter, receive_time, reason) "
-                            "VALUES (?, ?, ?, ?)", (meter, counter, receive_time, reason))
-            self.db.execute("DELETE FROM unstored_push WHERE meter = ? AND invocation_counter < ?",
-                            (meter, forget_below))
-            self._raw_push(meter, counter, receive_time, source, apdu)
+            self._touch_meter(meter, key_id, counter, receive_time)
+            self.db.execute("INSERT OR IGNORE INTO unstored_push (meter, key_id, invocation_counter, receive_time, "
+                            "reason) VALUES (?, ?, ?, ?, ?)", (meter, key_id, counter, receive_time, reason))
+            self.db.execute("DELETE FROM unstored_push WHERE meter = ? AND key_id = ? AND invocation_counter < ?",
+                            (meter, key_id, forget_below))
+            self._raw_push(meter, key_id, counter, receive_time, source, apdu)
 
     # ------------------------------------------------------------------------ writing
 
@@ -435,18 +549,19 @@ class PushStore:
         """Store a push and its readings in one transaction; returns how many readings were new
         (a reading already stored for the same meter, object, attribute and time is kept)."""
         with self._transaction():
-            meter_id = self._touch_meter(push.meter, push.invocation_counter, push.receive_time)
+            meter_id = self._touch_meter(push.meter, push.key_id, push.invocation_counter, push.receive_time)
             if push.serial is not None or push.address is not None or push.registers:
                 self.db.execute(
                     "UPDATE meter SET serial = coalesce(?, serial), address = coalesce(?, address), "
                     "registered = CASE WHEN ? THEN ? ELSE registered END WHERE system_title = ?",
                     (push.serial, push.address, push.registers, push.receive_time, push.meter))
             self.db.execute(
-                "INSERT INTO push (meter, invocation_counter, receive_time, capture_time, kind, setup, value_count) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (push.meter, push.invocation_counter, push.receive_time, push.capture_time, push.kind, push.setup,
-                 len(push.readings)))
-            self._raw_push(push.meter, push.invocation_counter, push.receive_time, push.source, push.apdu)
+                "INSERT INTO push (meter, key_id, invocation_counter, receive_time, capture_time, kind, setup, "
+                "value_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (push.meter, push.key_id, push.invocation_counter, push.receive_time, push.capture_time, push.kind,
+                 push.setup, len(push.readings)))
+            self._raw_push(push.meter, push.key_id, push.invocation_counter, push.receive_time, push.source,
+                           push.apdu)
             scaled = scaler_units(push.readings)
             integers, others = [], []
             for r in push.readings:
@@ -481,20 +596,26 @@ class PushStore:
                             (*scaler_unit, series, *scaler_unit))
         return series
 
-    def _raw_push(self, meter: str, counter: int, received: str, source: str, apdu: bytes | None) -> None:
+    def _raw_push(self, meter: str, key_id: str, counter: int, received: str, source: str,
+                  apdu: bytes | None) -> None:
         if apdu is not None:
-            self.db.execute("INSERT OR IGNORE INTO raw_push (system_title, invocation_counter, received, stored, "
-                            "source, apdu) VALUES (?, ?, ?, ?, ?, ?)",
-                            (meter, counter, received, format_time(dt.datetime.now(dt.timezone.utc)), source[:200],
-                             apdu))
+            self.db.execute("INSERT OR IGNORE INTO raw_push (system_title, key_id, invocation_counter, received, "
+                            "stored, source, apdu) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            (meter, key_id, counter, received, format_time(dt.datetime.now(dt.timezone.utc)),
+                             source[:200], apdu))
 
-    def _touch_meter(self, meter: str, counter: int, receive_time: str) -> int:
-        """The meter's row made or brought up to date; its id."""
-        return self.db.execute(
-            "INSERT INTO meter (system_title, first_seen, last_seen, last_invocation_counter) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (system_title) DO UPDATE SET last_seen = excluded.last_seen, "
-            "last_invocation_counter = max(last_invocation_counter, excluded.last_invocation_counter) "
-            "RETURNING id", (meter, receive_time, receive_time, counter)).fetchone()[0]
+    def _touch_meter(self, meter: str, key_id: str, counter: int, receive_time: str) -> int:
+        """The meter's row made or brought up to date, and its highest counter under the key; its id."""
+        meter_id = self.db.execute(
+            "INSERT INTO meter (system_title, first_seen, last_seen) VALUES (?, ?, ?) "
+            "ON CONFLICT (system_title) DO UPDATE SET last_seen = excluded.last_seen "
+            "RETURNING id", (meter, receive_time, receive_time)).fetchone()[0]
+        self.db.execute(
+            "INSERT INTO push_counter (meter, key_id, last_invocation_counter) VALUES (?, ?, ?) "
+            "ON CONFLICT (meter, key_id) DO UPDATE SET "
+            "last_invocation_counter = max(last_invocation_counter, excluded.last_invocation_counter)",
+            (meter, key_id, counter))
+        return meter_id
 
     @contextlib.contextmanager
     def _transaction(self):

@@ -16,12 +16,20 @@ a campaign of kind "key_change"):
 3. the store promotes: NEW → ACTIVE, the old keys → EXPIRED, and the job's outcome, in one
    transaction.
 
+Before 1, key_transfer's parameter is made (`key_transfer_data`): a meter whose master key
+the store lacks or cannot unwrap fails its change with nothing written. A meter that answers
+key_transfer with temporary-failure keeps its keys: the NEW ones are discarded and the change
+is tried again.
+
 A crash (or a lost connection) anywhere between 1 and 3 leaves a NEW generation in the
-store. Whoever holds the meter next settles it first (`settle`): an association under the
-ACTIVE keys that the meter accepts means it never took the new ones (they are discarded);
-one it refuses for good means it did, and an association under the NEW keys, with a fresh
-block of their counters, confirms it before they are promoted. A meter that takes neither
-keeps both in the store: access is never given up on a guess.
+store. Whoever holds the meter next settles it first: an association under the ACTIVE keys
+that the meter accepts means it never took the new ones (they are discarded); one it refuses
+for good, or leaves unanswered (some meters hang up on a request they cannot decipher), may
+mean it did, and an association under the NEW keys, with a fresh block of their counters,
+confirms it before they are promoted (when the meter refuses that one and its frame counter
+object verifies under the NEW AK, their generation's counter is moved above it first:
+`resync`). A meter that takes neither keeps both in the store: access is never given up on a
+guess.
 """
 from __future__ import annotations
 
@@ -29,13 +37,17 @@ import secrets
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
+from smartmeter.cosem.data import Data
+from smartmeter.cosem.results import DataAccessResult
 from smartmeter.dlms.client import AccessDenied, AssociationRefused, AuthenticationFailed, ClientError, DecipheringError
 from smartmeter.dlms.security.keys import KeyId, KeyTransfer, encode_key_transfer
 from smartmeter.dlms.security.suites import suite_parameters
+from smartmeter.errors import SmartmeterError
 from smartmeter.hes.fleet.session import BlockCounters, Timeouts, _within, meter_client
 from smartmeter.hes.store.pg import SessionGrant
 
-__all__ = ["KeyTransferRefused", "KeyTransferUncertain", "refuses_keys", "new_key_pair", "probe", "transfer_keys"]
+__all__ = ["KeyTransferDeferred", "KeyTransferImpossible", "KeyTransferRefused", "KeyTransferUncertain",
+           "key_transfer_data", "refuses_keys", "new_key_pair", "probe", "transfer_keys"]
 
 SECURITY_SETUP_CLASS = 64
 KEY_TRANSFER = 2  # IC 64 method 2
@@ -46,6 +58,16 @@ Refill = Callable[[int], Awaitable[tuple[int, int]]]
 
 class KeyTransferRefused(ClientError):
     """The meter answered key_transfer with a refusal: it keeps the keys it has."""
+
+
+class KeyTransferDeferred(ClientError):
+    """The meter answered key_transfer with temporary-failure: it keeps the keys it has, and
+    may take new ones later."""
+
+
+class KeyTransferImpossible(SmartmeterError):
+    """key_transfer cannot be made for the meter (no usable master key in the store): found
+    before any new key is written."""
 
 
 class KeyTransferUncertain(ClientError):
@@ -102,21 +124,34 @@ async def probe(grant: SessionGrant, keys: dict[str, bytes], block: tuple[int, i
     return pool.counters.server_last_seen
 
 
-async def transfer_keys(grant: SessionGrant, new_keys: dict[str, bytes], new_block: tuple[int, int],
-                        refill_active: Refill, refill_new: Refill, timeouts: Timeouts, client_system_title: bytes,
-                        link_factory=None) -> int | None:
-    """Step 2 of the module's description: the highest counter the meter sent under the new
-    keys. Before key_transfer went out, what the association raised (the meter has not heard
-    of the new keys); KeyTransferRefused when the meter refused it; KeyTransferUncertain when
-    anything failed after it went out."""
+def key_transfer_data(grant: SessionGrant, new_keys: dict[str, bytes]) -> Data:
+    """key_transfer's parameter: `new_keys` wrapped under the meter's master key. Made before
+    the new keys are written, so that a meter whose master key the store lacks (or cannot
+    unwrap) fails its change with nothing left behind: KeyTransferImpossible."""
     master = grant.keys.get("master")
     if master is None:
-        raise KeyTransferRefused(f"meter {grant.serial}: the store has no master key for it; key_transfer "
-                                 "needs it to wrap the new keys")
+        why = ("does not unwrap with this key-encryption key" if "master" in grant.unusable_keys
+               else "is not in the store")
+        raise KeyTransferImpossible(f"meter {grant.serial}: its master key {why}; key_transfer needs it to wrap "
+                                    "the new keys (import it with `hes db import-fleet`)")
     length = suite_parameters(grant.suite).key_length
+    if len(master) < length:
+        raise KeyTransferImpossible(f"meter {grant.serial}: its master key has {len(master)} bytes, suite "
+                                    f"{grant.suite} wraps under {length}")
     kek = master[:length]  # the meter's KEK: its master key's first bytes for suites 0 and 1
-    transfer = encode_key_transfer([KeyTransfer.wrap(kek, KeyId.GLOBAL_UNICAST_ENCRYPTION, new_keys["ek"]),
-                                    KeyTransfer.wrap(kek, KeyId.AUTHENTICATION, new_keys["ak"])])
+    return encode_key_transfer([KeyTransfer.wrap(kek, KeyId.GLOBAL_UNICAST_ENCRYPTION, new_keys["ek"]),
+                                KeyTransfer.wrap(kek, KeyId.AUTHENTICATION, new_keys["ak"])])
+
+
+async def transfer_keys(grant: SessionGrant, new_keys: dict[str, bytes], transfer: Data, new_block: tuple[int, int],
+                        refill_active: Refill, refill_new: Refill, timeouts: Timeouts, client_system_title: bytes,
+                        link_factory=None) -> int | None:
+    """Step 2 of the module's description, `transfer` being `key_transfer_data(grant,
+    new_keys)`: the highest counter the meter sent under the new keys. Before key_transfer
+    went out, what the association raised (the meter has not heard of the new keys);
+    KeyTransferRefused when the meter refused it, KeyTransferDeferred when it answered
+    temporary-failure (it keeps its keys either way); KeyTransferUncertain when anything
+    failed after it went out."""
     active = _Counters(BlockCounters(grant.counter_block, grant.rx_last), refill_active,
                        grant.counter_block[1] - grant.counter_block[0] + 1)
     client = meter_client(grant, grant.keys, active.counters, client_system_title, timeouts, link_factory)
@@ -133,6 +168,9 @@ async def transfer_keys(grant: SessionGrant, new_keys: dict[str, bytes], new_blo
         try:
             await client.action(security_setup(grant.client_sap), KEY_TRANSFER, transfer, class_id=SECURITY_SETUP_CLASS)
         except AccessDenied as exc:
+            if exc.result == DataAccessResult.TEMPORARY_FAILURE:
+                raise KeyTransferDeferred(f"meter {grant.serial}: key_transfer answered temporary-failure ({exc}); "
+                                          "it keeps its keys") from None
             raise KeyTransferRefused(f"meter {grant.serial}: key_transfer refused ({exc})") from None
         # the meter answered under the old keys and holds the new ones from now on
         fresh = _Counters(BlockCounters(new_block, None), refill_new, new_block[1] - new_block[0] + 1)
@@ -140,7 +178,7 @@ async def transfer_keys(grant: SessionGrant, new_keys: dict[str, bytes], new_blo
         client.before_request = fresh.ensure
         await client.get(CLOCK, 2, class_id=8)
         return fresh.counters.server_last_seen
-    except KeyTransferRefused:
+    except (KeyTransferRefused, KeyTransferDeferred):
         raise
     except Exception as exc:
         if sent:

@@ -3,15 +3,17 @@
 A listener (`hes listen --nats`) takes the meters' pushes off UDP and TCP as the SQLite
 listener does (wrapper, block transfer, bounds: `PushIntake`), checks each one's
 authentication tag with the meter's keys, and publishes the ciphered APDU as it came to
-`hes.push.<system title>` with the message id `<system title>:<invocation counter>`. Forged
-and unknown pushes never reach the broker, so they cannot take a genuine push's id.
-JetStream keeps one message per id within its duplicate window (a UDP retry, a push heard by
-two listeners); the store keeps one row per (system title, invocation counter) for ever, so a
-replay after the window is dropped there.
+`hes.push.<system title>` with the message id `<system title>:<key id>:<invocation counter>`
+(`push_key_id`: a meter starts its counter again under a new key). Forged and unknown pushes
+never reach the broker, so they cannot take a genuine push's id. JetStream keeps one message
+per id within its duplicate window (a UDP retry, a push heard by two listeners); the store
+keeps one row per (system title, key id, invocation counter) for ever, so a replay after the
+window is dropped there.
 
 `PushIngester` (run by every `hes worker`) takes them off the stream in batches, decodes each
-one as the SQLite listener does (`decode_push`: the meter's keys from the store, the push
-object list of the setup that sent it, the capture time) and writes the batch in one
+one as the SQLite listener does (`decode_push`: the meter's keys from the store, read in one
+query for the meters of a batch it does not hold, and held for the KEY_CACHE meters used last;
+the push object list of the setup that sent it, the capture time) and writes the batch in one
 transaction (`FleetStore.store_pushes`): the raw_push rows, and for each push whose row is new
 its values, integers into reading (raw, with the scaler and unit the push carried where it
 carried them, quality 0, the listener's receive time) and other values into reading_data.
@@ -24,13 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
 import logging
 import time
 from collections import Counter, OrderedDict
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Sequence
 
 import asyncpg
 from nats.errors import Error as NatsError
@@ -46,7 +47,9 @@ from smartmeter.hes.fleet.broker import (
     PUSH_SUBJECT, PUSHES_STREAM, RECEIVED_HEADER, SOURCE_HEADER, Broker, BrokerUnavailable, backoff_delay,
 )
 from smartmeter.hes.fleet.session import PLAUSIBLE_FUTURE, PLAUSIBLE_PAST
-from smartmeter.hes.push_listener import Keyring, Limits, MeterKeys, ObjectLists, PushIntake, decode_push
+from smartmeter.hes.push_listener import (
+    Keyring, Limits, MeterKeys, ObjectLists, PushIntake, decode_push, push_key_id,
+)
 from smartmeter.hes.push_store import format_time, integer_raw, scaler_units
 from smartmeter.hes.store.pg import UNAVAILABLE, FleetStore, IngestedPush, PushValue, StoreUnavailable
 from smartmeter.ratelog import RateLimitedLog
@@ -62,14 +65,12 @@ HELD_BYTES = 16 * 1024 * 1024  # and their bytes
 KEY_LOOKUPS_PER_S = 20.0  # meters' keys read again, across all meters (random titles cost a query each)
 KEY_LOOKUP_TIMEOUT = 5.0  # s for one look-up; a store that does not answer in time leaves the pushes refused
 KEY_GENERATIONS = 3  # the newest unicast key generations of a meter a push is tried with
+# meters whose keys an ingester holds (about 40 MB with one key generation each), the least
+# recently used forgotten beyond: a batch's meters not held are read in one query, so at most a
+# batch's worth of keys is unwrapped at a time and the event loop never stops for long (reading
+# a million meters' keys at once stopped it for seconds)
+KEY_CACHE = 100_000
 MESSAGE_ID_HEADER = "Nats-Msg-Id"
-
-
-def push_key_id(ek: bytes) -> str:
-    """A push's key, as a short fingerprint of the encryption key its tag verified with: a meter
-    starts its invocation counter again under a new key, so a push is (meter, key, counter).
-    The same on every listener and worker; the key cannot be had from it."""
-    return hashlib.sha256(b"smartmeter push key\0" + ek).hexdigest()[:16]
 
 
 async def keyring_from_store(store: FleetStore) -> Keyring:
@@ -83,16 +84,15 @@ async def keyring_from_store(store: FleetStore) -> Keyring:
                              Path("store")) for r in rows)
 
 
-async def read_push_keys(store: FleetStore, title: bytes | None) -> dict[bytes, list[tuple[int, bytes, bytes]]]:
-    """(suite, EK, AK) of the KEY_GENERATIONS newest unicast key generations of every meter (or
-    of the meter `title`), the ACTIVE one first; an EK goes with the AK of its generation, else
-    with the ACTIVE AK (a change of the EK alone)."""
+async def read_push_keys(store: FleetStore, titles: bytes | Sequence[bytes]
+                         ) -> dict[bytes, list[tuple[int, bytes, bytes]]]:
+    """(suite, EK, AK) of the KEY_GENERATIONS newest unicast key generations of the meter
+    `titles` (a system title, or several) that pushes may be made under (`push_key_rows`: an
+    EXPIRED one for a grace only), the ACTIVE one first; an EK goes with the AK of its
+    generation, else with the ACTIVE AK (a change of the EK alone). Meters without keys are left
+    out."""
     vault = store._vault()
-    rows = await store.pool.fetch(
-        """SELECT m.system_title, m.suite, k.kind, k.generation, k.state, k.wrapped
-           FROM meter m JOIN meter_key k ON k.meter_id = m.id AND k.kind IN ('ek', 'ak')
-           WHERE $1::bytea IS NULL OR m.system_title = $1
-           ORDER BY m.id, k.state = 'ACTIVE' DESC, k.generation DESC""", title)
+    rows = await store.push_key_rows([titles] if isinstance(titles, bytes) else titles)
     by_meter: dict[bytes, list] = {}
     for r in rows:
         by_meter.setdefault(bytes(r["system_title"]), []).append(r)
@@ -270,8 +270,9 @@ class PushIngester:
         self.say = say or (lambda message: log.warning("%s", message))
         self._object_lists = object_lists  # the model's, loaded with the first push, when None
         self.monotonic = monotonic
-        self._keys: dict[bytes, list[tuple[int, bytes, bytes]]] | None = None  # title → (suite, ek, ak), newest first
-        self._keys_checked: dict[bytes, float] = {}  # title → when its keys were last read again
+        # title → (suite, ek, ak), newest first ([]: none in the store); the most recently used last
+        self._keys: OrderedDict[bytes, list[tuple[int, bytes, bytes]]] = OrderedDict()
+        self._keys_checked: dict[bytes, float] = {}  # title → when its keys were last read
 
     async def run(self, stop: asyncio.Event) -> None:
         # no delivery limit: a push waits in the stream for as long as the store is away
@@ -336,6 +337,7 @@ class PushIngester:
         if not good:
             return
         try:
+            await self._read_keys_of([parsed[0] for _, parsed in good])
             pushes = [await self.decode(*parsed) for _, parsed in good]
         except UNAVAILABLE + (asyncpg.PostgresError,) as exc:  # reading the keys: the batch comes back
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from None
@@ -446,29 +448,40 @@ class PushIngester:
                             key_id=key_id)
 
     async def _unprotect(self, ciphered: GeneralGloCiphering) -> tuple[bytes, str] | str:
-        """The plaintext and the key id of the key that fits, tried with the meter's newest key generations (a push made before a
-        key change arrives after it). When none fits, the meter's keys are read again (a meter
-        imported, or its keys changed, since they were read), at most every KEYS_RELOAD s a meter."""
+        """The plaintext and the key id of the key that fits, tried with the meter's newest key
+        generations (a push made before a key change arrives after it). When none fits, or the
+        meter's keys are not held, they are read again (a meter imported, or its keys changed,
+        since they were read), at most every KEYS_RELOAD s a meter."""
         title = ciphered.system_title
-        if self._keys is None:
-            self._keys = await self._read_keys(None)
-        plain = self._try_keys(ciphered, self._keys.get(title))
-        now = self.monotonic()
-        if isinstance(plain, str) and now - self._keys_checked.get(title, float("-inf")) >= KEYS_RELOAD:
-            found = (await self._read_keys(title)).get(title)  # a store error: the batch comes back
-            if len(self._keys_checked) >= RECENT_PUSHES:
-                self._keys_checked.clear()
-            self._keys_checked[title] = now
-            if found:
-                self._keys[title] = found
-            else:
-                self._keys.pop(title, None)
-            plain = self._try_keys(ciphered, found)
+        if title in self._keys:
+            self._keys.move_to_end(title)
+        else:  # not read with its batch's, or forgotten for the meters used since
+            await self._read_keys_of([title])
+        plain = self._try_keys(ciphered, self._keys[title])
+        if isinstance(plain, str) and self.monotonic() - self._keys_checked.get(title, float("-inf")) >= KEYS_RELOAD:
+            await self._read_keys_of([title], again=True)  # a store error: the batch comes back
+            plain = self._try_keys(ciphered, self._keys[title])
         return plain
 
+    async def _read_keys_of(self, titles: list[bytes], again: bool = False) -> None:
+        """Read the keys of the meters `titles` not held in one query; `again`: of all of them,
+        because none of those held fit (which KEYS_RELOAD bounds)."""
+        wanted = list(dict.fromkeys(t for t in titles if again or t not in self._keys))
+        if not wanted:
+            return
+        found = await read_push_keys(self.store, wanted)
+        if again:
+            if len(self._keys_checked) + len(wanted) > RECENT_PUSHES:
+                self._keys_checked.clear()
+            self._keys_checked.update(dict.fromkeys(wanted, self.monotonic()))
+        for title in wanted:
+            self._keys[title] = found.get(title, [])
+            self._keys.move_to_end(title)
+        while len(self._keys) > KEY_CACHE:
+            self._keys.popitem(last=False)
+
     @staticmethod
-    def _try_keys(ciphered: GeneralGloCiphering, keys: list[tuple[int, bytes, bytes]] | None
-                  ) -> tuple[bytes, str] | str:
+    def _try_keys(ciphered: GeneralGloCiphering, keys: list[tuple[int, bytes, bytes]]) -> tuple[bytes, str] | str:
         if not keys:
             return "no keys of its meter in the store"
         for suite, ek, ak in keys:
@@ -479,9 +492,6 @@ class PushIngester:
             except (SecurityError, DecodeError) as exc:
                 return f"cannot be unprotected: {exc}"
         return "its authentication tag fits none of its meter's keys in the store"
-
-    async def _read_keys(self, title: bytes | None) -> dict[bytes, list[tuple[int, bytes, bytes]]]:
-        return await read_push_keys(self.store, title)
 
 
 def _the_datas_fault(exc: asyncpg.PostgresError) -> bool:

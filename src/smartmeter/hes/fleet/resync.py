@@ -13,6 +13,11 @@ checked against the system title of the meter meant (the grant's), not the one t
 client's unauthenticated AARE names, so an answer from another meter sharing the AK (a relay,
 a wrong address) moves nothing. The readout's link comes from the worker's `link_factory`
 when it has one (asked for the public client: the grant with client_sap 16).
+
+The same holds for the NEW keys of a key change cut short (`under_new_keys`): a meter that
+took them may have seen more of their generation's counters than the store reserved (a store
+restored from a backup taken meanwhile); the readout verified with their AK moves that
+generation's counter, and proves the meter holds them.
 """
 from __future__ import annotations
 
@@ -21,13 +26,13 @@ import dataclasses
 import logging
 from typing import Awaitable, Callable
 
-from smartmeter.dlms.client import ClientError, InvocationCounterError
+from smartmeter.dlms.client import AssociationRefused, ClientError, InvocationCounterError
 from smartmeter.errors import SmartmeterError
 from smartmeter.hes.connection import WrapperLink
 from smartmeter.hes.resync import read_client_counter
 from smartmeter.ratelog import RateLimitedLog
 
-__all__ = ["CounterBehindMeter", "PUBLIC_SAP", "meter_counter", "resync_counter"]
+__all__ = ["CounterBehindMeter", "PUBLIC_SAP", "meter_counter", "resync_counter", "under_new_keys"]
 
 log = logging.getLogger(__name__)
 say = RateLimitedLog(log)
@@ -70,20 +75,29 @@ async def meter_counter(grant, client_system_title: bytes, timeout: float, *, li
             pass  # never opened, or already closed by the client
 
 
-async def resync_counter(store, grant, refusal: InvocationCounterError, client_system_title: bytes, timeout: float,
-                         call: Callable[[Awaitable], Awaitable] | None = None, *, link_factory=None) -> int | None:
-    """After the meter of `grant` refused our counter: its verified counter (the refusal's
-    own when `CounterBehindMeter` carries one, else read now, through `link_factory` if
-    given), and the store's counter moved up to it (never down). None when it cannot be read
-    or does not verify: nothing moves."""
+def under_new_keys(grant):
+    """`grant` as a session under its NEW keys sees it: their keys (a readout verifies with
+    their AK) and their generation (whose counter a resync moves)."""
+    return dataclasses.replace(grant, keys=grant.new_keys, key_generation=grant.new_generation)
+
+
+async def resync_counter(store, grant, refusal: InvocationCounterError | AssociationRefused, client_system_title: bytes,
+                         timeout: float, call: Callable[[Awaitable], Awaitable] | None = None, *,
+                         link_factory=None) -> int | None:
+    """After the meter of `grant` refused our counter (or an association, which an old counter
+    and other keys look alike in): its verified counter (the refusal's own when
+    `CounterBehindMeter` carries one, else read now, through `link_factory` if given), and
+    the store's counter of the grant's generation moved up to it (never down). None when it
+    cannot be read or does not verify: nothing moves."""
     if isinstance(refusal, CounterBehindMeter):
         counter = refusal.meter_counter
     else:
         try:
             counter = await meter_counter(grant, client_system_title, timeout, link_factory=link_factory)
         except ClientError as exc:
-            say("resync.unverified", "meter %s refused our invocation counter and its frame counter could not be "
-                "read or verified (%s): the store's counter is left as it is", grant.serial, exc)
+            if isinstance(refusal, InvocationCounterError):  # a refused association: other keys, as likely
+                say("resync.unverified", "meter %s refused our invocation counter and its frame counter could not "
+                    "be read or verified (%s): the store's counter is left as it is", grant.serial, exc)
             return None
     advance = store.advance_counter(grant.meter_id, grant.key_generation, counter)
     await (call(advance) if call is not None else advance)

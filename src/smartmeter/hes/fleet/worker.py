@@ -17,6 +17,10 @@ is tried again after an exponential back-off with jitter, until the job's attemp
 maximum. A job begun `max_claims` times whose sessions never ended (its workers died with it)
 is failed by the next claim. When the store cannot be reached the worker stops taking jobs and
 backs off until it is back; the jobs it held go back to JetStream.
+
+What a job does is its campaign's kind in the store ("read" or "key_change"), not what its
+message says. A job whose message id names another store is handed back, unless its campaign
+here was created under that store id (the store came back under a new id: migration 0007).
 """
 from __future__ import annotations
 
@@ -40,8 +44,10 @@ from smartmeter.dlms.client import AccessDenied, AssociationRefused, ClientError
 from smartmeter.hes.connection import LinkError
 from smartmeter.hes.fleet.broker import Broker, Job, JobFormatError, backoff_delay
 from smartmeter.hes.fleet.keychange import (
-    KeyTransferRefused, KeyTransferUncertain, new_key_pair, probe, refuses_keys, transfer_keys,
+    KeyTransferDeferred, KeyTransferImpossible, KeyTransferRefused, KeyTransferUncertain, key_transfer_data,
+    new_key_pair, probe, refuses_keys, transfer_keys,
 )
+from smartmeter.hes.fleet.resync import resync_counter, under_new_keys
 from smartmeter.hes.fleet.session import (
     CounterBlockExhausted, ReadPlan, SessionTimeout, Timeouts, _within, read_session,
 )
@@ -57,6 +63,8 @@ log = logging.getLogger(__name__)
 DEFAULT_CLIENT_SYSTEM_TITLE = b"SMH\x00\x00\x00\x00\x01"
 
 TRANSIENT = (LinkError, SessionTimeout, CounterBlockExhausted, ProtectionError, OSError, asyncio.TimeoutError)
+LEASE_MARGIN = 1.0  # s of the lease left unused by a session's last association, for the store's steps
+CAMPAIGNS_KNOWN = 10_000  # campaigns whose kind and store id a worker keeps (they never change)
 
 
 def permanent(exc: ClientError) -> bool:
@@ -68,6 +76,14 @@ def permanent(exc: ClientError) -> bool:
     if isinstance(exc, AccessDenied):
         return exc.result != DataAccessResult.TEMPORARY_FAILURE
     return not isinstance(exc, TRANSIENT)
+
+
+def may_hold_new_keys(exc: BaseException) -> bool:
+    """Whether a failure under the ACTIVE keys leaves open that the meter holds NEW ones: a
+    clear refusal of the keys, or no answer at all (silence, a closed connection, a time-out:
+    some meters hang up on a request they cannot decipher). A permanent answer of another
+    kind (a replayed counter, an access denied) was given under the ACTIVE keys."""
+    return refuses_keys(exc) or not permanent(exc)
 
 
 @dataclass(frozen=True)
@@ -129,6 +145,7 @@ class Worker:
         self._rng = random.Random()
         self._in_hand: dict[int, list] = {}  # id(job message) → [message, when JetStream last heard of it]
         self._store_id: str | None = None  # the store's own id, which its campaigns' job ids begin with
+        self._campaigns: dict[int, tuple[str, str]] = {}  # campaign → (kind, store id it was created under)
 
     @property
     def lease_s(self) -> float:
@@ -223,17 +240,26 @@ class Worker:
             self.note("worker.poison", "terminated a malformed job message on %s: %s", msg.subject, exc)
             await self._answer(msg.term())
             return
-        owner = _job_owner(msg)
-        if owner is not None and self._store_id is not None and owner != self._store_id:
-            # another installation's job (its campaign published it with its store's id): it is
-            # not ours to fail; it goes back for that installation's workers
-            self.note("worker.foreign_job", "job %s belongs to another store (%s): this NATS is shared with "
-                      "another head-end installation; give each installation a NATS account of its own",
-                      job.message_id, owner)
-            await self._answer(msg.nak(delay=30.0))
-            return
         self._in_hand[id(msg)] = [msg, time.monotonic()]
         try:
+            campaign = await self._campaign_of(job.campaign)
+            owner = _job_owner(msg)
+            if (owner is not None and self._store_id is not None and owner != self._store_id
+                    and (campaign is None or campaign[1] != owner)):
+                # another installation's job (its campaign published it with its store's id): it
+                # is not ours to fail; it goes back for that installation's workers. A campaign of
+                # this store created under another id (the store restored into a new database)
+                # recorded that id: its jobs are ours.
+                self.note("worker.foreign_job", "job %s belongs to another store (%s): this NATS is shared with "
+                          "another head-end installation; give each installation a NATS account of its own",
+                          job.message_id, owner)
+                await self._answer(msg.nak(delay=30.0))
+                return
+            if campaign is not None and campaign[0] != job.kind:
+                # the store's campaign decides what its jobs do, not what a message says
+                self.note("worker.job_kind", "job %s says kind %r, its campaign in the store is %r: doing %r",
+                          job.message_id, job.kind, campaign[0], campaign[0])
+                job = dataclasses.replace(job, kind=campaign[0])
             await self._job(msg, job, urgent)
         except _JobFailed as exc:
             await self._fail(msg, job, None, str(exc))
@@ -245,6 +271,18 @@ class Worker:
             await self._answer(msg.nak(delay=self._delay(msg)))
         finally:
             self._in_hand.pop(id(msg), None)
+
+    async def _campaign_of(self, campaign: int) -> tuple[str, str] | None:
+        """(kind, store id) of the campaign from the store, kept once known (neither changes);
+        None when the store has no such campaign (asked again next time: it may be created)."""
+        known = self._campaigns.get(campaign)
+        if known is None:
+            known = await self._store_call(self.store.campaign_of(campaign))
+            if known is not None:
+                if len(self._campaigns) >= CAMPAIGNS_KNOWN:
+                    self._campaigns.clear()
+                self._campaigns[campaign] = known
+        return known
 
     async def _heartbeats(self) -> None:
         """One task for every job in hand: each tells JetStream it is still being worked on
@@ -348,21 +386,18 @@ class Worker:
             # the meter holds a higher counter of ours than the store (a restored store): move
             # ours above the one its frame counter object shows (verified with our AK; the
             # exception-response's own counter is unprotected), never down, and try again soon
-            from smartmeter.hes.fleet.resync import resync_counter
-
             await resync_counter(self.store, grant, exc, s.client_system_title, s.timeouts.connect + s.timeouts.request,
                                  self._store_call, link_factory=self.link_factory)
             await self._retry(msg, job, grant, f"the meter refused our invocation counter ({exc})")
             return
-        except TRANSIENT as exc:
-            await self._retry(msg, job, grant, f"{type(exc).__name__}: {exc}")
-            return
-        except ClientError as exc:
-            if grant.new_keys and refuses_keys(exc):
+        except TRANSIENT + (ClientError,) as exc:
+            reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, TRANSIENT) else str(exc)
+            if grant.new_keys and may_hold_new_keys(exc):
+                # a key change was cut short: the meter may hold the NEW keys
                 try:
                     settled = await self._settled_on_new_keys(grant)
-                except ClientError as again:
-                    await self._retry(msg, job, grant, f"{exc}; under the NEW keys: {again}")
+                except TRANSIENT + (ClientError,) as again:
+                    await self._retry(msg, job, grant, f"{reason}; under the NEW keys: {again}")
                     return
             else:
                 settled = False
@@ -372,9 +407,9 @@ class Worker:
                 await self._store_call(self.store.release(grant))
                 await self._answer(msg.nak(delay=0.1))
             elif permanent(exc):
-                await self._fail(msg, job, grant, str(exc))
+                await self._fail(msg, job, grant, reason)
             else:
-                await self._retry(msg, job, grant, str(exc))
+                await self._retry(msg, job, grant, reason)
             return
         finally:
             self.stats.session_seconds += time.monotonic() - started
@@ -398,23 +433,25 @@ class Worker:
         return lambda n: self._store_call(self.store.reserve_counters(grant.meter_id, generation, n, grant.lease_token))
 
     async def _settled_on_new_keys(self, grant, job: Job | None = None) -> bool:
-        """The meter refused the ACTIVE keys and the store has NEW ones: whether it takes
-        those (a fresh block of their counters), in which case they are promoted (with `job`,
-        its outcome 'done' in the same transaction)."""
-        s = self.settings
-        t = s.timeouts
+        """The meter refused the ACTIVE keys, or did not answer under them, and the store has
+        NEW ones: whether it takes those, in which case they are promoted (with `job`, its
+        outcome 'done' in the same transaction). Within what is left of the lease (SessionTimeout
+        beyond it): the session's meter is no longer its own after that."""
+        t = self.settings.timeouts
+        association = t.connect + t.association + 2 * t.request  # an association and a request
+        # at most two associations and a frame counter readout between them
+        budget = 2 * association + t.connect + t.request
+        if grant.lease_deadline is not None:
+            budget = min(budget, grant.lease_deadline - time.monotonic() - LEASE_MARGIN)
+        if budget <= 0:
+            raise SessionTimeout("no time is left within the lease to try the NEW keys")
         generation = grant.new_generation
         try:
-            block = await self._store_call(self.store.reserve_counters(grant.meter_id, generation, s.counter_block,
-                                                                       grant.lease_token))
-            # after a refused association, within the lease: one association and a request
-            rx_last = await _within("the association under the new keys", t.connect + t.association + 2 * t.request,
-                                    probe(grant, grant.new_keys, block, None, self._refill(grant, generation),
-                                          s.timeouts, s.client_system_title, self.link_factory))
+            rx_last = await _within("the associations under the new keys", budget, self._probe_new_keys(grant))
         except ClientError as exc:
             if not refuses_keys(exc):
                 raise  # no answer either way: the next session asks again
-            self.note("worker.settle", "meter %s refuses its NEW keys too (%s); both are kept", grant.serial, exc)
+            self.note("worker.settle", "meter %s refuses its NEW keys (%s); both are kept", grant.serial, exc)
             return False
         promoted = await self._store_call(self.store.promote_keys(
             grant, generation, rx_last, (job.campaign, self.name) if job is not None else None))
@@ -423,6 +460,29 @@ class Worker:
             self.note("worker.settled", "meter %s: a key change cut short is completed (it holds generation %d)",
                       grant.serial, generation)
         return promoted
+
+    async def _probe_new_keys(self, grant) -> int | None:
+        """`probe` under the NEW keys with a fresh block of their counters; when the meter
+        refuses it, and its frame counter object verifies under the NEW AK (it holds them, and
+        has seen more of their counters than the store reserved: a store restored meanwhile),
+        that generation's counter is moved above it and the probe made once more."""
+        s = self.settings
+        generation = grant.new_generation
+        resynced = False
+        while True:
+            block = await self._store_call(self.store.reserve_counters(grant.meter_id, generation, s.counter_block,
+                                                                       grant.lease_token))
+            try:
+                return await probe(grant, grant.new_keys, block, None, self._refill(grant, generation), s.timeouts,
+                                   s.client_system_title, self.link_factory)
+            except (AssociationRefused, InvocationCounterError) as exc:
+                if resynced or (isinstance(exc, AssociationRefused) and exc.result == 2):
+                    raise
+                if await resync_counter(self.store, under_new_keys(grant), exc, s.client_system_title,
+                                        s.timeouts.connect + s.timeouts.request, self._store_call,
+                                        link_factory=self.link_factory) is None:
+                    raise
+                resynced = True
 
     async def _change_keys(self, msg, job: Job, grant) -> None:
         s = self.settings
@@ -435,9 +495,9 @@ class Worker:
             self.stats.lease_lost += 1
             self.note("worker.lease_lost", "%s", exc)
             await self._answer(msg.nak(delay=self._delay(msg)))
-        except (KeyTransferRefused, _JobFailed) as exc:
+        except (KeyTransferRefused, KeyTransferImpossible, _JobFailed) as exc:
             await self._fail(msg, job, grant, str(exc))
-        except TRANSIENT + (KeyTransferUncertain,) as exc:
+        except TRANSIENT + (KeyTransferUncertain, KeyTransferDeferred) as exc:
             await self._retry(msg, job, grant, f"{type(exc).__name__}: {exc}")
         except ClientError as exc:
             if permanent(exc):
@@ -455,10 +515,12 @@ class Worker:
                 await probe(grant, grant.keys, grant.counter_block, grant.rx_last,
                             self._refill(grant, grant.key_generation), s.timeouts, s.client_system_title,
                             self.link_factory)
-            except ClientError as exc:
-                if not refuses_keys(exc):
+            except TRANSIENT + (ClientError,) as exc:
+                if not may_hold_new_keys(exc):
                     raise
                 if not await self._settled_on_new_keys(grant, job):
+                    if not refuses_keys(exc):
+                        raise  # no answer under the ACTIVE keys, and the NEW ones refused: ask again
                     raise _JobFailed(f"the meter refuses both its ACTIVE keys and the NEW ones ({exc}); "
                                      "both are kept") from None
                 self.stats.done += 1
@@ -470,16 +532,18 @@ class Worker:
                 self.store.reserve_counters(grant.meter_id, grant.key_generation, s.counter_block, grant.lease_token))
             grant.rx_last = None
         keys = new_key_pair(grant.suite)
+        transfer = key_transfer_data(grant, keys)  # no usable master key: nothing is written
         generation, block = await self._store_call(self.store.new_keys(grant, keys, s.counter_block))
         try:
-            rx_last = await transfer_keys(grant, keys, block, self._refill(grant, grant.key_generation),
+            rx_last = await transfer_keys(grant, keys, transfer, block, self._refill(grant, grant.key_generation),
                                           self._refill(grant, generation), s.timeouts, s.client_system_title,
                                           self.link_factory)
         except KeyTransferUncertain:
             raise  # the NEW keys stay: the next session settles which the meter holds
         except ClientError as exc:
-            if isinstance(exc, KeyTransferRefused) or refuses_keys(exc):
-                # the meter refused the transfer, or the association before it: it keeps its keys
+            if isinstance(exc, (KeyTransferRefused, KeyTransferDeferred)) or refuses_keys(exc):
+                # the meter refused the transfer (for now or for good), or the association
+                # before it: it keeps its keys
                 await self._store_call(self.store.discard_new_keys(grant, generation))
             raise
         if not await self._store_call(self.store.promote_keys(grant, generation, rx_last,

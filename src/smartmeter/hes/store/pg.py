@@ -20,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import logging
 import secrets
+import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -35,7 +37,12 @@ from smartmeter.hes.store.batching import Coalescer
 __all__ = ["Event", "FleetStore", "KeyVault", "LeaseLost", "MeterBusy", "MeterRecord", "SessionGrant", "StoreError",
            "StoreUnavailable", "UnknownMeter", "migrations"]
 
+log = logging.getLogger(__name__)
+
 COUNTER_MAX = 0xFFFFFFFF
+# how long after a key change pushes under the keys it replaced are still taken (pushes made
+# before it, on their way); the store's setting 'expired_key_grace' (seconds) overrides it
+EXPIRED_KEY_GRACE = 24 * 3600.0
 # what a connection to the store may take before the caller is told it is unreachable
 CONNECT_TIMEOUT = 10.0
 
@@ -166,6 +173,10 @@ class SessionGrant:
     marks: dict[str, dt.datetime]  # profile OBIS → last capture time stored
     slot: tuple[int, int] | None = None  # the cell's session slot held and its token, if any
     new_generation: int | None = None  # the generation of new_keys
+    # kinds stored that do not unwrap with this KEK and that a read does not need (the master
+    # key): left out of keys, so that only a key change fails on them
+    unusable_keys: tuple[str, ...] = ()
+    lease_deadline: float | None = None  # time.monotonic() at which the lease runs out
 
 
 @dataclass
@@ -238,6 +249,7 @@ class FleetStore:
         self._grants = Coalescer(self._grant_batch, window=None)
         self._finishes = Coalescer(self._finish_batch, window=None)
         self._held: dict[str, asyncpg.Connection] = {}  # a connection for each kind of batch
+        self._past_grace_said: set[tuple[bytes, int]] = set()  # (meter, generation) of keys said past their grace
 
     @classmethod
     async def open(cls, dsn: str, vault: KeyVault | None = None, *, min_size: int = 1, max_size: int = 10,
@@ -425,6 +437,32 @@ class FleetStore:
             query += " WHERE " + " AND ".join(where)
         return [tuple(r) for r in await self.pool.fetch(query + " ORDER BY id", *args)]
 
+    async def push_key_rows(self, titles: Sequence[bytes]) -> list:
+        """The unicast key rows (system_title, suite, kind, generation, state, wrapped) the pushes
+        of the meters `titles` may be made under, per meter the ACTIVE first, then the newest:
+        NEW and ACTIVE keys, and EXPIRED ones for a grace after they expired (the setting
+        'expired_key_grace', seconds, else EXPIRED_KEY_GRACE): pushes made before a key change
+        and still on their way. Past it an EXPIRED key is left out, so pushes under it are
+        refused as under wrong keys; said once per meter and generation."""
+        rows = await self.pool.fetch(
+            """SELECT m.system_title, m.suite, k.kind, k.generation, k.state, k.wrapped, k.changed,
+                      k.state = 'EXPIRED' AND k.changed <= now() - make_interval(secs => coalesce(
+                          (SELECT convert_from(value, 'UTF8')::float8 FROM setting WHERE name = 'expired_key_grace'),
+                          $2)) AS past_grace
+               FROM meter m JOIN meter_key k ON k.meter_id = m.id AND k.kind IN ('ek', 'ak')
+               WHERE m.system_title = ANY($1::bytea[])
+               ORDER BY m.id, k.state = 'ACTIVE' DESC, k.generation DESC""", list(titles), EXPIRED_KEY_GRACE)
+        for r in rows:
+            said = (bytes(r["system_title"]), r["generation"])
+            if r["past_grace"] and said not in self._past_grace_said:
+                if len(self._past_grace_said) >= 100_000:
+                    self._past_grace_said.clear()
+                self._past_grace_said.add(said)
+                log.warning("meter %s: its keys of generation %d expired at %s, longer ago than the grace for pushes "
+                            "on their way: pushes under them are refused", said[0].hex().upper(), said[1],
+                            r["changed"].isoformat(timespec="seconds"))
+        return [r for r in rows if not r["past_grace"]]
+
     # -- sessions ----------------------------------------------------------------------------
     async def claim(self, meter_id: int, holder: str, lease_s: float, block: int, *, campaign: int | None = None,
                     throttle: bool = False, slot: tuple[int, int] | None = None,
@@ -483,7 +521,9 @@ class FleetStore:
                        FROM profile_mark WHERE meter_id = m.id) AS marks,
                       ARRAY(SELECT ROW(kind, state, wrapped, generation) FROM meter_key
                             WHERE meter_id = m.id AND (state = 'NEW' OR (kind IN ('ek', 'ak') AND generation = u.generation)
-                                                       OR (kind NOT IN ('ek', 'ak') AND state = 'ACTIVE'))) AS keys
+                                                       OR (kind NOT IN ('ek', 'ak') AND state = 'ACTIVE'))) AS keys,
+                      (SELECT extract(epoch FROM l.expires - clock_timestamp())::float8 FROM meter_lease l
+                        WHERE l.meter_id = m.id) AS lease_left
                FROM unnest($1::bigint[], $2::integer[]) WITH ORDINALITY AS u(meter, generation, n)
                JOIN meter m ON m.id = u.meter""",
             [meter_id for meter_id, _, _ in items], [claimed["key_generation"] for _, claimed, _ in items])
@@ -643,6 +683,12 @@ class FleetStore:
             await conn.execute("INSERT INTO job (campaign_id, meter_id) SELECT $1, unnest($2::bigint[])",
                                campaign_id, list(meter_ids))
         return campaign_id
+
+    async def campaign_of(self, campaign_id: int) -> tuple[str, str] | None:
+        """(kind, store id it was created under) of a campaign; None when there is none. The
+        store's campaign decides what its jobs do, not their messages."""
+        row = await self.pool.fetchrow("SELECT kind, store_id FROM campaign WHERE id = $1", campaign_id)
+        return (row["kind"], row["store_id"]) if row is not None else None
 
     async def fail_job(self, campaign_id: int, meter_id: int, error: str, worker: str, counted: bool = False) -> bool:
         """Record a job's failure (its final outcome); False if it already had one. `counted`:
@@ -825,10 +871,16 @@ async def events_of(pool, *, serials: Sequence[str] = (), cell: str | None = Non
 def _grant(vault: KeyVault, row, claimed, block: int) -> SessionGrant:
     keys, new_keys = {}, {}
     new_generation = None
+    unusable = []
     for kind, state, wrapped, generation in row["keys"]:
         # the unicast keys are those of the generation whose counters were reserved, even
         # if a key change made another one ACTIVE in between
-        (new_keys if state == "NEW" else keys)[kind] = vault.unwrap(wrapped)
+        try:
+            (new_keys if state == "NEW" else keys)[kind] = vault.unwrap(wrapped)
+        except StoreError:
+            if kind != "master":
+                raise
+            unusable.append(kind)  # only key_transfer needs it: the key change says so
         if state == "NEW":
             new_generation = generation
     top = claimed["tx_top"]
@@ -839,7 +891,9 @@ def _grant(vault: KeyVault, row, claimed, block: int) -> SessionGrant:
         capabilities=json.loads(row["capabilities"]), keys=keys, new_keys=new_keys, new_generation=new_generation,
         key_generation=claimed["key_generation"], lease_token=claimed["token"],
         counter_block=(top - block + 1, top), rx_last=claimed["rx_last"],
-        marks={p: dt.datetime.fromisoformat(t) for p, t in json.loads(row["marks"]).items()})
+        marks={p: dt.datetime.fromisoformat(t) for p, t in json.loads(row["marks"]).items()},
+        unusable_keys=tuple(unusable),
+        lease_deadline=time.monotonic() + row["lease_left"] if row["lease_left"] is not None else None)
 
 
 async def _keep_session(conn) -> None:
