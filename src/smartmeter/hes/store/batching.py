@@ -23,14 +23,14 @@ from typing import Awaitable, Callable, Generic, Sequence, TypeVar
 
 import asyncpg
 
-__all__ = ["Coalescer"]
+__all__ = ["CONNECTION_LOST", "Coalescer"]
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 # errors of the connection or the server, not of one call's data: running the calls again one
-# by one would only repeat them
-_NOT_THE_DATA = (asyncpg.exceptions.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError)
+# by one would only repeat them, and the connection is not used again
+CONNECTION_LOST = (asyncpg.exceptions.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError)
 # what one call's data can raise: from the server, or while its arguments are encoded
 _THE_DATA = (asyncpg.PostgresError, ValueError, OverflowError, TypeError)
 
@@ -121,7 +121,7 @@ class Coalescer(Generic[Item, Result]):
             if len(results) != len(items):
                 raise RuntimeError(f"a batch of {len(items)} calls gave {len(results)} results")
         except _THE_DATA as exc:
-            if len(batch) == 1 or isinstance(exc, _NOT_THE_DATA):
+            if len(batch) == 1 or isinstance(exc, CONNECTION_LOST):
                 results = [exc] * len(batch)
             else:  # one call's data broke the statement: each alone, so the others go through
                 results = [await self._alone(item) for item in items]

@@ -32,7 +32,7 @@ import asyncpg
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
 from smartmeter.errors import SmartmeterError
-from smartmeter.hes.store.batching import Coalescer
+from smartmeter.hes.store.batching import CONNECTION_LOST, Coalescer
 
 __all__ = ["Event", "FleetStore", "KeyVault", "LeaseLost", "MeterBusy", "MeterRecord", "SessionGrant", "StoreError",
            "StoreUnavailable", "UnknownMeter", "migrations"]
@@ -291,7 +291,7 @@ class FleetStore:
         try:
             return await getattr(conn, method)(query, *args)
         except asyncpg.PostgresError as exc:
-            if isinstance(exc, _CONNECTION_LOST):
+            if isinstance(exc, CONNECTION_LOST):
                 await self._drop_held(purpose, conn)
             raise
         except BaseException:  # a lost connection, a time-out or a cancellation mid-statement
@@ -494,8 +494,9 @@ class FleetStore:
         own transaction, the urgent ones first."""
         order = sorted(range(len(items)), key=lambda n: not items[n][9])
         out = await self._batch_call(
-            "claims", "fetchrow", "CALL hes_begin_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, NULL, NULL, NULL, NULL, NULL, NULL, "
-            "NULL, NULL, NULL, NULL)", *([items[n][k] for n in order] for k in range(9)))
+            "claims", "fetchrow", "CALL hes_begin_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, "
+            "NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
+            *([items[n][k] for n in order] for k in range(9)))
         answers = zip(*(out["o_" + c] for c in _CLAIM_COLUMNS), out["o_error"])
         rows: list[dict[str, Any] | Exception] = [None] * len(items)  # type: ignore[list-item]
         for n, (*values, error) in zip(order, answers):
@@ -819,9 +820,6 @@ class FleetStore:
                 stored += int(status.rsplit(" ", 1)[1])
             return fresh, stored
 
-
-# a batch's connection is lost or the server is going away: it is not reused
-_CONNECTION_LOST = (asyncpg.exceptions.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError)
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 _MICROSECOND = dt.timedelta(microseconds=1)
