@@ -14,6 +14,7 @@ import sqlite3
 
 import pytest
 from click.testing import CliRunner
+from interval_pushes import START, meter  # noqa: F401 (meter: the fixture)
 
 from smartmeter.cli.main import main
 from smartmeter.cosem import axdr
@@ -29,14 +30,11 @@ from smartmeter.hes.push_listener import (
     serve_udp,
 )
 from smartmeter.hes.push_store import PushStore, format_time
-from smartmeter.meter.clock import MeterClock
 from smartmeter.meter.push import METER_CONTEXT, gbt_blocks
-from smartmeter.meter.runtime import Meter, MeterConfig
 from smartmeter.transport.aio import serve_wrapper_tcp
 from smartmeter.transport.wrapper import WrapperFrame
 from smartmeter.transport.wrapper_send import parse_destination, send_tcp, send_udp, wrapper_messages
 
-START = 1773144000.0  # 2026-03-10T12:00:00Z
 SOURCE_WPORT, DATA_READOUT_WPORT = 1, 2
 
 INTERVAL = "0-1:25.9.0.255"
@@ -82,15 +80,6 @@ def interval_values(t: float, import_wh: int, export_wh: int, reactive: int) -> 
 def message(apdu: bytes) -> bytes:
     return WrapperFrame(SOURCE_WPORT, DATA_READOUT_WPORT, apdu).to_bytes()
 
-
-@pytest.fixture(scope="module")
-def meter(tmp_path_factory):
-    now = [START]
-    m = Meter(MeterConfig(data_dir=tmp_path_factory.mktemp("meter"), backfill_days=0),
-              clock=MeterClock(source=lambda: now[0]))
-    m.now = now
-    yield m
-    m.close()
 
 
 def push(meter, body: Data, t: float) -> bytes:
