@@ -56,11 +56,11 @@ def test_three_incremental_campaigns_over_a_fast_day(head_end, tmp_path):
             # on demand, while the second campaign runs
             time.sleep(0.5)
             assert h.status(campaigns[-1]).get("queued"), "the campaign ended before the on-demand read"
-            began = time.monotonic()
             # a meter the campaign has not reached yet, and one it may be reading right now
             out = h.ok("hes", "read", manifest["meters"][7]["serial"], "--timeout", "30")
-            on_demand = time.monotonic() - began
-            assert "read in" in out
+            # from the request (the command's connections to the store and broker included) to the
+            # stored outcome, as the command reports it; the Python process start is not the read's
+            on_demand = float(re.search(r"read in ([0-9.]+) s", out)[1])
             assert h.status(campaigns[-1]).get("queued"), "the campaign ended before the on-demand read did"
         assert h.wait_campaign(campaigns[-1], timeout=90) == {"done": METERS}
     assert on_demand is not None and on_demand < 5.0, on_demand

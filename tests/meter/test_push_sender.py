@@ -299,7 +299,7 @@ def test_tcp_retries_until_the_head_end_listens():
 
 def test_a_destination_that_does_not_answer_blocks_no_other_push():
     """A listener whose accept queue is full drops the SYNs: the connection neither opens nor fails."""
-    timeout = 0.6
+    timeout = 2.0
 
     async def scenario():
         clock = FakeMeterTime()
@@ -472,6 +472,7 @@ def test_beyond_the_bound_of_its_group_the_oldest_waiting_push_of_the_group_is_d
             await asyncio.sleep(0.01)
         dropped_before_any_window = sender.stats()["dropped"]
         await clock.move_to(local(2026, 5, 6, 22, 0))
+        await until(lambda: len(listener.received) >= 2)  # the evening's two, sent as the window opened
         evening = sorted(label(data) for _, data in listener.received)
         await clock.move_to(local(2026, 5, 7, 0, 0))
         stats = await settled(sender)
@@ -503,7 +504,7 @@ def test_beyond_the_overall_bounds_the_oldest_waiting_push_is_dropped(bound):
             await asyncio.sleep(0.01)
         await clock.move_to(local(2026, 5, 7, 0, 0))
         stats = await settled(sender)
-        await asyncio.sleep(0.05)
+        await until(lambda: listener.received)  # sent already; the loop delivers it
         transport.close()
         return sorted(label(data) for _, data in listener.received), stats, said.conditions
 
@@ -579,7 +580,7 @@ def test_close_cancels_waiting_and_connecting_pushes():
         return before, sender.stats(), took, refused_after, leftover
 
     before, after, took, refused_after, leftover = asyncio.run(scenario())
-    assert before["pending"] == 2 and took < 1.0
+    assert before["pending"] == 2 and took < 30 / 3  # the connection attempt was not waited for
     assert (after["pending"], after["dropped"], after["submitted"]) == (0, 2, 2)
     assert refused_after is False and leftover == []
 
