@@ -301,16 +301,16 @@ def _parse_start_time(text: str | None, zone_name: str) -> float | None:
 
 
 def _command_path(program: Path) -> str:
-    """How to name `program` so that a pasted command runs this very file: its bare name when
-    the PATH finds it, else relative to the working directory when under it, else absolute."""
+    """How to name `program` so that a command pasted in any directory runs this very file:
+    its bare name when the PATH finds it, else its absolute path (another terminal need not
+    start where this one is)."""
     found = shutil.which(program.name)
     try:
         if found is not None and Path(found).resolve() == program.resolve():
             return program.name
-        relative = program.absolute().relative_to(Path.cwd())
-        return shlex.quote(str(relative) if relative.parent != Path(".") else f"./{relative}")
-    except (ValueError, OSError):
-        return shlex.quote(str(program.absolute()))
+    except OSError:
+        pass
+    return shlex.quote(str(program.absolute()))
 
 
 def _invocation() -> str:
@@ -341,7 +341,7 @@ def _print_banner(meter_, host: str, wrapper_port: int, hdlc_port: int) -> None:
     # no "# comment" after a command: zsh, macOS's shell, takes "#" as an argument when pasted
     secured = []
     management = meter_.security.clients.get("management")
-    creds = meter_.config.data_dir / "credentials" / "management.json"
+    creds = (meter_.config.data_dir / "credentials" / "management.json").absolute()
     if wrapper_port and management is not None and creds.is_file():
         secured.append(f"As the management client (HLS {management.mechanism}, suite {management.security_suite}, "
                        f"demo keys):")
