@@ -1,10 +1,12 @@
 """`hes listen --nats --store`: a push from a meter imported after the listener started, or
 made under keys changed since, is held while the meter's keys are read from the store again,
-then published; a forged push is refused after one look-up, and the look-ups are bounded."""
+then published; a forged push is refused after one look-up, and the look-ups are bounded. Keys
+held longer than KEYS_FRESH are read again: keys past their grace stop fitting."""
 from __future__ import annotations
 
 import asyncio
 import secrets
+from pathlib import Path
 
 from smartmeter.cosem.data import Data
 from smartmeter.dlms.apdu.ciphered import GeneralGloCiphering
@@ -27,15 +29,17 @@ def keys() -> tuple[bytes, bytes]:
 
 
 class Store:
-    """What the store answers for a meter's keys: (suite, EK, AK), newest first; counts look-ups."""
+    """What the store answers for meters' keys: (suite, EK, AK) of each, newest first; counts
+    the meters looked up."""
 
     def __init__(self, found: dict[bytes, list]) -> None:
-        self.found, self.lookups = found, []
+        self.found, self.lookups, self.queries = found, [], 0
 
-    async def __call__(self, title: bytes) -> list:
-        self.lookups.append(title)
+    async def __call__(self, titles) -> dict:
+        self.queries += 1
+        self.lookups.extend(titles)
         await asyncio.sleep(0.01)
-        return self.found.get(title, [])
+        return {t: self.found[t] for t in titles if t in self.found}
 
 
 def queued(gate: NatsPushGate) -> list[tuple[str, int]]:
@@ -98,6 +102,47 @@ def test_a_push_under_a_new_key_with_a_counter_already_seen_under_the_old_one_is
     assert (first, again, after_change) == ("queued", "retry", "held") and queued_count == 2
 
 
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_keys_held_longer_than_keys_fresh_are_read_again_and_those_past_their_grace_stop_fitting():
+    """The listener began with the meter's keys from the store. A key change later, and the
+    grace for the old keys over, the store gives only the new ones: within KEYS_FRESH of that a
+    push under the old keys no longer fits (it is refused as forged), while the meters' keys are
+    read in one query, not one a meter."""
+    old, new, other = keys(), keys(), keys()
+    second = bytes.fromhex("4B534D0000000043")
+    store = Store({TITLE: [(0, *old)], second: [(0, *other)]})
+    clock = Clock()
+
+    async def scenario():
+        gate = NatsPushGate(Keyring([MeterKeys(TITLE, 0, *old, source=Path("store")),
+                                     MeterKeys(second, 0, *other, source=Path("store"))]),
+                            name="t", key_source=store, monotonic=clock)
+        results = [gate.notification(apdu(*old, 1), "meter")]
+        store.found[TITLE] = [(0, *new)]  # changed, and the old keys past their grace
+        clock.now += pushes.KEYS_FRESH - 1
+        results.append(gate.notification(apdu(*old, 2), "meter"))  # read less than KEYS_FRESH ago
+        await gate.close()
+        lookups_before = list(store.lookups)
+        clock.now += 2
+        results.append(gate.notification(apdu(*old, 3), "meter"))  # fits what is held; both are read again
+        results.append(gate.notification(apdu(*other, 3, title=second), "meter"))
+        await gate.close()
+        results.append(gate.notification(apdu(*old, 4), "meter"))
+        results.append(gate.notification(apdu(*new, 5), "meter"))
+        return results, lookups_before, sorted(store.lookups), store.queries, dict(gate.counts)
+
+    results, before, lookups, queries, counts = asyncio.run(scenario())
+    assert results == ["queued", "queued", "queued", "queued", "forged", "queued"]
+    assert before == [] and lookups == sorted([TITLE, second]) and queries == 1 and counts["forged"] == 1
+
+
 def test_a_forged_push_leaves_the_keys_of_a_keys_file_in_place():
     real, forged = keys(), keys()
     store = Store({})  # the store knows nothing of this meter: its keys came from a --keys file
@@ -149,7 +194,7 @@ def test_the_pushes_held_are_bounded(monkeypatch):
 
 
 def test_a_store_that_cannot_answer_leaves_the_held_pushes_refused_with_one_line(caplog):
-    async def broken(title: bytes) -> list:
+    async def broken(titles) -> dict:
         raise ConnectionRefusedError("the store is down")
 
     ek, ak = keys()

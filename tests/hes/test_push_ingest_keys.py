@@ -132,3 +132,39 @@ def test_pushes_under_keys_expired_longer_ago_than_the_grace_are_kept_undecoded(
     assert on_its_way.undecoded is None and on_its_way.key_id == push_key_id(old[0])
     assert late.undecoded == "its authentication tag fits none of its meter's keys in the store" and not late.key_id
     assert current.undecoded is None and current.key_id == push_key_id(new[0])
+
+
+def test_keys_held_by_an_ingester_are_read_again_after_keys_fresh(pg_dsn):
+    """An ingester that read the meter's keys before a key change goes on decoding under them
+    (a push on its way) until KEYS_FRESH has passed since; then it reads the store's push keys
+    again, and keys past their grace no longer decode."""
+    old, new = (secrets.token_bytes(16), secrets.token_bytes(16)), (secrets.token_bytes(16), secrets.token_bytes(16))
+    clock = [1000.0]
+
+    async def scenario():
+        store = await FleetStore.open(pg_dsn, KeyVault(KEK), migrate=True)
+        try:
+            await store.add_meters([MeterRecord("K0", title(0), "127.0.0.1", 9, keys={"ek": old[0], "ak": old[1]})])
+            (meter_id, _, _), = await store.meter_ids()
+            ingester = PushIngester(store, None, object_lists=LISTS, monotonic=lambda: clock[0])
+            received = dt.datetime.fromtimestamp(START + 900 * 3, dt.timezone.utc)
+            before = await ingester.decode(title(0), 1, received, "test", push(old, 0, 1))
+            grant = await store.begin_session(meter_id, "test", 30.0, 8)
+            generation, _ = await store.new_keys(grant, {"ek": new[0], "ak": new[1]}, 8)
+            assert await store.promote_keys(grant, generation, None)
+            await store.release(grant)
+            await store.pool.execute("UPDATE meter_key SET changed = now() - interval '25 hours' "
+                                     "WHERE state = 'EXPIRED'")
+            clock[0] += pushes.KEYS_FRESH - 1
+            held = await ingester.decode(title(0), 2, received, "test", push(old, 0, 2))
+            clock[0] += 2
+            read_again = await ingester.decode(title(0), 3, received, "test", push(old, 0, 3))
+            current = await ingester.decode(title(0), 1, received, "test", push(new, 0, 1))
+            return before, held, read_again, current
+        finally:
+            await store.close()
+
+    before, held, read_again, current = asyncio.run(scenario())
+    assert before.undecoded is None and held.undecoded is None  # the keys held, read less than KEYS_FRESH ago
+    assert read_again.undecoded == "its authentication tag fits none of its meter's keys in the store"
+    assert current.undecoded is None and current.key_id == push_key_id(new[0])

@@ -475,10 +475,6 @@ def listen_to_nats(keys, nats_url: str, store_dsn: str | None, kek_file: Path, h
     asyncio.run(_listen_to_nats(keys, nats_url, store_dsn, kek_file, host, udp_port, tcp_port))
 
 
-async def _push_keys_of(store, read_push_keys, title: bytes) -> list:
-    return (await read_push_keys(store, title)).get(title, [])
-
-
 async def _listen_to_nats(keys, nats_url, store_dsn, kek_file, host, udp_port, tcp_port) -> None:
     import os
     import socket
@@ -499,7 +495,7 @@ async def _listen_to_nats(keys, nats_url, store_dsn, kek_file, host, udp_port, t
             await store.close()
             raise
         keyring = Keyring([*stored.meters.values(), *keyring.meters.values()])
-        key_source = functools.partial(_push_keys_of, store, read_push_keys)
+        key_source = functools.partial(read_push_keys, store)
     if not len(keyring) and store is None:
         raise UsageProblem("no meter keys: neither --keys nor the --store gave any",
                            "import meters with `smartmeter hes db import-fleet`, or give --keys")

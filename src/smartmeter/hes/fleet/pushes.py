@@ -12,7 +12,8 @@ window is dropped there.
 
 `PushIngester` (run by every `hes worker`) takes them off the stream in batches, decodes each
 one as the SQLite listener does (`decode_push`: the meter's keys from the store, read in one
-query for the meters of a batch it does not hold, and held for the KEY_CACHE meters used last;
+query for the meters of a batch it does not hold, and held for the KEY_CACHE meters used last,
+for KEYS_FRESH at most;
 the push object list of the setup that sent it, the capture time) and writes the batch in one
 transaction (`FleetStore.store_pushes`): the raw_push rows, and for each push whose row is new
 its values, integers into reading (raw, with the scaler and unit the push carried where it
@@ -65,6 +66,10 @@ HELD_BYTES = 16 * 1024 * 1024  # and their bytes
 KEY_LOOKUPS_PER_S = 20.0  # meters' keys read again, across all meters (random titles cost a query each)
 KEY_LOOKUP_TIMEOUT = 5.0  # s for one look-up; a store that does not answer in time leaves the pushes refused
 KEY_GENERATIONS = 3  # the newest unicast key generations of a meter a push is tried with
+# s a meter's keys are used from memory before they are read from the store again: keys that
+# expired longer ago than the grace for pushes, or were replaced, stop verifying within it
+KEYS_FRESH = 3600.0
+KEY_REFRESH_BATCH = 1000  # meters whose keys a listener reads again in one query
 # meters whose keys an ingester holds (about 40 MB with one key generation each), the least
 # recently used forgotten beyond: a batch's meters not held are read in one query, so at most a
 # batch's worth of keys is unwrapped at a time and the event loop never stops for long (reading
@@ -113,16 +118,19 @@ async def read_push_keys(store: FleetStore, titles: bytes | Sequence[bytes]
 class NatsPushGate(PushIntake):
     """A listener's core for JetStream: authentic pushes are queued for publication.
 
-    With a `key_source` (the store), a push whose meter has no keys here or whose tag fits none
-    of them is held while that meter's keys are read again (a meter imported, or its keys
-    changed, since the listener started), then checked once more: at most every KEYS_RELOAD
-    seconds a meter, KEY_LOOKUPS_PER_S look-ups a second in all, each within KEY_LOOKUP_TIMEOUT,
-    and at most HELD_PUSHES pushes (HELD_BYTES) held at once; beyond that pushes are refused as
-    before."""
+    With a `key_source` (the store: system titles → each one's (suite, EK, AK), newest first), a
+    push whose meter has no keys here or whose tag fits none of them is held while that meter's
+    keys are read again (a meter imported, or its keys changed, since the listener started),
+    then checked once more: at most every KEYS_RELOAD seconds a meter, KEY_LOOKUPS_PER_S
+    look-ups a second in all, each within KEY_LOOKUP_TIMEOUT, and at most HELD_PUSHES pushes
+    (HELD_BYTES) held at once; beyond that pushes are refused as before. The keys of a meter
+    whose push fits keys read longer than KEYS_FRESH ago are read again in the background, in
+    batches: keys the store no longer gives for pushes (past their grace) stop fitting."""
 
     def __init__(self, keyring: Keyring, *, name: str, limits: Limits = Limits(), queue_size: int = 20000,
                  clock: Callable[[], float] = time.time, say: RateLimitedLog | None = None,
-                 key_source: Callable[[bytes], Awaitable[list[tuple[int, bytes, bytes]]]] | None = None,
+                 key_source: Callable[[Sequence[bytes]], Awaitable[dict[bytes, list[tuple[int, bytes, bytes]]]]]
+                 | None = None,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         super().__init__(keyring, limits=limits, say=say)
         self.name = name
@@ -139,6 +147,9 @@ class NatsPushGate(PushIntake):
         self._held_count = self._held_bytes = 0
         self._lookup_tokens, self._tokens_at = KEY_LOOKUPS_PER_S, monotonic()
         self._lookups: set[asyncio.Task] = set()
+        self._started = monotonic()  # when the keys the listener began with were read
+        self._stale: set[bytes] = set()  # meters whose keys are to be read again (KEYS_FRESH)
+        self._refresh_after = float("-inf")  # after a failed refresh, none before this
         # the push being checked, for unknown_sender (called from within ciphered_push)
         self._received, self._may_hold = 0.0, False
 
@@ -173,6 +184,7 @@ class NatsPushGate(PushIntake):
                 return "held"
             return self.refuse("forged", "push from %s claiming meter %s fails its authentication tag",
                                sender, title.hex().upper())
+        self._note_age(title)
         if (title, fits, counter) in self._recent:
             self.counts["retry"] += 1
             return "retry"
@@ -217,20 +229,63 @@ class NatsPushGate(PushIntake):
 
     async def _look_up(self, title: bytes) -> None:
         try:
-            found = await asyncio.wait_for(self.key_source(title), KEY_LOOKUP_TIMEOUT)
+            found = await asyncio.wait_for(self.key_source([title]), KEY_LOOKUP_TIMEOUT)
+            self._install(title, found.get(title, []))
         except Exception as exc:  # the store is down or slow: the held pushes are checked with the keys there are
-            found = None
             self.say("keys_lookup_failed", "could not read the keys of meter %s from the store: %s",
                      title.hex().upper(), exc)
-        if found:  # nothing found changes nothing: keys from --keys files stay
-            suite, ek, ak = found[0]
-            self.keyring.meters[title] = MeterKeys(title, suite, ek, ak, Path("store"))
-            self._older_keys[title] = list(found[1:])
         held = self._held.pop(title, [])
         self._held_count -= len(held)
         self._held_bytes -= sum(len(apdu) for apdu, _, _ in held)
         for apdu, sender, received in held:
             self._check(apdu, sender, received, may_hold=False)
+
+    def _install(self, title: bytes, found: list[tuple[int, bytes, bytes]]) -> None:
+        """The meter's keys as the store gives them for pushes now. Nothing found removes only
+        keys that came from the store: those of a --keys file stay."""
+        if found:
+            suite, ek, ak = found[0]
+            self.keyring.meters[title] = MeterKeys(title, suite, ek, ak, Path("store"))
+            self._older_keys[title] = list(found[1:])
+        else:
+            held = self.keyring.meters.get(title)
+            if held is not None and held.source == Path("store"):
+                del self.keyring.meters[title]
+            self._older_keys.pop(title, None)
+
+    def _note_age(self, title: bytes) -> None:
+        """A push of `title` fitted keys held here: read them again if they are older than KEYS_FRESH."""
+        if self.key_source is None or title in self._stale:
+            return
+        now = self.monotonic()
+        if (now - self._keys_checked.get(title, self._started) < KEYS_FRESH or now < self._refresh_after
+                or len(self._stale) >= RECENT_PUSHES):  # bounded: the others come again with their next push
+            return
+        self._stale.add(title)
+        if len(self._stale) == 1:
+            task = asyncio.get_running_loop().create_task(self._refresh())
+            self._lookups.add(task)
+            task.add_done_callback(self._lookups.discard)
+
+    async def _refresh(self) -> None:
+        """Read the keys of the meters in `_stale` again, KEY_REFRESH_BATCH in a query."""
+        while self._stale:
+            titles = list(self._stale)[:KEY_REFRESH_BATCH]
+            now = self.monotonic()
+            try:
+                found = await asyncio.wait_for(self.key_source(titles), KEY_LOOKUP_TIMEOUT)
+            except Exception as exc:  # the keys held go on being used; tried again after KEYS_RELOAD
+                self._refresh_after = now + KEYS_RELOAD
+                self._stale.clear()
+                self.say("keys_refresh_failed", "could not read the keys of %d meter(s) again from the store: %s",
+                         len(titles), exc)
+                return
+            if len(self._keys_checked) + len(titles) > RECENT_PUSHES:
+                self._keys_checked.clear()
+            for title in titles:
+                self._stale.discard(title)
+                self._keys_checked[title] = now
+                self._install(title, found.get(title, []))
 
     async def close(self) -> None:
         """Finish the key look-ups under way (their pushes are checked and queued or refused)."""
@@ -270,8 +325,9 @@ class PushIngester:
         self.say = say or (lambda message: log.warning("%s", message))
         self._object_lists = object_lists  # the model's, loaded with the first push, when None
         self.monotonic = monotonic
-        # title → (suite, ek, ak), newest first ([]: none in the store); the most recently used last
-        self._keys: OrderedDict[bytes, list[tuple[int, bytes, bytes]]] = OrderedDict()
+        # title → (when read, [(suite, ek, ak)] newest first, [] for none in the store); the most
+        # recently used last
+        self._keys: OrderedDict[bytes, tuple[float, list[tuple[int, bytes, bytes]]]] = OrderedDict()
         self._keys_checked: dict[bytes, float] = {}  # title → when its keys were last read
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -451,31 +507,39 @@ class PushIngester:
         """The plaintext and the key id of the key that fits, tried with the meter's newest key
         generations (a push made before a key change arrives after it). When none fits, or the
         meter's keys are not held, they are read again (a meter imported, or its keys changed,
-        since they were read), at most every KEYS_RELOAD s a meter."""
+        since they were read), at most every KEYS_RELOAD s a meter. Keys read longer than
+        KEYS_FRESH ago are read again first: the store's push keys change with time (an EXPIRED
+        one is given for a grace only)."""
         title = ciphered.system_title
-        if title in self._keys:
+        if self._held_fresh(title):
             self._keys.move_to_end(title)
-        else:  # not read with its batch's, or forgotten for the meters used since
+        else:  # not read with its batch's, forgotten for the meters used since, or read too long ago
             await self._read_keys_of([title])
-        plain = self._try_keys(ciphered, self._keys[title])
+        plain = self._try_keys(ciphered, self._keys[title][1])
         if isinstance(plain, str) and self.monotonic() - self._keys_checked.get(title, float("-inf")) >= KEYS_RELOAD:
             await self._read_keys_of([title], again=True)  # a store error: the batch comes back
-            plain = self._try_keys(ciphered, self._keys[title])
+            plain = self._try_keys(ciphered, self._keys[title][1])
         return plain
 
+    def _held_fresh(self, title: bytes) -> bool:
+        held = self._keys.get(title)
+        return held is not None and self.monotonic() - held[0] < KEYS_FRESH
+
     async def _read_keys_of(self, titles: list[bytes], again: bool = False) -> None:
-        """Read the keys of the meters `titles` not held in one query; `again`: of all of them,
+        """Read the keys of the meters `titles` not held (or held longer than KEYS_FRESH) in one
+        query; `again`: of all of them,
         because none of those held fit (which KEYS_RELOAD bounds)."""
-        wanted = list(dict.fromkeys(t for t in titles if again or t not in self._keys))
+        wanted = list(dict.fromkeys(t for t in titles if again or not self._held_fresh(t)))
         if not wanted:
             return
+        now = self.monotonic()
         found = await read_push_keys(self.store, wanted)
         if again:
             if len(self._keys_checked) + len(wanted) > RECENT_PUSHES:
                 self._keys_checked.clear()
-            self._keys_checked.update(dict.fromkeys(wanted, self.monotonic()))
+            self._keys_checked.update(dict.fromkeys(wanted, now))
         for title in wanted:
-            self._keys[title] = found.get(title, [])
+            self._keys[title] = (now, found.get(title, []))
             self._keys.move_to_end(title)
         while len(self._keys) > KEY_CACHE:
             self._keys.popitem(last=False)
