@@ -527,8 +527,7 @@ class PushIngester:
 
     async def _read_keys_of(self, titles: list[bytes], again: bool = False) -> None:
         """Read the keys of the meters `titles` not held (or held longer than KEYS_FRESH) in one
-        query; `again`: of all of them,
-        because none of those held fit (which KEYS_RELOAD bounds)."""
+        query; `again`: of all of them, because none of those held fit (which KEYS_RELOAD bounds)."""
         wanted = list(dict.fromkeys(t for t in titles if again or not self._held_fresh(t)))
         if not wanted:
             return
