@@ -241,17 +241,29 @@ def _bare_process(manifest_path: str, concurrency: int, kind: str = "client") ->
                       "user_s": ended.user - began.user}))
 
 
+def _in_own_process(what: str, function: str, *args, env: dict | None = None) -> dict:
+    """`hes_scale.function(*args)` in a process of its own; the JSON line it prints last."""
+    out = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(HERE)!r}); "
+                          f"import hes_scale; hes_scale.{function}(*{args!r})"],
+                         capture_output=True, text=True, timeout=600, env=env)
+    try:
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise SystemExit(f"{what} failed: {out.stderr[-2000:]}") from None
+
+
+def _import_unthrottled(run: Run, env: dict) -> None:
+    """The fleet into the store with cells that never hold a session back."""
+    run.ok(["hes", "db", "import-fleet", str(run.work / "fleet.json"), "--max-sessions", "1000",
+            "--connects-per-s", "100000"], env)
+
+
 def _bare(run: Run, concurrency: int, kind: str, meters: int) -> dict:
     """One bare loop in a process of its own, as the worker has one."""
     began = time.monotonic()
-    out = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(HERE)!r}); "
-                          f"import hes_scale; hes_scale._bare_process({str(run.work / 'fleet.json')!r}, "
-                          f"{concurrency}, {kind!r})"], capture_output=True, text=True, timeout=600)
+    result = _in_own_process(f"the bare {kind} loop", "_bare_process", str(run.work / "fleet.json"),
+                             concurrency, kind)
     wall = time.monotonic() - began
-    try:
-        result = json.loads(out.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        raise SystemExit(f"the bare {kind} loop failed: {out.stderr[-2000:]}") from None
     if result["done"] != meters:
         raise SystemExit(f"the bare {kind} loop read {result['done']} of {meters} meters")
     return {"sessions": meters, "cpu_s": round(result["cpu_s"], 2), "user_s": round(result["user_s"], 2),
@@ -263,8 +275,7 @@ def _round(run: Run, meters: int, concurrency: int) -> dict:
     dsn = run.database()
     env = run.env(dsn)
     run.fleet(meters, env)
-    run.ok(["hes", "db", "import-fleet", str(run.work / "fleet.json"), "--max-sessions", "1000",
-            "--connects-per-s", "100000"], env)
+    _import_unthrottled(run, env)
     # engine: one worker with the same concurrency
     worker = run.spawn(["hes", "worker", "--concurrency", str(concurrency), "--no-pushes"], env, "worker1.log")
     time.sleep(2.0)
@@ -374,17 +385,10 @@ def _engine_alone(run: Run, meters: int, concurrency: int) -> dict:
     (`_engine_process`): the session replayed is a first read, as the worker's were."""
     dsn = run.database()
     env = run.env(dsn)
-    run.ok(["hes", "db", "import-fleet", str(run.work / "fleet.json"), "--max-sessions", "1000",
-            "--connects-per-s", "100000"], env)
+    _import_unthrottled(run, env)
     run.ok(["hes", "campaign", "start", "--name", "engine alone"], env)
-    out = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(HERE)!r}); "
-                          f"import hes_scale; hes_scale._engine_process({dsn!r}, {run.nats.url!r}, "
-                          f"{env['SMARTMETER_HES_KEK']!r}, {meters}, {concurrency})"],
-                         capture_output=True, text=True, timeout=600, env=env)
-    try:
-        result = json.loads(out.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        raise SystemExit(f"the engine alone failed: {out.stderr[-2000:]}") from None
+    result = _in_own_process("the engine alone", "_engine_process", dsn, run.nats.url,
+                             env["SMARTMETER_HES_KEK"], meters, concurrency, env=env)
     if result["failed"]:
         raise SystemExit(f"the engine alone failed {result['failed']} jobs")
     return {"jobs": result["jobs"], "cpu_s": round(result["cpu_s"], 3),

@@ -81,7 +81,6 @@ def message(apdu: bytes) -> bytes:
     return WrapperFrame(SOURCE_WPORT, DATA_READOUT_WPORT, apdu).to_bytes()
 
 
-
 def push(meter, body: Data, t: float) -> bytes:
     """The meter's protected push of `body`, made at meter time `t`."""
     meter.now[0] = t

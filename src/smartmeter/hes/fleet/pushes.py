@@ -115,6 +115,14 @@ async def read_push_keys(store: FleetStore, titles: bytes | Sequence[bytes]
     return keys
 
 
+def _note_read(read_at: dict[bytes, float], titles: Sequence[bytes], now: float) -> None:
+    """When the keys of `titles` were read, in a record of at most RECENT_PUSHES meters
+    (forgotten all at once beyond: a forgotten meter's keys may be read again sooner)."""
+    if len(read_at) + len(titles) > RECENT_PUSHES:
+        read_at.clear()
+    read_at.update(dict.fromkeys(titles, now))
+
+
 class NatsPushGate(PushIntake):
     """A listener's core for JetStream: authentic pushes are queued for publication.
 
@@ -214,9 +222,7 @@ class NatsPushGate(PushIntake):
             if self._lookup_tokens < 1.0:
                 return False
             self._lookup_tokens -= 1.0
-            if len(self._keys_checked) >= RECENT_PUSHES:
-                self._keys_checked.clear()
-            self._keys_checked[title] = now
+            _note_read(self._keys_checked, [title], now)
             self._held[title] = []
             task = asyncio.get_running_loop().create_task(self._look_up(title))
             self._lookups.add(task)
@@ -280,11 +286,9 @@ class NatsPushGate(PushIntake):
                 self.say("keys_refresh_failed", "could not read the keys of %d meter(s) again from the store: %s",
                          len(titles), exc)
                 return
-            if len(self._keys_checked) + len(titles) > RECENT_PUSHES:
-                self._keys_checked.clear()
+            _note_read(self._keys_checked, titles, now)
             for title in titles:
                 self._stale.discard(title)
-                self._keys_checked[title] = now
                 self._install(title, found.get(title, []))
 
     async def close(self) -> None:
@@ -534,9 +538,7 @@ class PushIngester:
         now = self.monotonic()
         found = await read_push_keys(self.store, wanted)
         if again:
-            if len(self._keys_checked) + len(wanted) > RECENT_PUSHES:
-                self._keys_checked.clear()
-            self._keys_checked.update(dict.fromkeys(wanted, now))
+            _note_read(self._keys_checked, wanted, now)
         for title in wanted:
             self._keys[title] = (now, found.get(title, []))
             self._keys.move_to_end(title)
