@@ -258,10 +258,22 @@ class MeteringStartWatcher:
 # -- the meter process -------------------------------------------------------------------------
 
 
+METER_PORTS = (20000, 30000)  # below the kernel's ephemeral range (32768 on Linux)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free 127.0.0.1 port for the meter, kept over all its restarts: one below the ephemeral
+    range, so that no outgoing connection of another program takes it while the meter is down."""
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(*METER_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free port in {METER_PORTS}")
 
 
 def _living_members(pgid: int) -> list[int]:
