@@ -29,7 +29,7 @@ from nats.js.errors import APIError, NotFoundError
 
 from smartmeter.errors import SmartmeterError
 
-__all__ = ["BrokerUnavailable", "Broker", "Job", "JobFormatError", "JOBS_STREAM", "PUSHES_STREAM"]
+__all__ = ["BrokerUnavailable", "Broker", "Job", "JobFormatError", "PullFeed", "JOBS_STREAM", "PUSHES_STREAM"]
 
 JOBS_STREAM = "HES_JOBS"
 PUSHES_STREAM = "HES_PUSHES"
@@ -218,23 +218,185 @@ class Broker:
         return await self.publish(f"{PUSH_SUBJECT}.{title}", apdu, f"{title}:{key_id}:{counter}",
                                   headers={RECEIVED_HEADER: f"{received:.6f}", SOURCE_HEADER: source[:200]})
 
-    async def pull(self, lane: str, durable: str, *, ack_wait: float, max_deliver: int, max_ack_pending: int):
-        """A pull subscription on a job lane's shared durable consumer. A consumer made earlier
-        with another ack wait or delivery limit is brought to these (the workers' heartbeats
-        follow the ack wait), or BrokerUnavailable says why it cannot be."""
+    async def consumer(self, lane: str, durable: str, *, ack_wait: float, max_deliver: int,
+                       max_ack_pending: int) -> None:
+        """A job lane's shared durable pull consumer, created if missing. One made earlier with
+        another ack wait or delivery limit is brought to these (the workers' heartbeats follow
+        the ack wait), or BrokerUnavailable says why it cannot be."""
         config = api.ConsumerConfig(durable_name=durable, ack_policy=api.AckPolicy.EXPLICIT, ack_wait=ack_wait,
                                     max_deliver=max_deliver, filter_subject=LANES[lane],
                                     max_ack_pending=max_ack_pending, max_waiting=512)
-        sub = await self.js.pull_subscribe(LANES[lane], durable=durable, stream=JOBS_STREAM, config=config)
-        found = (await sub.consumer_info()).config
-        if abs((found.ack_wait or 0) - ack_wait) > 0.001 or (found.max_deliver or -1) != max_deliver:
+        try:
+            found = (await self.js.consumer_info(JOBS_STREAM, durable)).config
+        except NotFoundError:
+            found = None
+        if (found is None or abs((found.ack_wait or 0) - ack_wait) > 0.001 or (found.max_deliver or -1) != max_deliver
+                or found.max_ack_pending != max_ack_pending):
             try:
-                await self.js.add_consumer(JOBS_STREAM, config)  # an update of the durable consumer
+                await self.js.add_consumer(JOBS_STREAM, config)  # creates it, or updates the durable consumer
             except APIError as exc:
+                if found is None:
+                    raise BrokerUnavailable(f"NATS would not create the job consumer {durable}: {exc}") from None
                 raise BrokerUnavailable(f"the job consumer {durable} has ack wait {found.ack_wait:g} s and "
                                         f"max deliver {found.max_deliver}, and NATS would not change them: {exc}") from None
-        return sub
+
+    async def feed(self, lane: str, durable: str, capacity: int, take: Callable[[Any], None], *,
+                   expires: float = 1.0, on_problem: Callable[[str], None] | None = None) -> "PullFeed":
+        """A started PullFeed of the lane's consumer (made with `consumer`)."""
+        feed = PullFeed(self.nc, JOBS_STREAM, durable, capacity, take, expires=expires, on_problem=on_problem)
+        await feed.start()
+        return feed
 
     async def stream_state(self, name: str) -> dict[str, Any]:
         info = await self.js.stream_info(name)
         return {"messages": info.state.messages, "bytes": info.state.bytes}
+
+
+class PullFeed:
+    """The messages of a durable pull consumer, handed to `take(msg)` as they arrive, never
+    more at a time than `capacity`: a message taken counts until `done()` is called for it.
+
+    It asks JetStream with pull requests of its own, one at a time, each for as many messages
+    as are free and waiting up to `expires` s, and receives them in a subscription callback;
+    nats-py's fetch waits for every message with a task, a timer and an id of their own, which
+    cost a worker of short sessions more than the rest of taking a job. A request is over
+    when all it asked for arrived, when JetStream ends it (404 no messages, 408 expired, 409 a
+    refusal: these come on the request's own reply subject), or a second after it would have
+    expired (no answer: a connection lost meanwhile). Messages come on their stream subject,
+    so each counts against the request out; one that finds nothing free (the answer to a
+    request given up, arriving late) or arrives after `stop()` is handed back at once for
+    another worker."""
+
+    GRACE = 1.0  # s after a request's expiry before it is given up for lost
+    REFUSED_PAUSE = 1.0  # s without requests after JetStream refused one (409), or one could not be sent
+
+    def __init__(self, nc, stream: str, consumer: str, capacity: int, take: Callable[[Any], None], *,
+                 expires: float = 1.0, on_problem: Callable[[str], None] | None = None) -> None:
+        if capacity < 1:
+            raise ValueError("a feed takes at least one message at a time")
+        self.nc = nc
+        self.capacity = capacity
+        self.take = take
+        self.expires = expires
+        self.say = on_problem or (lambda message: None)
+        self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self._inbox = nc.new_inbox()
+        self._reply: str | None = None  # the reply subject of the request out
+        self._asked = 0  # messages it asked for that have not arrived
+        self._given_up_at = 0.0
+        self._taken = 0  # messages taken and not yet done
+        self._serial = 0
+        self._paused_until = 0.0
+        self._held = False  # hold(): no requests until resume()
+        self._stopped = False
+        self._asking: asyncio.Handle | None = None
+        self._sub = None
+        self._tasks: set[asyncio.Task] = set()
+
+    @property
+    def taken(self) -> int:
+        return self._taken
+
+    async def start(self) -> None:
+        self._sub = await self.nc.subscribe(self._inbox + ".*", cb=self._arrived)
+        self._spawn(self._watch())
+        self._want()
+
+    def done(self) -> None:
+        """A message taken is finished with (answered, or handed back)."""
+        self._taken -= 1
+        self._want()
+
+    def hold(self) -> None:
+        """Ask for no more messages until resume() (those asked for still arrive)."""
+        self._held = True
+
+    def resume(self) -> None:
+        self._held = False
+        self._want()
+
+    async def stop(self) -> None:
+        """No more requests; messages still arriving are handed back."""
+        self._stopped = True
+        if self._asking is not None:
+            self._asking.cancel()
+            self._asking = None
+        for task in self._tasks:
+            task.cancel()
+
+    async def close(self) -> None:
+        await self.stop()
+        if self._sub is not None:
+            try:
+                await self._sub.unsubscribe()
+            except NatsError:
+                pass
+
+    def _spawn(self, coroutine) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _want(self) -> None:
+        """Ask for what is free at the end of this turn of the loop, so that the messages done
+        in it are asked for together."""
+        if self._asking is None and self._reply is None and not self._stopped:
+            self._asking = asyncio.get_running_loop().call_soon(self._ask)
+
+    def _ask(self) -> None:
+        self._asking = None
+        loop = asyncio.get_running_loop()
+        free = self.capacity - self._taken
+        if free <= 0 or self._reply is not None or self._held or self._stopped or loop.time() < self._paused_until:
+            return
+        self._serial += 1
+        self._reply = f"{self._inbox}.{self._serial}"
+        self._asked = free
+        self._given_up_at = loop.time() + self.expires + self.GRACE
+        self._spawn(self._send(self._reply, json.dumps({"batch": free, "expires": int(self.expires * 1e9)}).encode()))
+
+    async def _send(self, reply: str, request: bytes) -> None:
+        try:
+            await self.nc.publish(self._next_subject, request, reply=reply)
+        except (NatsError, OSError) as exc:
+            self.say(f"cannot ask NATS for jobs ({type(exc).__name__}: {exc}); retrying")
+            self._end(reply, pause=True)
+
+    def _end(self, reply: str, pause: bool = False) -> None:
+        if reply != self._reply:
+            return  # the answer of a request given up
+        self._reply = None
+        self._asked = 0
+        if pause:
+            self._paused_until = asyncio.get_running_loop().time() + self.REFUSED_PAUSE
+        self._want()
+
+    async def _arrived(self, msg) -> None:
+        headers = msg.headers
+        status = headers.get(api.Header.STATUS.value) if headers else None
+        if status is not None:
+            if status != "100":  # not an idle heartbeat: the request is over
+                if status == "409":  # e.g. too many requests waiting, the consumer deleted
+                    self.say(f"NATS refused a request for jobs: {headers.get(api.Header.DESCRIPTION.value, '')}")
+                self._end(msg.subject, pause=status not in ("404", "408"))
+            return
+        if self._stopped or (self._reply is None and self._taken >= self.capacity):
+            try:
+                await msg.nak()
+            except (NatsError, OSError):
+                pass  # it comes back after the ack wait
+            return
+        self._taken += 1
+        if self._reply is not None:
+            self._asked -= 1
+            if self._asked <= 0:
+                self._reply = None
+        self.take(msg)
+
+    async def _watch(self) -> None:
+        """Give up a request that never answered; ask again after a pause."""
+        while True:
+            await asyncio.sleep(min(self.GRACE, self.expires) / 2)
+            if self._reply is not None and asyncio.get_running_loop().time() > self._given_up_at:
+                self._end(self._reply)
+            self._want()

@@ -36,7 +36,6 @@ from typing import Callable
 
 import asyncpg
 from nats.errors import Error as NatsError
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import APIError
 
 from smartmeter.cosem.results import DataAccessResult
@@ -146,6 +145,7 @@ class Worker:
         self._in_hand: dict[int, list] = {}  # id(job message) → [message, when JetStream last heard of it]
         self._store_id: str | None = None  # the store's own id, which its campaigns' job ids begin with
         self._campaigns: dict[int, tuple[str, str]] = {}  # campaign → (kind, store id it was created under)
+        self._feeds: list = []  # the lanes' PullFeeds, held while the store is away
 
     @property
     def lease_s(self) -> float:
@@ -155,13 +155,13 @@ class Worker:
     async def run(self) -> None:
         s = self.settings
         self._store_id = await self._store_call(self.store.store_id())
-        bulk = await self.broker.pull("bulk", "hes-workers-bulk", ack_wait=s.ack_wait, max_deliver=-1,
-                                      max_ack_pending=max(s.concurrency * 64, 1000))
-        urgent = await self.broker.pull("urgent", "hes-workers-urgent", ack_wait=s.ack_wait,
-                                        max_deliver=-1, max_ack_pending=max(s.urgent_tasks * 64, 100))
+        await self.broker.consumer("bulk", "hes-workers-bulk", ack_wait=s.ack_wait, max_deliver=-1,
+                                   max_ack_pending=max(s.concurrency * 64, 1000))
+        await self.broker.consumer("urgent", "hes-workers-urgent", ack_wait=s.ack_wait, max_deliver=-1,
+                                   max_ack_pending=max(s.urgent_tasks * 64, 100))
         # on-demand jobs have sessions of their own, so a campaign never holds them up
-        lanes = [asyncio.create_task(self._lane(bulk, s.concurrency, 1.0, urgent=False)),
-                 asyncio.create_task(self._lane(urgent, s.urgent_tasks, 1.0, urgent=True))]
+        lanes = [asyncio.create_task(self._lane("bulk", "hes-workers-bulk", s.concurrency, urgent=False)),
+                 asyncio.create_task(self._lane("urgent", "hes-workers-urgent", s.urgent_tasks, urgent=True))]
         heartbeats = asyncio.create_task(self._heartbeats())
         try:
             await self._stopping.wait()
@@ -179,38 +179,33 @@ class Worker:
     def stopping(self) -> asyncio.Event:
         return self._stopping
 
-    async def _lane(self, sub, capacity: int, poll: float, urgent: bool) -> None:
-        """Fetch as many jobs as there are free sessions of this lane, each handled at once."""
-        free = asyncio.Semaphore(capacity)
+    async def _lane(self, lane: str, durable: str, capacity: int, urgent: bool) -> None:
+        """Up to `capacity` jobs of the lane at a time, each handled as its message arrives;
+        none is asked for while the store is away."""
         running: set[asyncio.Task] = set()
+        feed = None
+
+        def take(msg) -> None:
+            task = asyncio.create_task(self._guarded(msg, urgent))
+            running.add(task)
+            task.add_done_callback(lambda t: (running.discard(t), feed.done()))
+
+        def problem(message: str) -> None:
+            self.note("worker.broker", "%s", message)
+
         try:
-            while not self._stopping.is_set():
-                await self._store_ok.wait()
-                await free.acquire()
-                wanted = 1
-                while not free.locked():  # every free session takes part in one fetch
-                    await free.acquire()
-                    wanted += 1
-                try:
-                    msgs = await sub.fetch(wanted, timeout=poll)
-                except (NatsTimeout, asyncio.TimeoutError):
-                    msgs = []
-                except (NatsError, APIError, OSError) as exc:
-                    self.note("worker.broker", "cannot fetch jobs from NATS (%s: %s); retrying",
-                              type(exc).__name__, exc)
-                    msgs = []
-                    await asyncio.sleep(1.0)
-                for _ in range(wanted - len(msgs)):
-                    free.release()
-                for msg in msgs:
-                    task = asyncio.create_task(self._guarded(msg, urgent))
-                    running.add(task)
-                    task.add_done_callback(lambda t: (running.discard(t), free.release()))
+            feed = await self.broker.feed(lane, durable, capacity, take, on_problem=problem)
+            self._feeds.append(feed)
+            await self._stopping.wait()
+            await feed.stop()
             if running:
                 await asyncio.wait(running)
         finally:
             for task in running:
                 task.cancel()
+            if feed is not None:
+                self._feeds.remove(feed)
+                await feed.close()
 
     async def _guarded(self, msg, urgent: bool) -> None:
         try:
@@ -581,6 +576,8 @@ class Worker:
         if not self._store_ok.is_set():
             return
         self._store_ok.clear()
+        for feed in self._feeds:
+            feed.hold()
         self.say(f"the store is unavailable ({exc}); backing off until it is back")
         attempt = 0
         while not self._stopping.is_set():
@@ -593,6 +590,8 @@ class Worker:
                 continue
         self.say("the store is back; taking jobs again")
         self._store_ok.set()
+        for feed in self._feeds:
+            feed.resume()
 
 
 def _job_owner(msg) -> str | None:
