@@ -246,7 +246,6 @@ class FleetStore:
         self._store_id: str | None = None
         # a call goes at once, or with the others made while the previous batch was out
         self._claims = Coalescer(self._claim_batch, window=None, orphaned=self._release_claimed)
-        self._grants = Coalescer(self._grant_batch, window=None)
         self._finishes = Coalescer(self._finish_batch, window=None)
         self._held: dict[str, asyncpg.Connection] = {}  # a connection for each kind of batch
         self._past_grace_said: set[tuple[bytes, int]] = set()  # (meter, generation) of keys said past their grace
@@ -274,7 +273,7 @@ class FleetStore:
         return store
 
     async def close(self) -> None:
-        for coalescer in (self._claims, self._grants, self._finishes):
+        for coalescer in (self._claims, self._finishes):
             await coalescer.close()
         for purpose in list(self._held):
             await self.pool.release(self._held.pop(purpose))
@@ -473,7 +472,7 @@ class FleetStore:
         one carries the SessionGrant with the meter's data (address, marks, keys). The claims
         made at about the same time go in one round trip (hes_begin_batch, each claim still a
         transaction of its own: claims held together would wait on each other's cells across
-        workers), and so do their grants' meter data; an `urgent` claim goes first in its batch,
+        workers), each granted one with its meter's data; an `urgent` claim goes first in its batch,
         so an on-demand read takes a cell's free slot ahead of a campaign."""
         item = (campaign, meter_id, holder, lease_s, block, throttle, *(slot if slot is not None else (None, None)),
                 max_claims, urgent)
@@ -482,8 +481,10 @@ class FleetStore:
         claim = Claim(row["status"], row["job_state"], row["cell"], held, row["wait"])
         if claim.status == "granted":
             try:
-                claim.grant = await self._grants.submit((meter_id, row, block))
-            except BaseException:  # a cancellation too: what the claim took goes back now
+                if row["grant"] is None:  # a meter deleted meanwhile
+                    raise UnknownMeter(f"meter {meter_id} is gone")
+                claim.grant = _grant(self._vault(), json.loads(row["grant"]), row, block)
+            except BaseException:  # keys that do not unwrap: what the claim took goes back now
                 await self._release_claimed(item, row)
                 raise
             claim.grant.slot = held
@@ -491,11 +492,11 @@ class FleetStore:
 
     async def _claim_batch(self, items: Sequence[tuple]) -> list[dict[str, Any] | Exception]:
         """hes_begin for each of `items` (its arguments and whether it is urgent), each in its
-        own transaction, the urgent ones first."""
+        own transaction, the urgent ones first; a granted claim with its meter's data."""
         order = sorted(range(len(items)), key=lambda n: not items[n][9])
         out = await self._batch_call(
             "claims", "fetchrow", "CALL hes_begin_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, "
-            "NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
+            "NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
             *([items[n][k] for n in order] for k in range(9)))
         answers = zip(*(out["o_" + c] for c in _CLAIM_COLUMNS), out["o_error"])
         rows: list[dict[str, Any] | Exception] = [None] * len(items)  # type: ignore[list-item]
@@ -512,30 +513,6 @@ class FleetStore:
         if row["status"] == "granted":
             await self.pool.execute("SELECT hes_release($1, $2, $3, $4, $5)", item[1], row["token"], row["cell"],
                                     row["slot"], row["slot_token"])
-
-    async def _grant_batch(self, items: Sequence[tuple]) -> list["SessionGrant"]:
-        vault = self._vault()
-        rows = await self._batch_call(
-            "grants", "fetch",
-            """SELECT u.n AS batch_index, m.*,
-                      (SELECT coalesce(jsonb_object_agg(profile, last_time), '{}'::jsonb)
-                       FROM profile_mark WHERE meter_id = m.id) AS marks,
-                      ARRAY(SELECT ROW(kind, state, wrapped, generation) FROM meter_key
-                            WHERE meter_id = m.id AND (state = 'NEW' OR (kind IN ('ek', 'ak') AND generation = u.generation)
-                                                       OR (kind NOT IN ('ek', 'ak') AND state = 'ACTIVE'))) AS keys,
-                      (SELECT extract(epoch FROM l.expires - clock_timestamp())::float8 FROM meter_lease l
-                        WHERE l.meter_id = m.id) AS lease_left
-               FROM unnest($1::bigint[], $2::integer[]) WITH ORDINALITY AS u(meter, generation, n)
-               JOIN meter m ON m.id = u.meter""",
-            [meter_id for meter_id, _, _ in items], [claimed["key_generation"] for _, claimed, _ in items])
-        by_index = {row["batch_index"]: row for row in rows}
-        grants: list = []
-        for n, (meter_id, claimed, block) in enumerate(items, start=1):
-            try:
-                grants.append(_grant(vault, by_index[n], claimed, block))
-            except (KeyError, StoreError) as exc:  # a meter deleted meanwhile; keys that do not unwrap
-                grants.append(exc if isinstance(exc, StoreError) else UnknownMeter(f"meter {meter_id} is gone"))
-        return grants
 
     async def release(self, grant: "SessionGrant") -> None:
         """Give back a session's lease and slot without storing anything."""
@@ -832,7 +809,7 @@ def _epoch_us(t: dt.datetime) -> int:
 
 # what hes_begin answers for a claim, as hes_begin_batch's o_<column> arrays
 _CLAIM_COLUMNS = ("status", "job_state", "cell", "slot", "slot_token", "wait", "token", "key_generation", "tx_top",
-                  "rx_last")
+                  "rx_last", "grant")
 
 
 def _postgres_error(sqlstate: str, message: str) -> asyncpg.PostgresError:
@@ -866,15 +843,16 @@ async def events_of(pool, *, serials: Sequence[str] = (), cell: str | None = Non
             yield dict(row)
 
 
-def _grant(vault: KeyVault, row, claimed, block: int) -> SessionGrant:
+def _grant(vault: KeyVault, data: dict[str, Any], claimed, block: int) -> SessionGrant:
+    """The SessionGrant of a claim granted, from hes_grant_data's object."""
     keys, new_keys = {}, {}
     new_generation = None
     unusable = []
-    for kind, state, wrapped, generation in row["keys"]:
+    for kind, state, wrapped, generation in data["keys"]:
         # the unicast keys are those of the generation whose counters were reserved, even
         # if a key change made another one ACTIVE in between
         try:
-            (new_keys if state == "NEW" else keys)[kind] = vault.unwrap(wrapped)
+            (new_keys if state == "NEW" else keys)[kind] = vault.unwrap(bytes.fromhex(wrapped))
         except StoreError:
             if kind != "master":
                 raise
@@ -882,16 +860,17 @@ def _grant(vault: KeyVault, row, claimed, block: int) -> SessionGrant:
         if state == "NEW":
             new_generation = generation
     top = claimed["tx_top"]
+    lease_left = data["lease_left"]
     return SessionGrant(
-        meter_id=row["id"], serial=row["serial"], system_title=bytes(row["system_title"]), host=row["host"],
-        port=row["port"], cell=row["cell"], client_sap=row["client_sap"], server_sap=row["server_sap"],
-        mechanism=row["mechanism"], suite=row["suite"], policy=row["policy"],
-        capabilities=json.loads(row["capabilities"]), keys=keys, new_keys=new_keys, new_generation=new_generation,
+        meter_id=data["id"], serial=data["serial"], system_title=bytes.fromhex(data["system_title"]),
+        host=data["host"], port=data["port"], cell=data["cell"], client_sap=data["client_sap"],
+        server_sap=data["server_sap"], mechanism=data["mechanism"], suite=data["suite"], policy=data["policy"],
+        capabilities=data["capabilities"], keys=keys, new_keys=new_keys, new_generation=new_generation,
         key_generation=claimed["key_generation"], lease_token=claimed["token"],
         counter_block=(top - block + 1, top), rx_last=claimed["rx_last"],
-        marks={p: dt.datetime.fromisoformat(t) for p, t in json.loads(row["marks"]).items()},
+        marks={p: dt.datetime.fromisoformat(t) for p, t in data["marks"].items()},
         unusable_keys=tuple(unusable),
-        lease_deadline=time.monotonic() + row["lease_left"] if row["lease_left"] is not None else None)
+        lease_deadline=time.monotonic() + lease_left if lease_left is not None else None)
 
 
 async def _keep_session(conn) -> None:
