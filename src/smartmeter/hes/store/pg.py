@@ -7,7 +7,7 @@ made meanwhile (`batching.Coalescer`: one round trip for many sessions):
   token, so two sessions never read one meter at once), a session slot of the meter's cell
   and a new-connection token (the cell's limits, across all workers), and a block of
   invocation counters committed before the first is used (a crash leaves a gap, never a
-  reuse); then the meter's keys, counters, capabilities and profile marks are read.
+  reuse); a claim granted answers with the meter's keys, counters, capabilities and marks.
 * `finish_session` (SQL function hes_finish): the readings into the partitioned table without
   duplicates, the marks and the meter's counter moved up, the capabilities learnt, the job's
   one outcome, lease and slot given back; refused as a whole if the lease was lost meanwhile.
@@ -390,6 +390,7 @@ class FleetStore:
                 count += 1
             for name in cells:
                 await self._ensure_cell(conn, name, cell_limits)
+        await self._analyze_slots()
         return count
 
     async def set_cell_limits(self, name: str, max_sessions: int, connects_per_s: float,
@@ -397,6 +398,15 @@ class FleetStore:
         async with self.pool.acquire() as conn, conn.transaction():
             await self._ensure_cell(conn, name, (max_sessions, connects_per_s, burst or max(1.0, connects_per_s)),
                                     replace=True)
+        await self._analyze_slots()
+
+    async def _analyze_slots(self) -> None:
+        """Statistics of the cells' slots, once they were made or changed. A claim takes its
+        cell's lowest free slot; without statistics the planner expects a few rows per cell,
+        reads and sorts all of them (180 µs a claim with 1,000 slots) instead of walking the
+        index to the first free one (20 µs), until autovacuum analyses the table, which a
+        campaign of minutes never waits for."""
+        await self.pool.execute("ANALYZE cell, cell_slot")
 
     @staticmethod
     async def _ensure_cell(conn, name: str, limits: tuple[int, float, float] | None, replace: bool = False) -> None:

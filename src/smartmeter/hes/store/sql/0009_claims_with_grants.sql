@@ -66,3 +66,7 @@ BEGIN
         COMMIT;
     END LOOP;
 END $$;
+
+-- Statistics for the cells' slots (FleetStore._analyze_slots keeps them after each change):
+-- without them a claim reads and sorts every slot of its cell to find the lowest free one.
+ANALYZE cell, cell_slot;
