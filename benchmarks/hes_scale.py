@@ -6,22 +6,26 @@ the test extra), and `smartmeter sim fleet` serves the meters. Figures:
 
 1. sessions per HES core. The same complete read sessions (AARQ + HLS 5 GMAC, the clock, +A
    and −A with their scaler_unit, the new rows of the load profile and of the standard event
-   log by range, release) of the same meters, by one `hes worker` process (job from
+   log by range, release) of the same kind of meters, by one `hes worker` process (job from
    JetStream, claim, counter block and lease in PostgreSQL, readings and events stored) and
-   by two bare asyncio loops with counters in memory and results dropped: one of MeterClient
+   by bare asyncio loops with counters in memory and results dropped: one of MeterClient
    calls (what any client must do) and one of the worker's own session code (`read_session`:
    the same requests, the same readings and events made). Each is sessions per CPU second of
    its process (the worker's from /proc, a loop's from its own process time after its
-   imports); the engine's overhead (JetStream, the store, leases, counters) is how much more
-   CPU a session costs in the worker than in the session loop. PostgreSQL's and NATS's own
-   CPU is reported apart. 64 sessions at once in each: a worker's session also waits for its
-   claim and its stored outcome, and with 32 its loop was not kept busy while the bare loops'
-   were (an idle loop turns more often for the same work). Three rounds, each ratio taken
-   within its round, the median given. The engine alone as well: a worker's CPU per job when
-   every session is the result of its first one replayed (no meter traffic), against the
-   session loop's CPU per session: what the engine costs, without the rest of the machine's
-   load (PostgreSQL, NATS and the fleet share its 2 cores and caches with the worker, and the
-   same session code takes longer in it; the profile shows the same calls).
+   imports). The engine's overhead (JetStream, the store, leases, counters) is how much more
+   CPU a session costs in the worker than in the session loop, measured side by side: the
+   worker's campaign and the session loop at the same time, on two halves of one fleet, so
+   that both run under the same load of the machine (PostgreSQL, NATS and the fleet share its
+   2 cores with them). The loop starts just before the campaign and reads its half over and
+   over until the campaign's last outcome. Then, one after the other as before, the worker
+   and both loops alone: there the worker's run carries PostgreSQL's and NATS's work on the
+   same cores and the loops' runs do not, which the side-by-side figure leaves out. 64
+   sessions at once in each: a worker's session also waits for its claim and its stored
+   outcome, and with 32 its loop was not kept busy while the bare loops' were (an idle loop
+   turns more often for the same work). Three rounds, each ratio taken within its round, the
+   median given. The engine alone as well: a worker's CPU per job when every session is the
+   result of its first one replayed (no meter traffic), against the session loop's CPU per
+   session: what the engine costs itself.
 2. 10,000 meters through three workers: the wall time of a campaign, start to last outcome.
 3. pushes end to end: authentic Interval 1 pushes (the model's 14 values) sent over UDP to
    two listeners (`hes listen --nats`) at a given rate, stored once by the ingesters of two
@@ -200,15 +204,18 @@ async def bare_sessions(manifest: dict, concurrency: int) -> int:
     return done
 
 
-async def bare_read_sessions(manifest: dict, concurrency: int) -> int:
+async def bare_read_sessions(manifest: dict, concurrency: int, until: asyncio.Event | None = None) -> int:
     """The worker's own session code (`read_session`: the same requests, the readings and
-    events as the worker stores them) in a bare loop: counters in memory, results dropped."""
+    events as the worker stores them) in a bare loop: counters in memory, results dropped.
+    Each meter once; with `until`, the meters over and over until it is set (a pass's
+    counters above the last's), the sessions under way then ending."""
     from smartmeter.hes.fleet.session import ReadPlan, Timeouts, read_session
     from smartmeter.hes.store.pg import SessionGrant
 
+    meters = manifest["meters"]
     queue: asyncio.Queue = asyncio.Queue()
-    for m in manifest["meters"]:
-        queue.put_nowait(m)
+    for m in meters:
+        queue.put_nowait((m, 0))
     done = 0
 
     async def refill(n: int):
@@ -216,13 +223,16 @@ async def bare_read_sessions(manifest: dict, concurrency: int) -> int:
 
     async def one() -> None:
         nonlocal done
-        while not queue.empty():
-            m = queue.get_nowait()
+        while not queue.empty() and not (until is not None and until.is_set()):
+            m, passes = queue.get_nowait()
+            if until is not None:
+                queue.put_nowait((m, passes + 1))
+            first = 2_000_000 + passes * 1_000  # a session takes about 15
             grant = SessionGrant(
                 meter_id=m["index"], serial=m["serial"], system_title=bytes.fromhex(m["system_title"]),
                 host=m["host"], port=m["port"], cell=m["cell"], client_sap=1, server_sap=1, mechanism=5, suite=0,
                 policy=m["policy"], capabilities={}, keys={"ek": bytes.fromhex(m["ek"]), "ak": bytes.fromhex(m["ak"])},
-                new_keys={}, key_generation=1, lease_token=0, counter_block=(2_000_000, 3_000_000), rx_last=None,
+                new_keys={}, key_generation=1, lease_token=0, counter_block=(first, first + 999), rx_last=None,
                 marks={})
             await read_session(grant, ReadPlan(), Timeouts(), b"SMH\0\0\0\0\3", refill)
             done += 1
@@ -239,6 +249,26 @@ def _bare_process(manifest_path: str, concurrency: int, kind: str = "client") ->
     ended = os.times()
     print(json.dumps({"done": done, "cpu_s": ended.user + ended.system - began.user - began.system,
                       "user_s": ended.user - began.user}))
+
+
+def _beside_process(manifest_path: str, concurrency: int) -> None:
+    """The session loop beside a worker: ready after its imports ("ready" on stdout), its
+    sessions from "go" on stdin until "stop"; then its sessions and their CPU."""
+    manifest = json.loads(Path(manifest_path).read_text())
+    print("ready", flush=True)
+    sys.stdin.readline()
+
+    async def main() -> tuple[int, os.times_result]:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.run_in_executor(None, sys.stdin.readline).add_done_callback(lambda _: stop.set())
+        began = os.times()
+        return await bare_read_sessions(manifest, concurrency, until=stop), began
+
+    done, began = asyncio.run(main())
+    ended = os.times()
+    print(json.dumps({"done": done, "cpu_s": ended.user + ended.system - began.user - began.system,
+                      "user_s": ended.user - began.user}), flush=True)
 
 
 def _in_own_process(what: str, function: str, *args, env: dict | None = None) -> dict:
@@ -297,11 +327,62 @@ def _round(run: Run, meters: int, concurrency: int) -> dict:
             "engine_alone": engine, "postgresql_and_nats_cpu_s": round(infra_cpu, 2)}
 
 
+def _side_by_side(run: Run, meters: int, concurrency: int) -> dict:
+    """The worker and the session loop at the same time, on two halves of one fleet: the same
+    machine, PostgreSQL and NATS load, and fleet for both. The loop goes from just before the
+    campaign starts until its last outcome, reading its half over and over."""
+    dsn = run.database()
+    env = run.env(dsn)
+    document = run.fleet(2 * meters, env)
+    halves = [run.work / "fleet-worker.json", run.work / "fleet-loop.json"]
+    for half, part in zip(halves, (document["meters"][:meters], document["meters"][meters:])):
+        half.write_text(json.dumps({**{k: v for k, v in document.items() if k != "pid"}, "meters": part}))
+    run.ok(["hes", "db", "import-fleet", str(halves[0]), "--max-sessions", "1000", "--connects-per-s", "100000"],
+           env)
+    worker = run.spawn(["hes", "worker", "--concurrency", str(concurrency), "--no-pushes"], env, "worker-beside.log")
+    loop = subprocess.Popen([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(HERE)!r}); import hes_scale; "
+                             f"hes_scale._beside_process({str(halves[1])!r}, {concurrency})"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        if loop.stdout.readline().strip() != "ready":
+            raise SystemExit(f"the session loop beside the worker failed: {loop.stderr.read()[-2000:]}")
+        time.sleep(2.0)
+        base_worker = tree_cpu([worker.pid])
+        loop.stdin.write("go\n")
+        loop.stdin.flush()
+        wall, _ = campaign(run, env, dsn)
+        worker_cpu = tree_cpu([worker.pid]) - base_worker
+        loop.stdin.write("stop\n")
+        loop.stdin.flush()
+        out, err = loop.communicate(timeout=120)
+        try:
+            result = json.loads(out.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            raise SystemExit(f"the session loop beside the worker failed: {err[-2000:]}") from None
+    finally:
+        if loop.poll() is None:
+            loop.kill()
+    worker.send_signal(signal.SIGTERM)
+    worker.wait(30)
+    run.stop()
+    worker_rate = meters / worker_cpu
+    loop_rate = result["done"] / result["cpu_s"]
+    return {"worker": {"sessions": meters, "cpu_s": round(worker_cpu, 2), "wall_s": round(wall, 2),
+                       "sessions_per_cpu_s": round(worker_rate, 1)},
+            "session_loop": {"sessions": result["done"], "cpu_s": round(result["cpu_s"], 2),
+                             "sessions_per_cpu_s": round(loop_rate, 1)},
+            "engine_overhead": round(loop_rate / worker_rate - 1, 3)}
+
+
 def per_core(run: Run, meters: int, concurrency: int, rounds: int) -> dict:
-    """Part 1 in rounds (worker, client loop, session loop and engine alone, one after the
-    other): a figure of one run moves by several points with what else the machine does in
-    those seconds, so each ratio is taken within a round and the median of the rounds given."""
-    done = [_round(run, meters, concurrency) for _ in range(rounds)]
+    """Part 1 in rounds: the worker and the session loop side by side (at the same time), then
+    the worker, the client loop, the session loop and the engine alone one after the other. A
+    figure of one run moves by several points with what else the machine does in those
+    seconds, so each ratio is taken within a round and the median of the rounds given."""
+    done = []
+    for _ in range(rounds):
+        beside = _side_by_side(run, meters, concurrency)
+        done.append(_round(run, meters, concurrency) | {"side_by_side": beside})
 
     def median(figure) -> float:
         return round(statistics.median(figure(r) for r in done), 3)
@@ -311,30 +392,40 @@ def per_core(run: Run, meters: int, concurrency: int, rounds: int) -> dict:
 
     return {
         "meters": meters, "concurrency": concurrency, "rounds": rounds,
+        "side_by_side_worker_sessions_per_cpu_s": median(lambda r: r["side_by_side"]["worker"]["sessions_per_cpu_s"]),
+        "side_by_side_session_loop_sessions_per_cpu_s": median(
+            lambda r: r["side_by_side"]["session_loop"]["sessions_per_cpu_s"]),
+        "engine_overhead": median(lambda r: r["side_by_side"]["engine_overhead"]),
         "bare_client_loop_sessions_per_cpu_s": median(lambda r: rate(r, "bare_client_loop")),
         "bare_session_loop_sessions_per_cpu_s": median(lambda r: rate(r, "bare_session_loop")),
         "worker_sessions_per_cpu_s": median(lambda r: rate(r, "worker")),
-        "engine_overhead": median(lambda r: rate(r, "bare_session_loop") / rate(r, "worker") - 1),
+        "engine_overhead_one_after_the_other": median(lambda r: rate(r, "bare_session_loop") / rate(r, "worker") - 1),
         # the same in user CPU alone: the kernel's share of sending and receiving differs from
         # one machine to another far more than the interpreter's work does
-        "engine_overhead_user_cpu": median(lambda r: r["worker"]["user_s"] / r["bare_session_loop"]["user_s"] - 1),
+        "engine_overhead_one_after_the_other_user_cpu": median(
+            lambda r: r["worker"]["user_s"] / r["bare_session_loop"]["user_s"] - 1),
         "overhead_against_the_client_loop": median(lambda r: rate(r, "bare_client_loop") / rate(r, "worker") - 1),
         "engine_alone_cpu_us_per_job": median(lambda r: r["engine_alone"]["cpu_us_per_job"]),
         "engine_alone_against_a_session": median(
             lambda r: r["engine_alone"]["cpu_us_per_job"] * rate(r, "bare_session_loop") / 1e6),
-        "per_round": [{"worker": rate(r, "worker"), "session_loop": rate(r, "bare_session_loop"),
+        "per_round": [{"side_by_side": r["side_by_side"]["engine_overhead"],
+                       "side_by_side_worker": r["side_by_side"]["worker"]["sessions_per_cpu_s"],
+                       "side_by_side_session_loop": r["side_by_side"]["session_loop"]["sessions_per_cpu_s"],
+                       "worker": rate(r, "worker"), "session_loop": rate(r, "bare_session_loop"),
                        "client_loop": rate(r, "bare_client_loop"),
-                       "engine_overhead": round(rate(r, "bare_session_loop") / rate(r, "worker") - 1, 3),
+                       "one_after_the_other": round(rate(r, "bare_session_loop") / rate(r, "worker") - 1, 3),
                        "engine_alone_us": r["engine_alone"]["cpu_us_per_job"],
                        "worker_wall_s": r["worker"]["wall_s"],
                        "postgresql_and_nats_cpu_s": r["postgresql_and_nats_cpu_s"]} for r in done],
         "what": "complete HLS 5 read sessions per CPU second of the head-end process: one hes worker (job, "
                 "claim, counters, lease, readings and events stored) against bare asyncio loops doing the same "
                 "requests: with MeterClient calls (client loop) and with the worker's own session code, "
-                "read_session (session loop); the engine's overhead is against the session loop. The engine "
-                "alone: a worker's CPU per job when every session is the result of its first, real one "
-                "replayed (JetStream, the store, leases, counters, no meter traffic), against the session "
-                "loop's CPU per session. Medians of the rounds' figures",
+                "read_session (session loop). The engine's overhead: the worker against the session loop "
+                "running at the same time on the other half of one fleet (side by side: the same machine load "
+                "for both); one after the other as well (the worker's run carries PostgreSQL and NATS on the "
+                "same cores, the loops' runs do not). The engine alone: a worker's CPU per job when every "
+                "session is the result of its first, real one replayed (JetStream, the store, leases, counters, "
+                "no meter traffic), against the session loop's CPU per session. Medians of the rounds' figures",
     }
 
 
