@@ -11,7 +11,7 @@ import sqlite3
 import time
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from smartmeter.legal import interface as legal
@@ -248,28 +248,39 @@ def _commands():
 segments = st.lists(st.tuples(st.floats(-4000, 4000), st.floats(-2000, 2000), st.integers(1, 40),
                               st.booleans()), min_size=1, max_size=8)
 METROLOGY_TOLERANCE = 0.001  # the synthetic sensor's metrology: 0.1 % of the energy (far inside class B's 1 %)
+# The reactive power is measured over a sliding window of one cycle (50 Hz): after a change of
+# load that cycle mixes the old and the new signal, so up to one cycle of reactive energy of
+# either load can land on the other side of the change (legal/metrology.py, "Continuity").
+REACTIVE_WINDOW_S = 1 / 50
 
 
-def _closed_form_wh(plan) -> list[tuple[int, tuple[float, float, float, float]]]:
+def _closed_form_wh(plan) -> list[tuple[int, tuple[float, float, float, float], float]]:
     """The oracle: energy per quadrant register from the injected constant loads, integrated in
-    closed form (P x t, split by sign: +A/-A from P, +R/-R from Q), at each period end."""
+    closed form (P x t, split by sign: +A/-A from P, +R/-R from Q), at each period end, with
+    the reactive energy a change of load may move across it so far."""
     totals, expected, t = [0.0, 0.0, 0.0, 0.0], [], T0
+    moved, previous = 0.0, None
     for active, reactive, seconds, close_period in plan:
         totals[0] += max(active, 0.0) * seconds / 3600
         totals[1] += max(-active, 0.0) * seconds / 3600
         totals[2] += max(reactive, 0.0) * seconds / 3600
         totals[3] += max(-reactive, 0.0) * seconds / 3600
+        if previous is not None and previous != reactive:
+            moved += (abs(previous) + abs(reactive)) * REACTIVE_WINDOW_S / 3600
+        previous = reactive
         if close_period:
             t += 900
-            expected.append((t, tuple(totals)))
+            expected.append((t, tuple(totals), moved))
     return expected
 
 
 @pytest.mark.welmec("U5")
 @settings(max_examples=25, deadline=None)
 @given(plan=segments)
+# a change of reactive load's sign 16 ms of -R energy short of a whole varh (found by a run)
+@example(plan=[(0.0, 395.0, 1, False), (0.0, -655.5, 11, True)])
 def test_interval_data_never_mixes_across_periods(tmp_path_factory, plan):
-    """Each load-profile entry holds exactly the energy of the loads injected up to its own period end (closed-form integration, 0.1 % and the whole-Wh floor): energy of one period never lands in another."""
+    """Each load-profile entry holds exactly the energy of the loads injected up to its own period end (closed-form integration, 0.1 %, the whole-Wh floor, and the one cycle of reactive energy a change of load may move): energy of one period never lands in another."""
     part = legal.LegalInterface(tmp_path_factory.mktemp("u5"))
     try:
         t = T0
@@ -282,9 +293,11 @@ def test_interval_data_never_mixes_across_periods(tmp_path_factory, plan):
     finally:
         part.close()
     expected = _closed_form_wh(plan)
-    assert [r.capture_time for r in rows] == [t for t, _ in expected]
-    for row, (_, wh) in zip(rows, expected):
+    assert [r.capture_time for r in rows] == [t for t, _, _ in expected]
+    for row, (_, wh, moved) in zip(rows, expected):
         stored = (row.a_plus, row.a_minus, row.r_plus, row.r_minus)
-        for got, want in zip(stored, wh):
+        for register, (got, want) in enumerate(zip(stored, wh)):
+            slack = moved if register >= 2 else 0.0
             # registers keep whole Wh, floored (the remainder carries on): up to 1 Wh below
-            assert want * (1 - METROLOGY_TOLERANCE) - 1 <= got <= want * (1 + METROLOGY_TOLERANCE), (stored, wh)
+            assert (want * (1 - METROLOGY_TOLERANCE) - slack - 1 <= got
+                    <= want * (1 + METROLOGY_TOLERANCE) + slack), (stored, wh, moved)
