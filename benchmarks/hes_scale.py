@@ -212,9 +212,8 @@ async def bare_read_sessions(manifest: dict, concurrency: int, until: asyncio.Ev
     from smartmeter.hes.fleet.session import ReadPlan, Timeouts, read_session
     from smartmeter.hes.store.pg import SessionGrant
 
-    meters = manifest["meters"]
     queue: asyncio.Queue = asyncio.Queue()
-    for m in meters:
+    for m in manifest["meters"]:
         queue.put_nowait((m, 0))
     done = 0
 
@@ -271,20 +270,25 @@ def _beside_process(manifest_path: str, concurrency: int) -> None:
                       "user_s": ended.user - began.user}), flush=True)
 
 
+def _calling(function: str, *args) -> list[str]:
+    """The command line of a Python process that runs `hes_scale.function(*args)`."""
+    return [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(HERE)!r}); "
+            f"import hes_scale; hes_scale.{function}(*{args!r})"]
+
+
 def _in_own_process(what: str, function: str, *args, env: dict | None = None) -> dict:
     """`hes_scale.function(*args)` in a process of its own; the JSON line it prints last."""
-    out = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(HERE)!r}); "
-                          f"import hes_scale; hes_scale.{function}(*{args!r})"],
-                         capture_output=True, text=True, timeout=600, env=env)
+    out = subprocess.run(_calling(function, *args), capture_output=True, text=True, timeout=600, env=env)
     try:
         return json.loads(out.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
         raise SystemExit(f"{what} failed: {out.stderr[-2000:]}") from None
 
 
-def _import_unthrottled(run: Run, env: dict) -> None:
-    """The fleet into the store with cells that never hold a session back."""
-    run.ok(["hes", "db", "import-fleet", str(run.work / "fleet.json"), "--max-sessions", "1000",
+def _import_unthrottled(run: Run, env: dict, manifest: Path | None = None) -> None:
+    """The fleet (or the meters of `manifest`) into the store with cells that never hold a
+    session back."""
+    run.ok(["hes", "db", "import-fleet", str(manifest or run.work / "fleet.json"), "--max-sessions", "1000",
             "--connects-per-s", "100000"], env)
 
 
@@ -337,12 +341,10 @@ def _side_by_side(run: Run, meters: int, concurrency: int) -> dict:
     halves = [run.work / "fleet-worker.json", run.work / "fleet-loop.json"]
     for half, part in zip(halves, (document["meters"][:meters], document["meters"][meters:])):
         half.write_text(json.dumps({**{k: v for k, v in document.items() if k != "pid"}, "meters": part}))
-    run.ok(["hes", "db", "import-fleet", str(halves[0]), "--max-sessions", "1000", "--connects-per-s", "100000"],
-           env)
+    _import_unthrottled(run, env, halves[0])
     worker = run.spawn(["hes", "worker", "--concurrency", str(concurrency), "--no-pushes"], env, "worker-beside.log")
-    loop = subprocess.Popen([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(HERE)!r}); import hes_scale; "
-                             f"hes_scale._beside_process({str(halves[1])!r}, {concurrency})"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    loop = subprocess.Popen(_calling("_beside_process", str(halves[1]), concurrency), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         if loop.stdout.readline().strip() != "ready":
             raise SystemExit(f"the session loop beside the worker failed: {loop.stderr.read()[-2000:]}")

@@ -97,7 +97,7 @@ def test_jobs_arriving_after_a_stop_are_handed_back_for_another_worker(nats_url)
         first = Taker()
         first.feed = await broker.feed("bulk", "feed-test", 4, first.take)
         await asyncio.sleep(0.2)  # its request waits in JetStream for jobs
-        await first.feed.stop()
+        first.feed.stop()
         for meter in range(4):
             await broker.publish(BULK, Job(1, meter).to_bytes(), f"job:1:{meter}")
         await asyncio.sleep(0.3)  # they went to the waiting request

@@ -237,8 +237,9 @@ class Broker:
             except APIError as exc:
                 if found is None:
                     raise BrokerUnavailable(f"NATS would not create the job consumer {durable}: {exc}") from None
-                raise BrokerUnavailable(f"the job consumer {durable} has ack wait {found.ack_wait:g} s and "
-                                        f"max deliver {found.max_deliver}, and NATS would not change them: {exc}") from None
+                raise BrokerUnavailable(f"the job consumer {durable} has ack wait {found.ack_wait:g} s, max deliver "
+                                        f"{found.max_deliver} and max ack pending {found.max_ack_pending}, and NATS "
+                                        f"would not change them: {exc}") from None
 
     async def feed(self, lane: str, durable: str, capacity: int, take: Callable[[Any], None], *,
                    expires: float = 1.0, on_problem: Callable[[str], None] | None = None) -> "PullFeed":
@@ -293,10 +294,6 @@ class PullFeed:
         self._sub = None
         self._tasks: set[asyncio.Task] = set()
 
-    @property
-    def taken(self) -> int:
-        return self._taken
-
     async def start(self) -> None:
         self._sub = await self.nc.subscribe(self._inbox + ".*", cb=self._arrived)
         self._spawn(self._watch())
@@ -315,7 +312,7 @@ class PullFeed:
         self._held = False
         self._want()
 
-    async def stop(self) -> None:
+    def stop(self) -> None:
         """No more requests; messages still arriving are handed back."""
         self._stopped = True
         if self._asking is not None:
@@ -325,7 +322,7 @@ class PullFeed:
             task.cancel()
 
     async def close(self) -> None:
-        await self.stop()
+        self.stop()
         if self._sub is not None:
             try:
                 await self._sub.unsubscribe()

@@ -138,8 +138,7 @@ class Worker:
         self.note = RateLimitedLog(log)
         self.say = say or (lambda message: log.warning("%s", message))
         self.link_factory = link_factory
-        self._store_ok = asyncio.Event()
-        self._store_ok.set()
+        self._store_away = False  # between a failed call and the store answering again
         self._stopping = asyncio.Event()
         self._rng = random.Random()
         self._in_hand: dict[int, list] = {}  # id(job message) → [message, when JetStream last heard of it]
@@ -197,7 +196,7 @@ class Worker:
             feed = await self.broker.feed(lane, durable, capacity, take, on_problem=problem)
             self._feeds.append(feed)
             await self._stopping.wait()
-            await feed.stop()
+            feed.stop()
             if running:
                 await asyncio.wait(running)
         finally:
@@ -573,9 +572,9 @@ class Worker:
 
     async def _store_down(self, exc: StoreError) -> None:
         """Stop taking jobs until the store answers again (one line when it goes, one when it is back)."""
-        if not self._store_ok.is_set():
+        if self._store_away:
             return
-        self._store_ok.clear()
+        self._store_away = True
         for feed in self._feeds:
             feed.hold()
         self.say(f"the store is unavailable ({exc}); backing off until it is back")
@@ -589,7 +588,7 @@ class Worker:
             except UNAVAILABLE + (asyncpg.PostgresError,):
                 continue
         self.say("the store is back; taking jobs again")
-        self._store_ok.set()
+        self._store_away = False
         for feed in self._feeds:
             feed.resume()
 
